@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine: installs what the tests
+# need (Debian packages, cargo-fuzz), then format check, clippy, every test,
+# and a bounded run of each fuzz target.
+#
+#   FUZZ_SECONDS=N   seconds per fuzz target (default 20; 0 skips fuzzing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n=== %s\n' "$*"; }
+
+# Debian packages the tests use (nft checks the generated firewall rules).
+packages=(nftables)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    step "installing ${missing[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+
+step "cargo test"
+cargo test --locked
+
+fuzz_seconds="${FUZZ_SECONDS:-20}"
+if [ "$fuzz_seconds" -gt 0 ]; then
+    step "fuzz targets, ${fuzz_seconds}s each"
+    command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+    # cargo-fuzz needs unstable compiler flags; the machine has the stable toolchain only.
+    export RUSTC_BOOTSTRAP=1
+    (
+        cd fuzz
+        cargo fuzz build -O
+        for target in $(cargo fuzz list); do
+            cargo fuzz run -O "$target" -- -max_total_time="$fuzz_seconds" 2>&1 \
+                | grep -E '^(Done|INFO: Running with)|ERROR|panicked|SUMMARY' || true
+            [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "fuzz target $target failed"; exit 1; }
+        done
+    )
+fi
+
+step "all checks passed"

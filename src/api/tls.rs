@@ -1,0 +1,121 @@
+//! TLS for the signaling API: rustls (aws-lc-rs provider), TLS 1.2 and 1.3,
+//! ALPN h2 and http/1.1, and a self-signed certificate when none is configured.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use aws_lc_rs::digest::{digest, SHA256};
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{path} holds no PEM certificate")]
+    NoCertificate { path: String },
+    #[error("{path} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
+    NoKey { path: String },
+    #[error("cannot make a self-signed certificate: {0}")]
+    Generate(String),
+    #[error("the certificate and key do not form a usable TLS identity: {0}")]
+    Identity(String),
+}
+
+/// A certificate chain and its key, plus the leaf's SHA-256 fingerprint.
+pub struct TlsIdentity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub fingerprint_sha256: String,
+    pub self_signed: bool,
+}
+
+pub fn load_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let data = read(path)?;
+    let chain: Vec<_> = CertificateDer::pem_slice_iter(&data)
+        .filter_map(Result::ok)
+        .collect();
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(chain)
+}
+
+pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let data = read(path)?;
+    PrivateKeyDer::from_pem_slice(&data).map_err(|_| TlsError::NoKey {
+        path: path.display().to_string(),
+    })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// SHA-256 of a DER certificate as colon-separated upper-case hex.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    digest(&SHA256, cert.as_ref())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl TlsIdentity {
+    /// Loads the configured files, or makes a self-signed certificate for
+    /// `localhost`, `127.0.0.1`, `::1` and the extra names given.
+    pub fn load_or_generate(
+        cert: &str,
+        key: &str,
+        extra_names: &[String],
+    ) -> Result<Self, TlsError> {
+        if !cert.is_empty() {
+            let chain = load_cert_chain(Path::new(cert))?;
+            let key = load_private_key(Path::new(key))?;
+            let fingerprint_sha256 = fingerprint(&chain[0]);
+            return Ok(TlsIdentity {
+                chain,
+                key,
+                fingerprint_sha256,
+                self_signed: false,
+            });
+        }
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+        for n in extra_names {
+            if !n.is_empty() && !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+        let certified = rcgen::generate_simple_self_signed(names)
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
+        let der = certified.cert.der().clone();
+        let key = PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
+        Ok(TlsIdentity {
+            fingerprint_sha256: fingerprint(&der),
+            chain: vec![der],
+            key,
+            self_signed: true,
+        })
+    }
+
+    /// A rustls server config: TLS 1.2+, ALPN h2 then http/1.1.
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| TlsError::Identity(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| TlsError::Identity(e.to_string()))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}

@@ -1,0 +1,798 @@
+//! The gateway's configuration: typed TOML (`config/gateway.toml`), environment
+//! overrides (`GATEWAY__SECTION__KEY`), validation that names the key at fault,
+//! and `CRYPT:` secrets opened at load time.
+//!
+//! Loading never half-succeeds: either every key is valid and every secret
+//! opens, or the caller gets the full list of problems and the gateway refuses
+//! to start.
+
+pub mod secret;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::cors::OriginPattern;
+pub use secret::{CryptError, CryptKey, Secret};
+
+/// Default location of the config file, relative to the working directory.
+pub const DEFAULT_PATH: &str = "config/gateway.toml";
+/// Prefix of environment variables that override config keys.
+pub const ENV_PREFIX: &str = "GATEWAY__";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+    pub admin: AdminConfig,
+    pub sip: SipConfig,
+    pub media: MediaConfig,
+    pub echo: EchoConfig,
+    pub log: LogConfig,
+    pub secrets: SecretsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct HttpConfig {
+    pub listen: String,
+    pub tls_listen: String,
+    pub tls_cert: String,
+    pub tls_key: String,
+    pub domain_whitelist: Vec<String>,
+    pub session_timeout_s: u64,
+    pub max_sessions: usize,
+    pub max_body_bytes: usize,
+    pub rate_limit_per_s: u32,
+    pub rate_limit_burst: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8080".into(),
+            tls_listen: "0.0.0.0:8443".into(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            domain_whitelist: Vec::new(),
+            session_timeout_s: 300,
+            max_sessions: 10_000,
+            max_body_bytes: 65_536,
+            rate_limit_per_s: 20,
+            rate_limit_burst: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    #[default]
+    None,
+    Token,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    pub token_secret: Secret,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct AdminConfig {
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SipTransport {
+    #[default]
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl SipTransport {
+    pub fn default_port(self) -> u16 {
+        match self {
+            SipTransport::Tls => 5061,
+            _ => 5060,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SrtpPolicy {
+    #[default]
+    Off,
+    Optional,
+    Required,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct SipConfig {
+    pub server: String,
+    pub domain: String,
+    pub listen: String,
+    pub transport: SipTransport,
+    pub register: bool,
+    pub srtp: SrtpPolicy,
+    pub password: Secret,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            server: String::new(),
+            domain: String::new(),
+            listen: "0.0.0.0:5070".into(),
+            transport: SipTransport::Udp,
+            register: true,
+            srtp: SrtpPolicy::Off,
+            password: Secret::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct MediaConfig {
+    pub public_address: String,
+    pub web_port_min: u16,
+    pub web_port_max: u16,
+    pub sip_port_min: u16,
+    pub sip_port_max: u16,
+    pub web_enable_dtls: bool,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            public_address: "127.0.0.1".into(),
+            web_port_min: 20_000,
+            web_port_max: 29_999,
+            sip_port_min: 30_000,
+            sip_port_max: 39_999,
+            web_enable_dtls: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct EchoConfig {
+    pub number: String,
+}
+
+impl Default for EchoConfig {
+    fn default() -> Self {
+        EchoConfig {
+            number: "echo".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct SecretsConfig {
+    pub key_file: String,
+}
+
+/// One thing wrong with the config, naming the key (`section.key`) at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.problem)
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("config file {path} is not valid: {reason}")]
+    Syntax { path: String, reason: String },
+    #[error("environment override {var}: {reason}")]
+    Env { var: String, reason: String },
+    #[error("config is not valid:\n{}", list(.0))]
+    Invalid(Vec<ConfigProblem>),
+}
+
+fn list(problems: &[ConfigProblem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Reads, overrides, validates and decrypts the config at `path`.
+    /// `env` is the process environment (passed in so tests control it).
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::from_toml(&text, &path.display().to_string(), env)
+    }
+
+    /// Like [`Config::load`] but from text; `origin` names the text in errors.
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let overrides = env_overrides(env)?;
+        let syntax = |e: toml::de::Error| ConfigError::Syntax {
+            path: origin.to_string(),
+            reason: e.to_string().trim_end().to_string(),
+        };
+        let mut config: Config = if overrides.is_empty() {
+            // Parse straight from the text so errors point at the file's lines.
+            toml::from_str(text).map_err(syntax)?
+        } else {
+            let mut table: toml::Table = toml::from_str(text).map_err(syntax)?;
+            for (var, section, key, value) in overrides {
+                let entry = table
+                    .entry(section.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                let Some(section_table) = entry.as_table_mut() else {
+                    return Err(ConfigError::Env {
+                        var,
+                        reason: format!("[{section}] is not a table in the config file"),
+                    });
+                };
+                section_table.insert(key, value);
+            }
+            Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Syntax {
+                path: format!("{origin} with environment overrides"),
+                reason: e.to_string().trim_end().to_string(),
+            })?
+        };
+        let problems = config.validate();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        config.open_secrets()?;
+        Ok(config)
+    }
+
+    /// Checks every semantic rule and returns all the problems found.
+    pub fn validate(&self) -> Vec<ConfigProblem> {
+        let mut p = Problems::default();
+        let http = &self.http;
+        if !http.listen.is_empty() {
+            p.socket_addr("http.listen", &http.listen);
+        }
+        if !http.tls_listen.is_empty() {
+            p.socket_addr("http.tls-listen", &http.tls_listen);
+        }
+        if http.listen.is_empty() && http.tls_listen.is_empty() {
+            p.add(
+                "http.tls-listen",
+                "both http.listen and http.tls-listen are empty: the API would not be reachable",
+            );
+        }
+        match (http.tls_cert.is_empty(), http.tls_key.is_empty()) {
+            (true, true) => {}
+            (false, true) => p.add("http.tls-key", "tls-cert is set, so tls-key must be too"),
+            (true, false) => p.add("http.tls-cert", "tls-key is set, so tls-cert must be too"),
+            (false, false) => {
+                if let Err(e) = crate::api::tls::load_cert_chain(Path::new(&http.tls_cert)) {
+                    p.add("http.tls-cert", e.to_string());
+                }
+                if let Err(e) = crate::api::tls::load_private_key(Path::new(&http.tls_key)) {
+                    p.add("http.tls-key", e.to_string());
+                }
+            }
+        }
+        for (i, entry) in http.domain_whitelist.iter().enumerate() {
+            if let Err(e) = OriginPattern::parse(entry) {
+                p.add(&format!("http.domain-whitelist[{i}]"), e);
+            }
+        }
+        if http.session_timeout_s == 0 {
+            p.add("http.session-timeout-s", "must be at least 1");
+        }
+        if http.max_sessions == 0 {
+            p.add("http.max-sessions", "must be at least 1");
+        }
+        if http.max_body_bytes < 1024 {
+            p.add(
+                "http.max-body-bytes",
+                "must be at least 1024 (an SDP offer alone is a few KiB)",
+            );
+        }
+        if http.rate_limit_per_s > 0 && http.rate_limit_burst == 0 {
+            p.add(
+                "http.rate-limit-burst",
+                "must be at least 1 when rate-limit-per-s is set",
+            );
+        }
+
+        if self.auth.mode == AuthMode::Token && self.auth.token_secret.is_empty() {
+            p.add(
+                "auth.token-secret",
+                "auth.mode is \"token\", so a token secret is required",
+            );
+        }
+
+        p.socket_addr("admin.listen", &self.admin.listen);
+
+        let sip = &self.sip;
+        p.socket_addr("sip.listen", &sip.listen);
+        if !sip.server.is_empty() {
+            if let Err(e) = parse_host_port(&sip.server, sip.transport.default_port()) {
+                p.add("sip.server", e);
+            }
+        }
+        if !sip.domain.is_empty() && sip.domain.contains(|c: char| c.is_whitespace() || c == '@') {
+            p.add("sip.domain", "must be a host name without spaces or '@'");
+        }
+
+        let media = &self.media;
+        if media.public_address.parse::<IpAddr>().is_err() {
+            p.add(
+                "media.public-address",
+                format!(
+                    "{:?} is not an IP address (browsers are sent it as their ICE candidate)",
+                    media.public_address
+                ),
+            );
+        }
+        p.port_range("media.web-port", media.web_port_min, media.web_port_max, 1);
+        // The SIP side needs an even RTP port and the odd one above it.
+        p.port_range("media.sip-port", media.sip_port_min, media.sip_port_max, 2);
+        if media.web_port_min <= media.sip_port_max && media.sip_port_min <= media.web_port_max {
+            p.add(
+                "media.sip-port-min",
+                format!(
+                    "the SIP port range {}-{} overlaps the web port range {}-{}",
+                    media.sip_port_min, media.sip_port_max, media.web_port_min, media.web_port_max
+                ),
+            );
+        }
+        if let Ok(sip_listen) = sip.listen.parse::<SocketAddr>() {
+            for (key, min, max) in [
+                ("media.web-port-min", media.web_port_min, media.web_port_max),
+                ("media.sip-port-min", media.sip_port_min, media.sip_port_max),
+            ] {
+                if (min..=max).contains(&sip_listen.port()) {
+                    p.add(
+                        key,
+                        format!(
+                            "the range {min}-{max} contains the SIP port {}",
+                            sip_listen.port()
+                        ),
+                    );
+                }
+            }
+        }
+
+        if self.echo.number.trim().is_empty() {
+            p.add("echo.number", "must not be empty");
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            p.add("log.level", format!("not a valid filter: {e}"));
+        }
+        p.0
+    }
+
+    /// Replaces `CRYPT:` secrets by their plain text. Needs the key only when
+    /// some secret is encrypted.
+    fn open_secrets(&mut self) -> Result<(), ConfigError> {
+        let env_key = std::env::var(secret::KEY_ENV).ok();
+        self.open_secrets_with(env_key.as_deref())
+    }
+
+    fn open_secrets_with(&mut self, env_key: Option<&str>) -> Result<(), ConfigError> {
+        let key_file = self.secrets.key_file.clone();
+        let mut key: Option<CryptKey> = None;
+        let mut problems = Vec::new();
+        for (name, field) in [
+            ("auth.token-secret", &mut self.auth.token_secret),
+            ("sip.password", &mut self.sip.password),
+        ] {
+            if !field.is_encrypted() {
+                continue;
+            }
+            if key.is_none() {
+                match CryptKey::locate(env_key, &key_file) {
+                    Ok(k) => key = Some(k),
+                    Err(e) => {
+                        problems.push(ConfigProblem {
+                            key: name.into(),
+                            problem: e.to_string(),
+                        });
+                        continue;
+                    }
+                }
+            }
+            if let Some(k) = &key {
+                match k.decrypt(field.expose()) {
+                    Ok(plain) => *field = Secret::new(plain),
+                    Err(e) => problems.push(ConfigProblem {
+                        key: name.into(),
+                        problem: e.to_string(),
+                    }),
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// The effective config as TOML, secrets shown as `****`.
+    pub fn to_masked_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+
+    pub fn session_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.http.session_timeout_s)
+    }
+}
+
+/// Collects `GATEWAY__SECTION__KEY=value` overrides. The key's underscores
+/// stand for the config's hyphens. For a key whose default is text the value
+/// is taken as it is; otherwise it is read as a TOML value (`true`, `8080`,
+/// `["a", "b"]`), so a wrong type is reported like one in the file.
+fn env_overrides(
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<(String, String, String, toml::Value)>, ConfigError> {
+    let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
+    let mut out = BTreeMap::new();
+    for (var, raw) in env {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let mut parts = rest.splitn(2, "__");
+        let (Some(section), Some(key)) = (parts.next(), parts.next()) else {
+            return Err(ConfigError::Env {
+                var,
+                reason: "expected GATEWAY__SECTION__KEY".into(),
+            });
+        };
+        if section.is_empty() || key.is_empty() || key.contains("__") {
+            return Err(ConfigError::Env {
+                var,
+                reason: "expected GATEWAY__SECTION__KEY".into(),
+            });
+        }
+        let section = section.to_ascii_lowercase().replace('_', "-");
+        let key = key.to_ascii_lowercase().replace('_', "-");
+        let default_is_text = defaults
+            .get(&section)
+            .and_then(|s| s.get(&key))
+            .is_some_and(toml::Value::is_str);
+        let value = if default_is_text {
+            toml::Value::String(raw)
+        } else {
+            toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(raw))
+        };
+        out.insert(var.clone(), (var, section, key, value));
+    }
+    Ok(out.into_values().collect())
+}
+
+/// Parses `host[:port]` (IPv6 in brackets) and returns the host and port.
+pub fn parse_host_port(text: &str, default_port: u16) -> Result<(String, u16), String> {
+    if text.contains(char::is_whitespace) || text.contains("://") {
+        return Err(format!(
+            "{text:?} must be host[:port], without a scheme or spaces"
+        ));
+    }
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok((addr.ip().to_string(), addr.port()));
+    }
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok((ip.to_string(), default_port));
+    }
+    let (host, port) = match text.rsplit_once(':') {
+        Some((h, p)) => {
+            let port: u16 = p
+                .parse()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{text:?} has an invalid port {p:?}"))?;
+            (h, port)
+        }
+        None => (text, default_port),
+    };
+    let valid_host = !host.is_empty()
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    if !valid_host {
+        return Err(format!("{text:?} is not a valid host name or IP address"));
+    }
+    Ok((host.to_string(), port))
+}
+
+#[derive(Default)]
+struct Problems(Vec<ConfigProblem>);
+
+impl Problems {
+    fn add(&mut self, key: &str, problem: impl Into<String>) {
+        self.0.push(ConfigProblem {
+            key: key.into(),
+            problem: problem.into(),
+        });
+    }
+
+    fn socket_addr(&mut self, key: &str, value: &str) {
+        if value.parse::<SocketAddr>().is_err() {
+            self.add(
+                key,
+                format!("{value:?} is not an IP address and port such as \"127.0.0.1:8080\""),
+            );
+        }
+    }
+
+    fn port_range(&mut self, prefix: &str, min: u16, max: u16, min_ports: u32) {
+        if min == 0 {
+            self.add(&format!("{prefix}-min"), "must be at least 1");
+        }
+        if min > max {
+            self.add(
+                &format!("{prefix}-min"),
+                format!("{min} is greater than {prefix}-max {max}"),
+            );
+        } else if u32::from(max) - u32::from(min) + 1 < min_ports {
+            self.add(
+                &format!("{prefix}-max"),
+                format!("the range {min}-{max} must hold at least {min_ports} ports"),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, "test.toml", Vec::new())
+    }
+
+    fn problems(text: &str) -> Vec<ConfigProblem> {
+        match load(text) {
+            Err(ConfigError::Invalid(p)) => p,
+            other => panic!("expected validation problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = load("").unwrap();
+        assert_eq!(c.http.tls_listen, "0.0.0.0:8443");
+        assert_eq!(c.http.listen, "127.0.0.1:8080");
+        assert_eq!(c.http.session_timeout_s, 300);
+        assert_eq!(c.media.web_port_min, 20_000);
+        assert_eq!(c.sip.transport, SipTransport::Udp);
+        assert_eq!(c.echo.number, "echo");
+        assert!(c.media.web_enable_dtls);
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let text = include_str!("../../config/gateway.toml");
+        let c = load(text).unwrap();
+        assert!(
+            c.sip.server.is_empty(),
+            "the shipped default needs no SIP server"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load("[http]\nlisten = \"127.0.0.1:1\"\nlissen = 1\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("lissen"), "{text}");
+        assert!(text.contains("line 3"), "{text}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = load("[media]\nweb-port-min = \"abc\"\n").unwrap_err();
+        assert!(err.to_string().contains("web-port-min"), "{err}");
+    }
+
+    #[test]
+    fn port_ranges_checked() {
+        let p = problems("[media]\nweb-port-min = 30000\nweb-port-max = 20000\n");
+        assert!(p
+            .iter()
+            .any(|p| p.key == "media.web-port-min" && p.problem.contains("greater")));
+        let p = problems("[media]\nweb-port-min = 20000\nweb-port-max = 31000\n");
+        assert!(p
+            .iter()
+            .any(|p| p.key == "media.sip-port-min" && p.problem.contains("overlaps")));
+        let p = problems("[media]\nsip-port-min = 30000\nsip-port-max = 30000\n");
+        assert!(p.iter().any(|p| p.key == "media.sip-port-max"));
+    }
+
+    #[test]
+    fn missing_cert_file_is_named() {
+        let p = problems(
+            "[http]\ntls-cert = \"/nonexistent/cert.pem\"\ntls-key = \"/nonexistent/key.pem\"\n",
+        );
+        assert!(p.iter().any(|p| p.key == "http.tls-cert"), "{p:?}");
+        assert!(p.iter().any(|p| p.key == "http.tls-key"), "{p:?}");
+        let p = problems("[http]\ntls-cert = \"/nonexistent/cert.pem\"\n");
+        assert!(p.iter().any(|p| p.key == "http.tls-key"));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let p = problems(
+            "[http]\nlisten = \"nope\"\ndomain-whitelist = [\"https://ok.example\", \"ftp://x\"]\n\
+             [auth]\nmode = \"token\"\n[media]\npublic-address = \"example.com\"\n\
+             [sip]\nserver = \"bad host:99999\"\n[echo]\nnumber = \"\"\n",
+        );
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "http.listen",
+            "http.domain-whitelist[1]",
+            "auth.token-secret",
+            "media.public-address",
+            "sip.server",
+            "echo.number",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn bad_enum_value_is_refused() {
+        let err = load("[sip]\ntransport = \"sctp\"\n").unwrap_err();
+        assert!(
+            err.to_string().contains("sctp") || err.to_string().contains("transport"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn env_overrides_apply() {
+        let env = vec![
+            (
+                "GATEWAY__HTTP__LISTEN".to_string(),
+                "127.0.0.1:9999".to_string(),
+            ),
+            (
+                "GATEWAY__HTTP__DOMAIN_WHITELIST".to_string(),
+                "[\"https://a.example\"]".to_string(),
+            ),
+            (
+                "GATEWAY__MEDIA__WEB_ENABLE_DTLS".to_string(),
+                "false".to_string(),
+            ),
+            ("GATEWAY__ECHO__NUMBER".to_string(), "600".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let c = Config::from_toml("[http]\nlisten = \"127.0.0.1:1\"\n", "t", env).unwrap();
+        assert_eq!(c.http.listen, "127.0.0.1:9999");
+        assert_eq!(
+            c.http.domain_whitelist,
+            vec!["https://a.example".to_string()]
+        );
+        assert!(!c.media.web_enable_dtls);
+        assert_eq!(c.echo.number, "600", "a number for a text key stays text");
+        let env = vec![("GATEWAY__HTTP__NOPE".to_string(), "1".to_string())];
+        assert!(Config::from_toml("", "t", env).is_err());
+        let env = vec![("GATEWAY__HTTP".to_string(), "1".to_string())];
+        assert!(matches!(
+            Config::from_toml("", "t", env),
+            Err(ConfigError::Env { .. })
+        ));
+    }
+
+    #[test]
+    fn crypt_secrets_open_or_name_the_key() {
+        let key_hex = "1f1e1d1c1b1a191817161514131211100f0e0d0c0b0a09080706050403020100";
+        let key = CryptKey::parse(key_hex).unwrap();
+        let sealed = key.encrypt("token-secret-value").unwrap();
+        let mut c: Config = toml::from_str(&format!(
+            "[auth]\nmode = \"token\"\ntoken-secret = \"{sealed}\"\n"
+        ))
+        .unwrap();
+        c.open_secrets_with(Some(key_hex)).unwrap();
+        assert_eq!(c.auth.token_secret.expose(), "token-secret-value");
+
+        let mut c: Config = toml::from_str(&format!("[sip]\npassword = \"{sealed}\"\n")).unwrap();
+        match c.open_secrets_with(None) {
+            Err(ConfigError::Invalid(p)) => assert_eq!(p[0].key, "sip.password"),
+            other => panic!("{other:?}"),
+        }
+        let other_key = "00".repeat(32);
+        match c.open_secrets_with(Some(&other_key)) {
+            Err(ConfigError::Invalid(p)) => assert!(p[0].problem.contains("does not open")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn masked_dump_hides_secrets() {
+        let mut c = Config::default();
+        c.auth.token_secret = Secret::new("very-secret-value");
+        c.sip.password = Secret::new("sip-pass");
+        let dump = c.to_masked_toml();
+        assert!(!dump.contains("very-secret-value"));
+        assert!(!dump.contains("sip-pass"));
+        assert!(dump.contains("token-secret = \"****\""), "{dump}");
+    }
+
+    #[test]
+    fn host_port_parsing() {
+        assert_eq!(
+            parse_host_port("10.0.0.1", 5060).unwrap(),
+            ("10.0.0.1".into(), 5060)
+        );
+        assert_eq!(
+            parse_host_port("pbx.example:5080", 5060).unwrap(),
+            ("pbx.example".into(), 5080)
+        );
+        assert_eq!(
+            parse_host_port("[::1]:5061", 5060).unwrap(),
+            ("::1".into(), 5061)
+        );
+        assert!(parse_host_port("sip:pbx", 5060).is_err());
+        assert!(parse_host_port("pbx:0", 5060).is_err());
+        assert!(parse_host_port("", 5060).is_err());
+    }
+}

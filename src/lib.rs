@@ -1,0 +1,174 @@
+//! webrtc-sip-gateway: browsers place and receive phone calls through it.
+//!
+//! The signaling plane (this crate's `api`, `session`, and later `call`,
+//! `sip`, `sdp`) handles rare events; the media plane (`media`) moves every
+//! packet. See `shared/ARCHITECTURE.md` for the design and `README.md` for use.
+
+pub mod api;
+pub mod config;
+pub mod logging;
+pub mod metrics;
+pub mod ops;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use api::tls::{TlsError, TlsIdentity};
+use api::{AppState, SharedState};
+use config::Config;
+use metrics::Metrics;
+
+/// How often idle sessions are looked for at most.
+const REAPER_MAX_SLEEP: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {key} = {addr}: {reason}")]
+    Bind {
+        key: &'static str,
+        addr: String,
+        reason: String,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// A running gateway: its listeners, background tasks and shared state.
+pub struct Gateway {
+    pub state: SharedState,
+    pub http_addr: Option<SocketAddr>,
+    pub https_addr: Option<SocketAddr>,
+    pub admin_addr: SocketAddr,
+    /// SHA-256 of the HTTPS certificate, colon-separated hex.
+    pub tls_fingerprint: Option<String>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+async fn bind(key: &'static str, addr: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|e| StartError::Bind {
+        key,
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn local_addr(listener: &TcpListener, key: &'static str) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|e| StartError::Bind {
+        key,
+        addr: String::new(),
+        reason: e.to_string(),
+    })
+}
+
+impl Gateway {
+    /// Binds every listener and starts serving. The config must be valid
+    /// (it is, when it came from [`Config::load`]).
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        let config = Arc::new(config);
+        let metrics = Metrics::new();
+        let state: SharedState =
+            Arc::new(AppState::new(config.clone(), metrics).map_err(StartError::Setup)?);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let api_router = api::router(state.clone());
+
+        let mut https_addr = None;
+        let mut tls_fingerprint = None;
+        if !config.http.tls_listen.is_empty() {
+            let identity = TlsIdentity::load_or_generate(
+                &config.http.tls_cert,
+                &config.http.tls_key,
+                std::slice::from_ref(&config.media.public_address),
+            )?;
+            let listener = bind("http.tls-listen", &config.http.tls_listen).await?;
+            let addr = local_addr(&listener, "http.tls-listen")?;
+            info!(
+                fingerprint_sha256 = %identity.fingerprint_sha256,
+                self_signed = identity.self_signed,
+                "HTTPS certificate"
+            );
+            tasks.push(tokio::spawn(api::server::serve(
+                listener,
+                api_router.clone(),
+                Some(identity.server_config()?),
+                shutdown_rx.clone(),
+            )));
+            https_addr = Some(addr);
+            tls_fingerprint = Some(identity.fingerprint_sha256);
+        }
+
+        let mut http_addr = None;
+        if !config.http.listen.is_empty() {
+            let listener = bind("http.listen", &config.http.listen).await?;
+            http_addr = Some(local_addr(&listener, "http.listen")?);
+            tasks.push(tokio::spawn(api::server::serve(
+                listener,
+                api_router,
+                None,
+                shutdown_rx.clone(),
+            )));
+        }
+
+        let listener = bind("admin.listen", &config.admin.listen).await?;
+        let admin_addr = local_addr(&listener, "admin.listen")?;
+        tasks.push(tokio::spawn(api::server::serve(
+            listener,
+            api::admin_router(state.clone()),
+            None,
+            shutdown_rx.clone(),
+        )));
+
+        tasks.push(tokio::spawn(reap_sessions(state.clone(), shutdown_rx)));
+        state.readiness.api_listening.store(true, Ordering::Relaxed);
+        let shown = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
+        info!(
+            https = %shown(https_addr),
+            http = %shown(http_addr),
+            admin = %admin_addr,
+            "gateway listening"
+        );
+        Ok(Gateway {
+            state,
+            http_addr,
+            https_addr,
+            admin_addr,
+            tls_fingerprint,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops accepting and ends the background tasks.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// The session reaper: the driver for [`session::SessionStore::expire`].
+async fn reap_sessions(state: SharedState, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let next = state.expire_sessions(Instant::now());
+        let sleep = next
+            .map(|at| at.saturating_duration_since(Instant::now()))
+            .unwrap_or(REAPER_MAX_SLEEP)
+            .clamp(Duration::from_millis(10), REAPER_MAX_SLEEP);
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}

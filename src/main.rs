@@ -1,0 +1,170 @@
+//! The `webrtc-sip-gateway` command: run the gateway, or one of its operator tools.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use webrtc_sip_gateway::api::token;
+use webrtc_sip_gateway::config::{self, Config, CryptKey};
+use webrtc_sip_gateway::ops::firewall;
+use webrtc_sip_gateway::{logging, Gateway};
+
+#[derive(Parser)]
+#[command(
+    name = "webrtc-sip-gateway",
+    version,
+    about = "WebRTC to SIP media gateway"
+)]
+struct Cli {
+    /// Config file (TOML).
+    #[arg(long, short, global = true, default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate the config and print it as it takes effect, secrets masked. Exit 0 if valid.
+    CheckConfig,
+    /// Read a secret on stdin and print it as a CRYPT: value for the config.
+    EncryptPassword,
+    /// Print nftables rules for the configured listeners and port ranges.
+    FirewallRules,
+    /// Print a bearer token for a user, signed with [auth] token-secret (for testing a deployment).
+    IssueToken {
+        /// The session user the token is for.
+        #[arg(long)]
+        user: String,
+        /// Seconds until the token expires.
+        #[arg(long, default_value_t = 300)]
+        ttl: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(&cli.config),
+        Command::CheckConfig => check_config(&cli.config),
+        Command::EncryptPassword => encrypt_password(&cli.config),
+        Command::FirewallRules => firewall_rules(&cli.config),
+        Command::IssueToken { user, ttl } => issue_token(&cli.config, &user, ttl),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<Config, String> {
+    Config::load(path, std::env::vars()).map_err(|e| e.to_string())
+}
+
+fn run(path: &Path) -> Result<(), String> {
+    let config = load(path)?;
+    logging::init(&config.log)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let gateway = Gateway::start(config).await.map_err(|e| e.to_string())?;
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        gateway.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn check_config(path: &Path) -> Result<(), String> {
+    let config = load(path)?;
+    println!(
+        "# {} is valid. Effective config (secrets masked):",
+        path.display()
+    );
+    print!("{}", config.to_masked_toml());
+    Ok(())
+}
+
+fn encrypt_password(path: &Path) -> Result<(), String> {
+    // The key file may be named in the config; the config itself is optional here.
+    let key_file = if path.exists() {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        table
+            .get("secrets")
+            .and_then(|s| s.get("key-file"))
+            .and_then(|k| k.as_str())
+            .unwrap_or("")
+            .to_string()
+    } else {
+        String::new()
+    };
+    let env_key = std::env::var(config::secret::KEY_ENV).ok();
+    let key = CryptKey::locate(env_key.as_deref(), &key_file).map_err(|e| e.to_string())?;
+    let mut input = String::new();
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .map_err(|e| format!("cannot read stdin: {e}"))?;
+    let secret = input.strip_suffix('\n').unwrap_or(&input);
+    let secret = secret.strip_suffix('\r').unwrap_or(secret);
+    if secret.is_empty() {
+        return Err("no secret on stdin".into());
+    }
+    println!("{}", key.encrypt(secret).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+fn firewall_rules(path: &Path) -> Result<(), String> {
+    let config = load(path)?;
+    let servers = if config.sip.server.is_empty() {
+        Vec::new()
+    } else {
+        firewall::sip_server_addresses(&config).map_err(|e| e.to_string())?
+    };
+    let rules = firewall::render(&config, &servers, &path.display().to_string())
+        .map_err(|e| e.to_string())?;
+    print!("{rules}");
+    Ok(())
+}
+
+fn issue_token(path: &Path, user: &str, ttl: u64) -> Result<(), String> {
+    let config = load(path)?;
+    if config.auth.token_secret.is_empty() {
+        return Err("auth.token-secret is empty".into());
+    }
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs()
+        + ttl;
+    println!(
+        "{}",
+        token::issue(config.auth.token_secret.expose().as_bytes(), user, expires)
+    );
+    Ok(())
+}

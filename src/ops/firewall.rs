@@ -1,0 +1,232 @@
+//! `firewall-rules`: nftables rules for exactly the configured listeners and
+//! port ranges. Web side (HTTPS and the web UDP range) is open to anyone; SIP
+//! side (SIP port and SIP media range) only to and from the SIP server.
+//!
+//! The rules live in their own `inet` table with `policy accept` chains that
+//! accept what the gateway needs and drop everything else aimed at the
+//! gateway's own ports, so they compose with a host's existing ruleset
+//! without touching other services (note that a drop in another table still wins).
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+
+use crate::config::{parse_host_port, Config, SipTransport};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error("sip.server {0:?} does not resolve to an address: {1}")]
+    Resolve(String, String),
+    #[error("{0} is not a valid listen address")]
+    Listen(&'static str),
+}
+
+fn addr(text: &str, key: &'static str) -> Result<SocketAddr, FirewallError> {
+    text.parse().map_err(|_| FirewallError::Listen(key))
+}
+
+fn saddr(ip: &IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("ip saddr {v4}"),
+        IpAddr::V6(v6) => format!("ip6 saddr {v6}"),
+    }
+}
+
+/// Resolves `sip.server` to the addresses the rules allow.
+pub fn sip_server_addresses(config: &Config) -> Result<Vec<IpAddr>, FirewallError> {
+    let server = &config.sip.server;
+    let (host, port) = parse_host_port(server, config.sip.transport.default_port())
+        .map_err(|e| FirewallError::Resolve(server.clone(), e))?;
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![ip]);
+    }
+    let mut ips: Vec<IpAddr> = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| FirewallError::Resolve(server.clone(), e.to_string()))?
+        .map(|a| a.ip())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    if ips.is_empty() {
+        return Err(FirewallError::Resolve(server.clone(), "no address".into()));
+    }
+    Ok(ips)
+}
+
+/// The ruleset, given the SIP server's addresses (empty when none is configured).
+pub fn render(
+    config: &Config,
+    sip_servers: &[IpAddr],
+    source: &str,
+) -> Result<String, FirewallError> {
+    let media = &config.media;
+    let web_range = format!("{}-{}", media.web_port_min, media.web_port_max);
+    let sip_range = format!("{}-{}", media.sip_port_min, media.sip_port_max);
+    let sip_port = addr(&config.sip.listen, "sip.listen")?.port();
+    let sip_proto = match config.sip.transport {
+        SipTransport::Udp => "udp",
+        SipTransport::Tcp | SipTransport::Tls => "tcp",
+    };
+
+    let mut lines: Vec<String> = vec![
+        "#!/usr/sbin/nft -f".into(),
+        format!("# nftables rules for webrtc-sip-gateway, made from {source}."),
+        "# Load with: nft -f <this file>. They accept the gateway's traffic and drop".into(),
+        "# anything else aimed at its ports; other services are left alone.".into(),
+        "table inet webrtc_sip_gateway".into(),
+        "delete table inet webrtc_sip_gateway".into(),
+        "table inet webrtc_sip_gateway {".into(),
+        "    chain input {".into(),
+        "        type filter hook input priority filter; policy accept;".into(),
+        "        ct state established,related accept".into(),
+        "        # Web side, from anywhere".into(),
+    ];
+    let mut rule = |text: String| lines.push(format!("        {text}"));
+    if !config.http.tls_listen.is_empty() {
+        let https = addr(&config.http.tls_listen, "http.tls-listen")?;
+        rule(format!(
+            "tcp dport {} accept comment \"signaling API (HTTPS)\"",
+            https.port()
+        ));
+    }
+    if !config.http.listen.is_empty() {
+        let http = addr(&config.http.listen, "http.listen")?;
+        if http.ip().is_loopback() {
+            rule(format!(
+                "# plain HTTP on {http} is loopback-only: nothing to open"
+            ));
+        } else {
+            rule(format!(
+                "tcp dport {} accept comment \"signaling API (plain HTTP; prefer HTTPS)\"",
+                http.port()
+            ));
+        }
+    }
+    rule(format!(
+        "udp dport {web_range} accept comment \"browser media: ICE, DTLS-SRTP, SRTP\""
+    ));
+    if sip_servers.is_empty() {
+        rule("# SIP side: no sip.server is configured (echo only), so it stays closed".into());
+    } else {
+        rule("# SIP side, from the SIP server only".into());
+        for ip in sip_servers {
+            let s = saddr(ip);
+            rule(format!(
+                "{s} {sip_proto} dport {sip_port} accept comment \"SIP signaling\""
+            ));
+            rule(format!(
+                "{s} udp dport {sip_range} accept comment \"SIP media: RTP/RTCP\""
+            ));
+        }
+    }
+    rule(format!("{sip_proto} dport {sip_port} drop"));
+    rule(format!("udp dport {sip_range} drop"));
+    let admin = addr(&config.admin.listen, "admin.listen")?;
+    if !admin.ip().is_loopback() {
+        rule(format!(
+            "# admin port {} (health, metrics) is internal: allow your monitoring hosts above this line",
+            admin.port()
+        ));
+        rule(format!("tcp dport {} drop", admin.port()));
+    }
+    lines.push("    }".into());
+    lines.push("    chain output {".into());
+    lines.push("        type filter hook output priority filter; policy accept;".into());
+    let mut rule = |text: String| lines.push(format!("        {text}"));
+    if sip_servers.is_empty() {
+        rule(format!(
+            "udp sport {sip_range} drop comment \"no SIP server: no SIP media\""
+        ));
+    } else {
+        rule("# SIP media goes to the SIP server only".into());
+        let v4: Vec<String> = sip_servers
+            .iter()
+            .filter(|i| i.is_ipv4())
+            .map(|i| i.to_string())
+            .collect();
+        let v6: Vec<String> = sip_servers
+            .iter()
+            .filter(|i| i.is_ipv6())
+            .map(|i| i.to_string())
+            .collect();
+        for (family, nfproto, list) in [("ip", "ipv4", &v4), ("ip6", "ipv6", &v6)] {
+            match list.as_slice() {
+                [] => rule(format!("meta nfproto {nfproto} udp sport {sip_range} drop")),
+                [one] => rule(format!(
+                    "udp sport {sip_range} {family} daddr != {one} drop"
+                )),
+                many => rule(format!(
+                    "udp sport {sip_range} {family} daddr != {{ {} }} drop",
+                    many.join(", ")
+                )),
+            }
+        }
+    }
+    lines.push("    }".into());
+    lines.push("}".into());
+    let mut out = lines.join("\n");
+    out.push('\n');
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        Config::from_toml(extra, "t", Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn default_config_opens_web_side_only() {
+        let rules = render(&config(""), &[], "test").unwrap();
+        assert!(rules.contains("tcp dport 8443 accept"));
+        assert!(rules.contains("udp dport 20000-29999 accept"));
+        assert!(rules.contains("udp dport 5070 drop"));
+        assert!(rules.contains("udp dport 30000-39999 drop"));
+        assert!(
+            !rules.contains("saddr"),
+            "no SIP server, no SIP accepts:\n{rules}"
+        );
+        assert!(
+            !rules.contains("dport 8080 accept"),
+            "loopback HTTP is not opened"
+        );
+        assert!(!rules.contains("9090"), "loopback admin needs no rule");
+    }
+
+    #[test]
+    fn sip_side_limited_to_server() {
+        let c = config(
+            "[sip]\nserver = \"192.0.2.10\"\ntransport = \"tcp\"\nlisten = \"0.0.0.0:5080\"\n\
+             [media]\nsip-port-min = 40000\nsip-port-max = 40999\n[http]\ntls-listen = \"0.0.0.0:443\"\n",
+        );
+        let ips = sip_server_addresses(&c).unwrap();
+        let rules = render(&c, &ips, "test").unwrap();
+        assert!(
+            rules.contains("ip saddr 192.0.2.10 tcp dport 5080 accept"),
+            "{rules}"
+        );
+        assert!(
+            rules.contains("ip saddr 192.0.2.10 udp dport 40000-40999 accept"),
+            "{rules}"
+        );
+        assert!(rules.contains("tcp dport 443 accept"));
+        assert!(
+            rules.contains("udp sport 40000-40999 ip daddr != 192.0.2.10 drop"),
+            "{rules}"
+        );
+        assert!(rules.contains("meta nfproto ipv6 udp sport 40000-40999 drop"));
+    }
+
+    #[test]
+    fn both_families() {
+        let c = config("");
+        let ips: Vec<IpAddr> = vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()];
+        let rules = render(&c, &ips, "test").unwrap();
+        assert!(
+            rules.contains("ip6 saddr 2001:db8::1 udp dport 5070 accept"),
+            "{rules}"
+        );
+        assert!(rules.contains("ip6 daddr != 2001:db8::1 drop"), "{rules}");
+        assert!(rules.contains("ip daddr != 192.0.2.1 drop"), "{rules}");
+    }
+}

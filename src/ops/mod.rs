@@ -1,0 +1,3 @@
+//! Operator commands that do not run the gateway: firewall rules.
+
+pub mod firewall;

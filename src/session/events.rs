@@ -1,0 +1,70 @@
+//! The events a session's long-poll returns (`shared/API.md`, "Events").
+
+use serde::Serialize;
+
+/// One queued event with its sequence number.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRecord {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub event: SessionEvent,
+}
+
+/// Event types and their fields, serialized with `"type"` as the tag.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "type")]
+pub enum SessionEvent {
+    #[serde(rename = "call.incoming")]
+    CallIncoming {
+        call: String,
+        from: String,
+        to: String,
+        sdp: String,
+    },
+    #[serde(rename = "call.ringing")]
+    CallRinging { call: String },
+    #[serde(rename = "call.early_media")]
+    CallEarlyMedia { call: String, sdp: String },
+    #[serde(rename = "call.answered")]
+    CallAnswered {
+        call: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sdp: Option<String>,
+    },
+    #[serde(rename = "call.held")]
+    CallHeld { call: String, by: String },
+    #[serde(rename = "call.resumed")]
+    CallResumed { call: String, by: String },
+    #[serde(rename = "call.dtmf")]
+    CallDtmf { call: String, digit: String },
+    #[serde(rename = "call.ended")]
+    CallEnded {
+        call: String,
+        reason: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sip_status: Option<u16>,
+    },
+    #[serde(rename = "session.ended")]
+    SessionEnded { reason: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_shape() {
+        let e = EventRecord {
+            seq: 7,
+            event: SessionEvent::CallEnded {
+                call: "c1".into(),
+                reason: "remote_hangup".into(),
+                sip_status: None,
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            serde_json::json!({"seq": 7, "type": "call.ended", "call": "c1", "reason": "remote_hangup"})
+        );
+    }
+}

@@ -1,0 +1,409 @@
+//! Browser sessions: who is signed in, their secrets, and the ordered event
+//! queue read by long-polls.
+//!
+//! [`SessionStore`] is sans-IO: every method that depends on time takes `now`,
+//! and the driver (the API server) owns the clock and the waiting. Events are
+//! numbered from 1 per session and stay queued until a later poll's `after`
+//! passes them, so a poll lost on the network loses nothing.
+
+pub mod events;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::digest::{digest, SHA256};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use tokio::sync::Notify;
+
+pub use events::{EventRecord, SessionEvent};
+
+/// Opaque session id handed to the browser.
+pub type SessionId = String;
+
+/// What a browser is given when its session is created.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub id: SessionId,
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("the gateway already holds its maximum number of sessions")]
+    TooMany,
+    #[error("the session secret is not valid")]
+    Unauthorized,
+    #[error("no such session")]
+    NotFound,
+    #[error("the system random generator failed")]
+    Random,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    Deleted,
+    Expired,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Deleted => "deleted",
+            EndReason::Expired => "expired",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub id: SessionId,
+    pub user: String,
+    pub display_name: Option<String>,
+    pub created: Instant,
+    secret_digest: [u8; 32],
+    last_activity: Instant,
+    polls_in_progress: u32,
+    next_seq: u64,
+    queue: VecDeque<EventRecord>,
+    /// Wakes long-polls when an event arrives or the session ends.
+    notify: Arc<Notify>,
+}
+
+impl Session {
+    pub fn queued_events(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+/// The result of starting a poll: events to return now, or a handle to wait on.
+pub struct PollStart {
+    pub events: Vec<EventRecord>,
+    pub wake: Arc<Notify>,
+}
+
+pub struct SessionStore {
+    sessions: HashMap<SessionId, Session>,
+    /// SHA-256 of each secret → its session, so a secret is found without
+    /// comparing it byte by byte against every session.
+    by_secret: HashMap<[u8; 32], SessionId>,
+    timeout: Duration,
+    max_sessions: usize,
+    rng: SystemRandom,
+}
+
+fn secret_digest(secret: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, secret.as_bytes()).as_ref());
+    out
+}
+
+impl SessionStore {
+    pub fn new(timeout: Duration, max_sessions: usize) -> Self {
+        SessionStore {
+            sessions: HashMap::new(),
+            by_secret: HashMap::new(),
+            timeout,
+            max_sessions,
+            rng: SystemRandom::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn random_token(&self, bytes: usize) -> Result<String, SessionError> {
+        let mut buf = vec![0u8; bytes];
+        self.rng.fill(&mut buf).map_err(|_| SessionError::Random)?;
+        Ok(URL_SAFE_NO_PAD.encode(buf))
+    }
+
+    /// Creates a session for `user`.
+    pub fn create(
+        &mut self,
+        user: &str,
+        display_name: Option<String>,
+        now: Instant,
+    ) -> Result<NewSession, SessionError> {
+        if self.sessions.len() >= self.max_sessions {
+            return Err(SessionError::TooMany);
+        }
+        let id = self.random_token(16)?;
+        let secret = self.random_token(32)?;
+        let digest = secret_digest(&secret);
+        self.by_secret.insert(digest, id.clone());
+        self.sessions.insert(
+            id.clone(),
+            Session {
+                id: id.clone(),
+                user: user.to_string(),
+                display_name,
+                created: now,
+                secret_digest: digest,
+                last_activity: now,
+                polls_in_progress: 0,
+                next_seq: 1,
+                queue: VecDeque::new(),
+                notify: Arc::new(Notify::new()),
+            },
+        );
+        Ok(NewSession { id, secret })
+    }
+
+    /// Checks `secret` for session `id`. A secret that belongs to no session is
+    /// `Unauthorized`; a valid secret used with another id is `NotFound`
+    /// whether or not that id exists, so ids cannot be probed.
+    pub fn authorize(&self, id: &str, secret: &str) -> Result<&Session, SessionError> {
+        let owner = self
+            .by_secret
+            .get(&secret_digest(secret))
+            .ok_or(SessionError::Unauthorized)?;
+        if owner != id {
+            return Err(SessionError::NotFound);
+        }
+        self.sessions.get(id).ok_or(SessionError::NotFound)
+    }
+
+    fn authorized_mut(&mut self, id: &str, secret: &str) -> Result<&mut Session, SessionError> {
+        self.authorize(id, secret)?;
+        self.sessions.get_mut(id).ok_or(SessionError::NotFound)
+    }
+
+    /// Starts a long-poll: drops events up to `after` (the client has them),
+    /// returns the rest, and marks the session as being polled so it cannot
+    /// expire meanwhile. Every `begin_poll` must be paired with `end_poll`.
+    pub fn begin_poll(
+        &mut self,
+        id: &str,
+        secret: &str,
+        after: u64,
+        now: Instant,
+    ) -> Result<PollStart, SessionError> {
+        let session = self.authorized_mut(id, secret)?;
+        while session.queue.front().is_some_and(|e| e.seq <= after) {
+            session.queue.pop_front();
+        }
+        session.last_activity = now;
+        session.polls_in_progress += 1;
+        Ok(PollStart {
+            events: session
+                .queue
+                .iter()
+                .filter(|e| e.seq > after)
+                .cloned()
+                .collect(),
+            wake: session.notify.clone(),
+        })
+    }
+
+    /// Events after `after`, without acknowledging anything (a poll re-checking
+    /// after a wake-up).
+    pub fn events_after(&self, id: &str, after: u64) -> Option<Vec<EventRecord>> {
+        let session = self.sessions.get(id)?;
+        Some(
+            session
+                .queue
+                .iter()
+                .filter(|e| e.seq > after)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Ends a long-poll; the session's idle time starts again from `now`.
+    pub fn end_poll(&mut self, id: &str, now: Instant) {
+        if let Some(session) = self.sessions.get_mut(id) {
+            session.polls_in_progress = session.polls_in_progress.saturating_sub(1);
+            session.last_activity = now;
+        }
+    }
+
+    /// Queues an event for the session and wakes its polls. Returns its seq.
+    pub fn push(&mut self, id: &str, event: SessionEvent) -> Option<u64> {
+        let session = self.sessions.get_mut(id)?;
+        let seq = session.next_seq;
+        session.next_seq += 1;
+        session.queue.push_back(EventRecord { seq, event });
+        session.notify.notify_waiters();
+        Some(seq)
+    }
+
+    /// Removes a session (DELETE, or the caller's own end logic).
+    pub fn remove(&mut self, id: &str) -> Option<Session> {
+        let session = self.sessions.remove(id)?;
+        self.by_secret.remove(&session.secret_digest);
+        session.notify.notify_waiters();
+        Some(session)
+    }
+
+    /// Removes and returns the sessions that nobody polled for the timeout.
+    pub fn expire(&mut self, now: Instant) -> Vec<Session> {
+        let timeout = self.timeout;
+        let stale: Vec<SessionId> = self
+            .sessions
+            .values()
+            .filter(|s| {
+                s.polls_in_progress == 0
+                    && now.saturating_duration_since(s.last_activity) >= timeout
+            })
+            .map(|s| s.id.clone())
+            .collect();
+        stale.iter().filter_map(|id| self.remove(id)).collect()
+    }
+
+    /// When the next session could expire, if none is polled before then.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.sessions
+            .values()
+            .filter(|s| s.polls_in_progress == 0)
+            .map(|s| s.last_activity + self.timeout)
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> SessionStore {
+        SessionStore::new(Duration::from_secs(300), 3)
+    }
+
+    fn dtmf(call: &str, digit: char) -> SessionEvent {
+        SessionEvent::CallDtmf {
+            call: call.into(),
+            digit: digit.to_string(),
+        }
+    }
+
+    #[test]
+    fn secrets_and_ids() {
+        let mut s = store();
+        let t0 = Instant::now();
+        let a = s.create("1001", None, t0).unwrap();
+        let b = s.create("1002", None, t0).unwrap();
+        assert_ne!(a.id, b.id);
+        assert!(a.secret.len() >= 43, "32 random bytes in base64url");
+        assert_eq!(s.authorize(&a.id, &a.secret).unwrap().user, "1001");
+        assert_eq!(
+            s.authorize(&a.id, "wrong").unwrap_err(),
+            SessionError::Unauthorized
+        );
+        assert_eq!(
+            s.authorize(&b.id, &a.secret).unwrap_err(),
+            SessionError::NotFound
+        );
+        assert_eq!(
+            s.authorize("no-such-id", &a.secret).unwrap_err(),
+            SessionError::NotFound
+        );
+        assert_eq!(
+            s.authorize("no-such-id", "wrong").unwrap_err(),
+            SessionError::Unauthorized
+        );
+    }
+
+    #[test]
+    fn max_sessions() {
+        let mut s = store();
+        let t0 = Instant::now();
+        for u in ["a", "b", "c"] {
+            s.create(u, None, t0).unwrap();
+        }
+        assert_eq!(s.create("d", None, t0).unwrap_err(), SessionError::TooMany);
+    }
+
+    #[test]
+    fn lost_poll_loses_nothing() {
+        let mut s = store();
+        let t0 = Instant::now();
+        let n = s.create("1001", None, t0).unwrap();
+        assert_eq!(s.push(&n.id, dtmf("c1", '1')), Some(1));
+        assert_eq!(s.push(&n.id, dtmf("c1", '2')), Some(2));
+        // A poll returns both, but its response never reaches the browser.
+        let p = s.begin_poll(&n.id, &n.secret, 0, t0).unwrap();
+        assert_eq!(
+            p.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        s.end_poll(&n.id, t0);
+        s.push(&n.id, dtmf("c1", '3'));
+        // The browser polls again from what it last saw (0): everything is there.
+        let p = s.begin_poll(&n.id, &n.secret, 0, t0).unwrap();
+        assert_eq!(
+            p.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        s.end_poll(&n.id, t0);
+        // Acknowledging 2 drops 1 and 2 for good.
+        let p = s.begin_poll(&n.id, &n.secret, 2, t0).unwrap();
+        assert_eq!(p.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3]);
+        s.end_poll(&n.id, t0);
+        assert_eq!(s.sessions[&n.id].queued_events(), 1);
+        let p = s.begin_poll(&n.id, &n.secret, 3, t0).unwrap();
+        assert!(p.events.is_empty());
+        s.end_poll(&n.id, t0);
+        assert_eq!(
+            s.push(&n.id, dtmf("c1", '4')),
+            Some(4),
+            "seq keeps growing by one"
+        );
+    }
+
+    #[test]
+    fn expiry_with_virtual_time() {
+        let mut s = store();
+        let t0 = Instant::now();
+        let idle = s.create("idle", None, t0).unwrap();
+        let polled = s.create("polled", None, t0).unwrap();
+        assert_eq!(s.next_expiry(), Some(t0 + Duration::from_secs(300)));
+        // One poll starts at t0+200 s and is still waiting at t0+600 s.
+        s.begin_poll(&polled.id, &polled.secret, 0, t0 + Duration::from_secs(200))
+            .unwrap();
+        assert!(s.expire(t0 + Duration::from_secs(299)).is_empty());
+        let gone = s.expire(t0 + Duration::from_secs(300));
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].id, idle.id);
+        assert_eq!(
+            s.authorize(&idle.id, &idle.secret).unwrap_err(),
+            SessionError::Unauthorized
+        );
+        assert!(
+            s.expire(t0 + Duration::from_secs(600)).is_empty(),
+            "a poll in progress keeps it"
+        );
+        s.end_poll(&polled.id, t0 + Duration::from_secs(610));
+        assert!(s.expire(t0 + Duration::from_secs(909)).is_empty());
+        assert_eq!(s.expire(t0 + Duration::from_secs(910)).len(), 1);
+        assert!(s.is_empty());
+    }
+
+    #[tokio::test]
+    async fn push_wakes_waiting_poll() {
+        let mut s = store();
+        let t0 = Instant::now();
+        let n = s.create("1001", None, t0).unwrap();
+        let p = s.begin_poll(&n.id, &n.secret, 0, t0).unwrap();
+        assert!(p.events.is_empty());
+        // Taken before the push (as the poll driver does under its lock), so
+        // the push must complete it even though it was not polled yet.
+        let notified = p.wake.notified();
+        s.push(&n.id, dtmf("c", '5'));
+        tokio::time::timeout(Duration::from_secs(5), notified)
+            .await
+            .expect("the push wakes the poll");
+        assert_eq!(s.events_after(&n.id, 0).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,232 @@
+//! Test harness: runs the real `webrtc-sip-gateway` binary on a temporary
+//! config with loopback ports chosen by the OS, and reads its log.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_webrtc-sip-gateway");
+
+/// A config whose listeners all take free loopback ports; `extra` is TOML
+/// appended to it (its sections must not repeat `[http]`/`[admin]`/`[log]`
+/// keys given here, so pass http keys through `http_extra`).
+pub fn config_text(http_extra: &str, extra: &str) -> String {
+    format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\ntls-listen = \"127.0.0.1:0\"\n{http_extra}\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [log]\nformat = \"json\"\nlevel = \"info,webrtc_sip_gateway=trace\"\n{extra}\n"
+    )
+}
+
+pub struct Gateway {
+    child: Child,
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub admin: SocketAddr,
+    pub fingerprint: String,
+    log: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+/// Reads the fields this harness needs from a pretty log line
+/// (`... target: message key=value key=value`).
+fn pretty_to_json(line: &str) -> serde_json::Value {
+    let mut fields = serde_json::Map::new();
+    let mut message = "";
+    for m in ["HTTPS certificate", "gateway listening"] {
+        if let Some((_, rest)) = line.split_once(&format!(": {m}")) {
+            message = m;
+            for pair in rest.split_whitespace() {
+                if let Some((k, v)) = pair.split_once('=') {
+                    fields.insert(k.to_string(), v.into());
+                }
+            }
+        }
+    }
+    serde_json::json!({"message": message, "fields": fields})
+}
+
+impl Gateway {
+    pub fn start(http_extra: &str, extra: &str) -> Gateway {
+        Self::start_with_env(&config_text(http_extra, extra), &[])
+    }
+
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the gateway binary");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&line);
+                sink.lock().unwrap().push('\n');
+                let event = serde_json::from_str::<serde_json::Value>(&line)
+                    .unwrap_or_else(|_| pretty_to_json(&line));
+                let _ = tx.send(event);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut fingerprint = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let event = match rx.recv_timeout(left) {
+                Ok(e) => e,
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("gateway did not start; log:\n{}", log.lock().unwrap());
+                }
+            };
+            let fields = &event["fields"];
+            if event["message"] == "HTTPS certificate" {
+                fingerprint = fields["fingerprint_sha256"].as_str().unwrap().to_string();
+            }
+            if event["message"] == "gateway listening" {
+                let addr = |k: &str| fields[k].as_str().unwrap().parse().unwrap();
+                return Gateway {
+                    http: addr("http"),
+                    https: addr("https"),
+                    admin: addr("admin"),
+                    fingerprint,
+                    child,
+                    log,
+                    _dir: dir,
+                };
+            }
+        }
+    }
+
+    pub fn api(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    pub fn api_tls(&self) -> String {
+        format!("https://localhost:{}", self.https.port())
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// One metric's value from `/metrics` (0 when absent), by exact series text.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+
+    /// Stops the process politely and returns its whole log.
+    pub fn stop(mut self) -> String {
+        // SIGTERM via the kill command keeps the test free of unsafe code.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(50));
+        self.log()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary with arguments and returns its output.
+pub fn run(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("GATEWAY_SECRET_KEY")
+        .envs(env.iter().copied())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(text) = stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(40))
+        .build()
+        .unwrap()
+}
+
+/// Creates a session (auth none) and returns (id, secret).
+pub async fn create_session(base: &str, user: &str) -> (String, String) {
+    let r = client()
+        .post(format!("{base}/v1/sessions"))
+        .json(&serde_json::json!({"user": user}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: serde_json::Value = r.json().await.unwrap();
+    (
+        v["session"].as_str().unwrap().to_string(),
+        v["session_secret"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Asserts the API's error shape and returns the code.
+pub async fn error_code(r: reqwest::Response) -> String {
+    let v: serde_json::Value = r.json().await.expect("error body is JSON");
+    let message = v["error"]["message"].as_str().expect("error.message");
+    assert!(!message.is_empty());
+    v["error"]["code"].as_str().expect("error.code").to_string()
+}
