@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs what the tests
-# need (Debian packages, cargo-fuzz), then format check, clippy, every test,
+# need (Debian packages, PyPI packages, cargo-fuzz), then format check, clippy, every test,
 # and a bounded run of each fuzz target.
 #
 #   FUZZ_SECONDS=N   seconds per fuzz target (default 20; 0 skips fuzzing)
@@ -21,6 +21,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Python packages the interop tests use: libsrtp as an independent SRTP peer.
+if ! python3 -c "import pylibsrtp" 2>/dev/null; then
+    step "installing pylibsrtp"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "pylibsrtp==1.0.0"
 fi
 
 step "cargo fmt --check"

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod logging;
+pub mod media;
 pub mod metrics;
 pub mod ops;
 pub mod session;

@@ -1,0 +1,6 @@
+//! The media plane: RTP/RTCP header access, SRTP/SRTCP transforms and the
+//! port allocator. Nothing here allocates, locks or logs per packet.
+
+pub mod ports;
+pub mod rtp;
+pub mod srtp;

@@ -1,0 +1,145 @@
+//! The few RTP/RTCP header facts the relay needs, read straight from the
+//! packet bytes (RFC 3550, RFC 5761 for muxed RTCP, RFC 7983 for the web leg's
+//! first-byte demultiplexing). No parsing into owned structures: the hot path
+//! only ever looks at a handful of bytes.
+
+/// What the first byte of a datagram on the web leg says it is (RFC 7983).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebPacketKind {
+    Stun,
+    Dtls,
+    Rtp,
+    Rtcp,
+    Unknown,
+}
+
+/// Classifies a datagram on a leg that carries STUN, DTLS and (S)RTP/(S)RTCP.
+pub fn classify(packet: &[u8]) -> WebPacketKind {
+    let Some(&first) = packet.first() else {
+        return WebPacketKind::Unknown;
+    };
+    match first {
+        0..=3 => WebPacketKind::Stun,
+        20..=63 => WebPacketKind::Dtls,
+        128..=191 => {
+            if packet.len() >= 2 && is_rtcp_packet_type(packet[1]) {
+                WebPacketKind::Rtcp
+            } else {
+                WebPacketKind::Rtp
+            }
+        }
+        _ => WebPacketKind::Unknown,
+    }
+}
+
+/// RTCP packet types 192–223 sit where RTP's marker+payload type byte would
+/// be; RFC 5761 keeps RTP payload types out of that range when muxing.
+pub fn is_rtcp_packet_type(second_byte: u8) -> bool {
+    (192..=223).contains(&second_byte)
+}
+
+/// Length of the RTP header (fixed part, CSRCs, extension) if the packet is
+/// a well-formed RTP version 2 packet that holds it.
+pub fn rtp_header_len(packet: &[u8]) -> Option<usize> {
+    if packet.len() < 12 || packet[0] >> 6 != 2 {
+        return None;
+    }
+    let csrc_count = usize::from(packet[0] & 0x0f);
+    let mut len = 12 + 4 * csrc_count;
+    if packet[0] & 0x10 != 0 {
+        let ext = packet.get(len..len + 4)?;
+        len += 4 + 4 * usize::from(u16::from_be_bytes([ext[2], ext[3]]));
+    }
+    (len <= packet.len()).then_some(len)
+}
+
+pub fn rtp_seq(packet: &[u8]) -> u16 {
+    u16::from_be_bytes([packet[2], packet[3]])
+}
+
+pub fn rtp_timestamp(packet: &[u8]) -> u32 {
+    u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]])
+}
+
+pub fn rtp_ssrc(packet: &[u8]) -> u32 {
+    u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]])
+}
+
+pub fn rtp_payload_type(packet: &[u8]) -> u8 {
+    packet[1] & 0x7f
+}
+
+/// Rewrites the payload type, keeping the marker bit.
+pub fn set_rtp_payload_type(packet: &mut [u8], pt: u8) {
+    packet[1] = (packet[1] & 0x80) | (pt & 0x7f);
+}
+
+pub fn set_rtp_ssrc(packet: &mut [u8], ssrc: u32) {
+    packet[8..12].copy_from_slice(&ssrc.to_be_bytes());
+}
+
+/// Sender SSRC of an RTCP packet (bytes 4..8 of the first packet in a compound).
+pub fn rtcp_sender_ssrc(packet: &[u8]) -> Option<u32> {
+    let b = packet.get(4..8)?;
+    (packet[0] >> 6 == 2).then(|| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demux_by_first_byte() {
+        assert_eq!(classify(&[0x00, 0x01]), WebPacketKind::Stun);
+        assert_eq!(classify(&[22, 0xfe]), WebPacketKind::Dtls);
+        assert_eq!(classify(&[0x80, 111]), WebPacketKind::Rtp);
+        assert_eq!(classify(&[0x80, 0x80 | 111]), WebPacketKind::Rtp);
+        assert_eq!(classify(&[0x81, 200]), WebPacketKind::Rtcp);
+        assert_eq!(classify(&[0x80, 201]), WebPacketKind::Rtcp);
+        assert_eq!(classify(&[]), WebPacketKind::Unknown);
+        assert_eq!(classify(&[64]), WebPacketKind::Unknown);
+        assert_eq!(classify(&[255]), WebPacketKind::Unknown);
+    }
+
+    #[test]
+    fn header_lengths() {
+        let mut p = vec![0x80, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 9, 9];
+        assert_eq!(rtp_header_len(&p), Some(12));
+        p[0] = 0x82; // two CSRCs, but only 2 bytes follow
+        assert_eq!(rtp_header_len(&p), None);
+        // One-word extension (0xBEDE profile) after the fixed header.
+        let mut x = vec![
+            0x90, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0xbe, 0xde, 0, 1, 1, 2, 3, 4, 7,
+        ];
+        assert_eq!(rtp_header_len(&x), Some(20));
+        x[15] = 5; // claims 5 words
+        assert_eq!(rtp_header_len(&x), None);
+        assert_eq!(rtp_header_len(&[0x40; 20]), None, "version 1");
+    }
+
+    #[test]
+    fn field_access() {
+        let mut p = [
+            0x80,
+            0x80 | 8,
+            0x12,
+            0x34,
+            0,
+            0,
+            0x01,
+            0x00,
+            0xde,
+            0xad,
+            0xbe,
+            0xef,
+        ];
+        assert_eq!(rtp_seq(&p), 0x1234);
+        assert_eq!(rtp_timestamp(&p), 256);
+        assert_eq!(rtp_ssrc(&p), 0xdeadbeef);
+        assert_eq!(rtp_payload_type(&p), 8);
+        set_rtp_payload_type(&mut p, 96);
+        assert_eq!(p[1], 0x80 | 96, "marker kept");
+        set_rtp_ssrc(&mut p, 7);
+        assert_eq!(rtp_ssrc(&p), 7);
+    }
+}
