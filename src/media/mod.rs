@@ -1,6 +1,9 @@
 //! The media plane: RTP/RTCP header access, SRTP/SRTCP transforms and the
 //! port allocator. Nothing here allocates, locks or logs per packet.
 
+pub mod batch;
 pub mod ports;
+pub mod relay;
 pub mod rtp;
 pub mod srtp;
+pub mod stats;
