@@ -152,6 +152,30 @@ impl Batch {
     }
 }
 
+/// Sets a socket's kernel receive and send buffer sizes (bytes; the kernel
+/// caps them at `net.core.rmem_max` / `wmem_max`). Bigger buffers ride out
+/// bursts while a worker is busy elsewhere.
+pub fn set_buffer_sizes(fd: RawFd, recv: usize, send: usize) -> io::Result<()> {
+    for (option, value) in [(libc::SO_RCVBUF, recv), (libc::SO_SNDBUF, send)] {
+        let value = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `value` is a live c_int and the length passed is its size;
+        // setsockopt only reads it.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&value as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match i32::from(s.ss_family) {
         libc::AF_INET => {

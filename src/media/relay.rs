@@ -501,12 +501,23 @@ impl Worker {
             } else {
                 relay_from_sip(call, &mut self.batch, n, kind == SIP_RTCP);
             }
+            // A short batch emptied the queue; a datagram arriving after the
+            // recvmmsg raises a new readiness event, so no extra syscall to
+            // see EAGAIN.
+            if n < BATCH {
+                return;
+            }
         }
     }
 }
 
+/// Kernel buffer per relay socket: a few hundred packets of slack for bursts.
+const SOCKET_BUFFER_BYTES: usize = 512 * 1024;
+
 fn nonblocking(s: std::net::UdpSocket) -> io::Result<std::net::UdpSocket> {
     s.set_nonblocking(true)?;
+    // Best effort: a smaller buffer than asked for still works.
+    let _ = super::batch::set_buffer_sizes(s.as_raw_fd(), SOCKET_BUFFER_BYTES, SOCKET_BUFFER_BYTES);
     Ok(s)
 }
 

@@ -1,0 +1,383 @@
+//! Load generator for the relay (not a timed test): N calls on a running
+//! relay with one worker thread, SDES-SRTP (AES_CM_128_HMAC_SHA1_80) on the
+//! web side and plain RTP on the SIP side. A second process sends valid SRTP
+//! at a fixed aggregate rate and counts what arrives on the SIP side, with
+//! each packet's one-way latency (send time carried in the payload).
+//!
+//!   cargo bench --bench relay_load -- [--calls 1,50,500] [--rates 50000,100000,...] [--seconds 3]
+//!
+//! For each N it reports the highest rate with < 0.1 % loss, the relay
+//! worker's CPU time per packet, and p50/p99 latency at half that rate next
+//! to the same path without the relay. Loopback only; bounded in time.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use webrtc_sip_gateway::media::batch::{set_buffer_sizes, Batch, BATCH};
+use webrtc_sip_gateway::media::relay::{CallMediaSetup, PayloadMap, Relay};
+use webrtc_sip_gateway::media::srtp::{SrtpContext, SrtpKeyMaterial, SrtpProfile};
+
+const PAYLOAD: usize = 160; // 20 ms of G.711: a 172-byte RTP packet
+
+fn key() -> SrtpKeyMaterial {
+    SrtpKeyMaterial::new(SrtpProfile::AesCm128HmacSha1_80, &[0x42; 16], &[0x17; 14]).unwrap()
+}
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn list(name: &str, default: &str) -> Vec<u64> {
+    arg(name, default)
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect()
+}
+
+fn main() {
+    if std::env::var("RELAY_LOAD_ROLE").as_deref() == Ok("traffic") {
+        traffic();
+        return;
+    }
+    let seconds: u64 = arg("--seconds", "3").parse().unwrap_or(3);
+    let calls = list("--calls", "1,50,500");
+    let rates = list("--rates", "50000,100000,150000,200000,250000,300000,350000");
+    println!("relay load: 1 relay worker thread, SRTP (AES_CM_128_HMAC_SHA1_80) -> RTP, {PAYLOAD}-byte payloads, {seconds} s per step");
+    for n in calls {
+        run_for_calls(n as usize, &rates, seconds);
+    }
+}
+
+struct Traffic {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Traffic {
+    fn line(&mut self) -> String {
+        let mut s = String::new();
+        self.stdout.read_line(&mut s).unwrap();
+        s.trim().to_string()
+    }
+    fn say(&mut self, s: &str) {
+        writeln!(self.stdin, "{s}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+}
+
+/// (packets received, sent, p50 ns, p99 ns)
+fn measure(t: &mut Traffic, rate: u64, seconds: u64, direct: bool) -> (u64, u64, u64, u64) {
+    t.say(&format!("RUN {rate} {seconds} {}", u8::from(direct)));
+    let r = t.line();
+    let v: Vec<u64> = r
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    (v[0], v[1], v[2], v[3])
+}
+
+fn run_for_calls(n: usize, rates: &[u64], seconds: u64) {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .env("RELAY_LOAD_ROLE", "traffic")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut t = Traffic {
+        child,
+        stdin,
+        stdout,
+    };
+    let hello = t.line();
+    let addrs: Vec<SocketAddr> = hello
+        .split_whitespace()
+        .skip(1)
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let (browser, sink) = (addrs[0], addrs[1]);
+
+    let relay = Relay::start(1).unwrap();
+    let mut calls = Vec::new();
+    let mut gateway_ports = Vec::new();
+    for _ in 0..n {
+        let web = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sip = UdpSocket::bind("127.0.0.1:0").unwrap();
+        gateway_ports.push(web.local_addr().unwrap());
+        calls.push(
+            relay
+                .add_call(CallMediaSetup {
+                    web_socket: web,
+                    web_remote: Some(browser),
+                    web_srtp: Some((
+                        SrtpContext::new(&key()).unwrap(),
+                        SrtpContext::new(&key()).unwrap(),
+                    )),
+                    web_ssrc: None,
+                    sip_rtp_socket: sip,
+                    sip_rtcp_socket: None,
+                    sip_remote: sink,
+                    sip_remote_rtcp: None,
+                    sip_strict_source: false,
+                    sip_srtp: None,
+                    payload_map: PayloadMap::new(&[(0, 0)]),
+                    control_packets: None,
+                    leases: Vec::new(),
+                })
+                .unwrap(),
+        );
+    }
+    while relay.call_count() < n {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ports: Vec<String> = gateway_ports.iter().map(|a| a.to_string()).collect();
+    t.say(&format!("CALLS {}", ports.join(" ")));
+
+    let mut best: Option<(u64, f64)> = None;
+    println!("\nN = {n} calls");
+    println!("  offered pps | received pps | loss %  | relay CPU ns/packet");
+    for &rate in rates {
+        let cpu_before = worker_cpu_ns();
+        let (received, sent, _, _) = measure(&mut t, rate, seconds, false);
+        let cpu = worker_cpu_ns().saturating_sub(cpu_before);
+        let loss = 100.0 * (sent.saturating_sub(received)) as f64 / sent.max(1) as f64;
+        let ns_per_packet = cpu as f64 / received.max(1) as f64;
+        let achieved = sent / seconds;
+        println!(
+            "  {achieved:>11} | {:>12} | {loss:>7.3} | {ns_per_packet:>8.0}",
+            received / seconds
+        );
+        if loss < 0.1 {
+            best = Some((achieved, ns_per_packet));
+        } else {
+            break;
+        }
+    }
+    match best {
+        Some((rate, ns)) => {
+            let half = rate / 2;
+            let (_, _, p50, p99) = measure(&mut t, half, seconds, false);
+            let (_, _, b50, b99) = measure(&mut t, half, seconds, true);
+            println!(
+                "  max at < 0.1 % loss: {rate} pps ({ns:.0} ns relay CPU per packet, {:.0} pps per fully used core)",
+                1e9 / ns
+            );
+            println!(
+                "  latency at {half} pps: relayed p50 {:.1} µs p99 {:.1} µs; direct p50 {:.1} µs p99 {:.1} µs; added p50 {:.1} µs p99 {:.1} µs",
+                p50 as f64 / 1e3,
+                p99 as f64 / 1e3,
+                b50 as f64 / 1e3,
+                b99 as f64 / 1e3,
+                p50.saturating_sub(b50) as f64 / 1e3,
+                p99.saturating_sub(b99) as f64 / 1e3
+            );
+        }
+        None => println!("  no rate tried ran below 0.1 % loss"),
+    }
+    t.say("QUIT");
+    let _ = t.child.wait();
+}
+
+/// CPU time (user + system) of the relay worker thread, from /proc.
+fn worker_cpu_ns() -> u64 {
+    let tick_ns = 1e9 / 100.0; // USER_HZ
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() == "relay-0" {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let f: Vec<&str> = after.split_whitespace().collect();
+            let utime: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
+            let stime: u64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+            return ((utime + stime) as f64 * tick_ns) as u64;
+        }
+    }
+    0
+}
+
+/// The second process: a browser socket sending SRTP to every call's web
+/// port and a sink socket standing for the SIP peer.
+fn traffic() {
+    let browser = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    browser.set_nonblocking(true).unwrap();
+    sink.set_nonblocking(true).unwrap();
+    // The sink takes every call's packets: room for scheduling gaps.
+    let _ = set_buffer_sizes(sink.as_raw_fd(), 1 << 20, 1 << 20);
+    let _ = set_buffer_sizes(browser.as_raw_fd(), 1 << 20, 4 << 20);
+    let mut out = std::io::stdout();
+    writeln!(
+        out,
+        "HELLO {} {}",
+        browser.local_addr().unwrap(),
+        sink.local_addr().unwrap()
+    )
+    .unwrap();
+    out.flush().unwrap();
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    let mut targets: Vec<SocketAddr> = Vec::new();
+    let mut contexts: Vec<SrtpContext> = Vec::new();
+    let mut seqs: Vec<u16> = Vec::new();
+    let epoch = Instant::now();
+    while let Some(Ok(line)) = lines.next() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("CALLS") => {
+                targets = words.map(|a| a.parse().unwrap()).collect();
+                contexts = targets
+                    .iter()
+                    .map(|_| SrtpContext::new(&key()).unwrap())
+                    .collect();
+                seqs = vec![0; targets.len()];
+            }
+            Some("RUN") => {
+                let rate: u64 = words.next().unwrap().parse().unwrap();
+                let seconds: u64 = words.next().unwrap().parse().unwrap();
+                let direct = words.next() == Some("1");
+                let r = run(
+                    &browser,
+                    &sink,
+                    &targets,
+                    &mut contexts,
+                    &mut seqs,
+                    rate,
+                    seconds,
+                    direct,
+                    epoch,
+                );
+                writeln!(out, "RESULT {} {} {} {}", r.0, r.1, r.2, r.3).unwrap();
+                out.flush().unwrap();
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Receives on the sink in batches until it has been quiet for 300 ms after
+/// `stop`, returning each packet's one-way latency in ns. Between empty
+/// polls it naps briefly rather than spinning a core the relay needs.
+fn receive_all(
+    sink: UdpSocket,
+    epoch: Instant,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<u32> {
+    let mut latencies = Vec::new();
+    let mut rx = Batch::new();
+    let mut quiet_since = Instant::now();
+    loop {
+        let n = rx.recv(sink.as_raw_fd()).unwrap_or(0);
+        let now = epoch.elapsed().as_nanos() as u64;
+        for i in 0..n {
+            if rx.lens[i] >= 20 {
+                let sent_at = u64::from_be_bytes(rx.bufs[i][12..20].try_into().unwrap());
+                latencies.push(now.saturating_sub(sent_at).min(u64::from(u32::MAX)) as u32);
+            }
+        }
+        if n > 0 {
+            quiet_since = Instant::now();
+        } else if stop.load(std::sync::atomic::Ordering::Relaxed)
+            && quiet_since.elapsed() > Duration::from_millis(300)
+        {
+            return latencies;
+        } else {
+            std::thread::sleep(Duration::from_micros(20));
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    browser: &UdpSocket,
+    sink: &UdpSocket,
+    targets: &[SocketAddr],
+    contexts: &mut [SrtpContext],
+    seqs: &mut [u16],
+    rate: u64,
+    seconds: u64,
+    direct: bool,
+    epoch: Instant,
+) -> (u64, u64, u64, u64) {
+    let sink_addr = sink.local_addr().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A receiving thread that blocks in recv: it costs CPU only per packet.
+    let receiver = {
+        let sink = sink.try_clone().unwrap();
+        let stop = stop.clone();
+        std::thread::spawn(move || receive_all(sink, epoch, stop))
+    };
+    let mut tx = Batch::new();
+    let mut sent = 0u64;
+    let order: Vec<usize> = (0..BATCH).collect();
+    let start = Instant::now();
+    let stop_sending = start + Duration::from_secs(seconds);
+    let mut next_call = 0usize;
+    while Instant::now() < stop_sending {
+        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        if sent >= due {
+            // Ahead of schedule: give the core back instead of spinning.
+            std::thread::sleep(Duration::from_micros(50));
+            continue;
+        }
+        let count = ((due - sent) as usize).min(BATCH);
+        let stamp = epoch.elapsed().as_nanos() as u64;
+        for i in 0..count {
+            let call = next_call;
+            next_call = (next_call + 1) % targets.len();
+            let seq = seqs[call];
+            seqs[call] = seq.wrapping_add(1);
+            let buf = &mut tx.bufs[i];
+            buf[..12].copy_from_slice(&[
+                0x80,
+                0,
+                (seq >> 8) as u8,
+                seq as u8,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ]);
+            buf[8..12].copy_from_slice(&(call as u32 + 1).to_be_bytes());
+            buf[12..20].copy_from_slice(&stamp.to_be_bytes());
+            let len = 12 + PAYLOAD;
+            if direct {
+                tx.lens[i] = len;
+                tx.addrs[i] = Some(sink_addr);
+            } else {
+                tx.lens[i] = contexts[call].protect_rtp(&mut buf[..], len).unwrap();
+                tx.addrs[i] = Some(targets[call]);
+            }
+        }
+        sent += tx.send(browser.as_raw_fd(), &order[..count]).unwrap_or(0) as u64;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut latencies = receiver.join().unwrap();
+    let received = latencies.len() as u64;
+    latencies.sort_unstable();
+    let pct = |p: f64| -> u64 {
+        if latencies.is_empty() {
+            0
+        } else {
+            u64::from(latencies[((latencies.len() - 1) as f64 * p) as usize])
+        }
+    };
+    (received, sent, pct(0.5), pct(0.99))
+}
