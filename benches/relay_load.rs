@@ -131,7 +131,7 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64) {
                     sip_remote_rtcp: None,
                     sip_strict_source: false,
                     sip_srtp: None,
-                    payload_map: PayloadMap::new(&[(0, 0)]),
+                    payload_map: PayloadMap::new(&[(0, 0, 8_000)]),
                     control_packets: None,
                     leases: Vec::new(),
                 })

@@ -47,6 +47,8 @@ pub enum StartError {
 /// A running gateway: its listeners, background tasks and shared state.
 pub struct Gateway {
     pub state: SharedState,
+    /// The media relay (its workers run until the gateway is dropped).
+    pub relay: Arc<media::relay::Relay>,
     pub http_addr: Option<SocketAddr>,
     pub https_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
@@ -77,7 +79,13 @@ impl Gateway {
     /// (it is, when it came from [`Config::load`]).
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
         let config = Arc::new(config);
-        let metrics = Metrics::new();
+        let workers = match config.media.relay_workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let relay = media::relay::Relay::start(workers)
+            .map_err(|e| StartError::Setup(format!("cannot start the media relay: {e}")))?;
+        let metrics = Metrics::new(Some(relay.clone()));
         let state: SharedState =
             Arc::new(AppState::new(config.clone(), metrics).map_err(StartError::Setup)?);
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -141,6 +149,7 @@ impl Gateway {
         );
         Ok(Gateway {
             state,
+            relay,
             http_addr,
             https_addr,
             admin_addr,

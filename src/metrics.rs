@@ -2,11 +2,15 @@
 
 use std::sync::Arc;
 
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,12 +41,13 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(None)
     }
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// The metrics, with the relay's totals when there is a relay.
+    pub fn new(relay: Option<Arc<Relay>>) -> Self {
         let mut registry = Registry::with_prefix("gateway");
         let sessions = Gauge::default();
         let sessions_created = Counter::default();
@@ -82,6 +87,9 @@ impl Metrics {
             "Requests refused by the per-client-IP rate limit",
             rate_limited.clone(),
         );
+        if let Some(relay) = relay {
+            registry.register_collector(Box::new(RelayCollector(relay)));
+        }
         Metrics {
             registry: Arc::new(registry),
             sessions,
@@ -107,5 +115,141 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+use crate::media::relay::Relay;
+use crate::media::stats::LegSnapshot;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LegDirection {
+    leg: &'static str,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LegCause {
+    leg: &'static str,
+    cause: &'static str,
+}
+
+/// The relay's counters summed over calls, read at each scrape.
+struct RelayCollector(Arc<Relay>);
+
+impl std::fmt::Debug for RelayCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RelayCollector")
+    }
+}
+
+fn counter_family<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(L, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in series {
+        ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for RelayCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (web, sip) = self.0.totals();
+        let legs: [(&'static str, &LegSnapshot); 2] = [("web", &web), ("sip", &sip)];
+        let mut packets = Vec::new();
+        let mut bytes = Vec::new();
+        let mut drops = Vec::new();
+        for (leg, s) in legs {
+            packets.push((
+                LegDirection {
+                    leg,
+                    direction: "in",
+                },
+                s.packets_in,
+            ));
+            packets.push((
+                LegDirection {
+                    leg,
+                    direction: "out",
+                },
+                s.packets_out,
+            ));
+            bytes.push((
+                LegDirection {
+                    leg,
+                    direction: "in",
+                },
+                s.bytes_in,
+            ));
+            bytes.push((
+                LegDirection {
+                    leg,
+                    direction: "out",
+                },
+                s.bytes_out,
+            ));
+            for (cause, value) in [
+                ("foreign_source", s.dropped_foreign_source),
+                ("auth_failed", s.dropped_auth_failed),
+                ("replay", s.dropped_replay),
+                ("malformed", s.dropped_malformed),
+                ("payload_type", s.dropped_payload_type),
+                ("not_ready", s.dropped_not_ready),
+                ("overload", s.dropped_overload),
+            ] {
+                drops.push((LegCause { leg, cause }, value));
+            }
+        }
+        counter_family(
+            &mut encoder,
+            "gateway_media_packets",
+            "Media packets by leg and direction",
+            &packets,
+        )?;
+        counter_family(
+            &mut encoder,
+            "gateway_media_bytes",
+            "Media bytes by leg and direction",
+            &bytes,
+        )?;
+        counter_family(
+            &mut encoder,
+            "gateway_media_dropped",
+            "Media packets dropped, by leg and cause",
+            &drops,
+        )?;
+        let calls = encoder.encode_descriptor(
+            "gateway_media_calls",
+            "Calls the relay carries now",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.0.call_count() as i64).encode(calls)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_totals_are_exported() {
+        let relay = Relay::start(1).unwrap();
+        let metrics = Metrics::new(Some(relay));
+        let text = metrics.render();
+        assert!(
+            text.contains("gateway_media_packets_total{leg=\"web\",direction=\"in\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_media_dropped_total{leg=\"sip\",cause=\"overload\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("gateway_media_calls 0"), "{text}");
+        assert!(text.contains("gateway_sessions 0"));
     }
 }

@@ -494,3 +494,43 @@ async fn bad_poll_query_is_a_clear_error() {
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(r).await, "bad_request");
 }
+
+#[tokio::test]
+async fn admin_endpoints() {
+    let gw = Gateway::start("", "");
+    let admin = format!("http://{}", gw.admin);
+    let r = reqwest::get(format!("{admin}/healthz")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = reqwest::get(format!("{admin}/readyz")).await.unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "no SIP server configured: ready once listening"
+    );
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["ready"], true);
+    create_session(&gw.api(), "1001").await;
+    let text = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "gateway_sessions 1",
+        "gateway_http_requests_total{route=\"/v1/sessions\",method=\"POST\",status=\"201\"} 1",
+        "gateway_media_calls 0",
+        "gateway_media_packets_total{leg=\"web\",direction=\"in\"} 0",
+    ] {
+        assert!(text.contains(series), "{series} missing from:\n{text}");
+    }
+    let r = reqwest::get(format!("{admin}/nothing")).await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    // With a SIP server configured but not yet reachable, the gateway is not ready.
+    let gw = Gateway::start("", "[sip]\nserver = \"192.0.2.1\"\n");
+    let r = reqwest::get(format!("http://{}/readyz", gw.admin))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+}

@@ -67,7 +67,7 @@ fn setup_call(relay: &Arc<Relay>, strict: bool) -> TestCall {
         sip_remote_rtcp: None,
         sip_strict_source: strict,
         sip_srtp: None,
-        payload_map: PayloadMap::new(&[(111, 96), (0, 0)]),
+        payload_map: PayloadMap::new(&[(111, 96, 48_000), (0, 0, 8_000)]),
         control_packets: Some(tx),
         leases: Vec::new(),
     };
@@ -262,7 +262,7 @@ fn web_media_waits_for_ice_and_keys() {
             sip_remote_rtcp: None,
             sip_strict_source: false,
             sip_srtp: None,
-            payload_map: PayloadMap::new(&[(0, 0)]),
+            payload_map: PayloadMap::new(&[(0, 0, 8_000)]),
             control_packets: None,
             leases: Vec::new(),
         })
@@ -337,4 +337,95 @@ fn ports_return_when_calls_end() {
     // The ports are free for real: they bind again.
     let again = web_ports.bind(ip).unwrap();
     assert!((42000..=42099).contains(&again.lease.port()));
+}
+
+/// A burst far beyond what a worker moves: every packet is either relayed or
+/// counted as dropped, and the stream flows again afterwards.
+#[test]
+fn burst_is_dropped_and_counted_then_the_stream_goes_on() {
+    let relay = Relay::start(1).unwrap();
+    let mut c = setup_call(&relay, false);
+    let quiet = setup_call(&relay, false);
+    until("calls added", || relay.call_count() == 2);
+    let burst: Vec<Vec<u8>> = (0..30_000u16)
+        .map(|seq| srtp(&mut c.browser_tx, &rtp_packet(111, seq, 5, &[0x55; 160])))
+        .collect();
+    let mut sent = 0u64;
+    for p in &burst {
+        if c.browser.send_to(p, c.gateway_web).is_ok() {
+            sent += 1;
+        }
+    }
+    // Meanwhile the other call is still served.
+    let mut quiet_tx = quiet.browser_tx;
+    let q = srtp(&mut quiet_tx, &rtp_packet(0, 1, 6, b"still here"));
+    quiet.browser.send_to(&q, quiet.gateway_web).unwrap();
+    assert_eq!(
+        recv(&quiet.sip_peer).unwrap(),
+        rtp_packet(0, 1, 6, b"still here")
+    );
+
+    // The kernel reports its drop count with the next datagram it queues:
+    // one more packet after the burst carries the count of the last drops.
+    std::thread::sleep(Duration::from_millis(300));
+    let probe = srtp(&mut c.browser_tx, &rtp_packet(111, 30_000, 5, b"probe"));
+    c.browser.send_to(&probe, c.gateway_web).unwrap();
+    sent += 1;
+    // Conservation: every datagram that reached the socket is accounted for.
+    until("the burst is accounted for", || {
+        let web = c.media.stats.web.snapshot();
+        web.packets_in + web.dropped_overload == sent
+    });
+    let web = c.media.stats.web.snapshot();
+    let sip = c.media.stats.sip.snapshot();
+    assert_eq!(
+        web.dropped_auth_failed + web.dropped_replay + web.dropped_malformed,
+        0
+    );
+    assert_eq!(sip.packets_out + sip.dropped_overload, web.packets_in);
+    eprintln!(
+        "burst of {sent}: {} relayed, {} dropped at the web socket, {} at the SIP socket",
+        sip.packets_out, web.dropped_overload, sip.dropped_overload
+    );
+
+    // After the burst, normal packets flow again.
+    while recv(&c.sip_peer).is_some() {}
+    for seq in 40_000..40_010u16 {
+        let p = srtp(&mut c.browser_tx, &rtp_packet(111, seq, 5, b"after"));
+        c.browser.send_to(&p, c.gateway_web).unwrap();
+        assert_eq!(recv(&c.sip_peer).unwrap(), rtp_packet(96, seq, 5, b"after"));
+    }
+}
+
+/// Loss counted from sequence gaps, and the SIP peer's RTCP receiver report
+/// kept as what it says about the stream we send it.
+#[test]
+fn reception_quality_and_peer_reports() {
+    let relay = Relay::start(1).unwrap();
+    let mut c = setup_call(&relay, false);
+    until("call added", || relay.call_count() == 1);
+    for seq in (0..20u16).filter(|s| ![5, 6, 7].contains(s)) {
+        let p = srtp(&mut c.browser_tx, &rtp_packet(0, seq, 5, b"voice"));
+        c.browser.send_to(&p, c.gateway_web).unwrap();
+        assert!(recv(&c.sip_peer).is_some());
+    }
+    let web = c.media.stats.web.snapshot();
+    assert_eq!(web.lost, 3, "seq 5, 6 and 7 never came");
+    // The SIP peer reports 25 % loss, 12 lost, jitter 80 units (10 ms at 8 kHz), on its RTCP port.
+    let mut rr = vec![0x81, 201, 0, 7, 0, 0, 0, 9];
+    rr.extend_from_slice(&[
+        0, 0, 0, 5, 64, 0, 0, 12, 0, 0, 0, 19, 0, 0, 0, 80, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]);
+    // Sent muxed on the RTP port: the relay tells RTCP from RTP by its packet type.
+    c.sip_peer.send_to(&rr, c.gateway_sip).unwrap();
+    let mut at_web = recv(&c.browser).expect("RTCP relayed to the browser");
+    let n = c
+        .browser_rx
+        .unprotect_rtcp(&mut at_web)
+        .expect("valid SRTCP");
+    assert_eq!(&at_web[..n], &rr[..]);
+    let sip = c.media.stats.sip.snapshot();
+    assert_eq!(sip.peer_fraction_lost, 0.25);
+    assert_eq!(sip.peer_cumulative_lost, 12);
+    assert_eq!(sip.peer_jitter_us, 10_000);
 }

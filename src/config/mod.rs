@@ -159,6 +159,7 @@ pub struct MediaConfig {
     pub sip_port_min: u16,
     pub sip_port_max: u16,
     pub web_enable_dtls: bool,
+    pub relay_workers: usize,
 }
 
 impl Default for MediaConfig {
@@ -170,6 +171,7 @@ impl Default for MediaConfig {
             sip_port_min: 30_000,
             sip_port_max: 39_999,
             web_enable_dtls: true,
+            relay_workers: 0,
         }
     }
 }
@@ -388,6 +390,12 @@ impl Config {
                     "{:?} is not an IP address (browsers are sent it as their ICE candidate)",
                     media.public_address
                 ),
+            );
+        }
+        if media.relay_workers > 256 {
+            p.add(
+                "media.relay-workers",
+                "must be at most 256 (0 = one per core)",
             );
         }
         p.port_range("media.web-port", media.web_port_min, media.web_port_max, 1);

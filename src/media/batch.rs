@@ -20,10 +20,18 @@ pub struct Batch {
     pub lens: [usize; BATCH],
     /// Source (received) or destination (to send) of each datagram.
     pub addrs: [Option<SocketAddr>; BATCH],
+    /// The socket's cumulative count of datagrams the kernel dropped for a
+    /// full receive buffer, as last reported (needs [`enable_drop_counter`]).
+    pub kernel_drops: Option<u32>,
     storage: [libc::sockaddr_storage; BATCH],
     iovecs: [libc::iovec; BATCH],
     headers: [libc::mmsghdr; BATCH],
+    /// Ancillary data per datagram (room for one u32 control message), u64 for alignment.
+    control: [[u64; 4]; BATCH],
 }
+
+/// Linux `SO_RXQ_OVFL` (asm-generic/socket.h); not exported by the libc crate.
+const SO_RXQ_OVFL: libc::c_int = 40;
 
 impl Default for Batch {
     fn default() -> Self {
@@ -40,9 +48,11 @@ impl Batch {
             bufs: Box::new([[0u8; BUF_LEN]; BATCH]),
             lens: [0; BATCH],
             addrs: [None; BATCH],
+            kernel_drops: None,
             storage,
             iovecs,
             headers,
+            control: [[0; 4]; BATCH],
         }
     }
 
@@ -60,13 +70,14 @@ impl Batch {
                 size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             self.headers[i].msg_hdr.msg_iov = &mut self.iovecs[i];
             self.headers[i].msg_hdr.msg_iovlen = 1;
-            self.headers[i].msg_hdr.msg_control = std::ptr::null_mut();
-            self.headers[i].msg_hdr.msg_controllen = 0;
+            self.headers[i].msg_hdr.msg_control = self.control[i].as_mut_ptr().cast();
+            self.headers[i].msg_hdr.msg_controllen = size_of::<[u64; 4]>() as _;
             self.headers[i].msg_hdr.msg_flags = 0;
             self.headers[i].msg_len = 0;
         }
-        // SAFETY: `headers` holds BATCH entries whose name and iovec pointers
-        // point into `self.storage`, `self.iovecs` and `self.bufs`, all alive and
+        // SAFETY: `headers` holds BATCH entries whose name, iovec and control
+        // pointers point into `self.storage`, `self.iovecs`, `self.bufs` and
+        // `self.control`, all alive and
         // not otherwise borrowed for the duration of the call; the lengths given
         // match those allocations. MSG_DONTWAIT keeps the call from blocking.
         let n = unsafe {
@@ -89,6 +100,9 @@ impl Batch {
         for i in 0..n {
             self.lens[i] = self.headers[i].msg_len as usize;
             self.addrs[i] = from_storage(&self.storage[i]);
+            if let Some(drops) = drop_count(&self.headers[i].msg_hdr) {
+                self.kernel_drops = Some(drops);
+            }
         }
         Ok(n)
     }
@@ -149,6 +163,45 @@ impl Batch {
             sent += n as usize;
         }
         Ok(sent)
+    }
+}
+
+/// The `SO_RXQ_OVFL` value in a received message's ancillary data, if any.
+fn drop_count(header: &libc::msghdr) -> Option<u32> {
+    // SAFETY: `header` was filled by recvmmsg: msg_control points at this
+    // batch's control buffer and msg_controllen says how much of it the
+    // kernel wrote, which is what the CMSG_* walkers rely on.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(header);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == SO_RXQ_OVFL {
+                let data = libc::CMSG_DATA(cmsg).cast::<u32>();
+                return Some(data.read_unaligned());
+            }
+            cmsg = libc::CMSG_NXTHDR(header, cmsg);
+        }
+    }
+    None
+}
+
+/// Asks the kernel to report, with received datagrams, how many it dropped
+/// on this socket for a full receive buffer.
+pub fn enable_drop_counter(fd: RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a live c_int and the length passed is its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_RXQ_OVFL,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -265,5 +318,25 @@ mod tests {
             0,
             "nothing waiting: no block"
         );
+    }
+
+    #[test]
+    fn kernel_drops_are_reported() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        enable_drop_counter(b.as_raw_fd()).unwrap();
+        set_buffer_sizes(b.as_raw_fd(), 4096, 65536).unwrap();
+        // Far more than a tiny receive buffer holds.
+        for _ in 0..500 {
+            let _ = a.send_to(&[0u8; 1000], b.local_addr().unwrap());
+        }
+        // Read what fit, then one more datagram carries the drop count.
+        let mut inb = Batch::new();
+        while inb.recv(b.as_raw_fd()).unwrap() > 0 {}
+        a.send_to(&[1u8; 10], b.local_addr().unwrap()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        while inb.recv(b.as_raw_fd()).unwrap() > 0 {}
+        let drops = inb.kernel_drops.expect("the kernel reported drops");
+        assert!(drops > 400, "{drops}");
     }
 }

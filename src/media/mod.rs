@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod ports;
+pub mod reception;
 pub mod relay;
 pub mod rtp;
 pub mod srtp;

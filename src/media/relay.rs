@@ -23,9 +23,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::batch::{Batch, BATCH};
 use super::ports::PortLease;
+use super::reception::{first_report_block, ReceptionStats};
 use super::rtp::{self, WebPacketKind};
 use super::srtp::{SrtpContext, SrtpError};
-use super::stats::{CallStats, Drop as DropCause, LegStats};
+use super::stats::{CallStats, Drop as DropCause, LegSnapshot, LegStats};
 
 const WAKER: Token = Token(usize::MAX);
 /// Tokens: slot * SOCKETS_PER_CALL + socket kind.
@@ -51,26 +52,33 @@ pub struct ControlPacket {
 }
 
 /// Payload-type mapping between the legs: `to_sip[web_pt]`, `to_web[sip_pt]`;
-/// 255 means "not negotiated: drop".
+/// 255 means "not negotiated: drop". Each mapped type has its clock rate.
 #[derive(Clone)]
 pub struct PayloadMap {
     to_sip: [u8; 128],
     to_web: [u8; 128],
+    /// Clock rate by web payload type (the SIP type of a pair has the same).
+    web_clock: [u32; 128],
+    sip_clock: [u32; 128],
 }
 
 impl PayloadMap {
     const NONE: u8 = 255;
 
-    /// From `(web_pt, sip_pt)` pairs.
-    pub fn new(pairs: &[(u8, u8)]) -> Self {
+    /// From `(web_pt, sip_pt, clock_rate)` triples.
+    pub fn new(pairs: &[(u8, u8, u32)]) -> Self {
         let mut map = PayloadMap {
             to_sip: [Self::NONE; 128],
             to_web: [Self::NONE; 128],
+            web_clock: [0; 128],
+            sip_clock: [0; 128],
         };
-        for &(web, sip) in pairs {
+        for &(web, sip, clock) in pairs {
             if web < 128 && sip < 128 {
                 map.to_sip[usize::from(web)] = sip;
                 map.to_web[usize::from(sip)] = web;
+                map.web_clock[usize::from(web)] = clock;
+                map.sip_clock[usize::from(sip)] = clock;
             }
         }
         map
@@ -127,25 +135,51 @@ impl WorkerLink {
     }
 }
 
+/// Counters over all calls, live and ended, for the metrics exporter.
+#[derive(Default)]
+struct Totals {
+    live: std::sync::Mutex<HashMap<u64, Arc<CallStats>>>,
+    /// Web and SIP leg counters of calls that have ended.
+    ended: std::sync::Mutex<(LegSnapshot, LegSnapshot)>,
+}
+
+impl Totals {
+    fn forget(&self, id: u64) {
+        let stats = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        if let Some(stats) = stats {
+            let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+            ended.0.add_counters(&stats.web.snapshot());
+            ended.1.add_counters(&stats.sip.snapshot());
+        }
+    }
+}
+
 /// The running relay.
 pub struct Relay {
     workers: Vec<WorkerLink>,
     next_id: AtomicU64,
+    totals: Arc<Totals>,
 }
 
 impl Relay {
     /// Starts `workers` threads (at least one).
     pub fn start(workers: usize) -> Result<Arc<Relay>, RelayError> {
         let mut links = Vec::new();
+        let totals = Arc::new(Totals::default());
         for n in 0..workers.max(1) {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
             let (tx, rx) = mpsc::channel();
             let calls = Arc::new(AtomicUsize::new(0));
             let worker_calls = calls.clone();
+            let worker_totals = totals.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("relay-{n}"))
-                .spawn(move || Worker::new(poll, rx, worker_calls).run())?;
+                .spawn(move || Worker::new(poll, rx, worker_calls, worker_totals).run())?;
             links.push(WorkerLink {
                 tx,
                 waker,
@@ -156,6 +190,7 @@ impl Relay {
         Ok(Arc::new(Relay {
             workers: links,
             next_id: AtomicU64::new(1),
+            totals,
         }))
     }
 
@@ -178,6 +213,11 @@ impl Relay {
             .min_by_key(|&i| self.workers[i].calls.load(Ordering::Relaxed))
             .unwrap_or(0);
         let stats = Arc::new(CallStats::default());
+        self.totals
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, stats.clone());
         self.workers[worker].calls.fetch_add(1, Ordering::Relaxed);
         self.workers[worker].send(Control::Add(id, Box::new(setup), stats.clone()))?;
         Ok(CallMedia {
@@ -186,6 +226,26 @@ impl Relay {
             relay: self.clone(),
             stats,
         })
+    }
+}
+
+impl Relay {
+    /// Web and SIP leg counters summed over every call the relay has carried.
+    pub fn totals(&self) -> (LegSnapshot, LegSnapshot) {
+        let (mut web, mut sip) = *self.totals.ended.lock().unwrap_or_else(|p| p.into_inner());
+        let live: Vec<Arc<CallStats>> = self
+            .totals
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for stats in live {
+            web.add_counters(&stats.web.snapshot());
+            sip.add_counters(&stats.sip.snapshot());
+        }
+        (web, sip)
     }
 }
 
@@ -296,6 +356,14 @@ struct CallState {
     map: PayloadMap,
     stats: Arc<CallStats>,
     control_packets: Option<SyncSender<ControlPacket>>,
+    /// Kernel drop counts last seen per socket kind (cumulative, wrapping).
+    kernel_drops_seen: [u32; SOCKETS_PER_CALL],
+    /// What arrives from the browser and from the SIP peer.
+    web_reception: ReceptionStats,
+    sip_reception: ReceptionStats,
+    /// Clock rate of the last RTP packet from each side (for RTCP jitter).
+    web_clock: u32,
+    sip_clock: u32,
     _leases: Vec<PortLease>,
 }
 
@@ -303,11 +371,18 @@ struct Worker {
     poll: Poll,
     control: Receiver<Control>,
     load: Arc<AtomicUsize>,
+    totals: Arc<Totals>,
     slots: Vec<Option<CallState>>,
     free_slots: Vec<usize>,
     by_id: HashMap<u64, usize>,
     batch: Batch,
+    /// Sockets left with data when their turn's budget ran out.
+    pending: Vec<(usize, usize)>,
 }
+
+/// Batches one socket may move per turn before the others get theirs: a
+/// flood on one call delays the rest by at most this much work.
+const BATCHES_PER_TURN: usize = 8;
 
 /// Indices of a batch's datagrams going out by one socket.
 struct Outgoing {
@@ -329,22 +404,32 @@ impl Outgoing {
 }
 
 impl Worker {
-    fn new(poll: Poll, control: Receiver<Control>, load: Arc<AtomicUsize>) -> Self {
+    fn new(
+        poll: Poll,
+        control: Receiver<Control>,
+        load: Arc<AtomicUsize>,
+        totals: Arc<Totals>,
+    ) -> Self {
         Worker {
             poll,
             control,
             load,
+            totals,
             slots: Vec::new(),
             free_slots: Vec::new(),
             by_id: HashMap::new(),
             batch: Batch::new(),
+            pending: Vec::new(),
         }
     }
 
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
+        let mut turn: Vec<(usize, usize)> = Vec::new();
         loop {
-            if let Err(e) = self.poll.poll(&mut events, None) {
+            // With sockets still holding data, only look for new events.
+            let timeout = (!self.pending.is_empty()).then_some(std::time::Duration::ZERO);
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -358,13 +443,24 @@ impl Worker {
                     return;
                 }
             }
+            turn.clear();
+            turn.append(&mut self.pending);
             for event in events.iter() {
                 if event.token() == WAKER {
                     continue;
                 }
-                let slot = event.token().0 / SOCKETS_PER_CALL;
-                let kind = event.token().0 % SOCKETS_PER_CALL;
-                self.drain(slot, kind);
+                let socket = (
+                    event.token().0 / SOCKETS_PER_CALL,
+                    event.token().0 % SOCKETS_PER_CALL,
+                );
+                if !turn.contains(&socket) {
+                    turn.push(socket);
+                }
+            }
+            for &(slot, kind) in &turn {
+                if self.drain(slot, kind) {
+                    self.pending.push((slot, kind));
+                }
             }
         }
     }
@@ -375,6 +471,7 @@ impl Worker {
             Control::Add(id, setup, stats) => {
                 if let Err(e) = self.add(id, *setup, stats) {
                     self.load.fetch_sub(1, Ordering::Relaxed);
+                    self.totals.forget(id);
                     tracing::warn!(call = id, error = %e, "relay could not take the call");
                 }
             }
@@ -388,8 +485,11 @@ impl Worker {
                             let _ = registry.deregister(s);
                         }
                     }
+                    self.pending.retain(|&(s, _)| s != slot);
                     self.free_slots.push(slot);
                     self.load.fetch_sub(1, Ordering::Relaxed);
+                    // After the sockets closed: nothing more can be counted for it.
+                    self.totals.forget(id);
                 }
             }
             Control::WebRemote(id, addr) => {
@@ -470,32 +570,49 @@ impl Worker {
             map: setup.payload_map,
             stats,
             control_packets: setup.control_packets,
+            kernel_drops_seen: [0; SOCKETS_PER_CALL],
+            web_reception: ReceptionStats::new(std::time::Instant::now()),
+            sip_reception: ReceptionStats::new(std::time::Instant::now()),
+            web_clock: 0,
+            sip_clock: 0,
             _leases: setup.leases,
         });
         self.by_id.insert(id, slot);
         Ok(())
     }
 
-    /// Reads a socket until it is empty (mio is edge-triggered), relaying
-    /// each batch as it arrives.
-    fn drain(&mut self, slot: usize, kind: usize) {
+    /// Reads a socket until it is empty (mio is edge-triggered) or its turn
+    /// is used up, relaying each batch as it arrives. Returns true when data
+    /// may be left for a later turn.
+    fn drain(&mut self, slot: usize, kind: usize) -> bool {
         let Some(call) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
-            return;
+            return false;
         };
-        loop {
+        for _ in 0..BATCHES_PER_TURN {
             let fd = match kind {
                 WEB => call.web.socket.as_raw_fd(),
                 SIP_RTP => call.sip.rtp.as_raw_fd(),
                 _ => match &call.sip.rtcp {
                     Some(s) => s.as_raw_fd(),
-                    None => return,
+                    None => return false,
                 },
             };
             let n = match self.batch.recv(fd) {
-                Ok(0) => return,
+                Ok(0) => return false,
                 Ok(n) => n,
-                Err(_) => return,
+                Err(_) => return false,
             };
+            if let Some(total) = self.batch.kernel_drops.take() {
+                let seen = &mut call.kernel_drops_seen[kind];
+                let new_drops = total.wrapping_sub(*seen);
+                *seen = total;
+                let leg = if kind == WEB {
+                    &call.stats.web
+                } else {
+                    &call.stats.sip
+                };
+                leg.dropped_many(DropCause::Overload, u64::from(new_drops));
+            }
             if kind == WEB {
                 relay_from_web(call, &mut self.batch, n);
             } else {
@@ -505,9 +622,10 @@ impl Worker {
             // recvmmsg raises a new readiness event, so no extra syscall to
             // see EAGAIN.
             if n < BATCH {
-                return;
+                return false;
             }
         }
+        true
     }
 }
 
@@ -516,8 +634,10 @@ const SOCKET_BUFFER_BYTES: usize = 512 * 1024;
 
 fn nonblocking(s: std::net::UdpSocket) -> io::Result<std::net::UdpSocket> {
     s.set_nonblocking(true)?;
-    // Best effort: a smaller buffer than asked for still works.
+    // Best effort: a smaller buffer than asked for still works, and without
+    // the drop counter only kernel-side overload goes uncounted per call.
     let _ = super::batch::set_buffer_sizes(s.as_raw_fd(), SOCKET_BUFFER_BYTES, SOCKET_BUFFER_BYTES);
+    let _ = super::batch::enable_drop_counter(s.as_raw_fd());
     Ok(s)
 }
 
@@ -549,6 +669,8 @@ fn flush(batch: &mut Batch, socket: &UdpSocket, out: &Outgoing, stats: &LegStats
 
 fn relay_from_web(call: &mut CallState, batch: &mut Batch, n: usize) {
     let stats = &*call.stats;
+    // One clock read per batch: its packets arrived together.
+    let arrival = std::time::Instant::now();
     let mut rtp_out = Outgoing::new();
     let mut rtcp_out = Outgoing::new();
     for i in 0..n {
@@ -587,12 +709,16 @@ fn relay_from_web(call: &mut CallState, batch: &mut Batch, n: usize) {
         let result = if kind == WebPacketKind::Rtp {
             web_to_sip_rtp(buf, len, web_in, &call.map, sip_out)
         } else {
-            rtcp_across(buf, len, web_in, sip_out)
+            rtcp_across(buf, len, web_in, sip_out, &stats.web, call.sip_clock)
         };
         match result {
             Ok(out_len) => {
                 batch.lens[i] = out_len;
                 if kind == WebPacketKind::Rtp {
+                    // The header stays readable in SRTP; its type is the SIP one now.
+                    let clock = call.map.sip_clock[usize::from(rtp::rtp_payload_type(buf))];
+                    call.web_clock = clock;
+                    record(&mut call.web_reception, &stats.web, buf, clock, arrival);
                     batch.addrs[i] = Some(call.sip.rtp_destination());
                     rtp_out.push(i);
                 } else {
@@ -616,6 +742,7 @@ fn relay_from_web(call: &mut CallState, batch: &mut Batch, n: usize) {
 
 fn relay_from_sip(call: &mut CallState, batch: &mut Batch, n: usize, rtcp_socket: bool) {
     let stats = &*call.stats;
+    let arrival = std::time::Instant::now();
     let mut out = Outgoing::new();
     for i in 0..n {
         let len = batch.lens[i];
@@ -638,8 +765,13 @@ fn relay_from_sip(call: &mut CallState, batch: &mut Batch, n: usize, rtcp_socket
         let sip_in = call.sip.srtp.as_mut().map(|(sip_in, _)| sip_in);
         let result = if is_rtcp {
             match sip_in {
-                Some(sip_in) => rtcp_across(buf, len, sip_in, Some(web_out)),
-                None => web_out.protect_rtcp(buf, len).map_err(PtOrSrtp::from),
+                Some(sip_in) => {
+                    rtcp_across(buf, len, sip_in, Some(web_out), &stats.sip, call.web_clock)
+                }
+                None => {
+                    note_peer_report(&buf[..len], &stats.sip, call.web_clock);
+                    web_out.protect_rtcp(buf, len).map_err(PtOrSrtp::from)
+                }
             }
         } else {
             sip_to_web_rtp(buf, len, sip_in, &call.map, call.web.ssrc, web_out)
@@ -647,6 +779,11 @@ fn relay_from_sip(call: &mut CallState, batch: &mut Batch, n: usize, rtcp_socket
         match result {
             Ok(out_len) => {
                 batch.lens[i] = out_len;
+                if !is_rtcp {
+                    let clock = call.map.web_clock[usize::from(rtp::rtp_payload_type(buf))];
+                    call.sip_clock = clock;
+                    record(&mut call.sip_reception, &stats.sip, buf, clock, arrival);
+                }
                 batch.addrs[i] = Some(web_remote);
                 out.push(i);
             }
@@ -716,14 +853,49 @@ fn sip_to_web_rtp(
     Ok(web_out.protect_rtp(buf, plain)?)
 }
 
-/// RTCP from one leg to the other: unprotect, then protect (or plain).
+/// Updates a leg's receive quality from a relayed RTP packet's header.
+fn record(
+    reception: &mut ReceptionStats,
+    leg: &LegStats,
+    packet: &[u8],
+    clock: u32,
+    arrival: std::time::Instant,
+) {
+    reception.record(
+        rtp::rtp_ssrc(packet),
+        rtp::rtp_seq(packet),
+        rtp::rtp_timestamp(packet),
+        clock,
+        arrival,
+    );
+    leg.set_reception(reception.lost(), reception.jitter(clock).as_micros() as u64);
+}
+
+/// Keeps what a peer's RTCP report says about the stream we send it
+/// (`clock`: that stream's clock rate, for the jitter).
+fn note_peer_report(plain_rtcp: &[u8], leg: &LegStats, clock: u32) {
+    if let Some(block) = first_report_block(plain_rtcp) {
+        let jitter_us = if clock > 0 {
+            u64::from(block.jitter) * 1_000_000 / u64::from(clock)
+        } else {
+            0
+        };
+        leg.set_peer_report(block.fraction_lost, block.cumulative_lost, jitter_us);
+    }
+}
+
+/// RTCP from one leg to the other: unprotect, note the report, then protect
+/// (or plain).
 fn rtcp_across(
     buf: &mut [u8],
     len: usize,
     inbound: &mut SrtpContext,
     outbound: Option<&mut SrtpContext>,
+    inbound_leg: &LegStats,
+    clock: u32,
 ) -> Result<usize, PtOrSrtp> {
     let plain = inbound.unprotect_rtcp(&mut buf[..len])?;
+    note_peer_report(&buf[..plain], inbound_leg, clock);
     Ok(match outbound {
         Some(out) => out.protect_rtcp(buf, plain)?,
         None => plain,

@@ -1,7 +1,7 @@
 //! Per-call, per-leg counters. Written by the relay worker with relaxed
 //! atomics (no lock), read by the API and the metrics exporter.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
 
@@ -33,6 +33,13 @@ pub struct LegStats {
     /// STUN and DTLS datagrams handed to the ICE/DTLS side.
     pub control_packets: AtomicU64,
     drops: [AtomicU64; 7],
+    /// Our own view of what arrives on this leg (RFC 3550 A.3, A.8).
+    lost: AtomicI64,
+    jitter_us: AtomicU64,
+    /// What the peer on this leg reports (RTCP) about the stream we send it.
+    peer_fraction_lost: AtomicU64,
+    peer_cumulative_lost: AtomicI64,
+    peer_jitter_us: AtomicU64,
 }
 
 impl LegStats {
@@ -47,7 +54,26 @@ impl LegStats {
     }
 
     pub fn dropped(&self, why: Drop) {
-        self.drops[why as usize].fetch_add(1, Relaxed);
+        self.dropped_many(why, 1);
+    }
+
+    pub fn dropped_many(&self, why: Drop, count: u64) {
+        self.drops[why as usize].fetch_add(count, Relaxed);
+    }
+
+    /// Publishes the receive quality measured on this leg.
+    pub fn set_reception(&self, lost: i64, jitter_us: u64) {
+        self.lost.store(lost, Relaxed);
+        self.jitter_us.store(jitter_us, Relaxed);
+    }
+
+    /// Publishes the peer's last RTCP report about the stream we send it.
+    pub fn set_peer_report(&self, fraction_lost: u8, cumulative_lost: i32, jitter_us: u64) {
+        self.peer_fraction_lost
+            .store(u64::from(fraction_lost), Relaxed);
+        self.peer_cumulative_lost
+            .store(i64::from(cumulative_lost), Relaxed);
+        self.peer_jitter_us.store(jitter_us, Relaxed);
     }
 
     pub fn drops(&self, why: Drop) -> u64 {
@@ -68,12 +94,17 @@ impl LegStats {
             dropped_payload_type: self.drops(Drop::PayloadType),
             dropped_not_ready: self.drops(Drop::NotReady),
             dropped_overload: self.drops(Drop::Overload),
+            lost: self.lost.load(Relaxed),
+            jitter_us: self.jitter_us.load(Relaxed),
+            peer_fraction_lost: self.peer_fraction_lost.load(Relaxed) as f64 / 256.0,
+            peer_cumulative_lost: self.peer_cumulative_lost.load(Relaxed),
+            peer_jitter_us: self.peer_jitter_us.load(Relaxed),
         }
     }
 }
 
 /// Counters of one leg at one moment, as the API reports them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct LegSnapshot {
     pub packets_in: u64,
     pub bytes_in: u64,
@@ -87,6 +118,35 @@ pub struct LegSnapshot {
     pub dropped_payload_type: u64,
     pub dropped_not_ready: u64,
     pub dropped_overload: u64,
+    /// Packets of the incoming stream that never arrived (our count).
+    pub lost: i64,
+    /// Interarrival jitter of the incoming stream, microseconds.
+    pub jitter_us: u64,
+    /// The peer's RTCP report on the stream we send it: fraction lost (0–1),
+    /// cumulative lost, jitter.
+    pub peer_fraction_lost: f64,
+    pub peer_cumulative_lost: i64,
+    pub peer_jitter_us: u64,
+}
+
+impl LegSnapshot {
+    /// Adds another snapshot's counters (for totals over calls); quality
+    /// figures, which do not add up, are left as they are.
+    pub fn add_counters(&mut self, o: &LegSnapshot) {
+        self.packets_in += o.packets_in;
+        self.bytes_in += o.bytes_in;
+        self.packets_out += o.packets_out;
+        self.bytes_out += o.bytes_out;
+        self.control_packets += o.control_packets;
+        self.dropped_foreign_source += o.dropped_foreign_source;
+        self.dropped_auth_failed += o.dropped_auth_failed;
+        self.dropped_replay += o.dropped_replay;
+        self.dropped_malformed += o.dropped_malformed;
+        self.dropped_payload_type += o.dropped_payload_type;
+        self.dropped_not_ready += o.dropped_not_ready;
+        self.dropped_overload += o.dropped_overload;
+        self.lost += o.lost;
+    }
 }
 
 /// Counters of both legs of a call. Inbound counters belong to the leg the
