@@ -132,7 +132,7 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64) {
                     sip_strict_source: false,
                     sip_srtp: None,
                     payload_map: PayloadMap::new(&[(0, 0, 8_000)]),
-                    control_packets: None,
+                    events: None,
                     leases: Vec::new(),
                 })
                 .unwrap(),

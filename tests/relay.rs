@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use webrtc_sip_gateway::media::ports::PortAllocator;
 use webrtc_sip_gateway::media::relay::{
-    CallMedia, CallMediaSetup, ControlPacket, PayloadMap, Relay,
+    CallMedia, CallMediaSetup, PayloadMap, Relay, RelayError, RelayEvent,
 };
 use webrtc_sip_gateway::media::rtp;
 use webrtc_sip_gateway::media::srtp::{SrtpContext, SrtpKeyMaterial, SrtpProfile};
@@ -43,7 +43,7 @@ struct TestCall {
     gateway_sip: SocketAddr,
     browser_tx: SrtpContext,
     browser_rx: SrtpContext,
-    control: Receiver<ControlPacket>,
+    events: Receiver<RelayEvent>,
 }
 
 fn setup_call(relay: &Arc<Relay>, strict: bool) -> TestCall {
@@ -67,8 +67,9 @@ fn setup_call(relay: &Arc<Relay>, strict: bool) -> TestCall {
         sip_remote_rtcp: None,
         sip_strict_source: strict,
         sip_srtp: None,
-        payload_map: PayloadMap::new(&[(111, 96, 48_000), (0, 0, 8_000)]),
-        control_packets: Some(tx),
+        payload_map: PayloadMap::new(&[(111, 96, 48_000), (0, 0, 8_000)])
+            .with_telephone_event(110, 48_000, 101, 8_000),
+        events: Some(tx),
         leases: Vec::new(),
     };
     TestCall {
@@ -79,7 +80,7 @@ fn setup_call(relay: &Arc<Relay>, strict: bool) -> TestCall {
         gateway_sip,
         browser_tx: SrtpContext::new(&keys(1)).unwrap(),
         browser_rx: SrtpContext::new(&keys(2)).unwrap(),
-        control,
+        events: control,
     }
 }
 
@@ -197,7 +198,9 @@ fn source_checks_and_drops_are_counted() {
         recv(&c.sip_peer).is_none(),
         "only the one good packet passed"
     );
-    let handed = c.control.recv_timeout(Duration::from_secs(2)).unwrap();
+    let Ok(RelayEvent::Packet(handed)) = c.events.recv_timeout(Duration::from_secs(2)) else {
+        panic!("the STUN packet was not handed over");
+    };
     assert_eq!(handed.data, stun.to_vec());
     assert_eq!(handed.from, c.browser.local_addr().unwrap());
     let web = c.media.stats.web.snapshot();
@@ -263,7 +266,7 @@ fn web_media_waits_for_ice_and_keys() {
             sip_strict_source: false,
             sip_srtp: None,
             payload_map: PayloadMap::new(&[(0, 0, 8_000)]),
-            control_packets: None,
+            events: None,
             leases: Vec::new(),
         })
         .unwrap();
@@ -321,7 +324,7 @@ fn ports_return_when_calls_end() {
                     sip_strict_source: false,
                     sip_srtp: None,
                     payload_map: PayloadMap::new(&[]),
-                    control_packets: None,
+                    events: None,
                     leases: vec![web.lease, sip.lease],
                 })
                 .unwrap(),
@@ -428,4 +431,128 @@ fn reception_quality_and_peer_reports() {
     assert_eq!(sip.peer_fraction_lost, 0.25);
     assert_eq!(sip.peer_cumulative_lost, 12);
     assert_eq!(sip.peer_jitter_us, 10_000);
+}
+
+fn event_payload(code: u8, end: bool, duration: u16) -> Vec<u8> {
+    let mut p = vec![code, if end { 0x80 | 10 } else { 10 }];
+    p.extend_from_slice(&duration.to_be_bytes());
+    p
+}
+
+/// DTMF both ways: browser events (48 kHz) reach SIP at 8 kHz; SIP events
+/// reach the browser at 48 kHz and are reported as digits; digits asked for
+/// through the API go out in the browser's stream without breaking its
+/// sequence numbers.
+#[test]
+fn dtmf_relayed_reported_and_generated() {
+    let relay = Relay::start(1).unwrap();
+    let mut c = setup_call(&relay, false);
+    until("call added", || relay.call_count() == 1);
+
+    // Browser → SIP: duration 4800 at 48 kHz becomes 800 at 8 kHz, PT 110 → 101.
+    let p = srtp(
+        &mut c.browser_tx,
+        &rtp_packet(110, 1, 5, &event_payload(3, true, 4800)),
+    );
+    c.browser.send_to(&p, c.gateway_web).unwrap();
+    assert_eq!(
+        recv(&c.sip_peer).unwrap(),
+        rtp_packet(101, 1, 5, &event_payload(3, true, 800))
+    );
+
+    // SIP → browser: the end packet, sent three times, is one digit.
+    let with_timestamp = |mut p: Vec<u8>, ts: u32| {
+        p[4..8].copy_from_slice(&ts.to_be_bytes());
+        p
+    };
+    for seq in 9..12u16 {
+        let p = with_timestamp(
+            rtp_packet(101, seq, 77, &event_payload(11, true, 800)),
+            4242,
+        );
+        c.sip_peer.send_to(&p, c.gateway_sip).unwrap();
+    }
+    for seq in 9..12u16 {
+        let mut at_web = recv(&c.browser).unwrap();
+        let n = c.browser_rx.unprotect_rtp(&mut at_web).unwrap();
+        let expected = with_timestamp(
+            rtp_packet(110, seq, WEB_SSRC, &event_payload(11, true, 4800)),
+            4242,
+        );
+        assert_eq!(&at_web[..n], &expected[..]);
+    }
+    match c.events.recv_timeout(Duration::from_secs(2)) {
+        Ok(RelayEvent::Dtmf { digit, .. }) => assert_eq!(digit, '#'),
+        other => panic!("expected a digit, got {other:?}"),
+    }
+    assert!(
+        c.events.recv_timeout(Duration::from_millis(200)).is_err(),
+        "one digit, not three"
+    );
+
+    // API → SIP: between browser audio packets 10..=12 and 13.., the relay sends "7".
+    for seq in 10..13u16 {
+        let p = srtp(&mut c.browser_tx, &rtp_packet(0, seq, 5, b"audio"));
+        c.browser.send_to(&p, c.gateway_web).unwrap();
+        assert_eq!(rtp::rtp_seq(&recv(&c.sip_peer).unwrap()), seq);
+    }
+    assert!(matches!(
+        c.media.send_dtmf("7x", Duration::from_millis(100)),
+        Err(RelayError::Dtmf(_))
+    ));
+    c.media.send_dtmf("7", Duration::from_millis(100)).unwrap();
+    let mut events = Vec::new();
+    while events.len() < 5 {
+        let p = recv(&c.sip_peer).expect("DTMF packets");
+        events.push(p);
+    }
+    for (i, p) in events.iter().enumerate() {
+        assert_eq!(rtp::rtp_payload_type(p), 101);
+        assert_eq!(rtp::rtp_ssrc(p), 5, "in the browser's stream");
+        assert_eq!(
+            rtp::rtp_seq(p),
+            13 + i as u16,
+            "sequence numbers continue the stream"
+        );
+        assert_eq!(p[12], 7);
+        assert_eq!(p[1] & 0x80 != 0, i == 0, "marker on the first packet only");
+    }
+    let first_ts = rtp::rtp_timestamp(&events[0]);
+    assert!(events.iter().all(|p| rtp::rtp_timestamp(p) == first_ts));
+    let ends: Vec<_> = events.iter().filter(|p| p[13] & 0x80 != 0).collect();
+    assert_eq!(ends.len(), 3);
+    assert!(ends
+        .iter()
+        .all(|p| u16::from_be_bytes([p[14], p[15]]) == 800));
+    assert!(recv(&c.sip_peer).is_none());
+    // The browser's next packet (seq 13) goes out after the inserted ones.
+    let p = srtp(&mut c.browser_tx, &rtp_packet(0, 13, 5, b"audio"));
+    c.browser.send_to(&p, c.gateway_web).unwrap();
+    assert_eq!(rtp::rtp_seq(&recv(&c.sip_peer).unwrap()), 18);
+}
+
+#[test]
+fn dtmf_needs_telephone_event() {
+    let relay = Relay::start(1).unwrap();
+    let media = relay
+        .add_call(CallMediaSetup {
+            web_socket: udp(),
+            web_remote: None,
+            web_srtp: None,
+            web_ssrc: None,
+            sip_rtp_socket: udp(),
+            sip_rtcp_socket: None,
+            sip_remote: "127.0.0.1:9".parse().unwrap(),
+            sip_remote_rtcp: None,
+            sip_strict_source: false,
+            sip_srtp: None,
+            payload_map: PayloadMap::new(&[(0, 0, 8_000)]),
+            events: None,
+            leases: Vec::new(),
+        })
+        .unwrap();
+    assert!(matches!(
+        media.send_dtmf("1", Duration::from_millis(100)),
+        Err(RelayError::NoTelephoneEvent)
+    ));
 }

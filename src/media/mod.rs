@@ -2,6 +2,7 @@
 //! port allocator. Nothing here allocates, locks or logs per packet.
 
 pub mod batch;
+pub mod dtmf;
 pub mod ports;
 pub mod reception;
 pub mod relay;

@@ -22,6 +22,7 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::batch::{Batch, BATCH};
+use super::dtmf::{self, DtmfError, DtmfReceiver, DtmfSender};
 use super::ports::PortLease;
 use super::reception::{first_report_block, ReceptionStats};
 use super::rtp::{self, WebPacketKind};
@@ -41,6 +42,10 @@ pub enum RelayError {
     Io(#[from] io::Error),
     #[error("the relay has stopped")]
     Stopped,
+    #[error("no telephone-event was negotiated with the SIP side")]
+    NoTelephoneEvent,
+    #[error("{0}")]
+    Dtmf(#[from] DtmfError),
 }
 
 /// A STUN or DTLS datagram from a web leg, for the ICE agent / DTLS driver.
@@ -51,15 +56,27 @@ pub struct ControlPacket {
     pub data: Vec<u8>,
 }
 
+/// What the relay tells the signaling side (rare: never per media packet).
+#[derive(Debug)]
+pub enum RelayEvent {
+    /// STUN or DTLS from the browser.
+    Packet(ControlPacket),
+    /// A DTMF digit (RFC 4733) that arrived from the SIP side.
+    Dtmf { call: u64, digit: char },
+}
+
 /// Payload-type mapping between the legs: `to_sip[web_pt]`, `to_web[sip_pt]`;
 /// 255 means "not negotiated: drop". Each mapped type has its clock rate.
 #[derive(Clone)]
 pub struct PayloadMap {
     to_sip: [u8; 128],
     to_web: [u8; 128],
-    /// Clock rate by web payload type (the SIP type of a pair has the same).
+    /// Clock rate by payload type on each side.
     web_clock: [u32; 128],
     sip_clock: [u32; 128],
+    /// The telephone-event types (RFC 4733), if negotiated.
+    web_event: Option<u8>,
+    sip_event: Option<u8>,
 }
 
 impl PayloadMap {
@@ -72,6 +89,8 @@ impl PayloadMap {
             to_web: [Self::NONE; 128],
             web_clock: [0; 128],
             sip_clock: [0; 128],
+            web_event: None,
+            sip_event: None,
         };
         for &(web, sip, clock) in pairs {
             if web < 128 && sip < 128 {
@@ -82,6 +101,32 @@ impl PayloadMap {
             }
         }
         map
+    }
+
+    /// Adds the telephone-event mapping; the clock rates may differ (the
+    /// relay rescales event durations between them).
+    pub fn with_telephone_event(
+        mut self,
+        web_pt: u8,
+        web_clock: u32,
+        sip_pt: u8,
+        sip_clock: u32,
+    ) -> Self {
+        if web_pt < 128 && sip_pt < 128 {
+            self.to_sip[usize::from(web_pt)] = sip_pt;
+            self.to_web[usize::from(sip_pt)] = web_pt;
+            self.web_clock[usize::from(web_pt)] = web_clock;
+            self.sip_clock[usize::from(sip_pt)] = sip_clock;
+            self.web_event = Some(web_pt);
+            self.sip_event = Some(sip_pt);
+        }
+        self
+    }
+
+    /// The SIP side's telephone-event type and clock rate.
+    pub fn sip_telephone_event(&self) -> Option<(u8, u32)> {
+        self.sip_event
+            .map(|pt| (pt, self.sip_clock[usize::from(pt)]))
     }
 }
 
@@ -107,8 +152,8 @@ pub struct CallMediaSetup {
     /// SIP leg SRTP (inbound, outbound) or plain RTP.
     pub sip_srtp: Option<(SrtpContext, SrtpContext)>,
     pub payload_map: PayloadMap,
-    /// Where STUN/DTLS datagrams from the browser go.
-    pub control_packets: Option<SyncSender<ControlPacket>>,
+    /// Where STUN/DTLS datagrams from the browser and received DTMF digits go.
+    pub events: Option<SyncSender<RelayEvent>>,
     /// Port leases, returned when the relay has closed the sockets.
     pub leases: Vec<PortLease>,
 }
@@ -118,6 +163,7 @@ enum Control {
     Remove(u64),
     WebRemote(u64, SocketAddr),
     WebSrtp(u64, Box<(SrtpContext, SrtpContext)>),
+    SendDtmf(u64, String, std::time::Duration),
     Stop,
 }
 
@@ -212,6 +258,7 @@ impl Relay {
         let worker = (0..self.workers.len())
             .min_by_key(|&i| self.workers[i].calls.load(Ordering::Relaxed))
             .unwrap_or(0);
+        let sip_event = setup.payload_map.sip_telephone_event();
         let stats = Arc::new(CallStats::default());
         self.totals
             .live
@@ -225,6 +272,7 @@ impl Relay {
             worker,
             relay: self.clone(),
             stats,
+            sip_event,
         })
     }
 }
@@ -269,6 +317,7 @@ pub struct CallMedia {
     worker: usize,
     relay: Arc<Relay>,
     pub stats: Arc<CallStats>,
+    sip_event: Option<(u8, u32)>,
 }
 
 impl CallMedia {
@@ -290,6 +339,22 @@ impl CallMedia {
     ) -> Result<(), RelayError> {
         self.relay.workers[self.worker]
             .send(Control::WebSrtp(self.id, Box::new((inbound, outbound))))
+    }
+}
+
+impl CallMedia {
+    /// Sends `digits` to the SIP side as RFC 4733 events, each lasting
+    /// `duration`, in the browser's stream. Refused (nothing sent) when a
+    /// digit or the duration is invalid, or no telephone-event was
+    /// negotiated (then SIP INFO is the way).
+    pub fn send_dtmf(&self, digits: &str, duration: std::time::Duration) -> Result<(), RelayError> {
+        let (_, clock) = self.sip_event.ok_or(RelayError::NoTelephoneEvent)?;
+        DtmfSender::new(clock).queue(digits, duration)?;
+        self.relay.workers[self.worker].send(Control::SendDtmf(
+            self.id,
+            digits.to_string(),
+            duration,
+        ))
     }
 }
 
@@ -349,13 +414,77 @@ impl SipLeg {
     }
 }
 
+/// The stream the relay sends toward the SIP peer: the browser's packets,
+/// with sequence numbers moved past the DTMF packets the relay inserted.
+struct SipOutStream {
+    seq_offset: u16,
+    last_seq: Option<u16>,
+    last_timestamp: u32,
+    last_at: Option<std::time::Instant>,
+    ssrc: u32,
+    clock: u32,
+    dtmf: Option<DtmfSender>,
+}
+
+impl SipOutStream {
+    fn new(id: u64) -> Self {
+        SipOutStream {
+            seq_offset: 0,
+            last_seq: None,
+            last_timestamp: 0,
+            last_at: None,
+            // Used only if DTMF is sent before any audio: any fixed value works.
+            ssrc: 0x7e1e_0000 ^ (id as u32),
+            clock: 8000,
+            dtmf: None,
+        }
+    }
+
+    /// Notes a relayed browser packet; returns its outgoing sequence number.
+    fn relayed(
+        &mut self,
+        seq: u16,
+        timestamp: u32,
+        ssrc: u32,
+        clock: u32,
+        at: std::time::Instant,
+    ) -> u16 {
+        let out = seq.wrapping_add(self.seq_offset);
+        self.last_seq = Some(out);
+        self.last_timestamp = timestamp;
+        self.last_at = Some(at);
+        self.ssrc = ssrc;
+        if clock > 0 {
+            self.clock = clock;
+        }
+        out
+    }
+
+    /// A sequence number for an inserted packet; later packets move up by one.
+    fn inserted_seq(&mut self) -> u16 {
+        let seq = self.last_seq.map_or(0, |s| s.wrapping_add(1));
+        self.seq_offset = self.seq_offset.wrapping_add(1);
+        self.last_seq = Some(seq);
+        seq
+    }
+
+    /// The stream's RTP timestamp at `now`.
+    fn timestamp_at(&self, now: std::time::Instant) -> u32 {
+        let elapsed = self
+            .last_at
+            .map_or(0.0, |at| now.saturating_duration_since(at).as_secs_f64());
+        self.last_timestamp
+            .wrapping_add((elapsed * f64::from(self.clock)) as u32)
+    }
+}
+
 struct CallState {
     id: u64,
     web: WebLeg,
     sip: SipLeg,
     map: PayloadMap,
     stats: Arc<CallStats>,
-    control_packets: Option<SyncSender<ControlPacket>>,
+    events: Option<SyncSender<RelayEvent>>,
     /// Kernel drop counts last seen per socket kind (cumulative, wrapping).
     kernel_drops_seen: [u32; SOCKETS_PER_CALL],
     /// What arrives from the browser and from the SIP peer.
@@ -364,6 +493,8 @@ struct CallState {
     /// Clock rate of the last RTP packet from each side (for RTCP jitter).
     web_clock: u32,
     sip_clock: u32,
+    sip_out: SipOutStream,
+    dtmf_in: DtmfReceiver,
     _leases: Vec<PortLease>,
 }
 
@@ -378,6 +509,8 @@ struct Worker {
     batch: Batch,
     /// Sockets left with data when their turn's budget ran out.
     pending: Vec<(usize, usize)>,
+    /// Calls with DTMF digits being sent.
+    dtmf_slots: Vec<usize>,
 }
 
 /// Batches one socket may move per turn before the others get theirs: a
@@ -420,6 +553,7 @@ impl Worker {
             by_id: HashMap::new(),
             batch: Batch::new(),
             pending: Vec::new(),
+            dtmf_slots: Vec::new(),
         }
     }
 
@@ -427,8 +561,15 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         let mut turn: Vec<(usize, usize)> = Vec::new();
         loop {
-            // With sockets still holding data, only look for new events.
-            let timeout = (!self.pending.is_empty()).then_some(std::time::Duration::ZERO);
+            // With sockets still holding data, only look for new events; with
+            // DTMF being sent, wake for its next packet.
+            let now = std::time::Instant::now();
+            let timeout = if self.pending.is_empty() {
+                self.next_dtmf(now)
+                    .map(|at| at.saturating_duration_since(now))
+            } else {
+                Some(std::time::Duration::ZERO)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -462,6 +603,9 @@ impl Worker {
                     self.pending.push((slot, kind));
                 }
             }
+            if !self.dtmf_slots.is_empty() {
+                self.send_dtmf(std::time::Instant::now());
+            }
         }
     }
 
@@ -486,6 +630,7 @@ impl Worker {
                         }
                     }
                     self.pending.retain(|&(s, _)| s != slot);
+                    self.dtmf_slots.retain(|&s| s != slot);
                     self.free_slots.push(slot);
                     self.load.fetch_sub(1, Ordering::Relaxed);
                     // After the sockets closed: nothing more can be counted for it.
@@ -502,9 +647,90 @@ impl Worker {
                     call.web.srtp = Some(*keys);
                 }
             }
+            Control::SendDtmf(id, digits, duration) => {
+                let Some(&slot) = self.by_id.get(&id) else {
+                    return true;
+                };
+                let Some(call) = self.slots[slot].as_mut() else {
+                    return true;
+                };
+                let Some((_, clock)) = call.map.sip_telephone_event() else {
+                    return true;
+                };
+                let sender = call
+                    .sip_out
+                    .dtmf
+                    .get_or_insert_with(|| DtmfSender::new(clock));
+                // Checked by the caller already; a queue that is full refuses here.
+                if sender.queue(&digits, duration).is_ok() && !self.dtmf_slots.contains(&slot) {
+                    self.dtmf_slots.push(slot);
+                }
+            }
             Control::Stop => return false,
         }
         true
+    }
+
+    fn next_dtmf(&self, now: std::time::Instant) -> Option<std::time::Instant> {
+        self.dtmf_slots
+            .iter()
+            .filter_map(|&slot| {
+                self.slots[slot]
+                    .as_ref()?
+                    .sip_out
+                    .dtmf
+                    .as_ref()?
+                    .next_wakeup(now)
+            })
+            .min()
+    }
+
+    /// Sends the DTMF packets that are due, in each call's SIP-bound stream.
+    fn send_dtmf(&mut self, now: std::time::Instant) {
+        let slots = &mut self.slots;
+        self.dtmf_slots.retain(|&slot| {
+            let Some(call) = slots.get_mut(slot).and_then(Option::as_mut) else {
+                return false;
+            };
+            let Some((pt, _)) = call.map.sip_telephone_event() else {
+                return false;
+            };
+            loop {
+                let timestamp = call.sip_out.timestamp_at(now);
+                let Some(packet) = call
+                    .sip_out
+                    .dtmf
+                    .as_mut()
+                    .and_then(|d| d.poll(now, timestamp))
+                else {
+                    break;
+                };
+                let seq = call.sip_out.inserted_seq();
+                let mut buf = [0u8; 64];
+                buf[0] = 0x80;
+                buf[1] = (u8::from(packet.marker) << 7) | pt;
+                buf[2..4].copy_from_slice(&seq.to_be_bytes());
+                buf[4..8].copy_from_slice(&packet.timestamp.to_be_bytes());
+                buf[8..12].copy_from_slice(&call.sip_out.ssrc.to_be_bytes());
+                buf[12..16].copy_from_slice(&packet.payload);
+                let len = match call.sip.srtp.as_mut() {
+                    Some((_, out)) => match out.protect_rtp(&mut buf, 16) {
+                        Ok(n) => n,
+                        Err(_) => continue,
+                    },
+                    None => 16,
+                };
+                match call
+                    .sip
+                    .rtp
+                    .send_to(&buf[..len], call.sip.rtp_destination())
+                {
+                    Ok(_) => call.stats.sip.sent(len),
+                    Err(_) => call.stats.sip.dropped(DropCause::Overload),
+                }
+            }
+            call.sip_out.dtmf.as_ref().is_some_and(|d| !d.is_idle())
+        });
     }
 
     fn call_mut(&mut self, id: u64) -> Option<&mut CallState> {
@@ -569,12 +795,14 @@ impl Worker {
             },
             map: setup.payload_map,
             stats,
-            control_packets: setup.control_packets,
+            events: setup.events,
             kernel_drops_seen: [0; SOCKETS_PER_CALL],
             web_reception: ReceptionStats::new(std::time::Instant::now()),
             sip_reception: ReceptionStats::new(std::time::Instant::now()),
             web_clock: 0,
             sip_clock: 0,
+            sip_out: SipOutStream::new(id),
+            dtmf_in: DtmfReceiver::default(),
             _leases: setup.leases,
         });
         self.by_id.insert(id, slot);
@@ -684,12 +912,12 @@ fn relay_from_web(call: &mut CallState, batch: &mut Batch, n: usize) {
         if matches!(kind, WebPacketKind::Stun | WebPacketKind::Dtls) {
             // Not media: ICE checks and the DTLS handshake, a few per second.
             stats.web.control_packets.fetch_add(1, Ordering::Relaxed);
-            if let Some(tx) = &call.control_packets {
-                let packet = ControlPacket {
+            if let Some(tx) = &call.events {
+                let packet = RelayEvent::Packet(ControlPacket {
                     call: call.id,
                     from,
                     data: batch.bufs[i][..len].to_vec(),
-                };
+                });
                 if let Err(TrySendError::Full(_)) = tx.try_send(packet) {
                     stats.web.dropped(DropCause::Overload);
                 }
@@ -707,7 +935,15 @@ fn relay_from_web(call: &mut CallState, batch: &mut Batch, n: usize) {
         let buf = &mut batch.bufs[i];
         let sip_out = call.sip.srtp.as_mut().map(|(_, out)| out);
         let result = if kind == WebPacketKind::Rtp {
-            web_to_sip_rtp(buf, len, web_in, &call.map, sip_out)
+            web_to_sip_rtp(
+                buf,
+                len,
+                web_in,
+                &call.map,
+                sip_out,
+                &mut call.sip_out,
+                arrival,
+            )
         } else {
             rtcp_across(buf, len, web_in, sip_out, &stats.web, call.sip_clock)
         };
@@ -763,6 +999,7 @@ fn relay_from_sip(call: &mut CallState, batch: &mut Batch, n: usize, rtcp_socket
             continue;
         };
         let sip_in = call.sip.srtp.as_mut().map(|(sip_in, _)| sip_in);
+        let mut digit = None;
         let result = if is_rtcp {
             match sip_in {
                 Some(sip_in) => {
@@ -774,8 +1011,24 @@ fn relay_from_sip(call: &mut CallState, batch: &mut Batch, n: usize, rtcp_socket
                 }
             }
         } else {
-            sip_to_web_rtp(buf, len, sip_in, &call.map, call.web.ssrc, web_out)
+            sip_to_web_rtp(
+                buf,
+                len,
+                sip_in,
+                &call.map,
+                call.web.ssrc,
+                web_out,
+                &mut call.dtmf_in,
+                &mut digit,
+            )
         };
+        if let (Some(digit), Some(events)) = (digit.take(), &call.events) {
+            // A digit is a rare event: a channel message is fine here.
+            let _ = events.try_send(RelayEvent::Dtmf {
+                call: call.id,
+                digit,
+            });
+        }
         match result {
             Ok(out_len) => {
                 batch.lens[i] = out_len;
@@ -813,13 +1066,32 @@ fn web_to_sip_rtp(
     web_in: &mut SrtpContext,
     map: &PayloadMap,
     sip_out: Option<&mut SrtpContext>,
+    stream: &mut SipOutStream,
+    arrival: std::time::Instant,
 ) -> Result<usize, PtOrSrtp> {
     let plain = web_in.unprotect_rtp(&mut buf[..len])?;
-    let pt = map.to_sip[usize::from(rtp::rtp_payload_type(&buf[..plain]))];
+    let web_pt = rtp::rtp_payload_type(&buf[..plain]);
+    let pt = map.to_sip[usize::from(web_pt)];
     if pt == PayloadMap::NONE {
         return Err(PtOrSrtp::Pt);
     }
     rtp::set_rtp_payload_type(&mut buf[..plain], pt);
+    let (web_clock, sip_clock) = (
+        map.web_clock[usize::from(web_pt)],
+        map.sip_clock[usize::from(pt)],
+    );
+    if map.web_event == Some(web_pt) && web_clock != sip_clock {
+        let header = rtp::rtp_header_len(&buf[..plain]).ok_or(SrtpError::Malformed)?;
+        dtmf::rescale_duration(&mut buf[header..plain], web_clock, sip_clock);
+    }
+    let seq = stream.relayed(
+        rtp::rtp_seq(&buf[..plain]),
+        rtp::rtp_timestamp(&buf[..plain]),
+        rtp::rtp_ssrc(&buf[..plain]),
+        sip_clock,
+        arrival,
+    );
+    buf[2..4].copy_from_slice(&seq.to_be_bytes());
     Ok(match sip_out {
         Some(out) => out.protect_rtp(buf, plain)?,
         None => plain,
@@ -828,6 +1100,7 @@ fn web_to_sip_rtp(
 
 /// SIP RTP to the browser: unprotect (or check), map the payload type, set
 /// the SSRC the browser was told about, protect.
+#[allow(clippy::too_many_arguments)]
 fn sip_to_web_rtp(
     buf: &mut [u8],
     len: usize,
@@ -835,6 +1108,8 @@ fn sip_to_web_rtp(
     map: &PayloadMap,
     ssrc: Option<u32>,
     web_out: &mut SrtpContext,
+    dtmf_in: &mut DtmfReceiver,
+    digit: &mut Option<char>,
 ) -> Result<usize, PtOrSrtp> {
     let plain = match sip_in {
         Some(sip_in) => sip_in.unprotect_rtp(&mut buf[..len])?,
@@ -842,11 +1117,21 @@ fn sip_to_web_rtp(
             .map(|_| len)
             .ok_or(SrtpError::Malformed)?,
     };
-    let pt = map.to_web[usize::from(rtp::rtp_payload_type(&buf[..plain]))];
+    let sip_pt = rtp::rtp_payload_type(&buf[..plain]);
+    let pt = map.to_web[usize::from(sip_pt)];
     if pt == PayloadMap::NONE {
         return Err(PtOrSrtp::Pt);
     }
     rtp::set_rtp_payload_type(&mut buf[..plain], pt);
+    if map.sip_event == Some(sip_pt) {
+        let header = rtp::rtp_header_len(&buf[..plain]).ok_or(SrtpError::Malformed)?;
+        *digit = dtmf_in.on_packet(rtp::rtp_timestamp(&buf[..plain]), &buf[header..plain]);
+        let (sip_clock, web_clock) = (
+            map.sip_clock[usize::from(sip_pt)],
+            map.web_clock[usize::from(pt)],
+        );
+        dtmf::rescale_duration(&mut buf[header..plain], sip_clock, web_clock);
+    }
     if let Some(ssrc) = ssrc {
         rtp::set_rtp_ssrc(&mut buf[..plain], ssrc);
     }
