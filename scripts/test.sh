@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n=== %s\n' "$*"; }
 
-# Debian packages the tests use (nft checks the generated firewall rules).
-packages=(nftables)
+# Debian packages the tests use: nft checks the generated firewall rules;
+# Chromium is the real browser of the browser tests (driven by playwright-core).
+packages=(nftables chromium iproute2)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,6 +28,12 @@ fi
 if ! python3 -c "import pylibsrtp" 2>/dev/null; then
     step "installing pylibsrtp"
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "pylibsrtp==1.0.0"
+fi
+
+# npm packages of the browser tests (playwright-core, pinned by package-lock.json).
+if [ ! -d tests/e2e/node_modules/playwright-core ]; then
+    step "installing tests/e2e npm packages"
+    (cd tests/e2e && npm ci --no-audit --no-fund)
 fi
 
 step "cargo fmt --check"
@@ -48,7 +55,13 @@ if [ "$fuzz_seconds" -gt 0 ]; then
         cd fuzz
         cargo fuzz build -O
         for target in $(cargo fuzz list); do
-            cargo fuzz run -O "$target" -- -max_total_time="$fuzz_seconds" 2>&1 \
+            # Seed the SDP parser with the real offers of the fixtures.
+            corpus=()
+            if [ "$target" = sdp_parse ]; then
+                mkdir -p corpus/sdp_parse
+                corpus=(corpus/sdp_parse ../tests/fixtures/sdp)
+            fi
+            cargo fuzz run -O "$target" "${corpus[@]}" -- -max_total_time="$fuzz_seconds" 2>&1 \
                 | grep -E '^(Done|INFO: Running with)|ERROR|panicked|SUMMARY' || true
             [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "fuzz target $target failed"; exit 1; }
         done

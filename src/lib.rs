@@ -10,6 +10,7 @@ pub mod logging;
 pub mod media;
 pub mod metrics;
 pub mod ops;
+pub mod sdp;
 pub mod session;
 
 use std::net::SocketAddr;

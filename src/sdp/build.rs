@@ -1,0 +1,259 @@
+//! The gateway's own SDP: answers and offers for the browser leg and the SIP
+//! leg. Written line by line in a fixed order (browsers and SIP stacks are
+//! particular about it); every builder's output parses back with
+//! [`Description::parse`](super::Description::parse) in the tests.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use super::{Codec, CryptoAttribute, Description, Direction, Fingerprint, IceCredentials, Setup};
+
+/// Where our side of a leg receives media, and the o= line's numbers.
+#[derive(Debug, Clone)]
+pub struct Local {
+    pub address: IpAddr,
+    pub port: u16,
+    pub session_id: u64,
+    pub session_version: u64,
+}
+
+/// How our side of the web leg is keyed in an answer.
+#[derive(Debug, Clone)]
+pub enum AnswerKeying {
+    /// DTLS: our certificate's fingerprint and our role.
+    Dtls {
+        fingerprint: Fingerprint,
+        setup: Setup,
+    },
+    /// SDES: our key, under the tag and suite of the offer's line we accept.
+    Sdes(CryptoAttribute),
+}
+
+/// Our DTLS role answering `offered` (RFC 5763 §5): passive unless the
+/// browser insists on being passive itself.
+pub fn answer_setup(offered: Setup) -> Setup {
+    match offered {
+        Setup::Passive => Setup::Active,
+        _ => Setup::Passive,
+    }
+}
+
+fn ip_words(ip: IpAddr) -> (&'static str, String) {
+    match ip {
+        IpAddr::V4(v4) => ("IP4", v4.to_string()),
+        IpAddr::V6(v6) => ("IP6", v6.to_string()),
+    }
+}
+
+fn header(out: &mut String, local: &Local) {
+    let (family, addr) = ip_words(local.address);
+    let _ = write!(
+        out,
+        "v=0\r\no=- {} {} IN {family} {addr}\r\ns=-\r\nt=0 0\r\n",
+        local.session_id, local.session_version
+    );
+}
+
+fn connection(out: &mut String, ip: IpAddr) {
+    let (family, addr) = ip_words(ip);
+    let _ = write!(out, "c=IN {family} {addr}\r\n");
+}
+
+fn payload_list(codecs: &[Codec]) -> String {
+    codecs
+        .iter()
+        .map(|c| c.pt.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn codec_lines(out: &mut String, codecs: &[Codec]) {
+    for c in codecs {
+        let _ = write!(out, "a=rtpmap:{}\r\n", c.rtpmap());
+        if let Some(fmtp) = &c.fmtp {
+            let _ = write!(out, "a=fmtp:{} {fmtp}\r\n", c.pt);
+        }
+    }
+}
+
+fn ice_lines(out: &mut String, ice: &IceCredentials, local: &Local) {
+    let _ = write!(
+        out,
+        "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n",
+        ice.ufrag, ice.pwd
+    );
+    // ICE-lite: one host candidate, our public address and the leg's port.
+    let _ = write!(
+        out,
+        "a=candidate:1 1 udp 2130706431 {} {} typ host\r\na=end-of-candidates\r\n",
+        local.address, local.port
+    );
+}
+
+/// The web leg's answer to a browser offer.
+pub struct WebAnswer<'a> {
+    pub offer: &'a Description,
+    pub local: Local,
+    pub ice: &'a IceCredentials,
+    pub keying: AnswerKeying,
+    /// The codecs the call uses, numbered as in the browser's offer.
+    pub codecs: &'a [Codec],
+    pub direction: Direction,
+    /// The SSRC the relay sends to the browser with.
+    pub ssrc: u32,
+    pub cname: &'a str,
+}
+
+pub fn web_answer(a: &WebAnswer<'_>) -> String {
+    let mut out = String::new();
+    header(&mut out, &a.local);
+    out.push_str("a=ice-lite\r\n");
+    let audio_mid = a.offer.audio.mid.as_deref();
+    if let (Some(_), Some(mid)) = (&a.offer.bundle, audio_mid) {
+        // Rejected m-lines leave the bundle group.
+        let _ = write!(out, "a=group:BUNDLE {mid}\r\n");
+    }
+    for (i, other) in a.offer.others.iter().enumerate() {
+        match other {
+            None => {
+                debug_assert_eq!(i, a.offer.audio_index);
+                let _ = write!(
+                    out,
+                    "m=audio {} {} {}\r\n",
+                    a.local.port,
+                    a.offer.audio.proto,
+                    payload_list(a.codecs)
+                );
+                connection(&mut out, a.local.address);
+                if let Some(mid) = audio_mid {
+                    let _ = write!(out, "a=mid:{mid}\r\n");
+                }
+                let _ = write!(out, "a={}\r\na=rtcp-mux\r\n", a.direction.as_str());
+                ice_lines(&mut out, a.ice, &a.local);
+                match &a.keying {
+                    AnswerKeying::Dtls { fingerprint, setup } => {
+                        let _ = write!(
+                            out,
+                            "a=fingerprint:{}\r\na=setup:{}\r\n",
+                            fingerprint.to_value(),
+                            setup.as_str()
+                        );
+                    }
+                    AnswerKeying::Sdes(crypto) => {
+                        let _ = write!(out, "a=crypto:{}\r\n", crypto.to_value());
+                    }
+                }
+                codec_lines(&mut out, a.codecs);
+                let _ = write!(out, "a=ssrc:{} cname:{}\r\n", a.ssrc, a.cname);
+            }
+            Some(m) => {
+                // Not carried (video, data): rejected with port 0, mid kept.
+                let _ = write!(out, "m={} 0 {} {}\r\n", m.media, m.proto, m.fmt);
+                connection(&mut out, a.local.address);
+                if let Some(mid) = &m.mid {
+                    let _ = write!(out, "a=mid:{mid}\r\n");
+                }
+                out.push_str("a=inactive\r\n");
+            }
+        }
+    }
+    out
+}
+
+/// The gateway's offer to a browser (an incoming SIP call).
+pub struct WebOffer<'a> {
+    pub local: Local,
+    pub ice: &'a IceCredentials,
+    /// Our certificate's fingerprint, when DTLS is enabled.
+    pub fingerprint: Option<&'a Fingerprint>,
+    /// SDES keys offered (always some when DTLS is off).
+    pub crypto: &'a [CryptoAttribute],
+    pub codecs: &'a [Codec],
+    pub direction: Direction,
+    pub ssrc: u32,
+    pub cname: &'a str,
+}
+
+pub fn web_offer(o: &WebOffer<'_>) -> String {
+    let mut out = String::new();
+    header(&mut out, &o.local);
+    out.push_str("a=ice-lite\r\na=group:BUNDLE 0\r\n");
+    let proto = if o.fingerprint.is_some() {
+        "UDP/TLS/RTP/SAVPF"
+    } else {
+        "RTP/SAVPF"
+    };
+    let _ = write!(
+        out,
+        "m=audio {} {proto} {}\r\n",
+        o.local.port,
+        payload_list(o.codecs)
+    );
+    connection(&mut out, o.local.address);
+    let _ = write!(
+        out,
+        "a=mid:0\r\na={}\r\na=rtcp-mux\r\n",
+        o.direction.as_str()
+    );
+    ice_lines(&mut out, o.ice, &o.local);
+    if let Some(fp) = o.fingerprint {
+        let _ = write!(
+            out,
+            "a=fingerprint:{}\r\na=setup:actpass\r\n",
+            fp.to_value()
+        );
+    }
+    for c in o.crypto {
+        let _ = write!(out, "a=crypto:{}\r\n", c.to_value());
+    }
+    codec_lines(&mut out, o.codecs);
+    let _ = write!(out, "a=ssrc:{} cname:{}\r\n", o.ssrc, o.cname);
+    out
+}
+
+/// The SIP leg's offer or answer.
+pub struct SipMedia<'a> {
+    pub local: Local,
+    pub codecs: &'a [Codec],
+    pub direction: Direction,
+    /// SDES key, if the SIP leg uses SRTP.
+    pub crypto: Option<&'a CryptoAttribute>,
+    /// `RTP/SAVP` (SRTP required) instead of `RTP/AVP`.
+    pub secure_profile: bool,
+    /// Answering an offer that had a=rtcp-mux.
+    pub rtcp_mux: bool,
+    pub ptime: Option<u32>,
+}
+
+pub fn sip_media(s: &SipMedia<'_>) -> String {
+    let mut out = String::new();
+    let (family, addr) = ip_words(s.local.address);
+    let _ = write!(
+        out,
+        "v=0\r\no=- {} {} IN {family} {addr}\r\ns=-\r\nc=IN {family} {addr}\r\nt=0 0\r\n",
+        s.local.session_id, s.local.session_version
+    );
+    let proto = if s.secure_profile {
+        "RTP/SAVP"
+    } else {
+        "RTP/AVP"
+    };
+    let _ = write!(
+        out,
+        "m=audio {} {proto} {}\r\n",
+        s.local.port,
+        payload_list(s.codecs)
+    );
+    codec_lines(&mut out, s.codecs);
+    if let Some(c) = s.crypto {
+        let _ = write!(out, "a=crypto:{}\r\n", c.to_value());
+    }
+    if s.rtcp_mux {
+        out.push_str("a=rtcp-mux\r\n");
+    }
+    if let Some(p) = s.ptime {
+        let _ = write!(out, "a=ptime:{p}\r\n");
+    }
+    let _ = write!(out, "a={}\r\n", s.direction.as_str());
+    out
+}

@@ -1,0 +1,46 @@
+// Launches Debian's headless Chromium with the flags that make WebRTC work
+// over loopback on these machines (see shared/TESTING.md).
+import { chromium } from 'playwright-core';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+export async function launch({ audioFile } = {}) {
+  const profile = mkdtempSync(join(tmpdir(), 'gw-chromium-'));
+  const args = [
+    '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
+    '--allow-loopback-in-peer-connection', '--autoplay-policy=no-user-gesture-required',
+  ];
+  if (audioFile) args.push(`--use-file-for-fake-audio-capture=${audioFile}`);
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    args,
+  });
+  const close = async () => {
+    // Closing can hang on these machines once pages used media; don't wait forever.
+    await Promise.race([context.close(), new Promise((r) => setTimeout(r, 3000))]);
+    rmSync(profile, { recursive: true, force: true });
+  };
+  return { context, close };
+}
+
+// A blank page on http://127.0.0.1 (a secure context: getUserMedia works there).
+import { createServer } from 'node:http';
+
+export async function blankPage(context) {
+  const server = createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/html' });
+    res.end('<!doctype html><title>test</title>');
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const page = await context.newPage();
+  await page.goto(`http://127.0.0.1:${server.address().port}/`);
+  const stop = () => {
+    server.closeAllConnections();
+    return new Promise((resolve) => server.close(resolve));
+  };
+  return { page, stop };
+}
