@@ -160,6 +160,7 @@ pub struct MediaConfig {
     pub sip_port_max: u16,
     pub web_enable_dtls: bool,
     pub relay_workers: usize,
+    pub consent_timeout_s: u64,
 }
 
 impl Default for MediaConfig {
@@ -172,6 +173,7 @@ impl Default for MediaConfig {
             sip_port_max: 39_999,
             web_enable_dtls: true,
             relay_workers: 0,
+            consent_timeout_s: 30,
         }
     }
 }
@@ -391,6 +393,9 @@ impl Config {
                     media.public_address
                 ),
             );
+        }
+        if !(5..=600).contains(&media.consent_timeout_s) {
+            p.add("media.consent-timeout-s", "must be 5 to 600 seconds");
         }
         if media.relay_workers > 256 {
             p.add(

@@ -1,0 +1,346 @@
+//! ICE-lite (RFC 8445 §2.5) for the browser leg, sans-IO: the gateway only
+//! answers the browser's connectivity checks, learns the browser's address
+//! from the nominated pair (USE-CANDIDATE), and watches consent (RFC 7675):
+//! when no authenticated check arrives for the consent timeout, the leg has
+//! lost its media path.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::stun::{self, Builder, Message, StunError};
+use crate::sdp::IceCredentials;
+
+/// Default consent timeout (RFC 7675 suggests 30 s).
+pub const DEFAULT_CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IceEvent {
+    /// The browser nominated this address: media goes to and comes from it only.
+    Selected(SocketAddr),
+    /// No valid check for the consent timeout: the media path is gone.
+    ConsentLost,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IceError {
+    #[error(transparent)]
+    Stun(#[from] StunError),
+    #[error("not a Binding request")]
+    NotARequest,
+}
+
+pub struct IceLiteAgent {
+    local: IceCredentials,
+    remote: IceCredentials,
+    consent_timeout: Duration,
+    started: Instant,
+    selected: Option<SocketAddr>,
+    last_consent: Option<Instant>,
+    consent_lost: bool,
+    events: Vec<IceEvent>,
+}
+
+impl IceLiteAgent {
+    /// `local`: our credentials (in our SDP); `remote`: the browser's.
+    pub fn new(
+        local: IceCredentials,
+        remote: IceCredentials,
+        consent_timeout: Duration,
+        now: Instant,
+    ) -> Self {
+        IceLiteAgent {
+            local,
+            remote,
+            consent_timeout,
+            started: now,
+            selected: None,
+            last_consent: None,
+            consent_lost: false,
+            events: Vec::new(),
+        }
+    }
+
+    pub fn selected(&self) -> Option<SocketAddr> {
+        self.selected
+    }
+
+    /// Handles a STUN datagram from `from`; returns the response to send back to it.
+    pub fn handle_packet(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> Result<Option<Vec<u8>>, IceError> {
+        let msg = Message::decode(data)?;
+        match msg.method_class {
+            stun::BINDING_REQUEST => {}
+            // Keepalive indications need no answer.
+            stun::BINDING_INDICATION => return Ok(None),
+            _ => return Err(IceError::NotARequest),
+        }
+        let tid = msg.transaction_id;
+        let error = |code: u16, reason: &str| {
+            Some(
+                Builder::new(stun::BINDING_ERROR, tid)
+                    .error_code(code, reason)
+                    .fingerprint(),
+            )
+        };
+        // USERNAME is "our-ufrag:their-ufrag" in a check sent to us.
+        let expected_user = format!("{}:{}", self.local.ufrag, self.remote.ufrag);
+        let (Some(user), true) = (
+            msg.attribute(stun::ATTR_USERNAME),
+            msg.has(stun::ATTR_MESSAGE_INTEGRITY),
+        ) else {
+            return Ok(error(400, "Bad Request"));
+        };
+        if user != expected_user.as_bytes() || !msg.integrity_ok(self.local.pwd.as_bytes()) {
+            return Ok(error(401, "Unauthorized"));
+        }
+        if !msg.has_fingerprint() {
+            return Ok(error(400, "Bad Request"));
+        }
+        // A lite agent is always controlled; a peer that also claims to be
+        // controlled must switch (RFC 8445 §7.3.1.1).
+        if msg.has(stun::ATTR_ICE_CONTROLLED) {
+            return Ok(Some(
+                Builder::new(stun::BINDING_ERROR, tid)
+                    .error_code(487, "Role Conflict")
+                    .message_integrity(self.local.pwd.as_bytes())
+                    .fingerprint(),
+            ));
+        }
+        if msg.has(stun::ATTR_USE_CANDIDATE) && self.selected != Some(from) {
+            self.selected = Some(from);
+            self.events.push(IceEvent::Selected(from));
+        }
+        if self.selected.is_none() || self.selected == Some(from) {
+            self.last_consent = Some(now);
+        }
+        Ok(Some(
+            Builder::new(stun::BINDING_SUCCESS, tid)
+                .xor_mapped_address(from, &tid)
+                .message_integrity(self.local.pwd.as_bytes())
+                .fingerprint(),
+        ))
+    }
+
+    /// Drives the consent timer.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.consent_lost {
+            return;
+        }
+        if self.poll_timeout().is_some_and(|at| now >= at) {
+            self.consent_lost = true;
+            self.events.push(IceEvent::ConsentLost);
+        }
+    }
+
+    /// When the consent timer fires next (None once consent is lost).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.consent_lost {
+            return None;
+        }
+        Some(self.last_consent.unwrap_or(self.started) + self.consent_timeout)
+    }
+
+    pub fn poll_event(&mut self) -> Option<IceEvent> {
+        (!self.events.is_empty()).then(|| self.events.remove(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds(u: &str, p: &str) -> IceCredentials {
+        IceCredentials {
+            ufrag: u.into(),
+            pwd: p.into(),
+        }
+    }
+
+    fn agent(now: Instant) -> IceLiteAgent {
+        IceLiteAgent::new(
+            creds("gwuf", "gateway-password-24chars"),
+            creds("brwz", "browser-password-24char"),
+            DEFAULT_CONSENT_TIMEOUT,
+            now,
+        )
+    }
+
+    /// A check as the browser sends it.
+    fn check(tid: u8, user: &str, key: &str, extra: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut b = Builder::new(stun::BINDING_REQUEST, [tid; 12])
+            .attribute(stun::ATTR_USERNAME, user.as_bytes());
+        for (k, v) in extra {
+            b = b.attribute(*k, v);
+        }
+        b.attribute(stun::ATTR_PRIORITY, &[0x6e, 0, 0x1e, 0xff])
+            .attribute(stun::ATTR_ICE_CONTROLLING, &[1; 8])
+            .message_integrity(key.as_bytes())
+            .fingerprint()
+    }
+
+    fn from() -> SocketAddr {
+        "192.0.2.7:50000".parse().unwrap()
+    }
+
+    #[test]
+    fn answers_a_valid_check_and_selects_on_use_candidate() {
+        let t0 = Instant::now();
+        let mut a = agent(t0);
+        let req = check(1, "gwuf:brwz", "gateway-password-24chars", &[]);
+        let resp = a.handle_packet(t0, from(), &req).unwrap().unwrap();
+        let msg = Message::decode(&resp).unwrap();
+        assert_eq!(msg.method_class, stun::BINDING_SUCCESS);
+        assert_eq!(msg.transaction_id, [1; 12]);
+        assert!(msg.integrity_ok(b"gateway-password-24chars"));
+        assert!(msg.has_fingerprint());
+        let mapped = stun::decode_xor_mapped_address(
+            msg.attribute(stun::ATTR_XOR_MAPPED_ADDRESS).unwrap(),
+            &[1; 12],
+        );
+        assert_eq!(mapped, Some(from()));
+        assert_eq!(a.poll_event(), None, "no nomination yet");
+        let nominate = check(
+            2,
+            "gwuf:brwz",
+            "gateway-password-24chars",
+            &[(stun::ATTR_USE_CANDIDATE, &[])],
+        );
+        a.handle_packet(t0, from(), &nominate).unwrap().unwrap();
+        assert_eq!(a.poll_event(), Some(IceEvent::Selected(from())));
+        assert_eq!(a.selected(), Some(from()));
+        // Re-nomination of another address moves the selection.
+        let other: SocketAddr = "192.0.2.7:50002".parse().unwrap();
+        a.handle_packet(t0, other, &nominate).unwrap().unwrap();
+        assert_eq!(a.poll_event(), Some(IceEvent::Selected(other)));
+    }
+
+    #[test]
+    fn bad_credentials_and_roles_are_refused() {
+        let t0 = Instant::now();
+        let mut a = agent(t0);
+        let code = |resp: Vec<u8>| {
+            let m = Message::decode(&resp).unwrap();
+            assert_eq!(m.method_class, stun::BINDING_ERROR);
+            let v = m.attribute(stun::ATTR_ERROR_CODE).unwrap();
+            u16::from(v[2]) * 100 + u16::from(v[3])
+        };
+        let wrong_key = check(
+            1,
+            "gwuf:brwz",
+            "not-the-password-at-all",
+            &[(stun::ATTR_USE_CANDIDATE, &[])],
+        );
+        assert_eq!(
+            code(a.handle_packet(t0, from(), &wrong_key).unwrap().unwrap()),
+            401
+        );
+        let wrong_user = check(2, "other:brwz", "gateway-password-24chars", &[]);
+        assert_eq!(
+            code(a.handle_packet(t0, from(), &wrong_user).unwrap().unwrap()),
+            401
+        );
+        let no_integrity = Builder::new(stun::BINDING_REQUEST, [3; 12])
+            .attribute(stun::ATTR_USERNAME, b"gwuf:brwz")
+            .fingerprint();
+        assert_eq!(
+            code(a.handle_packet(t0, from(), &no_integrity).unwrap().unwrap()),
+            400
+        );
+        let conflict = check(
+            4,
+            "gwuf:brwz",
+            "gateway-password-24chars",
+            &[(stun::ATTR_ICE_CONTROLLED, &[2; 8])],
+        );
+        let resp = a.handle_packet(t0, from(), &conflict).unwrap().unwrap();
+        assert!(Message::decode(&resp)
+            .unwrap()
+            .integrity_ok(b"gateway-password-24chars"));
+        assert_eq!(code(resp), 487);
+        assert_eq!(a.selected(), None, "nothing refused selects a pair");
+        assert_eq!(a.poll_event(), None);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let t0 = Instant::now();
+        let mut a = agent(t0);
+        assert!(a.handle_packet(t0, from(), b"").is_err());
+        assert!(a.handle_packet(t0, from(), &[0u8; 19]).is_err());
+        let mut req = check(1, "gwuf:brwz", "gateway-password-24chars", &[]);
+        let last = req.len() - 1;
+        req[last] ^= 1;
+        assert_eq!(
+            a.handle_packet(t0, from(), &req),
+            Err(IceError::Stun(StunError::BadFingerprint))
+        );
+        req[3] = req[3].wrapping_add(4);
+        assert!(a.handle_packet(t0, from(), &req).is_err());
+    }
+
+    #[test]
+    fn consent_freshness_with_virtual_time() {
+        let t0 = Instant::now();
+        let mut a = agent(t0);
+        let nominate = check(
+            2,
+            "gwuf:brwz",
+            "gateway-password-24chars",
+            &[(stun::ATTR_USE_CANDIDATE, &[])],
+        );
+        a.handle_packet(t0, from(), &nominate).unwrap();
+        a.poll_event();
+        // Chromium checks every few seconds during the call: consent holds.
+        let mut now = t0;
+        for _ in 0..40 {
+            now += Duration::from_millis(2500);
+            a.handle_packet(
+                now,
+                from(),
+                &check(5, "gwuf:brwz", "gateway-password-24chars", &[]),
+            )
+            .unwrap();
+            a.handle_timeout(now);
+        }
+        assert_eq!(a.poll_event(), None);
+        // Checks from another address, or with bad credentials, do not keep consent.
+        let stranger: SocketAddr = "198.51.100.1:4000".parse().unwrap();
+        let last_good = now;
+        for _ in 0..11 {
+            now += Duration::from_millis(2500);
+            a.handle_packet(
+                now,
+                stranger,
+                &check(6, "gwuf:brwz", "gateway-password-24chars", &[]),
+            )
+            .unwrap();
+            a.handle_packet(
+                now,
+                from(),
+                &check(7, "gwuf:brwz", "wrong-password-000000000", &[]),
+            )
+            .unwrap();
+            a.handle_timeout(now);
+        }
+        assert_eq!(a.poll_timeout(), Some(last_good + DEFAULT_CONSENT_TIMEOUT));
+        a.handle_timeout(last_good + DEFAULT_CONSENT_TIMEOUT);
+        assert_eq!(a.poll_event(), Some(IceEvent::ConsentLost));
+        assert_eq!(a.poll_timeout(), None);
+        a.handle_timeout(now + Duration::from_secs(100));
+        assert_eq!(a.poll_event(), None, "reported once");
+    }
+
+    #[test]
+    fn no_check_at_all_times_out_too() {
+        let t0 = Instant::now();
+        let mut a = agent(t0);
+        a.handle_timeout(t0 + Duration::from_secs(29));
+        assert_eq!(a.poll_event(), None);
+        a.handle_timeout(t0 + Duration::from_secs(30));
+        assert_eq!(a.poll_event(), Some(IceEvent::ConsentLost));
+    }
+}

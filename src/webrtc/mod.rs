@@ -1,0 +1,5 @@
+//! The browser leg's transport security and connectivity: ICE-lite with
+//! consent freshness over a small STUN codec (sans-IO).
+
+pub mod ice;
+pub mod stun;
