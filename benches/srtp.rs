@@ -30,8 +30,12 @@ fn rtp(seq: u16, len: usize) -> [u8; 1500] {
 
 fn bench(c: &mut Criterion) {
     for profile in SrtpProfile::ALL {
-        let keys =
-            SrtpKeyMaterial::new(profile, &[3; 16], &vec![5; profile.master_salt_len()]).unwrap();
+        let keys = SrtpKeyMaterial::new(
+            profile,
+            &vec![3; profile.master_key_len()],
+            &vec![5; profile.master_salt_len()],
+        )
+        .unwrap();
         for len in [172usize, 1200] {
             let mut group = c.benchmark_group(format!("srtp/{}/{len}", profile.sdes_name()));
             group.throughput(Throughput::Elements(1));

@@ -11,8 +11,12 @@ fn allocations_in(f: impl FnOnce()) -> u64 {
 #[test]
 fn srtp_transforms_do_not_allocate() {
     for profile in SrtpProfile::ALL {
-        let keys =
-            SrtpKeyMaterial::new(profile, &[7; 16], &vec![9; profile.master_salt_len()]).unwrap();
+        let keys = SrtpKeyMaterial::new(
+            profile,
+            &vec![7; profile.master_key_len()],
+            &vec![9; profile.master_salt_len()],
+        )
+        .unwrap();
         let mut tx = SrtpContext::new(&keys).unwrap();
         let mut rx = SrtpContext::new(&keys).unwrap();
         let mut buf = [0u8; 1500];

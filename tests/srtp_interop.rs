@@ -35,7 +35,9 @@ fn libsrtp(request: Value) -> Value {
 }
 
 fn material(profile: SrtpProfile) -> SrtpKeyMaterial {
-    let key: Vec<u8> = (0..16).map(|i| i * 7 + 3).collect();
+    let key: Vec<u8> = (0..profile.master_key_len() as u8)
+        .map(|i| i * 7 + 3)
+        .collect();
     let salt: Vec<u8> = (0..profile.master_salt_len() as u8)
         .map(|i| 0xa0 ^ i)
         .collect();

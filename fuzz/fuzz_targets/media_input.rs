@@ -10,8 +10,8 @@ use webrtc_sip_gateway::media::srtp::{SrtpContext, SrtpKeyMaterial, SrtpProfile}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, packet)) = data.split_first() else { return };
-    let profile = SrtpProfile::ALL[usize::from(selector) % 3];
-    let keys = SrtpKeyMaterial::new(profile, &[1; 16], &vec![2; profile.master_salt_len()]).unwrap();
+    let profile = SrtpProfile::ALL[usize::from(selector) % SrtpProfile::ALL.len()];
+    let keys = SrtpKeyMaterial::new(profile, &vec![1; profile.master_key_len()], &vec![2; profile.master_salt_len()]).unwrap();
     let mut rx = SrtpContext::new(&keys).unwrap();
     let kind = rtp::classify(packet);
     let mut buf = [0u8; 2048];

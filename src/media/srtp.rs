@@ -8,11 +8,12 @@
 //! one crypto provider of the whole binary.
 //!
 //! Supported profiles: `AES_CM_128_HMAC_SHA1_80`, `AES_CM_128_HMAC_SHA1_32`
-//! (SRTCP keeps an 80-bit tag, as RFC 4568 and libsrtp do) and
-//! `AEAD_AES_128_GCM`. No MKI, key derivation rate 0.
+//! (SRTCP keeps an 80-bit tag, as RFC 4568 and libsrtp do),
+//! `AEAD_AES_128_GCM` and `AEAD_AES_256_GCM` (browsers offer it first in
+//! DTLS-SRTP). No MKI, key derivation rate 0.
 
-use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
-use aws_lc_rs::cipher::{EncryptingKey, EncryptionContext, UnboundCipherKey, AES_128};
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM};
+use aws_lc_rs::cipher::{EncryptingKey, EncryptionContext, UnboundCipherKey, AES_128, AES_256};
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use aws_lc_rs::hmac;
 use aws_lc_rs::iv::FixedLength;
@@ -37,11 +38,13 @@ pub enum SrtpProfile {
     AesCm128HmacSha1_80,
     AesCm128HmacSha1_32,
     AeadAes128Gcm,
+    AeadAes256Gcm,
 }
 
 impl SrtpProfile {
-    pub const ALL: [SrtpProfile; 3] = [
+    pub const ALL: [SrtpProfile; 4] = [
         SrtpProfile::AeadAes128Gcm,
+        SrtpProfile::AeadAes256Gcm,
         SrtpProfile::AesCm128HmacSha1_80,
         SrtpProfile::AesCm128HmacSha1_32,
     ];
@@ -52,6 +55,7 @@ impl SrtpProfile {
             SrtpProfile::AesCm128HmacSha1_80 => "AES_CM_128_HMAC_SHA1_80",
             SrtpProfile::AesCm128HmacSha1_32 => "AES_CM_128_HMAC_SHA1_32",
             SrtpProfile::AeadAes128Gcm => "AEAD_AES_128_GCM",
+            SrtpProfile::AeadAes256Gcm => "AEAD_AES_256_GCM",
         }
     }
 
@@ -65,17 +69,22 @@ impl SrtpProfile {
             SrtpProfile::AesCm128HmacSha1_80 => 0x0001,
             SrtpProfile::AesCm128HmacSha1_32 => 0x0002,
             SrtpProfile::AeadAes128Gcm => 0x0007,
+            SrtpProfile::AeadAes256Gcm => 0x0008,
         }
     }
 
     pub fn master_key_len(self) -> usize {
-        16
+        match self {
+            SrtpProfile::AeadAes256Gcm => 32,
+            _ => 16,
+        }
     }
 
     pub fn master_salt_len(self) -> usize {
-        match self {
-            SrtpProfile::AeadAes128Gcm => 12,
-            _ => 14,
+        if self.is_gcm() {
+            12
+        } else {
+            14
         }
     }
 
@@ -84,20 +93,24 @@ impl SrtpProfile {
         match self {
             SrtpProfile::AesCm128HmacSha1_80 => 10,
             SrtpProfile::AesCm128HmacSha1_32 => 4,
-            SrtpProfile::AeadAes128Gcm => GCM_TAG_LEN,
+            SrtpProfile::AeadAes128Gcm | SrtpProfile::AeadAes256Gcm => GCM_TAG_LEN,
         }
     }
 
     /// Bytes SRTCP adds to an RTCP packet (tag plus the E/index word).
     pub fn rtcp_overhead(self) -> usize {
-        match self {
-            SrtpProfile::AeadAes128Gcm => GCM_TAG_LEN + SRTCP_INDEX_LEN,
-            _ => 10 + SRTCP_INDEX_LEN,
+        if self.is_gcm() {
+            GCM_TAG_LEN + SRTCP_INDEX_LEN
+        } else {
+            10 + SRTCP_INDEX_LEN
         }
     }
 
     fn is_gcm(self) -> bool {
-        self == SrtpProfile::AeadAes128Gcm
+        matches!(
+            self,
+            SrtpProfile::AeadAes128Gcm | SrtpProfile::AeadAes256Gcm
+        )
     }
 }
 
@@ -123,7 +136,8 @@ pub enum SrtpError {
 #[derive(Clone, PartialEq, Eq)]
 pub struct SrtpKeyMaterial {
     pub profile: SrtpProfile,
-    key: [u8; 16],
+    /// Master key, left-aligned; only `profile.master_key_len()` bytes are used.
+    key: [u8; 32],
     /// Salt, left-aligned; only `profile.master_salt_len()` bytes are used.
     salt: [u8; 14],
 }
@@ -142,8 +156,8 @@ impl SrtpKeyMaterial {
         if key.len() != profile.master_key_len() || salt.len() != profile.master_salt_len() {
             return Err(SrtpError::BadKeyLength);
         }
-        let mut k = [0u8; 16];
-        k.copy_from_slice(key);
+        let mut k = [0u8; 32];
+        k[..key.len()].copy_from_slice(key);
         let mut s = [0u8; 14];
         s[..salt.len()].copy_from_slice(salt);
         Ok(SrtpKeyMaterial {
@@ -155,15 +169,26 @@ impl SrtpKeyMaterial {
 
     /// Key followed by salt, as in an SDES `inline:` parameter.
     pub fn concatenated(&self) -> Vec<u8> {
-        let mut v = self.key.to_vec();
+        let mut v = self.key[..self.profile.master_key_len()].to_vec();
         v.extend_from_slice(&self.salt[..self.profile.master_salt_len()]);
         v
     }
 }
 
+/// The AES variant of a master key length (RFC 6188 for 256 bits).
+fn aes(key_len: usize) -> &'static aws_lc_rs::cipher::Algorithm {
+    if key_len == 32 {
+        &AES_256
+    } else {
+        &AES_128
+    }
+}
+
 /// RFC 3711 §4.3.1 key derivation (AES-CM PRF, key derivation rate 0).
 fn derive(master: &SrtpKeyMaterial, label: u8, out: &mut [u8]) -> Result<(), SrtpError> {
-    let key = UnboundCipherKey::new(&AES_128, &master.key).map_err(|_| SrtpError::Crypto)?;
+    let key_len = master.profile.master_key_len();
+    let key = UnboundCipherKey::new(aes(key_len), &master.key[..key_len])
+        .map_err(|_| SrtpError::Crypto)?;
     let ctr = EncryptingKey::ctr(key).map_err(|_| SrtpError::Crypto)?;
     // x = (label || r) XOR master_salt, r = 0; a 96-bit GCM salt is zero-padded.
     let mut iv = [0u8; 16];
@@ -198,20 +223,27 @@ struct SessionKeys {
 impl SessionKeys {
     fn derive(master: &SrtpKeyMaterial, rtcp: bool) -> Result<Self, SrtpError> {
         let base = if rtcp { 3 } else { 0 };
-        let mut key = [0u8; 16];
-        derive(master, base, &mut key)?;
+        let key_len = master.profile.master_key_len();
+        let mut key_buf = [0u8; 32];
+        let key = &mut key_buf[..key_len];
+        derive(master, base, key)?;
         let mut salt = [0u8; 14];
         let salt_len = master.profile.master_salt_len();
         derive(master, base + 2, &mut salt[..salt_len])?;
         let cipher = if master.profile.is_gcm() {
-            let unbound = UnboundKey::new(&AES_128_GCM, &key).map_err(|_| SrtpError::Crypto)?;
+            let algorithm = if key_len == 32 {
+                &AES_256_GCM
+            } else {
+                &AES_128_GCM
+            };
+            let unbound = UnboundKey::new(algorithm, key).map_err(|_| SrtpError::Crypto)?;
             Cipher::Gcm {
                 aead: LessSafeKey::new(unbound),
             }
         } else {
             let mut auth = [0u8; AUTH_KEY_LEN];
             derive(master, base + 1, &mut auth)?;
-            let unbound = UnboundCipherKey::new(&AES_128, &key).map_err(|_| SrtpError::Crypto)?;
+            let unbound = UnboundCipherKey::new(&AES_128, key).map_err(|_| SrtpError::Crypto)?;
             Cipher::Cm {
                 ctr: EncryptingKey::ctr(unbound).map_err(|_| SrtpError::Crypto)?,
                 auth: hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &auth),
@@ -721,7 +753,7 @@ mod tests {
     }
 
     fn material(profile: SrtpProfile) -> SrtpKeyMaterial {
-        let key: Vec<u8> = (1..=16).collect();
+        let key: Vec<u8> = (1..=profile.master_key_len() as u8).collect();
         let salt: Vec<u8> = (100..100 + profile.master_salt_len() as u8).collect();
         SrtpKeyMaterial::new(profile, &key, &salt).unwrap()
     }
@@ -796,9 +828,12 @@ mod tests {
                 "{profile:?}"
             );
             rx.unprotect_rtp(&mut later[60].clone()).unwrap_err();
-            let wrong_keys =
-                SrtpKeyMaterial::new(profile, &[9u8; 16], &vec![9u8; profile.master_salt_len()])
-                    .unwrap();
+            let wrong_keys = SrtpKeyMaterial::new(
+                profile,
+                &vec![9u8; profile.master_key_len()],
+                &vec![9u8; profile.master_salt_len()],
+            )
+            .unwrap();
             let mut other = SrtpContext::new(&wrong_keys).unwrap();
             assert_eq!(
                 other.unprotect_rtp(&mut wire.clone()),
