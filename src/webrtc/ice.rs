@@ -38,6 +38,8 @@ pub struct IceLiteAgent {
     last_consent: Option<Instant>,
     consent_lost: bool,
     events: Vec<IceEvent>,
+    /// Addresses whose checks we answered with success (DTLS may come from them).
+    validated: Vec<SocketAddr>,
 }
 
 impl IceLiteAgent {
@@ -57,7 +59,13 @@ impl IceLiteAgent {
             last_consent: None,
             consent_lost: false,
             events: Vec::new(),
+            validated: Vec::new(),
         }
+    }
+
+    /// Whether `addr` sent an authenticated check we answered.
+    pub fn is_validated(&self, addr: SocketAddr) -> bool {
+        self.validated.contains(&addr)
     }
 
     pub fn selected(&self) -> Option<SocketAddr> {
@@ -116,6 +124,10 @@ impl IceLiteAgent {
         }
         if self.selected.is_none() || self.selected == Some(from) {
             self.last_consent = Some(now);
+        }
+        // A browser has a handful of candidates; keep the list small anyway.
+        if !self.validated.contains(&from) && self.validated.len() < 16 {
+            self.validated.push(from);
         }
         Ok(Some(
             Builder::new(stun::BINDING_SUCCESS, tid)

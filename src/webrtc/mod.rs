@@ -3,4 +3,5 @@
 
 pub mod dtls;
 pub mod ice;
+pub mod leg;
 pub mod stun;

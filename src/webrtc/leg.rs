@@ -1,0 +1,177 @@
+//! A browser leg's control side, sans-IO: the STUN and DTLS datagrams the
+//! relay hands over go through the ICE-lite agent and the DTLS endpoint; out
+//! come datagrams to send, the selected browser address, the SRTP keys, or
+//! the reason the leg failed. A driver (the call's task) feeds it and applies
+//! the results to the relay.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::dtls::{DtlsError, DtlsIdentity, DtlsLeg, SrtpKeys};
+use super::ice::{IceEvent, IceLiteAgent};
+use crate::media::rtp::{classify, WebPacketKind};
+use crate::sdp::{Fingerprint, IceCredentials};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebLegEvent {
+    /// Send this datagram from the leg's socket.
+    Transmit { to: SocketAddr, data: Vec<u8> },
+    /// ICE selected this browser address.
+    Selected(SocketAddr),
+    /// DTLS finished with the browser verified: SRTP keys for the relay.
+    Keys(SrtpKeys),
+    /// The leg failed (`fingerprint_mismatch`, handshake error).
+    Failed(DtlsError),
+    /// ICE consent lost: the media path is gone.
+    MediaTimeout,
+}
+
+pub struct WebLeg {
+    ice: IceLiteAgent,
+    dtls: Option<DtlsLeg>,
+    /// Where DTLS goes when we are the active side or answer a flight.
+    dtls_peer: Option<SocketAddr>,
+    events: VecDeque<WebLegEvent>,
+    keys_reported: bool,
+    failed: bool,
+}
+
+impl WebLeg {
+    /// A leg keyed by DTLS (`dtls_active`: we send the ClientHello).
+    pub fn with_dtls(
+        local: IceCredentials,
+        remote: IceCredentials,
+        consent_timeout: std::time::Duration,
+        identity: &DtlsIdentity,
+        peer_fingerprint: Fingerprint,
+        dtls_active: bool,
+        now: Instant,
+    ) -> Result<Self, DtlsError> {
+        Ok(WebLeg {
+            ice: IceLiteAgent::new(local, remote, consent_timeout, now),
+            dtls: Some(DtlsLeg::new(identity, peer_fingerprint, dtls_active, now)?),
+            dtls_peer: None,
+            events: VecDeque::new(),
+            keys_reported: false,
+            failed: false,
+        })
+    }
+
+    /// A leg keyed by SDES: only ICE runs here.
+    pub fn with_sdes(
+        local: IceCredentials,
+        remote: IceCredentials,
+        consent_timeout: std::time::Duration,
+        now: Instant,
+    ) -> Self {
+        WebLeg {
+            ice: IceLiteAgent::new(local, remote, consent_timeout, now),
+            dtls: None,
+            dtls_peer: None,
+            events: VecDeque::new(),
+            keys_reported: false,
+            failed: false,
+        }
+    }
+
+    pub fn handle_packet(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        if self.failed {
+            return;
+        }
+        match classify(data) {
+            WebPacketKind::Stun => {
+                if let Ok(Some(response)) = self.ice.handle_packet(now, from, data) {
+                    self.events.push_back(WebLegEvent::Transmit {
+                        to: from,
+                        data: response,
+                    });
+                }
+                self.take_ice_events();
+            }
+            WebPacketKind::Dtls => {
+                // DTLS only from an address that passed an ICE check.
+                if !self.ice.is_validated(from) {
+                    return;
+                }
+                self.dtls_peer = Some(from);
+                if let Some(dtls) = self.dtls.as_mut() {
+                    let result = dtls.handle_packet(now, data);
+                    self.after_dtls(result);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.failed {
+            return;
+        }
+        self.ice.handle_timeout(now);
+        self.take_ice_events();
+        if let Some(dtls) = self.dtls.as_mut() {
+            if dtls.poll_timeout().is_some_and(|t| now >= t) {
+                let result = dtls.handle_timeout(now);
+                self.after_dtls(result);
+            }
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.failed {
+            return None;
+        }
+        let dtls = self.dtls.as_ref().and_then(DtlsLeg::poll_timeout);
+        [self.ice.poll_timeout(), dtls].into_iter().flatten().min()
+    }
+
+    pub fn poll_event(&mut self) -> Option<WebLegEvent> {
+        self.events.pop_front()
+    }
+
+    fn take_ice_events(&mut self) {
+        let mut selected = false;
+        while let Some(e) = self.ice.poll_event() {
+            match e {
+                IceEvent::Selected(addr) => {
+                    if self.dtls_peer.is_none() {
+                        self.dtls_peer = Some(addr);
+                    }
+                    selected = true;
+                    self.events.push_back(WebLegEvent::Selected(addr));
+                }
+                IceEvent::ConsentLost => self.events.push_back(WebLegEvent::MediaTimeout),
+            }
+        }
+        // As the active side, our first flight waited for an address.
+        if selected {
+            self.after_dtls(Ok(()));
+        }
+    }
+
+    fn after_dtls(&mut self, result: Result<(), DtlsError>) {
+        let Some(dtls) = self.dtls.as_mut() else {
+            return;
+        };
+        if let Some(to) = self.dtls_peer.or(self.ice.selected()) {
+            while let Some(data) = dtls.poll_transmit() {
+                self.events.push_back(WebLegEvent::Transmit { to, data });
+            }
+        }
+        match result {
+            Err(e) => {
+                self.failed = true;
+                self.events.push_back(WebLegEvent::Failed(e));
+            }
+            Ok(()) => {
+                if !self.keys_reported {
+                    if let Some(keys) = dtls.keys() {
+                        self.keys_reported = true;
+                        self.events.push_back(WebLegEvent::Keys(keys.clone()));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Real Chromium ↔ the gateway's web leg over UDP on loopback: ICE-lite
+//! answers its checks, DTLS completes with its certificate checked against
+//! the fingerprint in its offer, and the relay carries its SRTP to a SIP-side
+//! socket (plain RTP) that echoes it back; Chromium then receives audio.
+//! Runs in its own network namespace (Chromium and this test both inside).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::UdpSocket;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use webrtc_sip_gateway::media::relay::{CallMediaSetup, PayloadMap, Relay, RelayEvent};
+use webrtc_sip_gateway::media::srtp::SrtpContext;
+use webrtc_sip_gateway::sdp::build::{self, AnswerKeying, Local, WebAnswer};
+use webrtc_sip_gateway::sdp::codecs::answer_codecs;
+use webrtc_sip_gateway::sdp::{
+    web_offer_keying, Description, Direction, IceCredentials, WebKeying,
+};
+use webrtc_sip_gateway::webrtc::dtls::DtlsIdentity;
+use webrtc_sip_gateway::webrtc::leg::{WebLeg, WebLegEvent};
+
+const WEB_SSRC: u32 = 0x1234_5678;
+
+/// Chromium, this test's sockets and the relay must share a network
+/// namespace; the test re-runs itself inside `unshare -n` when needed.
+fn in_private_namespace() -> bool {
+    std::env::var("GW_TEST_NETNS").is_ok()
+}
+
+#[test]
+fn chromium_media_through_the_web_leg() {
+    if !in_private_namespace() {
+        let exe = std::env::current_exe().unwrap();
+        let script = format!(
+            "ip link set lo up; exec {} chromium_media_through_the_web_leg --exact --nocapture",
+            exe.display()
+        );
+        let status = Command::new("timeout")
+            .args(["120", "unshare", "-n", "sh", "-c", &script])
+            .env("GW_TEST_NETNS", "1")
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "the test failed inside its network namespace"
+        );
+        return;
+    }
+    run_call();
+}
+
+fn run_call() {
+    let relay = Relay::start(1).unwrap();
+    let identity = DtlsIdentity::generate().unwrap();
+    let web_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let web_port = web_socket.local_addr().unwrap().port();
+    let control_socket = web_socket.try_clone().unwrap();
+    let sip_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sip_addr = sip_socket.local_addr().unwrap();
+    let sip_peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sip_peer
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e");
+    let mut node = Command::new("node")
+        .arg("media-call.mjs")
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node runs");
+    let mut to_node = node.stdin.take().unwrap();
+    let mut from_node = BufReader::new(node.stdout.take().unwrap());
+    let mut line = String::new();
+    from_node.read_line(&mut line).unwrap();
+    let offer_text = serde_json::from_str::<Value>(&line).unwrap()["offer"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Our answer: ICE-lite on the relay's web port, DTLS passive, Opus.
+    let offer = Description::parse(&offer_text).unwrap();
+    let WebKeying::Dtls { fingerprint, setup } = web_offer_keying(&offer, true).unwrap() else {
+        panic!("Chromium offers DTLS");
+    };
+    let opus = offer.audio.codecs[0].clone();
+    let codecs = answer_codecs(&offer.audio.codecs, &opus).unwrap();
+    let ours = IceCredentials {
+        ufrag: "gwt1".into(),
+        pwd: "gateway-test-password-01".into(),
+    };
+    let answer = build::web_answer(&WebAnswer {
+        offer: &offer,
+        local: Local {
+            address: "127.0.0.1".parse().unwrap(),
+            port: web_port,
+            session_id: 1,
+            session_version: 1,
+        },
+        ice: &ours,
+        keying: AnswerKeying::Dtls {
+            fingerprint: identity.fingerprint.clone(),
+            setup: build::answer_setup(setup),
+        },
+        codecs: &codecs,
+        direction: Direction::SendRecv,
+        ssrc: WEB_SSRC,
+        cname: "gateway",
+    });
+
+    let (events_tx, events) = sync_channel(256);
+    let pt_pairs: Vec<(u8, u8, u32)> = codecs.iter().map(|c| (c.pt, c.pt, c.clock_rate)).collect();
+    let media = relay
+        .add_call(CallMediaSetup {
+            web_socket,
+            web_remote: None,
+            web_srtp: None,
+            web_ssrc: Some(WEB_SSRC),
+            sip_rtp_socket: sip_socket,
+            sip_rtcp_socket: None,
+            sip_remote: sip_peer.local_addr().unwrap(),
+            sip_remote_rtcp: None,
+            sip_strict_source: false,
+            sip_srtp: None,
+            payload_map: PayloadMap::new(&pt_pairs),
+            events: Some(events_tx),
+            leases: Vec::new(),
+        })
+        .unwrap();
+
+    // The SIP side: echo every RTP packet back (like SIPp's -rtp_echo).
+    let echoed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let echo = {
+        let (echoed, stop) = (echoed.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, _)) = sip_peer.recv_from(&mut buf) {
+                    let _ = sip_peer.send_to(&buf[..n], sip_addr);
+                    echoed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+
+    writeln!(to_node, "{}", json!({ "answer": answer })).unwrap();
+    to_node.flush().unwrap();
+
+    // The call's control side: ICE and DTLS from the relay's hand-offs.
+    let mut leg = WebLeg::with_dtls(
+        ours,
+        offer.audio.ice.clone().unwrap(),
+        Duration::from_secs(30),
+        &identity,
+        fingerprint,
+        build::answer_setup(setup) == webrtc_sip_gateway::sdp::Setup::Active,
+        Instant::now(),
+    )
+    .unwrap();
+    let (report_tx, report_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = from_node.read_line(&mut line);
+        let _ = report_tx.send(line);
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut selected, mut keyed) = (false, false);
+    let report = loop {
+        assert!(Instant::now() < deadline, "no report from the browser");
+        if let Ok(line) = report_rx.try_recv() {
+            break serde_json::from_str::<Value>(&line).unwrap_or(Value::Null);
+        }
+        let now = Instant::now();
+        let wait = leg.poll_timeout().map_or(Duration::from_millis(20), |t| {
+            t.saturating_duration_since(now)
+        });
+        match events.recv_timeout(wait.min(Duration::from_millis(20))) {
+            Ok(RelayEvent::Packet(p)) => leg.handle_packet(Instant::now(), p.from, &p.data),
+            Ok(RelayEvent::Dtmf { .. }) => {}
+            Err(_) => leg.handle_timeout(Instant::now()),
+        }
+        while let Some(e) = leg.poll_event() {
+            match e {
+                WebLegEvent::Transmit { to, data } => {
+                    control_socket.send_to(&data, to).unwrap();
+                }
+                WebLegEvent::Selected(addr) => {
+                    selected = true;
+                    media.set_web_remote(addr).unwrap();
+                }
+                WebLegEvent::Keys(keys) => {
+                    keyed = true;
+                    media
+                        .set_web_srtp(
+                            SrtpContext::new(&keys.inbound).unwrap(),
+                            SrtpContext::new(&keys.outbound).unwrap(),
+                        )
+                        .unwrap();
+                }
+                WebLegEvent::Failed(e) => panic!("the web leg failed: {e}"),
+                WebLegEvent::MediaTimeout => panic!("consent lost"),
+            }
+        }
+    };
+    stop.store(true, Ordering::Relaxed);
+    let _ = echo.join();
+    let _ = node.wait();
+    eprintln!(
+        "browser report: {report}; relay web leg: {:?}",
+        media.stats.web.snapshot()
+    );
+    assert!(selected, "ICE never selected the browser's address");
+    assert!(keyed, "DTLS never produced SRTP keys");
+    assert_eq!(report["connected"], "connected", "{report}");
+    assert!(report["packetsSent"].as_u64().unwrap_or(0) > 50, "{report}");
+    assert!(
+        report["packetsReceived"].as_u64().unwrap_or(0) > 50,
+        "audio came back: {report}"
+    );
+    assert!(
+        echoed.load(Ordering::Relaxed) > 50,
+        "the SIP side got the browser's audio as plain RTP"
+    );
+    let web = media.stats.web.snapshot();
+    assert_eq!(
+        web.dropped_auth_failed, 0,
+        "every SRTP packet from Chromium authenticated"
+    );
+}
