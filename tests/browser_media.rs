@@ -20,7 +20,7 @@ use webrtc_sip_gateway::sdp::codecs::answer_codecs;
 use webrtc_sip_gateway::sdp::{
     web_offer_keying, Description, Direction, IceCredentials, WebKeying,
 };
-use webrtc_sip_gateway::webrtc::dtls::DtlsIdentity;
+use webrtc_sip_gateway::webrtc::dtls::{DtlsError, DtlsIdentity};
 use webrtc_sip_gateway::webrtc::leg::{WebLeg, WebLegEvent};
 
 const WEB_SSRC: u32 = 0x1234_5678;
@@ -31,29 +31,45 @@ fn in_private_namespace() -> bool {
     std::env::var("GW_TEST_NETNS").is_ok()
 }
 
-#[test]
-fn chromium_media_through_the_web_leg() {
-    if !in_private_namespace() {
-        let exe = std::env::current_exe().unwrap();
-        let script = format!(
-            "ip link set lo up; exec {} chromium_media_through_the_web_leg --exact --nocapture",
-            exe.display()
-        );
-        let status = Command::new("timeout")
-            .args(["120", "unshare", "-n", "sh", "-c", &script])
-            .env("GW_TEST_NETNS", "1")
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "the test failed inside its network namespace"
-        );
-        return;
+/// Re-runs test `name` inside its own network namespace; true when already inside.
+fn inside_namespace(name: &str) -> bool {
+    if in_private_namespace() {
+        return true;
     }
-    run_call();
+    let exe = std::env::current_exe().unwrap();
+    let script = format!(
+        "ip link set lo up; exec {} {name} --exact --nocapture",
+        exe.display()
+    );
+    let status = Command::new("timeout")
+        .args(["120", "unshare", "-n", "sh", "-c", &script])
+        .env("GW_TEST_NETNS", "1")
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "{name} failed inside its network namespace"
+    );
+    false
 }
 
-fn run_call() {
+#[test]
+fn chromium_media_through_the_web_leg() {
+    if inside_namespace("chromium_media_through_the_web_leg") {
+        run_call(false);
+    }
+}
+
+/// The fingerprint we expect is not the one Chromium's certificate has:
+/// the leg fails with fingerprint_mismatch and no key reaches the relay.
+#[test]
+fn wrong_fingerprint_fails_the_leg() {
+    if inside_namespace("wrong_fingerprint_fails_the_leg") {
+        run_call(true);
+    }
+}
+
+fn run_call(wrong_fingerprint: bool) {
     let relay = Relay::start(1).unwrap();
     let identity = DtlsIdentity::generate().unwrap();
     let web_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -86,9 +102,16 @@ fn run_call() {
 
     // Our answer: ICE-lite on the relay's web port, DTLS passive, Opus.
     let offer = Description::parse(&offer_text).unwrap();
-    let WebKeying::Dtls { fingerprint, setup } = web_offer_keying(&offer, true).unwrap() else {
+    let WebKeying::Dtls {
+        mut fingerprint,
+        setup,
+    } = web_offer_keying(&offer, true).unwrap()
+    else {
         panic!("Chromium offers DTLS");
     };
+    if wrong_fingerprint {
+        fingerprint.sha256[0] ^= 0xff;
+    }
     let opus = offer.audio.codecs[0].clone();
     let codecs = answer_codecs(&offer.audio.codecs, &opus).unwrap();
     let ours = IceCredentials {
@@ -172,6 +195,7 @@ fn run_call() {
     });
     let deadline = Instant::now() + Duration::from_secs(60);
     let (mut selected, mut keyed) = (false, false);
+    let mut failure = None;
     let report = loop {
         assert!(Instant::now() < deadline, "no report from the browser");
         if let Ok(line) = report_rx.try_recv() {
@@ -204,7 +228,7 @@ fn run_call() {
                         )
                         .unwrap();
                 }
-                WebLegEvent::Failed(e) => panic!("the web leg failed: {e}"),
+                WebLegEvent::Failed(e) => failure = Some(e),
                 WebLegEvent::MediaTimeout => panic!("consent lost"),
             }
         }
@@ -216,6 +240,19 @@ fn run_call() {
         "browser report: {report}; relay web leg: {:?}",
         media.stats.web.snapshot()
     );
+    if wrong_fingerprint {
+        assert_eq!(failure, Some(DtlsError::FingerprintMismatch));
+        assert!(!keyed, "no keys from an unverified peer");
+        assert_eq!(
+            echoed.load(Ordering::Relaxed),
+            0,
+            "no media reached the SIP side"
+        );
+        assert_eq!(report["packetsReceived"].as_u64().unwrap_or(0), 0);
+        assert_ne!(report["connected"], "connected");
+        return;
+    }
+    assert_eq!(failure, None);
     assert!(selected, "ICE never selected the browser's address");
     assert!(keyed, "DTLS never produced SRTP keys");
     assert_eq!(report["connected"], "connected", "{report}");

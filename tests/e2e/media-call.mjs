@@ -55,6 +55,7 @@ try {
           }
         });
         if (sent > 50 && received > 50) break;
+        if (pc.connectionState === 'failed') break;
       }
       return { connected: pc.connectionState, packetsSent: sent, packetsReceived: received, totalAudioEnergy: energy };
     }, answer);
