@@ -51,6 +51,8 @@ pub struct Gateway {
     pub state: SharedState,
     /// The media relay (its workers run until the gateway is dropped).
     pub relay: Arc<media::relay::Relay>,
+    /// The process's DTLS certificate for browser legs.
+    pub dtls_identity: webrtc::dtls::DtlsIdentity,
     pub http_addr: Option<SocketAddr>,
     pub https_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
@@ -88,6 +90,12 @@ impl Gateway {
         let relay = media::relay::Relay::start(workers)
             .map_err(|e| StartError::Setup(format!("cannot start the media relay: {e}")))?;
         let metrics = Metrics::new(Some(relay.clone()));
+        let dtls_identity = webrtc::dtls::DtlsIdentity::generate()
+            .map_err(|e| StartError::Setup(format!("cannot make the DTLS certificate: {e}")))?;
+        info!(
+            fingerprint = %dtls_identity.fingerprint.to_value(),
+            "DTLS certificate for browser legs"
+        );
         let state: SharedState =
             Arc::new(AppState::new(config.clone(), metrics).map_err(StartError::Setup)?);
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -152,6 +160,7 @@ impl Gateway {
         Ok(Gateway {
             state,
             relay,
+            dtls_identity,
             http_addr,
             https_addr,
             admin_addr,

@@ -342,3 +342,28 @@ fn bad_sdp_causes() {
     assert!(matches!(err, SdpError::NoCommonCodec { .. }));
     assert!(err.to_string().contains("red/48000"), "{err}");
 }
+
+/// Offers captured from the real SIP peers of the test suite (SIPp's built-in
+/// uac, baresip 1.0 dialing): both negotiate, keeping their order and numbers.
+#[test]
+fn real_sip_peer_offers() {
+    let sipp =
+        Description::parse(include_str!("../../tests/fixtures/sdp/sipp-uac-offer.sdp")).unwrap();
+    assert_eq!(sipp.audio.port, 6000);
+    assert_eq!(pts(&usable(&sipp.audio.codecs).unwrap()), vec![0]);
+    assert!(!sipp.is_secure_profile());
+    assert!(!sipp.audio.rtcp_mux);
+
+    let baresip =
+        Description::parse(include_str!("../../tests/fixtures/sdp/baresip-offer.sdp")).unwrap();
+    assert_eq!(
+        pts(&usable(&baresip.audio.codecs).unwrap()),
+        vec![0, 8, 9, 101]
+    );
+    assert_eq!(baresip.audio.ptime, Some(20));
+    assert!(baresip.audio.ssrc.is_some());
+    // The browser offer for this incoming call carries them, and Chromium's
+    // answer (any of them) maps straight back.
+    let chosen = answer_codecs(&baresip.audio.codecs, &baresip.audio.codecs[1]).unwrap();
+    assert_eq!(pts(&chosen), vec![8, 101]);
+}
