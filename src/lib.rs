@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod ops;
 pub mod sdp;
 pub mod session;
+pub mod sip;
 pub mod webrtc;
 
 use std::net::SocketAddr;

@@ -1,0 +1,28 @@
+//! SIP from the network: datagram parsing (with compact forms and limits),
+//! stream framing, and the transaction layer's input path. Never panics.
+#![no_main]
+
+use std::time::Instant;
+
+use libfuzzer_sys::fuzz_target;
+use webrtc_sip_gateway::sip::message::{frame_stream, parse_datagram};
+use webrtc_sip_gateway::sip::transaction::{ClientTransaction, ServerTransaction, TimerConfig};
+
+fuzz_target!(|data: &[u8]| {
+    let _ = frame_stream(data);
+    let Ok(message) = parse_datagram(data) else { return };
+    let now = Instant::now();
+    match message {
+        rsip::SipMessage::Request(request) => {
+            let mut server = ServerTransaction::new(request.clone(), false, TimerConfig::default());
+            server.handle_request(now, &request);
+            while server.poll_output().is_some() {}
+            let mut client = ClientTransaction::new(request, false, TimerConfig::default(), now);
+            while let Some(at) = client.poll_timeout() {
+                client.handle_timeout(at);
+                while client.poll_output().is_some() {}
+            }
+        }
+        rsip::SipMessage::Response(_) => {}
+    }
+});

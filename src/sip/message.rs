@@ -1,0 +1,286 @@
+//! SIP messages on the wire: limits, compact header forms, Content-Length,
+//! then `rsip` for the typed message.
+//!
+//! rsip 0.4 leaves compact header names (`v:`, `f:`, `t:`, `i:`, `m:`, `l:`…)
+//! untyped, so its accessors miss them; RFC 3261 §7.3.3 requires accepting
+//! them, so header names are normalised to their long forms before rsip sees
+//! the message. Every refusal names the problem, usable as a 400 reason phrase.
+
+use rsip::prelude::*;
+
+/// Largest message accepted (RFC 3261 allows more; no call needs it).
+pub const MAX_MESSAGE_BYTES: usize = 65_536;
+/// Most header lines accepted in one message.
+pub const MAX_HEADERS: usize = 128;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SipParseError {
+    #[error("Message Too Large")]
+    TooLarge,
+    #[error("Too Many Headers")]
+    TooManyHeaders,
+    #[error("Incomplete Header Section")]
+    NoHeaderEnd,
+    #[error("Invalid Content-Length")]
+    BadContentLength,
+    #[error("Body Shorter Than Content-Length")]
+    ShortBody,
+    #[error("Missing {0} Header")]
+    MissingHeader(&'static str),
+    #[error("Malformed {0}")]
+    Malformed(String),
+}
+
+impl SipParseError {
+    /// The reason phrase of a `400` answering this message, where one is possible.
+    pub fn reason_phrase(&self) -> String {
+        format!("Bad Request - {self}")
+    }
+}
+
+/// RFC 3261 §7.3.3 and the IANA registry's common compact forms.
+fn long_form(name: &str) -> Option<&'static str> {
+    Some(match name.to_ascii_lowercase().as_str() {
+        "v" => "Via",
+        "f" => "From",
+        "t" => "To",
+        "i" => "Call-ID",
+        "m" => "Contact",
+        "l" => "Content-Length",
+        "c" => "Content-Type",
+        "k" => "Supported",
+        "s" => "Subject",
+        "e" => "Content-Encoding",
+        "o" => "Event",
+        "r" => "Refer-To",
+        "u" => "Allow-Events",
+        "x" => "Session-Expires",
+        _ => return None,
+    })
+}
+
+fn header_end(data: &[u8]) -> Option<usize> {
+    data.windows(4).position(|w| w == b"\r\n\r\n")
+}
+
+/// Splits a header section into its normalised lines and the declared Content-Length.
+fn normalise_headers(head: &str) -> Result<(String, Option<usize>), SipParseError> {
+    let mut lines = head.split("\r\n");
+    let start_line = lines.next().unwrap_or("");
+    let mut out = String::with_capacity(head.len() + 64);
+    out.push_str(start_line);
+    let mut content_length = None;
+    let mut count = 0;
+    for line in lines {
+        // A folded continuation belongs to the previous header (RFC 3261 §7.3.1).
+        if line.starts_with([' ', '\t']) {
+            out.push(' ');
+            out.push_str(line.trim_start());
+            continue;
+        }
+        count += 1;
+        if count > MAX_HEADERS {
+            return Err(SipParseError::TooManyHeaders);
+        }
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| SipParseError::Malformed(format!("header line {line:?}")))?;
+        let name = name.trim();
+        let name = long_form(name).unwrap_or(name);
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = value
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| SipParseError::BadContentLength)?;
+            if content_length.is_some_and(|c| c != n) {
+                return Err(SipParseError::BadContentLength);
+            }
+            content_length = Some(n);
+        }
+        out.push_str("\r\n");
+        out.push_str(name);
+        out.push_str(": ");
+        out.push_str(value.trim());
+    }
+    Ok((out, content_length))
+}
+
+/// Parses one datagram (UDP): the body is what follows the headers, cut to
+/// Content-Length when that is shorter (RFC 3261 §18.3).
+pub fn parse_datagram(data: &[u8]) -> Result<rsip::SipMessage, SipParseError> {
+    if data.len() > MAX_MESSAGE_BYTES {
+        return Err(SipParseError::TooLarge);
+    }
+    let end = header_end(data).ok_or(SipParseError::NoHeaderEnd)?;
+    let head = std::str::from_utf8(&data[..end])
+        .map_err(|_| SipParseError::Malformed("header encoding".into()))?;
+    let (head, declared) = normalise_headers(head)?;
+    let mut body = &data[end + 4..];
+    if let Some(n) = declared {
+        if n > body.len() {
+            return Err(SipParseError::ShortBody);
+        }
+        body = &body[..n];
+    }
+    let mut raw = Vec::with_capacity(head.len() + 4 + body.len());
+    raw.extend_from_slice(head.as_bytes());
+    raw.extend_from_slice(b"\r\n\r\n");
+    raw.extend_from_slice(body);
+    let message = rsip::SipMessage::try_from(raw.as_slice())
+        .map_err(|e| SipParseError::Malformed(short(&e.to_string())))?;
+    check_mandatory(&message)?;
+    Ok(message)
+}
+
+/// On a stream (TCP, TLS): the length of the first complete message in
+/// `buf`, or None while more bytes are needed. Streams need Content-Length.
+pub fn frame_stream(buf: &[u8]) -> Result<Option<usize>, SipParseError> {
+    // Keep-alive CRLFs between messages (RFC 5626) are skipped by the caller.
+    let Some(end) = header_end(buf) else {
+        return if buf.len() > MAX_MESSAGE_BYTES {
+            Err(SipParseError::TooLarge)
+        } else {
+            Ok(None)
+        };
+    };
+    let head = std::str::from_utf8(&buf[..end])
+        .map_err(|_| SipParseError::Malformed("header encoding".into()))?;
+    let (_, declared) = normalise_headers(head)?;
+    let body = declared.ok_or(SipParseError::MissingHeader("Content-Length"))?;
+    let total = end + 4 + body;
+    if total > MAX_MESSAGE_BYTES {
+        return Err(SipParseError::TooLarge);
+    }
+    Ok((buf.len() >= total).then_some(total))
+}
+
+fn check_mandatory(m: &rsip::SipMessage) -> Result<(), SipParseError> {
+    let checks: [(&'static str, bool); 5] = match m {
+        rsip::SipMessage::Request(r) => [
+            ("Via", r.via_header().is_ok()),
+            ("From", r.from_header().is_ok()),
+            ("To", r.to_header().is_ok()),
+            ("Call-ID", r.call_id_header().is_ok()),
+            ("CSeq", r.cseq_header().and_then(|c| c.typed()).is_ok()),
+        ],
+        rsip::SipMessage::Response(r) => [
+            ("Via", r.via_header().is_ok()),
+            ("From", r.from_header().is_ok()),
+            ("To", r.to_header().is_ok()),
+            ("Call-ID", r.call_id_header().is_ok()),
+            ("CSeq", r.cseq_header().and_then(|c| c.typed()).is_ok()),
+        ],
+    };
+    match checks.iter().find(|(_, ok)| !ok) {
+        Some((name, _)) => Err(SipParseError::MissingHeader(name)),
+        None => Ok(()),
+    }
+}
+
+fn short(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invite() -> String {
+        [
+            "INVITE sip:1001@gw.example SIP/2.0",
+            "v: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK776asdhds",
+            "Max-Forwards: 70",
+            "t: <sip:1001@gw.example>",
+            "f: \"Alice\" <sip:alice@example.com>;tag=1928301774",
+            "i: a84b4c76e66710@pc33.example.com",
+            "CSeq: 314159 INVITE",
+            "m: <sip:alice@192.0.2.1>",
+            "c: application/sdp",
+            "l: 4",
+            "",
+            "v=0\n",
+        ]
+        .join("\r\n")
+    }
+
+    #[test]
+    fn compact_forms_are_accepted() {
+        let m = parse_datagram(invite().as_bytes()).unwrap();
+        let rsip::SipMessage::Request(r) = m else {
+            panic!("a request")
+        };
+        assert_eq!(r.method, rsip::Method::Invite);
+        assert!(r.via_header().unwrap().typed().unwrap().branch().is_some());
+        assert_eq!(
+            r.call_id_header().unwrap().value(),
+            "a84b4c76e66710@pc33.example.com"
+        );
+        assert_eq!(r.cseq_header().unwrap().typed().unwrap().seq, 314159);
+        assert!(r.contact_header().is_ok());
+        assert_eq!(r.body, b"v=0\n".to_vec());
+    }
+
+    #[test]
+    fn refusals_name_the_problem() {
+        let ok = invite();
+        let cases = [
+            (ok.replace("l: 4", "l: 40"), SipParseError::ShortBody),
+            (
+                ok.replace("l: 4", "l: four"),
+                SipParseError::BadContentLength,
+            ),
+            (
+                ok.replace("i: a84b4c76e66710@pc33.example.com\r\n", ""),
+                SipParseError::MissingHeader("Call-ID"),
+            ),
+            (
+                ok.replace("CSeq: 314159 INVITE\r\n", ""),
+                SipParseError::MissingHeader("CSeq"),
+            ),
+            (ok.replace("\r\n\r\n", "\r\n"), SipParseError::NoHeaderEnd),
+            (
+                ok.replace("Max-Forwards: 70", "Max-Forwards 70"),
+                SipParseError::Malformed("header line \"Max-Forwards 70\"".into()),
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_datagram(text.as_bytes()).unwrap_err(), expected);
+        }
+        let many: String = ok.replacen("Max-Forwards: 70\r\n", &"X-Pad: 1\r\n".repeat(200), 1);
+        assert_eq!(
+            parse_datagram(many.as_bytes()).unwrap_err(),
+            SipParseError::TooManyHeaders
+        );
+        assert_eq!(
+            parse_datagram(&vec![b'a'; MAX_MESSAGE_BYTES + 1]).unwrap_err(),
+            SipParseError::TooLarge
+        );
+        assert!(SipParseError::MissingHeader("CSeq")
+            .reason_phrase()
+            .contains("CSeq"));
+        assert!(parse_datagram(b"garbage\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn longer_body_is_cut_to_content_length_on_udp() {
+        let text = invite().replace("v=0\n", "v=0\nEXTRA");
+        let rsip::SipMessage::Request(r) = parse_datagram(text.as_bytes()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.body, b"v=0\n".to_vec());
+    }
+
+    #[test]
+    fn stream_framing() {
+        let one = invite();
+        let two = format!("{one}{one}");
+        assert_eq!(frame_stream(two.as_bytes()), Ok(Some(one.len())));
+        assert_eq!(frame_stream(&two.as_bytes()[..one.len() - 1]), Ok(None));
+        assert_eq!(frame_stream(&one.as_bytes()[..20]), Ok(None));
+        let no_length = one.replace("l: 4\r\n", "");
+        assert_eq!(
+            frame_stream(no_length.as_bytes()),
+            Err(SipParseError::MissingHeader("Content-Length"))
+        );
+    }
+}

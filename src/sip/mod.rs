@@ -1,0 +1,5 @@
+//! The SIP side: messages on the wire and the transaction layer (RFC 3261
+//! §17), sans-IO. Transports, dialogs and registration build on these.
+
+pub mod message;
+pub mod transaction;

@@ -1,0 +1,448 @@
+//! SIP transactions (RFC 3261 §17), sans-IO: the four state machines with
+//! their timers A–K, driven by messages and the current time, returning what
+//! to send, what to hand to the transaction user, and when to wake them.
+//!
+//! Timers live in one small table per transaction (as quinn-proto keeps a
+//! connection's timers), so the driver sleeps until `poll_timeout()`.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use rsip::prelude::*;
+
+/// T1, T2, T4 of RFC 3261 §17.1.1.1 (configurable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimerConfig {
+    pub t1: Duration,
+    pub t2: Duration,
+    pub t4: Duration,
+}
+
+impl Default for TimerConfig {
+    fn default() -> Self {
+        TimerConfig {
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            t4: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// Retransmit the request (A: INVITE, E: non-INVITE) or the final response (G).
+    Retransmit,
+    /// Give up waiting (B, F: no final response; H: no ACK).
+    GiveUp,
+    /// Linger to absorb retransmissions (D, K, I, J), then terminate.
+    Linger,
+}
+
+#[derive(Debug, Default)]
+struct Timers([Option<Instant>; 3]);
+
+impl Timers {
+    fn set(&mut self, t: Timer, at: Instant) {
+        self.0[t as usize] = Some(at);
+    }
+    fn stop(&mut self, t: Timer) {
+        self.0[t as usize] = None;
+    }
+    fn clear(&mut self) {
+        self.0 = [None; 3];
+    }
+    fn next(&self) -> Option<Instant> {
+        self.0.iter().flatten().min().copied()
+    }
+    fn due(&self, t: Timer, now: Instant) -> bool {
+        self.0[t as usize].is_some_and(|at| now >= at)
+    }
+}
+
+/// What a transaction asks of its driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send these bytes to the transaction's peer.
+    Transmit(Vec<u8>),
+    /// A response for the transaction user (client transactions).
+    Response(rsip::Response),
+    /// A request for the transaction user (server transactions: the first one only).
+    Request(rsip::Request),
+    /// No final response in time (timer B or F): the TU treats it as 408.
+    TimedOut,
+    /// The server transaction never got its ACK (timer H).
+    NoAck,
+    /// Done: the transaction can be forgotten.
+    Terminated,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientState {
+    Calling,
+    Trying,
+    Proceeding,
+    Completed,
+    Terminated,
+}
+
+/// A client transaction (INVITE or non-INVITE).
+pub struct ClientTransaction {
+    invite: bool,
+    reliable: bool,
+    cfg: TimerConfig,
+    state: ClientState,
+    request: rsip::Request,
+    wire: Vec<u8>,
+    interval: Duration,
+    ack: Option<Vec<u8>>,
+    timers: Timers,
+    out: VecDeque<Output>,
+}
+
+impl ClientTransaction {
+    /// Starts the transaction: the request goes out at once.
+    pub fn new(request: rsip::Request, reliable: bool, cfg: TimerConfig, now: Instant) -> Self {
+        let invite = request.method == rsip::Method::Invite;
+        let wire = request.to_string().into_bytes();
+        let mut t = ClientTransaction {
+            invite,
+            reliable,
+            cfg,
+            state: if invite {
+                ClientState::Calling
+            } else {
+                ClientState::Trying
+            },
+            request,
+            interval: cfg.t1,
+            wire: wire.clone(),
+            ack: None,
+            timers: Timers::default(),
+            out: VecDeque::new(),
+        };
+        t.out.push_back(Output::Transmit(wire));
+        if !reliable {
+            t.timers.set(Timer::Retransmit, now + cfg.t1);
+        }
+        t.timers.set(Timer::GiveUp, now + 64 * cfg.t1);
+        t
+    }
+
+    pub fn state(&self) -> ClientState {
+        self.state
+    }
+
+    pub fn request(&self) -> &rsip::Request {
+        &self.request
+    }
+
+    /// A response matched to this transaction.
+    pub fn handle_response(&mut self, now: Instant, response: rsip::Response) {
+        let code = response.status_code.code();
+        match self.state {
+            ClientState::Calling | ClientState::Trying | ClientState::Proceeding => {
+                if code < 200 {
+                    self.state = ClientState::Proceeding;
+                    if self.invite {
+                        // INVITE: a provisional response stops retransmission (timer A).
+                        self.timers.stop(Timer::Retransmit);
+                    } else if !self.reliable {
+                        // Non-INVITE: keep retransmitting, at T2.
+                        self.interval = self.cfg.t2;
+                    }
+                    self.out.push_back(Output::Response(response));
+                } else if self.invite && code < 300 {
+                    // 2xx: the TU acknowledges end to end; this transaction is done.
+                    self.out.push_back(Output::Response(response));
+                    self.terminate();
+                } else {
+                    if self.invite {
+                        let ack = build_ack(&self.request, &response);
+                        self.out.push_back(Output::Transmit(ack.clone()));
+                        self.ack = Some(ack);
+                    }
+                    self.out.push_back(Output::Response(response));
+                    self.state = ClientState::Completed;
+                    self.timers.clear();
+                    let linger = match (self.reliable, self.invite) {
+                        (true, _) => Duration::ZERO,
+                        // Timer D: at least 32 s; timer K: T4.
+                        (false, true) => Duration::from_secs(32).max(64 * self.cfg.t1 / 2),
+                        (false, false) => self.cfg.t4,
+                    };
+                    self.timers.set(Timer::Linger, now + linger);
+                }
+            }
+            ClientState::Completed => {
+                // A retransmitted final response: the ACK went missing.
+                if let Some(ack) = &self.ack {
+                    if code >= 300 {
+                        self.out.push_back(Output::Transmit(ack.clone()));
+                    }
+                }
+            }
+            ClientState::Terminated => {}
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.timers.due(Timer::GiveUp, now) {
+            self.out.push_back(Output::TimedOut);
+            self.terminate();
+            return;
+        }
+        if self.timers.due(Timer::Linger, now) {
+            self.terminate();
+            return;
+        }
+        if self.timers.due(Timer::Retransmit, now) {
+            self.out.push_back(Output::Transmit(self.wire.clone()));
+            self.interval = if self.invite {
+                self.interval * 2
+            } else {
+                (self.interval * 2).min(self.cfg.t2)
+            };
+            self.timers.set(Timer::Retransmit, now + self.interval);
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    fn terminate(&mut self) {
+        self.state = ClientState::Terminated;
+        self.timers.clear();
+        self.out.push_back(Output::Terminated);
+    }
+}
+
+/// The ACK for a non-2xx final response to `invite` (RFC 3261 §17.1.1.3):
+/// same Request-URI, Call-ID, From, CSeq number and top Via; the response's To.
+pub fn build_ack(invite: &rsip::Request, response: &rsip::Response) -> Vec<u8> {
+    let mut headers = rsip::Headers::default();
+    if let Ok(via) = invite.via_header() {
+        headers.push(via.clone().into());
+    }
+    for route in invite
+        .headers
+        .iter()
+        .filter(|h| matches!(h, rsip::Header::Route(_)))
+    {
+        headers.push(route.clone());
+    }
+    headers.push(rsip::Header::MaxForwards(rsip::headers::MaxForwards::from(
+        70u32,
+    )));
+    if let Ok(from) = invite.from_header() {
+        headers.push(from.clone().into());
+    }
+    if let Ok(to) = response.to_header() {
+        headers.push(to.clone().into());
+    }
+    if let Ok(call_id) = invite.call_id_header() {
+        headers.push(call_id.clone().into());
+    }
+    let seq = invite
+        .cseq_header()
+        .and_then(|c| c.typed())
+        .map(|c| c.seq)
+        .unwrap_or(1);
+    headers.push(
+        rsip::typed::CSeq {
+            seq,
+            method: rsip::Method::Ack,
+        }
+        .into(),
+    );
+    headers.push(rsip::Header::ContentLength(
+        rsip::headers::ContentLength::from(0u32),
+    ));
+    rsip::Request {
+        method: rsip::Method::Ack,
+        uri: invite.uri.clone(),
+        version: rsip::Version::V2,
+        headers,
+        body: Vec::new(),
+    }
+    .to_string()
+    .into_bytes()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    Trying,
+    Proceeding,
+    Completed,
+    Confirmed,
+    Terminated,
+}
+
+/// A server transaction (INVITE or non-INVITE).
+pub struct ServerTransaction {
+    invite: bool,
+    reliable: bool,
+    cfg: TimerConfig,
+    state: ServerState,
+    last_response: Option<Vec<u8>>,
+    interval: Duration,
+    timers: Timers,
+    out: VecDeque<Output>,
+}
+
+impl ServerTransaction {
+    /// Takes a new request: it goes to the TU; an INVITE is answered 100 Trying at once.
+    pub fn new(request: rsip::Request, reliable: bool, cfg: TimerConfig) -> Self {
+        let invite = request.method == rsip::Method::Invite;
+        let mut t = ServerTransaction {
+            invite,
+            reliable,
+            cfg,
+            state: if invite {
+                ServerState::Proceeding
+            } else {
+                ServerState::Trying
+            },
+            last_response: None,
+            interval: cfg.t1,
+            timers: Timers::default(),
+            out: VecDeque::new(),
+        };
+        if invite {
+            let trying = response_to(&request, 100).to_string().into_bytes();
+            t.out.push_back(Output::Transmit(trying.clone()));
+            t.last_response = Some(trying);
+        }
+        t.out.push_back(Output::Request(request));
+        t
+    }
+
+    pub fn state(&self) -> ServerState {
+        self.state
+    }
+
+    /// The same request again (a retransmission), or the ACK of an INVITE.
+    pub fn handle_request(&mut self, now: Instant, request: &rsip::Request) {
+        if request.method == rsip::Method::Ack {
+            if self.state == ServerState::Completed {
+                self.state = ServerState::Confirmed;
+                self.timers.clear();
+                // Timer I absorbs ACK retransmissions.
+                let linger = if self.reliable {
+                    Duration::ZERO
+                } else {
+                    self.cfg.t4
+                };
+                self.timers.set(Timer::Linger, now + linger);
+            }
+            return;
+        }
+        // Absorbed: the last response answers it again.
+        if matches!(self.state, ServerState::Proceeding | ServerState::Completed) {
+            if let Some(r) = &self.last_response {
+                self.out.push_back(Output::Transmit(r.clone()));
+            }
+        }
+    }
+
+    /// The TU's response.
+    pub fn send_response(&mut self, now: Instant, response: rsip::Response) {
+        if matches!(
+            self.state,
+            ServerState::Completed | ServerState::Confirmed | ServerState::Terminated
+        ) {
+            return;
+        }
+        let code = response.status_code.code();
+        let wire = response.to_string().into_bytes();
+        self.out.push_back(Output::Transmit(wire.clone()));
+        self.last_response = Some(wire);
+        if code < 200 {
+            self.state = ServerState::Proceeding;
+        } else if self.invite && code < 300 {
+            // 2xx: the TU retransmits it until the ACK (the dialog's job).
+            self.terminate();
+        } else {
+            self.state = ServerState::Completed;
+            if self.invite {
+                if !self.reliable {
+                    self.timers.set(Timer::Retransmit, now + self.cfg.t1);
+                }
+                self.timers.set(Timer::GiveUp, now + 64 * self.cfg.t1);
+            } else {
+                let linger = if self.reliable {
+                    Duration::ZERO
+                } else {
+                    64 * self.cfg.t1
+                };
+                self.timers.set(Timer::Linger, now + linger);
+            }
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.timers.due(Timer::GiveUp, now) {
+            self.out.push_back(Output::NoAck);
+            self.terminate();
+            return;
+        }
+        if self.timers.due(Timer::Linger, now) {
+            self.terminate();
+            return;
+        }
+        if self.timers.due(Timer::Retransmit, now) {
+            if let Some(r) = &self.last_response {
+                self.out.push_back(Output::Transmit(r.clone()));
+            }
+            self.interval = (self.interval * 2).min(self.cfg.t2);
+            self.timers.set(Timer::Retransmit, now + self.interval);
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    fn terminate(&mut self) {
+        self.state = ServerState::Terminated;
+        self.timers.clear();
+        self.out.push_back(Output::Terminated);
+    }
+}
+
+/// A response to `request` copying Via, From, To, Call-ID and CSeq (RFC 3261 §8.2.6.2).
+pub fn response_to(request: &rsip::Request, code: u16) -> rsip::Response {
+    let mut headers = rsip::Headers::default();
+    for h in request.headers.iter() {
+        if matches!(
+            h,
+            rsip::Header::Via(_)
+                | rsip::Header::From(_)
+                | rsip::Header::To(_)
+                | rsip::Header::CallId(_)
+                | rsip::Header::CSeq(_)
+        ) {
+            headers.push(h.clone());
+        }
+    }
+    headers.push(rsip::Header::ContentLength(
+        rsip::headers::ContentLength::from(0u32),
+    ));
+    rsip::Response {
+        status_code: rsip::StatusCode::from(code),
+        version: rsip::Version::V2,
+        headers,
+        body: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
