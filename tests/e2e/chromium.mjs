@@ -44,3 +44,19 @@ export async function blankPage(context) {
   };
   return { page, stop };
 }
+
+// JSON lines on stdin, queued so none is lost before someone waits for it.
+import { createInterface } from 'node:readline';
+
+export function lineReader() {
+  const queued = [];
+  const waiting = [];
+  createInterface({ input: process.stdin }).on('line', (line) => {
+    const w = waiting.shift();
+    if (w) w(line); else queued.push(line);
+  });
+  return () =>
+    queued.length ? Promise.resolve(queued.shift()) : new Promise((resolve) => waiting.push(resolve));
+}
+
+export const say = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');

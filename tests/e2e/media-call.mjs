@@ -2,18 +2,9 @@
 // tests/browser_media.rs: prints {"offer"}, reads {"answer"}, plays what
 // comes back, and reports {"connected", "packetsSent", "packetsReceived"}
 // (or {"error"}) once audio flowed both ways or the wait ran out.
-import { createInterface } from 'node:readline';
-import { launch, blankPage } from './chromium.mjs';
+import { launch, blankPage, lineReader, say } from './chromium.mjs';
 
-const queued = [];
-const waiting = [];
-createInterface({ input: process.stdin }).on('line', (line) => {
-  const w = waiting.shift();
-  if (w) w(line); else queued.push(line);
-});
-const nextLine = () =>
-  queued.length ? Promise.resolve(queued.shift()) : new Promise((resolve) => waiting.push(resolve));
-const say = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
+const nextLine = lineReader();
 
 const { context, close } = await launch({ audioFile: process.env.FAKE_AUDIO });
 try {

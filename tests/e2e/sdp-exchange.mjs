@@ -3,21 +3,11 @@
 //   answer mode (default): prints {"offer"}, reads {"answer"}, applies it.
 //   --offer-from-gateway:  reads {"offer"}, applies it, prints {"answer"}.
 // Ends with {"ok": true} or {"error": "..."}.
-import { createInterface } from 'node:readline';
-import { launch, blankPage } from './chromium.mjs';
+import { launch, blankPage, lineReader, say } from './chromium.mjs';
 
 const video = process.argv.includes('--video');
 const gatewayOffers = process.argv.includes('--offer-from-gateway');
-// Lines may arrive before anyone waits for them: queue them.
-const queued = [];
-const waiting = [];
-createInterface({ input: process.stdin }).on('line', (line) => {
-  const w = waiting.shift();
-  if (w) w(line); else queued.push(line);
-});
-const nextLine = () =>
-  queued.length ? Promise.resolve(queued.shift()) : new Promise((resolve) => waiting.push(resolve));
-const say = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
+const nextLine = lineReader();
 
 const { context, close } = await launch();
 try {
