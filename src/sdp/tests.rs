@@ -1,5 +1,6 @@
-//! SDP tests over fixtures: a real Chromium offer (captured with
-//! tests/e2e/capture-offer.mjs), one with video, and SIP offers.
+//! SDP tests over fixtures captured from real peers: Chromium (with
+//! tests/e2e/capture-offer.mjs, audio and audio+video), Firefox ESR (with
+//! tests/e2e/firefox_offer.py), SIPp and baresip; and SIP offers of a PBX.
 
 use std::net::IpAddr;
 
@@ -366,4 +367,39 @@ fn real_sip_peer_offers() {
     // answer (any of them) maps straight back.
     let chosen = answer_codecs(&baresip.audio.codecs, &baresip.audio.codecs[1]).unwrap();
     assert_eq!(pts(&chosen), vec![8, 101]);
+}
+
+/// A real Firefox ESR offer (captured with tests/e2e/firefox_offer.py): the
+/// fingerprint and direction sit at session level, G722 spells out its one
+/// channel, and there is no 48 kHz telephone-event.
+#[test]
+fn reads_a_real_firefox_offer() {
+    let d = Description::parse(include_str!("../../tests/fixtures/sdp/firefox-offer.sdp")).unwrap();
+    let a = &d.audio;
+    assert_eq!(pts(&a.codecs), vec![109, 9, 0, 8, 101]);
+    assert_eq!(a.codecs[0].name, CodecName::Opus);
+    assert_eq!(a.codecs[1].name, CodecName::G722);
+    assert!(a.codecs[1].is_carried_audio());
+    assert!(
+        a.fingerprint.is_some(),
+        "session-level fingerprint applies to the m-line"
+    );
+    assert_eq!(a.setup, Some(Setup::ActPass));
+    assert_eq!(a.direction, Direction::SendRecv);
+    assert!(a.rtcp_mux && a.ice.is_some());
+    assert_eq!(d.bundle, Some(vec!["0".to_string()]));
+    assert!(matches!(
+        web_offer_keying(&d, true),
+        Ok(WebKeying::Dtls { .. })
+    ));
+    assert_eq!(pts(&usable(&a.codecs).unwrap()), vec![109, 9, 0, 8, 101]);
+    // Opus has no telephone-event at its rate here: the answer carries Opus alone.
+    assert_eq!(
+        pts(&answer_codecs(&a.codecs, &a.codecs[0]).unwrap()),
+        vec![109]
+    );
+    assert_eq!(
+        pts(&answer_codecs(&a.codecs, &a.codecs[2]).unwrap()),
+        vec![0, 101]
+    );
 }
