@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 step() { printf '\n=== %s\n' "$*"; }
 
 # Debian packages the tests use: nft checks the generated firewall rules;
-# Chromium is the real browser of the browser tests (driven by playwright-core).
-packages=(nftables chromium iproute2)
+# Chromium is the real browser of the browser tests (driven by playwright-core);
+# SIPp (sip-tester) is a real SIP peer.
+packages=(nftables chromium iproute2 sip-tester)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

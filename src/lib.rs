@@ -54,6 +54,8 @@ pub struct Gateway {
     pub relay: Arc<media::relay::Relay>,
     /// The process's DTLS certificate for browser legs.
     pub dtls_identity: webrtc::dtls::DtlsIdentity,
+    /// Where the SIP endpoint listens (UDP).
+    pub sip_addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
     pub https_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
@@ -149,6 +151,20 @@ impl Gateway {
             shutdown_rx.clone(),
         )));
 
+        let sip_socket = tokio::net::UdpSocket::bind(&config.sip.listen)
+            .await
+            .map_err(|e| StartError::Bind {
+                key: "sip.listen",
+                addr: config.sip.listen.clone(),
+                reason: e.to_string(),
+            })?;
+        let sip_addr = sip_socket.local_addr().map_err(|e| StartError::Bind {
+            key: "sip.listen",
+            addr: config.sip.listen.clone(),
+            reason: e.to_string(),
+        })?;
+        tasks.push(tokio::spawn(serve_sip_udp(sip_socket, shutdown_rx.clone())));
+
         tasks.push(tokio::spawn(reap_sessions(state.clone(), shutdown_rx)));
         state.readiness.api_listening.store(true, Ordering::Relaxed);
         let shown = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
@@ -156,12 +172,14 @@ impl Gateway {
             https = %shown(https_addr),
             http = %shown(http_addr),
             admin = %admin_addr,
+            sip = %sip_addr,
             "gateway listening"
         );
         Ok(Gateway {
             state,
             relay,
             dtls_identity,
+            sip_addr,
             http_addr,
             https_addr,
             admin_addr,
@@ -176,6 +194,30 @@ impl Gateway {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
+        }
+    }
+}
+
+/// The SIP endpoint's UDP driver: datagrams and timers into the sans-IO
+/// [`sip::endpoint::Endpoint`], its datagrams out.
+async fn serve_sip_udp(socket: tokio::net::UdpSocket, mut shutdown: watch::Receiver<bool>) {
+    let mut endpoint = sip::endpoint::Endpoint::new(sip::transaction::TimerConfig::default());
+    let mut buf = vec![0u8; sip::message::MAX_MESSAGE_BYTES + 1];
+    loop {
+        let wake = endpoint
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        let out = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, from)) => endpoint.handle_datagram(Instant::now(), from, &buf[..n]),
+                Err(_) => continue,
+            },
+            _ = tokio::time::sleep_until(wake) => endpoint.handle_timeout(Instant::now()),
+            _ = shutdown.changed() => return,
+        };
+        for (to, bytes) in out {
+            let _ = socket.send_to(&bytes, to).await;
         }
     }
 }

@@ -99,7 +99,7 @@ fn port_in_use_is_named() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\ntls-listen = \"\"\n[admin]\nlisten = \"{}\"\n",
+        "[http]\nlisten = \"127.0.0.1:0\"\ntls-listen = \"\"\n[admin]\nlisten = \"{}\"\n[sip]\nlisten = \"127.0.0.1:0\"\n",
         taken.local_addr().unwrap()
     );
     let path = write(dir.path(), "g.toml", &text);
@@ -304,6 +304,7 @@ async fn logs_never_carry_secrets() {
     for format in ["json", "pretty"] {
         let config = format!(
             "[http]\nlisten = \"127.0.0.1:0\"\ntls-listen = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [sip]\nlisten = \"127.0.0.1:0\"\n\
              [log]\nformat = \"{format}\"\nlevel = \"trace\"\n[auth]\nmode = \"token\"\ntoken-secret = \"{token_secret}\"\n"
         );
         let gw = Gateway::start_with_env(&config, &[]);

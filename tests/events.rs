@@ -10,7 +10,8 @@ use webrtc_sip_gateway::Gateway;
 
 async fn start() -> Gateway {
     let config = Config::from_toml(
-        "[http]\nlisten = \"127.0.0.1:0\"\ntls-listen = \"\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        "[http]\nlisten = \"127.0.0.1:0\"\ntls-listen = \"\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [sip]\nlisten = \"127.0.0.1:0\"\n",
         "test",
         Vec::new(),
     )

@@ -1,5 +1,6 @@
 //! The SIP side: messages on the wire and the transaction layer (RFC 3261
 //! §17), sans-IO. Transports, dialogs and registration build on these.
 
+pub mod endpoint;
 pub mod message;
 pub mod transaction;

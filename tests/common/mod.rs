@@ -16,10 +16,22 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_webrtc-sip-gateway");
 /// appended to it (its sections must not repeat `[http]`/`[admin]`/`[log]`
 /// keys given here, so pass http keys through `http_extra`).
 pub fn config_text(http_extra: &str, extra: &str) -> String {
+    // Every listener on a free loopback port, the SIP one too.
+    let (sip, extra) = if extra.contains("[sip]") {
+        (
+            String::new(),
+            extra.replace("[sip]\n", "[sip]\nlisten = \"127.0.0.1:0\"\n"),
+        )
+    } else {
+        (
+            "[sip]\nlisten = \"127.0.0.1:0\"\n".to_string(),
+            extra.to_string(),
+        )
+    };
     format!(
         "[http]\nlisten = \"127.0.0.1:0\"\ntls-listen = \"127.0.0.1:0\"\n{http_extra}\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\
-         [log]\nformat = \"json\"\nlevel = \"info,webrtc_sip_gateway=trace\"\n{extra}\n"
+         [log]\nformat = \"json\"\nlevel = \"info,webrtc_sip_gateway=trace\"\n{sip}{extra}\n"
     )
 }
 
@@ -28,6 +40,7 @@ pub struct Gateway {
     pub http: SocketAddr,
     pub https: SocketAddr,
     pub admin: SocketAddr,
+    pub sip: SocketAddr,
     pub fingerprint: String,
     log: Arc<Mutex<String>>,
     _dir: tempfile::TempDir,
@@ -104,6 +117,7 @@ impl Gateway {
                     http: addr("http"),
                     https: addr("https"),
                     admin: addr("admin"),
+                    sip: addr("sip"),
                     fingerprint,
                     child,
                     log,

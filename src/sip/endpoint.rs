@@ -1,0 +1,322 @@
+//! The gateway's SIP endpoint core, sans-IO: datagrams in (with their source
+//! and the time), datagrams out. It parses (answering malformed requests with
+//! a 400 that names the problem), matches requests to server transactions
+//! by Via branch (absorbing retransmissions), applies `rport` (RFC 3581), and
+//! answers what the gateway serves on its own: OPTIONS (200 with Allow and
+//! Accept). Dialog methods reach the call layer once it exists; until then
+//! they are answered 501.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use rsip::prelude::*;
+
+use super::message::{parse_datagram, SipParseError};
+use super::transaction::{response_to, Output, ServerTransaction, TimerConfig};
+
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
+pub const ACCEPT: &str = "application/sdp, application/dtmf-relay";
+
+/// Counters the metrics exporter reads.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointCounters {
+    pub requests: u64,
+    pub malformed: u64,
+    pub retransmissions_absorbed: u64,
+}
+
+pub struct Endpoint {
+    timers: TimerConfig,
+    /// Server transactions by (Via branch, method; ACK is matched to INVITE).
+    server: HashMap<(String, String), (SocketAddr, ServerTransaction)>,
+    pub counters: EndpointCounters,
+}
+
+/// A datagram to send.
+pub type Datagram = (SocketAddr, Vec<u8>);
+
+impl Endpoint {
+    pub fn new(timers: TimerConfig) -> Self {
+        Endpoint {
+            timers,
+            server: HashMap::new(),
+            counters: EndpointCounters::default(),
+        }
+    }
+
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> Vec<Datagram> {
+        // Keep-alive CRLFs (RFC 5626) are not messages.
+        if data.iter().all(|b| *b == b'\r' || *b == b'\n') {
+            return Vec::new();
+        }
+        let message = match parse_datagram(data) {
+            Ok(m) => m,
+            Err(e) => {
+                self.counters.malformed += 1;
+                return self.bad_request(from, data, &e).into_iter().collect();
+            }
+        };
+        let rsip::SipMessage::Request(request) = message else {
+            // Responses belong to client transactions (registration, calls).
+            return Vec::new();
+        };
+        self.counters.requests += 1;
+        let Some(branch) = branch_of(&request) else {
+            return Vec::new();
+        };
+        let method = if request.method == rsip::Method::Ack {
+            rsip::Method::Invite.to_string()
+        } else {
+            request.method.to_string()
+        };
+        let key = (branch, method);
+        if let Some((_, tx)) = self.server.get_mut(&key) {
+            self.counters.retransmissions_absorbed +=
+                u64::from(request.method != rsip::Method::Ack);
+            tx.handle_request(now, &request);
+            return self.collect(now, &key);
+        }
+        if request.method == rsip::Method::Ack {
+            // An ACK for a 2xx belongs to a dialog; none exist yet.
+            return Vec::new();
+        }
+        let tx = ServerTransaction::new(request.clone(), false, self.timers);
+        self.server.insert(key.clone(), (from, tx));
+        let response = self.respond(&request, from);
+        if let Some((_, tx)) = self.server.get_mut(&key) {
+            tx.send_response(now, response);
+        }
+        self.collect(now, &key)
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Datagram> {
+        let due: Vec<_> = self
+            .server
+            .iter()
+            .filter(|(_, (_, tx))| tx.poll_timeout().is_some_and(|t| now >= t))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut out = Vec::new();
+        for key in due {
+            if let Some((_, tx)) = self.server.get_mut(&key) {
+                tx.handle_timeout(now);
+            }
+            out.extend(self.collect(now, &key));
+        }
+        out
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.server
+            .values()
+            .filter_map(|(_, tx)| tx.poll_timeout())
+            .min()
+    }
+
+    /// Drains a transaction's output; forgets it once terminated.
+    fn collect(&mut self, _now: Instant, key: &(String, String)) -> Vec<Datagram> {
+        let mut out = Vec::new();
+        let mut done = false;
+        if let Some((peer, tx)) = self.server.get_mut(key) {
+            while let Some(o) = tx.poll_output() {
+                match o {
+                    Output::Transmit(bytes) => out.push((*peer, bytes)),
+                    Output::Terminated => done = true,
+                    _ => {}
+                }
+            }
+        }
+        if done {
+            self.server.remove(key);
+        }
+        out
+    }
+
+    /// What the gateway answers by itself.
+    fn respond(&self, request: &rsip::Request, from: SocketAddr) -> rsip::Response {
+        let mut response = match request.method {
+            rsip::Method::Options => {
+                let mut r = response_to(request, 200);
+                r.headers
+                    .push(rsip::Header::Allow(rsip::headers::Allow::from(ALLOW)));
+                r.headers
+                    .push(rsip::Header::Accept(rsip::headers::Accept::from(ACCEPT)));
+                r
+            }
+            _ => response_to(request, 501),
+        };
+        apply_rport(&mut response, from);
+        add_to_tag(&mut response);
+        response
+    }
+
+    /// A 400 naming the problem, when the request is readable enough to answer.
+    fn bad_request(
+        &self,
+        from: SocketAddr,
+        data: &[u8],
+        error: &SipParseError,
+    ) -> Option<Datagram> {
+        let text = std::str::from_utf8(data).ok()?;
+        if text.starts_with("SIP/2.0") {
+            return None; // never answer a response
+        }
+        let head = text.split("\r\n\r\n").next()?;
+        let mut lines = vec![format!("SIP/2.0 400 {}", error.reason_phrase())];
+        for line in head.split("\r\n").skip(1) {
+            let name = line
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            if ["via", "v", "from", "f", "to", "t", "call-id", "i", "cseq"].contains(&name.as_str())
+            {
+                lines.push(line.to_string());
+            }
+        }
+        if !lines
+            .iter()
+            .any(|l| l.to_ascii_lowercase().starts_with("via") || l.starts_with("v:"))
+        {
+            return None; // nowhere to send a response
+        }
+        lines.push("Content-Length: 0".into());
+        lines.push(String::new());
+        lines.push(String::new());
+        Some((from, lines.join("\r\n").into_bytes()))
+    }
+}
+
+fn branch_of(request: &rsip::Request) -> Option<String> {
+    let via = request.via_header().ok()?.typed().ok()?;
+    via.branch().map(|b| b.to_string())
+}
+
+/// RFC 3581: a request with `rport` gets `received` and `rport=<port>` in the
+/// top Via of the response (which goes back to the source address).
+fn apply_rport(response: &mut rsip::Response, from: SocketAddr) {
+    for h in response.headers.iter_mut() {
+        if let rsip::Header::Via(via) = h {
+            let value = via.value().to_string();
+            let mut params: Vec<String> = value.split(';').map(str::to_string).collect();
+            let has_rport = params
+                .iter()
+                .any(|p| p.trim() == "rport" || p.trim().starts_with("rport="));
+            if has_rport {
+                params.retain(|p| {
+                    !p.trim().starts_with("rport") && !p.trim().starts_with("received=")
+                });
+                params.push(format!("received={}", from.ip()));
+                params.push(format!("rport={}", from.port()));
+                *via = rsip::headers::Via::from(params.join(";"));
+            }
+            break;
+        }
+    }
+}
+
+/// Our To tag on a final response to an out-of-dialog request.
+fn add_to_tag(response: &mut rsip::Response) {
+    if response.status_code.code() < 200 {
+        return;
+    }
+    for h in response.headers.iter_mut() {
+        if let rsip::Header::To(to) = h {
+            if !to.value().contains("tag=") {
+                *to = rsip::headers::To::from(format!("{};tag=gw{:08x}", to.value(), rand_tag()));
+            }
+        }
+    }
+}
+
+fn rand_tag() -> u32 {
+    use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+    let mut b = [0u8; 4];
+    let _ = SystemRandom::new().fill(&mut b);
+    u32::from_be_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(branch: &str) -> Vec<u8> {
+        [
+            "OPTIONS sip:gw@127.0.0.1:5070 SIP/2.0".to_string(),
+            format!("Via: SIP/2.0/UDP 10.0.0.9:5060;branch={branch};rport"),
+            "Max-Forwards: 70".into(),
+            "From: <sip:probe@example.com>;tag=p1".into(),
+            "To: <sip:gw@127.0.0.1>".into(),
+            "Call-ID: opt-1".into(),
+            "CSeq: 1 OPTIONS".into(),
+            "Content-Length: 0".into(),
+            String::new(),
+            String::new(),
+        ]
+        .join("\r\n")
+        .into_bytes()
+    }
+
+    #[test]
+    fn options_gets_200_with_allow_accept_and_rport() {
+        let mut ep = Endpoint::new(TimerConfig::default());
+        let from: SocketAddr = "198.51.100.4:40000".parse().unwrap();
+        let out = ep.handle_datagram(Instant::now(), from, &options("z9hG4bKo1"));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, from, "responses go back to the source (rport)");
+        let text = String::from_utf8(out[0].1.clone()).unwrap();
+        assert!(text.starts_with("SIP/2.0 200"), "{text}");
+        assert!(text.contains(&format!("Allow: {ALLOW}")), "{text}");
+        assert!(text.contains("Accept: application/sdp"), "{text}");
+        assert!(
+            text.contains("received=198.51.100.4") && text.contains("rport=40000"),
+            "{text}"
+        );
+        assert!(text.contains("tag=gw"), "{text}");
+        // The same request again is a retransmission: the same answer, no new transaction.
+        let again = ep.handle_datagram(Instant::now(), from, &options("z9hG4bKo1"));
+        assert_eq!(again[0].1, out[0].1);
+        assert_eq!(ep.counters.retransmissions_absorbed, 1);
+    }
+
+    #[test]
+    fn malformed_requests_get_400_naming_the_problem() {
+        let mut ep = Endpoint::new(TimerConfig::default());
+        let from: SocketAddr = "198.51.100.4:40000".parse().unwrap();
+        let broken = String::from_utf8(options("z9hG4bKo2"))
+            .unwrap()
+            .replace("CSeq: 1 OPTIONS\r\n", "");
+        let out = ep.handle_datagram(Instant::now(), from, broken.as_bytes());
+        let text = String::from_utf8(out[0].1.clone()).unwrap();
+        assert!(
+            text.starts_with("SIP/2.0 400 Bad Request - Missing CSeq Header"),
+            "{text}"
+        );
+        assert_eq!(ep.counters.malformed, 1);
+        // Garbage with no Via cannot be answered, and never panics.
+        assert!(ep
+            .handle_datagram(Instant::now(), from, b"\x00\x01garbage")
+            .is_empty());
+        assert!(ep
+            .handle_datagram(Instant::now(), from, b"\r\n\r\n")
+            .is_empty());
+    }
+
+    #[test]
+    fn transactions_are_forgotten_after_timer_j() {
+        let t0 = Instant::now();
+        let mut ep = Endpoint::new(TimerConfig::default());
+        let from: SocketAddr = "198.51.100.4:40000".parse().unwrap();
+        ep.handle_datagram(t0, from, &options("z9hG4bKo3"));
+        assert!(ep.poll_timeout().is_some());
+        ep.handle_timeout(t0 + std::time::Duration::from_secs(33));
+        assert_eq!(ep.poll_timeout(), None);
+    }
+}

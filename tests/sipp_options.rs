@@ -1,0 +1,52 @@
+//! SIPp (Debian's sip-tester, installed by the test command) against the
+//! running gateway's SIP endpoint over UDP: OPTIONS answered 200 with
+//! Allow/Accept and rport; a request with a bad Content-Length answered 400 naming it.
+
+mod common;
+
+use std::process::Command;
+
+use common::Gateway;
+
+#[test]
+fn sipp_options_and_malformed_request() {
+    let gw = Gateway::start("", "");
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/options.xml");
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let local_port = probe.local_addr().unwrap().port().to_string();
+    drop(probe);
+    let out = Command::new("sipp")
+        .args([
+            "-sf",
+            scenario,
+            "-m",
+            "3",
+            "-l",
+            "1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &local_port,
+            "-nostdin",
+            "-timeout",
+            "15",
+            "-timeout_error",
+            "-recv_timeout",
+            "5000",
+        ])
+        .arg(gw.sip.to_string())
+        .output()
+        .expect("sipp runs (the test command installs sip-tester)");
+    assert!(
+        out.status.success(),
+        "SIPp failed ({:?}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
