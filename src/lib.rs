@@ -5,7 +5,9 @@
 //! packet. See `shared/ARCHITECTURE.md` for the design and `README.md` for use.
 
 pub mod api;
+pub mod call;
 pub mod config;
+pub mod echo;
 pub mod logging;
 pub mod media;
 pub mod metrics;
@@ -99,8 +101,26 @@ impl Gateway {
             fingerprint = %dtls_identity.fingerprint.to_value(),
             "DTLS certificate for browser legs"
         );
+        let m = &config.media;
+        let settings = call::driver::CallSettings {
+            public_address: m.public_address.parse().map_err(|_| {
+                StartError::Setup("media.public-address is not an IP address".into())
+            })?,
+            web_enable_dtls: m.web_enable_dtls,
+            consent_timeout: Duration::from_secs(m.consent_timeout_s),
+            rtp_timeout: Duration::from_secs(m.rtp_timeout_s),
+            echo_number: config.echo.number.clone(),
+        };
+        let plane = call::driver::MediaPlane::new(
+            relay.clone(),
+            dtls_identity.clone(),
+            media::ports::PortAllocator::new(m.web_port_min, m.web_port_max, false),
+            media::ports::PortAllocator::new(m.sip_port_min, m.sip_port_max, true),
+            settings,
+        )
+        .map_err(|e| StartError::Setup(format!("cannot start the call dispatcher: {e}")))?;
         let state: SharedState =
-            Arc::new(AppState::new(config.clone(), metrics).map_err(StartError::Setup)?);
+            Arc::new(AppState::new(config.clone(), metrics, plane).map_err(StartError::Setup)?);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let api_router = api::router(state.clone());

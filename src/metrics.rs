@@ -37,6 +37,9 @@ pub struct Metrics {
     pub cors_rejections: Counter,
     pub auth_failures: Family<KindLabels, Counter>,
     pub rate_limited: Counter,
+    pub calls: Gauge,
+    pub calls_started: Counter,
+    pub calls_ended: Family<KindLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -56,6 +59,16 @@ impl Metrics {
         let cors_rejections = Counter::default();
         let auth_failures = Family::<KindLabels, Counter>::default();
         let rate_limited = Counter::default();
+        let calls = Gauge::default();
+        let calls_started = Counter::default();
+        let calls_ended = Family::<KindLabels, Counter>::default();
+        registry.register("calls", "Calls in progress now", calls.clone());
+        registry.register("calls_started", "Calls started", calls_started.clone());
+        registry.register(
+            "calls_ended",
+            "Calls ended, by the reason of their call.ended event",
+            calls_ended.clone(),
+        );
         registry.register("sessions", "Browser sessions open now", sessions.clone());
         registry.register(
             "sessions_created",
@@ -99,7 +112,24 @@ impl Metrics {
             cors_rejections,
             auth_failures,
             rate_limited,
+            calls,
+            calls_started,
+            calls_ended,
         }
+    }
+
+    pub fn call_started(&self) {
+        self.calls_started.inc();
+        self.calls.inc();
+    }
+
+    pub fn call_ended(&self, reason: &str) {
+        self.calls.dec();
+        self.calls_ended
+            .get_or_create(&KindLabels {
+                kind: reason.into(),
+            })
+            .inc();
     }
 
     pub fn auth_failure(&self, kind: &str) {

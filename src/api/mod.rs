@@ -4,6 +4,7 @@
 //! Handlers lock the session store only for short, non-awaiting sections; a
 //! long-poll waits on the session's `Notify` outside the lock.
 
+pub mod calls;
 pub mod cors;
 pub mod error;
 pub mod ratelimit;
@@ -25,6 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tracing::{info, warn, Instrument};
 
+use crate::call::driver::MediaPlane;
 use crate::config::{AuthMode, Config};
 use crate::metrics::{HttpLabels, KindLabels, Metrics};
 use crate::session::{EndReason, EventRecord, Session, SessionError, SessionStore};
@@ -51,12 +53,14 @@ pub struct AppState {
     pub cors: CorsPolicy,
     pub limiter: Mutex<RateLimiter>,
     pub readiness: Readiness,
+    /// Relay, ports and live calls.
+    pub media: MediaPlane,
 }
 
 pub type SharedState = Arc<AppState>;
 
 impl AppState {
-    pub fn new(config: Arc<Config>, metrics: Metrics) -> Result<Self, String> {
+    pub fn new(config: Arc<Config>, metrics: Metrics, media: MediaPlane) -> Result<Self, String> {
         let cors = CorsPolicy::new(&config.http.domain_whitelist)?;
         Ok(AppState {
             sessions: Mutex::new(SessionStore::new(
@@ -71,6 +75,7 @@ impl AppState {
             metrics,
             config,
             readiness: Readiness::default(),
+            media,
         })
     }
 
@@ -83,6 +88,7 @@ impl AppState {
 
     /// Ends a session for `reason`: the one place every session end goes through.
     pub fn end_session(&self, session: Session, reason: EndReason) {
+        self.media.calls.hang_up_session(&session.id);
         self.metrics
             .sessions_ended
             .get_or_create(&KindLabels {
@@ -113,6 +119,16 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/sessions", post(create_session))
         .route("/v1/sessions/{sid}", axum::routing::delete(delete_session))
         .route("/v1/sessions/{sid}/events", get(poll_events))
+        .route("/v1/sessions/{sid}/calls", post(calls::create))
+        .route(
+            "/v1/sessions/{sid}/calls/{cid}",
+            get(calls::show).delete(calls::hang_up),
+        )
+        .route("/v1/sessions/{sid}/calls/{cid}/answer", post(calls::answer))
+        .route("/v1/sessions/{sid}/calls/{cid}/reject", post(calls::reject))
+        .route("/v1/sessions/{sid}/calls/{cid}/dtmf", post(calls::dtmf))
+        .route("/v1/sessions/{sid}/calls/{cid}/hold", post(calls::hold))
+        .route("/v1/sessions/{sid}/calls/{cid}/resume", post(calls::resume))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -161,6 +161,7 @@ pub struct MediaConfig {
     pub web_enable_dtls: bool,
     pub relay_workers: usize,
     pub consent_timeout_s: u64,
+    pub rtp_timeout_s: u64,
 }
 
 impl Default for MediaConfig {
@@ -174,6 +175,7 @@ impl Default for MediaConfig {
             web_enable_dtls: true,
             relay_workers: 0,
             consent_timeout_s: 30,
+            rtp_timeout_s: 30,
         }
     }
 }
@@ -396,6 +398,9 @@ impl Config {
         }
         if !(5..=600).contains(&media.consent_timeout_s) {
             p.add("media.consent-timeout-s", "must be 5 to 600 seconds");
+        }
+        if !(5..=3600).contains(&media.rtp_timeout_s) {
+            p.add("media.rtp-timeout-s", "must be 5 to 3600 seconds");
         }
         if media.relay_workers > 256 {
             p.add(

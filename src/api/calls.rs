@@ -1,0 +1,264 @@
+//! The call endpoints (`shared/API.md`, "Calls"): start, inspect, hang up,
+//! hold, resume and send DTMF. Each handler checks the session secret before
+//! it looks at the request, and refuses bad input before anything is set up.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use tracing::warn;
+
+use super::{session_error, session_secret, ApiError, ApiJson, SharedState};
+use crate::call::driver::{Command, CommandError, StartError};
+use crate::session::SessionEvent;
+
+/// Longest `to` accepted (a SIP URI with parameters fits easily).
+const MAX_TO_LEN: usize = 256;
+const MAX_DTMF_DIGITS: usize = 64;
+const DEFAULT_DTMF_MS: u64 = 100;
+
+fn authorize(state: &SharedState, headers: &HeaderMap, sid: &str) -> Result<(), ApiError> {
+    let secret = session_secret(state, headers)?;
+    state
+        .store()
+        .authorize(sid, secret)
+        .map(|_| ())
+        .map_err(|e| session_error(state, e))
+}
+
+fn call_not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "call_not_found", "no such call")
+}
+
+fn command_error(e: CommandError) -> ApiError {
+    match e {
+        CommandError::State(s) => {
+            ApiError::new(StatusCode::CONFLICT, "invalid_call_state", s.to_string())
+        }
+        CommandError::Dtmf(m) => ApiError::bad_request("invalid_dtmf", m),
+        e @ CommandError::NoTelephoneEvent => {
+            ApiError::new(StatusCode::CONFLICT, "dtmf_not_negotiated", e.to_string())
+        }
+    }
+}
+
+/// Whether `to` can stand in a Request-URI: a user part or a SIP URI.
+fn valid_destination(to: &str) -> bool {
+    !to.is_empty()
+        && to.len() <= MAX_TO_LEN
+        && to
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"<>\"\\".contains(&b))
+}
+
+#[derive(Deserialize)]
+pub struct NewCall {
+    to: String,
+    sdp: String,
+}
+
+pub async fn create(
+    State(state): State<SharedState>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<NewCall>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, &sid)?;
+    if !valid_destination(&body.to) {
+        return Err(ApiError::bad_request(
+            "invalid_destination",
+            "to must be a number or a sip: URI of at most 256 printable characters",
+        ));
+    }
+    let plan = state
+        .media
+        .plan_outbound(&body.sdp)
+        .map_err(|e| ApiError::bad_request("bad_sdp", e.to_string()))?;
+    if !state.media.is_echo(&body.to) {
+        return Err(if state.config.sip.server.is_empty() {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_destination",
+                format!(
+                    "no SIP server is configured, so only the echo number {:?} can be called",
+                    state.config.echo.number
+                ),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "not_implemented",
+                "calls toward the SIP server are not available in this build yet",
+            )
+        });
+    }
+    let events = state.clone();
+    let notify = move |session: &str, event: SessionEvent| {
+        if let SessionEvent::CallEnded { reason, .. } = &event {
+            events.metrics.call_ended(reason);
+        }
+        events.store().push(session, event);
+    };
+    let cid = state
+        .media
+        .start_echo_call(&sid, &body.to, plan, notify)
+        .await
+        .map_err(|e| match e {
+            StartError::Sdp(e) => ApiError::bad_request("bad_sdp", e.to_string()),
+            StartError::Ports(e) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_media_ports",
+                e.to_string(),
+            )
+            .with_retry_after(5),
+            StartError::Media(e) => {
+                warn!(error = %e, "call setup failed");
+                ApiError::internal()
+            }
+        })?;
+    state.metrics.call_started();
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "call": cid })),
+    )
+        .into_response())
+}
+
+pub async fn show(
+    State(state): State<SharedState>,
+    Path((sid, cid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, &sid)?;
+    let view = state
+        .media
+        .calls
+        .view(&sid, &cid)
+        .ok_or_else(call_not_found)?;
+    Ok(Json(view).into_response())
+}
+
+async fn run(
+    state: &SharedState,
+    headers: &HeaderMap,
+    sid: &str,
+    cid: &str,
+    command: Command,
+) -> Result<(), ApiError> {
+    authorize(state, headers, sid)?;
+    state
+        .media
+        .calls
+        .command(sid, cid, command)
+        .await
+        .ok_or_else(call_not_found)?
+        .map_err(command_error)
+}
+
+pub async fn hang_up(
+    State(state): State<SharedState>,
+    Path((sid, cid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    run(&state, &headers, &sid, &cid, Command::Hangup).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn ok() -> Response {
+    Json(serde_json::json!({})).into_response()
+}
+
+pub async fn hold(
+    State(state): State<SharedState>,
+    Path((sid, cid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    run(&state, &headers, &sid, &cid, Command::Hold).await?;
+    Ok(ok())
+}
+
+pub async fn resume(
+    State(state): State<SharedState>,
+    Path((sid, cid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    run(&state, &headers, &sid, &cid, Command::Resume).await?;
+    Ok(ok())
+}
+
+#[derive(Deserialize)]
+pub struct Dtmf {
+    digits: String,
+    #[serde(default)]
+    duration_ms: Option<u64>,
+}
+
+pub async fn dtmf(
+    State(state): State<SharedState>,
+    Path((sid, cid)): Path<(String, String)>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<Dtmf>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, &sid)?;
+    if body.digits.is_empty() || body.digits.chars().count() > MAX_DTMF_DIGITS {
+        return Err(ApiError::bad_request(
+            "invalid_dtmf",
+            format!("digits must be 1 to {MAX_DTMF_DIGITS} of 0-9, *, #, A-D"),
+        ));
+    }
+    let duration = Duration::from_millis(body.duration_ms.unwrap_or(DEFAULT_DTMF_MS));
+    run(
+        &state,
+        &headers,
+        &sid,
+        &cid,
+        Command::Dtmf {
+            digits: body.digits,
+            duration,
+        },
+    )
+    .await?;
+    Ok(ok())
+}
+
+/// Answer and reject apply to incoming calls; every call so far is outgoing.
+async fn incoming_only(
+    state: &SharedState,
+    headers: &HeaderMap,
+    sid: &str,
+    cid: &str,
+) -> Result<Response, ApiError> {
+    authorize(state, headers, sid)?;
+    let view = state
+        .media
+        .calls
+        .view(sid, cid)
+        .ok_or_else(call_not_found)?;
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "invalid_call_state",
+        format!(
+            "{} is an {} call; only an incoming call can be answered or rejected",
+            view.call, view.direction
+        ),
+    ))
+}
+
+pub async fn answer(
+    State(state): State<SharedState>,
+    Path((sid, cid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    incoming_only(&state, &headers, &sid, &cid).await
+}
+
+pub async fn reject(
+    State(state): State<SharedState>,
+    Path((sid, cid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    incoming_only(&state, &headers, &sid, &cid).await
+}

@@ -1,0 +1,472 @@
+//! The B2BUA's call: one sans-IO state machine per call joining the browser's
+//! web leg and the far end (a SIP dialog, or the built-in echo endpoint).
+//!
+//! Like the other protocol cores it never reads the clock, owns a socket or
+//! spawns: the driver ([`driver`]) feeds it the browser's STUN/DTLS
+//! datagrams, the far end's progress, API commands and the current time, and
+//! applies what [`Call::poll_output`] returns (datagrams to send, relay
+//! settings, events for the session's queue, requests for the far end).
+//! [`plan`] turns the browser's offer into what both legs need.
+
+pub mod driver;
+pub mod plan;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::sdp::{Fingerprint, IceCredentials};
+use crate::session::SessionEvent;
+use crate::webrtc::dtls::{DtlsIdentity, SrtpKeys};
+use crate::webrtc::leg::{WebLeg, WebLegEvent};
+
+/// Where a call is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallState {
+    /// Outbound: the far end has been asked and has not answered yet.
+    Calling,
+    /// The far end rings.
+    Ringing,
+    /// Media flows before the answer (183 with SDP).
+    EarlyMedia,
+    Answered,
+    Ended,
+}
+
+impl CallState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallState::Calling => "calling",
+            CallState::Ringing => "ringing",
+            CallState::EarlyMedia => "early_media",
+            CallState::Answered => "answered",
+            CallState::Ended => "ended",
+        }
+    }
+}
+
+/// Who put the call on hold or took it off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    Local,
+    Remote,
+}
+
+impl Party {
+    fn as_str(self) -> &'static str {
+        match self {
+            Party::Local => "local",
+            Party::Remote => "remote",
+        }
+    }
+}
+
+/// Why a call ended (the `reason` of `call.ended`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The browser hung up.
+    Hangup,
+    /// The far end hung up after answering.
+    RemoteHangup,
+    /// The far end refused the call.
+    Rejected,
+    /// Cancelled before an answer.
+    Cancelled,
+    MediaTimeout,
+    Error,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Hangup => "hangup",
+            EndReason::RemoteHangup => "remote_hangup",
+            EndReason::Rejected => "rejected",
+            EndReason::Cancelled => "cancelled",
+            EndReason::MediaTimeout => "media_timeout",
+            EndReason::Error => "error",
+        }
+    }
+}
+
+/// What the far end is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FarRequest {
+    /// End the call: CANCEL before an answer, BYE after.
+    Hangup {
+        answered: bool,
+    },
+    /// Put the far end on hold (re-INVITE sendonly) or take it off.
+    Hold,
+    Resume,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallOutput {
+    /// Send this datagram from the web leg's socket.
+    Transmit {
+        to: SocketAddr,
+        data: Vec<u8>,
+    },
+    /// Web media goes to and comes from this browser address only.
+    MediaRemote(SocketAddr),
+    /// DTLS produced the web leg's SRTP keys.
+    MediaKeys(SrtpKeys),
+    /// An event for the session's queue.
+    Notify(SessionEvent),
+    Far(FarRequest),
+    /// The call is over: free its ports and forget it.
+    Finished(EndReason),
+}
+
+/// How the web leg is keyed once the browser has our SDP.
+#[derive(Clone)]
+pub enum LegKeying {
+    Dtls {
+        identity: DtlsIdentity,
+        peer_fingerprint: Fingerprint,
+        /// We send the ClientHello.
+        active: bool,
+    },
+    /// SDES: the keys are known up front and go to the relay at once.
+    Sdes,
+}
+
+/// Everything needed to start the web leg when our SDP reaches the browser.
+#[derive(Clone)]
+pub struct WebLegSpec {
+    pub local_ice: IceCredentials,
+    pub remote_ice: IceCredentials,
+    pub keying: LegKeying,
+    /// ICE consent freshness (RFC 7675): no valid check for this long ends the call.
+    pub consent_timeout: Duration,
+    /// No media from the browser for this long (after the leg is up) ends the call.
+    pub rtp_timeout: Duration,
+}
+
+/// Errors of API commands that the call's state refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("the call is {0}; that request needs an answered call")]
+    NotAnswered(&'static str),
+    #[error("the call has ended")]
+    Ended,
+    #[error("the call is already on hold")]
+    AlreadyHeld,
+    #[error("the call is not on hold")]
+    NotHeld,
+}
+
+pub struct Call {
+    id: String,
+    state: CallState,
+    spec: WebLegSpec,
+    /// Our SDP for the browser, sent with the answer or early media.
+    web_sdp: String,
+    leg: Option<WebLeg>,
+    held_by: Option<Party>,
+    /// Browser packets counted by the relay, and when that count last moved.
+    media_seen: u64,
+    media_moved_at: Option<Instant>,
+    outputs: VecDeque<CallOutput>,
+}
+
+impl Call {
+    /// An outbound call from the browser; the far end has been asked.
+    pub fn outbound(id: String, spec: WebLegSpec, web_sdp: String) -> Self {
+        Call {
+            id,
+            state: CallState::Calling,
+            spec,
+            web_sdp,
+            leg: None,
+            held_by: None,
+            media_seen: 0,
+            media_moved_at: None,
+            outputs: VecDeque::new(),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn state(&self) -> CallState {
+        self.state
+    }
+
+    pub fn held_by(&self) -> Option<Party> {
+        self.held_by
+    }
+
+    pub fn poll_output(&mut self) -> Option<CallOutput> {
+        self.outputs.pop_front()
+    }
+
+    /// The earliest instant [`Call::handle_timeout`] has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.state == CallState::Ended {
+            return None;
+        }
+        let leg = self.leg.as_ref().and_then(WebLeg::poll_timeout);
+        let media = self.media_moved_at.map(|at| at + self.spec.rtp_timeout);
+        [leg, media].into_iter().flatten().min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.state == CallState::Ended {
+            return;
+        }
+        if let Some(leg) = self.leg.as_mut() {
+            leg.handle_timeout(now);
+        }
+        self.drain_leg();
+        if self
+            .media_moved_at
+            .is_some_and(|at| now >= at + self.spec.rtp_timeout)
+        {
+            self.end(EndReason::MediaTimeout, None, true);
+        }
+    }
+
+    /// A STUN or DTLS datagram from the browser (the relay hands them over).
+    pub fn handle_web_packet(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        if self.state == CallState::Ended {
+            return;
+        }
+        if let Some(leg) = self.leg.as_mut() {
+            leg.handle_packet(now, from, data);
+        }
+        self.drain_leg();
+    }
+
+    /// The relay's count of media packets from the browser, sampled now.
+    /// A count that stops moving for `rtp_timeout` ends the call.
+    pub fn media_progress(&mut self, now: Instant, browser_packets: u64) {
+        if self.leg.is_none() || self.state == CallState::Ended {
+            return;
+        }
+        if browser_packets != self.media_seen || self.media_moved_at.is_none() {
+            self.media_seen = browser_packets;
+            self.media_moved_at = Some(now);
+        }
+    }
+
+    /// The far end rings (180 without SDP).
+    pub fn far_ringing(&mut self) {
+        if self.state == CallState::Calling {
+            self.state = CallState::Ringing;
+            self.notify(SessionEvent::CallRinging {
+                call: self.id.clone(),
+            });
+        }
+    }
+
+    /// The far end sends early media (183 with SDP): the browser gets our answer now.
+    pub fn far_early_media(&mut self, now: Instant) {
+        if matches!(self.state, CallState::Calling | CallState::Ringing) {
+            self.state = CallState::EarlyMedia;
+            self.notify(SessionEvent::CallEarlyMedia {
+                call: self.id.clone(),
+                sdp: self.web_sdp.clone(),
+            });
+            self.start_leg(now);
+        }
+    }
+
+    /// The far end answered.
+    pub fn far_answered(&mut self, now: Instant) {
+        match self.state {
+            CallState::Calling | CallState::Ringing => {
+                self.state = CallState::Answered;
+                self.notify(SessionEvent::CallAnswered {
+                    call: self.id.clone(),
+                    sdp: Some(self.web_sdp.clone()),
+                });
+                self.start_leg(now);
+            }
+            CallState::EarlyMedia => {
+                // The browser already has our SDP from the early media.
+                self.state = CallState::Answered;
+                self.notify(SessionEvent::CallAnswered {
+                    call: self.id.clone(),
+                    sdp: Some(self.web_sdp.clone()),
+                });
+            }
+            CallState::Answered | CallState::Ended => {}
+        }
+    }
+
+    /// The far end ended the call: refused it (`status` ≥ 300 before an
+    /// answer) or hung up.
+    pub fn far_ended(&mut self, status: Option<u16>) {
+        let reason = match self.state {
+            CallState::Answered => EndReason::RemoteHangup,
+            CallState::Ended => return,
+            _ if status == Some(487) => EndReason::Cancelled,
+            _ => EndReason::Rejected,
+        };
+        self.end(reason, status, false);
+    }
+
+    /// The far end could not be reached or failed.
+    pub fn far_failed(&mut self, status: Option<u16>) {
+        self.end(EndReason::Error, status, false);
+    }
+
+    /// The hold state changed: a remote re-INVITE, or the far end confirmed ours.
+    pub fn far_hold_changed(&mut self, held: bool, by: Party) {
+        if self.state != CallState::Answered {
+            return;
+        }
+        match (held, self.held_by) {
+            (true, None) => {
+                self.held_by = Some(by);
+                self.notify(SessionEvent::CallHeld {
+                    call: self.id.clone(),
+                    by: by.as_str().into(),
+                });
+            }
+            (false, Some(_)) => {
+                self.held_by = None;
+                self.notify(SessionEvent::CallResumed {
+                    call: self.id.clone(),
+                    by: by.as_str().into(),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// A DTMF digit from the far end.
+    pub fn far_dtmf(&mut self, digit: char) {
+        if matches!(self.state, CallState::Answered | CallState::EarlyMedia) {
+            self.notify(SessionEvent::CallDtmf {
+                call: self.id.clone(),
+                digit: digit.to_string(),
+            });
+        }
+    }
+
+    /// The browser hangs up (or its session ended).
+    pub fn hangup(&mut self) {
+        if self.state != CallState::Ended {
+            self.end(EndReason::Hangup, None, true);
+        }
+    }
+
+    /// The browser asks for hold; the far end's confirmation comes back
+    /// through [`Call::far_hold_changed`].
+    pub fn hold(&mut self) -> Result<(), CallError> {
+        self.require_answered()?;
+        if self.held_by.is_some() {
+            return Err(CallError::AlreadyHeld);
+        }
+        self.outputs.push_back(CallOutput::Far(FarRequest::Hold));
+        Ok(())
+    }
+
+    pub fn resume(&mut self) -> Result<(), CallError> {
+        self.require_answered()?;
+        if self.held_by.is_none() {
+            return Err(CallError::NotHeld);
+        }
+        self.outputs.push_back(CallOutput::Far(FarRequest::Resume));
+        Ok(())
+    }
+
+    /// Whether DTMF may be sent now.
+    pub fn require_answered(&self) -> Result<(), CallError> {
+        match self.state {
+            CallState::Answered => Ok(()),
+            CallState::Ended => Err(CallError::Ended),
+            other => Err(CallError::NotAnswered(other.as_str())),
+        }
+    }
+
+    fn notify(&mut self, event: SessionEvent) {
+        self.outputs.push_back(CallOutput::Notify(event));
+    }
+
+    fn start_leg(&mut self, now: Instant) {
+        if self.leg.is_some() {
+            return;
+        }
+        let s = &self.spec;
+        let leg = match &s.keying {
+            LegKeying::Dtls {
+                identity,
+                peer_fingerprint,
+                active,
+            } => WebLeg::with_dtls(
+                s.local_ice.clone(),
+                s.remote_ice.clone(),
+                s.consent_timeout,
+                identity,
+                peer_fingerprint.clone(),
+                *active,
+                now,
+            ),
+            LegKeying::Sdes => Ok(WebLeg::with_sdes(
+                s.local_ice.clone(),
+                s.remote_ice.clone(),
+                s.consent_timeout,
+                now,
+            )),
+        };
+        match leg {
+            Ok(leg) => {
+                self.leg = Some(leg);
+                self.media_moved_at = Some(now);
+            }
+            Err(_) => self.end(EndReason::Error, None, true),
+        }
+    }
+
+    fn drain_leg(&mut self) {
+        let Some(leg) = self.leg.as_mut() else {
+            return;
+        };
+        let mut failure = None;
+        while let Some(event) = leg.poll_event() {
+            match event {
+                WebLegEvent::Transmit { to, data } => {
+                    self.outputs.push_back(CallOutput::Transmit { to, data })
+                }
+                WebLegEvent::Selected(addr) => {
+                    self.outputs.push_back(CallOutput::MediaRemote(addr))
+                }
+                WebLegEvent::Keys(keys) => self.outputs.push_back(CallOutput::MediaKeys(keys)),
+                WebLegEvent::Failed(_) => failure = failure.or(Some(EndReason::Error)),
+                WebLegEvent::MediaTimeout => failure = Some(EndReason::MediaTimeout),
+            }
+        }
+        if let Some(reason) = failure {
+            self.end(reason, None, true);
+        }
+    }
+
+    /// Ends the call once; `tell_far`: the far end still needs a CANCEL/BYE.
+    fn end(&mut self, reason: EndReason, sip_status: Option<u16>, tell_far: bool) {
+        if self.state == CallState::Ended {
+            return;
+        }
+        let answered = self.state == CallState::Answered;
+        self.state = CallState::Ended;
+        self.leg = None;
+        if tell_far {
+            self.outputs
+                .push_back(CallOutput::Far(FarRequest::Hangup { answered }));
+        }
+        self.notify(SessionEvent::CallEnded {
+            call: self.id.clone(),
+            reason: reason.as_str().into(),
+            sip_status,
+        });
+        self.outputs.push_back(CallOutput::Finished(reason));
+    }
+}
+
+#[cfg(test)]
+mod tests;

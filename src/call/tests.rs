@@ -1,0 +1,392 @@
+//! The call machine and the call plan, with virtual time.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::plan::{self, WebLocal};
+use super::*;
+use crate::media::relay::PayloadMap;
+use crate::sdp::{Codec, CodecName, Description};
+use crate::webrtc::stun::{self, Builder};
+
+const CHROMIUM_OFFER: &str = include_str!("../../tests/fixtures/sdp/chromium-offer.sdp");
+
+fn browser() -> SocketAddr {
+    "192.0.2.7:50000".parse().unwrap()
+}
+
+fn spec(keying: LegKeying) -> WebLegSpec {
+    WebLegSpec {
+        local_ice: IceCredentials {
+            ufrag: "gwuf".into(),
+            pwd: "gateway-password-24chars".into(),
+        },
+        remote_ice: IceCredentials {
+            ufrag: "brwz".into(),
+            pwd: "browser-password-24char".into(),
+        },
+        keying,
+        consent_timeout: Duration::from_secs(30),
+        rtp_timeout: Duration::from_secs(20),
+    }
+}
+
+fn sdes_call() -> Call {
+    Call::outbound("c1".into(), spec(LegKeying::Sdes), "v=0 our answer".into())
+}
+
+fn drain(call: &mut Call) -> Vec<CallOutput> {
+    std::iter::from_fn(|| call.poll_output()).collect()
+}
+
+/// A browser's ICE check, nominating when `nominate`.
+fn check(tid: u8, nominate: bool) -> Vec<u8> {
+    let mut b = Builder::new(stun::BINDING_REQUEST, [tid; 12])
+        .attribute(stun::ATTR_USERNAME, b"gwuf:brwz")
+        .attribute(stun::ATTR_PRIORITY, &[0x6e, 0, 0x1e, 0xff])
+        .attribute(stun::ATTR_ICE_CONTROLLING, &[1; 8]);
+    if nominate {
+        b = b.attribute(stun::ATTR_USE_CANDIDATE, &[]);
+    }
+    b.message_integrity(b"gateway-password-24chars")
+        .fingerprint()
+}
+
+fn ended(outputs: &[CallOutput]) -> Option<(String, Option<u16>)> {
+    outputs.iter().find_map(|o| match o {
+        CallOutput::Notify(SessionEvent::CallEnded {
+            reason, sip_status, ..
+        }) => Some((reason.clone(), *sip_status)),
+        _ => None,
+    })
+}
+
+fn finished(outputs: &[CallOutput]) -> bool {
+    outputs.iter().any(|o| matches!(o, CallOutput::Finished(_)))
+}
+
+#[test]
+fn answered_call_gets_our_sdp_then_ice_selects_the_browser() {
+    let t0 = Instant::now();
+    let mut call = sdes_call();
+    // Before the answer the browser has no SDP of ours: its packets are ignored.
+    call.handle_web_packet(t0, browser(), &check(1, true));
+    assert_eq!(drain(&mut call), vec![]);
+    assert_eq!(
+        call.poll_timeout(),
+        None,
+        "nothing to time before the answer"
+    );
+
+    call.far_answered(t0);
+    assert_eq!(
+        drain(&mut call),
+        vec![CallOutput::Notify(SessionEvent::CallAnswered {
+            call: "c1".into(),
+            sdp: Some("v=0 our answer".into()),
+        })]
+    );
+    assert_eq!(call.state(), CallState::Answered);
+    call.handle_web_packet(t0, browser(), &check(2, false));
+    let out = drain(&mut call);
+    assert_eq!(out.len(), 1);
+    assert!(matches!(&out[0], CallOutput::Transmit { to, .. } if *to == browser()));
+    call.handle_web_packet(t0, browser(), &check(3, true));
+    let out = drain(&mut call);
+    assert!(out.contains(&CallOutput::MediaRemote(browser())), "{out:?}");
+}
+
+#[test]
+fn lost_consent_ends_the_call_with_media_timeout_and_a_bye() {
+    let t0 = Instant::now();
+    let mut call = sdes_call();
+    call.far_answered(t0);
+    drain(&mut call);
+    call.handle_web_packet(t0, browser(), &check(1, true));
+    drain(&mut call);
+    // Media flows (so only consent can run out).
+    for s in 1..40 {
+        call.media_progress(t0 + Duration::from_secs(s), s * 50);
+    }
+    let at = call.poll_timeout().unwrap();
+    assert_eq!(
+        at,
+        t0 + Duration::from_secs(30),
+        "the consent timer comes first"
+    );
+    call.handle_timeout(at - Duration::from_millis(1));
+    assert_eq!(drain(&mut call), vec![]);
+    call.handle_timeout(at);
+    let out = drain(&mut call);
+    assert!(out.contains(&CallOutput::Far(FarRequest::Hangup { answered: true })));
+    assert_eq!(ended(&out), Some(("media_timeout".into(), None)));
+    assert!(finished(&out));
+    assert_eq!(call.poll_timeout(), None);
+}
+
+#[test]
+fn no_media_from_the_browser_ends_the_call() {
+    let t0 = Instant::now();
+    let mut call = sdes_call();
+    call.far_answered(t0);
+    drain(&mut call);
+    call.media_progress(t0, 0);
+    call.media_progress(t0 + Duration::from_secs(5), 100);
+    // Consent checks keep coming, but the packet count stops at 100.
+    for s in 6..=25 {
+        let now = t0 + Duration::from_secs(s);
+        call.handle_web_packet(now, browser(), &check(s as u8, true));
+        call.media_progress(now, 100);
+        call.handle_timeout(now);
+    }
+    let out = drain(&mut call);
+    assert_eq!(ended(&out), Some(("media_timeout".into(), None)), "{out:?}");
+}
+
+#[test]
+fn hangup_before_the_answer_cancels() {
+    let mut call = sdes_call();
+    call.far_ringing();
+    assert_eq!(
+        drain(&mut call),
+        vec![CallOutput::Notify(SessionEvent::CallRinging {
+            call: "c1".into()
+        })]
+    );
+    call.hangup();
+    let out = drain(&mut call);
+    assert_eq!(
+        out[0],
+        CallOutput::Far(FarRequest::Hangup { answered: false })
+    );
+    assert_eq!(ended(&out), Some(("hangup".into(), None)));
+    assert!(finished(&out));
+    // Only once.
+    call.hangup();
+    call.far_ended(Some(487));
+    assert_eq!(drain(&mut call), vec![]);
+}
+
+#[test]
+fn far_end_refusal_and_hangup() {
+    let t0 = Instant::now();
+    let mut rejected = sdes_call();
+    rejected.far_ended(Some(486));
+    let out = drain(&mut rejected);
+    assert_eq!(ended(&out), Some(("rejected".into(), Some(486))));
+    assert!(
+        !out.iter().any(|o| matches!(o, CallOutput::Far(_))),
+        "nothing more goes to a far end that refused"
+    );
+
+    let mut cancelled = sdes_call();
+    cancelled.far_ended(Some(487));
+    assert_eq!(
+        ended(&drain(&mut cancelled)),
+        Some(("cancelled".into(), Some(487)))
+    );
+
+    let mut answered = sdes_call();
+    answered.far_answered(t0);
+    answered.far_ended(None);
+    assert_eq!(
+        ended(&drain(&mut answered)),
+        Some(("remote_hangup".into(), None))
+    );
+}
+
+#[test]
+fn early_media_then_answer_starts_the_leg_once() {
+    let t0 = Instant::now();
+    let mut call = sdes_call();
+    call.far_early_media(t0);
+    let out = drain(&mut call);
+    assert!(
+        matches!(&out[0], CallOutput::Notify(SessionEvent::CallEarlyMedia { sdp, .. }) if sdp == "v=0 our answer")
+    );
+    call.handle_web_packet(t0, browser(), &check(1, true));
+    assert!(drain(&mut call).contains(&CallOutput::MediaRemote(browser())));
+    call.far_answered(t0 + Duration::from_secs(3));
+    let out = drain(&mut call);
+    assert!(matches!(
+        &out[0],
+        CallOutput::Notify(SessionEvent::CallAnswered { .. })
+    ));
+    // The leg kept its selection: a consent check is answered, no re-selection needed.
+    call.handle_web_packet(t0 + Duration::from_secs(4), browser(), &check(2, false));
+    assert!(matches!(
+        drain(&mut call).as_slice(),
+        [CallOutput::Transmit { .. }]
+    ));
+}
+
+#[test]
+fn hold_and_resume() {
+    let t0 = Instant::now();
+    let mut call = sdes_call();
+    assert_eq!(call.hold(), Err(CallError::NotAnswered("calling")));
+    call.far_answered(t0);
+    drain(&mut call);
+    assert_eq!(call.resume(), Err(CallError::NotHeld));
+    call.hold().unwrap();
+    assert_eq!(drain(&mut call), vec![CallOutput::Far(FarRequest::Hold)]);
+    call.far_hold_changed(true, Party::Local);
+    assert_eq!(
+        drain(&mut call),
+        vec![CallOutput::Notify(SessionEvent::CallHeld {
+            call: "c1".into(),
+            by: "local".into()
+        })]
+    );
+    assert_eq!(call.hold(), Err(CallError::AlreadyHeld));
+    call.resume().unwrap();
+    call.far_hold_changed(false, Party::Local);
+    assert_eq!(
+        drain(&mut call),
+        vec![
+            CallOutput::Far(FarRequest::Resume),
+            CallOutput::Notify(SessionEvent::CallResumed {
+                call: "c1".into(),
+                by: "local".into()
+            })
+        ]
+    );
+    // A remote hold is reported as such.
+    call.far_hold_changed(true, Party::Remote);
+    assert!(
+        matches!(&drain(&mut call)[0], CallOutput::Notify(SessionEvent::CallHeld { by, .. }) if by == "remote")
+    );
+    call.hangup();
+    drain(&mut call);
+    assert_eq!(call.hold(), Err(CallError::Ended));
+}
+
+#[test]
+fn dtmf_from_the_far_end_only_while_connected() {
+    let t0 = Instant::now();
+    let mut call = sdes_call();
+    call.far_dtmf('5');
+    assert_eq!(drain(&mut call), vec![]);
+    call.far_answered(t0);
+    drain(&mut call);
+    call.far_dtmf('#');
+    assert_eq!(
+        drain(&mut call),
+        vec![CallOutput::Notify(SessionEvent::CallDtmf {
+            call: "c1".into(),
+            digit: "#".into()
+        })]
+    );
+}
+
+fn codec(pt: u8, name: CodecName, clock: u32, channels: u8) -> Codec {
+    Codec {
+        pt,
+        name,
+        clock_rate: clock,
+        channels,
+        fmtp: None,
+    }
+}
+
+fn local(identity: &crate::webrtc::dtls::DtlsIdentity) -> WebLocal<'_> {
+    WebLocal {
+        address: "198.51.100.1".parse().unwrap(),
+        port: 20002,
+        identity,
+        consent_timeout: Duration::from_secs(30),
+        rtp_timeout: Duration::from_secs(30),
+    }
+}
+
+#[test]
+fn plan_maps_payload_types_between_the_legs() {
+    let identity = crate::webrtc::dtls::DtlsIdentity::generate().unwrap();
+    let plan = plan::outbound(CHROMIUM_OFFER, true).unwrap();
+    assert!(plan.far_offer_codecs[0].name == CodecName::Opus);
+    assert!(plan.local_ice.ufrag.len() >= 4 && plan.local_ice.pwd.len() >= 22);
+    // The far end takes PCMU and telephone-event under other numbers.
+    let pcmu = plan
+        .far_offer_codecs
+        .iter()
+        .find(|c| c.name == CodecName::Pcmu)
+        .unwrap()
+        .clone();
+    let te8k = plan
+        .far_offer_codecs
+        .iter()
+        .find(|c| c.is_telephone_event() && c.clock_rate == 8000)
+        .unwrap()
+        .clone();
+    let far = vec![
+        codec(0, CodecName::Pcmu, 8000, 1),
+        codec(101, CodecName::TelephoneEvent, 8000, 1),
+    ];
+    let n = plan::negotiate(&plan, &far, &local(&identity)).unwrap();
+    assert_eq!(n.codec, "pcmu/8000");
+    let expected =
+        PayloadMap::new(&[(pcmu.pt, 0, 8000)]).with_telephone_event(te8k.pt, 8000, 101, 8000);
+    assert_eq!(
+        n.payload_map.sip_telephone_event(),
+        expected.sip_telephone_event()
+    );
+    let answer = Description::parse(&n.web_sdp).unwrap();
+    assert_eq!(answer.audio.port, 20002);
+    assert_eq!(
+        answer.audio.codecs[0].pt, pcmu.pt,
+        "the browser keeps its own numbers"
+    );
+    assert!(answer.audio.fingerprint.is_some());
+    assert_eq!(answer.audio.ice.as_ref().unwrap(), &plan.local_ice);
+    assert_eq!(answer.audio.ssrc, Some(n.web_ssrc));
+    assert!(matches!(
+        n.leg.keying,
+        LegKeying::Dtls { active: false, .. }
+    ));
+    assert!(n.sdes_keys.is_none());
+}
+
+#[test]
+fn plan_answers_an_sdes_offer_with_sdes() {
+    let identity = crate::webrtc::dtls::DtlsIdentity::generate().unwrap();
+    let sdes_offer: String = CHROMIUM_OFFER
+        .lines()
+        .filter(|l| !l.starts_with("a=fingerprint") && !l.starts_with("a=setup"))
+        .flat_map(|l| {
+            let mut v = vec![l.to_string()];
+            if l.starts_with("a=rtcp-mux") {
+                v.push("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz".into());
+            }
+            v
+        })
+        .map(|l| l + "\r\n")
+        .collect();
+    let plan = plan::outbound(&sdes_offer, true).unwrap();
+    let far = plan::outbound(&sdes_offer, true).unwrap().far_offer_codecs;
+    let n = plan::negotiate(&plan, &far[..1], &local(&identity)).unwrap();
+    let answer = Description::parse(&n.web_sdp).unwrap();
+    assert!(answer.audio.fingerprint.is_none());
+    assert_eq!(answer.audio.crypto.len(), 1);
+    assert_eq!(answer.audio.crypto[0].tag, 1);
+    let (inbound, outbound) = n.sdes_keys.unwrap();
+    assert_eq!(
+        &inbound, &plan.offer.audio.crypto[0].keys,
+        "we decrypt with the browser's key"
+    );
+    assert_eq!(&outbound, &answer.audio.crypto[0].keys);
+    assert!(matches!(n.leg.keying, LegKeying::Sdes));
+    // SDES only: a DTLS-only offer is refused before anything happens.
+    assert!(matches!(
+        plan::outbound(CHROMIUM_OFFER, false),
+        Err(crate::sdp::SdpError::CryptoRequired)
+    ));
+}
+
+#[test]
+fn plan_refuses_what_the_far_end_cannot_take() {
+    let identity = crate::webrtc::dtls::DtlsIdentity::generate().unwrap();
+    let plan = plan::outbound(CHROMIUM_OFFER, true).unwrap();
+    let far = vec![codec(18, CodecName::Other("G729".into()), 8000, 1)];
+    assert!(plan::negotiate(&plan, &far, &local(&identity)).is_err());
+    assert!(plan::outbound("v=0\r\nnot sdp", true).is_err());
+}
