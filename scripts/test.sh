@@ -43,6 +43,9 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 
+step "js-api unit tests (node --test)"
+node --test js-api/test/
+
 step "cargo test"
 cargo test --locked
 

@@ -4,6 +4,8 @@
 //! socket (plain RTP) that echoes it back; Chromium then receives audio.
 //! Runs in its own network namespace (Chromium and this test both inside).
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::UdpSocket;
 use std::process::{Command, Stdio};
@@ -25,37 +27,9 @@ use webrtc_sip_gateway::webrtc::leg::{WebLeg, WebLegEvent};
 
 const WEB_SSRC: u32 = 0x1234_5678;
 
-/// Chromium, this test's sockets and the relay must share a network
-/// namespace; the test re-runs itself inside `unshare -n` when needed.
-fn in_private_namespace() -> bool {
-    std::env::var("GW_TEST_NETNS").is_ok()
-}
-
-/// Re-runs test `name` inside its own network namespace; true when already inside.
-fn inside_namespace(name: &str) -> bool {
-    if in_private_namespace() {
-        return true;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let script = format!(
-        "ip link set lo up; exec {} {name} --exact --nocapture",
-        exe.display()
-    );
-    let status = Command::new("timeout")
-        .args(["120", "unshare", "-n", "sh", "-c", &script])
-        .env("GW_TEST_NETNS", "1")
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "{name} failed inside its network namespace"
-    );
-    false
-}
-
 #[test]
 fn chromium_media_through_the_web_leg() {
-    if inside_namespace("chromium_media_through_the_web_leg") {
+    if common::inside_namespace("chromium_media_through_the_web_leg") {
         run_call(false);
     }
 }
@@ -64,7 +38,7 @@ fn chromium_media_through_the_web_leg() {
 /// the leg fails with fingerprint_mismatch and no key reaches the relay.
 #[test]
 fn wrong_fingerprint_fails_the_leg() {
-    if inside_namespace("wrong_fingerprint_fails_the_leg") {
+    if common::inside_namespace("wrong_fingerprint_fails_the_leg") {
         run_call(true);
     }
 }

@@ -4,6 +4,7 @@
 //! Handlers lock the session store only for short, non-awaiting sections; a
 //! long-poll waits on the session's `Notify` outside the lock.
 
+pub mod assets;
 pub mod calls;
 pub mod cors;
 pub mod error;
@@ -129,6 +130,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/sessions/{sid}/calls/{cid}/dtmf", post(calls::dtmf))
         .route("/v1/sessions/{sid}/calls/{cid}/hold", post(calls::hold))
         .route("/v1/sessions/{sid}/calls/{cid}/resume", post(calls::resume))
+        .merge(assets::routes())
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -244,3 +244,29 @@ pub async fn error_code(r: reqwest::Response) -> String {
     assert!(!message.is_empty());
     v["error"]["code"].as_str().expect("error.code").to_string()
 }
+
+/// Re-runs test `name` of the current test binary inside its own network
+/// namespace (`unshare -n`, loopback up), so a browser, the gateway and the
+/// test see only 127.0.0.1 and fixed ports cannot clash. Returns true when
+/// already inside (the caller runs the test body); false after the re-run
+/// passed (it panics if the re-run failed).
+pub fn inside_namespace(name: &str) -> bool {
+    if std::env::var("GW_TEST_NETNS").is_ok() {
+        return true;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let script = format!(
+        "ip link set lo up; exec {} {name} --exact --nocapture",
+        exe.display()
+    );
+    let status = Command::new("timeout")
+        .args(["180", "unshare", "-n", "sh", "-c", &script])
+        .env("GW_TEST_NETNS", "1")
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "{name} failed inside its network namespace"
+    );
+    false
+}

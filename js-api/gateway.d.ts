@@ -1,0 +1,117 @@
+// Types for gateway.js, the webrtc-sip-gateway browser API.
+
+export interface ConnectOptions {
+  /** Base URL of the gateway's signaling API, e.g. "https://gw.example.com:8443". */
+  url: string;
+  /** The SIP user this browser registers as. */
+  user: string;
+  /** SIP password for REGISTER (when the gateway registers users). */
+  password?: string;
+  /** Bearer token from the web application's backend (auth.mode = "token"). */
+  token?: string;
+  displayName?: string;
+  /** Replaces globalThis.fetch (tests). */
+  fetch?: typeof fetch;
+  /** Extra RTCPeerConnection settings. */
+  rtcConfig?: RTCConfiguration;
+  /** Replaces navigator.mediaDevices.getUserMedia (tests, custom devices). */
+  getUserMedia?: (constraints: MediaStreamConstraints) => Promise<MediaStream>;
+}
+
+/** Codes: the API's error codes (origin_not_allowed, invalid_token, registration_failed,
+ * sip_unreachable, bad_sdp, …) plus network_error, bad_argument, session_closed. */
+export class GatewayError extends Error {
+  readonly code: string;
+  /** HTTP status, 0 when the gateway was not reached. */
+  readonly status: number;
+  readonly sipStatus?: number;
+}
+
+export interface GatewayEvent<T> extends Event {
+  readonly detail: T;
+}
+
+export interface CallOptions {
+  audio?: boolean | MediaTrackConstraints;
+  /** Send this stream instead of opening the microphone. */
+  stream?: MediaStream;
+}
+
+export type EndReason =
+  | 'hangup' | 'remote_hangup' | 'rejected' | 'cancelled' | 'media_timeout' | 'error';
+
+export interface SessionEventMap {
+  incoming: GatewayEvent<Call>;
+  ended: GatewayEvent<{ reason: string }>;
+  error: GatewayEvent<GatewayError>;
+}
+
+export declare function connect(options: ConnectOptions): Promise<Session>;
+
+export declare class Session extends EventTarget {
+  readonly id: string;
+  readonly user: string;
+  readonly expiresIn: number;
+  readonly closed: boolean;
+  readonly lastSeq: number;
+  call(to: string, options?: CallOptions): Promise<Call>;
+  close(): Promise<void>;
+  addEventListener<K extends keyof SessionEventMap>(
+    type: K, listener: (ev: SessionEventMap[K]) => void, options?: boolean | AddEventListenerOptions): void;
+  addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;
+}
+
+export interface CallEventMap {
+  ringing: GatewayEvent<{}>;
+  early_media: GatewayEvent<{}>;
+  answered: GatewayEvent<{}>;
+  held: GatewayEvent<{ by: 'local' | 'remote' }>;
+  resumed: GatewayEvent<{ by: 'local' | 'remote' }>;
+  dtmf: GatewayEvent<{ digit: string }>;
+  track: GatewayEvent<MediaStream>;
+  ended: GatewayEvent<{ reason: EndReason; sipStatus?: number }>;
+}
+
+export interface LegStats {
+  packets_in: number; bytes_in: number; packets_out: number; bytes_out: number;
+  control_packets: number;
+  dropped_foreign_source: number; dropped_auth_failed: number; dropped_replay: number;
+  dropped_malformed: number; dropped_payload_type: number; dropped_not_ready: number;
+  dropped_overload: number;
+  lost: number; jitter_us: number;
+  peer_fraction_lost: number; peer_cumulative_lost: number; peer_jitter_us: number;
+}
+
+export interface CallStats {
+  gateway: {
+    call: string; state: string; direction: string; to: string; codec: string;
+    held: 'local' | 'remote' | null;
+    stats: { web: LegStats; sip: LegStats };
+  };
+  browser: {
+    packetsSent: number; packetsReceived: number; bytesSent: number; bytesReceived: number;
+    audioLevel: number;
+  };
+}
+
+export declare class Call extends EventTarget {
+  readonly id: string;
+  readonly direction: 'incoming' | 'outgoing';
+  readonly from?: string;
+  readonly to?: string;
+  readonly state: 'incoming' | 'calling' | 'ringing' | 'early_media' | 'answered' | 'ended';
+  readonly held: boolean;
+  readonly pc: RTCPeerConnection | null;
+  readonly localStream: MediaStream | null;
+  readonly remoteStream: MediaStream | null;
+  answer(options?: CallOptions): Promise<void>;
+  reject(status?: number): Promise<void>;
+  hangup(): Promise<void>;
+  sendDtmf(digits: string, durationMs?: number): Promise<void>;
+  hold(): Promise<void>;
+  resume(): Promise<void>;
+  stats(): Promise<CallStats>;
+  addEventListener<K extends keyof CallEventMap>(
+    type: K, listener: (ev: CallEventMap[K]) => void, options?: boolean | AddEventListenerOptions): void;
+  addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;
+}

@@ -1,0 +1,404 @@
+// webrtc-sip-gateway browser API: an ES module with no dependencies.
+// It speaks the gateway's signaling API (shared/API.md) and drives an
+// RTCPeerConnection per call. Types: gateway.d.ts.
+
+/** An error from the gateway (or from reaching it), with the API's code. */
+export class GatewayError extends Error {
+  constructor(code, message, { status = 0, sipStatus } = {}) {
+    super(message);
+    this.name = 'GatewayError';
+    this.code = code;
+    this.status = status;
+    if (sipStatus !== undefined) this.sipStatus = sipStatus;
+  }
+}
+
+const POLL_TIMEOUT_S = 25;
+const RETRY_MIN_MS = 250;
+const RETRY_MAX_MS = 5000;
+
+function trimSlash(url) {
+  return String(url).replace(/\/+$/, '');
+}
+
+/** One request; JSON in and out; errors become GatewayError. */
+async function request(fetchImpl, method, url, { body, bearer, signal } = {}) {
+  const headers = {};
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (bearer) headers.Authorization = `Bearer ${bearer}`;
+  let response;
+  try {
+    response = await fetchImpl(url, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal,
+      credentials: 'omit',
+    });
+  } catch (e) {
+    if (e && e.name === 'AbortError') throw e;
+    // A browser hides why a cross-origin request failed; the usual cause is
+    // an origin missing from the gateway's domain-whitelist.
+    throw new GatewayError(
+      'network_error',
+      `cannot reach the gateway at ${url} (network down, or this page's origin is not allowed): ${e && e.message ? e.message : e}`,
+    );
+  }
+  if (response.status === 204) return {};
+  let data = {};
+  try {
+    data = await response.json();
+  } catch {
+    data = {};
+  }
+  if (!response.ok) {
+    const err = (data && data.error) || {};
+    throw new GatewayError(err.code || 'http_error', err.message || `HTTP ${response.status}`, {
+      status: response.status,
+      sipStatus: err.sip_status,
+    });
+  }
+  return data;
+}
+
+/**
+ * Creates a session for `user` (the gateway registers it with the SIP
+ * server) and starts receiving its events.
+ */
+export async function connect({ url, user, password, token, displayName, fetch: fetchImpl, rtcConfig, getUserMedia } = {}) {
+  if (!url) throw new GatewayError('bad_argument', 'connect() needs the gateway url');
+  if (!user) throw new GatewayError('bad_argument', 'connect() needs a user');
+  const f = fetchImpl || globalThis.fetch.bind(globalThis);
+  const base = trimSlash(url);
+  const body = { user };
+  if (password !== undefined) body.password = password;
+  if (displayName !== undefined) body.display_name = displayName;
+  const created = await request(f, 'POST', `${base}/v1/sessions`, { body, bearer: token });
+  const session = new Session({
+    base,
+    fetch: f,
+    id: created.session,
+    secret: created.session_secret,
+    user,
+    expiresIn: created.expires_in,
+    rtcConfig,
+    getUserMedia,
+  });
+  session._startPolling();
+  return session;
+}
+
+function emit(target, type, detail) {
+  const event = new Event(type);
+  event.detail = detail;
+  target.dispatchEvent(event);
+}
+
+/** A browser user's session: places calls and receives them. */
+export class Session extends EventTarget {
+  constructor({ base, fetch, id, secret, user, expiresIn, rtcConfig, getUserMedia }) {
+    super();
+    this.id = id;
+    this.user = user;
+    this.expiresIn = expiresIn;
+    this.closed = false;
+    this._base = base;
+    this._fetch = fetch;
+    this._secret = secret;
+    this._after = 0;
+    this._calls = new Map();
+    this._early = new Map();
+    this._finished = new Set();
+    this._abort = null;
+    this._rtcConfig = rtcConfig || {};
+    this._getUserMedia =
+      getUserMedia || ((constraints) => navigator.mediaDevices.getUserMedia(constraints));
+  }
+
+  /** The last event sequence number handled (polls continue after it). */
+  get lastSeq() {
+    return this._after;
+  }
+
+  _url(path) {
+    return `${this._base}/v1/sessions/${encodeURIComponent(this.id)}${path}`;
+  }
+
+  _request(method, path, body) {
+    return request(this._fetch, method, this._url(path), { body, bearer: this._secret });
+  }
+
+  _newPeerConnection() {
+    return new RTCPeerConnection({
+      bundlePolicy: 'max-bundle',
+      rtcpMuxPolicy: 'require',
+      ...this._rtcConfig,
+    });
+  }
+
+  /** Calls `to` (a number or a sip: URI); resolves once the gateway took the call. */
+  async call(to, { audio = true, stream } = {}) {
+    if (this.closed) throw new GatewayError('session_closed', 'the session has ended');
+    const ownStream = !stream;
+    const local = stream || (await this._getUserMedia({ audio }));
+    const pc = this._newPeerConnection();
+    try {
+      local.getAudioTracks().forEach((t) => pc.addTrack(t, local));
+      const offer = await pc.createOffer();
+      await pc.setLocalDescription(offer);
+      const { call: id } = await this._request('POST', '/calls', { to, sdp: pc.localDescription.sdp });
+      const call = new Call(this, { id, direction: 'outgoing', pc, localStream: local, ownStream, to });
+      this._calls.set(id, call);
+      // Events that overtook the response belong to this call; they are
+      // replayed once the caller has had a chance to add its listeners.
+      const early = this._early.get(id) || [];
+      this._early.delete(id);
+      if (early.length) {
+        setTimeout(async () => {
+          for (const e of early) await call._handle(e).catch((err) => emit(this, 'error', err));
+        }, 0);
+      }
+      return call;
+    } catch (e) {
+      pc.close();
+      if (ownStream) local.getTracks().forEach((t) => t.stop());
+      throw e;
+    }
+  }
+
+  /** Ends the session: every call is hung up and the user unregistered. */
+  async close() {
+    if (this.closed) return;
+    this.closed = true;
+    if (this._abort) this._abort.abort();
+    try {
+      await this._request('DELETE', '');
+    } finally {
+      for (const call of this._calls.values()) call._finish('hangup');
+      this._calls.clear();
+    }
+  }
+
+  async _startPolling() {
+    let retry = RETRY_MIN_MS;
+    while (!this.closed) {
+      this._abort = new AbortController();
+      let data;
+      try {
+        data = await request(
+          this._fetch,
+          'GET',
+          this._url(`/events?after=${this._after}&timeout=${POLL_TIMEOUT_S}`),
+          { bearer: this._secret, signal: this._abort.signal },
+        );
+        retry = RETRY_MIN_MS;
+      } catch (e) {
+        if (this.closed) return;
+        if (e instanceof GatewayError && (e.status === 401 || e.status === 404)) {
+          this._ended('gone');
+          return;
+        }
+        // A lost poll loses nothing: the next one asks from the same seq.
+        emit(this, 'error', e);
+        await new Promise((r) => setTimeout(r, retry));
+        retry = Math.min(retry * 2, RETRY_MAX_MS);
+        continue;
+      }
+      for (const event of data.events || []) {
+        if (event.seq <= this._after) continue;
+        this._after = event.seq;
+        try {
+          await this._dispatch(event);
+        } catch (e) {
+          emit(this, 'error', e);
+        }
+      }
+    }
+  }
+
+  _ended(reason) {
+    if (this.closed) return;
+    this.closed = true;
+    for (const call of this._calls.values()) call._finish('hangup');
+    this._calls.clear();
+    emit(this, 'ended', { reason });
+  }
+
+  async _dispatch(event) {
+    if (event.type === 'session.ended') {
+      this._ended(event.reason);
+      return;
+    }
+    if (event.type === 'call.incoming') {
+      const call = new Call(this, {
+        id: event.call,
+        direction: 'incoming',
+        pc: null,
+        from: event.from,
+        to: event.to,
+        offer: event.sdp,
+      });
+      this._calls.set(event.call, call);
+      emit(this, 'incoming', call);
+      return;
+    }
+    const call = this._calls.get(event.call);
+    if (this._finished.has(event.call)) return;
+    if (call) {
+      await call._handle(event);
+    } else if (event.call) {
+      const list = this._early.get(event.call) || [];
+      list.push(event);
+      this._early.set(event.call, list);
+    }
+  }
+}
+
+/** One call: its RTCPeerConnection and its signaling. */
+export class Call extends EventTarget {
+  constructor(session, { id, direction, pc, localStream, ownStream, from, to, offer }) {
+    super();
+    this.id = id;
+    this.direction = direction;
+    this.from = from;
+    this.to = to;
+    this.state = direction === 'incoming' ? 'incoming' : 'calling';
+    this.held = false;
+    this.pc = pc;
+    this.localStream = localStream || null;
+    this.remoteStream = null;
+    this._ownStream = !!ownStream;
+    this._session = session;
+    this._offer = offer;
+    this._remoteSet = false;
+    if (pc) this._watchTracks();
+  }
+
+  _watchTracks() {
+    this.pc.ontrack = (e) => {
+      this.remoteStream = e.streams[0] || new MediaStream([e.track]);
+      emit(this, 'track', this.remoteStream);
+    };
+  }
+
+  async _setAnswer(sdp) {
+    if (this._remoteSet || !sdp || !this.pc) return;
+    this._remoteSet = true;
+    await this.pc.setRemoteDescription({ type: 'answer', sdp });
+  }
+
+  async _handle(event) {
+    switch (event.type) {
+      case 'call.ringing':
+        this.state = 'ringing';
+        emit(this, 'ringing', {});
+        break;
+      case 'call.early_media':
+        this.state = 'early_media';
+        await this._setAnswer(event.sdp);
+        emit(this, 'early_media', {});
+        break;
+      case 'call.answered':
+        this.state = 'answered';
+        await this._setAnswer(event.sdp);
+        emit(this, 'answered', {});
+        break;
+      case 'call.held':
+        this.held = true;
+        emit(this, 'held', { by: event.by });
+        break;
+      case 'call.resumed':
+        this.held = false;
+        emit(this, 'resumed', { by: event.by });
+        break;
+      case 'call.dtmf':
+        emit(this, 'dtmf', { digit: event.digit });
+        break;
+      case 'call.ended':
+        this._finish(event.reason, event.sip_status);
+        break;
+      default:
+        break;
+    }
+  }
+
+  _finish(reason, sipStatus) {
+    if (this.state === 'ended') return;
+    this.state = 'ended';
+    if (this.pc) this.pc.close();
+    if (this._ownStream && this.localStream) this.localStream.getTracks().forEach((t) => t.stop());
+    this._session._calls.delete(this.id);
+    this._session._finished.add(this.id);
+    emit(this, 'ended', { reason, sipStatus });
+  }
+
+  _request(method, path, body) {
+    return this._session._request(method, `/calls/${encodeURIComponent(this.id)}${path}`, body);
+  }
+
+  /** Answers an incoming call with the microphone (or `stream`). */
+  async answer({ audio = true, stream } = {}) {
+    if (this.direction !== 'incoming') throw new GatewayError('invalid_call_state', 'only an incoming call can be answered');
+    const local = stream || (await this._session._getUserMedia({ audio }));
+    this._ownStream = !stream;
+    this.localStream = local;
+    this.pc = this._session._newPeerConnection();
+    this._watchTracks();
+    await this.pc.setRemoteDescription({ type: 'offer', sdp: this._offer });
+    local.getAudioTracks().forEach((t) => this.pc.addTrack(t, local));
+    const answer = await this.pc.createAnswer();
+    await this.pc.setLocalDescription(answer);
+    await this._request('POST', '/answer', { sdp: this.pc.localDescription.sdp });
+    this.state = 'answered';
+  }
+
+  /** Refuses an incoming call (486 Busy Here unless `status` says otherwise). */
+  async reject(status) {
+    await this._request('POST', '/reject', status === undefined ? {} : { status });
+  }
+
+  /** Ends the call (CANCEL before an answer, BYE after). */
+  async hangup() {
+    if (this.state === 'ended') return;
+    try {
+      await this._request('DELETE', '');
+    } catch (e) {
+      if (!(e instanceof GatewayError && e.code === 'call_not_found')) throw e;
+    }
+    this._finish('hangup');
+  }
+
+  /** Sends DTMF digits (0-9, *, #, A-D) toward the far end. */
+  async sendDtmf(digits, durationMs = 100) {
+    await this._request('POST', '/dtmf', { digits: String(digits), duration_ms: durationMs });
+  }
+
+  async hold() {
+    await this._request('POST', '/hold');
+  }
+
+  async resume() {
+    await this._request('POST', '/resume');
+  }
+
+  /** The gateway's view of the call (state, codec, per-leg counters) and the browser's RTP counters. */
+  async stats() {
+    const gateway = await this._request('GET', '');
+    const browser = { packetsSent: 0, packetsReceived: 0, bytesSent: 0, bytesReceived: 0, audioLevel: 0 };
+    if (this.pc) {
+      const report = await this.pc.getStats();
+      report.forEach((s) => {
+        if (s.type === 'outbound-rtp' && s.kind === 'audio') {
+          browser.packetsSent = s.packetsSent || 0;
+          browser.bytesSent = s.bytesSent || 0;
+        }
+        if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+          browser.packetsReceived = s.packetsReceived || 0;
+          browser.bytesReceived = s.bytesReceived || 0;
+          browser.audioLevel = s.audioLevel || 0;
+        }
+      });
+    }
+    return { gateway, browser };
+  }
+}

@@ -1,0 +1,215 @@
+// Unit tests of gateway.js under node's test runner, against an in-memory
+// gateway that follows shared/API.md (the real one is exercised by the
+// Chromium tests in tests/).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect, GatewayError } from '../gateway.js';
+
+/** A fake of the gateway's HTTP API: sessions, an event queue, calls. */
+class FakeGateway {
+  constructor() {
+    this.requests = [];
+    this.events = [];
+    this.nextSeq = 1;
+    this.waiters = [];
+    this.failNextPolls = 0;
+    this.onCreateCall = null;
+    this.sessionError = null;
+  }
+
+  push(event) {
+    this.events.push({ seq: this.nextSeq++, ...event });
+    this.waiters.splice(0).forEach((w) => w());
+  }
+
+  json(status, body) {
+    return new Response(status === 204 ? null : JSON.stringify(body), {
+      status,
+      headers: { 'content-type': 'application/json' },
+    });
+  }
+
+  fetch = async (url, init = {}) => {
+    const u = new URL(url);
+    const body = init.body ? JSON.parse(init.body) : undefined;
+    this.requests.push({ method: init.method, path: u.pathname, query: u.search, body, auth: init.headers?.Authorization });
+    if (init.method === 'POST' && u.pathname === '/v1/sessions') {
+      if (this.sessionError) return this.json(this.sessionError.status, { error: this.sessionError.error });
+      return this.json(201, { session: 's1', session_secret: 'secret1', expires_in: 300 });
+    }
+    if (init.headers?.Authorization !== 'Bearer secret1') {
+      return this.json(401, { error: { code: 'invalid_session_secret', message: 'no' } });
+    }
+    if (u.pathname === '/v1/sessions/s1/events') {
+      if (this.failNextPolls > 0) {
+        this.failNextPolls--;
+        throw new TypeError('fetch failed');
+      }
+      const after = Number(u.searchParams.get('after'));
+      const ready = () => this.events.filter((e) => e.seq > after);
+      if (ready().length === 0) {
+        await new Promise((resolve, reject) => {
+          this.waiters.push(resolve);
+          init.signal?.addEventListener('abort', () => {
+            const e = new Error('aborted');
+            e.name = 'AbortError';
+            reject(e);
+          });
+        });
+      }
+      return this.json(200, { events: ready() });
+    }
+    if (init.method === 'POST' && u.pathname === '/v1/sessions/s1/calls') {
+      if (this.onCreateCall) this.onCreateCall(body);
+      return this.json(201, { call: 'c1' });
+    }
+    if (u.pathname.startsWith('/v1/sessions/s1/calls/c1')) {
+      if (init.method === 'DELETE') return this.json(204);
+      if (init.method === 'GET') return this.json(200, { call: 'c1', state: 'answered', stats: {} });
+      return this.json(200, {});
+    }
+    if (init.method === 'DELETE' && u.pathname === '/v1/sessions/s1') return this.json(204);
+    return this.json(404, { error: { code: 'not_found', message: 'no such resource' } });
+  };
+}
+
+/** Just enough RTCPeerConnection for the API's calls. */
+class FakePeerConnection {
+  static last = null;
+  constructor(config) {
+    this.config = config;
+    this.tracks = [];
+    this.remote = null;
+    this.closed = false;
+    FakePeerConnection.last = this;
+  }
+  addTrack(track) { this.tracks.push(track); }
+  async createOffer() { return { type: 'offer', sdp: 'v=0 browser offer' }; }
+  async setLocalDescription(d) { this.localDescription = d; }
+  async setRemoteDescription(d) { this.remote = d; }
+  async getStats() { return new Map([['o', { type: 'outbound-rtp', kind: 'audio', packetsSent: 7 }]]); }
+  close() { this.closed = true; }
+}
+globalThis.RTCPeerConnection = FakePeerConnection;
+
+function fakeStream() {
+  const track = { stopped: false, stop() { this.stopped = true; } };
+  return { track, getAudioTracks: () => [track], getTracks: () => [track] };
+}
+
+const until = async (cond) => {
+  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 5));
+  assert.ok(cond(), 'condition not reached');
+};
+
+test('connect creates a session with the token and polls from seq 0', async () => {
+  const gw = new FakeGateway();
+  const session = await connect({ url: 'https://gw.test:8443/', user: '1001', token: 'tok', fetch: gw.fetch });
+  assert.equal(session.id, 's1');
+  assert.deepEqual(gw.requests[0], {
+    method: 'POST', path: '/v1/sessions', query: '', body: { user: '1001' }, auth: 'Bearer tok',
+  });
+  await until(() => gw.requests.some((r) => r.path.endsWith('/events')));
+  const poll = gw.requests.find((r) => r.path.endsWith('/events'));
+  assert.equal(poll.query, '?after=0&timeout=25');
+  assert.equal(poll.auth, 'Bearer secret1');
+  await session.close();
+});
+
+test('errors carry the API code, HTTP status and SIP status', async () => {
+  const gw = new FakeGateway();
+  gw.sessionError = { status: 403, error: { code: 'registration_failed', message: 'SIP said 403', sip_status: 403 } };
+  await assert.rejects(connect({ url: 'https://gw.test', user: '1001', fetch: gw.fetch }), (e) => {
+    assert.ok(e instanceof GatewayError);
+    assert.equal(e.code, 'registration_failed');
+    assert.equal(e.status, 403);
+    assert.equal(e.sipStatus, 403);
+    return true;
+  });
+  const down = async () => { throw new TypeError('Failed to fetch'); };
+  await assert.rejects(connect({ url: 'https://gw.test', user: '1001', fetch: down }), (e) => {
+    assert.equal(e.code, 'network_error');
+    assert.match(e.message, /origin is not allowed/);
+    return true;
+  });
+  await assert.rejects(connect({ url: 'https://gw.test', fetch: gw.fetch }), /needs a user/);
+});
+
+test('a lost poll loses no event and none is delivered twice', async () => {
+  const gw = new FakeGateway();
+  gw.failNextPolls = 1;
+  gw.push({ type: 'call.incoming', call: 'c9', from: '2000', to: '1001', sdp: 'v=0 offer' });
+  const session = await connect({ url: 'https://gw.test', user: '1001', fetch: gw.fetch });
+  const incoming = [];
+  session.addEventListener('incoming', (e) => incoming.push(e.detail));
+  let errors = 0;
+  session.addEventListener('error', () => errors++);
+  await until(() => incoming.length === 1);
+  assert.equal(errors, 1, 'the lost poll was reported');
+  const polls = gw.requests.filter((r) => r.path.endsWith('/events')).map((r) => r.query);
+  assert.equal(polls[0], '?after=0&timeout=25');
+  assert.equal(polls[1], '?after=0&timeout=25', 'the retry asks from the same place');
+  assert.equal(incoming[0].id, 'c9');
+  assert.equal(incoming[0].from, '2000');
+  assert.equal(incoming[0].direction, 'incoming');
+  await until(() => gw.requests.filter((r) => r.path.endsWith('/events')).length >= 3);
+  assert.equal(gw.requests.filter((r) => r.path.endsWith('/events')).at(-1).query, '?after=1&timeout=25');
+  assert.equal(session.lastSeq, 1);
+  await session.close();
+});
+
+test('an outgoing call: offer out, answer in (even before the POST returns), controls, end', async () => {
+  const gw = new FakeGateway();
+  const stream = fakeStream();
+  const session = await connect({ url: 'https://gw.test', user: '1001', fetch: gw.fetch, getUserMedia: async () => stream });
+  // The gateway answers at once: the event overtakes the 201.
+  gw.onCreateCall = () => gw.push({ type: 'call.answered', call: 'c1', sdp: 'v=0 gateway answer' });
+  const seen = [];
+  const call = await session.call('echo');
+  ['answered', 'held', 'resumed', 'dtmf', 'ended'].forEach((t) => call.addEventListener(t, (e) => seen.push([t, e.detail])));
+  const create = gw.requests.find((r) => r.path === '/v1/sessions/s1/calls');
+  assert.deepEqual(create.body, { to: 'echo', sdp: 'v=0 browser offer' });
+  const pc = FakePeerConnection.last;
+  assert.equal(pc.config.bundlePolicy, 'max-bundle');
+  assert.equal(pc.tracks.length, 1);
+  await until(() => pc.remote !== null);
+  assert.deepEqual(pc.remote, { type: 'answer', sdp: 'v=0 gateway answer' });
+  assert.equal(call.state, 'answered');
+
+  const last = (path) => gw.requests.filter((r) => r.path === path).at(-1);
+  await call.sendDtmf('12#', 80);
+  assert.deepEqual(last('/v1/sessions/s1/calls/c1/dtmf').body, { digits: '12#', duration_ms: 80 });
+  await call.hold();
+  assert.equal(last('/v1/sessions/s1/calls/c1/hold').method, 'POST');
+  gw.push({ type: 'call.held', call: 'c1', by: 'local' });
+  gw.push({ type: 'call.dtmf', call: 'c1', digit: '5' });
+  await until(() => seen.length === 3);
+  assert.deepEqual(seen.map(([t]) => t), ['answered', 'held', 'dtmf'], 'listeners added after call() see every event');
+  assert.equal(call.held, true);
+  const stats = await call.stats();
+  assert.equal(stats.gateway.state, 'answered');
+  assert.equal(stats.browser.packetsSent, 7);
+
+  gw.push({ type: 'call.ended', call: 'c1', reason: 'remote_hangup' });
+  await until(() => call.state === 'ended');
+  assert.deepEqual(seen.at(-1), ['ended', { reason: 'remote_hangup', sipStatus: undefined }]);
+  assert.equal(pc.closed, true);
+  assert.equal(stream.track.stopped, true, 'the microphone the API opened is released');
+  await session.close();
+});
+
+test('hangup sends DELETE and ends the call once', async () => {
+  const gw = new FakeGateway();
+  const session = await connect({ url: 'https://gw.test', user: '1001', fetch: gw.fetch, getUserMedia: async () => fakeStream() });
+  const call = await session.call('sip:5000@pbx.test');
+  let ended = 0;
+  call.addEventListener('ended', () => ended++);
+  await call.hangup();
+  const deletes = () => gw.requests.filter((r) => r.method === 'DELETE').map((r) => r.path);
+  assert.deepEqual(deletes(), ['/v1/sessions/s1/calls/c1']);
+  gw.push({ type: 'call.ended', call: 'c1', reason: 'hangup' });
+  await new Promise((r) => setTimeout(r, 30));
+  assert.equal(ended, 1);
+  await session.close();
+  assert.deepEqual(deletes(), ['/v1/sessions/s1/calls/c1', '/v1/sessions/s1']);
+});

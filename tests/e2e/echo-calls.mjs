@@ -1,0 +1,184 @@
+// Real Chromium against a running gateway's echo endpoint, for
+// tests/echo_calls.rs. Mode (argv[2]):
+//   demo        the shipped demo page: connect, call echo, hear the tone
+//               back, DTMF, hold/resume, screenshot, hang up
+//   concurrent  ten calls to echo at once from one page through the js-api
+//   origin      a page on another origin tries to open a session
+//   setup       call setup times (request → answered, request → first packet)
+//               for sequential calls and for 5 at once (BENCHMARKS.md)
+// Environment: GW_URL (https://127.0.0.1:8443), FAKE_AUDIO (WAV tone),
+// SCREENSHOT (PNG path). Prints one JSON report line.
+import { launch, blankPage, say } from './chromium.mjs';
+
+const mode = process.argv[2];
+const gw = process.env.GW_URL;
+const { context, close } = await launch({ audioFile: process.env.FAKE_AUDIO, ignoreHTTPSErrors: true });
+const report = { mode };
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(page, fn, arg, ms = 20000) {
+  try {
+    await page.waitForFunction(fn, arg, { timeout: ms, polling: 100 });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+try {
+  if (mode === 'demo') {
+    const page = await context.newPage();
+    page.on('pageerror', (e) => { report.pageErrors = (report.pageErrors || []).concat(String(e)); });
+    const t0 = Date.now();
+    await page.goto(`${gw}/demo/`);
+    await page.click('#connect');
+    report.connected = await waitFor(page, () => document.getElementById('session-status').textContent.startsWith('connected'));
+    const callAt = Date.now();
+    await page.click('#call');
+    report.answered = await waitFor(page, () => window.demo.call && window.demo.call.state === 'answered');
+    report.answeredMs = Date.now() - callAt;
+    report.firstPacket = await waitFor(page, async () => {
+      const s = await window.demo.call.stats();
+      return s.browser.packetsReceived > 0;
+    });
+    report.firstPacketMs = Date.now() - callAt;
+    // The far end's audio: the tone we sent, heard back.
+    report.heard = await waitFor(page, () => {
+      const r = window.demo.remote;
+      return r && Math.abs(r.hz - 1000) <= 20 && window.demo.stats && window.demo.stats.browser.packetsReceived > 100;
+    });
+    Object.assign(report, await page.evaluate(() => ({
+      remoteHz: window.demo.remote ? window.demo.remote.hz : 0,
+      micHz: window.demo.mic ? window.demo.mic.hz : 0,
+      stats: window.demo.stats,
+    })));
+    // DTMF: the echo returns the RFC 4733 events; the gateway reports them.
+    await page.click('#pad button:text-is("5")');
+    report.dtmf = await waitFor(page, () => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes('DTMF received: 5')), null, 5000);
+    // Hold: the echo goes quiet; resume: audio returns.
+    const received = () => page.evaluate(async () => (await window.demo.call.stats()).browser.packetsReceived);
+    await page.click('#hold');
+    report.held = await waitFor(page, () => window.demo.call.held === true, null, 5000);
+    await sleep(500);
+    const h0 = await received();
+    await sleep(1500);
+    report.packetsWhileHeld = (await received()) - h0;
+    await page.click('#resume');
+    report.resumed = await waitFor(page, () => window.demo.call.held === false, null, 5000);
+    await sleep(500);
+    const r0 = await received();
+    await sleep(1500);
+    report.packetsAfterResume = (await received()) - r0;
+    await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
+    await page.click('#hangup');
+    report.ended = await waitFor(page, () => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes('call ended: hangup')), null, 5000);
+    report.log = await page.evaluate(() => [...document.querySelectorAll('#log li')].map((li) => li.textContent).reverse());
+    report.totalMs = Date.now() - t0;
+  } else if (mode === 'concurrent') {
+    const page = await context.newPage();
+    await page.goto(`${gw}/demo/`);
+    Object.assign(report, await page.evaluate(async () => {
+      const { connect } = await import('/js/gateway.js');
+      const session = await connect({ url: location.origin, user: 'load' });
+      const audio = { echoCancellation: false, noiseSuppression: false, autoGainControl: false };
+      const calls = await Promise.all(Array.from({ length: 10 }, () => session.call('echo', { audio })));
+      const els = calls.map((c) => {
+        const a = document.createElement('audio');
+        a.autoplay = true;
+        document.body.appendChild(a);
+        c.addEventListener('track', (e) => { a.srcObject = e.detail; });
+        if (c.remoteStream) a.srcObject = c.remoteStream;
+        return a;
+      });
+      const deadline = Date.now() + 25000;
+      let stats = [];
+      while (Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 500));
+        stats = await Promise.all(calls.map((c) => c.stats()));
+        if (stats.every((s) => s.browser.packetsReceived > 100 && s.browser.audioLevel > 0)) break;
+      }
+      const result = {
+        calls: calls.length,
+        distinct: new Set(calls.map((c) => c.id)).size,
+        received: stats.map((s) => s.browser.packetsReceived),
+        levels: stats.map((s) => s.browser.audioLevel),
+        gatewayOut: stats.map((s) => s.gateway.stats.web.packets_out),
+      };
+      await Promise.all(calls.map((c) => c.hangup()));
+      await session.close();
+      els.forEach((a) => a.remove());
+      return result;
+    }));
+  } else if (mode === 'setup') {
+    const page = await context.newPage();
+    await page.goto(`${gw}/demo/`);
+    Object.assign(report, await page.evaluate(async () => {
+      const { connect } = await import('/js/gateway.js');
+      // The moment each POST …/calls leaves, by call order.
+      const posted = [];
+      const timedFetch = (url, init) => {
+        if (init && init.method === 'POST' && String(url).endsWith('/calls')) posted.push(performance.now());
+        return fetch(url, init);
+      };
+      const session = await connect({ url: location.origin, user: 'timing', fetch: timedFetch });
+      const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+      async function one() {
+        const call = await session.call('echo', { stream });
+        const sent = posted.at(-1);
+        const answered = call.state === 'answered'
+          ? performance.now()
+          : await new Promise((r) => call.addEventListener('answered', () => r(performance.now())));
+        const a = document.createElement('audio');
+        a.autoplay = true;
+        document.body.appendChild(a);
+        call.addEventListener('track', (e) => { a.srcObject = e.detail; });
+        if (call.remoteStream) a.srcObject = call.remoteStream;
+        let first = null;
+        while (first === null) {
+          const r = await call.pc.getStats();
+          r.forEach((s) => { if (s.type === 'inbound-rtp' && s.packetsReceived > 0) first = performance.now(); });
+          if (first === null) await new Promise((r) => setTimeout(r, 5));
+        }
+        return { call, answeredMs: answered - sent, firstPacketMs: first - sent };
+      }
+      const sequential = [];
+      for (let i = 0; i < 5; i++) {
+        const r = await one();
+        sequential.push({ answeredMs: r.answeredMs, firstPacketMs: r.firstPacketMs });
+        await r.call.hangup();
+      }
+      posted.length = 0;
+      const parallel = await Promise.all(Array.from({ length: 5 }, () => one()));
+      await Promise.all(parallel.map((r) => r.call.hangup()));
+      await session.close();
+      return {
+        sequential,
+        parallel: parallel.map((r) => ({ answeredMs: r.answeredMs, firstPacketMs: r.firstPacketMs })),
+      };
+    }));
+  } else if (mode === 'origin') {
+    const { page, stop } = await blankPage(context);
+    Object.assign(report, await page.evaluate(async (gw) => {
+      // The gateway's module is fetched by the page from the gateway too; a
+      // refused origin cannot even load it, so the page brings its own fetch.
+      try {
+        const r = await fetch(`${gw}/v1/sessions`, {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify({ user: 'intruder' }),
+        });
+        return { fetchFailed: false, status: r.status };
+      } catch (e) {
+        return { fetchFailed: true, fetchError: String(e) };
+      }
+    }, gw));
+    report.origin = await page.evaluate(() => location.origin);
+    await stop();
+  }
+} catch (e) {
+  report.error = String(e && e.stack ? e.stack : e);
+} finally {
+  say(report);
+  await close();
+}
+process.exit(0);
