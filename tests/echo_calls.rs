@@ -222,6 +222,9 @@ fn call_setup_times() {
     let gw = common::Gateway::start("", "");
     let url = format!("https://127.0.0.1:{}", gw.https.port());
     let r = browser("setup", &url, dir.path());
+    for line in gw.log().lines().filter(|l| l.contains("after_ms")) {
+        eprintln!("{line}");
+    }
     for kind in ["sequential", "parallel"] {
         let rows = r[kind].as_array().cloned().unwrap_or_default();
         let mut answered: Vec<f64> = rows

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use super::plan::{self, OutboundPlan, WebLocal};
 use super::{Call, CallError, CallOutput, CallState, FarRequest, Party};
@@ -347,6 +347,7 @@ impl MediaPlane {
         call.far_answered(Instant::now());
         let task = CallTask {
             call,
+            started: Instant::now(),
             session: session.to_string(),
             media,
             control_socket,
@@ -388,6 +389,7 @@ impl Far {
 
 struct CallTask<N> {
     call: Call,
+    started: Instant,
     session: String,
     media: CallMedia,
     control_socket: UdpSocket,
@@ -465,6 +467,7 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                     let _ = self.control_socket.send_to(&data, to);
                 }
                 CallOutput::MediaRemote(addr) => {
+                    debug!(browser = %addr, after_ms = self.started.elapsed().as_millis() as u64, "ICE selected the browser's address");
                     let _ = self.media.set_web_remote(addr);
                 }
                 CallOutput::MediaKeys(keys) => {
@@ -473,6 +476,10 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                         SrtpContext::new(&keys.outbound),
                     ) {
                         (Ok(inbound), Ok(outbound)) => {
+                            debug!(
+                                after_ms = self.started.elapsed().as_millis() as u64,
+                                "DTLS-SRTP keys ready"
+                            );
                             let _ = self.media.set_web_srtp(inbound, outbound);
                         }
                         _ => {

@@ -87,13 +87,19 @@ fn answered_call_gets_our_sdp_then_ice_selects_the_browser() {
         })]
     );
     assert_eq!(call.state(), CallState::Answered);
+    // SDES: the first valid check already carries media (RFC 8445 §12.1).
     call.handle_web_packet(t0, browser(), &check(2, false));
     let out = drain(&mut call);
-    assert_eq!(out.len(), 1);
+    assert_eq!(out.len(), 2, "{out:?}");
     assert!(matches!(&out[0], CallOutput::Transmit { to, .. } if *to == browser()));
+    assert_eq!(out[1], CallOutput::MediaRemote(browser()));
+    // Nominating the same address changes nothing; another one moves media.
     call.handle_web_packet(t0, browser(), &check(3, true));
+    assert_eq!(drain(&mut call).len(), 1);
+    let other: SocketAddr = "192.0.2.7:50002".parse().unwrap();
+    call.handle_web_packet(t0, other, &check(4, true));
     let out = drain(&mut call);
-    assert!(out.contains(&CallOutput::MediaRemote(browser())), "{out:?}");
+    assert!(out.contains(&CallOutput::MediaRemote(other)), "{out:?}");
 }
 
 #[test]

@@ -17,7 +17,11 @@ use crate::sdp::{Fingerprint, IceCredentials};
 pub enum WebLegEvent {
     /// Send this datagram from the leg's socket.
     Transmit { to: SocketAddr, data: Vec<u8> },
-    /// ICE selected this browser address.
+    /// Media goes to and comes from this browser address: the one the
+    /// browser nominated, or before that the authenticated address DTLS
+    /// completed with (SDES: that passed the first check). RFC 8445 §12.1
+    /// lets media flow on a valid pair before nomination; browsers nominate
+    /// some 50 ms after their first successful check.
     Selected(SocketAddr),
     /// DTLS finished with the browser verified: SRTP keys for the relay.
     Keys(SrtpKeys),
@@ -35,6 +39,7 @@ pub struct WebLeg {
     events: VecDeque<WebLegEvent>,
     keys_reported: bool,
     failed: bool,
+    media_remote: Option<SocketAddr>,
 }
 
 impl WebLeg {
@@ -55,6 +60,7 @@ impl WebLeg {
             events: VecDeque::new(),
             keys_reported: false,
             failed: false,
+            media_remote: None,
         })
     }
 
@@ -72,6 +78,7 @@ impl WebLeg {
             events: VecDeque::new(),
             keys_reported: false,
             failed: false,
+            media_remote: None,
         }
     }
 
@@ -88,6 +95,11 @@ impl WebLeg {
                     });
                 }
                 self.take_ice_events();
+                // SDES keys are known already: media may use the first valid pair.
+                if self.dtls.is_none() && self.media_remote.is_none() && self.ice.is_validated(from)
+                {
+                    self.use_for_media(from);
+                }
             }
             WebPacketKind::Dtls => {
                 // DTLS only from an address that passed an ICE check.
@@ -130,6 +142,13 @@ impl WebLeg {
         self.events.pop_front()
     }
 
+    fn use_for_media(&mut self, addr: SocketAddr) {
+        if self.media_remote != Some(addr) {
+            self.media_remote = Some(addr);
+            self.events.push_back(WebLegEvent::Selected(addr));
+        }
+    }
+
     fn take_ice_events(&mut self) {
         let mut selected = false;
         while let Some(e) = self.ice.poll_event() {
@@ -139,7 +158,7 @@ impl WebLeg {
                         self.dtls_peer = Some(addr);
                     }
                     selected = true;
-                    self.events.push_back(WebLegEvent::Selected(addr));
+                    self.use_for_media(addr);
                 }
                 IceEvent::ConsentLost => self.events.push_back(WebLegEvent::MediaTimeout),
             }
@@ -169,6 +188,9 @@ impl WebLeg {
                     if let Some(keys) = dtls.keys() {
                         self.keys_reported = true;
                         self.events.push_back(WebLegEvent::Keys(keys.clone()));
+                        if let (None, Some(peer)) = (self.media_remote, self.dtls_peer) {
+                            self.use_for_media(peer);
+                        }
                     }
                 }
             }

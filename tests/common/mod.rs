@@ -256,7 +256,7 @@ pub fn inside_namespace(name: &str) -> bool {
     }
     let exe = std::env::current_exe().unwrap();
     let script = format!(
-        "ip link set lo up; exec {} {name} --exact --nocapture",
+        "ip link set lo up; exec {} {name} --exact --nocapture --include-ignored",
         exe.display()
     );
     let status = Command::new("timeout")
