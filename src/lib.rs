@@ -183,7 +183,13 @@ impl Gateway {
             addr: config.sip.listen.clone(),
             reason: e.to_string(),
         })?;
-        tasks.push(tokio::spawn(serve_sip_udp(sip_socket, shutdown_rx.clone())));
+        let ua = sip_user_agent(&config, sip_addr).await?;
+        let (sip, sip_task) =
+            sip::driver::start(sip_socket, ua, state.metrics.clone(), shutdown_rx.clone());
+        tasks.push(sip_task);
+        if state.sip.set(sip).is_err() {
+            return Err(StartError::Setup("the SIP side started twice".into()));
+        }
 
         tasks.push(tokio::spawn(reap_sessions(state.clone(), shutdown_rx)));
         state.readiness.api_listening.store(true, Ordering::Relaxed);
@@ -218,28 +224,49 @@ impl Gateway {
     }
 }
 
-/// The SIP endpoint's UDP driver: datagrams and timers into the sans-IO
-/// [`sip::endpoint::Endpoint`], its datagrams out.
-async fn serve_sip_udp(socket: tokio::net::UdpSocket, mut shutdown: watch::Receiver<bool>) {
-    let mut endpoint = sip::endpoint::Endpoint::new(sip::transaction::TimerConfig::default());
-    let mut buf = vec![0u8; sip::message::MAX_MESSAGE_BYTES + 1];
-    loop {
-        let wake = endpoint
-            .poll_timeout()
-            .map(tokio::time::Instant::from_std)
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
-        let out = tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => endpoint.handle_datagram(Instant::now(), from, &buf[..n]),
-                Err(_) => continue,
-            },
-            _ = tokio::time::sleep_until(wake) => endpoint.handle_timeout(Instant::now()),
-            _ = shutdown.changed() => return,
-        };
-        for (to, bytes) in out {
-            let _ = socket.send_to(&bytes, to).await;
+/// The SIP user agent for the config: the server resolved, our advertised
+/// address, timers and intervals.
+async fn sip_user_agent(
+    config: &Config,
+    listening: SocketAddr,
+) -> Result<sip::ua::UserAgent, StartError> {
+    let c = &config.sip;
+    let mut server = None;
+    let mut domain = c.domain.clone();
+    if !c.server.is_empty() {
+        let (host, port) = config::parse_host_port(&c.server, c.transport.default_port())
+            .map_err(StartError::Setup)?;
+        let resolved = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| {
+                StartError::Setup(format!("sip.server: cannot resolve {:?}", c.server))
+            })?;
+        server = Some(resolved);
+        if domain.is_empty() {
+            domain = host;
         }
     }
+    if domain.is_empty() {
+        domain = "invalid".into();
+    }
+    let cfg = sip::ua::UaConfig {
+        server,
+        identity: sip::registration::Identity {
+            domain,
+            local: sip::driver::advertised_address(listening, server),
+        },
+        timers: sip::transaction::TimerConfig {
+            t1: Duration::from_millis(c.timer_t1_ms),
+            t2: Duration::from_millis(c.timer_t2_ms),
+            t4: Duration::from_millis(c.timer_t4_ms),
+        },
+        register_expires: c.register_expires_s,
+        keepalive: (server.is_some() && c.keepalive_interval_s > 0)
+            .then(|| Duration::from_secs(c.keepalive_interval_s)),
+    };
+    Ok(sip::ua::UserAgent::new(cfg, Instant::now()))
 }
 
 /// The session reaper: the driver for [`session::SessionStore::expire`].

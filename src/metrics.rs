@@ -40,6 +40,11 @@ pub struct Metrics {
     pub calls: Gauge,
     pub calls_started: Counter,
     pub calls_ended: Family<KindLabels, Counter>,
+    pub sip_server_up: Gauge,
+    pub sip_registrations: Gauge,
+    pub sip_registrations_failed: Counter,
+    pub sip_requests_sent: Counter,
+    pub sip_transaction_timeouts: Counter,
 }
 
 impl Default for Metrics {
@@ -63,6 +68,36 @@ impl Metrics {
         let calls_started = Counter::default();
         let calls_ended = Family::<KindLabels, Counter>::default();
         registry.register("calls", "Calls in progress now", calls.clone());
+        let sip_server_up = Gauge::default();
+        let sip_registrations = Gauge::default();
+        let sip_registrations_failed = Counter::default();
+        let sip_requests_sent = Counter::default();
+        let sip_transaction_timeouts = Counter::default();
+        registry.register(
+            "sip_server_up",
+            "1 while the SIP server answers keepalive OPTIONS, else 0",
+            sip_server_up.clone(),
+        );
+        registry.register(
+            "sip_registrations",
+            "Browser users registered with the SIP server now",
+            sip_registrations.clone(),
+        );
+        registry.register(
+            "sip_registrations_failed",
+            "Registrations the SIP server refused or never answered",
+            sip_registrations_failed.clone(),
+        );
+        registry.register(
+            "sip_requests_sent",
+            "SIP requests sent (retransmissions not counted)",
+            sip_requests_sent.clone(),
+        );
+        registry.register(
+            "sip_transaction_timeouts",
+            "SIP client transactions that got no final response (timer B or F)",
+            sip_transaction_timeouts.clone(),
+        );
         registry.register("calls_started", "Calls started", calls_started.clone());
         registry.register(
             "calls_ended",
@@ -115,6 +150,11 @@ impl Metrics {
             calls,
             calls_started,
             calls_ended,
+            sip_server_up,
+            sip_registrations,
+            sip_registrations_failed,
+            sip_requests_sent,
+            sip_transaction_timeouts,
         }
     }
 

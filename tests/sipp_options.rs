@@ -37,16 +37,5 @@ fn sipp_options_and_malformed_request() {
         .arg(gw.sip.to_string())
         .output()
         .expect("sipp runs (the test command installs sip-tester)");
-    assert!(
-        out.status.success(),
-        "SIPp failed ({:?}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .rev()
-            .take(30)
-            .collect::<Vec<_>>()
-            .join("\n"),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_sipp_passed(&out);
 }

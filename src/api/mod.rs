@@ -31,6 +31,7 @@ use crate::call::driver::MediaPlane;
 use crate::config::{AuthMode, Config};
 use crate::metrics::{HttpLabels, KindLabels, Metrics};
 use crate::session::{EndReason, EventRecord, Session, SessionError, SessionStore};
+use crate::sip::driver::{RegisterError, ServerState, SipHandle};
 use cors::{CorsPolicy, OriginVerdict};
 pub use error::ApiError;
 use ratelimit::RateLimiter;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub readiness: Readiness,
     /// Relay, ports and live calls.
     pub media: MediaPlane,
+    /// The SIP side (set once it runs).
+    pub sip: std::sync::OnceLock<SipHandle>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -77,6 +80,7 @@ impl AppState {
             config,
             readiness: Readiness::default(),
             media,
+            sip: std::sync::OnceLock::new(),
         })
     }
 
@@ -90,6 +94,9 @@ impl AppState {
     /// Ends a session for `reason`: the one place every session end goes through.
     pub fn end_session(&self, session: Session, reason: EndReason) {
         self.media.calls.hang_up_session(&session.id);
+        if let Some(sip) = self.sip.get() {
+            sip.unregister(&session.id);
+        }
         self.metrics
             .sessions_ended
             .get_or_create(&KindLabels {
@@ -401,9 +408,8 @@ fn valid_user(user: &str) -> bool {
 #[derive(Deserialize)]
 struct CreateSession {
     user: String,
-    /// SIP password for REGISTER; used by the SIP registration client.
+    /// SIP password for REGISTER (else `[sip] password`).
     #[serde(default)]
-    #[allow(dead_code)]
     password: Option<String>,
     #[serde(default)]
     display_name: Option<String>,
@@ -449,6 +455,43 @@ async fn create_session(
         created
     }
     .map_err(|e| session_error(&state, e))?;
+    let registrar = state
+        .sip
+        .get()
+        .filter(|_| !state.config.sip.server.is_empty() && state.config.sip.register);
+    if let Some(sip) = registrar {
+        let default_password = state.config.sip.password.expose();
+        let password = body
+            .password
+            .clone()
+            .or_else(|| (!default_password.is_empty()).then(|| default_password.to_string()));
+        if let Err(e) = sip.register(&created.id, &body.user, password).await {
+            // The session never existed for anyone: remove it quietly.
+            {
+                let mut store = state.store();
+                store.remove(&created.id);
+                state.metrics.sessions.set(store.len() as i64);
+            }
+            warn!(user = %body.user, error = %e, "session refused: registration failed");
+            return Err(match e {
+                RegisterError::Rejected(code) => {
+                    let mut err = ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "registration_failed",
+                        format!("the SIP server refused the registration ({code})"),
+                    );
+                    err.sip_status = Some(code);
+                    err
+                }
+                RegisterError::Unreachable => ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "sip_unreachable",
+                    "the SIP server did not answer the registration",
+                ),
+                RegisterError::Stopped => ApiError::internal(),
+            });
+        }
+    }
     state.metrics.sessions_created.inc();
     let span = tracing::info_span!("session", sid = %created.id);
     span.in_scope(|| info!(user = %body.user, "session created"));
@@ -576,14 +619,20 @@ pub fn admin_router(state: SharedState) -> Router {
 async fn readyz(State(state): State<SharedState>) -> Response {
     use std::sync::atomic::Ordering;
     let api = state.readiness.api_listening.load(Ordering::Relaxed);
-    // The SIP side reports here once a SIP server is configured and checked;
-    // with no server, only the built-in echo endpoint is served.
-    let sip = if state.config.sip.server.is_empty() {
-        "not_configured"
-    } else {
-        "unchecked"
+    // With no SIP server only the echo endpoint is served; with one, the
+    // keepalive must have had an answer (or be switched off).
+    let sip = state
+        .sip
+        .get()
+        .map_or(ServerState::Unchecked, SipHandle::server_state);
+    let keepalive_off = state.config.sip.keepalive_interval_s == 0;
+    let sip_ok = match sip {
+        ServerState::NotConfigured | ServerState::Reachable => true,
+        ServerState::Unchecked => keepalive_off,
+        ServerState::Unreachable => false,
     };
-    let ready = api && sip == "not_configured";
+    let ready = api && sip_ok;
+    let sip = sip.as_str();
     let status = if ready {
         StatusCode::OK
     } else {

@@ -134,6 +134,11 @@ pub struct SipConfig {
     pub register: bool,
     pub srtp: SrtpPolicy,
     pub password: Secret,
+    pub register_expires_s: u32,
+    pub keepalive_interval_s: u64,
+    pub timer_t1_ms: u64,
+    pub timer_t2_ms: u64,
+    pub timer_t4_ms: u64,
 }
 
 impl Default for SipConfig {
@@ -146,6 +151,11 @@ impl Default for SipConfig {
             register: true,
             srtp: SrtpPolicy::Off,
             password: Secret::default(),
+            register_expires_s: 600,
+            keepalive_interval_s: 30,
+            timer_t1_ms: 500,
+            timer_t2_ms: 4000,
+            timer_t4_ms: 5000,
         }
     }
 }
@@ -381,6 +391,27 @@ impl Config {
             if let Err(e) = parse_host_port(&sip.server, sip.transport.default_port()) {
                 p.add("sip.server", e);
             }
+        }
+        if !(60..=86_400).contains(&sip.register_expires_s) {
+            p.add("sip.register-expires-s", "must be 60 to 86400 seconds");
+        }
+        if sip.keepalive_interval_s != 0 && !(5..=3600).contains(&sip.keepalive_interval_s) {
+            p.add(
+                "sip.keepalive-interval-s",
+                "must be 0 (off) or 5 to 3600 seconds",
+            );
+        }
+        if !(10..=10_000).contains(&sip.timer_t1_ms) {
+            p.add("sip.timer-t1-ms", "must be 10 to 10000 ms");
+        }
+        if sip.timer_t2_ms < sip.timer_t1_ms || sip.timer_t2_ms > 60_000 {
+            p.add(
+                "sip.timer-t2-ms",
+                "must be at least timer-t1-ms and at most 60000 ms",
+            );
+        }
+        if !(10..=60_000).contains(&sip.timer_t4_ms) {
+            p.add("sip.timer-t4-ms", "must be 10 to 60000 ms");
         }
         if !sip.domain.is_empty() && sip.domain.contains(|c: char| c.is_whitespace() || c == '@') {
             p.add("sip.domain", "must be a host name without spaces or '@'");

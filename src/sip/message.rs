@@ -181,6 +181,22 @@ fn short(s: &str) -> String {
     s.chars().take(80).collect()
 }
 
+/// A request the gateway wrote itself, as rsip's type. Our own text always
+/// parses; should it not (a bug), an empty request of `method` stands in and
+/// the peer's 400 will say what was wrong.
+pub fn own_request(text: &str, method: rsip::Method) -> rsip::Request {
+    match parse_datagram(text.as_bytes()) {
+        Ok(rsip::SipMessage::Request(r)) => r,
+        _ => rsip::Request {
+            method,
+            uri: rsip::Uri::default(),
+            version: rsip::Version::V2,
+            headers: rsip::Headers::default(),
+            body: Vec::new(),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,10 @@
 //! The SIP side: messages on the wire and the transaction layer (RFC 3261
 //! §17), sans-IO. Transports, dialogs and registration build on these.
 
+pub mod digest;
+pub mod driver;
 pub mod endpoint;
 pub mod message;
+pub mod registration;
 pub mod transaction;
+pub mod ua;

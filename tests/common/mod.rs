@@ -270,3 +270,19 @@ pub fn inside_namespace(name: &str) -> bool {
     );
     false
 }
+
+/// Asserts SIPp exited 0, showing the end of its output otherwise.
+pub fn assert_sipp_passed(out: &Output) {
+    assert!(
+        out.status.success(),
+        "SIPp failed ({:?}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,249 @@
+//! The tokio driver of the SIP user agent over UDP: datagrams, timers and
+//! commands from the API go into the sans-IO [`UserAgent`]; its datagrams
+//! go out and its events resolve the API's waiting requests.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
+
+use super::message::MAX_MESSAGE_BYTES;
+use super::registration::RegistrationEvent;
+use super::ua::{UaCounters, UaEvent, UserAgent};
+use crate::metrics::Metrics;
+
+/// Why a registration did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    #[error("the SIP server refused the registration with {0}")]
+    Rejected(u16),
+    #[error("the SIP server did not answer")]
+    Unreachable,
+    #[error("the SIP side has stopped")]
+    Stopped,
+}
+
+enum Command {
+    Register {
+        id: String,
+        user: String,
+        password: Option<String>,
+        reply: oneshot::Sender<Result<(), RegisterError>>,
+    },
+    Unregister {
+        id: String,
+    },
+}
+
+/// What the SIP server's keepalive said last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    NotConfigured,
+    Unchecked,
+    Reachable,
+    Unreachable,
+}
+
+impl ServerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::NotConfigured => "not_configured",
+            ServerState::Unchecked => "unchecked",
+            ServerState::Reachable => "reachable",
+            ServerState::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// The API's handle on the SIP side.
+#[derive(Clone)]
+pub struct SipHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    server: Arc<AtomicU8>,
+}
+
+impl SipHandle {
+    /// Registers `user` under `id`; resolves with the server's verdict.
+    pub async fn register(
+        &self,
+        id: &str,
+        user: &str,
+        password: Option<String>,
+    ) -> Result<(), RegisterError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Register {
+                id: id.to_string(),
+                user: user.to_string(),
+                password,
+                reply,
+            })
+            .map_err(|_| RegisterError::Stopped)?;
+        answer.await.map_err(|_| RegisterError::Stopped)?
+    }
+
+    /// Ends `id`'s registration (unREGISTER); does not wait.
+    pub fn unregister(&self, id: &str) {
+        let _ = self
+            .commands
+            .send(Command::Unregister { id: id.to_string() });
+    }
+
+    pub fn server_state(&self) -> ServerState {
+        match self.server.load(Ordering::Relaxed) {
+            0 => ServerState::NotConfigured,
+            1 => ServerState::Unchecked,
+            2 => ServerState::Reachable,
+            _ => ServerState::Unreachable,
+        }
+    }
+}
+
+fn encode(state: ServerState) -> u8 {
+    match state {
+        ServerState::NotConfigured => 0,
+        ServerState::Unchecked => 1,
+        ServerState::Reachable => 2,
+        ServerState::Unreachable => 3,
+    }
+}
+
+/// The address the SIP server should reach us at: the socket's own, or when
+/// it listens on every interface, the one the kernel would send from.
+pub fn advertised_address(listen: SocketAddr, server: Option<SocketAddr>) -> SocketAddr {
+    if !listen.ip().is_unspecified() {
+        return listen;
+    }
+    let ip = server
+        .and_then(|server| {
+            let probe = std::net::UdpSocket::bind(SocketAddr::new(listen.ip(), 0)).ok()?;
+            probe.connect(server).ok()?;
+            probe.local_addr().ok().map(|a| a.ip())
+        })
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    SocketAddr::new(ip, listen.port())
+}
+
+/// Starts the driver; the returned handle talks to it.
+pub fn start(
+    socket: UdpSocket,
+    ua: UserAgent,
+    metrics: Metrics,
+    shutdown: watch::Receiver<bool>,
+) -> (SipHandle, tokio::task::JoinHandle<()>) {
+    let (commands, rx) = mpsc::unbounded_channel();
+    let initial = if ua.server().is_some() {
+        ServerState::Unchecked
+    } else {
+        ServerState::NotConfigured
+    };
+    let server = Arc::new(AtomicU8::new(encode(initial)));
+    let handle = SipHandle {
+        commands,
+        server: server.clone(),
+    };
+    let task = tokio::spawn(run(socket, ua, rx, server, metrics, shutdown));
+    (handle, task)
+}
+
+async fn run(
+    socket: UdpSocket,
+    mut ua: UserAgent,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    server: Arc<AtomicU8>,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; MAX_MESSAGE_BYTES + 1];
+    let mut waiting: HashMap<String, oneshot::Sender<Result<(), RegisterError>>> = HashMap::new();
+    let mut seen = UaCounters::default();
+    loop {
+        let wake = ua
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                if let Ok((n, from)) = r {
+                    ua.handle_datagram(Instant::now(), from, &buf[..n]);
+                }
+            }
+            command = commands.recv() => match command {
+                Some(Command::Register { id, user, password, reply }) => {
+                    waiting.insert(id.clone(), reply);
+                    ua.register(Instant::now(), &id, &user, password);
+                }
+                Some(Command::Unregister { id }) => {
+                    if let Some(reply) = waiting.remove(&id) {
+                        let _ = reply.send(Err(RegisterError::Stopped));
+                    }
+                    ua.unregister(Instant::now(), &id);
+                }
+                None => return,
+            },
+            _ = tokio::time::sleep_until(wake) => ua.handle_timeout(Instant::now()),
+            _ = shutdown.changed() => return,
+        }
+        while let Some((to, bytes)) = ua.poll_transmit() {
+            let _ = socket.send_to(&bytes, to).await;
+        }
+        while let Some(event) = ua.poll_event() {
+            match event {
+                UaEvent::ServerReachable(up) => {
+                    let state = if up {
+                        ServerState::Reachable
+                    } else {
+                        ServerState::Unreachable
+                    };
+                    if up {
+                        info!("SIP server reachable");
+                    } else {
+                        warn!("SIP server not answering");
+                    }
+                    server.store(encode(state), Ordering::Relaxed);
+                    metrics.sip_server_up.set(i64::from(up));
+                }
+                UaEvent::Registration { id, event } => {
+                    let verdict = match event {
+                        RegistrationEvent::Registered { expires } => {
+                            info!(sid = %id, expires, "registered");
+                            Ok(())
+                        }
+                        RegistrationEvent::Failed { status: Some(code) } => {
+                            warn!(sid = %id, status = code, "registration refused");
+                            Err(RegisterError::Rejected(code))
+                        }
+                        RegistrationEvent::Failed { status: None } => {
+                            warn!(sid = %id, "registration unanswered");
+                            Err(RegisterError::Unreachable)
+                        }
+                        RegistrationEvent::Unregistered => {
+                            info!(sid = %id, "unregistered");
+                            continue;
+                        }
+                    };
+                    if let Some(reply) = waiting.remove(&id) {
+                        let _ = reply.send(verdict);
+                    }
+                }
+            }
+        }
+        let now = ua.counters;
+        metrics
+            .sip_requests_sent
+            .inc_by(now.requests_sent - seen.requests_sent);
+        metrics
+            .sip_transaction_timeouts
+            .inc_by(now.transaction_timeouts - seen.transaction_timeouts);
+        metrics
+            .sip_registrations_failed
+            .inc_by(now.registrations_failed - seen.registrations_failed);
+        seen = now;
+        metrics.sip_registrations.set(ua.registered_count() as i64);
+    }
+}

@@ -1,0 +1,485 @@
+//! One browser user's SIP registration, sans-IO: REGISTER with digest
+//! answers to 401/407, 423 Min-Expires handling, refresh before expiry, and
+//! the unREGISTER when the session ends. It returns requests to send (the
+//! user agent wraps each in a client transaction) and what happened.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rsip::prelude::*;
+
+use super::digest::Challenge;
+use super::message::own_request;
+#[cfg(test)]
+use super::message::parse_datagram;
+
+/// Refresh when this share of the granted time has passed.
+const REFRESH_SHARE: f64 = 0.8;
+/// Never refresh sooner than this after a success (a server granting 1 s).
+const MIN_REFRESH: Duration = Duration::from_secs(5);
+
+/// Where requests go and what they say about us.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// SIP domain (the Request-URI host and the AOR's host).
+    pub domain: String,
+    /// Our address as the server sees it (Via, Contact).
+    pub local: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistrationEvent {
+    /// The server accepted the binding for this many seconds.
+    Registered { expires: u32 },
+    /// The server refused (`Some(status)`) or never answered (`None`).
+    Failed { status: Option<u16> },
+    /// The unREGISTER was answered (or could not be sent): the binding is gone.
+    Unregistered,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// A REGISTER is out.
+    Registering,
+    Registered {
+        refresh_at: Instant,
+    },
+    Unregistering,
+    Done,
+}
+
+pub struct Registration {
+    user: String,
+    password: Option<String>,
+    identity: Identity,
+    call_id: String,
+    from_tag: String,
+    cseq: u32,
+    expires: u32,
+    state: State,
+    registered_once: bool,
+    challenge: Option<(Challenge, bool)>,
+    nonce_uses: u32,
+    /// Answers sent to the current challenge without success.
+    auth_tries: u32,
+}
+
+/// Random text for tags, branches, Call-IDs and cnonces.
+pub fn random_text() -> String {
+    use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+    let mut buf = [0u8; 12];
+    // The system generator does not fail on Linux; a fixed value would
+    // still make a valid (if predictable) token.
+    let _ = SystemRandom::new().fill(&mut buf);
+    hex::encode(buf)
+}
+
+impl Registration {
+    /// A registration for `user`; [`Registration::start`] sends the first REGISTER.
+    pub fn new(user: &str, password: Option<String>, identity: Identity, expires: u32) -> Self {
+        Registration {
+            user: user.to_string(),
+            password,
+            identity,
+            call_id: format!("{}@webrtc-sip-gateway", random_text()),
+            from_tag: random_text(),
+            cseq: 0,
+            expires,
+            state: State::Registering,
+            registered_once: false,
+            challenge: None,
+            nonce_uses: 0,
+            auth_tries: 0,
+        }
+    }
+
+    pub fn call_id(&self) -> &str {
+        &self.call_id
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    pub fn is_registered(&self) -> bool {
+        matches!(self.state, State::Registered { .. })
+    }
+
+    /// The first REGISTER.
+    pub fn start(&mut self) -> rsip::Request {
+        self.state = State::Registering;
+        self.request(self.expires)
+    }
+
+    /// When the binding needs refreshing.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Registered { refresh_at } => Some(refresh_at),
+            _ => None,
+        }
+    }
+
+    /// A refresh REGISTER when it is due.
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<rsip::Request> {
+        match self.state {
+            State::Registered { refresh_at } if now >= refresh_at => {
+                self.state = State::Registering;
+                Some(self.request(self.expires))
+            }
+            _ => None,
+        }
+    }
+
+    /// Ends the binding: an unREGISTER when one is in place (None: nothing to undo).
+    pub fn unregister(&mut self) -> Option<rsip::Request> {
+        let bound = self.registered_once && self.state != State::Done;
+        if bound {
+            self.state = State::Unregistering;
+            Some(self.request(0))
+        } else {
+            self.state = State::Done;
+            None
+        }
+    }
+
+    /// The final response to our latest REGISTER (`None`: no answer in
+    /// time). Returns a request to send next, if any, and what happened.
+    pub fn handle_final(
+        &mut self,
+        now: Instant,
+        response: Option<&rsip::Response>,
+    ) -> (Option<rsip::Request>, Option<RegistrationEvent>) {
+        let Some(response) = response else {
+            return self.finish_failed(None);
+        };
+        let code = response.status_code.code();
+        if self.state == State::Unregistering {
+            if matches!(code, 401 | 407) && self.take_challenge(response, code) {
+                return (Some(self.request(0)), None);
+            }
+            self.state = State::Done;
+            return (None, Some(RegistrationEvent::Unregistered));
+        }
+        match code {
+            200..=299 => {
+                self.auth_tries = 0;
+                let granted = granted_expires(response, &self.identity.local, self.expires);
+                let wait =
+                    Duration::from_secs_f64(f64::from(granted) * REFRESH_SHARE).max(MIN_REFRESH);
+                self.state = State::Registered {
+                    refresh_at: now + wait,
+                };
+                let first = !self.registered_once;
+                self.registered_once = true;
+                (
+                    None,
+                    first.then_some(RegistrationEvent::Registered { expires: granted }),
+                )
+            }
+            401 | 407 if self.take_challenge(response, code) => {
+                (Some(self.request(self.expires)), None)
+            }
+            423 => {
+                let min = header_value(response, "min-expires")
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+                    .filter(|&m| m > self.expires);
+                match min {
+                    Some(min) => {
+                        self.expires = min;
+                        (Some(self.request(self.expires)), None)
+                    }
+                    None => self.finish_failed(Some(423)),
+                }
+            }
+            _ => self.finish_failed(Some(code)),
+        }
+    }
+
+    fn finish_failed(
+        &mut self,
+        status: Option<u16>,
+    ) -> (Option<rsip::Request>, Option<RegistrationEvent>) {
+        let event = if self.state == State::Unregistering {
+            RegistrationEvent::Unregistered
+        } else {
+            RegistrationEvent::Failed { status }
+        };
+        self.state = State::Done;
+        (None, Some(event))
+    }
+
+    /// Takes a 401/407 challenge; false when we should give up (no password,
+    /// unusable challenge, or our answer to this nonce was refused already).
+    fn take_challenge(&mut self, response: &rsip::Response, code: u16) -> bool {
+        if self.password.is_none() {
+            return false;
+        }
+        let name = if code == 407 {
+            "proxy-authenticate"
+        } else {
+            "www-authenticate"
+        };
+        let Some(challenge) = header_value(response, name).and_then(|v| Challenge::parse(&v).ok())
+        else {
+            return false;
+        };
+        if self.auth_tries >= 1 && !challenge.stale {
+            return false;
+        }
+        self.auth_tries += 1;
+        self.nonce_uses = 0;
+        self.challenge = Some((challenge, code == 407));
+        true
+    }
+
+    fn request(&mut self, expires: u32) -> rsip::Request {
+        self.cseq += 1;
+        let domain = &self.identity.domain;
+        let local = self.identity.local;
+        let uri = format!("sip:{domain}");
+        let mut text = format!(
+            "REGISTER {uri} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {local};branch=z9hG4bK{branch};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:{user}@{domain}>;tag={tag}\r\n\
+             To: <sip:{user}@{domain}>\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: {cseq} REGISTER\r\n\
+             Contact: <sip:{user}@{local};transport=udp>\r\n\
+             Expires: {expires}\r\n\
+             User-Agent: webrtc-sip-gateway/{version}\r\n",
+            branch = random_text(),
+            user = self.user,
+            tag = self.from_tag,
+            call_id = self.call_id,
+            cseq = self.cseq,
+            version = env!("CARGO_PKG_VERSION"),
+        );
+        if let (Some((challenge, proxy)), Some(password)) = (&self.challenge, &self.password) {
+            self.nonce_uses += 1;
+            let value = challenge.respond(
+                "REGISTER",
+                &uri,
+                &self.user,
+                password,
+                &random_text(),
+                self.nonce_uses,
+            );
+            let name = if *proxy {
+                "Proxy-Authorization"
+            } else {
+                "Authorization"
+            };
+            text.push_str(&format!("{name}: {value}\r\n"));
+        }
+        text.push_str("Content-Length: 0\r\n\r\n");
+        own_request(&text, rsip::Method::Register)
+    }
+}
+
+/// A header's value by lower-case name (rsip keeps unknown headers as Other).
+pub fn header_value(response: &rsip::Response, name: &str) -> Option<String> {
+    response.headers.iter().find_map(|h| {
+        let text = h.to_string();
+        let (n, v) = text.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+/// The binding time the server granted: our Contact's `expires` parameter,
+/// else the Expires header, else what we asked for.
+fn granted_expires(response: &rsip::Response, local: &SocketAddr, asked: u32) -> u32 {
+    let ours = local.to_string();
+    let from_contact = response
+        .headers
+        .iter()
+        .filter(|h| matches!(h, rsip::Header::Contact(_)))
+        .flat_map(|h| {
+            h.to_string()
+                .split_once(':')
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_default()
+                .split(',')
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .find(|c| c.contains(&ours))
+        .and_then(|c| {
+            c.split(';')
+                .find_map(|p| p.trim().strip_prefix("expires=").map(str::to_string))
+        })
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    from_contact
+        .or_else(|| header_value(response, "expires").and_then(|v| v.parse().ok()))
+        .unwrap_or(asked)
+}
+
+/// The request's CSeq and top Via branch (tests and the user agent).
+pub fn branch_of(request: &rsip::Request) -> Option<String> {
+    let via = request.via_header().ok()?.typed().ok()?;
+    via.branch().map(|b| b.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> Identity {
+        Identity {
+            domain: "pbx.example".into(),
+            local: "192.0.2.10:5070".parse().unwrap(),
+        }
+    }
+
+    fn response_to(request: &rsip::Request, status: &str, extra: &str) -> rsip::Response {
+        let mut text = format!("SIP/2.0 {status}\r\n");
+        for h in request.headers.iter() {
+            let line = h.to_string();
+            let name = line.split(':').next().unwrap_or("").to_ascii_lowercase();
+            if ["via", "from", "to", "call-id", "cseq"].contains(&name.as_str()) {
+                text.push_str(&line);
+                text.push_str("\r\n");
+            }
+        }
+        text.push_str(extra);
+        text.push_str("Content-Length: 0\r\n\r\n");
+        match parse_datagram(text.as_bytes()).unwrap() {
+            rsip::SipMessage::Response(r) => r,
+            _ => unreachable!(),
+        }
+    }
+
+    fn header(request: &rsip::Request, name: &str) -> Option<String> {
+        request.headers.iter().find_map(|h| {
+            let t = h.to_string();
+            let (n, v) = t.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+
+    #[test]
+    fn challenge_then_success_then_refresh_then_unregister() {
+        let t0 = Instant::now();
+        let mut r = Registration::new("1001", Some("secret".into()), identity(), 600);
+        let first = r.start();
+        assert_eq!(first.method, rsip::Method::Register);
+        assert!(header(&first, "authorization").is_none());
+        assert_eq!(header(&first, "expires").as_deref(), Some("600"));
+        let challenge = response_to(
+            &first,
+            "401 Unauthorized",
+            "WWW-Authenticate: Digest realm=\"pbx\", nonce=\"n1\", qop=\"auth\", algorithm=SHA-256\r\n",
+        );
+        let (next, event) = r.handle_final(t0, Some(&challenge));
+        assert_eq!(event, None);
+        let second = next.expect("a REGISTER with credentials");
+        let auth = header(&second, "authorization").unwrap();
+        assert!(
+            auth.contains("algorithm=SHA-256") && auth.contains("nc=00000001"),
+            "{auth}"
+        );
+        assert!(auth.contains("uri=\"sip:pbx.example\""));
+        assert_ne!(branch_of(&first), branch_of(&second), "a new transaction");
+        assert_eq!(
+            second.call_id_header().unwrap().to_string(),
+            first.call_id_header().unwrap().to_string()
+        );
+        let ok = response_to(
+            &second,
+            "200 OK",
+            "Contact: <sip:1001@192.0.2.10:5070;transport=udp>;expires=120\r\n",
+        );
+        let (next, event) = r.handle_final(t0, Some(&ok));
+        assert_eq!(next, None);
+        assert_eq!(event, Some(RegistrationEvent::Registered { expires: 120 }));
+        assert_eq!(r.poll_timeout(), Some(t0 + Duration::from_secs(96)));
+        assert!(r.handle_timeout(t0 + Duration::from_secs(95)).is_none());
+        let refresh = r.handle_timeout(t0 + Duration::from_secs(96)).unwrap();
+        let auth = header(&refresh, "authorization").unwrap();
+        assert!(auth.contains("nc=00000002"), "the nonce is reused: {auth}");
+        let (_, event) = r.handle_final(
+            t0 + Duration::from_secs(96),
+            Some(&response_to(&refresh, "200 OK", "Expires: 120\r\n")),
+        );
+        assert_eq!(event, None, "a refresh is not news");
+        let bye = r.unregister().unwrap();
+        assert_eq!(header(&bye, "expires").as_deref(), Some("0"));
+        let (_, event) = r.handle_final(t0, Some(&response_to(&bye, "200 OK", "")));
+        assert_eq!(event, Some(RegistrationEvent::Unregistered));
+        assert!(r.is_done());
+    }
+
+    #[test]
+    fn refusals_and_timeouts() {
+        let t0 = Instant::now();
+        let mut r = Registration::new("1001", Some("pw".into()), identity(), 600);
+        let req = r.start();
+        let (next, event) = r.handle_final(t0, Some(&response_to(&req, "403 Forbidden", "")));
+        assert_eq!(
+            (next, event),
+            (None, Some(RegistrationEvent::Failed { status: Some(403) }))
+        );
+        assert!(r.unregister().is_none(), "nothing to undo");
+
+        // A wrong password: the second challenge for the same nonce ends it.
+        let mut r = Registration::new("1001", Some("wrong".into()), identity(), 600);
+        let req = r.start();
+        let ch = "WWW-Authenticate: Digest realm=\"pbx\", nonce=\"n1\"\r\n";
+        let (next, _) = r.handle_final(t0, Some(&response_to(&req, "401 Unauthorized", ch)));
+        let req = next.unwrap();
+        let (next, event) = r.handle_final(t0, Some(&response_to(&req, "401 Unauthorized", ch)));
+        assert_eq!(
+            (next, event),
+            (None, Some(RegistrationEvent::Failed { status: Some(401) }))
+        );
+
+        // No password at all: the challenge is the answer.
+        let mut r = Registration::new("1001", None, identity(), 600);
+        let req = r.start();
+        let (_, event) = r.handle_final(t0, Some(&response_to(&req, "401 Unauthorized", ch)));
+        assert_eq!(event, Some(RegistrationEvent::Failed { status: Some(401) }));
+
+        // No answer at all.
+        let mut r = Registration::new("1001", None, identity(), 600);
+        r.start();
+        assert_eq!(
+            r.handle_final(t0, None).1,
+            Some(RegistrationEvent::Failed { status: None })
+        );
+    }
+
+    #[test]
+    fn interval_too_brief_raises_expires() {
+        let t0 = Instant::now();
+        let mut r = Registration::new("1001", None, identity(), 60);
+        let req = r.start();
+        let (next, event) = r.handle_final(
+            t0,
+            Some(&response_to(
+                &req,
+                "423 Interval Too Brief",
+                "Min-Expires: 3600\r\n",
+            )),
+        );
+        assert_eq!(event, None);
+        assert_eq!(header(&next.unwrap(), "expires").as_deref(), Some("3600"));
+        let req = r.start();
+        let (_, event) = r.handle_final(
+            t0,
+            Some(&response_to(
+                &req,
+                "423 Interval Too Brief",
+                "Min-Expires: 10\r\n",
+            )),
+        );
+        assert_eq!(
+            event,
+            Some(RegistrationEvent::Failed { status: Some(423) }),
+            "a lower minimum makes no sense"
+        );
+    }
+}

@@ -1,0 +1,464 @@
+//! The gateway's SIP user agent toward its one SIP server, sans-IO: the
+//! requests it serves itself ([`Endpoint`]), the browser users'
+//! registrations, and the OPTIONS keepalive that tells `/readyz` whether the
+//! server answers. Each request we send runs in a client transaction
+//! (retransmissions, timer F); responses find it by their top Via branch.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rsip::prelude::*;
+
+use super::endpoint::{Datagram, Endpoint};
+use super::message::{own_request, parse_datagram};
+use super::registration::{branch_of, random_text, Identity, Registration, RegistrationEvent};
+use super::transaction::{ClientTransaction, Output, TimerConfig};
+
+#[derive(Debug, Clone)]
+pub struct UaConfig {
+    /// Where every request goes; None: no SIP server (requests we would
+    /// send fail at once, the endpoint still answers OPTIONS).
+    pub server: Option<SocketAddr>,
+    pub identity: Identity,
+    pub timers: TimerConfig,
+    pub register_expires: u32,
+    /// OPTIONS ping interval; None: no keepalive.
+    pub keepalive: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UaEvent {
+    Registration {
+        id: String,
+        event: RegistrationEvent,
+    },
+    /// The server answered a keepalive (true) or stopped answering (false).
+    ServerReachable(bool),
+}
+
+/// Counters for the metrics exporter.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UaCounters {
+    pub requests_sent: u64,
+    pub transaction_timeouts: u64,
+    pub registrations_failed: u64,
+}
+
+enum Owner {
+    Registration(String),
+    Keepalive,
+}
+
+pub struct UserAgent {
+    cfg: UaConfig,
+    endpoint: Endpoint,
+    clients: HashMap<String, (ClientTransaction, Owner)>,
+    registrations: HashMap<String, Registration>,
+    next_keepalive: Option<Instant>,
+    reachable: Option<bool>,
+    transmit: VecDeque<Datagram>,
+    events: VecDeque<UaEvent>,
+    pub counters: UaCounters,
+}
+
+impl UserAgent {
+    pub fn new(cfg: UaConfig, now: Instant) -> Self {
+        UserAgent {
+            endpoint: Endpoint::new(cfg.timers),
+            next_keepalive: cfg.keepalive.map(|_| now),
+            cfg,
+            clients: HashMap::new(),
+            registrations: HashMap::new(),
+            reachable: None,
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: UaCounters::default(),
+        }
+    }
+
+    pub fn server(&self) -> Option<SocketAddr> {
+        self.cfg.server
+    }
+
+    /// Registrations in place now.
+    pub fn registered_count(&self) -> usize {
+        self.registrations
+            .values()
+            .filter(|r| r.is_registered())
+            .count()
+    }
+
+    /// Registers `user` for `id` (a session); the outcome comes as an event.
+    pub fn register(&mut self, now: Instant, id: &str, user: &str, password: Option<String>) {
+        let mut reg = Registration::new(
+            user,
+            password,
+            self.cfg.identity.clone(),
+            self.cfg.register_expires,
+        );
+        let request = reg.start();
+        self.registrations.insert(id.to_string(), reg);
+        self.send(now, request, Owner::Registration(id.to_string()));
+    }
+
+    /// Ends `id`'s registration (unREGISTER if it was in place).
+    pub fn unregister(&mut self, now: Instant, id: &str) {
+        let request = self.registrations.get_mut(id).and_then(|r| r.unregister());
+        // A REGISTER still in flight answers into a finished registration.
+        self.clients
+            .retain(|_, (_, owner)| !matches!(owner, Owner::Registration(o) if o == id));
+        match request {
+            Some(request) => self.send(now, request, Owner::Registration(id.to_string())),
+            None => {
+                self.registrations.remove(id);
+            }
+        }
+    }
+
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        if data.starts_with(b"SIP/2.0") {
+            if let Ok(rsip::SipMessage::Response(response)) = parse_datagram(data) {
+                self.handle_response(now, response);
+            }
+            return;
+        }
+        let out = self.endpoint.handle_datagram(now, from, data);
+        self.transmit.extend(out);
+    }
+
+    fn handle_response(&mut self, now: Instant, response: rsip::Response) {
+        let Some(branch) = response
+            .via_header()
+            .ok()
+            .and_then(|v| v.typed().ok())
+            .and_then(|v| v.branch().map(|b| b.to_string()))
+        else {
+            return;
+        };
+        if let Some((tx, _)) = self.clients.get_mut(&branch) {
+            tx.handle_response(now, response);
+            self.drain_client(now, &branch);
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let out = self.endpoint.handle_timeout(now);
+        self.transmit.extend(out);
+        let due: Vec<String> = self
+            .clients
+            .iter()
+            .filter(|(_, (tx, _))| tx.poll_timeout().is_some_and(|t| now >= t))
+            .map(|(b, _)| b.clone())
+            .collect();
+        for branch in due {
+            if let Some((tx, _)) = self.clients.get_mut(&branch) {
+                tx.handle_timeout(now);
+            }
+            self.drain_client(now, &branch);
+        }
+        let refreshes: Vec<(String, rsip::Request)> = self
+            .registrations
+            .iter_mut()
+            .filter_map(|(id, r)| r.handle_timeout(now).map(|req| (id.clone(), req)))
+            .collect();
+        for (id, request) in refreshes {
+            self.send(now, request, Owner::Registration(id));
+        }
+        if let (Some(at), Some(interval)) = (self.next_keepalive, self.cfg.keepalive) {
+            if now >= at {
+                self.next_keepalive = Some(now + interval);
+                let ping = self.options_request();
+                self.send(now, ping, Owner::Keepalive);
+            }
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let clients = self
+            .clients
+            .values()
+            .filter_map(|(tx, _)| tx.poll_timeout());
+        let regs = self.registrations.values().filter_map(|r| r.poll_timeout());
+        clients
+            .chain(regs)
+            .chain(self.endpoint.poll_timeout())
+            .chain(self.next_keepalive)
+            .min()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Datagram> {
+        self.transmit.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<UaEvent> {
+        self.events.pop_front()
+    }
+
+    fn send(&mut self, now: Instant, request: rsip::Request, owner: Owner) {
+        let (Some(branch), Some(_)) = (branch_of(&request), self.cfg.server) else {
+            // Nowhere to send it: as if it went unanswered.
+            if let Owner::Registration(id) = owner {
+                self.registration_final(now, &id, None);
+            }
+            return;
+        };
+        self.counters.requests_sent += 1;
+        let tx = ClientTransaction::new(request, false, self.cfg.timers, now);
+        self.clients.insert(branch.clone(), (tx, owner));
+        self.drain_client(now, &branch);
+    }
+
+    fn drain_client(&mut self, now: Instant, branch: &str) {
+        let Some(server) = self.cfg.server else {
+            return;
+        };
+        let mut finals = Vec::new();
+        let mut done = false;
+        if let Some((tx, _)) = self.clients.get_mut(branch) {
+            while let Some(output) = tx.poll_output() {
+                match output {
+                    Output::Transmit(bytes) => self.transmit.push_back((server, bytes)),
+                    Output::Response(r) if r.status_code.code() >= 200 => finals.push(Some(r)),
+                    Output::TimedOut => {
+                        self.counters.transaction_timeouts += 1;
+                        finals.push(None);
+                    }
+                    Output::Terminated => done = true,
+                    _ => {}
+                }
+            }
+        }
+        let owner = if done {
+            self.clients.remove(branch).map(|(_, o)| o)
+        } else if finals.is_empty() {
+            None
+        } else {
+            self.clients.get(branch).map(|(_, o)| match o {
+                Owner::Registration(id) => Owner::Registration(id.clone()),
+                Owner::Keepalive => Owner::Keepalive,
+            })
+        };
+        let Some(owner) = owner else {
+            return;
+        };
+        for response in finals {
+            match &owner {
+                Owner::Keepalive => self.set_reachable(response.is_some()),
+                Owner::Registration(id) => self.registration_final(now, id, response),
+            }
+        }
+    }
+
+    fn registration_final(&mut self, now: Instant, id: &str, response: Option<rsip::Response>) {
+        if response.is_some() {
+            self.set_reachable(true);
+        }
+        let Some(reg) = self.registrations.get_mut(id) else {
+            return;
+        };
+        let (next, event) = reg.handle_final(now, response.as_ref());
+        let done = reg.is_done();
+        if let Some(request) = next {
+            self.send(now, request, Owner::Registration(id.to_string()));
+        }
+        if let Some(event) = event {
+            if matches!(event, RegistrationEvent::Failed { .. }) {
+                self.counters.registrations_failed += 1;
+            }
+            self.events.push_back(UaEvent::Registration {
+                id: id.to_string(),
+                event,
+            });
+        }
+        if done {
+            self.registrations.remove(id);
+        }
+    }
+
+    fn set_reachable(&mut self, reachable: bool) {
+        if self.reachable != Some(reachable) {
+            self.reachable = Some(reachable);
+            self.events.push_back(UaEvent::ServerReachable(reachable));
+        }
+    }
+
+    fn options_request(&self) -> rsip::Request {
+        let Identity { domain, local } = &self.cfg.identity;
+        let text = format!(
+            "OPTIONS sip:{domain} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {local};branch=z9hG4bK{branch};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:gateway@{domain}>;tag={tag}\r\n\
+             To: <sip:{domain}>\r\n\
+             Call-ID: {call_id}@webrtc-sip-gateway\r\n\
+             CSeq: 1 OPTIONS\r\n\
+             Accept: application/sdp\r\n\
+             User-Agent: webrtc-sip-gateway/{version}\r\n\
+             Content-Length: 0\r\n\r\n",
+            branch = random_text(),
+            tag = random_text(),
+            call_id = random_text(),
+            version = env!("CARGO_PKG_VERSION"),
+        );
+        own_request(&text, rsip::Method::Options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(keepalive: Option<Duration>) -> UaConfig {
+        UaConfig {
+            server: Some("192.0.2.1:5060".parse().unwrap()),
+            identity: Identity {
+                domain: "pbx.example".into(),
+                local: "192.0.2.10:5070".parse().unwrap(),
+            },
+            timers: TimerConfig::default(),
+            register_expires: 300,
+            keepalive,
+        }
+    }
+
+    fn server() -> SocketAddr {
+        "192.0.2.1:5060".parse().unwrap()
+    }
+
+    /// The server's answer to the datagram we sent.
+    fn answer(sent: &[u8], status: &str, extra: &str) -> Vec<u8> {
+        let text = std::str::from_utf8(sent).unwrap();
+        let mut out = format!("SIP/2.0 {status}\r\n");
+        for line in text.split("\r\n") {
+            let name = line.split(':').next().unwrap_or("").to_ascii_lowercase();
+            if ["via", "from", "to", "call-id", "cseq"].contains(&name.as_str()) {
+                out.push_str(line);
+                out.push_str("\r\n");
+            }
+        }
+        out.push_str(extra);
+        out.push_str("Content-Length: 0\r\n\r\n");
+        out.into_bytes()
+    }
+
+    #[test]
+    fn registration_through_transactions_with_a_lost_request() {
+        let t0 = Instant::now();
+        let mut ua = UserAgent::new(cfg(None), t0);
+        ua.register(t0, "s1", "1001", Some("pw".into()));
+        let (to, first) = ua.poll_transmit().unwrap();
+        assert_eq!(Some(to), ua.server());
+        assert!(first.starts_with(b"REGISTER sip:pbx.example SIP/2.0"));
+        // Lost: timer E retransmits after T1.
+        assert_eq!(ua.poll_timeout(), Some(t0 + Duration::from_millis(500)));
+        ua.handle_timeout(t0 + Duration::from_millis(500));
+        let (_, again) = ua.poll_transmit().unwrap();
+        assert_eq!(again, first);
+        let t1 = t0 + Duration::from_millis(600);
+        ua.handle_datagram(
+            t1,
+            server(),
+            &answer(
+                &first,
+                "401 Unauthorized",
+                "WWW-Authenticate: Digest realm=\"r\", nonce=\"n\"\r\n",
+            ),
+        );
+        let (_, second) = ua.poll_transmit().unwrap();
+        assert!(String::from_utf8_lossy(&second).contains("Authorization: Digest"));
+        ua.handle_datagram(t1, server(), &answer(&second, "200 OK", "Expires: 300\r\n"));
+        assert_eq!(ua.poll_event(), Some(UaEvent::ServerReachable(true)));
+        assert_eq!(
+            ua.poll_event(),
+            Some(UaEvent::Registration {
+                id: "s1".into(),
+                event: RegistrationEvent::Registered { expires: 300 }
+            })
+        );
+        assert_eq!(ua.registered_count(), 1);
+        ua.unregister(t1, "s1");
+        let (_, bye) = ua.poll_transmit().unwrap();
+        assert!(String::from_utf8_lossy(&bye).contains("Expires: 0"));
+        ua.handle_datagram(t1, server(), &answer(&bye, "200 OK", ""));
+        assert_eq!(
+            ua.poll_event(),
+            Some(UaEvent::Registration {
+                id: "s1".into(),
+                event: RegistrationEvent::Unregistered
+            })
+        );
+        assert_eq!(ua.registered_count(), 0);
+    }
+
+    #[test]
+    fn an_unanswered_register_fails_after_timer_f() {
+        let t0 = Instant::now();
+        let mut ua = UserAgent::new(cfg(None), t0);
+        ua.register(t0, "s1", "1001", None);
+        let mut now = t0;
+        let mut sent = 0;
+        while let Some(at) = ua.poll_timeout() {
+            now = at;
+            ua.handle_timeout(now);
+            while ua.poll_transmit().is_some() {
+                sent += 1;
+            }
+        }
+        assert_eq!(now, t0 + Duration::from_secs(32), "timer F = 64·T1");
+        assert!(sent >= 9, "retransmitted up to T2 spacing: {sent}");
+        assert_eq!(
+            ua.poll_event(),
+            Some(UaEvent::Registration {
+                id: "s1".into(),
+                event: RegistrationEvent::Failed { status: None }
+            })
+        );
+        assert_eq!(ua.counters.transaction_timeouts, 1);
+    }
+
+    #[test]
+    fn without_a_server_registration_fails_at_once() {
+        let t0 = Instant::now();
+        let mut c = cfg(None);
+        c.server = None;
+        let mut ua = UserAgent::new(c, t0);
+        ua.register(t0, "s1", "1001", None);
+        assert_eq!(ua.poll_transmit(), None);
+        assert_eq!(
+            ua.poll_event(),
+            Some(UaEvent::Registration {
+                id: "s1".into(),
+                event: RegistrationEvent::Failed { status: None }
+            })
+        );
+    }
+
+    #[test]
+    fn keepalive_reports_reachability_changes() {
+        let t0 = Instant::now();
+        let mut ua = UserAgent::new(cfg(Some(Duration::from_secs(30))), t0);
+        ua.handle_timeout(t0);
+        let (_, ping) = ua.poll_transmit().unwrap();
+        assert!(ping.starts_with(b"OPTIONS sip:pbx.example"));
+        ua.handle_datagram(t0, server(), &answer(&ping, "404 Not Found", ""));
+        assert_eq!(
+            ua.poll_event(),
+            Some(UaEvent::ServerReachable(true)),
+            "any answer counts"
+        );
+        // The next ping goes unanswered.
+        let t1 = t0 + Duration::from_secs(30);
+        ua.handle_timeout(t1);
+        let mut now = t1;
+        while let Some(at) = ua
+            .poll_timeout()
+            .filter(|&at| at < t1 + Duration::from_secs(33))
+        {
+            now = at;
+            ua.handle_timeout(now);
+        }
+        assert_eq!(ua.poll_event(), Some(UaEvent::ServerReachable(false)));
+        assert!(now >= t1 + Duration::from_secs(32));
+    }
+}
