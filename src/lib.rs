@@ -101,6 +101,19 @@ impl Gateway {
             fingerprint = %dtls_identity.fingerprint.to_value(),
             "DTLS certificate for browser legs"
         );
+        let sip_socket = tokio::net::UdpSocket::bind(&config.sip.listen)
+            .await
+            .map_err(|e| StartError::Bind {
+                key: "sip.listen",
+                addr: config.sip.listen.clone(),
+                reason: e.to_string(),
+            })?;
+        let sip_addr = sip_socket.local_addr().map_err(|e| StartError::Bind {
+            key: "sip.listen",
+            addr: config.sip.listen.clone(),
+            reason: e.to_string(),
+        })?;
+        let ua = sip_user_agent(&config, sip_addr).await?;
         let m = &config.media;
         let settings = call::driver::CallSettings {
             public_address: m.public_address.parse().map_err(|_| {
@@ -110,6 +123,7 @@ impl Gateway {
             consent_timeout: Duration::from_secs(m.consent_timeout_s),
             rtp_timeout: Duration::from_secs(m.rtp_timeout_s),
             echo_number: config.echo.number.clone(),
+            sip_media_address: ua.local_address().ip(),
         };
         let plane = call::driver::MediaPlane::new(
             relay.clone(),
@@ -171,19 +185,6 @@ impl Gateway {
             shutdown_rx.clone(),
         )));
 
-        let sip_socket = tokio::net::UdpSocket::bind(&config.sip.listen)
-            .await
-            .map_err(|e| StartError::Bind {
-                key: "sip.listen",
-                addr: config.sip.listen.clone(),
-                reason: e.to_string(),
-            })?;
-        let sip_addr = sip_socket.local_addr().map_err(|e| StartError::Bind {
-            key: "sip.listen",
-            addr: config.sip.listen.clone(),
-            reason: e.to_string(),
-        })?;
-        let ua = sip_user_agent(&config, sip_addr).await?;
         let (sip, sip_task) =
             sip::driver::start(sip_socket, ua, state.metrics.clone(), shutdown_rx.clone());
         tasks.push(sip_task);

@@ -42,6 +42,7 @@ pub struct Metrics {
     pub calls_ended: Family<KindLabels, Counter>,
     pub sip_server_up: Gauge,
     pub sip_registrations: Gauge,
+    pub sip_dialogs: Gauge,
     pub sip_registrations_failed: Counter,
     pub sip_requests_sent: Counter,
     pub sip_transaction_timeouts: Counter,
@@ -70,6 +71,12 @@ impl Metrics {
         registry.register("calls", "Calls in progress now", calls.clone());
         let sip_server_up = Gauge::default();
         let sip_registrations = Gauge::default();
+        let sip_dialogs = Gauge::default();
+        registry.register(
+            "sip_dialogs",
+            "SIP calls (INVITE dialogs) in progress",
+            sip_dialogs.clone(),
+        );
         let sip_registrations_failed = Counter::default();
         let sip_requests_sent = Counter::default();
         let sip_transaction_timeouts = Counter::default();
@@ -152,6 +159,7 @@ impl Metrics {
             calls_ended,
             sip_server_up,
             sip_registrations,
+            sip_dialogs,
             sip_registrations_failed,
             sip_requests_sent,
             sip_transaction_timeouts,

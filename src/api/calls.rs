@@ -20,12 +20,13 @@ const MAX_TO_LEN: usize = 256;
 const MAX_DTMF_DIGITS: usize = 64;
 const DEFAULT_DTMF_MS: u64 = 100;
 
-fn authorize(state: &SharedState, headers: &HeaderMap, sid: &str) -> Result<(), ApiError> {
+/// Checks the session secret; returns the session's user.
+fn authorize(state: &SharedState, headers: &HeaderMap, sid: &str) -> Result<String, ApiError> {
     let secret = session_secret(state, headers)?;
     state
         .store()
         .authorize(sid, secret)
-        .map(|_| ())
+        .map(|s| s.user.clone())
         .map_err(|e| session_error(state, e))
 }
 
@@ -39,6 +40,11 @@ fn command_error(e: CommandError) -> ApiError {
             ApiError::new(StatusCode::CONFLICT, "invalid_call_state", s.to_string())
         }
         CommandError::Dtmf(m) => ApiError::bad_request("invalid_dtmf", m),
+        e @ CommandError::Unsupported(_) => ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
+            e.to_string(),
+        ),
         e @ CommandError::NoTelephoneEvent => {
             ApiError::new(StatusCode::CONFLICT, "dtmf_not_negotiated", e.to_string())
         }
@@ -66,7 +72,7 @@ pub async fn create(
     headers: HeaderMap,
     ApiJson(body): ApiJson<NewCall>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, &sid)?;
+    let user = authorize(&state, &headers, &sid)?;
     if !valid_destination(&body.to) {
         return Err(ApiError::bad_request(
             "invalid_destination",
@@ -77,23 +83,20 @@ pub async fn create(
         .media
         .plan_outbound(&body.sdp)
         .map_err(|e| ApiError::bad_request("bad_sdp", e.to_string()))?;
-    if !state.media.is_echo(&body.to) {
-        return Err(if state.config.sip.server.is_empty() {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_destination",
-                format!(
-                    "no SIP server is configured, so only the echo number {:?} can be called",
-                    state.config.echo.number
-                ),
-            )
-        } else {
-            ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "not_implemented",
-                "calls toward the SIP server are not available in this build yet",
-            )
-        });
+    let echo = state.media.is_echo(&body.to);
+    let sip = state
+        .sip
+        .get()
+        .filter(|_| !state.config.sip.server.is_empty());
+    if !echo && sip.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_destination",
+            format!(
+                "no SIP server is configured, so only the echo number {:?} can be called",
+                state.config.echo.number
+            ),
+        ));
     }
     let events = state.clone();
     let notify = move |session: &str, event: SessionEvent| {
@@ -102,23 +105,33 @@ pub async fn create(
         }
         events.store().push(session, event);
     };
-    let cid = state
-        .media
-        .start_echo_call(&sid, &body.to, plan, notify)
-        .await
-        .map_err(|e| match e {
-            StartError::Sdp(e) => ApiError::bad_request("bad_sdp", e.to_string()),
-            StartError::Ports(e) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_media_ports",
-                e.to_string(),
-            )
-            .with_retry_after(5),
-            StartError::Media(e) => {
-                warn!(error = %e, "call setup failed");
-                ApiError::internal()
-            }
-        })?;
+    let started = match sip {
+        Some(sip) if !echo => {
+            state
+                .media
+                .start_sip_call(sip, &sid, &user, &body.to, plan, notify)
+                .await
+        }
+        _ => {
+            state
+                .media
+                .start_echo_call(&sid, &body.to, plan, notify)
+                .await
+        }
+    };
+    let cid = started.map_err(|e| match e {
+        StartError::Sdp(e) => ApiError::bad_request("bad_sdp", e.to_string()),
+        StartError::Ports(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_media_ports",
+            e.to_string(),
+        )
+        .with_retry_after(5),
+        StartError::Media(e) => {
+            warn!(error = %e, "call setup failed");
+            ApiError::internal()
+        }
+    })?;
     state.metrics.call_started();
     Ok((
         StatusCode::CREATED,

@@ -10,7 +10,7 @@
 //! the sockets and the port leases go back to their ranges.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -22,12 +22,17 @@ use tracing::{debug, info, warn, Instrument};
 use super::plan::{self, OutboundPlan, WebLocal};
 use super::{Call, CallError, CallOutput, CallState, FarRequest, Party};
 use crate::echo::{self, Echo};
+use crate::media::ports::BoundPorts;
 use crate::media::ports::{PortAllocator, PortError};
 use crate::media::relay::{CallMedia, CallMediaSetup, Relay, RelayError, RelayEvent};
 use crate::media::srtp::SrtpContext;
 use crate::media::stats::{CallStats, LegSnapshot};
+use crate::sdp::build::{self, Local, SipMedia};
 use crate::sdp::SdpError;
+use crate::sdp::{Codec, Description, Direction};
 use crate::session::SessionEvent;
+use crate::sip::dialog::DialogEvent;
+use crate::sip::driver::SipHandle;
 use crate::webrtc::dtls::DtlsIdentity;
 
 /// How often the relay's packet counters are sampled for the RTP timeout.
@@ -55,6 +60,8 @@ pub enum CommandError {
     Dtmf(String),
     #[error("no telephone-event was negotiated for this call, so DTMF cannot be sent")]
     NoTelephoneEvent,
+    #[error("{0} is not available yet")]
+    Unsupported(&'static str),
 }
 
 /// A request from the API to a call's task.
@@ -96,12 +103,11 @@ struct Status {
 
 struct Entry {
     session: String,
-    relay_id: u64,
     to: String,
-    codec: String,
     inputs: mpsc::UnboundedSender<Input>,
     status: Arc<Mutex<Status>>,
-    stats: Arc<CallStats>,
+    /// Once the relay carries the call: its id, counters and codec.
+    media: Option<(u64, Arc<CallStats>, String)>,
 }
 
 #[derive(Default)]
@@ -135,17 +141,22 @@ impl CallRegistry {
         let tables = lock(&self.tables);
         let e = tables.calls.get(cid).filter(|e| e.session == session)?;
         let status = lock(&e.status);
+        let (codec, web, sip) = match &e.media {
+            Some((_, stats, codec)) => (codec.clone(), stats.web.snapshot(), stats.sip.snapshot()),
+            None => (
+                String::new(),
+                LegSnapshot::default(),
+                LegSnapshot::default(),
+            ),
+        };
         Some(CallView {
             call: cid.to_string(),
             state: status.state.as_str(),
             direction: "outbound",
             to: e.to.clone(),
-            codec: e.codec.clone(),
+            codec,
             held: status.held.map(Party::as_str),
-            stats: CallStatsView {
-                web: e.stats.web.snapshot(),
-                sip: e.stats.sip.snapshot(),
-            },
+            stats: CallStatsView { web, sip },
         })
     }
 
@@ -186,15 +197,26 @@ impl CallRegistry {
     }
 
     fn insert(&self, cid: String, entry: Entry) {
+        lock(&self.tables).calls.insert(cid, entry);
+    }
+
+    /// The relay carries call `cid` now.
+    fn attach_media(&self, cid: &str, media: &CallMedia, codec: String) {
         let mut tables = lock(&self.tables);
-        tables.by_relay.insert(entry.relay_id, entry.inputs.clone());
-        tables.calls.insert(cid, entry);
+        let Some(e) = tables.calls.get_mut(cid) else {
+            return;
+        };
+        e.media = Some((media.id(), media.stats.clone(), codec));
+        let inputs = e.inputs.clone();
+        tables.by_relay.insert(media.id(), inputs);
     }
 
     fn remove(&self, cid: &str) {
         let mut tables = lock(&self.tables);
         if let Some(e) = tables.calls.remove(cid) {
-            tables.by_relay.remove(&e.relay_id);
+            if let Some((relay_id, _, _)) = e.media {
+                tables.by_relay.remove(&relay_id);
+            }
         }
     }
 }
@@ -207,6 +229,8 @@ pub struct CallSettings {
     pub consent_timeout: Duration,
     pub rtp_timeout: Duration,
     pub echo_number: String,
+    /// Our media address toward the SIP side (in our SDP offers there).
+    pub sip_media_address: IpAddr,
 }
 
 /// The media plane as the signaling side sees it.
@@ -261,6 +285,13 @@ impl MediaPlane {
         plan::outbound(offer, self.settings.web_enable_dtls)
     }
 
+    fn unspecified(&self) -> IpAddr {
+        match self.settings.public_address {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        }
+    }
+
     /// Starts an outbound call to the echo endpoint for `session`; events go
     /// to the session's queue through `notify`. Returns the call id.
     pub async fn start_echo_call<N>(
@@ -274,98 +305,189 @@ impl MediaPlane {
         N: Fn(&str, SessionEvent) + Send + 'static,
     {
         let cid = plan::random_token(12)?;
-        let unspecified = match self.settings.public_address {
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        };
-        let web = self.web_ports.bind(unspecified)?;
+        let web = self.web_ports.bind(self.unspecified())?;
         let sip = self.sip_ports.bind(IpAddr::V4(Ipv4Addr::UNSPECIFIED))?;
         let echo = Echo::start()
             .await
             .map_err(|e| StartError::Media(format!("echo endpoint: {e}")))?;
         let far_answer = echo::answer(&plan.far_offer_codecs)?;
-        let negotiated = plan::negotiate(
-            &plan,
-            &far_answer,
-            &WebLocal {
-                address: self.settings.public_address,
-                port: web.lease.port(),
-                identity: &self.identity,
-                consent_timeout: self.settings.consent_timeout,
-                rtp_timeout: self.settings.rtp_timeout,
-            },
-        )?;
+        let echo_addr = echo.addr();
         let control_socket = web
             .rtp
             .try_clone()
             .map_err(|e| StartError::Media(e.to_string()))?;
-        let web_srtp = match &negotiated.sdes_keys {
-            Some((inbound, outbound)) => Some((
-                SrtpContext::new(inbound).map_err(|e| StartError::Media(e.to_string()))?,
-                SrtpContext::new(outbound).map_err(|e| StartError::Media(e.to_string()))?,
-            )),
-            None => None,
-        };
-        // The echo muxes RTCP on its one port; the pair's RTCP port stays leased.
-        let media = self
-            .relay
-            .add_call(CallMediaSetup {
-                web_socket: web.rtp,
-                web_remote: None,
-                web_srtp,
-                web_ssrc: Some(negotiated.web_ssrc),
-                sip_rtp_socket: sip.rtp,
-                sip_rtcp_socket: None,
-                sip_remote: echo.addr(),
-                sip_remote_rtcp: None,
-                sip_strict_source: true,
-                sip_srtp: None,
-                payload_map: negotiated.payload_map,
-                events: Some(self.relay_events.clone()),
-                leases: vec![web.lease, sip.lease],
-            })
-            .map_err(|e| StartError::Media(e.to_string()))?;
         let (inputs, inputs_rx) = mpsc::unbounded_channel();
-        let status = Arc::new(Mutex::new(Status {
-            state: CallState::Calling,
-            held: None,
-        }));
-        self.calls.insert(
-            cid.clone(),
-            Entry {
-                session: session.to_string(),
-                relay_id: media.id(),
-                to: to.to_string(),
-                codec: negotiated.codec.clone(),
-                inputs,
-                status: status.clone(),
-                stats: media.stats.clone(),
-            },
-        );
-        let mut call = Call::outbound(cid.clone(), negotiated.leg, negotiated.web_sdp);
-        // The echo answers at once.
-        call.far_answered(Instant::now());
-        let task = CallTask {
-            call,
+        let status = self.register_call(&cid, session, to, inputs);
+        let mut task = CallTask {
+            call: Call::outbound(cid.clone()),
             started: Instant::now(),
             session: session.to_string(),
-            media,
+            media: None,
+            pending: Some(PendingMedia { web, sip, plan }),
             control_socket,
             far: Far::Echo(echo),
             status,
             registry: self.calls.clone(),
             notify,
+            relay: self.relay.clone(),
+            identity: self.identity.clone(),
+            settings: self.settings.clone(),
+            relay_events: self.relay_events.clone(),
         };
+        // The echo answers at once, from its own loopback address.
+        let far = FarMedia {
+            codecs: far_answer,
+            rtp: echo_addr,
+            rtcp: None,
+            strict: true,
+        };
+        if let Err(e) = task.connect_media(far) {
+            self.calls.remove(&cid);
+            return Err(e);
+        }
+        task.call.far_answered(Instant::now());
         let span = tracing::info_span!("call", cid = %cid, sid = %session);
-        span.in_scope(|| info!(to = %to, codec = %negotiated.codec, "call to the echo endpoint"));
+        span.in_scope(|| info!(to = %to, "call to the echo endpoint"));
         tokio::spawn(task.run(inputs_rx).instrument(span));
         Ok(cid)
+    }
+
+    /// Starts an outbound call toward the SIP server for `session` (SIP user
+    /// `user`); the INVITE carries our SIP-side offer.
+    pub async fn start_sip_call<N>(
+        &self,
+        sip_side: &SipHandle,
+        session: &str,
+        user: &str,
+        to: &str,
+        plan: OutboundPlan,
+        notify: N,
+    ) -> Result<String, StartError>
+    where
+        N: Fn(&str, SessionEvent) + Send + 'static,
+    {
+        let cid = plan::random_token(12)?;
+        let web = self.web_ports.bind(self.unspecified())?;
+        let sip_ip = match self.settings.sip_media_address {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        let sip = self.sip_ports.bind(sip_ip)?;
+        let control_socket = web
+            .rtp
+            .try_clone()
+            .map_err(|e| StartError::Media(e.to_string()))?;
+        let offer = build::sip_media(&SipMedia {
+            local: Local {
+                address: self.settings.sip_media_address,
+                port: sip.lease.port(),
+                session_id: u64::from(plan::random_u32()?),
+                session_version: 1,
+            },
+            codecs: &plan.far_offer_codecs,
+            direction: Direction::SendRecv,
+            crypto: None,
+            secure_profile: false,
+            rtcp_mux: false,
+            ptime: None,
+        });
+        let (inputs, inputs_rx) = mpsc::unbounded_channel();
+        let status = self.register_call(&cid, session, to, inputs);
+        let events = sip_side.invite(&cid, user, to, offer);
+        let task = CallTask {
+            call: Call::outbound(cid.clone()),
+            started: Instant::now(),
+            session: session.to_string(),
+            media: None,
+            pending: Some(PendingMedia { web, sip, plan }),
+            control_socket,
+            far: Far::Sip {
+                handle: sip_side.clone(),
+                events: Some(events),
+            },
+            status,
+            registry: self.calls.clone(),
+            notify,
+            relay: self.relay.clone(),
+            identity: self.identity.clone(),
+            settings: self.settings.clone(),
+            relay_events: self.relay_events.clone(),
+        };
+        let span = tracing::info_span!("call", cid = %cid, sid = %session);
+        span.in_scope(|| info!(to = %to, "INVITE toward the SIP server"));
+        tokio::spawn(task.run(inputs_rx).instrument(span));
+        Ok(cid)
+    }
+
+    fn register_call(
+        &self,
+        cid: &str,
+        session: &str,
+        to: &str,
+        inputs: mpsc::UnboundedSender<Input>,
+    ) -> Arc<Mutex<Status>> {
+        let status = Arc::new(Mutex::new(Status {
+            state: CallState::Calling,
+            held: None,
+        }));
+        self.calls.insert(
+            cid.to_string(),
+            Entry {
+                session: session.to_string(),
+                to: to.to_string(),
+                inputs,
+                status: status.clone(),
+                media: None,
+            },
+        );
+        status
+    }
+}
+
+/// Sockets and the plan of a call whose far end has not given its SDP yet.
+struct PendingMedia {
+    web: BoundPorts,
+    sip: BoundPorts,
+    plan: OutboundPlan,
+}
+
+/// Where and how the far end takes its media.
+struct FarMedia {
+    codecs: Vec<Codec>,
+    rtp: SocketAddr,
+    /// RTCP address; None: RTCP muxed on the RTP port.
+    rtcp: Option<SocketAddr>,
+    strict: bool,
+}
+
+impl FarMedia {
+    /// From the far end's SDP (a 183 or 200).
+    fn from_sdp(text: &str) -> Result<FarMedia, SdpError> {
+        let d = Description::parse(text)?;
+        let ip = d.audio.address.ok_or(SdpError::NoConnectionAddress)?;
+        let rtp = SocketAddr::new(ip, d.audio.port);
+        let rtcp = (!d.audio.rtcp_mux).then(|| {
+            SocketAddr::new(
+                ip,
+                d.audio.rtcp_port.unwrap_or(d.audio.port.wrapping_add(1)),
+            )
+        });
+        Ok(FarMedia {
+            codecs: d.audio.codecs,
+            rtp,
+            rtcp,
+            strict: false,
+        })
     }
 }
 
 /// The far end of a call.
 enum Far {
     Echo(Echo),
+    Sip {
+        handle: SipHandle,
+        events: Option<mpsc::UnboundedReceiver<DialogEvent>>,
+    },
 }
 
 impl Far {
@@ -383,7 +505,22 @@ impl Far {
                     call.far_hold_changed(false, Party::Local);
                 }
             },
+            Far::Sip { handle, .. } => {
+                if let FarRequest::Hangup { .. } = request {
+                    handle.hangup(call.id());
+                }
+            }
         }
+    }
+}
+
+/// The next event of the far end's dialog, or never (echo, or the dialog is over).
+async fn next_dialog_event(
+    events: &mut Option<mpsc::UnboundedReceiver<DialogEvent>>,
+) -> Option<DialogEvent> {
+    match events {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -391,17 +528,23 @@ struct CallTask<N> {
     call: Call,
     started: Instant,
     session: String,
-    media: CallMedia,
+    media: Option<CallMedia>,
+    pending: Option<PendingMedia>,
     control_socket: UdpSocket,
     far: Far,
     status: Arc<Mutex<Status>>,
     registry: Arc<CallRegistry>,
     notify: N,
+    relay: Arc<Relay>,
+    identity: DtlsIdentity,
+    settings: CallSettings,
+    relay_events: SyncSender<RelayEvent>,
 }
 
 impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
     async fn run(mut self, mut inputs: mpsc::UnboundedReceiver<Input>) {
         let mut sample = tokio::time::interval(MEDIA_SAMPLE);
+        let mut no_dialog = None;
         loop {
             if self.apply_outputs() {
                 break;
@@ -425,16 +568,122 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                     None => self.call.hangup(),
                 },
                 _ = tokio::time::sleep_until(wake) => self.call.handle_timeout(Instant::now()),
+                event = next_dialog_event(match &mut self.far { Far::Sip { events, .. } => events, Far::Echo(_) => &mut no_dialog }) => {
+                    self.dialog_event(event);
+                }
                 _ = sample.tick() => {
-                    let packets = self.media.stats.web.packets_in.load(std::sync::atomic::Ordering::Relaxed);
-                    self.call.media_progress(Instant::now(), packets);
+                    if let Some(media) = &self.media {
+                        let packets = media.stats.web.packets_in.load(std::sync::atomic::Ordering::Relaxed);
+                        self.call.media_progress(Instant::now(), packets);
+                    }
                     self.call.handle_timeout(Instant::now());
                 }
             }
         }
         self.registry.remove(self.call.id());
-        // Dropping the task drops `media`: the relay closes the sockets and
-        // returns the ports.
+        // Dropping the task drops `media` (the relay closes the sockets and
+        // returns the ports) or the pending sockets and leases.
+    }
+
+    /// What the SIP dialog reported.
+    fn dialog_event(&mut self, event: Option<DialogEvent>) {
+        let now = Instant::now();
+        match event {
+            // The SIP side dropped the call without a word (it stopped).
+            None => {
+                if let Far::Sip { events, .. } = &mut self.far {
+                    *events = None;
+                }
+                self.call.far_failed(None);
+            }
+            Some(DialogEvent::Progress { sdp: None, .. }) => self.call.far_ringing(),
+            Some(DialogEvent::Progress { sdp: Some(sdp), .. }) => {
+                if self.media_from_sdp(&sdp) {
+                    self.call.far_early_media(now);
+                }
+            }
+            Some(DialogEvent::Answered { sdp }) => {
+                if self.media.is_some() || self.media_from_sdp(&sdp) {
+                    self.call.far_answered(now);
+                }
+            }
+            Some(DialogEvent::Failed { status: Some(code) }) => self.call.far_ended(Some(code)),
+            Some(DialogEvent::Failed { status: None }) => self.call.far_failed(Some(408)),
+            Some(DialogEvent::RemoteBye) => self.call.far_ended(None),
+            Some(DialogEvent::RemoteHold(held)) => self.call.far_hold_changed(held, Party::Remote),
+            Some(DialogEvent::Dtmf(digit)) => self.call.far_dtmf(digit),
+        }
+    }
+
+    /// Joins the legs from the far end's SDP; on a bad SDP the call ends.
+    fn media_from_sdp(&mut self, sdp: &str) -> bool {
+        if self.media.is_some() {
+            return true;
+        }
+        let result = FarMedia::from_sdp(sdp)
+            .map_err(StartError::from)
+            .and_then(|far| self.connect_media(far));
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, "the far end's SDP is unusable");
+                self.call.far_failed(Some(488));
+                self.call.hangup();
+                false
+            }
+        }
+    }
+
+    /// Negotiates with the far end's codecs and hands both legs to the relay.
+    fn connect_media(&mut self, far: FarMedia) -> Result<(), StartError> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(());
+        };
+        let negotiated = plan::negotiate(
+            &pending.plan,
+            &far.codecs,
+            &WebLocal {
+                address: self.settings.public_address,
+                port: pending.web.lease.port(),
+                identity: &self.identity,
+                consent_timeout: self.settings.consent_timeout,
+                rtp_timeout: self.settings.rtp_timeout,
+            },
+        )?;
+        let web_srtp = match &negotiated.sdes_keys {
+            Some((inbound, outbound)) => Some((
+                SrtpContext::new(inbound).map_err(|e| StartError::Media(e.to_string()))?,
+                SrtpContext::new(outbound).map_err(|e| StartError::Media(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let PendingMedia { web, sip, .. } = pending;
+        // With RTCP muxed by the far end the pair's RTCP port stays leased, unused.
+        let sip_rtcp_socket = if far.rtcp.is_some() { sip.rtcp } else { None };
+        let media = self
+            .relay
+            .add_call(CallMediaSetup {
+                web_socket: web.rtp,
+                web_remote: None,
+                web_srtp,
+                web_ssrc: Some(negotiated.web_ssrc),
+                sip_rtp_socket: sip.rtp,
+                sip_rtcp_socket,
+                sip_remote: far.rtp,
+                sip_remote_rtcp: far.rtcp,
+                sip_strict_source: far.strict,
+                sip_srtp: None,
+                payload_map: negotiated.payload_map,
+                events: Some(self.relay_events.clone()),
+                leases: vec![web.lease, sip.lease],
+            })
+            .map_err(|e| StartError::Media(e.to_string()))?;
+        info!(codec = %negotiated.codec, far = %far.rtp, "media connected");
+        self.registry
+            .attach_media(self.call.id(), &media, negotiated.codec);
+        self.media = Some(media);
+        self.call.prepare_answer(negotiated.leg, negotiated.web_sdp);
+        Ok(())
     }
 
     fn command(&mut self, command: Command) -> Result<(), CommandError> {
@@ -443,16 +692,18 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                 self.call.hangup();
                 Ok(())
             }
+            Command::Hold | Command::Resume if matches!(self.far, Far::Sip { .. }) => Err(
+                CommandError::Unsupported("hold and resume toward a SIP server"),
+            ),
             Command::Hold => Ok(self.call.hold()?),
             Command::Resume => Ok(self.call.resume()?),
             Command::Dtmf { digits, duration } => {
                 self.call.require_answered()?;
-                self.media
-                    .send_dtmf(&digits, duration)
-                    .map_err(|e| match e {
-                        RelayError::NoTelephoneEvent => CommandError::NoTelephoneEvent,
-                        other => CommandError::Dtmf(other.to_string()),
-                    })
+                let media = self.media.as_ref().ok_or(CommandError::NoTelephoneEvent)?;
+                media.send_dtmf(&digits, duration).map_err(|e| match e {
+                    RelayError::NoTelephoneEvent => CommandError::NoTelephoneEvent,
+                    other => CommandError::Dtmf(other.to_string()),
+                })
             }
         }
     }
@@ -468,7 +719,9 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                 }
                 CallOutput::MediaRemote(addr) => {
                     debug!(browser = %addr, after_ms = self.started.elapsed().as_millis() as u64, "ICE selected the browser's address");
-                    let _ = self.media.set_web_remote(addr);
+                    if let Some(media) = &self.media {
+                        let _ = media.set_web_remote(addr);
+                    }
                 }
                 CallOutput::MediaKeys(keys) => {
                     match (
@@ -480,7 +733,9 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                                 after_ms = self.started.elapsed().as_millis() as u64,
                                 "DTLS-SRTP keys ready"
                             );
-                            let _ = self.media.set_web_srtp(inbound, outbound);
+                            if let Some(media) = &self.media {
+                                let _ = media.set_web_srtp(inbound, outbound);
+                            }
                         }
                         _ => {
                             warn!("DTLS keys unusable for SRTP");

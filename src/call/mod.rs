@@ -161,9 +161,9 @@ pub enum CallError {
 pub struct Call {
     id: String,
     state: CallState,
-    spec: WebLegSpec,
-    /// Our SDP for the browser, sent with the answer or early media.
-    web_sdp: String,
+    /// The web leg to start and our SDP for the browser, once the far end's
+    /// SDP made them (sent with the answer or early media).
+    answer: Option<(WebLegSpec, String)>,
     leg: Option<WebLeg>,
     held_by: Option<Party>,
     /// Browser packets counted by the relay, and when that count last moved.
@@ -174,12 +174,11 @@ pub struct Call {
 
 impl Call {
     /// An outbound call from the browser; the far end has been asked.
-    pub fn outbound(id: String, spec: WebLegSpec, web_sdp: String) -> Self {
+    pub fn outbound(id: String) -> Self {
         Call {
             id,
             state: CallState::Calling,
-            spec,
-            web_sdp,
+            answer: None,
             leg: None,
             held_by: None,
             media_seen: 0,
@@ -190,6 +189,24 @@ impl Call {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The far end's SDP has been negotiated: this is the browser's leg and
+    /// answer, used by the next early media or answer.
+    pub fn prepare_answer(&mut self, spec: WebLegSpec, web_sdp: String) {
+        if self.answer.is_none() {
+            self.answer = Some((spec, web_sdp));
+        }
+    }
+
+    fn web_sdp(&self) -> Option<String> {
+        self.answer.as_ref().map(|(_, sdp)| sdp.clone())
+    }
+
+    fn rtp_timeout(&self) -> Duration {
+        self.answer
+            .as_ref()
+            .map_or(Duration::from_secs(30), |(spec, _)| spec.rtp_timeout)
     }
 
     pub fn state(&self) -> CallState {
@@ -210,7 +227,7 @@ impl Call {
             return None;
         }
         let leg = self.leg.as_ref().and_then(WebLeg::poll_timeout);
-        let media = self.media_moved_at.map(|at| at + self.spec.rtp_timeout);
+        let media = self.media_moved_at.map(|at| at + self.rtp_timeout());
         [leg, media].into_iter().flatten().min()
     }
 
@@ -224,7 +241,7 @@ impl Call {
         self.drain_leg();
         if self
             .media_moved_at
-            .is_some_and(|at| now >= at + self.spec.rtp_timeout)
+            .is_some_and(|at| now >= at + self.rtp_timeout())
         {
             self.end(EndReason::MediaTimeout, None, true);
         }
@@ -263,38 +280,44 @@ impl Call {
         }
     }
 
-    /// The far end sends early media (183 with SDP): the browser gets our answer now.
+    /// The far end sends early media (183 with SDP): the browser gets our
+    /// answer now ([`Call::prepare_answer`] first).
     pub fn far_early_media(&mut self, now: Instant) {
-        if matches!(self.state, CallState::Calling | CallState::Ringing) {
-            self.state = CallState::EarlyMedia;
-            self.notify(SessionEvent::CallEarlyMedia {
-                call: self.id.clone(),
-                sdp: self.web_sdp.clone(),
-            });
-            self.start_leg(now);
+        if !matches!(self.state, CallState::Calling | CallState::Ringing) {
+            return;
         }
+        let Some(sdp) = self.web_sdp() else {
+            return self.end(EndReason::Error, None, true);
+        };
+        self.state = CallState::EarlyMedia;
+        self.notify(SessionEvent::CallEarlyMedia {
+            call: self.id.clone(),
+            sdp,
+        });
+        self.start_leg(now);
     }
 
-    /// The far end answered.
+    /// The far end answered ([`Call::prepare_answer`] first).
     pub fn far_answered(&mut self, now: Instant) {
-        match self.state {
-            CallState::Calling | CallState::Ringing => {
-                self.state = CallState::Answered;
-                self.notify(SessionEvent::CallAnswered {
-                    call: self.id.clone(),
-                    sdp: Some(self.web_sdp.clone()),
-                });
-                self.start_leg(now);
-            }
-            CallState::EarlyMedia => {
-                // The browser already has our SDP from the early media.
-                self.state = CallState::Answered;
-                self.notify(SessionEvent::CallAnswered {
-                    call: self.id.clone(),
-                    sdp: Some(self.web_sdp.clone()),
-                });
-            }
-            CallState::Answered | CallState::Ended => {}
+        if !matches!(
+            self.state,
+            CallState::Calling | CallState::Ringing | CallState::EarlyMedia
+        ) {
+            return;
+        }
+        let Some(sdp) = self.web_sdp() else {
+            return self.end(EndReason::Error, None, true);
+        };
+        // After early media the browser has our SDP already; it comes again
+        // so a client that missed early media can still apply it.
+        let early = self.state == CallState::EarlyMedia;
+        self.state = CallState::Answered;
+        self.notify(SessionEvent::CallAnswered {
+            call: self.id.clone(),
+            sdp: Some(sdp),
+        });
+        if !early {
+            self.start_leg(now);
         }
     }
 
@@ -393,7 +416,9 @@ impl Call {
         if self.leg.is_some() {
             return;
         }
-        let s = &self.spec;
+        let Some((s, _)) = &self.answer else {
+            return;
+        };
         let leg = match &s.keying {
             LegKeying::Dtls {
                 identity,

@@ -32,7 +32,9 @@ fn spec(keying: LegKeying) -> WebLegSpec {
 }
 
 fn sdes_call() -> Call {
-    Call::outbound("c1".into(), spec(LegKeying::Sdes), "v=0 our answer".into())
+    let mut call = Call::outbound("c1".into());
+    call.prepare_answer(spec(LegKeying::Sdes), "v=0 our answer".into());
+    call
 }
 
 fn drain(call: &mut Call) -> Vec<CallOutput> {
@@ -147,6 +149,15 @@ fn no_media_from_the_browser_ends_the_call() {
     }
     let out = drain(&mut call);
     assert_eq!(ended(&out), Some(("media_timeout".into(), None)), "{out:?}");
+}
+
+#[test]
+fn an_answer_without_negotiated_sdp_is_an_error() {
+    let mut call = Call::outbound("c2".into());
+    call.far_answered(Instant::now());
+    let out = drain(&mut call);
+    assert_eq!(ended(&out), Some(("error".into(), None)));
+    assert!(out.contains(&CallOutput::Far(FarRequest::Hangup { answered: false })));
 }
 
 #[test]

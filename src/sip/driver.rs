@@ -12,6 +12,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
+use super::dialog::DialogEvent;
 use super::message::MAX_MESSAGE_BYTES;
 use super::registration::RegistrationEvent;
 use super::ua::{UaCounters, UaEvent, UserAgent};
@@ -37,6 +38,16 @@ enum Command {
     },
     Unregister {
         id: String,
+    },
+    Invite {
+        key: String,
+        user: String,
+        to: String,
+        sdp: String,
+        events: mpsc::UnboundedSender<DialogEvent>,
+    },
+    Hangup {
+        key: String,
     },
 }
 
@@ -92,6 +103,33 @@ impl SipHandle {
         let _ = self
             .commands
             .send(Command::Unregister { id: id.to_string() });
+    }
+
+    /// Calls `to` as `user` offering `sdp`; the far end's doings arrive on
+    /// the returned channel (it closes when the call is over on the SIP side).
+    pub fn invite(
+        &self,
+        key: &str,
+        user: &str,
+        to: &str,
+        sdp: String,
+    ) -> mpsc::UnboundedReceiver<DialogEvent> {
+        let (events, rx) = mpsc::unbounded_channel();
+        let _ = self.commands.send(Command::Invite {
+            key: key.to_string(),
+            user: user.to_string(),
+            to: to.to_string(),
+            sdp,
+            events,
+        });
+        rx
+    }
+
+    /// Ends call `key` on the SIP side (CANCEL or BYE); does not wait.
+    pub fn hangup(&self, key: &str) {
+        let _ = self.commands.send(Command::Hangup {
+            key: key.to_string(),
+        });
     }
 
     pub fn server_state(&self) -> ServerState {
@@ -162,6 +200,7 @@ async fn run(
     let mut buf = vec![0u8; MAX_MESSAGE_BYTES + 1];
     let mut waiting: HashMap<String, oneshot::Sender<Result<(), RegisterError>>> = HashMap::new();
     let mut seen = UaCounters::default();
+    let mut calls: HashMap<String, mpsc::UnboundedSender<DialogEvent>> = HashMap::new();
     loop {
         let wake = ua
             .poll_timeout()
@@ -183,6 +222,14 @@ async fn run(
                         let _ = reply.send(Err(RegisterError::Stopped));
                     }
                     ua.unregister(Instant::now(), &id);
+                }
+                Some(Command::Invite { key, user, to, sdp, events }) => {
+                    calls.insert(key.clone(), events);
+                    ua.invite(Instant::now(), &key, &user, &to, sdp);
+                }
+                Some(Command::Hangup { key }) => {
+                    calls.remove(&key);
+                    ua.hangup(Instant::now(), &key);
                 }
                 None => return,
             },
@@ -207,6 +254,15 @@ async fn run(
                     }
                     server.store(encode(state), Ordering::Relaxed);
                     metrics.sip_server_up.set(i64::from(up));
+                }
+                UaEvent::Call { key, event } => {
+                    let last = matches!(event, DialogEvent::Failed { .. } | DialogEvent::RemoteBye);
+                    if let Some(tx) = calls.get(&key) {
+                        let _ = tx.send(event);
+                    }
+                    if last {
+                        calls.remove(&key);
+                    }
                 }
                 UaEvent::Registration { id, event } => {
                     let verdict = match event {
@@ -245,5 +301,6 @@ async fn run(
             .inc_by(now.registrations_failed - seen.registrations_failed);
         seen = now;
         metrics.sip_registrations.set(ua.registered_count() as i64);
+        metrics.sip_dialogs.set(ua.call_count() as i64);
     }
 }

@@ -51,6 +51,20 @@ impl Endpoint {
         from: SocketAddr,
         data: &[u8],
     ) -> Vec<Datagram> {
+        self.handle_datagram_with(now, from, data, &mut |_| None)
+    }
+
+    /// Like [`Endpoint::handle_datagram`], asking `dialogs` first about every
+    /// new request (and every ACK outside a transaction): the response it
+    /// returns is sent through a server transaction instead of the
+    /// endpoint's own.
+    pub fn handle_datagram_with(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &[u8],
+        dialogs: &mut dyn FnMut(&rsip::Request) -> Option<rsip::Response>,
+    ) -> Vec<Datagram> {
         // Keep-alive CRLFs (RFC 5626) are not messages.
         if data.iter().all(|b| *b == b'\r' || *b == b'\n') {
             return Vec::new();
@@ -83,12 +97,19 @@ impl Endpoint {
             return self.collect(now, &key);
         }
         if request.method == rsip::Method::Ack {
-            // An ACK for a 2xx belongs to a dialog; none exist yet.
+            // An ACK for a 2xx belongs to a dialog.
+            let _ = dialogs(&request);
             return Vec::new();
         }
         let tx = ServerTransaction::new(request.clone(), false, self.timers);
         self.server.insert(key.clone(), (from, tx));
-        let response = self.respond(&request, from);
+        let response = match dialogs(&request) {
+            Some(mut response) => {
+                apply_rport(&mut response, from);
+                response
+            }
+            None => self.respond(&request, from),
+        };
         if let Some((_, tx)) = self.server.get_mut(&key) {
             tx.send_response(now, response);
         }

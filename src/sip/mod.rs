@@ -1,6 +1,7 @@
 //! The SIP side: messages on the wire and the transaction layer (RFC 3261
 //! §17), sans-IO. Transports, dialogs and registration build on these.
 
+pub mod dialog;
 pub mod digest;
 pub mod driver;
 pub mod endpoint;

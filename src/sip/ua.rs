@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use rsip::prelude::*;
 
+use super::dialog::{DialogEvent, OutgoingCall};
 use super::endpoint::{Datagram, Endpoint};
 use super::message::{own_request, parse_datagram};
 use super::registration::{branch_of, random_text, Identity, Registration, RegistrationEvent};
@@ -33,6 +34,8 @@ pub enum UaEvent {
         id: String,
         event: RegistrationEvent,
     },
+    /// What the far end of call `key` did.
+    Call { key: String, event: DialogEvent },
     /// The server answered a keepalive (true) or stopped answering (false).
     ServerReachable(bool),
 }
@@ -45,9 +48,12 @@ pub struct UaCounters {
     pub registrations_failed: u64,
 }
 
+#[derive(Clone)]
 enum Owner {
     Registration(String),
     Keepalive,
+    /// A call's INVITE, CANCEL or BYE.
+    Call(String),
 }
 
 pub struct UserAgent {
@@ -55,6 +61,7 @@ pub struct UserAgent {
     endpoint: Endpoint,
     clients: HashMap<String, (ClientTransaction, Owner)>,
     registrations: HashMap<String, Registration>,
+    calls: HashMap<String, OutgoingCall>,
     next_keepalive: Option<Instant>,
     reachable: Option<bool>,
     transmit: VecDeque<Datagram>,
@@ -70,6 +77,7 @@ impl UserAgent {
             cfg,
             clients: HashMap::new(),
             registrations: HashMap::new(),
+            calls: HashMap::new(),
             reachable: None,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
@@ -79,6 +87,11 @@ impl UserAgent {
 
     pub fn server(&self) -> Option<SocketAddr> {
         self.cfg.server
+    }
+
+    /// Our address as the SIP server sees it (Via, Contact).
+    pub fn local_address(&self) -> SocketAddr {
+        self.cfg.identity.local
     }
 
     /// Registrations in place now.
@@ -116,6 +129,42 @@ impl UserAgent {
         }
     }
 
+    /// Calls `to` for call `key` as `user`, offering `sdp`; what happens
+    /// comes back as [`UaEvent::Call`] events.
+    pub fn invite(&mut self, now: Instant, key: &str, user: &str, to: &str, sdp: String) {
+        let call = OutgoingCall::new(
+            user,
+            to,
+            &self.cfg.identity.domain,
+            self.cfg.identity.local,
+            sdp,
+        );
+        let invite = call.invite().clone();
+        self.calls.insert(key.to_string(), call);
+        self.send(now, invite, Owner::Call(key.to_string()));
+    }
+
+    /// Ends call `key` from our side: CANCEL before the answer, BYE after.
+    pub fn hangup(&mut self, now: Instant, key: &str) {
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
+        if let Some(cancel) = call.cancel() {
+            // The INVITE's 487 ends the call (its transaction ACKs it).
+            self.send(now, cancel, Owner::Call(key.to_string()));
+        } else if let Some(bye) = call.bye() {
+            self.calls.remove(key);
+            self.send(now, bye, Owner::Keepalive);
+        } else {
+            self.calls.remove(key);
+        }
+    }
+
+    /// Calls with a dialog in progress.
+    pub fn call_count(&self) -> usize {
+        self.calls.len()
+    }
+
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         if data.starts_with(b"SIP/2.0") {
             if let Ok(rsip::SipMessage::Response(response)) = parse_datagram(data) {
@@ -123,8 +172,27 @@ impl UserAgent {
             }
             return;
         }
-        let out = self.endpoint.handle_datagram(now, from, data);
+        let calls = &mut self.calls;
+        let events = &mut self.events;
+        let out = self
+            .endpoint
+            .handle_datagram_with(now, from, data, &mut |request| {
+                let (key, call) = calls.iter_mut().find(|(_, c)| c.matches(request))?;
+                if request.method == rsip::Method::Ack {
+                    return None;
+                }
+                let (response, event) = call.on_request(request);
+                if let Some(event) = event {
+                    events.push_back(UaEvent::Call {
+                        key: key.clone(),
+                        event,
+                    });
+                }
+                Some(response)
+            });
         self.transmit.extend(out);
+        self.calls
+            .retain(|_, c| c.state() != super::dialog::DialogState::Terminated);
     }
 
     fn handle_response(&mut self, now: Instant, response: rsip::Response) {
@@ -136,9 +204,33 @@ impl UserAgent {
         else {
             return;
         };
-        if let Some((tx, _)) = self.clients.get_mut(&branch) {
+        let method = response
+            .cseq_header()
+            .ok()
+            .and_then(|c| c.typed().ok())
+            .map(|c| c.method.to_string())
+            .unwrap_or_default();
+        let key = format!("{branch} {method}");
+        if let Some((tx, _)) = self.clients.get_mut(&key) {
             tx.handle_response(now, response);
-            self.drain_client(now, &branch);
+            self.drain_client(now, &key);
+            return;
+        }
+        // A 2xx retransmitted after its transaction ended: ACK it again.
+        if method == "INVITE" {
+            let call_id = response.call_id_header().map(|c| c.to_string()).ok();
+            let mut ack = None;
+            for call in self.calls.values_mut() {
+                if call_id
+                    .as_deref()
+                    .is_some_and(|id| id.contains(call.call_id()))
+                {
+                    ack = call.on_invite_response(&response).0;
+                }
+            }
+            if let (Some(ack), Some(server)) = (ack, self.cfg.server) {
+                self.transmit.push_back((server, ack));
+            }
         }
     }
 
@@ -198,15 +290,18 @@ impl UserAgent {
     fn send(&mut self, now: Instant, request: rsip::Request, owner: Owner) {
         let (Some(branch), Some(_)) = (branch_of(&request), self.cfg.server) else {
             // Nowhere to send it: as if it went unanswered.
-            if let Owner::Registration(id) = owner {
-                self.registration_final(now, &id, None);
+            match owner {
+                Owner::Registration(id) => self.registration_final(now, &id, None),
+                Owner::Call(key) => self.call_final(&key, &request.method, None),
+                Owner::Keepalive => {}
             }
             return;
         };
         self.counters.requests_sent += 1;
+        let key = format!("{branch} {}", request.method);
         let tx = ClientTransaction::new(request, false, self.cfg.timers, now);
-        self.clients.insert(branch.clone(), (tx, owner));
-        self.drain_client(now, &branch);
+        self.clients.insert(key.clone(), (tx, owner));
+        self.drain_client(now, &key);
     }
 
     fn drain_client(&mut self, now: Instant, branch: &str) {
@@ -215,10 +310,14 @@ impl UserAgent {
         };
         let mut finals = Vec::new();
         let mut done = false;
-        if let Some((tx, _)) = self.clients.get_mut(branch) {
+        let mut method = rsip::Method::Options;
+        if let Some((tx, owner)) = self.clients.get_mut(branch) {
+            method = tx.request().method;
             while let Some(output) = tx.poll_output() {
                 match output {
                     Output::Transmit(bytes) => self.transmit.push_back((server, bytes)),
+                    // A call hears of every response to its INVITE.
+                    Output::Response(r) if matches!(owner, Owner::Call(_)) => finals.push(Some(r)),
                     Output::Response(r) if r.status_code.code() >= 200 => finals.push(Some(r)),
                     Output::TimedOut => {
                         self.counters.transaction_timeouts += 1;
@@ -234,10 +333,7 @@ impl UserAgent {
         } else if finals.is_empty() {
             None
         } else {
-            self.clients.get(branch).map(|(_, o)| match o {
-                Owner::Registration(id) => Owner::Registration(id.clone()),
-                Owner::Keepalive => Owner::Keepalive,
-            })
+            self.clients.get(branch).map(|(_, o)| o.clone())
         };
         let Some(owner) = owner else {
             return;
@@ -246,7 +342,38 @@ impl UserAgent {
             match &owner {
                 Owner::Keepalive => self.set_reachable(response.is_some()),
                 Owner::Registration(id) => self.registration_final(now, id, response),
+                Owner::Call(key) => self.call_final(key, &method, response),
             }
+        }
+    }
+
+    /// A response (or none in time) to a call's INVITE or CANCEL.
+    fn call_final(&mut self, key: &str, method: &rsip::Method, response: Option<rsip::Response>) {
+        if *method != rsip::Method::Invite {
+            // CANCEL's own answer says nothing; the INVITE's 487 does.
+            return;
+        }
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
+        let (ack, event) = match &response {
+            Some(r) => call.on_invite_response(r),
+            None => (None, call.on_invite_timeout()),
+        };
+        if let (Some(ack), Some(server)) = (ack, self.cfg.server) {
+            self.transmit.push_back((server, ack));
+        }
+        if response.is_some() {
+            self.set_reachable(true);
+        }
+        if let Some(event) = event {
+            if matches!(event, DialogEvent::Failed { .. }) {
+                self.calls.remove(key);
+            }
+            self.events.push_back(UaEvent::Call {
+                key: key.to_string(),
+                event,
+            });
         }
     }
 

@@ -1,0 +1,599 @@
+//! Our side of an outgoing call's SIP dialog (RFC 3261 §12–15), sans-IO:
+//! the INVITE, its early and confirmed dialog (tags, route set from
+//! Record-Route, remote target from Contact), the ACK for a 2xx (resent when
+//! the 2xx is), CANCEL before the answer, BYE after it, and the answers to
+//! the far end's in-dialog requests (BYE, re-INVITE for hold, INFO DTMF).
+//! Requests are written as text and read back with [`own_request`].
+
+use std::net::SocketAddr;
+
+use super::message::own_request;
+use super::registration::{branch_of, random_text};
+use super::transaction::response_to;
+use crate::sdp::Direction;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialogState {
+    /// INVITE sent, no final response yet.
+    Calling,
+    /// 2xx received and acknowledged.
+    Confirmed,
+    Terminated,
+}
+
+/// What the far end did, for the call layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DialogEvent {
+    /// 1xx; `sdp` when it carried one (183 early media).
+    Progress { status: u16, sdp: Option<String> },
+    /// 2xx with the far end's SDP.
+    Answered { sdp: String },
+    /// A final refusal (`Some(status)`) or no answer at all (`None`).
+    Failed { status: Option<u16> },
+    /// The far end hung up (BYE).
+    RemoteBye,
+    /// The far end's re-INVITE put us on hold (true) or took us off it.
+    RemoteHold(bool),
+    /// A DTMF digit by SIP INFO.
+    Dtmf(char),
+}
+
+pub struct OutgoingCall {
+    call_id: String,
+    local_tag: String,
+    local_uri: String,
+    request_uri: String,
+    remote_uri: String,
+    remote_tag: Option<String>,
+    remote_target: Option<String>,
+    route_set: Vec<String>,
+    cseq: u32,
+    local: SocketAddr,
+    contact_user: String,
+    invite: rsip::Request,
+    state: DialogState,
+    ack: Option<Vec<u8>>,
+    /// Our SDP in this dialog, and its o= version.
+    local_sdp: String,
+    sdp_version: u64,
+    remote_held: bool,
+}
+
+/// `5000` → `sip:5000@domain`; a `sip:`/`sips:` URI stays as it is.
+pub fn target_uri(to: &str, domain: &str) -> String {
+    if to.starts_with("sip:") || to.starts_with("sips:") {
+        to.to_string()
+    } else {
+        format!("sip:{to}@{domain}")
+    }
+}
+
+fn header(headers: &rsip::Headers, name: &str) -> Vec<String> {
+    headers
+        .iter()
+        .filter_map(|h| {
+            let text = h.to_string();
+            let (n, v) = text.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+        .collect()
+}
+
+/// The URI inside `<…>` of a name-addr, or the value up to its parameters.
+fn addr_uri(value: &str) -> String {
+    match (value.find('<'), value.find('>')) {
+        (Some(a), Some(b)) if a < b => value[a + 1..b].to_string(),
+        _ => value.split(';').next().unwrap_or(value).trim().to_string(),
+    }
+}
+
+fn tag_of(value: &str) -> Option<String> {
+    let after = value.rsplit_once('>').map_or(value, |(_, rest)| rest);
+    after
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("tag=").map(str::to_string))
+}
+
+fn body_text(body: &[u8]) -> Option<String> {
+    (!body.is_empty()).then(|| String::from_utf8_lossy(body).into_owned())
+}
+
+/// Rewrites the direction attribute and bumps the o= version of our SDP.
+fn with_direction(sdp: &str, direction: Direction, version: u64) -> String {
+    let mut out = String::new();
+    for line in sdp.split("\r\n").filter(|l| !l.is_empty()) {
+        let line = if ["a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive"].contains(&line) {
+            format!("a={}", direction.as_str())
+        } else if let Some(rest) = line.strip_prefix("o=") {
+            let mut parts: Vec<&str> = rest.split(' ').collect();
+            let v = version.to_string();
+            if parts.len() >= 3 {
+                parts[2] = &v;
+            }
+            format!("o={}", parts.join(" "))
+        } else {
+            line.to_string()
+        };
+        out.push_str(&line);
+        out.push_str("\r\n");
+    }
+    out
+}
+
+fn offered_direction(sdp: &str) -> Direction {
+    sdp.lines()
+        .find_map(|l| match l.trim() {
+            "a=sendonly" => Some(Direction::SendOnly),
+            "a=recvonly" => Some(Direction::RecvOnly),
+            "a=inactive" => Some(Direction::Inactive),
+            "a=sendrecv" => Some(Direction::SendRecv),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+impl OutgoingCall {
+    /// The INVITE from `user` to `to` (a number or URI) carrying `sdp`.
+    pub fn new(user: &str, to: &str, domain: &str, local: SocketAddr, sdp: String) -> Self {
+        let request_uri = target_uri(to, domain);
+        let local_uri = format!("sip:{user}@{domain}");
+        let mut call = OutgoingCall {
+            call_id: format!("{}@webrtc-sip-gateway", random_text()),
+            local_tag: random_text(),
+            remote_uri: request_uri.clone(),
+            request_uri,
+            local_uri,
+            remote_tag: None,
+            remote_target: None,
+            route_set: Vec::new(),
+            cseq: 1,
+            local,
+            contact_user: user.to_string(),
+            invite: own_request("", rsip::Method::Invite),
+            state: DialogState::Calling,
+            ack: None,
+            local_sdp: sdp,
+            sdp_version: 1,
+            remote_held: false,
+        };
+        call.invite = call.build_invite();
+        call
+    }
+
+    pub fn call_id(&self) -> &str {
+        &self.call_id
+    }
+
+    pub fn state(&self) -> DialogState {
+        self.state
+    }
+
+    pub fn invite(&self) -> &rsip::Request {
+        &self.invite
+    }
+
+    fn build_invite(&self) -> rsip::Request {
+        let text = format!(
+            "INVITE {ruri} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {local};branch=z9hG4bK{branch};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <{from}>;tag={tag}\r\n\
+             To: <{to}>\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: {cseq} INVITE\r\n\
+             Contact: <sip:{user}@{local};transport=udp>\r\n\
+             Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO\r\n\
+             Content-Type: application/sdp\r\n\
+             User-Agent: webrtc-sip-gateway/{version}\r\n\
+             Content-Length: {len}\r\n\r\n{sdp}",
+            ruri = self.request_uri,
+            local = self.local,
+            branch = random_text(),
+            from = self.local_uri,
+            tag = self.local_tag,
+            to = self.remote_uri,
+            call_id = self.call_id,
+            cseq = self.cseq,
+            user = self.contact_user,
+            version = env!("CARGO_PKG_VERSION"),
+            len = self.local_sdp.len(),
+            sdp = self.local_sdp,
+        );
+        own_request(&text, rsip::Method::Invite)
+    }
+
+    /// A response to our INVITE (from its client transaction). Returns the
+    /// ACK to send for a 2xx and what it means for the call.
+    pub fn on_invite_response(
+        &mut self,
+        response: &rsip::Response,
+    ) -> (Option<Vec<u8>>, Option<DialogEvent>) {
+        let code = response.status_code.code();
+        if self.state != DialogState::Calling {
+            // A retransmitted 2xx: its ACK went missing.
+            let ack = (200..300)
+                .contains(&code)
+                .then(|| self.ack.clone())
+                .flatten();
+            return (ack, None);
+        }
+        if let Some(to) = header(&response.headers, "to").first() {
+            if let Some(tag) = tag_of(to) {
+                self.remote_tag = Some(tag);
+            }
+        }
+        if code < 200 {
+            if code == 100 {
+                return (None, None);
+            }
+            return (
+                None,
+                Some(DialogEvent::Progress {
+                    status: code,
+                    sdp: body_text(&response.body),
+                }),
+            );
+        }
+        if code >= 300 {
+            self.state = DialogState::Terminated;
+            return (None, Some(DialogEvent::Failed { status: Some(code) }));
+        }
+        self.remote_target = header(&response.headers, "contact")
+            .first()
+            .map(|c| addr_uri(c));
+        let mut routes: Vec<String> = header(&response.headers, "record-route")
+            .iter()
+            .flat_map(|v| {
+                v.split(',')
+                    .map(|r| r.trim().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        routes.reverse();
+        self.route_set = routes;
+        self.state = DialogState::Confirmed;
+        let ack = self
+            .in_dialog(rsip::Method::Ack, self.cseq, "", None)
+            .to_string()
+            .into_bytes();
+        self.ack = Some(ack.clone());
+        let sdp = body_text(&response.body).unwrap_or_default();
+        (Some(ack), Some(DialogEvent::Answered { sdp }))
+    }
+
+    /// The INVITE got no final response (timer B).
+    pub fn on_invite_timeout(&mut self) -> Option<DialogEvent> {
+        (self.state == DialogState::Calling).then(|| {
+            self.state = DialogState::Terminated;
+            DialogEvent::Failed { status: None }
+        })
+    }
+
+    /// CANCEL for the INVITE (before a final response; RFC 3261 §9.1).
+    pub fn cancel(&mut self) -> Option<rsip::Request> {
+        if self.state != DialogState::Calling {
+            return None;
+        }
+        let via = header(&self.invite.headers, "via").into_iter().next()?;
+        let from = header(&self.invite.headers, "from").into_iter().next()?;
+        let to = header(&self.invite.headers, "to").into_iter().next()?;
+        let text = format!(
+            "CANCEL {ruri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\n\
+             Call-ID: {call_id}\r\nCSeq: {cseq} CANCEL\r\nContent-Length: 0\r\n\r\n",
+            ruri = self.request_uri,
+            call_id = self.call_id,
+            cseq = self.cseq,
+        );
+        Some(own_request(&text, rsip::Method::Cancel))
+    }
+
+    /// BYE after the answer.
+    pub fn bye(&mut self) -> Option<rsip::Request> {
+        if self.state != DialogState::Confirmed {
+            return None;
+        }
+        self.state = DialogState::Terminated;
+        self.cseq += 1;
+        Some(self.in_dialog(rsip::Method::Bye, self.cseq, "", None))
+    }
+
+    fn in_dialog(
+        &self,
+        method: rsip::Method,
+        cseq: u32,
+        body: &str,
+        content_type: Option<&str>,
+    ) -> rsip::Request {
+        let target = self
+            .remote_target
+            .clone()
+            .unwrap_or_else(|| self.request_uri.clone());
+        let to_tag = self
+            .remote_tag
+            .as_ref()
+            .map(|t| format!(";tag={t}"))
+            .unwrap_or_default();
+        let mut text = format!(
+            "{method} {target} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {local};branch=z9hG4bK{branch};rport\r\n\
+             Max-Forwards: 70\r\n",
+            local = self.local,
+            branch = random_text(),
+        );
+        for route in &self.route_set {
+            text.push_str(&format!("Route: {route}\r\n"));
+        }
+        text.push_str(&format!(
+            "From: <{from}>;tag={tag}\r\nTo: <{to}>{to_tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
+            from = self.local_uri,
+            tag = self.local_tag,
+            to = self.remote_uri,
+            call_id = self.call_id,
+        ));
+        if let Some(ct) = content_type {
+            text.push_str(&format!("Content-Type: {ct}\r\n"));
+        }
+        text.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        own_request(&text, method)
+    }
+
+    /// Whether `request` belongs to this dialog (Call-ID and our tag as To tag).
+    pub fn matches(&self, request: &rsip::Request) -> bool {
+        let call_id = header(&request.headers, "call-id");
+        let to_tag = header(&request.headers, "to")
+            .first()
+            .and_then(|t| tag_of(t));
+        call_id.first().map(String::as_str) == Some(self.call_id.as_str())
+            && to_tag.as_deref() == Some(self.local_tag.as_str())
+    }
+
+    /// Answers the far end's in-dialog request.
+    pub fn on_request(&mut self, request: &rsip::Request) -> (rsip::Response, Option<DialogEvent>) {
+        match request.method {
+            rsip::Method::Bye => {
+                self.state = DialogState::Terminated;
+                (response_to(request, 200), Some(DialogEvent::RemoteBye))
+            }
+            rsip::Method::Invite if self.state == DialogState::Confirmed => {
+                let offer = body_text(&request.body).unwrap_or_default();
+                let offered = offered_direction(&offer);
+                let held = offered.is_hold();
+                self.sdp_version += 1;
+                self.local_sdp =
+                    with_direction(&self.local_sdp, offered.answer(), self.sdp_version);
+                let mut response = response_to(request, 200);
+                response
+                    .headers
+                    .push(rsip::Header::ContentType(rsip::headers::ContentType::from(
+                        "application/sdp",
+                    )));
+                response
+                    .headers
+                    .push(rsip::Header::Contact(rsip::headers::Contact::from(
+                        format!("<sip:{}@{};transport=udp>", self.contact_user, self.local),
+                    )));
+                response
+                    .headers
+                    .retain(|h| !matches!(h, rsip::Header::ContentLength(_)));
+                response.headers.push(rsip::Header::ContentLength(
+                    rsip::headers::ContentLength::from(self.local_sdp.len() as u32),
+                ));
+                response.body = self.local_sdp.clone().into_bytes();
+                let event = (held != self.remote_held).then(|| {
+                    self.remote_held = held;
+                    DialogEvent::RemoteHold(held)
+                });
+                (response, event)
+            }
+            rsip::Method::Info => {
+                let body = String::from_utf8_lossy(&request.body);
+                let digit = body.lines().find_map(|l| {
+                    let (k, v) = l.split_once('=')?;
+                    k.trim()
+                        .eq_ignore_ascii_case("signal")
+                        .then(|| v.trim().chars().next())
+                        .flatten()
+                });
+                match digit.filter(|d| crate::media::dtmf::event_code(*d).is_some()) {
+                    Some(d) => (response_to(request, 200), Some(DialogEvent::Dtmf(d))),
+                    None => (response_to(request, 415), None),
+                }
+            }
+            rsip::Method::Options => (response_to(request, 200), None),
+            _ => (response_to(request, 405), None),
+        }
+    }
+
+    /// The INVITE's transaction key: its Via branch.
+    pub fn invite_branch(&self) -> Option<String> {
+        branch_of(&self.invite)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::message::parse_datagram;
+
+    fn call() -> OutgoingCall {
+        OutgoingCall::new(
+            "1001",
+            "5000",
+            "pbx.example",
+            "192.0.2.10:5070".parse().unwrap(),
+            "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 30000 RTP/AVP 0\r\na=sendrecv\r\n".into(),
+        )
+    }
+
+    fn response(text: &str) -> rsip::Response {
+        match parse_datagram(text.as_bytes()).unwrap() {
+            rsip::SipMessage::Response(r) => r,
+            _ => unreachable!(),
+        }
+    }
+
+    fn request(text: &str) -> rsip::Request {
+        match parse_datagram(text.as_bytes()).unwrap() {
+            rsip::SipMessage::Request(r) => r,
+            _ => unreachable!(),
+        }
+    }
+
+    fn answer_to(c: &OutgoingCall, status: &str, extra: &str, body: &str) -> rsip::Response {
+        let inv = c.invite().to_string();
+        let mut out = format!("SIP/2.0 {status}\r\n");
+        for line in inv.split("\r\n") {
+            let name = line.split(':').next().unwrap_or("").to_ascii_lowercase();
+            if ["via", "from", "call-id", "cseq"].contains(&name.as_str()) {
+                out.push_str(line);
+                out.push_str("\r\n");
+            }
+        }
+        out.push_str("To: <sip:5000@pbx.example>;tag=far1\r\n");
+        out.push_str(extra);
+        out.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        response(&out)
+    }
+
+    #[test]
+    fn invite_answer_ack_and_bye_follow_the_dialog() {
+        let mut c = call();
+        let invite = c.invite().to_string();
+        assert!(invite.starts_with("INVITE sip:5000@pbx.example SIP/2.0"));
+        assert!(invite.contains("Content-Type: application/sdp"));
+        let (ack, ev) = c.on_invite_response(&answer_to(&c, "180 Ringing", "", ""));
+        assert_eq!(
+            (ack, ev),
+            (
+                None,
+                Some(DialogEvent::Progress {
+                    status: 180,
+                    sdp: None
+                })
+            )
+        );
+        let ok = answer_to(
+            &c,
+            "200 OK",
+            "Contact: <sip:5000@198.51.100.7:5080>\r\nRecord-Route: <sip:p1.example;lr>, <sip:p2.example;lr>\r\nContent-Type: application/sdp\r\n",
+            "v=0\r\n",
+        );
+        let (ack, ev) = c.on_invite_response(&ok);
+        assert_eq!(
+            ev,
+            Some(DialogEvent::Answered {
+                sdp: "v=0\r\n".into()
+            })
+        );
+        let ack = String::from_utf8(ack.unwrap()).unwrap();
+        assert!(
+            ack.starts_with("ACK sip:5000@198.51.100.7:5080 SIP/2.0"),
+            "to the remote target: {ack}"
+        );
+        assert!(ack.contains("CSeq: 1 ACK"));
+        assert!(ack.contains(";tag=far1"));
+        let routes: Vec<&str> = ack.lines().filter(|l| l.starts_with("Route:")).collect();
+        assert_eq!(
+            routes,
+            ["Route: <sip:p2.example;lr>", "Route: <sip:p1.example;lr>"],
+            "route set reversed"
+        );
+        // The 2xx again: the same ACK again, no new event.
+        let (again, ev) = c.on_invite_response(&ok);
+        assert_eq!(again.map(String::from_utf8).unwrap().unwrap(), ack);
+        assert_eq!(ev, None);
+        assert!(c.cancel().is_none(), "too late to cancel");
+        let bye = c.bye().unwrap().to_string();
+        assert!(bye.starts_with("BYE sip:5000@198.51.100.7:5080"));
+        assert!(bye.contains("CSeq: 2 BYE"));
+        assert_eq!(c.state(), DialogState::Terminated);
+        assert!(c.bye().is_none(), "only one BYE");
+    }
+
+    #[test]
+    fn cancel_matches_the_invite() {
+        let mut c = call();
+        let cancel = c.cancel().unwrap();
+        assert_eq!(cancel.method, rsip::Method::Cancel);
+        assert_eq!(
+            branch_of(&cancel),
+            c.invite_branch(),
+            "same branch as the INVITE"
+        );
+        assert!(cancel.to_string().contains("CSeq: 1 CANCEL"));
+        let (_, ev) = c.on_invite_response(&answer_to(&c, "487 Request Terminated", "", ""));
+        assert_eq!(ev, Some(DialogEvent::Failed { status: Some(487) }));
+    }
+
+    #[test]
+    fn far_end_requests_in_the_dialog() {
+        let mut c = call();
+        c.on_invite_response(&answer_to(
+            &c,
+            "200 OK",
+            "Contact: <sip:5000@198.51.100.7>\r\n",
+            "v=0\r\n",
+        ));
+        let (tag, id) = (c.local_tag.clone(), c.call_id.clone());
+        let in_dialog = |method: &str, cseq: u32, extra: &str, body: &str| {
+            request(&format!(
+                "{method} sip:1001@192.0.2.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7;branch=z9hG4bKx{cseq}\r\n\
+                 From: <sip:5000@pbx.example>;tag=far1\r\nTo: <sip:1001@pbx.example>;tag={}\r\n\
+                 Call-ID: {}\r\nCSeq: {cseq} {method}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+                tag,
+                id,
+                body.len()
+            ))
+        };
+        let hold = in_dialog(
+            "INVITE",
+            10,
+            "Content-Type: application/sdp\r\n",
+            "v=0\r\no=- 5 2 IN IP4 198.51.100.7\r\na=sendonly\r\n",
+        );
+        assert!(c.matches(&hold));
+        let (resp, ev) = c.on_request(&hold);
+        assert_eq!(resp.status_code.code(), 200);
+        let body = String::from_utf8(resp.body.clone()).unwrap();
+        assert!(
+            body.contains("a=recvonly") && body.contains("o=- 1 2 IN IP4"),
+            "{body}"
+        );
+        assert_eq!(ev, Some(DialogEvent::RemoteHold(true)));
+        let resume = in_dialog("INVITE", 11, "", "v=0\r\na=sendrecv\r\n");
+        let (_, ev) = c.on_request(&resume);
+        assert_eq!(ev, Some(DialogEvent::RemoteHold(false)));
+        let info = in_dialog(
+            "INFO",
+            12,
+            "Content-Type: application/dtmf-relay\r\n",
+            "Signal=5\r\nDuration=160\r\n",
+        );
+        assert_eq!(c.on_request(&info).1, Some(DialogEvent::Dtmf('5')));
+        let bye = in_dialog("BYE", 13, "", "");
+        let (resp, ev) = c.on_request(&bye);
+        assert_eq!(
+            (resp.status_code.code(), ev),
+            (200, Some(DialogEvent::RemoteBye))
+        );
+        let mut other = bye.clone();
+        other
+            .headers
+            .retain(|h| !matches!(h, rsip::Header::CallId(_)));
+        other
+            .headers
+            .push(rsip::Header::CallId("someone-else".into()));
+        assert!(!c.matches(&other));
+    }
+
+    #[test]
+    fn numbers_and_uris() {
+        assert_eq!(target_uri("5000", "pbx"), "sip:5000@pbx");
+        assert_eq!(
+            target_uri("sip:a@b;transport=tcp", "pbx"),
+            "sip:a@b;transport=tcp"
+        );
+    }
+}
