@@ -43,6 +43,10 @@ fn tone_wav(dir: &std::path::Path) -> std::path::PathBuf {
 
 /// Runs tests/e2e/echo-calls.mjs in `mode` and returns its report.
 fn browser(mode: &str, gw_url: &str, dir: &std::path::Path) -> Value {
+    browser_dialing(mode, gw_url, dir, "")
+}
+
+fn browser_dialing(mode: &str, gw_url: &str, dir: &std::path::Path, dial: &str) -> Value {
     let e2e = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e");
     let out = Command::new("timeout")
         .args(["150", "node", "echo-calls.mjs", mode])
@@ -50,6 +54,7 @@ fn browser(mode: &str, gw_url: &str, dir: &std::path::Path) -> Value {
         .env("GW_URL", gw_url)
         .env("FAKE_AUDIO", tone_wav(dir))
         .env("SCREENSHOT", dir.join("demo.png"))
+        .env("DIAL", dial)
         .stderr(std::process::Stdio::inherit())
         .output()
         .expect("node runs");
@@ -241,4 +246,56 @@ fn call_setup_times() {
             "{kind}: request -> answered {answered:.1?} ms; request -> first packet {first:.1?} ms"
         );
     }
+}
+
+/// Browser → gateway → SIPp's UAS returning the RTP it gets (`-rtp_echo`):
+/// the browser hears its own tone after a trip through the SIP side
+/// (PCMU, the only codec SIPp answers with), and its hangup is SIPp's BYE.
+#[test]
+fn browser_calls_a_sip_uas_and_hears_itself() {
+    if !common::inside_namespace("browser_calls_a_sip_uas_and_hears_itself") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sipp = Command::new("sipp")
+        .args([
+            "-sn",
+            "uas",
+            "-m",
+            "1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            "5090",
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            "6000",
+            "-rtp_echo",
+            "-nostdin",
+            "-timeout",
+            "60",
+            "-timeout_error",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sipp runs");
+    std::thread::sleep(Duration::from_millis(300));
+    let gw = common::Gateway::start(
+        "",
+        "[sip]\nserver = \"127.0.0.1:5090\"\nregister = false\nkeepalive-interval-s = 0\n",
+    );
+    let url = format!("https://127.0.0.1:{}", gw.https.port());
+    let r = browser_dialing("sip", &url, dir.path(), "5000");
+    assert_eq!(r["answered"], true, "{r}");
+    assert_eq!(r["heard"], true, "the tone came back through SIPp: {r}");
+    let hz = r["remoteHz"].as_f64().unwrap_or(0.0);
+    assert!((hz - 1000.0).abs() <= 20.0, "dominant frequency {hz} Hz");
+    assert_eq!(r["stats"]["gateway"]["codec"], "pcmu/8000", "{r}");
+    let sip = &r["stats"]["gateway"]["stats"]["sip"];
+    assert!(sip["packets_in"].as_u64().unwrap_or(0) > 100, "{sip}");
+    assert!(sip["packets_out"].as_u64().unwrap_or(0) > 100, "{sip}");
+    assert_eq!(r["ended"], true, "{r}");
+    common::assert_sipp_passed(&sipp.wait_with_output().unwrap());
 }

@@ -2,6 +2,8 @@
 // tests/echo_calls.rs. Mode (argv[2]):
 //   demo        the shipped demo page: connect, call echo, hear the tone
 //               back, DTMF, hold/resume, screenshot, hang up
+//   sip         the demo page calls DIAL through the SIP server (a SIPp UAS
+//               returning RTP): hear the tone back, hang up
 //   concurrent  ten calls to echo at once from one page through the js-api
 //   origin      a page on another origin tries to open a session
 //   setup       call setup times (request → answered, request → first packet)
@@ -26,13 +28,14 @@ async function waitFor(page, fn, arg, ms = 20000) {
 }
 
 try {
-  if (mode === 'demo') {
+  if (mode === 'demo' || mode === 'sip') {
     const page = await context.newPage();
     page.on('pageerror', (e) => { report.pageErrors = (report.pageErrors || []).concat(String(e)); });
     const t0 = Date.now();
     await page.goto(`${gw}/demo/`);
     await page.click('#connect');
     report.connected = await waitFor(page, () => document.getElementById('session-status').textContent.startsWith('connected'));
+    if (process.env.DIAL) await page.fill('#to', process.env.DIAL);
     const callAt = Date.now();
     await page.click('#call');
     report.answered = await waitFor(page, () => window.demo.call && window.demo.call.state === 'answered');
@@ -52,6 +55,12 @@ try {
       micHz: window.demo.mic ? window.demo.mic.hz : 0,
       stats: window.demo.stats,
     })));
+    if (mode === 'sip') {
+      await page.click('#hangup');
+      report.ended = await waitFor(page, () => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes('call ended: hangup')), null, 5000);
+      report.log = await page.evaluate(() => [...document.querySelectorAll('#log li')].map((li) => li.textContent).reverse());
+      throw new Error('done');
+    }
     // DTMF: the echo returns the RFC 4733 events; the gateway reports them.
     await page.click('#pad button:text-is("5")');
     report.dtmf = await waitFor(page, () => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes('DTMF received: 5')), null, 5000);
@@ -176,7 +185,7 @@ try {
     await stop();
   }
 } catch (e) {
-  report.error = String(e && e.stack ? e.stack : e);
+  if (!(e instanceof Error && e.message === 'done')) report.error = String(e && e.stack ? e.stack : e);
 } finally {
   say(report);
   await close();

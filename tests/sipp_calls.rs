@@ -1,0 +1,220 @@
+//! Calls from the API toward SIPp user agents (Debian's sip-tester) over UDP:
+//! a UAS that answers and hangs up, one that rings until we cancel, one that
+//! is busy, and SIPp's own UAS hung up by us. Each checks the events the
+//! browser would get, SIPp's verdict, and that the call's ports came back.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{client, Gateway};
+use serde_json::{json, Value};
+
+const OFFER: &str = include_str!("fixtures/sdp/chromium-offer.sdp");
+
+fn free_udp_port() -> u16 {
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
+/// SIPp as a UAS on `port`: a scenario file under tests/sipp, or `-sn uas`.
+fn sipp_uas(scenario: &str, port: u16) -> Child {
+    let mut cmd = Command::new("sipp");
+    if scenario == "uas" {
+        cmd.args(["-sn", "uas"]);
+    } else {
+        cmd.arg("-sf").arg(format!(
+            "{}/tests/sipp/{scenario}",
+            env!("CARGO_MANIFEST_DIR")
+        ));
+    }
+    let child = cmd
+        .args(["-m", "1", "-i", "127.0.0.1", "-mi", "127.0.0.1", "-p"])
+        .arg(port.to_string())
+        .arg("-mp")
+        .arg(free_udp_port().to_string())
+        .args(["-nostdin", "-timeout", "30", "-timeout_error"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sipp runs (the test command installs sip-tester)");
+    std::thread::sleep(Duration::from_millis(300));
+    child
+}
+
+struct Session {
+    base: String,
+    sid: String,
+    secret: String,
+    after: u64,
+}
+
+impl Session {
+    async fn open(gw: &Gateway) -> Session {
+        let r: Value = client()
+            .post(format!("{}/v1/sessions", gw.api()))
+            .json(&json!({"user": "1001"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        Session {
+            base: gw.api(),
+            sid: r["session"].as_str().unwrap().into(),
+            secret: r["session_secret"].as_str().unwrap().into(),
+            after: 0,
+        }
+    }
+
+    async fn call(&self, to: &str) -> String {
+        let r = client()
+            .post(format!("{}/v1/sessions/{}/calls", self.base, self.sid))
+            .bearer_auth(&self.secret)
+            .json(&json!({"to": to, "sdp": OFFER}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let v: Value = r.json().await.unwrap();
+        v["call"].as_str().unwrap().to_string()
+    }
+
+    async fn hang_up(&self, cid: &str) {
+        let r = client()
+            .delete(format!(
+                "{}/v1/sessions/{}/calls/{cid}",
+                self.base, self.sid
+            ))
+            .bearer_auth(&self.secret)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+
+    /// Waits for an event of `kind`; returns it (events before it are skipped).
+    async fn wait_for(&mut self, kind: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let v: Value = client()
+                .get(format!(
+                    "{}/v1/sessions/{}/events?after={}&timeout=5",
+                    self.base, self.sid, self.after
+                ))
+                .bearer_auth(&self.secret)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            for e in v["events"].as_array().unwrap() {
+                self.after = e["seq"].as_u64().unwrap();
+                if e["type"] == kind {
+                    return e.clone();
+                }
+            }
+        }
+        panic!("no {kind} event");
+    }
+}
+
+fn sip_gateway(port: u16) -> Gateway {
+    Gateway::start(
+        "",
+        &format!(
+            "[sip]\nserver = \"127.0.0.1:{port}\"\nregister = false\nkeepalive-interval-s = 0\n"
+        ),
+    )
+}
+
+async fn nothing_left(gw: &Gateway) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (gw.metric("gateway_calls").await != 0.0
+        || gw.metric("gateway_media_calls").await != 0.0
+        || gw.metric("gateway_sip_dialogs").await != 0.0)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gw.metric("gateway_calls").await, 0.0);
+    assert_eq!(
+        gw.metric("gateway_media_calls").await,
+        0.0,
+        "the relay let go"
+    );
+    assert_eq!(gw.metric("gateway_sip_dialogs").await, 0.0);
+}
+
+fn passed(child: Child) {
+    common::assert_sipp_passed(&child.wait_with_output().unwrap());
+}
+
+#[tokio::test]
+async fn the_far_end_answers_and_hangs_up() {
+    let port = free_udp_port();
+    let sipp = sipp_uas("uas-answer-bye.xml", port);
+    let gw = sip_gateway(port);
+    let mut s = Session::open(&gw).await;
+    let cid = s.call("5000").await;
+    let ringing = s.wait_for("call.ringing").await;
+    assert_eq!(ringing["call"], cid.as_str());
+    let answered = s.wait_for("call.answered").await;
+    let sdp = answered["sdp"].as_str().unwrap();
+    assert!(
+        sdp.contains("a=rtpmap:0 PCMU/8000"),
+        "the browser gets the far end's codec: {sdp}"
+    );
+    assert!(sdp.contains("a=ice-lite"));
+    let ended = s.wait_for("call.ended").await;
+    assert_eq!(ended["reason"], "remote_hangup");
+    passed(sipp);
+    nothing_left(&gw).await;
+}
+
+#[tokio::test]
+async fn hanging_up_while_it_rings_cancels() {
+    let port = free_udp_port();
+    let sipp = sipp_uas("uas-ring-cancel.xml", port);
+    let gw = sip_gateway(port);
+    let mut s = Session::open(&gw).await;
+    let cid = s.call("5000").await;
+    s.wait_for("call.ringing").await;
+    s.hang_up(&cid).await;
+    let ended = s.wait_for("call.ended").await;
+    assert_eq!(ended["reason"], "hangup");
+    passed(sipp);
+    nothing_left(&gw).await;
+}
+
+#[tokio::test]
+async fn a_busy_far_end_is_rejected() {
+    let port = free_udp_port();
+    let sipp = sipp_uas("uas-busy.xml", port);
+    let gw = sip_gateway(port);
+    let mut s = Session::open(&gw).await;
+    s.call("sip:5000@127.0.0.1").await;
+    let ended = s.wait_for("call.ended").await;
+    assert_eq!(ended["reason"], "rejected");
+    assert_eq!(ended["sip_status"], 486);
+    passed(sipp);
+    nothing_left(&gw).await;
+}
+
+#[tokio::test]
+async fn we_hang_up_an_answered_call_with_bye() {
+    let port = free_udp_port();
+    let sipp = sipp_uas("uas", port);
+    let gw = sip_gateway(port);
+    let mut s = Session::open(&gw).await;
+    let cid = s.call("5000").await;
+    s.wait_for("call.answered").await;
+    s.hang_up(&cid).await;
+    let ended = s.wait_for("call.ended").await;
+    assert_eq!(ended["reason"], "hangup");
+    passed(sipp);
+    nothing_left(&gw).await;
+}
