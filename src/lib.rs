@@ -124,6 +124,7 @@ impl Gateway {
             rtp_timeout: Duration::from_secs(m.rtp_timeout_s),
             echo_number: config.echo.number.clone(),
             sip_media_address: ua.local_address().ip(),
+            ring_timeout: Duration::from_secs(config.sip.ring_timeout_s),
         };
         let plane = call::driver::MediaPlane::new(
             relay.clone(),
@@ -185,9 +186,20 @@ impl Gateway {
             shutdown_rx.clone(),
         )));
 
-        let (sip, sip_task) =
-            sip::driver::start(sip_socket, ua, state.metrics.clone(), shutdown_rx.clone());
+        let (incoming_tx, incoming_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (sip, sip_task) = sip::driver::start(
+            sip_socket,
+            ua,
+            state.metrics.clone(),
+            incoming_tx,
+            shutdown_rx.clone(),
+        );
         tasks.push(sip_task);
+        tasks.push(tokio::spawn(route_incoming_calls(
+            state.clone(),
+            sip.clone(),
+            incoming_rx,
+        )));
         if state.sip.set(sip).is_err() {
             return Err(StartError::Setup("the SIP side started twice".into()));
         }
@@ -268,6 +280,34 @@ async fn sip_user_agent(
             .then(|| Duration::from_secs(c.keepalive_interval_s)),
     };
     Ok(sip::ua::UserAgent::new(cfg, Instant::now()))
+}
+
+/// Incoming SIP calls go to the newest session of the Request-URI's user;
+/// with no such session the caller gets 404.
+async fn route_incoming_calls(
+    state: SharedState,
+    sip: sip::driver::SipHandle,
+    mut incoming: tokio::sync::mpsc::UnboundedReceiver<sip::driver::IncomingCall>,
+) {
+    while let Some(call) = incoming.recv().await {
+        let session = state.store().find_by_user(&call.user);
+        let Some(session) = session else {
+            info!(user = %call.user, "incoming call for nobody here: 404");
+            sip.refuse(&call.key, 404);
+            continue;
+        };
+        let events = state.clone();
+        let notify = move |sid: &str, event: session::SessionEvent| {
+            if let session::SessionEvent::CallEnded { reason, .. } = &event {
+                events.metrics.call_ended(reason);
+            }
+            events.store().push(sid, event);
+        };
+        match state.media.start_inbound_call(&sip, &session, call, notify) {
+            Ok(_) => state.metrics.call_started(),
+            Err(e) => tracing::warn!(error = %e, "incoming call refused"),
+        }
+    }
 }
 
 /// The session reaper: the driver for [`session::SessionStore::expire`].

@@ -1,6 +1,8 @@
-//! Calls from the API toward SIPp user agents (Debian's sip-tester) over UDP:
-//! a UAS that answers and hangs up, one that rings until we cancel, one that
-//! is busy, and SIPp's own UAS hung up by us. Each checks the events the
+//! Calls between the API and SIPp user agents (Debian's sip-tester) over
+//! UDP. Outgoing: a UAS that answers and hangs up, one that rings until we
+//! cancel, one that is busy, and SIPp's own UAS hung up by us. Incoming:
+//! SIPp's UAC answered through the API, a caller that cancels, a browser
+//! that rejects, and a user with no session. Each checks the events the
 //! browser would get, SIPp's verdict, and that the call's ports came back.
 
 mod common;
@@ -80,6 +82,17 @@ impl Session {
         assert_eq!(r.status(), 201);
         let v: Value = r.json().await.unwrap();
         v["call"].as_str().unwrap().to_string()
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = client()
+            .post(format!("{}/v1/sessions/{}{path}", self.base, self.sid))
+            .bearer_auth(&self.secret)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 
     async fn hang_up(&self, cid: &str) {
@@ -215,6 +228,137 @@ async fn we_hang_up_an_answered_call_with_bye() {
     s.hang_up(&cid).await;
     let ended = s.wait_for("call.ended").await;
     assert_eq!(ended["reason"], "hangup");
+    passed(sipp);
+    nothing_left(&gw).await;
+}
+
+/// SIPp as a caller toward the gateway's SIP port, for user 1001.
+fn sipp_uac(scenario: &str, gw: &Gateway) -> Child {
+    let mut cmd = Command::new("sipp");
+    if scenario == "uac" {
+        cmd.args(["-sn", "uac", "-d", "1000"]);
+    } else {
+        cmd.arg("-sf").arg(format!(
+            "{}/tests/sipp/{scenario}",
+            env!("CARGO_MANIFEST_DIR")
+        ));
+    }
+    cmd.args([
+        "-s",
+        "1001",
+        "-m",
+        "1",
+        "-i",
+        "127.0.0.1",
+        "-mi",
+        "127.0.0.1",
+        "-p",
+    ])
+    .arg(free_udp_port().to_string())
+    .arg("-mp")
+    .arg(free_udp_port().to_string())
+    .args(["-nostdin", "-timeout", "30", "-timeout_error"])
+    .arg(gw.sip.to_string())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("sipp runs")
+}
+
+/// A browser's answer to our offer: the fixture's ICE, fingerprint and
+/// codecs (PCMU among them), as Chromium would answer with setup:active.
+fn browser_answer() -> String {
+    OFFER.replace("a=setup:actpass", "a=setup:active")
+}
+
+#[tokio::test]
+async fn an_incoming_call_answered_by_the_browser() {
+    let gw = sip_gateway(free_udp_port());
+    let mut s = Session::open(&gw).await;
+    let sipp = sipp_uac("uac", &gw);
+    let incoming = s.wait_for("call.incoming").await;
+    let cid = incoming["call"].as_str().unwrap().to_string();
+    assert_eq!(incoming["to"], "1001");
+    assert_eq!(incoming["from"], "sipp");
+    let offer = incoming["sdp"].as_str().unwrap();
+    assert!(
+        offer.contains("a=ice-lite") && offer.contains("a=fingerprint:sha-256"),
+        "{offer}"
+    );
+    assert!(
+        offer.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"),
+        "DTLS and SDES both offered"
+    );
+    assert!(offer.contains("a=rtpmap:0 PCMU/8000"));
+    // A bad answer is refused and changes nothing.
+    let (status, body) = s
+        .post(
+            &format!("/calls/{cid}/answer"),
+            json!({"sdp": "v=0\r\nnonsense"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_sdp"))
+    );
+    let (status, body) = s
+        .post(
+            &format!("/calls/{cid}/answer"),
+            json!({"sdp": browser_answer()}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let answered = s.wait_for("call.answered").await;
+    assert!(
+        answered.get("sdp").is_none(),
+        "no SDP for an incoming call's answer"
+    );
+    let ended = s.wait_for("call.ended").await;
+    assert_eq!(ended["reason"], "remote_hangup");
+    passed(sipp);
+    nothing_left(&gw).await;
+}
+
+#[tokio::test]
+async fn the_caller_cancels_while_the_browser_rings() {
+    let gw = sip_gateway(free_udp_port());
+    let mut s = Session::open(&gw).await;
+    let sipp = sipp_uac("uac-cancel.xml", &gw);
+    s.wait_for("call.incoming").await;
+    let ended = s.wait_for("call.ended").await;
+    assert_eq!(ended["reason"], "cancelled");
+    assert_eq!(ended["sip_status"], 487);
+    passed(sipp);
+    nothing_left(&gw).await;
+}
+
+#[tokio::test]
+async fn the_browser_rejects_an_incoming_call() {
+    let gw = sip_gateway(free_udp_port());
+    let mut s = Session::open(&gw).await;
+    let sipp = sipp_uac("uac-486.xml", &gw);
+    let incoming = s.wait_for("call.incoming").await;
+    let cid = incoming["call"].as_str().unwrap().to_string();
+    let (status, body) = s
+        .post(&format!("/calls/{cid}/reject"), json!({"status": 999}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_status"))
+    );
+    let (status, _) = s.post(&format!("/calls/{cid}/reject"), json!({})).await;
+    assert_eq!(status, 200);
+    let ended = s.wait_for("call.ended").await;
+    assert_eq!(ended["reason"], "rejected");
+    assert_eq!(ended["sip_status"], 486);
+    passed(sipp);
+    nothing_left(&gw).await;
+}
+
+#[tokio::test]
+async fn a_call_for_a_user_without_a_session_gets_404() {
+    let gw = sip_gateway(free_udp_port());
+    let sipp = sipp_uac("uac-404.xml", &gw);
     passed(sipp);
     nothing_left(&gw).await;
 }

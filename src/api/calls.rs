@@ -40,6 +40,7 @@ fn command_error(e: CommandError) -> ApiError {
             ApiError::new(StatusCode::CONFLICT, "invalid_call_state", s.to_string())
         }
         CommandError::Dtmf(m) => ApiError::bad_request("invalid_dtmf", m),
+        CommandError::BadSdp(e) => ApiError::bad_request("bad_sdp", e.to_string()),
         e @ CommandError::Unsupported(_) => ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
             "not_implemented",
@@ -237,41 +238,61 @@ pub async fn dtmf(
     Ok(ok())
 }
 
-/// Answer and reject apply to incoming calls; every call so far is outgoing.
-async fn incoming_only(
-    state: &SharedState,
-    headers: &HeaderMap,
-    sid: &str,
-    cid: &str,
-) -> Result<Response, ApiError> {
-    authorize(state, headers, sid)?;
-    let view = state
-        .media
-        .calls
-        .view(sid, cid)
-        .ok_or_else(call_not_found)?;
-    Err(ApiError::new(
-        StatusCode::CONFLICT,
-        "invalid_call_state",
-        format!(
-            "{} is an {} call; only an incoming call can be answered or rejected",
-            view.call, view.direction
-        ),
-    ))
+#[derive(Deserialize)]
+pub struct Answer {
+    sdp: String,
 }
 
 pub async fn answer(
     State(state): State<SharedState>,
     Path((sid, cid)): Path<(String, String)>,
     headers: HeaderMap,
+    ApiJson(body): ApiJson<Answer>,
 ) -> Result<Response, ApiError> {
-    incoming_only(&state, &headers, &sid, &cid).await
+    run(
+        &state,
+        &headers,
+        &sid,
+        &cid,
+        Command::Answer { sdp: body.sdp },
+    )
+    .await?;
+    Ok(ok())
 }
+
+#[derive(Deserialize, Default)]
+pub struct Reject {
+    #[serde(default)]
+    status: Option<u16>,
+}
+
+/// Statuses a browser may refuse a call with.
+const REJECT_STATUSES: [u16; 6] = [403, 480, 486, 488, 600, 603];
 
 pub async fn reject(
     State(state): State<SharedState>,
     Path((sid, cid)): Path<(String, String)>,
     headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    incoming_only(&state, &headers, &sid, &cid).await
+    // The body is optional: none, `{}` or `{"status": 603}`.
+    let body: Reject = if body.iter().all(u8::is_ascii_whitespace) {
+        Reject::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|_| {
+            ApiError::bad_request(
+                "bad_json",
+                "the body must be {\"status\": <SIP status>} or empty",
+            )
+        })?
+    };
+    let status = body.status.unwrap_or(486);
+    if !REJECT_STATUSES.contains(&status) {
+        return Err(ApiError::bad_request(
+            "invalid_status",
+            format!("status must be one of {REJECT_STATUSES:?}"),
+        ));
+    }
+    run(&state, &headers, &sid, &cid, Command::Reject { status }).await?;
+    Ok(ok())
 }

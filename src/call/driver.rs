@@ -20,18 +20,24 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn, Instrument};
 
 use super::plan::{self, OutboundPlan, WebLocal};
-use super::{Call, CallError, CallOutput, CallState, FarRequest, Party};
+use super::{Call, CallError, CallOutput, CallState, FarRequest, LegKeying, Party, WebLegSpec};
 use crate::echo::{self, Echo};
 use crate::media::ports::BoundPorts;
 use crate::media::ports::{PortAllocator, PortError};
+use crate::media::relay::PayloadMap;
 use crate::media::relay::{CallMedia, CallMediaSetup, Relay, RelayError, RelayEvent};
 use crate::media::srtp::SrtpContext;
+use crate::media::srtp::SrtpProfile;
 use crate::media::stats::{CallStats, LegSnapshot};
+use crate::sdp::build::WebOffer;
 use crate::sdp::build::{self, Local, SipMedia};
+use crate::sdp::codecs::{answer_codecs, usable};
 use crate::sdp::SdpError;
 use crate::sdp::{Codec, Description, Direction};
+use crate::sdp::{CryptoAttribute, IceCredentials, Setup};
 use crate::session::SessionEvent;
 use crate::sip::dialog::DialogEvent;
+use crate::sip::driver::IncomingCall;
 use crate::sip::driver::SipHandle;
 use crate::webrtc::dtls::DtlsIdentity;
 
@@ -62,6 +68,8 @@ pub enum CommandError {
     NoTelephoneEvent,
     #[error("{0} is not available yet")]
     Unsupported(&'static str),
+    #[error("{0}")]
+    BadSdp(#[from] SdpError),
 }
 
 /// A request from the API to a call's task.
@@ -70,7 +78,17 @@ pub enum Command {
     Hangup,
     Hold,
     Resume,
-    Dtmf { digits: String, duration: Duration },
+    Dtmf {
+        digits: String,
+        duration: Duration,
+    },
+    /// The browser's answer to our offer of an incoming call.
+    Answer {
+        sdp: String,
+    },
+    Reject {
+        status: u16,
+    },
 }
 
 enum Input {
@@ -103,6 +121,7 @@ struct Status {
 
 struct Entry {
     session: String,
+    inbound: bool,
     to: String,
     inputs: mpsc::UnboundedSender<Input>,
     status: Arc<Mutex<Status>>,
@@ -152,7 +171,7 @@ impl CallRegistry {
         Some(CallView {
             call: cid.to_string(),
             state: status.state.as_str(),
-            direction: "outbound",
+            direction: if e.inbound { "inbound" } else { "outbound" },
             to: e.to.clone(),
             codec,
             held: status.held.map(Party::as_str),
@@ -231,6 +250,8 @@ pub struct CallSettings {
     pub echo_number: String,
     /// Our media address toward the SIP side (in our SDP offers there).
     pub sip_media_address: IpAddr,
+    /// An incoming call the browser leaves unanswered this long is refused (480).
+    pub ring_timeout: Duration,
 }
 
 /// The media plane as the signaling side sees it.
@@ -317,13 +338,18 @@ impl MediaPlane {
             .try_clone()
             .map_err(|e| StartError::Media(e.to_string()))?;
         let (inputs, inputs_rx) = mpsc::unbounded_channel();
-        let status = self.register_call(&cid, session, to, inputs);
+        let status = self.register_call(&cid, session, to, false, inputs);
         let mut task = CallTask {
             call: Call::outbound(cid.clone()),
             started: Instant::now(),
             session: session.to_string(),
             media: None,
-            pending: Some(PendingMedia { web, sip, plan }),
+            pending: Some(PendingMedia {
+                web,
+                sip,
+                plan: Some(plan),
+                inbound: None,
+            }),
             control_socket,
             far: Far::Echo(echo),
             status,
@@ -392,18 +418,24 @@ impl MediaPlane {
             ptime: None,
         });
         let (inputs, inputs_rx) = mpsc::unbounded_channel();
-        let status = self.register_call(&cid, session, to, inputs);
+        let status = self.register_call(&cid, session, to, false, inputs);
         let events = sip_side.invite(&cid, user, to, offer);
         let task = CallTask {
             call: Call::outbound(cid.clone()),
             started: Instant::now(),
             session: session.to_string(),
             media: None,
-            pending: Some(PendingMedia { web, sip, plan }),
+            pending: Some(PendingMedia {
+                web,
+                sip,
+                plan: Some(plan),
+                inbound: None,
+            }),
             control_socket,
             far: Far::Sip {
                 handle: sip_side.clone(),
                 events: Some(events),
+                answer: None,
             },
             status,
             registry: self.calls.clone(),
@@ -419,20 +451,148 @@ impl MediaPlane {
         Ok(cid)
     }
 
+    /// Offers a call from the SIP side to the browser of `session`. The
+    /// SIP transaction is refused here (488, 503) when it cannot go on.
+    pub fn start_inbound_call<N>(
+        &self,
+        sip_side: &SipHandle,
+        session: &str,
+        incoming: IncomingCall,
+        notify: N,
+    ) -> Result<String, StartError>
+    where
+        N: Fn(&str, SessionEvent) + Send + 'static,
+    {
+        let IncomingCall {
+            key,
+            from,
+            to,
+            sdp,
+            events,
+            ..
+        } = incoming;
+        let refuse = |code: u16, e: StartError| {
+            sip_side.refuse(&key, code);
+            e
+        };
+        let sdp = sdp.ok_or_else(|| {
+            refuse(
+                488,
+                StartError::Sdp(SdpError::Syntax("the INVITE has no SDP offer".into())),
+            )
+        })?;
+        let far = FarMedia::from_sdp(&sdp).map_err(|e| refuse(488, e.into()))?;
+        let web_codecs = usable(&far.codecs).map_err(|e| refuse(488, e.into()))?;
+        let web = self
+            .web_ports
+            .bind(self.unspecified())
+            .map_err(|e| refuse(503, e.into()))?;
+        let sip_ip = match self.settings.sip_media_address {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        let sip = self
+            .sip_ports
+            .bind(sip_ip)
+            .map_err(|e| refuse(503, e.into()))?;
+        let control_socket = web
+            .rtp
+            .try_clone()
+            .map_err(|e| refuse(503, StartError::Media(e.to_string())))?;
+        let offer = WebOfferState {
+            local_ice: IceCredentials {
+                ufrag: plan::random_token(6)?,
+                pwd: plan::random_token(18)?,
+            },
+            crypto: vec![CryptoAttribute::generate(
+                1,
+                SrtpProfile::AesCm128HmacSha1_80,
+            )?],
+            ssrc: plan::random_u32()?,
+            codecs: web_codecs,
+            far,
+        };
+        let web_sdp = build::web_offer(&WebOffer {
+            local: Local {
+                address: self.settings.public_address,
+                port: web.lease.port(),
+                session_id: u64::from(plan::random_u32()?),
+                session_version: 1,
+            },
+            ice: &offer.local_ice,
+            fingerprint: self
+                .settings
+                .web_enable_dtls
+                .then_some(&self.identity.fingerprint),
+            crypto: &offer.crypto,
+            codecs: &offer.codecs,
+            direction: Direction::SendRecv,
+            ssrc: offer.ssrc,
+            cname: "gateway",
+        });
+        let cid = key.clone();
+        let (inputs, inputs_rx) = mpsc::unbounded_channel();
+        let status = self.register_call(&cid, session, &to, true, inputs);
+        let call = Call::inbound(
+            cid.clone(),
+            &from,
+            &to,
+            web_sdp,
+            self.settings.ring_timeout,
+            Instant::now(),
+        );
+        sip_side.ring(&key);
+        let task = CallTask {
+            call,
+            started: Instant::now(),
+            session: session.to_string(),
+            media: None,
+            pending: Some(PendingMedia {
+                web,
+                sip,
+                plan: None,
+                inbound: Some(offer),
+            }),
+            control_socket,
+            far: Far::Sip {
+                handle: sip_side.clone(),
+                events: Some(events),
+                answer: None,
+            },
+            status,
+            registry: self.calls.clone(),
+            notify,
+            relay: self.relay.clone(),
+            identity: self.identity.clone(),
+            settings: self.settings.clone(),
+            relay_events: self.relay_events.clone(),
+        };
+        let span = tracing::info_span!("call", cid = %cid, sid = %session);
+        span.in_scope(|| info!(from = %from, "incoming call offered to the browser"));
+        tokio::spawn(task.run(inputs_rx).instrument(span));
+        Ok(cid)
+    }
+
     fn register_call(
         &self,
         cid: &str,
         session: &str,
         to: &str,
+        inbound: bool,
         inputs: mpsc::UnboundedSender<Input>,
     ) -> Arc<Mutex<Status>> {
         let status = Arc::new(Mutex::new(Status {
-            state: CallState::Calling,
+            state: if inbound {
+                CallState::Incoming
+            } else {
+                CallState::Calling
+            },
             held: None,
         }));
         self.calls.insert(
             cid.to_string(),
             Entry {
+                inbound,
                 session: session.to_string(),
                 to: to.to_string(),
                 inputs,
@@ -444,11 +604,23 @@ impl MediaPlane {
     }
 }
 
-/// Sockets and the plan of a call whose far end has not given its SDP yet.
+/// Sockets and the plan of a call whose legs are not joined yet.
 struct PendingMedia {
     web: BoundPorts,
     sip: BoundPorts,
-    plan: OutboundPlan,
+    /// Outbound: the browser's offer, checked.
+    plan: Option<OutboundPlan>,
+    /// Inbound: what we offered the browser.
+    inbound: Option<WebOfferState>,
+}
+
+/// Our offer to the browser for an incoming call, and the far end's media.
+struct WebOfferState {
+    local_ice: IceCredentials,
+    crypto: Vec<CryptoAttribute>,
+    ssrc: u32,
+    codecs: Vec<Codec>,
+    far: FarMedia,
 }
 
 /// Where and how the far end takes its media.
@@ -487,6 +659,8 @@ enum Far {
     Sip {
         handle: SipHandle,
         events: Option<mpsc::UnboundedReceiver<DialogEvent>>,
+        /// Our SDP answer for an incoming call's 200.
+        answer: Option<String>,
     },
 }
 
@@ -495,7 +669,9 @@ impl Far {
     fn request(&mut self, request: &FarRequest, call: &mut Call) {
         match self {
             Far::Echo(echo) => match request {
-                FarRequest::Hangup { .. } => echo.set_paused(true),
+                FarRequest::Hangup { .. } | FarRequest::Accept | FarRequest::Refuse(_) => {
+                    echo.set_paused(true)
+                }
                 FarRequest::Hold => {
                     echo.set_paused(true);
                     call.far_hold_changed(true, Party::Local);
@@ -505,11 +681,16 @@ impl Far {
                     call.far_hold_changed(false, Party::Local);
                 }
             },
-            Far::Sip { handle, .. } => {
-                if let FarRequest::Hangup { .. } = request {
-                    handle.hangup(call.id());
+            Far::Sip { handle, answer, .. } => match request {
+                FarRequest::Hangup { .. } => handle.hangup(call.id()),
+                FarRequest::Accept => {
+                    if let Some(sdp) = answer.take() {
+                        handle.accept(call.id(), sdp);
+                    }
                 }
-            }
+                FarRequest::Refuse(code) => handle.refuse(call.id(), *code),
+                FarRequest::Hold | FarRequest::Resume => {}
+            },
         }
     }
 }
@@ -615,6 +796,149 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
         }
     }
 
+    /// The browser answered our offer for an incoming call: join the legs
+    /// and answer the SIP side. A bad answer is refused and changes nothing.
+    fn browser_answer(&mut self, sdp: &str) -> Result<(), CommandError> {
+        if self.call.state() != CallState::Incoming {
+            return Err(CallError::NotIncoming(self.call.state().as_str()).into());
+        }
+        let offer = self
+            .pending
+            .as_ref()
+            .and_then(|p| p.inbound.as_ref())
+            .ok_or(CallError::NotIncoming("outbound"))?;
+        let answer = Description::parse(sdp)?;
+        let remote_ice = answer.audio.ice.clone().ok_or(SdpError::NoIceCredentials)?;
+        let dtls = self.settings.web_enable_dtls;
+        let (keying, web_keys) = match (&answer.audio.fingerprint, answer.audio.crypto.first()) {
+            (Some(fp), _) if dtls => {
+                let active = answer.audio.setup == Some(Setup::Passive);
+                (
+                    LegKeying::Dtls {
+                        identity: self.identity.clone(),
+                        peer_fingerprint: fp.clone(),
+                        active,
+                    },
+                    None,
+                )
+            }
+            (_, Some(theirs)) => {
+                let ours = offer
+                    .crypto
+                    .iter()
+                    .find(|c| c.tag == theirs.tag && c.keys.profile == theirs.keys.profile)
+                    .ok_or_else(|| {
+                        SdpError::BadCrypto("the answer's a=crypto is not one we offered".into())
+                    })?;
+                (
+                    LegKeying::Sdes,
+                    Some((theirs.keys.clone(), ours.keys.clone())),
+                )
+            }
+            _ if dtls => return Err(SdpError::NoFingerprintNoCrypto.into()),
+            _ => return Err(SdpError::CryptoRequired.into()),
+        };
+        let chosen = answer
+            .audio
+            .codecs
+            .iter()
+            .find(|c| c.is_carried_audio() && offer.codecs.iter().any(|o| o.same_as(c)))
+            .cloned()
+            .ok_or_else(|| SdpError::NoCommonCodec {
+                offered: "none of the codecs we offered".into(),
+            })?;
+        let sip_codecs = answer_codecs(&offer.far.codecs, &chosen)?;
+        let mut payload_map = PayloadMap::new(&[(chosen.pt, sip_codecs[0].pt, chosen.clock_rate)]);
+        let web_event = answer
+            .audio
+            .codecs
+            .iter()
+            .find(|c| c.is_telephone_event() && c.clock_rate == chosen.clock_rate);
+        if let (Some(web_te), Some(sip_te)) = (web_event, sip_codecs.get(1)) {
+            payload_map = payload_map.with_telephone_event(
+                web_te.pt,
+                web_te.clock_rate,
+                sip_te.pt,
+                sip_te.clock_rate,
+            );
+        }
+        let web_srtp = match &web_keys {
+            Some((inbound, outbound)) => Some((
+                SrtpContext::new(inbound).map_err(|e| CommandError::Dtmf(e.to_string()))?,
+                SrtpContext::new(outbound).map_err(|e| CommandError::Dtmf(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let Some(PendingMedia {
+            web,
+            sip,
+            inbound: Some(offer),
+            ..
+        }) = self.pending.take()
+        else {
+            return Err(CallError::Ended.into());
+        };
+        let sip_answer = build::sip_media(&SipMedia {
+            local: Local {
+                address: self.settings.sip_media_address,
+                port: sip.lease.port(),
+                session_id: u64::from(plan::random_u32()?),
+                session_version: 1,
+            },
+            codecs: &sip_codecs,
+            direction: Direction::SendRecv,
+            crypto: None,
+            secure_profile: false,
+            rtcp_mux: offer.far.rtcp.is_none(),
+            ptime: None,
+        });
+        let sip_rtcp_socket = if offer.far.rtcp.is_some() {
+            sip.rtcp
+        } else {
+            None
+        };
+        let media = self
+            .relay
+            .add_call(CallMediaSetup {
+                web_socket: web.rtp,
+                web_remote: None,
+                web_srtp,
+                web_ssrc: Some(offer.ssrc),
+                sip_rtp_socket: sip.rtp,
+                sip_rtcp_socket,
+                sip_remote: offer.far.rtp,
+                sip_remote_rtcp: offer.far.rtcp,
+                sip_strict_source: false,
+                sip_srtp: None,
+                payload_map,
+                events: Some(self.relay_events.clone()),
+                leases: vec![web.lease, sip.lease],
+            })
+            .map_err(|e| CommandError::Dtmf(e.to_string()))?;
+        let codec = format!(
+            "{}/{}",
+            chosen.name.encoding().to_ascii_lowercase(),
+            chosen.clock_rate
+        );
+        info!(codec = %codec, "the browser answered");
+        self.registry.attach_media(self.call.id(), &media, codec);
+        self.media = Some(media);
+        if let Far::Sip { answer, .. } = &mut self.far {
+            *answer = Some(sip_answer);
+        }
+        self.call.prepare_answer(
+            WebLegSpec {
+                local_ice: offer.local_ice,
+                remote_ice,
+                keying,
+                consent_timeout: self.settings.consent_timeout,
+                rtp_timeout: self.settings.rtp_timeout,
+            },
+            String::new(),
+        );
+        Ok(self.call.browser_answered(Instant::now())?)
+    }
+
     /// Joins the legs from the far end's SDP; on a bad SDP the call ends.
     fn media_from_sdp(&mut self, sdp: &str) -> bool {
         if self.media.is_some() {
@@ -639,8 +963,12 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
         let Some(pending) = self.pending.take() else {
             return Ok(());
         };
+        let Some(outbound) = pending.plan.as_ref() else {
+            self.pending = Some(pending);
+            return Ok(());
+        };
         let negotiated = plan::negotiate(
-            &pending.plan,
+            outbound,
             &far.codecs,
             &WebLocal {
                 address: self.settings.public_address,
@@ -697,6 +1025,8 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
             ),
             Command::Hold => Ok(self.call.hold()?),
             Command::Resume => Ok(self.call.resume()?),
+            Command::Answer { sdp } => self.browser_answer(&sdp),
+            Command::Reject { status } => Ok(self.call.browser_rejected(status)?),
             Command::Dtmf { digits, duration } => {
                 self.call.require_answered()?;
                 let media = self.media.as_ref().ok_or(CommandError::NoTelephoneEvent)?;

@@ -23,6 +23,8 @@ use crate::webrtc::leg::{WebLeg, WebLegEvent};
 /// Where a call is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallState {
+    /// Inbound: the browser has our offer and has not answered yet.
+    Incoming,
     /// Outbound: the far end has been asked and has not answered yet.
     Calling,
     /// The far end rings.
@@ -36,6 +38,7 @@ pub enum CallState {
 impl CallState {
     pub fn as_str(self) -> &'static str {
         match self {
+            CallState::Incoming => "incoming",
             CallState::Calling => "calling",
             CallState::Ringing => "ringing",
             CallState::EarlyMedia => "early_media",
@@ -99,6 +102,10 @@ pub enum FarRequest {
     /// Put the far end on hold (re-INVITE sendonly) or take it off.
     Hold,
     Resume,
+    /// Answer the far end's INVITE (200 with our SDP).
+    Accept,
+    /// Refuse the far end's INVITE with this status.
+    Refuse(u16),
 }
 
 /// What the driver must do.
@@ -156,6 +163,8 @@ pub enum CallError {
     AlreadyHeld,
     #[error("the call is not on hold")]
     NotHeld,
+    #[error("the call is {0}; only an incoming call can be answered or rejected")]
+    NotIncoming(&'static str),
 }
 
 pub struct Call {
@@ -169,6 +178,8 @@ pub struct Call {
     /// Browser packets counted by the relay, and when that count last moved.
     media_seen: u64,
     media_moved_at: Option<Instant>,
+    /// Inbound: when an unanswered call gives up (480).
+    ring_deadline: Option<Instant>,
     outputs: VecDeque<CallOutput>,
 }
 
@@ -183,7 +194,69 @@ impl Call {
             held_by: None,
             media_seen: 0,
             media_moved_at: None,
+            ring_deadline: None,
             outputs: VecDeque::new(),
+        }
+    }
+
+    /// A call from the far end for this browser: `web_offer` is our offer
+    /// to the browser; unanswered after `ring_timeout` it is refused with 480.
+    pub fn inbound(
+        id: String,
+        from: &str,
+        to: &str,
+        web_offer: String,
+        ring_timeout: Duration,
+        now: Instant,
+    ) -> Self {
+        let mut call = Call::outbound(id);
+        call.state = CallState::Incoming;
+        call.ring_deadline = Some(now + ring_timeout);
+        call.notify(SessionEvent::CallIncoming {
+            call: call.id.clone(),
+            from: from.to_string(),
+            to: to.to_string(),
+            sdp: web_offer,
+        });
+        call
+    }
+
+    /// The browser answered an incoming call ([`Call::prepare_answer`] first,
+    /// with the leg its answer describes): the far end gets our 200.
+    pub fn browser_answered(&mut self, now: Instant) -> Result<(), CallError> {
+        if self.state != CallState::Incoming {
+            return Err(self.not_incoming());
+        }
+        if self.answer.is_none() {
+            self.end(EndReason::Error, None, true);
+            return Err(CallError::Ended);
+        }
+        self.state = CallState::Answered;
+        self.ring_deadline = None;
+        self.outputs.push_back(CallOutput::Far(FarRequest::Accept));
+        self.notify(SessionEvent::CallAnswered {
+            call: self.id.clone(),
+            sdp: None,
+        });
+        self.start_leg(now);
+        Ok(())
+    }
+
+    /// The browser refused an incoming call.
+    pub fn browser_rejected(&mut self, status: u16) -> Result<(), CallError> {
+        if self.state != CallState::Incoming {
+            return Err(self.not_incoming());
+        }
+        self.outputs
+            .push_back(CallOutput::Far(FarRequest::Refuse(status)));
+        self.end(EndReason::Rejected, Some(status), false);
+        Ok(())
+    }
+
+    fn not_incoming(&self) -> CallError {
+        match self.state {
+            CallState::Ended => CallError::Ended,
+            other => CallError::NotIncoming(other.as_str()),
         }
     }
 
@@ -228,11 +301,18 @@ impl Call {
         }
         let leg = self.leg.as_ref().and_then(WebLeg::poll_timeout);
         let media = self.media_moved_at.map(|at| at + self.rtp_timeout());
-        [leg, media].into_iter().flatten().min()
+        [leg, media, self.ring_deadline].into_iter().flatten().min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.state == CallState::Ended {
+            return;
+        }
+        if self.ring_deadline.is_some_and(|at| now >= at) {
+            self.ring_deadline = None;
+            self.outputs
+                .push_back(CallOutput::Far(FarRequest::Refuse(480)));
+            self.end(EndReason::Cancelled, Some(480), false);
             return;
         }
         if let Some(leg) = self.leg.as_mut() {

@@ -139,6 +139,7 @@ pub struct SipConfig {
     pub timer_t1_ms: u64,
     pub timer_t2_ms: u64,
     pub timer_t4_ms: u64,
+    pub ring_timeout_s: u64,
 }
 
 impl Default for SipConfig {
@@ -156,6 +157,7 @@ impl Default for SipConfig {
             timer_t1_ms: 500,
             timer_t2_ms: 4000,
             timer_t4_ms: 5000,
+            ring_timeout_s: 45,
         }
     }
 }
@@ -409,6 +411,9 @@ impl Config {
                 "sip.timer-t2-ms",
                 "must be at least timer-t1-ms and at most 60000 ms",
             );
+        }
+        if !(5..=600).contains(&sip.ring_timeout_s) {
+            p.add("sip.ring-timeout-s", "must be 5 to 600 seconds");
         }
         if !(10..=60_000).contains(&sip.timer_t4_ms) {
             p.add("sip.timer-t4-ms", "must be 10 to 60000 ms");

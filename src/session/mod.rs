@@ -241,6 +241,15 @@ impl SessionStore {
     }
 
     /// Removes a session (DELETE, or the caller's own end logic).
+    /// The newest session of `user` (where an incoming call for them goes).
+    pub fn find_by_user(&self, user: &str) -> Option<SessionId> {
+        self.sessions
+            .values()
+            .filter(|s| s.user == user)
+            .max_by_key(|s| s.created)
+            .map(|s| s.id.clone())
+    }
+
     pub fn remove(&mut self, id: &str) -> Option<Session> {
         let session = self.sessions.remove(id)?;
         self.by_secret.remove(&session.secret_digest);

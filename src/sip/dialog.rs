@@ -1,11 +1,14 @@
-//! Our side of an outgoing call's SIP dialog (RFC 3261 §12–15), sans-IO:
+//! Our side of a call's SIP dialog (RFC 3261 §12–15), sans-IO. Outgoing:
 //! the INVITE, its early and confirmed dialog (tags, route set from
 //! Record-Route, remote target from Contact), the ACK for a 2xx (resent when
-//! the 2xx is), CANCEL before the answer, BYE after it, and the answers to
-//! the far end's in-dialog requests (BYE, re-INVITE for hold, INFO DTMF).
-//! Requests are written as text and read back with [`own_request`].
+//! the 2xx is), CANCEL before the answer, BYE after it. Incoming: the
+//! dialog from the far end's INVITE and our 180/200/refusal. Both: the
+//! answers to the far end's in-dialog requests (BYE, re-INVITE for hold,
+//! INFO DTMF). Requests are written as text and read back with [`own_request`].
 
 use std::net::SocketAddr;
+
+use rsip::prelude::*;
 
 use super::message::own_request;
 use super::registration::{branch_of, random_text};
@@ -38,7 +41,8 @@ pub enum DialogEvent {
     Dtmf(char),
 }
 
-pub struct OutgoingCall {
+pub struct SipCall {
+    incoming: bool,
     call_id: String,
     local_tag: String,
     local_uri: String,
@@ -96,6 +100,25 @@ fn tag_of(value: &str) -> Option<String> {
         .find_map(|p| p.trim().strip_prefix("tag=").map(str::to_string))
 }
 
+/// An SDP body with its Content-Type and Content-Length.
+fn set_body(response: &mut rsip::Response, sdp: &str) {
+    response.headers.retain(|h| {
+        !matches!(
+            h,
+            rsip::Header::ContentLength(_) | rsip::Header::ContentType(_)
+        )
+    });
+    response
+        .headers
+        .push(rsip::Header::ContentType(rsip::headers::ContentType::from(
+            "application/sdp",
+        )));
+    response.headers.push(rsip::Header::ContentLength(
+        rsip::headers::ContentLength::from(sdp.len() as u32),
+    ));
+    response.body = sdp.as_bytes().to_vec();
+}
+
 fn body_text(body: &[u8]) -> Option<String> {
     (!body.is_empty()).then(|| String::from_utf8_lossy(body).into_owned())
 }
@@ -134,12 +157,13 @@ fn offered_direction(sdp: &str) -> Direction {
         .unwrap_or_default()
 }
 
-impl OutgoingCall {
+impl SipCall {
     /// The INVITE from `user` to `to` (a number or URI) carrying `sdp`.
     pub fn new(user: &str, to: &str, domain: &str, local: SocketAddr, sdp: String) -> Self {
         let request_uri = target_uri(to, domain);
         let local_uri = format!("sip:{user}@{domain}");
-        let mut call = OutgoingCall {
+        let mut call = SipCall {
+            incoming: false,
             call_id: format!("{}@webrtc-sip-gateway", random_text()),
             local_tag: random_text(),
             remote_uri: request_uri.clone(),
@@ -160,6 +184,105 @@ impl OutgoingCall {
         };
         call.invite = call.build_invite();
         call
+    }
+
+    /// The dialog of the far end's INVITE (None: it lacks what a dialog needs).
+    pub fn incoming(invite: &rsip::Request, local: SocketAddr) -> Option<Self> {
+        let from = header(&invite.headers, "from").into_iter().next()?;
+        let to = header(&invite.headers, "to").into_iter().next()?;
+        let call_id = header(&invite.headers, "call-id").into_iter().next()?;
+        let contact_user = match &invite.uri.auth {
+            Some(auth) => auth.user.clone(),
+            None => "gateway".into(),
+        };
+        Some(SipCall {
+            incoming: true,
+            call_id,
+            local_tag: random_text(),
+            local_uri: addr_uri(&to),
+            request_uri: invite.uri.to_string(),
+            remote_uri: addr_uri(&from),
+            remote_tag: tag_of(&from),
+            remote_target: header(&invite.headers, "contact")
+                .first()
+                .map(|c| addr_uri(c)),
+            route_set: header(&invite.headers, "record-route")
+                .iter()
+                .flat_map(|v| {
+                    v.split(',')
+                        .map(|r| r.trim().to_string())
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
+            cseq: 0,
+            local,
+            contact_user,
+            invite: invite.clone(),
+            state: DialogState::Calling,
+            ack: None,
+            local_sdp: String::new(),
+            sdp_version: 1,
+            remote_held: false,
+        })
+    }
+
+    pub fn is_incoming(&self) -> bool {
+        self.incoming
+    }
+
+    /// The far end's offer in its INVITE.
+    pub fn remote_offer(&self) -> Option<String> {
+        body_text(&self.invite.body)
+    }
+
+    /// Who calls (the From URI's user, or the URI) and whom (the To's).
+    pub fn parties(&self) -> (String, String) {
+        let user = |uri: &str| {
+            uri.trim_start_matches("sips:")
+                .trim_start_matches("sip:")
+                .split(['@', ';'])
+                .next()
+                .unwrap_or(uri)
+                .to_string()
+        };
+        (user(&self.remote_uri), user(&self.local_uri))
+    }
+
+    /// A response of ours to the far end's INVITE, with our tag.
+    fn response(&self, code: u16) -> rsip::Response {
+        let mut r = response_to(&self.invite, code);
+        for h in r.headers.iter_mut() {
+            if let rsip::Header::To(to) = h {
+                if !to.value().contains("tag=") {
+                    *to = rsip::headers::To::from(format!("{};tag={}", to.value(), self.local_tag));
+                }
+            }
+        }
+        r
+    }
+
+    /// 180 Ringing for an incoming call.
+    pub fn ringing(&self) -> rsip::Response {
+        self.response(180)
+    }
+
+    /// 200 OK with our SDP: the incoming call is answered.
+    pub fn accept(&mut self, sdp: String) -> rsip::Response {
+        self.local_sdp = sdp;
+        self.state = DialogState::Confirmed;
+        let mut r = self.response(200);
+        r.headers
+            .push(rsip::Header::Contact(rsip::headers::Contact::from(
+                format!("<sip:{}@{};transport=udp>", self.contact_user, self.local),
+            )));
+        set_body(&mut r, &self.local_sdp);
+        r
+    }
+
+    /// A final refusal of the incoming call (486, 480, 487…).
+    pub fn refuse(&mut self, code: u16) -> rsip::Response {
+        self.state = DialogState::Terminated;
+        self.response(code)
     }
 
     pub fn call_id(&self) -> &str {
@@ -417,8 +540,8 @@ mod tests {
     use super::*;
     use crate::sip::message::parse_datagram;
 
-    fn call() -> OutgoingCall {
-        OutgoingCall::new(
+    fn call() -> SipCall {
+        SipCall::new(
             "1001",
             "5000",
             "pbx.example",
@@ -441,7 +564,7 @@ mod tests {
         }
     }
 
-    fn answer_to(c: &OutgoingCall, status: &str, extra: &str, body: &str) -> rsip::Response {
+    fn answer_to(c: &SipCall, status: &str, extra: &str, body: &str) -> rsip::Response {
         let inv = c.invite().to_string();
         let mut out = format!("SIP/2.0 {status}\r\n");
         for line in inv.split("\r\n") {

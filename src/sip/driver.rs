@@ -49,6 +49,29 @@ enum Command {
     Hangup {
         key: String,
     },
+    Ring {
+        key: String,
+    },
+    Accept {
+        key: String,
+        sdp: String,
+    },
+    Refuse {
+        key: String,
+        code: u16,
+    },
+}
+
+/// A call from the SIP side for one of our users.
+pub struct IncomingCall {
+    pub key: String,
+    /// The Request-URI's user: whom the call is for.
+    pub user: String,
+    pub from: String,
+    pub to: String,
+    pub sdp: Option<String>,
+    /// What the caller does next (CANCEL, BYE, hold…).
+    pub events: mpsc::UnboundedReceiver<DialogEvent>,
 }
 
 /// What the SIP server's keepalive said last.
@@ -132,6 +155,29 @@ impl SipHandle {
         });
     }
 
+    /// 180 Ringing to an incoming call.
+    pub fn ring(&self, key: &str) {
+        let _ = self.commands.send(Command::Ring {
+            key: key.to_string(),
+        });
+    }
+
+    /// 200 OK with our SDP to an incoming call.
+    pub fn accept(&self, key: &str, sdp: String) {
+        let _ = self.commands.send(Command::Accept {
+            key: key.to_string(),
+            sdp,
+        });
+    }
+
+    /// Refuses an incoming call with `code`.
+    pub fn refuse(&self, key: &str, code: u16) {
+        let _ = self.commands.send(Command::Refuse {
+            key: key.to_string(),
+            code,
+        });
+    }
+
     pub fn server_state(&self) -> ServerState {
         match self.server.load(Ordering::Relaxed) {
             0 => ServerState::NotConfigured,
@@ -172,6 +218,7 @@ pub fn start(
     socket: UdpSocket,
     ua: UserAgent,
     metrics: Metrics,
+    incoming: mpsc::UnboundedSender<IncomingCall>,
     shutdown: watch::Receiver<bool>,
 ) -> (SipHandle, tokio::task::JoinHandle<()>) {
     let (commands, rx) = mpsc::unbounded_channel();
@@ -185,7 +232,7 @@ pub fn start(
         commands,
         server: server.clone(),
     };
-    let task = tokio::spawn(run(socket, ua, rx, server, metrics, shutdown));
+    let task = tokio::spawn(run(socket, ua, rx, server, metrics, incoming, shutdown));
     (handle, task)
 }
 
@@ -195,6 +242,7 @@ async fn run(
     mut commands: mpsc::UnboundedReceiver<Command>,
     server: Arc<AtomicU8>,
     metrics: Metrics,
+    incoming: mpsc::UnboundedSender<IncomingCall>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut buf = vec![0u8; MAX_MESSAGE_BYTES + 1];
@@ -231,6 +279,12 @@ async fn run(
                     calls.remove(&key);
                     ua.hangup(Instant::now(), &key);
                 }
+                Some(Command::Ring { key }) => ua.ring(Instant::now(), &key),
+                Some(Command::Accept { key, sdp }) => ua.accept(Instant::now(), &key, sdp),
+                Some(Command::Refuse { key, code }) => {
+                    calls.remove(&key);
+                    ua.refuse(Instant::now(), &key, code);
+                }
                 None => return,
             },
             _ = tokio::time::sleep_until(wake) => ua.handle_timeout(Instant::now()),
@@ -254,6 +308,29 @@ async fn run(
                     }
                     server.store(encode(state), Ordering::Relaxed);
                     metrics.sip_server_up.set(i64::from(up));
+                }
+                UaEvent::Incoming {
+                    key,
+                    user,
+                    from,
+                    to,
+                    sdp,
+                } => {
+                    let (tx, events) = mpsc::unbounded_channel();
+                    calls.insert(key.clone(), tx);
+                    info!(%user, %from, "incoming call");
+                    let call = IncomingCall {
+                        key: key.clone(),
+                        user,
+                        from,
+                        to,
+                        sdp,
+                        events,
+                    };
+                    if incoming.send(call).is_err() {
+                        calls.remove(&key);
+                        ua.refuse(Instant::now(), &key, 480);
+                    }
                 }
                 UaEvent::Call { key, event } => {
                     let last = matches!(event, DialogEvent::Failed { .. } | DialogEvent::RemoteBye);
@@ -288,6 +365,10 @@ async fn run(
                     }
                 }
             }
+        }
+        // Answers decided while handling events (a refused incoming call).
+        while let Some((to, bytes)) = ua.poll_transmit() {
+            let _ = socket.send_to(&bytes, to).await;
         }
         let now = ua.counters;
         metrics

@@ -116,6 +116,26 @@ impl Endpoint {
         self.collect(now, &key)
     }
 
+    /// Sends `response` in the server transaction of the request with Via
+    /// branch `branch` and `method` (a later response: 180 after 100, or the
+    /// final answer to an INVITE). Nothing when that transaction is gone.
+    pub fn send_response(
+        &mut self,
+        now: Instant,
+        branch: &str,
+        method: &str,
+        response: rsip::Response,
+    ) -> Vec<Datagram> {
+        let key = (branch.to_string(), method.to_string());
+        let Some((from, tx)) = self.server.get_mut(&key) else {
+            return Vec::new();
+        };
+        let mut response = response;
+        apply_rport(&mut response, *from);
+        tx.send_response(now, response);
+        self.collect(now, &key)
+    }
+
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<Datagram> {
         let due: Vec<_> = self
             .server

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rsip::prelude::*;
 
-use super::dialog::{DialogEvent, OutgoingCall};
+use super::dialog::{DialogEvent, SipCall};
 use super::endpoint::{Datagram, Endpoint};
 use super::message::{own_request, parse_datagram};
 use super::registration::{branch_of, random_text, Identity, Registration, RegistrationEvent};
@@ -36,6 +36,15 @@ pub enum UaEvent {
     },
     /// What the far end of call `key` did.
     Call { key: String, event: DialogEvent },
+    /// A new call for `user` (the Request-URI's user); answer it with
+    /// [`UserAgent::ring`], [`UserAgent::accept`] or [`UserAgent::refuse`].
+    Incoming {
+        key: String,
+        user: String,
+        from: String,
+        to: String,
+        sdp: Option<String>,
+    },
     /// The server answered a keepalive (true) or stopped answering (false).
     ServerReachable(bool),
 }
@@ -61,7 +70,10 @@ pub struct UserAgent {
     endpoint: Endpoint,
     clients: HashMap<String, (ClientTransaction, Owner)>,
     registrations: HashMap<String, Registration>,
-    calls: HashMap<String, OutgoingCall>,
+    calls: HashMap<String, SipCall>,
+    /// Our 2xx to an incoming INVITE, resent until the ACK (RFC 3261 §13.3.1.4):
+    /// (to, bytes, next send, interval, give up at).
+    unacked: HashMap<String, (SocketAddr, Vec<u8>, Instant, Duration, Instant)>,
     next_keepalive: Option<Instant>,
     reachable: Option<bool>,
     transmit: VecDeque<Datagram>,
@@ -78,6 +90,7 @@ impl UserAgent {
             clients: HashMap::new(),
             registrations: HashMap::new(),
             calls: HashMap::new(),
+            unacked: HashMap::new(),
             reachable: None,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
@@ -132,7 +145,7 @@ impl UserAgent {
     /// Calls `to` for call `key` as `user`, offering `sdp`; what happens
     /// comes back as [`UaEvent::Call`] events.
     pub fn invite(&mut self, now: Instant, key: &str, user: &str, to: &str, sdp: String) {
-        let call = OutgoingCall::new(
+        let call = SipCall::new(
             user,
             to,
             &self.cfg.identity.domain,
@@ -149,6 +162,10 @@ impl UserAgent {
         let Some(call) = self.calls.get_mut(key) else {
             return;
         };
+        if call.is_incoming() && call.state() == super::dialog::DialogState::Calling {
+            self.refuse(now, key, 480);
+            return;
+        }
         if let Some(cancel) = call.cancel() {
             // The INVITE's 487 ends the call (its transaction ACKs it).
             self.send(now, cancel, Owner::Call(key.to_string()));
@@ -158,6 +175,73 @@ impl UserAgent {
         } else {
             self.calls.remove(key);
         }
+    }
+
+    /// 180 Ringing to an incoming call.
+    pub fn ring(&mut self, now: Instant, key: &str) {
+        if let Some(call) = self.calls.get(key) {
+            let response = call.ringing();
+            self.respond_invite(now, key, response);
+        }
+    }
+
+    /// Answers an incoming call with our SDP.
+    pub fn accept(&mut self, now: Instant, key: &str, sdp: String) {
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
+        let response = call.accept(sdp);
+        let bytes = response.to_string().into_bytes();
+        self.respond_invite(now, key, response);
+        if let Some(to) = self.invite_source(key) {
+            let t1 = self.cfg.timers.t1;
+            self.unacked
+                .insert(key.to_string(), (to, bytes, now + t1, t1, now + 64 * t1));
+        }
+    }
+
+    /// Refuses an incoming call with `code` (its transaction takes the ACK).
+    pub fn refuse(&mut self, now: Instant, key: &str, code: u16) {
+        let Some(mut call) = self.calls.remove(key) else {
+            return;
+        };
+        let response = call.refuse(code);
+        self.calls.insert(key.to_string(), call);
+        self.respond_invite(now, key, response);
+        self.calls.remove(key);
+    }
+
+    fn invite_source(&self, key: &str) -> Option<SocketAddr> {
+        let call = self.calls.get(key)?;
+        let via = call.invite().via_header().ok()?.typed().ok()?;
+        let host = via.uri.host_with_port.to_string();
+        // rport/received on the Via say where the request really came from.
+        let received = via.params.iter().find_map(|p| match p {
+            rsip::Param::Received(r) => Some(r.value().to_string()),
+            _ => None,
+        });
+        let rport = via.params.iter().find_map(|p| match p {
+            rsip::Param::Other(k, Some(v)) if k.value().eq_ignore_ascii_case("rport") => {
+                v.value().parse::<u16>().ok()
+            }
+            _ => None,
+        });
+        let base: SocketAddr = host
+            .parse()
+            .ok()
+            .or_else(|| format!("{host}:5060").parse().ok())?;
+        let ip = received.and_then(|r| r.parse().ok()).unwrap_or(base.ip());
+        Some(SocketAddr::new(ip, rport.unwrap_or(base.port())))
+    }
+
+    fn respond_invite(&mut self, now: Instant, key: &str, response: rsip::Response) {
+        let Some(branch) = self.calls.get(key).and_then(|c| c.invite_branch()) else {
+            return;
+        };
+        let out = self
+            .endpoint
+            .send_response(now, &branch, "INVITE", response);
+        self.transmit.extend(out);
     }
 
     /// Calls with a dialog in progress.
@@ -174,23 +258,78 @@ impl UserAgent {
         }
         let calls = &mut self.calls;
         let events = &mut self.events;
+        let unacked = &mut self.unacked;
+        let local = self.cfg.identity.local;
+        let mut cancelled = Vec::new();
         let out = self
             .endpoint
             .handle_datagram_with(now, from, data, &mut |request| {
-                let (key, call) = calls.iter_mut().find(|(_, c)| c.matches(request))?;
-                if request.method == rsip::Method::Ack {
-                    return None;
+                if let Some((key, call)) = calls.iter_mut().find(|(_, c)| c.matches(request)) {
+                    if request.method == rsip::Method::Ack {
+                        unacked.remove(key);
+                        return None;
+                    }
+                    let (response, event) = call.on_request(request);
+                    if let Some(event) = event {
+                        events.push_back(UaEvent::Call {
+                            key: key.clone(),
+                            event,
+                        });
+                    }
+                    return Some(response);
                 }
-                let (response, event) = call.on_request(request);
-                if let Some(event) = event {
-                    events.push_back(UaEvent::Call {
-                        key: key.clone(),
-                        event,
-                    });
+                match request.method {
+                    rsip::Method::Cancel => {
+                        let branch = branch_of(request);
+                        let found = calls.iter().find(|(_, c)| {
+                            c.is_incoming()
+                                && c.state() == super::dialog::DialogState::Calling
+                                && c.invite_branch() == branch
+                        });
+                        Some(match found {
+                            Some((key, _)) => {
+                                cancelled.push(key.clone());
+                                super::transaction::response_to(request, 200)
+                            }
+                            None => super::transaction::response_to(request, 481),
+                        })
+                    }
+                    rsip::Method::Invite if !has_to_tag(request) => {
+                        let call = SipCall::incoming(request, local)?;
+                        let key = random_text();
+                        let (from, to) = call.parties();
+                        let user = request
+                            .uri
+                            .auth
+                            .as_ref()
+                            .map(|a| a.user.clone())
+                            .unwrap_or_default();
+                        events.push_back(UaEvent::Incoming {
+                            key: key.clone(),
+                            user,
+                            from,
+                            to,
+                            sdp: call.remote_offer(),
+                        });
+                        calls.insert(key, call);
+                        // 100 keeps the transaction open for our answer.
+                        Some(super::transaction::response_to(request, 100))
+                    }
+                    // A request inside a dialog we do not know (RFC 3261 §12.2.2).
+                    _ if has_to_tag(request) && request.method != rsip::Method::Ack => {
+                        Some(super::transaction::response_to(request, 481))
+                    }
+                    _ => None,
                 }
-                Some(response)
             });
         self.transmit.extend(out);
+        for key in cancelled {
+            self.refuse(now, &key, 487);
+            self.events.push_back(UaEvent::Call {
+                key,
+                event: DialogEvent::Failed { status: Some(487) },
+            });
+        }
         self.calls
             .retain(|_, c| c.state() != super::dialog::DialogState::Terminated);
     }
@@ -237,6 +376,20 @@ impl UserAgent {
     pub fn handle_timeout(&mut self, now: Instant) {
         let out = self.endpoint.handle_timeout(now);
         self.transmit.extend(out);
+        let t2 = self.cfg.timers.t2;
+        let transmit = &mut self.transmit;
+        self.unacked
+            .retain(|_, (to, bytes, next, interval, give_up)| {
+                if now >= *give_up {
+                    return false;
+                }
+                if now >= *next {
+                    transmit.push_back((*to, bytes.clone()));
+                    *interval = (*interval * 2).min(t2);
+                    *next = now + *interval;
+                }
+                true
+            });
         let due: Vec<String> = self
             .clients
             .iter()
@@ -272,8 +425,10 @@ impl UserAgent {
             .values()
             .filter_map(|(tx, _)| tx.poll_timeout());
         let regs = self.registrations.values().filter_map(|r| r.poll_timeout());
+        let unacked = self.unacked.values().map(|(_, _, next, _, _)| *next);
         clients
             .chain(regs)
+            .chain(unacked)
             .chain(self.endpoint.poll_timeout())
             .chain(self.next_keepalive)
             .min()
@@ -430,6 +585,14 @@ impl UserAgent {
         );
         own_request(&text, rsip::Method::Options)
     }
+}
+
+/// Whether a request carries a To tag (it belongs to a dialog).
+fn has_to_tag(request: &rsip::Request) -> bool {
+    request
+        .headers
+        .iter()
+        .any(|h| matches!(h, rsip::Header::To(to) if to.value().contains("tag=")))
 }
 
 #[cfg(test)]
