@@ -299,3 +299,77 @@ fn browser_calls_a_sip_uas_and_hears_itself() {
     assert_eq!(r["ended"], true, "{r}");
     common::assert_sipp_passed(&sipp.wait_with_output().unwrap());
 }
+
+/// SIPp calls user 1001 and returns the RTP it gets (`-rtp_echo`); the demo
+/// page, connected as 1001, answers: the browser hears its own tone after a
+/// trip through the SIP side, and SIPp's BYE ends the call.
+#[test]
+fn a_sip_caller_reaches_the_browser() {
+    if !common::inside_namespace("a_sip_caller_reaches_the_browser") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gw = common::Gateway::start(
+        "",
+        "[sip]\nserver = \"127.0.0.1:5090\"\nregister = false\nkeepalive-interval-s = 0\n",
+    );
+    let url = format!("https://127.0.0.1:{}", gw.https.port());
+    let e2e = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e");
+    let mut node = Command::new("timeout")
+        .args(["150", "node", "echo-calls.mjs", "incoming"])
+        .current_dir(e2e)
+        .env("GW_URL", &url)
+        .env("FAKE_AUDIO", tone_wav(dir.path()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("node runs");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(node.stdout.take().unwrap()));
+    let ready = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(ready.contains("ready"), "the page connected: {ready}");
+    let sipp = Command::new("sipp")
+        .args([
+            "-sn",
+            "uac",
+            "-s",
+            "1001",
+            "-d",
+            "8000",
+            "-m",
+            "1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            "5090",
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            "6000",
+            "-rtp_echo",
+            "-nostdin",
+            "-timeout",
+            "60",
+            "-timeout_error",
+        ])
+        .arg(gw.sip.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sipp runs");
+    let report = lines.next().and_then(Result::ok).unwrap_or_default();
+    let _ = node.wait();
+    let r: Value = serde_json::from_str(&report).unwrap_or(Value::Null);
+    eprintln!("browser report (incoming): {r}");
+    assert!(
+        r.get("error").is_none() && r.get("pageErrors").is_none(),
+        "{r}"
+    );
+    assert_eq!(r["rang"], true, "{r}");
+    assert_eq!(r["answered"], true, "{r}");
+    assert_eq!(r["heard"], true, "the tone came back through SIPp: {r}");
+    let hz = r["remoteHz"].as_f64().unwrap_or(0.0);
+    assert!((hz - 1000.0).abs() <= 20.0, "dominant frequency {hz} Hz");
+    assert_eq!(r["stats"]["gateway"]["direction"], "inbound", "{r}");
+    assert_eq!(r["ended"], true, "SIPp's BYE ended the call: {r}");
+    common::assert_sipp_passed(&sipp.wait_with_output().unwrap());
+}

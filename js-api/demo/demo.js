@@ -104,10 +104,13 @@ function watch(call) {
   on('dtmf', (d) => `DTMF received: ${d.digit}`);
   on('ended', (d) => `call ended: ${d.reason}${d.sipStatus ? ` (SIP ${d.sipStatus})` : ''}`);
   call.addEventListener('ended', () => { stopTimers(); buttons(); });
-  call.addEventListener('track', (e) => {
-    $('remote-audio').srcObject = e.detail;
-    meter(e.detail, 'remote-level', 'remote-freq', 'remote');
-  });
+  const hear = (stream) => {
+    $('remote-audio').srcObject = stream;
+    meter(stream, 'remote-level', 'remote-freq', 'remote');
+  };
+  call.addEventListener('track', (e) => hear(e.detail));
+  // Answering an incoming call sets up the stream before we get here.
+  if (call.remoteStream) hear(call.remoteStream);
   if (call.localStream) meter(call.localStream, 'mic-level', 'mic-freq', 'mic');
   state.timers.push(setInterval(counters, 1000));
   buttons();

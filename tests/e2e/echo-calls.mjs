@@ -2,6 +2,9 @@
 // tests/echo_calls.rs. Mode (argv[2]):
 //   demo        the shipped demo page: connect, call echo, hear the tone
 //               back, DTMF, hold/resume, screenshot, hang up
+//   incoming    the demo page, connected as 1001, answers a SIP caller that
+//               returns RTP (SIPp -rtp_echo): hear the tone back until the
+//               caller hangs up
 //   sip         the demo page calls DIAL through the SIP server (a SIPp UAS
 //               returning RTP): hear the tone back, hang up
 //   concurrent  ten calls to echo at once from one page through the js-api
@@ -83,6 +86,27 @@ try {
     report.ended = await waitFor(page, () => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes('call ended: hangup')), null, 5000);
     report.log = await page.evaluate(() => [...document.querySelectorAll('#log li')].map((li) => li.textContent).reverse());
     report.totalMs = Date.now() - t0;
+  } else if (mode === 'incoming') {
+    const page = await context.newPage();
+    page.on('pageerror', (e) => { report.pageErrors = (report.pageErrors || []).concat(String(e)); });
+    await page.goto(`${gw}/demo/`);
+    await page.fill('#user', '1001');
+    await page.click('#connect');
+    report.connected = await waitFor(page, () => document.getElementById('session-status').textContent.startsWith('connected'));
+    say({ ready: true });
+    report.rang = await waitFor(page, () => !document.getElementById('incoming').hidden, null, 30000);
+    await page.click('#answer');
+    report.answered = await waitFor(page, () => window.demo.call && window.demo.call.state === 'answered');
+    report.heard = await waitFor(page, () => {
+      const r = window.demo.remote;
+      return r && Math.abs(r.hz - 1000) <= 20 && window.demo.stats && window.demo.stats.browser.packetsReceived > 100;
+    });
+    Object.assign(report, await page.evaluate(() => ({
+      remoteHz: window.demo.remote ? window.demo.remote.hz : 0,
+      stats: window.demo.stats,
+    })));
+    report.ended = await waitFor(page, () => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes('call ended: remote_hangup')), null, 30000);
+    report.log = await page.evaluate(() => [...document.querySelectorAll('#log li')].map((li) => li.textContent).reverse());
   } else if (mode === 'concurrent') {
     const page = await context.newPage();
     await page.goto(`${gw}/demo/`);
