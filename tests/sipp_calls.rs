@@ -362,3 +362,24 @@ async fn a_call_for_a_user_without_a_session_gets_404() {
     passed(sipp);
     nothing_left(&gw).await;
 }
+
+#[tokio::test]
+async fn the_far_end_holds_and_resumes() {
+    let port = free_udp_port();
+    let sipp = sipp_uas("uas-reinvite-hold.xml", port);
+    let gw = sip_gateway(port);
+    let mut s = Session::open(&gw).await;
+    let cid = s.call("5000").await;
+    s.wait_for("call.answered").await;
+    let held = s.wait_for("call.held").await;
+    assert_eq!(
+        (held["call"].as_str(), held["by"].as_str()),
+        (Some(cid.as_str()), Some("remote"))
+    );
+    let resumed = s.wait_for("call.resumed").await;
+    assert_eq!(resumed["by"], "remote");
+    let ended = s.wait_for("call.ended").await;
+    assert_eq!(ended["reason"], "remote_hangup");
+    passed(sipp);
+    nothing_left(&gw).await;
+}
