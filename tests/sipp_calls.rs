@@ -383,3 +383,25 @@ async fn the_far_end_holds_and_resumes() {
     passed(sipp);
     nothing_left(&gw).await;
 }
+
+#[tokio::test]
+async fn we_hold_and_resume_the_far_end() {
+    let port = free_udp_port();
+    let sipp = sipp_uas("uas-accept-hold.xml", port);
+    let gw = sip_gateway(port);
+    let mut s = Session::open(&gw).await;
+    let cid = s.call("5000").await;
+    s.wait_for("call.answered").await;
+    let (status, body) = s.post(&format!("/calls/{cid}/hold"), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let held = s.wait_for("call.held").await;
+    assert_eq!(held["by"], "local");
+    let (status, body) = s.post(&format!("/calls/{cid}/resume"), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let resumed = s.wait_for("call.resumed").await;
+    assert_eq!(resumed["by"], "local");
+    s.hang_up(&cid).await;
+    assert_eq!(s.wait_for("call.ended").await["reason"], "hangup");
+    passed(sipp);
+    nothing_left(&gw).await;
+}

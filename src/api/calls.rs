@@ -41,11 +41,6 @@ fn command_error(e: CommandError) -> ApiError {
         }
         CommandError::Dtmf(m) => ApiError::bad_request("invalid_dtmf", m),
         CommandError::BadSdp(e) => ApiError::bad_request("bad_sdp", e.to_string()),
-        e @ CommandError::Unsupported(_) => ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            e.to_string(),
-        ),
         e @ CommandError::NoTelephoneEvent => {
             ApiError::new(StatusCode::CONFLICT, "dtmf_not_negotiated", e.to_string())
         }

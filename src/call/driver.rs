@@ -66,8 +66,6 @@ pub enum CommandError {
     Dtmf(String),
     #[error("no telephone-event was negotiated for this call, so DTMF cannot be sent")]
     NoTelephoneEvent,
-    #[error("{0} is not available yet")]
-    Unsupported(&'static str),
     #[error("{0}")]
     BadSdp(#[from] SdpError),
 }
@@ -689,7 +687,8 @@ impl Far {
                     }
                 }
                 FarRequest::Refuse(code) => handle.refuse(call.id(), *code),
-                FarRequest::Hold | FarRequest::Resume => {}
+                FarRequest::Hold => handle.hold(call.id(), true),
+                FarRequest::Resume => handle.hold(call.id(), false),
             },
         }
     }
@@ -793,6 +792,10 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
             Some(DialogEvent::RemoteBye) => self.call.far_ended(None),
             Some(DialogEvent::RemoteHold(held)) => self.call.far_hold_changed(held, Party::Remote),
             Some(DialogEvent::Dtmf(digit)) => self.call.far_dtmf(digit),
+            Some(DialogEvent::LocalHold(Some(held))) => {
+                self.call.far_hold_changed(held, Party::Local)
+            }
+            Some(DialogEvent::LocalHold(None)) => warn!("the far end refused our hold/resume"),
         }
     }
 
@@ -1020,9 +1023,6 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                 self.call.hangup();
                 Ok(())
             }
-            Command::Hold | Command::Resume if matches!(self.far, Far::Sip { .. }) => Err(
-                CommandError::Unsupported("hold and resume toward a SIP server"),
-            ),
             Command::Hold => Ok(self.call.hold()?),
             Command::Resume => Ok(self.call.resume()?),
             Command::Answer { sdp } => self.browser_answer(&sdp),

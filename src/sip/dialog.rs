@@ -37,6 +37,9 @@ pub enum DialogEvent {
     RemoteBye,
     /// The far end's re-INVITE put us on hold (true) or took us off it.
     RemoteHold(bool),
+    /// The far end accepted our re-INVITE putting it on hold (true) or
+    /// taking it off; `None`: it refused, nothing changed.
+    LocalHold(Option<bool>),
     /// A DTMF digit by SIP INFO.
     Dtmf(char),
 }
@@ -61,6 +64,8 @@ pub struct SipCall {
     local_sdp: String,
     sdp_version: u64,
     remote_held: bool,
+    /// Our re-INVITE in flight: its CSeq and whether it holds.
+    reinvite: Option<(u32, bool)>,
 }
 
 /// `5000` → `sip:5000@domain`; a `sip:`/`sips:` URI stays as it is.
@@ -181,6 +186,7 @@ impl SipCall {
             local_sdp: sdp,
             sdp_version: 1,
             remote_held: false,
+            reinvite: None,
         };
         call.invite = call.build_invite();
         call
@@ -223,6 +229,7 @@ impl SipCall {
             local_sdp: String::new(),
             sdp_version: 1,
             remote_held: false,
+            reinvite: None,
         })
     }
 
@@ -386,6 +393,60 @@ impl SipCall {
         (Some(ack), Some(DialogEvent::Answered { sdp }))
     }
 
+    /// A re-INVITE putting the far end on hold (`a=sendonly`) or taking it
+    /// off (`a=sendrecv`). None when the dialog is not confirmed or one is
+    /// already in flight (RFC 3261 §14.1).
+    pub fn reinvite(&mut self, hold: bool) -> Option<rsip::Request> {
+        if self.state != DialogState::Confirmed || self.reinvite.is_some() {
+            return None;
+        }
+        let direction = if hold {
+            Direction::SendOnly
+        } else {
+            Direction::SendRecv
+        };
+        self.sdp_version += 1;
+        self.local_sdp = with_direction(&self.local_sdp, direction, self.sdp_version);
+        self.cseq += 1;
+        self.reinvite = Some((self.cseq, hold));
+        let sdp = self.local_sdp.clone();
+        Some(self.in_dialog(
+            rsip::Method::Invite,
+            self.cseq,
+            &sdp,
+            Some("application/sdp"),
+        ))
+    }
+
+    /// A final response to our re-INVITE (`None`: none in time). Returns the
+    /// ACK for a 2xx and the outcome.
+    pub fn on_reinvite_response(
+        &mut self,
+        response: Option<&rsip::Response>,
+    ) -> (Option<Vec<u8>>, Option<DialogEvent>) {
+        let Some((cseq, hold)) = self.reinvite.take() else {
+            return (None, None);
+        };
+        match response.map(|r| r.status_code.code()) {
+            Some(200..=299) => {
+                let ack = self
+                    .in_dialog(rsip::Method::Ack, cseq, "", None)
+                    .to_string()
+                    .into_bytes();
+                (Some(ack), Some(DialogEvent::LocalHold(Some(hold))))
+            }
+            _ => (None, Some(DialogEvent::LocalHold(None))),
+        }
+    }
+
+    /// Whether `response` answers our re-INVITE in flight.
+    pub fn is_reinvite_response(&self, response: &rsip::Response) -> bool {
+        let cseq = header(&response.headers, "cseq")
+            .first()
+            .and_then(|c| c.split_whitespace().next()?.parse::<u32>().ok());
+        matches!((self.reinvite, cseq), (Some((ours, _)), Some(theirs)) if ours == theirs)
+    }
+
     /// The INVITE got no final response (timer B).
     pub fn on_invite_timeout(&mut self) -> Option<DialogEvent> {
         (self.state == DialogState::Calling).then(|| {
@@ -455,6 +516,12 @@ impl SipCall {
             to = self.remote_uri,
             call_id = self.call_id,
         ));
+        if method == rsip::Method::Invite {
+            text.push_str(&format!(
+                "Contact: <sip:{}@{};transport=udp>\r\n",
+                self.contact_user, self.local
+            ));
+        }
         if let Some(ct) = content_type {
             text.push_str(&format!("Content-Type: {ct}\r\n"));
         }

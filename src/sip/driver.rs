@@ -52,6 +52,10 @@ enum Command {
     Ring {
         key: String,
     },
+    Hold {
+        key: String,
+        hold: bool,
+    },
     Accept {
         key: String,
         sdp: String,
@@ -152,6 +156,14 @@ impl SipHandle {
     pub fn hangup(&self, key: &str) {
         let _ = self.commands.send(Command::Hangup {
             key: key.to_string(),
+        });
+    }
+
+    /// Puts call `key`'s far end on hold (re-INVITE sendonly) or takes it off.
+    pub fn hold(&self, key: &str, hold: bool) {
+        let _ = self.commands.send(Command::Hold {
+            key: key.to_string(),
+            hold,
         });
     }
 
@@ -280,6 +292,7 @@ async fn run(
                     ua.hangup(Instant::now(), &key);
                 }
                 Some(Command::Ring { key }) => ua.ring(Instant::now(), &key),
+                Some(Command::Hold { key, hold }) => ua.hold(Instant::now(), &key, hold),
                 Some(Command::Accept { key, sdp }) => ua.accept(Instant::now(), &key, sdp),
                 Some(Command::Refuse { key, code }) => {
                     calls.remove(&key);

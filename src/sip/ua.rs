@@ -177,6 +177,19 @@ impl UserAgent {
         }
     }
 
+    /// Puts the far end of call `key` on hold (re-INVITE sendonly) or takes
+    /// it off; the outcome comes as [`DialogEvent::LocalHold`].
+    pub fn hold(&mut self, now: Instant, key: &str, hold: bool) {
+        let request = self.calls.get_mut(key).and_then(|c| c.reinvite(hold));
+        match request {
+            Some(request) => self.send(now, request, Owner::Call(key.to_string())),
+            None => self.events.push_back(UaEvent::Call {
+                key: key.to_string(),
+                event: DialogEvent::LocalHold(None),
+            }),
+        }
+    }
+
     /// 180 Ringing to an incoming call.
     pub fn ring(&mut self, now: Instant, key: &str) {
         if let Some(call) = self.calls.get(key) {
@@ -511,6 +524,29 @@ impl UserAgent {
         let Some(call) = self.calls.get_mut(key) else {
             return;
         };
+        let reinvite = match &response {
+            Some(r) => call.is_reinvite_response(r),
+            None => call.state() == super::dialog::DialogState::Confirmed,
+        };
+        if reinvite {
+            if response
+                .as_ref()
+                .is_some_and(|r| r.status_code.code() < 200)
+            {
+                return;
+            }
+            let (ack, event) = call.on_reinvite_response(response.as_ref());
+            if let (Some(ack), Some(server)) = (ack, self.cfg.server) {
+                self.transmit.push_back((server, ack));
+            }
+            if let Some(event) = event {
+                self.events.push_back(UaEvent::Call {
+                    key: key.to_string(),
+                    event,
+                });
+            }
+            return;
+        }
         let (ack, event) = match &response {
             Some(r) => call.on_invite_response(r),
             None => (None, call.on_invite_timeout()),
