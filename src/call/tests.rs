@@ -407,3 +407,100 @@ fn plan_refuses_what_the_far_end_cannot_take() {
     assert!(plan::negotiate(&plan, &far, &local(&identity)).is_err());
     assert!(plan::outbound("v=0\r\nnot sdp", true).is_err());
 }
+
+fn inbound_call(t0: Instant) -> Call {
+    Call::inbound(
+        "in1".into(),
+        "2000",
+        "1001",
+        "v=0 our offer".into(),
+        Duration::from_secs(45),
+        t0,
+    )
+}
+
+#[test]
+fn an_incoming_call_is_offered_then_answered() {
+    let t0 = Instant::now();
+    let mut call = inbound_call(t0);
+    assert_eq!(
+        drain(&mut call),
+        vec![CallOutput::Notify(SessionEvent::CallIncoming {
+            call: "in1".into(),
+            from: "2000".into(),
+            to: "1001".into(),
+            sdp: "v=0 our offer".into(),
+        })]
+    );
+    assert_eq!(call.state(), CallState::Incoming);
+    assert_eq!(call.hold(), Err(CallError::NotAnswered("incoming")));
+    call.prepare_answer(spec(LegKeying::Sdes), String::new());
+    call.browser_answered(t0 + Duration::from_secs(2)).unwrap();
+    let out = drain(&mut call);
+    assert_eq!(out[0], CallOutput::Far(FarRequest::Accept));
+    assert_eq!(
+        out[1],
+        CallOutput::Notify(SessionEvent::CallAnswered {
+            call: "in1".into(),
+            sdp: None
+        })
+    );
+    assert_eq!(call.state(), CallState::Answered);
+    // The ring timer is gone; the leg's consent timer runs from the answer.
+    assert_eq!(
+        call.poll_timeout(),
+        Some(t0 + Duration::from_secs(22)),
+        "rtp timeout first"
+    );
+    assert_eq!(
+        call.browser_answered(t0),
+        Err(CallError::NotIncoming("answered"))
+    );
+    call.handle_web_packet(t0 + Duration::from_secs(3), browser(), &check(1, true));
+    assert!(drain(&mut call).contains(&CallOutput::MediaRemote(browser())));
+}
+
+#[test]
+fn an_unanswered_incoming_call_gives_up_with_480() {
+    let t0 = Instant::now();
+    let mut call = inbound_call(t0);
+    drain(&mut call);
+    assert_eq!(call.poll_timeout(), Some(t0 + Duration::from_secs(45)));
+    call.handle_timeout(t0 + Duration::from_secs(44));
+    assert_eq!(drain(&mut call), vec![]);
+    call.handle_timeout(t0 + Duration::from_secs(45));
+    let out = drain(&mut call);
+    assert_eq!(out[0], CallOutput::Far(FarRequest::Refuse(480)));
+    assert_eq!(ended(&out), Some(("cancelled".into(), Some(480))));
+    assert!(finished(&out));
+}
+
+#[test]
+fn an_incoming_call_rejected_or_cancelled() {
+    let t0 = Instant::now();
+    let mut call = inbound_call(t0);
+    drain(&mut call);
+    call.browser_rejected(603).unwrap();
+    let out = drain(&mut call);
+    assert_eq!(out[0], CallOutput::Far(FarRequest::Refuse(603)));
+    assert_eq!(ended(&out), Some(("rejected".into(), Some(603))));
+    assert_eq!(call.browser_rejected(486), Err(CallError::Ended));
+
+    // The caller gives up first (CANCEL → 487 toward it).
+    let mut call = inbound_call(t0);
+    drain(&mut call);
+    call.far_ended(Some(487));
+    let out = drain(&mut call);
+    assert_eq!(ended(&out), Some(("cancelled".into(), Some(487))));
+    assert!(!out.iter().any(|o| matches!(o, CallOutput::Far(_))));
+
+    // The browser's session ends while it rings: the caller is refused.
+    let mut call = inbound_call(t0);
+    drain(&mut call);
+    call.hangup();
+    let out = drain(&mut call);
+    assert_eq!(
+        out[0],
+        CallOutput::Far(FarRequest::Hangup { answered: false })
+    );
+}

@@ -787,4 +787,142 @@ mod tests {
         assert_eq!(ua.poll_event(), Some(UaEvent::ServerReachable(false)));
         assert!(now >= t1 + Duration::from_secs(32));
     }
+
+    fn incoming_invite(branch: &str) -> Vec<u8> {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+        format!(
+            "INVITE sip:1001@192.0.2.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch={branch}\r\n\
+             From: \"Caller\" <sip:2000@pbx.example>;tag=c1\r\nTo: <sip:1001@pbx.example>\r\n\
+             Call-ID: in-1@pbx\r\nCSeq: 7 INVITE\r\nContact: <sip:2000@192.0.2.1:5060>\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        )
+        .into_bytes()
+    }
+
+    fn sent(ua: &mut UserAgent) -> Vec<String> {
+        std::iter::from_fn(|| ua.poll_transmit())
+            .map(|(_, b)| String::from_utf8(b).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn an_incoming_call_rings_is_answered_and_its_200_repeats_until_the_ack() {
+        let t0 = Instant::now();
+        let mut ua = UserAgent::new(cfg(None), t0);
+        ua.handle_datagram(t0, server(), &incoming_invite("z9hG4bKin1"));
+        let out = sent(&mut ua);
+        assert!(out[0].starts_with("SIP/2.0 100"), "{out:?}");
+        let Some(UaEvent::Incoming {
+            key,
+            user,
+            from,
+            to,
+            sdp,
+        }) = ua.poll_event()
+        else {
+            panic!("an incoming call event");
+        };
+        assert_eq!(
+            (user.as_str(), from.as_str(), to.as_str()),
+            ("1001", "2000", "1001")
+        );
+        assert!(sdp.unwrap().contains("m=audio 4000"));
+        ua.ring(t0, &key);
+        let out = sent(&mut ua);
+        assert!(
+            out[0].starts_with("SIP/2.0 180") && out[0].contains(";tag="),
+            "{out:?}"
+        );
+        // The INVITE again: the 180 again, no second call.
+        ua.handle_datagram(t0, server(), &incoming_invite("z9hG4bKin1"));
+        assert!(sent(&mut ua)[0].starts_with("SIP/2.0 180"));
+        assert_eq!(ua.poll_event(), None);
+        ua.accept(t0, &key, "v=0 answer\r\n".into());
+        let ok = sent(&mut ua);
+        assert!(
+            ok[0].starts_with("SIP/2.0 200") && ok[0].ends_with("v=0 answer\r\n"),
+            "{ok:?}"
+        );
+        let tag = ok[0]
+            .lines()
+            .find(|l| l.starts_with("To:"))
+            .and_then(|l| l.split("tag=").nth(1))
+            .unwrap()
+            .to_string();
+        // No ACK: the 200 goes again after T1, then 2·T1.
+        ua.handle_timeout(t0 + Duration::from_millis(500));
+        assert!(sent(&mut ua)[0].starts_with("SIP/2.0 200"));
+        ua.handle_timeout(t0 + Duration::from_millis(1400));
+        assert_eq!(sent(&mut ua).len(), 0);
+        ua.handle_timeout(t0 + Duration::from_millis(1500));
+        assert_eq!(sent(&mut ua).len(), 1);
+        let ack = format!(
+            "ACK sip:1001@192.0.2.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKack\r\n\
+             From: <sip:2000@pbx.example>;tag=c1\r\nTo: <sip:1001@pbx.example>;tag={tag}\r\n\
+             Call-ID: in-1@pbx\r\nCSeq: 7 ACK\r\nContent-Length: 0\r\n\r\n"
+        );
+        ua.handle_datagram(t0 + Duration::from_millis(1600), server(), ack.as_bytes());
+        ua.handle_timeout(t0 + Duration::from_secs(10));
+        assert!(
+            sent(&mut ua).iter().all(|m| !m.starts_with("SIP/2.0 200")),
+            "the ACK stopped it"
+        );
+        // The caller hangs up.
+        let bye = ack
+            .replace("ACK sip", "BYE sip")
+            .replace("CSeq: 7 ACK", "CSeq: 8 BYE")
+            .replace("z9hG4bKack", "z9hG4bKbye");
+        ua.handle_datagram(t0 + Duration::from_secs(11), server(), bye.as_bytes());
+        assert!(sent(&mut ua)[0].starts_with("SIP/2.0 200"));
+        assert_eq!(
+            ua.poll_event(),
+            Some(UaEvent::Call {
+                key,
+                event: DialogEvent::RemoteBye
+            })
+        );
+        assert_eq!(ua.call_count(), 0);
+    }
+
+    #[test]
+    fn a_cancelled_incoming_call_gets_487_and_unknown_dialogs_481() {
+        let t0 = Instant::now();
+        let mut ua = UserAgent::new(cfg(None), t0);
+        ua.handle_datagram(t0, server(), &incoming_invite("z9hG4bKin2"));
+        sent(&mut ua);
+        let Some(UaEvent::Incoming { key, .. }) = ua.poll_event() else {
+            panic!("an incoming call event");
+        };
+        let cancel = "CANCEL sip:1001@192.0.2.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKin2\r\n\
+             From: <sip:2000@pbx.example>;tag=c1\r\nTo: <sip:1001@pbx.example>\r\n\
+             Call-ID: in-1@pbx\r\nCSeq: 7 CANCEL\r\nContent-Length: 0\r\n\r\n";
+        ua.handle_datagram(t0, server(), cancel.as_bytes());
+        let out = sent(&mut ua);
+        assert!(
+            out[0].starts_with("SIP/2.0 200") && out[0].contains("CSeq: 7 CANCEL"),
+            "{out:?}"
+        );
+        assert!(
+            out[1].starts_with("SIP/2.0 487") && out[1].contains("CSeq: 7 INVITE"),
+            "{out:?}"
+        );
+        assert_eq!(
+            ua.poll_event(),
+            Some(UaEvent::Call {
+                key,
+                event: DialogEvent::Failed { status: Some(487) }
+            })
+        );
+        let stray = cancel
+            .replace("CANCEL sip", "BYE sip")
+            .replace(
+                "To: <sip:1001@pbx.example>",
+                "To: <sip:1001@pbx.example>;tag=nope",
+            )
+            .replace("CSeq: 7 CANCEL", "CSeq: 9 BYE")
+            .replace("z9hG4bKin2", "z9hG4bKstray");
+        ua.handle_datagram(t0, server(), stray.as_bytes());
+        assert!(sent(&mut ua)[0].starts_with("SIP/2.0 481"));
+    }
 }
