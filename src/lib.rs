@@ -87,6 +87,19 @@ impl Gateway {
     /// Binds every listener and starts serving. The config must be valid
     /// (it is, when it came from [`Config::load`]).
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        // Refuse what this build cannot do rather than silently doing less.
+        if config.sip.transport != config::SipTransport::Udp {
+            return Err(StartError::Setup(
+                "sip.transport: this build speaks SIP over UDP only; set transport = \"udp\""
+                    .into(),
+            ));
+        }
+        if config.sip.srtp != config::SrtpPolicy::Off {
+            return Err(StartError::Setup(
+                "sip.srtp: this build sends plain RTP on the SIP leg only; set srtp = \"off\""
+                    .into(),
+            ));
+        }
         let config = Arc::new(config);
         let workers = match config.media.relay_workers {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
