@@ -22,6 +22,15 @@ pub struct HttpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SipMessageLabels {
+    /// "in" or "out".
+    pub direction: String,
+    pub method: String,
+    /// The response status; 0 for requests.
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
 }
@@ -46,6 +55,7 @@ pub struct Metrics {
     pub sip_registrations_failed: Counter,
     pub sip_requests_sent: Counter,
     pub sip_transaction_timeouts: Counter,
+    pub sip_messages: Family<SipMessageLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -80,6 +90,12 @@ impl Metrics {
         let sip_registrations_failed = Counter::default();
         let sip_requests_sent = Counter::default();
         let sip_transaction_timeouts = Counter::default();
+        let sip_messages = Family::<SipMessageLabels, Counter>::default();
+        registry.register(
+            "sip_messages",
+            "SIP requests (status 0, retransmissions not counted) and responses received, by direction, method and status",
+            sip_messages.clone(),
+        );
         registry.register(
             "sip_server_up",
             "1 while the SIP server answers keepalive OPTIONS, else 0",
@@ -163,6 +179,7 @@ impl Metrics {
             sip_registrations_failed,
             sip_requests_sent,
             sip_transaction_timeouts,
+            sip_messages,
         }
     }
 

@@ -12,11 +12,21 @@ use serde_json::Value;
 
 /// A steady 1 kHz tone, 16-bit PCM mono at 48 kHz: Chromium's fake microphone.
 fn tone_wav(dir: &std::path::Path) -> std::path::PathBuf {
-    let rate = 48_000u32;
-    let samples: Vec<i16> = (0..rate * 5)
+    write_tone(dir, "tone-1k.wav", 1000.0, 48_000, 5)
+}
+
+/// A sine of `hz` as a 16-bit PCM mono WAV file.
+fn write_tone(
+    dir: &std::path::Path,
+    name: &str,
+    hz: f64,
+    rate: u32,
+    seconds: u32,
+) -> std::path::PathBuf {
+    let samples: Vec<i16> = (0..rate * seconds)
         .map(|n| {
             let t = f64::from(n) / f64::from(rate);
-            (0.5 * f64::from(i16::MAX) * (2.0 * std::f64::consts::PI * 1000.0 * t).sin()) as i16
+            (0.5 * f64::from(i16::MAX) * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16
         })
         .collect();
     let data_len = (samples.len() * 2) as u32;
@@ -36,9 +46,41 @@ fn tone_wav(dir: &std::path::Path) -> std::path::PathBuf {
     for s in samples {
         wav.extend_from_slice(&s.to_le_bytes());
     }
-    let path = dir.join("tone-1k.wav");
+    let path = dir.join(name);
     std::fs::write(&path, wav).unwrap();
     path
+}
+
+/// The strongest of `candidates` (Hz) in a 16-bit mono WAV, by Goertzel power,
+/// and the samples' RMS (0 = silence).
+fn strongest_tone(wav: &[u8], candidates: &[f64]) -> (f64, f64) {
+    let rate = f64::from(u32::from_le_bytes(wav[24..28].try_into().unwrap()));
+    let data = wav
+        .windows(4)
+        .position(|w| w == b"data")
+        .map(|i| &wav[i + 8..])
+        .unwrap_or(&[]);
+    let samples: Vec<f64> = data
+        .chunks_exact(2)
+        .map(|c| f64::from(i16::from_le_bytes([c[0], c[1]])))
+        .collect();
+    let rms = (samples.iter().map(|s| s * s).sum::<f64>() / samples.len().max(1) as f64).sqrt();
+    let power = |hz: f64| {
+        let k = 2.0 * (2.0 * std::f64::consts::PI * hz / rate).cos();
+        let (mut s1, mut s2) = (0.0, 0.0);
+        for x in &samples {
+            let s0 = x + k * s1 - s2;
+            s2 = s1;
+            s1 = s0;
+        }
+        s1 * s1 + s2 * s2 - k * s1 * s2
+    };
+    let best = candidates
+        .iter()
+        .copied()
+        .max_by(|a, b| power(*a).total_cmp(&power(*b)))
+        .unwrap_or(0.0);
+    (best, rms)
 }
 
 /// Runs tests/e2e/echo-calls.mjs in `mode` and returns its report.
@@ -47,6 +89,16 @@ fn browser(mode: &str, gw_url: &str, dir: &std::path::Path) -> Value {
 }
 
 fn browser_dialing(mode: &str, gw_url: &str, dir: &std::path::Path, dial: &str) -> Value {
+    browser_expecting(mode, gw_url, dir, dial, 1000)
+}
+
+fn browser_expecting(
+    mode: &str,
+    gw_url: &str,
+    dir: &std::path::Path,
+    dial: &str,
+    expect_hz: u32,
+) -> Value {
     let e2e = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e");
     let out = Command::new("timeout")
         .args(["150", "node", "echo-calls.mjs", mode])
@@ -55,6 +107,8 @@ fn browser_dialing(mode: &str, gw_url: &str, dir: &std::path::Path, dial: &str) 
         .env("FAKE_AUDIO", tone_wav(dir))
         .env("SCREENSHOT", dir.join("demo.png"))
         .env("DIAL", dial)
+        .env("EXPECT_HZ", expect_hz.to_string())
+        .env("DTMF", if dial == "ua" { "5" } else { "" })
         .stderr(std::process::Stdio::inherit())
         .output()
         .expect("node runs");
@@ -248,9 +302,9 @@ fn call_setup_times() {
     }
 }
 
-/// Browser → gateway → SIPp's UAS returning the RTP it gets (`-rtp_echo`):
-/// the browser hears its own tone after a trip through the SIP side
-/// (PCMU, the only codec SIPp answers with), and its hangup is SIPp's BYE.
+/// Browser → gateway → a SIPp UAS returning the RTP it gets (`-rtp_echo`):
+/// the browser hears its own tone after a trip through the SIP side (PCMU,
+/// the scenario's codec); the page's hangup is SIPp's BYE.
 #[test]
 fn browser_calls_a_sip_uas_and_hears_itself() {
     if !common::inside_namespace("browser_calls_a_sip_uas_and_hears_itself") {
@@ -372,4 +426,82 @@ fn a_sip_caller_reaches_the_browser() {
     assert_eq!(r["stats"]["gateway"]["direction"], "inbound", "{r}");
     assert_eq!(r["ended"], true, "SIPp's BYE ended the call: {r}");
     common::assert_sipp_passed(&sipp.wait_with_output().unwrap());
+}
+
+/// Browser → gateway → baresip (auto-answer, plays 440 Hz, records what it
+/// gets): the browser hears 440 Hz, baresip's recording holds the browser's
+/// 1 kHz tone, and the page's DTMF reaches baresip as RFC 4733 events.
+#[test]
+fn browser_and_baresip_hear_each_other() {
+    if !common::inside_namespace("browser_and_baresip_hear_each_other") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("baresip");
+    let recordings = dir.path().join("recordings");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::create_dir_all(&recordings).unwrap();
+    let tone = write_tone(dir.path(), "tone-440.wav", 440.0, 8000, 60);
+    std::fs::write(
+        conf.join("config"),
+        format!(
+            "sip_listen 127.0.0.1:5092\nnet_interface 127.0.0.1\ncall_max_calls 4\n\
+             audio_source aufile,{}\naudio_player aubridge,null0\naudio_alert aubridge,null1\n\
+             rtp_ports 32000-32999\nmodule_path /usr/lib/baresip/modules\n\
+             module g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\n\
+             module_app account.so\nsnd_path {}\n",
+            tone.display(),
+            recordings.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        conf.join("accounts"),
+        "<sip:ua@127.0.0.1:5092>;regint=0;answermode=auto\n",
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("baresip.log")).unwrap();
+    let mut baresip = Command::new("baresip")
+        .arg("-f")
+        .arg(&conf)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("baresip runs (the test command installs baresip-core)");
+    std::thread::sleep(Duration::from_millis(800));
+    let gw = common::Gateway::start(
+        "",
+        "[sip]\nserver = \"127.0.0.1:5092\"\nregister = false\nkeepalive-interval-s = 0\n",
+    );
+    let url = format!("https://127.0.0.1:{}", gw.https.port());
+    let r = browser_expecting("sip", &url, dir.path(), "ua", 440);
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = baresip.kill();
+    let _ = baresip.wait();
+    let baresip_log = std::fs::read_to_string(dir.path().join("baresip.log")).unwrap_or_default();
+    assert!(
+        baresip_log.contains("received event: '5' (end=1)"),
+        "baresip got the DTMF digit as RFC 4733:\n{baresip_log}"
+    );
+    assert_eq!(r["answered"], true, "{r}\nbaresip:\n{baresip_log}");
+    assert_eq!(r["heard"], true, "the browser hears baresip's 440 Hz: {r}");
+    let hz = r["remoteHz"].as_f64().unwrap_or(0.0);
+    assert!((hz - 440.0).abs() <= 20.0, "dominant frequency {hz} Hz");
+    assert_eq!(r["ended"], true, "{r}");
+    // What baresip decoded from the gateway: the browser's tone.
+    let decoded = std::fs::read_dir(&recordings)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+        .unwrap_or_else(|| panic!("baresip recorded the call\n{baresip_log}"));
+    let wav = std::fs::read(&decoded).unwrap();
+    let (best, rms) = strongest_tone(&wav, &[440.0, 500.0, 800.0, 1000.0, 1200.0, 2000.0]);
+    assert!(rms > 500.0, "baresip heard sound, not silence (rms {rms})");
+    assert_eq!(best, 1000.0, "baresip heard the browser's 1 kHz tone");
+    assert!(
+        baresip_log.contains("Call established") || baresip_log.contains("established"),
+        "{baresip_log}"
+    );
 }

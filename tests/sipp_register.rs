@@ -59,6 +59,19 @@ async fn digest_challenge_then_registered_then_unregistered() {
     let (status, body) = create(&gw, json!({"user": "1001", "password": "secret1001"})).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(gw.metric("gateway_sip_registrations").await, 1.0);
+    assert_eq!(
+        gw.metric(
+            "gateway_sip_messages_total{direction=\"in\",method=\"REGISTER\",status=\"401\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        gw.metric("gateway_sip_messages_total{direction=\"out\",method=\"REGISTER\",status=\"0\"}")
+            .await,
+        2.0,
+        "the first REGISTER and the one with credentials"
+    );
     let r = client()
         .delete(format!(
             "{}/v1/sessions/{}",

@@ -1,15 +1,23 @@
 //! SIP from the network: datagram parsing (with compact forms and limits),
-//! stream framing, and the transaction layer's input path. Never panics.
+//! stream framing, digest challenges, and the transaction layer's input
+//! path. Never panics.
 #![no_main]
 
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
+use webrtc_sip_gateway::sip::digest::Challenge;
 use webrtc_sip_gateway::sip::message::{frame_stream, parse_datagram};
 use webrtc_sip_gateway::sip::transaction::{ClientTransaction, ServerTransaction, TimerConfig};
 
 fuzz_target!(|data: &[u8]| {
     let _ = frame_stream(data);
+    // A digest challenge as a WWW-Authenticate value.
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(challenge) = Challenge::parse(text) {
+            let _ = challenge.respond("REGISTER", "sip:pbx", "u", "p", "c", 1);
+        }
+    }
     let Ok(message) = parse_datagram(data) else { return };
     let now = Instant::now();
     match message {

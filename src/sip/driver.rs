@@ -396,5 +396,15 @@ async fn run(
         seen = now;
         metrics.sip_registrations.set(ua.registered_count() as i64);
         metrics.sip_dialogs.set(ua.call_count() as i64);
+        for (direction, method, status, n) in ua.take_message_counts() {
+            metrics
+                .sip_messages
+                .get_or_create(&crate::metrics::SipMessageLabels {
+                    direction: direction.as_str().into(),
+                    method,
+                    status,
+                })
+                .inc_by(n);
+        }
     }
 }

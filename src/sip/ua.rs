@@ -79,6 +79,25 @@ pub struct UserAgent {
     transmit: VecDeque<Datagram>,
     events: VecDeque<UaEvent>,
     pub counters: UaCounters,
+    /// Messages since the last [`UserAgent::take_message_counts`]:
+    /// (direction, method, status or 0 for requests) → count.
+    messages: HashMap<(MessageDirection, String, u16), u64>,
+}
+
+/// Whether a counted message came in or went out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageDirection {
+    In,
+    Out,
+}
+
+impl MessageDirection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageDirection::In => "in",
+            MessageDirection::Out => "out",
+        }
+    }
 }
 
 impl UserAgent {
@@ -95,7 +114,24 @@ impl UserAgent {
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             counters: UaCounters::default(),
+            messages: HashMap::new(),
         }
+    }
+
+    /// SIP messages counted since the last call (requests without
+    /// retransmissions: status 0; responses received: their status).
+    pub fn take_message_counts(&mut self) -> Vec<(MessageDirection, String, u16, u64)> {
+        self.messages
+            .drain()
+            .map(|((d, m, s), n)| (d, m, s, n))
+            .collect()
+    }
+
+    fn count(&mut self, direction: MessageDirection, method: &str, status: u16) {
+        *self
+            .messages
+            .entry((direction, method.to_string(), status))
+            .or_insert(0) += 1;
     }
 
     pub fn server(&self) -> Option<SocketAddr> {
@@ -274,9 +310,11 @@ impl UserAgent {
         let unacked = &mut self.unacked;
         let local = self.cfg.identity.local;
         let mut cancelled = Vec::new();
+        let mut received = None;
         let out = self
             .endpoint
             .handle_datagram_with(now, from, data, &mut |request| {
+                received = Some(request.method.to_string());
                 if let Some((key, call)) = calls.iter_mut().find(|(_, c)| c.matches(request)) {
                     if request.method == rsip::Method::Ack {
                         unacked.remove(key);
@@ -336,6 +374,9 @@ impl UserAgent {
                 }
             });
         self.transmit.extend(out);
+        if let Some(method) = received {
+            self.count(MessageDirection::In, &method, 0);
+        }
         for key in cancelled {
             self.refuse(now, &key, 487);
             self.events.push_back(UaEvent::Call {
@@ -362,6 +403,7 @@ impl UserAgent {
             .and_then(|c| c.typed().ok())
             .map(|c| c.method.to_string())
             .unwrap_or_default();
+        self.count(MessageDirection::In, &method, response.status_code.code());
         let key = format!("{branch} {method}");
         if let Some((tx, _)) = self.clients.get_mut(&key) {
             tx.handle_response(now, response);
@@ -466,6 +508,7 @@ impl UserAgent {
             return;
         };
         self.counters.requests_sent += 1;
+        self.count(MessageDirection::Out, &request.method.to_string(), 0);
         let key = format!("{branch} {}", request.method);
         let tx = ClientTransaction::new(request, false, self.cfg.timers, now);
         self.clients.insert(key.clone(), (tx, owner));

@@ -6,7 +6,8 @@
 //               returns RTP (SIPp -rtp_echo): hear the tone back until the
 //               caller hangs up
 //   sip         the demo page calls DIAL through the SIP server (a SIPp UAS
-//               returning RTP): hear the tone back, hang up
+//               returning RTP, or baresip playing a tone): hear EXPECT_HZ
+//               (default 1000), hang up
 //   concurrent  ten calls to echo at once from one page through the js-api
 //   origin      a page on another origin tries to open a session
 //   setup       call setup times (request → answered, request → first packet)
@@ -48,17 +49,24 @@ try {
       return s.browser.packetsReceived > 0;
     });
     report.firstPacketMs = Date.now() - callAt;
-    // The far end's audio: the tone we sent, heard back.
-    report.heard = await waitFor(page, () => {
+    // The far end's audio: the tone we sent, heard back (or the far end's own).
+    const expectHz = Number(process.env.EXPECT_HZ || 1000);
+    report.heard = await waitFor(page, (hz) => {
       const r = window.demo.remote;
-      return r && Math.abs(r.hz - 1000) <= 20 && window.demo.stats && window.demo.stats.browser.packetsReceived > 100;
-    });
+      return r && Math.abs(r.hz - hz) <= 20 && window.demo.stats && window.demo.stats.browser.packetsReceived > 100;
+    }, expectHz);
     Object.assign(report, await page.evaluate(() => ({
       remoteHz: window.demo.remote ? window.demo.remote.hz : 0,
       micHz: window.demo.mic ? window.demo.mic.hz : 0,
       stats: window.demo.stats,
     })));
     if (mode === 'sip') {
+      if (process.env.DTMF) {
+        // Sent as RFC 4733 events; the far end's log says whether they came.
+        await page.click(`#pad button:text-is("${process.env.DTMF}")`);
+        report.dtmfSent = await waitFor(page, (d) => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes(`DTMF sent: ${d}`)), process.env.DTMF, 5000);
+        await sleep(500);
+      }
       await page.click('#hangup');
       report.ended = await waitFor(page, () => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes('call ended: hangup')), null, 5000);
       report.log = await page.evaluate(() => [...document.querySelectorAll('#log li')].map((li) => li.textContent).reverse());
