@@ -138,6 +138,7 @@ impl Gateway {
             echo_number: config.echo.number.clone(),
             sip_media_address: ua.local_address().ip(),
             ring_timeout: Duration::from_secs(config.sip.ring_timeout_s),
+            dtmf_info: config.sip.dtmf == config::DtmfMode::Info,
         };
         let plane = call::driver::MediaPlane::new(
             relay.clone(),

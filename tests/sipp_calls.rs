@@ -405,3 +405,61 @@ async fn we_hold_and_resume_the_far_end() {
     passed(sipp);
     nothing_left(&gw).await;
 }
+
+/// The far end negotiated no telephone-event: DTMF from the API goes as SIP
+/// INFO (application/dtmf-relay), which the SIPp scenario checks.
+#[tokio::test]
+async fn dtmf_goes_as_sip_info_without_telephone_event() {
+    let port = free_udp_port();
+    let sipp = sipp_uas("uas-info-dtmf.xml", port);
+    let gw = sip_gateway(port);
+    let mut s = Session::open(&gw).await;
+    let cid = s.call("5000").await;
+    s.wait_for("call.answered").await;
+    let (status, body) = s
+        .post(&format!("/calls/{cid}/dtmf"), json!({"digits": "x"}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_dtmf"))
+    );
+    let (status, body) = s
+        .post(&format!("/calls/{cid}/dtmf"), json!({"digits": "7"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.hang_up(&cid).await;
+    assert_eq!(s.wait_for("call.ended").await["reason"], "hangup");
+    passed(sipp);
+    nothing_left(&gw).await;
+}
+
+/// Over UDP an unanswered INVITE is retransmitted on timer A; SIPp sees
+/// the retransmissions, and the final 486 is ACKed once.
+#[tokio::test]
+async fn sipp_sees_our_invite_retransmissions() {
+    let port = free_udp_port();
+    let sipp = sipp_uas("uas-slow.xml", port);
+    let gw = sip_gateway(port);
+    let mut s = Session::open(&gw).await;
+    s.call("5000").await;
+    let ended = s.wait_for("call.ended").await;
+    assert_eq!(ended["sip_status"], 486);
+    let out = sipp.wait_with_output().unwrap();
+    common::assert_sipp_passed(&out);
+    let screen = String::from_utf8_lossy(&out.stdout);
+    // The INVITE row of SIPp's final screen: messages, then retransmissions.
+    let row = screen
+        .lines()
+        .find(|l| l.contains("--") && l.split_whitespace().any(|w| w == "INVITE"))
+        .unwrap_or_else(|| panic!("no INVITE row in SIPp's screen:\n{screen}"));
+    let numbers: Vec<u64> = row
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(
+        numbers.len() >= 2 && numbers[0] == 1 && numbers[1] >= 2,
+        "one INVITE, retransmitted at least twice: {row}"
+    );
+    nothing_left(&gw).await;
+}

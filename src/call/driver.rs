@@ -250,6 +250,8 @@ pub struct CallSettings {
     pub sip_media_address: IpAddr,
     /// An incoming call the browser leaves unanswered this long is refused (480).
     pub ring_timeout: Duration,
+    /// DTMF toward SIP always as SIP INFO (else RFC 4733, INFO as fallback).
+    pub dtmf_info: bool,
 }
 
 /// The media plane as the signaling side sees it.
@@ -1029,11 +1031,29 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
             Command::Reject { status } => Ok(self.call.browser_rejected(status)?),
             Command::Dtmf { digits, duration } => {
                 self.call.require_answered()?;
+                // Digits and duration are checked the same way for both ways of sending.
+                crate::media::dtmf::DtmfSender::new(8000)
+                    .queue(&digits, duration)
+                    .map_err(|e| CommandError::Dtmf(e.to_string()))?;
                 let media = self.media.as_ref().ok_or(CommandError::NoTelephoneEvent)?;
-                media.send_dtmf(&digits, duration).map_err(|e| match e {
-                    RelayError::NoTelephoneEvent => CommandError::NoTelephoneEvent,
-                    other => CommandError::Dtmf(other.to_string()),
-                })
+                let as_info = |handle: &SipHandle, id: &str| {
+                    let ms = u32::try_from(duration.as_millis()).unwrap_or(u32::MAX);
+                    handle.info_dtmf(id, &digits, ms);
+                    Ok(())
+                };
+                match &self.far {
+                    Far::Sip { handle, .. } if self.settings.dtmf_info => {
+                        as_info(handle, self.call.id())
+                    }
+                    far => match media.send_dtmf(&digits, duration) {
+                        Ok(()) => Ok(()),
+                        Err(RelayError::NoTelephoneEvent) => match far {
+                            Far::Sip { handle, .. } => as_info(handle, self.call.id()),
+                            Far::Echo(_) => Err(CommandError::NoTelephoneEvent),
+                        },
+                        Err(other) => Err(CommandError::Dtmf(other.to_string())),
+                    },
+                }
             }
         }
     }

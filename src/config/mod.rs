@@ -140,6 +140,19 @@ pub struct SipConfig {
     pub timer_t2_ms: u64,
     pub timer_t4_ms: u64,
     pub ring_timeout_s: u64,
+    pub dtmf: DtmfMode,
+}
+
+/// How DTMF from the browser goes to the SIP side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DtmfMode {
+    /// RFC 4733 events in the media stream (SIP INFO when the far end
+    /// negotiated no telephone-event).
+    #[default]
+    Rfc4733,
+    /// SIP INFO with `application/dtmf-relay`.
+    Info,
 }
 
 impl Default for SipConfig {
@@ -158,6 +171,7 @@ impl Default for SipConfig {
             timer_t2_ms: 4000,
             timer_t4_ms: 5000,
             ring_timeout_s: 45,
+            dtmf: DtmfMode::Rfc4733,
         }
     }
 }

@@ -393,6 +393,22 @@ impl SipCall {
         (Some(ack), Some(DialogEvent::Answered { sdp }))
     }
 
+    /// An INFO carrying one DTMF digit (`application/dtmf-relay`); None
+    /// before the dialog is confirmed.
+    pub fn info_dtmf(&mut self, digit: char, duration_ms: u32) -> Option<rsip::Request> {
+        if self.state != DialogState::Confirmed {
+            return None;
+        }
+        self.cseq += 1;
+        let body = format!("Signal={digit}\r\nDuration={duration_ms}\r\n");
+        Some(self.in_dialog(
+            rsip::Method::Info,
+            self.cseq,
+            &body,
+            Some("application/dtmf-relay"),
+        ))
+    }
+
     /// A re-INVITE putting the far end on hold (`a=sendonly`) or taking it
     /// off (`a=sendrecv`). None when the dialog is not confirmed or one is
     /// already in flight (RFC 3261 §14.1).

@@ -56,6 +56,11 @@ enum Command {
         key: String,
         hold: bool,
     },
+    InfoDtmf {
+        key: String,
+        digits: String,
+        duration_ms: u32,
+    },
     Accept {
         key: String,
         sdp: String,
@@ -164,6 +169,15 @@ impl SipHandle {
         let _ = self.commands.send(Command::Hold {
             key: key.to_string(),
             hold,
+        });
+    }
+
+    /// Sends DTMF `digits` to call `key`'s far end as SIP INFO.
+    pub fn info_dtmf(&self, key: &str, digits: &str, duration_ms: u32) {
+        let _ = self.commands.send(Command::InfoDtmf {
+            key: key.to_string(),
+            digits: digits.to_string(),
+            duration_ms,
         });
     }
 
@@ -293,6 +307,9 @@ async fn run(
                 }
                 Some(Command::Ring { key }) => ua.ring(Instant::now(), &key),
                 Some(Command::Hold { key, hold }) => ua.hold(Instant::now(), &key, hold),
+                Some(Command::InfoDtmf { key, digits, duration_ms }) => {
+                    ua.info_dtmf(Instant::now(), &key, &digits, duration_ms)
+                }
                 Some(Command::Accept { key, sdp }) => ua.accept(Instant::now(), &key, sdp),
                 Some(Command::Refuse { key, code }) => {
                     calls.remove(&key);

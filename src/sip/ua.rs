@@ -226,6 +226,19 @@ impl UserAgent {
         }
     }
 
+    /// Sends `digits` to call `key`'s far end as SIP INFO, one request per digit.
+    pub fn info_dtmf(&mut self, now: Instant, key: &str, digits: &str, duration_ms: u32) {
+        for digit in digits.chars() {
+            let request = self
+                .calls
+                .get_mut(key)
+                .and_then(|c| c.info_dtmf(digit, duration_ms));
+            if let Some(request) = request {
+                self.send(now, request, Owner::Call(key.to_string()));
+            }
+        }
+    }
+
     /// 180 Ringing to an incoming call.
     pub fn ring(&mut self, now: Instant, key: &str) {
         if let Some(call) = self.calls.get(key) {
