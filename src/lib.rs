@@ -88,9 +88,9 @@ impl Gateway {
     /// (it is, when it came from [`Config::load`]).
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
         // Refuse what this build cannot do rather than silently doing less.
-        if config.sip.transport != config::SipTransport::Udp {
+        if config.sip.transport == config::SipTransport::Tls {
             return Err(StartError::Setup(
-                "sip.transport: this build speaks SIP over UDP only; set transport = \"udp\""
+                "sip.transport: this build speaks SIP over UDP and TCP only; TLS is not there yet"
                     .into(),
             ));
         }
@@ -201,8 +201,14 @@ impl Gateway {
         )));
 
         let (incoming_tx, incoming_rx) = tokio::sync::mpsc::unbounded_channel();
+        let link = match ua.server() {
+            Some(server) if config.sip.transport == config::SipTransport::Tcp => {
+                sip::driver::Link::tcp(server, shutdown_rx.clone())
+            }
+            _ => sip::driver::Link::Udp(sip_socket),
+        };
         let (sip, sip_task) = sip::driver::start(
-            sip_socket,
+            link,
             ua,
             state.metrics.clone(),
             incoming_tx,
@@ -283,6 +289,7 @@ async fn sip_user_agent(
         identity: sip::registration::Identity {
             domain,
             local: sip::driver::advertised_address(listening, server),
+            tcp: server.is_some() && c.transport == config::SipTransport::Tcp,
         },
         timers: sip::transaction::TimerConfig {
             t1: Duration::from_millis(c.timer_t1_ms),

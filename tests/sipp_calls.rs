@@ -22,7 +22,13 @@ fn free_udp_port() -> u16 {
 
 /// SIPp as a UAS on `port`: a scenario file under tests/sipp, or `-sn uas`.
 fn sipp_uas(scenario: &str, port: u16) -> Child {
+    sipp_uas_on(scenario, port, "u1")
+}
+
+/// The same over `transport` (SIPp's -t: u1 UDP, t1 TCP).
+fn sipp_uas_on(scenario: &str, port: u16, transport: &str) -> Child {
     let mut cmd = Command::new("sipp");
+    cmd.args(["-t", transport]);
     if scenario == "uas" {
         cmd.args(["-sn", "uas"]);
     } else {
@@ -136,10 +142,15 @@ impl Session {
 }
 
 fn sip_gateway(port: u16) -> Gateway {
+    sip_gateway_on(port, "udp")
+}
+
+fn sip_gateway_on(port: u16, transport: &str) -> Gateway {
     Gateway::start(
         "",
         &format!(
-            "[sip]\nserver = \"127.0.0.1:{port}\"\nregister = false\nkeepalive-interval-s = 0\n"
+            "[sip]\nserver = \"127.0.0.1:{port}\"\nregister = false\nkeepalive-interval-s = 0\n\
+             transport = \"{transport}\"\n"
         ),
     )
 }
@@ -461,5 +472,31 @@ async fn sipp_sees_our_invite_retransmissions() {
         numbers.len() >= 2 && numbers[0] == 1 && numbers[1] >= 2,
         "one INVITE, retransmitted at least twice: {row}"
     );
+    nothing_left(&gw).await;
+}
+
+/// A call over TCP: INVITE, 200, ACK and our BYE on one connection (SIPp's
+/// own UAS), and the far end's BYE coming back over it too.
+#[tokio::test]
+async fn calls_over_tcp() {
+    let port = free_udp_port();
+    let sipp = sipp_uas_on("uas", port, "t1");
+    let gw = sip_gateway_on(port, "tcp");
+    let mut s = Session::open(&gw).await;
+    let cid = s.call("5000").await;
+    s.wait_for("call.answered").await;
+    s.hang_up(&cid).await;
+    assert_eq!(s.wait_for("call.ended").await["reason"], "hangup");
+    passed(sipp);
+    nothing_left(&gw).await;
+
+    let port = free_udp_port();
+    let sipp = sipp_uas_on("uas-answer-bye.xml", port, "t1");
+    let gw = sip_gateway_on(port, "tcp");
+    let mut s = Session::open(&gw).await;
+    s.call("5000").await;
+    s.wait_for("call.answered").await;
+    assert_eq!(s.wait_for("call.ended").await["reason"], "remote_hangup");
+    passed(sipp);
     nothing_left(&gw).await;
 }

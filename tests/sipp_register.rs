@@ -17,9 +17,24 @@ fn free_udp_port() -> u16 {
 
 /// SIPp running `scenario` as a server on `port` for one call.
 fn sipp_server(scenario: &str, port: u16) -> Child {
+    sipp_server_on(scenario, port, "u1")
+}
+
+/// The same over `transport` (SIPp's -t: u1 UDP, t1 TCP).
+fn sipp_server_on(scenario: &str, port: u16, transport: &str) -> Child {
     let path = format!("{}/tests/sipp/{scenario}", env!("CARGO_MANIFEST_DIR"));
     let child = Command::new("sipp")
-        .args(["-sf", &path, "-m", "1", "-i", "127.0.0.1", "-p"])
+        .args([
+            "-t",
+            transport,
+            "-sf",
+            &path,
+            "-m",
+            "1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+        ])
         .arg(port.to_string())
         .args(["-nostdin", "-timeout", "30", "-timeout_error"])
         .stdout(Stdio::piped())
@@ -190,4 +205,33 @@ async fn keepalive_feeds_readiness() {
         (503, "unreachable".to_string())
     );
     assert_eq!(gw.metric("gateway_sip_server_up").await, 0.0);
+}
+
+/// The same registrar over TCP: one connection carries the challenge, the
+/// answer with credentials and the unREGISTER, with no retransmissions.
+#[tokio::test]
+async fn registration_over_tcp() {
+    let port = free_udp_port();
+    let sipp = sipp_server_on("registrar-auth.xml", port, "t1");
+    let gw = gateway_for(port, "transport = \"tcp\"\n");
+    let (status, body) = create(&gw, json!({"user": "1001", "password": "secret1001"})).await;
+    assert_eq!(status, 201, "{body}");
+    let r = client()
+        .delete(format!(
+            "{}/v1/sessions/{}",
+            gw.api(),
+            body["session"].as_str().unwrap()
+        ))
+        .bearer_auth(body["session_secret"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_sipp_passed(sipp);
+    assert_eq!(
+        gw.metric("gateway_sip_messages_total{direction=\"out\",method=\"REGISTER\",status=\"0\"}")
+            .await,
+        3.0,
+        "challenge answer and unREGISTER, each sent once"
+    );
 }

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use rsip::prelude::*;
 
 use super::message::own_request;
-use super::registration::{branch_of, random_text};
+use super::registration::{branch_of, random_text, Identity};
 use super::transaction::response_to;
 use crate::sdp::Direction;
 
@@ -56,6 +56,9 @@ pub struct SipCall {
     route_set: Vec<String>,
     cseq: u32,
     local: SocketAddr,
+    /// `transport=` parameter and Via token of our URIs.
+    transport: &'static str,
+    via: &'static str,
     contact_user: String,
     invite: rsip::Request,
     state: DialogState,
@@ -164,7 +167,8 @@ fn offered_direction(sdp: &str) -> Direction {
 
 impl SipCall {
     /// The INVITE from `user` to `to` (a number or URI) carrying `sdp`.
-    pub fn new(user: &str, to: &str, domain: &str, local: SocketAddr, sdp: String) -> Self {
+    pub fn new(user: &str, to: &str, identity: &Identity, sdp: String) -> Self {
+        let (domain, local) = (identity.domain.as_str(), identity.local);
         let request_uri = target_uri(to, domain);
         let local_uri = format!("sip:{user}@{domain}");
         let mut call = SipCall {
@@ -179,6 +183,8 @@ impl SipCall {
             route_set: Vec::new(),
             cseq: 1,
             local,
+            transport: identity.uri_transport(),
+            via: identity.via_transport(),
             contact_user: user.to_string(),
             invite: own_request("", rsip::Method::Invite),
             state: DialogState::Calling,
@@ -193,7 +199,8 @@ impl SipCall {
     }
 
     /// The dialog of the far end's INVITE (None: it lacks what a dialog needs).
-    pub fn incoming(invite: &rsip::Request, local: SocketAddr) -> Option<Self> {
+    pub fn incoming(invite: &rsip::Request, identity: &Identity) -> Option<Self> {
+        let local = identity.local;
         let from = header(&invite.headers, "from").into_iter().next()?;
         let to = header(&invite.headers, "to").into_iter().next()?;
         let call_id = header(&invite.headers, "call-id").into_iter().next()?;
@@ -222,6 +229,8 @@ impl SipCall {
                 .collect(),
             cseq: 0,
             local,
+            transport: identity.uri_transport(),
+            via: identity.via_transport(),
             contact_user,
             invite: invite.clone(),
             state: DialogState::Calling,
@@ -280,7 +289,10 @@ impl SipCall {
         let mut r = self.response(200);
         r.headers
             .push(rsip::Header::Contact(rsip::headers::Contact::from(
-                format!("<sip:{}@{};transport=udp>", self.contact_user, self.local),
+                format!(
+                    "<sip:{}@{};transport={}>",
+                    self.contact_user, self.local, self.transport
+                ),
             )));
         set_body(&mut r, &self.local_sdp);
         r
@@ -307,19 +319,21 @@ impl SipCall {
     fn build_invite(&self) -> rsip::Request {
         let text = format!(
             "INVITE {ruri} SIP/2.0\r\n\
-             Via: SIP/2.0/UDP {local};branch=z9hG4bK{branch};rport\r\n\
+             Via: SIP/2.0/{via} {local};branch=z9hG4bK{branch};rport\r\n\
              Max-Forwards: 70\r\n\
              From: <{from}>;tag={tag}\r\n\
              To: <{to}>\r\n\
              Call-ID: {call_id}\r\n\
              CSeq: {cseq} INVITE\r\n\
-             Contact: <sip:{user}@{local};transport=udp>\r\n\
+             Contact: <sip:{user}@{local};transport={transport}>\r\n\
              Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO\r\n\
              Content-Type: application/sdp\r\n\
              User-Agent: webrtc-sip-gateway/{version}\r\n\
              Content-Length: {len}\r\n\r\n{sdp}",
             ruri = self.request_uri,
             local = self.local,
+            via = self.via,
+            transport = self.transport,
             branch = random_text(),
             from = self.local_uri,
             tag = self.local_tag,
@@ -517,9 +531,10 @@ impl SipCall {
             .unwrap_or_default();
         let mut text = format!(
             "{method} {target} SIP/2.0\r\n\
-             Via: SIP/2.0/UDP {local};branch=z9hG4bK{branch};rport\r\n\
+             Via: SIP/2.0/{via} {local};branch=z9hG4bK{branch};rport\r\n\
              Max-Forwards: 70\r\n",
             local = self.local,
+            via = self.via,
             branch = random_text(),
         );
         for route in &self.route_set {
@@ -534,8 +549,8 @@ impl SipCall {
         ));
         if method == rsip::Method::Invite {
             text.push_str(&format!(
-                "Contact: <sip:{}@{};transport=udp>\r\n",
-                self.contact_user, self.local
+                "Contact: <sip:{}@{};transport={}>\r\n",
+                self.contact_user, self.local, self.transport
             ));
         }
         if let Some(ct) = content_type {
@@ -578,7 +593,10 @@ impl SipCall {
                 response
                     .headers
                     .push(rsip::Header::Contact(rsip::headers::Contact::from(
-                        format!("<sip:{}@{};transport=udp>", self.contact_user, self.local),
+                        format!(
+                            "<sip:{}@{};transport={}>",
+                            self.contact_user, self.local, self.transport
+                        ),
                     )));
                 response
                     .headers
@@ -627,8 +645,11 @@ mod tests {
         SipCall::new(
             "1001",
             "5000",
-            "pbx.example",
-            "192.0.2.10:5070".parse().unwrap(),
+            &Identity {
+                domain: "pbx.example".into(),
+                local: "192.0.2.10:5070".parse().unwrap(),
+                tcp: false,
+            },
             "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 30000 RTP/AVP 0\r\na=sendrecv\r\n".into(),
         )
     }

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use super::dialog::DialogEvent;
-use super::message::MAX_MESSAGE_BYTES;
+use super::message::{frame_stream, MAX_MESSAGE_BYTES};
 use super::registration::RegistrationEvent;
 use super::ua::{UaCounters, UaEvent, UserAgent};
 use crate::metrics::Metrics;
@@ -239,9 +239,132 @@ pub fn advertised_address(listen: SocketAddr, server: Option<SocketAddr>) -> Soc
     SocketAddr::new(ip, listen.port())
 }
 
+/// Where SIP messages go out and come in.
+pub enum Link {
+    Udp(UdpSocket),
+    /// One TCP connection to the SIP server, kept up by its own task;
+    /// messages arrive framed by Content-Length.
+    Tcp {
+        server: SocketAddr,
+        to_server: mpsc::UnboundedSender<Vec<u8>>,
+        from_server: mpsc::UnboundedReceiver<Vec<u8>>,
+    },
+}
+
+impl Link {
+    /// A TCP link to `server`: connects now and again whenever the
+    /// connection drops (once a second while the server refuses).
+    pub fn tcp(server: SocketAddr, shutdown: watch::Receiver<bool>) -> Link {
+        let (to_server, outgoing) = mpsc::unbounded_channel();
+        let (incoming, from_server) = mpsc::unbounded_channel();
+        tokio::spawn(keep_tcp(server, outgoing, incoming, shutdown));
+        Link::Tcp {
+            server,
+            to_server,
+            from_server,
+        }
+    }
+
+    async fn recv(&mut self, buf: &mut [u8]) -> Option<(Vec<u8>, SocketAddr)> {
+        match self {
+            Link::Udp(socket) => socket
+                .recv_from(buf)
+                .await
+                .ok()
+                .map(|(n, from)| (buf[..n].to_vec(), from)),
+            Link::Tcp {
+                server,
+                from_server,
+                ..
+            } => match from_server.recv().await {
+                Some(message) => Some((message, *server)),
+                None => std::future::pending().await,
+            },
+        }
+    }
+
+    async fn send(&self, to: SocketAddr, bytes: &[u8]) {
+        match self {
+            Link::Udp(socket) => {
+                let _ = socket.send_to(bytes, to).await;
+            }
+            // Everything goes to the server over its connection.
+            Link::Tcp { to_server, .. } => {
+                let _ = to_server.send(bytes.to_vec());
+            }
+        }
+    }
+}
+
+/// The TCP connection's task: writes what the user agent sends, cuts what
+/// arrives into messages (skipping keep-alive CRLFs, RFC 5626), and
+/// reconnects after a failure. A stream that does not frame is dropped.
+async fn keep_tcp(
+    server: SocketAddr,
+    mut outgoing: mpsc::UnboundedReceiver<Vec<u8>>,
+    incoming: mpsc::UnboundedSender<Vec<u8>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let stream = tokio::select! {
+            s = tokio::net::TcpStream::connect(server) => s,
+            _ = shutdown.changed() => return,
+        };
+        let Ok(stream) = stream else {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                _ = shutdown.changed() => return,
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (mut reader, mut writer) = stream.into_split();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut chunk = vec![0u8; 16 * 1024];
+        'connection: loop {
+            tokio::select! {
+                message = outgoing.recv() => match message {
+                    Some(bytes) => {
+                        if writer.write_all(&bytes).await.is_err() {
+                            break 'connection;
+                        }
+                    }
+                    None => return,
+                },
+                read = reader.read(&mut chunk) => {
+                    let n = match read {
+                        Ok(0) | Err(_) => break 'connection,
+                        Ok(n) => n,
+                    };
+                    pending.extend_from_slice(&chunk[..n]);
+                    loop {
+                        let skip = pending.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+                        pending.drain(..skip);
+                        match frame_stream(&pending) {
+                            Ok(Some(len)) => {
+                                let message: Vec<u8> = pending.drain(..len).collect();
+                                if incoming.send(message).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                warn!(error = %e, "SIP over TCP: a message does not frame; reconnecting");
+                                break 'connection;
+                            }
+                        }
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+        warn!(%server, "SIP TCP connection lost");
+    }
+}
+
 /// Starts the driver; the returned handle talks to it.
 pub fn start(
-    socket: UdpSocket,
+    socket: Link,
     ua: UserAgent,
     metrics: Metrics,
     incoming: mpsc::UnboundedSender<IncomingCall>,
@@ -263,7 +386,7 @@ pub fn start(
 }
 
 async fn run(
-    socket: UdpSocket,
+    mut socket: Link,
     mut ua: UserAgent,
     mut commands: mpsc::UnboundedReceiver<Command>,
     server: Arc<AtomicU8>,
@@ -281,9 +404,9 @@ async fn run(
             .map(tokio::time::Instant::from_std)
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
-            r = socket.recv_from(&mut buf) => {
-                if let Ok((n, from)) = r {
-                    ua.handle_datagram(Instant::now(), from, &buf[..n]);
+            r = socket.recv(&mut buf) => {
+                if let Some((message, from)) = r {
+                    ua.handle_datagram(Instant::now(), from, &message);
                 }
             }
             command = commands.recv() => match command {
@@ -321,7 +444,7 @@ async fn run(
             _ = shutdown.changed() => return,
         }
         while let Some((to, bytes)) = ua.poll_transmit() {
-            let _ = socket.send_to(&bytes, to).await;
+            socket.send(to, &bytes).await;
         }
         while let Some(event) = ua.poll_event() {
             match event {
@@ -398,7 +521,7 @@ async fn run(
         }
         // Answers decided while handling events (a refused incoming call).
         while let Some((to, bytes)) = ua.poll_transmit() {
-            let _ = socket.send_to(&bytes, to).await;
+            socket.send(to, &bytes).await;
         }
         let now = ua.counters;
         metrics

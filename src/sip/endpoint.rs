@@ -28,6 +28,8 @@ pub struct EndpointCounters {
 
 pub struct Endpoint {
     timers: TimerConfig,
+    /// Requests come over a stream (TCP): no response retransmissions.
+    reliable: bool,
     /// Server transactions by (Via branch, method; ACK is matched to INVITE).
     server: HashMap<(String, String), (SocketAddr, ServerTransaction)>,
     pub counters: EndpointCounters,
@@ -38,8 +40,13 @@ pub type Datagram = (SocketAddr, Vec<u8>);
 
 impl Endpoint {
     pub fn new(timers: TimerConfig) -> Self {
+        Self::with_reliability(timers, false)
+    }
+
+    pub fn with_reliability(timers: TimerConfig, reliable: bool) -> Self {
         Endpoint {
             timers,
+            reliable,
             server: HashMap::new(),
             counters: EndpointCounters::default(),
         }
@@ -101,7 +108,7 @@ impl Endpoint {
             let _ = dialogs(&request);
             return Vec::new();
         }
-        let tx = ServerTransaction::new(request.clone(), false, self.timers);
+        let tx = ServerTransaction::new(request.clone(), self.reliable, self.timers);
         self.server.insert(key.clone(), (from, tx));
         let response = match dialogs(&request) {
             Some(mut response) => {

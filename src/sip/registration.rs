@@ -25,6 +25,28 @@ pub struct Identity {
     pub domain: String,
     /// Our address as the server sees it (Via, Contact).
     pub local: SocketAddr,
+    /// SIP over a TCP connection to the server (else UDP).
+    pub tcp: bool,
+}
+
+impl Identity {
+    /// The Via header's transport token.
+    pub fn via_transport(&self) -> &'static str {
+        if self.tcp {
+            "TCP"
+        } else {
+            "UDP"
+        }
+    }
+
+    /// The `transport=` URI parameter.
+    pub fn uri_transport(&self) -> &'static str {
+        if self.tcp {
+            "tcp"
+        } else {
+            "udp"
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,16 +261,18 @@ impl Registration {
         let uri = format!("sip:{domain}");
         let mut text = format!(
             "REGISTER {uri} SIP/2.0\r\n\
-             Via: SIP/2.0/UDP {local};branch=z9hG4bK{branch};rport\r\n\
+             Via: SIP/2.0/{via} {local};branch=z9hG4bK{branch};rport\r\n\
              Max-Forwards: 70\r\n\
              From: <sip:{user}@{domain}>;tag={tag}\r\n\
              To: <sip:{user}@{domain}>\r\n\
              Call-ID: {call_id}\r\n\
              CSeq: {cseq} REGISTER\r\n\
-             Contact: <sip:{user}@{local};transport=udp>\r\n\
+             Contact: <sip:{user}@{local};transport={tp}>\r\n\
              Expires: {expires}\r\n\
              User-Agent: webrtc-sip-gateway/{version}\r\n",
             branch = random_text(),
+            via = self.identity.via_transport(),
+            tp = self.identity.uri_transport(),
             user = self.user,
             tag = self.from_tag,
             call_id = self.call_id,
@@ -330,6 +354,7 @@ mod tests {
         Identity {
             domain: "pbx.example".into(),
             local: "192.0.2.10:5070".parse().unwrap(),
+            tcp: false,
         }
     }
 

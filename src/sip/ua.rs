@@ -103,7 +103,7 @@ impl MessageDirection {
 impl UserAgent {
     pub fn new(cfg: UaConfig, now: Instant) -> Self {
         UserAgent {
-            endpoint: Endpoint::new(cfg.timers),
+            endpoint: Endpoint::with_reliability(cfg.timers, cfg.identity.tcp),
             next_keepalive: cfg.keepalive.map(|_| now),
             cfg,
             clients: HashMap::new(),
@@ -181,13 +181,7 @@ impl UserAgent {
     /// Calls `to` for call `key` as `user`, offering `sdp`; what happens
     /// comes back as [`UaEvent::Call`] events.
     pub fn invite(&mut self, now: Instant, key: &str, user: &str, to: &str, sdp: String) {
-        let call = SipCall::new(
-            user,
-            to,
-            &self.cfg.identity.domain,
-            self.cfg.identity.local,
-            sdp,
-        );
+        let call = SipCall::new(user, to, &self.cfg.identity, sdp);
         let invite = call.invite().clone();
         self.calls.insert(key.to_string(), call);
         self.send(now, invite, Owner::Call(key.to_string()));
@@ -255,7 +249,8 @@ impl UserAgent {
         let response = call.accept(sdp);
         let bytes = response.to_string().into_bytes();
         self.respond_invite(now, key, response);
-        if let Some(to) = self.invite_source(key) {
+        // Over TCP the transport itself delivers the 2xx.
+        if let Some(to) = self.invite_source(key).filter(|_| !self.cfg.identity.tcp) {
             let t1 = self.cfg.timers.t1;
             self.unacked
                 .insert(key.to_string(), (to, bytes, now + t1, t1, now + 64 * t1));
@@ -321,7 +316,7 @@ impl UserAgent {
         let calls = &mut self.calls;
         let events = &mut self.events;
         let unacked = &mut self.unacked;
-        let local = self.cfg.identity.local;
+        let identity = self.cfg.identity.clone();
         let mut cancelled = Vec::new();
         let mut received = None;
         let out = self
@@ -359,7 +354,7 @@ impl UserAgent {
                         })
                     }
                     rsip::Method::Invite if !has_to_tag(request) => {
-                        let call = SipCall::incoming(request, local)?;
+                        let call = SipCall::incoming(request, &identity)?;
                         let key = random_text();
                         let (from, to) = call.parties();
                         let user = request
@@ -523,7 +518,7 @@ impl UserAgent {
         self.counters.requests_sent += 1;
         self.count(MessageDirection::Out, &request.method.to_string(), 0);
         let key = format!("{branch} {}", request.method);
-        let tx = ClientTransaction::new(request, false, self.cfg.timers, now);
+        let tx = ClientTransaction::new(request, self.cfg.identity.tcp, self.cfg.timers, now);
         self.clients.insert(key.clone(), (tx, owner));
         self.drain_client(now, &key);
     }
@@ -658,10 +653,11 @@ impl UserAgent {
     }
 
     fn options_request(&self) -> rsip::Request {
-        let Identity { domain, local } = &self.cfg.identity;
+        let Identity { domain, local, .. } = &self.cfg.identity;
+        let via = self.cfg.identity.via_transport();
         let text = format!(
             "OPTIONS sip:{domain} SIP/2.0\r\n\
-             Via: SIP/2.0/UDP {local};branch=z9hG4bK{branch};rport\r\n\
+             Via: SIP/2.0/{via} {local};branch=z9hG4bK{branch};rport\r\n\
              Max-Forwards: 70\r\n\
              From: <sip:gateway@{domain}>;tag={tag}\r\n\
              To: <sip:{domain}>\r\n\
@@ -697,6 +693,7 @@ mod tests {
             identity: Identity {
                 domain: "pbx.example".into(),
                 local: "192.0.2.10:5070".parse().unwrap(),
+                tcp: false,
             },
             timers: TimerConfig::default(),
             register_expires: 300,
