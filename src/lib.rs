@@ -304,18 +304,26 @@ async fn sip_user_agent(
 }
 
 /// Incoming SIP calls go to the newest session of the Request-URI's user;
-/// with no such session the caller gets 404.
+/// a user whose session ended gets 480, one never seen 404.
 async fn route_incoming_calls(
     state: SharedState,
     sip: sip::driver::SipHandle,
     mut incoming: tokio::sync::mpsc::UnboundedReceiver<sip::driver::IncomingCall>,
 ) {
     while let Some(call) = incoming.recv().await {
-        let session = state.store().find_by_user(&call.user);
-        let Some(session) = session else {
-            info!(user = %call.user, "incoming call for nobody here: 404");
-            sip.refuse(&call.key, 404);
-            continue;
+        let found = state.store().find_by_user(&call.user);
+        let session = match found {
+            session::UserLookup::Session(id) => id,
+            session::UserLookup::Gone => {
+                info!(user = %call.user, "incoming call for a user whose session ended: 480");
+                sip.refuse(&call.key, 480);
+                continue;
+            }
+            session::UserLookup::Unknown => {
+                info!(user = %call.user, "incoming call for nobody here: 404");
+                sip.refuse(&call.key, 404);
+                continue;
+            }
         };
         let events = state.clone();
         let notify = move |sid: &str, event: session::SessionEvent| {

@@ -500,3 +500,19 @@ async fn calls_over_tcp() {
     passed(sipp);
     nothing_left(&gw).await;
 }
+
+/// A user whose session ended is temporarily unavailable (480), not unknown.
+#[tokio::test]
+async fn a_call_for_a_user_whose_session_ended_gets_480() {
+    let gw = sip_gateway(free_udp_port());
+    let s = Session::open(&gw).await;
+    let r = client()
+        .delete(format!("{}/v1/sessions/{}", s.base, s.sid))
+        .bearer_auth(&s.secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    passed(sipp_uac("uac-480.xml", &gw));
+    nothing_left(&gw).await;
+}

@@ -8,7 +8,7 @@
 
 pub mod events;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -85,11 +85,26 @@ pub struct PollStart {
     pub wake: Arc<Notify>,
 }
 
+/// Users remembered as departed at most; the memory starts over when full.
+const MAX_DEPARTED: usize = 100_000;
+
+/// The answer to "where does a call for this user go?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserLookup {
+    Session(SessionId),
+    /// The user had a session here that has ended.
+    Gone,
+    /// Nobody of that name was ever here.
+    Unknown,
+}
+
 pub struct SessionStore {
     sessions: HashMap<SessionId, Session>,
     /// SHA-256 of each secret → its session, so a secret is found without
     /// comparing it byte by byte against every session.
     by_secret: HashMap<[u8; 32], SessionId>,
+    /// Users whose sessions ended (a call for them gets 480, not 404).
+    departed: HashSet<String>,
     timeout: Duration,
     max_sessions: usize,
     rng: SystemRandom,
@@ -106,6 +121,7 @@ impl SessionStore {
         SessionStore {
             sessions: HashMap::new(),
             by_secret: HashMap::new(),
+            departed: HashSet::new(),
             timeout,
             max_sessions,
             rng: SystemRandom::new(),
@@ -240,19 +256,30 @@ impl SessionStore {
         Some(seq)
     }
 
-    /// Removes a session (DELETE, or the caller's own end logic).
-    /// The newest session of `user` (where an incoming call for them goes).
-    pub fn find_by_user(&self, user: &str) -> Option<SessionId> {
-        self.sessions
+    /// Where an incoming call for `user` goes: their newest session, or why
+    /// there is none.
+    pub fn find_by_user(&self, user: &str) -> UserLookup {
+        let newest = self
+            .sessions
             .values()
             .filter(|s| s.user == user)
             .max_by_key(|s| s.created)
-            .map(|s| s.id.clone())
+            .map(|s| s.id.clone());
+        match newest {
+            Some(id) => UserLookup::Session(id),
+            None if self.departed.contains(user) => UserLookup::Gone,
+            None => UserLookup::Unknown,
+        }
     }
 
+    /// Removes a session (DELETE, or the caller's own end logic).
     pub fn remove(&mut self, id: &str) -> Option<Session> {
         let session = self.sessions.remove(id)?;
         self.by_secret.remove(&session.secret_digest);
+        if self.departed.len() >= MAX_DEPARTED {
+            self.departed.clear();
+        }
+        self.departed.insert(session.user.clone());
         session.notify.notify_waiters();
         Some(session)
     }
@@ -322,6 +349,21 @@ mod tests {
             s.authorize("no-such-id", "wrong").unwrap_err(),
             SessionError::Unauthorized
         );
+    }
+
+    #[test]
+    fn calls_find_the_newest_session_of_a_user() {
+        let mut s = store();
+        let t0 = Instant::now();
+        assert_eq!(s.find_by_user("1001"), UserLookup::Unknown);
+        let old = s.create("1001", None, t0).unwrap();
+        let new = s.create("1001", None, t0 + Duration::from_secs(1)).unwrap();
+        assert_eq!(s.find_by_user("1001"), UserLookup::Session(new.id.clone()));
+        s.remove(&new.id);
+        assert_eq!(s.find_by_user("1001"), UserLookup::Session(old.id.clone()));
+        s.remove(&old.id);
+        assert_eq!(s.find_by_user("1001"), UserLookup::Gone);
+        assert_eq!(s.find_by_user("1002"), UserLookup::Unknown);
     }
 
     #[test]
