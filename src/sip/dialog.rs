@@ -264,9 +264,22 @@ impl SipCall {
         (user(&self.remote_uri), user(&self.local_uri))
     }
 
-    /// A response of ours to the far end's INVITE, with our tag.
+    /// A response of ours to the far end's INVITE, with our tag and, for
+    /// one that makes a dialog, the INVITE's Record-Route (RFC 3261 §12.1.1).
     fn response(&self, code: u16) -> rsip::Response {
         let mut r = response_to(&self.invite, code);
+        if (101..300).contains(&code) {
+            let routes = self
+                .invite
+                .headers
+                .iter()
+                .filter(|h| matches!(h, rsip::Header::RecordRoute(_)))
+                .cloned()
+                .collect::<Vec<_>>();
+            for route in routes {
+                r.headers.push(route);
+            }
+        }
         for h in r.headers.iter_mut() {
             if let rsip::Header::To(to) = h {
                 if !to.value().contains("tag=") {
@@ -813,6 +826,52 @@ mod tests {
             .headers
             .push(rsip::Header::CallId("someone-else".into()));
         assert!(!c.matches(&other));
+    }
+
+    #[test]
+    fn an_incoming_dialog_answers_with_the_record_route() {
+        let invite = request(
+            "INVITE sip:1001@192.0.2.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.1;branch=z9hG4bKp1\r\n\
+             Record-Route: <sip:198.51.100.1;lr>\r\nFrom: <sip:2000@pbx.example>;tag=a1\r\n\
+             To: <sip:1001@pbx.example>\r\nCall-ID: c-1\r\nCSeq: 1 INVITE\r\n\
+             Contact: <sip:2000@198.51.100.9>\r\nContent-Length: 0\r\n\r\n",
+        );
+        let identity = Identity {
+            domain: "pbx.example".into(),
+            local: "192.0.2.10:5070".parse().unwrap(),
+            tcp: false,
+        };
+        let mut call = SipCall::incoming(&invite, &identity).unwrap();
+        assert_eq!(call.parties(), ("2000".to_string(), "1001".to_string()));
+        let ringing = call.ringing().to_string();
+        assert!(
+            ringing.contains("Record-Route: <sip:198.51.100.1;lr>"),
+            "{ringing}"
+        );
+        let ok = call.accept("v=0\r\n".into()).to_string();
+        assert!(
+            ok.contains("Record-Route: <sip:198.51.100.1;lr>") && ok.contains(";tag="),
+            "{ok}"
+        );
+        let busy = SipCall::incoming(&invite, &identity)
+            .unwrap()
+            .refuse(486)
+            .to_string();
+        assert!(
+            !busy.contains("Record-Route"),
+            "no route set for a refusal: {busy}"
+        );
+        // Our BYE follows the route set toward the caller's contact.
+        let bye = call.bye().unwrap().to_string();
+        assert!(
+            bye.starts_with("BYE sip:2000@198.51.100.9 SIP/2.0"),
+            "{bye}"
+        );
+        assert!(
+            bye.contains("Route: <sip:198.51.100.1;lr>")
+                && bye.contains("To: <sip:2000@pbx.example>;tag=a1"),
+            "{bye}"
+        );
     }
 
     #[test]
