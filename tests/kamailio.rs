@@ -9,15 +9,10 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{client, Gateway};
+use common::{client, free_udp_port, Gateway};
 use serde_json::{json, Value};
 
 const OFFER: &str = include_str!("fixtures/sdp/chromium-offer.sdp");
-
-fn free_udp_port() -> u16 {
-    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    probe.local_addr().unwrap().port()
-}
 
 struct Kamailio {
     child: Child,
@@ -192,17 +187,7 @@ async fn registered_through_kamailio_and_called_through_it() {
     common::assert_sipp_passed(&caller.wait_with_output().unwrap());
 
     // Session over: unREGISTER, and Kamailio no longer knows 1001.
-    let r = client()
-        .delete(format!(
-            "{}/v1/sessions/{}",
-            gw.api(),
-            session["session"].as_str().unwrap()
-        ))
-        .bearer_auth(session["session_secret"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    common::delete_session(&gw.api(), &session).await;
     let deadline = Instant::now() + Duration::from_secs(3);
     while gw.metric("gateway_sip_registrations").await != 0.0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -10,15 +10,10 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{client, Gateway};
+use common::{client, free_udp_port, Gateway};
 use serde_json::{json, Value};
 
 const OFFER: &str = include_str!("fixtures/sdp/chromium-offer.sdp");
-
-fn free_udp_port() -> u16 {
-    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    probe.local_addr().unwrap().port()
-}
 
 /// SIPp as a UAS on `port`: a scenario file under tests/sipp, or `-sn uas`.
 fn sipp_uas(scenario: &str, port: u16) -> Child {

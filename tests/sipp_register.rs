@@ -7,13 +7,8 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{client, Gateway};
+use common::{client, free_udp_port, Gateway};
 use serde_json::{json, Value};
-
-fn free_udp_port() -> u16 {
-    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    probe.local_addr().unwrap().port()
-}
 
 /// SIPp running `scenario` as a server on `port` for one call.
 fn sipp_server(scenario: &str, port: u16) -> Child {
@@ -66,21 +61,6 @@ async fn create(gw: &Gateway, body: Value) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
-/// Ends the session `created` describes (the unREGISTER follows).
-async fn delete_session(gw: &Gateway, created: &Value) {
-    let r = client()
-        .delete(format!(
-            "{}/v1/sessions/{}",
-            gw.api(),
-            created["session"].as_str().unwrap()
-        ))
-        .bearer_auth(created["session_secret"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
-}
-
 #[tokio::test]
 async fn digest_challenge_then_registered_then_unregistered() {
     let port = free_udp_port();
@@ -102,7 +82,7 @@ async fn digest_challenge_then_registered_then_unregistered() {
         2.0,
         "the first REGISTER and the one with credentials"
     );
-    delete_session(&gw, &body).await;
+    common::delete_session(&gw.api(), &body).await;
     assert_sipp_passed(sipp);
     let deadline = Instant::now() + Duration::from_secs(3);
     while gw.metric("gateway_sip_registrations").await != 0.0 && Instant::now() < deadline {
@@ -221,7 +201,7 @@ async fn registration_over_tcp() {
     let gw = gateway_for(port, "transport = \"tcp\"\n");
     let (status, body) = create(&gw, json!({"user": "1001", "password": "secret1001"})).await;
     assert_eq!(status, 201, "{body}");
-    delete_session(&gw, &body).await;
+    common::delete_session(&gw.api(), &body).await;
     assert_sipp_passed(sipp);
     assert_eq!(
         gw.metric("gateway_sip_messages_total{direction=\"out\",method=\"REGISTER\",status=\"0\"}")

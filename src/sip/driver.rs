@@ -253,7 +253,7 @@ pub enum Link {
 
 impl Link {
     /// A TCP link to `server`: connects now and again whenever the
-    /// connection drops (once a second while the server refuses).
+    /// connection drops (every quarter second while the server refuses).
     pub fn tcp(server: SocketAddr, shutdown: watch::Receiver<bool>) -> Link {
         let (to_server, outgoing) = mpsc::unbounded_channel();
         let (incoming, from_server) = mpsc::unbounded_channel();
@@ -313,7 +313,7 @@ async fn keep_tcp(
         };
         let Ok(stream) = stream else {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
                 _ = shutdown.changed() => return,
             }
         };

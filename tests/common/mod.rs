@@ -286,3 +286,23 @@ pub fn assert_sipp_passed(out: &Output) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A UDP port free on loopback right now (for a peer started next).
+pub fn free_udp_port() -> u16 {
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
+/// Ends the session that `created` (a `POST /v1/sessions` answer) describes.
+pub async fn delete_session(base: &str, created: &serde_json::Value) {
+    let r = client()
+        .delete(format!(
+            "{base}/v1/sessions/{}",
+            created["session"].as_str().unwrap()
+        ))
+        .bearer_auth(created["session_secret"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+}
