@@ -109,6 +109,7 @@ fn browser_expecting(
         .env("DIAL", dial)
         .env("EXPECT_HZ", expect_hz.to_string())
         .env("DTMF", if dial == "ua" { "5" } else { "" })
+        .env("HOLD", if dial == "5000" { "1" } else { "" })
         .stderr(std::process::Stdio::inherit())
         .output()
         .expect("node runs");
@@ -304,17 +305,23 @@ fn call_setup_times() {
 
 /// Browser → gateway → a SIPp UAS returning the RTP it gets (`-rtp_echo`):
 /// the browser hears its own tone after a trip through the SIP side (PCMU,
-/// the scenario's codec); the page's hangup is SIPp's BYE.
+/// the scenario's codec); the page's Hold and Resume buttons are re-INVITEs
+/// the scenario checks (sendonly, then sendrecv); the page's hangup is
+/// SIPp's BYE.
 #[test]
 fn browser_calls_a_sip_uas_and_hears_itself() {
     if !common::inside_namespace("browser_calls_a_sip_uas_and_hears_itself") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    let scenario = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/sipp/uas-accept-hold.xml"
+    );
     let sipp = Command::new("sipp")
         .args([
-            "-sn",
-            "uas",
+            "-sf",
+            scenario,
             "-m",
             "1",
             "-i",
@@ -347,6 +354,8 @@ fn browser_calls_a_sip_uas_and_hears_itself() {
     let hz = r["remoteHz"].as_f64().unwrap_or(0.0);
     assert!((hz - 1000.0).abs() <= 20.0, "dominant frequency {hz} Hz");
     assert_eq!(r["stats"]["gateway"]["codec"], "pcmu/8000", "{r}");
+    assert_eq!(r["held"], true, "the far end accepted the hold: {r}");
+    assert_eq!(r["resumed"], true, "and the resume: {r}");
     let sip = &r["stats"]["gateway"]["stats"]["sip"];
     assert!(sip["packets_in"].as_u64().unwrap_or(0) > 100, "{sip}");
     assert!(sip["packets_out"].as_u64().unwrap_or(0) > 100, "{sip}");

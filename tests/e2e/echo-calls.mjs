@@ -67,6 +67,13 @@ try {
         report.dtmfSent = await waitFor(page, (d) => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes(`DTMF sent: ${d}`)), process.env.DTMF, 5000);
         await sleep(500);
       }
+      if (process.env.HOLD) {
+        // Hold and resume by re-INVITE; the far end's answer confirms each.
+        await page.click('#hold');
+        report.held = await waitFor(page, () => window.demo.call.held === true, null, 5000);
+        await page.click('#resume');
+        report.resumed = await waitFor(page, () => window.demo.call.held === false, null, 5000);
+      }
       await page.click('#hangup');
       report.ended = await waitFor(page, () => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes('call ended: hangup')), null, 5000);
       report.log = await page.evaluate(() => [...document.querySelectorAll('#log li')].map((li) => li.textContent).reverse());
