@@ -306,10 +306,51 @@ impl MediaPlane {
         plan::outbound(offer, self.settings.web_enable_dtls)
     }
 
-    fn unspecified(&self) -> IpAddr {
-        match self.settings.public_address {
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    /// Binds a call's sockets: the web port (on every address of the public
+    /// address's family), the SIP pair (on every address of `sip_like`'s
+    /// family), and a second handle on the web socket for ICE/DTLS replies.
+    fn bind_legs(
+        &self,
+        sip_like: IpAddr,
+    ) -> Result<(BoundPorts, BoundPorts, UdpSocket), StartError> {
+        let web = self
+            .web_ports
+            .bind(any_address(self.settings.public_address))?;
+        let sip = self.sip_ports.bind(any_address(sip_like))?;
+        let control_socket = web
+            .rtp
+            .try_clone()
+            .map_err(|e| StartError::Media(e.to_string()))?;
+        Ok((web, sip, control_socket))
+    }
+
+    /// A call's task around `call`, with the plane's shared parts.
+    #[allow(clippy::too_many_arguments)]
+    fn new_task<N>(
+        &self,
+        call: Call,
+        session: &str,
+        pending: PendingMedia,
+        control_socket: UdpSocket,
+        far: Far,
+        status: Arc<Mutex<Status>>,
+        notify: N,
+    ) -> CallTask<N> {
+        CallTask {
+            call,
+            started: Instant::now(),
+            session: session.to_string(),
+            media: None,
+            pending: Some(pending),
+            control_socket,
+            far,
+            status,
+            registry: self.calls.clone(),
+            notify,
+            relay: self.relay.clone(),
+            identity: self.identity.clone(),
+            settings: self.settings.clone(),
+            relay_events: self.relay_events.clone(),
         }
     }
 
@@ -326,40 +367,29 @@ impl MediaPlane {
         N: Fn(&str, SessionEvent) + Send + 'static,
     {
         let cid = plan::random_token(12)?;
-        let web = self.web_ports.bind(self.unspecified())?;
-        let sip = self.sip_ports.bind(IpAddr::V4(Ipv4Addr::UNSPECIFIED))?;
+        // The echo answers on IPv4 loopback.
+        let (web, sip, control_socket) = self.bind_legs(IpAddr::V4(Ipv4Addr::LOCALHOST))?;
         let echo = Echo::start()
             .await
             .map_err(|e| StartError::Media(format!("echo endpoint: {e}")))?;
         let far_answer = echo::answer(&plan.far_offer_codecs)?;
         let echo_addr = echo.addr();
-        let control_socket = web
-            .rtp
-            .try_clone()
-            .map_err(|e| StartError::Media(e.to_string()))?;
         let (inputs, inputs_rx) = mpsc::unbounded_channel();
         let status = self.register_call(&cid, session, to, false, inputs);
-        let mut task = CallTask {
-            call: Call::outbound(cid.clone()),
-            started: Instant::now(),
-            session: session.to_string(),
-            media: None,
-            pending: Some(PendingMedia {
+        let mut task = self.new_task(
+            Call::outbound(cid.clone()),
+            session,
+            PendingMedia {
                 web,
                 sip,
                 plan: Some(plan),
                 inbound: None,
-            }),
+            },
             control_socket,
-            far: Far::Echo(echo),
+            Far::Echo(echo),
             status,
-            registry: self.calls.clone(),
             notify,
-            relay: self.relay.clone(),
-            identity: self.identity.clone(),
-            settings: self.settings.clone(),
-            relay_events: self.relay_events.clone(),
-        };
+        );
         // The echo answers at once, from its own loopback address.
         let far = FarMedia {
             codecs: far_answer,
@@ -393,16 +423,7 @@ impl MediaPlane {
         N: Fn(&str, SessionEvent) + Send + 'static,
     {
         let cid = plan::random_token(12)?;
-        let web = self.web_ports.bind(self.unspecified())?;
-        let sip_ip = match self.settings.sip_media_address {
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        };
-        let sip = self.sip_ports.bind(sip_ip)?;
-        let control_socket = web
-            .rtp
-            .try_clone()
-            .map_err(|e| StartError::Media(e.to_string()))?;
+        let (web, sip, control_socket) = self.bind_legs(self.settings.sip_media_address)?;
         let offer = build::sip_media(&SipMedia {
             local: Local {
                 address: self.settings.sip_media_address,
@@ -420,31 +441,24 @@ impl MediaPlane {
         let (inputs, inputs_rx) = mpsc::unbounded_channel();
         let status = self.register_call(&cid, session, to, false, inputs);
         let events = sip_side.invite(&cid, user, to, offer);
-        let task = CallTask {
-            call: Call::outbound(cid.clone()),
-            started: Instant::now(),
-            session: session.to_string(),
-            media: None,
-            pending: Some(PendingMedia {
+        let task = self.new_task(
+            Call::outbound(cid.clone()),
+            session,
+            PendingMedia {
                 web,
                 sip,
                 plan: Some(plan),
                 inbound: None,
-            }),
+            },
             control_socket,
-            far: Far::Sip {
+            Far::Sip {
                 handle: sip_side.clone(),
                 events: Some(events),
                 answer: None,
             },
             status,
-            registry: self.calls.clone(),
             notify,
-            relay: self.relay.clone(),
-            identity: self.identity.clone(),
-            settings: self.settings.clone(),
-            relay_events: self.relay_events.clone(),
-        };
+        );
         let span = tracing::info_span!("call", cid = %cid, sid = %session);
         span.in_scope(|| info!(to = %to, "INVITE toward the SIP server"));
         tokio::spawn(task.run(inputs_rx).instrument(span));
@@ -483,22 +497,9 @@ impl MediaPlane {
         })?;
         let far = FarMedia::from_sdp(&sdp).map_err(|e| refuse(488, e.into()))?;
         let web_codecs = usable(&far.codecs).map_err(|e| refuse(488, e.into()))?;
-        let web = self
-            .web_ports
-            .bind(self.unspecified())
-            .map_err(|e| refuse(503, e.into()))?;
-        let sip_ip = match self.settings.sip_media_address {
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        };
-        let sip = self
-            .sip_ports
-            .bind(sip_ip)
-            .map_err(|e| refuse(503, e.into()))?;
-        let control_socket = web
-            .rtp
-            .try_clone()
-            .map_err(|e| refuse(503, StartError::Media(e.to_string())))?;
+        let (web, sip, control_socket) = self
+            .bind_legs(self.settings.sip_media_address)
+            .map_err(|e| refuse(503, e))?;
         let offer = WebOfferState {
             local_ice: IceCredentials {
                 ufrag: plan::random_token(6)?,
@@ -542,31 +543,24 @@ impl MediaPlane {
             Instant::now(),
         );
         sip_side.ring(&key);
-        let task = CallTask {
+        let task = self.new_task(
             call,
-            started: Instant::now(),
-            session: session.to_string(),
-            media: None,
-            pending: Some(PendingMedia {
+            session,
+            PendingMedia {
                 web,
                 sip,
                 plan: None,
                 inbound: Some(offer),
-            }),
+            },
             control_socket,
-            far: Far::Sip {
+            Far::Sip {
                 handle: sip_side.clone(),
                 events: Some(events),
                 answer: None,
             },
             status,
-            registry: self.calls.clone(),
             notify,
-            relay: self.relay.clone(),
-            identity: self.identity.clone(),
-            settings: self.settings.clone(),
-            relay_events: self.relay_events.clone(),
-        };
+        );
         let span = tracing::info_span!("call", cid = %cid, sid = %session);
         span.in_scope(|| info!(from = %from, "incoming call offered to the browser"));
         tokio::spawn(task.run(inputs_rx).instrument(span));
@@ -601,6 +595,14 @@ impl MediaPlane {
             },
         );
         status
+    }
+}
+
+/// Every address of `like`'s family, to bind on.
+fn any_address(like: IpAddr) -> IpAddr {
+    match like {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     }
 }
 
