@@ -94,12 +94,6 @@ impl Gateway {
                     .into(),
             ));
         }
-        if config.sip.srtp != config::SrtpPolicy::Off {
-            return Err(StartError::Setup(
-                "sip.srtp: this build sends plain RTP on the SIP leg only; set srtp = \"off\""
-                    .into(),
-            ));
-        }
         let config = Arc::new(config);
         let workers = match config.media.relay_workers {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
@@ -139,6 +133,7 @@ impl Gateway {
             sip_media_address: ua.local_address().ip(),
             ring_timeout: Duration::from_secs(config.sip.ring_timeout_s),
             dtmf_info: config.sip.dtmf == config::DtmfMode::Info,
+            sip_srtp: config.sip.srtp,
         };
         let plane = call::driver::MediaPlane::new(
             relay.clone(),

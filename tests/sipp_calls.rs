@@ -113,26 +113,32 @@ impl Session {
     async fn wait_for(&mut self, kind: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            let v: Value = client()
-                .get(format!(
-                    "{}/v1/sessions/{}/events?after={}&timeout=5",
-                    self.base, self.sid, self.after
-                ))
-                .bearer_auth(&self.secret)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            for e in v["events"].as_array().unwrap() {
+            for e in self.events(5).await {
                 self.after = e["seq"].as_u64().unwrap();
                 if e["type"] == kind {
-                    return e.clone();
+                    return e;
                 }
             }
         }
         panic!("no {kind} event");
+    }
+
+    /// The events after the last one seen, waiting up to `timeout` seconds
+    /// for the first.
+    async fn events(&self, timeout: u32) -> Vec<Value> {
+        let v: Value = client()
+            .get(format!(
+                "{}/v1/sessions/{}/events?after={}&timeout={timeout}",
+                self.base, self.sid, self.after
+            ))
+            .bearer_auth(&self.secret)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["events"].as_array().cloned().unwrap_or_default()
     }
 }
 
@@ -141,11 +147,15 @@ fn sip_gateway(port: u16) -> Gateway {
 }
 
 fn sip_gateway_on(port: u16, transport: &str) -> Gateway {
+    sip_gateway_with(port, &format!("transport = \"{transport}\"\n"))
+}
+
+/// A gateway toward the SIP server on `port`, with `extra` lines in [sip].
+fn sip_gateway_with(port: u16, extra: &str) -> Gateway {
     Gateway::start(
         "",
         &format!(
-            "[sip]\nserver = \"127.0.0.1:{port}\"\nregister = false\nkeepalive-interval-s = 0\n\
-             transport = \"{transport}\"\n"
+            "[sip]\nserver = \"127.0.0.1:{port}\"\nregister = false\nkeepalive-interval-s = 0\n{extra}"
         ),
     )
 }
@@ -509,5 +519,41 @@ async fn a_call_for_a_user_whose_session_ended_gets_480() {
         .unwrap();
     assert_eq!(r.status(), 204);
     passed(sipp_uac("uac-480.xml", &gw));
+    nothing_left(&gw).await;
+}
+
+/// `[sip] srtp = "required"`: the INVITE offers RTP/SAVP with two SDES keys
+/// (SIPp checks them); a far end that answers plain RTP gets a BYE, and the
+/// browser learns why (488).
+#[tokio::test]
+async fn required_srtp_hangs_up_on_a_plain_answer() {
+    let port = free_udp_port();
+    let sipp = sipp_uas("uas-plain-to-srtp.xml", port);
+    let gw = sip_gateway_with(port, "srtp = \"required\"\n");
+    let mut s = Session::open(&gw).await;
+    s.call("5000").await;
+    let ended = s.wait_for("call.ended").await;
+    assert_eq!(ended["sip_status"], 488, "{ended}");
+    passed(sipp);
+    nothing_left(&gw).await;
+}
+
+/// `[sip] srtp = "required"`: an incoming offer without keys gets 488 and
+/// the browser hears nothing of it.
+#[tokio::test]
+async fn required_srtp_refuses_a_plain_offer() {
+    let gw = sip_gateway_with(free_udp_port(), "srtp = \"required\"\n");
+    let s = Session::open(&gw).await;
+    passed(sipp_uac("uac-rtp-488.xml", &gw));
+    assert_eq!(s.events(0).await, Vec::<Value>::new());
+    nothing_left(&gw).await;
+}
+
+/// `[sip] srtp = "off"`: an incoming RTP/SAVP offer gets 488.
+#[tokio::test]
+async fn srtp_off_refuses_a_savp_offer() {
+    let gw = sip_gateway(free_udp_port());
+    let _s = Session::open(&gw).await;
+    passed(sipp_uac("uac-savp-488.xml", &gw));
     nothing_left(&gw).await;
 }

@@ -41,6 +41,10 @@ fn command_error(e: CommandError) -> ApiError {
         }
         CommandError::Dtmf(m) => ApiError::bad_request("invalid_dtmf", m),
         CommandError::BadSdp(e) => ApiError::bad_request("bad_sdp", e.to_string()),
+        CommandError::Media(m) => {
+            tracing::warn!(error = %m, "a call's media could not be set up");
+            ApiError::internal()
+        }
         e @ CommandError::NoTelephoneEvent => {
             ApiError::new(StatusCode::CONFLICT, "dtmf_not_negotiated", e.to_string())
         }

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::plan::{self, OutboundPlan, WebLocal};
 use super::{Call, CallError, CallOutput, CallState, FarRequest, LegKeying, Party, WebLegSpec};
+use crate::config::SrtpPolicy;
 use crate::echo::{self, Echo};
 use crate::media::ports::BoundPorts;
 use crate::media::ports::{PortAllocator, PortError};
@@ -68,6 +69,8 @@ pub enum CommandError {
     NoTelephoneEvent,
     #[error("{0}")]
     BadSdp(#[from] SdpError),
+    #[error("cannot set up the call's media: {0}")]
+    Media(String),
 }
 
 /// A request from the API to a call's task.
@@ -252,6 +255,8 @@ pub struct CallSettings {
     pub ring_timeout: Duration,
     /// DTMF toward SIP always as SIP INFO (else RFC 4733, INFO as fallback).
     pub dtmf_info: bool,
+    /// SRTP on the SIP media leg.
+    pub sip_srtp: SrtpPolicy,
 }
 
 /// The media plane as the signaling side sees it.
@@ -384,6 +389,7 @@ impl MediaPlane {
                 sip,
                 plan: Some(plan),
                 inbound: None,
+                sip_crypto: Vec::new(),
             },
             control_socket,
             Far::Echo(echo),
@@ -393,6 +399,8 @@ impl MediaPlane {
         // The echo answers at once, from its own loopback address.
         let far = FarMedia {
             codecs: far_answer,
+            crypto: Vec::new(),
+            secure: false,
             rtp: echo_addr,
             rtcp: None,
             strict: true,
@@ -423,6 +431,7 @@ impl MediaPlane {
         N: Fn(&str, SessionEvent) + Send + 'static,
     {
         let cid = plan::random_token(12)?;
+        let sip_crypto = plan::sip_offer_crypto(self.settings.sip_srtp)?;
         let (web, sip, control_socket) = self.bind_legs(self.settings.sip_media_address)?;
         let offer = build::sip_media(&SipMedia {
             local: Local {
@@ -433,8 +442,8 @@ impl MediaPlane {
             },
             codecs: &plan.far_offer_codecs,
             direction: Direction::SendRecv,
-            crypto: None,
-            secure_profile: false,
+            crypto: &sip_crypto,
+            secure_profile: plan::sip_offer_secure_profile(self.settings.sip_srtp),
             rtcp_mux: false,
             ptime: None,
         });
@@ -449,6 +458,7 @@ impl MediaPlane {
                 sip,
                 plan: Some(plan),
                 inbound: None,
+                sip_crypto,
             },
             control_socket,
             Far::Sip {
@@ -496,6 +506,8 @@ impl MediaPlane {
             )
         })?;
         let far = FarMedia::from_sdp(&sdp).map_err(|e| refuse(488, e.into()))?;
+        let sip_keying = plan::sip_answer_keying(self.settings.sip_srtp, &far.crypto, far.secure)
+            .map_err(|e| refuse(488, e.into()))?;
         let web_codecs = usable(&far.codecs).map_err(|e| refuse(488, e.into()))?;
         let (web, sip, control_socket) = self
             .bind_legs(self.settings.sip_media_address)
@@ -512,6 +524,7 @@ impl MediaPlane {
             ssrc: plan::random_u32()?,
             codecs: web_codecs,
             far,
+            sip_keying,
         };
         let web_sdp = build::web_offer(&WebOffer {
             local: Local {
@@ -551,6 +564,7 @@ impl MediaPlane {
                 sip,
                 plan: None,
                 inbound: Some(offer),
+                sip_crypto: Vec::new(),
             },
             control_socket,
             Far::Sip {
@@ -598,6 +612,14 @@ impl MediaPlane {
     }
 }
 
+/// SRTP contexts for a leg from its (inbound, outbound) keys.
+fn srtp_pair(
+    keys: Option<plan::SipLegKeys>,
+) -> Result<Option<(SrtpContext, SrtpContext)>, crate::media::srtp::SrtpError> {
+    keys.map(|(inbound, outbound)| Ok((SrtpContext::new(&inbound)?, SrtpContext::new(&outbound)?)))
+        .transpose()
+}
+
 /// Every address of `like`'s family, to bind on.
 fn any_address(like: IpAddr) -> IpAddr {
     match like {
@@ -614,6 +636,8 @@ struct PendingMedia {
     plan: Option<OutboundPlan>,
     /// Inbound: what we offered the browser.
     inbound: Option<WebOfferState>,
+    /// Outbound: the SDES keys our SIP-side offer carried (none: plain RTP).
+    sip_crypto: Vec<CryptoAttribute>,
 }
 
 /// Our offer to the browser for an incoming call, and the far end's media.
@@ -623,11 +647,17 @@ struct WebOfferState {
     ssrc: u32,
     codecs: Vec<Codec>,
     far: FarMedia,
+    /// How our answer on the SIP side is keyed.
+    sip_keying: plan::SipAnswerKeying,
 }
 
 /// Where and how the far end takes its media.
 struct FarMedia {
     codecs: Vec<Codec>,
+    /// Its SDES keys (the ones we support).
+    crypto: Vec<CryptoAttribute>,
+    /// It uses the secure profile RTP/SAVP.
+    secure: bool,
     rtp: SocketAddr,
     /// RTCP address; None: RTCP muxed on the RTP port.
     rtcp: Option<SocketAddr>,
@@ -647,6 +677,8 @@ impl FarMedia {
             )
         });
         Ok(FarMedia {
+            secure: d.is_secure_profile(),
+            crypto: d.audio.crypto,
             codecs: d.audio.codecs,
             rtp,
             rtcp,
@@ -869,13 +901,7 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                 sip_te.clock_rate,
             );
         }
-        let web_srtp = match &web_keys {
-            Some((inbound, outbound)) => Some((
-                SrtpContext::new(inbound).map_err(|e| CommandError::Dtmf(e.to_string()))?,
-                SrtpContext::new(outbound).map_err(|e| CommandError::Dtmf(e.to_string()))?,
-            )),
-            None => None,
-        };
+        let web_srtp = srtp_pair(web_keys).map_err(|e| CommandError::Media(e.to_string()))?;
         let Some(PendingMedia {
             web,
             sip,
@@ -894,8 +920,8 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
             },
             codecs: &sip_codecs,
             direction: Direction::SendRecv,
-            crypto: None,
-            secure_profile: false,
+            crypto: offer.sip_keying.crypto.as_slice(),
+            secure_profile: offer.sip_keying.secure_profile,
             rtcp_mux: offer.far.rtcp.is_none(),
             ptime: None,
         });
@@ -916,12 +942,13 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                 sip_remote: offer.far.rtp,
                 sip_remote_rtcp: offer.far.rtcp,
                 sip_strict_source: false,
-                sip_srtp: None,
+                sip_srtp: srtp_pair(offer.sip_keying.leg_keys())
+                    .map_err(|e| CommandError::Media(e.to_string()))?,
                 payload_map,
                 events: Some(self.relay_events.clone()),
                 leases: vec![web.lease, sip.lease],
             })
-            .map_err(|e| CommandError::Dtmf(e.to_string()))?;
+            .map_err(|e| CommandError::Media(e.to_string()))?;
         let codec = format!(
             "{}/{}",
             chosen.name.encoding().to_ascii_lowercase(),
@@ -958,8 +985,7 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
             Ok(()) => true,
             Err(e) => {
                 warn!(error = %e, "the far end's SDP is unusable");
-                self.call.far_failed(Some(488));
-                self.call.hangup();
+                self.call.far_media_unusable(488);
                 false
             }
         }
@@ -985,13 +1011,15 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                 rtp_timeout: self.settings.rtp_timeout,
             },
         )?;
-        let web_srtp = match &negotiated.sdes_keys {
-            Some((inbound, outbound)) => Some((
-                SrtpContext::new(inbound).map_err(|e| StartError::Media(e.to_string()))?,
-                SrtpContext::new(outbound).map_err(|e| StartError::Media(e.to_string()))?,
-            )),
-            None => None,
-        };
+        let web_srtp = srtp_pair(negotiated.sdes_keys.clone())
+            .map_err(|e| StartError::Media(e.to_string()))?;
+        let sip_keys = plan::sip_answer_keys(
+            self.settings.sip_srtp,
+            &pending.sip_crypto,
+            &far.crypto,
+            far.secure,
+        )?;
+        let sip_srtp = srtp_pair(sip_keys).map_err(|e| StartError::Media(e.to_string()))?;
         let PendingMedia { web, sip, .. } = pending;
         // With RTCP muxed by the far end the pair's RTCP port stays leased, unused.
         let sip_rtcp_socket = if far.rtcp.is_some() { sip.rtcp } else { None };
@@ -1007,7 +1035,7 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                 sip_remote: far.rtp,
                 sip_remote_rtcp: far.rtcp,
                 sip_strict_source: far.strict,
-                sip_srtp: None,
+                sip_srtp,
                 payload_map: negotiated.payload_map,
                 events: Some(self.relay_events.clone()),
                 leases: vec![web.lease, sip.lease],

@@ -418,6 +418,15 @@ impl Call {
         self.end(EndReason::Error, status, false);
     }
 
+    /// The far end's SDP (in a 18x or 200) cannot be used: the call ends
+    /// with `status` for the browser, and the far end is told (CANCEL
+    /// before its 200, BYE after).
+    pub fn far_media_unusable(&mut self, status: u16) {
+        if self.state != CallState::Ended {
+            self.end(EndReason::Error, Some(status), true);
+        }
+    }
+
     /// The hold state changed: a remote re-INVITE, or the far end confirmed ours.
     pub fn far_hold_changed(&mut self, held: bool, by: Party) {
         if self.state != CallState::Answered {

@@ -12,8 +12,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
 use super::{LegKeying, WebLegSpec};
+use crate::config::SrtpPolicy;
 use crate::media::relay::PayloadMap;
-use crate::media::srtp::SrtpKeyMaterial;
+use crate::media::srtp::{SrtpKeyMaterial, SrtpProfile};
 use crate::sdp::build::{self, AnswerKeying, Local, WebAnswer};
 use crate::sdp::codecs::{answer_codecs, pair_answer, usable};
 use crate::sdp::{
@@ -200,4 +201,235 @@ pub fn negotiate(
             rtp_timeout: local.rtp_timeout,
         },
     })
+}
+
+/// Our SDES keys for an offer on the SIP leg under `policy`: none when SRTP
+/// is off, else one key per suite most SIP servers take (tag 1: 80-bit tag,
+/// tag 2: 32-bit tag), each fresh from the system CSPRNG.
+pub fn sip_offer_crypto(policy: SrtpPolicy) -> Result<Vec<CryptoAttribute>, SdpError> {
+    if policy == SrtpPolicy::Off {
+        return Ok(Vec::new());
+    }
+    Ok(vec![
+        CryptoAttribute::generate(1, SrtpProfile::AesCm128HmacSha1_80)?,
+        CryptoAttribute::generate(2, SrtpProfile::AesCm128HmacSha1_32)?,
+    ])
+}
+
+/// Whether our SIP-side offer uses the secure profile `RTP/SAVP`: only when
+/// SRTP is required; "optional" offers keys in `RTP/AVP` so a far end
+/// without SRTP can still answer (best-effort SRTP).
+pub fn sip_offer_secure_profile(policy: SrtpPolicy) -> bool {
+    policy == SrtpPolicy::Required
+}
+
+/// SRTP keys of the SIP leg as (inbound: the far end's key, outbound: ours).
+pub type SipLegKeys = (SrtpKeyMaterial, SrtpKeyMaterial);
+
+/// The far end answered our SIP-side offer (made with `ours`; none: the
+/// offer had no keys) with `answered` keys, in a secure profile or not:
+/// the keys the relay uses on the SIP leg, or `None` for plain RTP.
+pub fn sip_answer_keys(
+    policy: SrtpPolicy,
+    ours: &[CryptoAttribute],
+    answered: &[CryptoAttribute],
+    secure_profile: bool,
+) -> Result<Option<SipLegKeys>, SdpError> {
+    if policy == SrtpPolicy::Off || ours.is_empty() {
+        return Ok(None);
+    }
+    let chosen = answered.iter().find_map(|theirs| {
+        ours.iter()
+            .find(|o| o.tag == theirs.tag && o.keys.profile == theirs.keys.profile)
+            .map(|o| (theirs.keys.clone(), o.keys.clone()))
+    });
+    match chosen {
+        Some(keys) => Ok(Some(keys)),
+        None if !answered.is_empty() => Err(SdpError::BadCrypto(
+            "the answer's a=crypto matches no tag and suite we offered".into(),
+        )),
+        None if policy == SrtpPolicy::Required || secure_profile => Err(SdpError::SipSrtpRequired),
+        None => Ok(None),
+    }
+}
+
+/// How we answer a SIP-side offer under `policy`.
+pub struct SipAnswerKeying {
+    /// Our key for the answer's a=crypto line (same tag and suite as the
+    /// far end's chosen one); `None` for plain RTP.
+    pub crypto: Option<CryptoAttribute>,
+    /// The far end's key for that line.
+    pub theirs: Option<SrtpKeyMaterial>,
+    /// Answer with `RTP/SAVP` (the offer used it).
+    pub secure_profile: bool,
+}
+
+impl SipAnswerKeying {
+    /// The relay's SIP-leg keys: (inbound, outbound).
+    pub fn leg_keys(&self) -> Option<SipLegKeys> {
+        match (&self.theirs, &self.crypto) {
+            (Some(theirs), Some(ours)) => Some((theirs.clone(), ours.keys.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// Decides how to answer a SIP-side offer (its supported `offered` keys,
+/// in a secure profile or not): SRTP with the first offered suite we
+/// support when `policy` allows it; plain RTP when the offer has no keys and
+/// SRTP is not required. Refusals name why (the caller sends 488).
+pub fn sip_answer_keying(
+    policy: SrtpPolicy,
+    offered: &[CryptoAttribute],
+    secure: bool,
+) -> Result<SipAnswerKeying, SdpError> {
+    if policy == SrtpPolicy::Off {
+        if secure {
+            return Err(SdpError::SipSrtpOff);
+        }
+        // Best-effort keys in RTP/AVP: answering without a=crypto declines them.
+        return Ok(SipAnswerKeying {
+            crypto: None,
+            theirs: None,
+            secure_profile: false,
+        });
+    }
+    match offered.first() {
+        Some(theirs) => Ok(SipAnswerKeying {
+            crypto: Some(CryptoAttribute::generate(theirs.tag, theirs.keys.profile)?),
+            theirs: Some(theirs.keys.clone()),
+            secure_profile: secure,
+        }),
+        None if policy == SrtpPolicy::Required || secure => Err(SdpError::SipSrtpRequired),
+        None => Ok(SipAnswerKeying {
+            crypto: None,
+            theirs: None,
+            secure_profile: false,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(tag: u32, profile: SrtpProfile) -> CryptoAttribute {
+        CryptoAttribute::generate(tag, profile).unwrap()
+    }
+
+    #[test]
+    fn offers_by_policy() {
+        assert!(sip_offer_crypto(SrtpPolicy::Off).unwrap().is_empty());
+        for policy in [SrtpPolicy::Optional, SrtpPolicy::Required] {
+            let ours = sip_offer_crypto(policy).unwrap();
+            let suites: Vec<_> = ours.iter().map(|c| (c.tag, c.keys.profile)).collect();
+            assert_eq!(
+                suites,
+                vec![
+                    (1, SrtpProfile::AesCm128HmacSha1_80),
+                    (2, SrtpProfile::AesCm128HmacSha1_32)
+                ]
+            );
+            // Fresh keys every time.
+            assert_ne!(ours, sip_offer_crypto(policy).unwrap());
+        }
+        assert!(!sip_offer_secure_profile(SrtpPolicy::Optional));
+        assert!(sip_offer_secure_profile(SrtpPolicy::Required));
+    }
+
+    #[test]
+    fn the_far_answer_picks_one_of_our_keys() {
+        let ours = sip_offer_crypto(SrtpPolicy::Optional).unwrap();
+        let theirs = key(2, SrtpProfile::AesCm128HmacSha1_32);
+        let keys = sip_answer_keys(
+            SrtpPolicy::Optional,
+            &ours,
+            std::slice::from_ref(&theirs),
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(keys, (theirs.keys.clone(), ours[1].keys.clone()));
+        // A tag we offered with another suite is no match.
+        let wrong = key(1, SrtpProfile::AesCm128HmacSha1_32);
+        assert!(matches!(
+            sip_answer_keys(SrtpPolicy::Required, &ours, &[wrong], true),
+            Err(SdpError::BadCrypto(_))
+        ));
+    }
+
+    #[test]
+    fn a_plain_answer_by_policy() {
+        let ours = sip_offer_crypto(SrtpPolicy::Required).unwrap();
+        assert_eq!(
+            sip_answer_keys(SrtpPolicy::Optional, &ours, &[], false),
+            Ok(None)
+        );
+        assert_eq!(
+            sip_answer_keys(SrtpPolicy::Required, &ours, &[], false),
+            Err(SdpError::SipSrtpRequired)
+        );
+        // RTP/SAVP without a key is no answer at all.
+        assert_eq!(
+            sip_answer_keys(SrtpPolicy::Optional, &ours, &[], true),
+            Err(SdpError::SipSrtpRequired)
+        );
+        // We offered no keys (off, or the echo endpoint): plain, whatever came back.
+        let stray = key(1, SrtpProfile::AesCm128HmacSha1_80);
+        assert_eq!(
+            sip_answer_keys(
+                SrtpPolicy::Required,
+                &[],
+                std::slice::from_ref(&stray),
+                true
+            ),
+            Ok(None)
+        );
+        assert_eq!(
+            sip_answer_keys(SrtpPolicy::Off, &ours, &[stray], true),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn answering_a_far_offer() {
+        let offered = [
+            key(5, SrtpProfile::AeadAes128Gcm),
+            key(6, SrtpProfile::AesCm128HmacSha1_80),
+        ];
+        for policy in [SrtpPolicy::Optional, SrtpPolicy::Required] {
+            for secure in [false, true] {
+                let k = sip_answer_keying(policy, &offered, secure).unwrap();
+                let ours = k.crypto.clone().unwrap();
+                assert_eq!(
+                    (ours.tag, ours.keys.profile),
+                    (5, SrtpProfile::AeadAes128Gcm)
+                );
+                assert_ne!(
+                    ours.keys, offered[0].keys,
+                    "our own key, not an echo of theirs"
+                );
+                assert_eq!(k.secure_profile, secure);
+                assert_eq!(k.leg_keys(), Some((offered[0].keys.clone(), ours.keys)));
+            }
+        }
+        // Off: keys in RTP/AVP are declined, RTP/SAVP is refused.
+        let k = sip_answer_keying(SrtpPolicy::Off, &offered, false).unwrap();
+        assert!(k.crypto.is_none() && k.leg_keys().is_none() && !k.secure_profile);
+        assert_eq!(
+            sip_answer_keying(SrtpPolicy::Off, &offered, true).err(),
+            Some(SdpError::SipSrtpOff)
+        );
+        // No keys offered.
+        let k = sip_answer_keying(SrtpPolicy::Optional, &[], false).unwrap();
+        assert!(k.leg_keys().is_none());
+        assert_eq!(
+            sip_answer_keying(SrtpPolicy::Required, &[], false).err(),
+            Some(SdpError::SipSrtpRequired)
+        );
+        assert_eq!(
+            sip_answer_keying(SrtpPolicy::Optional, &[], true).err(),
+            Some(SdpError::SipSrtpRequired)
+        );
+    }
 }

@@ -504,3 +504,24 @@ fn an_incoming_call_rejected_or_cancelled() {
         CallOutput::Far(FarRequest::Hangup { answered: false })
     );
 }
+
+/// A far end whose answer cannot be used (say, plain RTP when SRTP is
+/// required): the browser hears 488, and the far end is told to go away.
+#[test]
+fn an_unusable_far_answer_ends_the_call_and_tells_the_far_end() {
+    let mut call = Call::outbound("c9".into());
+    call.far_ringing();
+    drain(&mut call);
+    call.far_media_unusable(488);
+    let out = drain(&mut call);
+    assert_eq!(ended(&out), Some(("error".into(), Some(488))));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, CallOutput::Far(FarRequest::Hangup { .. }))),
+        "{out:?}"
+    );
+    assert!(finished(&out));
+    // Once ended, a second report changes nothing.
+    call.far_media_unusable(488);
+    assert_eq!(drain(&mut call), vec![]);
+}

@@ -216,8 +216,8 @@ pub struct SipMedia<'a> {
     pub local: Local,
     pub codecs: &'a [Codec],
     pub direction: Direction,
-    /// SDES key, if the SIP leg uses SRTP.
-    pub crypto: Option<&'a CryptoAttribute>,
+    /// SDES keys (one line each), if the SIP leg uses SRTP.
+    pub crypto: &'a [CryptoAttribute],
     /// `RTP/SAVP` (SRTP required) instead of `RTP/AVP`.
     pub secure_profile: bool,
     /// Answering an offer that had a=rtcp-mux.
@@ -245,7 +245,7 @@ pub fn sip_media(s: &SipMedia<'_>) -> String {
         payload_list(s.codecs)
     );
     codec_lines(&mut out, s.codecs);
-    if let Some(c) = s.crypto {
+    for c in s.crypto {
         let _ = write!(out, "a=crypto:{}\r\n", c.to_value());
     }
     if s.rtcp_mux {

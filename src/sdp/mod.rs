@@ -32,6 +32,8 @@ pub enum SdpError {
     CryptoRequired,
     #[error("the SIP side requires SRTP and the SDP has no usable a=crypto line")]
     SipSrtpRequired,
+    #[error("the SIP offer requires SRTP (RTP/SAVP) and [sip] srtp is \"off\"")]
+    SipSrtpOff,
     #[error("unsupported crypto suite {0}")]
     UnsupportedCryptoSuite(String),
     #[error("bad a=crypto: {0}")]

@@ -2,9 +2,10 @@
 // tests/echo_calls.rs. Mode (argv[2]):
 //   demo        the shipped demo page: connect, call echo, hear the tone
 //               back, DTMF, hold/resume, screenshot, hang up
-//   incoming    the demo page, connected as 1001, answers a SIP caller that
-//               returns RTP (SIPp -rtp_echo): hear the tone back until the
-//               caller hangs up
+//   incoming    the demo page, connected as 1001, answers a SIP caller (SIPp
+//               -rtp_echo returning our tone, or baresip playing one): hear
+//               EXPECT_HZ (default 1000) until the caller hangs up; with
+//               HOLD set, the caller also holds and resumes the call
 //   sip         the demo page calls DIAL through the SIP server (a SIPp UAS
 //               returning RTP, or baresip playing a tone): hear EXPECT_HZ
 //               (default 1000), hang up
@@ -112,14 +113,25 @@ try {
     report.rang = await waitFor(page, () => !document.getElementById('incoming').hidden, null, 30000);
     await page.click('#answer');
     report.answered = await waitFor(page, () => window.demo.call && window.demo.call.state === 'answered');
-    report.heard = await waitFor(page, () => {
+    report.heard = await waitFor(page, (hz) => {
       const r = window.demo.remote;
-      return r && Math.abs(r.hz - 1000) <= 20 && window.demo.stats && window.demo.stats.browser.packetsReceived > 100;
-    });
+      return r && Math.abs(r.hz - hz) <= 20 && window.demo.stats && window.demo.stats.browser.packetsReceived > 100;
+    }, Number(process.env.EXPECT_HZ || 1000));
     Object.assign(report, await page.evaluate(() => ({
       remoteHz: window.demo.remote ? window.demo.remote.hz : 0,
       stats: window.demo.stats,
     })));
+    if (process.env.HOLD) {
+      // The caller holds (re-INVITE sendonly) and resumes (sendrecv): the
+      // page shows each, and audio flows again after the resume.
+      report.held = await waitFor(page, () => window.demo.call.held === true, null, 15000);
+      report.heldText = await page.evaluate(() => document.getElementById('call-state').textContent);
+      report.resumed = await waitFor(page, () => window.demo.call.held === false, null, 15000);
+      const received = () => page.evaluate(async () => (await window.demo.call.stats()).browser.packetsReceived);
+      const r0 = await received();
+      await sleep(1000);
+      report.packetsAfterResume = (await received()) - r0;
+    }
     report.ended = await waitFor(page, () => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes('call ended: remote_hangup')), null, 30000);
     report.log = await page.evaluate(() => [...document.querySelectorAll('#log li')].map((li) => li.textContent).reverse());
   } else if (mode === 'concurrent') {
