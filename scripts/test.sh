@@ -12,7 +12,7 @@ step() { printf '\n=== %s\n' "$*"; }
 # Debian packages the tests use: nft checks the generated firewall rules;
 # Chromium is the real browser of the browser tests (driven by playwright-core);
 # SIPp (sip-tester), baresip and Kamailio are real SIP peers.
-packages=(nftables chromium iproute2 sip-tester baresip-core kamailio)
+packages=(nftables chromium iproute2 sip-tester baresip-core kamailio kamailio-tls-modules)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -88,12 +88,6 @@ impl Gateway {
     /// (it is, when it came from [`Config::load`]).
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
         // Refuse what this build cannot do rather than silently doing less.
-        if config.sip.transport == config::SipTransport::Tls {
-            return Err(StartError::Setup(
-                "sip.transport: this build speaks SIP over UDP and TCP only; TLS is not there yet"
-                    .into(),
-            ));
-        }
         let config = Arc::new(config);
         let workers = match config.media.relay_workers {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
@@ -196,9 +190,13 @@ impl Gateway {
         )));
 
         let (incoming_tx, incoming_rx) = tokio::sync::mpsc::unbounded_channel();
-        let link = match ua.server() {
-            Some(server) if config.sip.transport == config::SipTransport::Tcp => {
-                sip::driver::Link::tcp(server, shutdown_rx.clone())
+        let link = match (ua.server(), config.sip.transport) {
+            (Some(server), config::SipTransport::Tcp) => {
+                sip::driver::Link::stream(server, None, shutdown_rx.clone())
+            }
+            (Some(server), config::SipTransport::Tls) => {
+                let tls = sip_tls_client(&config.sip)?;
+                sip::driver::Link::stream(server, Some(tls), shutdown_rx.clone())
             }
             _ => sip::driver::Link::Udp(sip_socket),
         };
@@ -252,6 +250,24 @@ impl Gateway {
     }
 }
 
+/// The TLS client toward the SIP server: the configured CA file (or the
+/// system roots) and the expected name (`tls-server-name`, else the host of
+/// `server`).
+fn sip_tls_client(c: &config::SipConfig) -> Result<sip::tls::TlsClient, StartError> {
+    let name = if c.tls_server_name.is_empty() {
+        config::parse_host_port(&c.server, c.transport.default_port())
+            .map_err(StartError::Setup)?
+            .0
+    } else {
+        c.tls_server_name.clone()
+    };
+    let name = name
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    sip::tls::client(&c.tls_ca_file, &name).map_err(|e| StartError::Setup(format!("sip: {e}")))
+}
+
 /// The SIP user agent for the config: the server resolved, our advertised
 /// address, timers and intervals.
 async fn sip_user_agent(
@@ -284,7 +300,11 @@ async fn sip_user_agent(
         identity: sip::registration::Identity {
             domain,
             local: sip::driver::advertised_address(listening, server),
-            tcp: server.is_some() && c.transport == config::SipTransport::Tcp,
+            transport: if server.is_some() {
+                c.transport
+            } else {
+                config::SipTransport::Udp
+            },
         },
         timers: sip::transaction::TimerConfig {
             t1: Duration::from_millis(c.timer_t1_ms),

@@ -325,14 +325,18 @@ async fn logs_never_carry_secrets() {
     }
 }
 
-/// What this build cannot do is refused at start, naming the key.
+/// SIP over TLS with a CA file that is not there: refused at start,
+/// naming the key.
 #[test]
-fn unsupported_sip_transport_is_refused() {
+fn sip_tls_without_its_ca_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let config = common::config_text("", "[sip]\ntransport = \"tls\"\n");
+    let config = common::config_text(
+        "",
+        "[sip]\nserver = \"127.0.0.1:5061\"\ntransport = \"tls\"\ntls-ca-file = \"/nonexistent/ca.pem\"\n",
+    );
     let path = common::write(dir.path(), "gateway.toml", &config);
     let out = common::run(&["--config", path.to_str().unwrap()], &[], None);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("sip.transport"), "{err}");
+    assert!(err.contains("sip.tls-ca-file"), "{err}");
 }

@@ -2,21 +2,27 @@
 //! server: registration through Kamailio's digest challenge (qop=auth), a
 //! wrong password refused, the keepalive answered, a SIPp caller reaching
 //! the registered browser user through Kamailio's location lookup (with
-//! Record-Route), and the unREGISTER taking the binding away.
+//! Record-Route), and the unREGISTER taking the binding away. Then the same
+//! over TLS: the server's certificate checked against a CA file and an
+//! expected name (a wrong name: no connection), registration, a call in
+//! over the gateway's own connection and a call out.
 
 mod common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{client, free_udp_port, Gateway};
+use common::{client, free_tcp_port, free_udp_port, Gateway};
 use serde_json::{json, Value};
 
 const OFFER: &str = include_str!("fixtures/sdp/chromium-offer.sdp");
 
 struct Kamailio {
     child: Child,
+    /// UDP port.
     port: u16,
+    /// TLS port (when started with TLS).
+    tls_port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -31,19 +37,50 @@ impl Drop for Kamailio {
 }
 
 fn kamailio() -> Kamailio {
+    kamailio_with(None)
+}
+
+/// Kamailio from tests/kamailio/proxy.cfg; with `tls` (certificate and key
+/// PEM files) it also listens for SIP over TLS.
+fn kamailio_with(tls: Option<(&std::path::Path, &std::path::Path)>) -> Kamailio {
     let dir = tempfile::tempdir().unwrap();
     let port = free_udp_port();
+    let tls_port = free_tcp_port();
     let template = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/kamailio/proxy.cfg"
     ))
     .unwrap();
+    let tls_cfg = dir.path().join("tls.cfg");
     let cfg = dir.path().join("kamailio.cfg");
-    std::fs::write(&cfg, template.replace("LISTEN_PORT", &port.to_string())).unwrap();
-    let child = Command::new("kamailio")
+    std::fs::write(
+        &cfg,
+        template
+            .replace("LISTEN_PORT", &port.to_string())
+            .replace("TLS_PORT", &tls_port.to_string())
+            .replace("TLS_CFG", tls_cfg.to_str().unwrap()),
+    )
+    .unwrap();
+    let mut command = Command::new("kamailio");
+    if let Some((cert, key)) = tls {
+        let profile = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/kamailio/tls.cfg"
+        ))
+        .unwrap();
+        std::fs::write(
+            &tls_cfg,
+            profile
+                .replace("CERT_FILE", cert.to_str().unwrap())
+                .replace("KEY_FILE", key.to_str().unwrap()),
+        )
+        .unwrap();
+        command.args(["-A", "WITH_TLS"]);
+    }
+    let child = command
         .arg("-f")
         .arg(&cfg)
-        .args(["-D", "-E", "-m", "64", "-M", "8", "-Y"])
+        .args(["-DD", "-E", "-m", "64", "-M", "8", "-Y"])
         .arg(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -75,6 +112,7 @@ fn kamailio() -> Kamailio {
     Kamailio {
         child,
         port,
+        tls_port,
         _dir: dir,
     }
 }
@@ -89,20 +127,38 @@ async fn create(gw: &Gateway, user: &str, password: &str) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
-async fn events(gw: &Gateway, s: &Value, after: u64) -> Vec<Value> {
-    let v: Value = client()
-        .get(format!(
-            "{}/v1/sessions/{}/events?after={after}&timeout=5",
-            gw.api(),
-            s["session"].as_str().unwrap()
-        ))
+/// A request on session `s` (a `POST /v1/sessions` answer) at `path`.
+fn session_request(
+    gw: &Gateway,
+    s: &Value,
+    method: reqwest::Method,
+    path: &str,
+) -> reqwest::RequestBuilder {
+    client()
+        .request(
+            method,
+            format!(
+                "{}/v1/sessions/{}{path}",
+                gw.api(),
+                s["session"].as_str().unwrap()
+            ),
+        )
         .bearer_auth(s["session_secret"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+}
+
+async fn events(gw: &Gateway, s: &Value, after: u64) -> Vec<Value> {
+    let v: Value = session_request(
+        gw,
+        s,
+        reqwest::Method::GET,
+        &format!("/events?after={after}&timeout=5"),
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     v["events"].as_array().cloned().unwrap_or_default()
 }
 
@@ -149,41 +205,15 @@ async fn registered_through_kamailio_and_called_through_it() {
     // A caller reaches 1001 through Kamailio's location lookup.
     let caller = sipp_caller(&["-sn", "uac", "-d", "1000"], &k);
     let mut after = 0;
-    let mut incoming = None;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while incoming.is_none() && Instant::now() < deadline {
-        for e in events(&gw, &session, after).await {
-            after = e["seq"].as_u64().unwrap();
-            if e["type"] == "call.incoming" {
-                incoming = Some(e);
-            }
-        }
-    }
-    let incoming = incoming.expect("the call came through Kamailio");
+    let incoming = wait_event(&gw, &session, &mut after, "call.incoming").await;
     let cid = incoming["call"].as_str().unwrap();
-    let r = client()
-        .post(format!(
-            "{}/v1/sessions/{}/calls/{cid}/answer",
-            gw.api(),
-            session["session"].as_str().unwrap()
-        ))
-        .bearer_auth(session["session_secret"].as_str().unwrap())
-        .json(&json!({"sdp": OFFER.replace("a=setup:actpass", "a=setup:active")}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let mut ended = None;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while ended.is_none() && Instant::now() < deadline {
-        for e in events(&gw, &session, after).await {
-            after = e["seq"].as_u64().unwrap();
-            if e["type"] == "call.ended" {
-                ended = Some(e);
-            }
-        }
-    }
-    assert_eq!(ended.expect("the call ended")["reason"], "remote_hangup");
+    let answer = json!({"sdp": OFFER.replace("a=setup:actpass", "a=setup:active")});
+    assert_eq!(
+        api_post(&gw, &session, &format!("/calls/{cid}/answer"), answer).await,
+        200
+    );
+    let ended = wait_event(&gw, &session, &mut after, "call.ended").await;
+    assert_eq!(ended["reason"], "remote_hangup");
     common::assert_sipp_passed(&caller.wait_with_output().unwrap());
 
     // Session over: unREGISTER, and Kamailio no longer knows 1001.
@@ -196,4 +226,164 @@ async fn registered_through_kamailio_and_called_through_it() {
     let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uac-404.xml");
     let after_unregister = sipp_caller(&["-sf", scenario], &k);
     common::assert_sipp_passed(&after_unregister.wait_with_output().unwrap());
+}
+
+/// Waits for the first event of `kind` after `*after`.
+async fn wait_event(gw: &Gateway, session: &Value, after: &mut u64, kind: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        for e in events(gw, session, *after).await {
+            *after = e["seq"].as_u64().unwrap();
+            if e["type"] == kind {
+                return e;
+            }
+        }
+    }
+    panic!("no {kind} event\n{}", gw.log());
+}
+
+async fn api_post(gw: &Gateway, session: &Value, path: &str, body: Value) -> u16 {
+    session_request(gw, session, reqwest::Method::POST, path)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn tls_gateway(k: &Kamailio, ca: &std::path::Path, extra: &str) -> Gateway {
+    Gateway::start(
+        "",
+        &format!(
+            "[sip]\nserver = \"127.0.0.1:{}\"\ntransport = \"tls\"\ntls-ca-file = \"{}\"\n{extra}",
+            k.tls_port,
+            ca.display()
+        ),
+    )
+}
+
+#[tokio::test]
+async fn over_tls_through_kamailio() {
+    let dir = tempfile::tempdir().unwrap();
+    // Kamailio's certificate names sip.test only (not 127.0.0.1).
+    let made = rcgen::generate_simple_self_signed(vec!["sip.test".into()]).unwrap();
+    let cert = common::write(dir.path(), "cert.pem", &made.cert.pem());
+    let key = common::write(dir.path(), "key.pem", &made.signing_key.serialize_pem());
+    let k = kamailio_with(Some((&cert, &key)));
+
+    // Expecting the name 127.0.0.1 (the server's host): the handshake
+    // fails, nothing is registered, the log says why.
+    let wrong = tls_gateway(&k, &cert, "keepalive-interval-s = 0\ntimer-t1-ms = 50\n");
+    let (status, body) = create(&wrong, "1001", "secret1001").await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "sip_unreachable");
+    let log = wrong.stop();
+    assert!(
+        log.contains("SIP over TLS: cannot connect") && log.contains("certificate"),
+        "{log}"
+    );
+
+    let gw = tls_gateway(
+        &k,
+        &cert,
+        "tls-server-name = \"sip.test\"\nkeepalive-interval-s = 5\n",
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.metric("gateway_sip_server_up").await != 1.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        gw.metric("gateway_sip_server_up").await,
+        1.0,
+        "{}",
+        gw.log()
+    );
+    let (status, session) = create(&gw, "1001", "secret1001").await;
+    assert_eq!(status, 201, "{session}\n{}", gw.log());
+    assert!(gw.log().contains("SIP over TLS: connected"));
+
+    // A caller over UDP reaches 1001 through Kamailio, which sends the
+    // INVITE over our TLS connection.
+    let caller = sipp_caller(&["-sn", "uac", "-d", "1000"], &k);
+    let mut after = 0;
+    let incoming = wait_event(&gw, &session, &mut after, "call.incoming").await;
+    let cid = incoming["call"].as_str().unwrap();
+    let answer = json!({"sdp": OFFER.replace("a=setup:actpass", "a=setup:active")});
+    assert_eq!(
+        api_post(
+            &gw,
+            &session,
+            &format!("/calls/{cid}/answer"),
+            answer.clone()
+        )
+        .await,
+        200
+    );
+    let ended = wait_event(&gw, &session, &mut after, "call.ended").await;
+    assert_eq!(ended["reason"], "remote_hangup");
+    common::assert_sipp_passed(&caller.wait_with_output().unwrap());
+
+    // A call out over TLS: 1001 calls 1001, so Kamailio brings the INVITE
+    // back to us (a call between two users of one gateway); answered,
+    // then hung up by the caller.
+    let r: Value = session_request(&gw, &session, reqwest::Method::POST, "/calls")
+        .json(&json!({"to": "1001", "sdp": OFFER}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let out_cid = r["call"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_string();
+    let incoming = wait_event(&gw, &session, &mut after, "call.incoming").await;
+    let in_cid = incoming["call"].as_str().unwrap();
+    assert_ne!(in_cid, out_cid);
+    assert_eq!(
+        api_post(&gw, &session, &format!("/calls/{in_cid}/answer"), answer).await,
+        200
+    );
+    // Both calls report the answer; the outgoing one's says the far end took it.
+    let mut answered = Vec::new();
+    for _ in 0..2 {
+        let e = wait_event(&gw, &session, &mut after, "call.answered").await;
+        answered.push(e["call"].as_str().unwrap().to_string());
+    }
+    assert!(answered.contains(&out_cid), "{answered:?}");
+    let r = session_request(
+        &gw,
+        &session,
+        reqwest::Method::DELETE,
+        &format!("/calls/{out_cid}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert!(r.status().is_success());
+    let mut reasons = Vec::new();
+    for _ in 0..2 {
+        let e = wait_event(&gw, &session, &mut after, "call.ended").await;
+        reasons.push((
+            e["call"].as_str().unwrap().to_string(),
+            e["reason"].as_str().unwrap_or("").to_string(),
+        ));
+    }
+    reasons.sort();
+    let mut expected = vec![
+        (out_cid.clone(), "hangup".to_string()),
+        (in_cid.to_string(), "remote_hangup".to_string()),
+    ];
+    expected.sort();
+    assert_eq!(reasons, expected);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (gw.metric("gateway_calls").await != 0.0 || gw.metric("gateway_sip_dialogs").await != 0.0)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gw.metric("gateway_calls").await, 0.0);
+    assert_eq!(gw.metric("gateway_sip_dialogs").await, 0.0);
 }

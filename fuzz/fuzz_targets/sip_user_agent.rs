@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
             identity: Identity {
                 domain: "pbx.example".into(),
                 local: "192.0.2.10:5070".parse().unwrap(),
-                tcp: false,
+                transport: webrtc_sip_gateway::config::SipTransport::Udp,
             },
             timers: TimerConfig::default(),
             register_expires: 300,

@@ -131,6 +131,8 @@ pub struct SipConfig {
     pub domain: String,
     pub listen: String,
     pub transport: SipTransport,
+    pub tls_ca_file: String,
+    pub tls_server_name: String,
     pub register: bool,
     pub srtp: SrtpPolicy,
     pub password: Secret,
@@ -162,6 +164,8 @@ impl Default for SipConfig {
             domain: String::new(),
             listen: "0.0.0.0:5070".into(),
             transport: SipTransport::Udp,
+            tls_ca_file: String::new(),
+            tls_server_name: String::new(),
             register: true,
             srtp: SrtpPolicy::Off,
             password: Secret::default(),
@@ -406,6 +410,16 @@ impl Config {
         if !sip.server.is_empty() {
             if let Err(e) = parse_host_port(&sip.server, sip.transport.default_port()) {
                 p.add("sip.server", e);
+            }
+        }
+        if sip.transport == SipTransport::Tls && !sip.server.is_empty() {
+            if let Err(e) = crate::sip::tls::root_store(&sip.tls_ca_file) {
+                p.add("sip.tls-ca-file", e.to_string());
+            }
+            if !sip.tls_server_name.is_empty()
+                && rustls::pki_types::ServerName::try_from(sip.tls_server_name.as_str()).is_err()
+            {
+                p.add("sip.tls-server-name", "not a valid DNS name or IP address");
             }
         }
         if !(60..=86_400).contains(&sip.register_expires_s) {
@@ -764,6 +778,19 @@ mod tests {
         ] {
             assert!(keys.contains(&key), "{key} missing from {keys:?}");
         }
+    }
+
+    #[test]
+    fn sip_tls_settings_are_checked() {
+        let p = problems(
+            "[sip]\nserver = \"sip.example.com\"\ntransport = \"tls\"\n\
+             tls-ca-file = \"/nonexistent/ca.pem\"\ntls-server-name = \"bad name\"\n",
+        );
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"sip.tls-ca-file"), "{keys:?}");
+        assert!(keys.contains(&"sip.tls-server-name"), "{keys:?}");
+        // Not checked when TLS is not used.
+        assert!(load("[sip]\ntls-ca-file = \"/nonexistent/ca.pem\"\n").is_ok());
     }
 
     #[test]

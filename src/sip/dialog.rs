@@ -59,6 +59,8 @@ pub struct SipCall {
     /// `transport=` parameter and Via token of our URIs.
     transport: &'static str,
     via: &'static str,
+    /// Via parameters after the branch (`;rport`, `;alias` on streams).
+    via_params: &'static str,
     contact_user: String,
     invite: rsip::Request,
     state: DialogState,
@@ -185,6 +187,7 @@ impl SipCall {
             local,
             transport: identity.uri_transport(),
             via: identity.via_transport(),
+            via_params: identity.via_params(),
             contact_user: user.to_string(),
             invite: own_request("", rsip::Method::Invite),
             state: DialogState::Calling,
@@ -231,6 +234,7 @@ impl SipCall {
             local,
             transport: identity.uri_transport(),
             via: identity.via_transport(),
+            via_params: identity.via_params(),
             contact_user,
             invite: invite.clone(),
             state: DialogState::Calling,
@@ -332,7 +336,7 @@ impl SipCall {
     fn build_invite(&self) -> rsip::Request {
         let text = format!(
             "INVITE {ruri} SIP/2.0\r\n\
-             Via: SIP/2.0/{via} {local};branch=z9hG4bK{branch};rport\r\n\
+             Via: SIP/2.0/{via} {local};branch=z9hG4bK{branch}{via_params}\r\n\
              Max-Forwards: 70\r\n\
              From: <{from}>;tag={tag}\r\n\
              To: <{to}>\r\n\
@@ -346,6 +350,7 @@ impl SipCall {
             ruri = self.request_uri,
             local = self.local,
             via = self.via,
+            via_params = self.via_params,
             transport = self.transport,
             branch = random_text(),
             from = self.local_uri,
@@ -544,10 +549,11 @@ impl SipCall {
             .unwrap_or_default();
         let mut text = format!(
             "{method} {target} SIP/2.0\r\n\
-             Via: SIP/2.0/{via} {local};branch=z9hG4bK{branch};rport\r\n\
+             Via: SIP/2.0/{via} {local};branch=z9hG4bK{branch}{via_params}\r\n\
              Max-Forwards: 70\r\n",
             local = self.local,
             via = self.via,
+            via_params = self.via_params,
             branch = random_text(),
         );
         for route in &self.route_set {
@@ -661,7 +667,7 @@ mod tests {
             &Identity {
                 domain: "pbx.example".into(),
                 local: "192.0.2.10:5070".parse().unwrap(),
-                tcp: false,
+                transport: crate::config::SipTransport::Udp,
             },
             "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 30000 RTP/AVP 0\r\na=sendrecv\r\n".into(),
         )
@@ -839,7 +845,7 @@ mod tests {
         let identity = Identity {
             domain: "pbx.example".into(),
             local: "192.0.2.10:5070".parse().unwrap(),
-            tcp: false,
+            transport: crate::config::SipTransport::Udp,
         };
         let mut call = SipCall::incoming(&invite, &identity).unwrap();
         assert_eq!(call.parties(), ("2000".to_string(), "1001".to_string()));

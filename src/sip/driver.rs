@@ -242,9 +242,9 @@ pub fn advertised_address(listen: SocketAddr, server: Option<SocketAddr>) -> Soc
 /// Where SIP messages go out and come in.
 pub enum Link {
     Udp(UdpSocket),
-    /// One TCP connection to the SIP server, kept up by its own task;
-    /// messages arrive framed by Content-Length.
-    Tcp {
+    /// One TCP or TLS connection to the SIP server, kept up by its own
+    /// task; messages arrive framed by Content-Length.
+    Stream {
         server: SocketAddr,
         to_server: mpsc::UnboundedSender<Vec<u8>>,
         from_server: mpsc::UnboundedReceiver<Vec<u8>>,
@@ -252,13 +252,18 @@ pub enum Link {
 }
 
 impl Link {
-    /// A TCP link to `server`: connects now and again whenever the
-    /// connection drops (every quarter second while the server refuses).
-    pub fn tcp(server: SocketAddr, shutdown: watch::Receiver<bool>) -> Link {
+    /// A TCP link to `server` (TLS over it with `tls`): connects now and
+    /// again whenever the connection drops (every quarter second while the
+    /// server refuses or the handshake fails).
+    pub fn stream(
+        server: SocketAddr,
+        tls: Option<super::tls::TlsClient>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Link {
         let (to_server, outgoing) = mpsc::unbounded_channel();
         let (incoming, from_server) = mpsc::unbounded_channel();
-        tokio::spawn(keep_tcp(server, outgoing, incoming, shutdown));
-        Link::Tcp {
+        tokio::spawn(keep_stream(server, tls, outgoing, incoming, shutdown));
+        Link::Stream {
             server,
             to_server,
             from_server,
@@ -272,7 +277,7 @@ impl Link {
                 .await
                 .ok()
                 .map(|(n, from)| (buf[..n].to_vec(), from)),
-            Link::Tcp {
+            Link::Stream {
                 server,
                 from_server,
                 ..
@@ -289,76 +294,141 @@ impl Link {
                 let _ = socket.send_to(bytes, to).await;
             }
             // Everything goes to the server over its connection.
-            Link::Tcp { to_server, .. } => {
+            Link::Stream { to_server, .. } => {
                 let _ = to_server.send(bytes.to_vec());
             }
         }
     }
 }
 
-/// The TCP connection's task: writes what the user agent sends, cuts what
-/// arrives into messages (skipping keep-alive CRLFs, RFC 5626), and
-/// reconnects after a failure. A stream that does not frame is dropped.
-async fn keep_tcp(
+/// How a connection to the server ended.
+enum Ended {
+    /// It dropped or sent garbage: connect again.
+    Lost,
+    /// The gateway is stopping (or the user agent is gone).
+    Stop,
+}
+
+/// The connection's task: connects (and shakes hands, with `tls`), then
+/// serves the connection until it drops, and again.
+async fn keep_stream(
     server: SocketAddr,
+    tls: Option<super::tls::TlsClient>,
     mut outgoing: mpsc::UnboundedReceiver<Vec<u8>>,
     incoming: mpsc::UnboundedSender<Vec<u8>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let transport = if tls.is_some() { "TLS" } else { "TCP" };
+    // Say a failure once, not four times a second.
+    let mut failing = false;
     loop {
-        let stream = tokio::select! {
-            s = tokio::net::TcpStream::connect(server) => s,
+        let connected = tokio::select! {
+            s = connect(server, tls.as_ref()) => s,
             _ = shutdown.changed() => return,
         };
-        let Ok(stream) = stream else {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
-                _ = shutdown.changed() => return,
+        let ended = match connected {
+            Err(e) => {
+                if !failing {
+                    warn!(%server, error = %e, "SIP over {transport}: cannot connect to the server");
+                    failing = true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            }
+            Ok(Connection::Tcp(stream)) => {
+                failing = false;
+                serve(stream, &mut outgoing, &incoming, &mut shutdown).await
+            }
+            Ok(Connection::Tls(stream)) => {
+                failing = false;
+                info!(%server, "SIP over TLS: connected, the server's certificate checked");
+                serve(*stream, &mut outgoing, &incoming, &mut shutdown).await
             }
         };
-        let _ = stream.set_nodelay(true);
-        let (mut reader, mut writer) = stream.into_split();
-        let mut pending: Vec<u8> = Vec::new();
-        let mut chunk = vec![0u8; 16 * 1024];
-        'connection: loop {
-            tokio::select! {
-                message = outgoing.recv() => match message {
-                    Some(bytes) => {
-                        if writer.write_all(&bytes).await.is_err() {
-                            break 'connection;
-                        }
+        match ended {
+            Ended::Stop => return,
+            Ended::Lost => warn!(%server, "SIP {transport} connection lost"),
+        }
+    }
+}
+
+enum Connection {
+    Tcp(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+async fn connect(
+    server: SocketAddr,
+    tls: Option<&super::tls::TlsClient>,
+) -> std::io::Result<Connection> {
+    let stream = tokio::net::TcpStream::connect(server).await?;
+    let _ = stream.set_nodelay(true);
+    match tls {
+        None => Ok(Connection::Tcp(stream)),
+        Some(tls) => {
+            let stream = tls
+                .connector
+                .connect(tls.server_name.clone(), stream)
+                .await?;
+            Ok(Connection::Tls(Box::new(stream)))
+        }
+    }
+}
+
+/// Writes what the user agent sends, cuts what arrives into messages
+/// (skipping keep-alive CRLFs, RFC 5626). A stream that does not frame is
+/// dropped.
+async fn serve<S>(
+    stream: S,
+    outgoing: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+    incoming: &mpsc::UnboundedSender<Vec<u8>>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Ended
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        tokio::select! {
+            message = outgoing.recv() => match message {
+                Some(bytes) => {
+                    if writer.write_all(&bytes).await.is_err() || writer.flush().await.is_err() {
+                        return Ended::Lost;
                     }
-                    None => return,
-                },
-                read = reader.read(&mut chunk) => {
-                    let n = match read {
-                        Ok(0) | Err(_) => break 'connection,
-                        Ok(n) => n,
-                    };
-                    pending.extend_from_slice(&chunk[..n]);
-                    loop {
-                        let skip = pending.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
-                        pending.drain(..skip);
-                        match frame_stream(&pending) {
-                            Ok(Some(len)) => {
-                                let message: Vec<u8> = pending.drain(..len).collect();
-                                if incoming.send(message).is_err() {
-                                    return;
-                                }
+                }
+                None => return Ended::Stop,
+            },
+            read = reader.read(&mut chunk) => {
+                let n = match read {
+                    Ok(0) | Err(_) => return Ended::Lost,
+                    Ok(n) => n,
+                };
+                pending.extend_from_slice(&chunk[..n]);
+                loop {
+                    let skip = pending.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+                    pending.drain(..skip);
+                    match frame_stream(&pending) {
+                        Ok(Some(len)) => {
+                            let message: Vec<u8> = pending.drain(..len).collect();
+                            if incoming.send(message).is_err() {
+                                return Ended::Stop;
                             }
-                            Ok(None) => break,
-                            Err(e) => {
-                                warn!(error = %e, "SIP over TCP: a message does not frame; reconnecting");
-                                break 'connection;
-                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            warn!(error = %e, "SIP stream: a message does not frame; reconnecting");
+                            return Ended::Lost;
                         }
                     }
                 }
-                _ = shutdown.changed() => return,
             }
+            _ = shutdown.changed() => return Ended::Stop,
         }
-        warn!(%server, "SIP TCP connection lost");
     }
 }
 

@@ -7,5 +7,6 @@ pub mod driver;
 pub mod endpoint;
 pub mod message;
 pub mod registration;
+pub mod tls;
 pub mod transaction;
 pub mod ua;

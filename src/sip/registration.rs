@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use rsip::prelude::*;
 
+use crate::config::SipTransport;
+
 use super::digest::Challenge;
 use super::message::own_request;
 #[cfg(test)]
@@ -25,26 +27,42 @@ pub struct Identity {
     pub domain: String,
     /// Our address as the server sees it (Via, Contact).
     pub local: SocketAddr,
-    /// SIP over a TCP connection to the server (else UDP).
-    pub tcp: bool,
+    /// UDP, or one TCP or TLS connection to the server.
+    pub transport: SipTransport,
 }
 
 impl Identity {
-    /// The Via header's transport token.
+    /// Whether messages go over a reliable stream (no retransmissions).
+    pub fn reliable(&self) -> bool {
+        self.transport != SipTransport::Udp
+    }
+
+    /// The Via header's transport token, with `;alias` on a stream: the
+    /// server may send its requests back over our connection (RFC 5923)
+    /// instead of opening one to our Contact.
     pub fn via_transport(&self) -> &'static str {
-        if self.tcp {
-            "TCP"
+        match self.transport {
+            SipTransport::Udp => "UDP",
+            SipTransport::Tcp => "TCP",
+            SipTransport::Tls => "TLS",
+        }
+    }
+
+    /// Via parameters after the branch.
+    pub fn via_params(&self) -> &'static str {
+        if self.reliable() {
+            ";rport;alias"
         } else {
-            "UDP"
+            ";rport"
         }
     }
 
     /// The `transport=` URI parameter.
     pub fn uri_transport(&self) -> &'static str {
-        if self.tcp {
-            "tcp"
-        } else {
-            "udp"
+        match self.transport {
+            SipTransport::Udp => "udp",
+            SipTransport::Tcp => "tcp",
+            SipTransport::Tls => "tls",
         }
     }
 }
@@ -261,7 +279,7 @@ impl Registration {
         let uri = format!("sip:{domain}");
         let mut text = format!(
             "REGISTER {uri} SIP/2.0\r\n\
-             Via: SIP/2.0/{via} {local};branch=z9hG4bK{branch};rport\r\n\
+             Via: SIP/2.0/{via} {local};branch=z9hG4bK{branch}{via_params}\r\n\
              Max-Forwards: 70\r\n\
              From: <sip:{user}@{domain}>;tag={tag}\r\n\
              To: <sip:{user}@{domain}>\r\n\
@@ -272,6 +290,7 @@ impl Registration {
              User-Agent: webrtc-sip-gateway/{version}\r\n",
             branch = random_text(),
             via = self.identity.via_transport(),
+            via_params = self.identity.via_params(),
             tp = self.identity.uri_transport(),
             user = self.user,
             tag = self.from_tag,
@@ -354,7 +373,7 @@ mod tests {
         Identity {
             domain: "pbx.example".into(),
             local: "192.0.2.10:5070".parse().unwrap(),
-            tcp: false,
+            transport: SipTransport::Udp,
         }
     }
 

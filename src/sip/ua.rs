@@ -103,7 +103,7 @@ impl MessageDirection {
 impl UserAgent {
     pub fn new(cfg: UaConfig, now: Instant) -> Self {
         UserAgent {
-            endpoint: Endpoint::with_reliability(cfg.timers, cfg.identity.tcp),
+            endpoint: Endpoint::with_reliability(cfg.timers, cfg.identity.reliable()),
             next_keepalive: cfg.keepalive.map(|_| now),
             cfg,
             clients: HashMap::new(),
@@ -250,7 +250,10 @@ impl UserAgent {
         let bytes = response.to_string().into_bytes();
         self.respond_invite(now, key, response);
         // Over TCP the transport itself delivers the 2xx.
-        if let Some(to) = self.invite_source(key).filter(|_| !self.cfg.identity.tcp) {
+        if let Some(to) = self
+            .invite_source(key)
+            .filter(|_| !self.cfg.identity.reliable())
+        {
             let t1 = self.cfg.timers.t1;
             self.unacked
                 .insert(key.to_string(), (to, bytes, now + t1, t1, now + 64 * t1));
@@ -518,7 +521,8 @@ impl UserAgent {
         self.counters.requests_sent += 1;
         self.count(MessageDirection::Out, &request.method.to_string(), 0);
         let key = format!("{branch} {}", request.method);
-        let tx = ClientTransaction::new(request, self.cfg.identity.tcp, self.cfg.timers, now);
+        let tx =
+            ClientTransaction::new(request, self.cfg.identity.reliable(), self.cfg.timers, now);
         self.clients.insert(key.clone(), (tx, owner));
         self.drain_client(now, &key);
     }
@@ -655,9 +659,10 @@ impl UserAgent {
     fn options_request(&self) -> rsip::Request {
         let Identity { domain, local, .. } = &self.cfg.identity;
         let via = self.cfg.identity.via_transport();
+        let via_params = self.cfg.identity.via_params();
         let text = format!(
             "OPTIONS sip:{domain} SIP/2.0\r\n\
-             Via: SIP/2.0/{via} {local};branch=z9hG4bK{branch};rport\r\n\
+             Via: SIP/2.0/{via} {local};branch=z9hG4bK{branch}{via_params}\r\n\
              Max-Forwards: 70\r\n\
              From: <sip:gateway@{domain}>;tag={tag}\r\n\
              To: <sip:{domain}>\r\n\
@@ -693,7 +698,7 @@ mod tests {
             identity: Identity {
                 domain: "pbx.example".into(),
                 local: "192.0.2.10:5070".parse().unwrap(),
-                tcp: false,
+                transport: crate::config::SipTransport::Udp,
             },
             timers: TimerConfig::default(),
             register_expires: 300,

@@ -293,6 +293,13 @@ pub fn free_udp_port() -> u16 {
     probe.local_addr().unwrap().port()
 }
 
+/// A TCP port free on loopback right now.
+#[allow(dead_code)]
+pub fn free_tcp_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
 /// Ends the session that `created` (a `POST /v1/sessions` answer) describes.
 pub async fn delete_session(base: &str, created: &serde_json::Value) {
     let r = client()
