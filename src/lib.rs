@@ -200,8 +200,24 @@ impl Gateway {
             }
             _ => sip::driver::Link::Udp(sip_socket),
         };
+        // Over TCP the server may also open connections to our SIP port.
+        let inbound = if config.sip.transport == config::SipTransport::Tcp {
+            let listener = bind("sip.listen", &sip_addr.to_string()).await?;
+            let accepted = sip::driver::Accepted::default();
+            let (to_ua, messages) = tokio::sync::mpsc::unbounded_channel();
+            tasks.push(sip::driver::accept_tcp(
+                listener,
+                accepted.clone(),
+                to_ua,
+                shutdown_rx.clone(),
+            ));
+            Some(sip::driver::Inbound { accepted, messages })
+        } else {
+            None
+        };
         let (sip, sip_task) = sip::driver::start(
             link,
+            inbound,
             ua,
             state.metrics.clone(),
             incoming_tx,

@@ -250,7 +250,13 @@ async fn we_hang_up_an_answered_call_with_bye() {
 
 /// SIPp as a caller toward the gateway's SIP port, for user 1001.
 fn sipp_uac(scenario: &str, gw: &Gateway) -> Child {
+    sipp_uac_on(scenario, gw, "u1")
+}
+
+/// The same over `transport` (SIPp's -t: u1 UDP, t1 TCP).
+fn sipp_uac_on(scenario: &str, gw: &Gateway, transport: &str) -> Child {
     let mut cmd = Command::new("sipp");
+    cmd.args(["-t", transport]);
     if scenario == "uac" {
         cmd.args(["-sn", "uac", "-d", "1000"]);
     } else {
@@ -556,4 +562,28 @@ async fn srtp_off_refuses_a_savp_offer() {
     let _s = Session::open(&gw).await;
     passed(sipp_uac("uac-savp-488.xml", &gw));
     nothing_left(&gw).await;
+}
+
+/// With `[sip] transport = "tcp"` a caller may open its own connection to
+/// the gateway's SIP port: the call comes in over it, our answers and the
+/// caller's BYE go over it, and the connection is let go at the end.
+#[tokio::test]
+async fn a_caller_connects_to_us_over_tcp() {
+    let gw = sip_gateway_on(free_udp_port(), "tcp");
+    let mut s = Session::open(&gw).await;
+    let sipp = sipp_uac_on("uac", &gw, "t1");
+    let incoming = s.wait_for("call.incoming").await;
+    let cid = incoming["call"].as_str().unwrap().to_string();
+    let (status, body) = s
+        .post(
+            &format!("/calls/{cid}/answer"),
+            json!({"sdp": browser_answer()}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    s.wait_for("call.answered").await;
+    assert_eq!(s.wait_for("call.ended").await["reason"], "remote_hangup");
+    passed(sipp);
+    nothing_left(&gw).await;
+    assert!(gw.log().contains("SIP over TCP: connection accepted"));
 }

@@ -1,4 +1,4 @@
-//! The tokio driver of the SIP user agent over UDP: datagrams, timers and
+//! The tokio driver of the SIP user agent over UDP, TCP or TLS: messages, timers and
 //! commands from the API go into the sans-IO [`UserAgent`]; its datagrams
 //! go out and its events resolve the API's waiting requests.
 
@@ -245,9 +245,8 @@ pub enum Link {
     /// One TCP or TLS connection to the SIP server, kept up by its own
     /// task; messages arrive framed by Content-Length.
     Stream {
-        server: SocketAddr,
         to_server: mpsc::UnboundedSender<Vec<u8>>,
-        from_server: mpsc::UnboundedReceiver<Vec<u8>>,
+        from_server: mpsc::UnboundedReceiver<(Vec<u8>, SocketAddr)>,
     },
 }
 
@@ -264,7 +263,6 @@ impl Link {
         let (incoming, from_server) = mpsc::unbounded_channel();
         tokio::spawn(keep_stream(server, tls, outgoing, incoming, shutdown));
         Link::Stream {
-            server,
             to_server,
             from_server,
         }
@@ -277,12 +275,8 @@ impl Link {
                 .await
                 .ok()
                 .map(|(n, from)| (buf[..n].to_vec(), from)),
-            Link::Stream {
-                server,
-                from_server,
-                ..
-            } => match from_server.recv().await {
-                Some(message) => Some((message, *server)),
+            Link::Stream { from_server, .. } => match from_server.recv().await {
+                Some(message) => Some(message),
                 None => std::future::pending().await,
             },
         }
@@ -301,6 +295,82 @@ impl Link {
     }
 }
 
+/// Connections peers opened to us, by their address: what the user agent
+/// sends to such an address goes over its connection (responses and
+/// in-dialog requests to a caller that came in over TCP).
+#[derive(Clone, Default)]
+pub struct Accepted {
+    connections: Arc<std::sync::Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>>>,
+}
+
+impl Accepted {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sends over `to`'s connection; false when there is none.
+    fn send(&self, to: SocketAddr, bytes: &[u8]) -> bool {
+        self.lock()
+            .get(&to)
+            .is_some_and(|c| c.send(bytes.to_vec()).is_ok())
+    }
+}
+
+/// Takes TCP connections on the SIP port: each is served until it drops,
+/// its messages going to `incoming` with the peer's address.
+pub fn accept_tcp(
+    listener: tokio::net::TcpListener,
+    accepted: Accepted,
+    incoming: mpsc::UnboundedSender<(Vec<u8>, SocketAddr)>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(error = %e, "SIP over TCP: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            };
+            let _ = stream.set_nodelay(true);
+            let (to_peer, mut outgoing) = mpsc::unbounded_channel();
+            accepted.lock().insert(peer, to_peer);
+            let accepted = accepted.clone();
+            let incoming = incoming.clone();
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                info!(%peer, "SIP over TCP: connection accepted");
+                serve(stream, peer, &mut outgoing, &incoming, &mut shutdown).await;
+                accepted.lock().remove(&peer);
+            });
+        }
+    })
+}
+
+/// Connections taken on the SIP port and what arrives over them.
+pub struct Inbound {
+    pub accepted: Accepted,
+    pub messages: mpsc::UnboundedReceiver<(Vec<u8>, SocketAddr)>,
+}
+
+async fn next_accepted(
+    messages: &mut Option<mpsc::UnboundedReceiver<(Vec<u8>, SocketAddr)>>,
+) -> Option<(Vec<u8>, SocketAddr)> {
+    match messages {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How a connection to the server ended.
 enum Ended {
     /// It dropped or sent garbage: connect again.
@@ -315,7 +385,7 @@ async fn keep_stream(
     server: SocketAddr,
     tls: Option<super::tls::TlsClient>,
     mut outgoing: mpsc::UnboundedReceiver<Vec<u8>>,
-    incoming: mpsc::UnboundedSender<Vec<u8>>,
+    incoming: mpsc::UnboundedSender<(Vec<u8>, SocketAddr)>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let transport = if tls.is_some() { "TLS" } else { "TCP" };
@@ -339,12 +409,12 @@ async fn keep_stream(
             }
             Ok(Connection::Tcp(stream)) => {
                 failing = false;
-                serve(stream, &mut outgoing, &incoming, &mut shutdown).await
+                serve(stream, server, &mut outgoing, &incoming, &mut shutdown).await
             }
             Ok(Connection::Tls(stream)) => {
                 failing = false;
                 info!(%server, "SIP over TLS: connected, the server's certificate checked");
-                serve(*stream, &mut outgoing, &incoming, &mut shutdown).await
+                serve(*stream, server, &mut outgoing, &incoming, &mut shutdown).await
             }
         };
         match ended {
@@ -377,13 +447,14 @@ async fn connect(
     }
 }
 
-/// Writes what the user agent sends, cuts what arrives into messages
-/// (skipping keep-alive CRLFs, RFC 5626). A stream that does not frame is
-/// dropped.
+/// Writes what the user agent sends, cuts what arrives from `peer` into
+/// messages (skipping keep-alive CRLFs, RFC 5626). A stream that does not
+/// frame is dropped.
 async fn serve<S>(
     stream: S,
+    peer: SocketAddr,
     outgoing: &mut mpsc::UnboundedReceiver<Vec<u8>>,
-    incoming: &mpsc::UnboundedSender<Vec<u8>>,
+    incoming: &mpsc::UnboundedSender<(Vec<u8>, SocketAddr)>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Ended
 where
@@ -415,7 +486,7 @@ where
                     match frame_stream(&pending) {
                         Ok(Some(len)) => {
                             let message: Vec<u8> = pending.drain(..len).collect();
-                            if incoming.send(message).is_err() {
+                            if incoming.send((message, peer)).is_err() {
                                 return Ended::Stop;
                             }
                         }
@@ -435,6 +506,7 @@ where
 /// Starts the driver; the returned handle talks to it.
 pub fn start(
     socket: Link,
+    inbound: Option<Inbound>,
     ua: UserAgent,
     metrics: Metrics,
     incoming: mpsc::UnboundedSender<IncomingCall>,
@@ -451,12 +523,16 @@ pub fn start(
         commands,
         server: server.clone(),
     };
-    let task = tokio::spawn(run(socket, ua, rx, server, metrics, incoming, shutdown));
+    let task = tokio::spawn(run(
+        socket, inbound, ua, rx, server, metrics, incoming, shutdown,
+    ));
     (handle, task)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     mut socket: Link,
+    inbound: Option<Inbound>,
     mut ua: UserAgent,
     mut commands: mpsc::UnboundedReceiver<Command>,
     server: Arc<AtomicU8>,
@@ -468,6 +544,10 @@ async fn run(
     let mut waiting: HashMap<String, oneshot::Sender<Result<(), RegisterError>>> = HashMap::new();
     let mut seen = UaCounters::default();
     let mut calls: HashMap<String, mpsc::UnboundedSender<DialogEvent>> = HashMap::new();
+    let (accepted, mut from_accepted) = match inbound {
+        Some(Inbound { accepted, messages }) => (accepted, Some(messages)),
+        None => (Accepted::default(), None),
+    };
     loop {
         let wake = ua
             .poll_timeout()
@@ -478,6 +558,9 @@ async fn run(
                 if let Some((message, from)) = r {
                     ua.handle_datagram(Instant::now(), from, &message);
                 }
+            }
+            Some((message, from)) = next_accepted(&mut from_accepted) => {
+                ua.handle_datagram(Instant::now(), from, &message);
             }
             command = commands.recv() => match command {
                 Some(Command::Register { id, user, password, reply }) => {
@@ -514,7 +597,9 @@ async fn run(
             _ = shutdown.changed() => return,
         }
         while let Some((to, bytes)) = ua.poll_transmit() {
-            socket.send(to, &bytes).await;
+            if !accepted.send(to, &bytes) {
+                socket.send(to, &bytes).await;
+            }
         }
         while let Some(event) = ua.poll_event() {
             match event {
@@ -591,7 +676,9 @@ async fn run(
         }
         // Answers decided while handling events (a refused incoming call).
         while let Some((to, bytes)) = ua.poll_transmit() {
-            socket.send(to, &bytes).await;
+            if !accepted.send(to, &bytes) {
+                socket.send(to, &bytes).await;
+            }
         }
         let now = ua.counters;
         metrics
