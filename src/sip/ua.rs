@@ -61,6 +61,8 @@ pub struct UaCounters {
 enum Owner {
     Registration(String),
     Keepalive,
+    /// A BYE for a call already gone from our side: its answer only counts.
+    Farewell,
     /// A call's INVITE, CANCEL or BYE.
     Call(String),
 }
@@ -201,7 +203,7 @@ impl UserAgent {
             self.send(now, cancel, Owner::Call(key.to_string()));
         } else if let Some(bye) = call.bye() {
             self.calls.remove(key);
-            self.send(now, bye, Owner::Keepalive);
+            self.send(now, bye, Owner::Farewell);
         } else {
             self.calls.remove(key);
         }
@@ -514,7 +516,7 @@ impl UserAgent {
             match owner {
                 Owner::Registration(id) => self.registration_final(now, &id, None),
                 Owner::Call(key) => self.call_final(&key, &request.method, None),
-                Owner::Keepalive => {}
+                Owner::Keepalive | Owner::Farewell => {}
             }
             return;
         };
@@ -564,6 +566,7 @@ impl UserAgent {
         for response in finals {
             match &owner {
                 Owner::Keepalive => self.set_reachable(response.is_some()),
+                Owner::Farewell => {}
                 Owner::Registration(id) => self.registration_final(now, id, response),
                 Owner::Call(key) => self.call_final(key, &method, response),
             }
@@ -939,6 +942,52 @@ mod tests {
                 key,
                 event: DialogEvent::RemoteBye
             })
+        );
+        assert_eq!(ua.call_count(), 0);
+    }
+
+    /// Our BYE's answer, or its going unanswered, is about the call, not
+    /// about the server: reachability stays as the keepalive left it.
+    #[test]
+    fn our_bye_says_nothing_about_the_server() {
+        let t0 = Instant::now();
+        let mut ua = UserAgent::new(cfg(None), t0);
+        ua.handle_datagram(t0, server(), &incoming_invite("z9hG4bKin9"));
+        sent(&mut ua);
+        let Some(UaEvent::Incoming { key, .. }) = ua.poll_event() else {
+            panic!("an incoming call event");
+        };
+        ua.accept(t0, &key, "v=0 answer\r\n".into());
+        let ok = sent(&mut ua);
+        let tag = ok[0]
+            .lines()
+            .find(|l| l.starts_with("To:"))
+            .and_then(|l| l.split("tag=").nth(1))
+            .unwrap()
+            .to_string();
+        let ack = format!(
+            "ACK sip:1001@192.0.2.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKack9\r\n\
+             From: <sip:2000@pbx.example>;tag=c1\r\nTo: <sip:1001@pbx.example>;tag={tag}\r\n\
+             Call-ID: in-1@pbx\r\nCSeq: 7 ACK\r\nContent-Length: 0\r\n\r\n"
+        );
+        ua.handle_datagram(t0, server(), ack.as_bytes());
+        ua.hangup(t0, &key);
+        let out = sent(&mut ua);
+        assert!(out.iter().any(|m| m.starts_with("BYE ")), "{out:?}");
+        // Nobody answers the BYE: timer F ends its transaction quietly.
+        let mut now = t0;
+        while let Some(at) = ua.poll_timeout() {
+            now = at;
+            ua.handle_timeout(now);
+            sent(&mut ua);
+        }
+        assert!(now >= t0 + Duration::from_secs(32));
+        let events: Vec<_> = std::iter::from_fn(|| ua.poll_event()).collect();
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, UaEvent::ServerReachable(_))),
+            "{events:?}"
         );
         assert_eq!(ua.call_count(), 0);
     }
