@@ -387,3 +387,37 @@ async fn over_tls_through_kamailio() {
     assert_eq!(gw.metric("gateway_calls").await, 0.0);
     assert_eq!(gw.metric("gateway_sip_dialogs").await, 0.0);
 }
+
+/// RFC 3261 §18.1.1 against Kamailio: over UDP, an INVITE above 1300 bytes
+/// (here from a 64-character user to a 256-digit number) goes over TCP to the same port, and
+/// Kamailio's answer (404: nobody registered that number) comes back over
+/// that connection.
+#[tokio::test]
+async fn a_large_invite_goes_over_tcp() {
+    let k = kamailio();
+    let gw = Gateway::start(
+        "",
+        &format!(
+            "[sip]\nserver = \"127.0.0.1:{}\"\nkeepalive-interval-s = 0\n",
+            k.port
+        ),
+    );
+    // The longest user name and number the API takes.
+    let (status, session) = create(&gw, &"7".repeat(64), "secret1001").await;
+    assert_eq!(status, 201, "{session}");
+    let r = session_request(&gw, &session, reqwest::Method::POST, "/calls")
+        .json(&json!({"to": "9".repeat(256), "sdp": OFFER}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    let mut after = 0;
+    let ended = wait_event(&gw, &session, &mut after, "call.ended").await;
+    assert_eq!(ended["sip_status"], 404, "{ended}");
+    let log = gw.log();
+    assert!(
+        log.contains("SIP over TCP for a request too large for UDP"),
+        "{log}"
+    );
+    assert!(!log.contains("sending it over UDP"), "{log}");
+}

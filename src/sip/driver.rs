@@ -356,6 +356,41 @@ pub fn accept_tcp(
     })
 }
 
+/// A TCP connection to `server` for requests too large for UDP: made
+/// once; when it cannot be made or drops, `failed` hears of it (the user
+/// agent then sends what is unanswered over UDP, and the next large
+/// request makes a new connection).
+async fn large_request_link(
+    server: SocketAddr,
+    mut outgoing: mpsc::UnboundedReceiver<Vec<u8>>,
+    incoming: mpsc::UnboundedSender<(Vec<u8>, SocketAddr)>,
+    failed: mpsc::UnboundedSender<()>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let connected = tokio::select! {
+        c = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(server)) => c,
+        _ = shutdown.changed() => return,
+    };
+    let stream = match connected {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            warn!(%server, error = %e, "a large request cannot go over TCP; sending it over UDP");
+            let _ = failed.send(());
+            return;
+        }
+        Err(_) => {
+            warn!(%server, "TCP connect timed out; sending the large request over UDP");
+            let _ = failed.send(());
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    info!(%server, "SIP over TCP for a request too large for UDP");
+    if let Ended::Lost = serve(stream, server, &mut outgoing, &incoming, &mut shutdown).await {
+        let _ = failed.send(());
+    }
+}
+
 /// Connections taken on the SIP port and what arrives over them.
 pub struct Inbound {
     pub accepted: Accepted,
@@ -544,6 +579,11 @@ async fn run(
     let mut waiting: HashMap<String, oneshot::Sender<Result<(), RegisterError>>> = HashMap::new();
     let mut seen = UaCounters::default();
     let mut calls: HashMap<String, mpsc::UnboundedSender<DialogEvent>> = HashMap::new();
+    // Over UDP, requests too large for it go over a TCP connection to the
+    // server made when first needed (RFC 3261 §18.1.1).
+    let mut large: Option<mpsc::UnboundedSender<Vec<u8>>> = None;
+    let (large_in, mut from_large) = mpsc::unbounded_channel::<(Vec<u8>, SocketAddr)>();
+    let (large_failed, mut large_lost) = mpsc::unbounded_channel();
     let (accepted, mut from_accepted) = match inbound {
         Some(Inbound { accepted, messages }) => (accepted, Some(messages)),
         None => (Accepted::default(), None),
@@ -561,6 +601,13 @@ async fn run(
             }
             Some((message, from)) = next_accepted(&mut from_accepted) => {
                 ua.handle_datagram(Instant::now(), from, &message);
+            }
+            Some((message, from)) = from_large.recv() => {
+                ua.handle_datagram(Instant::now(), from, &message);
+            }
+            Some(()) = large_lost.recv() => {
+                large = None;
+                ua.stream_failed(Instant::now());
             }
             command = commands.recv() => match command {
                 Some(Command::Register { id, user, password, reply }) => {
@@ -600,6 +647,20 @@ async fn run(
             if !accepted.send(to, &bytes) {
                 socket.send(to, &bytes).await;
             }
+        }
+        while let Some((to, bytes)) = ua.poll_transmit_stream() {
+            let link = large.get_or_insert_with(|| {
+                let (requests, outgoing) = mpsc::unbounded_channel();
+                tokio::spawn(large_request_link(
+                    to,
+                    outgoing,
+                    large_in.clone(),
+                    large_failed.clone(),
+                    shutdown.clone(),
+                ));
+                requests
+            });
+            let _ = link.send(bytes);
         }
         while let Some(event) = ua.poll_event() {
             match event {
@@ -679,6 +740,20 @@ async fn run(
             if !accepted.send(to, &bytes) {
                 socket.send(to, &bytes).await;
             }
+        }
+        while let Some((to, bytes)) = ua.poll_transmit_stream() {
+            let link = large.get_or_insert_with(|| {
+                let (requests, outgoing) = mpsc::unbounded_channel();
+                tokio::spawn(large_request_link(
+                    to,
+                    outgoing,
+                    large_in.clone(),
+                    large_failed.clone(),
+                    shutdown.clone(),
+                ));
+                requests
+            });
+            let _ = link.send(bytes);
         }
         let now = ua.counters;
         metrics

@@ -67,6 +67,25 @@ enum Owner {
     Call(String),
 }
 
+/// Over UDP, requests larger than this go over TCP (RFC 3261 §18.1.1: the
+/// path MTU is unknown, so 1300 bytes).
+pub const UDP_REQUEST_LIMIT: usize = 1300;
+
+/// `request` with the transport of its top Via set to `transport`.
+fn with_via_transport(mut request: rsip::Request, transport: &str) -> rsip::Request {
+    if let Some(rsip::Header::Via(via)) = request
+        .headers
+        .iter_mut()
+        .find(|h| matches!(h, rsip::Header::Via(_)))
+    {
+        let value = via.value().to_string();
+        if let Some((_, rest)) = value.split_once(' ') {
+            *via = rsip::headers::Via::new(format!("SIP/2.0/{transport} {rest}"));
+        }
+    }
+    request
+}
+
 pub struct UserAgent {
     cfg: UaConfig,
     endpoint: Endpoint,
@@ -79,6 +98,11 @@ pub struct UserAgent {
     next_keepalive: Option<Instant>,
     reachable: Option<bool>,
     transmit: VecDeque<Datagram>,
+    /// Requests too large for UDP (RFC 3261 §18.1.1), for a TCP connection
+    /// to the server.
+    transmit_stream: VecDeque<Datagram>,
+    /// Client transactions whose request went over TCP because of its size.
+    over_stream: std::collections::HashSet<String>,
     events: VecDeque<UaEvent>,
     pub counters: UaCounters,
     /// Messages since the last [`UserAgent::take_message_counts`]:
@@ -114,6 +138,8 @@ impl UserAgent {
             unacked: HashMap::new(),
             reachable: None,
             transmit: VecDeque::new(),
+            transmit_stream: VecDeque::new(),
+            over_stream: Default::default(),
             events: VecDeque::new(),
             counters: UaCounters::default(),
             messages: HashMap::new(),
@@ -506,6 +532,28 @@ impl UserAgent {
         self.transmit.pop_front()
     }
 
+    /// The next request that must go to the server over a TCP connection:
+    /// over UDP, a request larger than 1300 bytes goes over TCP instead
+    /// (RFC 3261 §18.1.1), its Via saying so.
+    pub fn poll_transmit_stream(&mut self) -> Option<Datagram> {
+        self.transmit_stream.pop_front()
+    }
+
+    /// The TCP connection for large requests could not be made or dropped
+    /// before their answers: they go again over UDP (§18.1.1 allows it),
+    /// each with a fresh UDP transaction.
+    pub fn stream_failed(&mut self, now: Instant) {
+        for key in std::mem::take(&mut self.over_stream) {
+            let Some((tx, owner)) = self.clients.remove(&key) else {
+                continue;
+            };
+            let request = with_via_transport(tx.request().clone(), "UDP");
+            let tx = ClientTransaction::new(request, false, self.cfg.timers, now);
+            self.clients.insert(key.clone(), (tx, owner));
+            self.drain_client(now, &key);
+        }
+    }
+
     pub fn poll_event(&mut self) -> Option<UaEvent> {
         self.events.pop_front()
     }
@@ -523,8 +571,17 @@ impl UserAgent {
         self.counters.requests_sent += 1;
         self.count(MessageDirection::Out, &request.method.to_string(), 0);
         let key = format!("{branch} {}", request.method);
-        let tx =
-            ClientTransaction::new(request, self.cfg.identity.reliable(), self.cfg.timers, now);
+        let too_large = !self.cfg.identity.reliable()
+            && request.to_string().len() > UDP_REQUEST_LIMIT
+            && request.method != rsip::Method::Ack;
+        let request = if too_large {
+            self.over_stream.insert(key.clone());
+            with_via_transport(request, "TCP")
+        } else {
+            request
+        };
+        let reliable = self.cfg.identity.reliable() || too_large;
+        let tx = ClientTransaction::new(request, reliable, self.cfg.timers, now);
         self.clients.insert(key.clone(), (tx, owner));
         self.drain_client(now, &key);
     }
@@ -538,9 +595,14 @@ impl UserAgent {
         let mut method = rsip::Method::Options;
         if let Some((tx, owner)) = self.clients.get_mut(branch) {
             method = tx.request().method;
+            let queue = if self.over_stream.contains(branch) {
+                &mut self.transmit_stream
+            } else {
+                &mut self.transmit
+            };
             while let Some(output) = tx.poll_output() {
                 match output {
-                    Output::Transmit(bytes) => self.transmit.push_back((server, bytes)),
+                    Output::Transmit(bytes) => queue.push_back((server, bytes)),
                     // A call hears of every response to its INVITE.
                     Output::Response(r) if matches!(owner, Owner::Call(_)) => finals.push(Some(r)),
                     Output::Response(r) if r.status_code.code() >= 200 => finals.push(Some(r)),
@@ -554,6 +616,7 @@ impl UserAgent {
             }
         }
         let owner = if done {
+            self.over_stream.remove(branch);
             self.clients.remove(branch).map(|(_, o)| o)
         } else if finals.is_empty() {
             None
@@ -944,6 +1007,46 @@ mod tests {
             })
         );
         assert_eq!(ua.call_count(), 0);
+    }
+
+    /// RFC 3261 §18.1.1: over UDP an INVITE above 1300 bytes goes over TCP
+    /// (its Via says TCP, no retransmissions); when TCP cannot be had it
+    /// goes again over UDP with retransmissions. Small requests stay on UDP.
+    #[test]
+    fn a_large_request_goes_over_tcp_and_back_to_udp_if_it_must() {
+        let t0 = Instant::now();
+        let mut ua = UserAgent::new(cfg(None), t0);
+        ua.invite(t0, "small", "1001", "2000", "v=0\r\n".into());
+        let (_, small) = ua.poll_transmit().unwrap();
+        assert!(String::from_utf8_lossy(&small).contains("Via: SIP/2.0/UDP "));
+        assert_eq!(ua.poll_transmit_stream(), None);
+
+        let sdp = format!("v=0\r\n{}", "a=x-filler:0123456789abcdef\r\n".repeat(60));
+        ua.invite(t0, "large", "1001", "2000", sdp);
+        assert_eq!(ua.poll_transmit(), None, "nothing large over UDP");
+        let (to, large) = ua.poll_transmit_stream().unwrap();
+        assert_eq!(Some(to), ua.server());
+        assert!(large.len() > UDP_REQUEST_LIMIT);
+        let text = String::from_utf8_lossy(&large).to_string();
+        assert!(text.contains("Via: SIP/2.0/TCP "), "{text}");
+        // Reliable: no timer A retransmission.
+        ua.handle_timeout(t0 + Duration::from_millis(600));
+        assert_eq!(ua.poll_transmit_stream(), None);
+        let again: Vec<_> = std::iter::from_fn(|| ua.poll_transmit())
+            .map(|(_, b)| String::from_utf8_lossy(&b).to_string())
+            .collect();
+        assert!(again.iter().all(|m| !m.contains("x-filler")), "{again:?}");
+        // No TCP to be had: over UDP, same branch, retransmitted.
+        let t1 = t0 + Duration::from_secs(1);
+        ua.stream_failed(t1);
+        let (_, udp) = ua.poll_transmit().unwrap();
+        let udp = String::from_utf8_lossy(&udp).to_string();
+        assert!(udp.contains("Via: SIP/2.0/UDP ") && udp.contains("x-filler"));
+        let branch = |m: &str| m.split("branch=").nth(1).map(|b| b[..20].to_string());
+        assert_eq!(branch(&udp), branch(&text));
+        ua.handle_timeout(t1 + Duration::from_millis(500));
+        let (_, resent) = ua.poll_transmit().unwrap();
+        assert_eq!(String::from_utf8_lossy(&resent), udp);
     }
 
     /// Our BYE's answer, or its going unanswered, is about the call, not
