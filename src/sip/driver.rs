@@ -391,6 +391,43 @@ async fn large_request_link(
     }
 }
 
+/// Where the user agent's messages leave by.
+struct Outlets {
+    /// Connections peers opened to us.
+    accepted: Accepted,
+    /// Over UDP, requests too large for it go over a TCP connection to the
+    /// server made when first needed (RFC 3261 §18.1.1).
+    large: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    large_in: mpsc::UnboundedSender<(Vec<u8>, SocketAddr)>,
+    large_failed: mpsc::UnboundedSender<()>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Outlets {
+    /// Sends everything the user agent has queued.
+    async fn flush(&mut self, ua: &mut UserAgent, link: &Link) {
+        while let Some((to, bytes)) = ua.poll_transmit() {
+            if !self.accepted.send(to, &bytes) {
+                link.send(to, &bytes).await;
+            }
+        }
+        while let Some((to, bytes)) = ua.poll_transmit_stream() {
+            let large = self.large.get_or_insert_with(|| {
+                let (requests, outgoing) = mpsc::unbounded_channel();
+                tokio::spawn(large_request_link(
+                    to,
+                    outgoing,
+                    self.large_in.clone(),
+                    self.large_failed.clone(),
+                    self.shutdown.clone(),
+                ));
+                requests
+            });
+            let _ = large.send(bytes);
+        }
+    }
+}
+
 /// Connections taken on the SIP port and what arrives over them.
 pub struct Inbound {
     pub accepted: Accepted,
@@ -579,14 +616,18 @@ async fn run(
     let mut waiting: HashMap<String, oneshot::Sender<Result<(), RegisterError>>> = HashMap::new();
     let mut seen = UaCounters::default();
     let mut calls: HashMap<String, mpsc::UnboundedSender<DialogEvent>> = HashMap::new();
-    // Over UDP, requests too large for it go over a TCP connection to the
-    // server made when first needed (RFC 3261 §18.1.1).
-    let mut large: Option<mpsc::UnboundedSender<Vec<u8>>> = None;
     let (large_in, mut from_large) = mpsc::unbounded_channel::<(Vec<u8>, SocketAddr)>();
     let (large_failed, mut large_lost) = mpsc::unbounded_channel();
     let (accepted, mut from_accepted) = match inbound {
         Some(Inbound { accepted, messages }) => (accepted, Some(messages)),
         None => (Accepted::default(), None),
+    };
+    let mut outlets = Outlets {
+        accepted,
+        large: None,
+        large_in,
+        large_failed,
+        shutdown: shutdown.clone(),
     };
     loop {
         let wake = ua
@@ -606,7 +647,7 @@ async fn run(
                 ua.handle_datagram(Instant::now(), from, &message);
             }
             Some(()) = large_lost.recv() => {
-                large = None;
+                outlets.large = None;
                 ua.stream_failed(Instant::now());
             }
             command = commands.recv() => match command {
@@ -643,25 +684,7 @@ async fn run(
             _ = tokio::time::sleep_until(wake) => ua.handle_timeout(Instant::now()),
             _ = shutdown.changed() => return,
         }
-        while let Some((to, bytes)) = ua.poll_transmit() {
-            if !accepted.send(to, &bytes) {
-                socket.send(to, &bytes).await;
-            }
-        }
-        while let Some((to, bytes)) = ua.poll_transmit_stream() {
-            let link = large.get_or_insert_with(|| {
-                let (requests, outgoing) = mpsc::unbounded_channel();
-                tokio::spawn(large_request_link(
-                    to,
-                    outgoing,
-                    large_in.clone(),
-                    large_failed.clone(),
-                    shutdown.clone(),
-                ));
-                requests
-            });
-            let _ = link.send(bytes);
-        }
+        outlets.flush(&mut ua, &socket).await;
         while let Some(event) = ua.poll_event() {
             match event {
                 UaEvent::ServerReachable(up) => {
@@ -736,25 +759,7 @@ async fn run(
             }
         }
         // Answers decided while handling events (a refused incoming call).
-        while let Some((to, bytes)) = ua.poll_transmit() {
-            if !accepted.send(to, &bytes) {
-                socket.send(to, &bytes).await;
-            }
-        }
-        while let Some((to, bytes)) = ua.poll_transmit_stream() {
-            let link = large.get_or_insert_with(|| {
-                let (requests, outgoing) = mpsc::unbounded_channel();
-                tokio::spawn(large_request_link(
-                    to,
-                    outgoing,
-                    large_in.clone(),
-                    large_failed.clone(),
-                    shutdown.clone(),
-                ));
-                requests
-            });
-            let _ = link.send(bytes);
-        }
+        outlets.flush(&mut ua, &socket).await;
         let now = ua.counters;
         metrics
             .sip_requests_sent
