@@ -202,6 +202,28 @@ async fn registered_through_kamailio_and_called_through_it() {
     let (status, session) = create(&gw, "1001", "secret1001").await;
     assert_eq!(status, 201, "{session}");
 
+    // Kamailio challenges the INVITEs of registered users (407): another
+    // gateway calling as 1001 with a wrong password is refused after its
+    // one answer; the right password gets through (the TLS test's calls).
+    let other = Gateway::start(
+        "",
+        &format!(
+            "[sip]\nserver = \"127.0.0.1:{}\"\nkeepalive-interval-s = 0\nregister = false\n",
+            k.port
+        ),
+    );
+    let (status, impostor) = create(&other, "1001", "wrong").await;
+    assert_eq!(status, 201, "{impostor}");
+    let r = session_request(&other, &impostor, reqwest::Method::POST, "/calls")
+        .json(&json!({"to": "1002", "sdp": OFFER}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let ended = wait_event(&other, &impostor, &mut 0, "call.ended").await;
+    assert_eq!(ended["sip_status"], 407, "{ended}");
+    drop(other);
+
     // A caller reaches 1001 through Kamailio's location lookup.
     let caller = sipp_caller(&["-sn", "uac", "-d", "1000"], &k);
     let mut after = 0;

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use tracing::warn;
 
 use super::{session_error, session_secret, ApiError, ApiJson, SharedState};
-use crate::call::driver::{Command, CommandError, StartError};
+use crate::call::driver::{Command, CommandError, SipCaller, StartError};
 use crate::session::SessionEvent;
 
 /// Longest `to` accepted (a SIP URI with parameters fits easily).
@@ -72,7 +72,12 @@ pub async fn create(
     headers: HeaderMap,
     ApiJson(body): ApiJson<NewCall>,
 ) -> Result<Response, ApiError> {
-    let user = authorize(&state, &headers, &sid)?;
+    let secret = session_secret(&state, &headers)?;
+    let (user, password) = state
+        .store()
+        .authorize(&sid, secret)
+        .map(|s| (s.user.clone(), s.sip_password.clone()))
+        .map_err(|e| session_error(&state, e))?;
     if !valid_destination(&body.to) {
         return Err(ApiError::bad_request(
             "invalid_destination",
@@ -109,7 +114,17 @@ pub async fn create(
         Some(sip) if !echo => {
             state
                 .media
-                .start_sip_call(sip, &sid, &user, &body.to, plan, notify)
+                .start_sip_call(
+                    sip,
+                    SipCaller {
+                        session: &sid,
+                        user: &user,
+                        password: password.map(|p| p.expose().to_string()),
+                    },
+                    &body.to,
+                    plan,
+                    notify,
+                )
                 .await
         }
         _ => {

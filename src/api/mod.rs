@@ -448,10 +448,22 @@ async fn create_session(
             return Err(ApiError::invalid_token(reason));
         }
     }
+    // The session's SIP password, else the configured default.
+    let default_password = state.config.sip.password.expose();
+    let password = body
+        .password
+        .clone()
+        .or_else(|| (!default_password.is_empty()).then(|| default_password.to_string()));
     let created = {
         let mut store = state.store();
         let created = store.create(&body.user, body.display_name.clone(), Instant::now());
         state.metrics.sessions.set(store.len() as i64);
+        if let Ok(created) = &created {
+            store.set_sip_password(
+                &created.id,
+                password.clone().map(crate::config::Secret::new),
+            );
+        }
         created
     }
     .map_err(|e| session_error(&state, e))?;
@@ -460,11 +472,6 @@ async fn create_session(
         .get()
         .filter(|_| !state.config.sip.server.is_empty() && state.config.sip.register);
     if let Some(sip) = registrar {
-        let default_password = state.config.sip.password.expose();
-        let password = body
-            .password
-            .clone()
-            .or_else(|| (!default_password.is_empty()).then(|| default_password.to_string()));
         if let Err(e) = sip.register(&created.id, &body.user, password).await {
             // The session never existed for anyone: remove it quietly.
             {

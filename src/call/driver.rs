@@ -241,6 +241,15 @@ impl CallRegistry {
     }
 }
 
+/// Who places an outbound SIP call.
+pub struct SipCaller<'a> {
+    pub session: &'a str,
+    /// The SIP user (From, Contact, digest user name).
+    pub user: &'a str,
+    /// For digest challenges to the INVITE (401/407).
+    pub password: Option<String>,
+}
+
 /// Settings a call needs from the config.
 #[derive(Debug, Clone)]
 pub struct CallSettings {
@@ -416,13 +425,12 @@ impl MediaPlane {
         Ok(cid)
     }
 
-    /// Starts an outbound call toward the SIP server for `session` (SIP user
-    /// `user`); the INVITE carries our SIP-side offer.
+    /// Starts an outbound call toward the SIP server for `caller`; the
+    /// INVITE carries our SIP-side offer.
     pub async fn start_sip_call<N>(
         &self,
         sip_side: &SipHandle,
-        session: &str,
-        user: &str,
+        caller: SipCaller<'_>,
         to: &str,
         plan: OutboundPlan,
         notify: N,
@@ -430,6 +438,11 @@ impl MediaPlane {
     where
         N: Fn(&str, SessionEvent) + Send + 'static,
     {
+        let SipCaller {
+            session,
+            user,
+            password,
+        } = caller;
         let cid = plan::random_token(12)?;
         let sip_crypto = plan::sip_offer_crypto(self.settings.sip_srtp)?;
         let (web, sip, control_socket) = self.bind_legs(self.settings.sip_media_address)?;
@@ -449,7 +462,7 @@ impl MediaPlane {
         });
         let (inputs, inputs_rx) = mpsc::unbounded_channel();
         let status = self.register_call(&cid, session, to, false, inputs);
-        let events = sip_side.invite(&cid, user, to, offer);
+        let events = sip_side.invite(&cid, user, password, to, offer);
         let task = self.new_task(
             Call::outbound(cid.clone()),
             session,

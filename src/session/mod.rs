@@ -62,6 +62,9 @@ impl EndReason {
 pub struct Session {
     pub id: SessionId,
     pub user: String,
+    /// The user's SIP password (for REGISTER and for digest challenges to
+    /// the user's calls), when the session or the config gave one.
+    pub sip_password: Option<crate::config::Secret>,
     pub display_name: Option<String>,
     pub created: Instant,
     secret_digest: [u8; 32],
@@ -165,6 +168,7 @@ impl SessionStore {
             Session {
                 id: id.clone(),
                 user: user.to_string(),
+                sip_password: None,
                 display_name,
                 created: now,
                 secret_digest: digest,
@@ -190,6 +194,13 @@ impl SessionStore {
             return Err(SessionError::NotFound);
         }
         self.sessions.get(id).ok_or(SessionError::NotFound)
+    }
+
+    /// Sets session `id`'s SIP password.
+    pub fn set_sip_password(&mut self, id: &str, password: Option<crate::config::Secret>) {
+        if let Some(session) = self.sessions.get_mut(id) {
+            session.sip_password = password;
+        }
     }
 
     fn authorized_mut(&mut self, id: &str, secret: &str) -> Result<&mut Session, SessionError> {

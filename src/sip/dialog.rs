@@ -71,6 +71,13 @@ pub struct SipCall {
     remote_held: bool,
     /// Our re-INVITE in flight: its CSeq and whether it holds.
     reinvite: Option<(u32, bool)>,
+    /// User name and password for digest challenges to our INVITE.
+    credentials: Option<(String, String)>,
+    /// Challenges answered so far (one each for 401 and 407 at most,
+    /// unless the server says our nonce was stale).
+    challenges_answered: u8,
+    /// The header our INVITE carries in answer to the last challenge.
+    authorization: Option<(&'static str, String)>,
 }
 
 /// `5000` → `sip:5000@domain`; a `sip:`/`sips:` URI stays as it is.
@@ -196,6 +203,9 @@ impl SipCall {
             sdp_version: 1,
             remote_held: false,
             reinvite: None,
+            credentials: None,
+            challenges_answered: 0,
+            authorization: None,
         };
         call.invite = call.build_invite();
         call
@@ -243,6 +253,9 @@ impl SipCall {
             sdp_version: 1,
             remote_held: false,
             reinvite: None,
+            credentials: None,
+            challenges_answered: 0,
+            authorization: None,
         })
     }
 
@@ -346,6 +359,7 @@ impl SipCall {
              Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO\r\n\
              Content-Type: application/sdp\r\n\
              User-Agent: webrtc-sip-gateway/{version}\r\n\
+             {authorization}\
              Content-Length: {len}\r\n\r\n{sdp}",
             ruri = self.request_uri,
             local = self.local,
@@ -362,8 +376,67 @@ impl SipCall {
             version = env!("CARGO_PKG_VERSION"),
             len = self.local_sdp.len(),
             sdp = self.local_sdp,
+            authorization = self
+                .authorization
+                .as_ref()
+                .map(|(name, value)| format!("{name}: {value}\r\n"))
+                .unwrap_or_default(),
         );
         own_request(&text, rsip::Method::Invite)
+    }
+
+    /// The user part of our Contact (the caller, for our calls).
+    pub fn local_user(&self) -> &str {
+        &self.contact_user
+    }
+
+    /// Who we are to a server that challenges our INVITE.
+    pub fn set_credentials(&mut self, user: &str, password: String) {
+        self.credentials = Some((user.to_string(), password));
+    }
+
+    /// A 401/407 to our INVITE: the INVITE again (next CSeq, new branch)
+    /// with our answer to the challenge, or None when there is no answer to
+    /// give (no password, an unreadable challenge, or the server refused
+    /// our answer already).
+    pub fn answer_challenge(&mut self, response: &rsip::Response) -> Option<rsip::Request> {
+        let code = response.status_code.code();
+        if self.state != DialogState::Calling || !(code == 401 || code == 407) {
+            return None;
+        }
+        let (user, password) = self.credentials.as_ref()?;
+        let (asked_by, answer_in) = if code == 407 {
+            ("proxy-authenticate", "Proxy-Authorization")
+        } else {
+            ("www-authenticate", "Authorization")
+        };
+        let challenge = super::registration::header_value(response, asked_by)
+            .and_then(|v| super::digest::Challenge::parse(&v).ok())?;
+        if self.challenges_answered >= 2 && !challenge.stale {
+            return None;
+        }
+        // The same kind of challenge again, not stale: our answer was wrong.
+        if self
+            .authorization
+            .as_ref()
+            .is_some_and(|(name, _)| *name == answer_in)
+            && !challenge.stale
+        {
+            return None;
+        }
+        self.challenges_answered += 1;
+        let value = challenge.respond(
+            "INVITE",
+            &self.request_uri,
+            user,
+            password,
+            &random_text(),
+            1,
+        );
+        self.authorization = Some((answer_in, value));
+        self.cseq += 1;
+        self.invite = self.build_invite();
+        Some(self.invite.clone())
     }
 
     /// A response to our INVITE (from its client transaction). Returns the

@@ -42,6 +42,7 @@ enum Command {
     Invite {
         key: String,
         user: String,
+        password: Option<String>,
         to: String,
         sdp: String,
         events: mpsc::UnboundedSender<DialogEvent>,
@@ -143,6 +144,7 @@ impl SipHandle {
         &self,
         key: &str,
         user: &str,
+        password: Option<String>,
         to: &str,
         sdp: String,
     ) -> mpsc::UnboundedReceiver<DialogEvent> {
@@ -150,6 +152,7 @@ impl SipHandle {
         let _ = self.commands.send(Command::Invite {
             key: key.to_string(),
             user: user.to_string(),
+            password,
             to: to.to_string(),
             sdp,
             events,
@@ -661,9 +664,12 @@ async fn run(
                     }
                     ua.unregister(Instant::now(), &id);
                 }
-                Some(Command::Invite { key, user, to, sdp, events }) => {
+                Some(Command::Invite { key, user, password, to, sdp, events }) => {
                     calls.insert(key.clone(), events);
                     ua.invite(Instant::now(), &key, &user, &to, sdp);
+                    if let Some(password) = password {
+                        ua.set_call_password(&key, password);
+                    }
                 }
                 Some(Command::Hangup { key }) => {
                     calls.remove(&key);

@@ -208,6 +208,15 @@ impl UserAgent {
 
     /// Calls `to` for call `key` as `user`, offering `sdp`; what happens
     /// comes back as [`UaEvent::Call`] events.
+    /// The password with which call `key` answers digest challenges to
+    /// its INVITE (401/407); the user name is the caller's.
+    pub fn set_call_password(&mut self, key: &str, password: String) {
+        if let Some(call) = self.calls.get_mut(key) {
+            let user = call.local_user().to_string();
+            call.set_credentials(&user, password);
+        }
+    }
+
     pub fn invite(&mut self, now: Instant, key: &str, user: &str, to: &str, sdp: String) {
         let call = SipCall::new(user, to, &self.cfg.identity, sdp);
         let invite = call.invite().clone();
@@ -563,7 +572,7 @@ impl UserAgent {
             // Nowhere to send it: as if it went unanswered.
             match owner {
                 Owner::Registration(id) => self.registration_final(now, &id, None),
-                Owner::Call(key) => self.call_final(&key, &request.method, None),
+                Owner::Call(key) => self.call_final(now, &key, &request.method, None),
                 Owner::Keepalive | Owner::Farewell => {}
             }
             return;
@@ -631,13 +640,19 @@ impl UserAgent {
                 Owner::Keepalive => self.set_reachable(response.is_some()),
                 Owner::Farewell => {}
                 Owner::Registration(id) => self.registration_final(now, id, response),
-                Owner::Call(key) => self.call_final(key, &method, response),
+                Owner::Call(key) => self.call_final(now, key, &method, response),
             }
         }
     }
 
     /// A response (or none in time) to a call's INVITE or CANCEL.
-    fn call_final(&mut self, key: &str, method: &rsip::Method, response: Option<rsip::Response>) {
+    fn call_final(
+        &mut self,
+        now: Instant,
+        key: &str,
+        method: &rsip::Method,
+        response: Option<rsip::Response>,
+    ) {
         if *method != rsip::Method::Invite {
             // CANCEL's own answer says nothing; the INVITE's 487 does.
             return;
@@ -645,6 +660,12 @@ impl UserAgent {
         let Some(call) = self.calls.get_mut(key) else {
             return;
         };
+        // A digest challenge we can answer: the INVITE again, with it.
+        if let Some(again) = response.as_ref().and_then(|r| call.answer_challenge(r)) {
+            self.set_reachable(true);
+            self.send(now, again, Owner::Call(key.to_string()));
+            return;
+        }
         let reinvite = match &response {
             Some(r) => call.is_reinvite_response(r),
             None => call.state() == super::dialog::DialogState::Confirmed,
@@ -1007,6 +1028,77 @@ mod tests {
             })
         );
         assert_eq!(ua.call_count(), 0);
+    }
+
+    /// A 407 to our INVITE is answered once with Proxy-Authorization (next
+    /// CSeq, new branch); a second refusal of the same kind ends the call.
+    #[test]
+    fn a_challenged_invite_is_sent_again_with_our_answer() {
+        let t0 = Instant::now();
+        let mut ua = UserAgent::new(cfg(None), t0);
+        ua.invite(t0, "c1", "1001", "2000", "v=0\r\n".into());
+        ua.set_call_password("c1", "secret".into());
+        let first = sent(&mut ua).remove(0);
+        let challenge = "Proxy-Authenticate: Digest realm=\"pbx\", nonce=\"n1\", qop=\"auth\"\r\n";
+        ua.handle_datagram(
+            t0,
+            server(),
+            &answer(
+                first.as_bytes(),
+                "407 Proxy Authentication Required",
+                challenge,
+            ),
+        );
+        let out = sent(&mut ua);
+        let again = out
+            .iter()
+            .find(|m| m.starts_with("INVITE "))
+            .unwrap_or_else(|| panic!("{out:?}"));
+        assert!(
+            out.iter().any(|m| m.starts_with("ACK ")),
+            "the 407 is ACKed: {out:?}"
+        );
+        assert!(again.contains("CSeq: 2 INVITE"), "{again}");
+        assert!(
+            again.contains("Proxy-Authorization: Digest username=\"1001\", realm=\"pbx\""),
+            "{again}"
+        );
+        assert!(
+            std::iter::from_fn(|| ua.poll_event())
+                .all(|e| matches!(e, UaEvent::ServerReachable(_))),
+            "the call goes on"
+        );
+        // A 401 from another hop is answered too, in Authorization.
+        let www = challenge.replace("Proxy-Authenticate", "WWW-Authenticate");
+        ua.handle_datagram(
+            t0,
+            server(),
+            &answer(again.as_bytes(), "401 Unauthorized", &www),
+        );
+        let third = sent(&mut ua)
+            .into_iter()
+            .find(|m| m.starts_with("INVITE "))
+            .expect("the INVITE again");
+        assert!(third.contains("CSeq: 3 INVITE") && third.contains("\r\nAuthorization: Digest"));
+        let again = third;
+        // Refused again: the call ends with the 407.
+        ua.handle_datagram(
+            t0,
+            server(),
+            &answer(
+                again.as_bytes(),
+                "407 Proxy Authentication Required",
+                challenge,
+            ),
+        );
+        sent(&mut ua);
+        assert_eq!(
+            ua.poll_event(),
+            Some(UaEvent::Call {
+                key: "c1".into(),
+                event: DialogEvent::Failed { status: Some(407) }
+            })
+        );
     }
 
     /// RFC 3261 §18.1.1: over UDP an INVITE above 1300 bytes goes over TCP
