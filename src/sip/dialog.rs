@@ -221,6 +221,7 @@ impl SipCall {
             Some(auth) => auth.user.clone(),
             None => "gateway".into(),
         };
+        // (Our Contact keeps the user as it came, escapes and all.)
         Some(SipCall {
             incoming: true,
             call_id,

@@ -216,7 +216,11 @@ impl Endpoint {
             return None; // never answer a response
         }
         let head = text.split("\r\n\r\n").next()?;
-        let mut lines = vec![format!("SIP/2.0 400 {}", error.reason_phrase())];
+        let mut lines = vec![format!(
+            "SIP/2.0 {} {}",
+            error.status(),
+            error.reason_phrase()
+        )];
         for line in head.split("\r\n").skip(1) {
             let name = line
                 .split(':')

@@ -29,13 +29,144 @@ pub enum SipParseError {
     MissingHeader(&'static str),
     #[error("Malformed {0}")]
     Malformed(String),
+    #[error("CSeq Method Differs From The Request Method")]
+    CseqMismatch,
+    #[error("Version Not Supported")]
+    Version,
+    #[error("Unsupported URI Scheme")]
+    UriScheme,
+    /// A well-formed method we do not know (rsip carries only its list).
+    #[error("Not Implemented")]
+    UnknownMethod,
 }
 
 impl SipParseError {
-    /// The reason phrase of a `400` answering this message, where one is possible.
-    pub fn reason_phrase(&self) -> String {
-        format!("Bad Request - {self}")
+    /// The status of the response answering a request refused for this.
+    pub fn status(&self) -> u16 {
+        match self {
+            SipParseError::Version => 505,
+            SipParseError::UriScheme => 416,
+            SipParseError::UnknownMethod => 501,
+            _ => 400,
+        }
     }
+
+    /// The reason phrase of that response, naming the problem.
+    pub fn reason_phrase(&self) -> String {
+        match self.status() {
+            400 => format!("Bad Request - {self}"),
+            _ => self.to_string(),
+        }
+    }
+}
+
+/// RFC 3261 `token` characters.
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
+}
+
+/// Checks the start line before rsip reads it, so that each fault gets its
+/// own answer: a bad shape 400, another SIP version 505, a URI scheme we do
+/// not take 416, an extension method 501 (rsip would call it malformed).
+fn check_start_line(line: &str) -> Result<(), SipParseError> {
+    if let Some(rest) = line.strip_prefix("SIP/") {
+        let mut parts = rest.splitn(3, ' ');
+        if parts.next() != Some("2.0") {
+            return Err(SipParseError::Version);
+        }
+        let code = parts.next().unwrap_or("");
+        if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(SipParseError::Malformed("Status-Line".into()));
+        }
+        return Ok(());
+    }
+    let parts: Vec<&str> = line.split(' ').collect();
+    let [method, uri, version] = parts[..] else {
+        return Err(SipParseError::Malformed("Request-Line".into()));
+    };
+    if !is_token(method) || uri.is_empty() {
+        return Err(SipParseError::Malformed("Request-Line".into()));
+    }
+    if version != "SIP/2.0" {
+        return Err(if version.starts_with("SIP/") {
+            SipParseError::Version
+        } else {
+            SipParseError::Malformed("Request-Line".into())
+        });
+    }
+    let Some((scheme, _)) = uri.split_once(':') else {
+        return Err(SipParseError::Malformed("Request-URI".into()));
+    };
+    if scheme.starts_with('<') {
+        return Err(SipParseError::Malformed(
+            "Request-URI (in angle brackets)".into(),
+        ));
+    }
+    if !["sip", "sips", "tel"]
+        .iter()
+        .any(|s| scheme.eq_ignore_ascii_case(s))
+    {
+        return Err(SipParseError::UriScheme);
+    }
+    if !rsip::Method::all().iter().any(|m| m.to_string() == method) {
+        return Err(SipParseError::UnknownMethod);
+    }
+    Ok(())
+}
+
+/// Headers whose values carry `;param=value` lists: whitespace around `;`
+/// and `=` (allowed by RFC 3261's SEMI and EQUAL) is removed for rsip.
+const PARAM_HEADERS: [&str; 8] = [
+    "via",
+    "from",
+    "to",
+    "contact",
+    "route",
+    "record-route",
+    "content-type",
+    "event",
+];
+
+/// `value` without whitespace around `;`, `=` and `,` outside quoted strings;
+/// an unbalanced quote is an error.
+fn tighten(name: &str, value: &str) -> Result<String, SipParseError> {
+    let mut out = String::with_capacity(value.len());
+    let mut quoted = false;
+    let mut escaped = false;
+    for c in value.chars() {
+        if quoted {
+            out.push(c);
+            match (escaped, c) {
+                (false, '\\') => escaped = true,
+                (false, '"') => quoted = false,
+                _ => escaped = false,
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                quoted = true;
+                out.push(c);
+            }
+            ';' | '=' | ',' => {
+                while out.ends_with([' ', '\t']) {
+                    out.pop();
+                }
+                out.push(c);
+            }
+            ' ' | '\t' if out.ends_with([';', '=']) => {}
+            _ => out.push(c),
+        }
+    }
+    if quoted {
+        return Err(SipParseError::Malformed(format!(
+            "{name} (unbalanced quotes)"
+        )));
+    }
+    Ok(out)
 }
 
 /// RFC 3261 §7.3.3 and the IANA registry's common compact forms.
@@ -67,29 +198,35 @@ fn header_end(data: &[u8]) -> Option<usize> {
 fn normalise_headers(head: &str) -> Result<(String, Option<usize>), SipParseError> {
     let mut lines = head.split("\r\n");
     let start_line = lines.next().unwrap_or("");
+    check_start_line(start_line)?;
+    // Unfold first: a continuation belongs to the previous header (RFC 3261 §7.3.1).
+    let mut unfolded: Vec<String> = Vec::new();
+    for line in lines {
+        match unfolded.last_mut() {
+            Some(previous) if line.starts_with([' ', '\t']) => {
+                previous.push(' ');
+                previous.push_str(line.trim_start());
+            }
+            _ => {
+                if unfolded.len() == MAX_HEADERS {
+                    return Err(SipParseError::TooManyHeaders);
+                }
+                unfolded.push(line.to_string());
+            }
+        }
+    }
     let mut out = String::with_capacity(head.len() + 64);
     out.push_str(start_line);
     let mut content_length = None;
-    let mut count = 0;
-    for line in lines {
-        // A folded continuation belongs to the previous header (RFC 3261 §7.3.1).
-        if line.starts_with([' ', '\t']) {
-            out.push(' ');
-            out.push_str(line.trim_start());
-            continue;
-        }
-        count += 1;
-        if count > MAX_HEADERS {
-            return Err(SipParseError::TooManyHeaders);
-        }
+    for line in &unfolded {
         let (name, value) = line
             .split_once(':')
             .ok_or_else(|| SipParseError::Malformed(format!("header line {line:?}")))?;
         let name = name.trim();
         let name = long_form(name).unwrap_or(name);
+        let value = value.trim();
         if name.eq_ignore_ascii_case("content-length") {
             let n = value
-                .trim()
                 .parse::<usize>()
                 .map_err(|_| SipParseError::BadContentLength)?;
             if content_length.is_some_and(|c| c != n) {
@@ -100,7 +237,11 @@ fn normalise_headers(head: &str) -> Result<(String, Option<usize>), SipParseErro
         out.push_str("\r\n");
         out.push_str(name);
         out.push_str(": ");
-        out.push_str(value.trim());
+        if PARAM_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+            out.push_str(&tighten(name, value)?);
+        } else {
+            out.push_str(value);
+        }
     }
     Ok((out, content_length))
 }
@@ -171,14 +312,74 @@ fn check_mandatory(m: &rsip::SipMessage) -> Result<(), SipParseError> {
             ("CSeq", r.cseq_header().and_then(|c| c.typed()).is_ok()),
         ],
     };
-    match checks.iter().find(|(_, ok)| !ok) {
-        Some((name, _)) => Err(SipParseError::MissingHeader(name)),
-        None => Ok(()),
+    if let Some((name, _)) = checks.iter().find(|(_, ok)| !ok) {
+        let present = match m {
+            rsip::SipMessage::Request(r) => has_header(&r.headers, name),
+            rsip::SipMessage::Response(r) => has_header(&r.headers, name),
+        };
+        return Err(if present {
+            SipParseError::Malformed(format!("{name} Header"))
+        } else {
+            SipParseError::MissingHeader(name)
+        });
     }
+    if let rsip::SipMessage::Request(r) = m {
+        let cseq = r.cseq_header().and_then(|c| c.typed());
+        if cseq.is_ok_and(|c| c.method != r.method) {
+            return Err(SipParseError::CseqMismatch);
+        }
+    }
+    Ok(())
+}
+
+fn has_header(headers: &rsip::Headers, name: &str) -> bool {
+    headers.iter().any(|h| {
+        h.to_string()
+            .split_once(':')
+            .is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+    })
 }
 
 fn short(s: &str) -> String {
     s.chars().take(80).collect()
+}
+
+/// The user part of `uri`, %-escapes decoded (RFC 3261 §19.1.4 compares
+/// users unescaped). rsip 0.4 reads a user part holding `%` escapes as part
+/// of the host, so the user is also looked for there.
+pub fn uri_user(uri: &rsip::Uri) -> Option<String> {
+    let raw = match &uri.auth {
+        Some(auth) => auth.user.clone(),
+        None => {
+            let host = uri.host_with_port.host.to_string();
+            host.rsplit_once('@')?.0.to_string()
+        }
+    };
+    Some(percent_decode(&raw))
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A request the gateway wrote itself, as rsip's type. Our own text always

@@ -397,12 +397,7 @@ impl UserAgent {
                         let call = SipCall::incoming(request, &identity)?;
                         let key = random_text();
                         let (from, to) = call.parties();
-                        let user = request
-                            .uri
-                            .auth
-                            .as_ref()
-                            .map(|a| a.user.clone())
-                            .unwrap_or_default();
+                        let user = super::message::uri_user(&request.uri).unwrap_or_default();
                         events.push_back(UaEvent::Incoming {
                             key: key.clone(),
                             user,

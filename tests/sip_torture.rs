@@ -1,0 +1,194 @@
+//! Torture messages in the manner of RFC 4475, written for this project:
+//! each valid one is parsed and its fields read right; each invalid one is
+//! refused with a 400 naming the problem (or dropped when no answer can be
+//! addressed). Nothing panics. Run through the endpoint, as a datagram
+//! from the network would be.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use rsip::prelude::*;
+use webrtc_sip_gateway::sip::endpoint::Endpoint;
+use webrtc_sip_gateway::sip::message::{parse_datagram, uri_user};
+use webrtc_sip_gateway::sip::transaction::TimerConfig;
+
+fn peer() -> SocketAddr {
+    "198.51.100.9:5060".parse().unwrap()
+}
+
+/// The endpoint's answers to `message` (status lines only).
+fn answers(message: &[u8]) -> Vec<String> {
+    let mut endpoint = Endpoint::new(TimerConfig::default());
+    endpoint
+        .handle_datagram(Instant::now(), peer(), message)
+        .into_iter()
+        .map(|(to, bytes)| {
+            assert_eq!(to, peer(), "answers go back to the sender");
+            String::from_utf8_lossy(&bytes)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect()
+}
+
+fn crlf(text: &str) -> Vec<u8> {
+    text.replace('\n', "\r\n").into_bytes()
+}
+
+/// The messages, by name (after the RFC 4475 cases they imitate).
+fn cases() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("wsinv", crlf("OPTIONS sip:gw@192.0.2.10 SIP/2.0\nvia  :   SIP/2.0/UDP 198.51.100.9:5060 ;\n  branch=z9hG4bKws1\nmax-Forwards : 70\nTO:\n <sip:gw@192.0.2.10>\nfrom   : \"A caller\"  <sip:a@198.51.100.9> ; tag = t1\ncall-id: ws.1@198.51.100.9\ncSeq: 8\n   OPTIONS\ncontent-LENGTH: 0\n\n")),
+        ("intmeth", crlf("!interest-Meth0d_*+`.%'~ sip:gw@192.0.2.10 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.9;branch=z9hG4bKim1\nMax-Forwards: 70\nFrom: <sip:a@198.51.100.9>;tag=t2\nTo: <sip:gw@192.0.2.10>\nCall-ID: im.1\nCSeq: 3 !interest-Meth0d_*+`.%'~\nContent-Length: 0\n\n")),
+        ("esc01", crlf("OPTIONS sip:sips%3Auser%40example.org@192.0.2.10 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.9;branch=z9hG4bKes1\nMax-Forwards: 70\nFrom: <sip:a%20b@198.51.100.9>;tag=t3\nTo: <sip:gw@192.0.2.10>\nCall-ID: es.1\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n")),
+        ("escnull", crlf("OPTIONS sip:null%00null@192.0.2.10 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.9;branch=z9hG4bKen1\nMax-Forwards: 70\nFrom: <sip:a@198.51.100.9>;tag=t4\nTo: <sip:null%00null@192.0.2.10>\nCall-ID: en.1\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n")),
+        ("lwsdisp", crlf("OPTIONS sip:gw@192.0.2.10 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.9;branch=z9hG4bKld1\nMax-Forwards: 70\nFrom: caller<sip:a@198.51.100.9>;tag=t5\nTo: <sip:gw@192.0.2.10>\nCall-ID: ld.1\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n")),
+        ("longdisp", crlf(&format!("OPTIONS sip:gw@192.0.2.10 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.9;branch=z9hG4bKlo1\nMax-Forwards: 70\nFrom: \"{}\" <sip:a@198.51.100.9>;tag=t6\nTo: <sip:gw@192.0.2.10>\nCall-ID: lo.1\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n", "x".repeat(3000)))),
+        ("clerr", crlf("OPTIONS sip:gw@192.0.2.10 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.9;branch=z9hG4bKcl1\nMax-Forwards: 70\nFrom: <sip:a@198.51.100.9>;tag=t7\nTo: <sip:gw@192.0.2.10>\nCall-ID: cl.1\nCSeq: 1 OPTIONS\nContent-Length: 9999\n\nshort")),
+        ("ncl", crlf("OPTIONS sip:gw@192.0.2.10 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.9;branch=z9hG4bKnc1\nMax-Forwards: 70\nFrom: <sip:a@198.51.100.9>;tag=t8\nTo: <sip:gw@192.0.2.10>\nCall-ID: nc.1\nCSeq: 1 OPTIONS\nContent-Length: -5\n\n")),
+        ("scalar", crlf("OPTIONS sip:gw@192.0.2.10 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.9;branch=z9hG4bKsc1\nMax-Forwards: 300\nFrom: <sip:a@198.51.100.9>;tag=t9\nTo: <sip:gw@192.0.2.10>\nCall-ID: sc.1\nCSeq: 36893488147419103232 OPTIONS\nContent-Length: 0\n\n")),
+        ("badvers", crlf("OPTIONS sip:gw@192.0.2.10 SIP/7.0\nVia: SIP/7.0/UDP 198.51.100.9;branch=z9hG4bKbv1\nMax-Forwards: 70\nFrom: <sip:a@198.51.100.9>;tag=t10\nTo: <sip:gw@192.0.2.10>\nCall-ID: bv.1\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n")),
+        ("mismatch", crlf("OPTIONS sip:gw@192.0.2.10 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.9;branch=z9hG4bKmm1\nMax-Forwards: 70\nFrom: <sip:a@198.51.100.9>;tag=t11\nTo: <sip:gw@192.0.2.10>\nCall-ID: mm.1\nCSeq: 1 INVITE\nContent-Length: 0\n\n")),
+        ("insuf", crlf("OPTIONS sip:gw@192.0.2.10 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.9;branch=z9hG4bKin1\nMax-Forwards: 70\nFrom: <sip:a@198.51.100.9>;tag=t12\nTo: <sip:gw@192.0.2.10>\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n")),
+        ("quotbal", crlf("OPTIONS sip:gw@192.0.2.10 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.9;branch=z9hG4bKqb1\nMax-Forwards: 70\nFrom: \"never closed <sip:a@198.51.100.9>;tag=t13\nTo: <sip:gw@192.0.2.10>\nCall-ID: qb.1\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n")),
+        ("ltgtruri", crlf("OPTIONS <sip:gw@192.0.2.10> SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.9;branch=z9hG4bKlg1\nMax-Forwards: 70\nFrom: <sip:a@198.51.100.9>;tag=t14\nTo: <sip:gw@192.0.2.10>\nCall-ID: lg.1\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n")),
+        ("trws", crlf("OPTIONS sip:gw@192.0.2.10 SIP/2.0 \nVia: SIP/2.0/UDP 198.51.100.9;branch=z9hG4bKtw1\nMax-Forwards: 70\nFrom: <sip:a@198.51.100.9>;tag=t15\nTo: <sip:gw@192.0.2.10>\nCall-ID: tw.1\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n")),
+        ("dblcl", crlf("OPTIONS sip:gw@192.0.2.10 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.9;branch=z9hG4bKdc1\nMax-Forwards: 70\nFrom: <sip:a@198.51.100.9>;tag=t16\nTo: <sip:gw@192.0.2.10>\nCall-ID: dc.1\nCSeq: 1 OPTIONS\nContent-Length: 0\nl: 4\n\nbody")),
+        ("noreason", crlf("SIP/2.0 200 \nVia: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bKnr1\nFrom: <sip:gw@192.0.2.10>;tag=t17\nTo: <sip:a@198.51.100.9>;tag=r1\nCall-ID: nr.1\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n")),
+        ("utf8reason", crlf("SIP/2.0 200 Très bien — 好\nVia: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bKur1\nFrom: <sip:gw@192.0.2.10>;tag=t18\nTo: <sip:a@198.51.100.9>;tag=r2\nCall-ID: ur.1\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n")),
+        ("binary", b"OPTIONS sip:gw@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.9;branch=z9hG4bKbn1\r\nFrom: \xff\xfe<sip:a@x>;tag=1\r\n\r\n".to_vec()),
+        ("unknownscheme", crlf("OPTIONS nobody:gw@192.0.2.10 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.9;branch=z9hG4bKus1\nMax-Forwards: 70\nFrom: <sip:a@198.51.100.9>;tag=t19\nTo: <sip:gw@192.0.2.10>\nCall-ID: us.1\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n")),
+        ("multiVia", crlf("OPTIONS sip:gw@192.0.2.10 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.9;branch=z9hG4bKmv1, SIP/2.0/TCP 203.0.113.4;branch=z9hG4bKmv0\nv: SIP/2.0/UDP 203.0.113.5;branch=z9hG4bKmvx\nMax-Forwards: 70\nFrom: <sip:a@198.51.100.9>;tag=t20\nTo: <sip:gw@192.0.2.10>\nCall-ID: mv.1\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n")),
+    ]
+}
+
+fn case(name: &str) -> Vec<u8> {
+    cases()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, m)| m)
+        .unwrap_or_else(|| panic!("no case {name}"))
+}
+
+fn request(name: &str) -> rsip::Request {
+    match parse_datagram(&case(name)) {
+        Ok(rsip::SipMessage::Request(r)) => r,
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+/// Every case gets the answer it should, and none panics.
+#[test]
+fn each_message_gets_its_answer() {
+    let expected: &[(&str, &[&str])] = &[
+        ("wsinv", &["SIP/2.0 200 OK"]),
+        ("intmeth", &["SIP/2.0 501 Not Implemented"]),
+        ("esc01", &["SIP/2.0 200 OK"]),
+        ("escnull", &["SIP/2.0 200 OK"]),
+        ("lwsdisp", &["SIP/2.0 200 OK"]),
+        ("longdisp", &["SIP/2.0 200 OK"]),
+        (
+            "clerr",
+            &["SIP/2.0 400 Bad Request - Body Shorter Than Content-Length"],
+        ),
+        ("ncl", &["SIP/2.0 400 Bad Request - Invalid Content-Length"]),
+        (
+            "scalar",
+            &["SIP/2.0 400 Bad Request - Malformed CSeq Header"],
+        ),
+        ("badvers", &["SIP/2.0 505 Version Not Supported"]),
+        (
+            "mismatch",
+            &["SIP/2.0 400 Bad Request - CSeq Method Differs From The Request Method"],
+        ),
+        (
+            "insuf",
+            &["SIP/2.0 400 Bad Request - Missing Call-ID Header"],
+        ),
+        (
+            "quotbal",
+            &["SIP/2.0 400 Bad Request - Malformed From (unbalanced quotes)"],
+        ),
+        (
+            "ltgtruri",
+            &["SIP/2.0 400 Bad Request - Malformed Request-URI (in angle brackets)"],
+        ),
+        (
+            "trws",
+            &["SIP/2.0 400 Bad Request - Malformed Request-Line"],
+        ),
+        (
+            "dblcl",
+            &["SIP/2.0 400 Bad Request - Invalid Content-Length"],
+        ),
+        // Responses belong to client transactions: never answered.
+        ("noreason", &[]),
+        ("utf8reason", &[]),
+        // Not text: nowhere to address an answer; dropped and counted.
+        ("binary", &[]),
+        ("unknownscheme", &["SIP/2.0 416 Unsupported URI Scheme"]),
+        ("multiVia", &["SIP/2.0 200 OK"]),
+    ];
+    let all = cases();
+    assert_eq!(all.len(), expected.len());
+    for (name, message) in all {
+        let want = expected
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, w)| *w)
+            .unwrap_or_else(|| panic!("no expectation for {name}"));
+        assert_eq!(answers(&message), want, "{name}");
+    }
+}
+
+/// Valid messages are read right, not just accepted.
+#[test]
+fn valid_messages_are_read_right() {
+    let r = request("wsinv");
+    assert_eq!(r.cseq_header().unwrap().typed().unwrap().seq, 8);
+    assert_eq!(r.method, rsip::Method::Options);
+    let via = r.via_header().unwrap().typed().unwrap();
+    assert_eq!(
+        via.branch().map(|b| b.to_string()).as_deref(),
+        Some("z9hG4bKws1")
+    );
+    let from = r.from_header().unwrap().typed().unwrap();
+    assert_eq!(from.tag().map(|t| t.to_string()).as_deref(), Some("t1"));
+    // rsip keeps the quotes of a quoted display name.
+    assert_eq!(
+        from.display_name.as_deref().map(|d| d.trim_matches('"')),
+        Some("A caller")
+    );
+    assert_eq!(
+        r.to_header().unwrap().typed().unwrap().uri.to_string(),
+        "sip:gw@192.0.2.10"
+    );
+
+    // Escaped users compare unescaped (rsip alone puts this one in the host).
+    let r = request("esc01");
+    assert_eq!(uri_user(&r.uri).as_deref(), Some("sips:user@example.org"));
+    let from = r.from_header().unwrap().typed().unwrap();
+    assert_eq!(uri_user(&from.uri).as_deref(), Some("a b"));
+    let r = request("escnull");
+    assert_eq!(uri_user(&r.uri).as_deref(), Some("null\0null"));
+
+    let r = request("lwsdisp");
+    let from = r.from_header().unwrap().typed().unwrap();
+    assert_eq!(from.uri.to_string(), "sip:a@198.51.100.9");
+
+    let r = request("longdisp");
+    let from = r.from_header().unwrap().typed().unwrap();
+    assert_eq!(
+        from.display_name.map(|d| d.trim_matches('"').len()),
+        Some(3000)
+    );
+
+    let r = request("multiVia");
+    let top = r.via_header().unwrap().typed().unwrap();
+    assert_eq!(
+        top.branch().map(|b| b.to_string()).as_deref(),
+        Some("z9hG4bKmv1")
+    );
+}
