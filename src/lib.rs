@@ -145,12 +145,19 @@ impl Gateway {
 
         let mut https_addr = None;
         let mut tls_fingerprint = None;
-        if !config.http.tls_listen.is_empty() {
-            let identity = TlsIdentity::load_or_generate(
+        // One certificate for HTTPS and for SIP over TLS taken on our port.
+        let sip_over_tls =
+            config.sip.transport == config::SipTransport::Tls && !config.sip.server.is_empty();
+        let tls_identity = if !config.http.tls_listen.is_empty() || sip_over_tls {
+            Some(TlsIdentity::load_or_generate(
                 &config.http.tls_cert,
                 &config.http.tls_key,
                 std::slice::from_ref(&config.media.public_address),
-            )?;
+            )?)
+        } else {
+            None
+        };
+        if let (false, Some(identity)) = (config.http.tls_listen.is_empty(), &tls_identity) {
             let listener = bind("http.tls-listen", &config.http.tls_listen).await?;
             let addr = local_addr(&listener, "http.tls-listen")?;
             info!(
@@ -165,7 +172,7 @@ impl Gateway {
                 shutdown_rx.clone(),
             )));
             https_addr = Some(addr);
-            tls_fingerprint = Some(identity.fingerprint_sha256);
+            tls_fingerprint = Some(identity.fingerprint_sha256.clone());
         }
 
         let mut http_addr = None;
@@ -200,20 +207,29 @@ impl Gateway {
             }
             _ => sip::driver::Link::Udp(sip_socket),
         };
-        // Over TCP the server may also open connections to our SIP port.
-        let inbound = if config.sip.transport == config::SipTransport::Tcp {
-            let listener = bind("sip.listen", &sip_addr.to_string()).await?;
-            let accepted = sip::driver::Accepted::default();
-            let (to_ua, messages) = tokio::sync::mpsc::unbounded_channel();
-            tasks.push(sip::driver::accept_tcp(
-                listener,
-                accepted.clone(),
-                to_ua,
-                shutdown_rx.clone(),
-            ));
-            Some(sip::driver::Inbound { accepted, messages })
-        } else {
-            None
+        // Over TCP or TLS the server may also open connections to our SIP port.
+        let acceptor = match (config.sip.transport, &tls_identity) {
+            (config::SipTransport::Tcp, _) => Some(None),
+            (config::SipTransport::Tls, Some(identity)) => Some(Some(
+                tokio_rustls::TlsAcceptor::from(identity.server_config_with_alpn(Vec::new())?),
+            )),
+            _ => None,
+        };
+        let inbound = match acceptor {
+            Some(tls) => {
+                let listener = bind("sip.listen", &sip_addr.to_string()).await?;
+                let accepted = sip::driver::Accepted::default();
+                let (to_ua, messages) = tokio::sync::mpsc::unbounded_channel();
+                tasks.push(sip::driver::accept_stream(
+                    listener,
+                    tls,
+                    accepted.clone(),
+                    to_ua,
+                    shutdown_rx.clone(),
+                ));
+                Some(sip::driver::Inbound { accepted, messages })
+            }
+            None => None,
         };
         let (sip, sip_task) = sip::driver::start(
             link,

@@ -37,12 +37,12 @@ impl Drop for Kamailio {
 }
 
 fn kamailio() -> Kamailio {
-    kamailio_with(None)
+    kamailio_with(None, &[])
 }
 
 /// Kamailio from tests/kamailio/proxy.cfg; with `tls` (certificate and key
 /// PEM files) it also listens for SIP over TLS.
-fn kamailio_with(tls: Option<(&std::path::Path, &std::path::Path)>) -> Kamailio {
+fn kamailio_with(tls: Option<(&std::path::Path, &std::path::Path)>, defines: &[&str]) -> Kamailio {
     let dir = tempfile::tempdir().unwrap();
     let port = free_udp_port();
     let tls_port = free_tcp_port();
@@ -76,6 +76,9 @@ fn kamailio_with(tls: Option<(&std::path::Path, &std::path::Path)>) -> Kamailio 
         )
         .unwrap();
         command.args(["-A", "WITH_TLS"]);
+    }
+    for define in defines {
+        command.args(["-A", define]);
     }
     let child = command
         .arg("-f")
@@ -225,18 +228,8 @@ async fn registered_through_kamailio_and_called_through_it() {
     drop(other);
 
     // A caller reaches 1001 through Kamailio's location lookup.
-    let caller = sipp_caller(&["-sn", "uac", "-d", "1000"], &k);
     let mut after = 0;
-    let incoming = wait_event(&gw, &session, &mut after, "call.incoming").await;
-    let cid = incoming["call"].as_str().unwrap();
-    let answer = json!({"sdp": OFFER.replace("a=setup:actpass", "a=setup:active")});
-    assert_eq!(
-        api_post(&gw, &session, &format!("/calls/{cid}/answer"), answer).await,
-        200
-    );
-    let ended = wait_event(&gw, &session, &mut after, "call.ended").await;
-    assert_eq!(ended["reason"], "remote_hangup");
-    common::assert_sipp_passed(&caller.wait_with_output().unwrap());
+    sipp_calls_and_hangs_up(&k, &gw, &session, &mut after).await;
 
     // Session over: unREGISTER, and Kamailio no longer knows 1001.
     common::delete_session(&gw.api(), &session).await;
@@ -248,6 +241,31 @@ async fn registered_through_kamailio_and_called_through_it() {
     let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uac-404.xml");
     let after_unregister = sipp_caller(&["-sf", scenario], &k);
     common::assert_sipp_passed(&after_unregister.wait_with_output().unwrap());
+}
+
+/// The browser's answer to an incoming call's offer.
+fn browser_answer() -> Value {
+    json!({"sdp": OFFER.replace("a=setup:actpass", "a=setup:active")})
+}
+
+/// SIPp calls 1001 through Kamailio; the session answers; SIPp hangs up.
+async fn sipp_calls_and_hangs_up(k: &Kamailio, gw: &Gateway, session: &Value, after: &mut u64) {
+    let caller = sipp_caller(&["-sn", "uac", "-d", "1000"], k);
+    let incoming = wait_event(gw, session, after, "call.incoming").await;
+    let cid = incoming["call"].as_str().unwrap();
+    assert_eq!(
+        api_post(
+            gw,
+            session,
+            &format!("/calls/{cid}/answer"),
+            browser_answer()
+        )
+        .await,
+        200
+    );
+    let ended = wait_event(gw, session, after, "call.ended").await;
+    assert_eq!(ended["reason"], "remote_hangup");
+    common::assert_sipp_passed(&caller.wait_with_output().unwrap());
 }
 
 /// Waits for the first event of `kind` after `*after`.
@@ -292,7 +310,7 @@ async fn over_tls_through_kamailio() {
     let made = rcgen::generate_simple_self_signed(vec!["sip.test".into()]).unwrap();
     let cert = common::write(dir.path(), "cert.pem", &made.cert.pem());
     let key = common::write(dir.path(), "key.pem", &made.signing_key.serialize_pem());
-    let k = kamailio_with(Some((&cert, &key)));
+    let k = kamailio_with(Some((&cert, &key)), &[]);
 
     // Expecting the name 127.0.0.1 (the server's host): the handshake
     // fails, nothing is registered, the log says why.
@@ -327,24 +345,8 @@ async fn over_tls_through_kamailio() {
 
     // A caller over UDP reaches 1001 through Kamailio, which sends the
     // INVITE over our TLS connection.
-    let caller = sipp_caller(&["-sn", "uac", "-d", "1000"], &k);
     let mut after = 0;
-    let incoming = wait_event(&gw, &session, &mut after, "call.incoming").await;
-    let cid = incoming["call"].as_str().unwrap();
-    let answer = json!({"sdp": OFFER.replace("a=setup:actpass", "a=setup:active")});
-    assert_eq!(
-        api_post(
-            &gw,
-            &session,
-            &format!("/calls/{cid}/answer"),
-            answer.clone()
-        )
-        .await,
-        200
-    );
-    let ended = wait_event(&gw, &session, &mut after, "call.ended").await;
-    assert_eq!(ended["reason"], "remote_hangup");
-    common::assert_sipp_passed(&caller.wait_with_output().unwrap());
+    sipp_calls_and_hangs_up(&k, &gw, &session, &mut after).await;
 
     // A call out over TLS: 1001 calls 1001, so Kamailio brings the INVITE
     // back to us (a call between two users of one gateway); answered,
@@ -365,7 +367,13 @@ async fn over_tls_through_kamailio() {
     let in_cid = incoming["call"].as_str().unwrap();
     assert_ne!(in_cid, out_cid);
     assert_eq!(
-        api_post(&gw, &session, &format!("/calls/{in_cid}/answer"), answer).await,
+        api_post(
+            &gw,
+            &session,
+            &format!("/calls/{in_cid}/answer"),
+            browser_answer()
+        )
+        .await,
         200
     );
     // Both calls report the answer; the outgoing one's says the far end took it.
@@ -442,4 +450,30 @@ async fn a_large_invite_goes_over_tcp() {
         "{log}"
     );
     assert!(!log.contains("sending it over UDP"), "{log}");
+}
+
+/// Without connection aliases Kamailio does not reuse our TLS connection:
+/// it opens its own to our Contact (our SIP port, TLS, our certificate),
+/// and the call comes in over that.
+#[tokio::test]
+async fn kamailio_opens_its_own_tls_connection_to_us() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["sip.test".into()]).unwrap();
+    let cert = common::write(dir.path(), "cert.pem", &made.cert.pem());
+    let key = common::write(dir.path(), "key.pem", &made.signing_key.serialize_pem());
+    let k = kamailio_with(Some((&cert, &key)), &["NO_ALIAS"]);
+    let gw = tls_gateway(
+        &k,
+        &cert,
+        "tls-server-name = \"sip.test\"\nkeepalive-interval-s = 0\n",
+    );
+    let (status, session) = create(&gw, "1001", "secret1001").await;
+    assert_eq!(status, 201, "{session}\n{}", gw.log());
+    let mut after = 0;
+    sipp_calls_and_hangs_up(&k, &gw, &session, &mut after).await;
+    assert!(
+        gw.log().contains("SIP over TLS: connection accepted"),
+        "{}",
+        gw.log()
+    );
 }

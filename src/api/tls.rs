@@ -108,6 +108,14 @@ impl TlsIdentity {
 
     /// A rustls server config: TLS 1.2+, ALPN h2 then http/1.1.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        self.server_config_with_alpn(vec![b"h2".to_vec(), b"http/1.1".to_vec()])
+    }
+
+    /// The same identity for another protocol (SIP over TLS: no ALPN).
+    pub fn server_config_with_alpn(
+        &self,
+        alpn: Vec<Vec<u8>>,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -115,7 +123,7 @@ impl TlsIdentity {
             .with_no_client_auth()
             .with_single_cert(self.chain.clone(), self.key.clone_key())
             .map_err(|e| TlsError::Identity(e.to_string()))?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn;
         Ok(Arc::new(config))
     }
 }

@@ -323,10 +323,12 @@ impl Accepted {
     }
 }
 
-/// Takes TCP connections on the SIP port: each is served until it drops,
-/// its messages going to `incoming` with the peer's address.
-pub fn accept_tcp(
+/// Takes TCP connections on the SIP port (TLS over them with `tls`): each
+/// is served until it drops, its messages going to `incoming` with the
+/// peer's address.
+pub fn accept_stream(
     listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     accepted: Accepted,
     incoming: mpsc::UnboundedSender<(Vec<u8>, SocketAddr)>,
     mut shutdown: watch::Receiver<bool>,
@@ -345,14 +347,37 @@ pub fn accept_tcp(
                 _ = shutdown.changed() => return,
             };
             let _ = stream.set_nodelay(true);
-            let (to_peer, mut outgoing) = mpsc::unbounded_channel();
-            accepted.lock().insert(peer, to_peer);
             let accepted = accepted.clone();
             let incoming = incoming.clone();
             let mut shutdown = shutdown.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                info!(%peer, "SIP over TCP: connection accepted");
-                serve(stream, peer, &mut outgoing, &incoming, &mut shutdown).await;
+                let (to_peer, mut outgoing) = mpsc::unbounded_channel();
+                match tls {
+                    None => {
+                        info!(%peer, "SIP over TCP: connection accepted");
+                        accepted.lock().insert(peer, to_peer);
+                        serve(stream, peer, &mut outgoing, &incoming, &mut shutdown).await;
+                    }
+                    Some(tls) => {
+                        let handshake =
+                            tokio::time::timeout(Duration::from_secs(10), tls.accept(stream));
+                        let stream = match handshake.await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => {
+                                warn!(%peer, error = %e, "SIP over TLS: handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                warn!(%peer, "SIP over TLS: handshake timed out");
+                                return;
+                            }
+                        };
+                        info!(%peer, "SIP over TLS: connection accepted");
+                        accepted.lock().insert(peer, to_peer);
+                        serve(stream, peer, &mut outgoing, &incoming, &mut shutdown).await;
+                    }
+                }
                 accepted.lock().remove(&peer);
             });
         }
