@@ -586,6 +586,10 @@ impl Worker {
             }
             turn.clear();
             turn.append(&mut self.pending);
+            // Events name each socket once (epoll keeps one entry per fd):
+            // only the few carried over from the last turn can repeat, so
+            // this stays linear in the number of ready sockets.
+            let carried = turn.len();
             for event in events.iter() {
                 if event.token() == WAKER {
                     continue;
@@ -594,7 +598,7 @@ impl Worker {
                     event.token().0 / SOCKETS_PER_CALL,
                     event.token().0 % SOCKETS_PER_CALL,
                 );
-                if !turn.contains(&socket) {
+                if !turn[..carried].contains(&socket) {
                     turn.push(socket);
                 }
             }
