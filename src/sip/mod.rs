@@ -1,5 +1,9 @@
-//! The SIP side: messages on the wire and the transaction layer (RFC 3261
-//! §17), sans-IO. Transports, dialogs and registration build on these.
+//! The SIP side. Sans-IO: messages on the wire (`message`), transactions
+//! (RFC 3261 §17, `transaction`), the requests we serve ourselves
+//! (`endpoint`), dialogs (`dialog`), registration and digest auth
+//! (`registration`, `digest`) and the user agent joining them (`ua`). The
+//! tokio `driver` carries its messages over UDP, TCP or TLS (`tls`: the
+//! client's trust anchors and expected name).
 
 pub mod dialog;
 pub mod digest;

@@ -1,8 +1,11 @@
 //! The gateway's SIP user agent toward its one SIP server, sans-IO: the
 //! requests it serves itself ([`Endpoint`]), the browser users'
 //! registrations, and the OPTIONS keepalive that tells `/readyz` whether the
-//! server answers. Each request we send runs in a client transaction
-//! (retransmissions, timer F); responses find it by their top Via branch.
+//! server answers, and the calls' dialogs. Each request we send runs in a
+//! client transaction (retransmissions, timer F); responses find it by
+//! their top Via branch. Over UDP a request too large for it is handed out
+//! for TCP instead (RFC 3261 §18.1.1, [`UserAgent::poll_transmit_stream`]);
+//! digest challenges to our INVITEs are answered from the call's password.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
