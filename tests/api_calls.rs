@@ -344,10 +344,24 @@ async fn ports_come_back_on_every_end() {
     let (s, b) = api.call("echo", OFFER).await;
     assert_eq!((s, code(&b)), (503, "no_media_ports"), "{b}");
     assert_eq!(ports_free(&gw), (0, full.1 - 4));
+    // /readyz says so too (API.md: "ports free").
+    let readyz = || async {
+        let r = reqwest::get(format!("http://{}/readyz", gw.admin_addr))
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.unwrap();
+        (
+            status,
+            v["checks"]["ports"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    assert_eq!(readyz().await, (503, "exhausted".to_string()));
     // Ending the session ends its calls.
     let (s, _) = api.send(reqwest::Method::DELETE, "", None).await;
     assert_eq!(s, 204);
     all_ports_back(&gw, full).await;
+    assert_eq!(readyz().await, (200, "ok".to_string()));
     let metrics = gw.state.metrics.render();
     assert!(metrics.contains("gateway_calls 0"), "{metrics}");
     assert!(

@@ -638,7 +638,10 @@ async fn readyz(State(state): State<SharedState>) -> Response {
         ServerState::Unchecked => keepalive_off,
         ServerState::Unreachable => false,
     };
-    let ready = api && sip_ok;
+    // A new call needs one web port and one SIP port (pair).
+    let ports_free =
+        state.media.web_ports.free_count() > 0 && state.media.sip_ports.free_count() > 0;
+    let ready = api && sip_ok && ports_free;
     let sip = sip.as_str();
     let status = if ready {
         StatusCode::OK
@@ -649,7 +652,11 @@ async fn readyz(State(state): State<SharedState>) -> Response {
         status,
         Json(serde_json::json!({
             "ready": ready,
-            "checks": {"api": if api {"ok"} else {"not_listening"}, "sip": sip},
+            "checks": {
+                "api": if api {"ok"} else {"not_listening"},
+                "sip": sip,
+                "ports": if ports_free {"ok"} else {"exhausted"},
+            },
         })),
     )
         .into_response()
