@@ -587,3 +587,34 @@ async fn a_caller_connects_to_us_over_tcp() {
     nothing_left(&gw).await;
     assert!(gw.log().contains("SIP over TCP: connection accepted"));
 }
+
+/// The SIP port takes at most 256 connections at once: the next is closed
+/// at once, and a place freed is taken again.
+#[tokio::test]
+async fn the_sip_port_caps_its_connections() {
+    use tokio::io::AsyncReadExt;
+    let gw = sip_gateway_on(free_udp_port(), "tcp");
+    let mut held = Vec::new();
+    for _ in 0..256 {
+        held.push(tokio::net::TcpStream::connect(gw.sip).await.unwrap());
+    }
+    // Give the gateway time to take them all.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let closed_at_once = |mut s: tokio::net::TcpStream| async move {
+        let mut buf = [0u8; 16];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    };
+    let extra = tokio::net::TcpStream::connect(gw.sip).await.unwrap();
+    assert!(
+        closed_at_once(extra).await,
+        "the 257th connection is closed"
+    );
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = tokio::net::TcpStream::connect(gw.sip).await.unwrap();
+    assert!(!closed_at_once(again).await, "a freed place is taken again");
+    assert!(gw.log().contains("too many connections"));
+}

@@ -323,6 +323,10 @@ impl Accepted {
     }
 }
 
+/// Connections taken on the SIP port at once, at most: SIP servers need a
+/// handful; the cap keeps a flood of connections from using up the process.
+const MAX_ACCEPTED_CONNECTIONS: usize = 256;
+
 /// Takes TCP connections on the SIP port (TLS over them with `tls`): each
 /// is served until it drops, its messages going to `incoming` with the
 /// peer's address.
@@ -333,6 +337,7 @@ pub fn accept_stream(
     incoming: mpsc::UnboundedSender<(Vec<u8>, SocketAddr)>,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ACCEPTED_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let (stream, peer) = tokio::select! {
@@ -346,12 +351,18 @@ pub fn accept_stream(
                 },
                 _ = shutdown.changed() => return,
             };
+            // Handshaking ones count too: a flood cannot queue up.
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                warn!(%peer, "SIP: too many connections taken already; closing this one");
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let accepted = accepted.clone();
             let incoming = incoming.clone();
             let mut shutdown = shutdown.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let (to_peer, mut outgoing) = mpsc::unbounded_channel();
                 match tls {
                     None => {
