@@ -5,6 +5,8 @@
 //! untyped, so its accessors miss them; RFC 3261 §7.3.3 requires accepting
 //! them, so header names are normalised to their long forms before rsip sees
 //! the message. Every refusal names the problem, usable as a 400 reason phrase.
+//! rsip 0.4 also reads a user part holding `%` escapes as part of the host:
+//! [`uri_user`] finds the user either way.
 
 use rsip::prelude::*;
 
