@@ -85,6 +85,8 @@ export interface LegStats {
 export interface CallStats {
   gateway: {
     call: string; state: string; direction: string; to: string; codec: string;
+    /** How each leg is protected ('' until the legs are joined). */
+    keying: { web: 'dtls' | 'sdes' | ''; sip: 'srtp' | 'rtp' | '' };
     held: 'local' | 'remote' | null;
     stats: { web: LegStats; sip: LegStats };
   };

@@ -217,6 +217,8 @@ async fn an_echo_call_through_the_api() {
     assert_eq!(view["state"], "answered");
     assert_eq!(view["direction"], "outbound");
     assert_eq!(view["codec"], "opus/48000");
+    // The echo call: the fixture offers DTLS; the echo's side is plain RTP.
+    assert_eq!(view["keying"], json!({"web": "dtls", "sip": "rtp"}));
     assert!(view["stats"]["web"]["packets_in"].is_u64());
 
     // Answer/reject are for incoming calls; hold twice and resume unheld are refused.

@@ -563,9 +563,10 @@ impl Drop for Baresip {
 /// Browser → gateway → baresip (auto-answers, plays 440 Hz, records what it
 /// gets) with `sip_config` in the gateway's [sip] and `params` on baresip's
 /// account: both hear each other, the page's DTMF (digit 5) is sent.
-/// Returns baresip's log and the mean size of the RTP packets the gateway
-/// got on the SIP leg (PCMU: 172 bytes plain, 182 with SRTP's 80-bit tag).
-fn browser_calls_baresip(sip_config: &str, params: &str) -> (String, f64) {
+/// Returns baresip's log, the mean size of the RTP packets the gateway got
+/// on the SIP leg (PCMU: 172 bytes plain, 182 with SRTP's 80-bit tag) and
+/// the legs' keying as the call's API view reports it (web, SIP).
+fn browser_calls_baresip(sip_config: &str, params: &str) -> (String, f64, (String, String)) {
     let dir = tempfile::tempdir().unwrap();
     let tone = write_tone(dir.path(), "tone-440.wav", 440.0, 8000, 60);
     let mut baresip = Baresip::start(dir.path(), 5092, &tone, params, None);
@@ -590,7 +591,13 @@ fn browser_calls_baresip(sip_config: &str, params: &str) -> (String, f64) {
     let sip = &r["stats"]["gateway"]["stats"]["sip"];
     let packets = sip["packets_in"].as_f64().unwrap_or(0.0);
     assert!(packets > 50.0, "{r}");
-    (log, sip["bytes_in"].as_f64().unwrap_or(0.0) / packets)
+    let keying = &r["stats"]["gateway"]["keying"];
+    let text = |v: &Value| v.as_str().unwrap_or("").to_string();
+    (
+        log,
+        sip["bytes_in"].as_f64().unwrap_or(0.0) / packets,
+        (text(&keying["web"]), text(&keying["sip"])),
+    )
 }
 
 /// Browser → gateway → baresip over plain RTP: each hears the other's
@@ -600,7 +607,8 @@ fn browser_and_baresip_hear_each_other() {
     if !common::inside_namespace("browser_and_baresip_hear_each_other") {
         return;
     }
-    let (log, size) = browser_calls_baresip("", "");
+    let (log, size, keying) = browser_calls_baresip("", "");
+    assert_eq!(keying, ("dtls".to_string(), "rtp".to_string()));
     assert!(
         size < 174.0,
         "plain RTP on the SIP leg: {size} bytes per packet"
@@ -619,8 +627,9 @@ fn browser_and_baresip_over_sdes_srtp() {
     if !common::inside_namespace("browser_and_baresip_over_sdes_srtp") {
         return;
     }
-    let (log, size) = browser_calls_baresip("srtp = \"required\"\n", ";mediaenc=srtp-mand");
+    let (log, size, keying) = browser_calls_baresip("srtp = \"required\"\n", ";mediaenc=srtp-mand");
     assert!(size > 178.0, "SRTP on the SIP leg: {size} bytes per packet");
+    assert_eq!(keying, ("dtls".to_string(), "srtp".to_string()));
     assert!(
         log.contains("received event: '5' (end=1)"),
         "DTMF through SRTP:\n{log}"
@@ -634,7 +643,8 @@ fn optional_srtp_falls_back_to_rtp() {
     if !common::inside_namespace("optional_srtp_falls_back_to_rtp") {
         return;
     }
-    let (_, size) = browser_calls_baresip("srtp = \"optional\"\n", "");
+    let (_, size, keying) = browser_calls_baresip("srtp = \"optional\"\n", "");
+    assert_eq!(keying.1, "rtp");
     assert!(
         size < 174.0,
         "plain RTP on the SIP leg: {size} bytes per packet"
@@ -691,5 +701,10 @@ fn baresip_calls_the_browser_over_sdes_srtp() {
     assert_eq!(r["answered"], true, "{r}\nbaresip:\n{log}");
     assert_eq!(r["heard"], true, "the browser hears baresip's 440 Hz: {r}");
     assert_eq!(r["ended"], true, "baresip's BYE ended the call: {r}");
+    assert_eq!(
+        r["stats"]["gateway"]["keying"],
+        serde_json::json!({"web": "dtls", "sip": "srtp"}),
+        "{r}"
+    );
     baresip.assert_heard_the_browser(&log);
 }

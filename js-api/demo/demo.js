@@ -77,7 +77,10 @@ async function counters() {
   try {
     const { gateway, browser } = await call.stats();
     state.stats = { gateway, browser };
-    $('codec').textContent = gateway.codec ? `(${gateway.codec})` : '';
+    const keying = gateway.keying && gateway.keying.web
+      ? ` · browser ${gateway.keying.web === 'dtls' ? 'DTLS-SRTP' : 'SDES-SRTP'} · SIP ${gateway.keying.sip === 'srtp' ? 'SRTP' : 'RTP'}`
+      : '';
+    $('codec').textContent = gateway.codec ? `(${gateway.codec}${keying})` : '';
     $('b-in').textContent = browser.packetsReceived;
     $('b-out').textContent = browser.packetsSent;
     const { web, sip } = gateway.stats;

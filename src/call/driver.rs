@@ -105,8 +105,17 @@ pub struct CallView {
     pub direction: &'static str,
     pub to: String,
     pub codec: String,
+    /// How each leg's media is protected: web `dtls` or `sdes`, SIP `srtp`
+    /// or `rtp` (empty until the legs are joined).
+    pub keying: KeyingView,
     pub held: Option<&'static str>,
     pub stats: CallStatsView,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct KeyingView {
+    pub web: &'static str,
+    pub sip: &'static str,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -126,8 +135,8 @@ struct Entry {
     to: String,
     inputs: mpsc::UnboundedSender<Input>,
     status: Arc<Mutex<Status>>,
-    /// Once the relay carries the call: its id, counters and codec.
-    media: Option<(u64, Arc<CallStats>, String)>,
+    /// Once the relay carries the call: its id, counters, codec and keying.
+    media: Option<(u64, Arc<CallStats>, String, KeyingView)>,
 }
 
 #[derive(Default)]
@@ -161,10 +170,16 @@ impl CallRegistry {
         let tables = lock(&self.tables);
         let e = tables.calls.get(cid).filter(|e| e.session == session)?;
         let status = lock(&e.status);
-        let (codec, web, sip) = match &e.media {
-            Some((_, stats, codec)) => (codec.clone(), stats.web.snapshot(), stats.sip.snapshot()),
+        let (codec, keying, web, sip) = match &e.media {
+            Some((_, stats, codec, keying)) => (
+                codec.clone(),
+                *keying,
+                stats.web.snapshot(),
+                stats.sip.snapshot(),
+            ),
             None => (
                 String::new(),
+                KeyingView::default(),
                 LegSnapshot::default(),
                 LegSnapshot::default(),
             ),
@@ -175,6 +190,7 @@ impl CallRegistry {
             direction: if e.inbound { "inbound" } else { "outbound" },
             to: e.to.clone(),
             codec,
+            keying,
             held: status.held.map(Party::as_str),
             stats: CallStatsView { web, sip },
         })
@@ -221,12 +237,12 @@ impl CallRegistry {
     }
 
     /// The relay carries call `cid` now.
-    fn attach_media(&self, cid: &str, media: &CallMedia, codec: String) {
+    fn attach_media(&self, cid: &str, media: &CallMedia, codec: String, keying: KeyingView) {
         let mut tables = lock(&self.tables);
         let Some(e) = tables.calls.get_mut(cid) else {
             return;
         };
-        e.media = Some((media.id(), media.stats.clone(), codec));
+        e.media = Some((media.id(), media.stats.clone(), codec, keying));
         let inputs = e.inputs.clone();
         tables.by_relay.insert(media.id(), inputs);
     }
@@ -234,7 +250,7 @@ impl CallRegistry {
     fn remove(&self, cid: &str) {
         let mut tables = lock(&self.tables);
         if let Some(e) = tables.calls.remove(cid) {
-            if let Some((relay_id, _, _)) = e.media {
+            if let Some((relay_id, ..)) = e.media {
                 tables.by_relay.remove(&relay_id);
             }
         }
@@ -968,7 +984,16 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
             chosen.clock_rate
         );
         info!(codec = %codec, "the browser answered");
-        self.registry.attach_media(self.call.id(), &media, codec);
+        let keying_view = KeyingView {
+            web: keying.as_str(),
+            sip: if offer.sip_keying.leg_keys().is_some() {
+                "srtp"
+            } else {
+                "rtp"
+            },
+        };
+        self.registry
+            .attach_media(self.call.id(), &media, codec, keying_view);
         self.media = Some(media);
         if let Far::Sip { answer, .. } = &mut self.far {
             *answer = Some(sip_answer);
@@ -1032,6 +1057,10 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
             &far.crypto,
             far.secure,
         )?;
+        let keying_view = KeyingView {
+            web: negotiated.leg.keying.as_str(),
+            sip: if sip_keys.is_some() { "srtp" } else { "rtp" },
+        };
         let sip_srtp = srtp_pair(sip_keys).map_err(|e| StartError::Media(e.to_string()))?;
         let PendingMedia { web, sip, .. } = pending;
         // With RTCP muxed by the far end the pair's RTCP port stays leased, unused.
@@ -1056,7 +1085,7 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
             .map_err(|e| StartError::Media(e.to_string()))?;
         info!(codec = %negotiated.codec, far = %far.rtp, "media connected");
         self.registry
-            .attach_media(self.call.id(), &media, negotiated.codec);
+            .attach_media(self.call.id(), &media, negotiated.codec, keying_view);
         self.media = Some(media);
         self.call.prepare_answer(negotiated.leg, negotiated.web_sdp);
         Ok(())

@@ -140,6 +140,15 @@ pub enum LegKeying {
     Sdes,
 }
 
+impl LegKeying {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LegKeying::Dtls { .. } => "dtls",
+            LegKeying::Sdes => "sdes",
+        }
+    }
+}
+
 /// Everything needed to start the web leg when our SDP reaches the browser.
 #[derive(Clone)]
 pub struct WebLegSpec {
