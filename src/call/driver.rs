@@ -118,6 +118,15 @@ pub struct KeyingView {
     pub sip: &'static str,
 }
 
+impl KeyingView {
+    fn new(web: &LegKeying, sip_srtp: bool) -> Self {
+        KeyingView {
+            web: web.as_str(),
+            sip: if sip_srtp { "srtp" } else { "rtp" },
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CallStatsView {
     pub web: LegSnapshot,
@@ -412,9 +421,10 @@ impl MediaPlane {
             PendingMedia {
                 web,
                 sip,
-                plan: Some(plan),
-                inbound: None,
-                sip_crypto: Vec::new(),
+                side: PendingSide::Outbound {
+                    plan,
+                    sip_crypto: Vec::new(),
+                },
             },
             control_socket,
             Far::Echo(echo),
@@ -485,16 +495,10 @@ impl MediaPlane {
             PendingMedia {
                 web,
                 sip,
-                plan: Some(plan),
-                inbound: None,
-                sip_crypto,
+                side: PendingSide::Outbound { plan, sip_crypto },
             },
             control_socket,
-            Far::Sip {
-                handle: sip_side.clone(),
-                events: Some(events),
-                answer: None,
-            },
+            Far::sip(sip_side, events),
             status,
             notify,
         );
@@ -591,16 +595,10 @@ impl MediaPlane {
             PendingMedia {
                 web,
                 sip,
-                plan: None,
-                inbound: Some(offer),
-                sip_crypto: Vec::new(),
+                side: PendingSide::Inbound(offer),
             },
             control_socket,
-            Far::Sip {
-                handle: sip_side.clone(),
-                events: Some(events),
-                answer: None,
-            },
+            Far::sip(sip_side, events),
             status,
             notify,
         );
@@ -661,12 +659,19 @@ fn any_address(like: IpAddr) -> IpAddr {
 struct PendingMedia {
     web: BoundPorts,
     sip: BoundPorts,
-    /// Outbound: the browser's offer, checked.
-    plan: Option<OutboundPlan>,
-    /// Inbound: what we offered the browser.
-    inbound: Option<WebOfferState>,
-    /// Outbound: the SDES keys our SIP-side offer carried (none: plain RTP).
-    sip_crypto: Vec<CryptoAttribute>,
+    side: PendingSide,
+}
+
+/// What joining the legs waits for.
+enum PendingSide {
+    /// The far end's answer to the browser's offer (`plan`, checked); our
+    /// SIP-side offer carried `sip_crypto` (none: plain RTP).
+    Outbound {
+        plan: OutboundPlan,
+        sip_crypto: Vec<CryptoAttribute>,
+    },
+    /// The browser's answer to what we offered it.
+    Inbound(WebOfferState),
 }
 
 /// Our offer to the browser for an incoming call, and the far end's media.
@@ -728,6 +733,15 @@ enum Far {
 }
 
 impl Far {
+    /// The SIP side's dialog `events` for a call, through `handle`.
+    fn sip(handle: &SipHandle, events: mpsc::UnboundedReceiver<DialogEvent>) -> Far {
+        Far::Sip {
+            handle: handle.clone(),
+            events: Some(events),
+            answer: None,
+        }
+    }
+
     /// Carries out `request`; what the far end says back goes into `call`.
     fn request(&mut self, request: &FarRequest, call: &mut Call) {
         match self {
@@ -870,11 +884,13 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
         if self.call.state() != CallState::Incoming {
             return Err(CallError::NotIncoming(self.call.state().as_str()).into());
         }
-        let offer = self
-            .pending
-            .as_ref()
-            .and_then(|p| p.inbound.as_ref())
-            .ok_or(CallError::NotIncoming("outbound"))?;
+        let Some(PendingMedia {
+            side: PendingSide::Inbound(offer),
+            ..
+        }) = self.pending.as_ref()
+        else {
+            return Err(CallError::NotIncoming("outbound").into());
+        };
         let answer = Description::parse(sdp)?;
         let remote_ice = answer.audio.ice.clone().ok_or(SdpError::NoIceCredentials)?;
         let dtls = self.settings.web_enable_dtls;
@@ -934,8 +950,7 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
         let Some(PendingMedia {
             web,
             sip,
-            inbound: Some(offer),
-            ..
+            side: PendingSide::Inbound(offer),
         }) = self.pending.take()
         else {
             return Err(CallError::Ended.into());
@@ -949,7 +964,7 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
             },
             codecs: &sip_codecs,
             direction: Direction::SendRecv,
-            crypto: offer.sip_keying.crypto.as_slice(),
+            crypto: offer.sip_keying.crypto(),
             secure_profile: offer.sip_keying.secure_profile,
             rtcp_mux: offer.far.rtcp.is_none(),
             ptime: None,
@@ -984,14 +999,7 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
             chosen.clock_rate
         );
         info!(codec = %codec, "the browser answered");
-        let keying_view = KeyingView {
-            web: keying.as_str(),
-            sip: if offer.sip_keying.leg_keys().is_some() {
-                "srtp"
-            } else {
-                "rtp"
-            },
-        };
+        let keying_view = KeyingView::new(&keying, offer.sip_keying.leg_keys().is_some());
         self.registry
             .attach_media(self.call.id(), &media, codec, keying_view);
         self.media = Some(media);
@@ -1031,19 +1039,20 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
 
     /// Negotiates with the far end's codecs and hands both legs to the relay.
     fn connect_media(&mut self, far: FarMedia) -> Result<(), StartError> {
-        let Some(pending) = self.pending.take() else {
-            return Ok(());
-        };
-        let Some(outbound) = pending.plan.as_ref() else {
-            self.pending = Some(pending);
+        let Some(PendingMedia {
+            web,
+            sip,
+            side: PendingSide::Outbound { plan, sip_crypto },
+        }) = self.pending.take()
+        else {
             return Ok(());
         };
         let negotiated = plan::negotiate(
-            outbound,
+            &plan,
             &far.codecs,
             &WebLocal {
                 address: self.settings.public_address,
-                port: pending.web.lease.port(),
+                port: web.lease.port(),
                 identity: &self.identity,
                 consent_timeout: self.settings.consent_timeout,
                 rtp_timeout: self.settings.rtp_timeout,
@@ -1051,18 +1060,10 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
         )?;
         let web_srtp = srtp_pair(negotiated.sdes_keys.clone())
             .map_err(|e| StartError::Media(e.to_string()))?;
-        let sip_keys = plan::sip_answer_keys(
-            self.settings.sip_srtp,
-            &pending.sip_crypto,
-            &far.crypto,
-            far.secure,
-        )?;
-        let keying_view = KeyingView {
-            web: negotiated.leg.keying.as_str(),
-            sip: if sip_keys.is_some() { "srtp" } else { "rtp" },
-        };
+        let sip_keys =
+            plan::sip_answer_keys(self.settings.sip_srtp, &sip_crypto, &far.crypto, far.secure)?;
+        let keying_view = KeyingView::new(&negotiated.leg.keying, sip_keys.is_some());
         let sip_srtp = srtp_pair(sip_keys).map_err(|e| StartError::Media(e.to_string()))?;
-        let PendingMedia { web, sip, .. } = pending;
         // With RTCP muxed by the far end the pair's RTCP port stays leased, unused.
         let sip_rtcp_socket = if far.rtcp.is_some() { sip.rtcp } else { None };
         let media = self

@@ -255,22 +255,33 @@ pub fn sip_answer_keys(
 
 /// How we answer a SIP-side offer under `policy`.
 pub struct SipAnswerKeying {
-    /// Our key for the answer's a=crypto line (same tag and suite as the
-    /// far end's chosen one); `None` for plain RTP.
-    pub crypto: Option<CryptoAttribute>,
-    /// The far end's key for that line.
-    pub theirs: Option<SrtpKeyMaterial>,
+    /// With SRTP: our key for the answer's a=crypto line (same tag and
+    /// suite as the far end's chosen one) and the far end's key of that
+    /// line; `None` for plain RTP.
+    pub sdes: Option<(CryptoAttribute, SrtpKeyMaterial)>,
     /// Answer with `RTP/SAVP` (the offer used it).
     pub secure_profile: bool,
 }
 
 impl SipAnswerKeying {
+    const PLAIN: SipAnswerKeying = SipAnswerKeying {
+        sdes: None,
+        secure_profile: false,
+    };
+
+    /// Our a=crypto line for the answer (none or one).
+    pub fn crypto(&self) -> &[CryptoAttribute] {
+        match &self.sdes {
+            Some((ours, _)) => std::slice::from_ref(ours),
+            None => &[],
+        }
+    }
+
     /// The relay's SIP-leg keys: (inbound, outbound).
     pub fn leg_keys(&self) -> Option<SipLegKeys> {
-        match (&self.theirs, &self.crypto) {
-            (Some(theirs), Some(ours)) => Some((theirs.clone(), ours.keys.clone())),
-            _ => None,
-        }
+        self.sdes
+            .as_ref()
+            .map(|(ours, theirs)| (theirs.clone(), ours.keys.clone()))
     }
 }
 
@@ -288,24 +299,18 @@ pub fn sip_answer_keying(
             return Err(SdpError::SipSrtpOff);
         }
         // Best-effort keys in RTP/AVP: answering without a=crypto declines them.
-        return Ok(SipAnswerKeying {
-            crypto: None,
-            theirs: None,
-            secure_profile: false,
-        });
+        return Ok(SipAnswerKeying::PLAIN);
     }
     match offered.first() {
         Some(theirs) => Ok(SipAnswerKeying {
-            crypto: Some(CryptoAttribute::generate(theirs.tag, theirs.keys.profile)?),
-            theirs: Some(theirs.keys.clone()),
+            sdes: Some((
+                CryptoAttribute::generate(theirs.tag, theirs.keys.profile)?,
+                theirs.keys.clone(),
+            )),
             secure_profile: secure,
         }),
         None if policy == SrtpPolicy::Required || secure => Err(SdpError::SipSrtpRequired),
-        None => Ok(SipAnswerKeying {
-            crypto: None,
-            theirs: None,
-            secure_profile: false,
-        }),
+        None => Ok(SipAnswerKeying::PLAIN),
     }
 }
 
@@ -400,7 +405,7 @@ mod tests {
         for policy in [SrtpPolicy::Optional, SrtpPolicy::Required] {
             for secure in [false, true] {
                 let k = sip_answer_keying(policy, &offered, secure).unwrap();
-                let ours = k.crypto.clone().unwrap();
+                let ours = k.crypto()[0].clone();
                 assert_eq!(
                     (ours.tag, ours.keys.profile),
                     (5, SrtpProfile::AeadAes128Gcm)
@@ -415,7 +420,7 @@ mod tests {
         }
         // Off: keys in RTP/AVP are declined, RTP/SAVP is refused.
         let k = sip_answer_keying(SrtpPolicy::Off, &offered, false).unwrap();
-        assert!(k.crypto.is_none() && k.leg_keys().is_none() && !k.secure_profile);
+        assert!(k.crypto().is_empty() && k.leg_keys().is_none() && !k.secure_profile);
         assert_eq!(
             sip_answer_keying(SrtpPolicy::Off, &offered, true).err(),
             Some(SdpError::SipSrtpOff)

@@ -217,11 +217,9 @@ impl SipCall {
         let from = header(&invite.headers, "from").into_iter().next()?;
         let to = header(&invite.headers, "to").into_iter().next()?;
         let call_id = header(&invite.headers, "call-id").into_iter().next()?;
-        let contact_user = match &invite.uri.auth {
-            Some(auth) => auth.user.clone(),
-            None => "gateway".into(),
-        };
-        // (Our Contact keeps the user as it came, escapes and all.)
+        // Our Contact keeps the user as it came, escapes and all.
+        let contact_user =
+            super::message::uri_user_as_written(&invite.uri).unwrap_or_else(|| "gateway".into());
         Some(SipCall {
             incoming: true,
             call_id,
@@ -401,28 +399,18 @@ impl SipCall {
     /// give (no password, an unreadable challenge, or the server refused
     /// our answer already).
     pub fn answer_challenge(&mut self, response: &rsip::Response) -> Option<rsip::Request> {
-        let code = response.status_code.code();
-        if self.state != DialogState::Calling || !(code == 401 || code == 407) {
+        if self.state != DialogState::Calling {
             return None;
         }
         let (user, password) = self.credentials.as_ref()?;
-        let (asked_by, answer_in) = if code == 407 {
-            ("proxy-authenticate", "Proxy-Authorization")
-        } else {
-            ("www-authenticate", "Authorization")
-        };
-        let challenge = super::registration::header_value(response, asked_by)
-            .and_then(|v| super::digest::Challenge::parse(&v).ok())?;
-        if self.challenges_answered >= 2 && !challenge.stale {
-            return None;
-        }
-        // The same kind of challenge again, not stale: our answer was wrong.
-        if self
+        let (challenge, answer_in) = super::digest::challenge_of(response)?;
+        // Not stale and the same kind again (our answer was wrong), or a
+        // third challenge: give up.
+        let same_kind_again = self
             .authorization
             .as_ref()
-            .is_some_and(|(name, _)| *name == answer_in)
-            && !challenge.stale
-        {
+            .is_some_and(|(name, _)| *name == answer_in);
+        if !challenge.stale && (same_kind_again || self.challenges_answered >= 2) {
             return None;
         }
         self.challenges_answered += 1;

@@ -102,6 +102,20 @@ fn auth_params(text: &str) -> Result<Vec<(String, String)>, DigestError> {
     Ok(out)
 }
 
+/// The digest challenge of a 401 (`WWW-Authenticate`) or 407
+/// (`Proxy-Authenticate`) response, with the header our answer goes in
+/// (`Authorization` or `Proxy-Authorization`). None for other responses or
+/// an unreadable challenge.
+pub fn challenge_of(response: &rsip::Response) -> Option<(Challenge, &'static str)> {
+    let (asked_by, answer_in) = match response.status_code.code() {
+        401 => ("www-authenticate", "Authorization"),
+        407 => ("proxy-authenticate", "Proxy-Authorization"),
+        _ => return None,
+    };
+    let value = super::registration::header_value(response, asked_by)?;
+    Some((Challenge::parse(&value).ok()?, answer_in))
+}
+
 impl Challenge {
     /// Reads a `WWW-Authenticate`/`Proxy-Authenticate` header value.
     pub fn parse(value: &str) -> Result<Challenge, DigestError> {

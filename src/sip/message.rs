@@ -346,42 +346,28 @@ fn short(s: &str) -> String {
     s.chars().take(80).collect()
 }
 
-/// The user part of `uri`, %-escapes decoded (RFC 3261 §19.1.4 compares
-/// users unescaped). rsip 0.4 reads a user part holding `%` escapes as part
-/// of the host, so the user is also looked for there.
-pub fn uri_user(uri: &rsip::Uri) -> Option<String> {
-    let raw = match &uri.auth {
-        Some(auth) => auth.user.clone(),
+/// The user part of `uri` as written, escapes and all. rsip 0.4 reads a
+/// user part holding `%` escapes as part of the host, so the user is also
+/// looked for there.
+pub fn uri_user_as_written(uri: &rsip::Uri) -> Option<String> {
+    match &uri.auth {
+        Some(auth) => Some(auth.user.clone()),
         None => {
             let host = uri.host_with_port.host.to_string();
-            host.rsplit_once('@')?.0.to_string()
-        }
-    };
-    Some(percent_decode(&raw))
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(high), Some(low)) => {
-                out.push((high * 16 + low) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
+            Some(host.rsplit_once('@')?.0.to_string())
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The user part of `uri`, %-escapes decoded (RFC 3261 §19.1.4 compares
+/// users unescaped).
+pub fn uri_user(uri: &rsip::Uri) -> Option<String> {
+    let raw = uri_user_as_written(uri)?;
+    Some(
+        percent_encoding::percent_decode_str(&raw)
+            .decode_utf8_lossy()
+            .into_owned(),
+    )
 }
 
 /// A request the gateway wrote itself, as rsip's type. Our own text always

@@ -10,7 +10,7 @@ use rsip::prelude::*;
 
 use crate::config::SipTransport;
 
-use super::digest::Challenge;
+use super::digest::{challenge_of, Challenge};
 use super::message::own_request;
 #[cfg(test)]
 use super::message::parse_datagram;
@@ -98,7 +98,8 @@ pub struct Registration {
     expires: u32,
     state: State,
     registered_once: bool,
-    challenge: Option<(Challenge, bool)>,
+    /// The challenge answered, and the header the answer goes in.
+    challenge: Option<(Challenge, &'static str)>,
     nonce_uses: u32,
     /// Answers sent to the current challenge without success.
     auth_tries: u32,
@@ -194,7 +195,7 @@ impl Registration {
         };
         let code = response.status_code.code();
         if self.state == State::Unregistering {
-            if matches!(code, 401 | 407) && self.take_challenge(response, code) {
+            if matches!(code, 401 | 407) && self.take_challenge(response) {
                 return (Some(self.request(0)), None);
             }
             self.state = State::Done;
@@ -216,9 +217,7 @@ impl Registration {
                     first.then_some(RegistrationEvent::Registered { expires: granted }),
                 )
             }
-            401 | 407 if self.take_challenge(response, code) => {
-                (Some(self.request(self.expires)), None)
-            }
+            401 | 407 if self.take_challenge(response) => (Some(self.request(self.expires)), None),
             423 => {
                 let min = header_value(response, "min-expires")
                     .and_then(|v| v.trim().parse::<u32>().ok())
@@ -250,17 +249,11 @@ impl Registration {
 
     /// Takes a 401/407 challenge; false when we should give up (no password,
     /// unusable challenge, or our answer to this nonce was refused already).
-    fn take_challenge(&mut self, response: &rsip::Response, code: u16) -> bool {
+    fn take_challenge(&mut self, response: &rsip::Response) -> bool {
         if self.password.is_none() {
             return false;
         }
-        let name = if code == 407 {
-            "proxy-authenticate"
-        } else {
-            "www-authenticate"
-        };
-        let Some(challenge) = header_value(response, name).and_then(|v| Challenge::parse(&v).ok())
-        else {
+        let Some((challenge, answer_in)) = challenge_of(response) else {
             return false;
         };
         if self.auth_tries >= 1 && !challenge.stale {
@@ -268,7 +261,7 @@ impl Registration {
         }
         self.auth_tries += 1;
         self.nonce_uses = 0;
-        self.challenge = Some((challenge, code == 407));
+        self.challenge = Some((challenge, answer_in));
         true
     }
 
@@ -298,7 +291,7 @@ impl Registration {
             cseq = self.cseq,
             version = env!("CARGO_PKG_VERSION"),
         );
-        if let (Some((challenge, proxy)), Some(password)) = (&self.challenge, &self.password) {
+        if let (Some((challenge, answer_in)), Some(password)) = (&self.challenge, &self.password) {
             self.nonce_uses += 1;
             let value = challenge.respond(
                 "REGISTER",
@@ -308,12 +301,7 @@ impl Registration {
                 &random_text(),
                 self.nonce_uses,
             );
-            let name = if *proxy {
-                "Proxy-Authorization"
-            } else {
-                "Authorization"
-            };
-            text.push_str(&format!("{name}: {value}\r\n"));
+            text.push_str(&format!("{answer_in}: {value}\r\n"));
         }
         text.push_str("Content-Length: 0\r\n\r\n");
         own_request(&text, rsip::Method::Register)
