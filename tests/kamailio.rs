@@ -12,7 +12,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{client, free_tcp_port, free_udp_port, Gateway};
+use common::{free_tcp_port, free_udp_port, ApiSession, Gateway};
 use serde_json::{json, Value};
 
 const OFFER: &str = include_str!("fixtures/sdp/chromium-offer.sdp");
@@ -120,51 +120,6 @@ fn kamailio_with(tls: Option<(&std::path::Path, &std::path::Path)>, defines: &[&
     }
 }
 
-async fn create(gw: &Gateway, user: &str, password: &str) -> (u16, Value) {
-    let r = client()
-        .post(format!("{}/v1/sessions", gw.api()))
-        .json(&json!({"user": user, "password": password}))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
-/// A request on session `s` (a `POST /v1/sessions` answer) at `path`.
-fn session_request(
-    gw: &Gateway,
-    s: &Value,
-    method: reqwest::Method,
-    path: &str,
-) -> reqwest::RequestBuilder {
-    client()
-        .request(
-            method,
-            format!(
-                "{}/v1/sessions/{}{path}",
-                gw.api(),
-                s["session"].as_str().unwrap()
-            ),
-        )
-        .bearer_auth(s["session_secret"].as_str().unwrap())
-}
-
-async fn events(gw: &Gateway, s: &Value, after: u64) -> Vec<Value> {
-    let v: Value = session_request(
-        gw,
-        s,
-        reqwest::Method::GET,
-        &format!("/events?after={after}&timeout=5"),
-    )
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    v["events"].as_array().cloned().unwrap_or_default()
-}
-
 fn sipp_caller(scenario: &[&str], kamailio: &Kamailio) -> Child {
     Command::new("sipp")
         .args(scenario)
@@ -197,13 +152,12 @@ async fn registered_through_kamailio_and_called_through_it() {
     }
     assert_eq!(gw.metric("gateway_sip_server_up").await, 1.0);
 
-    let (status, body) = create(&gw, "1002", "wrong").await;
+    let (status, body) = refused(ApiSession::create(&gw, "1002", Some("wrong")).await);
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"]["code"], "registration_failed");
     assert_eq!(body["error"]["sip_status"], 401);
 
-    let (status, session) = create(&gw, "1001", "secret1001").await;
-    assert_eq!(status, 201, "{session}");
+    let mut session = created(ApiSession::create(&gw, "1001", Some("secret1001")).await);
 
     // Kamailio challenges the INVITEs of registered users (407): another
     // gateway calling as 1001 with a wrong password is refused after its
@@ -215,24 +169,17 @@ async fn registered_through_kamailio_and_called_through_it() {
             k.port
         ),
     );
-    let (status, impostor) = create(&other, "1001", "wrong").await;
-    assert_eq!(status, 201, "{impostor}");
-    let r = session_request(&other, &impostor, reqwest::Method::POST, "/calls")
-        .json(&json!({"to": "1002", "sdp": OFFER}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
-    let ended = wait_event(&other, &impostor, &mut 0, "call.ended").await;
+    let mut impostor = created(ApiSession::create(&other, "1001", Some("wrong")).await);
+    impostor.call("1002", OFFER).await;
+    let ended = impostor.wait_for("call.ended").await;
     assert_eq!(ended["sip_status"], 407, "{ended}");
     drop(other);
 
     // A caller reaches 1001 through Kamailio's location lookup.
-    let mut after = 0;
-    sipp_calls_and_hangs_up(&k, &gw, &session, &mut after).await;
+    sipp_calls_and_hangs_up(&k, &mut session).await;
 
     // Session over: unREGISTER, and Kamailio no longer knows 1001.
-    common::delete_session(&gw.api(), &session).await;
+    common::delete_session(&gw.api(), &session.created).await;
     let deadline = Instant::now() + Duration::from_secs(3);
     while gw.metric("gateway_sip_registrations").await != 0.0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -243,53 +190,36 @@ async fn registered_through_kamailio_and_called_through_it() {
     common::assert_sipp_passed(&after_unregister.wait_with_output().unwrap());
 }
 
+/// The session of a `POST /v1/sessions` that must succeed.
+fn created(r: Result<ApiSession, (u16, Value)>) -> ApiSession {
+    r.unwrap_or_else(|(status, body)| panic!("session refused ({status}): {body}"))
+}
+
+/// The status and body of a `POST /v1/sessions` that must be refused.
+fn refused(r: Result<ApiSession, (u16, Value)>) -> (u16, Value) {
+    match r {
+        Ok(s) => panic!("session created: {}", s.created),
+        Err(e) => e,
+    }
+}
+
 /// The browser's answer to an incoming call's offer.
 fn browser_answer() -> Value {
     json!({"sdp": OFFER.replace("a=setup:actpass", "a=setup:active")})
 }
 
 /// SIPp calls 1001 through Kamailio; the session answers; SIPp hangs up.
-async fn sipp_calls_and_hangs_up(k: &Kamailio, gw: &Gateway, session: &Value, after: &mut u64) {
+async fn sipp_calls_and_hangs_up(k: &Kamailio, session: &mut ApiSession) {
     let caller = sipp_caller(&["-sn", "uac", "-d", "1000"], k);
-    let incoming = wait_event(gw, session, after, "call.incoming").await;
+    let incoming = session.wait_for("call.incoming").await;
     let cid = incoming["call"].as_str().unwrap();
-    assert_eq!(
-        api_post(
-            gw,
-            session,
-            &format!("/calls/{cid}/answer"),
-            browser_answer()
-        )
-        .await,
-        200
-    );
-    let ended = wait_event(gw, session, after, "call.ended").await;
+    let (status, body) = session
+        .post(&format!("/calls/{cid}/answer"), browser_answer())
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let ended = session.wait_for("call.ended").await;
     assert_eq!(ended["reason"], "remote_hangup");
     common::assert_sipp_passed(&caller.wait_with_output().unwrap());
-}
-
-/// Waits for the first event of `kind` after `*after`.
-async fn wait_event(gw: &Gateway, session: &Value, after: &mut u64, kind: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        for e in events(gw, session, *after).await {
-            *after = e["seq"].as_u64().unwrap();
-            if e["type"] == kind {
-                return e;
-            }
-        }
-    }
-    panic!("no {kind} event\n{}", gw.log());
-}
-
-async fn api_post(gw: &Gateway, session: &Value, path: &str, body: Value) -> u16 {
-    session_request(gw, session, reqwest::Method::POST, path)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
 }
 
 fn tls_gateway(k: &Kamailio, ca: &std::path::Path, extra: &str) -> Gateway {
@@ -315,7 +245,7 @@ async fn over_tls_through_kamailio() {
     // Expecting the name 127.0.0.1 (the server's host): the handshake
     // fails, nothing is registered, the log says why.
     let wrong = tls_gateway(&k, &cert, "keepalive-interval-s = 0\ntimer-t1-ms = 50\n");
-    let (status, body) = create(&wrong, "1001", "secret1001").await;
+    let (status, body) = refused(ApiSession::create(&wrong, "1001", Some("secret1001")).await);
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["error"]["code"], "sip_unreachable");
     let log = wrong.stop();
@@ -339,63 +269,35 @@ async fn over_tls_through_kamailio() {
         "{}",
         gw.log()
     );
-    let (status, session) = create(&gw, "1001", "secret1001").await;
-    assert_eq!(status, 201, "{session}\n{}", gw.log());
+    let mut session = created(ApiSession::create(&gw, "1001", Some("secret1001")).await);
     assert!(gw.log().contains("SIP over TLS: connected"));
 
     // A caller over UDP reaches 1001 through Kamailio, which sends the
     // INVITE over our TLS connection.
-    let mut after = 0;
-    sipp_calls_and_hangs_up(&k, &gw, &session, &mut after).await;
+    sipp_calls_and_hangs_up(&k, &mut session).await;
 
     // A call out over TLS: 1001 calls 1001, so Kamailio brings the INVITE
     // back to us (a call between two users of one gateway); answered,
     // then hung up by the caller.
-    let r: Value = session_request(&gw, &session, reqwest::Method::POST, "/calls")
-        .json(&json!({"to": "1001", "sdp": OFFER}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let out_cid = r["call"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{r}"))
-        .to_string();
-    let incoming = wait_event(&gw, &session, &mut after, "call.incoming").await;
+    let out_cid = session.call("1001", OFFER).await;
+    let incoming = session.wait_for("call.incoming").await;
     let in_cid = incoming["call"].as_str().unwrap();
     assert_ne!(in_cid, out_cid);
-    assert_eq!(
-        api_post(
-            &gw,
-            &session,
-            &format!("/calls/{in_cid}/answer"),
-            browser_answer()
-        )
-        .await,
-        200
-    );
+    let (status, body) = session
+        .post(&format!("/calls/{in_cid}/answer"), browser_answer())
+        .await;
+    assert_eq!(status, 200, "{body}");
     // Both calls report the answer; the outgoing one's says the far end took it.
     let mut answered = Vec::new();
     for _ in 0..2 {
-        let e = wait_event(&gw, &session, &mut after, "call.answered").await;
+        let e = session.wait_for("call.answered").await;
         answered.push(e["call"].as_str().unwrap().to_string());
     }
     assert!(answered.contains(&out_cid), "{answered:?}");
-    let r = session_request(
-        &gw,
-        &session,
-        reqwest::Method::DELETE,
-        &format!("/calls/{out_cid}"),
-    )
-    .send()
-    .await
-    .unwrap();
-    assert!(r.status().is_success());
+    session.hang_up(&out_cid).await;
     let mut reasons = Vec::new();
     for _ in 0..2 {
-        let e = wait_event(&gw, &session, &mut after, "call.ended").await;
+        let e = session.wait_for("call.ended").await;
         reasons.push((
             e["call"].as_str().unwrap().to_string(),
             e["reason"].as_str().unwrap_or("").to_string(),
@@ -433,16 +335,9 @@ async fn a_large_invite_goes_over_tcp() {
         ),
     );
     // The longest user name and number the API takes.
-    let (status, session) = create(&gw, &"7".repeat(64), "secret1001").await;
-    assert_eq!(status, 201, "{session}");
-    let r = session_request(&gw, &session, reqwest::Method::POST, "/calls")
-        .json(&json!({"to": "9".repeat(256), "sdp": OFFER}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{:?}", r.text().await);
-    let mut after = 0;
-    let ended = wait_event(&gw, &session, &mut after, "call.ended").await;
+    let mut session = created(ApiSession::create(&gw, &"7".repeat(64), Some("secret1001")).await);
+    session.call(&"9".repeat(256), OFFER).await;
+    let ended = session.wait_for("call.ended").await;
     assert_eq!(ended["sip_status"], 404, "{ended}");
     let log = gw.log();
     assert!(
@@ -467,10 +362,8 @@ async fn kamailio_opens_its_own_tls_connection_to_us() {
         &cert,
         "tls-server-name = \"sip.test\"\nkeepalive-interval-s = 0\n",
     );
-    let (status, session) = create(&gw, "1001", "secret1001").await;
-    assert_eq!(status, 201, "{session}\n{}", gw.log());
-    let mut after = 0;
-    sipp_calls_and_hangs_up(&k, &gw, &session, &mut after).await;
+    let mut session = created(ApiSession::create(&gw, "1001", Some("secret1001")).await);
+    sipp_calls_and_hangs_up(&k, &mut session).await;
     assert!(
         gw.log().contains("SIP over TLS: connection accepted"),
         "{}",

@@ -10,7 +10,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{client, free_udp_port, Gateway};
+use common::{free_udp_port, ApiSession, Gateway};
 use serde_json::{json, Value};
 
 const OFFER: &str = include_str!("fixtures/sdp/chromium-offer.sdp");
@@ -44,102 +44,6 @@ fn sipp_uas_on(scenario: &str, port: u16, transport: &str) -> Child {
         .expect("sipp runs (the test command installs sip-tester)");
     std::thread::sleep(Duration::from_millis(300));
     child
-}
-
-struct Session {
-    base: String,
-    sid: String,
-    secret: String,
-    after: u64,
-}
-
-impl Session {
-    async fn open(gw: &Gateway) -> Session {
-        let r: Value = client()
-            .post(format!("{}/v1/sessions", gw.api()))
-            .json(&json!({"user": "1001"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        Session {
-            base: gw.api(),
-            sid: r["session"].as_str().unwrap().into(),
-            secret: r["session_secret"].as_str().unwrap().into(),
-            after: 0,
-        }
-    }
-
-    async fn call(&self, to: &str) -> String {
-        let r = client()
-            .post(format!("{}/v1/sessions/{}/calls", self.base, self.sid))
-            .bearer_auth(&self.secret)
-            .json(&json!({"to": to, "sdp": OFFER}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
-        let v: Value = r.json().await.unwrap();
-        v["call"].as_str().unwrap().to_string()
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = client()
-            .post(format!("{}/v1/sessions/{}{path}", self.base, self.sid))
-            .bearer_auth(&self.secret)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn hang_up(&self, cid: &str) {
-        let r = client()
-            .delete(format!(
-                "{}/v1/sessions/{}/calls/{cid}",
-                self.base, self.sid
-            ))
-            .bearer_auth(&self.secret)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 204);
-    }
-
-    /// Waits for an event of `kind`; returns it (events before it are skipped).
-    async fn wait_for(&mut self, kind: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            for e in self.events(5).await {
-                self.after = e["seq"].as_u64().unwrap();
-                if e["type"] == kind {
-                    return e;
-                }
-            }
-        }
-        panic!("no {kind} event");
-    }
-
-    /// The events after the last one seen, waiting up to `timeout` seconds
-    /// for the first.
-    async fn events(&self, timeout: u32) -> Vec<Value> {
-        let v: Value = client()
-            .get(format!(
-                "{}/v1/sessions/{}/events?after={}&timeout={timeout}",
-                self.base, self.sid, self.after
-            ))
-            .bearer_auth(&self.secret)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["events"].as_array().cloned().unwrap_or_default()
-    }
 }
 
 fn sip_gateway(port: u16) -> Gateway {
@@ -187,8 +91,8 @@ async fn the_far_end_answers_and_hangs_up() {
     let port = free_udp_port();
     let sipp = sipp_uas("uas-answer-bye.xml", port);
     let gw = sip_gateway(port);
-    let mut s = Session::open(&gw).await;
-    let cid = s.call("5000").await;
+    let mut s = ApiSession::open(&gw).await;
+    let cid = s.call("5000", OFFER).await;
     let ringing = s.wait_for("call.ringing").await;
     assert_eq!(ringing["call"], cid.as_str());
     let answered = s.wait_for("call.answered").await;
@@ -209,8 +113,8 @@ async fn hanging_up_while_it_rings_cancels() {
     let port = free_udp_port();
     let sipp = sipp_uas("uas-ring-cancel.xml", port);
     let gw = sip_gateway(port);
-    let mut s = Session::open(&gw).await;
-    let cid = s.call("5000").await;
+    let mut s = ApiSession::open(&gw).await;
+    let cid = s.call("5000", OFFER).await;
     s.wait_for("call.ringing").await;
     s.hang_up(&cid).await;
     let ended = s.wait_for("call.ended").await;
@@ -224,8 +128,8 @@ async fn a_busy_far_end_is_rejected() {
     let port = free_udp_port();
     let sipp = sipp_uas("uas-busy.xml", port);
     let gw = sip_gateway(port);
-    let mut s = Session::open(&gw).await;
-    s.call("sip:5000@127.0.0.1").await;
+    let mut s = ApiSession::open(&gw).await;
+    s.call("sip:5000@127.0.0.1", OFFER).await;
     let ended = s.wait_for("call.ended").await;
     assert_eq!(ended["reason"], "rejected");
     assert_eq!(ended["sip_status"], 486);
@@ -238,8 +142,8 @@ async fn we_hang_up_an_answered_call_with_bye() {
     let port = free_udp_port();
     let sipp = sipp_uas("uas", port);
     let gw = sip_gateway(port);
-    let mut s = Session::open(&gw).await;
-    let cid = s.call("5000").await;
+    let mut s = ApiSession::open(&gw).await;
+    let cid = s.call("5000", OFFER).await;
     s.wait_for("call.answered").await;
     s.hang_up(&cid).await;
     let ended = s.wait_for("call.ended").await;
@@ -296,7 +200,7 @@ fn browser_answer() -> String {
 #[tokio::test]
 async fn an_incoming_call_answered_by_the_browser() {
     let gw = sip_gateway(free_udp_port());
-    let mut s = Session::open(&gw).await;
+    let mut s = ApiSession::open(&gw).await;
     let sipp = sipp_uac("uac", &gw);
     let incoming = s.wait_for("call.incoming").await;
     let cid = incoming["call"].as_str().unwrap().to_string();
@@ -344,7 +248,7 @@ async fn an_incoming_call_answered_by_the_browser() {
 #[tokio::test]
 async fn the_caller_cancels_while_the_browser_rings() {
     let gw = sip_gateway(free_udp_port());
-    let mut s = Session::open(&gw).await;
+    let mut s = ApiSession::open(&gw).await;
     let sipp = sipp_uac("uac-cancel.xml", &gw);
     s.wait_for("call.incoming").await;
     let ended = s.wait_for("call.ended").await;
@@ -357,7 +261,7 @@ async fn the_caller_cancels_while_the_browser_rings() {
 #[tokio::test]
 async fn the_browser_rejects_an_incoming_call() {
     let gw = sip_gateway(free_udp_port());
-    let mut s = Session::open(&gw).await;
+    let mut s = ApiSession::open(&gw).await;
     let sipp = sipp_uac("uac-486.xml", &gw);
     let incoming = s.wait_for("call.incoming").await;
     let cid = incoming["call"].as_str().unwrap().to_string();
@@ -390,8 +294,8 @@ async fn the_far_end_holds_and_resumes() {
     let port = free_udp_port();
     let sipp = sipp_uas("uas-reinvite-hold.xml", port);
     let gw = sip_gateway(port);
-    let mut s = Session::open(&gw).await;
-    let cid = s.call("5000").await;
+    let mut s = ApiSession::open(&gw).await;
+    let cid = s.call("5000", OFFER).await;
     s.wait_for("call.answered").await;
     let held = s.wait_for("call.held").await;
     assert_eq!(
@@ -411,8 +315,8 @@ async fn we_hold_and_resume_the_far_end() {
     let port = free_udp_port();
     let sipp = sipp_uas("uas-accept-hold.xml", port);
     let gw = sip_gateway(port);
-    let mut s = Session::open(&gw).await;
-    let cid = s.call("5000").await;
+    let mut s = ApiSession::open(&gw).await;
+    let cid = s.call("5000", OFFER).await;
     s.wait_for("call.answered").await;
     let (status, body) = s.post(&format!("/calls/{cid}/hold"), json!({})).await;
     assert_eq!(status, 200, "{body}");
@@ -435,8 +339,8 @@ async fn dtmf_goes_as_sip_info_without_telephone_event() {
     let port = free_udp_port();
     let sipp = sipp_uas("uas-info-dtmf.xml", port);
     let gw = sip_gateway(port);
-    let mut s = Session::open(&gw).await;
-    let cid = s.call("5000").await;
+    let mut s = ApiSession::open(&gw).await;
+    let cid = s.call("5000", OFFER).await;
     s.wait_for("call.answered").await;
     let (status, body) = s
         .post(&format!("/calls/{cid}/dtmf"), json!({"digits": "x"}))
@@ -463,8 +367,8 @@ async fn sipp_sees_our_invite_retransmissions() {
     let port = free_udp_port();
     let sipp = sipp_uas("uas-slow.xml", port);
     let gw = sip_gateway(port);
-    let mut s = Session::open(&gw).await;
-    s.call("5000").await;
+    let mut s = ApiSession::open(&gw).await;
+    s.call("5000", OFFER).await;
     let ended = s.wait_for("call.ended").await;
     assert_eq!(ended["sip_status"], 486);
     let out = sipp.wait_with_output().unwrap();
@@ -493,8 +397,8 @@ async fn calls_over_tcp() {
     let port = free_udp_port();
     let sipp = sipp_uas_on("uas", port, "t1");
     let gw = sip_gateway_on(port, "tcp");
-    let mut s = Session::open(&gw).await;
-    let cid = s.call("5000").await;
+    let mut s = ApiSession::open(&gw).await;
+    let cid = s.call("5000", OFFER).await;
     s.wait_for("call.answered").await;
     s.hang_up(&cid).await;
     assert_eq!(s.wait_for("call.ended").await["reason"], "hangup");
@@ -504,8 +408,8 @@ async fn calls_over_tcp() {
     let port = free_udp_port();
     let sipp = sipp_uas_on("uas-answer-bye.xml", port, "t1");
     let gw = sip_gateway_on(port, "tcp");
-    let mut s = Session::open(&gw).await;
-    s.call("5000").await;
+    let mut s = ApiSession::open(&gw).await;
+    s.call("5000", OFFER).await;
     s.wait_for("call.answered").await;
     assert_eq!(s.wait_for("call.ended").await["reason"], "remote_hangup");
     passed(sipp);
@@ -516,14 +420,8 @@ async fn calls_over_tcp() {
 #[tokio::test]
 async fn a_call_for_a_user_whose_session_ended_gets_480() {
     let gw = sip_gateway(free_udp_port());
-    let s = Session::open(&gw).await;
-    let r = client()
-        .delete(format!("{}/v1/sessions/{}", s.base, s.sid))
-        .bearer_auth(&s.secret)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    let s = ApiSession::open(&gw).await;
+    common::delete_session(&gw.api(), &s.created).await;
     passed(sipp_uac("uac-480.xml", &gw));
     nothing_left(&gw).await;
 }
@@ -536,8 +434,8 @@ async fn required_srtp_hangs_up_on_a_plain_answer() {
     let port = free_udp_port();
     let sipp = sipp_uas("uas-plain-to-srtp.xml", port);
     let gw = sip_gateway_with(port, "srtp = \"required\"\n");
-    let mut s = Session::open(&gw).await;
-    s.call("5000").await;
+    let mut s = ApiSession::open(&gw).await;
+    s.call("5000", OFFER).await;
     let ended = s.wait_for("call.ended").await;
     assert_eq!(ended["sip_status"], 488, "{ended}");
     passed(sipp);
@@ -549,7 +447,7 @@ async fn required_srtp_hangs_up_on_a_plain_answer() {
 #[tokio::test]
 async fn required_srtp_refuses_a_plain_offer() {
     let gw = sip_gateway_with(free_udp_port(), "srtp = \"required\"\n");
-    let s = Session::open(&gw).await;
+    let s = ApiSession::open(&gw).await;
     passed(sipp_uac("uac-rtp-488.xml", &gw));
     assert_eq!(s.events(0).await, Vec::<Value>::new());
     nothing_left(&gw).await;
@@ -559,7 +457,7 @@ async fn required_srtp_refuses_a_plain_offer() {
 #[tokio::test]
 async fn srtp_off_refuses_a_savp_offer() {
     let gw = sip_gateway(free_udp_port());
-    let _s = Session::open(&gw).await;
+    let _s = ApiSession::open(&gw).await;
     passed(sipp_uac("uac-savp-488.xml", &gw));
     nothing_left(&gw).await;
 }
@@ -570,7 +468,7 @@ async fn srtp_off_refuses_a_savp_offer() {
 #[tokio::test]
 async fn a_caller_connects_to_us_over_tcp() {
     let gw = sip_gateway_on(free_udp_port(), "tcp");
-    let mut s = Session::open(&gw).await;
+    let mut s = ApiSession::open(&gw).await;
     let sipp = sipp_uac_on("uac", &gw, "t1");
     let incoming = s.wait_for("call.incoming").await;
     let cid = incoming["call"].as_str().unwrap().to_string();

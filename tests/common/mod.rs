@@ -313,3 +313,133 @@ pub async fn delete_session(base: &str, created: &serde_json::Value) {
         .unwrap();
     assert_eq!(r.status(), 204);
 }
+
+/// A browser user's session through the API, for tests that drive calls.
+#[allow(dead_code)]
+pub struct ApiSession {
+    base: String,
+    /// The `POST /v1/sessions` answer.
+    pub created: serde_json::Value,
+    /// The last event seen.
+    pub after: u64,
+}
+
+#[allow(dead_code)]
+impl ApiSession {
+    /// `POST /v1/sessions` for `user` (with a SIP `password`): the session,
+    /// or the refusal's status and body.
+    pub async fn create(
+        gw: &Gateway,
+        user: &str,
+        password: Option<&str>,
+    ) -> Result<ApiSession, (u16, serde_json::Value)> {
+        let mut body = serde_json::json!({ "user": user });
+        if let Some(p) = password {
+            body["password"] = p.into();
+        }
+        let r = client()
+            .post(format!("{}/v1/sessions", gw.api()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let created = r.json().await.unwrap_or(serde_json::Value::Null);
+        if status != 201 {
+            return Err((status, created));
+        }
+        Ok(ApiSession {
+            base: gw.api(),
+            created,
+            after: 0,
+        })
+    }
+
+    /// A session for user 1001 that must be created.
+    pub async fn open(gw: &Gateway) -> ApiSession {
+        match ApiSession::create(gw, "1001", None).await {
+            Ok(s) => s,
+            Err(e) => panic!("session refused: {e:?}"),
+        }
+    }
+
+    /// A request at `path` under the session, with its secret.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        client()
+            .request(
+                method,
+                format!(
+                    "{}/v1/sessions/{}{path}",
+                    self.base,
+                    self.created["session"].as_str().unwrap()
+                ),
+            )
+            .bearer_auth(self.created["session_secret"].as_str().unwrap())
+    }
+
+    /// Calls `to` offering `sdp`; returns the call id.
+    pub async fn call(&self, to: &str, sdp: &str) -> String {
+        let r = self
+            .request(reqwest::Method::POST, "/calls")
+            .json(&serde_json::json!({"to": to, "sdp": sdp}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let v: serde_json::Value = r.json().await.unwrap();
+        v["call"].as_str().unwrap().to_string()
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let r = self
+            .request(reqwest::Method::POST, path)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    pub async fn hang_up(&self, cid: &str) {
+        let r = self
+            .request(reqwest::Method::DELETE, &format!("/calls/{cid}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+
+    /// Waits for an event of `kind`; returns it (events before it are skipped).
+    pub async fn wait_for(&mut self, kind: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            for e in self.events(5).await {
+                self.after = e["seq"].as_u64().unwrap();
+                if e["type"] == kind {
+                    return e;
+                }
+            }
+        }
+        panic!("no {kind} event");
+    }
+
+    /// The events after the last one seen, waiting up to `timeout` seconds
+    /// for the first.
+    pub async fn events(&self, timeout: u32) -> Vec<serde_json::Value> {
+        let v: serde_json::Value = self
+            .request(
+                reqwest::Method::GET,
+                &format!("/events?after={}&timeout={timeout}", self.after),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["events"].as_array().cloned().unwrap_or_default()
+    }
+}
