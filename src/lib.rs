@@ -75,6 +75,34 @@ async fn bind(key: &'static str, addr: &str) -> Result<TcpListener, StartError> 
     })
 }
 
+/// The SIP port: UDP always, and TCP on the same port number when streams
+/// are taken there. With port 0 the kernel's UDP choice may be taken for
+/// TCP by someone else: then another port is tried.
+async fn bind_sip(
+    listen: &str,
+    with_tcp: bool,
+) -> Result<(tokio::net::UdpSocket, Option<TcpListener>), StartError> {
+    let failed = |e: std::io::Error| StartError::Bind {
+        key: "sip.listen",
+        addr: listen.to_string(),
+        reason: e.to_string(),
+    };
+    let any_port = listen.ends_with(":0");
+    let mut tries = 0;
+    loop {
+        let udp = tokio::net::UdpSocket::bind(listen).await.map_err(failed)?;
+        if !with_tcp {
+            return Ok((udp, None));
+        }
+        let addr = udp.local_addr().map_err(failed)?;
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => return Ok((udp, Some(tcp))),
+            Err(_) if any_port && tries < 16 => tries += 1,
+            Err(e) => return Err(failed(e)),
+        }
+    }
+}
+
 fn local_addr(listener: &TcpListener, key: &'static str) -> Result<SocketAddr, StartError> {
     listener.local_addr().map_err(|e| StartError::Bind {
         key,
@@ -102,13 +130,12 @@ impl Gateway {
             fingerprint = %dtls_identity.fingerprint.to_value(),
             "DTLS certificate for browser legs"
         );
-        let sip_socket = tokio::net::UdpSocket::bind(&config.sip.listen)
-            .await
-            .map_err(|e| StartError::Bind {
-                key: "sip.listen",
-                addr: config.sip.listen.clone(),
-                reason: e.to_string(),
-            })?;
+        let takes_streams = matches!(
+            config.sip.transport,
+            config::SipTransport::Tcp | config::SipTransport::Tls
+        );
+        let (sip_socket, sip_stream_listener) =
+            bind_sip(&config.sip.listen, takes_streams).await?;
         let sip_addr = sip_socket.local_addr().map_err(|e| StartError::Bind {
             key: "sip.listen",
             addr: config.sip.listen.clone(),
@@ -215,9 +242,8 @@ impl Gateway {
             )),
             _ => None,
         };
-        let inbound = match acceptor {
-            Some(tls) => {
-                let listener = bind("sip.listen", &sip_addr.to_string()).await?;
+        let inbound = match (acceptor, sip_stream_listener) {
+            (Some(tls), Some(listener)) => {
                 let accepted = sip::driver::Accepted::default();
                 let (to_ua, messages) = tokio::sync::mpsc::unbounded_channel();
                 tasks.push(sip::driver::accept_stream(
@@ -229,7 +255,7 @@ impl Gateway {
                 ));
                 Some(sip::driver::Inbound { accepted, messages })
             }
-            None => None,
+            _ => None,
         };
         let (sip, sip_task) = sip::driver::start(
             link,
