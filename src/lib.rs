@@ -134,8 +134,7 @@ impl Gateway {
             config.sip.transport,
             config::SipTransport::Tcp | config::SipTransport::Tls
         );
-        let (sip_socket, sip_stream_listener) =
-            bind_sip(&config.sip.listen, takes_streams).await?;
+        let (sip_socket, sip_stream_listener) = bind_sip(&config.sip.listen, takes_streams).await?;
         let sip_addr = sip_socket.local_addr().map_err(|e| StartError::Bind {
             key: "sip.listen",
             addr: config.sip.listen.clone(),
