@@ -342,7 +342,7 @@ fn browser_calls_a_sip_uas_and_hears_itself() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("sipp runs");
-    std::thread::sleep(Duration::from_millis(300));
+    common::wait_until_bound(5090, false);
     let gw = common::Gateway::start(
         "",
         "[sip]\nserver = \"127.0.0.1:5090\"\nregister = false\nkeepalive-interval-s = 0\n",

@@ -36,7 +36,7 @@ fn sipp_server_on(scenario: &str, port: u16, transport: &str) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("sipp runs (the test command installs sip-tester)");
-    std::thread::sleep(Duration::from_millis(300));
+    common::wait_until_bound(port, transport != "u1");
     child
 }
 

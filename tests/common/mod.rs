@@ -293,6 +293,41 @@ pub fn free_udp_port() -> u16 {
     probe.local_addr().unwrap().port()
 }
 
+/// Waits (at most 5 s) until a socket is bound to `port` on this host: a
+/// listening TCP socket when `tcp`, else a UDP socket. A peer such as SIPp
+/// takes a moment after spawn to open its port, and a fixed sleep proved too
+/// short on a loaded machine (a registration over TCP was refused in CI).
+#[allow(dead_code)]
+pub fn wait_until_bound(port: u16, tcp: bool) {
+    let tables: &[&str] = if tcp {
+        &["/proc/net/tcp", "/proc/net/tcp6"]
+    } else {
+        &["/proc/net/udp", "/proc/net/udp6"]
+    };
+    let bound = || {
+        tables.iter().any(|table| {
+            let text = std::fs::read_to_string(table).unwrap_or_default();
+            text.lines().skip(1).any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let local_port = fields
+                    .get(1)
+                    .and_then(|local| local.rsplit(':').next())
+                    .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+                // State 0A is LISTEN; unconnected UDP sockets show 07.
+                local_port == Some(port) && (!tcp || fields.get(3) == Some(&"0A"))
+            })
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !bound() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing bound port {port} within 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A TCP port free on loopback right now.
 #[allow(dead_code)]
 pub fn free_tcp_port() -> u16 {
