@@ -4,7 +4,7 @@
 //! at a fixed aggregate rate and counts what arrives on the SIP side, with
 //! each packet's one-way latency (send time carried in the payload).
 //!
-//!   cargo bench --bench relay_load -- [--calls 1,50,500] [--rates 50000,100000,...] [--seconds 3]
+//!   cargo bench --bench relay_load -- [--calls 1,50,500] [--rates 50000,100000,...] [--seconds 3] [--io epoll|io-uring]
 //!
 //! For each N it reports the highest rate with < 0.1 % loss, the relay
 //! worker's CPU time per packet, and p50/p99 latency at half that rate next
@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use webrtc_sip_gateway::media::batch::{set_buffer_sizes, Batch, BATCH};
-use webrtc_sip_gateway::media::relay::{CallMediaSetup, PayloadMap, Relay};
+use webrtc_sip_gateway::media::relay::{CallMediaSetup, PayloadMap, Relay, RelayIo};
 use webrtc_sip_gateway::media::srtp::{SrtpContext, SrtpKeyMaterial, SrtpProfile};
 
 const PAYLOAD: usize = 160; // 20 ms of G.711: a 172-byte RTP packet
@@ -49,9 +49,13 @@ fn main() {
     let seconds: u64 = arg("--seconds", "3").parse().unwrap_or(3);
     let calls = list("--calls", "1,50,500");
     let rates = list("--rates", "50000,100000,150000,200000,250000,300000,350000");
-    println!("relay load: 1 relay worker thread, SRTP (AES_CM_128_HMAC_SHA1_80) -> RTP, {PAYLOAD}-byte payloads, {seconds} s per step");
+    let io = match arg("--io", "epoll").as_str() {
+        "io-uring" => RelayIo::IoUring,
+        _ => RelayIo::Epoll,
+    };
+    println!("relay load: 1 relay worker thread ({io:?}), SRTP (AES_CM_128_HMAC_SHA1_80) -> RTP, {PAYLOAD}-byte payloads, {seconds} s per step");
     for n in calls {
-        run_for_calls(n as usize, &rates, seconds);
+        run_for_calls(n as usize, &rates, seconds, io);
     }
 }
 
@@ -85,7 +89,7 @@ fn measure(t: &mut Traffic, rate: u64, seconds: u64, direct: bool) -> (u64, u64,
     (v[0], v[1], v[2], v[3])
 }
 
-fn run_for_calls(n: usize, rates: &[u64], seconds: u64) {
+fn run_for_calls(n: usize, rates: &[u64], seconds: u64, io: RelayIo) {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
         .env("RELAY_LOAD_ROLE", "traffic")
@@ -108,7 +112,7 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64) {
         .collect();
     let (browser, sink) = (addrs[0], addrs[1]);
 
-    let relay = Relay::start(1).unwrap();
+    let relay = Relay::start_with(1, io).unwrap();
     let mut calls = Vec::new();
     let mut gateway_ports = Vec::new();
     for _ in 0..n {
@@ -149,8 +153,10 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64) {
     println!("  offered pps | received pps | loss %  | relay CPU ns/packet");
     for &rate in rates {
         let cpu_before = worker_cpu_ns();
+        let (web_before, sip_before) = relay.totals();
         let (received, sent, _, _) = measure(&mut t, rate, seconds, false);
         let cpu = worker_cpu_ns().saturating_sub(cpu_before);
+        let (web_after, sip_after) = relay.totals();
         let loss = 100.0 * (sent.saturating_sub(received)) as f64 / sent.max(1) as f64;
         let ns_per_packet = cpu as f64 / received.max(1) as f64;
         let achieved = sent / seconds;
@@ -158,6 +164,11 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64) {
             "  {achieved:>11} | {:>12} | {loss:>7.3} | {ns_per_packet:>8.0}",
             received / seconds
         );
+        let dropped_in = web_after.dropped_overload - web_before.dropped_overload;
+        let dropped_out = sip_after.dropped_overload - sip_before.dropped_overload;
+        if dropped_in + dropped_out > 0 {
+            println!("      dropped by the relay: {dropped_in} arriving (socket buffer full), {dropped_out} leaving (send refused)");
+        }
         if loss < 0.1 {
             best = Some((achieved, ns_per_packet));
         } else {

@@ -121,8 +121,9 @@ impl Gateway {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };
-        let relay = media::relay::Relay::start(workers)
+        let relay = media::relay::Relay::start_with(workers, config.media.relay_io)
             .map_err(|e| StartError::Setup(format!("cannot start the media relay: {e}")))?;
+        info!(workers, io = ?config.media.relay_io, "media relay started");
         let metrics = Metrics::new(Some(relay.clone()));
         let dtls_identity = webrtc::dtls::DtlsIdentity::generate()
             .map_err(|e| StartError::Setup(format!("cannot make the DTLS certificate: {e}")))?;

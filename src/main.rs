@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use webrtc_sip_gateway::api::token;
 use webrtc_sip_gateway::config::{self, Config, CryptKey};
+use webrtc_sip_gateway::media::relay::{io_uring_usable, RelayIo};
 use webrtc_sip_gateway::ops::firewall;
 use webrtc_sip_gateway::{logging, Gateway};
 
@@ -105,6 +106,14 @@ fn check_config(path: &Path) -> Result<(), String> {
         "# {} is valid. Effective config (secrets masked):",
         path.display()
     );
+    if config.media.relay_io == RelayIo::IoUring {
+        if let Err(e) = io_uring_usable() {
+            println!(
+                "# Note: relay-io = \"io-uring\", but this machine refuses io_uring ({e}); \
+                 relay workers will use epoll."
+            );
+        }
+    }
     print!("{}", config.to_masked_toml());
     Ok(())
 }

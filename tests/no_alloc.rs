@@ -53,3 +53,63 @@ fn srtp_transforms_do_not_allocate() {
         assert_eq!(count, 0, "{profile:?}: {count} allocations in 1999 packets");
     }
 }
+
+/// The io_uring path of a relay worker: a datagram received into a provided
+/// buffer, copied into the batch, its buffer given back, a send queued and
+/// its completion reaped — nothing allocated once the ring is set up.
+#[test]
+fn ring_receive_and_send_do_not_allocate() {
+    use std::os::fd::AsRawFd;
+    use webrtc_sip_gateway::media::batch::Batch;
+    use webrtc_sip_gateway::media::ring::{Event, RingIo, SendTag};
+
+    let mut ring = RingIo::new().expect("io_uring is available on these machines");
+    let gateway = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_nonblocking(true).unwrap();
+    let (to_gateway, to_peer) = (gateway.local_addr().unwrap(), peer.local_addr().unwrap());
+    let mut batch = Batch::new();
+    ring.attach(0, gateway.as_raw_fd());
+    ring.arm_recv(0).unwrap();
+    let mut bounce = |n: u8, batch: &mut Batch| {
+        peer.send_to(&[n; 172], to_gateway).unwrap();
+        let (mut got, mut sent) = (false, false);
+        let mut back = [0u8; 256];
+        while !(got && sent) {
+            ring.wait(Some(std::time::Duration::from_millis(100)))
+                .unwrap();
+            while let Some(event) = ring.next_event() {
+                match event {
+                    Event::Datagram { .. } => {
+                        assert!(ring.take_datagram(batch, 0));
+                        let tag = SendTag {
+                            slot: 0,
+                            call: 1,
+                            web: false,
+                            len: 172,
+                        };
+                        assert!(ring.queue_send(0, &batch.bufs[0][..batch.lens[0]], to_peer, tag));
+                        got = true;
+                    }
+                    Event::Sent { ok, .. } => {
+                        assert!(ok);
+                        sent = true;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        while peer.recv(&mut back).is_err() {}
+        assert_eq!(back[0], n);
+    };
+    bounce(0, &mut batch);
+    let count = allocations_in(|| {
+        for n in 1..200u8 {
+            bounce(n, &mut batch);
+        }
+    });
+    assert_eq!(
+        count, 0,
+        "{count} allocations in 199 datagrams through the ring"
+    );
+}

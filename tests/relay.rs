@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use webrtc_sip_gateway::media::ports::PortAllocator;
 use webrtc_sip_gateway::media::relay::{
-    CallMedia, CallMediaSetup, PayloadMap, Relay, RelayError, RelayEvent,
+    CallMedia, CallMediaSetup, PayloadMap, Relay, RelayError, RelayEvent, RelayIo,
 };
 use webrtc_sip_gateway::media::rtp;
 use webrtc_sip_gateway::media::srtp::{SrtpContext, SrtpKeyMaterial, SrtpProfile};
@@ -115,9 +115,23 @@ fn until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn hundred_calls_both_ways_without_loss() {
-    let relay = Relay::start(2).unwrap();
+/// A relay on `workers` threads; with io_uring asked for, every worker must
+/// run on it (these machines allow io_uring), so the io_uring variants of
+/// the tests cannot pass on epoll by accident.
+fn start_relay(workers: usize, io: RelayIo) -> Arc<Relay> {
+    let relay = Relay::start_with(workers, io).unwrap();
+    if io == RelayIo::IoUring {
+        until("every worker on io_uring", || {
+            relay.io_uring_workers() == workers
+        });
+    } else {
+        assert_eq!(relay.io_uring_workers(), 0);
+    }
+    relay
+}
+
+fn hundred_calls_both_ways_without_loss(io: RelayIo) {
+    let relay = start_relay(2, io);
     let mut calls: Vec<TestCall> = (0..100).map(|_| setup_call(&relay, false)).collect();
     until("calls added", || relay.call_count() == 100);
     let per_call = 50u16; // 50 packets per second for one second
@@ -169,9 +183,8 @@ fn hundred_calls_both_ways_without_loss() {
     until("calls removed", || relay.call_count() == 0);
 }
 
-#[test]
-fn source_checks_and_drops_are_counted() {
-    let relay = Relay::start(1).unwrap();
+fn source_checks_and_drops_are_counted(io: RelayIo) {
+    let relay = start_relay(1, io);
     let mut c = setup_call(&relay, false);
     until("call added", || relay.call_count() == 1);
 
@@ -229,9 +242,8 @@ fn source_checks_and_drops_are_counted() {
     assert_eq!(c.media.stats.sip.snapshot().dropped_foreign_source, 2);
 }
 
-#[test]
-fn strict_mode_takes_only_the_sdp_address() {
-    let relay = Relay::start(1).unwrap();
+fn strict_mode_takes_only_the_sdp_address(io: RelayIo) {
+    let relay = start_relay(1, io);
     let mut c = setup_call(&relay, true);
     until("call added", || relay.call_count() == 1);
     let same_ip_other_port = udp();
@@ -247,9 +259,8 @@ fn strict_mode_takes_only_the_sdp_address() {
     assert_eq!(c.media.stats.sip.snapshot().dropped_foreign_source, 1);
 }
 
-#[test]
-fn web_media_waits_for_ice_and_keys() {
-    let relay = Relay::start(1).unwrap();
+fn web_media_waits_for_ice_and_keys(io: RelayIo) {
+    let relay = start_relay(1, io);
     let (web_socket, sip_rtp) = (udp(), udp());
     let (browser, sip_peer) = (udp(), udp());
     let gateway_web = web_socket.local_addr().unwrap();
@@ -299,9 +310,8 @@ fn web_media_waits_for_ice_and_keys() {
     assert_eq!(recv(&sip_peer).unwrap(), rtp_packet(0, 3, 5, b"now"));
 }
 
-#[test]
-fn ports_return_when_calls_end() {
-    let relay = Relay::start(2).unwrap();
+fn ports_return_when_calls_end(io: RelayIo) {
+    let relay = start_relay(2, io);
     let web_ports = PortAllocator::new(42000, 42099, false);
     let sip_ports = PortAllocator::new(43000, 43199, true);
     let ip = "127.0.0.1".parse().unwrap();
@@ -344,9 +354,8 @@ fn ports_return_when_calls_end() {
 
 /// A burst far beyond what a worker moves: every packet is either relayed or
 /// counted as dropped, and the stream flows again afterwards.
-#[test]
-fn burst_is_dropped_and_counted_then_the_stream_goes_on() {
-    let relay = Relay::start(1).unwrap();
+fn burst_is_dropped_and_counted_then_the_stream_goes_on(io: RelayIo) {
+    let relay = start_relay(1, io);
     let mut c = setup_call(&relay, false);
     let quiet = setup_call(&relay, false);
     until("calls added", || relay.call_count() == 2);
@@ -402,9 +411,8 @@ fn burst_is_dropped_and_counted_then_the_stream_goes_on() {
 
 /// Loss counted from sequence gaps, and the SIP peer's RTCP receiver report
 /// kept as what it says about the stream we send it.
-#[test]
-fn reception_quality_and_peer_reports() {
-    let relay = Relay::start(1).unwrap();
+fn reception_quality_and_peer_reports(io: RelayIo) {
+    let relay = start_relay(1, io);
     let mut c = setup_call(&relay, false);
     until("call added", || relay.call_count() == 1);
     for seq in (0..20u16).filter(|s| ![5, 6, 7].contains(s)) {
@@ -443,9 +451,8 @@ fn event_payload(code: u8, end: bool, duration: u16) -> Vec<u8> {
 /// reach the browser at 48 kHz and are reported as digits; digits asked for
 /// through the API go out in the browser's stream without breaking its
 /// sequence numbers.
-#[test]
-fn dtmf_relayed_reported_and_generated() {
-    let relay = Relay::start(1).unwrap();
+fn dtmf_relayed_reported_and_generated(io: RelayIo) {
+    let relay = start_relay(1, io);
     let mut c = setup_call(&relay, false);
     until("call added", || relay.call_count() == 1);
 
@@ -531,9 +538,8 @@ fn dtmf_relayed_reported_and_generated() {
     assert_eq!(rtp::rtp_seq(&recv(&c.sip_peer).unwrap()), 18);
 }
 
-#[test]
-fn dtmf_needs_telephone_event() {
-    let relay = Relay::start(1).unwrap();
+fn dtmf_needs_telephone_event(io: RelayIo) {
+    let relay = start_relay(1, io);
     let media = relay
         .add_call(CallMediaSetup {
             web_socket: udp(),
@@ -556,3 +562,35 @@ fn dtmf_needs_telephone_event() {
         Err(RelayError::NoTelephoneEvent)
     ));
 }
+
+/// Every test above, once per way the relay hands datagrams to the kernel.
+macro_rules! each_io {
+    ($($name:ident),*) => {
+        mod epoll {
+            use webrtc_sip_gateway::media::relay::RelayIo;
+            $(#[test]
+            fn $name() {
+                super::$name(RelayIo::Epoll)
+            })*
+        }
+        mod io_uring {
+            use webrtc_sip_gateway::media::relay::RelayIo;
+            $(#[test]
+            fn $name() {
+                super::$name(RelayIo::IoUring)
+            })*
+        }
+    };
+}
+
+each_io!(
+    hundred_calls_both_ways_without_loss,
+    source_checks_and_drops_are_counted,
+    strict_mode_takes_only_the_sdp_address,
+    web_media_waits_for_ice_and_keys,
+    ports_return_when_calls_end,
+    burst_is_dropped_and_counted_then_the_stream_goes_on,
+    reception_quality_and_peer_reports,
+    dtmf_relayed_reported_and_generated,
+    dtmf_needs_telephone_event
+);

@@ -190,6 +190,7 @@ pub struct MediaConfig {
     pub sip_port_max: u16,
     pub web_enable_dtls: bool,
     pub relay_workers: usize,
+    pub relay_io: crate::media::relay::RelayIo,
     pub consent_timeout_s: u64,
     pub rtp_timeout_s: u64,
 }
@@ -204,6 +205,7 @@ impl Default for MediaConfig {
             sip_port_max: 39_999,
             web_enable_dtls: true,
             relay_workers: 0,
+            relay_io: crate::media::relay::RelayIo::default(),
             consent_timeout_s: 30,
             rtp_timeout_s: 30,
         }
@@ -727,6 +729,20 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("lissen"), "{text}");
         assert!(text.contains("line 3"), "{text}");
+    }
+
+    #[test]
+    fn relay_io_takes_its_two_values() {
+        use crate::media::relay::RelayIo;
+        assert_eq!(load("").unwrap().media.relay_io, RelayIo::IoUring);
+        let c = load("[media]\nrelay-io = \"epoll\"\n").unwrap();
+        assert_eq!(c.media.relay_io, RelayIo::Epoll);
+        let err = load("[media]\nrelay-io = \"kqueue\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("relay-io") && text.contains("io-uring"),
+            "{text}"
+        );
     }
 
     #[test]

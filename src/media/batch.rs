@@ -1,5 +1,5 @@
 //! Batched UDP receive and send (`recvmmsg`/`sendmmsg`) into buffers owned by
-//! the relay worker. This is the only module of the crate with `unsafe`: the
+//! the relay worker. With `ring` (io_uring), the only code with `unsafe`: the
 //! syscalls take raw pointers to arrays that live in [`Batch`], which is
 //! allocated once per worker and reused for every packet.
 
@@ -31,7 +31,7 @@ pub struct Batch {
 }
 
 /// Linux `SO_RXQ_OVFL` (asm-generic/socket.h); not exported by the libc crate.
-const SO_RXQ_OVFL: libc::c_int = 40;
+pub(super) const SO_RXQ_OVFL: libc::c_int = 40;
 
 impl Default for Batch {
     fn default() -> Self {
@@ -254,7 +254,7 @@ fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-fn to_storage(addr: SocketAddr, s: &mut libc::sockaddr_storage) -> libc::socklen_t {
+pub(super) fn to_storage(addr: SocketAddr, s: &mut libc::sockaddr_storage) -> libc::socklen_t {
     match addr {
         SocketAddr::V4(v4) => {
             // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.

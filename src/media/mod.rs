@@ -6,6 +6,7 @@ pub mod dtmf;
 pub mod ports;
 pub mod reception;
 pub mod relay;
+pub mod ring;
 pub mod rtp;
 pub mod srtp;
 pub mod stats;

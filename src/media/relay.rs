@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -25,6 +25,7 @@ use super::batch::{Batch, BATCH};
 use super::dtmf::{self, DtmfError, DtmfReceiver, DtmfSender};
 use super::ports::PortLease;
 use super::reception::{first_report_block, ReceptionStats};
+use super::ring::{self, RingIo};
 use super::rtp::{self, WebPacketKind};
 use super::srtp::{SrtpContext, SrtpError};
 use super::stats::{CallStats, Drop as DropCause, LegSnapshot, LegStats};
@@ -171,6 +172,8 @@ struct WorkerLink {
     tx: Sender<Control>,
     waker: Arc<Waker>,
     calls: Arc<AtomicUsize>,
+    /// Set by the worker once it runs on io_uring.
+    on_ring: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -211,9 +214,33 @@ pub struct Relay {
     totals: Arc<Totals>,
 }
 
+/// How relay workers wait for and move datagrams (`[media] relay-io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RelayIo {
+    /// epoll readiness, then `recvmmsg`/`sendmmsg` per socket.
+    Epoll,
+    /// A multishot receive per socket and every send of a turn in one
+    /// io_uring (see `media::ring`); a worker falls back to epoll where the
+    /// kernel refuses io_uring.
+    #[default]
+    IoUring,
+}
+
+/// Whether a relay worker could run on io_uring here (it sets up and drops
+/// one worker's ring), and if not, why.
+pub fn io_uring_usable() -> io::Result<()> {
+    RingIo::new().map(drop)
+}
+
 impl Relay {
-    /// Starts `workers` threads (at least one).
+    /// Starts `workers` threads (at least one) with the default I/O.
     pub fn start(workers: usize) -> Result<Arc<Relay>, RelayError> {
+        Self::start_with(workers, RelayIo::default())
+    }
+
+    /// Starts `workers` threads (at least one) moving datagrams by `io`.
+    pub fn start_with(workers: usize, io: RelayIo) -> Result<Arc<Relay>, RelayError> {
         let mut links = Vec::new();
         let totals = Arc::new(Totals::default());
         for n in 0..workers.max(1) {
@@ -223,13 +250,33 @@ impl Relay {
             let calls = Arc::new(AtomicUsize::new(0));
             let worker_calls = calls.clone();
             let worker_totals = totals.clone();
+            let on_ring = Arc::new(AtomicBool::new(false));
+            let worker_on_ring = on_ring.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("relay-{n}"))
-                .spawn(move || Worker::new(poll, rx, worker_calls, worker_totals).run())?;
+                .spawn(move || {
+                    let mut worker = Worker::new(poll, rx, worker_calls, worker_totals);
+                    if io == RelayIo::IoUring {
+                        match RingIo::new() {
+                            Ok(ring) => worker.ring = Some(ring),
+                            Err(e) => tracing::warn!(
+                                error = %e,
+                                "io_uring unavailable; this relay worker uses epoll"
+                            ),
+                        }
+                    }
+                    if worker.ring.is_some() {
+                        worker_on_ring.store(true, Ordering::Relaxed);
+                        worker.run_ring()
+                    } else {
+                        worker.run()
+                    }
+                })?;
             links.push(WorkerLink {
                 tx,
                 waker,
                 calls,
+                on_ring,
                 thread: Some(thread),
             });
         }
@@ -242,6 +289,15 @@ impl Relay {
 
     pub fn worker_count(&self) -> usize {
         self.workers.len()
+    }
+
+    /// Workers running on io_uring (the others use epoll). A worker reports
+    /// it shortly after it starts.
+    pub fn io_uring_workers(&self) -> usize {
+        self.workers
+            .iter()
+            .filter(|w| w.on_ring.load(Ordering::Relaxed))
+            .count()
     }
 
     /// Calls being relayed now.
@@ -495,10 +551,90 @@ struct CallState {
     sip_clock: u32,
     sip_out: SipOutStream,
     dtmf_in: DtmfReceiver,
+    /// io_uring mode: receives armed on this call's sockets, and whether the
+    /// call is leaving (its sockets close once no receive is left).
+    armed: u8,
+    leaving: bool,
     _leases: Vec<PortLease>,
 }
 
+impl CallState {
+    fn fd(&self, kind: usize) -> Option<std::os::fd::RawFd> {
+        match kind {
+            WEB => Some(self.web.socket.as_raw_fd()),
+            SIP_RTP => Some(self.sip.rtp.as_raw_fd()),
+            _ => self.sip.rtcp.as_ref().map(|s| s.as_raw_fd()),
+        }
+    }
+
+    /// Socket kinds this call has.
+    fn kinds(&self) -> &'static [usize] {
+        if self.sip.rtcp.is_some() {
+            &[WEB, SIP_RTP, SIP_RTCP]
+        } else {
+            &[WEB, SIP_RTP]
+        }
+    }
+
+    /// Counts the kernel's drops reported with the last receive on `kind`.
+    fn note_kernel_drops(&mut self, kind: usize, batch: &mut Batch) {
+        if let Some(total) = batch.kernel_drops.take() {
+            let seen = &mut self.kernel_drops_seen[kind];
+            let new_drops = total.wrapping_sub(*seen);
+            *seen = total;
+            let leg = if kind == WEB {
+                &self.stats.web
+            } else {
+                &self.stats.sip
+            };
+            leg.dropped_many(DropCause::Overload, u64::from(new_drops));
+        }
+    }
+
+    /// Relays the `n` datagrams of `batch` that came in on socket `kind`;
+    /// says which go out and by which socket.
+    fn relay(&mut self, batch: &mut Batch, n: usize, kind: usize) -> Relayed {
+        if kind == WEB {
+            let (rtp, rtcp) = relay_from_web(self, batch, n);
+            Relayed {
+                to_web: false,
+                main: rtp,
+                rtcp,
+            }
+        } else {
+            Relayed {
+                to_web: true,
+                main: relay_from_sip(self, batch, n, kind == SIP_RTCP),
+                rtcp: Outgoing::new(),
+            }
+        }
+    }
+
+    /// Sends what [`CallState::relay`] chose with `sendmmsg` (epoll mode).
+    fn flush(&self, batch: &mut Batch, out: &Relayed) {
+        if out.to_web {
+            flush(batch, &self.web.socket, &out.main, &self.stats.web);
+        } else {
+            flush(batch, &self.sip.rtp, &out.main, &self.stats.sip);
+            if let Some(rtcp) = &self.sip.rtcp {
+                flush(batch, rtcp, &out.rtcp, &self.stats.sip);
+            }
+        }
+    }
+}
+
+/// A relayed batch's datagrams to send: toward the browser (by the web
+/// socket) or toward the SIP peer (RTP socket, and RTCP socket if any).
+struct Relayed {
+    to_web: bool,
+    main: Outgoing,
+    rtcp: Outgoing,
+}
+
 struct Worker {
+    /// io_uring mode. First field, so dropped first: its receives end before
+    /// any socket of a call closes and returns its port.
+    ring: Option<RingIo>,
     poll: Poll,
     control: Receiver<Control>,
     load: Arc<AtomicUsize>,
@@ -511,6 +647,20 @@ struct Worker {
     pending: Vec<(usize, usize)>,
     /// Calls with DTMF digits being sent.
     dtmf_slots: Vec<usize>,
+}
+
+/// io_uring mode: completions handled between two submits (each received
+/// datagram may queue one send; the ring has far more send slots).
+const COMPLETIONS_PER_TURN: usize = 256;
+
+/// io_uring mode: a socket's name in the ring (slot and kind, as mio tokens).
+fn token(slot: usize, kind: usize) -> u32 {
+    (slot * SOCKETS_PER_CALL + kind) as u32
+}
+
+fn socket_of(token: u32) -> (usize, usize) {
+    let t = token as usize;
+    (t / SOCKETS_PER_CALL, t % SOCKETS_PER_CALL)
 }
 
 /// Batches one socket may move per turn before the others get theirs: a
@@ -554,6 +704,7 @@ impl Worker {
             batch: Batch::new(),
             pending: Vec::new(),
             dtmf_slots: Vec::new(),
+            ring: None,
         }
     }
 
@@ -613,6 +764,183 @@ impl Worker {
         }
     }
 
+    /// The io_uring loop: one `io_uring_enter` per turn submits the last
+    /// turn's sends and waits for completions; each completion is a
+    /// datagram (relayed in runs per socket), a send's outcome, a receive
+    /// that ended, or the waker.
+    fn run_ring(mut self) {
+        let waker_fd = self.poll.as_raw_fd();
+        let mut events = Events::with_capacity(16);
+        if let Some(Err(e)) = self.ring.as_mut().map(|r| r.arm_wake(waker_fd)) {
+            tracing::error!(error = %e, "relay worker cannot watch its waker; worker stops");
+            return;
+        }
+        'turns: loop {
+            let now = std::time::Instant::now();
+            let timeout = self
+                .next_dtmf(now)
+                .map(|at| at.saturating_duration_since(now));
+            let Some(ring) = self.ring.as_mut() else {
+                return;
+            };
+            if let Err(e) = ring.wait(timeout) {
+                tracing::error!(error = %e, "relay worker io_uring failed; worker stops");
+                break;
+            }
+            // Control first, as in `run`.
+            while let Ok(c) = self.control.try_recv() {
+                if !self.apply(c) {
+                    break 'turns;
+                }
+            }
+            self.ring_turn(waker_fd, &mut events);
+            if !self.dtmf_slots.is_empty() {
+                self.send_dtmf(std::time::Instant::now());
+            }
+        }
+        // Receives end before sockets close and ports return.
+        self.ring = None;
+    }
+
+    /// Handles the completions waiting now (at most a bounded number, so
+    /// sends go out and send slots come back between runs of them).
+    fn ring_turn(&mut self, waker_fd: std::os::fd::RawFd, events: &mut Events) {
+        // Datagrams of one socket in a row are relayed as one batch.
+        let mut run: Option<(usize, usize)> = None;
+        let mut count = 0;
+        for _ in 0..COMPLETIONS_PER_TURN {
+            let Some(ring) = self.ring.as_mut() else {
+                return;
+            };
+            let Some(event) = ring.next_event() else {
+                break;
+            };
+            match event {
+                ring::Event::Datagram { token: t, more } => {
+                    let socket = socket_of(t);
+                    if run != Some(socket) && count > 0 {
+                        self.ring_relay(run, count);
+                        count = 0;
+                    }
+                    run = Some(socket);
+                    let Some(ring) = self.ring.as_mut() else {
+                        return;
+                    };
+                    if ring.take_datagram(&mut self.batch, count) {
+                        count += 1;
+                    }
+                    if count == BATCH || !more {
+                        self.ring_relay(run, count);
+                        count = 0;
+                    }
+                    if !more {
+                        self.recv_ended(socket);
+                    }
+                }
+                ring::Event::RecvStopped { token: t, .. } => {
+                    self.ring_relay(run, count);
+                    count = 0;
+                    self.recv_ended(socket_of(t));
+                }
+                ring::Event::Sent { tag, ok } => {
+                    let call = self
+                        .slots
+                        .get(tag.slot as usize)
+                        .and_then(Option::as_ref)
+                        .filter(|c| c.id == tag.call);
+                    if let Some(call) = call {
+                        let leg = if tag.web {
+                            &call.stats.web
+                        } else {
+                            &call.stats.sip
+                        };
+                        if ok {
+                            leg.sent(tag.len as usize);
+                        } else {
+                            leg.dropped(DropCause::Overload);
+                        }
+                    }
+                }
+                ring::Event::Woken => {
+                    // Clears the waker; controls are read every turn anyway.
+                    let _ = self.poll.poll(events, Some(std::time::Duration::ZERO));
+                    if let Some(Err(e)) = self.ring.as_mut().map(|r| r.arm_wake(waker_fd)) {
+                        tracing::error!(error = %e, "relay worker cannot watch its waker");
+                    }
+                }
+            }
+        }
+        self.ring_relay(run, count);
+    }
+
+    /// Relays the first `count` datagrams of the batch, all from `socket`,
+    /// and queues their sends in the ring.
+    fn ring_relay(&mut self, socket: Option<(usize, usize)>, count: usize) {
+        let (Some((slot, kind)), true) = (socket, count > 0) else {
+            return;
+        };
+        let (Some(ring), Some(call)) = (
+            self.ring.as_mut(),
+            self.slots.get_mut(slot).and_then(Option::as_mut),
+        ) else {
+            return;
+        };
+        if call.leaving {
+            return;
+        }
+        call.note_kernel_drops(kind, &mut self.batch);
+        let out = call.relay(&mut self.batch, count, kind);
+        let (main, rtcp, leg) = if out.to_web {
+            (token(slot, WEB), token(slot, WEB), &call.stats.web)
+        } else {
+            let rtcp = if call.sip.rtcp.is_some() {
+                SIP_RTCP
+            } else {
+                SIP_RTP
+            };
+            (token(slot, SIP_RTP), token(slot, rtcp), &call.stats.sip)
+        };
+        for (socket, list) in [(main, &out.main), (rtcp, &out.rtcp)] {
+            for &i in &list.order[..list.count] {
+                let len = self.batch.lens[i];
+                let queued = self.batch.addrs[i].is_some_and(|to| {
+                    let tag = ring::SendTag {
+                        slot: slot as u32,
+                        call: call.id,
+                        web: out.to_web,
+                        len: len as u32,
+                    };
+                    ring.queue_send(socket, &self.batch.bufs[i][..len], to, tag)
+                });
+                if !queued {
+                    leg.dropped(DropCause::Overload);
+                }
+            }
+        }
+    }
+
+    /// A receive on `socket` has ended: armed again, or, for a leaving
+    /// call, one fewer to wait for before its sockets may close.
+    fn recv_ended(&mut self, (slot, kind): (usize, usize)) {
+        let (Some(ring), Some(call)) = (
+            self.ring.as_mut(),
+            self.slots.get_mut(slot).and_then(Option::as_mut),
+        ) else {
+            return;
+        };
+        call.armed = call.armed.saturating_sub(1);
+        if !call.leaving {
+            match ring.arm_recv(token(slot, kind)) {
+                Ok(()) => call.armed += 1,
+                Err(e) => {
+                    tracing::error!(call = call.id, error = %e, "relay cannot arm a receive again")
+                }
+            }
+        } else if call.armed == 0 {
+            self.release(slot);
+        }
+    }
+
     /// Applies a control message; false means stop.
     fn apply(&mut self, c: Control) -> bool {
         match c {
@@ -625,20 +953,33 @@ impl Worker {
             }
             Control::Remove(id) => {
                 if let Some(slot) = self.by_id.remove(&id) {
-                    if let Some(mut call) = self.slots[slot].take() {
-                        let registry = self.poll.registry();
-                        let _ = registry.deregister(&mut call.web.socket);
-                        let _ = registry.deregister(&mut call.sip.rtp);
-                        if let Some(s) = call.sip.rtcp.as_mut() {
-                            let _ = registry.deregister(s);
-                        }
-                    }
                     self.pending.retain(|&(s, _)| s != slot);
                     self.dtmf_slots.retain(|&s| s != slot);
-                    self.free_slots.push(slot);
-                    self.load.fetch_sub(1, Ordering::Relaxed);
-                    // After the sockets closed: nothing more can be counted for it.
-                    self.totals.forget(id);
+                    match (self.ring.as_mut(), self.slots[slot].as_mut()) {
+                        (Some(ring), Some(call)) => {
+                            // Its sockets close once the kernel has ended
+                            // every receive on them (see `recv_ended`).
+                            call.leaving = true;
+                            for &kind in call.kinds() {
+                                if let Err(e) = ring.cancel_recv(token(slot, kind)) {
+                                    tracing::error!(call = id, error = %e, "relay cannot cancel a receive");
+                                }
+                            }
+                            if call.armed == 0 {
+                                self.release(slot);
+                            }
+                        }
+                        (None, Some(call)) => {
+                            let registry = self.poll.registry();
+                            let _ = registry.deregister(&mut call.web.socket);
+                            let _ = registry.deregister(&mut call.sip.rtp);
+                            if let Some(s) = call.sip.rtcp.as_mut() {
+                                let _ = registry.deregister(s);
+                            }
+                            self.release(slot);
+                        }
+                        _ => {}
+                    }
                 }
             }
             Control::WebRemote(id, addr) => {
@@ -755,15 +1096,20 @@ impl Worker {
         };
         let registry = self.poll.registry();
         let base = slot * SOCKETS_PER_CALL;
-        let registered = registry
-            .register(&mut web, Token(base + WEB), Interest::READABLE)
-            .and_then(|_| {
-                registry.register(&mut sip_rtp, Token(base + SIP_RTP), Interest::READABLE)
-            })
-            .and_then(|_| match sip_rtcp.as_mut() {
-                Some(s) => registry.register(s, Token(base + SIP_RTCP), Interest::READABLE),
-                None => Ok(()),
-            });
+        // io_uring mode arms receives below instead.
+        let registered = if self.ring.is_some() {
+            Ok(())
+        } else {
+            registry
+                .register(&mut web, Token(base + WEB), Interest::READABLE)
+                .and_then(|_| {
+                    registry.register(&mut sip_rtp, Token(base + SIP_RTP), Interest::READABLE)
+                })
+                .and_then(|_| match sip_rtcp.as_mut() {
+                    Some(s) => registry.register(s, Token(base + SIP_RTCP), Interest::READABLE),
+                    None => Ok(()),
+                })
+        };
         if let Err(e) = registered {
             let _ = registry.deregister(&mut web);
             let _ = registry.deregister(&mut sip_rtp);
@@ -807,10 +1153,49 @@ impl Worker {
             sip_clock: 0,
             sip_out: SipOutStream::new(id),
             dtmf_in: DtmfReceiver::default(),
+            armed: 0,
+            leaving: false,
             _leases: setup.leases,
         });
         self.by_id.insert(id, slot);
+        let mut failed = false;
+        if let (Some(ring), Some(call)) = (self.ring.as_mut(), self.slots[slot].as_mut()) {
+            for &kind in call.kinds() {
+                let Some(fd) = call.fd(kind) else { continue };
+                ring.attach(token(slot, kind), fd);
+                match ring.arm_recv(token(slot, kind)) {
+                    Ok(()) => call.armed += 1,
+                    Err(e) => {
+                        tracing::warn!(call = id, error = %e, "relay cannot arm a receive");
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if failed {
+            // Not half a call: what was armed is cancelled, and the call
+            // leaves as if removed.
+            self.apply(Control::Remove(id));
+        }
         Ok(())
+    }
+
+    /// A slot's call is gone for good: its sockets close, its ports return.
+    fn release(&mut self, slot: usize) {
+        if let Some(call) = self.slots[slot].take() {
+            if let Some(ring) = self.ring.as_mut() {
+                for &kind in call.kinds() {
+                    ring.detach(token(slot, kind));
+                }
+            }
+            self.free_slots.push(slot);
+            self.load.fetch_sub(1, Ordering::Relaxed);
+            let id = call.id;
+            drop(call);
+            // After the sockets closed: nothing more can be counted for it.
+            self.totals.forget(id);
+        }
     }
 
     /// Reads a socket until it is empty (mio is edge-triggered) or its turn
@@ -834,22 +1219,9 @@ impl Worker {
                 Ok(n) => n,
                 Err(_) => return false,
             };
-            if let Some(total) = self.batch.kernel_drops.take() {
-                let seen = &mut call.kernel_drops_seen[kind];
-                let new_drops = total.wrapping_sub(*seen);
-                *seen = total;
-                let leg = if kind == WEB {
-                    &call.stats.web
-                } else {
-                    &call.stats.sip
-                };
-                leg.dropped_many(DropCause::Overload, u64::from(new_drops));
-            }
-            if kind == WEB {
-                relay_from_web(call, &mut self.batch, n);
-            } else {
-                relay_from_sip(call, &mut self.batch, n, kind == SIP_RTCP);
-            }
+            call.note_kernel_drops(kind, &mut self.batch);
+            let out = call.relay(&mut self.batch, n, kind);
+            call.flush(&mut self.batch, &out);
             // A short batch emptied the queue; a datagram arriving after the
             // recvmmsg raises a new readiness event, so no extra syscall to
             // see EAGAIN.
@@ -899,7 +1271,7 @@ fn flush(batch: &mut Batch, socket: &UdpSocket, out: &Outgoing, stats: &LegStats
     }
 }
 
-fn relay_from_web(call: &mut CallState, batch: &mut Batch, n: usize) {
+fn relay_from_web(call: &mut CallState, batch: &mut Batch, n: usize) -> (Outgoing, Outgoing) {
     let stats = &*call.stats;
     // One clock read per batch: its packets arrived together.
     let arrival = std::time::Instant::now();
@@ -974,13 +1346,15 @@ fn relay_from_web(call: &mut CallState, batch: &mut Batch, n: usize) {
             Err(PtOrSrtp::Srtp(e)) => count_srtp_error(&stats.web, e),
         }
     }
-    flush(batch, &call.sip.rtp, &rtp_out, &stats.sip);
-    if let Some(rtcp) = &call.sip.rtcp {
-        flush(batch, rtcp, &rtcp_out, &stats.sip);
-    }
+    (rtp_out, rtcp_out)
 }
 
-fn relay_from_sip(call: &mut CallState, batch: &mut Batch, n: usize, rtcp_socket: bool) {
+fn relay_from_sip(
+    call: &mut CallState,
+    batch: &mut Batch,
+    n: usize,
+    rtcp_socket: bool,
+) -> Outgoing {
     let stats = &*call.stats;
     let arrival = std::time::Instant::now();
     let mut out = Outgoing::new();
@@ -1048,7 +1422,7 @@ fn relay_from_sip(call: &mut CallState, batch: &mut Batch, n: usize, rtcp_socket
             Err(PtOrSrtp::Srtp(e)) => count_srtp_error(&stats.sip, e),
         }
     }
-    flush(batch, &call.web.socket, &out, &stats.web);
+    out
 }
 
 /// A packet failed either the payload-type map or an SRTP transform.
