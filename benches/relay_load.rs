@@ -4,11 +4,18 @@
 //! at a fixed aggregate rate and counts what arrives on the SIP side, with
 //! each packet's one-way latency (send time carried in the payload).
 //!
-//!   cargo bench --bench relay_load -- [--calls 1,50,500] [--rates 50000,100000,...] [--seconds 3] [--io epoll|io-uring]
+//!   cargo bench --bench relay_load -- [--calls 1,50,500] [--rates 50000,100000,...] [--seconds 3] [--io io-uring|epoll|bare]
 //!
 //! For each N it reports the highest rate with < 0.1 % loss, the relay
 //! worker's CPU time per packet, and p50/p99 latency at half that rate next
 //! to the same path without the relay. Loopback only; bounded in time.
+//!
+//! `--io bare` measures the reference instead of the relay: a forwarder on
+//! the same sockets with the same syscalls as the relay's epoll mode (epoll,
+//! `recvmmsg`, `sendmmsg`) that only readdresses packets — no SRTP, checks
+//! or counters — i.e. what the kernel's UDP path alone costs here. Its
+//! packets stay encrypted, so the sink cannot read their send times: no
+//! latency is reported for it.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, UdpSocket};
@@ -49,11 +56,15 @@ fn main() {
     let seconds: u64 = arg("--seconds", "3").parse().unwrap_or(3);
     let calls = list("--calls", "1,50,500");
     let rates = list("--rates", "50000,100000,150000,200000,250000,300000,350000");
-    let io = match arg("--io", "epoll").as_str() {
-        "io-uring" => RelayIo::IoUring,
-        _ => RelayIo::Epoll,
+    let io = match arg("--io", "io-uring").as_str() {
+        "epoll" => Some(RelayIo::Epoll),
+        "bare" => None,
+        _ => Some(RelayIo::IoUring),
     };
-    println!("relay load: 1 relay worker thread ({io:?}), SRTP (AES_CM_128_HMAC_SHA1_80) -> RTP, {PAYLOAD}-byte payloads, {seconds} s per step");
+    match io {
+        Some(io) => println!("relay load: 1 relay worker thread ({io:?}), SRTP (AES_CM_128_HMAC_SHA1_80) -> RTP, {PAYLOAD}-byte payloads, {seconds} s per step"),
+        None => println!("reference: bare epoll + recvmmsg/sendmmsg forwarder, one thread, {PAYLOAD}-byte payloads, {seconds} s per step"),
+    }
     for n in calls {
         run_for_calls(n as usize, &rates, seconds, io);
     }
@@ -89,7 +100,58 @@ fn measure(t: &mut Traffic, rate: u64, seconds: u64, direct: bool) -> (u64, u64,
     (v[0], v[1], v[2], v[3])
 }
 
-fn run_for_calls(n: usize, rates: &[u64], seconds: u64, io: RelayIo) {
+/// Forwards each web socket's datagrams to `sink` by its SIP socket, as
+/// plainly as the kernel allows: the reference for `--io bare`.
+fn bare_forwarder(
+    pairs: Vec<(UdpSocket, UdpSocket)>,
+    sink: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    use mio::{Events, Interest, Poll, Token};
+    std::thread::Builder::new()
+        .name("relay-0".into())
+        .spawn(move || {
+            let mut poll = Poll::new().unwrap();
+            let mut sockets = Vec::new();
+            for (i, (web, sip)) in pairs.into_iter().enumerate() {
+                web.set_nonblocking(true).unwrap();
+                sip.set_nonblocking(true).unwrap();
+                let _ = set_buffer_sizes(web.as_raw_fd(), 512 * 1024, 512 * 1024);
+                let mut web = mio::net::UdpSocket::from_std(web);
+                poll.registry()
+                    .register(&mut web, Token(i), Interest::READABLE)
+                    .unwrap();
+                sockets.push((web, sip));
+            }
+            let mut events = Events::with_capacity(1024);
+            let mut batch = Batch::new();
+            let order: Vec<usize> = (0..BATCH).collect();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if poll
+                    .poll(&mut events, Some(Duration::from_millis(50)))
+                    .is_err()
+                {
+                    continue;
+                }
+                for event in events.iter() {
+                    let (web, sip) = &sockets[event.token().0];
+                    loop {
+                        let n = batch.recv(web.as_raw_fd()).unwrap_or(0);
+                        for address in &mut batch.addrs[..n] {
+                            *address = Some(sink);
+                        }
+                        let _ = batch.send(sip.as_raw_fd(), &order[..n]);
+                        if n < BATCH {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .unwrap()
+}
+
+fn run_for_calls(n: usize, rates: &[u64], seconds: u64, io: Option<RelayIo>) {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
         .env("RELAY_LOAD_ROLE", "traffic")
@@ -112,13 +174,19 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64, io: RelayIo) {
         .collect();
     let (browser, sink) = (addrs[0], addrs[1]);
 
-    let relay = Relay::start_with(1, io).unwrap();
+    let relay = io.map(|io| Relay::start_with(1, io).unwrap());
+    let stop_bare = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut bare_pairs = Vec::new();
     let mut calls = Vec::new();
     let mut gateway_ports = Vec::new();
     for _ in 0..n {
         let web = UdpSocket::bind("127.0.0.1:0").unwrap();
         let sip = UdpSocket::bind("127.0.0.1:0").unwrap();
         gateway_ports.push(web.local_addr().unwrap());
+        let Some(relay) = &relay else {
+            bare_pairs.push((web, sip));
+            continue;
+        };
         calls.push(
             relay
                 .add_call(CallMediaSetup {
@@ -142,9 +210,15 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64, io: RelayIo) {
                 .unwrap(),
         );
     }
-    while relay.call_count() < n {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let bare = match &relay {
+        Some(relay) => {
+            while relay.call_count() < n {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            None
+        }
+        None => Some(bare_forwarder(bare_pairs, sink, stop_bare.clone())),
+    };
     let ports: Vec<String> = gateway_ports.iter().map(|a| a.to_string()).collect();
     t.say(&format!("CALLS {}", ports.join(" ")));
 
@@ -153,10 +227,11 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64, io: RelayIo) {
     println!("  offered pps | received pps | loss %  | relay CPU ns/packet");
     for &rate in rates {
         let cpu_before = worker_cpu_ns();
-        let (web_before, sip_before) = relay.totals();
+        let totals = || relay.as_ref().map(|r| r.totals()).unwrap_or_default();
+        let (web_before, sip_before) = totals();
         let (received, sent, _, _) = measure(&mut t, rate, seconds, false);
         let cpu = worker_cpu_ns().saturating_sub(cpu_before);
-        let (web_after, sip_after) = relay.totals();
+        let (web_after, sip_after) = totals();
         let loss = 100.0 * (sent.saturating_sub(received)) as f64 / sent.max(1) as f64;
         let ns_per_packet = cpu as f64 / received.max(1) as f64;
         let achieved = sent / seconds;
@@ -176,6 +251,10 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64, io: RelayIo) {
         }
     }
     match best {
+        Some((rate, ns)) if relay.is_none() => println!(
+            "  max at < 0.1 % loss: {rate} pps ({ns:.0} ns CPU per packet, {:.0} pps per fully used core)",
+            1e9 / ns
+        ),
         Some((rate, ns)) => {
             let half = rate / 2;
             let (_, _, p50, p99) = measure(&mut t, half, seconds, false);
@@ -198,6 +277,10 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64, io: RelayIo) {
     }
     t.say("QUIT");
     let _ = t.child.wait();
+    stop_bare.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(bare) = bare {
+        let _ = bare.join();
+    }
 }
 
 /// CPU time (user + system) of the relay worker thread, from /proc.
