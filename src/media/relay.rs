@@ -8,6 +8,13 @@
 //! buffers of its [`Batch`], the call's SRTP contexts and atomic counters: no
 //! allocation, lock, channel hop or log line (STUN/DTLS datagrams, which are
 //! not media, are copied to the ICE/DTLS side).
+//!
+//! A worker waits and moves datagrams in one of two ways ([`RelayIo`]):
+//! epoll readiness, then `recvmmsg`/`sendmmsg` per socket (`run`); or
+//! io_uring (`run_ring`, see `media::ring`), where every socket has a
+//! multishot receive armed and a turn's sends go to the kernel with the
+//! wait for the next completions. The per-packet work between receive and
+//! send (`CallState::relay`) is the same code in both.
 
 use std::collections::HashMap;
 use std::io;
