@@ -323,6 +323,20 @@ impl Collector for RelayCollector {
             MetricType::Gauge,
         )?;
         ConstGauge::new(self.0.call_count() as i64).encode(calls)?;
+        let mut workers = encoder.encode_descriptor(
+            "gateway_media_relay_workers",
+            "Relay worker threads, by how they move datagrams (io_uring or epoll)",
+            None,
+            MetricType::Gauge,
+        )?;
+        let on_ring = self.0.io_uring_workers();
+        let by_io = [
+            ("io-uring", on_ring),
+            ("epoll", self.0.worker_count() - on_ring),
+        ];
+        for (io, count) in by_io {
+            ConstGauge::new(count as i64).encode(workers.encode_family(&[("io", io)])?)?;
+        }
         Ok(())
     }
 }
@@ -346,5 +360,23 @@ mod tests {
         );
         assert!(text.contains("gateway_media_calls 0"), "{text}");
         assert!(text.contains("gateway_sessions 0"));
+        // Relay::start takes io_uring, which these machines allow; the worker
+        // reports it once running.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut text = metrics.render();
+        while !text.contains("gateway_media_relay_workers{io=\"io-uring\"} 1")
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            text = metrics.render();
+        }
+        assert!(
+            text.contains("gateway_media_relay_workers{io=\"io-uring\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_media_relay_workers{io=\"epoll\"} 0"),
+            "{text}"
+        );
     }
 }
