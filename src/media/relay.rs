@@ -583,9 +583,10 @@ impl CallState {
         }
     }
 
-    /// Counts the kernel's drops reported with the last receive on `kind`.
-    fn note_kernel_drops(&mut self, kind: usize, batch: &mut Batch) {
-        if let Some(total) = batch.kernel_drops.take() {
+    /// Counts the kernel's drops on socket `kind`, from the cumulative
+    /// count reported with its last receive (if one was).
+    fn note_kernel_drops(&mut self, kind: usize, reported: Option<u32>) {
+        if let Some(total) = reported {
             let seen = &mut self.kernel_drops_seen[kind];
             let new_drops = total.wrapping_sub(*seen);
             *seen = total;
@@ -883,6 +884,9 @@ impl Worker {
     /// Relays the first `count` datagrams of the batch, all from `socket`,
     /// and queues their sends in the ring.
     fn ring_relay(&mut self, socket: Option<(usize, usize)>, count: usize) {
+        // Taken here whatever happens next, so a count never passes to
+        // another socket's run.
+        let reported = self.batch.kernel_drops.take();
         let (Some((slot, kind)), true) = (socket, count > 0) else {
             return;
         };
@@ -895,7 +899,7 @@ impl Worker {
         if call.leaving {
             return;
         }
-        call.note_kernel_drops(kind, &mut self.batch);
+        call.note_kernel_drops(kind, reported);
         let out = call.relay(&mut self.batch, count, kind);
         let (main, rtcp, leg) = if out.to_web {
             (token(slot, WEB), token(slot, WEB), &call.stats.web)
@@ -1226,7 +1230,7 @@ impl Worker {
                 Ok(n) => n,
                 Err(_) => return false,
             };
-            call.note_kernel_drops(kind, &mut self.batch);
+            call.note_kernel_drops(kind, self.batch.kernel_drops.take());
             let out = call.relay(&mut self.batch, n, kind);
             call.flush(&mut self.batch, &out);
             // A short batch emptied the queue; a datagram arriving after the
