@@ -8,7 +8,7 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use webrtc_sip_gateway::media::ports::PortAllocator;
+use webrtc_sip_gateway::media::ports::{BoundPorts, PortAllocator};
 use webrtc_sip_gateway::media::relay::{
     CallMedia, CallMediaSetup, PayloadMap, Relay, RelayError, RelayEvent, RelayIo,
 };
@@ -310,6 +310,40 @@ fn web_media_waits_for_ice_and_keys(io: RelayIo) {
     assert_eq!(recv(&sip_peer).unwrap(), rtp_packet(0, 3, 5, b"now"));
 }
 
+/// A call on allocated ports toward `sip_remote`; with `browser`, the web
+/// leg is ready (that remote, SDES keys 1 and 2, G.711 mapped through).
+fn call_on_ports(
+    relay: &Arc<Relay>,
+    web: BoundPorts,
+    sip: BoundPorts,
+    sip_remote: SocketAddr,
+    browser: Option<SocketAddr>,
+) -> CallMedia {
+    let web_srtp = browser.map(|_| {
+        (
+            SrtpContext::new(&keys(1)).unwrap(),
+            SrtpContext::new(&keys(2)).unwrap(),
+        )
+    });
+    relay
+        .add_call(CallMediaSetup {
+            web_socket: web.rtp,
+            web_remote: browser,
+            web_srtp,
+            web_ssrc: None,
+            sip_rtp_socket: sip.rtp,
+            sip_rtcp_socket: sip.rtcp,
+            sip_remote,
+            sip_remote_rtcp: None,
+            sip_strict_source: false,
+            sip_srtp: None,
+            payload_map: PayloadMap::new(&[(0, 0, 8_000)]),
+            events: None,
+            leases: vec![web.lease, sip.lease],
+        })
+        .unwrap()
+}
+
 fn ports_return_when_calls_end(io: RelayIo) {
     let relay = start_relay(2, io);
     let web_ports = PortAllocator::new(42000, 42099, false);
@@ -320,25 +354,13 @@ fn ports_return_when_calls_end(io: RelayIo) {
     for _ in 0..50 {
         let web = web_ports.bind(ip).unwrap();
         let sip = sip_ports.bind(ip).unwrap();
-        calls.push(
-            relay
-                .add_call(CallMediaSetup {
-                    web_socket: web.rtp,
-                    web_remote: None,
-                    web_srtp: None,
-                    web_ssrc: None,
-                    sip_rtp_socket: sip.rtp,
-                    sip_rtcp_socket: sip.rtcp,
-                    sip_remote: peer.local_addr().unwrap(),
-                    sip_remote_rtcp: None,
-                    sip_strict_source: false,
-                    sip_srtp: None,
-                    payload_map: PayloadMap::new(&[]),
-                    events: None,
-                    leases: vec![web.lease, sip.lease],
-                })
-                .unwrap(),
-        );
+        calls.push(call_on_ports(
+            &relay,
+            web,
+            sip,
+            peer.local_addr().unwrap(),
+            None,
+        ));
     }
     until("calls added", || relay.call_count() == 50);
     assert_eq!(web_ports.free_count(), web_ports.capacity() - 50);
@@ -350,6 +372,81 @@ fn ports_return_when_calls_end(io: RelayIo) {
     // The ports are free for real: they bind again.
     let again = web_ports.bind(ip).unwrap();
     assert!((42000..=42099).contains(&again.lease.port()));
+}
+
+/// Calls leave one by one while packets pour into every one of them: each
+/// leaves cleanly (with io_uring its receives end before its sockets close),
+/// and afterwards every port of both ranges binds again at once.
+fn calls_leave_while_packets_flow(io: RelayIo) {
+    let relay = start_relay(2, io);
+    // Each mode's variant runs in parallel with the other: its own ranges.
+    let base = if io == RelayIo::Epoll { 44000 } else { 46000 };
+    let web_ports = PortAllocator::new(base, base + 39, false);
+    let sip_ports = PortAllocator::new(base + 1000, base + 1079, true);
+    let ip = "127.0.0.1".parse().unwrap();
+    let (browser, peer) = (udp(), udp());
+    let mut calls = Vec::new();
+    let mut targets = Vec::new();
+    for _ in 0..40 {
+        let web = web_ports.bind(ip).unwrap();
+        let sip = sip_ports.bind(ip).unwrap();
+        targets.push(web.rtp.local_addr().unwrap());
+        targets.push(sip.rtp.local_addr().unwrap());
+        let browser_address = Some(browser.local_addr().unwrap());
+        calls.push(call_on_ports(
+            &relay,
+            web,
+            sip,
+            peer.local_addr().unwrap(),
+            browser_address,
+        ));
+    }
+    until("calls added", || relay.call_count() == 40);
+    let pouring = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sender = {
+        let pouring = pouring.clone();
+        let browser = browser.try_clone().unwrap();
+        let peer = peer.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut tx = SrtpContext::new(&keys(1)).unwrap();
+            let mut seq = 0u16;
+            while pouring.load(std::sync::atomic::Ordering::Relaxed) {
+                for (k, target) in targets.iter().enumerate() {
+                    seq = seq.wrapping_add(1);
+                    let plain = rtp_packet(0, seq, 7, &[0; 160]);
+                    if k % 2 == 0 {
+                        let _ = browser.send_to(&srtp(&mut tx, &plain), target);
+                    } else {
+                        let _ = peer.send_to(&plain, target);
+                    }
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
+    until("packets relayed both ways", || {
+        let (web, sip) = relay.totals();
+        web.packets_out > 100 && sip.packets_out > 100
+    });
+    while let Some(call) = calls.pop() {
+        drop(call);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    until("calls removed", || relay.call_count() == 0);
+    pouring.store(false, std::sync::atomic::Ordering::Relaxed);
+    sender.join().unwrap();
+    until("ports returned", || {
+        web_ports.free_count() == web_ports.capacity()
+            && sip_ports.free_count() == sip_ports.capacity()
+    });
+    let web_again: Vec<_> = (0..40).map(|_| web_ports.bind(ip).unwrap()).collect();
+    let sip_again: Vec<_> = (0..40).map(|_| sip_ports.bind(ip).unwrap()).collect();
+    assert_eq!(
+        web_again.len() + sip_again.len(),
+        80,
+        "every port binds again"
+    );
+    assert_eq!(web_ports.free_count() + sip_ports.free_count(), 0);
 }
 
 /// A burst far beyond what a worker moves: every packet is either relayed or
@@ -589,6 +686,7 @@ each_io!(
     strict_mode_takes_only_the_sdp_address,
     web_media_waits_for_ice_and_keys,
     ports_return_when_calls_end,
+    calls_leave_while_packets_flow,
     burst_is_dropped_and_counted_then_the_stream_goes_on,
     reception_quality_and_peer_reports,
     dtmf_relayed_reported_and_generated,
