@@ -63,8 +63,8 @@ const OP_WAKE: u64 = 3;
 const OP_CANCEL: u64 = 4;
 const LOW_MASK: u64 = (1 << OP_SHIFT) - 1;
 
-/// Room for one `SO_RXQ_OVFL` control message (`CMSG_SPACE(4)` on 64-bit
-/// and 32-bit Linux alike: a header rounded to 8 bytes, data rounded to 8).
+/// Room for one `SO_RXQ_OVFL` control message: `CMSG_SPACE(4)` is 24 on
+/// 64-bit Linux (a 16-byte header, the data rounded up to 8), 16 on 32-bit.
 const CONTROL_LEN: usize = 24;
 
 /// Whose send a slot carries, for the statistics when the kernel answers.
@@ -125,6 +125,9 @@ pub struct RingIo {
     memory_layout: Layout,
     /// Our copy of the buffer ring's tail (the kernel's copy is in entry 0).
     tail: u16,
+    /// Whether the kernel knows the buffer ring (then it may write to the
+    /// buffers until every operation has ended).
+    registered: bool,
     recv_header: Box<libc::msghdr>,
     sends: Box<[SendSlot]>,
     free_sends: Vec<u32>,
@@ -198,6 +201,7 @@ impl RingIo {
             memory,
             memory_layout,
             tail: 0,
+            registered: false,
             recv_header,
             sends,
             free_sends: (0..SEND_SLOTS as u32).rev().collect(),
@@ -220,6 +224,7 @@ impl RingIo {
                 0,
             )?;
         }
+        io.registered = true;
         Ok(io)
     }
 
@@ -501,11 +506,12 @@ impl Drop for RingIo {
             Ok(()) => true,
             Err(e) => e.kind() == io::ErrorKind::NotFound,
         };
-        let unregistered = self
-            .ring
-            .submitter()
-            .unregister_buf_ring(BUFFER_GROUP)
-            .is_ok();
+        let unregistered = !self.registered
+            || self
+                .ring
+                .submitter()
+                .unregister_buf_ring(BUFFER_GROUP)
+                .is_ok();
         if quiet && unregistered {
             // SAFETY: allocated in `new` with these layouts; no operation is
             // left that could write into them, and the kernel has let go of
@@ -515,7 +521,14 @@ impl Drop for RingIo {
                 dealloc(self.memory, self.memory_layout);
             }
         } else {
-            // The kernel may still hold them: leak rather than risk it.
+            // The kernel may still use them: leak rather than risk it (the
+            // send slots and the receive header too).
+            std::mem::forget(std::mem::take(&mut self.sends));
+            std::mem::forget(std::mem::replace(
+                &mut self.recv_header,
+                // SAFETY: an all-zero msghdr is a valid empty one.
+                Box::new(unsafe { zeroed() }),
+            ));
             tracing::warn!("relay io_uring did not wind down cleanly; its buffers are leaked");
         }
     }
