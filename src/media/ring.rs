@@ -49,7 +49,7 @@ const BUFFER_GROUP: u16 = 0;
 /// already waiting (at most one per receive buffer), each of which may queue
 /// a send meanwhile: twice the buffers plus two turns is never exhausted.
 const SEND_SLOTS: usize = 2 * RECV_BUFFERS as usize + 2 * 256;
-/// Entries in the ring's file table: three sockets per call slot.
+/// Entries asked for in the ring's file table: three sockets per call slot.
 const FIXED_FILES: u32 = 3 * 8192;
 const SUBMISSION_ENTRIES: u32 = 2048;
 /// Room for the completions of a burst across all sockets.
@@ -136,6 +136,8 @@ pub struct RingIo {
     /// Each token's socket, and whether it is in the ring's file table
     /// (then operations skip the kernel's per-operation file lookup).
     sockets: Vec<(RawFd, bool)>,
+    /// Entries in the ring's file table (0: none).
+    file_table: u32,
 }
 
 impl RingIo {
@@ -207,9 +209,16 @@ impl RingIo {
             free_sends: (0..SEND_SLOTS as u32).rev().collect(),
             current: None,
             sockets: Vec::new(),
+            file_table: 0,
         };
-        // Best effort: without a file table operations name plain fds.
-        let _ = io.ring.submitter().register_files_sparse(FIXED_FILES);
+        // Best effort: a smaller table where the kernel refuses the full one
+        // (some kernels cap it at RLIMIT_NOFILE), plain fds without one.
+        for size in [FIXED_FILES, FIXED_FILES / 8] {
+            if io.ring.submitter().register_files_sparse(size).is_ok() {
+                io.file_table = size;
+                break;
+            }
+        }
         for bid in 0..RECV_BUFFERS {
             io.give_back(bid);
         }
@@ -276,7 +285,7 @@ impl RingIo {
         if self.sockets.len() <= t {
             self.sockets.resize(t + 1, (-1, false));
         }
-        let fixed = token < FIXED_FILES
+        let fixed = token < self.file_table
             && self
                 .ring
                 .submitter()
