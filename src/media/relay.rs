@@ -842,13 +842,13 @@ impl Worker {
                         count = 0;
                     }
                     if !more {
-                        self.recv_ended(socket);
+                        self.recv_ended(socket, 0);
                     }
                 }
-                ring::Event::RecvStopped { token: t, .. } => {
+                ring::Event::RecvStopped { token: t, errno } => {
                     self.ring_relay(run, count);
                     count = 0;
-                    self.recv_ended(socket_of(t));
+                    self.recv_ended(socket_of(t), errno);
                 }
                 ring::Event::Sent { tag, ok } => {
                     let call = self
@@ -930,9 +930,12 @@ impl Worker {
         }
     }
 
-    /// A receive on `socket` has ended: armed again, or, for a leaving
-    /// call, one fewer to wait for before its sockets may close.
-    fn recv_ended(&mut self, (slot, kind): (usize, usize)) {
+    /// A receive on `socket` has ended (`errno` 0: after a datagram): armed
+    /// again, or, for a leaving call, one fewer to wait for before its
+    /// sockets may close. An unexpected error is not retried, so a socket
+    /// the kernel keeps refusing cannot spin the worker; the call then ends
+    /// by its media timeout.
+    fn recv_ended(&mut self, (slot, kind): (usize, usize), errno: i32) {
         let (Some(ring), Some(call)) = (
             self.ring.as_mut(),
             self.slots.get_mut(slot).and_then(Option::as_mut),
@@ -940,7 +943,14 @@ impl Worker {
             return;
         };
         call.armed = call.armed.saturating_sub(1);
-        if !call.leaving {
+        let retry = matches!(errno, 0 | libc::ENOBUFS | libc::EINTR | libc::EAGAIN);
+        if !call.leaving && !retry {
+            tracing::warn!(
+                call = call.id,
+                errno,
+                "relay receive failed; this socket of the call takes no more packets"
+            );
+        } else if !call.leaving {
             match ring.arm_recv(token(slot, kind)) {
                 Ok(()) => call.armed += 1,
                 Err(e) => {

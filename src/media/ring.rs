@@ -234,7 +234,68 @@ impl RingIo {
             )?;
         }
         io.registered = true;
+        io.self_test()?;
         Ok(io)
+    }
+
+    /// Moves one datagram through the ring over loopback — a send with a
+    /// destination address, a multishot receive that stays armed, and its
+    /// cancellation — so a kernel that has io_uring but not these (before
+    /// 6.0) is found here, and the worker uses epoll instead.
+    fn self_test(&mut self) -> io::Result<()> {
+        let unsupported =
+            |what: &str| io::Error::new(io::ErrorKind::Unsupported, format!("io_uring {what}"));
+        let from = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let to = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let (sender, receiver) = (0, 1);
+        self.attach(sender, std::os::fd::AsRawFd::as_raw_fd(&from));
+        self.attach(receiver, std::os::fd::AsRawFd::as_raw_fd(&to));
+        let result = (|| {
+            self.arm_recv(receiver)?;
+            if !self.queue_send(sender, b"probe", to.local_addr()?, SendTag::default()) {
+                return Err(unsupported("send slots"));
+            }
+            let (mut sent, mut received) = (false, false);
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while !(sent && received) && std::time::Instant::now() < deadline {
+                self.wait(Some(Duration::from_millis(50)))?;
+                while let Some(event) = self.next_event() {
+                    match event {
+                        Event::Sent { ok: true, .. } => sent = true,
+                        Event::Datagram { more: true, .. } => received = true,
+                        Event::Sent { ok: false, .. } => {
+                            return Err(unsupported("send to an address"))
+                        }
+                        Event::Datagram { more: false, .. } | Event::RecvStopped { .. } => {
+                            return Err(unsupported("multishot recvmsg"))
+                        }
+                        Event::Woken => {}
+                    }
+                }
+            }
+            if !(sent && received) {
+                return Err(unsupported("loopback datagram (timed out)"));
+            }
+            self.cancel_recv(receiver)?;
+            let mut stopped = false;
+            while !stopped && std::time::Instant::now() < deadline {
+                self.wait(Some(Duration::from_millis(50)))?;
+                while let Some(event) = self.next_event() {
+                    stopped |= matches!(
+                        event,
+                        Event::RecvStopped { .. } | Event::Datagram { more: false, .. }
+                    );
+                }
+            }
+            if stopped {
+                Ok(())
+            } else {
+                Err(unsupported("cancel"))
+            }
+        })();
+        self.detach(sender);
+        self.detach(receiver);
+        result
     }
 
     /// Returns receive buffer `bid` to the kernel.
