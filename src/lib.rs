@@ -123,7 +123,7 @@ impl Gateway {
         };
         let relay = media::relay::Relay::start_with(workers, config.media.relay_io)
             .map_err(|e| StartError::Setup(format!("cannot start the media relay: {e}")))?;
-        info!(workers, io = ?config.media.relay_io, "media relay started");
+        info!(workers, io_asked = ?config.media.relay_io, "media relay started (a worker that cannot use io_uring says so)");
         let metrics = Metrics::new(Some(relay.clone()));
         let dtls_identity = webrtc::dtls::DtlsIdentity::generate()
             .map_err(|e| StartError::Setup(format!("cannot make the DTLS certificate: {e}")))?;

@@ -7,7 +7,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{client, free_udp_port, Gateway};
+use common::{free_udp_port, post_session, Gateway};
 use serde_json::{json, Value};
 
 /// SIPp running `scenario` as a server on `port` for one call.
@@ -51,22 +51,13 @@ fn gateway_for(server_port: u16, extra: &str) -> Gateway {
     )
 }
 
-async fn create(gw: &Gateway, body: Value) -> (u16, Value) {
-    let r = client()
-        .post(format!("{}/v1/sessions", gw.api()))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn digest_challenge_then_registered_then_unregistered() {
     let port = free_udp_port();
     let sipp = sipp_server("registrar-auth.xml", port);
     let gw = gateway_for(port, "");
-    let (status, body) = create(&gw, json!({"user": "1001", "password": "secret1001"})).await;
+    let (status, body) =
+        post_session(&gw, &json!({"user": "1001", "password": "secret1001"})).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(gw.metric("gateway_sip_registrations").await, 1.0);
     assert_eq!(
@@ -101,7 +92,7 @@ async fn a_wrong_password_is_registration_failed() {
     let port = free_udp_port();
     let sipp = sipp_server("registrar-auth.xml", port);
     let gw = gateway_for(port, "");
-    let (status, body) = create(&gw, json!({"user": "1001", "password": "wrong"})).await;
+    let (status, body) = post_session(&gw, &json!({"user": "1001", "password": "wrong"})).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"]["code"], "registration_failed");
     assert_eq!(body["error"]["sip_status"], 403);
@@ -118,7 +109,7 @@ async fn a_refusing_registrar_is_registration_failed() {
     let port = free_udp_port();
     let sipp = sipp_server("registrar-reject.xml", port);
     let gw = gateway_for(port, "");
-    let (status, body) = create(&gw, json!({"user": "1002"})).await;
+    let (status, body) = post_session(&gw, &json!({"user": "1002"})).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"]["code"], "registration_failed");
     assert_eq!(body["error"]["sip_status"], 403);
@@ -135,7 +126,7 @@ async fn a_silent_server_is_sip_unreachable() {
     let port = free_udp_port();
     let gw = gateway_for(port, "timer-t1-ms = 20\ntimer-t2-ms = 100\n");
     let started = Instant::now();
-    let (status, body) = create(&gw, json!({"user": "1003"})).await;
+    let (status, body) = post_session(&gw, &json!({"user": "1003"})).await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["error"]["code"], "sip_unreachable");
     assert!(
@@ -199,7 +190,8 @@ async fn registration_over_tcp() {
     let port = free_udp_port();
     let sipp = sipp_server_on("registrar-auth.xml", port, "t1");
     let gw = gateway_for(port, "transport = \"tcp\"\n");
-    let (status, body) = create(&gw, json!({"user": "1001", "password": "secret1001"})).await;
+    let (status, body) =
+        post_session(&gw, &json!({"user": "1001", "password": "secret1001"})).await;
     assert_eq!(status, 201, "{body}");
     common::delete_session(&gw.api(), &body).await;
     assert_sipp_passed(sipp);

@@ -657,6 +657,17 @@ mod tests {
 
     /// Events until `want` have come, or none came for 300 ms (everything
     /// the tests wait for was sent before; loopback delivers at once).
+    /// A ring with a loopback socket attached as `token` and its receive
+    /// armed, a peer to talk to it, and a batch to copy datagrams into.
+    fn armed(token: u32) -> (RingIo, std::net::UdpSocket, std::net::UdpSocket, Batch) {
+        let mut ring = ring();
+        let gateway = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        ring.attach(token, gateway.as_raw_fd());
+        ring.arm_recv(token).unwrap();
+        (ring, gateway, peer, Batch::new())
+    }
+
     fn events(ring: &mut RingIo, want: usize, batch: &mut Batch) -> Vec<Event> {
         let mut got = Vec::new();
         let mut last = std::time::Instant::now();
@@ -675,14 +686,14 @@ mod tests {
 
     #[test]
     fn receives_sends_and_cancels() {
-        let mut ring = ring();
-        let gateway = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (mut ring, gateway, peer, mut batch) = armed(7);
+        assert_eq!(
+            ring.sockets[7],
+            (gateway.as_raw_fd(), true),
+            "in the ring's file table"
+        );
         super::super::batch::enable_drop_counter(gateway.as_raw_fd()).unwrap();
-        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let mut batch = Batch::new();
-        ring.attach(7, gateway.as_raw_fd());
-        ring.arm_recv(7).unwrap();
         for n in 0..3u8 {
             peer.send_to(&[n; 5], gateway.local_addr().unwrap())
                 .unwrap();
@@ -744,12 +755,7 @@ mod tests {
 
     #[test]
     fn oversized_datagrams_come_without_a_source() {
-        let mut ring = ring();
-        let gateway = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut batch = Batch::new();
-        ring.attach(4, gateway.as_raw_fd());
-        ring.arm_recv(4).unwrap();
+        let (mut ring, gateway, peer, mut batch) = armed(4);
         // Larger than a batch entry, then larger than a receive buffer: the
         // relay counts an entry without a source as malformed.
         for size in [BUF_LEN, BUF_LEN + 100, RECV_BUFFER_LEN + 100] {
@@ -795,12 +801,7 @@ mod tests {
 
     #[test]
     fn every_buffer_comes_back() {
-        let mut ring = ring();
-        let gateway = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut batch = Batch::new();
-        ring.attach(1, gateway.as_raw_fd());
-        ring.arm_recv(1).unwrap();
+        let (mut ring, gateway, peer, mut batch) = armed(1);
         // Three times the buffers there are, in rounds the socket can hold:
         // only buffers given back let the later rounds in.
         let total = 3 * usize::from(RECV_BUFFERS);

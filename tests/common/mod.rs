@@ -335,6 +335,20 @@ pub fn free_tcp_port() -> u16 {
     probe.local_addr().unwrap().port()
 }
 
+/// `POST /v1/sessions` with `body`: the status and the JSON answer (null
+/// when the body is not JSON).
+#[allow(dead_code)]
+pub async fn post_session(gw: &Gateway, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let r = client()
+        .post(format!("{}/v1/sessions", gw.api()))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
 /// Ends the session that `created` (a `POST /v1/sessions` answer) describes.
 pub async fn delete_session(base: &str, created: &serde_json::Value) {
     let r = client()
@@ -372,14 +386,7 @@ impl ApiSession {
         if let Some(p) = password {
             body["password"] = p.into();
         }
-        let r = client()
-            .post(format!("{}/v1/sessions", gw.api()))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let created = r.json().await.unwrap_or(serde_json::Value::Null);
+        let (status, created) = post_session(gw, &body).await;
         if status != 201 {
             return Err((status, created));
         }
