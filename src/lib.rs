@@ -121,9 +121,18 @@ impl Gateway {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };
-        let relay = media::relay::Relay::start_with(workers, config.media.relay_io)
+        let relay_options = media::relay::RelayOptions {
+            io: config.media.relay_io,
+            busy_poll: std::time::Duration::from_micros(config.media.relay_busy_poll_us.into()),
+        };
+        let relay = media::relay::Relay::start_with_options(workers, relay_options)
             .map_err(|e| StartError::Setup(format!("cannot start the media relay: {e}")))?;
-        info!(workers, io_asked = ?config.media.relay_io, "media relay started (a worker that cannot use io_uring says so)");
+        info!(
+            workers,
+            io_asked = ?config.media.relay_io,
+            busy_poll_us = config.media.relay_busy_poll_us,
+            "media relay started (a worker that cannot use io_uring says so)"
+        );
         let metrics = Metrics::new(Some(relay.clone()));
         let dtls_identity = webrtc::dtls::DtlsIdentity::generate()
             .map_err(|e| StartError::Setup(format!("cannot make the DTLS certificate: {e}")))?;

@@ -23,6 +23,10 @@ pub const DEFAULT_PATH: &str = "config/gateway.toml";
 /// Prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "GATEWAY__";
 
+/// Longest `[media] relay-busy-poll-us`: spinning longer than a
+/// millisecond between packets only burns the core.
+pub const MAX_BUSY_POLL_US: u32 = 1000;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct Config {
@@ -191,6 +195,7 @@ pub struct MediaConfig {
     pub web_enable_dtls: bool,
     pub relay_workers: usize,
     pub relay_io: crate::media::relay::RelayIo,
+    pub relay_busy_poll_us: u32,
     pub consent_timeout_s: u64,
     pub rtp_timeout_s: u64,
 }
@@ -206,6 +211,7 @@ impl Default for MediaConfig {
             web_enable_dtls: true,
             relay_workers: 0,
             relay_io: crate::media::relay::RelayIo::default(),
+            relay_busy_poll_us: 0,
             consent_timeout_s: 30,
             rtp_timeout_s: 30,
         }
@@ -467,6 +473,12 @@ impl Config {
         }
         if !(5..=3600).contains(&media.rtp_timeout_s) {
             p.add("media.rtp-timeout-s", "must be 5 to 3600 seconds");
+        }
+        if media.relay_busy_poll_us > MAX_BUSY_POLL_US {
+            p.add(
+                "media.relay-busy-poll-us",
+                format!("must be 0 (off) to {MAX_BUSY_POLL_US} microseconds"),
+            );
         }
         if media.relay_workers > 256 {
             p.add(
@@ -749,6 +761,21 @@ mod tests {
     fn wrong_type_is_named() {
         let err = load("[media]\nweb-port-min = \"abc\"\n").unwrap_err();
         assert!(err.to_string().contains("web-port-min"), "{err}");
+    }
+
+    #[test]
+    fn busy_poll_is_off_by_default_and_bounded() {
+        assert_eq!(load("").unwrap().media.relay_busy_poll_us, 0);
+        let c = load("[media]\nrelay-busy-poll-us = 200\n").unwrap();
+        assert_eq!(c.media.relay_busy_poll_us, 200);
+        let c = load("[media]\nrelay-busy-poll-us = 1000\n").unwrap();
+        assert_eq!(c.media.relay_busy_poll_us, MAX_BUSY_POLL_US);
+        let p = problems("[media]\nrelay-busy-poll-us = 1001\n");
+        assert!(
+            p.iter()
+                .any(|p| p.key == "media.relay-busy-poll-us" && p.problem.contains("1000")),
+            "{p:?}"
+        );
     }
 
     #[test]

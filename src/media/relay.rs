@@ -234,6 +234,17 @@ pub enum RelayIo {
     IoUring,
 }
 
+/// How the relay's workers run (`[media] relay-io`, `relay-busy-poll-us`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RelayOptions {
+    pub io: RelayIo,
+    /// After each turn, look for new datagrams without sleeping for up to
+    /// this long before the worker blocks. Zero: block at once. Spinning
+    /// spares the wake-up of a sleeping thread (on a virtual machine, of a
+    /// halted virtual CPU) at the price of CPU time.
+    pub busy_poll: std::time::Duration,
+}
+
 /// Whether a relay worker could run on io_uring here (it sets up and drops
 /// one worker's ring), and if not, why.
 pub fn io_uring_usable() -> io::Result<()> {
@@ -248,6 +259,21 @@ impl Relay {
 
     /// Starts `workers` threads (at least one) moving datagrams by `io`.
     pub fn start_with(workers: usize, io: RelayIo) -> Result<Arc<Relay>, RelayError> {
+        Self::start_with_options(
+            workers,
+            RelayOptions {
+                io,
+                ..RelayOptions::default()
+            },
+        )
+    }
+
+    /// Starts `workers` threads (at least one) run as `options` say.
+    pub fn start_with_options(
+        workers: usize,
+        options: RelayOptions,
+    ) -> Result<Arc<Relay>, RelayError> {
+        let io = options.io;
         let mut links = Vec::new();
         let totals = Arc::new(Totals::default());
         for n in 0..workers.max(1) {
@@ -263,6 +289,7 @@ impl Relay {
                 .name(format!("relay-{n}"))
                 .spawn(move || {
                     let mut worker = Worker::new(poll, rx, worker_calls, worker_totals);
+                    worker.busy_poll = options.busy_poll;
                     if io == RelayIo::IoUring {
                         match RingIo::new() {
                             Ok(ring) => worker.ring = Some(ring),
@@ -655,6 +682,8 @@ struct Worker {
     pending: Vec<(usize, usize)>,
     /// Calls with DTMF digits being sent.
     dtmf_slots: Vec<usize>,
+    /// How long to look for work without sleeping after a turn.
+    busy_poll: std::time::Duration,
 }
 
 /// io_uring mode: completions handled between two submits (each received
@@ -712,6 +741,7 @@ impl Worker {
             batch: Batch::new(),
             pending: Vec::new(),
             dtmf_slots: Vec::new(),
+            busy_poll: std::time::Duration::ZERO,
             ring: None,
         }
     }
@@ -729,7 +759,11 @@ impl Worker {
             } else {
                 Some(std::time::Duration::ZERO)
             };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            let spun = timeout != Some(std::time::Duration::ZERO)
+                && self.spin_for_events(&mut events, now, timeout);
+            if spun {
+                // `events` holds what the spin found.
+            } else if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -791,6 +825,14 @@ impl Worker {
             let Some(ring) = self.ring.as_mut() else {
                 return;
             };
+            if !self.busy_poll.is_zero() {
+                let until = now + self.busy_poll.min(timeout.unwrap_or(self.busy_poll));
+                while let Ok(false) = ring.poll_completions() {
+                    if std::time::Instant::now() >= until {
+                        break;
+                    }
+                }
+            }
             if let Err(e) = ring.wait(timeout) {
                 tracing::error!(error = %e, "relay worker io_uring failed; worker stops");
                 break;
@@ -808,6 +850,30 @@ impl Worker {
         }
         // Receives end before sockets close and ports return.
         self.ring = None;
+    }
+
+    /// Busy polling for the epoll worker: looks for events without sleeping
+    /// for up to `busy_poll` (or until `timeout`, if sooner); true when it
+    /// found some (they are in `events`).
+    fn spin_for_events(
+        &mut self,
+        events: &mut Events,
+        now: std::time::Instant,
+        timeout: Option<std::time::Duration>,
+    ) -> bool {
+        if self.busy_poll.is_zero() {
+            return false;
+        }
+        let until = now + self.busy_poll.min(timeout.unwrap_or(self.busy_poll));
+        loop {
+            let found = self.poll.poll(events, Some(std::time::Duration::ZERO));
+            if found.is_ok() && !events.is_empty() {
+                return true;
+            }
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+        }
     }
 
     /// Handles the completions waiting now (at most a bounded number, so
