@@ -767,6 +767,27 @@ mod tests {
     }
 
     #[test]
+    fn polling_without_sleep_sees_only_what_has_arrived() {
+        let (mut ring, gateway, peer, _) = armed(5);
+        // Nothing sent yet: the receive was submitted, nothing completed.
+        assert!(!ring.poll_completions().unwrap());
+        assert!(ring.next_event().is_none());
+        peer.send_to(b"now", gateway.local_addr().unwrap()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while !ring.poll_completions().unwrap() {
+            assert!(std::time::Instant::now() < deadline, "datagram never seen");
+        }
+        assert!(matches!(
+            ring.next_event(),
+            Some(Event::Datagram {
+                token: 5,
+                more: true
+            })
+        ));
+        assert!(!ring.poll_completions().unwrap());
+    }
+
+    #[test]
     fn oversized_datagrams_come_without_a_source() {
         let (mut ring, gateway, peer, mut batch) = armed(4);
         // Larger than a batch entry, then larger than a receive buffer: the
