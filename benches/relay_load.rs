@@ -44,6 +44,9 @@ use webrtc_sip_gateway::media::srtp::{SrtpContext, SrtpKeyMaterial, SrtpProfile}
 const MAX_BACKLOG_US: u64 = 20_000;
 
 const PAYLOAD: usize = 160; // 20 ms of G.711: a 172-byte RTP packet
+const RTP_LEN: usize = 12 + PAYLOAD;
+/// The same packet with its 10-byte AES_CM_128_HMAC_SHA1_80 tag.
+const SRTP_LEN: usize = RTP_LEN + 10;
 
 fn key() -> SrtpKeyMaterial {
     SrtpKeyMaterial::new(SrtpProfile::AesCm128HmacSha1_80, &[0x42; 16], &[0x17; 14]).unwrap()
@@ -72,17 +75,25 @@ fn main() {
     let seconds: u64 = arg("--seconds", "3").parse().unwrap_or(3);
     let calls = list("--calls", "1,50,500");
     let rates = list("--rates", "50000,100000,150000,200000,250000,300000,350000");
-    let io = match arg("--io", "io-uring").as_str() {
-        "epoll" => Some(RelayIo::Epoll),
+    let busy_poll = Duration::from_micros(arg("--busy-poll-us", "0").parse().unwrap_or(0));
+    // None: the bare forwarder instead of the relay.
+    let relay_options = match arg("--io", "io-uring").as_str() {
         "bare" => None,
-        _ => Some(RelayIo::IoUring),
+        "epoll" => Some(RelayOptions {
+            io: RelayIo::Epoll,
+            busy_poll,
+        }),
+        _ => Some(RelayOptions {
+            io: RelayIo::IoUring,
+            busy_poll,
+        }),
     };
-    match io {
-        Some(io) => println!("relay load: 1 relay worker thread ({io:?}, busy poll {} µs), SRTP (AES_CM_128_HMAC_SHA1_80) -> RTP, {PAYLOAD}-byte payloads, {seconds} s per step", arg("--busy-poll-us", "0")),
+    match relay_options {
+        Some(o) => println!("relay load: 1 relay worker thread ({:?}, busy poll {} µs), SRTP (AES_CM_128_HMAC_SHA1_80) -> RTP, {PAYLOAD}-byte payloads, {seconds} s per step", o.io, o.busy_poll.as_micros()),
         None => println!("reference: bare epoll + recvmmsg/sendmmsg forwarder, one thread, {PAYLOAD}-byte payloads, {seconds} s per step"),
     }
     for n in calls {
-        run_for_calls(n as usize, &rates, seconds, io);
+        run_for_calls(n as usize, &rates, seconds, relay_options);
     }
 }
 
@@ -116,21 +127,38 @@ struct Step {
     backlog_us: u64,
 }
 
+impl Step {
+    /// The generator's answer line.
+    fn line(&self) -> String {
+        let Step {
+            received,
+            sent,
+            p50_ns,
+            p99_ns,
+            backlog_us,
+        } = self;
+        format!("RESULT {received} {sent} {p50_ns} {p99_ns} {backlog_us}")
+    }
+
+    fn parse(line: &str) -> Step {
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|x| x.parse().unwrap())
+            .collect();
+        Step {
+            received: v[0],
+            sent: v[1],
+            p50_ns: v[2],
+            p99_ns: v[3],
+            backlog_us: v[4],
+        }
+    }
+}
+
 fn measure(t: &mut Traffic, rate: u64, seconds: u64, direct: bool) -> Step {
     t.say(&format!("RUN {rate} {seconds} {}", u8::from(direct)));
-    let r = t.line();
-    let v: Vec<u64> = r
-        .split_whitespace()
-        .skip(1)
-        .map(|x| x.parse().unwrap())
-        .collect();
-    Step {
-        received: v[0],
-        sent: v[1],
-        p50_ns: v[2],
-        p99_ns: v[3],
-        backlog_us: v[4],
-    }
+    Step::parse(&t.line())
 }
 
 /// Forwards each web socket's datagrams to `sink` by its SIP socket, as
@@ -184,7 +212,7 @@ fn bare_forwarder(
         .unwrap()
 }
 
-fn run_for_calls(n: usize, rates: &[u64], seconds: u64, io: Option<RelayIo>) {
+fn run_for_calls(n: usize, rates: &[u64], seconds: u64, relay_options: Option<RelayOptions>) {
     let exe = std::env::current_exe().unwrap();
     // Pinned: the generator process on CPU 0, the relay worker on CPU 1, so
     // the scheduler never parks the relay behind the generator.
@@ -217,14 +245,7 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64, io: Option<RelayIo>) {
         .collect();
     let (browser, sink) = (addrs[0], addrs[1]);
 
-    let busy_poll_us: u64 = arg("--busy-poll-us", "0").parse().unwrap_or(0);
-    let relay = io.map(|io| {
-        let options = RelayOptions {
-            io,
-            busy_poll: Duration::from_micros(busy_poll_us),
-        };
-        Relay::start_with_options(1, options).unwrap()
-    });
+    let relay = relay_options.map(|options| Relay::start_with_options(1, options).unwrap());
     let stop_bare = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut bare_pairs = Vec::new();
     let mut calls = Vec::new();
@@ -356,7 +377,7 @@ fn burst() -> usize {
     value
         .parse::<usize>()
         .unwrap_or(1)
-        .clamp(1, BUF_LEN / (12 + PAYLOAD + 10))
+        .clamp(1, BUF_LEN / SRTP_LEN)
 }
 
 /// Whether to pin (`--pin 1`, the default on a machine with two or more CPUs).
@@ -386,11 +407,15 @@ fn task_named(name: &str) -> Option<std::path::PathBuf> {
     None
 }
 
+/// The thread id of this process's thread `name`, as tools take it.
+fn thread_id(name: &str) -> Option<String> {
+    task_named(name).and_then(|p| p.file_name()?.to_str().map(str::to_string))
+}
+
 /// Gives this process's thread `name` a real-time priority (SCHED_FIFO 10),
 /// when the system lets us.
 fn prioritize_thread(name: &str) {
-    let Some(tid) = task_named(name).and_then(|p| p.file_name()?.to_str().map(str::to_string))
-    else {
+    let Some(tid) = thread_id(name) else {
         return;
     };
     let _ = Command::new("chrt")
@@ -402,7 +427,7 @@ fn prioritize_thread(name: &str) {
 
 /// Moves the relay worker thread onto `cpu` (taskset takes a thread id).
 fn pin_worker_to_cpu(cpu: usize) {
-    let Some(tid) = worker_task().and_then(|p| p.file_name()?.to_str().map(str::to_string)) else {
+    let Some(tid) = thread_id("relay-0") else {
         println!("  (relay worker thread not found: not pinned)");
         return;
     };
@@ -481,7 +506,7 @@ fn traffic() {
                     direct,
                     epoch,
                 );
-                writeln!(out, "RESULT {} {} {} {} {}", r.0, r.1, r.2, r.3, r.4).unwrap();
+                writeln!(out, "{}", r.line()).unwrap();
                 out.flush().unwrap();
             }
             _ => return,
@@ -534,16 +559,12 @@ fn run(
     seconds: u64,
     direct: bool,
     epoch: Instant,
-) -> (u64, u64, u64, u64, u64) {
+) -> Step {
     let sink_addr = sink.local_addr().unwrap();
     // A burst leaves as one datagram the kernel cuts into `burst` packets
     // (UDP GSO), so the generator's own kernel path is paid once per burst.
     let burst = burst();
-    let segment = if direct {
-        12 + PAYLOAD
-    } else {
-        12 + PAYLOAD + 10
-    };
+    let segment = if direct { RTP_LEN } else { SRTP_LEN };
     let gso = if burst > 1 { segment as i32 } else { 0 };
     nix::sys::socket::setsockopt(
         browser.as_raw_fd(),
@@ -605,11 +626,10 @@ fn run(
                 ]);
                 buf[8..12].copy_from_slice(&(call as u32 + 1).to_be_bytes());
                 buf[12..20].copy_from_slice(&stamp.to_be_bytes());
-                let len = 12 + PAYLOAD;
                 message_len += if direct {
-                    len
+                    RTP_LEN
                 } else {
-                    contexts[call].protect_rtp(buf, len).unwrap()
+                    contexts[call].protect_rtp(buf, RTP_LEN).unwrap()
                 };
             }
             tx.lens[i] = message_len;
@@ -630,11 +650,11 @@ fn run(
             u64::from(latencies[((latencies.len() - 1) as f64 * p) as usize])
         }
     };
-    (
+    Step {
         received,
         sent,
-        pct(0.5),
-        pct(0.99),
-        backlog.as_micros() as u64,
-    )
+        p50_ns: pct(0.5),
+        p99_ns: pct(0.99),
+        backlog_us: backlog.as_micros() as u64,
+    }
 }

@@ -344,6 +344,22 @@ fn call_on_ports(
         .unwrap()
 }
 
+/// A call on the next free ports of both ranges (see [`call_on_ports`]),
+/// with the web and SIP RTP addresses it listens on.
+fn call_on_free_ports(
+    relay: &Arc<Relay>,
+    ranges: (&PortAllocator, &PortAllocator),
+    sip_remote: SocketAddr,
+    browser: Option<SocketAddr>,
+) -> (CallMedia, SocketAddr, SocketAddr) {
+    let ip = "127.0.0.1".parse().unwrap();
+    let web = ranges.0.bind(ip).unwrap();
+    let sip = ranges.1.bind(ip).unwrap();
+    let (web_at, sip_at) = (web.rtp.local_addr().unwrap(), sip.rtp.local_addr().unwrap());
+    let call = call_on_ports(relay, web, sip, sip_remote, browser);
+    (call, web_at, sip_at)
+}
+
 fn ports_return_when_calls_end(options: RelayOptions) {
     let relay = start_relay(2, options);
     let web_ports = PortAllocator::new(42000, 42099, false);
@@ -352,15 +368,9 @@ fn ports_return_when_calls_end(options: RelayOptions) {
     let peer = udp();
     let mut calls = Vec::new();
     for _ in 0..50 {
-        let web = web_ports.bind(ip).unwrap();
-        let sip = sip_ports.bind(ip).unwrap();
-        calls.push(call_on_ports(
-            &relay,
-            web,
-            sip,
-            peer.local_addr().unwrap(),
-            None,
-        ));
+        let ranges = (&web_ports, &sip_ports);
+        let (call, _, _) = call_on_free_ports(&relay, ranges, peer.local_addr().unwrap(), None);
+        calls.push(call);
     }
     until("calls added", || relay.call_count() == 50);
     assert_eq!(web_ports.free_count(), web_ports.capacity() - 50);
@@ -395,18 +405,14 @@ fn calls_leave_while_packets_flow(options: RelayOptions) {
     let mut calls = Vec::new();
     let mut targets = Vec::new();
     for _ in 0..40 {
-        let web = web_ports.bind(ip).unwrap();
-        let sip = sip_ports.bind(ip).unwrap();
-        targets.push(web.rtp.local_addr().unwrap());
-        targets.push(sip.rtp.local_addr().unwrap());
-        let browser_address = Some(browser.local_addr().unwrap());
-        calls.push(call_on_ports(
+        let (call, web_at, sip_at) = call_on_free_ports(
             &relay,
-            web,
-            sip,
+            (&web_ports, &sip_ports),
             peer.local_addr().unwrap(),
-            browser_address,
-        ));
+            Some(browser.local_addr().unwrap()),
+        );
+        calls.push(call);
+        targets.extend([web_at, sip_at]);
     }
     until("calls added", || relay.call_count() == 40);
     let pouring = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -502,6 +508,7 @@ fn burst_is_dropped_and_counted_then_the_stream_goes_on(options: RelayOptions) {
         web.dropped_auth_failed + web.dropped_replay + web.dropped_malformed,
         0
     );
+    assert_eq!(sip.packets_out + sip.dropped_overload, web.packets_in);
     eprintln!(
         "burst of {sent}: {} relayed, {} dropped at the web socket, {} at the SIP socket",
         sip.packets_out, web.dropped_overload, sip.dropped_overload
@@ -670,31 +677,29 @@ fn dtmf_needs_telephone_event(options: RelayOptions) {
     ));
 }
 
-/// Every test named, once per way the relay hands datagrams to the kernel,
-/// in modules `$epoll` and `$io_uring`, with workers busy polling for
-/// `$busy_poll_us` after each turn.
+/// Every test named, in module `$module`, with workers moving datagrams
+/// by `$io` and busy polling for `$busy_poll_us` after each turn.
+macro_rules! with_options {
+    ($module:ident, $io:ident, $busy_poll_us:expr; $($name:ident),*) => {
+        mod $module {
+            use webrtc_sip_gateway::media::relay::{RelayIo, RelayOptions};
+            $(#[test]
+            fn $name() {
+                super::$name(RelayOptions {
+                    io: RelayIo::$io,
+                    busy_poll: std::time::Duration::from_micros($busy_poll_us),
+                })
+            })*
+        }
+    };
+}
+
+/// Every test named, once per way the relay hands datagrams to the kernel
+/// (modules `$epoll` and `$io_uring`).
 macro_rules! each_io {
     ($epoll:ident, $io_uring:ident, $busy_poll_us:expr; $($name:ident),*) => {
-        mod $epoll {
-            use webrtc_sip_gateway::media::relay::{RelayIo, RelayOptions};
-            $(#[test]
-            fn $name() {
-                super::$name(RelayOptions {
-                    io: RelayIo::Epoll,
-                    busy_poll: std::time::Duration::from_micros($busy_poll_us),
-                })
-            })*
-        }
-        mod $io_uring {
-            use webrtc_sip_gateway::media::relay::{RelayIo, RelayOptions};
-            $(#[test]
-            fn $name() {
-                super::$name(RelayOptions {
-                    io: RelayIo::IoUring,
-                    busy_poll: std::time::Duration::from_micros($busy_poll_us),
-                })
-            })*
-        }
+        with_options!($epoll, Epoll, $busy_poll_us; $($name),*);
+        with_options!($io_uring, IoUring, $busy_poll_us; $($name),*);
     };
 }
 

@@ -288,8 +288,8 @@ impl Relay {
             let thread = std::thread::Builder::new()
                 .name(format!("relay-{n}"))
                 .spawn(move || {
-                    let mut worker = Worker::new(poll, rx, worker_calls, worker_totals);
-                    worker.busy_poll = options.busy_poll;
+                    let mut worker =
+                        Worker::new(poll, rx, worker_calls, worker_totals, options.busy_poll);
                     if io == RelayIo::IoUring {
                         match RingIo::new() {
                             Ok(ring) => worker.ring = Some(ring),
@@ -723,12 +723,26 @@ impl Outgoing {
     }
 }
 
+/// Busy polling: asks `found` until it says yes (true) or `until` passes
+/// (false).
+fn spin_until(until: std::time::Instant, mut found: impl FnMut() -> bool) -> bool {
+    loop {
+        if found() {
+            return true;
+        }
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+    }
+}
+
 impl Worker {
     fn new(
         poll: Poll,
         control: Receiver<Control>,
         load: Arc<AtomicUsize>,
         totals: Arc<Totals>,
+        busy_poll: std::time::Duration,
     ) -> Self {
         Worker {
             poll,
@@ -741,7 +755,7 @@ impl Worker {
             batch: Batch::new(),
             pending: Vec::new(),
             dtmf_slots: Vec::new(),
-            busy_poll: std::time::Duration::ZERO,
+            busy_poll,
             ring: None,
         }
     }
@@ -759,11 +773,19 @@ impl Worker {
             } else {
                 Some(std::time::Duration::ZERO)
             };
-            let spun = timeout != Some(std::time::Duration::ZERO)
-                && self.spin_for_events(&mut events, now, timeout);
-            if spun {
-                // `events` holds what the spin found.
-            } else if let Err(e) = self.poll.poll(&mut events, timeout) {
+            // A spin that finds events leaves them in `events`; otherwise wait.
+            let spun = self.spin_deadline(now, timeout).is_some_and(|until| {
+                spin_until(until, || {
+                    let found = self.poll.poll(&mut events, Some(std::time::Duration::ZERO));
+                    found.is_ok() && !events.is_empty()
+                })
+            });
+            let waited = if spun {
+                Ok(())
+            } else {
+                self.poll.poll(&mut events, timeout)
+            };
+            if let Err(e) = waited {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -822,16 +844,13 @@ impl Worker {
             let timeout = self
                 .next_dtmf(now)
                 .map(|at| at.saturating_duration_since(now));
+            let spin = self.spin_deadline(now, timeout);
             let Some(ring) = self.ring.as_mut() else {
                 return;
             };
-            if !self.busy_poll.is_zero() {
-                let until = now + self.busy_poll.min(timeout.unwrap_or(self.busy_poll));
-                while let Ok(false) = ring.poll_completions() {
-                    if std::time::Instant::now() >= until {
-                        break;
-                    }
-                }
+            if let Some(until) = spin {
+                // An error ends the spin; the wait below reports it.
+                spin_until(until, || !matches!(ring.poll_completions(), Ok(false)));
             }
             if let Err(e) = ring.wait(timeout) {
                 tracing::error!(error = %e, "relay worker io_uring failed; worker stops");
@@ -852,28 +871,15 @@ impl Worker {
         self.ring = None;
     }
 
-    /// Busy polling for the epoll worker: looks for events without sleeping
-    /// for up to `busy_poll` (or until `timeout`, if sooner); true when it
-    /// found some (they are in `events`).
-    fn spin_for_events(
-        &mut self,
-        events: &mut Events,
+    /// Until when to look for work without sleeping before a wait of
+    /// `timeout` (None: no busy polling, or a wait that does not sleep).
+    fn spin_deadline(
+        &self,
         now: std::time::Instant,
         timeout: Option<std::time::Duration>,
-    ) -> bool {
-        if self.busy_poll.is_zero() {
-            return false;
-        }
-        let until = now + self.busy_poll.min(timeout.unwrap_or(self.busy_poll));
-        loop {
-            let found = self.poll.poll(events, Some(std::time::Duration::ZERO));
-            if found.is_ok() && !events.is_empty() {
-                return true;
-            }
-            if std::time::Instant::now() >= until {
-                return false;
-            }
-        }
+    ) -> Option<std::time::Instant> {
+        let spin = timeout.map_or(self.busy_poll, |t| t.min(self.busy_poll));
+        (!spin.is_zero()).then(|| now + spin)
     }
 
     /// Handles the completions waiting now (at most a bounded number, so

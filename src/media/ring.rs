@@ -668,8 +668,6 @@ mod tests {
         RingIo::new().expect("io_uring is available (Linux 6.0 or later, not disabled)")
     }
 
-    /// Events until `want` have come, or none came for 300 ms (everything
-    /// the tests wait for was sent before; loopback delivers at once).
     /// A ring with a loopback socket attached as `token` and its receive
     /// armed, a peer to talk to it, and a batch to copy datagrams into.
     fn armed(token: u32) -> (RingIo, std::net::UdpSocket, std::net::UdpSocket, Batch) {
@@ -681,6 +679,8 @@ mod tests {
         (ring, gateway, peer, Batch::new())
     }
 
+    /// Events until `want` have come, or none came for 300 ms (everything
+    /// the tests wait for was sent before; loopback delivers at once).
     fn events(ring: &mut RingIo, want: usize, batch: &mut Batch) -> Vec<Event> {
         let mut got = Vec::new();
         let mut last = std::time::Instant::now();
