@@ -263,6 +263,7 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64, relay_options: Option<Re
                 .add_call(CallMediaSetup {
                     web_socket: web,
                     web_remote: Some(browser),
+                    web_local: None,
                     web_srtp: Some((
                         SrtpContext::new(&key()).unwrap(),
                         SrtpContext::new(&key()).unwrap(),

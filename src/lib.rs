@@ -11,6 +11,7 @@ pub mod echo;
 pub mod logging;
 pub mod media;
 pub mod metrics;
+pub mod netif;
 pub mod ops;
 pub mod sdp;
 pub mod session;
@@ -152,15 +153,25 @@ impl Gateway {
         })?;
         let ua = sip_user_agent(&config, sip_addr).await?;
         let m = &config.media;
+        let addresses = MediaAddresses::find(&config, ua.server())?;
+        info!(
+            web = ?addresses.web.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            configured = !m.public_address.is_empty(),
+            "web leg addresses offered to browsers (ICE host candidates, the first in c=)"
+        );
+        info!(
+            sip = %addresses.sip,
+            bound = %addresses.sip_bind,
+            "SIP leg media address"
+        );
         let settings = call::driver::CallSettings {
-            public_address: m.public_address.parse().map_err(|_| {
-                StartError::Setup("media.public-address is not an IP address".into())
-            })?,
+            web_addresses: addresses.web.clone(),
             web_enable_dtls: m.web_enable_dtls,
             consent_timeout: Duration::from_secs(m.consent_timeout_s),
             rtp_timeout: Duration::from_secs(m.rtp_timeout_s),
             echo_number: config.echo.number.clone(),
-            sip_media_address: ua.local_address().ip(),
+            sip_media_address: addresses.sip,
+            sip_media_bind: addresses.sip_bind,
             ring_timeout: Duration::from_secs(config.sip.ring_timeout_s),
             dtmf_info: config.sip.dtmf == config::DtmfMode::Info,
             sip_srtp: config.sip.srtp,
@@ -185,10 +196,11 @@ impl Gateway {
         let sip_over_tls =
             config.sip.transport == config::SipTransport::Tls && !config.sip.server.is_empty();
         let tls_identity = if !config.http.tls_listen.is_empty() || sip_over_tls {
+            let names: Vec<String> = addresses.web.iter().map(ToString::to_string).collect();
             Some(TlsIdentity::load_or_generate(
                 &config.http.tls_cert,
                 &config.http.tls_key,
-                std::slice::from_ref(&config.media.public_address),
+                &names,
             )?)
         } else {
             None
@@ -337,6 +349,53 @@ fn sip_tls_client(c: &config::SipConfig) -> Result<sip::tls::TlsClient, StartErr
 
 /// The SIP user agent for the config: the server resolved, our advertised
 /// address, timers and intervals.
+/// Where each media leg is reached and sends from.
+pub struct MediaAddresses {
+    /// Web leg candidates, in the order offered (never empty).
+    pub web: Vec<std::net::IpAddr>,
+    /// The SIP leg's address in our SDP, and what its sockets bind to.
+    pub sip: std::net::IpAddr,
+    pub sip_bind: std::net::IpAddr,
+}
+
+impl MediaAddresses {
+    /// From `[media] public-address` (else the host's own addresses) and
+    /// `[sip] media-address` (else the route's source toward `server`,
+    /// loopback without one).
+    pub fn find(config: &Config, server: Option<SocketAddr>) -> Result<Self, StartError> {
+        let host = netif::host_addresses()
+            .map_err(|e| StartError::Setup(format!("cannot read the host's addresses: {e}")))?;
+        let configured = config
+            .media
+            .public_address
+            .parse()
+            .map_err(|e| StartError::Setup(format!("media.public-address: {e}")))?;
+        let web = if configured.is_empty() {
+            netif::default_web_addresses(&host)
+        } else {
+            configured
+        };
+        let sip =
+            if config.sip.media_address.is_empty() {
+                server
+                    .and_then(netif::route_source)
+                    .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+            } else {
+                config.sip.media_address.parse().map_err(|_| {
+                    StartError::Setup("sip.media-address is not an IP address".into())
+                })?
+            };
+        let sip_bind = if netif::is_host_address(&host, sip) {
+            sip
+        } else if sip.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        };
+        Ok(MediaAddresses { web, sip, sip_bind })
+    }
+}
+
 async fn sip_user_agent(
     config: &Config,
     listening: SocketAddr,

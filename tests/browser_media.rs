@@ -8,6 +8,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use webrtc_sip_gateway::media::batch::send_from;
 use webrtc_sip_gateway::media::relay::{CallMediaSetup, PayloadMap, Relay, RelayEvent};
 use webrtc_sip_gateway::media::srtp::SrtpContext;
 use webrtc_sip_gateway::sdp::build::{self, AnswerKeying, Local, WebAnswer};
@@ -93,6 +95,7 @@ fn run_call(wrong_fingerprint: bool) {
         pwd: "gateway-test-password-01".into(),
     };
     let answer = build::web_answer(&WebAnswer {
+        candidates: &[],
         offer: &offer,
         local: Local {
             address: "127.0.0.1".parse().unwrap(),
@@ -117,6 +120,7 @@ fn run_call(wrong_fingerprint: bool) {
         .add_call(CallMediaSetup {
             web_socket,
             web_remote: None,
+            web_local: None,
             web_srtp: None,
             web_ssrc: Some(WEB_SSRC),
             sip_rtp_socket: sip_socket,
@@ -180,18 +184,18 @@ fn run_call(wrong_fingerprint: bool) {
             t.saturating_duration_since(now)
         });
         match events.recv_timeout(wait.min(Duration::from_millis(20))) {
-            Ok(RelayEvent::Packet(p)) => leg.handle_packet(Instant::now(), p.from, &p.data),
+            Ok(RelayEvent::Packet(p)) => leg.handle_packet(Instant::now(), p.from, p.to, &p.data),
             Ok(RelayEvent::Dtmf { .. }) => {}
             Err(_) => leg.handle_timeout(Instant::now()),
         }
         while let Some(e) = leg.poll_event() {
             match e {
-                WebLegEvent::Transmit { to, data } => {
-                    control_socket.send_to(&data, to).unwrap();
+                WebLegEvent::Transmit { to, from, data } => {
+                    send_from(control_socket.as_raw_fd(), &data, to, from).unwrap();
                 }
-                WebLegEvent::Selected(addr) => {
+                WebLegEvent::Selected(pair) => {
                     selected = true;
-                    media.set_web_remote(addr).unwrap();
+                    media.set_web_remote(pair.remote, pair.local).unwrap();
                 }
                 WebLegEvent::Keys(keys) => {
                     keyed = true;

@@ -97,6 +97,7 @@ fn answer_for(offer_text: &str) -> String {
         .clone();
     let codecs = answer_codecs(&offer.audio.codecs, &pcmu).unwrap();
     build::web_answer(&WebAnswer {
+        candidates: &[],
         offer: &offer,
         local: local(),
         ice: &ice(),
@@ -134,6 +135,7 @@ fn chromium_answers_our_offer() {
     let crypto = vec![CryptoAttribute::generate(1, SrtpProfile::AesCm128HmacSha1_80).unwrap()];
     let fingerprint = Fingerprint { sha256: [0x5a; 32] };
     let offer = build::web_offer(&WebOffer {
+        candidates: &[],
         local: local(),
         ice: &ice(),
         fingerprint: Some(&fingerprint),

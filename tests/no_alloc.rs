@@ -88,7 +88,13 @@ fn ring_receive_and_send_do_not_allocate() {
                             web: false,
                             len: 172,
                         };
-                        assert!(ring.queue_send(0, &batch.bufs[0][..batch.lens[0]], to_peer, tag));
+                        assert!(ring.queue_send(
+                            0,
+                            &batch.bufs[0][..batch.lens[0]],
+                            to_peer,
+                            None,
+                            tag
+                        ));
                         got = true;
                     }
                     Event::Sent { ok, .. } => {

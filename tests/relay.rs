@@ -56,6 +56,7 @@ fn setup_call(relay: &Arc<Relay>, strict: bool) -> TestCall {
     let setup = CallMediaSetup {
         web_socket,
         web_remote: Some(browser.local_addr().unwrap()),
+        web_local: None,
         web_srtp: Some((
             SrtpContext::new(&keys(1)).unwrap(),
             SrtpContext::new(&keys(2)).unwrap(),
@@ -268,6 +269,7 @@ fn web_media_waits_for_ice_and_keys(options: RelayOptions) {
         .add_call(CallMediaSetup {
             web_socket,
             web_remote: None,
+            web_local: None,
             web_srtp: None,
             web_ssrc: None,
             sip_rtp_socket: sip_rtp,
@@ -288,7 +290,9 @@ fn web_media_waits_for_ice_and_keys(options: RelayOptions) {
     until("early packet counted", || {
         media.stats.web.snapshot().dropped_foreign_source == 1
     });
-    media.set_web_remote(browser.local_addr().unwrap()).unwrap();
+    media
+        .set_web_remote(browser.local_addr().unwrap(), None)
+        .unwrap();
     browser
         .send_to(
             &srtp(&mut tx, &rtp_packet(0, 2, 5, b"no keys")),
@@ -329,6 +333,7 @@ fn call_on_ports(
         .add_call(CallMediaSetup {
             web_socket: web.rtp,
             web_remote: browser,
+            web_local: None,
             web_srtp,
             web_ssrc: None,
             sip_rtp_socket: sip.rtp,
@@ -658,6 +663,7 @@ fn dtmf_needs_telephone_event(options: RelayOptions) {
         .add_call(CallMediaSetup {
             web_socket: udp(),
             web_remote: None,
+            web_local: None,
             web_srtp: None,
             web_ssrc: None,
             sip_rtp_socket: udp(),

@@ -64,7 +64,7 @@ fn an_independent_stun_stack_completes_a_check() {
     let browser: SocketAddr = "127.0.0.1:51234".parse().unwrap();
     let req = request("gwab:brcd", OUR_PWD, true);
     let response = agent
-        .handle_packet(t0, browser, &req.raw)
+        .handle_packet(t0, browser.into(), &req.raw)
         .unwrap()
         .expect("a response");
 
@@ -80,11 +80,14 @@ fn an_independent_stun_stack_completes_a_check() {
     let mut mapped = XorMappedAddress::default();
     mapped.get_from(&resp).unwrap();
     assert_eq!(SocketAddr::new(mapped.ip, mapped.port), browser);
-    assert_eq!(agent.poll_event(), Some(IceEvent::Selected(browser)));
+    assert_eq!(agent.poll_event(), Some(IceEvent::Selected(browser.into())));
 
     // Their request signed with the wrong password is refused with 401.
     let bad = request("gwab:brcd", "wrongpassword00000000000", true);
-    let response = agent.handle_packet(t0, browser, &bad.raw).unwrap().unwrap();
+    let response = agent
+        .handle_packet(t0, browser.into(), &bad.raw)
+        .unwrap()
+        .unwrap();
     let mut resp = Message::new();
     resp.raw = response;
     resp.decode().unwrap();

@@ -14,7 +14,7 @@ use webrtc_sip_gateway::webrtc::stun::Message;
 
 fuzz_target!(|data: &[u8]| {
     let now = Instant::now();
-    let from = "192.0.2.9:5000".parse().unwrap();
+    let from: std::net::SocketAddr = "192.0.2.9:5000".parse().unwrap();
     match classify(data) {
         WebPacketKind::Stun => {
             let mut agent = IceLiteAgent::new(
@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
                 Duration::from_secs(30),
                 now,
             );
-            if let Ok(Some(response)) = agent.handle_packet(now, from, data) {
+            if let Ok(Some(response)) = agent.handle_packet(now, from.into(), data) {
                 Message::decode(&response).expect("our response decodes");
             }
             agent.handle_timeout(now + Duration::from_secs(31));

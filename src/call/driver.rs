@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -23,6 +24,7 @@ use super::plan::{self, OutboundPlan, WebLocal};
 use super::{Call, CallError, CallOutput, CallState, FarRequest, LegKeying, Party, WebLegSpec};
 use crate::config::SrtpPolicy;
 use crate::echo::{self, Echo};
+use crate::media::batch::send_from;
 use crate::media::ports::BoundPorts;
 use crate::media::ports::{PortAllocator, PortError};
 use crate::media::relay::PayloadMap;
@@ -41,6 +43,7 @@ use crate::sip::dialog::DialogEvent;
 use crate::sip::driver::IncomingCall;
 use crate::sip::driver::SipHandle;
 use crate::webrtc::dtls::DtlsIdentity;
+use crate::webrtc::ice::Pair;
 
 /// How often the relay's packet counters are sampled for the RTP timeout.
 const MEDIA_SAMPLE: Duration = Duration::from_secs(1);
@@ -109,7 +112,16 @@ pub struct CallView {
     /// or `rtp` (empty until the legs are joined).
     pub keying: KeyingView,
     pub held: Option<&'static str>,
+    /// The web leg's media path once ICE has chosen one: the browser's
+    /// address and ours it sends to (and media leaves from).
+    pub web_path: Option<WebPathView>,
     pub stats: CallStatsView,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct WebPathView {
+    pub browser: SocketAddr,
+    pub gateway: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -136,6 +148,7 @@ pub struct CallStatsView {
 struct Status {
     state: CallState,
     held: Option<Party>,
+    web_path: Option<Pair>,
 }
 
 struct Entry {
@@ -201,6 +214,10 @@ impl CallRegistry {
             codec,
             keying,
             held: status.held.map(Party::as_str),
+            web_path: status.web_path.map(|p| WebPathView {
+                browser: p.remote,
+                gateway: p.local,
+            }),
             stats: CallStatsView { web, sip },
         })
     }
@@ -278,13 +295,19 @@ pub struct SipCaller<'a> {
 /// Settings a call needs from the config.
 #[derive(Debug, Clone)]
 pub struct CallSettings {
-    pub public_address: IpAddr,
+    /// Our web-leg addresses offered to browsers as ICE candidates (never
+    /// empty); the first is the SDP connection address.
+    pub web_addresses: Vec<IpAddr>,
     pub web_enable_dtls: bool,
     pub consent_timeout: Duration,
     pub rtp_timeout: Duration,
     pub echo_number: String,
     /// Our media address toward the SIP side (in our SDP offers there).
     pub sip_media_address: IpAddr,
+    /// What the SIP leg's sockets bind to: the media address when it is
+    /// this host's (so media leaves from it), else every address (it is a
+    /// NAT's, which maps ours).
+    pub sip_media_bind: IpAddr,
     /// An incoming call the browser leaves unanswered this long is refused (480).
     pub ring_timeout: Duration,
     /// DTMF toward SIP always as SIP INFO (else RFC 4733, INFO as fallback).
@@ -345,17 +368,18 @@ impl MediaPlane {
         plan::outbound(offer, self.settings.web_enable_dtls)
     }
 
-    /// Binds a call's sockets: the web port (on every address of the public
-    /// address's family), the SIP pair (on every address of `sip_like`'s
-    /// family), and a second handle on the web socket for ICE/DTLS replies.
+    /// Binds a call's sockets: the web port (on every address of the web
+    /// addresses' family: a browser may reach any of them), the SIP pair
+    /// (on `sip_bind`), and a second handle on the web socket for ICE/DTLS
+    /// replies.
     fn bind_legs(
         &self,
-        sip_like: IpAddr,
+        sip_bind: IpAddr,
     ) -> Result<(BoundPorts, BoundPorts, UdpSocket), StartError> {
         let web = self
             .web_ports
-            .bind(any_address(self.settings.public_address))?;
-        let sip = self.sip_ports.bind(any_address(sip_like))?;
+            .bind(any_address(self.settings.web_addresses[0]))?;
+        let sip = self.sip_ports.bind(sip_bind)?;
         let control_socket = web
             .rtp
             .try_clone()
@@ -471,7 +495,7 @@ impl MediaPlane {
         } = caller;
         let cid = plan::random_token(12)?;
         let sip_crypto = plan::sip_offer_crypto(self.settings.sip_srtp)?;
-        let (web, sip, control_socket) = self.bind_legs(self.settings.sip_media_address)?;
+        let (web, sip, control_socket) = self.bind_legs(self.settings.sip_media_bind)?;
         let offer = build::sip_media(&SipMedia {
             local: Local {
                 address: self.settings.sip_media_address,
@@ -543,7 +567,7 @@ impl MediaPlane {
             .map_err(|e| refuse(488, e.into()))?;
         let web_codecs = usable(&far.codecs).map_err(|e| refuse(488, e.into()))?;
         let (web, sip, control_socket) = self
-            .bind_legs(self.settings.sip_media_address)
+            .bind_legs(self.settings.sip_media_bind)
             .map_err(|e| refuse(503, e))?;
         let offer = WebOfferState {
             local_ice: IceCredentials {
@@ -560,8 +584,9 @@ impl MediaPlane {
             sip_keying,
         };
         let web_sdp = build::web_offer(&WebOffer {
+            candidates: &self.settings.web_addresses,
             local: Local {
-                address: self.settings.public_address,
+                address: self.settings.web_addresses[0],
                 port: web.lease.port(),
                 session_id: u64::from(plan::random_u32()?),
                 session_version: 1,
@@ -623,6 +648,7 @@ impl MediaPlane {
                 CallState::Calling
             },
             held: None,
+            web_path: None,
         }));
         self.calls.insert(
             cid.to_string(),
@@ -816,7 +842,7 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
             tokio::select! {
                 input = inputs.recv() => match input {
                     Some(Input::Relay(RelayEvent::Packet(p))) => {
-                        self.call.handle_web_packet(Instant::now(), p.from, &p.data);
+                        self.call.handle_web_packet(Instant::now(), p.from, p.to, &p.data);
                     }
                     Some(Input::Relay(RelayEvent::Dtmf { digit, .. })) => self.call.far_dtmf(digit),
                     Some(Input::Command(command, reply)) => {
@@ -979,6 +1005,7 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
             .add_call(CallMediaSetup {
                 web_socket: web.rtp,
                 web_remote: None,
+                web_local: None,
                 web_srtp,
                 web_ssrc: Some(offer.ssrc),
                 sip_rtp_socket: sip.rtp,
@@ -1051,7 +1078,7 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
             &plan,
             &far.codecs,
             &WebLocal {
-                address: self.settings.public_address,
+                addresses: &self.settings.web_addresses,
                 port: web.lease.port(),
                 identity: &self.identity,
                 consent_timeout: self.settings.consent_timeout,
@@ -1071,6 +1098,7 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
             .add_call(CallMediaSetup {
                 web_socket: web.rtp,
                 web_remote: None,
+                web_local: None,
                 web_srtp,
                 web_ssrc: Some(negotiated.web_ssrc),
                 sip_rtp_socket: sip.rtp,
@@ -1136,15 +1164,21 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
         let mut finished = false;
         while let Some(output) = self.call.poll_output() {
             match output {
-                CallOutput::Transmit { to, data } => {
+                CallOutput::Transmit { to, from, data } => {
                     // A full socket buffer loses this datagram; ICE and DTLS retransmit.
-                    let _ = self.control_socket.send_to(&data, to);
+                    let _ = send_from(self.control_socket.as_raw_fd(), &data, to, from);
                 }
-                CallOutput::MediaRemote(addr) => {
-                    debug!(browser = %addr, after_ms = self.started.elapsed().as_millis() as u64, "ICE selected the browser's address");
+                CallOutput::MediaRemote(pair) => {
+                    debug!(
+                        browser = %pair.remote,
+                        gateway = ?pair.local,
+                        after_ms = self.started.elapsed().as_millis() as u64,
+                        "ICE selected the browser's address"
+                    );
                     if let Some(media) = &self.media {
-                        let _ = media.set_web_remote(addr);
+                        let _ = media.set_web_remote(pair.remote, pair.local);
                     }
+                    lock(&self.status).web_path = Some(pair);
                 }
                 CallOutput::MediaKeys(keys) => {
                     match (

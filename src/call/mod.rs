@@ -12,12 +12,13 @@ pub mod driver;
 pub mod plan;
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::sdp::{Fingerprint, IceCredentials};
 use crate::session::SessionEvent;
 use crate::webrtc::dtls::{DtlsIdentity, SrtpKeys};
+use crate::webrtc::ice::Pair;
 use crate::webrtc::leg::{WebLeg, WebLegEvent};
 
 /// Where a call is in its life.
@@ -111,13 +112,16 @@ pub enum FarRequest {
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallOutput {
-    /// Send this datagram from the web leg's socket.
+    /// Send this datagram from the web leg's socket to `to`, leaving from
+    /// our address `from` (None: the kernel's choice).
     Transmit {
         to: SocketAddr,
+        from: Option<IpAddr>,
         data: Vec<u8>,
     },
-    /// Web media goes to and comes from this browser address only.
-    MediaRemote(SocketAddr),
+    /// Web media goes to and comes from this pair's browser address only,
+    /// and leaves from its local address.
+    MediaRemote(Pair),
     /// DTLS produced the web leg's SRTP keys.
     MediaKeys(SrtpKeys),
     /// An event for the session's queue.
@@ -336,13 +340,20 @@ impl Call {
         }
     }
 
-    /// A STUN or DTLS datagram from the browser (the relay hands them over).
-    pub fn handle_web_packet(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+    /// A STUN or DTLS datagram from the browser's `from` to our address
+    /// `to` (the relay hands them over).
+    pub fn handle_web_packet(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        to: Option<IpAddr>,
+        data: &[u8],
+    ) {
         if self.state == CallState::Ended {
             return;
         }
         if let Some(leg) = self.leg.as_mut() {
-            leg.handle_packet(now, from, data);
+            leg.handle_packet(now, from, to, data);
         }
         self.drain_leg();
     }
@@ -554,11 +565,11 @@ impl Call {
         let mut failure = None;
         while let Some(event) = leg.poll_event() {
             match event {
-                WebLegEvent::Transmit { to, data } => {
-                    self.outputs.push_back(CallOutput::Transmit { to, data })
-                }
-                WebLegEvent::Selected(addr) => {
-                    self.outputs.push_back(CallOutput::MediaRemote(addr))
+                WebLegEvent::Transmit { to, from, data } => self
+                    .outputs
+                    .push_back(CallOutput::Transmit { to, from, data }),
+                WebLegEvent::Selected(pair) => {
+                    self.outputs.push_back(CallOutput::MediaRemote(pair))
                 }
                 WebLegEvent::Keys(keys) => self.outputs.push_back(CallOutput::MediaKeys(keys)),
                 WebLegEvent::Failed(_) => failure = failure.or(Some(EndReason::Error)),

@@ -97,7 +97,9 @@ pub struct Negotiated {
 
 /// Where and how our side of the web leg is reached.
 pub struct WebLocal<'a> {
-    pub address: IpAddr,
+    /// Our addresses offered as candidates; the first is the connection
+    /// address.
+    pub addresses: &'a [IpAddr],
     pub port: u16,
     pub identity: &'a DtlsIdentity,
     pub consent_timeout: Duration,
@@ -168,10 +170,16 @@ pub fn negotiate(
         .ice
         .clone()
         .ok_or(SdpError::NoIceCredentials)?;
+    let address = local
+        .addresses
+        .first()
+        .copied()
+        .ok_or_else(|| SdpError::Internal("no address for the web leg".into()))?;
     let web_sdp = build::web_answer(&WebAnswer {
         offer: &plan.offer,
+        candidates: local.addresses,
         local: Local {
-            address: local.address,
+            address,
             port: local.port,
             session_id: u64::from(random_u32()?),
             session_version: 1,

@@ -67,12 +67,50 @@ fn finished(outputs: &[CallOutput]) -> bool {
     outputs.iter().any(|o| matches!(o, CallOutput::Finished(_)))
 }
 
+/// Replies and media leave from the address of ours each check came to.
+#[test]
+fn replies_leave_from_the_address_the_browser_talked_to() {
+    let t0 = Instant::now();
+    let mut call = sdes_call();
+    call.far_answered(t0);
+    drain(&mut call);
+    let first: std::net::IpAddr = "192.0.2.10".parse().unwrap();
+    let second: std::net::IpAddr = "198.51.100.10".parse().unwrap();
+    call.handle_web_packet(t0, browser(), Some(first), &check(1, false));
+    let out = drain(&mut call);
+    assert!(
+        matches!(&out[0], CallOutput::Transmit { to, from, .. } if *to == browser() && *from == Some(first)),
+        "{out:?}"
+    );
+    assert_eq!(
+        out[1],
+        CallOutput::MediaRemote(crate::webrtc::ice::Pair {
+            remote: browser(),
+            local: Some(first)
+        })
+    );
+    // A check on the browser's other pair is answered from there; its
+    // nomination moves media to that pair.
+    call.handle_web_packet(t0, browser(), Some(second), &check(2, true));
+    let out = drain(&mut call);
+    assert!(
+        matches!(&out[0], CallOutput::Transmit { from, .. } if *from == Some(second)),
+        "{out:?}"
+    );
+    assert!(
+        out.contains(&CallOutput::MediaRemote(crate::webrtc::ice::Pair {
+            remote: browser(),
+            local: Some(second)
+        }))
+    );
+}
+
 #[test]
 fn answered_call_gets_our_sdp_then_ice_selects_the_browser() {
     let t0 = Instant::now();
     let mut call = sdes_call();
     // Before the answer the browser has no SDP of ours: its packets are ignored.
-    call.handle_web_packet(t0, browser(), &check(1, true));
+    call.handle_web_packet(t0, browser(), None, &check(1, true));
     assert_eq!(drain(&mut call), vec![]);
     assert_eq!(
         call.poll_timeout(),
@@ -90,18 +128,21 @@ fn answered_call_gets_our_sdp_then_ice_selects_the_browser() {
     );
     assert_eq!(call.state(), CallState::Answered);
     // SDES: the first valid check already carries media (RFC 8445 §12.1).
-    call.handle_web_packet(t0, browser(), &check(2, false));
+    call.handle_web_packet(t0, browser(), None, &check(2, false));
     let out = drain(&mut call);
     assert_eq!(out.len(), 2, "{out:?}");
     assert!(matches!(&out[0], CallOutput::Transmit { to, .. } if *to == browser()));
-    assert_eq!(out[1], CallOutput::MediaRemote(browser()));
+    assert_eq!(out[1], CallOutput::MediaRemote(browser().into()));
     // Nominating the same address changes nothing; another one moves media.
-    call.handle_web_packet(t0, browser(), &check(3, true));
+    call.handle_web_packet(t0, browser(), None, &check(3, true));
     assert_eq!(drain(&mut call).len(), 1);
     let other: SocketAddr = "192.0.2.7:50002".parse().unwrap();
-    call.handle_web_packet(t0, other, &check(4, true));
+    call.handle_web_packet(t0, other, None, &check(4, true));
     let out = drain(&mut call);
-    assert!(out.contains(&CallOutput::MediaRemote(other)), "{out:?}");
+    assert!(
+        out.contains(&CallOutput::MediaRemote(other.into())),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -110,7 +151,7 @@ fn lost_consent_ends_the_call_with_media_timeout_and_a_bye() {
     let mut call = sdes_call();
     call.far_answered(t0);
     drain(&mut call);
-    call.handle_web_packet(t0, browser(), &check(1, true));
+    call.handle_web_packet(t0, browser(), None, &check(1, true));
     drain(&mut call);
     // Media flows (so only consent can run out).
     for s in 1..40 {
@@ -143,7 +184,7 @@ fn no_media_from_the_browser_ends_the_call() {
     // Consent checks keep coming, but the packet count stops at 100.
     for s in 6..=25 {
         let now = t0 + Duration::from_secs(s);
-        call.handle_web_packet(now, browser(), &check(s as u8, true));
+        call.handle_web_packet(now, browser(), None, &check(s as u8, true));
         call.media_progress(now, 100);
         call.handle_timeout(now);
     }
@@ -221,8 +262,8 @@ fn early_media_then_answer_starts_the_leg_once() {
     assert!(
         matches!(&out[0], CallOutput::Notify(SessionEvent::CallEarlyMedia { sdp, .. }) if sdp == "v=0 our answer")
     );
-    call.handle_web_packet(t0, browser(), &check(1, true));
-    assert!(drain(&mut call).contains(&CallOutput::MediaRemote(browser())));
+    call.handle_web_packet(t0, browser(), None, &check(1, true));
+    assert!(drain(&mut call).contains(&CallOutput::MediaRemote(browser().into())));
     call.far_answered(t0 + Duration::from_secs(3));
     let out = drain(&mut call);
     assert!(matches!(
@@ -230,7 +271,12 @@ fn early_media_then_answer_starts_the_leg_once() {
         CallOutput::Notify(SessionEvent::CallAnswered { .. })
     ));
     // The leg kept its selection: a consent check is answered, no re-selection needed.
-    call.handle_web_packet(t0 + Duration::from_secs(4), browser(), &check(2, false));
+    call.handle_web_packet(
+        t0 + Duration::from_secs(4),
+        browser(),
+        None,
+        &check(2, false),
+    );
     assert!(matches!(
         drain(&mut call).as_slice(),
         [CallOutput::Transmit { .. }]
@@ -306,9 +352,15 @@ fn codec(pt: u8, name: CodecName, clock: u32, channels: u8) -> Codec {
     }
 }
 
+/// A host with two addresses: both are candidates, the first is c=.
+const WEB_ADDRESSES: [std::net::IpAddr; 2] = [
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 1)),
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)),
+];
+
 fn local(identity: &crate::webrtc::dtls::DtlsIdentity) -> WebLocal<'_> {
     WebLocal {
-        address: "198.51.100.1".parse().unwrap(),
+        addresses: &WEB_ADDRESSES,
         port: 20002,
         identity,
         consent_timeout: Duration::from_secs(30),
@@ -456,8 +508,13 @@ fn an_incoming_call_is_offered_then_answered() {
         call.browser_answered(t0),
         Err(CallError::NotIncoming("answered"))
     );
-    call.handle_web_packet(t0 + Duration::from_secs(3), browser(), &check(1, true));
-    assert!(drain(&mut call).contains(&CallOutput::MediaRemote(browser())));
+    call.handle_web_packet(
+        t0 + Duration::from_secs(3),
+        browser(),
+        None,
+        &check(1, true),
+    );
+    assert!(drain(&mut call).contains(&CallOutput::MediaRemote(browser().into())));
 }
 
 #[test]

@@ -147,6 +147,7 @@ pub struct SipConfig {
     pub timer_t4_ms: u64,
     pub ring_timeout_s: u64,
     pub dtmf: DtmfMode,
+    pub media_address: String,
 }
 
 /// How DTMF from the browser goes to the SIP side.
@@ -180,6 +181,7 @@ impl Default for SipConfig {
             timer_t4_ms: 5000,
             ring_timeout_s: 45,
             dtmf: DtmfMode::Rfc4733,
+            media_address: String::new(),
         }
     }
 }
@@ -187,7 +189,7 @@ impl Default for SipConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct MediaConfig {
-    pub public_address: String,
+    pub public_address: AddressList,
     pub web_port_min: u16,
     pub web_port_max: u16,
     pub sip_port_min: u16,
@@ -203,7 +205,7 @@ pub struct MediaConfig {
 impl Default for MediaConfig {
     fn default() -> Self {
         MediaConfig {
-            public_address: "127.0.0.1".into(),
+            public_address: AddressList::default(),
             web_port_min: 20_000,
             web_port_max: 29_999,
             sip_port_min: 30_000,
@@ -215,6 +217,63 @@ impl Default for MediaConfig {
             consent_timeout_s: 30,
             rtp_timeout_s: 30,
         }
+    }
+}
+
+/// `[media] public-address`: no address (find the host's own), one, or a
+/// list. Written as a string (`""`, `"203.0.113.5"`, or comma-separated)
+/// or as a TOML list; kept as written until [`AddressList::parse`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddressList(pub Vec<String>);
+
+impl AddressList {
+    /// The addresses as IPs, or a message naming the first that is not one.
+    pub fn parse(&self) -> Result<Vec<IpAddr>, String> {
+        self.0
+            .iter()
+            .map(|text| {
+                text.parse::<IpAddr>().map_err(|_| {
+                    format!(
+                        "{text:?} is not an IP address (browsers are sent it as an ICE candidate)"
+                    )
+                })
+            })
+            .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for AddressList {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for AddressList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            One(String),
+            Many(Vec<String>),
+        }
+        let list = match Written::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "expected an IP address, a comma-separated list of them, or a list",
+            )
+        })? {
+            Written::One(text) => text.split(',').map(str::to_string).collect(),
+            Written::Many(list) => list,
+        };
+        Ok(AddressList(
+            list.into_iter()
+                .map(|a| a.trim().to_string())
+                .filter(|a| !a.is_empty())
+                .collect(),
+        ))
     }
 }
 
@@ -454,19 +513,44 @@ impl Config {
         if !(10..=60_000).contains(&sip.timer_t4_ms) {
             p.add("sip.timer-t4-ms", "must be 10 to 60000 ms");
         }
+        if !sip.media_address.is_empty() {
+            match sip.media_address.parse::<IpAddr>() {
+                Err(_) => p.add(
+                    "sip.media-address",
+                    format!("{:?} is not an IP address", sip.media_address),
+                ),
+                Ok(ip) if ip.is_unspecified() || ip.is_multicast() => p.add(
+                    "sip.media-address",
+                    "must be a unicast address the SIP side can send to",
+                ),
+                Ok(_) => {}
+            }
+        }
         if !sip.domain.is_empty() && sip.domain.contains(|c: char| c.is_whitespace() || c == '@') {
             p.add("sip.domain", "must be a host name without spaces or '@'");
         }
 
         let media = &self.media;
-        if media.public_address.parse::<IpAddr>().is_err() {
-            p.add(
-                "media.public-address",
-                format!(
-                    "{:?} is not an IP address (browsers are sent it as their ICE candidate)",
-                    media.public_address
-                ),
-            );
+        match media.public_address.parse() {
+            Err(e) => p.add("media.public-address", e),
+            Ok(ips) => {
+                if ips.iter().any(IpAddr::is_ipv4) && ips.iter().any(IpAddr::is_ipv6) {
+                    p.add(
+                        "media.public-address",
+                        "IPv4 and IPv6 addresses together are not supported on the web leg yet: \
+                         list addresses of one family",
+                    );
+                }
+                if ips
+                    .iter()
+                    .any(|ip| ip.is_unspecified() || ip.is_multicast())
+                {
+                    p.add(
+                        "media.public-address",
+                        "must list unicast addresses browsers can send to (not 0.0.0.0, :: or multicast)",
+                    );
+                }
+            }
         }
         if !(5..=600).contains(&media.consent_timeout_s) {
             p.add("media.consent-timeout-s", "must be 5 to 600 seconds");

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
@@ -61,6 +61,8 @@ pub enum RelayError {
 pub struct ControlPacket {
     pub call: u64,
     pub from: SocketAddr,
+    /// The local address it was sent to (replies must leave from it).
+    pub to: Option<IpAddr>,
     pub data: Vec<u8>,
 }
 
@@ -142,8 +144,10 @@ impl PayloadMap {
 pub struct CallMediaSetup {
     /// The web leg's socket (rtcp-mux: RTP, RTCP, STUN and DTLS on one port).
     pub web_socket: std::net::UdpSocket,
-    /// The ICE-selected browser address, once known.
+    /// The ICE-selected browser address, once known, and our address it
+    /// sends to.
     pub web_remote: Option<SocketAddr>,
+    pub web_local: Option<IpAddr>,
     /// Web leg SRTP: (inbound, outbound); may arrive later (DTLS).
     pub web_srtp: Option<(SrtpContext, SrtpContext)>,
     /// SSRC to send toward the browser (the one our SDP announces), if any.
@@ -169,7 +173,7 @@ pub struct CallMediaSetup {
 enum Control {
     Add(u64, Box<CallMediaSetup>, Arc<CallStats>),
     Remove(u64),
-    WebRemote(u64, SocketAddr),
+    WebRemote(u64, SocketAddr, Option<IpAddr>),
     WebSrtp(u64, Box<(SrtpContext, SrtpContext)>),
     SendDtmf(u64, String, std::time::Duration),
     Stop,
@@ -416,9 +420,14 @@ impl CallMedia {
     }
 
     /// The browser address ICE selected (USE-CANDIDATE); web media is
-    /// accepted from and sent to it only.
-    pub fn set_web_remote(&self, addr: SocketAddr) -> Result<(), RelayError> {
-        self.relay.workers[self.worker].send(Control::WebRemote(self.id, addr))
+    /// accepted from and sent to it only, sent from `local` (the address of
+    /// ours the browser sends to; None: the kernel's choice).
+    pub fn set_web_remote(
+        &self,
+        addr: SocketAddr,
+        local: Option<IpAddr>,
+    ) -> Result<(), RelayError> {
+        self.relay.workers[self.worker].send(Control::WebRemote(self.id, addr, local))
     }
 
     /// Web leg keys (inbound, outbound) once DTLS-SRTP has exported them.
@@ -457,6 +466,9 @@ impl Drop for CallMedia {
 struct WebLeg {
     socket: UdpSocket,
     remote: Option<SocketAddr>,
+    /// Where media toward the browser leaves from: the local address of
+    /// the ICE-selected pair.
+    local: Option<IpAddr>,
     srtp: Option<(SrtpContext, SrtpContext)>,
     ssrc: Option<u32>,
 }
@@ -993,7 +1005,8 @@ impl Worker {
                         web: out.to_web,
                         len: len as u32,
                     };
-                    ring.queue_send(socket, &self.batch.bufs[i][..len], to, tag)
+                    let from = self.batch.locals[i];
+                    ring.queue_send(socket, &self.batch.bufs[i][..len], to, from, tag)
                 });
                 if !queued {
                     leg.dropped(DropCause::Overload);
@@ -1075,9 +1088,10 @@ impl Worker {
                     }
                 }
             }
-            Control::WebRemote(id, addr) => {
+            Control::WebRemote(id, addr, local) => {
                 if let Some(call) = self.call_mut(id) {
                     call.web.remote = Some(addr);
+                    call.web.local = local;
                 }
             }
             Control::WebSrtp(id, keys) => {
@@ -1181,6 +1195,9 @@ impl Worker {
             self.slots.push(None);
             self.slots.len() - 1
         });
+        // The browser may talk to any of our addresses: learn which, per datagram.
+        let web_ipv6 = setup.web_socket.local_addr()?.is_ipv6();
+        super::batch::enable_local_address(setup.web_socket.as_raw_fd(), web_ipv6)?;
         let mut web = UdpSocket::from_std(nonblocking(setup.web_socket)?);
         let mut sip_rtp = UdpSocket::from_std(nonblocking(setup.sip_rtp_socket)?);
         let mut sip_rtcp = match setup.sip_rtcp_socket {
@@ -1223,6 +1240,7 @@ impl Worker {
             web: WebLeg {
                 socket: web,
                 remote: setup.web_remote,
+                local: setup.web_local,
                 srtp: setup.web_srtp,
                 ssrc: setup.web_ssrc,
             },
@@ -1385,6 +1403,7 @@ fn relay_from_web(call: &mut CallState, batch: &mut Batch, n: usize) -> (Outgoin
                 let packet = RelayEvent::Packet(ControlPacket {
                     call: call.id,
                     from,
+                    to: batch.locals[i],
                     data: batch.bufs[i][..len].to_vec(),
                 });
                 if let Err(TrySendError::Full(_)) = tx.try_send(packet) {
@@ -1425,9 +1444,11 @@ fn relay_from_web(call: &mut CallState, batch: &mut Batch, n: usize) -> (Outgoin
                     call.web_clock = clock;
                     record(&mut call.web_reception, &stats.web, buf, clock, arrival);
                     batch.addrs[i] = Some(call.sip.rtp_destination());
+                    batch.locals[i] = None;
                     rtp_out.push(i);
                 } else {
                     batch.addrs[i] = Some(call.sip.rtcp_destination());
+                    batch.locals[i] = None;
                     if call.sip.rtcp.is_some() {
                         rtcp_out.push(i);
                     } else {
@@ -1509,6 +1530,7 @@ fn relay_from_sip(
                     record(&mut call.sip_reception, &stats.sip, buf, clock, arrival);
                 }
                 batch.addrs[i] = Some(web_remote);
+                batch.locals[i] = call.web.local;
                 out.push(i);
             }
             Err(PtOrSrtp::Pt) => stats.sip.dropped(DropCause::PayloadType),

@@ -27,7 +27,7 @@
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
@@ -35,7 +35,7 @@ use std::time::Duration;
 use io_uring::types::{CancelBuilder, Fd, Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
-use super::batch::{to_storage, Batch, BUF_LEN, SO_RXQ_OVFL};
+use super::batch::{read_control, to_storage, write_source, Batch, Control, BUF_LEN, CONTROL_LEN};
 
 /// Receive buffers per worker: datagrams the kernel can hand over before
 /// the worker returns buffers (a burst beyond this waits in socket buffers).
@@ -45,7 +45,8 @@ use super::batch::{to_storage, Batch, BUF_LEN, SO_RXQ_OVFL};
 /// sized from this, a worker's ring holds about 12 MB.
 const RECV_BUFFERS: u16 = 2048;
 /// One receive buffer: the kernel's `io_uring_recvmsg_out`, the source
-/// address, the control message, then up to [`BUF_LEN`] bytes of datagram.
+/// address, the control messages (drop count, destination address), then
+/// up to [`BUF_LEN`] bytes of datagram.
 const RECV_BUFFER_LEN: usize = 2048;
 const BUFFER_GROUP: u16 = 0;
 /// Sends in flight at once; a turn never queues more than it received.
@@ -66,10 +67,6 @@ const OP_SEND: u64 = 2;
 const OP_WAKE: u64 = 3;
 const OP_CANCEL: u64 = 4;
 const LOW_MASK: u64 = (1 << OP_SHIFT) - 1;
-
-/// Room for one `SO_RXQ_OVFL` control message: `CMSG_SPACE(4)` is 24 on
-/// 64-bit Linux (a 16-byte header, the data rounded up to 8), 16 on 32-bit.
-const CONTROL_LEN: usize = 24;
 
 /// Whose send a slot carries, for the statistics when the kernel answers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -112,6 +109,11 @@ struct SendSlot {
     addr: libc::sockaddr_storage,
     buf: [u8; BUF_LEN],
     tag: SendTag,
+    /// For a send that names its source address: the message header, its
+    /// one iovec and the control message (`IP_PKTINFO`/`IPV6_PKTINFO`).
+    header: libc::msghdr,
+    iov: libc::iovec,
+    control: Control,
 }
 
 /// How an operation names a socket.
@@ -197,6 +199,14 @@ impl RingIo {
                 addr: unsafe { zeroed() },
                 buf: [0; BUF_LEN],
                 tag: SendTag::default(),
+                // SAFETY: an all-zero msghdr is a valid empty one; it is
+                // filled before each send that uses it.
+                header: unsafe { zeroed() },
+                iov: libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                },
+                control: Control::new(),
             })
             .collect::<Vec<_>>()
             .into_boxed_slice();
@@ -256,7 +266,7 @@ impl RingIo {
         self.attach(receiver, std::os::fd::AsRawFd::as_raw_fd(&to));
         let result = (|| {
             self.arm_recv(receiver)?;
-            if !self.queue_send(sender, b"probe", to.local_addr()?, SendTag::default()) {
+            if !self.queue_send(sender, b"probe", to.local_addr()?, None, SendTag::default()) {
                 return Err(unsupported("send slots"));
             }
             let (mut sent, mut received) = (false, false);
@@ -415,10 +425,17 @@ impl RingIo {
         unsafe { self.push(&entry) }
     }
 
-    /// Queues `data` to go to `to` by `token`'s socket. False when it cannot
-    /// go (every send slot in flight, larger than a slot, no such socket):
-    /// count it dropped.
-    pub fn queue_send(&mut self, token: u32, data: &[u8], to: SocketAddr, tag: SendTag) -> bool {
+    /// Queues `data` to go to `to` by `token`'s socket, from local address
+    /// `from` when given. False when it cannot go (every send slot in
+    /// flight, larger than a slot, no such socket): count it dropped.
+    pub fn queue_send(
+        &mut self,
+        token: u32,
+        data: &[u8],
+        to: SocketAddr,
+        from: Option<IpAddr>,
+        tag: SendTag,
+    ) -> bool {
         if data.len() > BUF_LEN {
             return false;
         }
@@ -434,25 +451,55 @@ impl RingIo {
         slot.tag = tag;
         // MSG_DONTWAIT: a full socket buffer fails the send at once (counted
         // as overload) instead of parking it in the kernel.
-        let (buf, len) = (slot.buf.as_ptr(), data.len() as u32);
-        let addr: *const libc::sockaddr = std::ptr::addr_of!(slot.addr).cast();
-        let entry = match target {
-            Target::Fixed(f) => opcode::Send::new(f, buf, len)
-                .dest_addr(addr)
-                .dest_addr_len(name_len)
-                .flags(libc::MSG_DONTWAIT)
-                .build(),
-            Target::Fd(f) => opcode::Send::new(f, buf, len)
-                .dest_addr(addr)
-                .dest_addr_len(name_len)
-                .flags(libc::MSG_DONTWAIT)
-                .build(),
+        let entry = match from {
+            None => {
+                let (buf, len) = (slot.buf.as_ptr(), data.len() as u32);
+                let addr: *const libc::sockaddr = std::ptr::addr_of!(slot.addr).cast();
+                match target {
+                    Target::Fixed(f) => opcode::Send::new(f, buf, len)
+                        .dest_addr(addr)
+                        .dest_addr_len(name_len)
+                        .flags(libc::MSG_DONTWAIT)
+                        .build(),
+                    Target::Fd(f) => opcode::Send::new(f, buf, len)
+                        .dest_addr(addr)
+                        .dest_addr_len(name_len)
+                        .flags(libc::MSG_DONTWAIT)
+                        .build(),
+                }
+            }
+            Some(source) => {
+                // A source address needs a control message, so sendmsg.
+                let control_len = write_source(&mut slot.control, source);
+                slot.iov = libc::iovec {
+                    iov_base: slot.buf.as_mut_ptr().cast(),
+                    iov_len: data.len(),
+                };
+                slot.header.msg_name = std::ptr::addr_of_mut!(slot.addr).cast();
+                slot.header.msg_namelen = name_len;
+                slot.header.msg_iov = std::ptr::addr_of_mut!(slot.iov);
+                slot.header.msg_iovlen = 1;
+                slot.header.msg_control = slot.control.0.as_mut_ptr().cast();
+                slot.header.msg_controllen = control_len as _;
+                slot.header.msg_flags = 0;
+                let header: *const libc::msghdr = std::ptr::addr_of!(slot.header);
+                match target {
+                    Target::Fixed(f) => opcode::SendMsg::new(f, header)
+                        .flags(libc::MSG_DONTWAIT as u32)
+                        .build(),
+                    Target::Fd(f) => opcode::SendMsg::new(f, header)
+                        .flags(libc::MSG_DONTWAIT as u32)
+                        .build(),
+                }
+            }
         }
         .user_data(OP_SEND << OP_SHIFT | u64::from(k));
-        // SAFETY: the slot (address and bytes) is in a boxed slice that
-        // lives as long as the ring and is not reused before this send's
-        // completion returns it to `free_sends`; the socket is attached, and
-        // a send holds its own reference to it once issued.
+        // SAFETY: the slot (address, bytes, and for sendmsg its header,
+        // iovec and control message, which point into the slot itself) is
+        // in a boxed slice that lives as long as the ring and is not reused
+        // before this send's completion returns it to `free_sends`; the
+        // socket is attached, and a send holds its own reference to it once
+        // issued.
         if unsafe { self.push(&entry) }.is_ok() {
             true
         } else {
@@ -561,6 +608,7 @@ impl RingIo {
         };
         batch.lens[i] = 0;
         batch.addrs[i] = None;
+        batch.locals[i] = None;
         if let Ok(message) = io_uring::types::RecvMsgOut::parse(data, &self.recv_header) {
             let payload = message.payload_data();
             let n = payload.len().min(BUF_LEN);
@@ -569,9 +617,11 @@ impl RingIo {
             if !message.is_payload_truncated() && n == payload.len() {
                 batch.addrs[i] = address_from_bytes(message.name_data());
             }
-            if let Some(drops) = drop_count(message.control_data()) {
-                batch.kernel_drops = Some(drops);
+            let (drops, local) = read_control(message.control_data());
+            if drops.is_some() {
+                batch.kernel_drops = drops;
             }
+            batch.locals[i] = local;
         }
         self.give_back(bid);
         true
@@ -640,21 +690,6 @@ fn address_from_bytes(name: &[u8]) -> Option<SocketAddr> {
         }
         _ => None,
     }
-}
-
-/// The `SO_RXQ_OVFL` count in a receive's control bytes, if present: one
-/// `cmsghdr` (length, level, type) followed by the u32.
-fn drop_count(control: &[u8]) -> Option<u32> {
-    let header = size_of::<libc::cmsghdr>();
-    let level_at = size_of::<usize>();
-    let level = i32::from_ne_bytes(control.get(level_at..level_at + 4)?.try_into().ok()?);
-    let kind = i32::from_ne_bytes(control.get(level_at + 4..level_at + 8)?.try_into().ok()?);
-    if level != libc::SOL_SOCKET || kind != SO_RXQ_OVFL {
-        return None;
-    }
-    Some(u32::from_ne_bytes(
-        control.get(header..header + 4)?.try_into().ok()?,
-    ))
 }
 
 #[cfg(test)]
@@ -734,7 +769,7 @@ mod tests {
             web: true,
             len: 4,
         };
-        assert!(ring.queue_send(7, b"pong", peer.local_addr().unwrap(), tag));
+        assert!(ring.queue_send(7, b"pong", peer.local_addr().unwrap(), None, tag));
         let got = events(&mut ring, 1, &mut batch);
         assert_eq!(got, vec![Event::Sent { tag, ok: true }]);
         let mut buf = [0u8; 16];
@@ -763,7 +798,7 @@ mod tests {
             ring.arm_recv(7).map_err(|e| e.kind()),
             Err(io::ErrorKind::NotFound)
         );
-        assert!(!ring.queue_send(7, b"x", peer.local_addr().unwrap(), tag));
+        assert!(!ring.queue_send(7, b"x", peer.local_addr().unwrap(), None, tag));
     }
 
     #[test]
@@ -861,18 +896,57 @@ mod tests {
         assert_eq!(received, total);
     }
 
+    /// On a socket bound to every address, a datagram says which address
+    /// it came to, and a send names the address it leaves from (the whole
+    /// 127/8 is this host's, so loopback shows both).
+    #[test]
+    fn datagrams_carry_their_local_address_both_ways() {
+        let mut ring = ring();
+        let gateway = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let port = gateway.local_addr().unwrap().port();
+        super::super::batch::enable_local_address(gateway.as_raw_fd(), false).unwrap();
+        super::super::batch::enable_drop_counter(gateway.as_raw_fd()).unwrap();
+        ring.attach(4, gateway.as_raw_fd());
+        ring.arm_recv(4).unwrap();
+        let mut batch = Batch::new();
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        for to in ["127.0.0.3", "127.0.0.4"] {
+            peer.send_to(b"hi", (to, port)).unwrap();
+            let got = events(&mut ring, 1, &mut batch);
+            assert!(
+                matches!(got[..], [Event::Datagram { token: 4, .. }]),
+                "{got:?}"
+            );
+            assert_eq!(batch.locals[0], Some(to.parse().unwrap()));
+        }
+        let tag = SendTag::default();
+        let from: IpAddr = "127.0.0.5".parse().unwrap();
+        assert!(ring.queue_send(4, b"back", peer.local_addr().unwrap(), Some(from), tag));
+        assert_eq!(
+            events(&mut ring, 1, &mut batch),
+            vec![Event::Sent { tag, ok: true }]
+        );
+        let mut buf = [0u8; 16];
+        let (n, source) = peer.recv_from(&mut buf).unwrap();
+        assert_eq!(
+            (&buf[..n], source),
+            (&b"back"[..], SocketAddr::new(from, port))
+        );
+    }
+
     #[test]
     fn control_and_address_bytes() {
         let mut control = vec![0u8; CONTROL_LEN];
         control[..size_of::<usize>()].copy_from_slice(&20usize.to_ne_bytes());
         let at = size_of::<usize>();
         control[at..at + 4].copy_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
-        control[at + 4..at + 8].copy_from_slice(&SO_RXQ_OVFL.to_ne_bytes());
+        control[at + 4..at + 8].copy_from_slice(&super::super::batch::SO_RXQ_OVFL.to_ne_bytes());
         control[16..20].copy_from_slice(&77u32.to_ne_bytes());
-        assert_eq!(drop_count(&control), Some(77));
-        assert_eq!(drop_count(&control[..10]), None);
+        assert_eq!(read_control(&control), (Some(77), None));
+        assert_eq!(read_control(&control[..10]), (None, None));
         control[at..at + 4].copy_from_slice(&libc::IPPROTO_IP.to_ne_bytes());
-        assert_eq!(drop_count(&control), None);
+        assert_eq!(read_control(&control), (None, None));
 
         let mut v4 = vec![0u8; 16];
         v4[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());

@@ -76,24 +76,41 @@ fn codec_lines(out: &mut String, codecs: &[Codec]) {
     }
 }
 
-fn ice_lines(out: &mut String, ice: &IceCredentials, local: &Local) {
+fn ice_lines(out: &mut String, ice: &IceCredentials, local: &Local, candidates: &[IpAddr]) {
     let _ = write!(
         out,
         "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n",
         ice.ufrag, ice.pwd
     );
-    // ICE-lite: one host candidate, our public address and the leg's port.
-    let _ = write!(
-        out,
-        "a=candidate:1 1 udp 2130706431 {} {} typ host\r\na=end-of-candidates\r\n",
-        local.address, local.port
-    );
+    // ICE-lite: a host candidate per address on the leg's one port, the
+    // first preferred (RFC 8445 §5.1.2.1: type preference 126 for host,
+    // local preference falling by one per address, component 1).
+    let own = [local.address];
+    let addresses = if candidates.is_empty() {
+        &own[..]
+    } else {
+        candidates
+    };
+    for (i, address) in addresses.iter().enumerate() {
+        let local_preference = 65_535u32.saturating_sub(i as u32);
+        let priority = (126u32 << 24) | (local_preference << 8) | 255;
+        let _ = write!(
+            out,
+            "a=candidate:{} 1 udp {priority} {address} {} typ host\r\n",
+            i + 1,
+            local.port
+        );
+    }
+    out.push_str("a=end-of-candidates\r\n");
 }
 
 /// The web leg's answer to a browser offer.
 pub struct WebAnswer<'a> {
     pub offer: &'a Description,
+    /// `local.address` is the connection address; `candidates` are every
+    /// address offered (the first should be `local.address`; empty: only it).
     pub local: Local,
+    pub candidates: &'a [IpAddr],
     pub ice: &'a IceCredentials,
     pub keying: AnswerKeying,
     /// The codecs the call uses, numbered as in the browser's offer.
@@ -129,7 +146,7 @@ pub fn web_answer(a: &WebAnswer<'_>) -> String {
                     let _ = write!(out, "a=mid:{mid}\r\n");
                 }
                 let _ = write!(out, "a={}\r\na=rtcp-mux\r\n", a.direction.as_str());
-                ice_lines(&mut out, a.ice, &a.local);
+                ice_lines(&mut out, a.ice, &a.local, a.candidates);
                 match &a.keying {
                     AnswerKeying::Dtls { fingerprint, setup } => {
                         let _ = write!(
@@ -162,7 +179,9 @@ pub fn web_answer(a: &WebAnswer<'_>) -> String {
 
 /// The gateway's offer to a browser (an incoming SIP call).
 pub struct WebOffer<'a> {
+    /// As in [`WebAnswer`]: the connection address and the candidates.
     pub local: Local,
+    pub candidates: &'a [IpAddr],
     pub ice: &'a IceCredentials,
     /// Our certificate's fingerprint, when DTLS is enabled.
     pub fingerprint: Option<&'a Fingerprint>,
@@ -195,7 +214,7 @@ pub fn web_offer(o: &WebOffer<'_>) -> String {
         "a=mid:0\r\na={}\r\na=rtcp-mux\r\n",
         o.direction.as_str()
     );
-    ice_lines(&mut out, o.ice, &o.local);
+    ice_lines(&mut out, o.ice, &o.local, o.candidates);
     if let Some(fp) = o.fingerprint {
         let _ = write!(
             out,

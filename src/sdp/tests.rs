@@ -107,6 +107,7 @@ fn outbound_call_negotiation_maps_payload_types() {
     let codecs = answer_codecs(&browser.audio.codecs, &pairs[0].0).unwrap();
     assert_eq!(pts(&codecs), vec![0, 126]);
     let text = build::web_answer(&WebAnswer {
+        candidates: &[],
         offer: &browser,
         local: local(20000),
         ice: &our_ice(),
@@ -138,6 +139,47 @@ fn outbound_call_negotiation_maps_payload_types() {
     assert_eq!(pts(&back.audio.codecs), vec![0, 126]);
 }
 
+/// Every address of ours is a host candidate on the one port, the first
+/// preferred and in c=.
+#[test]
+fn answer_offers_a_candidate_per_address() {
+    let browser = Description::parse(CHROMIUM).unwrap();
+    let codecs = answer_codecs(&browser.audio.codecs, &browser.audio.codecs[0]).unwrap();
+    let addresses: Vec<IpAddr> = ["203.0.113.5", "192.0.2.10", "127.0.0.1"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let text = build::web_answer(&WebAnswer {
+        candidates: &addresses,
+        offer: &browser,
+        local: local(20000),
+        ice: &our_ice(),
+        keying: AnswerKeying::Dtls {
+            fingerprint: our_fingerprint(),
+            setup: Setup::Passive,
+        },
+        codecs: &codecs,
+        direction: Direction::SendRecv,
+        ssrc: 1234,
+        cname: "gateway",
+    });
+    let candidates: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("a=candidate:"))
+        .collect();
+    assert_eq!(
+        candidates,
+        [
+            "a=candidate:1 1 udp 2130706431 203.0.113.5 20000 typ host",
+            "a=candidate:2 1 udp 2130706175 192.0.2.10 20000 typ host",
+            "a=candidate:3 1 udp 2130705919 127.0.0.1 20000 typ host",
+        ]
+    );
+    assert_eq!(text.matches("a=end-of-candidates").count(), 1);
+    assert!(text.contains("c=IN IP4 203.0.113.5\r\n"));
+    Description::parse(&text).unwrap();
+}
+
 #[test]
 fn opus_call_keeps_48k_telephone_event() {
     let browser = Description::parse(CHROMIUM).unwrap();
@@ -152,6 +194,7 @@ fn video_is_rejected_cleanly() {
     assert_eq!(browser.others.len(), 2);
     let codecs = answer_codecs(&browser.audio.codecs, &browser.audio.codecs[0]).unwrap();
     let text = build::web_answer(&WebAnswer {
+        candidates: &[],
         offer: &browser,
         local: local(20002),
         ice: &our_ice(),
@@ -205,6 +248,7 @@ fn sdes_only_browser_offer_gets_sdes() {
     let ours = CryptoAttribute::generate(theirs.tag, theirs.keys.profile).unwrap();
     let codecs = answer_codecs(&d.audio.codecs, &d.audio.codecs[0]).unwrap();
     let text = build::web_answer(&WebAnswer {
+        candidates: &[],
         offer: &d,
         local: local(20004),
         ice: &our_ice(),
@@ -238,6 +282,7 @@ fn incoming_call_offer_to_browser() {
     for (dtls, proto) in [(true, "UDP/TLS/RTP/SAVPF"), (false, "RTP/SAVPF")] {
         let fp = our_fingerprint();
         let text = build::web_offer(&WebOffer {
+            candidates: &[],
             local: local(20006),
             ice: &our_ice(),
             fingerprint: dtls.then_some(&fp),

@@ -4,7 +4,7 @@
 //! when no authenticated check arrives for the consent timeout, the leg has
 //! lost its media path.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::stun::{self, Builder, Message, StunError};
@@ -13,10 +13,29 @@ use crate::sdp::IceCredentials;
 /// Default consent timeout (RFC 7675 suggests 30 s).
 pub const DEFAULT_CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A candidate pair as a lite agent sees it: the browser's address and the
+/// address of ours its check came to (None where the socket does not say).
+/// Replies on the pair leave from `local`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pair {
+    pub remote: SocketAddr,
+    pub local: Option<IpAddr>,
+}
+
+impl From<SocketAddr> for Pair {
+    fn from(remote: SocketAddr) -> Self {
+        Pair {
+            remote,
+            local: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IceEvent {
-    /// The browser nominated this address: media goes to and comes from it only.
-    Selected(SocketAddr),
+    /// The browser nominated this pair: media goes to and comes from its
+    /// remote address only, and leaves from its local one.
+    Selected(Pair),
     /// No valid check for the consent timeout: the media path is gone.
     ConsentLost,
 }
@@ -34,7 +53,7 @@ pub struct IceLiteAgent {
     remote: IceCredentials,
     consent_timeout: Duration,
     started: Instant,
-    selected: Option<SocketAddr>,
+    selected: Option<Pair>,
     last_consent: Option<Instant>,
     consent_lost: bool,
     events: Vec<IceEvent>,
@@ -68,17 +87,19 @@ impl IceLiteAgent {
         self.validated.contains(&addr)
     }
 
-    pub fn selected(&self) -> Option<SocketAddr> {
+    pub fn selected(&self) -> Option<Pair> {
         self.selected
     }
 
-    /// Handles a STUN datagram from `from`; returns the response to send back to it.
+    /// Handles a STUN datagram that came on `pair`; returns the response to
+    /// send back on it (to `pair.remote`, from `pair.local`).
     pub fn handle_packet(
         &mut self,
         now: Instant,
-        from: SocketAddr,
+        pair: Pair,
         data: &[u8],
     ) -> Result<Option<Vec<u8>>, IceError> {
+        let from = pair.remote;
         let msg = Message::decode(data)?;
         match msg.method_class {
             stun::BINDING_REQUEST => {}
@@ -118,11 +139,11 @@ impl IceLiteAgent {
                     .fingerprint(),
             ));
         }
-        if msg.has(stun::ATTR_USE_CANDIDATE) && self.selected != Some(from) {
-            self.selected = Some(from);
-            self.events.push(IceEvent::Selected(from));
+        if msg.has(stun::ATTR_USE_CANDIDATE) && self.selected != Some(pair) {
+            self.selected = Some(pair);
+            self.events.push(IceEvent::Selected(pair));
         }
-        if self.selected.is_none() || self.selected == Some(from) {
+        if self.selected.is_none_or(|p| p.remote == from) {
             self.last_consent = Some(now);
         }
         // A browser has a handful of candidates; keep the list small anyway.
@@ -203,7 +224,10 @@ mod tests {
         let t0 = Instant::now();
         let mut a = agent(t0);
         let req = check(1, "gwuf:brwz", "gateway-password-24chars", &[]);
-        let resp = a.handle_packet(t0, from(), &req).unwrap().unwrap();
+        let resp = a
+            .handle_packet(t0, Pair::from(from()), &req)
+            .unwrap()
+            .unwrap();
         let msg = Message::decode(&resp).unwrap();
         assert_eq!(msg.method_class, stun::BINDING_SUCCESS);
         assert_eq!(msg.transaction_id, [1; 12]);
@@ -221,13 +245,27 @@ mod tests {
             "gateway-password-24chars",
             &[(stun::ATTR_USE_CANDIDATE, &[])],
         );
-        a.handle_packet(t0, from(), &nominate).unwrap().unwrap();
-        assert_eq!(a.poll_event(), Some(IceEvent::Selected(from())));
-        assert_eq!(a.selected(), Some(from()));
+        a.handle_packet(t0, Pair::from(from()), &nominate)
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.poll_event(), Some(IceEvent::Selected(from().into())));
+        assert_eq!(a.selected(), Some(from().into()));
         // Re-nomination of another address moves the selection.
         let other: SocketAddr = "192.0.2.7:50002".parse().unwrap();
-        a.handle_packet(t0, other, &nominate).unwrap().unwrap();
-        assert_eq!(a.poll_event(), Some(IceEvent::Selected(other)));
+        a.handle_packet(t0, Pair::from(other), &nominate)
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.poll_event(), Some(IceEvent::Selected(other.into())));
+        // The same browser address nominating the pair with another of our
+        // addresses moves where media leaves from.
+        let ours: IpAddr = "198.51.100.10".parse().unwrap();
+        let moved = Pair {
+            remote: other,
+            local: Some(ours),
+        };
+        a.handle_packet(t0, moved, &nominate).unwrap().unwrap();
+        assert_eq!(a.poll_event(), Some(IceEvent::Selected(moved)));
+        assert_eq!(a.selected(), Some(moved));
     }
 
     #[test]
@@ -247,19 +285,31 @@ mod tests {
             &[(stun::ATTR_USE_CANDIDATE, &[])],
         );
         assert_eq!(
-            code(a.handle_packet(t0, from(), &wrong_key).unwrap().unwrap()),
+            code(
+                a.handle_packet(t0, Pair::from(from()), &wrong_key)
+                    .unwrap()
+                    .unwrap()
+            ),
             401
         );
         let wrong_user = check(2, "other:brwz", "gateway-password-24chars", &[]);
         assert_eq!(
-            code(a.handle_packet(t0, from(), &wrong_user).unwrap().unwrap()),
+            code(
+                a.handle_packet(t0, Pair::from(from()), &wrong_user)
+                    .unwrap()
+                    .unwrap()
+            ),
             401
         );
         let no_integrity = Builder::new(stun::BINDING_REQUEST, [3; 12])
             .attribute(stun::ATTR_USERNAME, b"gwuf:brwz")
             .fingerprint();
         assert_eq!(
-            code(a.handle_packet(t0, from(), &no_integrity).unwrap().unwrap()),
+            code(
+                a.handle_packet(t0, Pair::from(from()), &no_integrity)
+                    .unwrap()
+                    .unwrap()
+            ),
             400
         );
         let conflict = check(
@@ -268,7 +318,10 @@ mod tests {
             "gateway-password-24chars",
             &[(stun::ATTR_ICE_CONTROLLED, &[2; 8])],
         );
-        let resp = a.handle_packet(t0, from(), &conflict).unwrap().unwrap();
+        let resp = a
+            .handle_packet(t0, Pair::from(from()), &conflict)
+            .unwrap()
+            .unwrap();
         assert!(Message::decode(&resp)
             .unwrap()
             .integrity_ok(b"gateway-password-24chars"));
@@ -281,17 +334,17 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         let t0 = Instant::now();
         let mut a = agent(t0);
-        assert!(a.handle_packet(t0, from(), b"").is_err());
-        assert!(a.handle_packet(t0, from(), &[0u8; 19]).is_err());
+        assert!(a.handle_packet(t0, Pair::from(from()), b"").is_err());
+        assert!(a.handle_packet(t0, Pair::from(from()), &[0u8; 19]).is_err());
         let mut req = check(1, "gwuf:brwz", "gateway-password-24chars", &[]);
         let last = req.len() - 1;
         req[last] ^= 1;
         assert_eq!(
-            a.handle_packet(t0, from(), &req),
+            a.handle_packet(t0, Pair::from(from()), &req),
             Err(IceError::Stun(StunError::BadFingerprint))
         );
         req[3] = req[3].wrapping_add(4);
-        assert!(a.handle_packet(t0, from(), &req).is_err());
+        assert!(a.handle_packet(t0, Pair::from(from()), &req).is_err());
     }
 
     #[test]
@@ -304,7 +357,7 @@ mod tests {
             "gateway-password-24chars",
             &[(stun::ATTR_USE_CANDIDATE, &[])],
         );
-        a.handle_packet(t0, from(), &nominate).unwrap();
+        a.handle_packet(t0, Pair::from(from()), &nominate).unwrap();
         a.poll_event();
         // Chromium checks every few seconds during the call: consent holds.
         let mut now = t0;
@@ -312,7 +365,7 @@ mod tests {
             now += Duration::from_millis(2500);
             a.handle_packet(
                 now,
-                from(),
+                Pair::from(from()),
                 &check(5, "gwuf:brwz", "gateway-password-24chars", &[]),
             )
             .unwrap();
@@ -326,13 +379,13 @@ mod tests {
             now += Duration::from_millis(2500);
             a.handle_packet(
                 now,
-                stranger,
+                Pair::from(stranger),
                 &check(6, "gwuf:brwz", "gateway-password-24chars", &[]),
             )
             .unwrap();
             a.handle_packet(
                 now,
-                from(),
+                Pair::from(from()),
                 &check(7, "gwuf:brwz", "wrong-password-000000000", &[]),
             )
             .unwrap();

@@ -3,26 +3,38 @@
 //! come datagrams to send, the selected browser address, the SRTP keys, or
 //! the reason the leg failed. A driver (the call's task) feeds it and applies
 //! the results to the relay.
+//!
+//! Every datagram comes with the local address it was sent to, and every
+//! reply goes back from that address (on the pair it came on): a browser
+//! checks that a response comes from where it sent the request, and a host
+//! with several addresses would otherwise answer from the routing table's
+//! choice.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use super::dtls::{DtlsError, DtlsIdentity, DtlsLeg, SrtpKeys};
-use super::ice::{IceEvent, IceLiteAgent};
+use super::ice::{IceEvent, IceLiteAgent, Pair};
 use crate::media::rtp::{classify, WebPacketKind};
 use crate::sdp::{Fingerprint, IceCredentials};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WebLegEvent {
-    /// Send this datagram from the leg's socket.
-    Transmit { to: SocketAddr, data: Vec<u8> },
-    /// Media goes to and comes from this browser address: the one the
-    /// browser nominated, or before that the authenticated address DTLS
-    /// completed with (SDES: that passed the first check). RFC 8445 §12.1
-    /// lets media flow on a valid pair before nomination; browsers nominate
-    /// some 50 ms after their first successful check.
-    Selected(SocketAddr),
+    /// Send this datagram from the leg's socket, to `to`, leaving from our
+    /// address `from` (None: the kernel's choice).
+    Transmit {
+        to: SocketAddr,
+        from: Option<IpAddr>,
+        data: Vec<u8>,
+    },
+    /// Media goes to and comes from this pair's browser address and leaves
+    /// from its local one: the pair the browser nominated, or before that
+    /// the authenticated one DTLS completed on (SDES: that passed the first
+    /// check). RFC 8445 §12.1 lets media flow on a valid pair before
+    /// nomination; browsers nominate some 50 ms after their first
+    /// successful check.
+    Selected(Pair),
     /// DTLS finished with the browser verified: SRTP keys for the relay.
     Keys(SrtpKeys),
     /// The leg failed (`fingerprint_mismatch`, handshake error).
@@ -35,11 +47,11 @@ pub struct WebLeg {
     ice: IceLiteAgent,
     dtls: Option<DtlsLeg>,
     /// Where DTLS goes when we are the active side or answer a flight.
-    dtls_peer: Option<SocketAddr>,
+    dtls_peer: Option<Pair>,
     events: VecDeque<WebLegEvent>,
     keys_reported: bool,
     failed: bool,
-    media_remote: Option<SocketAddr>,
+    media_pair: Option<Pair>,
 }
 
 impl WebLeg {
@@ -60,7 +72,7 @@ impl WebLeg {
             events: VecDeque::new(),
             keys_reported: false,
             failed: false,
-            media_remote: None,
+            media_pair: None,
         })
     }
 
@@ -78,27 +90,38 @@ impl WebLeg {
             events: VecDeque::new(),
             keys_reported: false,
             failed: false,
-            media_remote: None,
+            media_pair: None,
         }
     }
 
-    pub fn handle_packet(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+    /// A datagram from the browser's `from`, sent to our address `to`.
+    pub fn handle_packet(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        to: Option<IpAddr>,
+        data: &[u8],
+    ) {
         if self.failed {
             return;
         }
+        let pair = Pair {
+            remote: from,
+            local: to,
+        };
         match classify(data) {
             WebPacketKind::Stun => {
-                if let Ok(Some(response)) = self.ice.handle_packet(now, from, data) {
+                if let Ok(Some(response)) = self.ice.handle_packet(now, pair, data) {
                     self.events.push_back(WebLegEvent::Transmit {
                         to: from,
+                        from: to,
                         data: response,
                     });
                 }
                 self.take_ice_events();
                 // SDES keys are known already: media may use the first valid pair.
-                if self.dtls.is_none() && self.media_remote.is_none() && self.ice.is_validated(from)
-                {
-                    self.use_for_media(from);
+                if self.dtls.is_none() && self.media_pair.is_none() && self.ice.is_validated(from) {
+                    self.use_for_media(pair);
                 }
             }
             WebPacketKind::Dtls => {
@@ -106,7 +129,7 @@ impl WebLeg {
                 if !self.ice.is_validated(from) {
                     return;
                 }
-                self.dtls_peer = Some(from);
+                self.dtls_peer = Some(pair);
                 if let Some(dtls) = self.dtls.as_mut() {
                     let result = dtls.handle_packet(now, data);
                     self.after_dtls(result);
@@ -142,10 +165,10 @@ impl WebLeg {
         self.events.pop_front()
     }
 
-    fn use_for_media(&mut self, addr: SocketAddr) {
-        if self.media_remote != Some(addr) {
-            self.media_remote = Some(addr);
-            self.events.push_back(WebLegEvent::Selected(addr));
+    fn use_for_media(&mut self, pair: Pair) {
+        if self.media_pair != Some(pair) {
+            self.media_pair = Some(pair);
+            self.events.push_back(WebLegEvent::Selected(pair));
         }
     }
 
@@ -153,12 +176,12 @@ impl WebLeg {
         let mut selected = false;
         while let Some(e) = self.ice.poll_event() {
             match e {
-                IceEvent::Selected(addr) => {
+                IceEvent::Selected(pair) => {
                     if self.dtls_peer.is_none() {
-                        self.dtls_peer = Some(addr);
+                        self.dtls_peer = Some(pair);
                     }
                     selected = true;
-                    self.use_for_media(addr);
+                    self.use_for_media(pair);
                 }
                 IceEvent::ConsentLost => self.events.push_back(WebLegEvent::MediaTimeout),
             }
@@ -173,9 +196,13 @@ impl WebLeg {
         let Some(dtls) = self.dtls.as_mut() else {
             return;
         };
-        if let Some(to) = self.dtls_peer.or(self.ice.selected()) {
+        if let Some(pair) = self.dtls_peer.or(self.ice.selected()) {
             while let Some(data) = dtls.poll_transmit() {
-                self.events.push_back(WebLegEvent::Transmit { to, data });
+                self.events.push_back(WebLegEvent::Transmit {
+                    to: pair.remote,
+                    from: pair.local,
+                    data,
+                });
             }
         }
         match result {
@@ -188,7 +215,7 @@ impl WebLeg {
                     if let Some(keys) = dtls.keys() {
                         self.keys_reported = true;
                         self.events.push_back(WebLegEvent::Keys(keys.clone()));
-                        if let (None, Some(peer)) = (self.media_remote, self.dtls_peer) {
+                        if let (None, Some(peer)) = (self.media_pair, self.dtls_peer) {
                             self.use_for_media(peer);
                         }
                     }
