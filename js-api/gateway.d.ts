@@ -16,6 +16,9 @@ export interface ConnectOptions {
   rtcConfig?: RTCConfiguration;
   /** Replaces navigator.mediaDevices.getUserMedia (tests, custom devices). */
   getUserMedia?: (constraints: MediaStreamConstraints) => Promise<MediaStream>;
+  /** How long after both SDPs are set ICE may take to connect before a call
+   * fires `media_failed` (default 8000; 0 = only when ICE reports `failed`). */
+  mediaTimeoutMs?: number;
 }
 
 /** Codes: the API's error codes (origin_not_allowed, invalid_token, registration_failed,
@@ -48,6 +51,9 @@ export interface SessionEventMap {
 
 export declare function connect(options: ConnectOptions): Promise<Session>;
 
+/** `address:port` of each UDP candidate in an SDP (the gateway's). */
+export declare function gatewayAddresses(sdp: string | undefined | null): string[];
+
 export declare class Session extends EventTarget {
   readonly id: string;
   readonly user: string;
@@ -69,6 +75,10 @@ export interface CallEventMap {
   resumed: GatewayEvent<{ by: 'local' | 'remote' }>;
   dtmf: GatewayEvent<{ digit: string }>;
   track: GatewayEvent<MediaStream>;
+  /** ICE found no path to the gateway: the call is up in signaling but no
+   * audio can flow. `addresses` are the gateway's candidates (address:port);
+   * `message` says so in words for the page to show. */
+  media_failed: GatewayEvent<{ addresses: string[]; message: string }>;
   ended: GatewayEvent<{ reason: EndReason; sipStatus?: number }>;
 }
 
@@ -88,6 +98,8 @@ export interface CallStats {
     /** How each leg is protected ('' until the legs are joined). */
     keying: { web: 'dtls' | 'sdes' | ''; sip: 'srtp' | 'rtp' | '' };
     held: 'local' | 'remote' | null;
+    /** The browser's address and the gateway's address it sends to, once ICE chose them. */
+    web_path: { browser: string; gateway: string | null } | null;
     stats: { web: LegStats; sip: LegStats };
   };
   browser: {

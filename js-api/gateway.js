@@ -65,7 +65,7 @@ async function request(fetchImpl, method, url, { body, bearer, signal } = {}) {
  * Creates a session for `user` (the gateway registers it with the SIP
  * server) and starts receiving its events.
  */
-export async function connect({ url, user, password, token, displayName, fetch: fetchImpl, rtcConfig, getUserMedia } = {}) {
+export async function connect({ url, user, password, token, displayName, fetch: fetchImpl, rtcConfig, getUserMedia, mediaTimeoutMs } = {}) {
   if (!url) throw new GatewayError('bad_argument', 'connect() needs the gateway url');
   if (!user) throw new GatewayError('bad_argument', 'connect() needs a user');
   const f = fetchImpl || globalThis.fetch.bind(globalThis);
@@ -83,6 +83,7 @@ export async function connect({ url, user, password, token, displayName, fetch: 
     expiresIn: created.expires_in,
     rtcConfig,
     getUserMedia,
+    mediaTimeoutMs,
   });
   session._startPolling();
   return session;
@@ -96,7 +97,7 @@ function emit(target, type, detail) {
 
 /** A browser user's session: places calls and receives them. */
 export class Session extends EventTarget {
-  constructor({ base, fetch, id, secret, user, expiresIn, rtcConfig, getUserMedia }) {
+  constructor({ base, fetch, id, secret, user, expiresIn, rtcConfig, getUserMedia, mediaTimeoutMs }) {
     super();
     this.id = id;
     this.user = user;
@@ -111,6 +112,8 @@ export class Session extends EventTarget {
     this._finished = new Set();
     this._abort = null;
     this._rtcConfig = rtcConfig || {};
+    // A browser reaches a reachable gateway in well under a second.
+    this._mediaTimeoutMs = mediaTimeoutMs === undefined ? 8000 : mediaTimeoutMs;
     this._getUserMedia =
       getUserMedia || ((constraints) => navigator.mediaDevices.getUserMedia(constraints));
   }
@@ -254,6 +257,17 @@ export class Session extends EventTarget {
   }
 }
 
+/** `address:port` of each UDP candidate in the gateway's SDP. */
+export function gatewayAddresses(sdp) {
+  if (!sdp) return [];
+  const out = [];
+  for (const line of sdp.split(/\r?\n/)) {
+    const m = /^a=candidate:\S+ \d+ udp \d+ (\S+) (\d+) typ/i.exec(line);
+    if (m) out.push(m[1].includes(':') ? `[${m[1]}]:${m[2]}` : `${m[1]}:${m[2]}`);
+  }
+  return out;
+}
+
 /** One call: its RTCPeerConnection and its signaling. */
 export class Call extends EventTarget {
   constructor(session, { id, direction, pc, localStream, ownStream, from, to, offer }) {
@@ -279,12 +293,40 @@ export class Call extends EventTarget {
       this.remoteStream = e.streams[0] || new MediaStream([e.track]);
       emit(this, 'track', this.remoteStream);
     };
+    this.pc.addEventListener('iceconnectionstatechange', () => {
+      const ice = this.pc && this.pc.iceConnectionState;
+      if (ice === 'connected' || ice === 'completed') this._mediaUp = true;
+      else if (ice === 'failed') this._mediaFailed();
+    });
+  }
+
+  /** Both descriptions are set: ICE must reach the gateway soon after. */
+  _watchMediaPath() {
+    const ms = this._session._mediaTimeoutMs;
+    if (!ms || this._mediaTimer) return;
+    this._mediaTimer = setTimeout(() => {
+      if (!this._mediaUp) this._mediaFailed();
+    }, ms);
+  }
+
+  /** Tells the page, once, in words, that no media path was found. */
+  _mediaFailed() {
+    if (this._mediaUp || this._mediaReported || this.state === 'ended' || !this.pc) return;
+    this._mediaReported = true;
+    const addresses = gatewayAddresses(this.pc.remoteDescription && this.pc.remoteDescription.sdp);
+    const where = addresses.length ? addresses.join(', ') : 'the address in its answer';
+    emit(this, 'media_failed', {
+      addresses,
+      message: `no media path: the browser could not reach the gateway at ${where} — ` +
+        'check [media] public-address and the firewall',
+    });
   }
 
   async _setAnswer(sdp) {
     if (this._remoteSet || !sdp || !this.pc) return;
     this._remoteSet = true;
     await this.pc.setRemoteDescription({ type: 'answer', sdp });
+    this._watchMediaPath();
   }
 
   async _handle(event) {
@@ -325,6 +367,7 @@ export class Call extends EventTarget {
   _finish(reason, sipStatus) {
     if (this.state === 'ended') return;
     this.state = 'ended';
+    clearTimeout(this._mediaTimer);
     if (this.pc) this.pc.close();
     if (this._ownStream && this.localStream) this.localStream.getTracks().forEach((t) => t.stop());
     this._session._calls.delete(this.id);
@@ -350,6 +393,7 @@ export class Call extends EventTarget {
     await this.pc.setLocalDescription(answer);
     await this._request('POST', '/answer', { sdp: this.pc.localDescription.sdp });
     this.state = 'answered';
+    this._watchMediaPath();
   }
 
   /** Refuses an incoming call (486 Busy Here unless `status` says otherwise). */

@@ -10,7 +10,7 @@ use webrtc_sip_gateway::api::token;
 use webrtc_sip_gateway::config::{self, Config, CryptKey};
 use webrtc_sip_gateway::media::relay::{io_uring_usable, RelayIo};
 use webrtc_sip_gateway::ops::firewall;
-use webrtc_sip_gateway::{logging, Gateway};
+use webrtc_sip_gateway::{logging, netif, Gateway};
 
 #[derive(Parser)]
 #[command(
@@ -114,8 +114,59 @@ fn check_config(path: &Path) -> Result<(), String> {
             );
         }
     }
+    for line in address_notes(&config) {
+        println!("# {line}");
+    }
     print!("{}", config.to_masked_toml());
     Ok(())
+}
+
+/// What check-config says of the media addresses: what the web leg
+/// offers, and for each configured address whether this host has it
+/// (replies leave from it) or it is a NAT's (replies leave from the host's
+/// address behind it, which the NAT maps).
+fn address_notes(config: &config::Config) -> Vec<String> {
+    let host = match netif::host_addresses() {
+        Ok(host) => host,
+        Err(e) => return vec![format!("Cannot read this host's addresses: {e}")],
+    };
+    let configured = config.media.public_address.parse().unwrap_or_default();
+    let mut notes = Vec::new();
+    if configured.is_empty() {
+        let offered = netif::default_web_addresses(&host);
+        notes.push(format!(
+            "media.public-address is empty: browsers are offered this host's addresses, \
+             read now (again at each start): {}",
+            join(&offered)
+        ));
+    }
+    for ip in configured {
+        notes.push(if netif::is_host_address(&host, ip) {
+            format!("media.public-address {ip} is an address of this host: media to browsers leaves from it")
+        } else {
+            format!(
+                "media.public-address {ip} is not an address of this host: a NAT or load balancer \
+                 must forward it to this host; media to browsers leaves from the host's address \
+                 the packets arrive at, which the NAT maps back to {ip}"
+            )
+        });
+    }
+    if let Ok(ip) = config.sip.media_address.parse::<std::net::IpAddr>() {
+        if !netif::is_host_address(&host, ip) {
+            notes.push(format!(
+                "sip.media-address {ip} is not an address of this host: SIP media leaves from \
+                 the host's own address toward the SIP side, which a NAT must map to {ip}"
+            ));
+        }
+    }
+    notes
+}
+
+fn join(ips: &[std::net::IpAddr]) -> String {
+    ips.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn encrypt_password(path: &Path) -> Result<(), String> {

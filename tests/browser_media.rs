@@ -48,7 +48,8 @@ fn wrong_fingerprint_fails_the_leg() {
 fn run_call(wrong_fingerprint: bool) {
     let relay = Relay::start(1).unwrap();
     let identity = DtlsIdentity::generate().unwrap();
-    let web_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // On every address, as the gateway binds it; the answer offers the LAN one.
+    let web_socket = UdpSocket::bind("0.0.0.0:0").unwrap();
     let web_port = web_socket.local_addr().unwrap().port();
     let control_socket = web_socket.try_clone().unwrap();
     let sip_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -98,7 +99,7 @@ fn run_call(wrong_fingerprint: bool) {
         candidates: &[],
         offer: &offer,
         local: Local {
-            address: "127.0.0.1".parse().unwrap(),
+            address: common::LAN_ADDRESS.parse().unwrap(),
             port: web_port,
             session_id: 1,
             session_version: 1,

@@ -4,6 +4,8 @@
 //! Needs Debian's chromium and tests/e2e's npm packages (the test command
 //! installs both); runs Chromium in its own network namespace.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
@@ -26,7 +28,8 @@ impl Browser {
     fn start(args: &[&str]) -> Browser {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e");
         let script = format!(
-            "ip link set lo up; exec node sdp-exchange.mjs {}",
+            "{} exec node sdp-exchange.mjs {}",
+            common::network_setup(common::Network::Lan),
             args.join(" ")
         );
         // A stuck browser must not hang the suite: the whole exchange gets 60 s.

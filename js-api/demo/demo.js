@@ -29,7 +29,10 @@ function buttons() {
   $('hangup').disabled = !call;
   $('hold').disabled = !call || call.state !== 'answered' || call.held;
   $('resume').disabled = !call || !call.held;
-  $('call-state').textContent = call ? (call.held ? 'on hold' : call.state) : state.call ? 'ended' : 'none';
+  const shown = call && state.mediaFailed && call.state === 'answered' ? 'no media path' : null;
+  $('call-state').textContent = call
+    ? (shown || (call.held ? 'on hold' : call.state))
+    : state.call ? 'ended' : 'none';
 }
 
 /** Level (0..1) and dominant frequency (Hz) of an analyser's input. */
@@ -98,6 +101,8 @@ async function counters() {
 
 function watch(call) {
   state.call = call;
+  state.mediaFailed = null;
+  $('media-problem').hidden = true;
   const on = (type, text) => call.addEventListener(type, (e) => { log(text(e.detail || {})); buttons(); });
   on('ringing', () => 'ringing');
   on('early_media', () => 'early media');
@@ -106,6 +111,13 @@ function watch(call) {
   on('resumed', (d) => `resumed (by ${d.by})`);
   on('dtmf', (d) => `DTMF received: ${d.digit}`);
   on('ended', (d) => `call ended: ${d.reason}${d.sipStatus ? ` (SIP ${d.sipStatus})` : ''}`);
+  call.addEventListener('media_failed', (e) => {
+    state.mediaFailed = e.detail.message;
+    log(e.detail.message, 'error');
+    $('call-state').textContent = 'no media path';
+    $('media-problem').textContent = e.detail.message;
+    $('media-problem').hidden = false;
+  });
   call.addEventListener('ended', () => { stopTimers(); buttons(); });
   const hear = (stream) => {
     $('remote-audio').srcObject = stream;

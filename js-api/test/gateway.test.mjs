@@ -74,9 +74,11 @@ class FakeGateway {
 }
 
 /** Just enough RTCPeerConnection for the API's calls. */
-class FakePeerConnection {
+class FakePeerConnection extends EventTarget {
   static last = null;
   constructor(config) {
+    super();
+    this.iceConnectionState = 'new';
     this.config = config;
     this.tracks = [];
     this.remote = null;
@@ -86,7 +88,11 @@ class FakePeerConnection {
   addTrack(track) { this.tracks.push(track); }
   async createOffer() { return { type: 'offer', sdp: 'v=0 browser offer' }; }
   async setLocalDescription(d) { this.localDescription = d; }
-  async setRemoteDescription(d) { this.remote = d; }
+  async setRemoteDescription(d) { this.remote = d; this.remoteDescription = d; }
+  ice(state) {
+    this.iceConnectionState = state;
+    this.dispatchEvent(new Event('iceconnectionstatechange'));
+  }
   async getStats() { return new Map([['o', { type: 'outbound-rtp', kind: 'audio', packetsSent: 7 }]]); }
   close() { this.closed = true; }
 }
@@ -196,6 +202,63 @@ test('an outgoing call: offer out, answer in (even before the POST returns), con
   assert.equal(pc.closed, true);
   assert.equal(stream.track.stopped, true, 'the microphone the API opened is released');
   await session.close();
+});
+
+const ANSWER_TWO_CANDIDATES = 'v=0\r\nm=audio 20000 UDP/TLS/RTP/SAVPF 111\r\n' +
+  'a=candidate:1 1 udp 2130706431 192.0.2.10 20000 typ host\r\n' +
+  'a=candidate:2 1 udp 2130706175 127.0.0.1 20000 typ host\r\n';
+
+test('a call whose ICE never connects says so in words, naming the gateway addresses', async () => {
+  const gw = new FakeGateway();
+  const session = await connect({
+    url: 'https://gw.test', user: '1001', fetch: gw.fetch, getUserMedia: async () => fakeStream(), mediaTimeoutMs: 50,
+  });
+  gw.onCreateCall = () => gw.push({ type: 'call.answered', call: 'c1', sdp: ANSWER_TWO_CANDIDATES });
+  const call = await session.call('echo');
+  const failed = [];
+  call.addEventListener('media_failed', (e) => failed.push(e.detail));
+  const pc = FakePeerConnection.last;
+  pc.ice('checking');
+  await until(() => failed.length === 1);
+  assert.deepEqual(failed[0].addresses, ['192.0.2.10:20000', '127.0.0.1:20000']);
+  assert.equal(
+    failed[0].message,
+    'no media path: the browser could not reach the gateway at 192.0.2.10:20000, 127.0.0.1:20000 — ' +
+      'check [media] public-address and the firewall',
+  );
+  pc.ice('failed');
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(failed.length, 1, 'reported once');
+  await session.close();
+});
+
+test('a call whose ICE connects reports no media failure, and ICE failing is reported at once', async () => {
+  const gw = new FakeGateway();
+  const session = await connect({
+    url: 'https://gw.test', user: '1001', fetch: gw.fetch, getUserMedia: async () => fakeStream(), mediaTimeoutMs: 50,
+  });
+  gw.onCreateCall = () => gw.push({ type: 'call.answered', call: 'c1', sdp: ANSWER_TWO_CANDIDATES });
+  const call = await session.call('echo');
+  const failed = [];
+  call.addEventListener('media_failed', (e) => failed.push(e.detail));
+  FakePeerConnection.last.ice('connected');
+  await new Promise((r) => setTimeout(r, 120));
+  assert.equal(failed.length, 0);
+  await session.close();
+
+  // With the timer off, only ICE's own verdict counts.
+  const gw2 = new FakeGateway();
+  gw2.onCreateCall = () => gw2.push({ type: 'call.answered', call: 'c1', sdp: ANSWER_TWO_CANDIDATES });
+  const session2 = await connect({
+    url: 'https://gw.test', user: '1001', fetch: gw2.fetch, getUserMedia: async () => fakeStream(), mediaTimeoutMs: 0,
+  });
+  const call2 = await session2.call('echo');
+  const failed2 = [];
+  call2.addEventListener('media_failed', (e) => failed2.push(e.detail));
+  await until(() => FakePeerConnection.last.remote !== null);
+  FakePeerConnection.last.ice('failed');
+  assert.equal(failed2.length, 1);
+  await session2.close();
 });
 
 test('hangup sends DELETE and ends the call once', async () => {

@@ -245,28 +245,79 @@ pub async fn error_code(r: reqwest::Response) -> String {
     v["error"]["code"].as_str().expect("error.code").to_string()
 }
 
+/// The network a namespaced test sees: loopback plus LAN-like interfaces,
+/// as a user's machine has (a browser then offers its LAN addresses, not
+/// loopback).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// `eth0` = 192.0.2.10/24 with the default route.
+    Lan,
+    /// `eth0` as in `Lan`, and `eth1` = 198.51.100.10/24: a host with two
+    /// interfaces.
+    TwoInterfaces,
+}
+
+/// The LAN address of the namespace's `eth0`, and of `eth1` with
+/// [`Network::TwoInterfaces`].
+pub const LAN_ADDRESS: &str = "192.0.2.10";
+pub const SECOND_ADDRESS: &str = "198.51.100.10";
+
+/// Shell commands that give a fresh network namespace its interfaces: each
+/// a veth pair with both ends up (the `dummy` link type is missing on
+/// these kernels), documentation-range addresses, nothing leaving the
+/// namespace.
+pub fn network_setup(network: Network) -> String {
+    let mut script = String::from(
+        "set -e; ip link set lo up; \
+         ip link add eth0 type veth peer name eth0p; ip addr add 192.0.2.10/24 dev eth0; \
+         ip link set eth0 up; ip link set eth0p up; ip route add default dev eth0; ",
+    );
+    if network == Network::TwoInterfaces {
+        script.push_str(
+            "ip link add eth1 type veth peer name eth1p; ip addr add 198.51.100.10/24 dev eth1; \
+             ip link set eth1 up; ip link set eth1p up; ",
+        );
+    }
+    script.push_str("set +e; ");
+    script
+}
+
 /// Re-runs test `name` of the current test binary inside its own network
-/// namespace (`unshare -n`, loopback up), so a browser, the gateway and the
-/// test see only 127.0.0.1 and fixed ports cannot clash. Returns true when
-/// already inside (the caller runs the test body); false after the re-run
-/// passed (it panics if the re-run failed).
+/// namespace with a LAN-like interface ([`Network::Lan`]), so a browser, the
+/// gateway and the test see a network like a user's and fixed ports cannot
+/// clash. Returns true when already inside (the caller runs the test body);
+/// false after the re-run passed (it panics if the re-run failed, or ran no
+/// test because `name` does not name one).
 pub fn inside_namespace(name: &str) -> bool {
+    inside_network(name, Network::Lan)
+}
+
+/// [`inside_namespace`] with the given network.
+pub fn inside_network(name: &str, network: Network) -> bool {
     if std::env::var("GW_TEST_NETNS").is_ok() {
         return true;
     }
     let exe = std::env::current_exe().unwrap();
     let script = format!(
-        "ip link set lo up; exec {} {name} --exact --nocapture --include-ignored",
+        "{} exec {} {name} --exact --nocapture --include-ignored --test-threads 1",
+        network_setup(network),
         exe.display()
     );
-    let status = Command::new("timeout")
+    let out = Command::new("timeout")
         .args(["180", "unshare", "-n", "sh", "-c", &script])
         .env("GW_TEST_NETNS", "1")
-        .status()
+        .stderr(Stdio::inherit())
+        .output()
         .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
     assert!(
-        status.success(),
+        out.status.success(),
         "{name} failed inside its network namespace"
+    );
+    assert!(
+        stdout.contains("test result: ok. 1 passed"),
+        "the re-run inside the namespace ran no test named {name}"
     );
     false
 }

@@ -1,5 +1,8 @@
-// Launches Debian's headless Chromium with the flags that make WebRTC work
-// over loopback on these machines (see shared/TESTING.md).
+// Launches Debian's headless Chromium as a user's browser is for WebRTC: the
+// fake microphone and permission flags, the sandbox off (tests run as root),
+// and the flags that keep it off the network these machines do not have
+// (see shared/TESTING.md). No --allow-loopback-in-peer-connection: like a
+// user's Chromium it offers and pairs only its LAN addresses.
 import { chromium } from 'playwright-core';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -11,7 +14,7 @@ export async function launch({ audioFile, ignoreHTTPSErrors = false } = {}) {
     '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
     '--disable-background-networking', '--disable-component-update', '--disable-sync',
     '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
-    '--allow-loopback-in-peer-connection', '--autoplay-policy=no-user-gesture-required',
+    '--autoplay-policy=no-user-gesture-required',
   ];
   if (audioFile) args.push(`--use-file-for-fake-audio-capture=${audioFile}`);
   const context = await chromium.launchPersistentContext(profile, {
