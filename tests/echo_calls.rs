@@ -142,20 +142,39 @@ fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
     Some((w, h))
 }
 
-/// The shipped config, unchanged: `cargo run --release` gives a gateway
-/// whose demo page calls the echo and hears itself.
+/// The IP of an `address:port` the browser reported.
+fn ip_of(address: &Value) -> std::net::IpAddr {
+    let text = address.as_str().unwrap_or_default();
+    let (ip, _) = text.rsplit_once(':').unwrap_or((text, ""));
+    ip.trim_matches(['[', ']'])
+        .parse()
+        .unwrap_or_else(|_| panic!("not an address: {address}"))
+}
+
+/// README's "Try it", step by step, on a machine with a LAN interface and
+/// a stock Chromium: the binary with no arguments (the shipped config),
+/// https://localhost:8443/demo/, Connect, Call echo — and the tone comes
+/// back, over the LAN address the browser pairs (not loopback).
 #[test]
 fn demo_page_calls_the_echo_with_the_shipped_config() {
     if !common::inside_namespace("demo_page_calls_the_echo_with_the_shipped_config") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let shipped =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml"))
-            .unwrap();
-    let gw = common::Gateway::start_with_env(&shipped, &[]);
-    let url = format!("https://127.0.0.1:{}", gw.https.port());
-    let r = browser("demo", &url, dir.path());
+    let gw = common::Gateway::start_shipped();
+    assert_eq!(gw.https.port(), 8443, "the README's port");
+    let r = browser("demo", "https://localhost:8443", dir.path());
+    // The path the browser chose ends at the LAN address the gateway offered
+    // first, and the gateway saw the same pair.
+    let selected = ip_of(&r["selected"]["remote"]);
+    assert_eq!(selected.to_string(), common::LAN_ADDRESS, "{r}");
+    let web_path = &r["stats"]["gateway"]["web_path"];
+    assert_eq!(web_path["gateway"], common::LAN_ADDRESS, "{r}");
+    assert_eq!(
+        ip_of(&web_path["browser"]),
+        ip_of(&r["selected"]["local"]),
+        "{r}"
+    );
     assert_eq!(r["connected"], true, "{r}");
     assert_eq!(r["answered"], true, "{r}");
     assert_eq!(
@@ -216,6 +235,91 @@ fn demo_page_calls_the_echo_with_the_shipped_config() {
         "setup: answered after {} ms, first packet after {} ms",
         r["answeredMs"], r["firstPacketMs"]
     );
+}
+
+/// A host with two interfaces: the gateway offers both addresses, and every
+/// pair the browser checks toward either is answered from the address it
+/// was sent to — for a check from 198.51.100.10 to 192.0.2.10, the
+/// kernel's route would answer from 198.51.100.10, which the browser
+/// refuses. The call carries the tone both ways.
+#[test]
+fn a_two_interface_host_answers_from_each_address() {
+    if !common::inside_network(
+        "a_two_interface_host_answers_from_each_address",
+        common::Network::TwoInterfaces,
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gw = common::Gateway::start("", "");
+    let offered = gw.log();
+    assert!(
+        offered.contains(common::LAN_ADDRESS) && offered.contains(common::SECOND_ADDRESS),
+        "both addresses are offered: {offered}"
+    );
+    let url = format!("https://127.0.0.1:{}", gw.https.port());
+    let r = browser("demo", &url, dir.path());
+    assert_eq!(r["heard"], true, "{r}");
+    let ours: [std::net::IpAddr; 2] = [
+        common::LAN_ADDRESS.parse().unwrap(),
+        common::SECOND_ADDRESS.parse().unwrap(),
+    ];
+    let pairs = r["pairs"].as_array().cloned().unwrap_or_default();
+    let toward_us: Vec<&Value> = pairs
+        .iter()
+        .filter(|p| ours.contains(&ip_of(&p["remote"])) && !ip_of(&p["local"]).is_loopback())
+        .collect();
+    // Chromium checks a pair per interface of its own first, toward our
+    // first address: so the pair from its other interface is a crossed
+    // one. Every check it sent toward us was answered (from the address it
+    // went to, or Chromium would not count it), a crossed pair included.
+    let checked: Vec<&&Value> = toward_us
+        .iter()
+        .filter(|p| p["requestsSent"].as_u64().unwrap_or(0) > 0)
+        .collect();
+    for pair in &checked {
+        assert!(
+            pair["responsesReceived"].as_u64().unwrap_or(0) > 0 && pair["state"] == "succeeded",
+            "a check got no answer from the address it was sent to: {pair}\n{r}"
+        );
+    }
+    assert!(
+        checked
+            .iter()
+            .any(|p| ip_of(&p["local"]) != ip_of(&p["remote"])),
+        "no crossed pair (one interface of the browser to the other address) was checked: {r}"
+    );
+    let web_path = &r["stats"]["gateway"]["web_path"];
+    assert_eq!(
+        web_path["gateway"].as_str().map(str::to_string),
+        Some(ip_of(&r["selected"]["remote"]).to_string()),
+        "the gateway sends media from the address the browser selected: {r}"
+    );
+}
+
+/// A gateway that advertises an address the browser cannot reach: the
+/// call is answered in signaling, and the demo page says in words that no
+/// media path was found, naming the address (not just "answered").
+#[test]
+fn the_demo_page_says_when_the_browser_cannot_reach_the_gateway() {
+    if !common::inside_namespace("the_demo_page_says_when_the_browser_cannot_reach_the_gateway") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A documentation address no host here has: packets to it leave eth0
+    // and are never answered.
+    let gw = common::Gateway::start("", "[media]\npublic-address = \"203.0.113.9\"\n");
+    let url = format!("https://127.0.0.1:{}", gw.https.port());
+    let r = browser("nopath", &url, dir.path());
+    assert_eq!(r["answered"], true, "{r}");
+    assert_eq!(r["told"], true, "{r}");
+    let problem = r["problem"].as_str().unwrap_or_default();
+    assert!(
+        problem.starts_with("no media path: the browser could not reach the gateway at 203.0.113.9:"),
+        "{r}"
+    );
+    assert!(problem.contains("[media] public-address"), "{r}");
+    assert_eq!(r["callState"], "no media path", "{r}");
 }
 
 #[test]

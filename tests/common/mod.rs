@@ -73,10 +73,22 @@ impl Gateway {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(&path)
-            .envs(env.iter().copied())
+        let mut command = Command::new(BIN);
+        command.arg("--config").arg(&path).envs(env.iter().copied());
+        Self::spawn(command, dir)
+    }
+
+    /// The README's first command as a user runs it: the binary with no
+    /// arguments in the repository, so it reads the shipped
+    /// `config/gateway.toml` (fixed ports: run it in a namespace).
+    pub fn start_shipped() -> Gateway {
+        let mut command = Command::new(BIN);
+        command.current_dir(env!("CARGO_MANIFEST_DIR"));
+        Self::spawn(command, tempfile::tempdir().unwrap())
+    }
+
+    fn spawn(mut command: Command, dir: tempfile::TempDir) -> Gateway {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

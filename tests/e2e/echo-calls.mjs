@@ -9,6 +9,8 @@
 //   sip         the demo page calls DIAL through the SIP server (a SIPp UAS
 //               returning RTP, or baresip playing a tone): hear EXPECT_HZ
 //               (default 1000), hang up
+//   nopath      the demo page calls echo through a gateway that advertises
+//               an address the browser cannot reach: the page must say so
 //   concurrent  ten calls to echo at once from one page through the js-api
 //   origin      a page on another origin tries to open a session
 //   setup       call setup times (request → answered, request → first packet)
@@ -32,6 +34,33 @@ function heardWithCounters(hz) {
   const legs = s && s.gateway.stats;
   return r && Math.abs(r.hz - hz) <= 20 && s && s.browser.packetsReceived > 100 &&
     legs.web.packets_in > 100 && legs.sip.packets_in > 100 && legs.sip.packets_out > 100;
+}
+
+// Runs in the page: the ICE candidate pairs of the demo's call as Chromium
+// saw them, and the one it selected (its remote end is the gateway).
+async function icePairs() {
+  const stats = await window.demo.call.pc.getStats();
+  const byId = new Map();
+  stats.forEach((s) => byId.set(s.id, s));
+  const addr = (id) => {
+    const c = byId.get(id);
+    return c ? `${c.address}:${c.port}` : null;
+  };
+  const pairs = [];
+  let selected = null;
+  stats.forEach((s) => {
+    if (s.type === 'candidate-pair') {
+      pairs.push({
+        local: addr(s.localCandidateId), remote: addr(s.remoteCandidateId), state: s.state,
+        requestsSent: s.requestsSent, responsesReceived: s.responsesReceived, nominated: !!s.nominated,
+      });
+    }
+    if (s.type === 'transport' && s.selectedCandidatePairId) {
+      const p = byId.get(s.selectedCandidatePairId);
+      if (p) selected = { local: addr(p.localCandidateId), remote: addr(p.remoteCandidateId) };
+    }
+  });
+  return { pairs, selected };
 }
 
 async function waitFor(page, fn, arg, ms = 20000) {
@@ -69,6 +98,7 @@ try {
       micHz: window.demo.mic ? window.demo.mic.hz : 0,
       stats: window.demo.stats,
     })));
+    Object.assign(report, await page.evaluate(icePairs));
     if (mode === 'sip') {
       if (process.env.DTMF) {
         // Sent as RFC 4733 events; the far end's log says whether they came.
@@ -110,6 +140,21 @@ try {
     report.ended = await waitFor(page, () => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes('call ended: hangup')), null, 5000);
     report.log = await page.evaluate(() => [...document.querySelectorAll('#log li')].map((li) => li.textContent).reverse());
     report.totalMs = Date.now() - t0;
+  } else if (mode === 'nopath') {
+    const page = await context.newPage();
+    page.on('pageerror', (e) => { report.pageErrors = (report.pageErrors || []).concat(String(e)); });
+    await page.goto(`${gw}/demo/`);
+    await page.click('#connect');
+    report.connected = await waitFor(page, () => document.getElementById('session-status').textContent.startsWith('connected'));
+    await page.click('#call');
+    report.answered = await waitFor(page, () => window.demo.call && window.demo.call.state === 'answered');
+    report.told = await waitFor(page, () => !document.getElementById('media-problem').hidden, null, 30000);
+    Object.assign(report, await page.evaluate(() => ({
+      problem: document.getElementById('media-problem').textContent,
+      callState: document.getElementById('call-state').textContent,
+      log: [...document.querySelectorAll('#log li')].map((li) => li.textContent).reverse(),
+    })));
+    await page.click('#hangup');
   } else if (mode === 'incoming') {
     const page = await context.newPage();
     page.on('pageerror', (e) => { report.pageErrors = (report.pageErrors || []).concat(String(e)); });
