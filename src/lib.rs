@@ -494,3 +494,53 @@ async fn reap_sessions(state: SharedState, mut shutdown: watch::Receiver<bool>) 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::from_toml(text, "test", Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn media_addresses_default_to_the_host_and_the_route() {
+        let found = MediaAddresses::find(&config(""), None).unwrap();
+        assert_eq!(
+            found.web.last(),
+            Some(&std::net::IpAddr::from([127, 0, 0, 1])),
+            "loopback is offered last"
+        );
+        assert!(found.web[..found.web.len() - 1]
+            .iter()
+            .all(|ip| netif::is_lan_candidate(*ip)));
+        // No server: the SIP leg is the echo's, on loopback.
+        assert_eq!(found.sip, std::net::IpAddr::from([127, 0, 0, 1]));
+        let server: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+        let found = MediaAddresses::find(&config(""), Some(server)).unwrap();
+        assert_eq!(
+            found.sip,
+            server.ip(),
+            "the route's source toward the server"
+        );
+        assert_eq!(found.sip_bind, found.sip, "bound, so media leaves from it");
+    }
+
+    #[test]
+    fn configured_media_addresses_are_taken_as_given() {
+        let c = config(
+            "[media]\npublic-address = [\"203.0.113.5\", \"127.0.0.1\"]\n\
+             [sip]\nmedia-address = \"127.0.0.5\"\n",
+        );
+        let found = MediaAddresses::find(&c, None).unwrap();
+        let web: Vec<String> = found.web.iter().map(ToString::to_string).collect();
+        assert_eq!(web, ["203.0.113.5", "127.0.0.1"]);
+        assert_eq!(found.sip.to_string(), "127.0.0.5");
+        assert_eq!(found.sip_bind.to_string(), "127.0.0.5");
+        // A NAT's address: advertised, but the sockets listen everywhere.
+        let c = config("[sip]\nmedia-address = \"203.0.113.7\"\n");
+        let found = MediaAddresses::find(&c, None).unwrap();
+        assert_eq!(found.sip.to_string(), "203.0.113.7");
+        assert!(found.sip_bind.is_unspecified());
+    }
+}

@@ -315,7 +315,8 @@ fn the_demo_page_says_when_the_browser_cannot_reach_the_gateway() {
     assert_eq!(r["told"], true, "{r}");
     let problem = r["problem"].as_str().unwrap_or_default();
     assert!(
-        problem.starts_with("no media path: the browser could not reach the gateway at 203.0.113.9:"),
+        problem
+            .starts_with("no media path: the browser could not reach the gateway at 203.0.113.9:"),
         "{r}"
     );
     assert!(problem.contains("[media] public-address"), "{r}");

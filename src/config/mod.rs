@@ -888,6 +888,85 @@ mod tests {
     }
 
     #[test]
+    fn public_address_takes_none_one_or_a_list() {
+        let ips = |c: Config| -> Vec<String> {
+            c.media
+                .public_address
+                .parse()
+                .unwrap()
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert!(ips(load("").unwrap()).is_empty(), "empty by default");
+        assert!(ips(load("[media]\npublic-address = \"\"\n").unwrap()).is_empty());
+        assert_eq!(
+            ips(load("[media]\npublic-address = \"203.0.113.5\"\n").unwrap()),
+            ["203.0.113.5"]
+        );
+        assert_eq!(
+            ips(load("[media]\npublic-address = \"203.0.113.5, 10.0.0.5\"\n").unwrap()),
+            ["203.0.113.5", "10.0.0.5"]
+        );
+        assert_eq!(
+            ips(load("[media]\npublic-address = [\"2001:db8::5\", \"2001:db8::6\"]\n").unwrap()),
+            ["2001:db8::5", "2001:db8::6"]
+        );
+        // From the environment, as a user would write it.
+        for (raw, want) in [
+            ("192.0.2.10", vec!["192.0.2.10"]),
+            ("192.0.2.10,192.0.2.11", vec!["192.0.2.10", "192.0.2.11"]),
+            ("[\"192.0.2.12\"]", vec!["192.0.2.12"]),
+        ] {
+            let env = vec![(
+                "GATEWAY__MEDIA__PUBLIC_ADDRESS".to_string(),
+                raw.to_string(),
+            )];
+            let c = Config::from_toml("", "t", env).unwrap();
+            assert_eq!(ips(c), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn bad_media_addresses_are_named() {
+        for (text, key, says) in [
+            (
+                "[media]\npublic-address = \"192.0.2.1, nope\"\n",
+                "media.public-address",
+                "\"nope\" is not an IP address",
+            ),
+            (
+                "[media]\npublic-address = [\"192.0.2.1\", \"2001:db8::1\"]\n",
+                "media.public-address",
+                "IPv4 and IPv6",
+            ),
+            (
+                "[media]\npublic-address = \"0.0.0.0\"\n",
+                "media.public-address",
+                "unicast",
+            ),
+            (
+                "[media]\npublic-address = 5\n",
+                "public-address",
+                "expected an IP address",
+            ),
+            (
+                "[sip]\nmedia-address = \"pbx.example\"\n",
+                "sip.media-address",
+                "not an IP address",
+            ),
+            (
+                "[sip]\nmedia-address = \"::\"\n",
+                "sip.media-address",
+                "unicast",
+            ),
+        ] {
+            let err = load(text).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(says), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn bad_values_are_named() {
         let p = problems(
             "[http]\nlisten = \"nope\"\ndomain-whitelist = [\"https://ok.example\", \"ftp://x\"]\n\

@@ -279,18 +279,32 @@ pub const SECOND_ADDRESS: &str = "198.51.100.10";
 /// these kernels), documentation-range addresses, nothing leaving the
 /// namespace.
 pub fn network_setup(network: Network) -> String {
-    let mut script = String::from(
-        "set -e; ip link set lo up; \
-         ip link add eth0 type veth peer name eth0p; ip addr add 192.0.2.10/24 dev eth0; \
-         ip link set eth0 up; ip link set eth0p up; ip route add default dev eth0; ",
-    );
+    let mut interfaces = vec![("eth0", "192.0.2.10/24")];
     if network == Network::TwoInterfaces {
-        script.push_str(
-            "ip link add eth1 type veth peer name eth1p; ip addr add 198.51.100.10/24 dev eth1; \
-             ip link set eth1 up; ip link set eth1p up; ",
-        );
+        interfaces.push(("eth1", "198.51.100.10/24"));
     }
-    script.push_str("set +e; ");
+    let mut script = String::from("set -e; ip link set lo up; ");
+    for (name, address) in &interfaces {
+        // No duplicate address detection: the IPv6 link-local address is
+        // final at once instead of changing a second later, which Chromium
+        // takes as a network change (ERR_NETWORK_CHANGED on a page load).
+        script.push_str(&format!(
+            "ip link add {name} type veth peer name {name}p; \
+             if [ -e /proc/sys/net/ipv6/conf/{name}/accept_dad ]; then \
+               echo 0 > /proc/sys/net/ipv6/conf/{name}/accept_dad; \
+               echo 0 > /proc/sys/net/ipv6/conf/{name}p/accept_dad; fi; \
+             ip addr add {address} dev {name}; ip link set {name} up; ip link set {name}p up; "
+        ));
+    }
+    script.push_str("ip route add default dev eth0; set +e; ");
+    // Let the interfaces' addresses settle before anything starts: up to
+    // 3 s for link-local addresses to appear and none to be tentative.
+    script.push_str(
+        "for i in $(seq 30); do \
+           ip -6 addr show dev eth0 scope link 2>/dev/null | grep -q inet6 \
+             && ! ip -6 addr show 2>/dev/null | grep -q tentative && break; \
+           sleep 0.1; done; ",
+    );
     script
 }
 
