@@ -26,6 +26,48 @@ fn shipped_config_checks_clean() {
     assert!(out.contains("number = \"echo\""));
 }
 
+/// check-config says what the web leg offers: the host's own addresses
+/// by default; for configured ones, which the host has and which must come
+/// through a NAT.
+#[test]
+fn check_config_explains_the_media_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "gateway.toml", "");
+    let o = run(
+        &["check-config", "--config", path.to_str().unwrap()],
+        &[],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("media.public-address is empty: browsers are offered this host's addresses")
+            && out.contains("127.0.0.1"),
+        "{out}"
+    );
+    let path = write(
+        dir.path(),
+        "nat.toml",
+        "[media]\npublic-address = [\"203.0.113.5\", \"127.0.0.1\"]\n\
+         [sip]\nmedia-address = \"198.51.100.99\"\n",
+    );
+    let o = run(
+        &["check-config", "--config", path.to_str().unwrap()],
+        &[],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for line in [
+        "# media.public-address 203.0.113.5 is not an address of this host: a NAT or load balancer must forward it",
+        "# media.public-address 127.0.0.1 is an address of this host",
+        "# sip.media-address 198.51.100.99 is not an address of this host",
+        "public-address = [\n    \"203.0.113.5\",\n    \"127.0.0.1\",\n]",
+    ] {
+        assert!(out.contains(line), "{line:?} missing:\n{out}");
+    }
+}
+
 #[test]
 fn bad_configs_are_refused_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();

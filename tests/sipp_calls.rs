@@ -152,6 +152,41 @@ async fn we_hang_up_an_answered_call_with_bye() {
     nothing_left(&gw).await;
 }
 
+/// UDP sockets bound to 127.0.0.5 on this host (/proc/net/udp writes an
+/// IPv4 address as the hex of its bytes in host order: 0500007F on x86).
+fn sockets_on_127_0_0_5() -> usize {
+    let hex = format!("{:08X}", u32::from_ne_bytes([127, 0, 0, 5]));
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            line.split_whitespace()
+                .nth(1)
+                .is_some_and(|local| local.starts_with(&format!("{hex}:")))
+        })
+        .count()
+}
+
+/// `[sip] media-address` is what our offer carries (c= and o=), and the
+/// SIP leg's sockets are bound to it, so media leaves from it; they are
+/// gone after the call.
+#[tokio::test]
+async fn the_sip_leg_uses_the_configured_media_address() {
+    let port = free_udp_port();
+    let sipp = sipp_uas("uas-media-address.xml", port);
+    let gw = sip_gateway_with(port, "media-address = \"127.0.0.5\"\n");
+    let mut s = ApiSession::open(&gw).await;
+    let cid = s.call("5000", OFFER).await;
+    s.wait_for("call.answered").await;
+    assert_eq!(sockets_on_127_0_0_5(), 2, "the call's RTP and RTCP sockets");
+    s.hang_up(&cid).await;
+    s.wait_for("call.ended").await;
+    passed(sipp);
+    nothing_left(&gw).await;
+    assert_eq!(sockets_on_127_0_0_5(), 0, "closed with the call");
+}
+
 /// SIPp as a caller toward the gateway's SIP port, for user 1001.
 fn sipp_uac(scenario: &str, gw: &Gateway) -> Child {
     sipp_uac_on(scenario, gw, "u1")
