@@ -263,7 +263,10 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64, relay_options: Option<Re
                 .add_call(CallMediaSetup {
                     web_socket: web,
                     web_remote: Some(browser),
-                    web_local: None,
+                    // As in a call (media toward the browser would name its
+                    // source; the load here flows the other way, and each
+                    // datagram received reports its local address).
+                    web_local: Some(browser.ip()),
                     web_srtp: Some((
                         SrtpContext::new(&key()).unwrap(),
                         SrtpContext::new(&key()).unwrap(),

@@ -64,10 +64,15 @@ fn ring_receive_and_send_do_not_allocate() {
     use webrtc_sip_gateway::media::ring::{Event, RingIo, SendTag};
 
     let mut ring = RingIo::new().expect("io_uring is available on these machines");
-    let gateway = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Bound everywhere and reporting each datagram's local address, as a
+    // web leg's socket: replies name their source (sendmsg with pktinfo).
+    let gateway = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    webrtc_sip_gateway::media::batch::enable_local_address(gateway.as_raw_fd(), false).unwrap();
     let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     peer.set_nonblocking(true).unwrap();
-    let (to_gateway, to_peer) = (gateway.local_addr().unwrap(), peer.local_addr().unwrap());
+    let to_gateway: std::net::SocketAddr =
+        ([127, 0, 0, 1], gateway.local_addr().unwrap().port()).into();
+    let to_peer = peer.local_addr().unwrap();
     let mut batch = Batch::new();
     ring.attach(0, gateway.as_raw_fd());
     ring.arm_recv(0).unwrap();
@@ -88,11 +93,12 @@ fn ring_receive_and_send_do_not_allocate() {
                             web: false,
                             len: 172,
                         };
+                        assert_eq!(batch.locals[0], Some(to_gateway.ip()));
                         assert!(ring.queue_send(
                             0,
                             &batch.bufs[0][..batch.lens[0]],
                             to_peer,
-                            None,
+                            batch.locals[0],
                             tag
                         ));
                         got = true;
@@ -118,4 +124,43 @@ fn ring_receive_and_send_do_not_allocate() {
         count, 0,
         "{count} allocations in 199 datagrams through the ring"
     );
+}
+
+/// The epoll workers' path: a `recvmmsg` into the batch (with each
+/// datagram's local address) and a `sendmmsg` naming the source, over and
+/// over, allocates nothing.
+#[test]
+fn batch_receive_and_send_from_a_source_do_not_allocate() {
+    use std::os::fd::AsRawFd;
+    use webrtc_sip_gateway::media::batch::{enable_local_address, Batch};
+
+    let gateway = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    enable_local_address(gateway.as_raw_fd(), false).unwrap();
+    let port = gateway.local_addr().unwrap().port();
+    let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_nonblocking(true).unwrap();
+    let to_peer = peer.local_addr().unwrap();
+    let to_gateway: std::net::SocketAddr = ([127, 0, 0, 6], port).into();
+    let mut batch = Batch::new();
+    let mut back = [0u8; 256];
+    let mut bounce = |n: u8, batch: &mut Batch| {
+        peer.send_to(&[n; 172], to_gateway).unwrap();
+        while batch.recv(gateway.as_raw_fd()).unwrap() == 0 {}
+        assert_eq!(batch.locals[0], Some([127, 0, 0, 6].into()));
+        batch.addrs[0] = Some(to_peer);
+        assert_eq!(batch.send(gateway.as_raw_fd(), &[0]).unwrap(), 1);
+        let from = loop {
+            if let Ok((_, from)) = peer.recv_from(&mut back) {
+                break from;
+            }
+        };
+        assert_eq!(from.ip(), std::net::IpAddr::from([127, 0, 0, 6]));
+    };
+    bounce(0, &mut batch);
+    let count = allocations_in(|| {
+        for n in 1..200u8 {
+            bounce(n, &mut batch);
+        }
+    });
+    assert_eq!(count, 0, "{count} allocations");
 }
