@@ -1191,11 +1191,9 @@ impl Worker {
     }
 
     fn add(&mut self, id: u64, setup: CallMediaSetup, stats: Arc<CallStats>) -> io::Result<()> {
-        let slot = self.free_slots.pop().unwrap_or_else(|| {
-            self.slots.push(None);
-            self.slots.len() - 1
-        });
-        // The browser may talk to any of our addresses: learn which, per datagram.
+        // The browser may talk to any of our addresses: learn which, per
+        // datagram. Sockets are set up before a slot is taken, so a failure
+        // leaves none behind.
         let web_ipv6 = setup.web_socket.local_addr()?.is_ipv6();
         super::batch::enable_local_address(setup.web_socket.as_raw_fd(), web_ipv6)?;
         let mut web = UdpSocket::from_std(nonblocking(setup.web_socket)?);
@@ -1204,6 +1202,10 @@ impl Worker {
             Some(s) => Some(UdpSocket::from_std(nonblocking(s)?)),
             None => None,
         };
+        let slot = self.free_slots.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
         let registry = self.poll.registry();
         let base = slot * SOCKETS_PER_CALL;
         // io_uring mode arms receives below instead.
