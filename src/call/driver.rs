@@ -316,6 +316,17 @@ pub struct CallSettings {
     pub sip_srtp: SrtpPolicy,
 }
 
+impl CallSettings {
+    /// The SDP connection address of the web leg: the first candidate
+    /// (loopback if a caller built settings without any).
+    pub fn web_connection_address(&self) -> IpAddr {
+        self.web_addresses
+            .first()
+            .copied()
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+}
+
 /// The media plane as the signaling side sees it.
 pub struct MediaPlane {
     pub relay: Arc<Relay>,
@@ -378,7 +389,7 @@ impl MediaPlane {
     ) -> Result<(BoundPorts, BoundPorts, UdpSocket), StartError> {
         let web = self
             .web_ports
-            .bind(any_address(self.settings.web_addresses[0]))?;
+            .bind(any_address(self.settings.web_connection_address()))?;
         let sip = self.sip_ports.bind(sip_bind)?;
         let control_socket = web
             .rtp
@@ -586,7 +597,7 @@ impl MediaPlane {
         let web_sdp = build::web_offer(&WebOffer {
             candidates: &self.settings.web_addresses,
             local: Local {
-                address: self.settings.web_addresses[0],
+                address: self.settings.web_connection_address(),
                 port: web.lease.port(),
                 session_id: u64::from(plan::random_u32()?),
                 session_version: 1,
