@@ -158,11 +158,17 @@ pub fn router(state: SharedState) -> Router {
 /// Outermost: a span per request, the request metric, one log line per response.
 async fn observe_layer(State(state): State<SharedState>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
+    // Metric labels stay a bounded set: a route template, or `other` for a
+    // path no route matched; a standard method, or `other`.
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
+        .unwrap_or_else(|| "other".into());
+    let method_label = match method.as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "OPTIONS" | "PATCH") => m,
+        _ => "other",
+    };
     let client = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -178,7 +184,7 @@ async fn observe_layer(State(state): State<SharedState>, req: Request, next: Nex
         .http_requests
         .get_or_create(&HttpLabels {
             route,
-            method: method.to_string(),
+            method: method_label.to_string(),
             status,
         })
         .inc();

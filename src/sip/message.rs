@@ -489,3 +489,43 @@ mod tests {
         );
     }
 }
+
+/// The methods counted under their own name in metrics; any other (an
+/// extension method, or one made up by a sender) is `other`.
+const KNOWN_METHODS: [&str; 14] = [
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "OPTIONS",
+    "REGISTER",
+    "INFO",
+    "PRACK",
+    "UPDATE",
+    "REFER",
+    "NOTIFY",
+    "SUBSCRIBE",
+    "MESSAGE",
+    "PUBLISH",
+];
+
+/// `method` as a metric label: its name when it is a standard method,
+/// else `other`.
+pub fn method_label(method: &str) -> &'static str {
+    KNOWN_METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("other")
+}
+
+#[cfg(test)]
+mod label_tests {
+    #[test]
+    fn only_standard_methods_keep_their_name() {
+        assert_eq!(super::method_label("INVITE"), "INVITE");
+        assert_eq!(super::method_label("PUBLISH"), "PUBLISH");
+        assert_eq!(super::method_label("invite"), "other");
+        assert_eq!(super::method_label("X7f3a9"), "other");
+    }
+}

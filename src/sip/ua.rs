@@ -159,6 +159,9 @@ impl UserAgent {
     }
 
     fn count(&mut self, direction: MessageDirection, method: &str, status: u16) {
+        // A metric label: methods from outside are one of a known few, so
+        // made-up ones cannot create a series each.
+        let method = crate::sip::message::method_label(method);
         *self
             .messages
             .entry((direction, method.to_string(), status))
