@@ -7,8 +7,13 @@
 //! - a field whose name starts with `XXX_` is dropped entirely, one starting
 //!   with `MMM_` is shown as `****`;
 //! - inside every text value, the same rules apply to `name=value` and
-//!   `name: value` pairs (URLs, query strings, header lines), and SDES keys
-//!   (`inline:<key>`) are masked.
+//!   `name: value` pairs (URLs, query strings, header lines; `name:value`
+//!   without the space too, as in `Authorization:Digest …` or
+//!   `a=ice-pwd:…`), SDES keys (`inline:<key>`) are masked, and so is the
+//!   password of a URI's user part (`sip:user:password@host`);
+//! - in the pretty format, control characters in values are written
+//!   escaped (`\r`, `\n`, `\u{1b}`), so a value cannot start a forged log
+//!   line; JSON escapes them by itself.
 //!
 //! Our own layer rather than `tracing_subscriber::fmt`, because its JSON
 //! formatter writes event fields through a visitor that cannot be hooked.
@@ -44,7 +49,14 @@ fn rule_for(name: &str) -> FieldRule {
         return FieldRule::Mask;
     }
     let lower = name.to_ascii_lowercase();
-    const SENSITIVE: [&str; 5] = ["password", "secret", "token", "authorization", "cookie"];
+    const SENSITIVE: [&str; 6] = [
+        "password",
+        "secret",
+        "token",
+        "authorization",
+        "cookie",
+        "pwd",
+    ];
     if SENSITIVE.iter().any(|s| lower.contains(s)) || lower == "body" || lower.ends_with("_body") {
         FieldRule::Mask
     } else {
@@ -56,19 +68,72 @@ fn rule_for(name: &str) -> FieldRule {
 /// name is sensitive, `XXX_`/`MMM_` parameters, and SDES `inline:` keys.
 pub fn scrub(text: &str) -> Cow<'_, str> {
     let lower = text.to_ascii_lowercase();
-    const MARKERS: [&str; 8] = [
+    const MARKERS: [&str; 9] = [
         "password",
         "secret",
         "token",
         "authorization",
         "cookie",
+        "pwd",
         "xxx_",
         "mmm_",
         "inline:",
     ];
-    if !MARKERS.iter().any(|m| lower.contains(m)) {
+    let pairs = MARKERS.iter().any(|m| lower.contains(m));
+    let uris = lower.contains("sip:") || lower.contains("sips:") || lower.contains("://");
+    match (pairs, uris) {
+        (false, false) => Cow::Borrowed(text),
+        (true, false) => Cow::Owned(scrub_pairs(text)),
+        (false, true) => scrub_uri_passwords(text),
+        (true, true) => Cow::Owned(scrub_uri_passwords(&scrub_pairs(text)).into_owned()),
+    }
+}
+
+/// The password in a URI's user part (`sip:user:password@`,
+/// `scheme://user:password@`) becomes `****`.
+fn scrub_uri_passwords(text: &str) -> Cow<'_, str> {
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(found) = ["sip:", "sips:", "://"]
+        .iter()
+        .filter_map(|scheme| {
+            lower[from..]
+                .find(scheme)
+                .map(|at| (from + at, scheme.len()))
+        })
+        .min()
+    {
+        let user_start = found.0 + found.1;
+        from = user_start;
+        // The user part ends at '@'; a delimiter first means there is none.
+        let rest = &text[user_start..];
+        let Some(at) = rest.find(|c: char| {
+            c == '@' || c.is_whitespace() || matches!(c, '>' | ';' | ',' | '"' | '/' | '?')
+        }) else {
+            break;
+        };
+        if !rest[at..].starts_with('@') {
+            continue;
+        }
+        if let Some(colon) = rest[..at].find(':') {
+            out.push_str(&text[copied..user_start + colon + 1]);
+            out.push_str(MASK);
+            copied = user_start + at;
+        }
+        from = user_start + at;
+    }
+    if copied == 0 {
         return Cow::Borrowed(text);
     }
+    out.push_str(&text[copied..]);
+    Cow::Owned(out)
+}
+
+/// Masks `name=value` / `name: value` pairs with a sensitive name,
+/// `XXX_`/`MMM_` parameters and SDES `inline:` keys.
+fn scrub_pairs(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
@@ -85,12 +150,15 @@ pub fn scrub(text: &str) -> Cow<'_, str> {
             i += ch;
             continue;
         }
-        // `inline:KEY` (SDES), `name=value`, `name: value`.
-        let sep_len = match bytes.get(i) {
-            Some(b'=') => 1,
-            Some(b':') if name.eq_ignore_ascii_case("inline") => 1,
-            Some(b':') if bytes.get(i + 1) == Some(&b' ') => 2,
-            _ => 0,
+        // `inline:KEY` (SDES), `name=value`, `name: value`, and for a
+        // sensitive name `name:value` (a header written without the space,
+        // an SDP attribute): the last two run to the line's end.
+        let (sep_len, header_style) = match bytes.get(i) {
+            Some(b'=') => (1, false),
+            Some(b':') if name.eq_ignore_ascii_case("inline") => (1, false),
+            Some(b':') if bytes.get(i + 1) == Some(&b' ') => (2, true),
+            Some(b':') if rule_for(name) != FieldRule::Keep => (1, true),
+            _ => (0, false),
         };
         let rule = if name.eq_ignore_ascii_case("inline") && sep_len == 1 {
             FieldRule::Mask
@@ -105,7 +173,6 @@ pub fn scrub(text: &str) -> Cow<'_, str> {
         }
         // The value runs to a delimiter; a `name: value` header runs to the line end.
         let value_start = i + sep_len;
-        let header_style = sep_len == 2;
         let mut end = value_start;
         while end < bytes.len() {
             let b = bytes[end];
@@ -140,6 +207,27 @@ pub fn scrub(text: &str) -> Cow<'_, str> {
             }
         }
         i = end;
+    }
+    out
+}
+
+/// `text` with control characters written as escapes, for the pretty
+/// format (one event, one line).
+fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
     }
     Cow::Owned(out)
 }
@@ -278,7 +366,7 @@ fn pretty_line(
                 if i > 0 {
                     line.push(' ');
                 }
-                let _ = write!(line, "{k}={v}");
+                let _ = write!(line, "{k}={}", escape_controls(v));
             }
             line.push('}');
         }
@@ -289,10 +377,10 @@ fn pretty_line(
     }
     let _ = write!(line, "{}: ", meta.target());
     if let Some(m) = &fields.message {
-        line.push_str(m);
+        line.push_str(&escape_controls(m));
     }
     for (k, v) in &fields.pairs {
-        let _ = write!(line, " {k}={v}");
+        let _ = write!(line, " {k}={}", escape_controls(v));
     }
     line.push('\n');
     line
@@ -484,6 +572,65 @@ mod tests {
         assert!(matches!(scrub("GET /v1/sessions 201"), Cow::Borrowed(_)));
         assert_eq!(scrub("a=1&password=x&b=2"), "a=1&password=****&b=2");
         assert_eq!(scrub("q?XXX_a=1&b=2"), "q?&b=2");
+    }
+
+    #[test]
+    fn secrets_written_without_a_space_or_in_uris_are_masked() {
+        for (text, secret) in [
+            (
+                "Authorization:Digest username=\"a\", response=\"NOSPACE1\"\r\nVia: x",
+                "NOSPACE1",
+            ),
+            (
+                "Proxy-Authorization:Digest response=\"NOSPACE2\"",
+                "NOSPACE2",
+            ),
+            (
+                "a=ice-ufrag:abcd\r\na=ice-pwd:ICEPASSWORD123\r\na=mid:0",
+                "ICEPASSWORD123",
+            ),
+            ("INVITE sip:1001:URIPASS@pbx.example SIP/2.0", "URIPASS"),
+            (
+                "Contact: <sips:bob:URIPASS2@192.0.2.1;transport=tls>",
+                "URIPASS2",
+            ),
+            ("fetch https://user:WEBPASS@host.example/x", "WEBPASS"),
+        ] {
+            let out = scrub(text);
+            assert!(!out.contains(secret), "{text:?} -> {out:?}");
+            assert!(out.contains(MASK), "{out}");
+        }
+        // What is no secret stays.
+        assert_eq!(
+            scrub("a=ice-ufrag:abcd\r\na=ice-pwd:x\r\na=mid:0"),
+            "a=ice-ufrag:abcd\r\na=ice-pwd:****\r\na=mid:0"
+        );
+        assert_eq!(
+            scrub("sip:1001@pbx.example;transport=tcp"),
+            "sip:1001@pbx.example;transport=tcp"
+        );
+        assert_eq!(
+            scrub("INVITE sip:1001:pw@h SIP/2.0"),
+            "INVITE sip:1001:****@h SIP/2.0"
+        );
+        assert!(matches!(scrub("to sip:1001@pbx.example"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn control_characters_cannot_forge_a_pretty_line() {
+        let out = capture(LogFormat::Pretty, || {
+            tracing::info!(
+                uri = "sip:1001\r\n2026-01-01T00:00:00.000Z  INFO forged: line@x",
+                "incoming \u{1b}[31mred\u{1b}[0m"
+            );
+        });
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(out.contains("sip:1001\\r\\n2026"), "{out}");
+        assert!(out.contains("\\u{1b}[31mred"), "{out}");
+        let json = capture(LogFormat::Json, || {
+            tracing::info!(uri = "a\r\nb", "c\nd");
+        });
+        assert_eq!(json.lines().count(), 1, "{json}");
     }
 
     #[test]

@@ -269,13 +269,17 @@ impl SipCall {
 
     /// Who calls (the From URI's user, or the URI) and whom (the To's).
     pub fn parties(&self) -> (String, String) {
+        // The user part, without a password a sender put after ':' (RFC
+        // 3261 §19.1.1 deprecates it): it must reach neither the browser
+        // nor the log.
         let user = |uri: &str| {
-            uri.trim_start_matches("sips:")
+            let userinfo = uri
+                .trim_start_matches("sips:")
                 .trim_start_matches("sip:")
                 .split(['@', ';'])
                 .next()
-                .unwrap_or(uri)
-                .to_string()
+                .unwrap_or(uri);
+            userinfo.split(':').next().unwrap_or(userinfo).to_string()
         };
         (user(&self.remote_uri), user(&self.local_uri))
     }

@@ -1,0 +1,121 @@
+//! Black-box attacks on the real binary (loopback only, bounded in count
+//! and time): what a hostile client or SIP peer sends must not blow up the
+//! metrics or forge the log.
+
+mod common;
+
+use common::Gateway;
+
+/// Requests with made-up HTTP methods and paths, and SIP requests with
+/// made-up methods, all land in one `other` label value instead of a new
+/// series each.
+#[tokio::test]
+async fn made_up_methods_and_paths_are_counted_as_other() {
+    let gw = Gateway::start("", "");
+    let client = reqwest::Client::new();
+    for i in 0..20 {
+        let method = reqwest::Method::from_bytes(format!("FOO{i}").as_bytes()).unwrap();
+        let _ = client
+            .request(method, format!("{}/v1/sessions", gw.api()))
+            .send()
+            .await
+            .unwrap();
+        let _ = client
+            .get(format!("{}/random-{i}/x", gw.api()))
+            .send()
+            .await
+            .unwrap();
+    }
+    // SIP requests with made-up methods, from a socket of our own.
+    let sip = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let me = sip.local_addr().unwrap();
+    for i in 0..5 {
+        let request = format!(
+            "BAR{i} sip:1001@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKm{i}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:x@{me}>;tag=t{i}\r\nTo: <sip:1001@127.0.0.1>\r\n\
+             Call-ID: labels-{i}\r\nCSeq: 1 BAR{i}\r\nContent-Length: 0\r\n\r\n"
+        );
+        sip.send_to(request.as_bytes(), gw.sip).unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let text = reqwest::get(format!("http://{}/metrics", gw.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("gateway_http_requests_total{")
+                || l.starts_with("gateway_sip_messages_total{")
+        })
+        .collect();
+    for bad in ["FOO", "random-", "BAR"] {
+        assert!(
+            !series.iter().any(|l| l.contains(bad)),
+            "{bad} made a series of its own:\n{}",
+            series.join("\n")
+        );
+    }
+    let others: f64 = series
+        .iter()
+        .filter(|l| l.contains("method=\"other\"") || l.contains("route=\"other\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        others >= 20.0,
+        "the requests were counted as other:\n{}",
+        series.join("\n")
+    );
+}
+
+/// A SIP request whose Request-URI and headers carry an escaped CR LF (and
+/// a terminal escape) cannot start a line of its own in the pretty log,
+/// and a password in a URI's user part never reaches it.
+#[tokio::test]
+async fn sip_input_cannot_forge_a_log_line_or_leak_a_uri_password() {
+    let config = common::config_text("", "").replace(
+        "[log]\nformat = \"json\"\nlevel = \"info,webrtc_sip_gateway=trace\"\n",
+        "[log]\nformat = \"pretty\"\nlevel = \"trace\"\n",
+    );
+    assert!(config.contains("format = \"pretty\""), "{config}");
+    let gw = Gateway::start_with_env(&config, &[]);
+    let sip = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let me = sip.local_addr().unwrap();
+    let forged = "FORGED-LINE";
+    let requests = [
+        format!(
+            "INVITE sip:10%0d%0a{forged}%1b[31m@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKf1\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:evil:URI-PASSWORD@{me}>;tag=f1\r\n\
+             To: <sip:10%0d%0a{forged}@127.0.0.1>\r\nCall-ID: forge-1\r\nCSeq: 1 INVITE\r\n\
+             Contact: <sip:evil:URI-PASSWORD@{me}>\r\nContent-Length: 0\r\n\r\n"
+        ),
+        format!(
+            "OPTIONS sip:x%0a{forged}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKf2\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:x@{me}>;tag=f2\r\nTo: <sip:x@127.0.0.1>\r\n\
+             Call-ID: forge-2\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        ),
+    ];
+    for request in &requests {
+        sip.send_to(request.as_bytes(), gw.sip).unwrap();
+    }
+    // Both are answered (404 / 200 or the like): the gateway read them.
+    sip.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    for _ in &requests {
+        let (n, _) = sip.recv_from(&mut buf).expect("an answer");
+        assert!(buf[..n].starts_with(b"SIP/2.0 "));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let log = gw.stop();
+    assert!(log.contains(forged), "the requests were logged:\n{log}");
+    for line in log.lines() {
+        assert!(
+            !line.trim_start().starts_with(forged) && !line.contains('\u{1b}'),
+            "a forged or raw line: {line:?}"
+        );
+        assert!(!line.contains("URI-PASSWORD"), "leaked: {line}");
+    }
+}
