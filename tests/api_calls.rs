@@ -12,6 +12,11 @@ const OFFER: &str = include_str!("fixtures/sdp/chromium-offer.sdp");
 
 /// A gateway on loopback with its own small port ranges (`base`..): four web
 /// ports and four SIP pairs, so a leak shows up within a few calls.
+/// A gateway whose media ports are `base`..`base + 17`. The tests' bases
+/// lie below the kernel's ephemeral ports (32768 and up, where other
+/// tests' sockets land) and the default ranges (20000 and up): a test that
+/// needs every port of its range once failed in CI when another socket
+/// held one.
 async fn start(base: u16, extra: &str) -> Gateway {
     let config = Config::from_toml(
         &format!(
@@ -124,7 +129,7 @@ async fn all_ports_back(gw: &Gateway, full: (usize, usize)) {
 
 #[tokio::test]
 async fn bad_requests_change_nothing() {
-    let gw = start(41000, "").await;
+    let gw = start(14000, "").await;
     let full = ports_free(&gw);
     let api = Api::new(&gw).await;
     let (s, b) = api.call("echo", "v=0\r\nthis is not SDP").await;
@@ -191,7 +196,7 @@ async fn bad_requests_change_nothing() {
 
 #[tokio::test]
 async fn an_echo_call_through_the_api() {
-    let gw = start(41100, "").await;
+    let gw = start(14100, "").await;
     let full = ports_free(&gw);
     let api = Api::new(&gw).await;
     let (s, b) = api.call("sip:echo@gateway.invalid", OFFER).await;
@@ -293,7 +298,7 @@ async fn an_echo_call_through_the_api() {
 /// No browser ever checks in: consent freshness ends the call.
 #[tokio::test]
 async fn a_call_nobody_connects_to_times_out() {
-    let gw = start(41200, "consent-timeout-s = 5\n").await;
+    let gw = start(14200, "consent-timeout-s = 5\n").await;
     let full = ports_free(&gw);
     let api = Api::new(&gw).await;
     let (s, _) = api.call("echo", OFFER).await;
@@ -323,7 +328,7 @@ async fn a_call_nobody_connects_to_times_out() {
 /// and a full range says no_media_ports until a call ends.
 #[tokio::test]
 async fn ports_come_back_on_every_end() {
-    let gw = start(41300, "").await;
+    let gw = start(14300, "").await;
     let full = ports_free(&gw);
     let api = Api::new(&gw).await;
     for round in 0..12 {

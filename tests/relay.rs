@@ -3,6 +3,8 @@
 //! mapping, SSRC rewriting, source checks, drops by cause, STUN hand-off, and
 //! ports returned when calls end.
 
+mod interop;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
@@ -683,6 +685,118 @@ fn dtmf_needs_telephone_event(options: RelayOptions) {
     ));
 }
 
+/// A SIP-side packet with its own timestamp.
+fn sip_packet(seq: u16, timestamp: u32, ssrc: u32) -> Vec<u8> {
+    let mut p = rtp_packet(96, seq, ssrc, &seq.to_be_bytes());
+    p[4..8].copy_from_slice(&timestamp.to_be_bytes());
+    p
+}
+
+/// What reached the browser in the time given, decrypted by libsrtp (an
+/// independent SRTP stack, inbound with any SSRC): each packet's plain
+/// bytes, or None where libsrtp refused it (a replayed index).
+fn browser_side_through_libsrtp(c: &TestCall, expected: usize) -> Vec<Option<Vec<u8>>> {
+    let mut wire = Vec::new();
+    while wire.len() < expected {
+        match recv(&c.browser) {
+            Some(p) => wire.push(hex::encode(p)),
+            None => break,
+        }
+    }
+    // Nothing more comes.
+    c.browser
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    while let Some(p) = recv(&c.browser) {
+        wire.push(hex::encode(p));
+    }
+    let answer = interop::libsrtp(serde_json::json!({
+        "op": "unprotect", "profile": "AES_CM_128_HMAC_SHA1_80",
+        "key": hex::encode(keys(2).concatenated()), "rtp": wire, "rtcp": [],
+    }));
+    answer["rtp"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().map(|h| hex::decode(h).unwrap()))
+        .collect()
+}
+
+/// The SIP side changes source mid-call (early media, then the answer; a
+/// transfer) and the new one starts at the same sequence numbers: toward
+/// the browser the stream goes on under our SSRC with the next sequence
+/// numbers and a timestamp that moves on, so every packet decrypts in
+/// libsrtp — none is a replay of an index already used.
+fn a_new_sip_source_continues_our_numbering(options: RelayOptions) {
+    let relay = start_relay(1, options);
+    let c = setup_call(&relay, false);
+    until("call added", || relay.call_count() == 1);
+    for (ssrc, first_ts) in [(0xaaaa_0001u32, 8_000u32), (0xbbbb_0002, 3_000_000)] {
+        for k in 0..10u16 {
+            let packet = sip_packet(1000 + k, first_ts + u32::from(k) * 160, ssrc);
+            c.sip_peer.send_to(&packet, c.gateway_sip).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let got = browser_side_through_libsrtp(&c, 20);
+    assert_eq!(got.len(), 20, "every packet was relayed");
+    let plain: Vec<Vec<u8>> = got
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            p.unwrap_or_else(|| panic!("libsrtp refused packet {i} (an index used twice)"))
+        })
+        .collect();
+    let seqs: Vec<u16> = plain.iter().map(|p| rtp::rtp_seq(p)).collect();
+    let first = seqs[0];
+    assert_eq!(
+        seqs,
+        (0..20).map(|k| first.wrapping_add(k)).collect::<Vec<_>>(),
+        "one run of sequence numbers"
+    );
+    assert!(plain.iter().all(|p| rtp::rtp_ssrc(p) == WEB_SSRC));
+    let stamps: Vec<u32> = plain.iter().map(|p| rtp::rtp_timestamp(p)).collect();
+    for w in stamps.windows(2) {
+        let step = w[1].wrapping_sub(w[0]);
+        assert!(
+            step > 0 && step < 48_000,
+            "the timestamp moves on steadily: {stamps:?}"
+        );
+    }
+    // The payloads are what each source sent, in order.
+    let payloads: Vec<u16> = plain
+        .iter()
+        .map(|p| u16::from_be_bytes([p[12], p[13]]))
+        .collect();
+    assert_eq!(payloads[..10], (1000..1010).collect::<Vec<_>>()[..]);
+    assert_eq!(payloads[10..], (1000..1010).collect::<Vec<_>>()[..]);
+}
+
+/// A SIP peer that sends the same sequence numbers again (a broken or
+/// hostile one) never gets a second packet encrypted under one SRTP
+/// index: the repeats are dropped and counted, and what the browser gets
+/// all decrypts.
+fn a_sip_peer_repeating_sequence_numbers_gets_no_index_twice(options: RelayOptions) {
+    let relay = start_relay(1, options);
+    let c = setup_call(&relay, false);
+    until("call added", || relay.call_count() == 1);
+    for round in 0..2 {
+        for k in 0..10u16 {
+            // Same numbers, other payloads: what AES-CM keystream reuse would leak.
+            let mut packet = sip_packet(500 + k, u32::from(k) * 160, 0xcccc_0003);
+            packet.push(round);
+            c.sip_peer.send_to(&packet, c.gateway_sip).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let got = browser_side_through_libsrtp(&c, 10);
+    assert_eq!(got.len(), 10, "the repeats were not sent: {}", got.len());
+    assert!(got.iter().all(Option::is_some), "all decrypt");
+    let sip = c.media.stats.sip.snapshot();
+    assert_eq!(sip.packets_in, 20);
+    assert_eq!(sip.dropped_replay, 10, "{sip:?}");
+}
+
 /// Every test named, in module `$module`, with workers moving datagrams
 /// by `$io` and busy polling for `$busy_poll_us` after each turn.
 macro_rules! with_options {
@@ -720,7 +834,9 @@ each_io!(
     burst_is_dropped_and_counted_then_the_stream_goes_on,
     reception_quality_and_peer_reports,
     dtmf_relayed_reported_and_generated,
-    dtmf_needs_telephone_event
+    dtmf_needs_telephone_event,
+    a_new_sip_source_continues_our_numbering,
+    a_sip_peer_repeating_sequence_numbers_gets_no_index_twice
 );
 
 // Busy-polling workers: traffic, control messages (calls added, ICE address

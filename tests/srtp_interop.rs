@@ -2,37 +2,13 @@
 //! command): what libsrtp protects we unprotect, and the reverse, for every
 //! profile, across a sequence-number rollover.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+mod interop;
 
-use serde_json::{json, Value};
+use interop::libsrtp;
+use serde_json::json;
 use webrtc_sip_gateway::media::srtp::{SrtpContext, SrtpKeyMaterial, SrtpProfile};
 
 const SSRC: u32 = 0xcafe_f00d;
-
-fn libsrtp(request: Value) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/libsrtp_peer.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "libsrtp peer failed (is pylibsrtp installed? the test command installs it): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 fn material(profile: SrtpProfile) -> SrtpKeyMaterial {
     let key: Vec<u8> = (0..profile.master_key_len() as u8)

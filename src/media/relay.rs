@@ -580,6 +580,87 @@ impl SipOutStream {
     }
 }
 
+/// The stream the relay sends toward the browser: one SSRC (the one our
+/// SDP announces), and our own sequence numbers and timestamps. The SIP
+/// side's source may change under it (early media then the answer, a
+/// transfer, music on hold) or repeat its numbers; each SRTP index must be
+/// used once only (keystream reuse under AES-CM, nonce reuse under
+/// AES-GCM), and the browser drops what looks like a replay. So a new
+/// source continues our numbering where it stood — the next sequence
+/// number, the timestamp moved on by the time since the last packet —
+/// and a repeated number maps to one already sent, which SRTP refuses.
+struct WebOutStream {
+    /// The SIP-side SSRC relayed now, its newest sequence number, and how
+    /// its numbers map onto ours.
+    source: Option<u32>,
+    newest_in: u16,
+    seq_offset: u16,
+    timestamp_offset: u32,
+    /// Our newest packet's numbers and when it was relayed.
+    last_seq: u16,
+    last_timestamp: u32,
+    last_at: Option<std::time::Instant>,
+}
+
+/// Sequence steps within one SIP-side SSRC that still count as the same
+/// stream: up to this many lost packets ahead, this many reordered behind.
+/// Anything else (a source reusing its SSRC with new numbers) is a new
+/// source.
+const MAX_SEQ_GAP_AHEAD: i16 = 3000;
+const MAX_SEQ_BEHIND: i16 = 200;
+
+impl WebOutStream {
+    fn new() -> Self {
+        WebOutStream {
+            source: None,
+            newest_in: 0,
+            seq_offset: 0,
+            timestamp_offset: 0,
+            last_seq: 0,
+            last_timestamp: 0,
+            last_at: None,
+        }
+    }
+
+    /// Our sequence number and timestamp for a SIP-side packet (`ssrc`,
+    /// `seq`, `timestamp`) relayed at `at`; `clock` is its rate on the web
+    /// side.
+    fn map(
+        &mut self,
+        ssrc: u32,
+        seq: u16,
+        timestamp: u32,
+        clock: u32,
+        at: std::time::Instant,
+    ) -> (u16, u32) {
+        let step = seq.wrapping_sub(self.newest_in) as i16;
+        let same_source =
+            self.source == Some(ssrc) && (-MAX_SEQ_BEHIND..=MAX_SEQ_GAP_AHEAD).contains(&step);
+        if !same_source {
+            if let Some(last_at) = self.last_at {
+                let elapsed = at.saturating_duration_since(last_at).as_secs_f64();
+                let ticks = ((elapsed * f64::from(clock)) as u32).max(1);
+                self.seq_offset = self.last_seq.wrapping_add(1).wrapping_sub(seq);
+                self.timestamp_offset = self
+                    .last_timestamp
+                    .wrapping_add(ticks)
+                    .wrapping_sub(timestamp);
+            }
+            self.source = Some(ssrc);
+        }
+        let out = (
+            seq.wrapping_add(self.seq_offset),
+            timestamp.wrapping_add(self.timestamp_offset),
+        );
+        if !same_source || step > 0 {
+            self.newest_in = seq;
+            (self.last_seq, self.last_timestamp) = out;
+            self.last_at = Some(at);
+        }
+        out
+    }
+}
+
 struct CallState {
     id: u64,
     web: WebLeg,
@@ -596,6 +677,7 @@ struct CallState {
     web_clock: u32,
     sip_clock: u32,
     sip_out: SipOutStream,
+    web_out: WebOutStream,
     dtmf_in: DtmfReceiver,
     /// io_uring mode: receives armed on this call's sockets, and whether the
     /// call is leaving (its sockets close once no receive is left).
@@ -1265,6 +1347,7 @@ impl Worker {
             web_clock: 0,
             sip_clock: 0,
             sip_out: SipOutStream::new(id),
+            web_out: WebOutStream::new(),
             dtmf_in: DtmfReceiver::default(),
             armed: 0,
             leaving: false,
@@ -1435,7 +1518,15 @@ fn relay_from_web(call: &mut CallState, batch: &mut Batch, n: usize) -> (Outgoin
                 arrival,
             )
         } else {
-            rtcp_across(buf, len, web_in, sip_out, &stats.web, call.sip_clock)
+            rtcp_across(
+                buf,
+                len,
+                web_in,
+                sip_out,
+                &stats.web,
+                call.sip_clock,
+                |_| {},
+            )
         };
         match result {
             Ok(out_len) => {
@@ -1494,23 +1585,39 @@ fn relay_from_sip(
         };
         let sip_in = call.sip.srtp.as_mut().map(|(sip_in, _)| sip_in);
         let mut digit = None;
+        // RTCP from the SIP side speaks for the stream we renumber: it
+        // goes out under our SSRC and timestamps.
+        let out_stream = &call.web_out;
+        let rename = |plain: &mut [u8]| {
+            if let (Some(ours), Some(theirs)) = (call.web.ssrc, out_stream.source) {
+                rtp::rewrite_rtcp_sender(plain, theirs, ours, out_stream.timestamp_offset);
+            }
+        };
         let result = if is_rtcp {
             match sip_in {
-                Some(sip_in) => {
-                    rtcp_across(buf, len, sip_in, Some(web_out), &stats.sip, call.web_clock)
-                }
+                Some(sip_in) => rtcp_across(
+                    buf,
+                    len,
+                    sip_in,
+                    Some(web_out),
+                    &stats.sip,
+                    call.web_clock,
+                    rename,
+                ),
                 None => {
                     note_peer_report(&buf[..len], &stats.sip, call.web_clock);
+                    rename(&mut buf[..len]);
                     web_out.protect_rtcp(buf, len).map_err(PtOrSrtp::from)
                 }
             }
         } else {
+            let renumber = call.web.ssrc.map(|ssrc| (ssrc, &mut call.web_out, arrival));
             sip_to_web_rtp(
                 buf,
                 len,
                 sip_in,
                 &call.map,
-                call.web.ssrc,
+                renumber,
                 web_out,
                 &mut call.dtmf_in,
                 &mut digit,
@@ -1601,7 +1708,7 @@ fn sip_to_web_rtp(
     len: usize,
     sip_in: Option<&mut SrtpContext>,
     map: &PayloadMap,
-    ssrc: Option<u32>,
+    renumber: Option<(u32, &mut WebOutStream, std::time::Instant)>,
     web_out: &mut SrtpContext,
     dtmf_in: &mut DtmfReceiver,
     digit: &mut Option<char>,
@@ -1627,8 +1734,20 @@ fn sip_to_web_rtp(
         );
         dtmf::rescale_duration(&mut buf[header..plain], sip_clock, web_clock);
     }
-    if let Some(ssrc) = ssrc {
-        rtp::set_rtp_ssrc(&mut buf[..plain], ssrc);
+    // Our SSRC, sequence numbers and timestamps; a number already used
+    // is refused by the SRTP context (counted as a replay).
+    if let Some((ssrc, stream, at)) = renumber {
+        let packet = &mut buf[..plain];
+        let (seq, timestamp) = stream.map(
+            rtp::rtp_ssrc(packet),
+            rtp::rtp_seq(packet),
+            rtp::rtp_timestamp(packet),
+            map.web_clock[usize::from(pt)],
+            at,
+        );
+        rtp::set_rtp_ssrc(packet, ssrc);
+        rtp::set_rtp_seq(packet, seq);
+        rtp::set_rtp_timestamp(packet, timestamp);
     }
     Ok(web_out.protect_rtp(buf, plain)?)
 }
@@ -1673,9 +1792,11 @@ fn rtcp_across(
     outbound: Option<&mut SrtpContext>,
     inbound_leg: &LegStats,
     clock: u32,
+    rewrite: impl FnOnce(&mut [u8]),
 ) -> Result<usize, PtOrSrtp> {
     let plain = inbound.unprotect_rtcp(&mut buf[..len])?;
     note_peer_report(&buf[..plain], inbound_leg, clock);
+    rewrite(&mut buf[..plain]);
     Ok(match outbound {
         Some(out) => out.protect_rtcp(buf, plain)?,
         None => plain,

@@ -78,6 +78,45 @@ pub fn set_rtp_ssrc(packet: &mut [u8], ssrc: u32) {
     packet[8..12].copy_from_slice(&ssrc.to_be_bytes());
 }
 
+pub fn set_rtp_seq(packet: &mut [u8], seq: u16) {
+    packet[2..4].copy_from_slice(&seq.to_be_bytes());
+}
+
+pub fn set_rtp_timestamp(packet: &mut [u8], timestamp: u32) {
+    packet[4..8].copy_from_slice(&timestamp.to_be_bytes());
+}
+
+/// Rewrites, in every packet of an RTCP compound, the sender's SSRC (SR,
+/// RR, BYE, and SDES's first chunk) from `from` to `to`, and moves a
+/// sender report's RTP timestamp by `timestamp_offset` (its sender's
+/// stream goes out renumbered). Packets of other senders, and a compound
+/// whose lengths do not add up, are left as they are past that point.
+pub fn rewrite_rtcp_sender(packet: &mut [u8], from: u32, to: u32, timestamp_offset: u32) {
+    let mut at = 0;
+    while let Some(header) = packet.get(at..at + 8) {
+        if header[0] >> 6 != 2 {
+            return;
+        }
+        let words = usize::from(u16::from_be_bytes([header[2], header[3]]));
+        let end = at + 4 * (words + 1);
+        if end > packet.len() {
+            return;
+        }
+        let kind = header[1];
+        let sender = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+        if matches!(kind, 200..=203) && sender == from {
+            packet[at + 4..at + 8].copy_from_slice(&to.to_be_bytes());
+            if kind == 200 && end >= at + 20 {
+                let ts = &mut packet[at + 16..at + 20];
+                let moved =
+                    u32::from_be_bytes([ts[0], ts[1], ts[2], ts[3]]).wrapping_add(timestamp_offset);
+                ts.copy_from_slice(&moved.to_be_bytes());
+            }
+        }
+        at = end;
+    }
+}
+
 /// Sender SSRC of an RTCP packet (bytes 4..8 of the first packet in a compound).
 pub fn rtcp_sender_ssrc(packet: &[u8]) -> Option<u32> {
     let b = packet.get(4..8)?;
@@ -87,6 +126,31 @@ pub fn rtcp_sender_ssrc(packet: &[u8]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rtcp_senders_are_renamed_in_every_packet() {
+        // SR from 7 (one block), SDES for 7, RR from 9.
+        let mut compound = vec![0x81, 200, 0, 12];
+        compound.extend_from_slice(&7u32.to_be_bytes());
+        compound.extend_from_slice(&[0; 8]); // NTP
+        compound.extend_from_slice(&1000u32.to_be_bytes()); // RTP timestamp
+        compound.extend_from_slice(&[0; 8]); // counts
+        compound.extend_from_slice(&[0x33; 24]); // report block
+        compound.extend_from_slice(&[0x81, 202, 0, 2]);
+        compound.extend_from_slice(&7u32.to_be_bytes());
+        compound.extend_from_slice(&[1, 0, 0, 0]);
+        compound.extend_from_slice(&[0x80, 201, 0, 1]);
+        compound.extend_from_slice(&9u32.to_be_bytes());
+        rewrite_rtcp_sender(&mut compound, 7, 0xabcd, 500);
+        assert_eq!(&compound[4..8], &0xabcdu32.to_be_bytes());
+        assert_eq!(&compound[16..20], &1500u32.to_be_bytes());
+        assert_eq!(&compound[56..60], &0xabcdu32.to_be_bytes());
+        assert_eq!(&compound[68..72], &9u32.to_be_bytes(), "another sender");
+        // Lengths that do not add up stop the walk, without a panic.
+        let mut short = vec![0x81, 200, 0, 40, 0, 0, 0, 7];
+        rewrite_rtcp_sender(&mut short, 7, 1, 0);
+        assert_eq!(&short[4..8], &7u32.to_be_bytes());
+    }
 
     #[test]
     fn demux_by_first_byte() {

@@ -24,8 +24,10 @@ use sha1::Sha1;
 
 use super::rtp;
 
-/// Streams (SSRCs) one context keeps state for; the least recently used is
-/// forgotten when a new one arrives. A call leg carries one or two.
+/// Streams (SSRCs) one context keeps state for. Unprotecting, the least
+/// recently used is forgotten when a new one arrives; protecting, none ever
+/// is (its index would start again: see [`SrtpError::StreamsFull`]). A
+/// call leg carries one or two.
 pub const MAX_STREAMS: usize = 8;
 /// Largest replay window, in packets.
 pub const MAX_REPLAY_WINDOW: u32 = 1024;
@@ -134,6 +136,11 @@ pub enum SrtpError {
     BadKeyLength,
     #[error("the cipher failed")]
     Crypto,
+    /// Protecting for a new SSRC with every stream in use: forgetting one
+    /// would let its packet indices be used again, which reuses keystream
+    /// (AES-CM) or a nonce (AES-GCM).
+    #[error("every stream of the context is in use")]
+    StreamsFull,
 }
 
 /// Master key and salt for one direction, as SDES or DTLS-SRTP deliver them.
@@ -524,9 +531,21 @@ impl SrtpContext {
         i
     }
 
+    /// The slot for `ssrc` when protecting: its own, or a free one; never
+    /// another stream's, whose state (the indices it used) must outlive it.
+    fn outbound_slot(&mut self, ssrc: u32) -> Result<usize, SrtpError> {
+        if self.find(ssrc).is_none() && self.streams.iter().all(|s| s.in_use) {
+            return Err(SrtpError::StreamsFull);
+        }
+        Ok(self.slot(ssrc))
+    }
+
     /// Protects the RTP packet in `buf[..len]`, writing the tag after it.
     /// Returns the SRTP packet's length. `buf` must have room for
-    /// [`SrtpProfile::rtp_overhead`] more bytes.
+    /// [`SrtpProfile::rtp_overhead`] more bytes. A packet whose index
+    /// (rollover counter and sequence number) this context has protected
+    /// before is refused ([`SrtpError::Replay`], or [`SrtpError::TooOld`]
+    /// behind the window): one index, one packet.
     pub fn protect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {
         let packet = buf.get(..len).ok_or(SrtpError::Malformed)?;
         let header_len = rtp::rtp_header_len(packet).ok_or(SrtpError::Malformed)?;
@@ -535,10 +554,16 @@ impl SrtpContext {
             return Err(SrtpError::NoRoom);
         }
         let (ssrc, seq) = (rtp::rtp_ssrc(packet), rtp::rtp_seq(packet));
-        let slot = self.slot(ssrc);
+        let slot = self.outbound_slot(ssrc)?;
         let stream = &mut self.streams[slot];
         let roc = stream.estimate_roc(seq);
+        stream
+            .rtp_replay
+            .check((u64::from(roc) << 16) | u64::from(seq))?;
         stream.advance(roc, seq);
+        stream
+            .rtp_replay
+            .accept((u64::from(roc) << 16) | u64::from(seq));
         match &self.rtp.cipher {
             Cipher::Cm { ctr, auth } => {
                 let index = (u64::from(roc) << 16) | u64::from(seq);
@@ -625,7 +650,7 @@ impl SrtpContext {
         if buf.len() < out_len {
             return Err(SrtpError::NoRoom);
         }
-        let slot = self.slot(ssrc);
+        let slot = self.outbound_slot(ssrc)?;
         let stream = &mut self.streams[slot];
         let index = stream.rtcp_next_index;
         stream.rtcp_next_index = (index + 1) & !SRTCP_E_BIT;
@@ -882,6 +907,53 @@ mod tests {
         }
         assert!(rx.find(42).is_some());
         assert_eq!(rx.streams.iter().filter(|s| s.in_use).count(), 1);
+    }
+
+    #[test]
+    fn an_index_is_never_protected_twice() {
+        for profile in SrtpProfile::ALL {
+            let mut tx = SrtpContext::new(&material(profile)).unwrap();
+            let packet = rtp_packet(7, 99, b"once only");
+            protect(&mut tx, &packet);
+            let mut again = packet.clone();
+            again.resize(packet.len() + profile.rtp_overhead(), 0);
+            // The same index, whatever the payload: refused, nothing written.
+            again[12] ^= 0xff;
+            let before = again.clone();
+            assert_eq!(
+                tx.protect_rtp(&mut again, packet.len()),
+                Err(SrtpError::Replay),
+                "{profile:?}"
+            );
+            assert_eq!(again, before);
+            // Newer indices go on; a late one not yet used is still fine.
+            protect(&mut tx, &rtp_packet(9, 99, b"x"));
+            protect(&mut tx, &rtp_packet(8, 99, b"x"));
+            let mut late = rtp_packet(8, 99, b"x");
+            late.resize(late.len() + profile.rtp_overhead(), 0);
+            assert_eq!(tx.protect_rtp(&mut late, 13), Err(SrtpError::Replay));
+        }
+    }
+
+    #[test]
+    fn protecting_never_forgets_a_stream() {
+        let profile = SrtpProfile::AesCm128HmacSha1_80;
+        let mut tx = SrtpContext::new(&material(profile)).unwrap();
+        for ssrc in 0..MAX_STREAMS as u32 {
+            protect(&mut tx, &rtp_packet(1, ssrc, b"x"));
+        }
+        let mut one_more = rtp_packet(1, 1000, b"x");
+        one_more.resize(one_more.len() + 10, 0);
+        assert_eq!(
+            tx.protect_rtp(&mut one_more, 13),
+            Err(SrtpError::StreamsFull)
+        );
+        let mut rtcp = rtcp_packet(1000);
+        let len = rtcp.len();
+        rtcp.resize(len + 14, 0);
+        assert_eq!(tx.protect_rtcp(&mut rtcp, len), Err(SrtpError::StreamsFull));
+        // The streams it has keep going.
+        protect(&mut tx, &rtp_packet(2, 0, b"x"));
     }
 
     fn rtcp_packet(ssrc: u32) -> Vec<u8> {
