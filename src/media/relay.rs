@@ -15,6 +15,12 @@
 //! multishot receive armed and a turn's sends go to the kernel with the
 //! wait for the next completions. The per-packet work between receive and
 //! send (`CallState::relay`) is the same code in both.
+//!
+//! Each direction is one stream of ours: toward SIP the browser's packets
+//! with DTMF inserted (`SipOutStream`), toward the browser our SSRC, our
+//! sequence numbers and timestamps across whatever sources the SIP side
+//! sends (`WebOutStream`). Media toward the browser leaves from the local
+//! address of the ICE-selected pair (see `media::batch`).
 
 use std::collections::HashMap;
 use std::io;
