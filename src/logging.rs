@@ -41,6 +41,16 @@ enum FieldRule {
     Drop,
 }
 
+/// Parts of a name that make its value a secret.
+const SENSITIVE: [&str; 6] = [
+    "password",
+    "secret",
+    "token",
+    "authorization",
+    "cookie",
+    "pwd",
+];
+
 fn rule_for(name: &str) -> FieldRule {
     if name.starts_with("XXX_") {
         return FieldRule::Drop;
@@ -49,14 +59,6 @@ fn rule_for(name: &str) -> FieldRule {
         return FieldRule::Mask;
     }
     let lower = name.to_ascii_lowercase();
-    const SENSITIVE: [&str; 6] = [
-        "password",
-        "secret",
-        "token",
-        "authorization",
-        "cookie",
-        "pwd",
-    ];
     if SENSITIVE.iter().any(|s| lower.contains(s)) || lower == "body" || lower.ends_with("_body") {
         FieldRule::Mask
     } else {
@@ -68,18 +70,10 @@ fn rule_for(name: &str) -> FieldRule {
 /// name is sensitive, `XXX_`/`MMM_` parameters, and SDES `inline:` keys.
 pub fn scrub(text: &str) -> Cow<'_, str> {
     let lower = text.to_ascii_lowercase();
-    const MARKERS: [&str; 9] = [
-        "password",
-        "secret",
-        "token",
-        "authorization",
-        "cookie",
-        "pwd",
-        "xxx_",
-        "mmm_",
-        "inline:",
-    ];
-    let pairs = MARKERS.iter().any(|m| lower.contains(m));
+    let pairs = SENSITIVE
+        .iter()
+        .chain(&["xxx_", "mmm_", "inline:"])
+        .any(|m| lower.contains(m));
     let uris = lower.contains("sip:") || lower.contains("sips:") || lower.contains("://");
     match (pairs, uris) {
         (false, false) => Cow::Borrowed(text),

@@ -208,16 +208,22 @@ const ANSWER_TWO_CANDIDATES = 'v=0\r\nm=audio 20000 UDP/TLS/RTP/SAVPF 111\r\n' +
   'a=candidate:1 1 udp 2130706431 192.0.2.10 20000 typ host\r\n' +
   'a=candidate:2 1 udp 2130706175 127.0.0.1 20000 typ host\r\n';
 
-test('a call whose ICE never connects says so in words, naming the gateway addresses', async () => {
+/** A session whose call to echo is answered with ANSWER_TWO_CANDIDATES; its media_failed events. */
+async function answeredCall(mediaTimeoutMs) {
   const gw = new FakeGateway();
-  const session = await connect({
-    url: 'https://gw.test', user: '1001', fetch: gw.fetch, getUserMedia: async () => fakeStream(), mediaTimeoutMs: 50,
-  });
   gw.onCreateCall = () => gw.push({ type: 'call.answered', call: 'c1', sdp: ANSWER_TWO_CANDIDATES });
+  const session = await connect({
+    url: 'https://gw.test', user: '1001', fetch: gw.fetch, getUserMedia: async () => fakeStream(), mediaTimeoutMs,
+  });
   const call = await session.call('echo');
   const failed = [];
   call.addEventListener('media_failed', (e) => failed.push(e.detail));
-  const pc = FakePeerConnection.last;
+  await until(() => FakePeerConnection.last.remote !== null);
+  return { session, failed, pc: FakePeerConnection.last };
+}
+
+test('a call whose ICE never connects says so in words, naming the gateway addresses', async () => {
+  const { session, failed, pc } = await answeredCall(50);
   pc.ice('checking');
   await until(() => failed.length === 1);
   assert.deepEqual(failed[0].addresses, ['192.0.2.10:20000', '127.0.0.1:20000']);
@@ -233,32 +239,19 @@ test('a call whose ICE never connects says so in words, naming the gateway addre
 });
 
 test('a call whose ICE connects reports no media failure, and ICE failing is reported at once', async () => {
-  const gw = new FakeGateway();
-  const session = await connect({
-    url: 'https://gw.test', user: '1001', fetch: gw.fetch, getUserMedia: async () => fakeStream(), mediaTimeoutMs: 50,
-  });
-  gw.onCreateCall = () => gw.push({ type: 'call.answered', call: 'c1', sdp: ANSWER_TWO_CANDIDATES });
-  const call = await session.call('echo');
-  const failed = [];
-  call.addEventListener('media_failed', (e) => failed.push(e.detail));
-  FakePeerConnection.last.ice('connected');
+  const first = await answeredCall(50);
+  first.pc.ice('connected');
   await new Promise((r) => setTimeout(r, 120));
-  assert.equal(failed.length, 0);
-  await session.close();
+  assert.equal(first.failed.length, 0);
+  await first.session.close();
 
   // With the timer off, only ICE's own verdict counts.
-  const gw2 = new FakeGateway();
-  gw2.onCreateCall = () => gw2.push({ type: 'call.answered', call: 'c1', sdp: ANSWER_TWO_CANDIDATES });
-  const session2 = await connect({
-    url: 'https://gw.test', user: '1001', fetch: gw2.fetch, getUserMedia: async () => fakeStream(), mediaTimeoutMs: 0,
-  });
-  const call2 = await session2.call('echo');
-  const failed2 = [];
-  call2.addEventListener('media_failed', (e) => failed2.push(e.detail));
-  await until(() => FakePeerConnection.last.remote !== null);
-  FakePeerConnection.last.ice('failed');
-  assert.equal(failed2.length, 1);
-  await session2.close();
+  const second = await answeredCall(0);
+  await new Promise((r) => setTimeout(r, 120));
+  assert.equal(second.failed.length, 0);
+  second.pc.ice('failed');
+  assert.equal(second.failed.length, 1);
+  await second.session.close();
 });
 
 test('hangup sends DELETE and ends the call once', async () => {
