@@ -1,5 +1,6 @@
 //! The media input path as the relay runs it on a datagram from the network:
-//! RFC 7983 classification, RTP header parsing, SRTP/SRTCP unprotect, and a
+//! RFC 7983 classification, RTP header parsing, SRTP/SRTCP unprotect, the
+//! RTCP sender rewrite of the path toward the browser, and a
 //! protect → unprotect round trip of whatever parses as RTP/RTCP. Never
 //! panics; a packet we protected always opens again.
 #![no_main]
@@ -23,6 +24,9 @@ fuzz_target!(|data: &[u8]| {
             let _ = rx.unprotect_rtp(&mut buf[..len]);
         }
         WebPacketKind::Rtcp => {
+            // The relay renames the SIP side's RTCP senders toward the browser.
+            let mut renamed = buf;
+            rtp::rewrite_rtcp_sender(&mut renamed[..len], rtp::rtcp_sender_ssrc(&buf[..len]).unwrap_or(0), 0x5eb5_5eb5, 960);
             let _ = rx.unprotect_rtcp(&mut buf[..len]);
         }
         _ => {}
