@@ -381,9 +381,11 @@ impl ReplayWindow {
         }
     }
 
-    /// Ages every bit by `by` positions.
+    /// Ages every bit by `by` positions. Only the words the window's size
+    /// uses are moved (4 of 16 for the default 256 packets): this runs for
+    /// nearly every packet, both ways.
     fn shift(&mut self, by: u64) {
-        let words = self.bits.len();
+        let words = (self.size as usize).div_ceil(64);
         if by >= (words * 64) as u64 {
             self.bits = [0; (MAX_REPLAY_WINDOW / 64) as usize];
             return;
