@@ -38,12 +38,7 @@ async fn made_up_methods_and_paths_are_counted_as_other() {
         sip.send_to(request.as_bytes(), gw.sip).unwrap();
     }
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let text = reqwest::get(format!("http://{}/metrics", gw.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics_text().await;
     let series: Vec<&str> = text
         .lines()
         .filter(|l| {

@@ -26,6 +26,17 @@ fn shipped_config_checks_clean() {
     assert!(out.contains("number = \"echo\""));
 }
 
+/// check-config's output for a config it finds valid.
+fn checked_clean(path: &std::path::Path) -> String {
+    let o = run(
+        &["check-config", "--config", path.to_str().unwrap()],
+        &[],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o)
+}
+
 /// check-config says what the web leg offers: the host's own addresses
 /// by default; for configured ones, which the host has and which must come
 /// through a NAT.
@@ -33,13 +44,7 @@ fn shipped_config_checks_clean() {
 fn check_config_explains_the_media_addresses() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "gateway.toml", "");
-    let o = run(
-        &["check-config", "--config", path.to_str().unwrap()],
-        &[],
-        None,
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let out = stdout(&o);
+    let out = checked_clean(&path);
     assert!(
         out.contains("media.public-address is empty: browsers are offered this host's addresses")
             && out.contains("127.0.0.1"),
@@ -51,13 +56,7 @@ fn check_config_explains_the_media_addresses() {
         "[media]\npublic-address = [\"203.0.113.5\", \"127.0.0.1\"]\n\
          [sip]\nmedia-address = \"198.51.100.99\"\n",
     );
-    let o = run(
-        &["check-config", "--config", path.to_str().unwrap()],
-        &[],
-        None,
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let out = stdout(&o);
+    let out = checked_clean(&path);
     for line in [
         "# media.public-address 203.0.113.5 is not an address of this host: a NAT or load balancer must forward it",
         "# media.public-address 127.0.0.1 is an address of this host",

@@ -172,11 +172,6 @@ impl UserAgent {
         self.cfg.server
     }
 
-    /// Our address as the SIP server sees it (Via, Contact).
-    pub fn local_address(&self) -> SocketAddr {
-        self.cfg.identity.local
-    }
-
     /// Registrations in place now.
     pub fn registered_count(&self) -> usize {
         self.registrations

@@ -151,15 +151,21 @@ impl Gateway {
         self.log.lock().unwrap().clone()
     }
 
-    /// One metric's value from `/metrics` (0 when absent), by exact series text.
-    pub async fn metric(&self, series: &str) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.admin))
+    /// The admin listener's whole `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin))
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        text.lines()
+            .unwrap()
+    }
+
+    /// One metric's value from `/metrics` (0 when absent), by exact series text.
+    pub async fn metric(&self, series: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
             .map(|v| v.trim().parse().unwrap())
             .unwrap_or(0.0)
