@@ -3,7 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use webrtc_sip_gateway::api::cors::{CorsPolicy, Origin, OriginPattern, OriginVerdict};
+use webrtc_sip_gateway::api::cors::{CorsPolicy, OriginVerdict};
+use webrtc_sip_gateway::origin::{Origin, OriginPattern};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };

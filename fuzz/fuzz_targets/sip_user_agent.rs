@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use webrtc_sip_gateway::sip::registration::Identity;
+use webrtc_sip_gateway::sip::identity::Identity;
 use webrtc_sip_gateway::sip::transaction::TimerConfig;
 use webrtc_sip_gateway::sip::ua::{UaConfig, UserAgent};
 

@@ -4,19 +4,16 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use aws_lc_rs::digest::{digest, SHA256};
 use rustls::ServerConfig;
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+pub use crate::certs::fingerprint;
+use crate::certs::{load_cert_chain, load_private_key, CertError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {reason}")]
-    Read { path: String, reason: String },
-    #[error("{path} holds no PEM certificate")]
-    NoCertificate { path: String },
-    #[error("{path} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
-    NoKey { path: String },
+    #[error("{0}")]
+    Files(#[from] CertError),
     #[error("cannot make a self-signed certificate: {0}")]
     Generate(String),
     #[error("the certificate and key do not form a usable TLS identity: {0}")]
@@ -29,43 +26,6 @@ pub struct TlsIdentity {
     pub key: PrivateKeyDer<'static>,
     pub fingerprint_sha256: String,
     pub self_signed: bool,
-}
-
-pub fn load_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let data = read(path)?;
-    let chain: Vec<_> = CertificateDer::pem_slice_iter(&data)
-        .filter_map(Result::ok)
-        .collect();
-    if chain.is_empty() {
-        return Err(TlsError::NoCertificate {
-            path: path.display().to_string(),
-        });
-    }
-    Ok(chain)
-}
-
-pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let data = read(path)?;
-    PrivateKeyDer::from_pem_slice(&data).map_err(|_| TlsError::NoKey {
-        path: path.display().to_string(),
-    })
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError::Read {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })
-}
-
-/// SHA-256 of a DER certificate as colon-separated upper-case hex.
-pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
-    digest(&SHA256, cert.as_ref())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 impl TlsIdentity {

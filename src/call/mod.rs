@@ -10,6 +10,7 @@
 
 pub mod driver;
 pub mod plan;
+pub mod routing;
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};

@@ -15,7 +15,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::cors::OriginPattern;
+use crate::origin::OriginPattern;
 pub use secret::{CryptError, CryptKey, Secret};
 
 /// Default location of the config file, relative to the working directory.
@@ -196,10 +196,23 @@ pub struct MediaConfig {
     pub sip_port_max: u16,
     pub web_enable_dtls: bool,
     pub relay_workers: usize,
-    pub relay_io: crate::media::relay::RelayIo,
+    pub relay_io: RelayIo,
     pub relay_busy_poll_us: u32,
     pub consent_timeout_s: u64,
     pub rtp_timeout_s: u64,
+}
+
+/// How relay workers wait for and move datagrams (`[media] relay-io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RelayIo {
+    /// epoll readiness, then `recvmmsg`/`sendmmsg` per socket.
+    Epoll,
+    /// A multishot receive per socket and every send of a turn in one
+    /// io_uring (the relay's ring); a worker falls back to epoll where the
+    /// kernel refuses io_uring.
+    #[default]
+    IoUring,
 }
 
 impl Default for MediaConfig {
@@ -212,7 +225,7 @@ impl Default for MediaConfig {
             sip_port_max: 39_999,
             web_enable_dtls: true,
             relay_workers: 0,
-            relay_io: crate::media::relay::RelayIo::default(),
+            relay_io: RelayIo::default(),
             relay_busy_poll_us: 0,
             consent_timeout_s: 30,
             rtp_timeout_s: 30,
@@ -431,10 +444,10 @@ impl Config {
             (false, true) => p.add("http.tls-key", "tls-cert is set, so tls-key must be too"),
             (true, false) => p.add("http.tls-cert", "tls-key is set, so tls-cert must be too"),
             (false, false) => {
-                if let Err(e) = crate::api::tls::load_cert_chain(Path::new(&http.tls_cert)) {
+                if let Err(e) = crate::certs::load_cert_chain(Path::new(&http.tls_cert)) {
                     p.add("http.tls-cert", e.to_string());
                 }
-                if let Err(e) = crate::api::tls::load_private_key(Path::new(&http.tls_key)) {
+                if let Err(e) = crate::certs::load_private_key(Path::new(&http.tls_key)) {
                     p.add("http.tls-key", e.to_string());
                 }
             }
@@ -480,7 +493,7 @@ impl Config {
             }
         }
         if sip.transport == SipTransport::Tls && !sip.server.is_empty() {
-            if let Err(e) = crate::sip::tls::root_store(&sip.tls_ca_file) {
+            if let Err(e) = crate::certs::root_store(&sip.tls_ca_file) {
                 p.add("sip.tls-ca-file", e.to_string());
             }
             if !sip.tls_server_name.is_empty()
@@ -829,7 +842,6 @@ mod tests {
 
     #[test]
     fn relay_io_takes_its_two_values() {
-        use crate::media::relay::RelayIo;
         assert_eq!(load("").unwrap().media.relay_io, RelayIo::IoUring);
         let c = load("[media]\nrelay-io = \"epoll\"\n").unwrap();
         assert_eq!(c.media.relay_io, RelayIo::Epoll);

@@ -231,18 +231,7 @@ pub struct Relay {
     totals: Arc<Totals>,
 }
 
-/// How relay workers wait for and move datagrams (`[media] relay-io`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RelayIo {
-    /// epoll readiness, then `recvmmsg`/`sendmmsg` per socket.
-    Epoll,
-    /// A multishot receive per socket and every send of a turn in one
-    /// io_uring (see `media::ring`); a worker falls back to epoll where the
-    /// kernel refuses io_uring.
-    #[default]
-    IoUring,
-}
+pub use crate::config::RelayIo;
 
 /// How the relay's workers run (`[media] relay-io`, `relay-busy-poll-us`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

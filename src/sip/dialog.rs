@@ -10,8 +10,10 @@ use std::net::SocketAddr;
 
 use rsip::prelude::*;
 
+use super::identity::Identity;
+use super::message::branch_of;
 use super::message::own_request;
-use super::registration::{branch_of, random_text, Identity};
+use super::registration::random_text;
 use super::transaction::response_to;
 use crate::sdp::Direction;
 

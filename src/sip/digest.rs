@@ -112,7 +112,7 @@ pub fn challenge_of(response: &rsip::Response) -> Option<(Challenge, &'static st
         407 => ("proxy-authenticate", "Proxy-Authorization"),
         _ => return None,
     };
-    let value = super::registration::header_value(response, asked_by)?;
+    let value = super::message::header_value(response, asked_by)?;
     Some((Challenge::parse(&value).ok()?, answer_in))
 }
 

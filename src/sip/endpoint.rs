@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use rsip::prelude::*;
 
-use super::message::{parse_datagram, SipParseError};
+use super::message::{branch_of, parse_datagram, SipParseError};
 use super::transaction::{response_to, Output, ServerTransaction, TimerConfig};
 
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
@@ -244,11 +244,6 @@ impl Endpoint {
         lines.push(String::new());
         Some((from, lines.join("\r\n").into_bytes()))
     }
-}
-
-fn branch_of(request: &rsip::Request) -> Option<String> {
-    let via = request.via_header().ok()?.typed().ok()?;
-    via.branch().map(|b| b.to_string())
 }
 
 /// RFC 3581: a request with `rport` gets `received` and `rport=<port>` in the

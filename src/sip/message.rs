@@ -386,6 +386,23 @@ pub fn own_request(text: &str, method: rsip::Method) -> rsip::Request {
     }
 }
 
+/// A header's value by lower-case name (rsip keeps unknown headers as Other).
+pub fn header_value(response: &rsip::Response, name: &str) -> Option<String> {
+    response.headers.iter().find_map(|h| {
+        let text = h.to_string();
+        let (n, v) = text.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+/// The top Via's branch of a request.
+pub fn branch_of(request: &rsip::Request) -> Option<String> {
+    let via = request.via_header().ok()?.typed().ok()?;
+    via.branch().map(|b| b.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

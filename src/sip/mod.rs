@@ -1,7 +1,8 @@
 //! The SIP side. Sans-IO: messages on the wire (`message`), transactions
 //! (RFC 3261 §17, `transaction`), the requests we serve ourselves
 //! (`endpoint`), dialogs (`dialog`), registration and digest auth
-//! (`registration`, `digest`) and the user agent joining them (`ua`). The
+//! (`registration`, `digest`), who we are toward the server (`identity`)
+//! and the user agent joining them (`ua`). The
 //! tokio `driver` carries its messages over UDP, TCP or TLS (`tls`: the
 //! client's trust anchors and expected name).
 
@@ -9,6 +10,7 @@ pub mod dialog;
 pub mod digest;
 pub mod driver;
 pub mod endpoint;
+pub mod identity;
 pub mod message;
 pub mod registration;
 pub mod tls;

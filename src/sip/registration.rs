@@ -6,66 +6,16 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rsip::prelude::*;
-
-use crate::config::SipTransport;
-
 use super::digest::{challenge_of, Challenge};
-use super::message::own_request;
+use super::identity::Identity;
 #[cfg(test)]
 use super::message::parse_datagram;
+use super::message::{header_value, own_request};
 
 /// Refresh when this share of the granted time has passed.
 const REFRESH_SHARE: f64 = 0.8;
 /// Never refresh sooner than this after a success (a server granting 1 s).
 const MIN_REFRESH: Duration = Duration::from_secs(5);
-
-/// Where requests go and what they say about us.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    /// SIP domain (the Request-URI host and the AOR's host).
-    pub domain: String,
-    /// Our address as the server sees it (Via, Contact).
-    pub local: SocketAddr,
-    /// UDP, or one TCP or TLS connection to the server.
-    pub transport: SipTransport,
-}
-
-impl Identity {
-    /// Whether messages go over a reliable stream (no retransmissions).
-    pub fn reliable(&self) -> bool {
-        self.transport != SipTransport::Udp
-    }
-
-    /// The Via header's transport token, with `;alias` on a stream: the
-    /// server may send its requests back over our connection (RFC 5923)
-    /// instead of opening one to our Contact.
-    pub fn via_transport(&self) -> &'static str {
-        match self.transport {
-            SipTransport::Udp => "UDP",
-            SipTransport::Tcp => "TCP",
-            SipTransport::Tls => "TLS",
-        }
-    }
-
-    /// Via parameters after the branch.
-    pub fn via_params(&self) -> &'static str {
-        if self.reliable() {
-            ";rport;alias"
-        } else {
-            ";rport"
-        }
-    }
-
-    /// The `transport=` URI parameter.
-    pub fn uri_transport(&self) -> &'static str {
-        match self.transport {
-            SipTransport::Udp => "udp",
-            SipTransport::Tcp => "tcp",
-            SipTransport::Tls => "tls",
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegistrationEvent {
@@ -308,17 +258,6 @@ impl Registration {
     }
 }
 
-/// A header's value by lower-case name (rsip keeps unknown headers as Other).
-pub fn header_value(response: &rsip::Response, name: &str) -> Option<String> {
-    response.headers.iter().find_map(|h| {
-        let text = h.to_string();
-        let (n, v) = text.split_once(':')?;
-        n.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_string())
-    })
-}
-
 /// The binding time the server granted: our Contact's `expires` parameter,
 /// else the Expires header, else what we asked for.
 fn granted_expires(response: &rsip::Response, local: &SocketAddr, asked: u32) -> u32 {
@@ -347,15 +286,12 @@ fn granted_expires(response: &rsip::Response, local: &SocketAddr, asked: u32) ->
         .unwrap_or(asked)
 }
 
-/// The request's CSeq and top Via branch (tests and the user agent).
-pub fn branch_of(request: &rsip::Request) -> Option<String> {
-    let via = request.via_header().ok()?.typed().ok()?;
-    via.branch().map(|b| b.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SipTransport;
+    use crate::sip::message::branch_of;
+    use rsip::prelude::*;
 
     fn identity() -> Identity {
         Identity {

@@ -3,23 +3,18 @@
 //! which name it must carry. rustls with the aws-lc-rs provider, as the
 //! HTTPS API uses; certificate checks are rustls's own (webpki).
 
-use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, RootCertStore};
+use rustls::ClientConfig;
 
-use crate::api::tls::load_cert_chain;
+use crate::certs::{root_store, CertError};
 
 /// Why SIP over TLS cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SipTlsError {
     #[error("{0}")]
-    CaFile(#[from] crate::api::tls::TlsError),
-    #[error("{path}: no usable CA certificate in it ({reason})")]
-    BadCa { path: String, reason: String },
-    #[error("no system root certificates found; set sip.tls-ca-file")]
-    NoSystemRoots,
+    CaFile(#[from] CertError),
     #[error("{0:?} is not a valid TLS server name")]
     BadServerName(String),
     #[error("TLS setup: {0}")]
@@ -40,27 +35,6 @@ impl std::fmt::Debug for TlsClient {
             .field("server_name", &self.server_name)
             .finish_non_exhaustive()
     }
-}
-
-/// Trust anchors: every certificate in `ca_file` (PEM), or the system's
-/// roots when it is empty.
-pub fn root_store(ca_file: &str) -> Result<RootCertStore, SipTlsError> {
-    let mut roots = RootCertStore::empty();
-    if ca_file.is_empty() {
-        let found = rustls_native_certs::load_native_certs();
-        let (added, _) = roots.add_parsable_certificates(found.certs);
-        if added == 0 {
-            return Err(SipTlsError::NoSystemRoots);
-        }
-        return Ok(roots);
-    }
-    for cert in load_cert_chain(Path::new(ca_file))? {
-        roots.add(cert).map_err(|e| SipTlsError::BadCa {
-            path: ca_file.to_string(),
-            reason: e.to_string(),
-        })?;
-    }
-    Ok(roots)
 }
 
 /// A TLS client for the SIP server: trusts `ca_file` (or the system roots)

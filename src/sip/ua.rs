@@ -15,8 +15,10 @@ use rsip::prelude::*;
 
 use super::dialog::{DialogEvent, SipCall};
 use super::endpoint::{Datagram, Endpoint};
+use super::identity::Identity;
+use super::message::branch_of;
 use super::message::{own_request, parse_datagram};
-use super::registration::{branch_of, random_text, Identity, Registration, RegistrationEvent};
+use super::registration::{random_text, Registration, RegistrationEvent};
 use super::transaction::{ClientTransaction, Output, TimerConfig};
 
 #[derive(Debug, Clone)]

@@ -1,0 +1,514 @@
+//! Start-up: each part of the gateway built from its own config section —
+//! the relay from `[media]`, the SIP user agent and its transport from
+//! `[sip]`, the listeners from `[http]` and `[admin]` — and the tasks that
+//! tie them together (incoming-call delivery, the session reaper).
+//! [`crate::Gateway::start`] calls these in order.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::api::tls::TlsIdentity;
+use crate::api::{self, SharedState};
+use crate::call::routing::{route_incoming, IncomingRoute};
+use crate::config::{self, Config, SipTransport};
+use crate::media::relay::{Relay, RelayOptions};
+use crate::webrtc::dtls::DtlsIdentity;
+use crate::{call, media, netif, session, sip, StartError};
+
+/// How often idle sessions are looked for at most.
+const REAPER_MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// The media relay for `[media]`: its workers and how they move datagrams.
+pub(crate) fn relay(m: &config::MediaConfig) -> Result<Arc<Relay>, StartError> {
+    let workers = match m.relay_workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let options = RelayOptions {
+        io: m.relay_io,
+        busy_poll: Duration::from_micros(m.relay_busy_poll_us.into()),
+    };
+    let relay = Relay::start_with_options(workers, options)
+        .map_err(|e| StartError::Setup(format!("cannot start the media relay: {e}")))?;
+    info!(
+        workers,
+        io_asked = ?m.relay_io,
+        busy_poll_us = m.relay_busy_poll_us,
+        "media relay started (a worker that cannot use io_uring says so)"
+    );
+    Ok(relay)
+}
+
+/// The process's DTLS certificate for browser legs.
+pub(crate) fn dtls_identity() -> Result<DtlsIdentity, StartError> {
+    let identity = DtlsIdentity::generate()
+        .map_err(|e| StartError::Setup(format!("cannot make the DTLS certificate: {e}")))?;
+    info!(
+        fingerprint = %identity.fingerprint.to_value(),
+        "DTLS certificate for browser legs"
+    );
+    Ok(identity)
+}
+
+/// The call dispatcher for `[media]`, `[sip]` and `[echo]`: port ranges,
+/// addresses and the per-call settings.
+pub(crate) fn media_plane(
+    config: &Config,
+    addresses: &MediaAddresses,
+    relay: &Arc<Relay>,
+    dtls_identity: &DtlsIdentity,
+) -> Result<call::driver::MediaPlane, StartError> {
+    let m = &config.media;
+    info!(
+        web = ?addresses.web.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        configured = !m.public_address.is_empty(),
+        "web leg addresses offered to browsers (ICE host candidates, the first in c=)"
+    );
+    info!(
+        sip = %addresses.sip,
+        bound = %addresses.sip_bind,
+        "SIP leg media address"
+    );
+    let settings = call::driver::CallSettings {
+        web_addresses: addresses.web.clone(),
+        web_enable_dtls: m.web_enable_dtls,
+        consent_timeout: Duration::from_secs(m.consent_timeout_s),
+        rtp_timeout: Duration::from_secs(m.rtp_timeout_s),
+        echo_number: config.echo.number.clone(),
+        sip_media_address: addresses.sip,
+        sip_media_bind: addresses.sip_bind,
+        ring_timeout: Duration::from_secs(config.sip.ring_timeout_s),
+        dtmf_info: config.sip.dtmf == config::DtmfMode::Info,
+        sip_srtp: config.sip.srtp,
+    };
+    call::driver::MediaPlane::new(
+        relay.clone(),
+        dtls_identity.clone(),
+        media::ports::PortAllocator::new(m.web_port_min, m.web_port_max, false),
+        media::ports::PortAllocator::new(m.sip_port_min, m.sip_port_max, true),
+        settings,
+    )
+    .map_err(|e| StartError::Setup(format!("cannot start the call dispatcher: {e}")))
+}
+
+/// One certificate for HTTPS and for SIP over TLS taken on our port: the
+/// configured files, else a self-signed one naming the web addresses.
+pub(crate) fn tls_identity(
+    config: &Config,
+    addresses: &MediaAddresses,
+) -> Result<Option<TlsIdentity>, StartError> {
+    let sip_over_tls = config.sip.transport == SipTransport::Tls && !config.sip.server.is_empty();
+    if config.http.tls_listen.is_empty() && !sip_over_tls {
+        return Ok(None);
+    }
+    let names: Vec<String> = addresses.web.iter().map(ToString::to_string).collect();
+    let identity =
+        TlsIdentity::load_or_generate(&config.http.tls_cert, &config.http.tls_key, &names)?;
+    Ok(Some(identity))
+}
+
+/// Where the API ended up listening.
+pub(crate) struct Listening {
+    pub https: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub admin: SocketAddr,
+}
+
+/// The signaling API on `[http]` (HTTPS and/or plain HTTP) and the
+/// operators' endpoints on `[admin]`.
+pub(crate) async fn serve_api(
+    state: &SharedState,
+    tls_identity: Option<&TlsIdentity>,
+    shutdown: &watch::Receiver<bool>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<Listening, StartError> {
+    let http = &state.config.http;
+    let router = api::router(state.clone());
+    let mut https_addr = None;
+    if let (false, Some(identity)) = (http.tls_listen.is_empty(), tls_identity) {
+        let listener = bind("http.tls-listen", &http.tls_listen).await?;
+        https_addr = Some(local_addr(&listener, "http.tls-listen")?);
+        info!(
+            fingerprint_sha256 = %identity.fingerprint_sha256,
+            self_signed = identity.self_signed,
+            "HTTPS certificate"
+        );
+        tasks.push(tokio::spawn(api::server::serve(
+            listener,
+            router.clone(),
+            Some(identity.server_config()?),
+            shutdown.clone(),
+        )));
+    }
+    let mut http_addr = None;
+    if !http.listen.is_empty() {
+        let listener = bind("http.listen", &http.listen).await?;
+        http_addr = Some(local_addr(&listener, "http.listen")?);
+        tasks.push(tokio::spawn(api::server::serve(
+            listener,
+            router,
+            None,
+            shutdown.clone(),
+        )));
+    }
+    let admin = &state.config.admin;
+    let listener = bind("admin.listen", &admin.listen).await?;
+    let admin_addr = local_addr(&listener, "admin.listen")?;
+    tasks.push(tokio::spawn(api::server::serve(
+        listener,
+        api::admin_router(state.clone()),
+        None,
+        shutdown.clone(),
+    )));
+    Ok(Listening {
+        https: https_addr,
+        http: http_addr,
+        admin: admin_addr,
+    })
+}
+
+/// Our SIP port, bound before the user agent is made (it advertises the
+/// port the kernel chose).
+pub(crate) struct SipPort {
+    pub addr: SocketAddr,
+    udp: UdpSocket,
+    streams: Option<TcpListener>,
+}
+
+impl SipPort {
+    pub(crate) async fn bind(c: &config::SipConfig) -> Result<SipPort, StartError> {
+        let takes_streams = matches!(c.transport, SipTransport::Tcp | SipTransport::Tls);
+        let (udp, streams) = bind_sip(&c.listen, takes_streams).await?;
+        let addr = udp.local_addr().map_err(|e| StartError::Bind {
+            key: "sip.listen",
+            addr: c.listen.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(SipPort { addr, udp, streams })
+    }
+}
+
+/// The SIP side for `[sip]`: the link to the server (UDP, or a TCP/TLS
+/// stream), connections the server opens to us, the user agent's driver,
+/// and delivery of incoming calls to browser sessions.
+pub(crate) fn start_sip(
+    state: &SharedState,
+    port: SipPort,
+    ua: sip::ua::UserAgent,
+    tls_identity: Option<&TlsIdentity>,
+    shutdown: &watch::Receiver<bool>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<(), StartError> {
+    let c = &state.config.sip;
+    let link = match (ua.server(), c.transport) {
+        (Some(server), SipTransport::Tcp) => {
+            sip::driver::Link::stream(server, None, shutdown.clone())
+        }
+        (Some(server), SipTransport::Tls) => {
+            let tls = sip_tls_client(c)?;
+            sip::driver::Link::stream(server, Some(tls), shutdown.clone())
+        }
+        _ => sip::driver::Link::Udp(port.udp),
+    };
+    // Over TCP or TLS the server may also open connections to our SIP port.
+    let acceptor = match (c.transport, tls_identity) {
+        (SipTransport::Tcp, _) => Some(None),
+        (SipTransport::Tls, Some(identity)) => Some(Some(tokio_rustls::TlsAcceptor::from(
+            identity.server_config_with_alpn(Vec::new())?,
+        ))),
+        _ => None,
+    };
+    let inbound = match (acceptor, port.streams) {
+        (Some(tls), Some(listener)) => {
+            let accepted = sip::driver::Accepted::default();
+            let (to_ua, messages) = tokio::sync::mpsc::unbounded_channel();
+            tasks.push(sip::driver::accept_stream(
+                listener,
+                tls,
+                accepted.clone(),
+                to_ua,
+                shutdown.clone(),
+            ));
+            Some(sip::driver::Inbound { accepted, messages })
+        }
+        _ => None,
+    };
+    let (incoming_tx, incoming_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (sip, sip_task) = sip::driver::start(
+        link,
+        inbound,
+        ua,
+        state.metrics.clone(),
+        incoming_tx,
+        shutdown.clone(),
+    );
+    tasks.push(sip_task);
+    tasks.push(tokio::spawn(deliver_incoming_calls(
+        state.clone(),
+        sip.clone(),
+        incoming_rx,
+    )));
+    if state.sip.set(sip).is_err() {
+        return Err(StartError::Setup("the SIP side started twice".into()));
+    }
+    Ok(())
+}
+
+/// The TLS client toward the SIP server: the configured CA file (or the
+/// system roots) and the expected name (`tls-server-name`, else the host of
+/// `server`).
+fn sip_tls_client(c: &config::SipConfig) -> Result<sip::tls::TlsClient, StartError> {
+    let name = if c.tls_server_name.is_empty() {
+        config::parse_host_port(&c.server, c.transport.default_port())
+            .map_err(StartError::Setup)?
+            .0
+    } else {
+        c.tls_server_name.clone()
+    };
+    let name = name
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    sip::tls::client(&c.tls_ca_file, &name).map_err(|e| StartError::Setup(format!("sip: {e}")))
+}
+
+/// Where each media leg is reached and sends from.
+pub struct MediaAddresses {
+    /// Web leg candidates, in the order offered (never empty).
+    pub web: Vec<IpAddr>,
+    /// The SIP leg's address in our SDP, and what its sockets bind to.
+    pub sip: IpAddr,
+    pub sip_bind: IpAddr,
+}
+
+impl MediaAddresses {
+    /// From `[media] public-address` (else the host's own addresses) and
+    /// `[sip] media-address` (else the route's source toward `server`,
+    /// loopback without one).
+    pub fn find(config: &Config, server: Option<SocketAddr>) -> Result<Self, StartError> {
+        let host = netif::host_addresses()
+            .map_err(|e| StartError::Setup(format!("cannot read the host's addresses: {e}")))?;
+        let configured = config
+            .media
+            .public_address
+            .parse()
+            .map_err(|e| StartError::Setup(format!("media.public-address: {e}")))?;
+        let web = if configured.is_empty() {
+            netif::default_web_addresses(&host)
+        } else {
+            configured
+        };
+        let sip =
+            if config.sip.media_address.is_empty() {
+                server
+                    .and_then(netif::route_source)
+                    .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+            } else {
+                config.sip.media_address.parse().map_err(|_| {
+                    StartError::Setup("sip.media-address is not an IP address".into())
+                })?
+            };
+        let sip_bind = if netif::is_host_address(&host, sip) {
+            sip
+        } else if sip.is_ipv4() {
+            Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            Ipv6Addr::UNSPECIFIED.into()
+        };
+        Ok(MediaAddresses { web, sip, sip_bind })
+    }
+}
+
+/// The SIP user agent for `[sip]`: the server resolved, our advertised
+/// address, timers and intervals.
+pub(crate) async fn user_agent(
+    c: &config::SipConfig,
+    listening: SocketAddr,
+) -> Result<sip::ua::UserAgent, StartError> {
+    let mut server = None;
+    let mut domain = c.domain.clone();
+    if !c.server.is_empty() {
+        let (host, port) = config::parse_host_port(&c.server, c.transport.default_port())
+            .map_err(StartError::Setup)?;
+        let resolved = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| {
+                StartError::Setup(format!("sip.server: cannot resolve {:?}", c.server))
+            })?;
+        server = Some(resolved);
+        if domain.is_empty() {
+            domain = host;
+        }
+    }
+    if domain.is_empty() {
+        domain = "invalid".into();
+    }
+    let cfg = sip::ua::UaConfig {
+        server,
+        identity: sip::identity::Identity {
+            domain,
+            local: sip::driver::advertised_address(listening, server),
+            transport: if server.is_some() {
+                c.transport
+            } else {
+                SipTransport::Udp
+            },
+        },
+        timers: sip::transaction::TimerConfig {
+            t1: Duration::from_millis(c.timer_t1_ms),
+            t2: Duration::from_millis(c.timer_t2_ms),
+            t4: Duration::from_millis(c.timer_t4_ms),
+        },
+        register_expires: c.register_expires_s,
+        keepalive: (server.is_some() && c.keepalive_interval_s > 0)
+            .then(|| Duration::from_secs(c.keepalive_interval_s)),
+    };
+    Ok(sip::ua::UserAgent::new(cfg, Instant::now()))
+}
+
+/// Hands each incoming SIP call to the session [`route_incoming`] picks,
+/// or refuses it with the status it gives.
+async fn deliver_incoming_calls(
+    state: SharedState,
+    sip: sip::driver::SipHandle,
+    mut incoming: tokio::sync::mpsc::UnboundedReceiver<sip::driver::IncomingCall>,
+) {
+    while let Some(call) = incoming.recv().await {
+        let session = match route_incoming(state.store().find_by_user(&call.user)) {
+            IncomingRoute::ToSession(id) => id,
+            IncomingRoute::Refuse { status, why } => {
+                info!(user = %call.user, status, "incoming call refused: {why}");
+                sip.refuse(&call.key, status);
+                continue;
+            }
+        };
+        let events = state.clone();
+        let notify = move |sid: &str, event: session::SessionEvent| {
+            if let session::SessionEvent::CallEnded { reason, .. } = &event {
+                events.metrics.call_ended(reason);
+            }
+            events.store().push(sid, event);
+        };
+        match state.media.start_inbound_call(&sip, &session, call, notify) {
+            Ok(_) => state.metrics.call_started(),
+            Err(e) => tracing::warn!(error = %e, "incoming call refused"),
+        }
+    }
+}
+
+/// The session reaper: the driver for [`session::SessionStore::expire`].
+pub(crate) async fn reap_sessions(state: SharedState, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let next = state.expire_sessions(Instant::now());
+        let sleep = next
+            .map(|at| at.saturating_duration_since(Instant::now()))
+            .unwrap_or(REAPER_MAX_SLEEP)
+            .clamp(Duration::from_millis(10), REAPER_MAX_SLEEP);
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn bind(key: &'static str, addr: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|e| StartError::Bind {
+        key,
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn local_addr(listener: &TcpListener, key: &'static str) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|e| StartError::Bind {
+        key,
+        addr: String::new(),
+        reason: e.to_string(),
+    })
+}
+
+/// The SIP port: UDP always, and TCP on the same port number when streams
+/// are taken there. With port 0 the kernel's UDP choice may be taken for
+/// TCP by someone else: then another port is tried.
+async fn bind_sip(
+    listen: &str,
+    with_tcp: bool,
+) -> Result<(UdpSocket, Option<TcpListener>), StartError> {
+    let failed = |e: std::io::Error| StartError::Bind {
+        key: "sip.listen",
+        addr: listen.to_string(),
+        reason: e.to_string(),
+    };
+    let any_port = listen.ends_with(":0");
+    let mut tries = 0;
+    loop {
+        let udp = UdpSocket::bind(listen).await.map_err(failed)?;
+        if !with_tcp {
+            return Ok((udp, None));
+        }
+        let addr = udp.local_addr().map_err(failed)?;
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => return Ok((udp, Some(tcp))),
+            Err(_) if any_port && tries < 16 => tries += 1,
+            Err(e) => return Err(failed(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::from_toml(text, "test", Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn media_addresses_default_to_the_host_and_the_route() {
+        let found = MediaAddresses::find(&config(""), None).unwrap();
+        assert_eq!(
+            found.web.last(),
+            Some(&std::net::IpAddr::from([127, 0, 0, 1])),
+            "loopback is offered last"
+        );
+        assert!(found.web[..found.web.len() - 1]
+            .iter()
+            .all(|ip| netif::is_lan_candidate(*ip)));
+        // No server: the SIP leg is the echo's, on loopback.
+        assert_eq!(found.sip, std::net::IpAddr::from([127, 0, 0, 1]));
+        let server: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+        let found = MediaAddresses::find(&config(""), Some(server)).unwrap();
+        assert_eq!(
+            found.sip,
+            server.ip(),
+            "the route's source toward the server"
+        );
+        assert_eq!(found.sip_bind, found.sip, "bound, so media leaves from it");
+    }
+
+    #[test]
+    fn configured_media_addresses_are_taken_as_given() {
+        let c = config(
+            "[media]\npublic-address = [\"203.0.113.5\", \"127.0.0.1\"]\n\
+             [sip]\nmedia-address = \"127.0.0.5\"\n",
+        );
+        let found = MediaAddresses::find(&c, None).unwrap();
+        let web: Vec<String> = found.web.iter().map(ToString::to_string).collect();
+        assert_eq!(web, ["203.0.113.5", "127.0.0.1"]);
+        assert_eq!(found.sip.to_string(), "127.0.0.5");
+        assert_eq!(found.sip_bind.to_string(), "127.0.0.5");
+        // A NAT's address: advertised, but the sockets listen everywhere.
+        let c = config("[sip]\nmedia-address = \"203.0.113.7\"\n");
+        let found = MediaAddresses::find(&c, None).unwrap();
+        assert_eq!(found.sip.to_string(), "203.0.113.7");
+        assert!(found.sip_bind.is_unspecified());
+    }
+}
