@@ -7,7 +7,7 @@ use serde::Serialize;
 
 /// Why a packet was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Drop {
+pub enum DropCause {
     /// From an address other than the ICE-selected / latched / SDP one.
     ForeignSource,
     /// SRTP/SRTCP authentication failed.
@@ -53,11 +53,11 @@ impl LegStats {
         self.bytes_out.fetch_add(bytes as u64, Relaxed);
     }
 
-    pub fn dropped(&self, why: Drop) {
+    pub fn dropped(&self, why: DropCause) {
         self.dropped_many(why, 1);
     }
 
-    pub fn dropped_many(&self, why: Drop, count: u64) {
+    pub fn dropped_many(&self, why: DropCause, count: u64) {
         self.drops[why as usize].fetch_add(count, Relaxed);
     }
 
@@ -76,7 +76,7 @@ impl LegStats {
         self.peer_jitter_us.store(jitter_us, Relaxed);
     }
 
-    pub fn drops(&self, why: Drop) -> u64 {
+    pub fn drops(&self, why: DropCause) -> u64 {
         self.drops[why as usize].load(Relaxed)
     }
 
@@ -87,13 +87,13 @@ impl LegStats {
             packets_out: self.packets_out.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
             control_packets: self.control_packets.load(Relaxed),
-            dropped_foreign_source: self.drops(Drop::ForeignSource),
-            dropped_auth_failed: self.drops(Drop::AuthFailed),
-            dropped_replay: self.drops(Drop::Replay),
-            dropped_malformed: self.drops(Drop::Malformed),
-            dropped_payload_type: self.drops(Drop::PayloadType),
-            dropped_not_ready: self.drops(Drop::NotReady),
-            dropped_overload: self.drops(Drop::Overload),
+            dropped_foreign_source: self.drops(DropCause::ForeignSource),
+            dropped_auth_failed: self.drops(DropCause::AuthFailed),
+            dropped_replay: self.drops(DropCause::Replay),
+            dropped_malformed: self.drops(DropCause::Malformed),
+            dropped_payload_type: self.drops(DropCause::PayloadType),
+            dropped_not_ready: self.drops(DropCause::NotReady),
+            dropped_overload: self.drops(DropCause::Overload),
             lost: self.lost.load(Relaxed),
             jitter_us: self.jitter_us.load(Relaxed),
             peer_fraction_lost: self.peer_fraction_lost.load(Relaxed) as f64 / 256.0,

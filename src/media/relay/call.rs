@@ -1,0 +1,246 @@
+//! One call on a worker: its two legs, their sockets and source checks,
+//! and the state the per-packet path keeps for it.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mio::net::UdpSocket;
+
+use super::epoll::flush;
+use super::forward::{relay_from_sip, relay_from_web, Outgoing};
+use super::streams::{SipOutStream, WebOutStream};
+use super::{CallMediaSetup, RelayEvent, SIP_RTCP, SIP_RTP, SOCKETS_PER_CALL, WEB};
+use crate::media::batch::Batch;
+use crate::media::dtmf::DtmfReceiver;
+use crate::media::payload_map::PayloadMap;
+use crate::media::ports::PortLease;
+use crate::media::reception::ReceptionStats;
+use crate::media::srtp::SrtpContext;
+use crate::media::stats::{CallStats, DropCause};
+
+pub(super) struct WebLeg {
+    pub(super) socket: UdpSocket,
+    pub(super) remote: Option<SocketAddr>,
+    /// Where media toward the browser leaves from: the local address of
+    /// the ICE-selected pair.
+    pub(super) local: Option<IpAddr>,
+    pub(super) srtp: Option<(SrtpContext, SrtpContext)>,
+    pub(super) ssrc: Option<u32>,
+}
+
+pub(super) struct SipLeg {
+    pub(super) rtp: UdpSocket,
+    pub(super) rtcp: Option<UdpSocket>,
+    pub(super) sdp_remote: SocketAddr,
+    pub(super) sdp_remote_rtcp: SocketAddr,
+    pub(super) latched: Option<SocketAddr>,
+    pub(super) latched_rtcp: Option<SocketAddr>,
+    pub(super) strict: bool,
+    pub(super) srtp: Option<(SrtpContext, SrtpContext)>,
+}
+
+impl SipLeg {
+    /// Source check on the SIP leg; latches on the first good packet.
+    pub(super) fn accept_source(&mut self, from: SocketAddr, rtcp_socket: bool) -> bool {
+        let (latched, expected) = if rtcp_socket {
+            (&mut self.latched_rtcp, self.sdp_remote_rtcp)
+        } else {
+            (&mut self.latched, self.sdp_remote)
+        };
+        match *latched {
+            Some(addr) => addr == from,
+            None if self.strict => from == expected,
+            None if from.ip() == expected.ip() => {
+                *latched = Some(from);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn rtp_destination(&self) -> SocketAddr {
+        self.latched.unwrap_or(self.sdp_remote)
+    }
+
+    pub(super) fn rtcp_destination(&self) -> SocketAddr {
+        if self.rtcp.is_some() {
+            self.latched_rtcp.unwrap_or(self.sdp_remote_rtcp)
+        } else {
+            self.rtp_destination()
+        }
+    }
+}
+
+pub(super) struct CallState {
+    pub(super) id: u64,
+    pub(super) web: WebLeg,
+    pub(super) sip: SipLeg,
+    pub(super) map: PayloadMap,
+    pub(super) stats: Arc<CallStats>,
+    pub(super) events: Option<SyncSender<RelayEvent>>,
+    /// Kernel drop counts last seen per socket kind (cumulative, wrapping).
+    pub(super) kernel_drops_seen: [u32; SOCKETS_PER_CALL],
+    /// What arrives from the browser and from the SIP peer.
+    pub(super) web_reception: ReceptionStats,
+    pub(super) sip_reception: ReceptionStats,
+    /// Clock rate of the last RTP packet from each side (for RTCP jitter).
+    pub(super) web_clock: u32,
+    pub(super) sip_clock: u32,
+    pub(super) sip_out: SipOutStream,
+    pub(super) web_out: WebOutStream,
+    pub(super) dtmf_in: DtmfReceiver,
+    /// io_uring mode: receives armed on this call's sockets, and whether the
+    /// call is leaving (its sockets close once no receive is left).
+    pub(super) armed: u8,
+    pub(super) leaving: bool,
+    pub(super) _leases: Vec<PortLease>,
+}
+
+impl CallState {
+    /// A call's state from its setup: sockets made non-blocking (and the
+    /// web one told to report each datagram's local address: the browser
+    /// may talk to any of ours), legs as the setup says, nothing latched.
+    pub(super) fn new(id: u64, setup: CallMediaSetup, stats: Arc<CallStats>) -> io::Result<Self> {
+        let web_ipv6 = setup.web_socket.local_addr()?.is_ipv6();
+        crate::media::batch::enable_local_address(setup.web_socket.as_raw_fd(), web_ipv6)?;
+        let web = UdpSocket::from_std(nonblocking(setup.web_socket)?);
+        let sip_rtp = UdpSocket::from_std(nonblocking(setup.sip_rtp_socket)?);
+        let sip_rtcp = match setup.sip_rtcp_socket {
+            Some(s) => Some(UdpSocket::from_std(nonblocking(s)?)),
+            None => None,
+        };
+        let sdp_remote_rtcp = setup.sip_remote_rtcp.unwrap_or_else(|| {
+            SocketAddr::new(
+                setup.sip_remote.ip(),
+                setup.sip_remote.port().wrapping_add(1),
+            )
+        });
+        let now = Instant::now();
+        Ok(CallState {
+            id,
+            web: WebLeg {
+                socket: web,
+                remote: setup.web_remote,
+                local: setup.web_local,
+                srtp: setup.web_srtp,
+                ssrc: setup.web_ssrc,
+            },
+            sip: SipLeg {
+                rtp: sip_rtp,
+                rtcp: sip_rtcp,
+                sdp_remote: setup.sip_remote,
+                sdp_remote_rtcp,
+                latched: None,
+                latched_rtcp: None,
+                strict: setup.sip_strict_source,
+                srtp: setup.sip_srtp,
+            },
+            map: setup.payload_map,
+            stats,
+            events: setup.events,
+            kernel_drops_seen: [0; SOCKETS_PER_CALL],
+            web_reception: ReceptionStats::new(now),
+            sip_reception: ReceptionStats::new(now),
+            web_clock: 0,
+            sip_clock: 0,
+            sip_out: SipOutStream::new(id),
+            web_out: WebOutStream::new(),
+            dtmf_in: DtmfReceiver::default(),
+            armed: 0,
+            leaving: false,
+            _leases: setup.leases,
+        })
+    }
+
+    pub(super) fn fd(&self, kind: usize) -> Option<std::os::fd::RawFd> {
+        match kind {
+            WEB => Some(self.web.socket.as_raw_fd()),
+            SIP_RTP => Some(self.sip.rtp.as_raw_fd()),
+            _ => self.sip.rtcp.as_ref().map(|s| s.as_raw_fd()),
+        }
+    }
+
+    /// Socket kinds this call has.
+    pub(super) fn kinds(&self) -> &'static [usize] {
+        if self.sip.rtcp.is_some() {
+            &[WEB, SIP_RTP, SIP_RTCP]
+        } else {
+            &[WEB, SIP_RTP]
+        }
+    }
+
+    /// Counts the kernel's drops on socket `kind`, from the cumulative
+    /// count reported with its last receive (if one was).
+    pub(super) fn note_kernel_drops(&mut self, kind: usize, reported: Option<u32>) {
+        if let Some(total) = reported {
+            let seen = &mut self.kernel_drops_seen[kind];
+            let new_drops = total.wrapping_sub(*seen);
+            *seen = total;
+            let leg = if kind == WEB {
+                &self.stats.web
+            } else {
+                &self.stats.sip
+            };
+            leg.dropped_many(DropCause::Overload, u64::from(new_drops));
+        }
+    }
+
+    /// Relays the `n` datagrams of `batch` that came in on socket `kind`;
+    /// says which go out and by which socket.
+    pub(super) fn relay(&mut self, batch: &mut Batch, n: usize, kind: usize) -> Relayed {
+        if kind == WEB {
+            let (rtp, rtcp) = relay_from_web(self, batch, n);
+            Relayed {
+                to_web: false,
+                main: rtp,
+                rtcp,
+            }
+        } else {
+            Relayed {
+                to_web: true,
+                main: relay_from_sip(self, batch, n, kind == SIP_RTCP),
+                rtcp: Outgoing::new(),
+            }
+        }
+    }
+
+    /// Sends what [`CallState::relay`] chose with `sendmmsg` (epoll mode).
+    pub(super) fn flush(&self, batch: &mut Batch, out: &Relayed) {
+        if out.to_web {
+            flush(batch, &self.web.socket, &out.main, &self.stats.web);
+        } else {
+            flush(batch, &self.sip.rtp, &out.main, &self.stats.sip);
+            if let Some(rtcp) = &self.sip.rtcp {
+                flush(batch, rtcp, &out.rtcp, &self.stats.sip);
+            }
+        }
+    }
+}
+
+/// A relayed batch's datagrams to send: toward the browser (by the web
+/// socket) or toward the SIP peer (RTP socket, and RTCP socket if any).
+pub(super) struct Relayed {
+    pub(super) to_web: bool,
+    pub(super) main: Outgoing,
+    pub(super) rtcp: Outgoing,
+}
+
+/// Kernel buffer per relay socket: a few hundred packets of slack for bursts.
+pub(super) const SOCKET_BUFFER_BYTES: usize = 512 * 1024;
+
+pub(super) fn nonblocking(s: std::net::UdpSocket) -> io::Result<std::net::UdpSocket> {
+    s.set_nonblocking(true)?;
+    // Best effort: a smaller buffer than asked for still works, and without
+    // the drop counter only kernel-side overload goes uncounted per call.
+    let _ = crate::media::batch::set_buffer_sizes(
+        s.as_raw_fd(),
+        SOCKET_BUFFER_BYTES,
+        SOCKET_BUFFER_BYTES,
+    );
+    let _ = crate::media::batch::enable_drop_counter(s.as_raw_fd());
+    Ok(s)
+}

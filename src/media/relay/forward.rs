@@ -1,0 +1,567 @@
+//! The per-packet path: what happens to each datagram between receive and
+//! send. A batch's datagrams are checked (source, SRTP), rewritten in place
+//! (payload type, our SSRC and numbers, DTMF durations) and re-protected
+//! for the other leg; each is sent or dropped and counted. Nothing here
+//! allocates, locks or logs, except the copy of a STUN or DTLS datagram
+//! (not media, a few per second) for the ICE agent and DTLS driver.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::TrySendError;
+
+use super::call::CallState;
+use super::streams::{SipOutStream, WebOutStream};
+use super::{ControlPacket, RelayEvent};
+use crate::media::batch::{Batch, BATCH};
+use crate::media::dtmf::{self, DtmfReceiver};
+use crate::media::payload_map::PayloadMap;
+use crate::media::reception::{first_report_block, ReceptionStats};
+use crate::media::rtp::{self, WebPacketKind};
+use crate::media::srtp::{SrtpContext, SrtpError};
+use crate::media::stats::{DropCause, LegStats};
+
+/// Indices of a batch's datagrams going out by one socket.
+pub(super) struct Outgoing {
+    pub(super) order: [usize; BATCH],
+    pub(super) count: usize,
+}
+
+impl Outgoing {
+    pub(super) fn new() -> Self {
+        Outgoing {
+            order: [0; BATCH],
+            count: 0,
+        }
+    }
+    pub(super) fn push(&mut self, i: usize) {
+        self.order[self.count] = i;
+        self.count += 1;
+    }
+}
+
+pub(super) fn count_srtp_error(stats: &LegStats, e: SrtpError) {
+    stats.dropped(match e {
+        SrtpError::AuthFailed => DropCause::AuthFailed,
+        SrtpError::Replay | SrtpError::TooOld => DropCause::Replay,
+        _ => DropCause::Malformed,
+    });
+}
+
+pub(super) fn relay_from_web(
+    call: &mut CallState,
+    batch: &mut Batch,
+    n: usize,
+) -> (Outgoing, Outgoing) {
+    let stats = &*call.stats;
+    // One clock read per batch: its packets arrived together.
+    let arrival = std::time::Instant::now();
+    let mut rtp_out = Outgoing::new();
+    let mut rtcp_out = Outgoing::new();
+    for i in 0..n {
+        let len = batch.lens[i];
+        stats.web.received(len);
+        let Some(from) = batch.addrs[i] else {
+            stats.web.dropped(DropCause::Malformed);
+            continue;
+        };
+        let kind = rtp::classify(&batch.bufs[i][..len]);
+        if matches!(kind, WebPacketKind::Stun | WebPacketKind::Dtls) {
+            // Not media: ICE checks and the DTLS handshake, a few per second.
+            stats.web.control_packets.fetch_add(1, Ordering::Relaxed);
+            if let Some(tx) = &call.events {
+                let packet = RelayEvent::Packet(ControlPacket {
+                    call: call.id,
+                    from,
+                    to: batch.locals[i],
+                    data: batch.bufs[i][..len].to_vec(),
+                });
+                if let Err(TrySendError::Full(_)) = tx.try_send(packet) {
+                    stats.web.dropped(DropCause::Overload);
+                }
+            }
+            continue;
+        }
+        if call.web.remote != Some(from) {
+            stats.web.dropped(DropCause::ForeignSource);
+            continue;
+        }
+        let Some((web_in, _)) = call.web.srtp.as_mut() else {
+            stats.web.dropped(DropCause::NotReady);
+            continue;
+        };
+        let buf = &mut batch.bufs[i];
+        let sip_out = call.sip.srtp.as_mut().map(|(_, out)| out);
+        let result = if kind == WebPacketKind::Rtp {
+            web_to_sip_rtp(
+                buf,
+                len,
+                web_in,
+                &call.map,
+                sip_out,
+                &mut call.sip_out,
+                arrival,
+            )
+        } else {
+            rtcp_across(
+                buf,
+                len,
+                web_in,
+                sip_out,
+                &stats.web,
+                call.sip_clock,
+                |_| {},
+            )
+        };
+        match result {
+            Ok(out_len) => {
+                batch.lens[i] = out_len;
+                if kind == WebPacketKind::Rtp {
+                    // The header stays readable in SRTP; its type is the SIP one now.
+                    let clock = call.map.sip_clock[usize::from(rtp::rtp_payload_type(buf))];
+                    call.web_clock = clock;
+                    record(&mut call.web_reception, &stats.web, buf, clock, arrival);
+                    batch.addrs[i] = Some(call.sip.rtp_destination());
+                    batch.locals[i] = None;
+                    rtp_out.push(i);
+                } else {
+                    batch.addrs[i] = Some(call.sip.rtcp_destination());
+                    batch.locals[i] = None;
+                    if call.sip.rtcp.is_some() {
+                        rtcp_out.push(i);
+                    } else {
+                        rtp_out.push(i);
+                    }
+                }
+            }
+            Err(PtOrSrtp::Pt) => stats.web.dropped(DropCause::PayloadType),
+            Err(PtOrSrtp::Srtp(e)) => count_srtp_error(&stats.web, e),
+        }
+    }
+    (rtp_out, rtcp_out)
+}
+
+pub(super) fn relay_from_sip(
+    call: &mut CallState,
+    batch: &mut Batch,
+    n: usize,
+    rtcp_socket: bool,
+) -> Outgoing {
+    let stats = &*call.stats;
+    let arrival = std::time::Instant::now();
+    let mut out = Outgoing::new();
+    for i in 0..n {
+        let len = batch.lens[i];
+        stats.sip.received(len);
+        let Some(from) = batch.addrs[i] else {
+            stats.sip.dropped(DropCause::Malformed);
+            continue;
+        };
+        if !call.sip.accept_source(from, rtcp_socket) {
+            stats.sip.dropped(DropCause::ForeignSource);
+            continue;
+        }
+        let buf = &mut batch.bufs[i];
+        let is_rtcp = rtcp_socket || (len >= 2 && rtp::is_rtcp_packet_type(buf[1]));
+        let (Some(web_remote), Some((_, web_out))) = (call.web.remote, call.web.srtp.as_mut())
+        else {
+            stats.sip.dropped(DropCause::NotReady);
+            continue;
+        };
+        let sip_in = call.sip.srtp.as_mut().map(|(sip_in, _)| sip_in);
+        let mut digit = None;
+        // RTCP from the SIP side speaks for the stream we renumber: it
+        // goes out under our SSRC and timestamps.
+        let out_stream = &call.web_out;
+        let rename = |plain: &mut [u8]| {
+            if let (Some(ours), Some(theirs)) = (call.web.ssrc, out_stream.source) {
+                rtp::rewrite_rtcp_sender(plain, theirs, ours, out_stream.timestamp_offset);
+            }
+        };
+        let result = if is_rtcp {
+            match sip_in {
+                Some(sip_in) => rtcp_across(
+                    buf,
+                    len,
+                    sip_in,
+                    Some(web_out),
+                    &stats.sip,
+                    call.web_clock,
+                    rename,
+                ),
+                None => {
+                    note_peer_report(&buf[..len], &stats.sip, call.web_clock);
+                    rename(&mut buf[..len]);
+                    web_out.protect_rtcp(buf, len).map_err(PtOrSrtp::from)
+                }
+            }
+        } else {
+            let renumber = call.web.ssrc.map(|ssrc| (ssrc, &mut call.web_out, arrival));
+            sip_to_web_rtp(
+                buf,
+                len,
+                sip_in,
+                &call.map,
+                renumber,
+                web_out,
+                &mut call.dtmf_in,
+                &mut digit,
+            )
+        };
+        if let (Some(digit), Some(events)) = (digit.take(), &call.events) {
+            // A digit is a rare event: a channel message is fine here.
+            let _ = events.try_send(RelayEvent::Dtmf {
+                call: call.id,
+                digit,
+            });
+        }
+        match result {
+            Ok(out_len) => {
+                batch.lens[i] = out_len;
+                if !is_rtcp {
+                    let clock = call.map.web_clock[usize::from(rtp::rtp_payload_type(buf))];
+                    call.sip_clock = clock;
+                    record(&mut call.sip_reception, &stats.sip, buf, clock, arrival);
+                }
+                batch.addrs[i] = Some(web_remote);
+                batch.locals[i] = call.web.local;
+                out.push(i);
+            }
+            Err(PtOrSrtp::Pt) => stats.sip.dropped(DropCause::PayloadType),
+            Err(PtOrSrtp::Srtp(e)) => count_srtp_error(&stats.sip, e),
+        }
+    }
+    out
+}
+
+/// A packet failed either the payload-type map or an SRTP transform.
+pub(super) enum PtOrSrtp {
+    Pt,
+    Srtp(SrtpError),
+}
+
+impl From<SrtpError> for PtOrSrtp {
+    fn from(e: SrtpError) -> Self {
+        PtOrSrtp::Srtp(e)
+    }
+}
+
+/// Browser RTP to the SIP leg: unprotect, map the payload type, protect (or plain).
+pub(super) fn web_to_sip_rtp(
+    buf: &mut [u8],
+    len: usize,
+    web_in: &mut SrtpContext,
+    map: &PayloadMap,
+    sip_out: Option<&mut SrtpContext>,
+    stream: &mut SipOutStream,
+    arrival: std::time::Instant,
+) -> Result<usize, PtOrSrtp> {
+    let plain = web_in.unprotect_rtp(&mut buf[..len])?;
+    let web_pt = rtp::rtp_payload_type(&buf[..plain]);
+    let pt = map.to_sip[usize::from(web_pt)];
+    if pt == PayloadMap::NONE {
+        return Err(PtOrSrtp::Pt);
+    }
+    rtp::set_rtp_payload_type(&mut buf[..plain], pt);
+    let (web_clock, sip_clock) = (
+        map.web_clock[usize::from(web_pt)],
+        map.sip_clock[usize::from(pt)],
+    );
+    if map.web_event == Some(web_pt) && web_clock != sip_clock {
+        let header = rtp::rtp_header_len(&buf[..plain]).ok_or(SrtpError::Malformed)?;
+        dtmf::rescale_duration(&mut buf[header..plain], web_clock, sip_clock);
+    }
+    let seq = stream.relayed(
+        rtp::rtp_seq(&buf[..plain]),
+        rtp::rtp_timestamp(&buf[..plain]),
+        rtp::rtp_ssrc(&buf[..plain]),
+        sip_clock,
+        arrival,
+    );
+    buf[2..4].copy_from_slice(&seq.to_be_bytes());
+    Ok(match sip_out {
+        Some(out) => out.protect_rtp(buf, plain)?,
+        None => plain,
+    })
+}
+
+/// SIP RTP to the browser: unprotect (or check), map the payload type, set
+/// the SSRC the browser was told about, protect.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn sip_to_web_rtp(
+    buf: &mut [u8],
+    len: usize,
+    sip_in: Option<&mut SrtpContext>,
+    map: &PayloadMap,
+    renumber: Option<(u32, &mut WebOutStream, std::time::Instant)>,
+    web_out: &mut SrtpContext,
+    dtmf_in: &mut DtmfReceiver,
+    digit: &mut Option<char>,
+) -> Result<usize, PtOrSrtp> {
+    let plain = match sip_in {
+        Some(sip_in) => sip_in.unprotect_rtp(&mut buf[..len])?,
+        None => rtp::rtp_header_len(&buf[..len])
+            .map(|_| len)
+            .ok_or(SrtpError::Malformed)?,
+    };
+    let sip_pt = rtp::rtp_payload_type(&buf[..plain]);
+    let pt = map.to_web[usize::from(sip_pt)];
+    if pt == PayloadMap::NONE {
+        return Err(PtOrSrtp::Pt);
+    }
+    rtp::set_rtp_payload_type(&mut buf[..plain], pt);
+    if map.sip_event == Some(sip_pt) {
+        let header = rtp::rtp_header_len(&buf[..plain]).ok_or(SrtpError::Malformed)?;
+        *digit = dtmf_in.on_packet(rtp::rtp_timestamp(&buf[..plain]), &buf[header..plain]);
+        let (sip_clock, web_clock) = (
+            map.sip_clock[usize::from(sip_pt)],
+            map.web_clock[usize::from(pt)],
+        );
+        dtmf::rescale_duration(&mut buf[header..plain], sip_clock, web_clock);
+    }
+    // Our SSRC, sequence numbers and timestamps; a number already used
+    // is refused by the SRTP context (counted as a replay).
+    if let Some((ssrc, stream, at)) = renumber {
+        let packet = &mut buf[..plain];
+        let (seq, timestamp) = stream.map(
+            rtp::rtp_ssrc(packet),
+            rtp::rtp_seq(packet),
+            rtp::rtp_timestamp(packet),
+            map.web_clock[usize::from(pt)],
+            at,
+        );
+        rtp::set_rtp_ssrc(packet, ssrc);
+        rtp::set_rtp_seq(packet, seq);
+        rtp::set_rtp_timestamp(packet, timestamp);
+    }
+    Ok(web_out.protect_rtp(buf, plain)?)
+}
+
+/// Updates a leg's receive quality from a relayed RTP packet's header.
+pub(super) fn record(
+    reception: &mut ReceptionStats,
+    leg: &LegStats,
+    packet: &[u8],
+    clock: u32,
+    arrival: std::time::Instant,
+) {
+    reception.record(
+        rtp::rtp_ssrc(packet),
+        rtp::rtp_seq(packet),
+        rtp::rtp_timestamp(packet),
+        clock,
+        arrival,
+    );
+    leg.set_reception(reception.lost(), reception.jitter(clock).as_micros() as u64);
+}
+
+/// Keeps what a peer's RTCP report says about the stream we send it
+/// (`clock`: that stream's clock rate, for the jitter).
+pub(super) fn note_peer_report(plain_rtcp: &[u8], leg: &LegStats, clock: u32) {
+    if let Some(block) = first_report_block(plain_rtcp) {
+        let jitter_us = if clock > 0 {
+            u64::from(block.jitter) * 1_000_000 / u64::from(clock)
+        } else {
+            0
+        };
+        leg.set_peer_report(block.fraction_lost, block.cumulative_lost, jitter_us);
+    }
+}
+
+/// RTCP from one leg to the other: unprotect, note the report, then protect
+/// (or plain).
+pub(super) fn rtcp_across(
+    buf: &mut [u8],
+    len: usize,
+    inbound: &mut SrtpContext,
+    outbound: Option<&mut SrtpContext>,
+    inbound_leg: &LegStats,
+    clock: u32,
+    rewrite: impl FnOnce(&mut [u8]),
+) -> Result<usize, PtOrSrtp> {
+    let plain = inbound.unprotect_rtcp(&mut buf[..len])?;
+    note_peer_report(&buf[..plain], inbound_leg, clock);
+    rewrite(&mut buf[..plain]);
+    Ok(match outbound {
+        Some(out) => out.protect_rtcp(buf, plain)?,
+        None => plain,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The real per-packet path, run on a call built as a worker builds it,
+    //! with the counting allocator watching this thread.
+
+    use std::net::{SocketAddr, UdpSocket};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::media::relay::CallMediaSetup;
+    use crate::media::srtp::{SrtpKeyMaterial, SrtpProfile};
+    use crate::media::stats::CallStats;
+
+    const BROWSER: &str = "192.0.2.7:50000";
+    const PEER: &str = "192.0.2.9:40000";
+    const OUR_SSRC: u32 = 0x5157_0001;
+
+    fn keys(seed: u8) -> SrtpKeyMaterial {
+        let profile = SrtpProfile::AeadAes128Gcm;
+        SrtpKeyMaterial::new(
+            profile,
+            &vec![seed; profile.master_key_len()],
+            &vec![seed ^ 0x55; profile.master_salt_len()],
+        )
+        .unwrap()
+    }
+
+    fn context(seed: u8) -> SrtpContext {
+        SrtpContext::new(&keys(seed)).unwrap()
+    }
+
+    /// A call with SRTP on the web leg (browser keys 1, ours 2) and on the
+    /// SIP leg (peer keys 3, ours 4), Opus 111 ↔ PCMU 0 and
+    /// telephone-event 101 ↔ 101.
+    fn call() -> CallState {
+        let socket = || UdpSocket::bind("127.0.0.1:0").unwrap();
+        let setup = CallMediaSetup {
+            web_socket: socket(),
+            web_remote: Some(BROWSER.parse().unwrap()),
+            web_local: None,
+            web_srtp: Some((context(1), context(2))),
+            web_ssrc: Some(OUR_SSRC),
+            sip_rtp_socket: socket(),
+            sip_rtcp_socket: None,
+            sip_remote: PEER.parse().unwrap(),
+            sip_remote_rtcp: None,
+            sip_strict_source: true,
+            sip_srtp: Some((context(3), context(4))),
+            payload_map: PayloadMap::new(&[(111, 0, 8000)])
+                .with_telephone_event(101, 8000, 101, 8000),
+            events: None,
+            leases: Vec::new(),
+        };
+        CallState::new(1, setup, Arc::new(CallStats::default())).unwrap()
+    }
+
+    fn rtp(pt: u8, seq: u16, ssrc: u32) -> [u8; 172] {
+        let mut packet = [0u8; 172];
+        packet[0] = 0x80;
+        packet[1] = pt;
+        packet[2..4].copy_from_slice(&seq.to_be_bytes());
+        packet[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        packet[8..12].copy_from_slice(&ssrc.to_be_bytes());
+        packet
+    }
+
+    /// An empty receiver report from `ssrc` (the stream's own source).
+    fn rtcp(ssrc: u32) -> [u8; 8] {
+        let mut packet = [0x80, 201, 0, 1, 0, 0, 0, 0];
+        packet[4..8].copy_from_slice(&ssrc.to_be_bytes());
+        packet
+    }
+
+    /// Fills the batch with `n` datagrams from `from`, each protected by
+    /// `sender` (RTP, with every fourth one RTCP).
+    fn fill(
+        batch: &mut Batch,
+        n: usize,
+        from: &str,
+        sender: &mut SrtpContext,
+        pt: u8,
+        seq: &mut u16,
+    ) {
+        let from: SocketAddr = from.parse().unwrap();
+        for i in 0..n {
+            let buf = &mut batch.bufs[i];
+            let len = if i % 4 == 3 {
+                buf[..8].copy_from_slice(&rtcp(0xa11ce));
+                sender.protect_rtcp(buf, 8).unwrap()
+            } else {
+                buf[..172].copy_from_slice(&rtp(pt, *seq, 0xa11ce));
+                *seq = seq.wrapping_add(1);
+                sender.protect_rtp(buf, 172).unwrap()
+            };
+            batch.lens[i] = len;
+            batch.addrs[i] = Some(from);
+            batch.locals[i] = None;
+        }
+    }
+
+    #[test]
+    fn forwarding_both_ways_allocates_nothing() {
+        let mut call = call();
+        let mut batch = Batch::new();
+        let (mut browser_out, mut browser_in) = (context(1), context(2));
+        let (mut peer_out, mut peer_in) = (context(3), context(4));
+        let (mut web_seq, mut sip_seq) = (1u16, 1u16);
+        let mut relayed = 0usize;
+        let mut turn = |call: &mut CallState, batch: &mut Batch, check: bool| {
+            // The fill and the checks encrypt and decrypt as the far ends
+            // do; only the relay's calls are measured.
+            fill(batch, BATCH, BROWSER, &mut browser_out, 111, &mut web_seq);
+            let (rtp_out, rtcp_out) = {
+                let mut out = None;
+                let used =
+                    allocation_counter::measure(|| out = Some(relay_from_web(call, batch, BATCH)));
+                assert_eq!(used.count_total, 0, "browser to SIP: {used:?}");
+                out.unwrap()
+            };
+            assert_eq!(
+                rtp_out.count + rtcp_out.count,
+                BATCH,
+                "every datagram goes on"
+            );
+            assert_eq!(
+                rtcp_out.count, 0,
+                "RTCP shares the RTP socket without rtcp-mux off"
+            );
+            if check {
+                for &i in &rtp_out.order[..rtp_out.count] {
+                    assert_eq!(batch.addrs[i], Some(PEER.parse().unwrap()));
+                    let len = batch.lens[i];
+                    let buf = &mut batch.bufs[i][..len];
+                    if rtp::is_rtcp_packet_type(buf[1]) {
+                        peer_in.unprotect_rtcp(buf).unwrap();
+                    } else {
+                        peer_in.unprotect_rtp(buf).unwrap();
+                        assert_eq!(rtp::rtp_payload_type(buf), 0, "Opus 111 maps to PCMU 0");
+                    }
+                }
+            }
+            fill(batch, BATCH, PEER, &mut peer_out, 0, &mut sip_seq);
+            let out = {
+                let mut out = None;
+                let used = allocation_counter::measure(|| {
+                    out = Some(relay_from_sip(call, batch, BATCH, false))
+                });
+                assert_eq!(used.count_total, 0, "SIP to browser: {used:?}");
+                out.unwrap()
+            };
+            assert_eq!(out.count, BATCH);
+            if check {
+                for &i in &out.order[..out.count] {
+                    assert_eq!(batch.addrs[i], Some(BROWSER.parse().unwrap()));
+                    let len = batch.lens[i];
+                    let buf = &mut batch.bufs[i][..len];
+                    if rtp::is_rtcp_packet_type(buf[1]) {
+                        browser_in.unprotect_rtcp(buf).unwrap();
+                        assert_eq!(&buf[4..8], &OUR_SSRC.to_be_bytes(), "renamed to our SSRC");
+                    } else {
+                        let n = browser_in.unprotect_rtp(buf).unwrap();
+                        assert_eq!(rtp::rtp_payload_type(&buf[..n]), 111);
+                        assert_eq!(rtp::rtp_ssrc(&buf[..n]), OUR_SSRC);
+                    }
+                }
+            }
+            relayed += 2 * BATCH;
+        };
+        // Warm-up: each stream's first packet takes an SRTP state slot.
+        turn(&mut call, &mut batch, true);
+        for _ in 0..200 {
+            turn(&mut call, &mut batch, false);
+        }
+        turn(&mut call, &mut batch, true);
+        assert!(relayed > 6000, "{relayed} datagrams relayed");
+        let snapshot = call.stats.web.snapshot();
+        assert_eq!(snapshot.dropped_auth_failed + snapshot.dropped_replay, 0);
+    }
+}

@@ -1,0 +1,381 @@
+//! The relay: worker threads that move every media packet between a call's
+//! web leg and SIP leg.
+//!
+//! Calls are spread over a fixed set of workers; both legs of a call live on
+//! one worker, so a packet never crosses threads. Control (add a call, the
+//! ICE-selected address, keys, removal) reaches a worker through a channel and
+//! a `mio::Waker`; packets never do. Per packet the worker only touches the
+//! buffers of its [`Batch`], the call's SRTP contexts and atomic counters: no
+//! allocation, lock, channel hop or log line (STUN/DTLS datagrams, which are
+//! not media, are copied to the ICE/DTLS side).
+//!
+//! A worker waits and moves datagrams in one of two ways ([`RelayIo`]):
+//! epoll readiness, then `recvmmsg`/`sendmmsg` per socket (`epoll`); or
+//! io_uring (`uring`, over `media::ring`), where every socket has a
+//! multishot receive armed and a turn's sends go to the kernel with the
+//! wait for the next completions. The per-packet work between receive and
+//! send (`forward`) is the same code in both.
+//!
+//! Files by concern: this one is the public API (`Relay`, `CallMedia`);
+//! `control` the messages to a worker; `worker` a worker's calls and
+//! control handling; `call` one call's legs and sockets; `forward` the
+//! per-packet path; `streams` our numbering toward each side; `dtmf_out`
+//! the timing of the DTMF packets we insert; `epoll` and `uring` the loops.
+//!
+//! Each direction is one stream of ours: toward SIP the browser's packets
+//! with DTMF inserted (`SipOutStream`), toward the browser our SSRC, our
+//! sequence numbers and timestamps across whatever sources the SIP side
+//! sends (`WebOutStream`). Media toward the browser leaves from the local
+//! address of the ICE-selected pair (see `media::batch`).
+
+mod call;
+mod control;
+mod dtmf_out;
+mod epoll;
+mod forward;
+mod streams;
+mod uring;
+mod worker;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::Arc;
+
+use mio::{Poll, Token, Waker};
+
+use super::dtmf::{DtmfError, DtmfSender};
+use super::ports::PortLease;
+use super::ring::RingIo;
+use super::srtp::SrtpContext;
+use super::stats::{CallStats, LegSnapshot};
+use control::{Control, WorkerLink};
+use worker::Worker;
+
+pub use super::payload_map::PayloadMap;
+pub use crate::config::RelayIo;
+
+const WAKER: Token = Token(usize::MAX);
+/// Tokens: slot * SOCKETS_PER_CALL + socket kind.
+const SOCKETS_PER_CALL: usize = 3;
+const WEB: usize = 0;
+const SIP_RTP: usize = 1;
+const SIP_RTCP: usize = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("relay I/O: {0}")]
+    Io(#[from] io::Error),
+    #[error("the relay has stopped")]
+    Stopped,
+    #[error("no telephone-event was negotiated with the SIP side")]
+    NoTelephoneEvent,
+    #[error("{0}")]
+    Dtmf(#[from] DtmfError),
+}
+
+/// A STUN or DTLS datagram from a web leg, for the ICE agent / DTLS driver.
+#[derive(Debug)]
+pub struct ControlPacket {
+    pub call: u64,
+    pub from: SocketAddr,
+    /// The local address it was sent to (replies must leave from it).
+    pub to: Option<IpAddr>,
+    pub data: Vec<u8>,
+}
+
+/// What the relay tells the signaling side (rare: never per media packet).
+#[derive(Debug)]
+pub enum RelayEvent {
+    /// STUN or DTLS from the browser.
+    Packet(ControlPacket),
+    /// A DTMF digit (RFC 4733) that arrived from the SIP side.
+    Dtmf { call: u64, digit: char },
+}
+
+/// Everything the relay needs to carry one call.
+pub struct CallMediaSetup {
+    /// The web leg's socket (rtcp-mux: RTP, RTCP, STUN and DTLS on one port).
+    pub web_socket: std::net::UdpSocket,
+    /// The ICE-selected browser address, once known, and our address it
+    /// sends to.
+    pub web_remote: Option<SocketAddr>,
+    pub web_local: Option<IpAddr>,
+    /// Web leg SRTP: (inbound, outbound); may arrive later (DTLS).
+    pub web_srtp: Option<(SrtpContext, SrtpContext)>,
+    /// SSRC to send toward the browser (the one our SDP announces), if any.
+    pub web_ssrc: Option<u32>,
+    pub sip_rtp_socket: std::net::UdpSocket,
+    /// The RTCP socket (RTP port + 1); `None` when the SIP peer muxes RTCP.
+    pub sip_rtcp_socket: Option<std::net::UdpSocket>,
+    /// RTP address from the SIP peer's SDP (and its RTCP address).
+    pub sip_remote: SocketAddr,
+    pub sip_remote_rtcp: Option<SocketAddr>,
+    /// Accept SIP media only from the SDP address (else latch to the first
+    /// packet from the SDP's IP: symmetric RTP).
+    pub sip_strict_source: bool,
+    /// SIP leg SRTP (inbound, outbound) or plain RTP.
+    pub sip_srtp: Option<(SrtpContext, SrtpContext)>,
+    pub payload_map: PayloadMap,
+    /// Where STUN/DTLS datagrams from the browser and received DTMF digits go.
+    pub events: Option<SyncSender<RelayEvent>>,
+    /// Port leases, returned when the relay has closed the sockets.
+    pub leases: Vec<PortLease>,
+}
+
+/// Counters over all calls, live and ended, for the metrics exporter.
+#[derive(Default)]
+struct Totals {
+    live: std::sync::Mutex<HashMap<u64, Arc<CallStats>>>,
+    /// Web and SIP leg counters of calls that have ended.
+    ended: std::sync::Mutex<(LegSnapshot, LegSnapshot)>,
+}
+
+impl Totals {
+    fn forget(&self, id: u64) {
+        let stats = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        if let Some(stats) = stats {
+            let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+            ended.0.add_counters(&stats.web.snapshot());
+            ended.1.add_counters(&stats.sip.snapshot());
+        }
+    }
+}
+
+/// The running relay.
+pub struct Relay {
+    workers: Vec<WorkerLink>,
+    next_id: AtomicU64,
+    totals: Arc<Totals>,
+}
+
+/// How the relay's workers run (`[media] relay-io`, `relay-busy-poll-us`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RelayOptions {
+    pub io: RelayIo,
+    /// After each turn, look for new datagrams without sleeping for up to
+    /// this long before the worker blocks. Zero: block at once. Spinning
+    /// spares the wake-up of a sleeping thread (on a virtual machine, of a
+    /// halted virtual CPU) at the price of CPU time.
+    pub busy_poll: std::time::Duration,
+}
+
+/// Whether a relay worker could run on io_uring here (it sets up and drops
+/// one worker's ring), and if not, why.
+pub fn io_uring_usable() -> io::Result<()> {
+    RingIo::new().map(drop)
+}
+
+impl Relay {
+    /// Starts `workers` threads (at least one) with the default I/O.
+    pub fn start(workers: usize) -> Result<Arc<Relay>, RelayError> {
+        Self::start_with(workers, RelayIo::default())
+    }
+
+    /// Starts `workers` threads (at least one) moving datagrams by `io`.
+    pub fn start_with(workers: usize, io: RelayIo) -> Result<Arc<Relay>, RelayError> {
+        Self::start_with_options(
+            workers,
+            RelayOptions {
+                io,
+                ..RelayOptions::default()
+            },
+        )
+    }
+
+    /// Starts `workers` threads (at least one) run as `options` say.
+    pub fn start_with_options(
+        workers: usize,
+        options: RelayOptions,
+    ) -> Result<Arc<Relay>, RelayError> {
+        let io = options.io;
+        let mut links = Vec::new();
+        let totals = Arc::new(Totals::default());
+        for n in 0..workers.max(1) {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            let (tx, rx) = mpsc::channel();
+            let calls = Arc::new(AtomicUsize::new(0));
+            let worker_calls = calls.clone();
+            let worker_totals = totals.clone();
+            let on_ring = Arc::new(AtomicBool::new(false));
+            let worker_on_ring = on_ring.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("relay-{n}"))
+                .spawn(move || {
+                    let mut worker =
+                        Worker::new(poll, rx, worker_calls, worker_totals, options.busy_poll);
+                    if io == RelayIo::IoUring {
+                        match RingIo::new() {
+                            Ok(ring) => worker.ring = Some(ring),
+                            Err(e) => tracing::warn!(
+                                error = %e,
+                                "io_uring unavailable; this relay worker uses epoll"
+                            ),
+                        }
+                    }
+                    if worker.ring.is_some() {
+                        worker_on_ring.store(true, Ordering::Relaxed);
+                        worker.run_ring()
+                    } else {
+                        worker.run()
+                    }
+                })?;
+            links.push(WorkerLink {
+                tx,
+                waker,
+                calls,
+                on_ring,
+                thread: Some(thread),
+            });
+        }
+        Ok(Arc::new(Relay {
+            workers: links,
+            next_id: AtomicU64::new(1),
+            totals,
+        }))
+    }
+
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Workers running on io_uring (the others use epoll). A worker reports
+    /// it shortly after it starts.
+    pub fn io_uring_workers(&self) -> usize {
+        self.workers
+            .iter()
+            .filter(|w| w.on_ring.load(Ordering::Relaxed))
+            .count()
+    }
+
+    /// Calls being relayed now.
+    pub fn call_count(&self) -> usize {
+        self.workers
+            .iter()
+            .map(|w| w.calls.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Hands a call to the least loaded worker.
+    pub fn add_call(self: &Arc<Self>, setup: CallMediaSetup) -> Result<CallMedia, RelayError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let worker = (0..self.workers.len())
+            .min_by_key(|&i| self.workers[i].calls.load(Ordering::Relaxed))
+            .unwrap_or(0);
+        let sip_event = setup.payload_map.sip_telephone_event();
+        let stats = Arc::new(CallStats::default());
+        self.totals
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, stats.clone());
+        self.workers[worker].calls.fetch_add(1, Ordering::Relaxed);
+        self.workers[worker].send(Control::Add(id, Box::new(setup), stats.clone()))?;
+        Ok(CallMedia {
+            id,
+            worker,
+            relay: self.clone(),
+            stats,
+            sip_event,
+        })
+    }
+}
+
+impl Relay {
+    /// Web and SIP leg counters summed over every call the relay has carried.
+    pub fn totals(&self) -> (LegSnapshot, LegSnapshot) {
+        let (mut web, mut sip) = *self.totals.ended.lock().unwrap_or_else(|p| p.into_inner());
+        let live: Vec<Arc<CallStats>> = self
+            .totals
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for stats in live {
+            web.add_counters(&stats.web.snapshot());
+            sip.add_counters(&stats.sip.snapshot());
+        }
+        (web, sip)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        for w in &self.workers {
+            let _ = w.send(Control::Stop);
+        }
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// A call on the relay. Dropping it removes the call (closing its sockets
+/// and returning its ports).
+pub struct CallMedia {
+    id: u64,
+    worker: usize,
+    relay: Arc<Relay>,
+    pub stats: Arc<CallStats>,
+    sip_event: Option<(u8, u32)>,
+}
+
+impl CallMedia {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The browser address ICE selected (USE-CANDIDATE); web media is
+    /// accepted from and sent to it only, sent from `local` (the address of
+    /// ours the browser sends to; None: the kernel's choice).
+    pub fn set_web_remote(
+        &self,
+        addr: SocketAddr,
+        local: Option<IpAddr>,
+    ) -> Result<(), RelayError> {
+        self.relay.workers[self.worker].send(Control::WebRemote(self.id, addr, local))
+    }
+
+    /// Web leg keys (inbound, outbound) once DTLS-SRTP has exported them.
+    pub fn set_web_srtp(
+        &self,
+        inbound: SrtpContext,
+        outbound: SrtpContext,
+    ) -> Result<(), RelayError> {
+        self.relay.workers[self.worker]
+            .send(Control::WebSrtp(self.id, Box::new((inbound, outbound))))
+    }
+}
+
+impl CallMedia {
+    /// Sends `digits` to the SIP side as RFC 4733 events, each lasting
+    /// `duration`, in the browser's stream. Refused (nothing sent) when a
+    /// digit or the duration is invalid, or no telephone-event was
+    /// negotiated (then SIP INFO is the way).
+    pub fn send_dtmf(&self, digits: &str, duration: std::time::Duration) -> Result<(), RelayError> {
+        let (_, clock) = self.sip_event.ok_or(RelayError::NoTelephoneEvent)?;
+        DtmfSender::new(clock).queue(digits, duration)?;
+        self.relay.workers[self.worker].send(Control::SendDtmf(
+            self.id,
+            digits.to_string(),
+            duration,
+        ))
+    }
+}
+
+impl Drop for CallMedia {
+    fn drop(&mut self) {
+        let _ = self.relay.workers[self.worker].send(Control::Remove(self.id));
+    }
+}
