@@ -36,7 +36,11 @@ fn bench(c: &mut Criterion) {
     });
 
     c.bench_function("session_create_push_poll_remove", |b| {
-        let mut store = SessionStore::new(std::time::Duration::from_secs(300), 1_000_000);
+        let mut store = SessionStore::new(
+            std::time::Duration::from_secs(300),
+            1_000_000,
+            webrtc_sip_gateway::random::Random::seeded(1),
+        );
         let now = Instant::now();
         b.iter(|| {
             let s = store.create("1001", None, now).unwrap();

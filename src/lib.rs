@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod netif;
 pub mod ops;
 pub mod origin;
+pub mod random;
 pub mod sdp;
 pub mod session;
 pub mod sip;

@@ -18,6 +18,7 @@ use crate::api::{self, SharedState};
 use crate::call::routing::{route_incoming, IncomingRoute};
 use crate::config::{self, Config, SipTransport};
 use crate::media::relay::{Relay, RelayOptions};
+use crate::random::Random;
 use crate::webrtc::dtls::DtlsIdentity;
 use crate::{call, media, netif, session, sip, StartError};
 
@@ -371,7 +372,8 @@ pub(crate) async fn user_agent(
         keepalive: (server.is_some() && c.keepalive_interval_s > 0)
             .then(|| Duration::from_secs(c.keepalive_interval_s)),
     };
-    Ok(sip::ua::UserAgent::new(cfg, Instant::now()))
+    let random = Random::from_os().map_err(|e| StartError::Setup(format!("sip: {e}")))?;
+    Ok(sip::ua::UserAgent::new(cfg, Instant::now(), random))
 }
 
 /// Hands each incoming SIP call to the session [`route_incoming`] picks,

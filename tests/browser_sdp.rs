@@ -135,7 +135,12 @@ fn chromium_accepts_our_answers() {
 fn chromium_answers_our_offer() {
     let pbx = Description::parse(include_str!("fixtures/sdp/sip-pbx-offer.sdp")).unwrap();
     let codecs = usable(&pbx.audio.codecs).unwrap();
-    let crypto = vec![CryptoAttribute::generate(1, SrtpProfile::AesCm128HmacSha1_80).unwrap()];
+    let crypto = vec![CryptoAttribute::generate(
+        1,
+        SrtpProfile::AesCm128HmacSha1_80,
+        &mut webrtc_sip_gateway::random::Random::seeded(1),
+    )
+    .unwrap()];
     let fingerprint = Fingerprint { sha256: [0x5a; 32] };
     let offer = build::web_offer(&WebOffer {
         candidates: &[],

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use rsip::prelude::*;
+use webrtc_sip_gateway::random::Random;
 use webrtc_sip_gateway::sip::endpoint::Endpoint;
 use webrtc_sip_gateway::sip::message::{parse_datagram, uri_user};
 use webrtc_sip_gateway::sip::transaction::TimerConfig;
@@ -18,7 +19,7 @@ fn peer() -> SocketAddr {
 
 /// The endpoint's answers to `message` (status lines only).
 fn answers(message: &[u8]) -> Vec<String> {
-    let mut endpoint = Endpoint::new(TimerConfig::default());
+    let mut endpoint = Endpoint::new(TimerConfig::default(), Random::seeded(1));
     endpoint
         .handle_datagram(Instant::now(), peer(), message)
         .into_iter()

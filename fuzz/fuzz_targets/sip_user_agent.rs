@@ -28,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
             keepalive: Some(Duration::from_secs(30)),
         },
         t0,
+        webrtc_sip_gateway::random::Random::seeded(1),
     );
     ua.register(t0, "s1", "1001", Some("pw".into()));
     ua.invite(t0, "c1", "1001", "5000", "v=0\r\n".into());

@@ -13,6 +13,7 @@ pub mod server;
 pub mod tls;
 pub mod token;
 
+use crate::random::Random;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -70,6 +71,7 @@ impl AppState {
             sessions: Mutex::new(SessionStore::new(
                 config.session_timeout(),
                 config.http.max_sessions,
+                Random::from_os().map_err(|e| e.to_string())?,
             )),
             limiter: Mutex::new(RateLimiter::new(
                 config.http.rate_limit_per_s,
@@ -390,7 +392,6 @@ fn session_error(state: &AppState, e: SessionError) -> ApiError {
             "the gateway holds its maximum number of sessions; try again later",
         )
         .with_retry_after(5),
-        SessionError::Random => ApiError::internal(),
     }
 }
 

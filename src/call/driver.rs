@@ -32,6 +32,7 @@ use crate::media::relay::{CallMedia, CallMediaSetup, Relay, RelayError, RelayEve
 use crate::media::srtp::SrtpContext;
 use crate::media::srtp::SrtpProfile;
 use crate::media::stats::{CallStats, LegSnapshot};
+use crate::random::Random;
 use crate::sdp::build::WebOffer;
 use crate::sdp::build::{self, Local, SipMedia};
 use crate::sdp::codecs::{answer_codecs, usable};
@@ -336,6 +337,8 @@ pub struct MediaPlane {
     pub calls: Arc<CallRegistry>,
     pub settings: CallSettings,
     relay_events: SyncSender<RelayEvent>,
+    /// Each call draws from a stream forked from this one.
+    random: Mutex<Random>,
 }
 
 impl MediaPlane {
@@ -348,6 +351,7 @@ impl MediaPlane {
         sip_ports: PortAllocator,
         settings: CallSettings,
     ) -> std::io::Result<Self> {
+        let random = Random::from_os().map_err(std::io::Error::other)?;
         let calls = Arc::new(CallRegistry::default());
         let (relay_events, events) = sync_channel(RELAY_EVENT_QUEUE);
         let registry = calls.clone();
@@ -366,7 +370,13 @@ impl MediaPlane {
             calls,
             settings,
             relay_events,
+            random: Mutex::new(random),
         })
+    }
+
+    /// A random stream of its own for one call (or one plan).
+    fn call_random(&self) -> Random {
+        lock(&self.random).fork()
     }
 
     /// Whether `to` is the built-in echo endpoint.
@@ -376,7 +386,11 @@ impl MediaPlane {
 
     /// Checks the browser's offer for an outbound call (nothing is allocated).
     pub fn plan_outbound(&self, offer: &str) -> Result<OutboundPlan, SdpError> {
-        plan::outbound(offer, self.settings.web_enable_dtls)
+        plan::outbound(
+            offer,
+            self.settings.web_enable_dtls,
+            &mut self.call_random(),
+        )
     }
 
     /// Binds a call's sockets: the web port (on every address of the web
@@ -409,8 +423,10 @@ impl MediaPlane {
         far: Far,
         status: Arc<Mutex<Status>>,
         notify: N,
+        random: Random,
     ) -> CallTask<N> {
         CallTask {
+            random,
             call,
             started: Instant::now(),
             session: session.to_string(),
@@ -440,7 +456,8 @@ impl MediaPlane {
     where
         N: Fn(&str, SessionEvent) + Send + 'static,
     {
-        let cid = plan::random_token(12)?;
+        let mut random = self.call_random();
+        let cid = random.ice_token(12);
         // The echo answers on IPv4 loopback.
         let (web, sip, control_socket) = self.bind_legs(IpAddr::V4(Ipv4Addr::LOCALHOST))?;
         let echo = Echo::start()
@@ -465,6 +482,7 @@ impl MediaPlane {
             Far::Echo(echo),
             status,
             notify,
+            random,
         );
         // The echo answers at once, from its own loopback address.
         let far = FarMedia {
@@ -504,14 +522,15 @@ impl MediaPlane {
             user,
             password,
         } = caller;
-        let cid = plan::random_token(12)?;
-        let sip_crypto = plan::sip_offer_crypto(self.settings.sip_srtp)?;
+        let mut random = self.call_random();
+        let cid = random.ice_token(12);
+        let sip_crypto = plan::sip_offer_crypto(self.settings.sip_srtp, &mut random)?;
         let (web, sip, control_socket) = self.bind_legs(self.settings.sip_media_bind)?;
         let offer = build::sip_media(&SipMedia {
             local: Local {
                 address: self.settings.sip_media_address,
                 port: sip.lease.port(),
-                session_id: u64::from(plan::random_u32()?),
+                session_id: u64::from(random.u32()),
                 session_version: 1,
             },
             codecs: &plan.far_offer_codecs,
@@ -536,6 +555,7 @@ impl MediaPlane {
             Far::sip(sip_side, events),
             status,
             notify,
+            random,
         );
         let span = tracing::info_span!("call", cid = %cid, sid = %session);
         span.in_scope(|| info!(to = %to, "INVITE toward the SIP server"));
@@ -573,23 +593,26 @@ impl MediaPlane {
                 StartError::Sdp(SdpError::Syntax("the INVITE has no SDP offer".into())),
             )
         })?;
+        let mut random = self.call_random();
         let far = FarMedia::from_sdp(&sdp).map_err(|e| refuse(488, e.into()))?;
-        let sip_keying = plan::sip_answer_keying(self.settings.sip_srtp, &far.crypto, far.secure)
-            .map_err(|e| refuse(488, e.into()))?;
+        let sip_keying =
+            plan::sip_answer_keying(self.settings.sip_srtp, &far.crypto, far.secure, &mut random)
+                .map_err(|e| refuse(488, e.into()))?;
         let web_codecs = usable(&far.codecs).map_err(|e| refuse(488, e.into()))?;
         let (web, sip, control_socket) = self
             .bind_legs(self.settings.sip_media_bind)
             .map_err(|e| refuse(503, e))?;
         let offer = WebOfferState {
             local_ice: IceCredentials {
-                ufrag: plan::random_token(6)?,
-                pwd: plan::random_token(18)?,
+                ufrag: random.ice_token(6),
+                pwd: random.ice_token(18),
             },
             crypto: vec![CryptoAttribute::generate(
                 1,
                 SrtpProfile::AesCm128HmacSha1_80,
+                &mut random,
             )?],
-            ssrc: plan::random_u32()?,
+            ssrc: random.u32(),
             codecs: web_codecs,
             far,
             sip_keying,
@@ -599,7 +622,7 @@ impl MediaPlane {
             local: Local {
                 address: self.settings.web_connection_address(),
                 port: web.lease.port(),
-                session_id: u64::from(plan::random_u32()?),
+                session_id: u64::from(random.u32()),
                 session_version: 1,
             },
             ice: &offer.local_ice,
@@ -637,6 +660,7 @@ impl MediaPlane {
             Far::sip(sip_side, events),
             status,
             notify,
+            random,
         );
         let span = tracing::info_span!("call", cid = %cid, sid = %session);
         span.in_scope(|| info!(from = %from, "incoming call offered to the browser"));
@@ -835,6 +859,7 @@ struct CallTask<N> {
     identity: DtlsIdentity,
     settings: CallSettings,
     relay_events: SyncSender<RelayEvent>,
+    random: Random,
 }
 
 impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
@@ -996,7 +1021,7 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
             local: Local {
                 address: self.settings.sip_media_address,
                 port: sip.lease.port(),
-                session_id: u64::from(plan::random_u32()?),
+                session_id: u64::from(self.random.u32()),
                 session_version: 1,
             },
             codecs: &sip_codecs,
@@ -1095,6 +1120,7 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                 consent_timeout: self.settings.consent_timeout,
                 rtp_timeout: self.settings.rtp_timeout,
             },
+            &mut self.random,
         )?;
         let web_srtp = srtp_pair(negotiated.sdes_keys.clone())
             .map_err(|e| StartError::Media(e.to_string()))?;

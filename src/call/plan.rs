@@ -7,43 +7,17 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-
 use super::{LegKeying, WebLegSpec};
 use crate::config::SrtpPolicy;
 use crate::media::relay::PayloadMap;
 use crate::media::srtp::{SrtpKeyMaterial, SrtpProfile};
+use crate::random::Random;
 use crate::sdp::build::{self, AnswerKeying, Local, WebAnswer};
 use crate::sdp::codecs::{answer_codecs, pair_answer, usable};
 use crate::sdp::{
     web_offer_keying, Codec, CryptoAttribute, Description, IceCredentials, SdpError, WebKeying,
 };
 use crate::webrtc::dtls::DtlsIdentity;
-
-/// Random text from the system CSPRNG: `bytes` bytes in base64url, with
-/// only characters valid in ICE credentials and SDP tokens.
-pub fn random_token(bytes: usize) -> Result<String, SdpError> {
-    let mut buf = vec![0u8; bytes];
-    SystemRandom::new()
-        .fill(&mut buf)
-        .map_err(|_| SdpError::Internal("the system random generator failed".into()))?;
-    // '-' and '_' are not ice-chars (RFC 8839): map them to letters.
-    Ok(URL_SAFE_NO_PAD
-        .encode(buf)
-        .replace('-', "a")
-        .replace('_', "b"))
-}
-
-/// A random 32-bit value (SSRC, SDP session id).
-pub fn random_u32() -> Result<u32, SdpError> {
-    let mut buf = [0u8; 4];
-    SystemRandom::new()
-        .fill(&mut buf)
-        .map_err(|_| SdpError::Internal("the system random generator failed".into()))?;
-    Ok(u32::from_be_bytes(buf))
-}
 
 /// An outbound call's browser side, checked and ready for the far end.
 pub struct OutboundPlan {
@@ -58,19 +32,25 @@ pub struct OutboundPlan {
 }
 
 /// Checks the browser's offer for an outbound call.
-pub fn outbound(offer_text: &str, web_enable_dtls: bool) -> Result<OutboundPlan, SdpError> {
+pub fn outbound(
+    offer_text: &str,
+    web_enable_dtls: bool,
+    random: &mut Random,
+) -> Result<OutboundPlan, SdpError> {
     let offer = Description::parse(offer_text)?;
     let keying = web_offer_keying(&offer, web_enable_dtls)?;
     let far_offer_codecs = usable(&offer.audio.codecs)?;
     let sdes_local = match &keying {
-        WebKeying::Sdes(theirs) => {
-            Some(CryptoAttribute::generate(theirs.tag, theirs.keys.profile)?)
-        }
+        WebKeying::Sdes(theirs) => Some(CryptoAttribute::generate(
+            theirs.tag,
+            theirs.keys.profile,
+            random,
+        )?),
         WebKeying::Dtls { .. } => None,
     };
     let local_ice = IceCredentials {
-        ufrag: random_token(6)?,
-        pwd: random_token(18)?,
+        ufrag: random.ice_token(6),
+        pwd: random.ice_token(18),
     };
     Ok(OutboundPlan {
         offer,
@@ -113,6 +93,7 @@ pub fn negotiate(
     plan: &OutboundPlan,
     far_answer: &[Codec],
     local: &WebLocal<'_>,
+    random: &mut Random,
 ) -> Result<Negotiated, SdpError> {
     let pairs = pair_answer(&plan.far_offer_codecs, far_answer)?;
     let (web_audio, _) = pairs
@@ -138,7 +119,7 @@ pub fn negotiate(
     if let Some((web_pt, web_clock, far_pt, far_clock)) = map_event {
         payload_map = payload_map.with_telephone_event(web_pt, web_clock, far_pt, far_clock);
     }
-    let web_ssrc = random_u32()?;
+    let web_ssrc = random.u32();
     let (keying, leg_keying, sdes_keys) = match (&plan.keying, &plan.sdes_local) {
         (WebKeying::Sdes(theirs), Some(ours)) => (
             AnswerKeying::Sdes(ours.clone()),
@@ -181,7 +162,7 @@ pub fn negotiate(
         local: Local {
             address,
             port: local.port,
-            session_id: u64::from(random_u32()?),
+            session_id: u64::from(random.u32()),
             session_version: 1,
         },
         ice: &plan.local_ice,
@@ -213,14 +194,17 @@ pub fn negotiate(
 
 /// Our SDES keys for an offer on the SIP leg under `policy`: none when SRTP
 /// is off, else one key per suite most SIP servers take (tag 1: 80-bit tag,
-/// tag 2: 32-bit tag), each fresh from the system CSPRNG.
-pub fn sip_offer_crypto(policy: SrtpPolicy) -> Result<Vec<CryptoAttribute>, SdpError> {
+/// tag 2: 32-bit tag), each fresh from `random`.
+pub fn sip_offer_crypto(
+    policy: SrtpPolicy,
+    random: &mut Random,
+) -> Result<Vec<CryptoAttribute>, SdpError> {
     if policy == SrtpPolicy::Off {
         return Ok(Vec::new());
     }
     Ok(vec![
-        CryptoAttribute::generate(1, SrtpProfile::AesCm128HmacSha1_80)?,
-        CryptoAttribute::generate(2, SrtpProfile::AesCm128HmacSha1_32)?,
+        CryptoAttribute::generate(1, SrtpProfile::AesCm128HmacSha1_80, random)?,
+        CryptoAttribute::generate(2, SrtpProfile::AesCm128HmacSha1_32, random)?,
     ])
 }
 
@@ -301,6 +285,7 @@ pub fn sip_answer_keying(
     policy: SrtpPolicy,
     offered: &[CryptoAttribute],
     secure: bool,
+    random: &mut Random,
 ) -> Result<SipAnswerKeying, SdpError> {
     if policy == SrtpPolicy::Off {
         if secure {
@@ -312,7 +297,7 @@ pub fn sip_answer_keying(
     match offered.first() {
         Some(theirs) => Ok(SipAnswerKeying {
             sdes: Some((
-                CryptoAttribute::generate(theirs.tag, theirs.keys.profile)?,
+                CryptoAttribute::generate(theirs.tag, theirs.keys.profile, random)?,
                 theirs.keys.clone(),
             )),
             secure_profile: secure,
@@ -327,14 +312,17 @@ mod tests {
     use super::*;
 
     fn key(tag: u32, profile: SrtpProfile) -> CryptoAttribute {
-        CryptoAttribute::generate(tag, profile).unwrap()
+        CryptoAttribute::generate(tag, profile, &mut Random::seeded(u64::from(tag))).unwrap()
     }
 
     #[test]
     fn offers_by_policy() {
-        assert!(sip_offer_crypto(SrtpPolicy::Off).unwrap().is_empty());
+        assert!(sip_offer_crypto(SrtpPolicy::Off, &mut Random::seeded(3))
+            .unwrap()
+            .is_empty());
+        let mut random = Random::seeded(3);
         for policy in [SrtpPolicy::Optional, SrtpPolicy::Required] {
-            let ours = sip_offer_crypto(policy).unwrap();
+            let ours = sip_offer_crypto(policy, &mut random).unwrap();
             let suites: Vec<_> = ours.iter().map(|c| (c.tag, c.keys.profile)).collect();
             assert_eq!(
                 suites,
@@ -343,8 +331,12 @@ mod tests {
                     (2, SrtpProfile::AesCm128HmacSha1_32)
                 ]
             );
-            // Fresh keys every time.
-            assert_ne!(ours, sip_offer_crypto(policy).unwrap());
+            // Fresh keys every time from one source; the same from one seed.
+            assert_ne!(ours, sip_offer_crypto(policy, &mut random).unwrap());
+            assert_eq!(
+                sip_offer_crypto(policy, &mut Random::seeded(30)).unwrap(),
+                sip_offer_crypto(policy, &mut Random::seeded(30)).unwrap()
+            );
         }
         assert!(!sip_offer_secure_profile(SrtpPolicy::Optional));
         assert!(sip_offer_secure_profile(SrtpPolicy::Required));
@@ -352,7 +344,7 @@ mod tests {
 
     #[test]
     fn the_far_answer_picks_one_of_our_keys() {
-        let ours = sip_offer_crypto(SrtpPolicy::Optional).unwrap();
+        let ours = sip_offer_crypto(SrtpPolicy::Optional, &mut Random::seeded(3)).unwrap();
         let theirs = key(2, SrtpProfile::AesCm128HmacSha1_32);
         let keys = sip_answer_keys(
             SrtpPolicy::Optional,
@@ -373,7 +365,7 @@ mod tests {
 
     #[test]
     fn a_plain_answer_by_policy() {
-        let ours = sip_offer_crypto(SrtpPolicy::Required).unwrap();
+        let ours = sip_offer_crypto(SrtpPolicy::Required, &mut Random::seeded(3)).unwrap();
         assert_eq!(
             sip_answer_keys(SrtpPolicy::Optional, &ours, &[], false),
             Ok(None)
@@ -412,7 +404,8 @@ mod tests {
         ];
         for policy in [SrtpPolicy::Optional, SrtpPolicy::Required] {
             for secure in [false, true] {
-                let k = sip_answer_keying(policy, &offered, secure).unwrap();
+                let k =
+                    sip_answer_keying(policy, &offered, secure, &mut Random::seeded(4)).unwrap();
                 let ours = k.crypto()[0].clone();
                 assert_eq!(
                     (ours.tag, ours.keys.profile),
@@ -427,21 +420,23 @@ mod tests {
             }
         }
         // Off: keys in RTP/AVP are declined, RTP/SAVP is refused.
-        let k = sip_answer_keying(SrtpPolicy::Off, &offered, false).unwrap();
+        let k =
+            sip_answer_keying(SrtpPolicy::Off, &offered, false, &mut Random::seeded(4)).unwrap();
         assert!(k.crypto().is_empty() && k.leg_keys().is_none() && !k.secure_profile);
         assert_eq!(
-            sip_answer_keying(SrtpPolicy::Off, &offered, true).err(),
+            sip_answer_keying(SrtpPolicy::Off, &offered, true, &mut Random::seeded(4)).err(),
             Some(SdpError::SipSrtpOff)
         );
         // No keys offered.
-        let k = sip_answer_keying(SrtpPolicy::Optional, &[], false).unwrap();
+        let k =
+            sip_answer_keying(SrtpPolicy::Optional, &[], false, &mut Random::seeded(4)).unwrap();
         assert!(k.leg_keys().is_none());
         assert_eq!(
-            sip_answer_keying(SrtpPolicy::Required, &[], false).err(),
+            sip_answer_keying(SrtpPolicy::Required, &[], false, &mut Random::seeded(4)).err(),
             Some(SdpError::SipSrtpRequired)
         );
         assert_eq!(
-            sip_answer_keying(SrtpPolicy::Optional, &[], true).err(),
+            sip_answer_keying(SrtpPolicy::Optional, &[], true, &mut Random::seeded(4)).err(),
             Some(SdpError::SipSrtpRequired)
         );
     }

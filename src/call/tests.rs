@@ -1,5 +1,6 @@
 //! The call machine and the call plan, with virtual time.
 
+use crate::random::Random;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -371,7 +372,7 @@ fn local(identity: &crate::webrtc::dtls::DtlsIdentity) -> WebLocal<'_> {
 #[test]
 fn plan_maps_payload_types_between_the_legs() {
     let identity = crate::webrtc::dtls::DtlsIdentity::generate().unwrap();
-    let plan = plan::outbound(CHROMIUM_OFFER, true).unwrap();
+    let plan = plan::outbound(CHROMIUM_OFFER, true, &mut Random::seeded(5)).unwrap();
     assert!(plan.far_offer_codecs[0].name == CodecName::Opus);
     assert!(plan.local_ice.ufrag.len() >= 4 && plan.local_ice.pwd.len() >= 22);
     // The far end takes PCMU and telephone-event under other numbers.
@@ -391,7 +392,7 @@ fn plan_maps_payload_types_between_the_legs() {
         codec(0, CodecName::Pcmu, 8000, 1),
         codec(101, CodecName::TelephoneEvent, 8000, 1),
     ];
-    let n = plan::negotiate(&plan, &far, &local(&identity)).unwrap();
+    let n = plan::negotiate(&plan, &far, &local(&identity), &mut Random::seeded(6)).unwrap();
     assert_eq!(n.codec, "pcmu/8000");
     let expected =
         PayloadMap::new(&[(pcmu.pt, 0, 8000)]).with_telephone_event(te8k.pt, 8000, 101, 8000);
@@ -430,9 +431,11 @@ fn plan_answers_an_sdes_offer_with_sdes() {
         })
         .map(|l| l + "\r\n")
         .collect();
-    let plan = plan::outbound(&sdes_offer, true).unwrap();
-    let far = plan::outbound(&sdes_offer, true).unwrap().far_offer_codecs;
-    let n = plan::negotiate(&plan, &far[..1], &local(&identity)).unwrap();
+    let plan = plan::outbound(&sdes_offer, true, &mut Random::seeded(5)).unwrap();
+    let far = plan::outbound(&sdes_offer, true, &mut Random::seeded(5))
+        .unwrap()
+        .far_offer_codecs;
+    let n = plan::negotiate(&plan, &far[..1], &local(&identity), &mut Random::seeded(6)).unwrap();
     let answer = Description::parse(&n.web_sdp).unwrap();
     assert!(answer.audio.fingerprint.is_none());
     assert_eq!(answer.audio.crypto.len(), 1);
@@ -446,7 +449,7 @@ fn plan_answers_an_sdes_offer_with_sdes() {
     assert!(matches!(n.leg.keying, LegKeying::Sdes));
     // SDES only: a DTLS-only offer is refused before anything happens.
     assert!(matches!(
-        plan::outbound(CHROMIUM_OFFER, false),
+        plan::outbound(CHROMIUM_OFFER, false, &mut Random::seeded(5)),
         Err(crate::sdp::SdpError::CryptoRequired)
     ));
 }
@@ -454,10 +457,10 @@ fn plan_answers_an_sdes_offer_with_sdes() {
 #[test]
 fn plan_refuses_what_the_far_end_cannot_take() {
     let identity = crate::webrtc::dtls::DtlsIdentity::generate().unwrap();
-    let plan = plan::outbound(CHROMIUM_OFFER, true).unwrap();
+    let plan = plan::outbound(CHROMIUM_OFFER, true, &mut Random::seeded(5)).unwrap();
     let far = vec![codec(18, CodecName::Other("G729".into()), 8000, 1)];
-    assert!(plan::negotiate(&plan, &far, &local(&identity)).is_err());
-    assert!(plan::outbound("v=0\r\nnot sdp", true).is_err());
+    assert!(plan::negotiate(&plan, &far, &local(&identity), &mut Random::seeded(6)).is_err());
+    assert!(plan::outbound("v=0\r\nnot sdp", true, &mut Random::seeded(5)).is_err());
 }
 
 fn inbound_call(t0: Instant) -> Call {

@@ -1,12 +1,12 @@
 //! SDES (RFC 4568) `a=crypto` attributes: parsing offered keys, and making
 //! fresh ones from the system CSPRNG for our offers and answers.
 
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
 use super::SdpError;
 use crate::media::srtp::{SrtpKeyMaterial, SrtpProfile};
+use crate::random::Random;
 
 /// Smallest key lifetime we accept: 2^24 packets is over 90 hours of audio
 /// at 50 packets per second, longer than any call; we never re-key.
@@ -80,12 +80,10 @@ impl CryptoAttribute {
         Ok(CryptoAttribute { tag, keys })
     }
 
-    /// A fresh key for `profile` from the system CSPRNG.
-    pub fn generate(tag: u32, profile: SrtpProfile) -> Result<Self, SdpError> {
+    /// A fresh key for `profile` drawn from `random`.
+    pub fn generate(tag: u32, profile: SrtpProfile, random: &mut Random) -> Result<Self, SdpError> {
         let mut material = vec![0u8; profile.master_key_len() + profile.master_salt_len()];
-        SystemRandom::new()
-            .fill(&mut material)
-            .map_err(|_| SdpError::Internal("the system random generator failed".into()))?;
+        random.fill(&mut material);
         let (key, salt) = material.split_at(profile.master_key_len());
         let keys = SrtpKeyMaterial::new(profile, key, salt)
             .map_err(|e| SdpError::Internal(e.to_string()))?;
@@ -167,8 +165,11 @@ mod tests {
 
     #[test]
     fn generated_keys_round_trip_and_differ() {
-        let a = CryptoAttribute::generate(1, SrtpProfile::AesCm128HmacSha1_80).unwrap();
-        let b = CryptoAttribute::generate(1, SrtpProfile::AesCm128HmacSha1_80).unwrap();
+        let mut random = Random::seeded(1);
+        let a =
+            CryptoAttribute::generate(1, SrtpProfile::AesCm128HmacSha1_80, &mut random).unwrap();
+        let b =
+            CryptoAttribute::generate(1, SrtpProfile::AesCm128HmacSha1_80, &mut random).unwrap();
         assert_ne!(a.keys, b.keys);
         assert_eq!(CryptoAttribute::parse(&a.to_value()).unwrap(), a);
     }

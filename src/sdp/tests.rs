@@ -8,6 +8,7 @@ use super::build::{self, AnswerKeying, Local, SipMedia, WebAnswer, WebOffer};
 use super::codecs::{answer_codecs, pair_answer, usable};
 use super::*;
 use crate::media::srtp::SrtpProfile;
+use crate::random::Random;
 
 const CHROMIUM: &str = include_str!("../../tests/fixtures/sdp/chromium-offer.sdp");
 const CHROMIUM_VIDEO: &str = include_str!("../../tests/fixtures/sdp/chromium-offer-video.sdp");
@@ -245,7 +246,8 @@ fn sdes_only_browser_offer_gets_sdes() {
         web_offer_keying(&d, false),
         Ok(WebKeying::Sdes(_))
     ));
-    let ours = CryptoAttribute::generate(theirs.tag, theirs.keys.profile).unwrap();
+    let ours =
+        CryptoAttribute::generate(theirs.tag, theirs.keys.profile, &mut Random::seeded(9)).unwrap();
     let codecs = answer_codecs(&d.audio.codecs, &d.audio.codecs[0]).unwrap();
     let text = build::web_answer(&WebAnswer {
         candidates: &[],
@@ -278,7 +280,12 @@ fn incoming_call_offer_to_browser() {
         "G729 is not carried; PBX order kept"
     );
     assert_eq!(codecs[3].fmtp.as_deref(), Some("0-16"));
-    let crypto = vec![CryptoAttribute::generate(1, SrtpProfile::AesCm128HmacSha1_80).unwrap()];
+    let crypto = vec![CryptoAttribute::generate(
+        1,
+        SrtpProfile::AesCm128HmacSha1_80,
+        &mut Random::seeded(9),
+    )
+    .unwrap()];
     for (dtls, proto) in [(true, "UDP/TLS/RTP/SAVPF"), (false, "RTP/SAVPF")] {
         let fp = our_fingerprint();
         let text = build::web_offer(&WebOffer {
@@ -314,7 +321,9 @@ fn sip_srtp_offer_and_hold() {
     assert_eq!(d.audio.direction, Direction::SendOnly);
     assert!(d.audio.direction.is_hold());
     assert_eq!(d.audio.direction.answer(), Direction::RecvOnly);
-    let ours = CryptoAttribute::generate(1, SrtpProfile::AesCm128HmacSha1_80).unwrap();
+    let ours =
+        CryptoAttribute::generate(1, SrtpProfile::AesCm128HmacSha1_80, &mut Random::seeded(9))
+            .unwrap();
     let codecs = answer_codecs(&d.audio.codecs, &d.audio.codecs[0]).unwrap();
     let text = build::sip_media(&SipMedia {
         local: local(30002),

@@ -13,10 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest::{digest, SHA256};
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use tokio::sync::Notify;
+
+use crate::random::Random;
 
 pub use events::{EventRecord, SessionEvent};
 
@@ -38,8 +37,6 @@ pub enum SessionError {
     Unauthorized,
     #[error("no such session")]
     NotFound,
-    #[error("the system random generator failed")]
-    Random,
 }
 
 /// Why a session ended.
@@ -110,7 +107,8 @@ pub struct SessionStore {
     departed: HashSet<String>,
     timeout: Duration,
     max_sessions: usize,
-    rng: SystemRandom,
+    /// Session ids and secrets.
+    random: Random,
 }
 
 fn secret_digest(secret: &str) -> [u8; 32] {
@@ -120,14 +118,14 @@ fn secret_digest(secret: &str) -> [u8; 32] {
 }
 
 impl SessionStore {
-    pub fn new(timeout: Duration, max_sessions: usize) -> Self {
+    pub fn new(timeout: Duration, max_sessions: usize, random: Random) -> Self {
         SessionStore {
             sessions: HashMap::new(),
             by_secret: HashMap::new(),
             departed: HashSet::new(),
             timeout,
             max_sessions,
-            rng: SystemRandom::new(),
+            random,
         }
     }
 
@@ -143,12 +141,6 @@ impl SessionStore {
         self.timeout
     }
 
-    fn random_token(&self, bytes: usize) -> Result<String, SessionError> {
-        let mut buf = vec![0u8; bytes];
-        self.rng.fill(&mut buf).map_err(|_| SessionError::Random)?;
-        Ok(URL_SAFE_NO_PAD.encode(buf))
-    }
-
     /// Creates a session for `user`.
     pub fn create(
         &mut self,
@@ -159,8 +151,8 @@ impl SessionStore {
         if self.sessions.len() >= self.max_sessions {
             return Err(SessionError::TooMany);
         }
-        let id = self.random_token(16)?;
-        let secret = self.random_token(32)?;
+        let id = self.random.base64url(16);
+        let secret = self.random.base64url(32);
         let digest = secret_digest(&secret);
         self.by_secret.insert(digest, id.clone());
         self.sessions.insert(
@@ -325,7 +317,7 @@ mod tests {
     use super::*;
 
     fn store() -> SessionStore {
-        SessionStore::new(Duration::from_secs(300), 3)
+        SessionStore::new(Duration::from_secs(300), 3, Random::seeded(1))
     }
 
     fn dtmf(call: &str, digit: char) -> SessionEvent {

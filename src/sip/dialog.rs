@@ -13,8 +13,8 @@ use rsip::prelude::*;
 use super::identity::Identity;
 use super::message::branch_of;
 use super::message::own_request;
-use super::registration::random_text;
 use super::transaction::response_to;
+use crate::random::Random;
 use crate::sdp::Direction;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +80,8 @@ pub struct SipCall {
     challenges_answered: u8,
     /// The header our INVITE carries in answer to the last challenge.
     authorization: Option<(&'static str, String)>,
+    /// Branches and cnonces.
+    random: Random,
 }
 
 /// `5000` → `sip:5000@domain`; a `sip:`/`sips:` URI stays as it is.
@@ -178,14 +180,14 @@ fn offered_direction(sdp: &str) -> Direction {
 
 impl SipCall {
     /// The INVITE from `user` to `to` (a number or URI) carrying `sdp`.
-    pub fn new(user: &str, to: &str, identity: &Identity, sdp: String) -> Self {
+    pub fn new(user: &str, to: &str, identity: &Identity, sdp: String, mut random: Random) -> Self {
         let (domain, local) = (identity.domain.as_str(), identity.local);
         let request_uri = target_uri(to, domain);
         let local_uri = format!("sip:{user}@{domain}");
         let mut call = SipCall {
             incoming: false,
-            call_id: format!("{}@webrtc-sip-gateway", random_text()),
-            local_tag: random_text(),
+            call_id: format!("{}@webrtc-sip-gateway", random.hex(12)),
+            local_tag: random.hex(12),
             remote_uri: request_uri.clone(),
             request_uri,
             local_uri,
@@ -208,13 +210,18 @@ impl SipCall {
             credentials: None,
             challenges_answered: 0,
             authorization: None,
+            random,
         };
         call.invite = call.build_invite();
         call
     }
 
     /// The dialog of the far end's INVITE (None: it lacks what a dialog needs).
-    pub fn incoming(invite: &rsip::Request, identity: &Identity) -> Option<Self> {
+    pub fn incoming(
+        invite: &rsip::Request,
+        identity: &Identity,
+        mut random: Random,
+    ) -> Option<Self> {
         let local = identity.local;
         let from = header(&invite.headers, "from").into_iter().next()?;
         let to = header(&invite.headers, "to").into_iter().next()?;
@@ -225,7 +232,7 @@ impl SipCall {
         Some(SipCall {
             incoming: true,
             call_id,
-            local_tag: random_text(),
+            local_tag: random.hex(12),
             local_uri: addr_uri(&to),
             request_uri: invite.uri.to_string(),
             remote_uri: addr_uri(&from),
@@ -257,6 +264,7 @@ impl SipCall {
             credentials: None,
             challenges_answered: 0,
             authorization: None,
+            random,
         })
     }
 
@@ -351,7 +359,7 @@ impl SipCall {
         &self.invite
     }
 
-    fn build_invite(&self) -> rsip::Request {
+    fn build_invite(&mut self) -> rsip::Request {
         let text = format!(
             "INVITE {ruri} SIP/2.0\r\n\
              Via: SIP/2.0/{via} {local};branch=z9hG4bK{branch}{via_params}\r\n\
@@ -371,7 +379,7 @@ impl SipCall {
             via = self.via,
             via_params = self.via_params,
             transport = self.transport,
-            branch = random_text(),
+            branch = self.random.hex(12),
             from = self.local_uri,
             tag = self.local_tag,
             to = self.remote_uri,
@@ -425,7 +433,7 @@ impl SipCall {
             &self.request_uri,
             user,
             password,
-            &random_text(),
+            &self.random.hex(12),
             1,
         );
         self.authorization = Some((answer_in, value));
@@ -600,7 +608,7 @@ impl SipCall {
     }
 
     fn in_dialog(
-        &self,
+        &mut self,
         method: rsip::Method,
         cseq: u32,
         body: &str,
@@ -622,7 +630,7 @@ impl SipCall {
             local = self.local,
             via = self.via,
             via_params = self.via_params,
-            branch = random_text(),
+            branch = self.random.hex(12),
         );
         for route in &self.route_set {
             text.push_str(&format!("Route: {route}\r\n"));
@@ -738,6 +746,7 @@ mod tests {
                 transport: crate::config::SipTransport::Udp,
             },
             "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 30000 RTP/AVP 0\r\na=sendrecv\r\n".into(),
+            Random::seeded(1),
         )
     }
 
@@ -915,7 +924,7 @@ mod tests {
             local: "192.0.2.10:5070".parse().unwrap(),
             transport: crate::config::SipTransport::Udp,
         };
-        let mut call = SipCall::incoming(&invite, &identity).unwrap();
+        let mut call = SipCall::incoming(&invite, &identity, Random::seeded(2)).unwrap();
         assert_eq!(call.parties(), ("2000".to_string(), "1001".to_string()));
         let ringing = call.ringing().to_string();
         assert!(
@@ -927,7 +936,7 @@ mod tests {
             ok.contains("Record-Route: <sip:198.51.100.1;lr>") && ok.contains(";tag="),
             "{ok}"
         );
-        let busy = SipCall::incoming(&invite, &identity)
+        let busy = SipCall::incoming(&invite, &identity, Random::seeded(2))
             .unwrap()
             .refuse(486)
             .to_string();

@@ -6,7 +6,7 @@
 //! Accept). Dialog methods reach the call layer once it exists; until then
 //! they are answered 501.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -14,6 +14,7 @@ use rsip::prelude::*;
 
 use super::message::{branch_of, parse_datagram, SipParseError};
 use super::transaction::{response_to, Output, ServerTransaction, TimerConfig};
+use crate::random::Random;
 
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
 pub const ACCEPT: &str = "application/sdp, application/dtmf-relay";
@@ -31,24 +32,27 @@ pub struct Endpoint {
     /// Requests come over a stream (TCP): no response retransmissions.
     reliable: bool,
     /// Server transactions by (Via branch, method; ACK is matched to INVITE).
-    server: HashMap<(String, String), (SocketAddr, ServerTransaction)>,
+    server: BTreeMap<(String, String), (SocketAddr, ServerTransaction)>,
     pub counters: EndpointCounters,
+    /// Our To tags.
+    random: Random,
 }
 
 /// A datagram to send.
 pub type Datagram = (SocketAddr, Vec<u8>);
 
 impl Endpoint {
-    pub fn new(timers: TimerConfig) -> Self {
-        Self::with_reliability(timers, false)
+    pub fn new(timers: TimerConfig, random: Random) -> Self {
+        Self::with_reliability(timers, false, random)
     }
 
-    pub fn with_reliability(timers: TimerConfig, reliable: bool) -> Self {
+    pub fn with_reliability(timers: TimerConfig, reliable: bool, random: Random) -> Self {
         Endpoint {
             timers,
             reliable,
-            server: HashMap::new(),
+            server: BTreeMap::new(),
             counters: EndpointCounters::default(),
+            random,
         }
     }
 
@@ -187,7 +191,7 @@ impl Endpoint {
     }
 
     /// What the gateway answers by itself.
-    fn respond(&self, request: &rsip::Request, from: SocketAddr) -> rsip::Response {
+    fn respond(&mut self, request: &rsip::Request, from: SocketAddr) -> rsip::Response {
         let mut response = match request.method {
             rsip::Method::Options => {
                 let mut r = response_to(request, 200);
@@ -200,7 +204,7 @@ impl Endpoint {
             _ => response_to(request, 501),
         };
         apply_rport(&mut response, from);
-        add_to_tag(&mut response);
+        add_to_tag(&mut response, self.random.u32());
         response
     }
 
@@ -269,25 +273,18 @@ fn apply_rport(response: &mut rsip::Response, from: SocketAddr) {
     }
 }
 
-/// Our To tag on a final response to an out-of-dialog request.
-fn add_to_tag(response: &mut rsip::Response) {
+/// Our To tag (`tag`) on a final response to an out-of-dialog request.
+fn add_to_tag(response: &mut rsip::Response, tag: u32) {
     if response.status_code.code() < 200 {
         return;
     }
     for h in response.headers.iter_mut() {
         if let rsip::Header::To(to) = h {
             if !to.value().contains("tag=") {
-                *to = rsip::headers::To::from(format!("{};tag=gw{:08x}", to.value(), rand_tag()));
+                *to = rsip::headers::To::from(format!("{};tag=gw{tag:08x}", to.value()));
             }
         }
     }
-}
-
-fn rand_tag() -> u32 {
-    use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-    let mut b = [0u8; 4];
-    let _ = SystemRandom::new().fill(&mut b);
-    u32::from_be_bytes(b)
 }
 
 #[cfg(test)]
@@ -313,7 +310,7 @@ mod tests {
 
     #[test]
     fn options_gets_200_with_allow_accept_and_rport() {
-        let mut ep = Endpoint::new(TimerConfig::default());
+        let mut ep = Endpoint::new(TimerConfig::default(), Random::seeded(1));
         let from: SocketAddr = "198.51.100.4:40000".parse().unwrap();
         let out = ep.handle_datagram(Instant::now(), from, &options("z9hG4bKo1"));
         assert_eq!(out.len(), 1);
@@ -335,7 +332,7 @@ mod tests {
 
     #[test]
     fn malformed_requests_get_400_naming_the_problem() {
-        let mut ep = Endpoint::new(TimerConfig::default());
+        let mut ep = Endpoint::new(TimerConfig::default(), Random::seeded(1));
         let from: SocketAddr = "198.51.100.4:40000".parse().unwrap();
         let broken = String::from_utf8(options("z9hG4bKo2"))
             .unwrap()
@@ -359,7 +356,7 @@ mod tests {
     #[test]
     fn transactions_are_forgotten_after_timer_j() {
         let t0 = Instant::now();
-        let mut ep = Endpoint::new(TimerConfig::default());
+        let mut ep = Endpoint::new(TimerConfig::default(), Random::seeded(1));
         let from: SocketAddr = "198.51.100.4:40000".parse().unwrap();
         ep.handle_datagram(t0, from, &options("z9hG4bKo3"));
         assert!(ep.poll_timeout().is_some());

@@ -11,6 +11,7 @@ use super::identity::Identity;
 #[cfg(test)]
 use super::message::parse_datagram;
 use super::message::{header_value, own_request};
+use crate::random::Random;
 
 /// Refresh when this share of the granted time has passed.
 const REFRESH_SHARE: f64 = 0.8;
@@ -53,27 +54,26 @@ pub struct Registration {
     nonce_uses: u32,
     /// Answers sent to the current challenge without success.
     auth_tries: u32,
-}
-
-/// Random text for tags, branches, Call-IDs and cnonces.
-pub fn random_text() -> String {
-    use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-    let mut buf = [0u8; 12];
-    // The system generator does not fail on Linux; a fixed value would
-    // still make a valid (if predictable) token.
-    let _ = SystemRandom::new().fill(&mut buf);
-    hex::encode(buf)
+    /// Tags, branches and cnonces.
+    random: Random,
 }
 
 impl Registration {
     /// A registration for `user`; [`Registration::start`] sends the first REGISTER.
-    pub fn new(user: &str, password: Option<String>, identity: Identity, expires: u32) -> Self {
+    pub fn new(
+        user: &str,
+        password: Option<String>,
+        identity: Identity,
+        expires: u32,
+        mut random: Random,
+    ) -> Self {
         Registration {
             user: user.to_string(),
             password,
             identity,
-            call_id: format!("{}@webrtc-sip-gateway", random_text()),
-            from_tag: random_text(),
+            call_id: format!("{}@webrtc-sip-gateway", random.hex(12)),
+            from_tag: random.hex(12),
+            random,
             cseq: 0,
             expires,
             state: State::Registering,
@@ -231,7 +231,7 @@ impl Registration {
              Contact: <sip:{user}@{local};transport={tp}>\r\n\
              Expires: {expires}\r\n\
              User-Agent: webrtc-sip-gateway/{version}\r\n",
-            branch = random_text(),
+            branch = self.random.hex(12),
             via = self.identity.via_transport(),
             via_params = self.identity.via_params(),
             tp = self.identity.uri_transport(),
@@ -248,7 +248,7 @@ impl Registration {
                 &uri,
                 &self.user,
                 password,
-                &random_text(),
+                &self.random.hex(12),
                 self.nonce_uses,
             );
             text.push_str(&format!("{answer_in}: {value}\r\n"));
@@ -332,7 +332,13 @@ mod tests {
     #[test]
     fn challenge_then_success_then_refresh_then_unregister() {
         let t0 = Instant::now();
-        let mut r = Registration::new("1001", Some("secret".into()), identity(), 600);
+        let mut r = Registration::new(
+            "1001",
+            Some("secret".into()),
+            identity(),
+            600,
+            Random::seeded(1),
+        );
         let first = r.start();
         assert_eq!(first.method, rsip::Method::Register);
         assert!(header(&first, "authorization").is_none());
@@ -384,7 +390,13 @@ mod tests {
     #[test]
     fn refusals_and_timeouts() {
         let t0 = Instant::now();
-        let mut r = Registration::new("1001", Some("pw".into()), identity(), 600);
+        let mut r = Registration::new(
+            "1001",
+            Some("pw".into()),
+            identity(),
+            600,
+            Random::seeded(1),
+        );
         let req = r.start();
         let (next, event) = r.handle_final(t0, Some(&response_to(&req, "403 Forbidden", "")));
         assert_eq!(
@@ -394,7 +406,13 @@ mod tests {
         assert!(r.unregister().is_none(), "nothing to undo");
 
         // A wrong password: the second challenge for the same nonce ends it.
-        let mut r = Registration::new("1001", Some("wrong".into()), identity(), 600);
+        let mut r = Registration::new(
+            "1001",
+            Some("wrong".into()),
+            identity(),
+            600,
+            Random::seeded(1),
+        );
         let req = r.start();
         let ch = "WWW-Authenticate: Digest realm=\"pbx\", nonce=\"n1\"\r\n";
         let (next, _) = r.handle_final(t0, Some(&response_to(&req, "401 Unauthorized", ch)));
@@ -406,13 +424,13 @@ mod tests {
         );
 
         // No password at all: the challenge is the answer.
-        let mut r = Registration::new("1001", None, identity(), 600);
+        let mut r = Registration::new("1001", None, identity(), 600, Random::seeded(1));
         let req = r.start();
         let (_, event) = r.handle_final(t0, Some(&response_to(&req, "401 Unauthorized", ch)));
         assert_eq!(event, Some(RegistrationEvent::Failed { status: Some(401) }));
 
         // No answer at all.
-        let mut r = Registration::new("1001", None, identity(), 600);
+        let mut r = Registration::new("1001", None, identity(), 600, Random::seeded(1));
         r.start();
         assert_eq!(
             r.handle_final(t0, None).1,
@@ -423,7 +441,7 @@ mod tests {
     #[test]
     fn interval_too_brief_raises_expires() {
         let t0 = Instant::now();
-        let mut r = Registration::new("1001", None, identity(), 60);
+        let mut r = Registration::new("1001", None, identity(), 60, Random::seeded(1));
         let req = r.start();
         let (next, event) = r.handle_final(
             t0,

@@ -7,7 +7,7 @@
 //! for TCP instead (RFC 3261 §18.1.1, [`UserAgent::poll_transmit_stream`]);
 //! digest challenges to our INVITEs are answered from the call's password.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -18,8 +18,9 @@ use super::endpoint::{Datagram, Endpoint};
 use super::identity::Identity;
 use super::message::branch_of;
 use super::message::{own_request, parse_datagram};
-use super::registration::{random_text, Registration, RegistrationEvent};
+use super::registration::{Registration, RegistrationEvent};
 use super::transaction::{ClientTransaction, Output, TimerConfig};
+use crate::random::Random;
 
 #[derive(Debug, Clone)]
 pub struct UaConfig {
@@ -94,12 +95,12 @@ fn with_via_transport(mut request: rsip::Request, transport: &str) -> rsip::Requ
 pub struct UserAgent {
     cfg: UaConfig,
     endpoint: Endpoint,
-    clients: HashMap<String, (ClientTransaction, Owner)>,
-    registrations: HashMap<String, Registration>,
-    calls: HashMap<String, SipCall>,
+    clients: BTreeMap<String, (ClientTransaction, Owner)>,
+    registrations: BTreeMap<String, Registration>,
+    calls: BTreeMap<String, SipCall>,
     /// Our 2xx to an incoming INVITE, resent until the ACK (RFC 3261 §13.3.1.4):
     /// (to, bytes, next send, interval, give up at).
-    unacked: HashMap<String, (SocketAddr, Vec<u8>, Instant, Duration, Instant)>,
+    unacked: BTreeMap<String, (SocketAddr, Vec<u8>, Instant, Duration, Instant)>,
     next_keepalive: Option<Instant>,
     reachable: Option<bool>,
     transmit: VecDeque<Datagram>,
@@ -107,16 +108,19 @@ pub struct UserAgent {
     /// to the server.
     transmit_stream: VecDeque<Datagram>,
     /// Client transactions whose request went over TCP because of its size.
-    over_stream: std::collections::HashSet<String>,
+    over_stream: std::collections::BTreeSet<String>,
     events: VecDeque<UaEvent>,
     pub counters: UaCounters,
     /// Messages since the last [`UserAgent::take_message_counts`]:
     /// (direction, method, status or 0 for requests) → count.
-    messages: HashMap<(MessageDirection, String, u16), u64>,
+    messages: BTreeMap<(MessageDirection, String, u16), u64>,
+    /// Call keys and the OPTIONS' tags; each registration and dialog gets
+    /// a stream of its own from it.
+    random: Random,
 }
 
 /// Whether a counted message came in or went out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum MessageDirection {
     In,
     Out,
@@ -132,30 +136,35 @@ impl MessageDirection {
 }
 
 impl UserAgent {
-    pub fn new(cfg: UaConfig, now: Instant) -> Self {
+    pub fn new(cfg: UaConfig, now: Instant, mut random: Random) -> Self {
         UserAgent {
-            endpoint: Endpoint::with_reliability(cfg.timers, cfg.identity.reliable()),
+            endpoint: Endpoint::with_reliability(
+                cfg.timers,
+                cfg.identity.reliable(),
+                random.fork(),
+            ),
             next_keepalive: cfg.keepalive.map(|_| now),
             cfg,
-            clients: HashMap::new(),
-            registrations: HashMap::new(),
-            calls: HashMap::new(),
-            unacked: HashMap::new(),
+            clients: BTreeMap::new(),
+            registrations: BTreeMap::new(),
+            calls: BTreeMap::new(),
+            unacked: BTreeMap::new(),
             reachable: None,
             transmit: VecDeque::new(),
             transmit_stream: VecDeque::new(),
             over_stream: Default::default(),
             events: VecDeque::new(),
             counters: UaCounters::default(),
-            messages: HashMap::new(),
+            messages: BTreeMap::new(),
+            random,
         }
     }
 
     /// SIP messages counted since the last call (requests without
     /// retransmissions: status 0; responses received: their status).
     pub fn take_message_counts(&mut self) -> Vec<(MessageDirection, String, u16, u64)> {
-        self.messages
-            .drain()
+        std::mem::take(&mut self.messages)
+            .into_iter()
             .map(|((d, m, s), n)| (d, m, s, n))
             .collect()
     }
@@ -189,6 +198,7 @@ impl UserAgent {
             password,
             self.cfg.identity.clone(),
             self.cfg.register_expires,
+            self.random.fork(),
         );
         let request = reg.start();
         self.registrations.insert(id.to_string(), reg);
@@ -221,7 +231,7 @@ impl UserAgent {
     }
 
     pub fn invite(&mut self, now: Instant, key: &str, user: &str, to: &str, sdp: String) {
-        let call = SipCall::new(user, to, &self.cfg.identity, sdp);
+        let call = SipCall::new(user, to, &self.cfg.identity, sdp, self.random.fork());
         let invite = call.invite().clone();
         self.calls.insert(key.to_string(), call);
         self.send(now, invite, Owner::Call(key.to_string()));
@@ -360,6 +370,7 @@ impl UserAgent {
         let events = &mut self.events;
         let unacked = &mut self.unacked;
         let identity = self.cfg.identity.clone();
+        let random = &mut self.random;
         let mut cancelled = Vec::new();
         let mut received = None;
         let out = self
@@ -397,8 +408,8 @@ impl UserAgent {
                         })
                     }
                     rsip::Method::Invite if !has_to_tag(request) => {
-                        let call = SipCall::incoming(request, &identity)?;
-                        let key = random_text();
+                        let call = SipCall::incoming(request, &identity, random.fork())?;
+                        let key = random.hex(12);
                         let (from, to) = call.parties();
                         let user = super::message::uri_user(&request.uri).unwrap_or_default();
                         events.push_back(UaEvent::Incoming {
@@ -741,7 +752,7 @@ impl UserAgent {
         }
     }
 
-    fn options_request(&self) -> rsip::Request {
+    fn options_request(&mut self) -> rsip::Request {
         let Identity { domain, local, .. } = &self.cfg.identity;
         let via = self.cfg.identity.via_transport();
         let via_params = self.cfg.identity.via_params();
@@ -756,9 +767,9 @@ impl UserAgent {
              Accept: application/sdp\r\n\
              User-Agent: webrtc-sip-gateway/{version}\r\n\
              Content-Length: 0\r\n\r\n",
-            branch = random_text(),
-            tag = random_text(),
-            call_id = random_text(),
+            branch = self.random.hex(12),
+            tag = self.random.hex(12),
+            call_id = self.random.hex(12),
             version = env!("CARGO_PKG_VERSION"),
         );
         own_request(&text, rsip::Method::Options)
@@ -811,10 +822,64 @@ mod tests {
         out.into_bytes()
     }
 
+    /// Everything a UA sends for a registration with a digest challenge,
+    /// an INVITE and the keepalive, from one seed.
+    fn wire_bytes(seed: u64) -> Vec<Vec<u8>> {
+        let t0 = Instant::now();
+        let mut ua = UserAgent::new(cfg(Some(Duration::from_secs(30))), t0, Random::seeded(seed));
+        ua.register(t0, "s1", "1001", Some("pw".into()));
+        ua.invite(t0, "c1", "1001", "5000", "v=0\r\n".into());
+        let mut sent = Vec::new();
+        while let Some((_, bytes)) = ua.poll_transmit() {
+            sent.push(bytes);
+        }
+        let challenge = answer(
+            &sent[0],
+            "401 Unauthorized",
+            "WWW-Authenticate: Digest realm=\"r\", nonce=\"n\", qop=\"auth\"\r\n",
+        );
+        ua.handle_datagram(t0, server(), &challenge);
+        ua.handle_timeout(t0 + Duration::from_secs(30));
+        while let Some((_, bytes)) = ua.poll_transmit() {
+            sent.push(bytes);
+        }
+        sent
+    }
+
+    #[test]
+    fn one_seed_gives_the_same_bytes_on_the_wire() {
+        let first = wire_bytes(42);
+        assert!(first.len() >= 4, "REGISTER, INVITE, the answer, OPTIONS");
+        assert!(
+            String::from_utf8_lossy(&first.concat()).contains("cnonce="),
+            "the cnonce is drawn too"
+        );
+        let again = wire_bytes(42);
+        let differs = |a: &[Vec<u8>], b: &[Vec<u8>]| {
+            (a.len() != b.len())
+                .then(|| format!("{} messages, then {}", a.len(), b.len()))
+                .or_else(|| {
+                    a.iter().zip(b).position(|(x, y)| x != y).map(|i| {
+                        format!(
+                            "{}\n---\n{}",
+                            String::from_utf8_lossy(&a[i]),
+                            String::from_utf8_lossy(&b[i])
+                        )
+                    })
+                })
+        };
+        assert_eq!(
+            differs(&first, &again),
+            None,
+            "tags, branches, Call-IDs, cnonce"
+        );
+        assert!(differs(&first, &wire_bytes(43)).is_some());
+    }
+
     #[test]
     fn registration_through_transactions_with_a_lost_request() {
         let t0 = Instant::now();
-        let mut ua = UserAgent::new(cfg(None), t0);
+        let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(1));
         ua.register(t0, "s1", "1001", Some("pw".into()));
         let (to, first) = ua.poll_transmit().unwrap();
         assert_eq!(Some(to), ua.server());
@@ -863,7 +928,7 @@ mod tests {
     #[test]
     fn an_unanswered_register_fails_after_timer_f() {
         let t0 = Instant::now();
-        let mut ua = UserAgent::new(cfg(None), t0);
+        let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(1));
         ua.register(t0, "s1", "1001", None);
         let mut now = t0;
         let mut sent = 0;
@@ -891,7 +956,7 @@ mod tests {
         let t0 = Instant::now();
         let mut c = cfg(None);
         c.server = None;
-        let mut ua = UserAgent::new(c, t0);
+        let mut ua = UserAgent::new(c, t0, Random::seeded(1));
         ua.register(t0, "s1", "1001", None);
         assert_eq!(ua.poll_transmit(), None);
         assert_eq!(
@@ -906,7 +971,7 @@ mod tests {
     #[test]
     fn keepalive_reports_reachability_changes() {
         let t0 = Instant::now();
-        let mut ua = UserAgent::new(cfg(Some(Duration::from_secs(30))), t0);
+        let mut ua = UserAgent::new(cfg(Some(Duration::from_secs(30))), t0, Random::seeded(1));
         ua.handle_timeout(t0);
         let (_, ping) = ua.poll_transmit().unwrap();
         assert!(ping.starts_with(b"OPTIONS sip:pbx.example"));
@@ -952,7 +1017,7 @@ mod tests {
     #[test]
     fn an_incoming_call_rings_is_answered_and_its_200_repeats_until_the_ack() {
         let t0 = Instant::now();
-        let mut ua = UserAgent::new(cfg(None), t0);
+        let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(1));
         ua.handle_datagram(t0, server(), &incoming_invite("z9hG4bKin1"));
         let out = sent(&mut ua);
         assert!(out[0].starts_with("SIP/2.0 100"), "{out:?}");
@@ -1033,7 +1098,7 @@ mod tests {
     #[test]
     fn a_challenged_invite_is_sent_again_with_our_answer() {
         let t0 = Instant::now();
-        let mut ua = UserAgent::new(cfg(None), t0);
+        let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(1));
         ua.invite(t0, "c1", "1001", "2000", "v=0\r\n".into());
         ua.set_call_password("c1", "secret".into());
         let first = sent(&mut ua).remove(0);
@@ -1105,7 +1170,7 @@ mod tests {
     #[test]
     fn a_large_request_goes_over_tcp_and_back_to_udp_if_it_must() {
         let t0 = Instant::now();
-        let mut ua = UserAgent::new(cfg(None), t0);
+        let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(1));
         ua.invite(t0, "small", "1001", "2000", "v=0\r\n".into());
         let (_, small) = ua.poll_transmit().unwrap();
         assert!(String::from_utf8_lossy(&small).contains("Via: SIP/2.0/UDP "));
@@ -1144,7 +1209,7 @@ mod tests {
     #[test]
     fn our_bye_says_nothing_about_the_server() {
         let t0 = Instant::now();
-        let mut ua = UserAgent::new(cfg(None), t0);
+        let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(1));
         ua.handle_datagram(t0, server(), &incoming_invite("z9hG4bKin9"));
         sent(&mut ua);
         let Some(UaEvent::Incoming { key, .. }) = ua.poll_event() else {
@@ -1188,7 +1253,7 @@ mod tests {
     #[test]
     fn a_cancelled_incoming_call_gets_487_and_unknown_dialogs_481() {
         let t0 = Instant::now();
-        let mut ua = UserAgent::new(cfg(None), t0);
+        let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(1));
         ua.handle_datagram(t0, server(), &incoming_invite("z9hG4bKin2"));
         sent(&mut ua);
         let Some(UaEvent::Incoming { key, .. }) = ua.poll_event() else {
