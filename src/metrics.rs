@@ -55,6 +55,8 @@ pub struct Metrics {
     pub sip_registrations_failed: Counter,
     pub sip_requests_sent: Counter,
     pub sip_transaction_timeouts: Counter,
+    pub sip_malformed_received: Counter,
+    pub sip_retransmissions_absorbed: Counter,
     pub sip_messages: Family<SipMessageLabels, Counter>,
 }
 
@@ -90,6 +92,8 @@ impl Metrics {
         let sip_registrations_failed = Counter::default();
         let sip_requests_sent = Counter::default();
         let sip_transaction_timeouts = Counter::default();
+        let sip_malformed_received = Counter::default();
+        let sip_retransmissions_absorbed = Counter::default();
         let sip_messages = Family::<SipMessageLabels, Counter>::default();
         registry.register(
             "sip_messages",
@@ -120,6 +124,16 @@ impl Metrics {
             "sip_transaction_timeouts",
             "SIP client transactions that got no final response (timer B or F)",
             sip_transaction_timeouts.clone(),
+        );
+        registry.register(
+            "sip_malformed_received",
+            "SIP datagrams that could not be parsed (answered 400 when readable enough, else dropped)",
+            sip_malformed_received.clone(),
+        );
+        registry.register(
+            "sip_retransmissions_absorbed",
+            "Retransmitted requests answered from their server transaction, not handled again",
+            sip_retransmissions_absorbed.clone(),
         );
         registry.register("calls_started", "Calls started", calls_started.clone());
         registry.register(
@@ -179,6 +193,8 @@ impl Metrics {
             sip_registrations_failed,
             sip_requests_sent,
             sip_transaction_timeouts,
+            sip_malformed_received,
+            sip_retransmissions_absorbed,
             sip_messages,
         }
     }

@@ -1,6 +1,7 @@
 //! SIPp (Debian's sip-tester, installed by the test command) against the
 //! running gateway's SIP endpoint over UDP: OPTIONS answered 200 with
-//! Allow/Accept and rport; a request with a bad Content-Length answered 400 naming it.
+//! Allow/Accept and rport; a request with a bad Content-Length answered 400
+//! naming it, and counted in `gateway_sip_malformed_received_total`.
 
 mod common;
 
@@ -38,4 +39,13 @@ fn sipp_options_and_malformed_request() {
         .output()
         .expect("sipp runs (the test command installs sip-tester)");
     common::assert_sipp_passed(&out);
+    // Each of the three calls sent one request that does not parse.
+    let metrics = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(gw.metrics_text());
+    assert!(
+        metrics.contains("gateway_sip_malformed_received_total 3\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("gateway_sip_retransmissions_absorbed_total 0\n"));
 }

@@ -158,8 +158,16 @@ struct Entry {
     to: String,
     inputs: mpsc::UnboundedSender<Input>,
     status: Arc<Mutex<Status>>,
-    /// Once the relay carries the call: its id, counters, codec and keying.
-    media: Option<(u64, Arc<CallStats>, String, KeyingView)>,
+    /// Once the relay carries the call.
+    media: Option<RelayedMedia>,
+}
+
+/// What the registry knows of a call the relay carries.
+struct RelayedMedia {
+    relay_id: u64,
+    stats: Arc<CallStats>,
+    codec: String,
+    keying: KeyingView,
 }
 
 #[derive(Default)]
@@ -194,11 +202,11 @@ impl CallRegistry {
         let e = tables.calls.get(cid).filter(|e| e.session == session)?;
         let status = lock(&e.status);
         let (codec, keying, web, sip) = match &e.media {
-            Some((_, stats, codec, keying)) => (
-                codec.clone(),
-                *keying,
-                stats.web.snapshot(),
-                stats.sip.snapshot(),
+            Some(m) => (
+                m.codec.clone(),
+                m.keying,
+                m.stats.web.snapshot(),
+                m.stats.sip.snapshot(),
             ),
             None => (
                 String::new(),
@@ -269,7 +277,12 @@ impl CallRegistry {
         let Some(e) = tables.calls.get_mut(cid) else {
             return;
         };
-        e.media = Some((media.id(), media.stats.clone(), codec, keying));
+        e.media = Some(RelayedMedia {
+            relay_id: media.id(),
+            stats: media.stats.clone(),
+            codec,
+            keying,
+        });
         let inputs = e.inputs.clone();
         tables.by_relay.insert(media.id(), inputs);
     }
@@ -277,8 +290,8 @@ impl CallRegistry {
     fn remove(&self, cid: &str) {
         let mut tables = lock(&self.tables);
         if let Some(e) = tables.calls.remove(cid) {
-            if let Some((relay_id, ..)) = e.media {
-                tables.by_relay.remove(&relay_id);
+            if let Some(media) = e.media {
+                tables.by_relay.remove(&media.relay_id);
             }
         }
     }

@@ -46,7 +46,7 @@ pub enum DialogEvent {
     Dtmf(char),
 }
 
-pub struct SipCall {
+pub struct Dialog {
     incoming: bool,
     call_id: String,
     local_tag: String,
@@ -178,13 +178,13 @@ fn offered_direction(sdp: &str) -> Direction {
         .unwrap_or_default()
 }
 
-impl SipCall {
+impl Dialog {
     /// The INVITE from `user` to `to` (a number or URI) carrying `sdp`.
     pub fn new(user: &str, to: &str, identity: &Identity, sdp: String, mut random: Random) -> Self {
         let (domain, local) = (identity.domain.as_str(), identity.local);
         let request_uri = target_uri(to, domain);
         let local_uri = format!("sip:{user}@{domain}");
-        let mut call = SipCall {
+        let mut call = Dialog {
             incoming: false,
             call_id: format!("{}@webrtc-sip-gateway", random.hex(12)),
             local_tag: random.hex(12),
@@ -229,7 +229,7 @@ impl SipCall {
         // Our Contact keeps the user as it came, escapes and all.
         let contact_user =
             super::message::uri_user_as_written(&invite.uri).unwrap_or_else(|| "gateway".into());
-        Some(SipCall {
+        Some(Dialog {
             incoming: true,
             call_id,
             local_tag: random.hex(12),
@@ -736,8 +736,8 @@ mod tests {
     use super::*;
     use crate::sip::message::parse_datagram;
 
-    fn call() -> SipCall {
-        SipCall::new(
+    fn call() -> Dialog {
+        Dialog::new(
             "1001",
             "5000",
             &Identity {
@@ -764,7 +764,7 @@ mod tests {
         }
     }
 
-    fn answer_to(c: &SipCall, status: &str, extra: &str, body: &str) -> rsip::Response {
+    fn answer_to(c: &Dialog, status: &str, extra: &str, body: &str) -> rsip::Response {
         let inv = c.invite().to_string();
         let mut out = format!("SIP/2.0 {status}\r\n");
         for line in inv.split("\r\n") {
@@ -924,7 +924,7 @@ mod tests {
             local: "192.0.2.10:5070".parse().unwrap(),
             transport: crate::config::SipTransport::Udp,
         };
-        let mut call = SipCall::incoming(&invite, &identity, Random::seeded(2)).unwrap();
+        let mut call = Dialog::incoming(&invite, &identity, Random::seeded(2)).unwrap();
         assert_eq!(call.parties(), ("2000".to_string(), "1001".to_string()));
         let ringing = call.ringing().to_string();
         assert!(
@@ -936,7 +936,7 @@ mod tests {
             ok.contains("Record-Route: <sip:198.51.100.1;lr>") && ok.contains(";tag="),
             "{ok}"
         );
-        let busy = SipCall::incoming(&invite, &identity, Random::seeded(2))
+        let busy = Dialog::incoming(&invite, &identity, Random::seeded(2))
             .unwrap()
             .refuse(486)
             .to_string();

@@ -812,6 +812,12 @@ async fn run(
         metrics
             .sip_registrations_failed
             .inc_by(now.registrations_failed - seen.registrations_failed);
+        metrics
+            .sip_malformed_received
+            .inc_by(now.malformed_received - seen.malformed_received);
+        metrics
+            .sip_retransmissions_absorbed
+            .inc_by(now.retransmissions_absorbed - seen.retransmissions_absorbed);
         seen = now;
         metrics.sip_registrations.set(ua.registered_count() as i64);
         metrics.sip_dialogs.set(ua.call_count() as i64);

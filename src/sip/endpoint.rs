@@ -3,8 +3,8 @@
 //! a 400 that names the problem), matches requests to server transactions
 //! by Via branch (absorbing retransmissions), applies `rport` (RFC 3581), and
 //! answers what the gateway serves on its own: OPTIONS (200 with Allow and
-//! Accept). Dialog methods reach the call layer once it exists; until then
-//! they are answered 501.
+//! Accept). Every other request goes first to the user agent (dialogs,
+//! incoming INVITEs, CANCEL); one it does not take is answered 501.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use rsip::prelude::*;
 
-use super::dialog::{DialogEvent, SipCall};
+use super::dialog::{Dialog, DialogEvent};
 use super::endpoint::{Datagram, Endpoint};
 use super::identity::Identity;
 use super::message::branch_of;
@@ -61,6 +61,10 @@ pub struct UaCounters {
     pub requests_sent: u64,
     pub transaction_timeouts: u64,
     pub registrations_failed: u64,
+    /// The endpoint's: datagrams that did not parse, and retransmitted
+    /// requests answered from their transaction.
+    pub malformed_received: u64,
+    pub retransmissions_absorbed: u64,
 }
 
 #[derive(Clone)]
@@ -97,10 +101,9 @@ pub struct UserAgent {
     endpoint: Endpoint,
     clients: BTreeMap<String, (ClientTransaction, Owner)>,
     registrations: BTreeMap<String, Registration>,
-    calls: BTreeMap<String, SipCall>,
-    /// Our 2xx to an incoming INVITE, resent until the ACK (RFC 3261 §13.3.1.4):
-    /// (to, bytes, next send, interval, give up at).
-    unacked: BTreeMap<String, (SocketAddr, Vec<u8>, Instant, Duration, Instant)>,
+    calls: BTreeMap<String, Dialog>,
+    /// Our 2xx to an incoming INVITE, resent until the ACK (RFC 3261 §13.3.1.4).
+    unacked: BTreeMap<String, UnackedAnswer>,
     next_keepalive: Option<Instant>,
     reachable: Option<bool>,
     transmit: VecDeque<Datagram>,
@@ -117,6 +120,18 @@ pub struct UserAgent {
     /// Call keys and the OPTIONS' tags; each registration and dialog gets
     /// a stream of its own from it.
     random: Random,
+    /// Responses that did not parse (requests are the endpoint's to count).
+    malformed_responses: u64,
+}
+
+/// A 2xx we resend until its ACK comes: every `interval` (doubling up to
+/// T2) until `give_up_at` (64·T1).
+struct UnackedAnswer {
+    to: SocketAddr,
+    bytes: Vec<u8>,
+    next_send: Instant,
+    interval: Duration,
+    give_up_at: Instant,
 }
 
 /// Whether a counted message came in or went out.
@@ -157,6 +172,7 @@ impl UserAgent {
             counters: UaCounters::default(),
             messages: BTreeMap::new(),
             random,
+            malformed_responses: 0,
         }
     }
 
@@ -231,7 +247,7 @@ impl UserAgent {
     }
 
     pub fn invite(&mut self, now: Instant, key: &str, user: &str, to: &str, sdp: String) {
-        let call = SipCall::new(user, to, &self.cfg.identity, sdp, self.random.fork());
+        let call = Dialog::new(user, to, &self.cfg.identity, sdp, self.random.fork());
         let invite = call.invite().clone();
         self.calls.insert(key.to_string(), call);
         self.send(now, invite, Owner::Call(key.to_string()));
@@ -305,8 +321,16 @@ impl UserAgent {
             .filter(|_| !self.cfg.identity.reliable())
         {
             let t1 = self.cfg.timers.t1;
-            self.unacked
-                .insert(key.to_string(), (to, bytes, now + t1, t1, now + 64 * t1));
+            self.unacked.insert(
+                key.to_string(),
+                UnackedAnswer {
+                    to,
+                    bytes,
+                    next_send: now + t1,
+                    interval: t1,
+                    give_up_at: now + 64 * t1,
+                },
+            );
         }
     }
 
@@ -361,9 +385,12 @@ impl UserAgent {
 
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         if data.starts_with(b"SIP/2.0") {
-            if let Ok(rsip::SipMessage::Response(response)) = parse_datagram(data) {
-                self.handle_response(now, response);
+            match parse_datagram(data) {
+                Ok(rsip::SipMessage::Response(response)) => self.handle_response(now, response),
+                _ => self.malformed_responses += 1,
             }
+            self.counters.malformed_received =
+                self.endpoint.counters.malformed + self.malformed_responses;
             return;
         }
         let calls = &mut self.calls;
@@ -408,7 +435,7 @@ impl UserAgent {
                         })
                     }
                     rsip::Method::Invite if !has_to_tag(request) => {
-                        let call = SipCall::incoming(request, &identity, random.fork())?;
+                        let call = Dialog::incoming(request, &identity, random.fork())?;
                         let key = random.hex(12);
                         let (from, to) = call.parties();
                         let user = super::message::uri_user(&request.uri).unwrap_or_default();
@@ -431,6 +458,9 @@ impl UserAgent {
                 }
             });
         self.transmit.extend(out);
+        self.counters.malformed_received =
+            self.endpoint.counters.malformed + self.malformed_responses;
+        self.counters.retransmissions_absorbed = self.endpoint.counters.retransmissions_absorbed;
         if let Some(method) = received {
             self.count(MessageDirection::In, &method, 0);
         }
@@ -490,18 +520,17 @@ impl UserAgent {
         self.transmit.extend(out);
         let t2 = self.cfg.timers.t2;
         let transmit = &mut self.transmit;
-        self.unacked
-            .retain(|_, (to, bytes, next, interval, give_up)| {
-                if now >= *give_up {
-                    return false;
-                }
-                if now >= *next {
-                    transmit.push_back((*to, bytes.clone()));
-                    *interval = (*interval * 2).min(t2);
-                    *next = now + *interval;
-                }
-                true
-            });
+        self.unacked.retain(|_, answer| {
+            if now >= answer.give_up_at {
+                return false;
+            }
+            if now >= answer.next_send {
+                transmit.push_back((answer.to, answer.bytes.clone()));
+                answer.interval = (answer.interval * 2).min(t2);
+                answer.next_send = now + answer.interval;
+            }
+            true
+        });
         let due: Vec<String> = self
             .clients
             .iter()
@@ -537,7 +566,7 @@ impl UserAgent {
             .values()
             .filter_map(|(tx, _)| tx.poll_timeout());
         let regs = self.registrations.values().filter_map(|r| r.poll_timeout());
-        let unacked = self.unacked.values().map(|(_, _, next, _, _)| *next);
+        let unacked = self.unacked.values().map(|answer| answer.next_send);
         clients
             .chain(regs)
             .chain(unacked)

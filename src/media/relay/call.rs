@@ -22,7 +22,7 @@ use crate::media::reception::ReceptionStats;
 use crate::media::srtp::SrtpContext;
 use crate::media::stats::{CallStats, DropCause};
 
-pub(super) struct WebLeg {
+pub(super) struct WebSide {
     pub(super) socket: UdpSocket,
     pub(super) remote: Option<SocketAddr>,
     /// Where media toward the browser leaves from: the local address of
@@ -32,7 +32,7 @@ pub(super) struct WebLeg {
     pub(super) ssrc: Option<u32>,
 }
 
-pub(super) struct SipLeg {
+pub(super) struct SipSide {
     pub(super) rtp: UdpSocket,
     pub(super) rtcp: Option<UdpSocket>,
     pub(super) sdp_remote: SocketAddr,
@@ -43,7 +43,7 @@ pub(super) struct SipLeg {
     pub(super) srtp: Option<(SrtpContext, SrtpContext)>,
 }
 
-impl SipLeg {
+impl SipSide {
     /// Source check on the SIP leg; latches on the first good packet.
     pub(super) fn accept_source(&mut self, from: SocketAddr, rtcp_socket: bool) -> bool {
         let (latched, expected) = if rtcp_socket {
@@ -75,10 +75,10 @@ impl SipLeg {
     }
 }
 
-pub(super) struct CallState {
+pub(super) struct RelayedCall {
     pub(super) id: u64,
-    pub(super) web: WebLeg,
-    pub(super) sip: SipLeg,
+    pub(super) web: WebSide,
+    pub(super) sip: SipSide,
     pub(super) map: PayloadMap,
     pub(super) stats: Arc<CallStats>,
     pub(super) events: Option<SyncSender<RelayEvent>>,
@@ -100,7 +100,7 @@ pub(super) struct CallState {
     pub(super) _leases: Vec<PortLease>,
 }
 
-impl CallState {
+impl RelayedCall {
     /// A call's state from its setup: sockets made non-blocking (and the
     /// web one told to report each datagram's local address: the browser
     /// may talk to any of ours), legs as the setup says, nothing latched.
@@ -120,16 +120,16 @@ impl CallState {
             )
         });
         let now = Instant::now();
-        Ok(CallState {
+        Ok(RelayedCall {
             id,
-            web: WebLeg {
+            web: WebSide {
                 socket: web,
                 remote: setup.web_remote,
                 local: setup.web_local,
                 srtp: setup.web_srtp,
                 ssrc: setup.web_ssrc,
             },
-            sip: SipLeg {
+            sip: SipSide {
                 rtp: sip_rtp,
                 rtcp: sip_rtcp,
                 sdp_remote: setup.sip_remote,
@@ -208,7 +208,7 @@ impl CallState {
         }
     }
 
-    /// Sends what [`CallState::relay`] chose with `sendmmsg` (epoll mode).
+    /// Sends what [`RelayedCall::relay`] chose with `sendmmsg` (epoll mode).
     pub(super) fn flush(&self, batch: &mut Batch, out: &Relayed) {
         if out.to_web {
             flush(batch, &self.web.socket, &out.main, &self.stats.web);

@@ -8,7 +8,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::TrySendError;
 
-use super::call::CallState;
+use super::call::RelayedCall;
 use super::streams::{SipOutStream, WebOutStream};
 use super::{ControlPacket, RelayEvent};
 use crate::media::batch::{Batch, BATCH};
@@ -47,7 +47,7 @@ pub(super) fn count_srtp_error(stats: &LegStats, e: SrtpError) {
 }
 
 pub(super) fn relay_from_web(
-    call: &mut CallState,
+    call: &mut RelayedCall,
     batch: &mut Batch,
     n: usize,
 ) -> (Outgoing, Outgoing) {
@@ -140,7 +140,7 @@ pub(super) fn relay_from_web(
 }
 
 pub(super) fn relay_from_sip(
-    call: &mut CallState,
+    call: &mut RelayedCall,
     batch: &mut Batch,
     n: usize,
     rtcp_socket: bool,
@@ -420,7 +420,7 @@ mod tests {
     /// A call with SRTP on the web leg (browser keys 1, ours 2) and on the
     /// SIP leg (peer keys 3, ours 4), Opus 111 ↔ PCMU 0 and
     /// telephone-event 101 ↔ 101.
-    fn call() -> CallState {
+    fn call() -> RelayedCall {
         let socket = || UdpSocket::bind("127.0.0.1:0").unwrap();
         let setup = CallMediaSetup {
             web_socket: socket(),
@@ -439,7 +439,7 @@ mod tests {
             events: None,
             leases: Vec::new(),
         };
-        CallState::new(1, setup, Arc::new(CallStats::default())).unwrap()
+        RelayedCall::new(1, setup, Arc::new(CallStats::default())).unwrap()
     }
 
     fn rtp(pt: u8, seq: u16, ssrc: u32) -> [u8; 172] {
@@ -494,7 +494,7 @@ mod tests {
         let (mut peer_out, mut peer_in) = (context(3), context(4));
         let (mut web_seq, mut sip_seq) = (1u16, 1u16);
         let mut relayed = 0usize;
-        let mut turn = |call: &mut CallState, batch: &mut Batch, check: bool| {
+        let mut turn = |call: &mut RelayedCall, batch: &mut Batch, check: bool| {
             // The fill and the checks encrypt and decrypt as the far ends
             // do; only the relay's calls are measured.
             fill(batch, BATCH, BROWSER, &mut browser_out, 111, &mut web_seq);

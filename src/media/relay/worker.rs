@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use mio::{Interest, Poll, Token};
 
-use super::call::CallState;
+use super::call::RelayedCall;
 use super::control::Control;
 use super::uring::token;
 use super::{CallMediaSetup, Totals, SIP_RTCP, SIP_RTP, SOCKETS_PER_CALL, WEB};
@@ -27,7 +27,7 @@ pub(super) struct Worker {
     pub(super) control: Receiver<Control>,
     pub(super) load: Arc<AtomicUsize>,
     pub(super) totals: Arc<Totals>,
-    pub(super) slots: Vec<Option<CallState>>,
+    pub(super) slots: Vec<Option<RelayedCall>>,
     pub(super) free_slots: Vec<usize>,
     pub(super) by_id: HashMap<u64, usize>,
     pub(super) batch: Batch,
@@ -167,7 +167,7 @@ impl Worker {
         true
     }
 
-    pub(super) fn call_mut(&mut self, id: u64) -> Option<&mut CallState> {
+    pub(super) fn call_mut(&mut self, id: u64) -> Option<&mut RelayedCall> {
         let slot = *self.by_id.get(&id)?;
         self.slots[slot].as_mut()
     }
@@ -180,7 +180,7 @@ impl Worker {
     ) -> io::Result<()> {
         // Sockets are set up before a slot is taken, so a failure leaves
         // none behind.
-        let mut call = CallState::new(id, setup, stats)?;
+        let mut call = RelayedCall::new(id, setup, stats)?;
         let slot = self.free_slots.pop().unwrap_or_else(|| {
             self.slots.push(None);
             self.slots.len() - 1
