@@ -31,8 +31,9 @@ if ! python3 -c "import pylibsrtp" 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "pylibsrtp==1.0.0"
 fi
 
-# npm packages of the browser tests (playwright-core, pinned by package-lock.json).
-if [ ! -d tests/e2e/node_modules/playwright-core ]; then
+# npm packages of the browser tests (playwright-core) and of the js-api type
+# check (typescript), pinned by package-lock.json.
+if [ ! -d tests/e2e/node_modules/playwright-core ] || [ ! -d tests/e2e/node_modules/typescript ]; then
     step "installing tests/e2e npm packages"
     (cd tests/e2e && npm ci --no-audit --no-fund)
 fi
