@@ -1,5 +1,5 @@
 // Real Chromium against a running gateway's echo endpoint, for
-// tests/echo_calls.rs. Mode (argv[2]):
+// tests/browser_calls.rs. Mode (argv[2]):
 //   demo        the shipped demo page: connect, call echo, hear the tone
 //               back, DTMF, hold/resume, screenshot, hang up
 //   incoming    the demo page, connected as 1001, answers a SIP caller (SIPp

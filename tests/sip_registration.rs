@@ -1,48 +1,15 @@
-//! Registration against SIPp registrars (Debian's sip-tester): a 401 digest
+//! Registration with the SIP server, played by SIPp registrars (Debian's
+//! sip-tester): a 401 digest
 //! challenge then 200 and the unREGISTER at session end; a 403 refusal; a
 //! server that never answers; and the keepalive that feeds /readyz.
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::sipp::{Sipp, Transport};
 use common::{free_udp_port, post_session, Gateway};
 use serde_json::{json, Value};
-
-/// SIPp running `scenario` as a server on `port` for one call.
-fn sipp_server(scenario: &str, port: u16) -> Child {
-    sipp_server_on(scenario, port, "u1")
-}
-
-/// The same over `transport` (SIPp's -t: u1 UDP, t1 TCP).
-fn sipp_server_on(scenario: &str, port: u16, transport: &str) -> Child {
-    let path = format!("{}/tests/sipp/{scenario}", env!("CARGO_MANIFEST_DIR"));
-    let child = Command::new("sipp")
-        .args([
-            "-t",
-            transport,
-            "-sf",
-            &path,
-            "-m",
-            "1",
-            "-i",
-            "127.0.0.1",
-            "-p",
-        ])
-        .arg(port.to_string())
-        .args(["-nostdin", "-timeout", "30", "-timeout_error"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("sipp runs (the test command installs sip-tester)");
-    common::wait_until_bound(port, transport != "u1");
-    child
-}
-
-fn assert_sipp_passed(child: Child) {
-    common::assert_sipp_passed(&child.wait_with_output().unwrap());
-}
 
 fn gateway_for(server_port: u16, extra: &str) -> Gateway {
     Gateway::start(
@@ -54,7 +21,7 @@ fn gateway_for(server_port: u16, extra: &str) -> Gateway {
 #[tokio::test]
 async fn digest_challenge_then_registered_then_unregistered() {
     let port = free_udp_port();
-    let sipp = sipp_server("registrar-auth.xml", port);
+    let sipp = Sipp::server("registrar-auth.xml", port, Transport::Udp);
     let gw = gateway_for(port, "");
     let (status, body) =
         post_session(&gw, &json!({"user": "1001", "password": "secret1001"})).await;
@@ -74,7 +41,7 @@ async fn digest_challenge_then_registered_then_unregistered() {
         "the first REGISTER and the one with credentials"
     );
     common::delete_session(&gw.api(), &body).await;
-    assert_sipp_passed(sipp);
+    sipp.passed();
     let deadline = Instant::now() + Duration::from_secs(3);
     while gw.metric("gateway_sip_registrations").await != 0.0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -90,7 +57,7 @@ async fn digest_challenge_then_registered_then_unregistered() {
 #[tokio::test]
 async fn a_wrong_password_is_registration_failed() {
     let port = free_udp_port();
-    let sipp = sipp_server("registrar-auth.xml", port);
+    let sipp = Sipp::server("registrar-auth.xml", port, Transport::Udp);
     let gw = gateway_for(port, "");
     let (status, body) = post_session(&gw, &json!({"user": "1001", "password": "wrong"})).await;
     assert_eq!(status, 403, "{body}");
@@ -101,13 +68,13 @@ async fn a_wrong_password_is_registration_failed() {
         0.0,
         "no session is left"
     );
-    assert_sipp_passed(sipp);
+    sipp.passed();
 }
 
 #[tokio::test]
 async fn a_refusing_registrar_is_registration_failed() {
     let port = free_udp_port();
-    let sipp = sipp_server("registrar-reject.xml", port);
+    let sipp = Sipp::server("registrar-reject.xml", port, Transport::Udp);
     let gw = gateway_for(port, "");
     let (status, body) = post_session(&gw, &json!({"user": "1002"})).await;
     assert_eq!(status, 403, "{body}");
@@ -117,7 +84,7 @@ async fn a_refusing_registrar_is_registration_failed() {
         gw.metric("gateway_sip_registrations_failed_total").await,
         1.0
     );
-    assert_sipp_passed(sipp);
+    sipp.passed();
 }
 
 #[tokio::test]
@@ -143,7 +110,7 @@ async fn a_silent_server_is_sip_unreachable() {
 #[tokio::test]
 async fn keepalive_feeds_readiness() {
     let port = free_udp_port();
-    let sipp = sipp_server("options-server.xml", port);
+    let sipp = Sipp::server("options-server.xml", port, Transport::Udp);
     let gw = Gateway::start(
         "",
         &format!(
@@ -174,7 +141,7 @@ async fn keepalive_feeds_readiness() {
     };
     assert_eq!(wait_for("reachable").await, (200, "reachable".to_string()));
     assert_eq!(gw.metric("gateway_sip_server_up").await, 1.0);
-    assert_sipp_passed(sipp);
+    sipp.passed();
     // SIPp is gone: the next ping goes unanswered.
     assert_eq!(
         wait_for("unreachable").await,
@@ -188,13 +155,13 @@ async fn keepalive_feeds_readiness() {
 #[tokio::test]
 async fn registration_over_tcp() {
     let port = free_udp_port();
-    let sipp = sipp_server_on("registrar-auth.xml", port, "t1");
+    let sipp = Sipp::server("registrar-auth.xml", port, Transport::Tcp);
     let gw = gateway_for(port, "transport = \"tcp\"\n");
     let (status, body) =
         post_session(&gw, &json!({"user": "1001", "password": "secret1001"})).await;
     assert_eq!(status, 201, "{body}");
     common::delete_session(&gw.api(), &body).await;
-    assert_sipp_passed(sipp);
+    sipp.passed();
     assert_eq!(
         gw.metric("gateway_sip_messages_total{direction=\"out\",method=\"REGISTER\",status=\"0\"}")
             .await,

@@ -1,5 +1,5 @@
-//! The gateway against Kamailio (Debian's kamailio package) as its SIP
-//! server: registration through Kamailio's digest challenge (qop=auth), a
+//! The gateway behind a SIP proxy, played by Kamailio (Debian's kamailio
+//! package): registration through Kamailio's digest challenge (qop=auth), a
 //! wrong password refused, the keepalive answered, a SIPp caller reaching
 //! the registered browser user through Kamailio's location lookup (with
 //! Record-Route), and the unREGISTER taking the binding away. Then the same

@@ -1,7 +1,10 @@
-//! End to end with real headless Chromium and the built-in echo endpoint:
-//! the shipped default config, the demo page, the js-api, concurrent calls
-//! and the origin rule. Each test re-runs itself in its own network
-//! namespace (the default config's fixed ports then never clash).
+//! Calls from and to a real headless Chromium, end to end, with the audio
+//! heard: to the built-in echo with the shipped default config (the
+//! README's "Try it", the demo page, two interfaces, a browser that cannot
+//! reach the gateway, concurrent calls, the origin rule), and to and from
+//! SIP user agents (SIPp with its RTP echo, baresip with a tone, plain RTP
+//! and SDES-SRTP, hold and resume). Each test re-runs itself in its own
+//! network namespace (the default config's fixed ports then never clash).
 
 mod common;
 
@@ -376,7 +379,7 @@ fn a_page_from_another_origin_cannot_create_a_session() {
 }
 
 /// Call setup times for BENCHMARKS.md (printed, never asserted): run with
-/// `cargo test --release --test echo_calls call_setup_times -- --ignored --nocapture`.
+/// `cargo test --release --test browser_calls call_setup_times -- --ignored --nocapture`.
 #[test]
 #[ignore = "a measurement for BENCHMARKS.md, not a check"]
 fn call_setup_times() {

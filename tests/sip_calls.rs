@@ -1,5 +1,5 @@
-//! Calls between the API and SIPp user agents (Debian's sip-tester) over
-//! UDP. Outgoing: a UAS that answers and hangs up, one that rings until we
+//! SIP calls both ways between the API and SIPp user agents (Debian's
+//! sip-tester), over UDP and TCP. Outgoing: a UAS that answers and hangs up, one that rings until we
 //! cancel, one that is busy, and SIPp's own UAS hung up by us. Incoming:
 //! SIPp's UAC answered through the API, a caller that cancels, a browser
 //! that rejects, and a user with no session. Each checks the events the
@@ -7,91 +7,18 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{free_udp_port, ApiSession, Gateway};
+use common::sipp::{SipTest, Transport};
+use common::ApiSession;
 use serde_json::{json, Value};
 
 const OFFER: &str = include_str!("fixtures/sdp/chromium-offer.sdp");
 
-/// SIPp as a UAS on `port`: a scenario file under tests/sipp, or `-sn uas`.
-fn sipp_uas(scenario: &str, port: u16) -> Child {
-    sipp_uas_on(scenario, port, "u1")
-}
-
-/// The same over `transport` (SIPp's -t: u1 UDP, t1 TCP).
-fn sipp_uas_on(scenario: &str, port: u16, transport: &str) -> Child {
-    let mut cmd = Command::new("sipp");
-    cmd.args(["-t", transport]);
-    if scenario == "uas" {
-        cmd.args(["-sn", "uas"]);
-    } else {
-        cmd.arg("-sf").arg(format!(
-            "{}/tests/sipp/{scenario}",
-            env!("CARGO_MANIFEST_DIR")
-        ));
-    }
-    let child = cmd
-        .args(["-m", "1", "-i", "127.0.0.1", "-mi", "127.0.0.1", "-p"])
-        .arg(port.to_string())
-        .arg("-mp")
-        .arg(free_udp_port().to_string())
-        .args(["-nostdin", "-timeout", "30", "-timeout_error"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("sipp runs (the test command installs sip-tester)");
-    common::wait_until_bound(port, transport != "u1");
-    child
-}
-
-fn sip_gateway(port: u16) -> Gateway {
-    sip_gateway_on(port, "udp")
-}
-
-fn sip_gateway_on(port: u16, transport: &str) -> Gateway {
-    sip_gateway_with(port, &format!("transport = \"{transport}\"\n"))
-}
-
-/// A gateway toward the SIP server on `port`, with `extra` lines in [sip].
-fn sip_gateway_with(port: u16, extra: &str) -> Gateway {
-    Gateway::start(
-        "",
-        &format!(
-            "[sip]\nserver = \"127.0.0.1:{port}\"\nregister = false\nkeepalive-interval-s = 0\n{extra}"
-        ),
-    )
-}
-
-async fn nothing_left(gw: &Gateway) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while (gw.metric("gateway_calls").await != 0.0
-        || gw.metric("gateway_media_calls").await != 0.0
-        || gw.metric("gateway_sip_dialogs").await != 0.0)
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(gw.metric("gateway_calls").await, 0.0);
-    assert_eq!(
-        gw.metric("gateway_media_calls").await,
-        0.0,
-        "the relay let go"
-    );
-    assert_eq!(gw.metric("gateway_sip_dialogs").await, 0.0);
-}
-
-fn passed(child: Child) {
-    common::assert_sipp_passed(&child.wait_with_output().unwrap());
-}
-
 #[tokio::test]
 async fn the_far_end_answers_and_hangs_up() {
-    let port = free_udp_port();
-    let sipp = sipp_uas("uas-answer-bye.xml", port);
-    let gw = sip_gateway(port);
-    let mut s = ApiSession::open(&gw).await;
+    let t = SipTest::toward("uas-answer-bye.xml");
+    let mut s = ApiSession::open(&t.gw).await;
     let cid = s.call("5000", OFFER).await;
     let ringing = s.wait_for("call.ringing").await;
     assert_eq!(ringing["call"], cid.as_str());
@@ -104,52 +31,42 @@ async fn the_far_end_answers_and_hangs_up() {
     assert!(sdp.contains("a=ice-lite"));
     let ended = s.wait_for("call.ended").await;
     assert_eq!(ended["reason"], "remote_hangup");
-    passed(sipp);
-    nothing_left(&gw).await;
+    t.finish().await;
 }
 
 #[tokio::test]
 async fn hanging_up_while_it_rings_cancels() {
-    let port = free_udp_port();
-    let sipp = sipp_uas("uas-ring-cancel.xml", port);
-    let gw = sip_gateway(port);
-    let mut s = ApiSession::open(&gw).await;
+    let t = SipTest::toward("uas-ring-cancel.xml");
+    let mut s = ApiSession::open(&t.gw).await;
     let cid = s.call("5000", OFFER).await;
     s.wait_for("call.ringing").await;
     s.hang_up(&cid).await;
     let ended = s.wait_for("call.ended").await;
     assert_eq!(ended["reason"], "hangup");
-    passed(sipp);
-    nothing_left(&gw).await;
+    t.finish().await;
 }
 
 #[tokio::test]
 async fn a_busy_far_end_is_rejected() {
-    let port = free_udp_port();
-    let sipp = sipp_uas("uas-busy.xml", port);
-    let gw = sip_gateway(port);
-    let mut s = ApiSession::open(&gw).await;
+    let t = SipTest::toward("uas-busy.xml");
+    let mut s = ApiSession::open(&t.gw).await;
     s.call("sip:5000@127.0.0.1", OFFER).await;
     let ended = s.wait_for("call.ended").await;
     assert_eq!(ended["reason"], "rejected");
     assert_eq!(ended["sip_status"], 486);
-    passed(sipp);
-    nothing_left(&gw).await;
+    t.finish().await;
 }
 
 #[tokio::test]
 async fn we_hang_up_an_answered_call_with_bye() {
-    let port = free_udp_port();
-    let sipp = sipp_uas("uas", port);
-    let gw = sip_gateway(port);
-    let mut s = ApiSession::open(&gw).await;
+    let t = SipTest::toward("uas");
+    let mut s = ApiSession::open(&t.gw).await;
     let cid = s.call("5000", OFFER).await;
     s.wait_for("call.answered").await;
     s.hang_up(&cid).await;
     let ended = s.wait_for("call.ended").await;
     assert_eq!(ended["reason"], "hangup");
-    passed(sipp);
-    nothing_left(&gw).await;
+    t.finish().await;
 }
 
 /// UDP sockets bound to 127.0.0.5 on this host (/proc/net/udp writes an
@@ -173,57 +90,19 @@ fn sockets_on_127_0_0_5() -> usize {
 /// gone after the call.
 #[tokio::test]
 async fn the_sip_leg_uses_the_configured_media_address() {
-    let port = free_udp_port();
-    let sipp = sipp_uas("uas-media-address.xml", port);
-    let gw = sip_gateway_with(port, "media-address = \"127.0.0.5\"\n");
-    let mut s = ApiSession::open(&gw).await;
+    let t = SipTest::toward_over(
+        "uas-media-address.xml",
+        Transport::Udp,
+        "media-address = \"127.0.0.5\"\n",
+    );
+    let mut s = ApiSession::open(&t.gw).await;
     let cid = s.call("5000", OFFER).await;
     s.wait_for("call.answered").await;
     assert_eq!(sockets_on_127_0_0_5(), 2, "the call's RTP and RTCP sockets");
     s.hang_up(&cid).await;
     s.wait_for("call.ended").await;
-    passed(sipp);
-    nothing_left(&gw).await;
+    t.finish().await;
     assert_eq!(sockets_on_127_0_0_5(), 0, "closed with the call");
-}
-
-/// SIPp as a caller toward the gateway's SIP port, for user 1001.
-fn sipp_uac(scenario: &str, gw: &Gateway) -> Child {
-    sipp_uac_on(scenario, gw, "u1")
-}
-
-/// The same over `transport` (SIPp's -t: u1 UDP, t1 TCP).
-fn sipp_uac_on(scenario: &str, gw: &Gateway, transport: &str) -> Child {
-    let mut cmd = Command::new("sipp");
-    cmd.args(["-t", transport]);
-    if scenario == "uac" {
-        cmd.args(["-sn", "uac", "-d", "1000"]);
-    } else {
-        cmd.arg("-sf").arg(format!(
-            "{}/tests/sipp/{scenario}",
-            env!("CARGO_MANIFEST_DIR")
-        ));
-    }
-    cmd.args([
-        "-s",
-        "1001",
-        "-m",
-        "1",
-        "-i",
-        "127.0.0.1",
-        "-mi",
-        "127.0.0.1",
-        "-p",
-    ])
-    .arg(free_udp_port().to_string())
-    .arg("-mp")
-    .arg(free_udp_port().to_string())
-    .args(["-nostdin", "-timeout", "30", "-timeout_error"])
-    .arg(gw.sip.to_string())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("sipp runs")
 }
 
 /// A browser's answer to our offer: the fixture's ICE, fingerprint and
@@ -234,9 +113,9 @@ fn browser_answer() -> String {
 
 #[tokio::test]
 async fn an_incoming_call_answered_by_the_browser() {
-    let gw = sip_gateway(free_udp_port());
-    let mut s = ApiSession::open(&gw).await;
-    let sipp = sipp_uac("uac", &gw);
+    let mut t = SipTest::gateway(Transport::Udp, "");
+    let mut s = ApiSession::open(&t.gw).await;
+    t.call_in("uac", Transport::Udp);
     let incoming = s.wait_for("call.incoming").await;
     let cid = incoming["call"].as_str().unwrap().to_string();
     assert_eq!(incoming["to"], "1001");
@@ -276,28 +155,26 @@ async fn an_incoming_call_answered_by_the_browser() {
     );
     let ended = s.wait_for("call.ended").await;
     assert_eq!(ended["reason"], "remote_hangup");
-    passed(sipp);
-    nothing_left(&gw).await;
+    t.finish().await;
 }
 
 #[tokio::test]
 async fn the_caller_cancels_while_the_browser_rings() {
-    let gw = sip_gateway(free_udp_port());
-    let mut s = ApiSession::open(&gw).await;
-    let sipp = sipp_uac("uac-cancel.xml", &gw);
+    let mut t = SipTest::gateway(Transport::Udp, "");
+    let mut s = ApiSession::open(&t.gw).await;
+    t.call_in("uac-cancel.xml", Transport::Udp);
     s.wait_for("call.incoming").await;
     let ended = s.wait_for("call.ended").await;
     assert_eq!(ended["reason"], "cancelled");
     assert_eq!(ended["sip_status"], 487);
-    passed(sipp);
-    nothing_left(&gw).await;
+    t.finish().await;
 }
 
 #[tokio::test]
 async fn the_browser_rejects_an_incoming_call() {
-    let gw = sip_gateway(free_udp_port());
-    let mut s = ApiSession::open(&gw).await;
-    let sipp = sipp_uac("uac-486.xml", &gw);
+    let mut t = SipTest::gateway(Transport::Udp, "");
+    let mut s = ApiSession::open(&t.gw).await;
+    t.call_in("uac-486.xml", Transport::Udp);
     let incoming = s.wait_for("call.incoming").await;
     let cid = incoming["call"].as_str().unwrap().to_string();
     let (status, body) = s
@@ -312,24 +189,20 @@ async fn the_browser_rejects_an_incoming_call() {
     let ended = s.wait_for("call.ended").await;
     assert_eq!(ended["reason"], "rejected");
     assert_eq!(ended["sip_status"], 486);
-    passed(sipp);
-    nothing_left(&gw).await;
+    t.finish().await;
 }
 
 #[tokio::test]
 async fn a_call_for_a_user_without_a_session_gets_404() {
-    let gw = sip_gateway(free_udp_port());
-    let sipp = sipp_uac("uac-404.xml", &gw);
-    passed(sipp);
-    nothing_left(&gw).await;
+    let mut t = SipTest::gateway(Transport::Udp, "");
+    t.call_in("uac-404.xml", Transport::Udp);
+    t.finish().await;
 }
 
 #[tokio::test]
 async fn the_far_end_holds_and_resumes() {
-    let port = free_udp_port();
-    let sipp = sipp_uas("uas-reinvite-hold.xml", port);
-    let gw = sip_gateway(port);
-    let mut s = ApiSession::open(&gw).await;
+    let t = SipTest::toward("uas-reinvite-hold.xml");
+    let mut s = ApiSession::open(&t.gw).await;
     let cid = s.call("5000", OFFER).await;
     s.wait_for("call.answered").await;
     let held = s.wait_for("call.held").await;
@@ -341,16 +214,13 @@ async fn the_far_end_holds_and_resumes() {
     assert_eq!(resumed["by"], "remote");
     let ended = s.wait_for("call.ended").await;
     assert_eq!(ended["reason"], "remote_hangup");
-    passed(sipp);
-    nothing_left(&gw).await;
+    t.finish().await;
 }
 
 #[tokio::test]
 async fn we_hold_and_resume_the_far_end() {
-    let port = free_udp_port();
-    let sipp = sipp_uas("uas-accept-hold.xml", port);
-    let gw = sip_gateway(port);
-    let mut s = ApiSession::open(&gw).await;
+    let t = SipTest::toward("uas-accept-hold.xml");
+    let mut s = ApiSession::open(&t.gw).await;
     let cid = s.call("5000", OFFER).await;
     s.wait_for("call.answered").await;
     let (status, body) = s.post(&format!("/calls/{cid}/hold"), json!({})).await;
@@ -363,18 +233,15 @@ async fn we_hold_and_resume_the_far_end() {
     assert_eq!(resumed["by"], "local");
     s.hang_up(&cid).await;
     assert_eq!(s.wait_for("call.ended").await["reason"], "hangup");
-    passed(sipp);
-    nothing_left(&gw).await;
+    t.finish().await;
 }
 
 /// The far end negotiated no telephone-event: DTMF from the API goes as SIP
 /// INFO (application/dtmf-relay), which the SIPp scenario checks.
 #[tokio::test]
 async fn dtmf_goes_as_sip_info_without_telephone_event() {
-    let port = free_udp_port();
-    let sipp = sipp_uas("uas-info-dtmf.xml", port);
-    let gw = sip_gateway(port);
-    let mut s = ApiSession::open(&gw).await;
+    let t = SipTest::toward("uas-info-dtmf.xml");
+    let mut s = ApiSession::open(&t.gw).await;
     let cid = s.call("5000", OFFER).await;
     s.wait_for("call.answered").await;
     let (status, body) = s
@@ -391,22 +258,19 @@ async fn dtmf_goes_as_sip_info_without_telephone_event() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     s.hang_up(&cid).await;
     assert_eq!(s.wait_for("call.ended").await["reason"], "hangup");
-    passed(sipp);
-    nothing_left(&gw).await;
+    t.finish().await;
 }
 
 /// Over UDP an unanswered INVITE is retransmitted on timer A; SIPp sees
 /// the retransmissions, and the final 486 is ACKed once.
 #[tokio::test]
 async fn sipp_sees_our_invite_retransmissions() {
-    let port = free_udp_port();
-    let sipp = sipp_uas("uas-slow.xml", port);
-    let gw = sip_gateway(port);
-    let mut s = ApiSession::open(&gw).await;
+    let mut t = SipTest::toward("uas-slow.xml");
+    let mut s = ApiSession::open(&t.gw).await;
     s.call("5000", OFFER).await;
     let ended = s.wait_for("call.ended").await;
     assert_eq!(ended["sip_status"], 486);
-    let out = sipp.wait_with_output().unwrap();
+    let out = t.peer_output();
     common::assert_sipp_passed(&out);
     let screen = String::from_utf8_lossy(&out.stdout);
     // The INVITE row of SIPp's final screen: messages, then retransmissions.
@@ -422,43 +286,37 @@ async fn sipp_sees_our_invite_retransmissions() {
         numbers.len() >= 2 && numbers[0] == 1 && numbers[1] >= 2,
         "one INVITE, retransmitted at least twice: {row}"
     );
-    nothing_left(&gw).await;
+    t.finish().await;
 }
 
 /// A call over TCP: INVITE, 200, ACK and our BYE on one connection (SIPp's
 /// own UAS), and the far end's BYE coming back over it too.
 #[tokio::test]
 async fn calls_over_tcp() {
-    let port = free_udp_port();
-    let sipp = sipp_uas_on("uas", port, "t1");
-    let gw = sip_gateway_on(port, "tcp");
-    let mut s = ApiSession::open(&gw).await;
+    let t = SipTest::toward_over("uas", Transport::Tcp, "");
+    let mut s = ApiSession::open(&t.gw).await;
     let cid = s.call("5000", OFFER).await;
     s.wait_for("call.answered").await;
     s.hang_up(&cid).await;
     assert_eq!(s.wait_for("call.ended").await["reason"], "hangup");
-    passed(sipp);
-    nothing_left(&gw).await;
+    t.finish().await;
 
-    let port = free_udp_port();
-    let sipp = sipp_uas_on("uas-answer-bye.xml", port, "t1");
-    let gw = sip_gateway_on(port, "tcp");
-    let mut s = ApiSession::open(&gw).await;
+    let t = SipTest::toward_over("uas-answer-bye.xml", Transport::Tcp, "");
+    let mut s = ApiSession::open(&t.gw).await;
     s.call("5000", OFFER).await;
     s.wait_for("call.answered").await;
     assert_eq!(s.wait_for("call.ended").await["reason"], "remote_hangup");
-    passed(sipp);
-    nothing_left(&gw).await;
+    t.finish().await;
 }
 
 /// A user whose session ended is temporarily unavailable (480), not unknown.
 #[tokio::test]
 async fn a_call_for_a_user_whose_session_ended_gets_480() {
-    let gw = sip_gateway(free_udp_port());
-    let s = ApiSession::open(&gw).await;
-    common::delete_session(&gw.api(), &s.created).await;
-    passed(sipp_uac("uac-480.xml", &gw));
-    nothing_left(&gw).await;
+    let mut t = SipTest::gateway(Transport::Udp, "");
+    let s = ApiSession::open(&t.gw).await;
+    common::delete_session(&t.gw.api(), &s.created).await;
+    t.call_in("uac-480.xml", Transport::Udp);
+    t.finish().await;
 }
 
 /// `[sip] srtp = "required"`: the INVITE offers RTP/SAVP with two SDES keys
@@ -466,35 +324,37 @@ async fn a_call_for_a_user_whose_session_ended_gets_480() {
 /// browser learns why (488).
 #[tokio::test]
 async fn required_srtp_hangs_up_on_a_plain_answer() {
-    let port = free_udp_port();
-    let sipp = sipp_uas("uas-plain-to-srtp.xml", port);
-    let gw = sip_gateway_with(port, "srtp = \"required\"\n");
-    let mut s = ApiSession::open(&gw).await;
+    let t = SipTest::toward_over(
+        "uas-plain-to-srtp.xml",
+        Transport::Udp,
+        "srtp = \"required\"\n",
+    );
+    let mut s = ApiSession::open(&t.gw).await;
     s.call("5000", OFFER).await;
     let ended = s.wait_for("call.ended").await;
     assert_eq!(ended["sip_status"], 488, "{ended}");
-    passed(sipp);
-    nothing_left(&gw).await;
+    t.finish().await;
 }
 
 /// `[sip] srtp = "required"`: an incoming offer without keys gets 488 and
 /// the browser hears nothing of it.
 #[tokio::test]
 async fn required_srtp_refuses_a_plain_offer() {
-    let gw = sip_gateway_with(free_udp_port(), "srtp = \"required\"\n");
-    let s = ApiSession::open(&gw).await;
-    passed(sipp_uac("uac-rtp-488.xml", &gw));
+    let mut t = SipTest::gateway(Transport::Udp, "srtp = \"required\"\n");
+    let s = ApiSession::open(&t.gw).await;
+    t.call_in("uac-rtp-488.xml", Transport::Udp);
+    common::assert_sipp_passed(&t.peer_output());
     assert_eq!(s.events(0).await, Vec::<Value>::new());
-    nothing_left(&gw).await;
+    t.finish().await;
 }
 
 /// `[sip] srtp = "off"`: an incoming RTP/SAVP offer gets 488.
 #[tokio::test]
 async fn srtp_off_refuses_a_savp_offer() {
-    let gw = sip_gateway(free_udp_port());
-    let _s = ApiSession::open(&gw).await;
-    passed(sipp_uac("uac-savp-488.xml", &gw));
-    nothing_left(&gw).await;
+    let mut t = SipTest::gateway(Transport::Udp, "");
+    let _s = ApiSession::open(&t.gw).await;
+    t.call_in("uac-savp-488.xml", Transport::Udp);
+    t.finish().await;
 }
 
 /// With `[sip] transport = "tcp"` a caller may open its own connection to
@@ -502,9 +362,9 @@ async fn srtp_off_refuses_a_savp_offer() {
 /// caller's BYE go over it, and the connection is let go at the end.
 #[tokio::test]
 async fn a_caller_connects_to_us_over_tcp() {
-    let gw = sip_gateway_on(free_udp_port(), "tcp");
-    let mut s = ApiSession::open(&gw).await;
-    let sipp = sipp_uac_on("uac", &gw, "t1");
+    let mut t = SipTest::gateway(Transport::Tcp, "");
+    let mut s = ApiSession::open(&t.gw).await;
+    t.call_in("uac", Transport::Tcp);
     let incoming = s.wait_for("call.incoming").await;
     let cid = incoming["call"].as_str().unwrap().to_string();
     let (status, body) = s
@@ -516,8 +376,7 @@ async fn a_caller_connects_to_us_over_tcp() {
     assert_eq!(status, 200, "{body}");
     s.wait_for("call.answered").await;
     assert_eq!(s.wait_for("call.ended").await["reason"], "remote_hangup");
-    passed(sipp);
-    nothing_left(&gw).await;
+    let gw = t.finish().await;
     assert!(gw.log().contains("SIP over TCP: connection accepted"));
 }
 
@@ -526,10 +385,10 @@ async fn a_caller_connects_to_us_over_tcp() {
 #[tokio::test]
 async fn the_sip_port_caps_its_connections() {
     use tokio::io::AsyncReadExt;
-    let gw = sip_gateway_on(free_udp_port(), "tcp");
+    let t = SipTest::gateway(Transport::Tcp, "");
     let mut held = Vec::new();
     for _ in 0..256 {
-        held.push(tokio::net::TcpStream::connect(gw.sip).await.unwrap());
+        held.push(tokio::net::TcpStream::connect(t.gw.sip).await.unwrap());
     }
     // Give the gateway time to take them all.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -540,14 +399,14 @@ async fn the_sip_port_caps_its_connections() {
             Ok(Ok(0)) | Ok(Err(_))
         )
     };
-    let extra = tokio::net::TcpStream::connect(gw.sip).await.unwrap();
+    let extra = tokio::net::TcpStream::connect(t.gw.sip).await.unwrap();
     assert!(
         closed_at_once(extra).await,
         "the 257th connection is closed"
     );
     drop(held.pop());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let again = tokio::net::TcpStream::connect(gw.sip).await.unwrap();
+    let again = tokio::net::TcpStream::connect(t.gw.sip).await.unwrap();
     assert!(!closed_at_once(again).await, "a freed place is taken again");
-    assert!(gw.log().contains("too many connections"));
+    assert!(t.gw.log().contains("too many connections"));
 }

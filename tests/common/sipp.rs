@@ -1,0 +1,186 @@
+//! SIPp (Debian's sip-tester) as the far end of a test, started one way:
+//! as the SIP server the gateway points at (a UAS scenario, or SIPp's own
+//! `uas`) or as a caller toward the gateway's SIP port (a UAC scenario, or
+//! `uac`); and ended one way: SIPp's verdict, then nothing of the call left
+//! in the gateway (API calls, relay calls, SIP dialogs).
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{free_udp_port, wait_until_bound, Gateway};
+
+/// SIP transport of a SIPp peer and of the gateway toward it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    /// SIPp's `-t` value.
+    fn sipp(self) -> &'static str {
+        match self {
+            Transport::Udp => "u1",
+            Transport::Tcp => "t1",
+        }
+    }
+
+    /// The gateway's `[sip] transport`.
+    pub fn config(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+/// A SIPp process playing one scenario once.
+pub struct Sipp {
+    child: Child,
+}
+
+/// The arguments every SIPp peer here takes: the scenario (a file under
+/// tests/sipp, or one of SIPp's built-in `uas`/`uac`), one call, loopback,
+/// and a bounded run that fails on timeout.
+fn command(scenario: &str, transport: Transport) -> Command {
+    let mut cmd = Command::new("sipp");
+    cmd.args(["-t", transport.sipp()]);
+    match scenario {
+        "uas" => {
+            cmd.args(["-sn", "uas"]);
+        }
+        "uac" => {
+            cmd.args(["-sn", "uac", "-d", "1000"]);
+        }
+        file => {
+            cmd.arg("-sf")
+                .arg(format!("{}/tests/sipp/{file}", env!("CARGO_MANIFEST_DIR")));
+        }
+    }
+    cmd.args(["-m", "1", "-i", "127.0.0.1", "-mi", "127.0.0.1", "-mp"])
+        .arg(free_udp_port().to_string())
+        .args(["-nostdin", "-timeout", "30", "-timeout_error"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+impl Sipp {
+    /// SIPp as a server on `port`, once it listens there.
+    pub fn server(scenario: &str, port: u16, transport: Transport) -> Sipp {
+        let child = command(scenario, transport)
+            .arg("-p")
+            .arg(port.to_string())
+            .spawn()
+            .expect("sipp runs (the test command installs sip-tester)");
+        wait_until_bound(port, transport == Transport::Tcp);
+        Sipp { child }
+    }
+
+    /// SIPp calling user 1001 at `target` (the gateway's SIP port).
+    pub fn caller(scenario: &str, target: SocketAddr, transport: Transport) -> Sipp {
+        let child = command(scenario, transport)
+            .args(["-s", "1001", "-p"])
+            .arg(free_udp_port().to_string())
+            .arg(target.to_string())
+            .spawn()
+            .expect("sipp runs (the test command installs sip-tester)");
+        Sipp { child }
+    }
+
+    /// Waits for SIPp to end.
+    pub fn output(self) -> Output {
+        self.child.wait_with_output().unwrap()
+    }
+
+    /// Waits for SIPp to end and asserts its scenario passed.
+    pub fn passed(self) {
+        super::assert_sipp_passed(&self.output());
+    }
+}
+
+/// A gateway whose SIP server is 127.0.0.1:`port`, without registration or
+/// keepalive, with `extra` lines in `[sip]`.
+pub fn gateway_toward(port: u16, transport: Transport, extra: &str) -> Gateway {
+    Gateway::start(
+        "",
+        &format!(
+            "[sip]\nserver = \"127.0.0.1:{port}\"\nregister = false\nkeepalive-interval-s = 0\n\
+             transport = \"{}\"\n{extra}",
+            transport.config()
+        ),
+    )
+}
+
+/// Asserts (within 5 s) that the gateway holds no call anywhere.
+pub async fn nothing_left(gw: &Gateway) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (gw.metric("gateway_calls").await != 0.0
+        || gw.metric("gateway_media_calls").await != 0.0
+        || gw.metric("gateway_sip_dialogs").await != 0.0)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gw.metric("gateway_calls").await, 0.0);
+    assert_eq!(
+        gw.metric("gateway_media_calls").await,
+        0.0,
+        "the relay let go"
+    );
+    assert_eq!(gw.metric("gateway_sip_dialogs").await, 0.0);
+}
+
+/// A test's gateway and its SIPp peer.
+pub struct SipTest {
+    pub gw: Gateway,
+    peer: Option<Sipp>,
+}
+
+impl SipTest {
+    /// SIPp as the SIP server over UDP playing `scenario`, and a gateway
+    /// pointed at it.
+    pub fn toward(scenario: &str) -> SipTest {
+        SipTest::toward_over(scenario, Transport::Udp, "")
+    }
+
+    /// The same over `transport`, with `extra` lines in the gateway's `[sip]`.
+    pub fn toward_over(scenario: &str, transport: Transport, extra: &str) -> SipTest {
+        let port = free_udp_port();
+        let peer = Sipp::server(scenario, port, transport);
+        SipTest {
+            gw: gateway_toward(port, transport, extra),
+            peer: Some(peer),
+        }
+    }
+
+    /// A gateway whose SIP server nothing plays (for calls that come in).
+    pub fn gateway(transport: Transport, extra: &str) -> SipTest {
+        SipTest {
+            gw: gateway_toward(free_udp_port(), transport, extra),
+            peer: None,
+        }
+    }
+
+    /// Starts SIPp calling user 1001 at the gateway, playing `scenario`.
+    pub fn call_in(&mut self, scenario: &str, transport: Transport) {
+        assert!(self.peer.is_none(), "one SIPp peer per test");
+        self.peer = Some(Sipp::caller(scenario, self.gw.sip, transport));
+    }
+
+    /// Waits for SIPp to end; its output (for what its screen shows).
+    pub fn peer_output(&mut self) -> Output {
+        self.peer.take().expect("a SIPp peer runs").output()
+    }
+
+    /// The end of every SIP test: SIPp passed (if it still runs), and the
+    /// gateway holds nothing of the call.
+    pub async fn finish(mut self) -> Gateway {
+        if let Some(peer) = self.peer.take() {
+            peer.passed();
+        }
+        nothing_left(&self.gw).await;
+        self.gw
+    }
+}
