@@ -1,5 +1,5 @@
 // webrtc-sip-gateway browser API: an ES module with no dependencies.
-// It speaks the gateway's signaling API (shared/API.md) and drives an
+// It speaks the gateway's signaling API (docs/api.md) and drives an
 // RTCPeerConnection per call. Types: gateway.d.ts.
 
 /** An error from the gateway (or from reaching it), with the API's code. */

@@ -1,5 +1,5 @@
 // Unit tests of gateway.js under node's test runner, against an in-memory
-// gateway that follows shared/API.md (the real one is exercised by the
+// gateway that follows docs/api.md (the real one is exercised by the
 // Chromium tests in tests/).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';

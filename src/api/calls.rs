@@ -1,4 +1,4 @@
-//! The call endpoints (`shared/API.md`, "Calls"): start, inspect, hang up,
+//! The call endpoints (`docs/api.md`, "Calls"): start, inspect, hang up,
 //! hold, resume and send DTMF. Each handler checks the session secret before
 //! it looks at the request, and refuses bad input before anything is set up.
 

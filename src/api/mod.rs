@@ -1,4 +1,4 @@
-//! The signaling API (`shared/API.md`): routing, CORS, auth, rate limit,
+//! The signaling API (`docs/api.md`): routing, CORS, auth, rate limit,
 //! request metrics and spans, and the session endpoints.
 //!
 //! Handlers lock the session store only for short, non-awaiting sections; a
@@ -37,7 +37,7 @@ use cors::{CorsPolicy, OriginVerdict};
 pub use error::ApiError;
 use ratelimit::RateLimiter;
 
-/// Longest a long-poll may wait, in seconds (API.md).
+/// Longest a long-poll may wait, in seconds (docs/api.md).
 pub const MAX_POLL_TIMEOUT_S: u64 = 30;
 /// Wait used when a poll names no timeout.
 pub const DEFAULT_POLL_TIMEOUT_S: u64 = 25;

@@ -1,4 +1,4 @@
-//! Bearer tokens issued by the web application's backend (see `shared/API.md`):
+//! Bearer tokens issued by the web application's backend (see `docs/api.md`):
 //! `base64url(user ":" expires_unix) "." base64url(HMAC-SHA256(secret, user ":" expires_unix))`.
 //!
 //! Verification compares MACs in constant time (aws-lc-rs `hmac::verify`).

@@ -20,25 +20,18 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn, Instrument};
 
-use super::plan::{self, OutboundPlan, WebLocal};
-use super::{Call, CallError, CallOutput, CallState, FarRequest, LegKeying, Party, WebLegSpec};
+use super::negotiate::{self, FarMedia, MediaPlan, NegotiationContext, Negotiator, OutboundPlan};
+use super::{AnswerError, Call, CallError, CallOutput, CallState, FarRequest, LegKeying, Party};
 use crate::config::SrtpPolicy;
 use crate::echo::{self, Echo};
 use crate::media::batch::send_from;
 use crate::media::ports::BoundPorts;
 use crate::media::ports::{PortAllocator, PortError};
-use crate::media::relay::PayloadMap;
 use crate::media::relay::{CallMedia, CallMediaSetup, Relay, RelayError, RelayEvent};
 use crate::media::srtp::SrtpContext;
-use crate::media::srtp::SrtpProfile;
 use crate::media::stats::{CallStats, LegSnapshot};
 use crate::random::Random;
-use crate::sdp::build::WebOffer;
-use crate::sdp::build::{self, Local, SipMedia};
-use crate::sdp::codecs::{answer_codecs, usable};
 use crate::sdp::SdpError;
-use crate::sdp::{Codec, Description, Direction};
-use crate::sdp::{CryptoAttribute, IceCredentials, Setup};
 use crate::session::SessionEvent;
 use crate::sip::dialog::DialogEvent;
 use crate::sip::driver::IncomingCall;
@@ -75,6 +68,15 @@ pub enum CommandError {
     BadSdp(#[from] SdpError),
     #[error("cannot set up the call's media: {0}")]
     Media(String),
+}
+
+impl From<AnswerError> for CommandError {
+    fn from(e: AnswerError) -> Self {
+        match e {
+            AnswerError::Call(e) => CommandError::State(e),
+            AnswerError::Sdp(e) => CommandError::BadSdp(e),
+        }
+    }
 }
 
 /// A request from the API to a call's task.
@@ -392,6 +394,27 @@ impl MediaPlane {
         lock(&self.random).fork()
     }
 
+    /// What a call's negotiation needs: our addresses, its bound ports,
+    /// the keying policy of each leg.
+    fn negotiation_context(
+        &self,
+        web: &BoundPorts,
+        sip: &BoundPorts,
+        sip_address: IpAddr,
+    ) -> NegotiationContext {
+        NegotiationContext {
+            web_addresses: self.settings.web_addresses.clone(),
+            web_port: web.lease.port(),
+            sip_address,
+            sip_port: sip.lease.port(),
+            web_enable_dtls: self.settings.web_enable_dtls,
+            sip_srtp: self.settings.sip_srtp,
+            identity: self.identity.clone(),
+            consent_timeout: self.settings.consent_timeout,
+            rtp_timeout: self.settings.rtp_timeout,
+        }
+    }
+
     /// Whether `to` is the built-in echo endpoint.
     pub fn is_echo(&self, to: &str) -> bool {
         echo::is_echo_number(&self.settings.echo_number, to)
@@ -399,7 +422,7 @@ impl MediaPlane {
 
     /// Checks the browser's offer for an outbound call (nothing is allocated).
     pub fn plan_outbound(&self, offer: &str) -> Result<OutboundPlan, SdpError> {
-        plan::outbound(
+        negotiate::outbound(
             offer,
             self.settings.web_enable_dtls,
             &mut self.call_random(),
@@ -436,10 +459,9 @@ impl MediaPlane {
         far: Far,
         status: Arc<Mutex<Status>>,
         notify: N,
-        random: Random,
     ) -> CallTask<N> {
         CallTask {
-            random,
+            finished: false,
             call,
             started: Instant::now(),
             session: session.to_string(),
@@ -451,7 +473,6 @@ impl MediaPlane {
             registry: self.calls.clone(),
             notify,
             relay: self.relay.clone(),
-            identity: self.identity.clone(),
             settings: self.settings.clone(),
             relay_events: self.relay_events.clone(),
         }
@@ -478,24 +499,18 @@ impl MediaPlane {
             .map_err(|e| StartError::Media(format!("echo endpoint: {e}")))?;
         let far_answer = echo::answer(&plan.far_offer_codecs)?;
         let echo_addr = echo.addr();
+        let context = self.negotiation_context(&web, &sip, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let (negotiator, _) = Negotiator::outbound(context, plan, false, random)?;
         let (inputs, inputs_rx) = mpsc::unbounded_channel();
         let status = self.register_call(&cid, session, to, false, inputs);
         let mut task = self.new_task(
-            Call::outbound(cid.clone()),
+            Call::outbound(cid.clone()).with_negotiator(negotiator),
             session,
-            PendingMedia {
-                web,
-                sip,
-                side: PendingSide::Outbound {
-                    plan,
-                    sip_crypto: Vec::new(),
-                },
-            },
+            PendingMedia { web, sip },
             control_socket,
             Far::Echo(echo),
             status,
             notify,
-            random,
         );
         // The echo answers at once, from its own loopback address.
         let far = FarMedia {
@@ -506,11 +521,10 @@ impl MediaPlane {
             rtcp: None,
             strict: true,
         };
-        if let Err(e) = task.connect_media(far) {
+        if let Err(e) = task.call.far_answered_media(Instant::now(), far) {
             self.calls.remove(&cid);
-            return Err(e);
+            return Err(e.into());
         }
-        task.call.far_answered(Instant::now());
         let span = tracing::info_span!("call", cid = %cid, sid = %session);
         span.in_scope(|| info!(to = %to, "call to the echo endpoint"));
         tokio::spawn(task.run(inputs_rx).instrument(span));
@@ -537,38 +551,21 @@ impl MediaPlane {
         } = caller;
         let mut random = self.call_random();
         let cid = random.ice_token(12);
-        let sip_crypto = plan::sip_offer_crypto(self.settings.sip_srtp, &mut random)?;
         let (web, sip, control_socket) = self.bind_legs(self.settings.sip_media_bind)?;
-        let offer = build::sip_media(&SipMedia {
-            local: Local {
-                address: self.settings.sip_media_address,
-                port: sip.lease.port(),
-                session_id: u64::from(random.u32()),
-                session_version: 1,
-            },
-            codecs: &plan.far_offer_codecs,
-            direction: Direction::SendRecv,
-            crypto: &sip_crypto,
-            secure_profile: plan::sip_offer_secure_profile(self.settings.sip_srtp),
-            rtcp_mux: false,
-            ptime: None,
-        });
+        let context = self.negotiation_context(&web, &sip, self.settings.sip_media_address);
+        let (negotiator, offer) = Negotiator::outbound(context, plan, true, random)?;
+        let offer = offer.unwrap_or_default();
         let (inputs, inputs_rx) = mpsc::unbounded_channel();
         let status = self.register_call(&cid, session, to, false, inputs);
         let events = sip_side.invite(&cid, user, password, to, offer);
         let task = self.new_task(
-            Call::outbound(cid.clone()),
+            Call::outbound(cid.clone()).with_negotiator(negotiator),
             session,
-            PendingMedia {
-                web,
-                sip,
-                side: PendingSide::Outbound { plan, sip_crypto },
-            },
+            PendingMedia { web, sip },
             control_socket,
             Far::sip(sip_side, events),
             status,
             notify,
-            random,
         );
         let span = tracing::info_span!("call", cid = %cid, sid = %session);
         span.in_scope(|| info!(to = %to, "INVITE toward the SIP server"));
@@ -606,49 +603,12 @@ impl MediaPlane {
                 StartError::Sdp(SdpError::Syntax("the INVITE has no SDP offer".into())),
             )
         })?;
-        let mut random = self.call_random();
-        let far = FarMedia::from_sdp(&sdp).map_err(|e| refuse(488, e.into()))?;
-        let sip_keying =
-            plan::sip_answer_keying(self.settings.sip_srtp, &far.crypto, far.secure, &mut random)
-                .map_err(|e| refuse(488, e.into()))?;
-        let web_codecs = usable(&far.codecs).map_err(|e| refuse(488, e.into()))?;
         let (web, sip, control_socket) = self
             .bind_legs(self.settings.sip_media_bind)
             .map_err(|e| refuse(503, e))?;
-        let offer = WebOfferState {
-            local_ice: IceCredentials {
-                ufrag: random.ice_token(6),
-                pwd: random.ice_token(18),
-            },
-            crypto: vec![CryptoAttribute::generate(
-                1,
-                SrtpProfile::AesCm128HmacSha1_80,
-                &mut random,
-            )?],
-            ssrc: random.u32(),
-            codecs: web_codecs,
-            far,
-            sip_keying,
-        };
-        let web_sdp = build::web_offer(&WebOffer {
-            candidates: &self.settings.web_addresses,
-            local: Local {
-                address: self.settings.web_connection_address(),
-                port: web.lease.port(),
-                session_id: u64::from(random.u32()),
-                session_version: 1,
-            },
-            ice: &offer.local_ice,
-            fingerprint: self
-                .settings
-                .web_enable_dtls
-                .then_some(&self.identity.fingerprint),
-            crypto: &offer.crypto,
-            codecs: &offer.codecs,
-            direction: Direction::SendRecv,
-            ssrc: offer.ssrc,
-            cname: "gateway",
-        });
+        let context = self.negotiation_context(&web, &sip, self.settings.sip_media_address);
+        let (negotiator, web_sdp) = Negotiator::inbound(context, &sdp, self.call_random())
+            .map_err(|e| refuse(488, e.into()))?;
         let cid = key.clone();
         let (inputs, inputs_rx) = mpsc::unbounded_channel();
         let status = self.register_call(&cid, session, &to, true, inputs);
@@ -659,21 +619,17 @@ impl MediaPlane {
             web_sdp,
             self.settings.ring_timeout,
             Instant::now(),
-        );
+        )
+        .with_negotiator(negotiator);
         sip_side.ring(&key);
         let task = self.new_task(
             call,
             session,
-            PendingMedia {
-                web,
-                sip,
-                side: PendingSide::Inbound(offer),
-            },
+            PendingMedia { web, sip },
             control_socket,
             Far::sip(sip_side, events),
             status,
             notify,
-            random,
         );
         let span = tracing::info_span!("call", cid = %cid, sid = %session);
         span.in_scope(|| info!(from = %from, "incoming call offered to the browser"));
@@ -715,7 +671,7 @@ impl MediaPlane {
 
 /// SRTP contexts for a leg from its (inbound, outbound) keys.
 fn srtp_pair(
-    keys: Option<plan::SipLegKeys>,
+    keys: Option<negotiate::SipLegKeys>,
 ) -> Result<Option<(SrtpContext, SrtpContext)>, crate::media::srtp::SrtpError> {
     keys.map(|(inbound, outbound)| Ok((SrtpContext::new(&inbound)?, SrtpContext::new(&outbound)?)))
         .transpose()
@@ -729,70 +685,10 @@ fn any_address(like: IpAddr) -> IpAddr {
     }
 }
 
-/// Sockets and the plan of a call whose legs are not joined yet.
+/// The sockets of a call whose legs are not joined yet.
 struct PendingMedia {
     web: BoundPorts,
     sip: BoundPorts,
-    side: PendingSide,
-}
-
-/// What joining the legs waits for.
-enum PendingSide {
-    /// The far end's answer to the browser's offer (`plan`, checked); our
-    /// SIP-side offer carried `sip_crypto` (none: plain RTP).
-    Outbound {
-        plan: OutboundPlan,
-        sip_crypto: Vec<CryptoAttribute>,
-    },
-    /// The browser's answer to what we offered it.
-    Inbound(WebOfferState),
-}
-
-/// Our offer to the browser for an incoming call, and the far end's media.
-struct WebOfferState {
-    local_ice: IceCredentials,
-    crypto: Vec<CryptoAttribute>,
-    ssrc: u32,
-    codecs: Vec<Codec>,
-    far: FarMedia,
-    /// How our answer on the SIP side is keyed.
-    sip_keying: plan::SipAnswerKeying,
-}
-
-/// Where and how the far end takes its media.
-struct FarMedia {
-    codecs: Vec<Codec>,
-    /// Its SDES keys (the ones we support).
-    crypto: Vec<CryptoAttribute>,
-    /// It uses the secure profile RTP/SAVP.
-    secure: bool,
-    rtp: SocketAddr,
-    /// RTCP address; None: RTCP muxed on the RTP port.
-    rtcp: Option<SocketAddr>,
-    strict: bool,
-}
-
-impl FarMedia {
-    /// From the far end's SDP (a 183 or 200).
-    fn from_sdp(text: &str) -> Result<FarMedia, SdpError> {
-        let d = Description::parse(text)?;
-        let ip = d.audio.address.ok_or(SdpError::NoConnectionAddress)?;
-        let rtp = SocketAddr::new(ip, d.audio.port);
-        let rtcp = (!d.audio.rtcp_mux).then(|| {
-            SocketAddr::new(
-                ip,
-                d.audio.rtcp_port.unwrap_or(d.audio.port.wrapping_add(1)),
-            )
-        });
-        Ok(FarMedia {
-            secure: d.is_secure_profile(),
-            crypto: d.audio.crypto,
-            codecs: d.audio.codecs,
-            rtp,
-            rtcp,
-            strict: false,
-        })
-    }
 }
 
 /// The far end of a call.
@@ -801,8 +697,6 @@ enum Far {
     Sip {
         handle: SipHandle,
         events: Option<mpsc::UnboundedReceiver<DialogEvent>>,
-        /// Our SDP answer for an incoming call's 200.
-        answer: Option<String>,
     },
 }
 
@@ -812,7 +706,6 @@ impl Far {
         Far::Sip {
             handle: handle.clone(),
             events: Some(events),
-            answer: None,
         }
     }
 
@@ -820,7 +713,7 @@ impl Far {
     fn request(&mut self, request: &FarRequest, call: &mut Call) {
         match self {
             Far::Echo(echo) => match request {
-                FarRequest::Hangup { .. } | FarRequest::Accept | FarRequest::Refuse(_) => {
+                FarRequest::Hangup { .. } | FarRequest::Accept { .. } | FarRequest::Refuse(_) => {
                     echo.set_paused(true)
                 }
                 FarRequest::Hold => {
@@ -832,13 +725,9 @@ impl Far {
                     call.far_hold_changed(false, Party::Local);
                 }
             },
-            Far::Sip { handle, answer, .. } => match request {
+            Far::Sip { handle, .. } => match request {
                 FarRequest::Hangup { .. } => handle.hangup(call.id()),
-                FarRequest::Accept => {
-                    if let Some(sdp) = answer.take() {
-                        handle.accept(call.id(), sdp);
-                    }
-                }
+                FarRequest::Accept { sdp } => handle.accept(call.id(), sdp.clone()),
                 FarRequest::Refuse(code) => handle.refuse(call.id(), *code),
                 FarRequest::Hold => handle.hold(call.id(), true),
                 FarRequest::Resume => handle.hold(call.id(), false),
@@ -859,6 +748,8 @@ async fn next_dialog_event(
 
 struct CallTask<N> {
     call: Call,
+    /// The call has finished: the task ends.
+    finished: bool,
     started: Instant,
     session: String,
     media: Option<CallMedia>,
@@ -869,10 +760,8 @@ struct CallTask<N> {
     registry: Arc<CallRegistry>,
     notify: N,
     relay: Arc<Relay>,
-    identity: DtlsIdentity,
     settings: CallSettings,
     relay_events: SyncSender<RelayEvent>,
-    random: Random,
 }
 
 impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
@@ -880,7 +769,8 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
         let mut sample = tokio::time::interval(MEDIA_SAMPLE);
         let mut no_dialog = None;
         loop {
-            if self.apply_outputs() {
+            self.apply_outputs();
+            if self.finished {
                 break;
             }
             let wake = self
@@ -932,15 +822,9 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
             }
             Some(DialogEvent::Progress { sdp: None, .. }) => self.call.far_ringing(),
             Some(DialogEvent::Progress { sdp: Some(sdp), .. }) => {
-                if self.media_from_sdp(&sdp) {
-                    self.call.far_early_media(now);
-                }
+                self.call.far_progress_sdp(now, &sdp)
             }
-            Some(DialogEvent::Answered { sdp }) => {
-                if self.media.is_some() || self.media_from_sdp(&sdp) {
-                    self.call.far_answered(now);
-                }
-            }
+            Some(DialogEvent::Answered { sdp }) => self.call.far_answered_sdp(now, &sdp),
             Some(DialogEvent::Failed { status: Some(code) }) => self.call.far_ended(Some(code)),
             Some(DialogEvent::Failed { status: None }) => self.call.far_failed(Some(408)),
             Some(DialogEvent::RemoteBye) => self.call.far_ended(None),
@@ -953,98 +837,19 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
         }
     }
 
-    /// The browser answered our offer for an incoming call: join the legs
-    /// and answer the SIP side. A bad answer is refused and changes nothing.
-    fn browser_answer(&mut self, sdp: &str) -> Result<(), CommandError> {
-        if self.call.state() != CallState::Incoming {
-            return Err(CallError::NotIncoming(self.call.state().as_str()).into());
-        }
-        let Some(PendingMedia {
-            side: PendingSide::Inbound(offer),
-            ..
-        }) = self.pending.as_ref()
-        else {
-            return Err(CallError::NotIncoming("outbound").into());
+    /// The one place a call's media is set up: the plan's legs handed to
+    /// the relay with the sockets bound when the call started.
+    fn connect(&mut self, plan: MediaPlan) -> Result<(), CommandError> {
+        let Some(PendingMedia { web, sip }) = self.pending.take() else {
+            return Err(CommandError::Media(
+                "the call's media is set up already".into(),
+            ));
         };
-        let answer = Description::parse(sdp)?;
-        let remote_ice = answer.audio.ice.clone().ok_or(SdpError::NoIceCredentials)?;
-        let dtls = self.settings.web_enable_dtls;
-        let (keying, web_keys) = match (&answer.audio.fingerprint, answer.audio.crypto.first()) {
-            (Some(fp), _) if dtls => {
-                let active = answer.audio.setup == Some(Setup::Passive);
-                (
-                    LegKeying::Dtls {
-                        identity: self.identity.clone(),
-                        peer_fingerprint: fp.clone(),
-                        active,
-                    },
-                    None,
-                )
-            }
-            (_, Some(theirs)) => {
-                let ours = offer
-                    .crypto
-                    .iter()
-                    .find(|c| c.tag == theirs.tag && c.keys.profile == theirs.keys.profile)
-                    .ok_or_else(|| {
-                        SdpError::BadCrypto("the answer's a=crypto is not one we offered".into())
-                    })?;
-                (
-                    LegKeying::Sdes,
-                    Some((theirs.keys.clone(), ours.keys.clone())),
-                )
-            }
-            _ if dtls => return Err(SdpError::NoFingerprintNoCrypto.into()),
-            _ => return Err(SdpError::CryptoRequired.into()),
-        };
-        let chosen = answer
-            .audio
-            .codecs
-            .iter()
-            .find(|c| c.is_carried_audio() && offer.codecs.iter().any(|o| o.same_as(c)))
-            .cloned()
-            .ok_or_else(|| SdpError::NoCommonCodec {
-                offered: "none of the codecs we offered".into(),
-            })?;
-        let sip_codecs = answer_codecs(&offer.far.codecs, &chosen)?;
-        let mut payload_map = PayloadMap::new(&[(chosen.pt, sip_codecs[0].pt, chosen.clock_rate)]);
-        let web_event = answer
-            .audio
-            .codecs
-            .iter()
-            .find(|c| c.is_telephone_event() && c.clock_rate == chosen.clock_rate);
-        if let (Some(web_te), Some(sip_te)) = (web_event, sip_codecs.get(1)) {
-            payload_map = payload_map.with_telephone_event(
-                web_te.pt,
-                web_te.clock_rate,
-                sip_te.pt,
-                sip_te.clock_rate,
-            );
-        }
-        let web_srtp = srtp_pair(web_keys).map_err(|e| CommandError::Media(e.to_string()))?;
-        let Some(PendingMedia {
-            web,
-            sip,
-            side: PendingSide::Inbound(offer),
-        }) = self.pending.take()
-        else {
-            return Err(CallError::Ended.into());
-        };
-        let sip_answer = build::sip_media(&SipMedia {
-            local: Local {
-                address: self.settings.sip_media_address,
-                port: sip.lease.port(),
-                session_id: u64::from(self.random.u32()),
-                session_version: 1,
-            },
-            codecs: &sip_codecs,
-            direction: Direction::SendRecv,
-            crypto: offer.sip_keying.crypto(),
-            secure_profile: offer.sip_keying.secure_profile,
-            rtcp_mux: offer.far.rtcp.is_none(),
-            ptime: None,
-        });
-        let sip_rtcp_socket = if offer.far.rtcp.is_some() {
+        let media_error = |e: crate::media::srtp::SrtpError| CommandError::Media(e.to_string());
+        let web_srtp = srtp_pair(plan.web_keys.clone()).map_err(media_error)?;
+        let sip_srtp = srtp_pair(plan.sip_keys.clone()).map_err(media_error)?;
+        // With RTCP muxed by the far end the pair's RTCP port stays leased, unused.
+        let sip_rtcp_socket = if plan.far.rtcp.is_some() {
             sip.rtcp
         } else {
             None
@@ -1056,117 +861,23 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                 web_remote: None,
                 web_local: None,
                 web_srtp,
-                web_ssrc: Some(offer.ssrc),
+                web_ssrc: Some(plan.web_ssrc),
                 sip_rtp_socket: sip.rtp,
                 sip_rtcp_socket,
-                sip_remote: offer.far.rtp,
-                sip_remote_rtcp: offer.far.rtcp,
-                sip_strict_source: false,
-                sip_srtp: srtp_pair(offer.sip_keying.leg_keys())
-                    .map_err(|e| CommandError::Media(e.to_string()))?,
-                payload_map,
+                sip_remote: plan.far.rtp,
+                sip_remote_rtcp: plan.far.rtcp,
+                sip_strict_source: plan.far.strict,
+                sip_srtp,
+                payload_map: plan.payload_map,
                 events: Some(self.relay_events.clone()),
                 leases: vec![web.lease, sip.lease],
             })
             .map_err(|e| CommandError::Media(e.to_string()))?;
-        let codec = format!(
-            "{}/{}",
-            chosen.name.encoding().to_ascii_lowercase(),
-            chosen.clock_rate
-        );
-        info!(codec = %codec, "the browser answered");
-        let keying_view = KeyingView::new(&keying, offer.sip_keying.leg_keys().is_some());
+        info!(codec = %plan.codec, far = %plan.far.rtp, "media connected");
+        let keying = KeyingView::new(&plan.leg.keying, plan.sip_keys.is_some());
         self.registry
-            .attach_media(self.call.id(), &media, codec, keying_view);
+            .attach_media(self.call.id(), &media, plan.codec, keying);
         self.media = Some(media);
-        if let Far::Sip { answer, .. } = &mut self.far {
-            *answer = Some(sip_answer);
-        }
-        self.call.prepare_answer(
-            WebLegSpec {
-                local_ice: offer.local_ice,
-                remote_ice,
-                keying,
-                consent_timeout: self.settings.consent_timeout,
-                rtp_timeout: self.settings.rtp_timeout,
-            },
-            String::new(),
-        );
-        Ok(self.call.browser_answered(Instant::now())?)
-    }
-
-    /// Joins the legs from the far end's SDP; on a bad SDP the call ends.
-    fn media_from_sdp(&mut self, sdp: &str) -> bool {
-        if self.media.is_some() {
-            return true;
-        }
-        let result = FarMedia::from_sdp(sdp)
-            .map_err(StartError::from)
-            .and_then(|far| self.connect_media(far));
-        match result {
-            Ok(()) => true,
-            Err(e) => {
-                warn!(error = %e, "the far end's SDP is unusable");
-                self.call.far_media_unusable(488);
-                false
-            }
-        }
-    }
-
-    /// Negotiates with the far end's codecs and hands both legs to the relay.
-    fn connect_media(&mut self, far: FarMedia) -> Result<(), StartError> {
-        let Some(PendingMedia {
-            web,
-            sip,
-            side: PendingSide::Outbound { plan, sip_crypto },
-        }) = self.pending.take()
-        else {
-            return Ok(());
-        };
-        let negotiated = plan::negotiate(
-            &plan,
-            &far.codecs,
-            &WebLocal {
-                addresses: &self.settings.web_addresses,
-                port: web.lease.port(),
-                identity: &self.identity,
-                consent_timeout: self.settings.consent_timeout,
-                rtp_timeout: self.settings.rtp_timeout,
-            },
-            &mut self.random,
-        )?;
-        let web_srtp = srtp_pair(negotiated.sdes_keys.clone())
-            .map_err(|e| StartError::Media(e.to_string()))?;
-        let sip_keys =
-            plan::sip_answer_keys(self.settings.sip_srtp, &sip_crypto, &far.crypto, far.secure)?;
-        let keying_view = KeyingView::new(&negotiated.leg.keying, sip_keys.is_some());
-        let sip_srtp = srtp_pair(sip_keys).map_err(|e| StartError::Media(e.to_string()))?;
-        // With RTCP muxed by the far end the pair's RTCP port stays leased, unused.
-        let sip_rtcp_socket = if far.rtcp.is_some() { sip.rtcp } else { None };
-        let media = self
-            .relay
-            .add_call(CallMediaSetup {
-                web_socket: web.rtp,
-                web_remote: None,
-                web_local: None,
-                web_srtp,
-                web_ssrc: Some(negotiated.web_ssrc),
-                sip_rtp_socket: sip.rtp,
-                sip_rtcp_socket,
-                sip_remote: far.rtp,
-                sip_remote_rtcp: far.rtcp,
-                sip_strict_source: far.strict,
-                sip_srtp,
-                payload_map: negotiated.payload_map,
-                events: Some(self.relay_events.clone()),
-                leases: vec![web.lease, sip.lease],
-            })
-            .map_err(|e| StartError::Media(e.to_string()))?;
-        info!(codec = %negotiated.codec, far = %far.rtp, "media connected");
-        self.registry
-            .attach_media(self.call.id(), &media, negotiated.codec, keying_view);
-        self.media = Some(media);
-        self.call.prepare_answer(negotiated.leg, negotiated.web_sdp);
         Ok(())
     }
 
@@ -1178,7 +889,18 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
             }
             Command::Hold => Ok(self.call.hold()?),
             Command::Resume => Ok(self.call.resume()?),
-            Command::Answer { sdp } => self.browser_answer(&sdp),
+            Command::Answer { sdp } => {
+                self.call.browser_answer(Instant::now(), &sdp)?;
+                // The plan reaches the relay now, so a failure is this
+                // request's answer.
+                self.apply_outputs();
+                match self.media {
+                    Some(_) => Ok(()),
+                    None => Err(CommandError::Media(
+                        "the relay did not take the call".into(),
+                    )),
+                }
+            }
             Command::Reject { status } => Ok(self.call.browser_rejected(status)?),
             Command::Dtmf { digits, duration } => {
                 self.call.require_answered()?;
@@ -1209,11 +931,16 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
         }
     }
 
-    /// Carries out the call's outputs; true once the call has finished.
-    fn apply_outputs(&mut self) -> bool {
-        let mut finished = false;
+    /// Carries out the call's outputs (`finished` is set once it ends).
+    fn apply_outputs(&mut self) {
         while let Some(output) = self.call.poll_output() {
             match output {
+                CallOutput::ConnectMedia(plan) => {
+                    if let Err(e) = self.connect(*plan) {
+                        warn!(error = %e, "the call's media could not be set up");
+                        self.call.media_failed();
+                    }
+                }
                 CallOutput::Transmit { to, from, data } => {
                     // A full socket buffer loses this datagram; ICE and DTLS retransmit.
                     let _ = send_from(self.control_socket.as_raw_fd(), &data, to, from);
@@ -1254,14 +981,13 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                 CallOutput::Far(request) => self.far.request(&request, &mut self.call),
                 CallOutput::Finished(reason) => {
                     info!(reason = reason.as_str(), "call ended");
-                    finished = true;
+                    self.finished = true;
                 }
             }
         }
         let mut status = lock(&self.status);
         status.state = self.call.state();
         status.held = self.call.held_by();
-        finished
     }
 }
 

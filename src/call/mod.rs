@@ -4,23 +4,26 @@
 //! Like the other protocol cores it never reads the clock, owns a socket or
 //! spawns: the driver ([`driver`]) feeds it the browser's STUN/DTLS
 //! datagrams, the far end's progress, API commands and the current time, and
-//! applies what [`Call::poll_output`] returns (datagrams to send, relay
-//! settings, events for the session's queue, requests for the far end).
-//! [`plan`] turns the browser's offer into what both legs need.
+//! applies what [`Call::poll_output`] returns (datagrams to send, the media
+//! plan for the relay, events for the session's queue, requests for the far
+//! end). Offer/answer is [`negotiate`]'s: the call holds a
+//! [`negotiate::Negotiator`] and emits each plan it makes as
+//! [`CallOutput::ConnectMedia`].
 
 pub mod driver;
-pub mod plan;
+pub mod negotiate;
 pub mod routing;
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crate::sdp::{Fingerprint, IceCredentials};
+use crate::sdp::{Fingerprint, IceCredentials, SdpError};
 use crate::session::SessionEvent;
 use crate::webrtc::dtls::{DtlsIdentity, SrtpKeys};
 use crate::webrtc::ice::Pair;
 use crate::webrtc::leg::{WebLeg, WebLegEvent};
+use negotiate::{FarMedia, MediaPlan, Negotiator};
 
 /// Where a call is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +108,9 @@ pub enum FarRequest {
     Hold,
     Resume,
     /// Answer the far end's INVITE (200 with our SDP).
-    Accept,
+    Accept {
+        sdp: String,
+    },
     /// Refuse the far end's INVITE with this status.
     Refuse(u16),
 }
@@ -123,6 +128,9 @@ pub enum CallOutput {
     /// Web media goes to and comes from this pair's browser address only,
     /// and leaves from its local address.
     MediaRemote(Pair),
+    /// Both sides' SDP are agreed: hand this plan to the relay (the one
+    /// place a call's media is set up).
+    ConnectMedia(Box<MediaPlan>),
     /// DTLS produced the web leg's SRTP keys.
     MediaKeys(SrtpKeys),
     /// An event for the session's queue.
@@ -181,6 +189,15 @@ pub enum CallError {
     NotIncoming(&'static str),
 }
 
+/// Why the browser's answer to an incoming call was refused (nothing changed).
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    #[error("{0}")]
+    Call(#[from] CallError),
+    #[error("{0}")]
+    Sdp(#[from] SdpError),
+}
+
 pub struct Call {
     id: String,
     state: CallState,
@@ -194,6 +211,10 @@ pub struct Call {
     media_moved_at: Option<Instant>,
     /// Inbound: when an unanswered call gives up (480).
     ring_deadline: Option<Instant>,
+    /// Offer/answer for both legs (none: the answer is prepared by hand).
+    negotiator: Option<Negotiator>,
+    /// Our SDP for the far end's 200, once the browser has answered.
+    sip_answer: Option<String>,
     outputs: VecDeque<CallOutput>,
 }
 
@@ -209,8 +230,17 @@ impl Call {
             media_seen: 0,
             media_moved_at: None,
             ring_deadline: None,
+            negotiator: None,
+            sip_answer: None,
             outputs: VecDeque::new(),
         }
+    }
+
+    /// The call negotiates its media with `negotiator` (made with the
+    /// first offer; see [`negotiate`]).
+    pub fn with_negotiator(mut self, negotiator: Negotiator) -> Self {
+        self.negotiator = Some(negotiator);
+        self
     }
 
     /// A call from the far end for this browser: `web_offer` is our offer
@@ -247,13 +277,32 @@ impl Call {
         }
         self.state = CallState::Answered;
         self.ring_deadline = None;
-        self.outputs.push_back(CallOutput::Far(FarRequest::Accept));
+        let sdp = self.sip_answer.take().unwrap_or_default();
+        self.outputs
+            .push_back(CallOutput::Far(FarRequest::Accept { sdp }));
         self.notify(SessionEvent::CallAnswered {
             call: self.id.clone(),
             sdp: None,
         });
         self.start_leg(now);
         Ok(())
+    }
+
+    /// The browser's answer to our offer for an incoming call: negotiated
+    /// (a bad answer is refused and changes nothing), then the media plan
+    /// goes out, the far end gets our 200 and the web leg starts.
+    pub fn browser_answer(&mut self, now: Instant, sdp: &str) -> Result<(), AnswerError> {
+        if self.state != CallState::Incoming {
+            return Err(self.not_incoming().into());
+        }
+        let negotiator = self
+            .negotiator
+            .as_mut()
+            .ok_or(CallError::NotIncoming("outbound"))?;
+        let plan = negotiator.browser_answered(sdp)?;
+        self.sip_answer = plan.sip_sdp.clone();
+        self.accept_plan(plan);
+        Ok(self.browser_answered(now)?)
     }
 
     /// The browser refused an incoming call.
@@ -368,6 +417,73 @@ impl Call {
         if browser_packets != self.media_seen || self.media_moved_at.is_none() {
             self.media_seen = browser_packets;
             self.media_moved_at = Some(now);
+        }
+    }
+
+    /// The far end's SDP in a 183: negotiated (once), then early media.
+    /// An SDP that cannot be used ends the call (488 for the browser, and
+    /// the far end is told).
+    pub fn far_progress_sdp(&mut self, now: Instant, sdp: &str) {
+        if self.take_far_sdp(sdp) {
+            self.far_early_media(now);
+        }
+    }
+
+    /// The far end answered with `sdp` (after early media it may repeat it).
+    pub fn far_answered_sdp(&mut self, now: Instant, sdp: &str) {
+        if self.take_far_sdp(sdp) {
+            self.far_answered(now);
+        }
+    }
+
+    /// The far end answered with media it describes itself (the built-in
+    /// echo). A refusal changes nothing.
+    pub fn far_answered_media(&mut self, now: Instant, far: FarMedia) -> Result<(), SdpError> {
+        let negotiator = self
+            .negotiator
+            .as_mut()
+            .ok_or_else(|| SdpError::Internal("the call negotiates nothing".into()))?;
+        let plan = negotiator.far_answered(far)?;
+        self.accept_plan(plan);
+        self.far_answered(now);
+        Ok(())
+    }
+
+    /// Negotiates the far end's answer unless that is done; false when the
+    /// call could not go on.
+    fn take_far_sdp(&mut self, sdp: &str) -> bool {
+        let Some(negotiator) = self.negotiator.as_mut() else {
+            return self.answer.is_some();
+        };
+        if negotiator.is_done() {
+            return true;
+        }
+        match negotiator.far_answered_sdp(sdp) {
+            Ok(plan) => {
+                self.accept_plan(plan);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the far end's SDP is unusable");
+                self.far_media_unusable(488);
+                false
+            }
+        }
+    }
+
+    /// A negotiated plan: the browser's leg and answer are ready, and the
+    /// plan goes to the driver first, before any packet of the leg.
+    fn accept_plan(&mut self, plan: MediaPlan) {
+        self.prepare_answer(plan.leg.clone(), plan.web_sdp.clone().unwrap_or_default());
+        self.outputs
+            .push_back(CallOutput::ConnectMedia(Box::new(plan)));
+    }
+
+    /// The relay could not take the call's media: the call ends (the far
+    /// end is told).
+    pub fn media_failed(&mut self) {
+        if self.state != CallState::Ended {
+            self.end(EndReason::Error, None, true);
         }
     }
 

@@ -4,7 +4,7 @@ use crate::random::Random;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::plan::{self, WebLocal};
+use super::negotiate::{self, WebLocal};
 use super::*;
 use crate::media::relay::PayloadMap;
 use crate::sdp::{Codec, CodecName, Description};
@@ -372,7 +372,7 @@ fn local(identity: &crate::webrtc::dtls::DtlsIdentity) -> WebLocal<'_> {
 #[test]
 fn plan_maps_payload_types_between_the_legs() {
     let identity = crate::webrtc::dtls::DtlsIdentity::generate().unwrap();
-    let plan = plan::outbound(CHROMIUM_OFFER, true, &mut Random::seeded(5)).unwrap();
+    let plan = negotiate::outbound(CHROMIUM_OFFER, true, &mut Random::seeded(5)).unwrap();
     assert!(plan.far_offer_codecs[0].name == CodecName::Opus);
     assert!(plan.local_ice.ufrag.len() >= 4 && plan.local_ice.pwd.len() >= 22);
     // The far end takes PCMU and telephone-event under other numbers.
@@ -392,7 +392,7 @@ fn plan_maps_payload_types_between_the_legs() {
         codec(0, CodecName::Pcmu, 8000, 1),
         codec(101, CodecName::TelephoneEvent, 8000, 1),
     ];
-    let n = plan::negotiate(&plan, &far, &local(&identity), &mut Random::seeded(6)).unwrap();
+    let n = negotiate::negotiate(&plan, &far, &local(&identity), &mut Random::seeded(6)).unwrap();
     assert_eq!(n.codec, "pcmu/8000");
     let expected =
         PayloadMap::new(&[(pcmu.pt, 0, 8000)]).with_telephone_event(te8k.pt, 8000, 101, 8000);
@@ -431,11 +431,12 @@ fn plan_answers_an_sdes_offer_with_sdes() {
         })
         .map(|l| l + "\r\n")
         .collect();
-    let plan = plan::outbound(&sdes_offer, true, &mut Random::seeded(5)).unwrap();
-    let far = plan::outbound(&sdes_offer, true, &mut Random::seeded(5))
+    let plan = negotiate::outbound(&sdes_offer, true, &mut Random::seeded(5)).unwrap();
+    let far = negotiate::outbound(&sdes_offer, true, &mut Random::seeded(5))
         .unwrap()
         .far_offer_codecs;
-    let n = plan::negotiate(&plan, &far[..1], &local(&identity), &mut Random::seeded(6)).unwrap();
+    let n =
+        negotiate::negotiate(&plan, &far[..1], &local(&identity), &mut Random::seeded(6)).unwrap();
     let answer = Description::parse(&n.web_sdp).unwrap();
     assert!(answer.audio.fingerprint.is_none());
     assert_eq!(answer.audio.crypto.len(), 1);
@@ -449,7 +450,7 @@ fn plan_answers_an_sdes_offer_with_sdes() {
     assert!(matches!(n.leg.keying, LegKeying::Sdes));
     // SDES only: a DTLS-only offer is refused before anything happens.
     assert!(matches!(
-        plan::outbound(CHROMIUM_OFFER, false, &mut Random::seeded(5)),
+        negotiate::outbound(CHROMIUM_OFFER, false, &mut Random::seeded(5)),
         Err(crate::sdp::SdpError::CryptoRequired)
     ));
 }
@@ -457,10 +458,10 @@ fn plan_answers_an_sdes_offer_with_sdes() {
 #[test]
 fn plan_refuses_what_the_far_end_cannot_take() {
     let identity = crate::webrtc::dtls::DtlsIdentity::generate().unwrap();
-    let plan = plan::outbound(CHROMIUM_OFFER, true, &mut Random::seeded(5)).unwrap();
+    let plan = negotiate::outbound(CHROMIUM_OFFER, true, &mut Random::seeded(5)).unwrap();
     let far = vec![codec(18, CodecName::Other("G729".into()), 8000, 1)];
-    assert!(plan::negotiate(&plan, &far, &local(&identity), &mut Random::seeded(6)).is_err());
-    assert!(plan::outbound("v=0\r\nnot sdp", true, &mut Random::seeded(5)).is_err());
+    assert!(negotiate::negotiate(&plan, &far, &local(&identity), &mut Random::seeded(6)).is_err());
+    assert!(negotiate::outbound("v=0\r\nnot sdp", true, &mut Random::seeded(5)).is_err());
 }
 
 fn inbound_call(t0: Instant) -> Call {
@@ -492,7 +493,10 @@ fn an_incoming_call_is_offered_then_answered() {
     call.prepare_answer(spec(LegKeying::Sdes), String::new());
     call.browser_answered(t0 + Duration::from_secs(2)).unwrap();
     let out = drain(&mut call);
-    assert_eq!(out[0], CallOutput::Far(FarRequest::Accept));
+    assert_eq!(
+        out[0],
+        CallOutput::Far(FarRequest::Accept { sdp: String::new() })
+    );
     assert_eq!(
         out[1],
         CallOutput::Notify(SessionEvent::CallAnswered {
@@ -584,4 +588,153 @@ fn an_unusable_far_answer_ends_the_call_and_tells_the_far_end() {
     // Once ended, a second report changes nothing.
     call.far_media_unusable(488);
     assert_eq!(drain(&mut call), vec![]);
+}
+
+const PBX_OFFER: &str = include_str!("../../tests/fixtures/sdp/sip-pbx-offer.sdp");
+
+fn context(identity: &crate::webrtc::dtls::DtlsIdentity) -> negotiate::NegotiationContext {
+    negotiate::NegotiationContext {
+        web_addresses: WEB_ADDRESSES.to_vec(),
+        web_port: 20002,
+        sip_address: "192.0.2.10".parse().unwrap(),
+        sip_port: 30000,
+        web_enable_dtls: true,
+        sip_srtp: crate::config::SrtpPolicy::Off,
+        identity: identity.clone(),
+        consent_timeout: Duration::from_secs(30),
+        rtp_timeout: Duration::from_secs(30),
+    }
+}
+
+fn plans(outputs: &[CallOutput]) -> Vec<&negotiate::MediaPlan> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            CallOutput::ConnectMedia(plan) => Some(&**plan),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Outbound: our SIP offer carries the browser's codecs; the far end's 183
+/// is negotiated once into one plan, emitted before the browser hears of
+/// it, and the 200 that repeats the SDP makes no second plan.
+#[test]
+fn the_far_answer_becomes_one_media_plan() {
+    let identity = crate::webrtc::dtls::DtlsIdentity::generate().unwrap();
+    let t0 = Instant::now();
+    let mut random = Random::seeded(11);
+    let plan = negotiate::outbound(CHROMIUM_OFFER, true, &mut random).unwrap();
+    let (negotiator, offer) =
+        negotiate::Negotiator::outbound(context(&identity), plan, true, random).unwrap();
+    let offer = offer.unwrap();
+    assert!(offer.contains("m=audio 30000 RTP/AVP") && offer.contains("c=IN IP4 192.0.2.10"));
+    let mut call = Call::outbound("c1".into()).with_negotiator(negotiator);
+    let far_answer =
+        "v=0\r\no=- 1 1 IN IP4 203.0.113.9\r\ns=-\r\nc=IN IP4 203.0.113.9\r\nt=0 0\r\n\
+                      m=audio 40000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
+                      a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n";
+    call.far_progress_sdp(t0, far_answer);
+    let out = drain(&mut call);
+    let made = plans(&out);
+    assert_eq!(made.len(), 1, "{out:?}");
+    assert!(
+        matches!(out[0], CallOutput::ConnectMedia(_)),
+        "the plan comes first"
+    );
+    let plan = made[0];
+    assert_eq!(plan.codec, "pcmu/8000");
+    assert_eq!(plan.far.rtp, "203.0.113.9:40000".parse().unwrap());
+    assert_eq!(plan.far.rtcp, Some("203.0.113.9:40001".parse().unwrap()));
+    assert!(
+        plan.sip_keys.is_none() && plan.web_keys.is_none(),
+        "DTLS and plain RTP"
+    );
+    assert_eq!(plan.leg.keying.as_str(), "dtls");
+    let web_sdp = plan.web_sdp.clone().unwrap();
+    assert!(out.iter().any(|o| matches!(o,
+        CallOutput::Notify(SessionEvent::CallEarlyMedia { sdp, .. }) if *sdp == web_sdp)));
+    call.far_answered_sdp(t0, far_answer);
+    let out = drain(&mut call);
+    assert!(plans(&out).is_empty(), "negotiated once");
+    assert_eq!(call.state(), CallState::Answered);
+}
+
+/// A far answer that cannot be used ends the call with 488, and the far
+/// end is told.
+#[test]
+fn an_unusable_far_sdp_ends_the_call_with_488() {
+    let identity = crate::webrtc::dtls::DtlsIdentity::generate().unwrap();
+    let mut random = Random::seeded(12);
+    let plan = negotiate::outbound(CHROMIUM_OFFER, true, &mut random).unwrap();
+    let (negotiator, _) =
+        negotiate::Negotiator::outbound(context(&identity), plan, true, random).unwrap();
+    let mut call = Call::outbound("c1".into()).with_negotiator(negotiator);
+    call.far_answered_sdp(Instant::now(), "v=0\r\nnot an answer");
+    let out = drain(&mut call);
+    assert!(plans(&out).is_empty());
+    assert_eq!(ended(&out), Some(("error".into(), Some(488))));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, CallOutput::Far(FarRequest::Hangup { .. }))));
+}
+
+/// Inbound: the far end's offer gives our offer to the browser; a bad
+/// answer is refused and changes nothing; the browser's real answer makes
+/// one plan, then our 200 carries the SIP answer the plan wrote.
+#[test]
+fn the_browser_answer_becomes_one_media_plan_and_our_200() {
+    let identity = crate::webrtc::dtls::DtlsIdentity::generate().unwrap();
+    let t0 = Instant::now();
+    let (negotiator, web_offer) =
+        negotiate::Negotiator::inbound(context(&identity), PBX_OFFER, Random::seeded(13)).unwrap();
+    assert!(web_offer.contains("a=ice-lite") && web_offer.contains("a=fingerprint:sha-256"));
+    assert!(web_offer.contains("c=IN IP4 198.51.100.1"), "{web_offer}");
+    let mut call = Call::inbound(
+        "k1".into(),
+        "sip:caller@pbx",
+        "1001",
+        web_offer.clone(),
+        Duration::from_secs(45),
+        t0,
+    )
+    .with_negotiator(negotiator);
+    drain(&mut call);
+    assert!(matches!(
+        call.browser_answer(t0, "v=0\r\nnonsense"),
+        Err(AnswerError::Sdp(_))
+    ));
+    assert!(
+        drain(&mut call).is_empty(),
+        "a refused answer changes nothing"
+    );
+    assert_eq!(call.state(), CallState::Incoming);
+    // The browser answers as Chromium does: our offer's codecs, DTLS active.
+    let answer = CHROMIUM_OFFER.replace("a=setup:actpass", "a=setup:active");
+    call.browser_answer(t0, &answer).unwrap();
+    let out = drain(&mut call);
+    let made = plans(&out);
+    assert_eq!(made.len(), 1, "{out:?}");
+    let sip_answer = made[0].sip_sdp.clone().unwrap();
+    assert!(sip_answer.contains("m=audio 30000 RTP/AVP"), "{sip_answer}");
+    assert!(out.contains(&CallOutput::Far(FarRequest::Accept { sdp: sip_answer })));
+    assert_eq!(made[0].leg.keying.as_str(), "dtls");
+    assert_eq!(call.state(), CallState::Answered);
+    assert!(matches!(
+        call.browser_answer(t0, &answer),
+        Err(AnswerError::Call(_))
+    ));
+}
+
+/// One seed, one negotiation: the same offers, keys and SDP each time.
+#[test]
+fn negotiation_is_deterministic_for_a_seed() {
+    let identity = crate::webrtc::dtls::DtlsIdentity::generate().unwrap();
+    let offer = |seed| {
+        negotiate::Negotiator::inbound(context(&identity), PBX_OFFER, Random::seeded(seed))
+            .unwrap()
+            .1
+    };
+    assert_eq!(offer(5), offer(5));
+    assert_ne!(offer(5), offer(6));
 }

@@ -1,4 +1,4 @@
-//! The events a session's long-poll returns (`shared/API.md`, "Events").
+//! The events a session's long-poll returns (`docs/api.md`, "Events").
 
 use serde::Serialize;
 

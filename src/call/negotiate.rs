@@ -1,10 +1,16 @@
-//! From the browser's offer to what both legs of a call need: the codecs the
-//! far end may be offered, how the web leg is keyed, and — once the far end
-//! has chosen — our answer for the browser and the relay's payload-type map.
-//! Pure functions: every refusal is an [`SdpError`] and nothing has been
-//! allocated or sent when one comes back.
+//! Offer/answer for both legs of a call, in one sans-IO place.
+//!
+//! A [`Negotiator`] is made when a call starts — from the browser's offer
+//! (outbound: it writes our offer for the far end) or from the far end's
+//! offer (inbound: it writes our offer for the browser) — and turns the
+//! other side's answer into one [`MediaPlan`]: how each leg is keyed, the
+//! codec, the payload-type map, the far end's addresses, and our SDP for
+//! whoever still needs one. The call state machine holds it and emits the
+//! plan as an output; the driver only binds ports and hands the plan to the
+//! relay. Every refusal is an [`SdpError`] and changes nothing: the
+//! negotiator can take a corrected answer afterwards.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::{LegKeying, WebLegSpec};
@@ -12,10 +18,11 @@ use crate::config::SrtpPolicy;
 use crate::media::relay::PayloadMap;
 use crate::media::srtp::{SrtpKeyMaterial, SrtpProfile};
 use crate::random::Random;
-use crate::sdp::build::{self, AnswerKeying, Local, WebAnswer};
+use crate::sdp::build::{self, AnswerKeying, Local, SipMedia, WebAnswer, WebOffer};
 use crate::sdp::codecs::{answer_codecs, pair_answer, usable};
 use crate::sdp::{
-    web_offer_keying, Codec, CryptoAttribute, Description, IceCredentials, SdpError, WebKeying,
+    web_offer_keying, Codec, CryptoAttribute, Description, Direction, IceCredentials, SdpError,
+    Setup, WebKeying,
 };
 use crate::webrtc::dtls::DtlsIdentity;
 
@@ -304,6 +311,393 @@ pub fn sip_answer_keying(
         }),
         None if policy == SrtpPolicy::Required || secure => Err(SdpError::SipSrtpRequired),
         None => Ok(SipAnswerKeying::PLAIN),
+    }
+}
+
+/// What negotiation knows of this gateway and of the call's bound ports.
+#[derive(Clone)]
+pub struct NegotiationContext {
+    /// Our web leg addresses, offered as candidates; the first is the
+    /// connection address.
+    pub web_addresses: Vec<IpAddr>,
+    pub web_port: u16,
+    /// Our SIP leg address (c= toward the far end) and RTP port.
+    pub sip_address: IpAddr,
+    pub sip_port: u16,
+    pub web_enable_dtls: bool,
+    pub sip_srtp: SrtpPolicy,
+    pub identity: DtlsIdentity,
+    pub consent_timeout: Duration,
+    pub rtp_timeout: Duration,
+}
+
+impl NegotiationContext {
+    fn web_local(&self) -> WebLocal<'_> {
+        WebLocal {
+            addresses: &self.web_addresses,
+            port: self.web_port,
+            identity: &self.identity,
+            consent_timeout: self.consent_timeout,
+            rtp_timeout: self.rtp_timeout,
+        }
+    }
+
+    fn sip_local(&self, random: &mut Random) -> Local {
+        Local {
+            address: self.sip_address,
+            port: self.sip_port,
+            session_id: u64::from(random.u32()),
+            session_version: 1,
+        }
+    }
+}
+
+/// Where and how the far end takes its media.
+#[derive(Debug, Clone)]
+pub struct FarMedia {
+    pub codecs: Vec<Codec>,
+    /// Its SDES keys (the ones we support).
+    pub crypto: Vec<CryptoAttribute>,
+    /// It uses the secure profile RTP/SAVP.
+    pub secure: bool,
+    pub rtp: SocketAddr,
+    /// RTCP address; None: RTCP muxed on the RTP port.
+    pub rtcp: Option<SocketAddr>,
+    /// Take media from `rtp` only (else latch to the first packet from its IP).
+    pub strict: bool,
+}
+
+impl FarMedia {
+    /// From the far end's SDP (an offer, or an answer in a 183 or 200).
+    pub fn from_sdp(text: &str) -> Result<FarMedia, SdpError> {
+        let d = Description::parse(text)?;
+        let ip = d.audio.address.ok_or(SdpError::NoConnectionAddress)?;
+        let rtp = SocketAddr::new(ip, d.audio.port);
+        let rtcp = (!d.audio.rtcp_mux).then(|| {
+            SocketAddr::new(
+                ip,
+                d.audio.rtcp_port.unwrap_or(d.audio.port.wrapping_add(1)),
+            )
+        });
+        Ok(FarMedia {
+            secure: d.is_secure_profile(),
+            crypto: d.audio.crypto,
+            codecs: d.audio.codecs,
+            rtp,
+            rtcp,
+            strict: false,
+        })
+    }
+}
+
+/// One negotiated change of a call's media: everything the relay and the
+/// web leg need.
+#[derive(Clone)]
+pub struct MediaPlan {
+    /// The call's audio codec as `name/clock`, e.g. `opus/48000`.
+    pub codec: String,
+    pub payload_map: PayloadMap,
+    /// SDES keys for the web leg (inbound, outbound); None: DTLS brings them.
+    pub web_keys: Option<SipLegKeys>,
+    /// The SSRC we send toward the browser (the one our SDP announced).
+    pub web_ssrc: u32,
+    /// SRTP keys for the SIP leg (inbound, outbound); None: plain RTP.
+    pub sip_keys: Option<SipLegKeys>,
+    pub far: FarMedia,
+    /// How the browser's ICE and DTLS (or SDES) leg is run.
+    pub leg: WebLegSpec,
+    /// Our SDP for the browser (an outbound call's answer), if it needs one.
+    pub web_sdp: Option<String>,
+    /// Our SDP for the far end (an inbound call's answer), if it needs one.
+    pub sip_sdp: Option<String>,
+}
+
+/// Shows what was agreed, never the keys.
+impl std::fmt::Debug for MediaPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaPlan")
+            .field("codec", &self.codec)
+            .field("web_keying", &self.leg.keying.as_str())
+            .field("sip_srtp", &self.sip_keys.is_some())
+            .field("web_ssrc", &self.web_ssrc)
+            .field("far_rtp", &self.far.rtp)
+            .field("far_rtcp", &self.far.rtcp)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Two plans are the same when they agree on what the legs see: codec,
+/// keying, addresses and our SDP (keys are drawn afresh each time).
+impl PartialEq for MediaPlan {
+    fn eq(&self, other: &Self) -> bool {
+        self.codec == other.codec
+            && self.leg.keying.as_str() == other.leg.keying.as_str()
+            && self.web_keys.is_some() == other.web_keys.is_some()
+            && self.sip_keys.is_some() == other.sip_keys.is_some()
+            && self.web_ssrc == other.web_ssrc
+            && (self.far.rtp, self.far.rtcp, self.far.strict)
+                == (other.far.rtp, other.far.rtcp, other.far.strict)
+            && self.web_sdp == other.web_sdp
+            && self.sip_sdp == other.sip_sdp
+    }
+}
+
+impl Eq for MediaPlan {}
+
+/// Our offer to the browser for an incoming call, and the far end's media.
+struct WebOfferState {
+    local_ice: IceCredentials,
+    crypto: Vec<CryptoAttribute>,
+    ssrc: u32,
+    codecs: Vec<Codec>,
+    far: FarMedia,
+    /// How our answer on the SIP side is keyed.
+    sip_keying: SipAnswerKeying,
+}
+
+enum Pending {
+    /// The browser offered (`plan`, checked); our offer to the far end
+    /// carried `sip_crypto` (none: plain RTP). Waiting for its answer.
+    FarAnswer {
+        plan: Box<OutboundPlan>,
+        sip_crypto: Vec<CryptoAttribute>,
+    },
+    /// The far end offered; waiting for the browser's answer to ours.
+    BrowserAnswer(Box<WebOfferState>),
+    /// Both sides are agreed.
+    Done,
+}
+
+/// One call's offer/answer state.
+pub struct Negotiator {
+    context: NegotiationContext,
+    pending: Pending,
+    random: Random,
+}
+
+impl Negotiator {
+    /// An outbound call: the browser's checked offer (`plan`). Returns our
+    /// offer for the far end (None for the echo, which is handed the
+    /// browser's codecs directly).
+    pub fn outbound(
+        context: NegotiationContext,
+        plan: OutboundPlan,
+        offer_to_far: bool,
+        mut random: Random,
+    ) -> Result<(Negotiator, Option<String>), SdpError> {
+        let (sip_crypto, offer) = if offer_to_far {
+            let crypto = sip_offer_crypto(context.sip_srtp, &mut random)?;
+            let sdp = build::sip_media(&SipMedia {
+                local: context.sip_local(&mut random),
+                codecs: &plan.far_offer_codecs,
+                direction: Direction::SendRecv,
+                crypto: &crypto,
+                secure_profile: sip_offer_secure_profile(context.sip_srtp),
+                rtcp_mux: false,
+                ptime: None,
+            });
+            (crypto, Some(sdp))
+        } else {
+            (Vec::new(), None)
+        };
+        let negotiator = Negotiator {
+            context,
+            pending: Pending::FarAnswer {
+                plan: Box::new(plan),
+                sip_crypto,
+            },
+            random,
+        };
+        Ok((negotiator, offer))
+    }
+
+    /// An inbound call: the far end's offer. Returns our offer for the
+    /// browser. Refused (the caller answers 488) when the offer is unusable.
+    pub fn inbound(
+        context: NegotiationContext,
+        far_offer: &str,
+        mut random: Random,
+    ) -> Result<(Negotiator, String), SdpError> {
+        let far = FarMedia::from_sdp(far_offer)?;
+        let sip_keying = sip_answer_keying(context.sip_srtp, &far.crypto, far.secure, &mut random)?;
+        let codecs = usable(&far.codecs)?;
+        let offer = WebOfferState {
+            local_ice: IceCredentials {
+                ufrag: random.ice_token(6),
+                pwd: random.ice_token(18),
+            },
+            crypto: vec![CryptoAttribute::generate(
+                1,
+                SrtpProfile::AesCm128HmacSha1_80,
+                &mut random,
+            )?],
+            ssrc: random.u32(),
+            codecs,
+            far,
+            sip_keying,
+        };
+        let web_sdp = build::web_offer(&WebOffer {
+            candidates: &context.web_addresses,
+            local: Local {
+                address: context
+                    .web_addresses
+                    .first()
+                    .copied()
+                    .ok_or_else(|| SdpError::Internal("no address for the web leg".into()))?,
+                port: context.web_port,
+                session_id: u64::from(random.u32()),
+                session_version: 1,
+            },
+            ice: &offer.local_ice,
+            fingerprint: context
+                .web_enable_dtls
+                .then_some(&context.identity.fingerprint),
+            crypto: &offer.crypto,
+            codecs: &offer.codecs,
+            direction: Direction::SendRecv,
+            ssrc: offer.ssrc,
+            cname: "gateway",
+        });
+        let negotiator = Negotiator {
+            context,
+            pending: Pending::BrowserAnswer(Box::new(offer)),
+            random,
+        };
+        Ok((negotiator, web_sdp))
+    }
+
+    /// Whether a plan has been made (later SDP changes nothing yet).
+    pub fn is_done(&self) -> bool {
+        matches!(self.pending, Pending::Done)
+    }
+
+    /// The far end answered our offer (outbound): the plan, with our answer
+    /// for the browser.
+    pub fn far_answered(&mut self, far: FarMedia) -> Result<MediaPlan, SdpError> {
+        let Pending::FarAnswer { plan, sip_crypto } = &self.pending else {
+            return Err(SdpError::Internal(
+                "no offer of ours awaits the far end's answer".into(),
+            ));
+        };
+        let negotiated = negotiate(
+            plan,
+            &far.codecs,
+            &self.context.web_local(),
+            &mut self.random,
+        )?;
+        let sip_keys = sip_answer_keys(self.context.sip_srtp, sip_crypto, &far.crypto, far.secure)?;
+        self.pending = Pending::Done;
+        Ok(MediaPlan {
+            codec: negotiated.codec,
+            payload_map: negotiated.payload_map,
+            web_keys: negotiated.sdes_keys,
+            web_ssrc: negotiated.web_ssrc,
+            sip_keys,
+            far,
+            leg: negotiated.leg,
+            web_sdp: Some(negotiated.web_sdp),
+            sip_sdp: None,
+        })
+    }
+
+    /// The far end's SDP in a 18x or 200 (outbound).
+    pub fn far_answered_sdp(&mut self, sdp: &str) -> Result<MediaPlan, SdpError> {
+        self.far_answered(FarMedia::from_sdp(sdp)?)
+    }
+
+    /// The browser answered our offer (inbound): its keying (DTLS by the
+    /// answer's fingerprint when allowed, else the SDES key it took of
+    /// ours), the codec it chose among ours, and our answer for the far end.
+    pub fn browser_answered(&mut self, sdp: &str) -> Result<MediaPlan, SdpError> {
+        let Pending::BrowserAnswer(offer) = &self.pending else {
+            return Err(SdpError::Internal(
+                "no offer of ours awaits the browser's answer".into(),
+            ));
+        };
+        let answer = Description::parse(sdp)?;
+        let remote_ice = answer.audio.ice.clone().ok_or(SdpError::NoIceCredentials)?;
+        let dtls = self.context.web_enable_dtls;
+        let (keying, web_keys) = match (&answer.audio.fingerprint, answer.audio.crypto.first()) {
+            (Some(fp), _) if dtls => (
+                LegKeying::Dtls {
+                    identity: self.context.identity.clone(),
+                    peer_fingerprint: fp.clone(),
+                    active: answer.audio.setup == Some(Setup::Passive),
+                },
+                None,
+            ),
+            (_, Some(theirs)) => {
+                let ours = offer
+                    .crypto
+                    .iter()
+                    .find(|c| c.tag == theirs.tag && c.keys.profile == theirs.keys.profile)
+                    .ok_or_else(|| {
+                        SdpError::BadCrypto("the answer's a=crypto is not one we offered".into())
+                    })?;
+                (
+                    LegKeying::Sdes,
+                    Some((theirs.keys.clone(), ours.keys.clone())),
+                )
+            }
+            _ if dtls => return Err(SdpError::NoFingerprintNoCrypto),
+            _ => return Err(SdpError::CryptoRequired),
+        };
+        let chosen = answer
+            .audio
+            .codecs
+            .iter()
+            .find(|c| c.is_carried_audio() && offer.codecs.iter().any(|o| o.same_as(c)))
+            .cloned()
+            .ok_or_else(|| SdpError::NoCommonCodec {
+                offered: "none of the codecs we offered".into(),
+            })?;
+        let sip_codecs = answer_codecs(&offer.far.codecs, &chosen)?;
+        let mut payload_map = PayloadMap::new(&[(chosen.pt, sip_codecs[0].pt, chosen.clock_rate)]);
+        let web_event = answer
+            .audio
+            .codecs
+            .iter()
+            .find(|c| c.is_telephone_event() && c.clock_rate == chosen.clock_rate);
+        if let (Some(web_te), Some(sip_te)) = (web_event, sip_codecs.get(1)) {
+            payload_map = payload_map.with_telephone_event(
+                web_te.pt,
+                web_te.clock_rate,
+                sip_te.pt,
+                sip_te.clock_rate,
+            );
+        }
+        let sip_sdp = build::sip_media(&SipMedia {
+            local: self.context.sip_local(&mut self.random),
+            codecs: &sip_codecs,
+            direction: Direction::SendRecv,
+            crypto: offer.sip_keying.crypto(),
+            secure_profile: offer.sip_keying.secure_profile,
+            rtcp_mux: offer.far.rtcp.is_none(),
+            ptime: None,
+        });
+        let plan = MediaPlan {
+            codec: format!(
+                "{}/{}",
+                chosen.name.encoding().to_ascii_lowercase(),
+                chosen.clock_rate
+            ),
+            payload_map,
+            web_keys,
+            web_ssrc: offer.ssrc,
+            sip_keys: offer.sip_keying.leg_keys(),
+            far: offer.far.clone(),
+            leg: WebLegSpec {
+                local_ice: offer.local_ice.clone(),
+                remote_ice,
+                keying,
+                consent_timeout: self.context.consent_timeout,
+                rtp_timeout: self.context.rtp_timeout,
+            },
+            web_sdp: None,
+            sip_sdp: Some(sip_sdp),
+        };
+        self.pending = Pending::Done;
+        Ok(plan)
     }
 }
 
