@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use webrtc_sip_gateway::sip::identity::Identity;
 use webrtc_sip_gateway::sip::transaction::TimerConfig;
-use webrtc_sip_gateway::sip::ua::{UaConfig, UserAgent};
+use webrtc_sip_gateway::sip::ua::{UaConfig, UaEvent, UaInput, UaOutput, UserAgent};
 
 fuzz_target!(|data: &[u8]| {
     let server = "192.0.2.1:5060".parse().unwrap();
@@ -30,23 +30,66 @@ fuzz_target!(|data: &[u8]| {
         t0,
         webrtc_sip_gateway::random::Random::seeded(1),
     );
-    ua.register(t0, "s1", "1001", Some("pw".into()));
-    ua.invite(t0, "c1", "1001", "5000", "v=0\r\n".into());
+    ua.handle_input(
+        t0,
+        UaInput::Register {
+            id: "s1".into(),
+            user: "1001".into(),
+            password: Some("pw".into()),
+        },
+    );
+    ua.handle_input(
+        t0,
+        UaInput::Invite {
+            key: "c1".into(),
+            user: "1001".into(),
+            to: "5000".into(),
+            sdp: "v=0\r\n".into(),
+            password: Some("pw".into()),
+        },
+    );
     let mut now = t0;
     for (i, datagram) in data.split(|b| *b == 0xff).enumerate() {
         now += Duration::from_millis(50 * i as u64);
-        ua.handle_datagram(now, server, datagram);
-        ua.handle_timeout(now);
-        while ua.poll_transmit().is_some() {}
-        while let Some(event) = ua.poll_event() {
-            if let webrtc_sip_gateway::sip::ua::UaEvent::Incoming { key, .. } = event {
-                ua.ring(now, &key);
-                ua.accept(now, &key, "v=0\r\n".into());
+        ua.handle_input(
+            now,
+            UaInput::Datagram {
+                from: server,
+                data: datagram,
+            },
+        );
+        ua.handle_input(now, UaInput::Timeout);
+        drain(&mut ua, now);
+    }
+    ua.handle_input(
+        now,
+        UaInput::Hold {
+            key: "c1".into(),
+            hold: true,
+        },
+    );
+    ua.handle_input(now, UaInput::Hangup { key: "c1".into() });
+    ua.handle_input(now, UaInput::Unregister { id: "s1".into() });
+    drain(&mut ua, now);
+});
+
+/// Takes every output; an incoming call is rung and answered.
+fn drain(ua: &mut UserAgent, now: Instant) {
+    loop {
+        match ua.poll_output() {
+            UaOutput::Transmit(_) => {}
+            UaOutput::Event(UaEvent::Incoming { key, .. }) => {
+                ua.handle_input(now, UaInput::Ring { key: key.clone() });
+                ua.handle_input(
+                    now,
+                    UaInput::Accept {
+                        key,
+                        sdp: "v=0\r\n".into(),
+                    },
+                );
             }
+            UaOutput::Event(_) => {}
+            UaOutput::Timeout(_) => return,
         }
     }
-    ua.hold(now, "c1", true);
-    ua.hangup(now, "c1");
-    ua.unregister(now, "s1");
-    while ua.poll_transmit().is_some() {}
-});
+}

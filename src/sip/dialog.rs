@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 
 use rsip::prelude::*;
 
+use super::digest::DigestAuth;
 use super::identity::Identity;
 use super::message::branch_of;
 use super::message::own_request;
@@ -73,11 +74,8 @@ pub struct Dialog {
     remote_held: bool,
     /// Our re-INVITE in flight: its CSeq and whether it holds.
     reinvite: Option<(u32, bool)>,
-    /// User name and password for digest challenges to our INVITE.
-    credentials: Option<(String, String)>,
-    /// Challenges answered so far (one each for 401 and 407 at most,
-    /// unless the server says our nonce was stale).
-    challenges_answered: u8,
+    /// Answers to digest challenges to our INVITE.
+    auth: DigestAuth,
     /// The header our INVITE carries in answer to the last challenge.
     authorization: Option<(&'static str, String)>,
     /// Branches and cnonces.
@@ -207,8 +205,7 @@ impl Dialog {
             sdp_version: 1,
             remote_held: false,
             reinvite: None,
-            credentials: None,
-            challenges_answered: 0,
+            auth: DigestAuth::default(),
             authorization: None,
             random,
         };
@@ -261,8 +258,7 @@ impl Dialog {
             sdp_version: 1,
             remote_held: false,
             reinvite: None,
-            credentials: None,
-            challenges_answered: 0,
+            auth: DigestAuth::default(),
             authorization: None,
             random,
         })
@@ -405,7 +401,7 @@ impl Dialog {
 
     /// Who we are to a server that challenges our INVITE.
     pub fn set_credentials(&mut self, user: &str, password: String) {
-        self.credentials = Some((user.to_string(), password));
+        self.auth.set_credentials(user, password);
     }
 
     /// A 401/407 to our INVITE: the INVITE again (next CSeq, new branch)
@@ -416,27 +412,13 @@ impl Dialog {
         if self.state != DialogState::Calling {
             return None;
         }
-        let (user, password) = self.credentials.as_ref()?;
-        let (challenge, answer_in) = super::digest::challenge_of(response)?;
-        // Not stale and the same kind again (our answer was wrong), or a
-        // third challenge: give up.
-        let same_kind_again = self
-            .authorization
-            .as_ref()
-            .is_some_and(|(name, _)| *name == answer_in);
-        if !challenge.stale && (same_kind_again || self.challenges_answered >= 2) {
+        if !self.auth.take_challenge(response) {
             return None;
         }
-        self.challenges_answered += 1;
-        let value = challenge.respond(
-            "INVITE",
-            &self.request_uri,
-            user,
-            password,
-            &self.random.hex(12),
-            1,
-        );
-        self.authorization = Some((answer_in, value));
+        let cnonce = self.random.hex(12);
+        self.authorization = self
+            .auth
+            .authorization("INVITE", &self.request_uri, &cnonce);
         self.cseq += 1;
         self.invite = self.build_invite();
         Some(self.invite.clone())

@@ -203,6 +203,79 @@ impl Challenge {
     }
 }
 
+/// Answering a server's digest challenges to one request kind (a
+/// registration's REGISTERs, a call's INVITE), shared by registrations and
+/// dialogs: the credentials, the challenge being answered and the header
+/// the answer goes in, how often its nonce has been used (`nc`), and when
+/// to give up — a second challenge of the same kind (our answer was
+/// refused) unless it says the nonce was only stale, or a third challenge
+/// of any kind.
+#[derive(Debug, Default)]
+pub struct DigestAuth {
+    credentials: Option<(String, String)>,
+    current: Option<(Challenge, &'static str)>,
+    nonce_uses: u32,
+    /// Challenges answered since the last success.
+    answered: u32,
+}
+
+impl DigestAuth {
+    /// With `user` and `password` (None: every challenge ends it).
+    pub fn new(user: &str, password: Option<String>) -> Self {
+        DigestAuth {
+            credentials: password.map(|p| (user.to_string(), p)),
+            ..DigestAuth::default()
+        }
+    }
+
+    pub fn set_credentials(&mut self, user: &str, password: String) {
+        self.credentials = Some((user.to_string(), password));
+    }
+
+    /// A 401 or 407: whether to send the request again with an answer
+    /// ([`DigestAuth::authorization`] writes it).
+    pub fn take_challenge(&mut self, response: &rsip::Response) -> bool {
+        if self.credentials.is_none() {
+            return false;
+        }
+        let Some((challenge, answer_in)) = challenge_of(response) else {
+            return false;
+        };
+        let same_kind_again = self
+            .current
+            .as_ref()
+            .is_some_and(|(_, kind)| *kind == answer_in);
+        if !challenge.stale && self.answered > 0 && (same_kind_again || self.answered >= 2) {
+            return false;
+        }
+        self.answered += 1;
+        self.nonce_uses = 0;
+        self.current = Some((challenge, answer_in));
+        true
+    }
+
+    /// The request was accepted: a later challenge is answered afresh.
+    pub fn succeeded(&mut self) {
+        self.answered = 0;
+    }
+
+    /// The header (name and value) answering the current challenge for
+    /// `method` on `uri`, counting one more use of its nonce; None before
+    /// any challenge.
+    pub fn authorization(
+        &mut self,
+        method: &str,
+        uri: &str,
+        cnonce: &str,
+    ) -> Option<(&'static str, String)> {
+        let ((challenge, answer_in), (user, password)) =
+            (self.current.as_ref()?, self.credentials.as_ref()?);
+        self.nonce_uses += 1;
+        let value = challenge.respond(method, uri, user, password, cnonce, self.nonce_uses);
+        Some((answer_in, value))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,5 +373,60 @@ mod tests {
             Challenge::parse("Digest realm=\"x\", nonce=\"n\", qop=\"auth-int\""),
             Err(DigestError::UnsupportedQop(_))
         ));
+    }
+
+    fn challenged(status: u16, stale: bool) -> rsip::Response {
+        let (code, header) = if status == 401 {
+            ("401 Unauthorized", "WWW-Authenticate")
+        } else {
+            ("407 Proxy Authentication Required", "Proxy-Authenticate")
+        };
+        let text = format!(
+            "SIP/2.0 {code}\r\nVia: SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bKa\r\n\
+             From: <sip:1001@pbx>;tag=a\r\nTo: <sip:1001@pbx>;tag=b\r\nCall-ID: c\r\n\
+             CSeq: 1 REGISTER\r\n{header}: Digest realm=\"r\", nonce=\"n{status}\", qop=\"auth\"{}\r\n\
+             Content-Length: 0\r\n\r\n",
+            if stale { ", stale=true" } else { "" }
+        );
+        match crate::sip::message::parse_datagram(text.as_bytes()).unwrap() {
+            rsip::SipMessage::Response(r) => r,
+            rsip::SipMessage::Request(_) => unreachable!("a response"),
+        }
+    }
+
+    #[test]
+    fn one_retry_policy_for_registrations_and_calls() {
+        // No password: nothing to answer with.
+        assert!(!DigestAuth::new("1001", None).take_challenge(&challenged(401, false)));
+        let mut auth = DigestAuth::new("1001", Some("pw".into()));
+        assert_eq!(
+            auth.authorization("REGISTER", "sip:pbx", "c"),
+            None,
+            "before any challenge"
+        );
+        assert!(auth.take_challenge(&challenged(401, false)));
+        let (name, first) = auth.authorization("REGISTER", "sip:pbx", "c").unwrap();
+        assert_eq!(name, "Authorization");
+        assert!(first.contains("nc=00000001"), "{first}");
+        let (_, again) = auth.authorization("REGISTER", "sip:pbx", "c").unwrap();
+        assert!(
+            again.contains("nc=00000002"),
+            "the nonce's uses are counted"
+        );
+        // A registrar behind a proxy: 407 after 401 is answered too.
+        assert!(auth.take_challenge(&challenged(407, false)));
+        assert_eq!(
+            auth.authorization("INVITE", "sip:x", "c").unwrap().0,
+            "Proxy-Authorization"
+        );
+        // A third challenge gives up, unless the nonce was only stale.
+        assert!(!auth.take_challenge(&challenged(401, false)));
+        assert!(auth.take_challenge(&challenged(401, true)));
+        // Our answer refused (the same kind again): give up; after a success, answer afresh.
+        let mut auth = DigestAuth::new("1001", Some("wrong".into()));
+        assert!(auth.take_challenge(&challenged(401, false)));
+        assert!(!auth.take_challenge(&challenged(401, false)));
+        auth.succeeded();
+        assert!(auth.take_challenge(&challenged(401, false)));
     }
 }

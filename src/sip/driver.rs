@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use super::dialog::DialogEvent;
 use super::message::{frame_stream, MAX_MESSAGE_BYTES};
 use super::registration::RegistrationEvent;
-use super::ua::{UaCounters, UaEvent, UserAgent};
+use super::ua::{Over, Transmit, UaCounters, UaEvent, UaInput, UaOutput, UserAgent};
 use crate::metrics::Metrics;
 
 /// Why a registration did not happen.
@@ -29,47 +29,19 @@ pub enum RegisterError {
     Stopped,
 }
 
-enum Command {
-    Register {
-        id: String,
-        user: String,
-        password: Option<String>,
-        reply: oneshot::Sender<Result<(), RegisterError>>,
-    },
-    Unregister {
-        id: String,
-    },
-    Invite {
-        key: String,
-        user: String,
-        password: Option<String>,
-        to: String,
-        sdp: String,
-        events: mpsc::UnboundedSender<DialogEvent>,
-    },
-    Hangup {
-        key: String,
-    },
-    Ring {
-        key: String,
-    },
-    Hold {
-        key: String,
-        hold: bool,
-    },
-    InfoDtmf {
-        key: String,
-        digits: String,
-        duration_ms: u32,
-    },
-    Accept {
-        key: String,
-        sdp: String,
-    },
-    Refuse {
-        key: String,
-        code: u16,
-    },
+/// What the API asks of the user agent: one [`UaInput`], and what waits
+/// for its outcome.
+struct Command {
+    input: UaInput<'static>,
+    waiter: Waiter,
+}
+
+enum Waiter {
+    Nothing,
+    /// A session waiting for its registration's verdict.
+    Registration(oneshot::Sender<Result<(), RegisterError>>),
+    /// A call's task, hearing of the far end through this channel.
+    Dialog(mpsc::UnboundedSender<DialogEvent>),
 }
 
 /// A call from the SIP side for one of our users.
@@ -112,6 +84,13 @@ pub struct SipHandle {
 }
 
 impl SipHandle {
+    fn tell(&self, input: UaInput<'static>) {
+        let _ = self.commands.send(Command {
+            input,
+            waiter: Waiter::Nothing,
+        });
+    }
+
     /// Registers `user` under `id`; resolves with the server's verdict.
     pub async fn register(
         &self,
@@ -121,11 +100,13 @@ impl SipHandle {
     ) -> Result<(), RegisterError> {
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(Command::Register {
-                id: id.to_string(),
-                user: user.to_string(),
-                password,
-                reply,
+            .send(Command {
+                input: UaInput::Register {
+                    id: id.to_string(),
+                    user: user.to_string(),
+                    password,
+                },
+                waiter: Waiter::Registration(reply),
             })
             .map_err(|_| RegisterError::Stopped)?;
         answer.await.map_err(|_| RegisterError::Stopped)?
@@ -133,9 +114,7 @@ impl SipHandle {
 
     /// Ends `id`'s registration (unREGISTER); does not wait.
     pub fn unregister(&self, id: &str) {
-        let _ = self
-            .commands
-            .send(Command::Unregister { id: id.to_string() });
+        self.tell(UaInput::Unregister { id: id.to_string() });
     }
 
     /// Calls `to` as `user` offering `sdp`; the far end's doings arrive on
@@ -149,27 +128,29 @@ impl SipHandle {
         sdp: String,
     ) -> mpsc::UnboundedReceiver<DialogEvent> {
         let (events, rx) = mpsc::unbounded_channel();
-        let _ = self.commands.send(Command::Invite {
-            key: key.to_string(),
-            user: user.to_string(),
-            password,
-            to: to.to_string(),
-            sdp,
-            events,
+        let _ = self.commands.send(Command {
+            input: UaInput::Invite {
+                key: key.to_string(),
+                user: user.to_string(),
+                to: to.to_string(),
+                sdp,
+                password,
+            },
+            waiter: Waiter::Dialog(events),
         });
         rx
     }
 
     /// Ends call `key` on the SIP side (CANCEL or BYE); does not wait.
     pub fn hangup(&self, key: &str) {
-        let _ = self.commands.send(Command::Hangup {
+        self.tell(UaInput::Hangup {
             key: key.to_string(),
         });
     }
 
     /// Puts call `key`'s far end on hold (re-INVITE sendonly) or takes it off.
     pub fn hold(&self, key: &str, hold: bool) {
-        let _ = self.commands.send(Command::Hold {
+        self.tell(UaInput::Hold {
             key: key.to_string(),
             hold,
         });
@@ -177,7 +158,7 @@ impl SipHandle {
 
     /// Sends DTMF `digits` to call `key`'s far end as SIP INFO.
     pub fn info_dtmf(&self, key: &str, digits: &str, duration_ms: u32) {
-        let _ = self.commands.send(Command::InfoDtmf {
+        self.tell(UaInput::InfoDtmf {
             key: key.to_string(),
             digits: digits.to_string(),
             duration_ms,
@@ -186,14 +167,14 @@ impl SipHandle {
 
     /// 180 Ringing to an incoming call.
     pub fn ring(&self, key: &str) {
-        let _ = self.commands.send(Command::Ring {
+        self.tell(UaInput::Ring {
             key: key.to_string(),
         });
     }
 
     /// 200 OK with our SDP to an incoming call.
     pub fn accept(&self, key: &str, sdp: String) {
-        let _ = self.commands.send(Command::Accept {
+        self.tell(UaInput::Accept {
             key: key.to_string(),
             sdp,
         });
@@ -201,7 +182,7 @@ impl SipHandle {
 
     /// Refuses an incoming call with `code`.
     pub fn refuse(&self, key: &str, code: u16) {
-        let _ = self.commands.send(Command::Refuse {
+        self.tell(UaInput::Refuse {
             key: key.to_string(),
             code,
         });
@@ -443,26 +424,29 @@ struct Outlets {
 }
 
 impl Outlets {
-    /// Sends everything the user agent has queued.
-    async fn flush(&mut self, ua: &mut UserAgent, link: &Link) {
-        while let Some((to, bytes)) = ua.poll_transmit() {
-            if !self.accepted.send(to, &bytes) {
-                link.send(to, &bytes).await;
+    /// Sends one of the user agent's datagrams the way it names.
+    async fn send(&mut self, transmit: Transmit, link: &Link) {
+        let Transmit { to, data, over } = transmit;
+        match over {
+            Over::Link => {
+                if !self.accepted.send(to, &data) {
+                    link.send(to, &data).await;
+                }
             }
-        }
-        while let Some((to, bytes)) = ua.poll_transmit_stream() {
-            let large = self.large.get_or_insert_with(|| {
-                let (requests, outgoing) = mpsc::unbounded_channel();
-                tokio::spawn(large_request_link(
-                    to,
-                    outgoing,
-                    self.large_in.clone(),
-                    self.large_failed.clone(),
-                    self.shutdown.clone(),
-                ));
-                requests
-            });
-            let _ = large.send(bytes);
+            Over::LargeRequestStream => {
+                let large = self.large.get_or_insert_with(|| {
+                    let (requests, outgoing) = mpsc::unbounded_channel();
+                    tokio::spawn(large_request_link(
+                        to,
+                        outgoing,
+                        self.large_in.clone(),
+                        self.large_failed.clone(),
+                        self.shutdown.clone(),
+                    ));
+                    requests
+                });
+                let _ = large.send(data);
+            }
         }
     }
 }
@@ -668,66 +652,21 @@ async fn run(
         large_failed,
         shutdown: shutdown.clone(),
     };
+    let mut wake;
     loop {
-        let wake = ua
-            .poll_timeout()
-            .map(tokio::time::Instant::from_std)
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
-        tokio::select! {
-            r = socket.recv(&mut buf) => {
-                if let Some((message, from)) = r {
-                    ua.handle_datagram(Instant::now(), from, &message);
+        // What the last input (or the start) left to do.
+        loop {
+            let event = match ua.poll_output() {
+                UaOutput::Transmit(transmit) => {
+                    outlets.send(transmit, &socket).await;
+                    continue;
                 }
-            }
-            Some((message, from)) = next_accepted(&mut from_accepted) => {
-                ua.handle_datagram(Instant::now(), from, &message);
-            }
-            Some((message, from)) = from_large.recv() => {
-                ua.handle_datagram(Instant::now(), from, &message);
-            }
-            Some(()) = large_lost.recv() => {
-                outlets.large = None;
-                ua.stream_failed(Instant::now());
-            }
-            command = commands.recv() => match command {
-                Some(Command::Register { id, user, password, reply }) => {
-                    waiting.insert(id.clone(), reply);
-                    ua.register(Instant::now(), &id, &user, password);
+                UaOutput::Timeout(at) => {
+                    wake = at;
+                    break;
                 }
-                Some(Command::Unregister { id }) => {
-                    if let Some(reply) = waiting.remove(&id) {
-                        let _ = reply.send(Err(RegisterError::Stopped));
-                    }
-                    ua.unregister(Instant::now(), &id);
-                }
-                Some(Command::Invite { key, user, password, to, sdp, events }) => {
-                    calls.insert(key.clone(), events);
-                    ua.invite(Instant::now(), &key, &user, &to, sdp);
-                    if let Some(password) = password {
-                        ua.set_call_password(&key, password);
-                    }
-                }
-                Some(Command::Hangup { key }) => {
-                    calls.remove(&key);
-                    ua.hangup(Instant::now(), &key);
-                }
-                Some(Command::Ring { key }) => ua.ring(Instant::now(), &key),
-                Some(Command::Hold { key, hold }) => ua.hold(Instant::now(), &key, hold),
-                Some(Command::InfoDtmf { key, digits, duration_ms }) => {
-                    ua.info_dtmf(Instant::now(), &key, &digits, duration_ms)
-                }
-                Some(Command::Accept { key, sdp }) => ua.accept(Instant::now(), &key, sdp),
-                Some(Command::Refuse { key, code }) => {
-                    calls.remove(&key);
-                    ua.refuse(Instant::now(), &key, code);
-                }
-                None => return,
-            },
-            _ = tokio::time::sleep_until(wake) => ua.handle_timeout(Instant::now()),
-            _ = shutdown.changed() => return,
-        }
-        outlets.flush(&mut ua, &socket).await;
-        while let Some(event) = ua.poll_event() {
+                UaOutput::Event(event) => event,
+            };
             match event {
                 UaEvent::ServerReachable(up) => {
                     let state = if up {
@@ -763,7 +702,7 @@ async fn run(
                     };
                     if incoming.send(call).is_err() {
                         calls.remove(&key);
-                        ua.refuse(Instant::now(), &key, 480);
+                        ua.handle_input(Instant::now(), UaInput::Refuse { key, code: 480 });
                     }
                 }
                 UaEvent::Call { key, event } => {
@@ -800,8 +739,6 @@ async fn run(
                 }
             }
         }
-        // Answers decided while handling events (a refused incoming call).
-        outlets.flush(&mut ua, &socket).await;
         let now = ua.counters;
         metrics
             .sip_requests_sent
@@ -830,6 +767,49 @@ async fn run(
                     status,
                 })
                 .inc_by(n);
+        }
+        let wake_at = wake
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            r = socket.recv(&mut buf) => {
+                if let Some((message, from)) = r {
+                    ua.handle_input(Instant::now(), UaInput::Datagram { from, data: &message });
+                }
+            }
+            Some((message, from)) = next_accepted(&mut from_accepted) => {
+                ua.handle_input(Instant::now(), UaInput::Datagram { from, data: &message });
+            }
+            Some((message, from)) = from_large.recv() => {
+                ua.handle_input(Instant::now(), UaInput::Datagram { from, data: &message });
+            }
+            Some(()) = large_lost.recv() => {
+                outlets.large = None;
+                ua.handle_input(Instant::now(), UaInput::StreamFailed);
+            }
+            command = commands.recv() => {
+                let Some(Command { input, waiter }) = command else { return };
+                match (&input, waiter) {
+                    (UaInput::Register { id, .. }, Waiter::Registration(reply)) => {
+                        waiting.insert(id.clone(), reply);
+                    }
+                    (UaInput::Invite { key, .. }, Waiter::Dialog(events)) => {
+                        calls.insert(key.clone(), events);
+                    }
+                    (UaInput::Unregister { id }, _) => {
+                        if let Some(reply) = waiting.remove(id) {
+                            let _ = reply.send(Err(RegisterError::Stopped));
+                        }
+                    }
+                    (UaInput::Hangup { key } | UaInput::Refuse { key, .. }, _) => {
+                        calls.remove(key);
+                    }
+                    _ => {}
+                }
+                ua.handle_input(Instant::now(), input);
+            }
+            _ = tokio::time::sleep_until(wake_at) => ua.handle_input(Instant::now(), UaInput::Timeout),
+            _ = shutdown.changed() => return,
         }
     }
 }

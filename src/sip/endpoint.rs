@@ -6,13 +6,14 @@
 //! Accept). Every other request goes first to the user agent (dialogs,
 //! incoming INVITEs, CANCEL); one it does not take is answered 501.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use rsip::prelude::*;
 
 use super::message::{branch_of, parse_datagram, SipParseError};
+use super::timers::TimerTable;
 use super::transaction::{response_to, Output, ServerTransaction, TimerConfig};
 use crate::random::Random;
 
@@ -32,14 +33,33 @@ pub struct Endpoint {
     /// Requests come over a stream (TCP): no response retransmissions.
     reliable: bool,
     /// Server transactions by (Via branch, method; ACK is matched to INVITE).
-    server: BTreeMap<(String, String), (SocketAddr, ServerTransaction)>,
+    server: BTreeMap<ServerKey, (SocketAddr, ServerTransaction)>,
+    /// When each server transaction next wakes.
+    wakeups: TimerTable<ServerKey>,
+    transmit: VecDeque<Datagram>,
     pub counters: EndpointCounters,
     /// Our To tags.
     random: Random,
 }
 
+/// A server transaction's name: the request's Via branch and method.
+type ServerKey = (String, String);
+
 /// A datagram to send.
 pub type Datagram = (SocketAddr, Vec<u8>);
+
+/// What a received datagram is for.
+#[derive(Debug)]
+pub enum Received {
+    /// Nothing more to do: a keep-alive, a retransmission its transaction
+    /// answered, a malformed message (answered 400 when it can be).
+    Handled,
+    /// A response, for the client transaction its Via branch names.
+    Response(rsip::Response),
+    /// A new request, or an ACK outside any transaction: the user agent
+    /// answers it with [`Endpoint::answer`] (an ACK needs no answer).
+    Request(rsip::Request),
+}
 
 impl Endpoint {
     pub fn new(timers: TimerConfig, random: Random) -> Self {
@@ -51,80 +71,86 @@ impl Endpoint {
             timers,
             reliable,
             server: BTreeMap::new(),
+            wakeups: TimerTable::default(),
+            transmit: VecDeque::new(),
             counters: EndpointCounters::default(),
             random,
         }
     }
 
+    /// The endpoint on its own: every new request gets the endpoint's own
+    /// answer (OPTIONS 200, else 501). Returns what to send.
     pub fn handle_datagram(
         &mut self,
         now: Instant,
         from: SocketAddr,
         data: &[u8],
     ) -> Vec<Datagram> {
-        self.handle_datagram_with(now, from, data, &mut |_| None)
+        if let Received::Request(request) = self.receive(now, from, data) {
+            self.answer(now, from, &request, None);
+        }
+        self.transmit.drain(..).collect()
     }
 
-    /// Like [`Endpoint::handle_datagram`], asking `dialogs` first about every
-    /// new request (and every ACK outside a transaction): the response it
-    /// returns is sent through a server transaction instead of the
-    /// endpoint's own.
-    pub fn handle_datagram_with(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        data: &[u8],
-        dialogs: &mut dyn FnMut(&rsip::Request) -> Option<rsip::Response>,
-    ) -> Vec<Datagram> {
+    /// Reads a datagram from `from`.
+    pub fn receive(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> Received {
         // Keep-alive CRLFs (RFC 5626) are not messages.
         if data.iter().all(|b| *b == b'\r' || *b == b'\n') {
-            return Vec::new();
+            return Received::Handled;
         }
         let message = match parse_datagram(data) {
             Ok(m) => m,
             Err(e) => {
                 self.counters.malformed += 1;
-                return self.bad_request(from, data, &e).into_iter().collect();
+                self.transmit.extend(self.bad_request(from, data, &e));
+                return Received::Handled;
             }
         };
-        let rsip::SipMessage::Request(request) = message else {
-            // Responses belong to client transactions (registration, calls).
-            return Vec::new();
+        let request = match message {
+            rsip::SipMessage::Request(request) => request,
+            rsip::SipMessage::Response(response) => return Received::Response(response),
         };
         self.counters.requests += 1;
-        let Some(branch) = branch_of(&request) else {
-            return Vec::new();
+        let Some(key) = server_key(&request) else {
+            return Received::Handled;
         };
-        let method = if request.method == rsip::Method::Ack {
-            rsip::Method::Invite.to_string()
-        } else {
-            request.method.to_string()
-        };
-        let key = (branch, method);
         if let Some((_, tx)) = self.server.get_mut(&key) {
             self.counters.retransmissions_absorbed +=
                 u64::from(request.method != rsip::Method::Ack);
             tx.handle_request(now, &request);
-            return self.collect(now, &key);
+            self.collect(&key);
+            return Received::Handled;
         }
-        if request.method == rsip::Method::Ack {
-            // An ACK for a 2xx belongs to a dialog.
-            let _ = dialogs(&request);
-            return Vec::new();
+        Received::Request(request)
+    }
+
+    /// Answers a new request from `from` (not an ACK) in a server
+    /// transaction of its own: with `response`, or the endpoint's own
+    /// answer when None.
+    pub fn answer(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        request: &rsip::Request,
+        response: Option<rsip::Response>,
+    ) {
+        let Some(key) = server_key(request) else {
+            return;
+        };
+        if request.method == rsip::Method::Ack || self.server.contains_key(&key) {
+            return;
         }
-        let tx = ServerTransaction::new(request.clone(), self.reliable, self.timers);
-        self.server.insert(key.clone(), (from, tx));
-        let response = match dialogs(&request) {
+        let mut tx = ServerTransaction::new(request.clone(), self.reliable, self.timers);
+        let response = match response {
             Some(mut response) => {
                 apply_rport(&mut response, from);
                 response
             }
-            None => self.respond(&request, from),
+            None => self.respond(request, from),
         };
-        if let Some((_, tx)) = self.server.get_mut(&key) {
-            tx.send_response(now, response);
-        }
-        self.collect(now, &key)
+        tx.send_response(now, response);
+        self.server.insert(key.clone(), (from, tx));
+        self.collect(&key);
     }
 
     /// Sends `response` in the server transaction of the request with Via
@@ -136,49 +162,43 @@ impl Endpoint {
         branch: &str,
         method: &str,
         response: rsip::Response,
-    ) -> Vec<Datagram> {
+    ) {
         let key = (branch.to_string(), method.to_string());
         let Some((from, tx)) = self.server.get_mut(&key) else {
-            return Vec::new();
+            return;
         };
         let mut response = response;
         apply_rport(&mut response, *from);
         tx.send_response(now, response);
-        self.collect(now, &key)
+        self.collect(&key);
     }
 
-    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Datagram> {
-        let due: Vec<_> = self
-            .server
-            .iter()
-            .filter(|(_, (_, tx))| tx.poll_timeout().is_some_and(|t| now >= t))
-            .map(|(k, _)| k.clone())
-            .collect();
-        let mut out = Vec::new();
-        for key in due {
+    /// Runs the timers that are due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for key in self.wakeups.take_due(now) {
             if let Some((_, tx)) = self.server.get_mut(&key) {
                 tx.handle_timeout(now);
             }
-            out.extend(self.collect(now, &key));
+            self.collect(&key);
         }
-        out
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.server
-            .values()
-            .filter_map(|(_, tx)| tx.poll_timeout())
-            .min()
+        self.wakeups.next()
     }
 
-    /// Drains a transaction's output; forgets it once terminated.
-    fn collect(&mut self, _now: Instant, key: &(String, String)) -> Vec<Datagram> {
-        let mut out = Vec::new();
+    pub fn poll_transmit(&mut self) -> Option<Datagram> {
+        self.transmit.pop_front()
+    }
+
+    /// Queues a transaction's output; forgets it once terminated, else
+    /// notes when it next wakes.
+    fn collect(&mut self, key: &ServerKey) {
         let mut done = false;
         if let Some((peer, tx)) = self.server.get_mut(key) {
             while let Some(o) = tx.poll_output() {
                 match o {
-                    Output::Transmit(bytes) => out.push((*peer, bytes)),
+                    Output::Transmit(bytes) => self.transmit.push_back((*peer, bytes)),
                     Output::Terminated => done = true,
                     _ => {}
                 }
@@ -187,7 +207,8 @@ impl Endpoint {
         if done {
             self.server.remove(key);
         }
-        out
+        let next = self.server.get(key).and_then(|(_, tx)| tx.poll_timeout());
+        self.wakeups.set(key.clone(), next);
     }
 
     /// What the gateway answers by itself.
@@ -248,6 +269,18 @@ impl Endpoint {
         lines.push(String::new());
         Some((from, lines.join("\r\n").into_bytes()))
     }
+}
+
+/// A request's server transaction: its Via branch, and its method (an ACK
+/// belongs to its INVITE's).
+fn server_key(request: &rsip::Request) -> Option<ServerKey> {
+    let branch = branch_of(request)?;
+    let method = if request.method == rsip::Method::Ack {
+        rsip::Method::Invite.to_string()
+    } else {
+        request.method.to_string()
+    };
+    Some((branch, method))
 }
 
 /// RFC 3581: a request with `rport` gets `received` and `rport=<port>` in the

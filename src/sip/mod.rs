@@ -13,6 +13,7 @@ pub mod endpoint;
 pub mod identity;
 pub mod message;
 pub mod registration;
+pub mod timers;
 pub mod tls;
 pub mod transaction;
 pub mod ua;

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::digest::{challenge_of, Challenge};
+use super::digest::DigestAuth;
 use super::identity::Identity;
 #[cfg(test)]
 use super::message::parse_datagram;
@@ -41,7 +41,6 @@ enum State {
 
 pub struct Registration {
     user: String,
-    password: Option<String>,
     identity: Identity,
     call_id: String,
     from_tag: String,
@@ -49,11 +48,8 @@ pub struct Registration {
     expires: u32,
     state: State,
     registered_once: bool,
-    /// The challenge answered, and the header the answer goes in.
-    challenge: Option<(Challenge, &'static str)>,
-    nonce_uses: u32,
-    /// Answers sent to the current challenge without success.
-    auth_tries: u32,
+    /// Answers to the server's digest challenges.
+    auth: DigestAuth,
     /// Tags, branches and cnonces.
     random: Random,
 }
@@ -69,7 +65,6 @@ impl Registration {
     ) -> Self {
         Registration {
             user: user.to_string(),
-            password,
             identity,
             call_id: format!("{}@webrtc-sip-gateway", random.hex(12)),
             from_tag: random.hex(12),
@@ -78,9 +73,7 @@ impl Registration {
             expires,
             state: State::Registering,
             registered_once: false,
-            challenge: None,
-            nonce_uses: 0,
-            auth_tries: 0,
+            auth: DigestAuth::new(user, password),
         }
     }
 
@@ -145,7 +138,7 @@ impl Registration {
         };
         let code = response.status_code.code();
         if self.state == State::Unregistering {
-            if matches!(code, 401 | 407) && self.take_challenge(response) {
+            if matches!(code, 401 | 407) && self.auth.take_challenge(response) {
                 return (Some(self.request(0)), None);
             }
             self.state = State::Done;
@@ -153,7 +146,7 @@ impl Registration {
         }
         match code {
             200..=299 => {
-                self.auth_tries = 0;
+                self.auth.succeeded();
                 let granted = granted_expires(response, &self.identity.local, self.expires);
                 let wait =
                     Duration::from_secs_f64(f64::from(granted) * REFRESH_SHARE).max(MIN_REFRESH);
@@ -167,7 +160,9 @@ impl Registration {
                     first.then_some(RegistrationEvent::Registered { expires: granted }),
                 )
             }
-            401 | 407 if self.take_challenge(response) => (Some(self.request(self.expires)), None),
+            401 | 407 if self.auth.take_challenge(response) => {
+                (Some(self.request(self.expires)), None)
+            }
             423 => {
                 let min = header_value(response, "min-expires")
                     .and_then(|v| v.trim().parse::<u32>().ok())
@@ -197,24 +192,6 @@ impl Registration {
         (None, Some(event))
     }
 
-    /// Takes a 401/407 challenge; false when we should give up (no password,
-    /// unusable challenge, or our answer to this nonce was refused already).
-    fn take_challenge(&mut self, response: &rsip::Response) -> bool {
-        if self.password.is_none() {
-            return false;
-        }
-        let Some((challenge, answer_in)) = challenge_of(response) else {
-            return false;
-        };
-        if self.auth_tries >= 1 && !challenge.stale {
-            return false;
-        }
-        self.auth_tries += 1;
-        self.nonce_uses = 0;
-        self.challenge = Some((challenge, answer_in));
-        true
-    }
-
     fn request(&mut self, expires: u32) -> rsip::Request {
         self.cseq += 1;
         let domain = &self.identity.domain;
@@ -241,17 +218,9 @@ impl Registration {
             cseq = self.cseq,
             version = env!("CARGO_PKG_VERSION"),
         );
-        if let (Some((challenge, answer_in)), Some(password)) = (&self.challenge, &self.password) {
-            self.nonce_uses += 1;
-            let value = challenge.respond(
-                "REGISTER",
-                &uri,
-                &self.user,
-                password,
-                &self.random.hex(12),
-                self.nonce_uses,
-            );
-            text.push_str(&format!("{answer_in}: {value}\r\n"));
+        let cnonce = self.random.hex(12);
+        if let Some((name, value)) = self.auth.authorization("REGISTER", &uri, &cnonce) {
+            text.push_str(&format!("{name}: {value}\r\n"));
         }
         text.push_str("Content-Length: 0\r\n\r\n");
         own_request(&text, rsip::Method::Register)

@@ -1,0 +1,429 @@
+//! Calls: INVITE dialogs both ways — our INVITEs with their digest
+//! answers, CANCEL, BYE, hold and INFO; the far end's INVITEs offered to
+//! the gateway, its in-dialog requests and CANCEL; and our 2xx resent
+//! until its ACK comes (RFC 3261 §13.3.1.4).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rsip::prelude::*;
+
+use super::{Owner, UaEvent, UserAgent, Wakeup};
+use crate::sip::dialog::{Dialog, DialogEvent, DialogState};
+use crate::sip::message::branch_of;
+use crate::sip::transaction::response_to;
+
+/// The calls by key, and by Call-ID so a request finds its dialog without
+/// looking at every call. One Call-ID may name two of our dialogs: a call
+/// between two users of this gateway comes back to us through the proxy.
+#[derive(Default)]
+pub(super) struct Calls {
+    by_key: BTreeMap<String, Dialog>,
+    by_call_id: BTreeSet<(String, String)>,
+}
+
+impl Calls {
+    pub(super) fn insert(&mut self, key: String, dialog: Dialog) {
+        self.by_call_id
+            .insert((dialog.call_id().to_string(), key.clone()));
+        self.by_key.insert(key, dialog);
+    }
+
+    pub(super) fn remove(&mut self, key: &str) -> Option<Dialog> {
+        let dialog = self.by_key.remove(key)?;
+        self.by_call_id
+            .remove(&(dialog.call_id().to_string(), key.to_string()));
+        Some(dialog)
+    }
+
+    pub(super) fn get(&self, key: &str) -> Option<&Dialog> {
+        self.by_key.get(key)
+    }
+
+    pub(super) fn get_mut(&mut self, key: &str) -> Option<&mut Dialog> {
+        self.by_key.get_mut(key)
+    }
+
+    /// The call with this Call-ID whose dialog `wanted` picks.
+    pub(super) fn find(
+        &mut self,
+        call_id: &str,
+        mut wanted: impl FnMut(&Dialog) -> bool,
+    ) -> Option<(String, &mut Dialog)> {
+        let from = (call_id.to_string(), String::new());
+        let key = self
+            .by_call_id
+            .range(from..)
+            .take_while(|(id, _)| id == call_id)
+            .map(|(_, key)| key)
+            .find(|key| self.by_key.get(*key).is_some_and(&mut wanted))?
+            .clone();
+        let dialog = self.by_key.get_mut(&key)?;
+        Some((key, dialog))
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Forgets the calls whose dialog has ended.
+    fn forget_terminated(&mut self) {
+        let ended: Vec<String> = self
+            .by_key
+            .iter()
+            .filter(|(_, d)| d.state() == DialogState::Terminated)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in ended {
+            self.remove(&key);
+        }
+    }
+}
+
+/// A 2xx we resend until its ACK comes: every `interval` (doubling up to
+/// T2) until `give_up_at` (64·T1).
+pub(super) struct UnackedAnswer {
+    to: SocketAddr,
+    bytes: Vec<u8>,
+    next_send: Instant,
+    interval: Duration,
+    give_up_at: Instant,
+}
+
+/// The Call-ID of a message's headers.
+fn call_id_of(headers: &rsip::Headers) -> Option<String> {
+    headers.iter().find_map(|h| match h {
+        rsip::Header::CallId(id) => Some(id.value().trim().to_string()),
+        _ => None,
+    })
+}
+
+/// Whether a request carries a To tag (it belongs to a dialog).
+fn has_to_tag(request: &rsip::Request) -> bool {
+    request
+        .headers
+        .iter()
+        .any(|h| matches!(h, rsip::Header::To(to) if to.value().contains("tag=")))
+}
+
+impl UserAgent {
+    pub(super) fn invite(
+        &mut self,
+        now: Instant,
+        key: &str,
+        user: &str,
+        to: &str,
+        sdp: String,
+        password: Option<String>,
+    ) {
+        let mut call = Dialog::new(user, to, &self.cfg.identity, sdp, self.random.fork());
+        if let Some(password) = password {
+            call.set_credentials(user, password);
+        }
+        let invite = call.invite().clone();
+        self.calls.insert(key.to_string(), call);
+        self.send(now, invite, Owner::Call(key.to_string()));
+    }
+
+    pub(super) fn hangup(&mut self, now: Instant, key: &str) {
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
+        if call.is_incoming() && call.state() == DialogState::Calling {
+            self.refuse(now, key, 480);
+            return;
+        }
+        if let Some(cancel) = call.cancel() {
+            // The INVITE's 487 ends the call (its transaction ACKs it).
+            self.send(now, cancel, Owner::Call(key.to_string()));
+        } else if let Some(bye) = call.bye() {
+            self.calls.remove(key);
+            self.send(now, bye, Owner::Farewell);
+        } else {
+            self.calls.remove(key);
+        }
+    }
+
+    pub(super) fn hold(&mut self, now: Instant, key: &str, hold: bool) {
+        let request = self.calls.get_mut(key).and_then(|c| c.reinvite(hold));
+        match request {
+            Some(request) => self.send(now, request, Owner::Call(key.to_string())),
+            None => self.events.push_back(UaEvent::Call {
+                key: key.to_string(),
+                event: DialogEvent::LocalHold(None),
+            }),
+        }
+    }
+
+    pub(super) fn info_dtmf(&mut self, now: Instant, key: &str, digits: &str, duration_ms: u32) {
+        for digit in digits.chars() {
+            let request = self
+                .calls
+                .get_mut(key)
+                .and_then(|c| c.info_dtmf(digit, duration_ms));
+            if let Some(request) = request {
+                self.send(now, request, Owner::Call(key.to_string()));
+            }
+        }
+    }
+
+    pub(super) fn ring(&mut self, now: Instant, key: &str) {
+        if let Some(call) = self.calls.get(key) {
+            let response = call.ringing();
+            self.respond_invite(now, key, response);
+        }
+    }
+
+    pub(super) fn accept(&mut self, now: Instant, key: &str, sdp: String) {
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
+        let response = call.accept(sdp);
+        let bytes = response.to_string().into_bytes();
+        self.respond_invite(now, key, response);
+        // Over TCP the transport itself delivers the 2xx.
+        if let Some(to) = self
+            .invite_source(key)
+            .filter(|_| !self.cfg.identity.reliable())
+        {
+            let t1 = self.cfg.timers.t1;
+            self.unacked.insert(
+                key.to_string(),
+                UnackedAnswer {
+                    to,
+                    bytes,
+                    next_send: now + t1,
+                    interval: t1,
+                    give_up_at: now + 64 * t1,
+                },
+            );
+            self.wakeups
+                .set(Wakeup::Unacked(key.to_string()), Some(now + t1));
+        }
+    }
+
+    pub(super) fn refuse(&mut self, now: Instant, key: &str, code: u16) {
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
+        let response = call.refuse(code);
+        self.respond_invite(now, key, response);
+        self.calls.remove(key);
+    }
+
+    /// Resends call `key`'s 2xx when due; gives up after 64·T1.
+    pub(super) fn resend_unacked(&mut self, now: Instant, key: &str) {
+        let t2 = self.cfg.timers.t2;
+        let Some(answer) = self.unacked.get_mut(key) else {
+            return;
+        };
+        if now >= answer.give_up_at {
+            self.unacked.remove(key);
+            return;
+        }
+        if now >= answer.next_send {
+            self.transmit.push_back(super::Transmit {
+                to: answer.to,
+                data: answer.bytes.clone(),
+                over: super::Over::Link,
+            });
+            answer.interval = (answer.interval * 2).min(t2);
+            answer.next_send = now + answer.interval;
+        }
+        let next = answer.next_send.min(answer.give_up_at);
+        self.wakeups
+            .set(Wakeup::Unacked(key.to_string()), Some(next));
+    }
+
+    fn acked(&mut self, key: &str) {
+        self.unacked.remove(key);
+        self.wakeups.set(Wakeup::Unacked(key.to_string()), None);
+    }
+
+    /// Where the far end's INVITE for call `key` came from (its Via, with
+    /// `received`/`rport`).
+    fn invite_source(&self, key: &str) -> Option<SocketAddr> {
+        let call = self.calls.get(key)?;
+        let via = call.invite().via_header().ok()?.typed().ok()?;
+        let host = via.uri.host_with_port.to_string();
+        let received = via.params.iter().find_map(|p| match p {
+            rsip::Param::Received(r) => Some(r.value().to_string()),
+            _ => None,
+        });
+        let rport = via.params.iter().find_map(|p| match p {
+            rsip::Param::Other(k, Some(v)) if k.value().eq_ignore_ascii_case("rport") => {
+                v.value().parse::<u16>().ok()
+            }
+            _ => None,
+        });
+        let base: SocketAddr = host
+            .parse()
+            .ok()
+            .or_else(|| format!("{host}:5060").parse().ok())?;
+        let ip = received.and_then(|r| r.parse().ok()).unwrap_or(base.ip());
+        Some(SocketAddr::new(ip, rport.unwrap_or(base.port())))
+    }
+
+    fn respond_invite(&mut self, now: Instant, key: &str, response: rsip::Response) {
+        let Some(branch) = self.calls.get(key).and_then(|c| c.invite_branch()) else {
+            return;
+        };
+        self.endpoint
+            .send_response(now, &branch, "INVITE", response);
+    }
+
+    /// A new request from the far end (or an ACK outside a transaction):
+    /// its dialog's, an incoming call, a CANCEL, or the endpoint's to answer.
+    pub(super) fn handle_request(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        request: &rsip::Request,
+    ) {
+        let call_id = call_id_of(&request.headers).unwrap_or_default();
+        let dialog = self.calls.find(&call_id, |call| call.matches(request));
+        if let Some((key, call)) = dialog {
+            if request.method == rsip::Method::Ack {
+                self.acked(&key);
+                return;
+            }
+            let (response, event) = call.on_request(request);
+            if let Some(event) = event {
+                self.events.push_back(UaEvent::Call { key, event });
+            }
+            self.endpoint.answer(now, from, request, Some(response));
+            self.calls.forget_terminated();
+            return;
+        }
+        let response = match request.method {
+            rsip::Method::Ack => return,
+            rsip::Method::Cancel => {
+                let branch = branch_of(request);
+                let ringing = self.calls.find(&call_id, |c| {
+                    c.is_incoming()
+                        && c.state() == DialogState::Calling
+                        && c.invite_branch() == branch
+                });
+                match ringing {
+                    Some((key, _)) => {
+                        self.endpoint
+                            .answer(now, from, request, Some(response_to(request, 200)));
+                        self.refuse(now, &key, 487);
+                        self.events.push_back(UaEvent::Call {
+                            key,
+                            event: DialogEvent::Failed { status: Some(487) },
+                        });
+                        return;
+                    }
+                    None => Some(response_to(request, 481)),
+                }
+            }
+            rsip::Method::Invite if !has_to_tag(request) => {
+                let random = self.random.fork();
+                match Dialog::incoming(request, &self.cfg.identity, random) {
+                    Some(call) => {
+                        let key = self.random.hex(12);
+                        let (from_party, to) = call.parties();
+                        let user = crate::sip::message::uri_user(&request.uri).unwrap_or_default();
+                        self.events.push_back(UaEvent::Incoming {
+                            key: key.clone(),
+                            user,
+                            from: from_party,
+                            to,
+                            sdp: call.remote_offer(),
+                        });
+                        self.calls.insert(key, call);
+                        // 100 keeps the transaction open for our answer.
+                        Some(response_to(request, 100))
+                    }
+                    None => None,
+                }
+            }
+            // A request inside a dialog we do not know (RFC 3261 §12.2.2).
+            _ if has_to_tag(request) => Some(response_to(request, 481)),
+            _ => None,
+        };
+        self.endpoint.answer(now, from, request, response);
+    }
+
+    /// A response to an INVITE whose transaction has ended: a retransmitted
+    /// 2xx, whose ACK we send again.
+    pub(super) fn late_invite_response(&mut self, response: &rsip::Response) {
+        let Some(call_id) = call_id_of(&response.headers) else {
+            return;
+        };
+        let ack = self
+            .calls
+            .find(&call_id, |call| !call.is_incoming())
+            .and_then(|(_, call)| call.on_invite_response(response).0);
+        if let Some(ack) = ack {
+            self.send_to_server(ack);
+        }
+    }
+
+    /// A response (or none in time) to a call's INVITE or CANCEL.
+    pub(super) fn call_final(
+        &mut self,
+        now: Instant,
+        key: &str,
+        method: &rsip::Method,
+        response: Option<rsip::Response>,
+    ) {
+        if *method != rsip::Method::Invite {
+            // CANCEL's own answer says nothing; the INVITE's 487 does.
+            return;
+        }
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
+        // A digest challenge we can answer: the INVITE again, with it.
+        if let Some(again) = response.as_ref().and_then(|r| call.answer_challenge(r)) {
+            self.set_reachable(true);
+            self.send(now, again, Owner::Call(key.to_string()));
+            return;
+        }
+        let reinvite = match &response {
+            Some(r) => call.is_reinvite_response(r),
+            None => call.state() == DialogState::Confirmed,
+        };
+        if reinvite {
+            if response
+                .as_ref()
+                .is_some_and(|r| r.status_code.code() < 200)
+            {
+                return;
+            }
+            let (ack, event) = call.on_reinvite_response(response.as_ref());
+            if let Some(ack) = ack {
+                self.send_to_server(ack);
+            }
+            if let Some(event) = event {
+                self.events.push_back(UaEvent::Call {
+                    key: key.to_string(),
+                    event,
+                });
+            }
+            return;
+        }
+        let (ack, event) = match &response {
+            Some(r) => call.on_invite_response(r),
+            None => (None, call.on_invite_timeout()),
+        };
+        if let Some(ack) = ack {
+            self.send_to_server(ack);
+        }
+        if response.is_some() {
+            self.set_reachable(true);
+        }
+        if let Some(event) = event {
+            if matches!(event, DialogEvent::Failed { .. }) {
+                self.calls.remove(key);
+            }
+            self.events.push_back(UaEvent::Call {
+                key: key.to_string(),
+                event,
+            });
+        }
+    }
+}

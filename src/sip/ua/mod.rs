@@ -1,0 +1,501 @@
+//! The gateway's SIP user agent toward its one SIP server, sans-IO, with
+//! one input and one output as str0m's `Rtc` and our `Call` have:
+//! [`UserAgent::handle_input`] takes a datagram, a command or the time;
+//! [`UserAgent::poll_output`] gives what to send, what happened, and when to
+//! wake it next.
+//!
+//! By concern: `calls` (INVITE dialogs both ways and our resent 2xx),
+//! `registrations` (each browser user's REGISTER), `keepalive` (the OPTIONS
+//! ping behind `/readyz`), `large_requests` (over UDP, a request too big for
+//! it goes over TCP, RFC 3261 §18.1.1). Each request we send runs in a
+//! client transaction; responses find it by their top Via branch. Every
+//! wake-up — transactions, registrations, resent answers, the keepalive —
+//! is in one [`TimerTable`], so a datagram or a timeout touches only what
+//! it concerns.
+
+mod calls;
+mod keepalive;
+mod large_requests;
+mod registrations;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rsip::prelude::*;
+
+use super::dialog::DialogEvent;
+use super::endpoint::{Endpoint, Received};
+use super::identity::Identity;
+use super::message::branch_of;
+use super::registration::{Registration, RegistrationEvent};
+use super::timers::TimerTable;
+use super::transaction::{ClientTransaction, Output, TimerConfig};
+use crate::random::Random;
+use calls::{Calls, UnackedAnswer};
+pub use large_requests::UDP_REQUEST_LIMIT;
+
+#[derive(Debug, Clone)]
+pub struct UaConfig {
+    /// Where every request goes; None: no SIP server (requests we would
+    /// send fail at once, the endpoint still answers OPTIONS).
+    pub server: Option<SocketAddr>,
+    pub identity: Identity,
+    pub timers: TimerConfig,
+    pub register_expires: u32,
+    /// OPTIONS ping interval; None: no keepalive.
+    pub keepalive: Option<Duration>,
+}
+
+/// What the user agent is told: a message, the time, or a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UaInput<'a> {
+    /// A datagram (or a message framed from a stream) from `from`.
+    Datagram { from: SocketAddr, data: &'a [u8] },
+    /// The instant [`UaOutput::Timeout`] named has come.
+    Timeout,
+    /// The TCP connection for large requests could not be made, or dropped
+    /// before their answers: they go again over UDP.
+    StreamFailed,
+    /// Register `user` for session `id`; the outcome comes as an event.
+    Register {
+        id: String,
+        user: String,
+        password: Option<String>,
+    },
+    /// End `id`'s registration (unREGISTER if it was in place).
+    Unregister { id: String },
+    /// Call `to` for call `key` as `user`, offering `sdp`; a digest
+    /// challenge to the INVITE is answered with `password`.
+    Invite {
+        key: String,
+        user: String,
+        to: String,
+        sdp: String,
+        password: Option<String>,
+    },
+    /// End call `key` from our side: CANCEL before the answer, BYE after
+    /// (an unanswered incoming call is refused with 480).
+    Hangup { key: String },
+    /// Put the far end on hold (re-INVITE sendonly) or take it off; the
+    /// outcome comes as [`DialogEvent::LocalHold`].
+    Hold { key: String, hold: bool },
+    /// DTMF as SIP INFO, one request per digit.
+    InfoDtmf {
+        key: String,
+        digits: String,
+        duration_ms: u32,
+    },
+    /// 180 Ringing to an incoming call.
+    Ring { key: String },
+    /// Answer an incoming call with our SDP.
+    Accept { key: String, sdp: String },
+    /// Refuse an incoming call with `code`.
+    Refuse { key: String, code: u16 },
+}
+
+/// Which way a datagram leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Over {
+    /// The SIP link: UDP, or the stream to the server (or one the peer
+    /// opened to us).
+    Link,
+    /// A TCP connection to the server for a request too large for UDP.
+    LargeRequestStream,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub to: SocketAddr,
+    pub data: Vec<u8>,
+    pub over: Over,
+}
+
+/// What the user agent gives back, in order: datagrams, then events, then
+/// when to wake it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UaOutput {
+    Transmit(Transmit),
+    Event(UaEvent),
+    /// Nothing more until the next input or this instant (None: input only).
+    Timeout(Option<Instant>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UaEvent {
+    Registration {
+        id: String,
+        event: RegistrationEvent,
+    },
+    /// What the far end of call `key` did.
+    Call { key: String, event: DialogEvent },
+    /// A new call for `user` (the Request-URI's user); answer it with
+    /// [`UaInput::Ring`], [`UaInput::Accept`] or [`UaInput::Refuse`].
+    Incoming {
+        key: String,
+        user: String,
+        from: String,
+        to: String,
+        sdp: Option<String>,
+    },
+    /// The server answered a keepalive (true) or stopped answering (false).
+    ServerReachable(bool),
+}
+
+/// Counters for the metrics exporter.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UaCounters {
+    pub requests_sent: u64,
+    pub transaction_timeouts: u64,
+    pub registrations_failed: u64,
+    /// Datagrams that did not parse, and retransmitted requests answered
+    /// from their transaction.
+    pub malformed_received: u64,
+    pub retransmissions_absorbed: u64,
+}
+
+/// Who a client transaction's answers go to.
+#[derive(Clone)]
+enum Owner {
+    Registration(String),
+    Keepalive,
+    /// A BYE for a call already gone from our side: its answer only counts.
+    Farewell,
+    /// A call's INVITE, CANCEL or BYE.
+    Call(String),
+}
+
+/// What waits for a wake-up.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Wakeup {
+    /// The endpoint's server transactions (it keeps its own table).
+    Endpoint,
+    Keepalive,
+    /// A client transaction, by "branch method".
+    Client(String),
+    Registration(String),
+    /// Our 2xx to call `key`, resent until its ACK.
+    Unacked(String),
+}
+
+/// Whether a counted message came in or went out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MessageDirection {
+    In,
+    Out,
+}
+
+impl MessageDirection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageDirection::In => "in",
+            MessageDirection::Out => "out",
+        }
+    }
+}
+
+pub struct UserAgent {
+    cfg: UaConfig,
+    endpoint: Endpoint,
+    clients: BTreeMap<String, (ClientTransaction, Owner)>,
+    registrations: BTreeMap<String, Registration>,
+    calls: Calls,
+    unacked: BTreeMap<String, UnackedAnswer>,
+    wakeups: TimerTable<Wakeup>,
+    next_keepalive: Option<Instant>,
+    reachable: Option<bool>,
+    transmit: VecDeque<Transmit>,
+    /// Client transactions whose request went over TCP because of its size.
+    over_stream: BTreeSet<String>,
+    events: VecDeque<UaEvent>,
+    pub counters: UaCounters,
+    /// Messages since the last [`UserAgent::take_message_counts`]:
+    /// (direction, method, status or 0 for requests) → count.
+    messages: BTreeMap<(MessageDirection, String, u16), u64>,
+    /// Call keys and the OPTIONS' tags; each registration and dialog gets
+    /// a stream of its own from it.
+    random: Random,
+}
+
+impl UserAgent {
+    pub fn new(cfg: UaConfig, now: Instant, mut random: Random) -> Self {
+        let next_keepalive = cfg.keepalive.map(|_| now);
+        let mut wakeups = TimerTable::default();
+        wakeups.set(Wakeup::Keepalive, next_keepalive);
+        UserAgent {
+            endpoint: Endpoint::with_reliability(
+                cfg.timers,
+                cfg.identity.reliable(),
+                random.fork(),
+            ),
+            next_keepalive,
+            cfg,
+            clients: BTreeMap::new(),
+            registrations: BTreeMap::new(),
+            calls: Calls::default(),
+            unacked: BTreeMap::new(),
+            wakeups,
+            reachable: None,
+            transmit: VecDeque::new(),
+            over_stream: BTreeSet::new(),
+            events: VecDeque::new(),
+            counters: UaCounters::default(),
+            messages: BTreeMap::new(),
+            random,
+        }
+    }
+
+    /// Everything the user agent is told goes through here.
+    pub fn handle_input(&mut self, now: Instant, input: UaInput<'_>) {
+        match input {
+            UaInput::Datagram { from, data } => self.handle_datagram(now, from, data),
+            UaInput::Timeout => self.handle_timeout(now),
+            UaInput::StreamFailed => self.stream_failed(now),
+            UaInput::Register { id, user, password } => self.register(now, &id, &user, password),
+            UaInput::Unregister { id } => self.unregister(now, &id),
+            UaInput::Invite {
+                key,
+                user,
+                to,
+                sdp,
+                password,
+            } => self.invite(now, &key, &user, &to, sdp, password),
+            UaInput::Hangup { key } => self.hangup(now, &key),
+            UaInput::Hold { key, hold } => self.hold(now, &key, hold),
+            UaInput::InfoDtmf {
+                key,
+                digits,
+                duration_ms,
+            } => self.info_dtmf(now, &key, &digits, duration_ms),
+            UaInput::Ring { key } => self.ring(now, &key),
+            UaInput::Accept { key, sdp } => self.accept(now, &key, sdp),
+            UaInput::Refuse { key, code } => self.refuse(now, &key, code),
+        }
+        self.sync_endpoint();
+    }
+
+    /// The next thing to do: datagrams first, then events, then the
+    /// instant to be woken at.
+    pub fn poll_output(&mut self) -> UaOutput {
+        if let Some(transmit) = self.transmit.pop_front() {
+            return UaOutput::Transmit(transmit);
+        }
+        if let Some(event) = self.events.pop_front() {
+            return UaOutput::Event(event);
+        }
+        UaOutput::Timeout(self.wakeups.next())
+    }
+
+    pub fn server(&self) -> Option<SocketAddr> {
+        self.cfg.server
+    }
+
+    /// Registrations in place now.
+    pub fn registered_count(&self) -> usize {
+        self.registrations
+            .values()
+            .filter(|r| r.is_registered())
+            .count()
+    }
+
+    /// Calls with a dialog in progress.
+    pub fn call_count(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// SIP messages counted since the last call (requests without
+    /// retransmissions: status 0; responses received: their status).
+    pub fn take_message_counts(&mut self) -> Vec<(MessageDirection, String, u16, u64)> {
+        std::mem::take(&mut self.messages)
+            .into_iter()
+            .map(|((d, m, s), n)| (d, m, s, n))
+            .collect()
+    }
+
+    fn count(&mut self, direction: MessageDirection, method: &str, status: u16) {
+        // A metric label: methods from outside are one of a known few, so
+        // made-up ones cannot create a series each.
+        let method = crate::sip::message::method_label(method);
+        *self
+            .messages
+            .entry((direction, method.to_string(), status))
+            .or_insert(0) += 1;
+    }
+
+    /// The endpoint's datagrams and wake-up into ours, its counts into ours.
+    fn sync_endpoint(&mut self) {
+        while let Some((to, data)) = self.endpoint.poll_transmit() {
+            self.transmit.push_back(Transmit {
+                to,
+                data,
+                over: Over::Link,
+            });
+        }
+        self.wakeups
+            .set(Wakeup::Endpoint, self.endpoint.poll_timeout());
+        self.counters.malformed_received = self.endpoint.counters.malformed;
+        self.counters.retransmissions_absorbed = self.endpoint.counters.retransmissions_absorbed;
+    }
+
+    /// Queues a datagram for the server over the SIP link.
+    fn send_to_server(&mut self, data: Vec<u8>) {
+        if let Some(to) = self.cfg.server {
+            self.transmit.push_back(Transmit {
+                to,
+                data,
+                over: Over::Link,
+            });
+        }
+    }
+
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        match self.endpoint.receive(now, from, data) {
+            Received::Handled => {}
+            Received::Response(response) => self.handle_response(now, response),
+            Received::Request(request) => {
+                self.count(MessageDirection::In, &request.method.to_string(), 0);
+                self.handle_request(now, from, &request);
+            }
+        }
+    }
+
+    fn handle_response(&mut self, now: Instant, response: rsip::Response) {
+        let Some(branch) = response
+            .via_header()
+            .ok()
+            .and_then(|v| v.typed().ok())
+            .and_then(|v| v.branch().map(|b| b.to_string()))
+        else {
+            return;
+        };
+        let method = response
+            .cseq_header()
+            .ok()
+            .and_then(|c| c.typed().ok())
+            .map(|c| c.method.to_string())
+            .unwrap_or_default();
+        self.count(MessageDirection::In, &method, response.status_code.code());
+        let key = format!("{branch} {method}");
+        if let Some((tx, _)) = self.clients.get_mut(&key) {
+            tx.handle_response(now, response);
+            self.drain_client(now, &key);
+            return;
+        }
+        if method == "INVITE" {
+            self.late_invite_response(&response);
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        for wakeup in self.wakeups.take_due(now) {
+            match wakeup {
+                Wakeup::Endpoint => self.endpoint.handle_timeout(now),
+                Wakeup::Keepalive => self.keepalive_due(now),
+                Wakeup::Client(key) => {
+                    if let Some((tx, _)) = self.clients.get_mut(&key) {
+                        tx.handle_timeout(now);
+                    }
+                    self.drain_client(now, &key);
+                }
+                Wakeup::Registration(id) => self.registration_due(now, &id),
+                Wakeup::Unacked(key) => self.resend_unacked(now, &key),
+            }
+        }
+    }
+
+    /// Sends `request` in a new client transaction whose answers go to
+    /// `owner`.
+    fn send(&mut self, now: Instant, request: rsip::Request, owner: Owner) {
+        let (Some(branch), Some(_)) = (branch_of(&request), self.cfg.server) else {
+            // Nowhere to send it: as if it went unanswered.
+            match owner {
+                Owner::Registration(id) => self.registration_final(now, &id, None),
+                Owner::Call(key) => self.call_final(now, &key, &request.method, None),
+                Owner::Keepalive | Owner::Farewell => {}
+            }
+            return;
+        };
+        self.counters.requests_sent += 1;
+        self.count(MessageDirection::Out, &request.method.to_string(), 0);
+        let key = format!("{branch} {}", request.method);
+        let (request, reliable) = self.route_for_size(&key, request);
+        let tx = ClientTransaction::new(request, reliable, self.cfg.timers, now);
+        self.clients.insert(key.clone(), (tx, owner));
+        self.drain_client(now, &key);
+    }
+
+    /// Queues a client transaction's output and hands its answers to their
+    /// owner; forgets it once terminated.
+    fn drain_client(&mut self, now: Instant, key: &str) {
+        let Some(server) = self.cfg.server else {
+            return;
+        };
+        let mut finals = Vec::new();
+        let mut done = false;
+        let mut method = rsip::Method::Options;
+        if let Some((tx, owner)) = self.clients.get_mut(key) {
+            method = tx.request().method;
+            let over = if self.over_stream.contains(key) {
+                Over::LargeRequestStream
+            } else {
+                Over::Link
+            };
+            while let Some(output) = tx.poll_output() {
+                match output {
+                    Output::Transmit(data) => self.transmit.push_back(Transmit {
+                        to: server,
+                        data,
+                        over,
+                    }),
+                    // A call hears of every response to its INVITE.
+                    Output::Response(r) if matches!(owner, Owner::Call(_)) => finals.push(Some(r)),
+                    Output::Response(r) if r.status_code.code() >= 200 => finals.push(Some(r)),
+                    Output::TimedOut => {
+                        self.counters.transaction_timeouts += 1;
+                        finals.push(None);
+                    }
+                    Output::Terminated => done = true,
+                    _ => {}
+                }
+            }
+        }
+        let owner = if done {
+            self.over_stream.remove(key);
+            self.clients.remove(key).map(|(_, o)| o)
+        } else if finals.is_empty() {
+            None
+        } else {
+            self.clients.get(key).map(|(_, o)| o.clone())
+        };
+        let next = self.clients.get(key).and_then(|(tx, _)| tx.poll_timeout());
+        self.wakeups.set(Wakeup::Client(key.to_string()), next);
+        let Some(owner) = owner else {
+            return;
+        };
+        for response in finals {
+            match &owner {
+                Owner::Keepalive => self.set_reachable(response.is_some()),
+                Owner::Farewell => {}
+                Owner::Registration(id) => self.registration_final(now, id, response),
+                Owner::Call(call) => self.call_final(now, call, &method, response),
+            }
+        }
+    }
+
+    /// Forgets the client transactions `keep` says no to (their timers too).
+    fn drop_clients(&mut self, mut keep: impl FnMut(&Owner) -> bool) {
+        let gone: Vec<String> = self
+            .clients
+            .iter()
+            .filter(|(_, (_, owner))| !keep(owner))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in gone {
+            self.clients.remove(&key);
+            self.over_stream.remove(&key);
+            self.wakeups.set(Wakeup::Client(key), None);
+        }
+    }
+}

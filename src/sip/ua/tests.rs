@@ -1,0 +1,634 @@
+//! The user agent with virtual time and a seeded random source, through
+//! its one input and one output.
+
+use super::*;
+use crate::sip::endpoint::Datagram;
+
+/// The tests' way of driving the user agent: every call goes through
+/// `handle_input`, and the output queues are read as `poll_output` reads
+/// them (datagrams by the way they leave, events in order).
+trait Drive {
+    fn datagram_in(&mut self, now: Instant, from: SocketAddr, data: &[u8]);
+    fn timeout_in(&mut self, now: Instant);
+    fn register_in(&mut self, now: Instant, id: &str, user: &str, password: Option<String>);
+    fn unregister_in(&mut self, now: Instant, id: &str);
+    fn invite_in(&mut self, now: Instant, key: &str, user: &str, to: &str, sdp: String);
+    fn hangup_in(&mut self, now: Instant, key: &str);
+    fn accept_in(&mut self, now: Instant, key: &str, sdp: String);
+    fn ring_in(&mut self, now: Instant, key: &str);
+    fn stream_failed_in(&mut self, now: Instant);
+    fn next_transmit(&mut self) -> Option<Datagram>;
+    fn next_stream_transmit(&mut self) -> Option<Datagram>;
+    fn next_event(&mut self) -> Option<UaEvent>;
+    fn next_wakeup(&self) -> Option<Instant>;
+}
+
+impl Drive for UserAgent {
+    fn datagram_in(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        self.handle_input(now, UaInput::Datagram { from, data });
+    }
+    fn timeout_in(&mut self, now: Instant) {
+        self.handle_input(now, UaInput::Timeout);
+    }
+    fn register_in(&mut self, now: Instant, id: &str, user: &str, password: Option<String>) {
+        let (id, user) = (id.into(), user.into());
+        self.handle_input(now, UaInput::Register { id, user, password });
+    }
+    fn unregister_in(&mut self, now: Instant, id: &str) {
+        self.handle_input(now, UaInput::Unregister { id: id.into() });
+    }
+    fn invite_in(&mut self, now: Instant, key: &str, user: &str, to: &str, sdp: String) {
+        let (key, user, to) = (key.into(), user.into(), to.into());
+        let password = None;
+        self.handle_input(
+            now,
+            UaInput::Invite {
+                key,
+                user,
+                to,
+                sdp,
+                password,
+            },
+        );
+    }
+    fn hangup_in(&mut self, now: Instant, key: &str) {
+        self.handle_input(now, UaInput::Hangup { key: key.into() });
+    }
+    fn accept_in(&mut self, now: Instant, key: &str, sdp: String) {
+        self.handle_input(
+            now,
+            UaInput::Accept {
+                key: key.into(),
+                sdp,
+            },
+        );
+    }
+    fn ring_in(&mut self, now: Instant, key: &str) {
+        self.handle_input(now, UaInput::Ring { key: key.into() });
+    }
+    fn stream_failed_in(&mut self, now: Instant) {
+        self.handle_input(now, UaInput::StreamFailed);
+    }
+    fn next_transmit(&mut self) -> Option<Datagram> {
+        let at = self.transmit.iter().position(|t| t.over == Over::Link)?;
+        self.transmit.remove(at).map(|t| (t.to, t.data))
+    }
+    fn next_stream_transmit(&mut self) -> Option<Datagram> {
+        let at = self
+            .transmit
+            .iter()
+            .position(|t| t.over == Over::LargeRequestStream)?;
+        self.transmit.remove(at).map(|t| (t.to, t.data))
+    }
+    fn next_event(&mut self) -> Option<UaEvent> {
+        self.events.pop_front()
+    }
+    fn next_wakeup(&self) -> Option<Instant> {
+        self.wakeups.next()
+    }
+}
+
+fn cfg(keepalive: Option<Duration>) -> UaConfig {
+    UaConfig {
+        server: Some("192.0.2.1:5060".parse().unwrap()),
+        identity: Identity {
+            domain: "pbx.example".into(),
+            local: "192.0.2.10:5070".parse().unwrap(),
+            transport: crate::config::SipTransport::Udp,
+        },
+        timers: TimerConfig::default(),
+        register_expires: 300,
+        keepalive,
+    }
+}
+
+fn server() -> SocketAddr {
+    "192.0.2.1:5060".parse().unwrap()
+}
+
+/// The server's answer to the datagram we sent.
+fn answer(sent: &[u8], status: &str, extra: &str) -> Vec<u8> {
+    let text = std::str::from_utf8(sent).unwrap();
+    let mut out = format!("SIP/2.0 {status}\r\n");
+    for line in text.split("\r\n") {
+        let name = line.split(':').next().unwrap_or("").to_ascii_lowercase();
+        if ["via", "from", "to", "call-id", "cseq"].contains(&name.as_str()) {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str(extra);
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out.into_bytes()
+}
+
+/// Everything a UA sends for a registration with a digest challenge,
+/// an INVITE and the keepalive, from one seed.
+fn wire_bytes(seed: u64) -> Vec<Vec<u8>> {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(cfg(Some(Duration::from_secs(30))), t0, Random::seeded(seed));
+    ua.register_in(t0, "s1", "1001", Some("pw".into()));
+    ua.invite_in(t0, "c1", "1001", "5000", "v=0\r\n".into());
+    let mut sent = Vec::new();
+    while let Some((_, bytes)) = ua.next_transmit() {
+        sent.push(bytes);
+    }
+    let challenge = answer(
+        &sent[0],
+        "401 Unauthorized",
+        "WWW-Authenticate: Digest realm=\"r\", nonce=\"n\", qop=\"auth\"\r\n",
+    );
+    ua.datagram_in(t0, server(), &challenge);
+    ua.timeout_in(t0 + Duration::from_secs(30));
+    while let Some((_, bytes)) = ua.next_transmit() {
+        sent.push(bytes);
+    }
+    sent
+}
+
+#[test]
+fn one_seed_gives_the_same_bytes_on_the_wire() {
+    let first = wire_bytes(42);
+    assert!(first.len() >= 4, "REGISTER, INVITE, the answer, OPTIONS");
+    assert!(
+        String::from_utf8_lossy(&first.concat()).contains("cnonce="),
+        "the cnonce is drawn too"
+    );
+    let again = wire_bytes(42);
+    let differs = |a: &[Vec<u8>], b: &[Vec<u8>]| {
+        (a.len() != b.len())
+            .then(|| format!("{} messages, then {}", a.len(), b.len()))
+            .or_else(|| {
+                a.iter().zip(b).position(|(x, y)| x != y).map(|i| {
+                    format!(
+                        "{}\n---\n{}",
+                        String::from_utf8_lossy(&a[i]),
+                        String::from_utf8_lossy(&b[i])
+                    )
+                })
+            })
+    };
+    assert_eq!(
+        differs(&first, &again),
+        None,
+        "tags, branches, Call-IDs, cnonce"
+    );
+    assert!(differs(&first, &wire_bytes(43)).is_some());
+}
+
+#[test]
+fn registration_through_transactions_with_a_lost_request() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(1));
+    ua.register_in(t0, "s1", "1001", Some("pw".into()));
+    let (to, first) = ua.next_transmit().unwrap();
+    assert_eq!(Some(to), ua.server());
+    assert!(first.starts_with(b"REGISTER sip:pbx.example SIP/2.0"));
+    // Lost: timer E retransmits after T1.
+    assert_eq!(ua.next_wakeup(), Some(t0 + Duration::from_millis(500)));
+    ua.timeout_in(t0 + Duration::from_millis(500));
+    let (_, again) = ua.next_transmit().unwrap();
+    assert_eq!(again, first);
+    let t1 = t0 + Duration::from_millis(600);
+    ua.datagram_in(
+        t1,
+        server(),
+        &answer(
+            &first,
+            "401 Unauthorized",
+            "WWW-Authenticate: Digest realm=\"r\", nonce=\"n\"\r\n",
+        ),
+    );
+    let (_, second) = ua.next_transmit().unwrap();
+    assert!(String::from_utf8_lossy(&second).contains("Authorization: Digest"));
+    ua.datagram_in(t1, server(), &answer(&second, "200 OK", "Expires: 300\r\n"));
+    assert_eq!(ua.next_event(), Some(UaEvent::ServerReachable(true)));
+    assert_eq!(
+        ua.next_event(),
+        Some(UaEvent::Registration {
+            id: "s1".into(),
+            event: RegistrationEvent::Registered { expires: 300 }
+        })
+    );
+    assert_eq!(ua.registered_count(), 1);
+    ua.unregister_in(t1, "s1");
+    let (_, bye) = ua.next_transmit().unwrap();
+    assert!(String::from_utf8_lossy(&bye).contains("Expires: 0"));
+    ua.datagram_in(t1, server(), &answer(&bye, "200 OK", ""));
+    assert_eq!(
+        ua.next_event(),
+        Some(UaEvent::Registration {
+            id: "s1".into(),
+            event: RegistrationEvent::Unregistered
+        })
+    );
+    assert_eq!(ua.registered_count(), 0);
+}
+
+#[test]
+fn an_unanswered_register_fails_after_timer_f() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(1));
+    ua.register_in(t0, "s1", "1001", None);
+    let mut now = t0;
+    let mut sent = 0;
+    while let Some(at) = ua.next_wakeup() {
+        now = at;
+        ua.timeout_in(now);
+        while ua.next_transmit().is_some() {
+            sent += 1;
+        }
+    }
+    assert_eq!(now, t0 + Duration::from_secs(32), "timer F = 64·T1");
+    assert!(sent >= 9, "retransmitted up to T2 spacing: {sent}");
+    assert_eq!(
+        ua.next_event(),
+        Some(UaEvent::Registration {
+            id: "s1".into(),
+            event: RegistrationEvent::Failed { status: None }
+        })
+    );
+    assert_eq!(ua.counters.transaction_timeouts, 1);
+}
+
+#[test]
+fn without_a_server_registration_fails_at_once() {
+    let t0 = Instant::now();
+    let mut c = cfg(None);
+    c.server = None;
+    let mut ua = UserAgent::new(c, t0, Random::seeded(1));
+    ua.register_in(t0, "s1", "1001", None);
+    assert_eq!(ua.next_transmit(), None);
+    assert_eq!(
+        ua.next_event(),
+        Some(UaEvent::Registration {
+            id: "s1".into(),
+            event: RegistrationEvent::Failed { status: None }
+        })
+    );
+}
+
+#[test]
+fn keepalive_reports_reachability_changes() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(cfg(Some(Duration::from_secs(30))), t0, Random::seeded(1));
+    ua.timeout_in(t0);
+    let (_, ping) = ua.next_transmit().unwrap();
+    assert!(ping.starts_with(b"OPTIONS sip:pbx.example"));
+    ua.datagram_in(t0, server(), &answer(&ping, "404 Not Found", ""));
+    assert_eq!(
+        ua.next_event(),
+        Some(UaEvent::ServerReachable(true)),
+        "any answer counts"
+    );
+    // The next ping goes unanswered.
+    let t1 = t0 + Duration::from_secs(30);
+    ua.timeout_in(t1);
+    let mut now = t1;
+    while let Some(at) = ua
+        .next_wakeup()
+        .filter(|&at| at < t1 + Duration::from_secs(33))
+    {
+        now = at;
+        ua.timeout_in(now);
+    }
+    assert_eq!(ua.next_event(), Some(UaEvent::ServerReachable(false)));
+    assert!(now >= t1 + Duration::from_secs(32));
+}
+
+fn incoming_invite(branch: &str) -> Vec<u8> {
+    let sdp = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+    format!(
+            "INVITE sip:1001@192.0.2.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch={branch}\r\n\
+             From: \"Caller\" <sip:2000@pbx.example>;tag=c1\r\nTo: <sip:1001@pbx.example>\r\n\
+             Call-ID: in-1@pbx\r\nCSeq: 7 INVITE\r\nContact: <sip:2000@192.0.2.1:5060>\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        )
+        .into_bytes()
+}
+
+fn sent(ua: &mut UserAgent) -> Vec<String> {
+    std::iter::from_fn(|| ua.next_transmit())
+        .map(|(_, b)| String::from_utf8(b).unwrap())
+        .collect()
+}
+
+#[test]
+fn an_incoming_call_rings_is_answered_and_its_200_repeats_until_the_ack() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(1));
+    ua.datagram_in(t0, server(), &incoming_invite("z9hG4bKin1"));
+    let out = sent(&mut ua);
+    assert!(out[0].starts_with("SIP/2.0 100"), "{out:?}");
+    let Some(UaEvent::Incoming {
+        key,
+        user,
+        from,
+        to,
+        sdp,
+    }) = ua.next_event()
+    else {
+        panic!("an incoming call event");
+    };
+    assert_eq!(
+        (user.as_str(), from.as_str(), to.as_str()),
+        ("1001", "2000", "1001")
+    );
+    assert!(sdp.unwrap().contains("m=audio 4000"));
+    ua.ring_in(t0, &key);
+    let out = sent(&mut ua);
+    assert!(
+        out[0].starts_with("SIP/2.0 180") && out[0].contains(";tag="),
+        "{out:?}"
+    );
+    // The INVITE again: the 180 again, no second call.
+    ua.datagram_in(t0, server(), &incoming_invite("z9hG4bKin1"));
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 180"));
+    assert_eq!(ua.next_event(), None);
+    ua.accept_in(t0, &key, "v=0 answer\r\n".into());
+    let ok = sent(&mut ua);
+    assert!(
+        ok[0].starts_with("SIP/2.0 200") && ok[0].ends_with("v=0 answer\r\n"),
+        "{ok:?}"
+    );
+    let tag = ok[0]
+        .lines()
+        .find(|l| l.starts_with("To:"))
+        .and_then(|l| l.split("tag=").nth(1))
+        .unwrap()
+        .to_string();
+    // No ACK: the 200 goes again after T1, then 2·T1.
+    ua.timeout_in(t0 + Duration::from_millis(500));
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 200"));
+    ua.timeout_in(t0 + Duration::from_millis(1400));
+    assert_eq!(sent(&mut ua).len(), 0);
+    ua.timeout_in(t0 + Duration::from_millis(1500));
+    assert_eq!(sent(&mut ua).len(), 1);
+    let ack = format!(
+            "ACK sip:1001@192.0.2.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKack\r\n\
+             From: <sip:2000@pbx.example>;tag=c1\r\nTo: <sip:1001@pbx.example>;tag={tag}\r\n\
+             Call-ID: in-1@pbx\r\nCSeq: 7 ACK\r\nContent-Length: 0\r\n\r\n"
+        );
+    ua.datagram_in(t0 + Duration::from_millis(1600), server(), ack.as_bytes());
+    ua.timeout_in(t0 + Duration::from_secs(10));
+    assert!(
+        sent(&mut ua).iter().all(|m| !m.starts_with("SIP/2.0 200")),
+        "the ACK stopped it"
+    );
+    // The caller hangs up.
+    let bye = ack
+        .replace("ACK sip", "BYE sip")
+        .replace("CSeq: 7 ACK", "CSeq: 8 BYE")
+        .replace("z9hG4bKack", "z9hG4bKbye");
+    ua.datagram_in(t0 + Duration::from_secs(11), server(), bye.as_bytes());
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 200"));
+    assert_eq!(
+        ua.next_event(),
+        Some(UaEvent::Call {
+            key,
+            event: DialogEvent::RemoteBye
+        })
+    );
+    assert_eq!(ua.call_count(), 0);
+}
+
+/// A 407 to our INVITE is answered once with Proxy-Authorization (next
+/// CSeq, new branch); a second refusal of the same kind ends the call.
+#[test]
+fn a_challenged_invite_is_sent_again_with_our_answer() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(1));
+    ua.handle_input(
+        t0,
+        UaInput::Invite {
+            key: "c1".into(),
+            user: "1001".into(),
+            to: "2000".into(),
+            sdp: "v=0\r\n".into(),
+            password: Some("secret".into()),
+        },
+    );
+    let first = sent(&mut ua).remove(0);
+    let challenge = "Proxy-Authenticate: Digest realm=\"pbx\", nonce=\"n1\", qop=\"auth\"\r\n";
+    ua.datagram_in(
+        t0,
+        server(),
+        &answer(
+            first.as_bytes(),
+            "407 Proxy Authentication Required",
+            challenge,
+        ),
+    );
+    let out = sent(&mut ua);
+    let again = out
+        .iter()
+        .find(|m| m.starts_with("INVITE "))
+        .unwrap_or_else(|| panic!("{out:?}"));
+    assert!(
+        out.iter().any(|m| m.starts_with("ACK ")),
+        "the 407 is ACKed: {out:?}"
+    );
+    assert!(again.contains("CSeq: 2 INVITE"), "{again}");
+    assert!(
+        again.contains("Proxy-Authorization: Digest username=\"1001\", realm=\"pbx\""),
+        "{again}"
+    );
+    assert!(
+        std::iter::from_fn(|| ua.next_event()).all(|e| matches!(e, UaEvent::ServerReachable(_))),
+        "the call goes on"
+    );
+    // A 401 from another hop is answered too, in Authorization.
+    let www = challenge.replace("Proxy-Authenticate", "WWW-Authenticate");
+    ua.datagram_in(
+        t0,
+        server(),
+        &answer(again.as_bytes(), "401 Unauthorized", &www),
+    );
+    let third = sent(&mut ua)
+        .into_iter()
+        .find(|m| m.starts_with("INVITE "))
+        .expect("the INVITE again");
+    assert!(third.contains("CSeq: 3 INVITE") && third.contains("\r\nAuthorization: Digest"));
+    let again = third;
+    // Refused again: the call ends with the 407.
+    ua.datagram_in(
+        t0,
+        server(),
+        &answer(
+            again.as_bytes(),
+            "407 Proxy Authentication Required",
+            challenge,
+        ),
+    );
+    sent(&mut ua);
+    assert_eq!(
+        ua.next_event(),
+        Some(UaEvent::Call {
+            key: "c1".into(),
+            event: DialogEvent::Failed { status: Some(407) }
+        })
+    );
+}
+
+/// RFC 3261 §18.1.1: over UDP an INVITE above 1300 bytes goes over TCP
+/// (its Via says TCP, no retransmissions); when TCP cannot be had it
+/// goes again over UDP with retransmissions. Small requests stay on UDP.
+#[test]
+fn a_large_request_goes_over_tcp_and_back_to_udp_if_it_must() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(1));
+    ua.invite_in(t0, "small", "1001", "2000", "v=0\r\n".into());
+    let (_, small) = ua.next_transmit().unwrap();
+    assert!(String::from_utf8_lossy(&small).contains("Via: SIP/2.0/UDP "));
+    assert_eq!(ua.next_stream_transmit(), None);
+
+    let sdp = format!("v=0\r\n{}", "a=x-filler:0123456789abcdef\r\n".repeat(60));
+    ua.invite_in(t0, "large", "1001", "2000", sdp);
+    assert_eq!(ua.next_transmit(), None, "nothing large over UDP");
+    let (to, large) = ua.next_stream_transmit().unwrap();
+    assert_eq!(Some(to), ua.server());
+    assert!(large.len() > UDP_REQUEST_LIMIT);
+    let text = String::from_utf8_lossy(&large).to_string();
+    assert!(text.contains("Via: SIP/2.0/TCP "), "{text}");
+    // Reliable: no timer A retransmission.
+    ua.timeout_in(t0 + Duration::from_millis(600));
+    assert_eq!(ua.next_stream_transmit(), None);
+    let again: Vec<_> = std::iter::from_fn(|| ua.next_transmit())
+        .map(|(_, b)| String::from_utf8_lossy(&b).to_string())
+        .collect();
+    assert!(again.iter().all(|m| !m.contains("x-filler")), "{again:?}");
+    // No TCP to be had: over UDP, same branch, retransmitted.
+    let t1 = t0 + Duration::from_secs(1);
+    ua.stream_failed_in(t1);
+    let (_, udp) = ua.next_transmit().unwrap();
+    let udp = String::from_utf8_lossy(&udp).to_string();
+    assert!(udp.contains("Via: SIP/2.0/UDP ") && udp.contains("x-filler"));
+    let branch = |m: &str| m.split("branch=").nth(1).map(|b| b[..20].to_string());
+    assert_eq!(branch(&udp), branch(&text));
+    ua.timeout_in(t1 + Duration::from_millis(500));
+    let (_, resent) = ua.next_transmit().unwrap();
+    assert_eq!(String::from_utf8_lossy(&resent), udp);
+}
+
+/// Our BYE's answer, or its going unanswered, is about the call, not
+/// about the server: reachability stays as the keepalive left it.
+#[test]
+fn our_bye_says_nothing_about_the_server() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(1));
+    ua.datagram_in(t0, server(), &incoming_invite("z9hG4bKin9"));
+    sent(&mut ua);
+    let Some(UaEvent::Incoming { key, .. }) = ua.next_event() else {
+        panic!("an incoming call event");
+    };
+    ua.accept_in(t0, &key, "v=0 answer\r\n".into());
+    let ok = sent(&mut ua);
+    let tag = ok[0]
+        .lines()
+        .find(|l| l.starts_with("To:"))
+        .and_then(|l| l.split("tag=").nth(1))
+        .unwrap()
+        .to_string();
+    let ack = format!(
+            "ACK sip:1001@192.0.2.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKack9\r\n\
+             From: <sip:2000@pbx.example>;tag=c1\r\nTo: <sip:1001@pbx.example>;tag={tag}\r\n\
+             Call-ID: in-1@pbx\r\nCSeq: 7 ACK\r\nContent-Length: 0\r\n\r\n"
+        );
+    ua.datagram_in(t0, server(), ack.as_bytes());
+    ua.hangup_in(t0, &key);
+    let out = sent(&mut ua);
+    assert!(out.iter().any(|m| m.starts_with("BYE ")), "{out:?}");
+    // Nobody answers the BYE: timer F ends its transaction quietly.
+    let mut now = t0;
+    while let Some(at) = ua.next_wakeup() {
+        now = at;
+        ua.timeout_in(now);
+        sent(&mut ua);
+    }
+    assert!(now >= t0 + Duration::from_secs(32));
+    let events: Vec<_> = std::iter::from_fn(|| ua.next_event()).collect();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, UaEvent::ServerReachable(_))),
+        "{events:?}"
+    );
+    assert_eq!(ua.call_count(), 0);
+}
+
+#[test]
+fn a_cancelled_incoming_call_gets_487_and_unknown_dialogs_481() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(1));
+    ua.datagram_in(t0, server(), &incoming_invite("z9hG4bKin2"));
+    sent(&mut ua);
+    let Some(UaEvent::Incoming { key, .. }) = ua.next_event() else {
+        panic!("an incoming call event");
+    };
+    let cancel = "CANCEL sip:1001@192.0.2.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKin2\r\n\
+             From: <sip:2000@pbx.example>;tag=c1\r\nTo: <sip:1001@pbx.example>\r\n\
+             Call-ID: in-1@pbx\r\nCSeq: 7 CANCEL\r\nContent-Length: 0\r\n\r\n";
+    ua.datagram_in(t0, server(), cancel.as_bytes());
+    let out = sent(&mut ua);
+    assert!(
+        out[0].starts_with("SIP/2.0 200") && out[0].contains("CSeq: 7 CANCEL"),
+        "{out:?}"
+    );
+    assert!(
+        out[1].starts_with("SIP/2.0 487") && out[1].contains("CSeq: 7 INVITE"),
+        "{out:?}"
+    );
+    assert_eq!(
+        ua.next_event(),
+        Some(UaEvent::Call {
+            key,
+            event: DialogEvent::Failed { status: Some(487) }
+        })
+    );
+    let stray = cancel
+        .replace("CANCEL sip", "BYE sip")
+        .replace(
+            "To: <sip:1001@pbx.example>",
+            "To: <sip:1001@pbx.example>;tag=nope",
+        )
+        .replace("CSeq: 7 CANCEL", "CSeq: 9 BYE")
+        .replace("z9hG4bKin2", "z9hG4bKstray");
+    ua.datagram_in(t0, server(), stray.as_bytes());
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 481"));
+}
+
+/// `poll_output` gives the datagrams first, then the events, then when to
+/// wake; an empty user agent only names its next wake-up.
+#[test]
+fn poll_output_gives_transmits_then_events_then_the_timeout() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(3));
+    ua.register_in(t0, "s1", "1001", None);
+    let UaOutput::Transmit(register) = ua.poll_output() else {
+        panic!("the REGISTER first");
+    };
+    assert_eq!(Some(register.to), ua.server());
+    assert_eq!(register.over, Over::Link);
+    assert_eq!(
+        ua.poll_output(),
+        UaOutput::Timeout(Some(t0 + Duration::from_millis(500))),
+        "timer E"
+    );
+    let refused = answer(&register.data, "403 Forbidden", "");
+    ua.datagram_in(t0, server(), &refused);
+    assert_eq!(
+        ua.poll_output(),
+        UaOutput::Event(UaEvent::ServerReachable(true))
+    );
+    assert!(matches!(
+        ua.poll_output(),
+        UaOutput::Event(UaEvent::Registration { .. })
+    ));
+    // The transaction lingers (timer K) over UDP, then nothing is left.
+    let UaOutput::Timeout(Some(linger)) = ua.poll_output() else {
+        panic!("timer K");
+    };
+    ua.timeout_in(linger);
+    assert_eq!(ua.poll_output(), UaOutput::Timeout(None));
+}
