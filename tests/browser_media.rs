@@ -25,7 +25,7 @@ use webrtc_sip_gateway::sdp::{
     web_offer_keying, Description, Direction, IceCredentials, WebKeying,
 };
 use webrtc_sip_gateway::webrtc::dtls::{DtlsError, DtlsIdentity};
-use webrtc_sip_gateway::webrtc::leg::{WebLeg, WebLegEvent};
+use webrtc_sip_gateway::webrtc::leg::{WebLeg, WebLegEvent, WebLegInput};
 
 const WEB_SSRC: u32 = 0x1234_5678;
 
@@ -175,22 +175,34 @@ fn run_call(wrong_fingerprint: bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let (mut selected, mut keyed) = (false, false);
     let mut failure = None;
+    let mut wake = None;
     let report = loop {
         assert!(Instant::now() < deadline, "no report from the browser");
         if let Ok(line) = report_rx.try_recv() {
             break serde_json::from_str::<Value>(&line).unwrap_or(Value::Null);
         }
         let now = Instant::now();
-        let wait = leg.poll_timeout().map_or(Duration::from_millis(20), |t| {
+        let wait = wake.map_or(Duration::from_millis(20), |t: Instant| {
             t.saturating_duration_since(now)
         });
         match events.recv_timeout(wait.min(Duration::from_millis(20))) {
-            Ok(RelayEvent::Packet(p)) => leg.handle_packet(Instant::now(), p.from, p.to, &p.data),
+            Ok(RelayEvent::Packet(p)) => {
+                let packet = WebLegInput::Packet {
+                    from: p.from,
+                    to: p.to,
+                    data: &p.data,
+                };
+                leg.handle_input(Instant::now(), packet);
+            }
             Ok(RelayEvent::Dtmf { .. }) => {}
-            Err(_) => leg.handle_timeout(Instant::now()),
+            Err(_) => leg.handle_input(Instant::now(), WebLegInput::Timeout),
         }
-        while let Some(e) = leg.poll_event() {
-            match e {
+        loop {
+            match leg.poll_output() {
+                WebLegEvent::Timeout(at) => {
+                    wake = at;
+                    break;
+                }
                 WebLegEvent::Transmit { to, from, data } => {
                     send_from(control_socket.as_raw_fd(), &data, to, from).unwrap();
                 }

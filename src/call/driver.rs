@@ -21,7 +21,9 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn, Instrument};
 
 use super::negotiate::{self, FarMedia, MediaPlan, NegotiationContext, Negotiator, OutboundPlan};
-use super::{AnswerError, Call, CallError, CallOutput, CallState, FarRequest, LegKeying, Party};
+use super::{
+    Call, CallError, CallInput, CallOutput, CallState, FarRequest, LegKeying, Party, Refused,
+};
 use crate::config::SrtpPolicy;
 use crate::echo::{self, Echo};
 use crate::media::batch::send_from;
@@ -70,11 +72,11 @@ pub enum CommandError {
     Media(String),
 }
 
-impl From<AnswerError> for CommandError {
-    fn from(e: AnswerError) -> Self {
+impl From<Refused> for CommandError {
+    fn from(e: Refused) -> Self {
         match e {
-            AnswerError::Call(e) => CommandError::State(e),
-            AnswerError::Sdp(e) => CommandError::BadSdp(e),
+            Refused::Call(e) => CommandError::State(e),
+            Refused::Sdp(e) => CommandError::BadSdp(e),
         }
     }
 }
@@ -462,6 +464,7 @@ impl MediaPlane {
     ) -> CallTask<N> {
         CallTask {
             finished: false,
+            wake: None,
             call,
             started: Instant::now(),
             session: session.to_string(),
@@ -521,9 +524,15 @@ impl MediaPlane {
             rtcp: None,
             strict: true,
         };
-        if let Err(e) = task.call.far_answered_media(Instant::now(), far) {
+        let answered = task
+            .call
+            .handle_input(Instant::now(), CallInput::FarAnsweredMedia(far));
+        if let Err(e) = answered {
             self.calls.remove(&cid);
-            return Err(e.into());
+            return Err(match e {
+                Refused::Sdp(e) => StartError::Sdp(e),
+                Refused::Call(e) => StartError::Media(e.to_string()),
+            });
         }
         let span = tracing::info_span!("call", cid = %cid, sid = %session);
         span.in_scope(|| info!(to = %to, "call to the echo endpoint"));
@@ -718,11 +727,19 @@ impl Far {
                 }
                 FarRequest::Hold => {
                     echo.set_paused(true);
-                    call.far_hold_changed(true, Party::Local);
+                    let held = CallInput::FarHoldChanged {
+                        held: true,
+                        by: Party::Local,
+                    };
+                    let _ = call.handle_input(Instant::now(), held);
                 }
                 FarRequest::Resume => {
                     echo.set_paused(false);
-                    call.far_hold_changed(false, Party::Local);
+                    let resumed = CallInput::FarHoldChanged {
+                        held: false,
+                        by: Party::Local,
+                    };
+                    let _ = call.handle_input(Instant::now(), resumed);
                 }
             },
             Far::Sip { handle, .. } => match request {
@@ -750,6 +767,8 @@ struct CallTask<N> {
     call: Call,
     /// The call has finished: the task ends.
     finished: bool,
+    /// When the call next needs the time.
+    wake: Option<Instant>,
     started: Instant,
     session: String,
     media: Option<CallMedia>,
@@ -774,33 +793,34 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                 break;
             }
             let wake = self
-                .call
-                .poll_timeout()
+                .wake
                 .map(tokio::time::Instant::from_std)
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 input = inputs.recv() => match input {
                     Some(Input::Relay(RelayEvent::Packet(p))) => {
-                        self.call.handle_web_packet(Instant::now(), p.from, p.to, &p.data);
+                        self.input(CallInput::WebPacket { from: p.from, to: p.to, data: &p.data });
                     }
-                    Some(Input::Relay(RelayEvent::Dtmf { digit, .. })) => self.call.far_dtmf(digit),
+                    Some(Input::Relay(RelayEvent::Dtmf { digit, .. })) => {
+                        self.input(CallInput::FarDtmf(digit));
+                    }
                     Some(Input::Command(command, reply)) => {
                         let result = self.command(command);
                         let _ = reply.send(result);
                     }
                     // The registry is gone: the gateway is stopping.
-                    None => self.call.hangup(),
+                    None => self.input(CallInput::Hangup),
                 },
-                _ = tokio::time::sleep_until(wake) => self.call.handle_timeout(Instant::now()),
+                _ = tokio::time::sleep_until(wake) => self.input(CallInput::Timeout),
                 event = next_dialog_event(match &mut self.far { Far::Sip { events, .. } => events, Far::Echo(_) => &mut no_dialog }) => {
                     self.dialog_event(event);
                 }
                 _ = sample.tick() => {
                     if let Some(media) = &self.media {
                         let packets = media.stats.web.packets_in.load(std::sync::atomic::Ordering::Relaxed);
-                        self.call.media_progress(Instant::now(), packets);
+                        self.input(CallInput::MediaProgress { browser_packets: packets });
                     }
-                    self.call.handle_timeout(Instant::now());
+                    self.input(CallInput::Timeout);
                 }
             }
         }
@@ -809,32 +829,48 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
         // returns the ports) or the pending sockets and leases.
     }
 
+    /// An input that cannot be refused (only commands can be).
+    fn input(&mut self, input: CallInput<'_>) {
+        if let Err(e) = self.call.handle_input(Instant::now(), input) {
+            warn!(error = %e, "the call refused an input");
+        }
+    }
+
     /// What the SIP dialog reported.
     fn dialog_event(&mut self, event: Option<DialogEvent>) {
-        let now = Instant::now();
-        match event {
+        let input = match &event {
             // The SIP side dropped the call without a word (it stopped).
             None => {
                 if let Far::Sip { events, .. } = &mut self.far {
                     *events = None;
                 }
-                self.call.far_failed(None);
+                CallInput::FarFailed { status: None }
             }
-            Some(DialogEvent::Progress { sdp: None, .. }) => self.call.far_ringing(),
-            Some(DialogEvent::Progress { sdp: Some(sdp), .. }) => {
-                self.call.far_progress_sdp(now, &sdp)
+            Some(DialogEvent::Progress { sdp: None, .. }) => CallInput::FarRinging,
+            Some(DialogEvent::Progress { sdp: Some(sdp), .. }) => CallInput::FarEarlySdp(sdp),
+            Some(DialogEvent::Answered { sdp }) => CallInput::FarAnsweredSdp(sdp),
+            Some(DialogEvent::Failed { status: Some(code) }) => CallInput::FarEnded {
+                status: Some(*code),
+            },
+            Some(DialogEvent::Failed { status: None }) => {
+                CallInput::FarFailed { status: Some(408) }
             }
-            Some(DialogEvent::Answered { sdp }) => self.call.far_answered_sdp(now, &sdp),
-            Some(DialogEvent::Failed { status: Some(code) }) => self.call.far_ended(Some(code)),
-            Some(DialogEvent::Failed { status: None }) => self.call.far_failed(Some(408)),
-            Some(DialogEvent::RemoteBye) => self.call.far_ended(None),
-            Some(DialogEvent::RemoteHold(held)) => self.call.far_hold_changed(held, Party::Remote),
-            Some(DialogEvent::Dtmf(digit)) => self.call.far_dtmf(digit),
-            Some(DialogEvent::LocalHold(Some(held))) => {
-                self.call.far_hold_changed(held, Party::Local)
+            Some(DialogEvent::RemoteBye) => CallInput::FarEnded { status: None },
+            Some(DialogEvent::RemoteHold(held)) => CallInput::FarHoldChanged {
+                held: *held,
+                by: Party::Remote,
+            },
+            Some(DialogEvent::Dtmf(digit)) => CallInput::FarDtmf(*digit),
+            Some(DialogEvent::LocalHold(Some(held))) => CallInput::FarHoldChanged {
+                held: *held,
+                by: Party::Local,
+            },
+            Some(DialogEvent::LocalHold(None)) => {
+                warn!("the far end refused our hold/resume");
+                return;
             }
-            Some(DialogEvent::LocalHold(None)) => warn!("the far end refused our hold/resume"),
-        }
+        };
+        self.input(input);
     }
 
     /// The one place a call's media is set up: the plan's legs handed to
@@ -883,14 +919,12 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
 
     fn command(&mut self, command: Command) -> Result<(), CommandError> {
         match command {
-            Command::Hangup => {
-                self.call.hangup();
-                Ok(())
-            }
-            Command::Hold => Ok(self.call.hold()?),
-            Command::Resume => Ok(self.call.resume()?),
+            Command::Hangup => Ok(self.call.handle_input(Instant::now(), CallInput::Hangup)?),
+            Command::Hold => Ok(self.call.handle_input(Instant::now(), CallInput::Hold)?),
+            Command::Resume => Ok(self.call.handle_input(Instant::now(), CallInput::Resume)?),
             Command::Answer { sdp } => {
-                self.call.browser_answer(Instant::now(), &sdp)?;
+                self.call
+                    .handle_input(Instant::now(), CallInput::BrowserAnswer(&sdp))?;
                 // The plan reaches the relay now, so a failure is this
                 // request's answer.
                 self.apply_outputs();
@@ -901,7 +935,9 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                     )),
                 }
             }
-            Command::Reject { status } => Ok(self.call.browser_rejected(status)?),
+            Command::Reject { status } => Ok(self
+                .call
+                .handle_input(Instant::now(), CallInput::BrowserReject { status })?),
             Command::Dtmf { digits, duration } => {
                 self.call.require_answered()?;
                 // Digits and duration are checked the same way for both ways of sending.
@@ -933,12 +969,16 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
 
     /// Carries out the call's outputs (`finished` is set once it ends).
     fn apply_outputs(&mut self) {
-        while let Some(output) = self.call.poll_output() {
-            match output {
+        loop {
+            match self.call.poll_output() {
+                CallOutput::Timeout(at) => {
+                    self.wake = at;
+                    break;
+                }
                 CallOutput::ConnectMedia(plan) => {
                     if let Err(e) = self.connect(*plan) {
                         warn!(error = %e, "the call's media could not be set up");
-                        self.call.media_failed();
+                        self.input(CallInput::MediaFailed);
                     }
                 }
                 CallOutput::Transmit { to, from, data } => {
@@ -973,7 +1013,7 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                         }
                         _ => {
                             warn!("DTLS keys unusable for SRTP");
-                            self.call.far_failed(None);
+                            self.input(CallInput::MediaFailed);
                         }
                     }
                 }

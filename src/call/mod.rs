@@ -22,7 +22,7 @@ use crate::sdp::{Fingerprint, IceCredentials, SdpError};
 use crate::session::SessionEvent;
 use crate::webrtc::dtls::{DtlsIdentity, SrtpKeys};
 use crate::webrtc::ice::Pair;
-use crate::webrtc::leg::{WebLeg, WebLegEvent};
+use crate::webrtc::leg::{WebLeg, WebLegEvent, WebLegInput};
 use negotiate::{FarMedia, MediaPlan, Negotiator};
 
 /// Where a call is in its life.
@@ -138,6 +138,65 @@ pub enum CallOutput {
     Far(FarRequest),
     /// The call is over: free its ports and forget it.
     Finished(EndReason),
+    /// Nothing more now: wake the call at this instant (None: only input
+    /// wakes it).
+    Timeout(Option<Instant>),
+}
+
+/// What a call is told: the browser's control packets, the time, the far
+/// end's doings and the browser's commands.
+#[derive(Debug)]
+pub enum CallInput<'a> {
+    /// A STUN or DTLS datagram from the browser's `from` to our address
+    /// `to` (the relay hands them over).
+    WebPacket {
+        from: SocketAddr,
+        to: Option<IpAddr>,
+        data: &'a [u8],
+    },
+    /// The instant [`CallOutput::Timeout`] named has come.
+    Timeout,
+    /// The relay's count of media packets from the browser, sampled now;
+    /// a count that stops moving for the RTP timeout ends the call.
+    MediaProgress {
+        browser_packets: u64,
+    },
+    /// The relay could not take the call's media plan.
+    MediaFailed,
+    /// The far end rings (180 without SDP).
+    FarRinging,
+    /// The far end's SDP in a 183: early media.
+    FarEarlySdp(&'a str),
+    /// The far end answered with this SDP (or repeats it after early media).
+    FarAnsweredSdp(&'a str),
+    /// The far end answered with media it describes itself (the echo).
+    FarAnsweredMedia(FarMedia),
+    /// The far end refused the call (a status ≥ 300) or hung up.
+    FarEnded {
+        status: Option<u16>,
+    },
+    /// The far end could not be reached or failed.
+    FarFailed {
+        status: Option<u16>,
+    },
+    /// A remote re-INVITE changed the hold state, or the far end confirmed ours.
+    FarHoldChanged {
+        held: bool,
+        by: Party,
+    },
+    /// A DTMF digit from the far end.
+    FarDtmf(char),
+    /// The browser hangs up (or its session ended).
+    Hangup,
+    /// The browser asks for hold or its end.
+    Hold,
+    Resume,
+    /// The browser's answer to our offer for an incoming call.
+    BrowserAnswer(&'a str),
+    /// The browser refuses an incoming call with this status.
+    BrowserReject {
+        status: u16,
+    },
 }
 
 /// How the web leg is keyed once the browser has our SDP.
@@ -189,9 +248,9 @@ pub enum CallError {
     NotIncoming(&'static str),
 }
 
-/// Why the browser's answer to an incoming call was refused (nothing changed).
+/// Why the call refused an input (nothing changed).
 #[derive(Debug, thiserror::Error)]
-pub enum AnswerError {
+pub enum Refused {
     #[error("{0}")]
     Call(#[from] CallError),
     #[error("{0}")]
@@ -205,6 +264,8 @@ pub struct Call {
     /// SDP made them (sent with the answer or early media).
     answer: Option<(WebLegSpec, String)>,
     leg: Option<WebLeg>,
+    /// When the leg next needs the time (its last output said so).
+    leg_wake: Option<Instant>,
     held_by: Option<Party>,
     /// Browser packets counted by the relay, and when that count last moved.
     media_seen: u64,
@@ -226,6 +287,7 @@ impl Call {
             state: CallState::Calling,
             answer: None,
             leg: None,
+            leg_wake: None,
             held_by: None,
             media_seen: 0,
             media_moved_at: None,
@@ -267,7 +329,7 @@ impl Call {
 
     /// The browser answered an incoming call ([`Call::prepare_answer`] first,
     /// with the leg its answer describes): the far end gets our 200.
-    pub fn browser_answered(&mut self, now: Instant) -> Result<(), CallError> {
+    fn browser_answered(&mut self, now: Instant) -> Result<(), CallError> {
         if self.state != CallState::Incoming {
             return Err(self.not_incoming());
         }
@@ -291,7 +353,7 @@ impl Call {
     /// The browser's answer to our offer for an incoming call: negotiated
     /// (a bad answer is refused and changes nothing), then the media plan
     /// goes out, the far end gets our 200 and the web leg starts.
-    pub fn browser_answer(&mut self, now: Instant, sdp: &str) -> Result<(), AnswerError> {
+    fn browser_answer(&mut self, now: Instant, sdp: &str) -> Result<(), Refused> {
         if self.state != CallState::Incoming {
             return Err(self.not_incoming().into());
         }
@@ -306,7 +368,7 @@ impl Call {
     }
 
     /// The browser refused an incoming call.
-    pub fn browser_rejected(&mut self, status: u16) -> Result<(), CallError> {
+    fn browser_rejected(&mut self, status: u16) -> Result<(), CallError> {
         if self.state != CallState::Incoming {
             return Err(self.not_incoming());
         }
@@ -329,7 +391,7 @@ impl Call {
 
     /// The far end's SDP has been negotiated: this is the browser's leg and
     /// answer, used by the next early media or answer.
-    pub fn prepare_answer(&mut self, spec: WebLegSpec, web_sdp: String) {
+    fn prepare_answer(&mut self, spec: WebLegSpec, web_sdp: String) {
         if self.answer.is_none() {
             self.answer = Some((spec, web_sdp));
         }
@@ -353,21 +415,53 @@ impl Call {
         self.held_by
     }
 
-    pub fn poll_output(&mut self) -> Option<CallOutput> {
-        self.outputs.pop_front()
+    /// Everything the call is told goes through here. Inputs that the
+    /// call's state refuses (a command at the wrong time, an SDP that
+    /// cannot be used) change nothing and say why.
+    pub fn handle_input(&mut self, now: Instant, input: CallInput<'_>) -> Result<(), Refused> {
+        match input {
+            CallInput::WebPacket { from, to, data } => self.handle_web_packet(now, from, to, data),
+            CallInput::Timeout => self.handle_timeout(now),
+            CallInput::MediaProgress { browser_packets } => {
+                self.media_progress(now, browser_packets)
+            }
+            CallInput::MediaFailed => self.media_failed(),
+            CallInput::FarRinging => self.far_ringing(),
+            CallInput::FarEarlySdp(sdp) => self.far_progress_sdp(now, sdp),
+            CallInput::FarAnsweredSdp(sdp) => self.far_answered_sdp(now, sdp),
+            CallInput::FarAnsweredMedia(far) => self.far_answered_media(now, far)?,
+            CallInput::FarEnded { status } => self.far_ended(status),
+            CallInput::FarFailed { status } => self.far_failed(status),
+            CallInput::FarHoldChanged { held, by } => self.far_hold_changed(held, by),
+            CallInput::FarDtmf(digit) => self.far_dtmf(digit),
+            CallInput::Hangup => self.hangup(),
+            CallInput::Hold => self.hold()?,
+            CallInput::Resume => self.resume()?,
+            CallInput::BrowserAnswer(sdp) => self.browser_answer(now, sdp)?,
+            CallInput::BrowserReject { status } => self.browser_rejected(status)?,
+        }
+        Ok(())
     }
 
-    /// The earliest instant [`Call::handle_timeout`] has work to do.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// What to do next, in order; [`CallOutput::Timeout`] once nothing is
+    /// left, naming when the call next needs [`CallInput::Timeout`].
+    pub fn poll_output(&mut self) -> CallOutput {
+        self.outputs
+            .pop_front()
+            .unwrap_or_else(|| CallOutput::Timeout(self.next_timeout()))
+    }
+
+    /// The earliest instant the call has work to do at.
+    fn next_timeout(&self) -> Option<Instant> {
         if self.state == CallState::Ended {
             return None;
         }
-        let leg = self.leg.as_ref().and_then(WebLeg::poll_timeout);
+        let leg = self.leg.as_ref().and(self.leg_wake);
         let media = self.media_moved_at.map(|at| at + self.rtp_timeout());
         [leg, media, self.ring_deadline].into_iter().flatten().min()
     }
 
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         if self.state == CallState::Ended {
             return;
         }
@@ -379,7 +473,7 @@ impl Call {
             return;
         }
         if let Some(leg) = self.leg.as_mut() {
-            leg.handle_timeout(now);
+            leg.handle_input(now, WebLegInput::Timeout);
         }
         self.drain_leg();
         if self
@@ -392,7 +486,7 @@ impl Call {
 
     /// A STUN or DTLS datagram from the browser's `from` to our address
     /// `to` (the relay hands them over).
-    pub fn handle_web_packet(
+    fn handle_web_packet(
         &mut self,
         now: Instant,
         from: SocketAddr,
@@ -403,14 +497,14 @@ impl Call {
             return;
         }
         if let Some(leg) = self.leg.as_mut() {
-            leg.handle_packet(now, from, to, data);
+            leg.handle_input(now, WebLegInput::Packet { from, to, data });
         }
         self.drain_leg();
     }
 
     /// The relay's count of media packets from the browser, sampled now.
     /// A count that stops moving for `rtp_timeout` ends the call.
-    pub fn media_progress(&mut self, now: Instant, browser_packets: u64) {
+    fn media_progress(&mut self, now: Instant, browser_packets: u64) {
         if self.leg.is_none() || self.state == CallState::Ended {
             return;
         }
@@ -423,14 +517,14 @@ impl Call {
     /// The far end's SDP in a 183: negotiated (once), then early media.
     /// An SDP that cannot be used ends the call (488 for the browser, and
     /// the far end is told).
-    pub fn far_progress_sdp(&mut self, now: Instant, sdp: &str) {
+    fn far_progress_sdp(&mut self, now: Instant, sdp: &str) {
         if self.take_far_sdp(sdp) {
             self.far_early_media(now);
         }
     }
 
     /// The far end answered with `sdp` (after early media it may repeat it).
-    pub fn far_answered_sdp(&mut self, now: Instant, sdp: &str) {
+    fn far_answered_sdp(&mut self, now: Instant, sdp: &str) {
         if self.take_far_sdp(sdp) {
             self.far_answered(now);
         }
@@ -438,7 +532,7 @@ impl Call {
 
     /// The far end answered with media it describes itself (the built-in
     /// echo). A refusal changes nothing.
-    pub fn far_answered_media(&mut self, now: Instant, far: FarMedia) -> Result<(), SdpError> {
+    fn far_answered_media(&mut self, now: Instant, far: FarMedia) -> Result<(), SdpError> {
         let negotiator = self
             .negotiator
             .as_mut()
@@ -481,14 +575,14 @@ impl Call {
 
     /// The relay could not take the call's media: the call ends (the far
     /// end is told).
-    pub fn media_failed(&mut self) {
+    fn media_failed(&mut self) {
         if self.state != CallState::Ended {
             self.end(EndReason::Error, None, true);
         }
     }
 
     /// The far end rings (180 without SDP).
-    pub fn far_ringing(&mut self) {
+    fn far_ringing(&mut self) {
         if self.state == CallState::Calling {
             self.state = CallState::Ringing;
             self.notify(SessionEvent::CallRinging {
@@ -499,7 +593,7 @@ impl Call {
 
     /// The far end sends early media (183 with SDP): the browser gets our
     /// answer now ([`Call::prepare_answer`] first).
-    pub fn far_early_media(&mut self, now: Instant) {
+    fn far_early_media(&mut self, now: Instant) {
         if !matches!(self.state, CallState::Calling | CallState::Ringing) {
             return;
         }
@@ -515,7 +609,7 @@ impl Call {
     }
 
     /// The far end answered ([`Call::prepare_answer`] first).
-    pub fn far_answered(&mut self, now: Instant) {
+    fn far_answered(&mut self, now: Instant) {
         if !matches!(
             self.state,
             CallState::Calling | CallState::Ringing | CallState::EarlyMedia
@@ -540,7 +634,7 @@ impl Call {
 
     /// The far end ended the call: refused it (`status` ≥ 300 before an
     /// answer) or hung up.
-    pub fn far_ended(&mut self, status: Option<u16>) {
+    fn far_ended(&mut self, status: Option<u16>) {
         let reason = match self.state {
             CallState::Answered => EndReason::RemoteHangup,
             CallState::Ended => return,
@@ -551,21 +645,21 @@ impl Call {
     }
 
     /// The far end could not be reached or failed.
-    pub fn far_failed(&mut self, status: Option<u16>) {
+    fn far_failed(&mut self, status: Option<u16>) {
         self.end(EndReason::Error, status, false);
     }
 
     /// The far end's SDP (in a 18x or 200) cannot be used: the call ends
     /// with `status` for the browser, and the far end is told (CANCEL
     /// before its 200, BYE after).
-    pub fn far_media_unusable(&mut self, status: u16) {
+    fn far_media_unusable(&mut self, status: u16) {
         if self.state != CallState::Ended {
             self.end(EndReason::Error, Some(status), true);
         }
     }
 
     /// The hold state changed: a remote re-INVITE, or the far end confirmed ours.
-    pub fn far_hold_changed(&mut self, held: bool, by: Party) {
+    fn far_hold_changed(&mut self, held: bool, by: Party) {
         if self.state != CallState::Answered {
             return;
         }
@@ -589,7 +683,7 @@ impl Call {
     }
 
     /// A DTMF digit from the far end.
-    pub fn far_dtmf(&mut self, digit: char) {
+    fn far_dtmf(&mut self, digit: char) {
         if matches!(self.state, CallState::Answered | CallState::EarlyMedia) {
             self.notify(SessionEvent::CallDtmf {
                 call: self.id.clone(),
@@ -599,7 +693,7 @@ impl Call {
     }
 
     /// The browser hangs up (or its session ended).
-    pub fn hangup(&mut self) {
+    fn hangup(&mut self) {
         if self.state != CallState::Ended {
             self.end(EndReason::Hangup, None, true);
         }
@@ -607,7 +701,7 @@ impl Call {
 
     /// The browser asks for hold; the far end's confirmation comes back
     /// through [`Call::far_hold_changed`].
-    pub fn hold(&mut self) -> Result<(), CallError> {
+    fn hold(&mut self) -> Result<(), CallError> {
         self.require_answered()?;
         if self.held_by.is_some() {
             return Err(CallError::AlreadyHeld);
@@ -616,7 +710,7 @@ impl Call {
         Ok(())
     }
 
-    pub fn resume(&mut self) -> Result<(), CallError> {
+    fn resume(&mut self) -> Result<(), CallError> {
         self.require_answered()?;
         if self.held_by.is_none() {
             return Err(CallError::NotHeld);
@@ -670,6 +764,7 @@ impl Call {
             Ok(leg) => {
                 self.leg = Some(leg);
                 self.media_moved_at = Some(now);
+                self.drain_leg();
             }
             Err(_) => self.end(EndReason::Error, None, true),
         }
@@ -680,8 +775,12 @@ impl Call {
             return;
         };
         let mut failure = None;
-        while let Some(event) = leg.poll_event() {
-            match event {
+        loop {
+            match leg.poll_output() {
+                WebLegEvent::Timeout(at) => {
+                    self.leg_wake = at;
+                    break;
+                }
                 WebLegEvent::Transmit { to, from, data } => self
                     .outputs
                     .push_back(CallOutput::Transmit { to, from, data }),

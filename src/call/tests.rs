@@ -39,7 +39,11 @@ fn sdes_call() -> Call {
 }
 
 fn drain(call: &mut Call) -> Vec<CallOutput> {
-    std::iter::from_fn(|| call.poll_output()).collect()
+    std::iter::from_fn(|| match call.poll_output() {
+        CallOutput::Timeout(_) => None,
+        output => Some(output),
+    })
+    .collect()
 }
 
 /// A browser's ICE check, nominating when `nominate`.
@@ -114,7 +118,7 @@ fn answered_call_gets_our_sdp_then_ice_selects_the_browser() {
     call.handle_web_packet(t0, browser(), None, &check(1, true));
     assert_eq!(drain(&mut call), vec![]);
     assert_eq!(
-        call.poll_timeout(),
+        call.next_timeout(),
         None,
         "nothing to time before the answer"
     );
@@ -158,7 +162,7 @@ fn lost_consent_ends_the_call_with_media_timeout_and_a_bye() {
     for s in 1..40 {
         call.media_progress(t0 + Duration::from_secs(s), s * 50);
     }
-    let at = call.poll_timeout().unwrap();
+    let at = call.next_timeout().unwrap();
     assert_eq!(
         at,
         t0 + Duration::from_secs(30),
@@ -171,7 +175,7 @@ fn lost_consent_ends_the_call_with_media_timeout_and_a_bye() {
     assert!(out.contains(&CallOutput::Far(FarRequest::Hangup { answered: true })));
     assert_eq!(ended(&out), Some(("media_timeout".into(), None)));
     assert!(finished(&out));
-    assert_eq!(call.poll_timeout(), None);
+    assert_eq!(call.next_timeout(), None);
 }
 
 #[test]
@@ -507,7 +511,7 @@ fn an_incoming_call_is_offered_then_answered() {
     assert_eq!(call.state(), CallState::Answered);
     // The ring timer is gone; the leg's consent timer runs from the answer.
     assert_eq!(
-        call.poll_timeout(),
+        call.next_timeout(),
         Some(t0 + Duration::from_secs(22)),
         "rtp timeout first"
     );
@@ -529,7 +533,7 @@ fn an_unanswered_incoming_call_gives_up_with_480() {
     let t0 = Instant::now();
     let mut call = inbound_call(t0);
     drain(&mut call);
-    assert_eq!(call.poll_timeout(), Some(t0 + Duration::from_secs(45)));
+    assert_eq!(call.next_timeout(), Some(t0 + Duration::from_secs(45)));
     call.handle_timeout(t0 + Duration::from_secs(44));
     assert_eq!(drain(&mut call), vec![]);
     call.handle_timeout(t0 + Duration::from_secs(45));
@@ -702,7 +706,7 @@ fn the_browser_answer_becomes_one_media_plan_and_our_200() {
     drain(&mut call);
     assert!(matches!(
         call.browser_answer(t0, "v=0\r\nnonsense"),
-        Err(AnswerError::Sdp(_))
+        Err(Refused::Sdp(_))
     ));
     assert!(
         drain(&mut call).is_empty(),
@@ -722,7 +726,7 @@ fn the_browser_answer_becomes_one_media_plan_and_our_200() {
     assert_eq!(call.state(), CallState::Answered);
     assert!(matches!(
         call.browser_answer(t0, &answer),
-        Err(AnswerError::Call(_))
+        Err(Refused::Call(_))
     ));
 }
 
@@ -737,4 +741,39 @@ fn negotiation_is_deterministic_for_a_seed() {
     };
     assert_eq!(offer(5), offer(5));
     assert_ne!(offer(5), offer(6));
+}
+
+/// The driver's view: commands and the far end's doings go in through
+/// `handle_input`, a refused one changes nothing, and `poll_output` ends
+/// with the instant the call next needs the time.
+#[test]
+fn one_input_and_one_output() {
+    let t0 = Instant::now();
+    let mut call = sdes_call();
+    assert!(matches!(
+        call.handle_input(t0, CallInput::Hold),
+        Err(Refused::Call(CallError::NotAnswered("calling")))
+    ));
+    assert_eq!(
+        call.poll_output(),
+        CallOutput::Timeout(None),
+        "nothing to wait for yet"
+    );
+    call.handle_input(t0, CallInput::FarRinging).unwrap();
+    call.handle_input(t0, CallInput::FarAnsweredSdp("ignored: prepared by hand"))
+        .unwrap();
+    let mut outputs = Vec::new();
+    let wake = loop {
+        match call.poll_output() {
+            CallOutput::Timeout(at) => break at,
+            output => outputs.push(output),
+        }
+    };
+    assert!(outputs
+        .iter()
+        .any(|o| matches!(o, CallOutput::Notify(SessionEvent::CallAnswered { .. }))));
+    let wake = wake.expect("ICE consent and the RTP timeout are waiting");
+    assert!(wake > t0 && wake <= t0 + Duration::from_secs(30));
+    call.handle_input(t0, CallInput::Hold).unwrap();
+    assert_eq!(call.poll_output(), CallOutput::Far(FarRequest::Hold));
 }

@@ -41,6 +41,23 @@ pub enum WebLegEvent {
     Failed(DtlsError),
     /// ICE consent lost: the media path is gone.
     MediaTimeout,
+    /// Nothing more now: wake the leg at this instant (None: only a packet
+    /// wakes it).
+    Timeout(Option<Instant>),
+}
+
+/// What the leg is told: a datagram from the browser, or the time.
+#[derive(Debug, Clone, Copy)]
+pub enum WebLegInput<'a> {
+    /// A STUN or DTLS datagram from the browser's `from`, sent to our
+    /// address `to`.
+    Packet {
+        from: SocketAddr,
+        to: Option<IpAddr>,
+        data: &'a [u8],
+    },
+    /// The instant [`WebLegEvent::Timeout`] named has come.
+    Timeout,
 }
 
 pub struct WebLeg {
@@ -94,14 +111,22 @@ impl WebLeg {
         }
     }
 
+    pub fn handle_input(&mut self, now: Instant, input: WebLegInput<'_>) {
+        match input {
+            WebLegInput::Packet { from, to, data } => self.handle_packet(now, from, to, data),
+            WebLegInput::Timeout => self.handle_timeout(now),
+        }
+    }
+
+    /// What to do next, in order; [`WebLegEvent::Timeout`] once nothing is left.
+    pub fn poll_output(&mut self) -> WebLegEvent {
+        self.events
+            .pop_front()
+            .unwrap_or_else(|| WebLegEvent::Timeout(self.next_timeout()))
+    }
+
     /// A datagram from the browser's `from`, sent to our address `to`.
-    pub fn handle_packet(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        to: Option<IpAddr>,
-        data: &[u8],
-    ) {
+    fn handle_packet(&mut self, now: Instant, from: SocketAddr, to: Option<IpAddr>, data: &[u8]) {
         if self.failed {
             return;
         }
@@ -139,7 +164,7 @@ impl WebLeg {
         }
     }
 
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         if self.failed {
             return;
         }
@@ -153,16 +178,12 @@ impl WebLeg {
         }
     }
 
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    fn next_timeout(&self) -> Option<Instant> {
         if self.failed {
             return None;
         }
         let dtls = self.dtls.as_ref().and_then(DtlsLeg::poll_timeout);
         [self.ice.poll_timeout(), dtls].into_iter().flatten().min()
-    }
-
-    pub fn poll_event(&mut self) -> Option<WebLegEvent> {
-        self.events.pop_front()
     }
 
     fn use_for_media(&mut self, pair: Pair) {
