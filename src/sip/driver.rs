@@ -740,21 +740,35 @@ async fn run(
             }
         }
         let now = ua.counters;
-        metrics
-            .sip_requests_sent
-            .inc_by(now.requests_sent - seen.requests_sent);
-        metrics
-            .sip_transaction_timeouts
-            .inc_by(now.transaction_timeouts - seen.transaction_timeouts);
-        metrics
-            .sip_registrations_failed
-            .inc_by(now.registrations_failed - seen.registrations_failed);
-        metrics
-            .sip_malformed_received
-            .inc_by(now.malformed_received - seen.malformed_received);
-        metrics
-            .sip_retransmissions_absorbed
-            .inc_by(now.retransmissions_absorbed - seen.retransmissions_absorbed);
+        for (counter, total, counted) in [
+            (
+                &metrics.sip_requests_sent,
+                now.requests_sent,
+                seen.requests_sent,
+            ),
+            (
+                &metrics.sip_transaction_timeouts,
+                now.transaction_timeouts,
+                seen.transaction_timeouts,
+            ),
+            (
+                &metrics.sip_registrations_failed,
+                now.registrations_failed,
+                seen.registrations_failed,
+            ),
+            (
+                &metrics.sip_malformed_received,
+                now.malformed_received,
+                seen.malformed_received,
+            ),
+            (
+                &metrics.sip_retransmissions_absorbed,
+                now.retransmissions_absorbed,
+                seen.retransmissions_absorbed,
+            ),
+        ] {
+            counter.inc_by(total - counted);
+        }
         seen = now;
         metrics.sip_registrations.set(ua.registered_count() as i64);
         metrics.sip_dialogs.set(ua.call_count() as i64);
