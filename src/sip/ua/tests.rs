@@ -632,3 +632,77 @@ fn poll_output_gives_transmits_then_events_then_the_timeout() {
     ua.timeout_in(linger);
     assert_eq!(ua.poll_output(), UaOutput::Timeout(None));
 }
+
+/// A call between two users of this gateway comes back through the proxy
+/// with our own Call-ID: two dialogs share it, and each in-dialog request
+/// finds the one its To tag names.
+#[test]
+fn two_dialogs_with_one_call_id_are_told_apart() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(9));
+    ua.invite_in(t0, "out", "1001", "1001", "v=0\r\n".into());
+    let invite = String::from_utf8(ua.next_transmit().unwrap().1).unwrap();
+    let call_id = invite
+        .lines()
+        .find_map(|l| l.strip_prefix("Call-ID: "))
+        .unwrap()
+        .to_string();
+    // The proxy brings our INVITE back to us, with its own Via on top.
+    let looped = String::from_utf8(incoming_invite("z9hG4bKloop"))
+        .unwrap()
+        .replace("Call-ID: in-1@pbx", &format!("Call-ID: {call_id}"));
+    ua.datagram_in(t0, server(), looped.as_bytes());
+    let out = sent(&mut ua);
+    assert!(out[0].starts_with("SIP/2.0 100"), "{out:?}");
+    let Some(UaEvent::Incoming { key, .. }) = ua.next_event() else {
+        panic!("the looped INVITE is an incoming call");
+    };
+    assert_eq!(ua.call_count(), 2);
+    ua.accept_in(t0, &key, "v=0\r\n".into());
+    let ok = sent(&mut ua).remove(0);
+    let our_tag = ok
+        .lines()
+        .find_map(|l| l.strip_prefix("To: "))
+        .and_then(|to| to.split("tag=").nth(1))
+        .unwrap()
+        .to_string();
+    // A BYE for the outgoing dialog (its To tag is our INVITE's From tag)
+    // ends that one only.
+    let out_tag = invite
+        .lines()
+        .find_map(|l| l.strip_prefix("From: "))
+        .and_then(|from| from.split("tag=").nth(1))
+        .unwrap()
+        .to_string();
+    let bye_out = format!(
+        "BYE sip:1001@192.0.2.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKbye0\r\n\
+         From: <sip:1001@pbx.example>;tag=callee\r\nTo: <sip:1001@pbx.example>;tag={out_tag}\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    ua.datagram_in(t0, server(), bye_out.as_bytes());
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 200"));
+    assert_eq!(
+        ua.next_event(),
+        Some(UaEvent::Call {
+            key: "out".into(),
+            event: DialogEvent::RemoteBye
+        })
+    );
+    assert_eq!(ua.call_count(), 1, "the incoming dialog is still there");
+    // The caller's BYE for the incoming dialog ends that one.
+    let bye = format!(
+        "BYE sip:1001@192.0.2.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKbye\r\n\
+         From: \"Caller\" <sip:2000@pbx.example>;tag=c1\r\nTo: <sip:1001@pbx.example>;tag={our_tag}\r\n\
+         Call-ID: {call_id}\r\nCSeq: 8 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    ua.datagram_in(t0, server(), bye.as_bytes());
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 200"));
+    assert_eq!(
+        ua.next_event(),
+        Some(UaEvent::Call {
+            key,
+            event: DialogEvent::RemoteBye
+        })
+    );
+    assert_eq!(ua.call_count(), 0);
+}
