@@ -14,7 +14,7 @@ use stun::message::{Getter, Message, Setter, BINDING_REQUEST, BINDING_SUCCESS};
 use stun::textattrs::Username;
 use stun::xoraddr::XorMappedAddress;
 use webrtc_sip_gateway::sdp::IceCredentials;
-use webrtc_sip_gateway::webrtc::ice::{IceEvent, IceLiteAgent, DEFAULT_CONSENT_TIMEOUT};
+use webrtc_sip_gateway::webrtc::ice::{IceEvent, IceInput, IceLiteAgent, DEFAULT_CONSENT_TIMEOUT};
 
 const OUR_PWD: &str = "gatewaysidepassword12345";
 
@@ -63,10 +63,28 @@ fn an_independent_stun_stack_completes_a_check() {
     );
     let browser: SocketAddr = "127.0.0.1:51234".parse().unwrap();
     let req = request("gwab:brcd", OUR_PWD, true);
-    let response = agent
-        .handle_packet(t0, browser.into(), &req.raw)
-        .unwrap()
-        .expect("a response");
+    let check = |agent: &mut IceLiteAgent, data: &[u8]| {
+        agent
+            .handle_input(
+                t0,
+                IceInput::Stun {
+                    pair: browser.into(),
+                    data,
+                },
+            )
+            .unwrap();
+        match agent.poll_output() {
+            IceEvent::Transmit { pair, data } => {
+                assert_eq!(
+                    pair.remote, browser,
+                    "the answer goes back to the check's source"
+                );
+                data
+            }
+            other => panic!("no answer first: {other:?}"),
+        }
+    };
+    let response = check(&mut agent, &req.raw);
 
     let mut resp = Message::new();
     resp.raw = response;
@@ -80,14 +98,16 @@ fn an_independent_stun_stack_completes_a_check() {
     let mut mapped = XorMappedAddress::default();
     mapped.get_from(&resp).unwrap();
     assert_eq!(SocketAddr::new(mapped.ip, mapped.port), browser);
-    assert_eq!(agent.poll_event(), Some(IceEvent::Selected(browser.into())));
+    assert_eq!(agent.poll_output(), IceEvent::Selected(browser.into()));
+    assert_eq!(
+        agent.poll_output(),
+        IceEvent::Timeout(Some(t0 + DEFAULT_CONSENT_TIMEOUT)),
+        "consent: the next check is due within the timeout"
+    );
 
     // Their request signed with the wrong password is refused with 401.
     let bad = request("gwab:brcd", "wrongpassword00000000000", true);
-    let response = agent
-        .handle_packet(t0, browser.into(), &bad.raw)
-        .unwrap()
-        .unwrap();
+    let response = check(&mut agent, &bad.raw);
     let mut resp = Message::new();
     resp.raw = response;
     resp.decode().unwrap();

@@ -8,7 +8,9 @@ use std::time::Instant;
 use libfuzzer_sys::fuzz_target;
 use webrtc_sip_gateway::sip::digest::Challenge;
 use webrtc_sip_gateway::sip::message::{frame_stream, parse_datagram};
-use webrtc_sip_gateway::sip::transaction::{ClientTransaction, ServerTransaction, TimerConfig};
+use webrtc_sip_gateway::sip::transaction::{
+    ClientInput, ClientTransaction, Output, ServerInput, ServerTransaction, TimerConfig,
+};
 
 fuzz_target!(|data: &[u8]| {
     let _ = frame_stream(data);
@@ -23,12 +25,16 @@ fuzz_target!(|data: &[u8]| {
     match message {
         rsip::SipMessage::Request(request) => {
             let mut server = ServerTransaction::new(request.clone(), false, TimerConfig::default());
-            server.handle_request(now, &request);
-            while server.poll_output().is_some() {}
+            server.handle_input(now, ServerInput::Request(&request));
+            while !matches!(server.poll_output(), Output::Timeout(_)) {}
             let mut client = ClientTransaction::new(request, false, TimerConfig::default(), now);
-            while let Some(at) = client.poll_timeout() {
-                client.handle_timeout(at);
-                while client.poll_output().is_some() {}
+            // Every timer until the transaction waits for nothing.
+            loop {
+                match client.poll_output() {
+                    Output::Timeout(Some(at)) => client.handle_input(at, ClientInput::Timeout),
+                    Output::Timeout(None) => break,
+                    _ => {}
+                }
             }
         }
         rsip::SipMessage::Response(_) => {}

@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 use webrtc_sip_gateway::media::rtp::{classify, WebPacketKind};
 use webrtc_sip_gateway::media::srtp::{SrtpContext, SrtpKeyMaterial, SrtpProfile};
 use webrtc_sip_gateway::sdp::IceCredentials;
-use webrtc_sip_gateway::webrtc::ice::IceLiteAgent;
+use webrtc_sip_gateway::webrtc::ice::{IceEvent, IceInput, IceLiteAgent};
 use webrtc_sip_gateway::webrtc::stun::Message;
 
 fuzz_target!(|data: &[u8]| {
@@ -23,11 +23,18 @@ fuzz_target!(|data: &[u8]| {
                 Duration::from_secs(30),
                 now,
             );
-            if let Ok(Some(response)) = agent.handle_packet(now, from.into(), data) {
-                Message::decode(&response).expect("our response decodes");
+            let _ = agent.handle_input(now, IceInput::Stun { pair: from.into(), data });
+            let later = now + Duration::from_secs(31);
+            let _ = agent.handle_input(later, IceInput::Timeout);
+            loop {
+                match agent.poll_output() {
+                    IceEvent::Transmit { data, .. } => {
+                        Message::decode(&data).expect("our response decodes");
+                    }
+                    IceEvent::Timeout(_) => break,
+                    _ => {}
+                }
             }
-            agent.handle_timeout(now + Duration::from_secs(31));
-            while agent.poll_event().is_some() {}
         }
         WebPacketKind::Rtp | WebPacketKind::Rtcp => {
             let keys = SrtpKeyMaterial::new(SrtpProfile::AesCm128HmacSha1_80, &[3; 16], &[4; 14]).unwrap();

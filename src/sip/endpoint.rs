@@ -14,7 +14,7 @@ use rsip::prelude::*;
 
 use super::message::{branch_of, parse_datagram, SipParseError};
 use super::timers::TimerTable;
-use super::transaction::{response_to, Output, ServerTransaction, TimerConfig};
+use super::transaction::{response_to, Output, ServerInput, ServerTransaction, TimerConfig};
 use crate::random::Random;
 
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
@@ -117,7 +117,7 @@ impl Endpoint {
         if let Some((_, tx)) = self.server.get_mut(&key) {
             self.counters.retransmissions_absorbed +=
                 u64::from(request.method != rsip::Method::Ack);
-            tx.handle_request(now, &request);
+            tx.handle_input(now, ServerInput::Request(&request));
             self.collect(&key);
             return Received::Handled;
         }
@@ -148,7 +148,7 @@ impl Endpoint {
             }
             None => self.respond(request, from),
         };
-        tx.send_response(now, response);
+        tx.handle_input(now, ServerInput::Respond(response));
         self.server.insert(key.clone(), (from, tx));
         self.collect(&key);
     }
@@ -169,7 +169,7 @@ impl Endpoint {
         };
         let mut response = response;
         apply_rport(&mut response, *from);
-        tx.send_response(now, response);
+        tx.handle_input(now, ServerInput::Respond(response));
         self.collect(&key);
     }
 
@@ -177,7 +177,7 @@ impl Endpoint {
     pub fn handle_timeout(&mut self, now: Instant) {
         for key in self.wakeups.take_due(now) {
             if let Some((_, tx)) = self.server.get_mut(&key) {
-                tx.handle_timeout(now);
+                tx.handle_input(now, ServerInput::Timeout);
             }
             self.collect(&key);
         }
@@ -195,19 +195,24 @@ impl Endpoint {
     /// notes when it next wakes.
     fn collect(&mut self, key: &ServerKey) {
         let mut done = false;
+        let mut next = None;
         if let Some((peer, tx)) = self.server.get_mut(key) {
-            while let Some(o) = tx.poll_output() {
-                match o {
+            loop {
+                match tx.poll_output() {
                     Output::Transmit(bytes) => self.transmit.push_back((*peer, bytes)),
                     Output::Terminated => done = true,
+                    Output::Timeout(at) => {
+                        next = at;
+                        break;
+                    }
                     _ => {}
                 }
             }
         }
         if done {
             self.server.remove(key);
+            next = None;
         }
-        let next = self.server.get(key).and_then(|(_, tx)| tx.poll_timeout());
         self.wakeups.set(key.clone(), next);
     }
 

@@ -1,6 +1,7 @@
 //! SIP transactions (RFC 3261 §17), sans-IO: the four state machines with
-//! their timers A–K, driven by messages and the current time, returning what
-//! to send, what to hand to the transaction user, and when to wake them.
+//! their timers A–K. Each takes one input (`handle_input`: a message or the
+//! time) and gives one output (`poll_output`: what to send, what to hand to
+//! the transaction user, and last when to wake it).
 //!
 //! Timers live in one small table per transaction (as quinn-proto keeps a
 //! connection's timers), so the driver sleeps until `poll_timeout()`.
@@ -74,6 +75,29 @@ pub enum Output {
     NoAck,
     /// Done: the transaction can be forgotten.
     Terminated,
+    /// Nothing more now: wake the transaction at this instant (None: it
+    /// waits for nothing).
+    Timeout(Option<Instant>),
+}
+
+/// What a client transaction is told.
+#[derive(Debug)]
+pub enum ClientInput {
+    /// A response matched to it (by Via branch and method).
+    Response(rsip::Response),
+    /// The instant its last [`Output::Timeout`] named has come.
+    Timeout,
+}
+
+/// What a server transaction is told.
+#[derive(Debug)]
+pub enum ServerInput<'a> {
+    /// The same request again (a retransmission), or the ACK of an INVITE.
+    Request(&'a rsip::Request),
+    /// The transaction user's response.
+    Respond(rsip::Response),
+    /// The instant its last [`Output::Timeout`] named has come.
+    Timeout,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,8 +160,22 @@ impl ClientTransaction {
         &self.request
     }
 
+    pub fn handle_input(&mut self, now: Instant, input: ClientInput) {
+        match input {
+            ClientInput::Response(response) => self.handle_response(now, response),
+            ClientInput::Timeout => self.handle_timeout(now),
+        }
+    }
+
+    /// What to do next, in order; [`Output::Timeout`] once nothing is left.
+    pub fn poll_output(&mut self) -> Output {
+        self.out
+            .pop_front()
+            .unwrap_or_else(|| Output::Timeout(self.timers.next()))
+    }
+
     /// A response matched to this transaction.
-    pub fn handle_response(&mut self, now: Instant, response: rsip::Response) {
+    fn handle_response(&mut self, now: Instant, response: rsip::Response) {
         let code = response.status_code.code();
         match self.state {
             ClientState::Calling | ClientState::Trying | ClientState::Proceeding => {
@@ -185,7 +223,7 @@ impl ClientTransaction {
         }
     }
 
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         if self.timers.due(Timer::GiveUp, now) {
             self.out.push_back(Output::TimedOut);
             self.terminate();
@@ -206,12 +244,9 @@ impl ClientTransaction {
         }
     }
 
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    #[cfg(test)]
+    fn poll_timeout(&self) -> Option<Instant> {
         self.timers.next()
-    }
-
-    pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
     }
 
     fn terminate(&mut self) {
@@ -325,8 +360,23 @@ impl ServerTransaction {
         self.state
     }
 
+    pub fn handle_input(&mut self, now: Instant, input: ServerInput<'_>) {
+        match input {
+            ServerInput::Request(request) => self.handle_request(now, request),
+            ServerInput::Respond(response) => self.send_response(now, response),
+            ServerInput::Timeout => self.handle_timeout(now),
+        }
+    }
+
+    /// What to do next, in order; [`Output::Timeout`] once nothing is left.
+    pub fn poll_output(&mut self) -> Output {
+        self.out
+            .pop_front()
+            .unwrap_or_else(|| Output::Timeout(self.timers.next()))
+    }
+
     /// The same request again (a retransmission), or the ACK of an INVITE.
-    pub fn handle_request(&mut self, now: Instant, request: &rsip::Request) {
+    fn handle_request(&mut self, now: Instant, request: &rsip::Request) {
         if request.method == rsip::Method::Ack {
             if self.state == ServerState::Completed {
                 self.state = ServerState::Confirmed;
@@ -350,7 +400,7 @@ impl ServerTransaction {
     }
 
     /// The TU's response.
-    pub fn send_response(&mut self, now: Instant, response: rsip::Response) {
+    fn send_response(&mut self, now: Instant, response: rsip::Response) {
         if matches!(
             self.state,
             ServerState::Completed | ServerState::Confirmed | ServerState::Terminated
@@ -384,7 +434,7 @@ impl ServerTransaction {
         }
     }
 
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         if self.timers.due(Timer::GiveUp, now) {
             self.out.push_back(Output::NoAck);
             self.terminate();
@@ -403,12 +453,9 @@ impl ServerTransaction {
         }
     }
 
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    #[cfg(test)]
+    fn poll_timeout(&self) -> Option<Instant> {
         self.timers.next()
-    }
-
-    pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
     }
 
     fn terminate(&mut self) {

@@ -77,6 +77,24 @@ pub struct DtlsLeg {
     failed: Option<DtlsError>,
 }
 
+/// What the DTLS driver is told: a datagram from the peer, or the time.
+#[derive(Debug, Clone, Copy)]
+pub enum DtlsInput<'a> {
+    Packet(&'a [u8]),
+    /// The instant [`DtlsOutput::Timeout`] named has come.
+    Timeout,
+}
+
+/// What the DTLS driver gives back, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DtlsOutput {
+    /// A datagram for the peer.
+    Transmit(Vec<u8>),
+    /// Nothing more now: wake it at this instant (None once the handshake
+    /// is done or failed).
+    Timeout(Option<Instant>),
+}
+
 impl DtlsLeg {
     /// `active`: we start the handshake (the browser answered `passive`).
     pub fn new(
@@ -113,8 +131,25 @@ impl DtlsLeg {
         self.active
     }
 
+    /// A failure (a handshake error, a certificate that does not match the
+    /// fingerprint) ends the leg: every later input gets the same error.
+    pub fn handle_input(&mut self, now: Instant, input: DtlsInput<'_>) -> Result<(), DtlsError> {
+        match input {
+            DtlsInput::Packet(data) => self.handle_packet(now, data),
+            DtlsInput::Timeout => self.handle_timeout(now),
+        }
+    }
+
+    /// What to do next, in order; [`DtlsOutput::Timeout`] once nothing is left.
+    pub fn poll_output(&mut self) -> DtlsOutput {
+        match self.transmit.pop_front() {
+            Some(data) => DtlsOutput::Transmit(data),
+            None => DtlsOutput::Timeout(self.next_timeout()),
+        }
+    }
+
     /// Feeds a DTLS datagram from the peer.
-    pub fn handle_packet(&mut self, now: Instant, data: &[u8]) -> Result<(), DtlsError> {
+    fn handle_packet(&mut self, now: Instant, data: &[u8]) -> Result<(), DtlsError> {
         self.check_failed()?;
         let result = fenced(|| self.dtls.handle_timeout(now));
         self.fail_on(result)?;
@@ -124,18 +159,20 @@ impl DtlsLeg {
     }
 
     /// Drives retransmissions.
-    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsError> {
+    fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsError> {
         self.check_failed()?;
         let result = fenced(|| self.dtls.handle_timeout(now));
         self.fail_on(result)?;
         self.drain()
     }
 
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+    #[cfg(test)]
+    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.transmit.pop_front()
     }
 
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// When retransmission is due next (None once done or failed).
+    pub fn next_timeout(&self) -> Option<Instant> {
         if self.failed.is_some() || self.keys.is_some() {
             None
         } else {

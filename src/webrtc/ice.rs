@@ -31,13 +31,31 @@ impl From<SocketAddr> for Pair {
     }
 }
 
+/// What the agent is told: a STUN datagram that came on a pair, or the time.
+#[derive(Debug, Clone, Copy)]
+pub enum IceInput<'a> {
+    Stun {
+        pair: Pair,
+        data: &'a [u8],
+    },
+    /// The instant [`IceEvent::Timeout`] named has come.
+    Timeout,
+}
+
+/// What the agent gives back, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IceEvent {
+    /// Our answer to a check: send it back on its pair (to `pair.remote`,
+    /// from `pair.local`).
+    Transmit { pair: Pair, data: Vec<u8> },
     /// The browser nominated this pair: media goes to and comes from its
     /// remote address only, and leaves from its local one.
     Selected(Pair),
     /// No valid check for the consent timeout: the media path is gone.
     ConsentLost,
+    /// Nothing more now: wake the agent at this instant (None once consent
+    /// is lost).
+    Timeout(Option<Instant>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,9 +109,45 @@ impl IceLiteAgent {
         self.selected
     }
 
+    /// A STUN datagram that does not decode, or is not a Binding request or
+    /// indication, is refused and changes nothing.
+    pub fn handle_input(&mut self, now: Instant, input: IceInput<'_>) -> Result<(), IceError> {
+        match input {
+            IceInput::Stun { pair, data } => {
+                // The answer goes out before what the check changed.
+                let at = self.events.len();
+                if let Some(data) = self.handle_packet(now, pair, data)? {
+                    self.events.insert(at, IceEvent::Transmit { pair, data });
+                }
+            }
+            IceInput::Timeout => self.handle_timeout(now),
+        }
+        Ok(())
+    }
+
+    /// What to do next, in order; [`IceEvent::Timeout`] once nothing is left.
+    pub fn poll_output(&mut self) -> IceEvent {
+        if self.events.is_empty() {
+            IceEvent::Timeout(self.next_timeout())
+        } else {
+            self.events.remove(0)
+        }
+    }
+
+    /// The next event that is not a datagram (the tests read answers from
+    /// `handle_packet` directly).
+    #[cfg(test)]
+    fn poll_event(&mut self) -> Option<IceEvent> {
+        let at = self
+            .events
+            .iter()
+            .position(|e| !matches!(e, IceEvent::Transmit { .. }))?;
+        Some(self.events.remove(at))
+    }
+
     /// Handles a STUN datagram that came on `pair`; returns the response to
     /// send back on it (to `pair.remote`, from `pair.local`).
-    pub fn handle_packet(
+    fn handle_packet(
         &mut self,
         now: Instant,
         pair: Pair,
@@ -159,26 +213,22 @@ impl IceLiteAgent {
     }
 
     /// Drives the consent timer.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         if self.consent_lost {
             return;
         }
-        if self.poll_timeout().is_some_and(|at| now >= at) {
+        if self.next_timeout().is_some_and(|at| now >= at) {
             self.consent_lost = true;
             self.events.push(IceEvent::ConsentLost);
         }
     }
 
     /// When the consent timer fires next (None once consent is lost).
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub fn next_timeout(&self) -> Option<Instant> {
         if self.consent_lost {
             return None;
         }
         Some(self.last_consent.unwrap_or(self.started) + self.consent_timeout)
-    }
-
-    pub fn poll_event(&mut self) -> Option<IceEvent> {
-        (!self.events.is_empty()).then(|| self.events.remove(0))
     }
 }
 
@@ -391,10 +441,10 @@ mod tests {
             .unwrap();
             a.handle_timeout(now);
         }
-        assert_eq!(a.poll_timeout(), Some(last_good + DEFAULT_CONSENT_TIMEOUT));
+        assert_eq!(a.next_timeout(), Some(last_good + DEFAULT_CONSENT_TIMEOUT));
         a.handle_timeout(last_good + DEFAULT_CONSENT_TIMEOUT);
         assert_eq!(a.poll_event(), Some(IceEvent::ConsentLost));
-        assert_eq!(a.poll_timeout(), None);
+        assert_eq!(a.next_timeout(), None);
         a.handle_timeout(now + Duration::from_secs(100));
         assert_eq!(a.poll_event(), None, "reported once");
     }

@@ -14,8 +14,8 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use super::dtls::{DtlsError, DtlsIdentity, DtlsLeg, SrtpKeys};
-use super::ice::{IceEvent, IceLiteAgent, Pair};
+use super::dtls::{DtlsError, DtlsIdentity, DtlsInput, DtlsLeg, DtlsOutput, SrtpKeys};
+use super::ice::{IceEvent, IceInput, IceLiteAgent, Pair};
 use crate::media::rtp::{classify, WebPacketKind};
 use crate::sdp::{Fingerprint, IceCredentials};
 
@@ -136,13 +136,8 @@ impl WebLeg {
         };
         match classify(data) {
             WebPacketKind::Stun => {
-                if let Ok(Some(response)) = self.ice.handle_packet(now, pair, data) {
-                    self.events.push_back(WebLegEvent::Transmit {
-                        to: from,
-                        from: to,
-                        data: response,
-                    });
-                }
+                // A datagram that is no Binding request is dropped.
+                let _ = self.ice.handle_input(now, IceInput::Stun { pair, data });
                 self.take_ice_events();
                 // SDES keys are known already: media may use the first valid pair.
                 if self.dtls.is_none() && self.media_pair.is_none() && self.ice.is_validated(from) {
@@ -156,7 +151,7 @@ impl WebLeg {
                 }
                 self.dtls_peer = Some(pair);
                 if let Some(dtls) = self.dtls.as_mut() {
-                    let result = dtls.handle_packet(now, data);
+                    let result = dtls.handle_input(now, DtlsInput::Packet(data));
                     self.after_dtls(result);
                 }
             }
@@ -168,11 +163,11 @@ impl WebLeg {
         if self.failed {
             return;
         }
-        self.ice.handle_timeout(now);
+        let _ = self.ice.handle_input(now, IceInput::Timeout);
         self.take_ice_events();
         if let Some(dtls) = self.dtls.as_mut() {
-            if dtls.poll_timeout().is_some_and(|t| now >= t) {
-                let result = dtls.handle_timeout(now);
+            if dtls.next_timeout().is_some_and(|t| now >= t) {
+                let result = dtls.handle_input(now, DtlsInput::Timeout);
                 self.after_dtls(result);
             }
         }
@@ -182,8 +177,8 @@ impl WebLeg {
         if self.failed {
             return None;
         }
-        let dtls = self.dtls.as_ref().and_then(DtlsLeg::poll_timeout);
-        [self.ice.poll_timeout(), dtls].into_iter().flatten().min()
+        let dtls = self.dtls.as_ref().and_then(DtlsLeg::next_timeout);
+        [self.ice.next_timeout(), dtls].into_iter().flatten().min()
     }
 
     fn use_for_media(&mut self, pair: Pair) {
@@ -195,8 +190,14 @@ impl WebLeg {
 
     fn take_ice_events(&mut self) {
         let mut selected = false;
-        while let Some(e) = self.ice.poll_event() {
-            match e {
+        loop {
+            match self.ice.poll_output() {
+                IceEvent::Timeout(_) => break,
+                IceEvent::Transmit { pair, data } => self.events.push_back(WebLegEvent::Transmit {
+                    to: pair.remote,
+                    from: pair.local,
+                    data,
+                }),
                 IceEvent::Selected(pair) => {
                     if self.dtls_peer.is_none() {
                         self.dtls_peer = Some(pair);
@@ -218,7 +219,7 @@ impl WebLeg {
             return;
         };
         if let Some(pair) = self.dtls_peer.or(self.ice.selected()) {
-            while let Some(data) = dtls.poll_transmit() {
+            while let DtlsOutput::Transmit(data) = dtls.poll_output() {
                 self.events.push_back(WebLegEvent::Transmit {
                     to: pair.remote,
                     from: pair.local,

@@ -40,11 +40,19 @@ fn response(req: &rsip::Request, code: u16) -> rsip::Response {
 }
 
 fn drain_client(t: &mut ClientTransaction) -> Vec<Output> {
-    std::iter::from_fn(|| t.poll_output()).collect()
+    std::iter::from_fn(|| match t.poll_output() {
+        Output::Timeout(_) => None,
+        output => Some(output),
+    })
+    .collect()
 }
 
 fn drain_server(t: &mut ServerTransaction) -> Vec<Output> {
-    std::iter::from_fn(|| t.poll_output()).collect()
+    std::iter::from_fn(|| match t.poll_output() {
+        Output::Timeout(_) => None,
+        output => Some(output),
+    })
+    .collect()
 }
 
 fn transmits(outputs: &[Output]) -> usize {

@@ -32,7 +32,7 @@ use super::identity::Identity;
 use super::message::branch_of;
 use super::registration::{Registration, RegistrationEvent};
 use super::timers::TimerTable;
-use super::transaction::{ClientTransaction, Output, TimerConfig};
+use super::transaction::{ClientInput, ClientTransaction, Output, TimerConfig};
 use crate::random::Random;
 use calls::{Calls, UnackedAnswer};
 pub use large_requests::UDP_REQUEST_LIMIT;
@@ -379,7 +379,7 @@ impl UserAgent {
         self.count(MessageDirection::In, &method, response.status_code.code());
         let key = format!("{branch} {method}");
         if let Some((tx, _)) = self.clients.get_mut(&key) {
-            tx.handle_response(now, response);
+            tx.handle_input(now, ClientInput::Response(response));
             self.drain_client(now, &key);
             return;
         }
@@ -395,7 +395,7 @@ impl UserAgent {
                 Wakeup::Keepalive => self.keepalive_due(now),
                 Wakeup::Client(key) => {
                     if let Some((tx, _)) = self.clients.get_mut(&key) {
-                        tx.handle_timeout(now);
+                        tx.handle_input(now, ClientInput::Timeout);
                     }
                     self.drain_client(now, &key);
                 }
@@ -434,6 +434,7 @@ impl UserAgent {
         };
         let mut finals = Vec::new();
         let mut done = false;
+        let mut next = None;
         let mut method = rsip::Method::Options;
         if let Some((tx, owner)) = self.clients.get_mut(key) {
             method = tx.request().method;
@@ -442,8 +443,12 @@ impl UserAgent {
             } else {
                 Over::Link
             };
-            while let Some(output) = tx.poll_output() {
-                match output {
+            loop {
+                match tx.poll_output() {
+                    Output::Timeout(at) => {
+                        next = at;
+                        break;
+                    }
                     Output::Transmit(data) => self.transmit.push_back(Transmit {
                         to: server,
                         data,
@@ -463,13 +468,13 @@ impl UserAgent {
         }
         let owner = if done {
             self.over_stream.remove(key);
+            next = None;
             self.clients.remove(key).map(|(_, o)| o)
         } else if finals.is_empty() {
             None
         } else {
             self.clients.get(key).map(|(_, o)| o.clone())
         };
-        let next = self.clients.get(key).and_then(|(tx, _)| tx.poll_timeout());
         self.wakeups.set(Wakeup::Client(key.to_string()), next);
         let Some(owner) = owner else {
             return;
