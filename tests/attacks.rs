@@ -114,3 +114,41 @@ async fn sip_input_cannot_forge_a_log_line_or_leak_a_uri_password() {
         assert!(!line.contains("URI-PASSWORD"), "leaked: {line}");
     }
 }
+
+/// One INVITE from outside is answered with one 100 Trying (the INVITE
+/// transaction's own), not one from the transaction and one from the
+/// user agent.
+#[tokio::test]
+async fn an_invite_gets_one_100_trying() {
+    let gw = Gateway::start("", "");
+    let sip = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sip.set_read_timeout(Some(std::time::Duration::from_millis(700)))
+        .unwrap();
+    let me = sip.local_addr().unwrap();
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+               m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+    let invite = format!(
+        "INVITE sip:1001@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKone100\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:caller@{me}>;tag=c1\r\nTo: <sip:1001@127.0.0.1>\r\n\
+         Call-ID: one-100@test\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{me}>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    sip.send_to(invite.as_bytes(), gw.sip).unwrap();
+    let mut statuses = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok((n, _)) = sip.recv_from(&mut buf) {
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        statuses.push(text.lines().next().unwrap_or_default().to_string());
+    }
+    let trying = statuses
+        .iter()
+        .filter(|s| s.starts_with("SIP/2.0 100"))
+        .count();
+    assert_eq!(trying, 1, "{statuses:?}");
+    // Nobody of that name is here: the call is refused after the 100.
+    assert!(
+        statuses.iter().any(|s| s.starts_with("SIP/2.0 404")),
+        "{statuses:?}"
+    );
+}

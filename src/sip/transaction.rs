@@ -408,6 +408,10 @@ impl ServerTransaction {
             return;
         }
         let code = response.status_code.code();
+        if self.invite && code == 100 {
+            // The transaction said 100 Trying when it began: once is enough.
+            return;
+        }
         let wire = response.to_string().into_bytes();
         self.out.push_back(Output::Transmit(wire.clone()));
         self.last_response = Some(wire);

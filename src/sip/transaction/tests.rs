@@ -304,3 +304,17 @@ fn configurable_t1() {
     let out = run_client(&mut t, t0 + Duration::from_millis(6_500));
     assert!(out.contains(&Output::TimedOut), "B = 64·T1 = 6.4 s");
 }
+
+/// An INVITE's server transaction says 100 Trying once, when it begins: a
+/// 100 from the transaction user adds nothing on the wire.
+#[test]
+fn one_100_trying_per_invite() {
+    let t0 = Instant::now();
+    let invite = request("INVITE");
+    let mut s = ServerTransaction::new(invite.clone(), false, TimerConfig::default());
+    s.handle_input(t0, ServerInput::Respond(response_to(&invite, 100)));
+    let out = drain_server(&mut s);
+    assert_eq!(transmits(&out), 1, "{out:?}");
+    s.handle_input(t0, ServerInput::Respond(response(&invite, 180)));
+    assert_eq!(transmits(&drain_server(&mut s)), 1, "a 180 still goes out");
+}

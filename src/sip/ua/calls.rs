@@ -334,7 +334,8 @@ impl UserAgent {
                             sdp: call.remote_offer(),
                         });
                         self.calls.insert(key, call);
-                        // 100 keeps the transaction open for our answer.
+                        // A provisional answer keeps the transaction open for
+                        // ours (its own 100 Trying went out already).
                         Some(response_to(request, 100))
                     }
                     None => None,
