@@ -706,3 +706,32 @@ fn two_dialogs_with_one_call_id_are_told_apart() {
     );
     assert_eq!(ua.call_count(), 0);
 }
+
+/// A 2xx to our INVITE that comes again after its transaction ended gets
+/// its ACK again — only for a Call-ID that is exactly ours, not one that
+/// merely contains it.
+#[test]
+fn a_late_2xx_is_acked_again_only_for_its_own_call_id() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(21));
+    ua.invite_in(t0, "c1", "1001", "5000", "v=0\r\n".into());
+    let invite = ua.next_transmit().unwrap().1;
+    let ok = answer(&invite, "200 OK", "Contact: <sip:5000@192.0.2.1:5060>\r\n");
+    let ok = String::from_utf8(ok).unwrap().replace(
+        "To: <sip:5000@pbx.example>",
+        "To: <sip:5000@pbx.example>;tag=far",
+    );
+    ua.datagram_in(t0, server(), ok.as_bytes());
+    let acks = |ua: &mut UserAgent| sent(ua).iter().filter(|m| m.starts_with("ACK ")).count();
+    assert_eq!(acks(&mut ua), 1, "the 200 is ACKed");
+    ua.datagram_in(t0, server(), ok.as_bytes());
+    assert_eq!(acks(&mut ua), 1, "a retransmitted 200: the ACK again");
+    let call_id = ok
+        .lines()
+        .find_map(|l| l.strip_prefix("Call-ID: "))
+        .unwrap()
+        .to_string();
+    let other = ok.replace(&call_id, &format!("x{call_id}"));
+    ua.datagram_in(t0, server(), other.as_bytes());
+    assert_eq!(acks(&mut ua), 0, "another call's 200 is not ours to ACK");
+}
