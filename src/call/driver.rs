@@ -20,7 +20,9 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn, Instrument};
 
-use super::negotiate::{self, FarMedia, MediaPlan, NegotiationContext, Negotiator, OutboundPlan};
+use super::negotiate::{
+    self, FarMedia, FarOffer, MediaPlan, NegotiationContext, Negotiator, OutboundPlan,
+};
 use super::{
     Call, CallError, CallInput, CallOutput, CallState, FarRequest, LegKeying, Party, Refused,
 };
@@ -612,11 +614,13 @@ impl MediaPlane {
                 StartError::Sdp(SdpError::Syntax("the INVITE has no SDP offer".into())),
             )
         })?;
+        let offer =
+            FarOffer::check(&sdp, self.settings.sip_srtp).map_err(|e| refuse(488, e.into()))?;
         let (web, sip, control_socket) = self
             .bind_legs(self.settings.sip_media_bind)
             .map_err(|e| refuse(503, e))?;
         let context = self.negotiation_context(&web, &sip, self.settings.sip_media_address);
-        let (negotiator, web_sdp) = Negotiator::inbound(context, &sdp, self.call_random())
+        let (negotiator, web_sdp) = Negotiator::inbound(context, offer, self.call_random())
             .map_err(|e| refuse(488, e.into()))?;
         let cid = key.clone();
         let (inputs, inputs_rx) = mpsc::unbounded_channel();

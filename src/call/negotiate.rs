@@ -294,23 +294,51 @@ pub fn sip_answer_keying(
     secure: bool,
     random: &mut Random,
 ) -> Result<SipAnswerKeying, SdpError> {
-    if policy == SrtpPolicy::Off {
-        if secure {
-            return Err(SdpError::SipSrtpOff);
-        }
-        // Best-effort keys in RTP/AVP: answering without a=crypto declines them.
-        return Ok(SipAnswerKeying::PLAIN);
-    }
-    match offered.first() {
-        Some(theirs) => Ok(SipAnswerKeying {
+    match (sip_offer_keyed(policy, offered, secure)?, offered.first()) {
+        (true, Some(theirs)) => Ok(SipAnswerKeying {
             sdes: Some((
                 CryptoAttribute::generate(theirs.tag, theirs.keys.profile, random)?,
                 theirs.keys.clone(),
             )),
             secure_profile: secure,
         }),
-        None if policy == SrtpPolicy::Required || secure => Err(SdpError::SipSrtpRequired),
-        None => Ok(SipAnswerKeying::PLAIN),
+        _ => Ok(SipAnswerKeying::PLAIN),
+    }
+}
+
+/// Whether a SIP-side offer is answered with SRTP under `policy` (true) or
+/// plain RTP (false), or refused (488).
+fn sip_offer_keyed(
+    policy: SrtpPolicy,
+    offered: &[CryptoAttribute],
+    secure: bool,
+) -> Result<bool, SdpError> {
+    match (policy, offered.is_empty()) {
+        (SrtpPolicy::Off, _) if secure => Err(SdpError::SipSrtpOff),
+        // Best-effort keys in RTP/AVP: answering without a=crypto declines them.
+        (SrtpPolicy::Off, _) => Ok(false),
+        (_, false) => Ok(true),
+        (SrtpPolicy::Required, true) => Err(SdpError::SipSrtpRequired),
+        (_, true) if secure => Err(SdpError::SipSrtpRequired),
+        (_, true) => Ok(false),
+    }
+}
+
+/// The far end's offer for an incoming call, checked before anything is
+/// made for it (no port is bound for an offer that is refused).
+pub struct FarOffer {
+    far: FarMedia,
+    codecs: Vec<Codec>,
+}
+
+impl FarOffer {
+    /// Refused (the caller answers 488) when the SDP does not parse, has no
+    /// codec the gateway carries, or its keying is not what `policy` allows.
+    pub fn check(far_offer: &str, policy: SrtpPolicy) -> Result<FarOffer, SdpError> {
+        let far = FarMedia::from_sdp(far_offer)?;
+        sip_offer_keyed(policy, &far.crypto, far.secure)?;
+        let codecs = usable(&far.codecs)?;
+        Ok(FarOffer { far, codecs })
     }
 }
 
@@ -511,16 +539,15 @@ impl Negotiator {
         Ok((negotiator, offer))
     }
 
-    /// An inbound call: the far end's offer. Returns our offer for the
-    /// browser. Refused (the caller answers 488) when the offer is unusable.
+    /// An inbound call: the far end's offer, checked. Returns our offer for
+    /// the browser.
     pub fn inbound(
         context: NegotiationContext,
-        far_offer: &str,
+        far_offer: FarOffer,
         mut random: Random,
     ) -> Result<(Negotiator, String), SdpError> {
-        let far = FarMedia::from_sdp(far_offer)?;
+        let FarOffer { far, codecs } = far_offer;
         let sip_keying = sip_answer_keying(context.sip_srtp, &far.crypto, far.secure, &mut random)?;
-        let codecs = usable(&far.codecs)?;
         let offer = WebOfferState {
             local_ice: IceCredentials {
                 ufrag: random.ice_token(6),

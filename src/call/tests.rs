@@ -610,6 +610,10 @@ fn context(identity: &crate::webrtc::dtls::DtlsIdentity) -> negotiate::Negotiati
     }
 }
 
+fn far_offer() -> negotiate::FarOffer {
+    negotiate::FarOffer::check(PBX_OFFER, crate::config::SrtpPolicy::Off).unwrap()
+}
+
 fn plans(outputs: &[CallOutput]) -> Vec<&negotiate::MediaPlan> {
     outputs
         .iter()
@@ -691,7 +695,8 @@ fn the_browser_answer_becomes_one_media_plan_and_our_200() {
     let identity = crate::webrtc::dtls::DtlsIdentity::generate().unwrap();
     let t0 = Instant::now();
     let (negotiator, web_offer) =
-        negotiate::Negotiator::inbound(context(&identity), PBX_OFFER, Random::seeded(13)).unwrap();
+        negotiate::Negotiator::inbound(context(&identity), far_offer(), Random::seeded(13))
+            .unwrap();
     assert!(web_offer.contains("a=ice-lite") && web_offer.contains("a=fingerprint:sha-256"));
     assert!(web_offer.contains("c=IN IP4 198.51.100.1"), "{web_offer}");
     let mut call = Call::inbound(
@@ -735,7 +740,7 @@ fn the_browser_answer_becomes_one_media_plan_and_our_200() {
 fn negotiation_is_deterministic_for_a_seed() {
     let identity = crate::webrtc::dtls::DtlsIdentity::generate().unwrap();
     let offer = |seed| {
-        negotiate::Negotiator::inbound(context(&identity), PBX_OFFER, Random::seeded(seed))
+        negotiate::Negotiator::inbound(context(&identity), far_offer(), Random::seeded(seed))
             .unwrap()
             .1
     };
@@ -776,4 +781,19 @@ fn one_input_and_one_output() {
     assert!(wake > t0 && wake <= t0 + Duration::from_secs(30));
     call.handle_input(t0, CallInput::Hold).unwrap();
     assert_eq!(call.poll_output(), CallOutput::Far(FarRequest::Hold));
+}
+
+/// An incoming offer is checked before anything is made for it.
+#[test]
+fn far_offers_are_checked_before_ports_are_bound() {
+    use crate::config::SrtpPolicy;
+    let srtp_offer = include_str!("../../tests/fixtures/sdp/sip-pbx-offer-srtp.sdp");
+    assert!(negotiate::FarOffer::check(PBX_OFFER, SrtpPolicy::Off).is_ok());
+    assert!(negotiate::FarOffer::check(PBX_OFFER, SrtpPolicy::Optional).is_ok());
+    assert!(matches!(
+        negotiate::FarOffer::check(PBX_OFFER, SrtpPolicy::Required),
+        Err(SdpError::SipSrtpRequired)
+    ));
+    assert!(negotiate::FarOffer::check(srtp_offer, SrtpPolicy::Required).is_ok());
+    assert!(negotiate::FarOffer::check("v=0\r\nnot sdp", SrtpPolicy::Off).is_err());
 }
