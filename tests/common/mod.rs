@@ -379,7 +379,7 @@ pub fn free_udp_port() -> u16 {
     probe.local_addr().unwrap().port()
 }
 
-/// Waits (at most 5 s) until a socket is bound to `port` on this host: a
+/// Waits (at most 15 s) until a socket is bound to `port` on this host: a
 /// listening TCP socket when `tcp`, else a UDP socket. A peer such as SIPp
 /// takes a moment after spawn to open its port, and a fixed sleep proved too
 /// short on a loaded machine (a registration over TCP was refused in CI).
@@ -404,11 +404,12 @@ pub fn wait_until_bound(port: u16, tcp: bool) {
             })
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // Generous: on a loaded two-core machine twenty tests start their peers at once.
+    let deadline = Instant::now() + Duration::from_secs(15);
     while !bound() {
         assert!(
             Instant::now() < deadline,
-            "nothing bound port {port} within 5 s"
+            "nothing bound port {port} within 15 s"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
