@@ -217,6 +217,12 @@ fn issue_token(path: &Path, user: &str, ttl: u64) -> Result<(), String> {
     if config.auth.token_secret.is_empty() {
         return Err("auth.token-secret is empty".into());
     }
+    if ttl > config.auth.token_max_ttl_s {
+        return Err(format!(
+            "--ttl {ttl} is longer than auth.token-max-ttl-s ({}): the gateway would refuse the token",
+            config.auth.token_max_ttl_s
+        ));
+    }
     let expires = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|e| e.to_string())?

@@ -150,7 +150,7 @@ fn unix_now() -> u64 {
 
 #[tokio::test]
 async fn token_auth_matrix() {
-    let secret = "backend-and-gateway-share-this";
+    let secret = "backend-and-gateway-share-this-32-bytes";
     let gw = Gateway::start(
         "",
         &format!("[auth]\nmode = \"token\"\ntoken-secret = \"{secret}\"\n"),
@@ -187,17 +187,34 @@ async fn token_auth_matrix() {
             "other user",
         ),
         (Some("not-a-token".to_string()), "garbage"),
+        // Ten days: longer than auth.token-max-ttl-s (an hour by default).
+        (
+            Some(token::issue(
+                secret.as_bytes(),
+                "1001",
+                unix_now() + 864_000,
+            )),
+            "lives too long",
+        ),
     ];
+    let mut messages = std::collections::BTreeSet::new();
     for (t, why) in refused {
         let r = create(t, "1001").await;
         assert_eq!(r.status(), 401, "{why}");
-        assert_eq!(error_code(r).await, "invalid_token", "{why}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_token", "{why}");
+        messages.insert(body["error"]["message"].to_string());
     }
+    assert_eq!(
+        messages.len(),
+        1,
+        "one answer for every refusal: {messages:?}"
+    );
     assert_eq!(gw.metric("gateway_sessions").await, 1.0);
     assert_eq!(
         gw.metric("gateway_auth_failures_total{kind=\"token\"}")
             .await,
-        5.0
+        6.0
     );
 }
 

@@ -152,3 +152,63 @@ async fn an_invite_gets_one_100_trying() {
         "{statuses:?}"
     );
 }
+
+/// A request on a session with a wrong secret is refused before its body
+/// is read: the answer is 401 whatever the body, never a parse error that
+/// tells a stranger what the handler would take; and every body, `reject`'s
+/// too, is read within `max-body-bytes`.
+#[tokio::test]
+async fn a_stranger_is_refused_before_the_body_is_read() {
+    let gw = Gateway::start("max-body-bytes = 1024\n", "");
+    let session = common::ApiSession::open(&gw).await;
+    let sid = session.created["session"].as_str().unwrap().to_string();
+    let secret = session.created["session_secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let client = reqwest::Client::new();
+    let post = |path: String, secret: String, body: String| {
+        let client = client.clone();
+        let url = format!("{}/v1/sessions/{sid}{path}", gw.api());
+        async move {
+            let r = client
+                .post(url)
+                .bearer_auth(secret)
+                .header("Content-Type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            (
+                status,
+                body["error"]["code"].as_str().unwrap_or("").to_string(),
+            )
+        }
+    };
+    let big = "x".repeat(4096);
+    for body in ["{not json".to_string(), format!("\"{big}\"")] {
+        for path in [
+            "/calls",
+            "/calls/nope/answer",
+            "/calls/nope/dtmf",
+            "/calls/nope/reject",
+        ] {
+            let (status, code) = post(path.into(), "wrong-secret".into(), body.clone()).await;
+            assert_eq!(
+                (status, code.as_str()),
+                (401, "invalid_session_secret"),
+                "{path}"
+            );
+        }
+    }
+    // With the right secret, an oversized reject body is refused as such.
+    let (status, code) = post(
+        "/calls/nope/reject".into(),
+        secret,
+        format!("{{\"x\": \"{big}\"}}"),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (413, "body_too_large"));
+}

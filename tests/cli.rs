@@ -89,6 +89,11 @@ fn bad_configs_are_refused_naming_the_key() {
         ),
         ("[media]\nweb-port-min = \"many\"\n", "web-port-min"),
         ("[auth]\nmode = \"token\"\n", "auth.token-secret"),
+        (
+            "[auth]\nmode = \"token\"\ntoken-secret = \"short\"\n",
+            "at least 32 bytes",
+        ),
+        ("[auth]\ntoken-max-ttl-s = 0\n", "auth.token-max-ttl-s"),
         ("[sip]\ntransport = \"carrier-pigeon\"\n", "carrier-pigeon"),
         ("[http\n", "gateway.toml"),
     ];
@@ -151,7 +156,7 @@ fn port_in_use_is_named() {
 
 #[tokio::test]
 async fn crypt_secret_end_to_end() {
-    let token_secret = "the-backend-shares-this-secret";
+    let token_secret = "the-backend-shares-this-secret-with-us";
     // encrypt-password needs a key.
     let o = run(
         &["encrypt-password", "--config", "/nonexistent"],
@@ -341,7 +346,7 @@ async fn exercise_with_secrets(gw: &Gateway, token: &str) {
 
 #[tokio::test]
 async fn logs_never_carry_secrets() {
-    let token_secret = "backend-secret-8";
+    let token_secret = "backend-secret-of-thirty-two-bytes";
     for format in ["json", "pretty"] {
         let config = format!(
             "[http]\nlisten = \"127.0.0.1:0\"\ntls-listen = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\

@@ -11,7 +11,9 @@ use axum::Json;
 use serde::Deserialize;
 use tracing::warn;
 
-use super::{session_error, session_secret, ApiError, ApiJson, SharedState};
+use super::{
+    session_error, session_secret, ApiBody, ApiError, ApiJson, SessionSecretChecked, SharedState,
+};
 use crate::call::driver::{Command, CommandError, SipCaller, StartError};
 use crate::session::SessionEvent;
 
@@ -70,6 +72,7 @@ pub async fn create(
     State(state): State<SharedState>,
     Path(sid): Path<String>,
     headers: HeaderMap,
+    _: SessionSecretChecked,
     ApiJson(body): ApiJson<NewCall>,
 ) -> Result<Response, ApiError> {
     let secret = session_secret(&state, &headers)?;
@@ -228,6 +231,7 @@ pub async fn dtmf(
     State(state): State<SharedState>,
     Path((sid, cid)): Path<(String, String)>,
     headers: HeaderMap,
+    _: SessionSecretChecked,
     ApiJson(body): ApiJson<Dtmf>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, &sid)?;
@@ -261,6 +265,7 @@ pub async fn answer(
     State(state): State<SharedState>,
     Path((sid, cid)): Path<(String, String)>,
     headers: HeaderMap,
+    _: SessionSecretChecked,
     ApiJson(body): ApiJson<Answer>,
 ) -> Result<Response, ApiError> {
     run(
@@ -287,7 +292,8 @@ pub async fn reject(
     State(state): State<SharedState>,
     Path((sid, cid)): Path<(String, String)>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    _: SessionSecretChecked,
+    ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     // The body is optional: none, `{}` or `{"status": 603}`.
     let body: Reject = if body.iter().all(u8::is_ascii_whitespace) {

@@ -18,7 +18,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{ConnectInfo, FromRequest, MatchedPath, Path, RawQuery, Request, State};
+use axum::extract::{
+    ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Path, RawQuery, Request, State,
+};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -296,6 +298,72 @@ async fn cors_layer(State(state): State<SharedState>, req: Request, next: Next) 
     response
 }
 
+/// The session secret in `Authorization` is that of the path's `{sid}`.
+/// Put before a body extractor, it refuses a stranger's request before its
+/// body is read.
+pub struct SessionSecretChecked;
+
+impl FromRequestParts<SharedState> for SessionSecretChecked {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &SharedState,
+    ) -> Result<Self, ApiError> {
+        let params = axum::extract::RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::session_not_found())?;
+        let sid = params
+            .iter()
+            .find(|(name, _)| *name == "sid")
+            .map(|(_, value)| value.to_string())
+            .ok_or_else(ApiError::session_not_found)?;
+        let secret = session_secret(state, &parts.headers)?;
+        state
+            .store()
+            .authorize(&sid, secret)
+            .map(|_| SessionSecretChecked)
+            .map_err(|e| session_error(state, e))
+    }
+}
+
+/// A request body read within `max-body-bytes` (any content; JSON bodies
+/// take [`ApiJson`]).
+pub struct ApiBody(pub axum::body::Bytes);
+
+impl FromRequest<SharedState> for ApiBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &SharedState) -> Result<Self, ApiError> {
+        read_limited(req, state.config.http.max_body_bytes)
+            .await
+            .map(ApiBody)
+    }
+}
+
+fn body_too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("the request body is larger than {limit} bytes"),
+    )
+}
+
+/// The body, refused as soon as it is known to be larger than `limit`.
+async fn read_limited(req: Request, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(body_too_large(limit));
+    }
+    axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| body_too_large(limit))
+}
+
 /// A JSON body read within `max-body-bytes`; errors in the API's shape.
 pub struct ApiJson<T>(pub T);
 
@@ -304,13 +372,6 @@ impl<T: DeserializeOwned> FromRequest<SharedState> for ApiJson<T> {
 
     async fn from_request(req: Request, state: &SharedState) -> Result<Self, ApiError> {
         let limit = state.config.http.max_body_bytes;
-        let too_large = || {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("the request body is larger than {limit} bytes"),
-            )
-        };
         if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
             let is_json = ct
                 .to_str()
@@ -328,17 +389,7 @@ impl<T: DeserializeOwned> FromRequest<SharedState> for ApiJson<T> {
                 ));
             }
         }
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(too_large());
-        }
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
-            .await
-            .map_err(|_| too_large())?;
+        let bytes = read_limited(req, limit).await?;
         serde_json::from_slice(&bytes)
             .map(ApiJson)
             .map_err(|e| ApiError::bad_request("bad_json", json_error_message(&e)))
@@ -447,12 +498,23 @@ async fn create_session(
         let secret = state.config.auth.token_secret.expose().as_bytes();
         let verdict = match bearer(&headers) {
             None => Err("an Authorization: Bearer token is required".to_string()),
-            Some(t) => token::verify(secret, t, &body.user, unix_now()).map_err(|e| e.to_string()),
+            Some(t) => token::verify(
+                secret,
+                t,
+                &body.user,
+                unix_now(),
+                state.config.auth.token_max_ttl_s,
+            )
+            .map_err(|e| e.to_string()),
         };
         if let Err(reason) = verdict {
             state.metrics.auth_failure("token");
+            // Why goes to the log only: the answer says the same for every
+            // refusal, so it tells a prober nothing.
             warn!(user = %body.user, %reason, "token refused");
-            return Err(ApiError::invalid_token(reason));
+            return Err(ApiError::invalid_token(
+                "a valid bearer token for this user is required",
+            ));
         }
     }
     // The session's SIP password, else the configured default.

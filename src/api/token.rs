@@ -17,6 +17,8 @@ pub enum TokenError {
     Expired,
     #[error("the token was issued for another user")]
     WrongUser,
+    #[error("the token lives longer than auth.token-max-ttl-s allows")]
+    TooLong,
 }
 
 fn decode(part: &str) -> Result<Vec<u8>, TokenError> {
@@ -37,9 +39,17 @@ pub fn issue(secret: &[u8], user: &str, expires_unix: u64) -> String {
     )
 }
 
-/// Checks a token for `user` at `now_unix`. The signature is checked before
-/// anything in the payload is trusted.
-pub fn verify(secret: &[u8], token: &str, user: &str, now_unix: u64) -> Result<(), TokenError> {
+/// Checks a token for `user` at `now_unix`: signed with `secret`, not
+/// expired, and expiring within `max_ttl_s` (a token a backend made to
+/// last for ever is refused). The signature is checked before anything in
+/// the payload is trusted.
+pub fn verify(
+    secret: &[u8],
+    token: &str,
+    user: &str,
+    now_unix: u64,
+    max_ttl_s: u64,
+) -> Result<(), TokenError> {
     let (payload_b64, mac_b64) = token.split_once('.').ok_or(TokenError::Malformed)?;
     let payload = decode(payload_b64)?;
     let mac = decode(mac_b64)?;
@@ -51,6 +61,9 @@ pub fn verify(secret: &[u8], token: &str, user: &str, now_unix: u64) -> Result<(
     let expires: u64 = expires.parse().map_err(|_| TokenError::Malformed)?;
     if expires <= now_unix {
         return Err(TokenError::Expired);
+    }
+    if expires - now_unix > max_ttl_s {
+        return Err(TokenError::TooLong);
     }
     if token_user != user {
         return Err(TokenError::WrongUser);
@@ -67,7 +80,7 @@ mod tests {
     #[test]
     fn valid_token_verifies() {
         let t = issue(SECRET, "1001", 2_000);
-        assert_eq!(verify(SECRET, &t, "1001", 1_999), Ok(()));
+        assert_eq!(verify(SECRET, &t, "1001", 1_999, 86_400), Ok(()));
     }
 
     #[test]
@@ -75,34 +88,37 @@ mod tests {
         let t = issue(SECRET, "1001", 2_000);
         let (a, b) = t.split_once('.').unwrap();
         let padded = format!("{a}==.{b}=");
-        assert_eq!(verify(SECRET, &padded, "1001", 1_000), Ok(()));
+        assert_eq!(verify(SECRET, &padded, "1001", 1_000, 86_400), Ok(()));
     }
 
     #[test]
     fn failures() {
         let t = issue(SECRET, "1001", 2_000);
-        assert_eq!(verify(SECRET, &t, "1001", 2_000), Err(TokenError::Expired));
         assert_eq!(
-            verify(SECRET, &t, "1002", 1_000),
+            verify(SECRET, &t, "1001", 2_000, 86_400),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            verify(SECRET, &t, "1002", 1_000, 86_400),
             Err(TokenError::WrongUser)
         );
         assert_eq!(
-            verify(b"other", &t, "1001", 1_000),
+            verify(b"other", &t, "1001", 1_000, 86_400),
             Err(TokenError::BadSignature)
         );
         assert_eq!(
-            verify(SECRET, "nodot", "1001", 1_000),
+            verify(SECRET, "nodot", "1001", 1_000, 86_400),
             Err(TokenError::Malformed)
         );
         assert_eq!(
-            verify(SECRET, "a.b.c", "1001", 1_000),
+            verify(SECRET, "a.b.c", "1001", 1_000, 86_400),
             Err(TokenError::Malformed)
         );
         // A payload changed to a later expiry no longer matches its MAC.
         let (_, mac) = t.split_once('.').unwrap();
         let forged = format!("{}.{mac}", URL_SAFE_NO_PAD.encode("1001:9999999999"));
         assert_eq!(
-            verify(SECRET, &forged, "1001", 1_000),
+            verify(SECRET, &forged, "1001", 1_000, 86_400),
             Err(TokenError::BadSignature)
         );
     }
@@ -110,6 +126,6 @@ mod tests {
     #[test]
     fn user_with_colon() {
         let t = issue(SECRET, "a:b", 50);
-        assert_eq!(verify(SECRET, &t, "a:b", 10), Ok(()));
+        assert_eq!(verify(SECRET, &t, "a:b", 10, 86_400), Ok(()));
     }
 }

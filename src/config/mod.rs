@@ -80,12 +80,28 @@ pub enum AuthMode {
     Token,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct AuthConfig {
     pub mode: AuthMode,
     pub token_secret: Secret,
+    /// A token expiring further ahead than this is refused.
+    pub token_max_ttl_s: u64,
 }
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::default(),
+            token_secret: Secret::default(),
+            token_max_ttl_s: 3600,
+        }
+    }
+}
+
+/// The shortest token secret taken: RFC 2104 asks for an HMAC key at
+/// least as long as the hash's output (32 bytes for SHA-256).
+pub const MIN_TOKEN_SECRET_BYTES: usize = 32;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -420,7 +436,29 @@ impl Config {
             return Err(ConfigError::Invalid(problems));
         }
         config.open_secrets()?;
+        let problems = config.check_opened_secrets();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
         Ok(config)
+    }
+
+    /// What can only be checked of a secret in the clear: a token secret
+    /// long enough for HMAC-SHA256.
+    fn check_opened_secrets(&self) -> Vec<ConfigProblem> {
+        let mut p = Problems::default();
+        if self.auth.mode == AuthMode::Token
+            && self.auth.token_secret.expose().len() < MIN_TOKEN_SECRET_BYTES
+        {
+            p.add(
+                "auth.token-secret",
+                format!(
+                    "must be at least {MIN_TOKEN_SECRET_BYTES} bytes \
+                     (e.g. the 64 hex digits of `openssl rand -hex 32`)"
+                ),
+            );
+        }
+        p.0
     }
 
     /// Checks every semantic rule and returns all the problems found.
@@ -480,6 +518,15 @@ impl Config {
             p.add(
                 "auth.token-secret",
                 "auth.mode is \"token\", so a token secret is required",
+            );
+        } else if !self.auth.token_secret.expose().starts_with("CRYPT:") {
+            // A CRYPT: value is measured once opened (`check_opened_secrets`).
+            p.0.extend(self.check_opened_secrets());
+        }
+        if !(10..=604_800).contains(&self.auth.token_max_ttl_s) {
+            p.add(
+                "auth.token-max-ttl-s",
+                "must be from 10 to 604800 (seven days)",
             );
         }
 
