@@ -154,7 +154,7 @@ async fn keepalive_feeds_readiness() {
 /// answer with credentials and the unREGISTER, with no retransmissions.
 #[tokio::test]
 async fn registration_over_tcp() {
-    let port = free_udp_port();
+    let port = Transport::Tcp.free_port();
     let sipp = Sipp::server("registrar-auth.xml", port, Transport::Tcp);
     let gw = gateway_for(port, "transport = \"tcp\"\n");
     let (status, body) =

@@ -26,6 +26,15 @@ impl Transport {
         }
     }
 
+    /// A port free now for a peer listening on this transport (a UDP
+    /// probe says nothing of TCP: another test's connection may hold it).
+    pub fn free_port(self) -> u16 {
+        match self {
+            Transport::Udp => free_udp_port(),
+            Transport::Tcp => super::free_tcp_port(),
+        }
+    }
+
     /// The gateway's `[sip] transport`.
     pub fn config(self) -> &'static str {
         match self {
@@ -147,7 +156,7 @@ impl SipTest {
 
     /// The same over `transport`, with `extra` lines in the gateway's `[sip]`.
     pub fn toward_over(scenario: &str, transport: Transport, extra: &str) -> SipTest {
-        let port = free_udp_port();
+        let port = transport.free_port();
         let peer = Sipp::server(scenario, port, transport);
         SipTest {
             gw: gateway_toward(port, transport, extra),
