@@ -91,7 +91,7 @@ impl Sipp {
     pub fn caller(scenario: &str, target: SocketAddr, transport: Transport) -> Sipp {
         let child = command(scenario, transport)
             .args(["-s", "1001", "-p"])
-            .arg(free_udp_port().to_string())
+            .arg(transport.free_port().to_string())
             .arg(target.to_string())
             .spawn()
             .expect("sipp runs (the test command installs sip-tester)");
