@@ -37,9 +37,20 @@ function heardWithCounters(hz) {
 }
 
 // Runs in the page: the ICE candidate pairs of the demo's call as Chromium
-// saw them, and the one it selected (its remote end is the gateway).
+// saw them, and the one it selected (its remote end is the gateway). A check
+// Chromium has just sent is "in-progress" until its answer is in: the pairs
+// are read again (up to 2 s) until none is, so each counts as answered or not.
 async function icePairs() {
-  const stats = await window.demo.call.pc.getStats();
+  let stats = await window.demo.call.pc.getStats();
+  for (let i = 0; i < 20; i++) {
+    let inFlight = false;
+    stats.forEach((s) => {
+      if (s.type === 'candidate-pair' && s.state === 'in-progress') inFlight = true;
+    });
+    if (!inFlight) break;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    stats = await window.demo.call.pc.getStats();
+  }
   const byId = new Map();
   stats.forEach((s) => byId.set(s.id, s));
   const addr = (id) => {
