@@ -1,19 +1,18 @@
 //! The call endpoints (`docs/api.md`, "Calls"): start, inspect, hang up,
-//! hold, resume and send DTMF. Each handler checks the session secret before
-//! it looks at the request, and refuses bad input before anything is set up.
+//! hold, resume and send DTMF. Each handler takes an [`AuthorizedSession`]
+//! (the secret checked before the body is read) and refuses bad input
+//! before anything is set up.
 
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use tracing::warn;
 
-use super::{
-    session_error, session_secret, ApiBody, ApiError, ApiJson, SessionSecretChecked, SharedState,
-};
+use super::{ApiBody, ApiError, ApiJson, AuthorizedSession, SharedState};
 use crate::call::driver::{Command, CommandError, SipCaller, StartError};
 use crate::session::SessionEvent;
 
@@ -21,16 +20,6 @@ use crate::session::SessionEvent;
 const MAX_TO_LEN: usize = 256;
 const MAX_DTMF_DIGITS: usize = 64;
 const DEFAULT_DTMF_MS: u64 = 100;
-
-/// Checks the session secret; returns the session's user.
-fn authorize(state: &SharedState, headers: &HeaderMap, sid: &str) -> Result<String, ApiError> {
-    let secret = session_secret(state, headers)?;
-    state
-        .store()
-        .authorize(sid, secret)
-        .map(|s| s.user.clone())
-        .map_err(|e| session_error(state, e))
-}
 
 fn call_not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "call_not_found", "no such call")
@@ -70,17 +59,14 @@ pub struct NewCall {
 
 pub async fn create(
     State(state): State<SharedState>,
-    Path(sid): Path<String>,
-    headers: HeaderMap,
-    _: SessionSecretChecked,
+    session: AuthorizedSession,
     ApiJson(body): ApiJson<NewCall>,
 ) -> Result<Response, ApiError> {
-    let secret = session_secret(&state, &headers)?;
-    let (user, password) = state
-        .store()
-        .authorize(&sid, secret)
-        .map(|s| (s.user.clone(), s.sip_password.clone()))
-        .map_err(|e| session_error(&state, e))?;
+    let AuthorizedSession {
+        sid,
+        user,
+        sip_password: password,
+    } = session;
     if !valid_destination(&body.to) {
         return Err(ApiError::bad_request(
             "invalid_destination",
@@ -160,26 +146,19 @@ pub async fn create(
 
 pub async fn show(
     State(state): State<SharedState>,
-    Path((sid, cid)): Path<(String, String)>,
-    headers: HeaderMap,
+    Path((_, cid)): Path<(String, String)>,
+    session: AuthorizedSession,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, &sid)?;
     let view = state
         .media
         .calls
-        .view(&sid, &cid)
+        .view(&session.sid, &cid)
         .ok_or_else(call_not_found)?;
     Ok(Json(view).into_response())
 }
 
-async fn run(
-    state: &SharedState,
-    headers: &HeaderMap,
-    sid: &str,
-    cid: &str,
-    command: Command,
-) -> Result<(), ApiError> {
-    authorize(state, headers, sid)?;
+/// Hands `command` to call `cid` of the (authorized) session `sid`.
+async fn run(state: &SharedState, sid: &str, cid: &str, command: Command) -> Result<(), ApiError> {
     state
         .media
         .calls
@@ -191,10 +170,10 @@ async fn run(
 
 pub async fn hang_up(
     State(state): State<SharedState>,
-    Path((sid, cid)): Path<(String, String)>,
-    headers: HeaderMap,
+    Path((_, cid)): Path<(String, String)>,
+    session: AuthorizedSession,
 ) -> Result<StatusCode, ApiError> {
-    run(&state, &headers, &sid, &cid, Command::Hangup).await?;
+    run(&state, &session.sid, &cid, Command::Hangup).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -204,19 +183,19 @@ fn ok() -> Response {
 
 pub async fn hold(
     State(state): State<SharedState>,
-    Path((sid, cid)): Path<(String, String)>,
-    headers: HeaderMap,
+    Path((_, cid)): Path<(String, String)>,
+    session: AuthorizedSession,
 ) -> Result<Response, ApiError> {
-    run(&state, &headers, &sid, &cid, Command::Hold).await?;
+    run(&state, &session.sid, &cid, Command::Hold).await?;
     Ok(ok())
 }
 
 pub async fn resume(
     State(state): State<SharedState>,
-    Path((sid, cid)): Path<(String, String)>,
-    headers: HeaderMap,
+    Path((_, cid)): Path<(String, String)>,
+    session: AuthorizedSession,
 ) -> Result<Response, ApiError> {
-    run(&state, &headers, &sid, &cid, Command::Resume).await?;
+    run(&state, &session.sid, &cid, Command::Resume).await?;
     Ok(ok())
 }
 
@@ -229,12 +208,10 @@ pub struct Dtmf {
 
 pub async fn dtmf(
     State(state): State<SharedState>,
-    Path((sid, cid)): Path<(String, String)>,
-    headers: HeaderMap,
-    _: SessionSecretChecked,
+    Path((_, cid)): Path<(String, String)>,
+    session: AuthorizedSession,
     ApiJson(body): ApiJson<Dtmf>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, &sid)?;
     if body.digits.is_empty() || body.digits.chars().count() > MAX_DTMF_DIGITS {
         return Err(ApiError::bad_request(
             "invalid_dtmf",
@@ -244,8 +221,7 @@ pub async fn dtmf(
     let duration = Duration::from_millis(body.duration_ms.unwrap_or(DEFAULT_DTMF_MS));
     run(
         &state,
-        &headers,
-        &sid,
+        &session.sid,
         &cid,
         Command::Dtmf {
             digits: body.digits,
@@ -263,15 +239,13 @@ pub struct Answer {
 
 pub async fn answer(
     State(state): State<SharedState>,
-    Path((sid, cid)): Path<(String, String)>,
-    headers: HeaderMap,
-    _: SessionSecretChecked,
+    Path((_, cid)): Path<(String, String)>,
+    session: AuthorizedSession,
     ApiJson(body): ApiJson<Answer>,
 ) -> Result<Response, ApiError> {
     run(
         &state,
-        &headers,
-        &sid,
+        &session.sid,
         &cid,
         Command::Answer { sdp: body.sdp },
     )
@@ -290,9 +264,8 @@ const REJECT_STATUSES: [u16; 6] = [403, 480, 486, 488, 600, 603];
 
 pub async fn reject(
     State(state): State<SharedState>,
-    Path((sid, cid)): Path<(String, String)>,
-    headers: HeaderMap,
-    _: SessionSecretChecked,
+    Path((_, cid)): Path<(String, String)>,
+    session: AuthorizedSession,
     ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     // The body is optional: none, `{}` or `{"status": 603}`.
@@ -313,6 +286,6 @@ pub async fn reject(
             format!("status must be one of {REJECT_STATUSES:?}"),
         ));
     }
-    run(&state, &headers, &sid, &cid, Command::Reject { status }).await?;
+    run(&state, &session.sid, &cid, Command::Reject { status }).await?;
     Ok(ok())
 }

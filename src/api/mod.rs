@@ -298,12 +298,16 @@ async fn cors_layer(State(state): State<SharedState>, req: Request, next: Next) 
     response
 }
 
-/// The session secret in `Authorization` is that of the path's `{sid}`.
-/// Put before a body extractor, it refuses a stranger's request before its
-/// body is read.
-pub struct SessionSecretChecked;
+/// The session of the path's `{sid}`, its secret in `Authorization`
+/// checked. Put before a body extractor, it refuses a stranger's request
+/// before its body is read.
+pub struct AuthorizedSession {
+    pub sid: String,
+    pub user: String,
+    pub sip_password: Option<crate::config::Secret>,
+}
 
-impl FromRequestParts<SharedState> for SessionSecretChecked {
+impl FromRequestParts<SharedState> for AuthorizedSession {
     type Rejection = ApiError;
 
     async fn from_request_parts(
@@ -319,11 +323,15 @@ impl FromRequestParts<SharedState> for SessionSecretChecked {
             .map(|(_, value)| value.to_string())
             .ok_or_else(ApiError::session_not_found)?;
         let secret = session_secret(state, &parts.headers)?;
-        state
-            .store()
+        let store = state.store();
+        let session = store
             .authorize(&sid, secret)
-            .map(|_| SessionSecretChecked)
-            .map_err(|e| session_error(state, e))
+            .map_err(|e| session_error(state, e))?;
+        Ok(AuthorizedSession {
+            user: session.user.clone(),
+            sip_password: session.sip_password.clone(),
+            sid,
+        })
     }
 }
 
