@@ -264,8 +264,6 @@ pub struct Call {
     /// SDP made them (sent with the answer or early media).
     answer: Option<(WebLegSpec, String)>,
     leg: Option<WebLeg>,
-    /// When the leg next needs the time (its last output said so).
-    leg_wake: Option<Instant>,
     held_by: Option<Party>,
     /// Browser packets counted by the relay, and when that count last moved.
     media_seen: u64,
@@ -287,7 +285,6 @@ impl Call {
             state: CallState::Calling,
             answer: None,
             leg: None,
-            leg_wake: None,
             held_by: None,
             media_seen: 0,
             media_moved_at: None,
@@ -456,7 +453,7 @@ impl Call {
         if self.state == CallState::Ended {
             return None;
         }
-        let leg = self.leg.as_ref().and(self.leg_wake);
+        let leg = self.leg.as_ref().and_then(WebLeg::next_timeout);
         let media = self.media_moved_at.map(|at| at + self.rtp_timeout());
         [leg, media, self.ring_deadline].into_iter().flatten().min()
     }
@@ -777,10 +774,7 @@ impl Call {
         let mut failure = None;
         loop {
             match leg.poll_output() {
-                WebLegEvent::Timeout(at) => {
-                    self.leg_wake = at;
-                    break;
-                }
+                WebLegEvent::Timeout(_) => break,
                 WebLegEvent::Transmit { to, from, data } => self
                     .outputs
                     .push_back(CallOutput::Transmit { to, from, data }),

@@ -173,7 +173,9 @@ impl WebLeg {
         }
     }
 
-    fn next_timeout(&self) -> Option<Instant> {
+    /// When the leg next needs [`WebLegInput::Timeout`] (its owner asks
+    /// without draining the outputs).
+    pub fn next_timeout(&self) -> Option<Instant> {
         if self.failed {
             return None;
         }
