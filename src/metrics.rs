@@ -35,6 +35,11 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
 /// Every metric the gateway exports. Cheap to clone (shared handles).
 #[derive(Clone)]
 pub struct Metrics {
@@ -58,6 +63,7 @@ pub struct Metrics {
     pub sip_malformed_received: Counter,
     pub sip_retransmissions_absorbed: Counter,
     pub sip_messages: Family<SipMessageLabels, Counter>,
+    pub sip_refused: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -95,6 +101,13 @@ impl Metrics {
         let sip_malformed_received = Counter::default();
         let sip_retransmissions_absorbed = Counter::default();
         let sip_messages = Family::<SipMessageLabels, Counter>::default();
+        let sip_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "sip_refused",
+            "SIP datagrams and connections dropped unanswered, by reason \
+             (untrusted_source: not the server nor in trusted-sources)",
+            sip_refused.clone(),
+        );
         registry.register(
             "sip_messages",
             "SIP requests (status 0, retransmissions not counted) and responses received, by direction, method and status",
@@ -196,7 +209,17 @@ impl Metrics {
             sip_malformed_received,
             sip_retransmissions_absorbed,
             sip_messages,
+            sip_refused,
         }
+    }
+
+    /// One SIP datagram or connection dropped unanswered for `reason`.
+    pub fn count_sip_refused(&self, reason: &str, n: u64) {
+        self.sip_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc_by(n);
     }
 
     pub fn call_started(&self) {

@@ -232,6 +232,8 @@ pub(crate) fn start_sip(
             tasks.push(sip::driver::accept_stream(
                 listener,
                 tls,
+                ua.trusted().clone(),
+                state.metrics.clone(),
                 accepted.clone(),
                 to_ua,
                 shutdown.clone(),
@@ -333,18 +335,20 @@ pub(crate) async fn user_agent(
     listening: SocketAddr,
 ) -> Result<sip::ua::UserAgent, StartError> {
     let mut server = None;
+    let mut server_ips = Vec::new();
     let mut domain = c.domain.clone();
     if !c.server.is_empty() {
         let (host, port) = config::parse_host_port(&c.server, c.transport.default_port())
             .map_err(StartError::Setup)?;
-        let resolved = tokio::net::lookup_host((host.as_str(), port))
+        let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
             .await
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| {
-                StartError::Setup(format!("sip.server: cannot resolve {:?}", c.server))
-            })?;
-        server = Some(resolved);
+            .map(Iterator::collect)
+            .unwrap_or_default();
+        let first = resolved.first().copied().ok_or_else(|| {
+            StartError::Setup(format!("sip.server: cannot resolve {:?}", c.server))
+        })?;
+        server = Some(first);
+        server_ips = resolved.iter().map(SocketAddr::ip).collect();
         if domain.is_empty() {
             domain = host;
         }
@@ -371,9 +375,26 @@ pub(crate) async fn user_agent(
         register_expires: c.register_expires_s,
         keepalive: (server.is_some() && c.keepalive_interval_s > 0)
             .then(|| Duration::from_secs(c.keepalive_interval_s)),
+        trusted: trusted_sources(c, &server_ips)?,
     };
     let random = Random::from_os().map_err(|e| StartError::Setup(format!("sip: {e}")))?;
     Ok(sip::ua::UserAgent::new(cfg, Instant::now(), random))
+}
+
+/// Whom SIP is taken from: the server's resolved addresses and
+/// `[sip] trusted-sources` (checked by `validate`, so a bad entry here
+/// is a setup error, not a panic).
+fn trusted_sources(
+    c: &config::SipConfig,
+    server: &[std::net::IpAddr],
+) -> Result<sip::sources::TrustedSources, StartError> {
+    let networks = c
+        .trusted_sources
+        .iter()
+        .map(|entry| config::parse_network(entry))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| StartError::Setup(format!("sip.trusted-sources: {e}")))?;
+    Ok(sip::sources::TrustedSources::new(server, &networks))
 }
 
 /// Hands each incoming SIP call to the session [`route_incoming`] picks,

@@ -212,3 +212,108 @@ async fn a_stranger_is_refused_before_the_body_is_read() {
     .await;
     assert_eq!((status, code.as_str()), (413, "body_too_large"));
 }
+
+/// An OPTIONS request from `from` to the gateway: whether any answer came
+/// within `wait`.
+fn options_answered(from: &str, gateway: std::net::SocketAddr, wait_ms: u64) -> bool {
+    let sip = std::net::UdpSocket::bind(from).unwrap();
+    sip.set_read_timeout(Some(std::time::Duration::from_millis(wait_ms)))
+        .unwrap();
+    let me = sip.local_addr().unwrap();
+    let request = format!(
+        "OPTIONS sip:gw@{gateway} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKsrc{}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:probe@{me}>;tag=p1\r\nTo: <sip:gw@{gateway}>\r\n\
+         Call-ID: source-{}@probe\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        me.port(),
+        me.port()
+    );
+    sip.send_to(request.as_bytes(), gateway).unwrap();
+    let mut buf = [0u8; 4096];
+    sip.recv_from(&mut buf).is_ok()
+}
+
+const REFUSED: &str = "gateway_sip_refused_total{reason=\"untrusted_source\"}";
+
+/// SIP is taken only from the server's addresses and `trusted-sources`:
+/// an INVITE from anywhere else is dropped unanswered (no 100, no ring),
+/// counted, and holds nothing; with no server and no list, nobody is
+/// trusted, loopback included.
+#[tokio::test]
+async fn sip_from_a_stranger_is_dropped_unanswered_and_counted() {
+    // The server is 127.0.0.1 (nothing listens there; keepalive off).
+    let gw = Gateway::start(
+        "",
+        "[sip]\nserver = \"127.0.0.1:9\"\nregister = false\nkeepalive-interval-s = 0\n\
+         trusted-sources = [\"127.0.0.3/32\"]\n",
+    );
+    // 127.0.0.2 is neither the server nor listed.
+    let stranger = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+    stranger
+        .set_read_timeout(Some(std::time::Duration::from_millis(800)))
+        .unwrap();
+    let me = stranger.local_addr().unwrap();
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n\
+               m=audio 40000 RTP/AVP 0\r\n";
+    for i in 0..5 {
+        let invite = format!(
+            "INVITE sip:1001@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKst{i}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:caller@{me}>;tag=s{i}\r\nTo: <sip:1001@{gw}>\r\n\
+             Call-ID: stranger-{i}@test\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{me}>\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len(),
+            gw = gw.sip
+        );
+        stranger.send_to(invite.as_bytes(), gw.sip).unwrap();
+    }
+    let mut buf = [0u8; 4096];
+    assert!(
+        stranger.recv_from(&mut buf).is_err(),
+        "a stranger was answered: {}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert_eq!(gw.metric(REFUSED).await, 5.0);
+    assert_eq!(gw.metric("gateway_sip_dialogs").await, 0.0);
+    // The server's address and the listed one are answered.
+    assert!(options_answered("127.0.0.1:0", gw.sip, 3000));
+    assert!(options_answered("127.0.0.3:0", gw.sip, 3000));
+    assert_eq!(gw.metric(REFUSED).await, 5.0);
+    drop(gw);
+
+    // No server, an empty list: loopback is not trusted either.
+    let gw = Gateway::start("", "[sip]\ntrusted-sources = []\n");
+    assert!(!options_answered("127.0.0.1:0", gw.sip, 800));
+    assert_eq!(gw.metric(REFUSED).await, 1.0);
+}
+
+/// Over TCP a connection from an untrusted address is closed at once,
+/// before anything is read from it, and counted; the server's own gets in.
+#[tokio::test]
+async fn a_tcp_connection_from_a_stranger_is_closed_at_once() {
+    // A server of our own for the gateway's link to connect to.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gw = Gateway::start(
+        "",
+        &format!(
+            "[sip]\nserver = \"127.0.0.1:{}\"\ntransport = \"tcp\"\nregister = false\n\
+             keepalive-interval-s = 0\ntrusted-sources = []\n",
+            server.local_addr().unwrap().port()
+        ),
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut stream = socket
+        .connect(gw.sip)
+        .await
+        .expect("the kernel completes the handshake");
+    let _ = stream.write_all(b"OPTIONS sip:x SIP/2.0\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(3), stream.read(&mut buf))
+        .await
+        .expect("closed within 3 s");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the stranger's connection stayed open: {read:?}"
+    );
+    assert_eq!(gw.metric(REFUSED).await, 1.0);
+}

@@ -95,6 +95,14 @@ fn bad_configs_are_refused_naming_the_key() {
         ),
         ("[auth]\ntoken-max-ttl-s = 0\n", "auth.token-max-ttl-s"),
         ("[sip]\ntransport = \"carrier-pigeon\"\n", "carrier-pigeon"),
+        (
+            "[sip]\ntrusted-sources = [\"10.0.0.0/8\", \"pbx.example\"]\n",
+            "sip.trusted-sources[1]",
+        ),
+        (
+            "[sip]\ntrusted-sources = [\"10.1.2.3/8\"]\n",
+            "host bits set",
+        ),
         ("[http\n", "gateway.toml"),
     ];
     for (text, key) in cases {

@@ -164,6 +164,7 @@ pub struct SipConfig {
     pub ring_timeout_s: u64,
     pub dtmf: DtmfMode,
     pub media_address: String,
+    pub trusted_sources: Vec<String>,
 }
 
 /// How DTMF from the browser goes to the SIP side.
@@ -198,6 +199,7 @@ impl Default for SipConfig {
             ring_timeout_s: 45,
             dtmf: DtmfMode::Rfc4733,
             media_address: String::new(),
+            trusted_sources: Vec::new(),
         }
     }
 }
@@ -247,6 +249,25 @@ impl Default for MediaConfig {
             rtp_timeout_s: 30,
         }
     }
+}
+
+/// One `trusted-sources` entry: a CIDR network or a bare address (that
+/// host alone); the error names what is wrong.
+pub fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(ipnet::IpNet::from(ip.to_canonical()));
+    }
+    let net = text.parse::<ipnet::IpNet>().map_err(|_| {
+        format!("{text:?} is not an IP address or a network such as \"10.0.0.0/8\"")
+    })?;
+    if net.network() != net.addr() {
+        return Err(format!(
+            "{text:?} has host bits set; the network is {}",
+            net.trunc()
+        ));
+    }
+    Ok(net)
 }
 
 /// `[media] public-address`: no address (find the host's own), one, or a
@@ -584,6 +605,11 @@ impl Config {
                     "must be a unicast address the SIP side can send to",
                 ),
                 Ok(_) => {}
+            }
+        }
+        for (i, entry) in sip.trusted_sources.iter().enumerate() {
+            if let Err(e) = parse_network(entry) {
+                p.add(&format!("sip.trusted-sources[{i}]"), e);
             }
         }
         if !sip.domain.is_empty() && sip.domain.contains(|c: char| c.is_whitespace() || c == '@') {

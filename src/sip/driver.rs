@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use super::dialog::DialogEvent;
 use super::message::{frame_stream, MAX_MESSAGE_BYTES};
 use super::registration::RegistrationEvent;
+use super::sources::TrustedSources;
 use super::ua::{Over, Transmit, UaCounters, UaEvent, UaInput, UaOutput, UserAgent};
 use crate::metrics::Metrics;
 
@@ -308,12 +309,20 @@ impl Accepted {
 /// handful; the cap keeps a flood of connections from using up the process.
 const MAX_ACCEPTED_CONNECTIONS: usize = 256;
 
-/// Takes TCP connections on the SIP port (TLS over them with `tls`): each
-/// is served until it drops, its messages going to `incoming` with the
-/// peer's address.
+/// `gateway_sip_refused_total`'s reason for SIP from a source that is
+/// neither the server nor in `trusted-sources`.
+const UNTRUSTED_SOURCE: &str = "untrusted_source";
+
+/// Takes TCP connections on the SIP port (TLS over them with `tls`) from
+/// `trusted` sources (others are closed at once, before any handshake):
+/// each is served until it drops, its messages going to `incoming` with
+/// the peer's address.
+#[allow(clippy::too_many_arguments)]
 pub fn accept_stream(
     listener: tokio::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    trusted: TrustedSources,
+    metrics: Metrics,
     accepted: Accepted,
     incoming: mpsc::UnboundedSender<(Vec<u8>, SocketAddr)>,
     mut shutdown: watch::Receiver<bool>,
@@ -332,6 +341,11 @@ pub fn accept_stream(
                 },
                 _ = shutdown.changed() => return,
             };
+            if !trusted.allows(peer.ip()) {
+                metrics.count_sip_refused(UNTRUSTED_SOURCE, 1);
+                drop(stream);
+                continue;
+            }
             // Handshaking ones count too: a flood cannot queue up.
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 warn!(%peer, "SIP: too many connections taken already; closing this one");
@@ -768,6 +782,12 @@ async fn run(
             ),
         ] {
             counter.inc_by(total - counted);
+        }
+        if now.untrusted_dropped > seen.untrusted_dropped {
+            metrics.count_sip_refused(
+                UNTRUSTED_SOURCE,
+                now.untrusted_dropped - seen.untrusted_dropped,
+            );
         }
         seen = now;
         metrics.sip_registrations.set(ua.registered_count() as i64);

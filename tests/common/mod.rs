@@ -18,17 +18,19 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_webrtc-sip-gateway");
 /// appended to it (its sections must not repeat `[http]`/`[admin]`/`[log]`
 /// keys given here, so pass http keys through `http_extra`).
 pub fn config_text(http_extra: &str, extra: &str) -> String {
-    // Every listener on a free loopback port, the SIP one too.
+    // Every listener on a free loopback port, the SIP one too; SIP is
+    // taken from 127.0.0.1 (the tests' peers) unless a test says whom.
+    let mut sip_lines = "listen = \"127.0.0.1:0\"\n".to_string();
+    if !extra.contains("trusted-sources") {
+        sip_lines.push_str("trusted-sources = [\"127.0.0.1\"]\n");
+    }
     let (sip, extra) = if extra.contains("[sip]") {
         (
             String::new(),
-            extra.replace("[sip]\n", "[sip]\nlisten = \"127.0.0.1:0\"\n"),
+            extra.replace("[sip]\n", &format!("[sip]\n{sip_lines}")),
         )
     } else {
-        (
-            "[sip]\nlisten = \"127.0.0.1:0\"\n".to_string(),
-            extra.to_string(),
-        )
+        (format!("[sip]\n{sip_lines}"), extra.to_string())
     };
     format!(
         "[http]\nlisten = \"127.0.0.1:0\"\ntls-listen = \"127.0.0.1:0\"\n{http_extra}\n\

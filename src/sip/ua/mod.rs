@@ -31,6 +31,7 @@ use super::endpoint::{Endpoint, Received};
 use super::identity::Identity;
 use super::message::branch_of;
 use super::registration::{Registration, RegistrationEvent};
+use super::sources::TrustedSources;
 use super::timers::TimerTable;
 use super::transaction::{ClientInput, ClientTransaction, Output, TimerConfig};
 use crate::random::Random;
@@ -47,6 +48,8 @@ pub struct UaConfig {
     pub register_expires: u32,
     /// OPTIONS ping interval; None: no keepalive.
     pub keepalive: Option<Duration>,
+    /// Whom SIP is taken from; anything else is dropped unread.
+    pub trusted: TrustedSources,
 }
 
 /// What the user agent is told: a message, the time, or a command.
@@ -154,6 +157,8 @@ pub struct UaCounters {
     /// from their transaction.
     pub malformed_received: u64,
     pub retransmissions_absorbed: u64,
+    /// Datagrams dropped unread: their source is not a trusted one.
+    pub untrusted_dropped: u64,
 }
 
 /// Who a client transaction's answers go to.
@@ -245,6 +250,11 @@ impl UserAgent {
             messages: BTreeMap::new(),
             random,
         }
+    }
+
+    /// Whom SIP is taken from.
+    pub fn trusted(&self) -> &TrustedSources {
+        &self.cfg.trusted
     }
 
     /// Everything the user agent is told goes through here.
@@ -351,6 +361,10 @@ impl UserAgent {
     }
 
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        if !self.cfg.trusted.allows(from.ip()) {
+            self.counters.untrusted_dropped += 1;
+            return;
+        }
         match self.endpoint.receive(now, from, data) {
             Received::Handled => {}
             Received::Response(response) => self.handle_response(now, response),

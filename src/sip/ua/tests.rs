@@ -99,6 +99,7 @@ fn cfg(keepalive: Option<Duration>) -> UaConfig {
         timers: TimerConfig::default(),
         register_expires: 300,
         keepalive,
+        trusted: TrustedSources::new(&[server().ip()], &[]),
     }
 }
 
@@ -312,6 +313,24 @@ fn sent(ua: &mut UserAgent) -> Vec<String> {
     std::iter::from_fn(|| ua.next_transmit())
         .map(|(_, b)| String::from_utf8(b).unwrap())
         .collect()
+}
+
+#[test]
+fn sip_from_an_untrusted_source_is_dropped_unanswered_and_counted() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(1));
+    let stranger: SocketAddr = "203.0.113.66:5060".parse().unwrap();
+    ua.datagram_in(t0, stranger, &incoming_invite("z9hG4bKstranger"));
+    assert!(sent(&mut ua).is_empty());
+    assert_eq!(ua.next_event(), None);
+    assert_eq!(ua.call_count(), 0);
+    assert_eq!(ua.counters.untrusted_dropped, 1);
+    assert_eq!(ua.counters.malformed_received, 0);
+    // The same INVITE from the server rings.
+    ua.datagram_in(t0, server(), &incoming_invite("z9hG4bKtrusted"));
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 100"));
+    assert!(matches!(ua.next_event(), Some(UaEvent::Incoming { .. })));
+    assert_eq!(ua.counters.untrusted_dropped, 1);
 }
 
 #[test]
