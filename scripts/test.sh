@@ -9,10 +9,10 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n=== %s\n' "$*"; }
 
-# Debian packages the tests use: nft checks the generated firewall rules;
+# Debian packages the tests use: curl is a stock HTTP/2 client; nft checks the generated firewall rules;
 # Chromium is the real browser of the browser tests (driven by playwright-core);
 # SIPp (sip-tester), baresip and Kamailio are real SIP peers.
-packages=(nftables chromium iproute2 sip-tester baresip-core kamailio kamailio-tls-modules)
+packages=(curl nftables chromium iproute2 sip-tester baresip-core kamailio kamailio-tls-modules)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -8,6 +8,7 @@ pub mod assets;
 pub mod calls;
 pub mod cors;
 pub mod error;
+pub mod leftover;
 pub mod ratelimit;
 pub mod server;
 pub mod tls;

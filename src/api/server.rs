@@ -57,9 +57,20 @@ async fn handle_connection(
     acceptor: Option<TlsAcceptor>,
 ) {
     let _ = stream.set_nodelay(true);
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(peer));
-        router.clone().oneshot(req)
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let router = router.clone();
+        async move {
+            let (mut parts, body) = req.into_parts();
+            parts.extensions.insert(ConnectInfo(peer));
+            let (body, leftover) = super::leftover::wrap(body);
+            let req = hyper::Request::from_parts(parts, axum::body::Body::new(body));
+            let response = router.oneshot(req).await;
+            // What a refusal left unread goes before the refusal does.
+            if !leftover.drain().await {
+                debug!(%peer, "a refused request's body was too long or too slow to read");
+            }
+            response
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
