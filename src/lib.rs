@@ -76,6 +76,7 @@ impl Gateway {
     /// (it is, when it came from [`Config::load`]).
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
         let config = Arc::new(config);
+        startup::raise_open_file_limit();
         let relay = startup::relay(&config.media)?;
         let metrics = Metrics::new(Some(relay.clone()));
         let dtls_identity = startup::dtls_identity()?;

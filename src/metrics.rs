@@ -51,6 +51,7 @@ pub struct Metrics {
     pub cors_rejections: Counter,
     pub auth_failures: Family<KindLabels, Counter>,
     pub rate_limited: Counter,
+    pub http_connections_refused: Counter,
     pub calls: Gauge,
     pub calls_started: Counter,
     pub calls_ended: Family<KindLabels, Counter>,
@@ -83,6 +84,12 @@ impl Metrics {
         let cors_rejections = Counter::default();
         let auth_failures = Family::<KindLabels, Counter>::default();
         let rate_limited = Counter::default();
+        let http_connections_refused = Counter::default();
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed at once because http.max-connections were open",
+            http_connections_refused.clone(),
+        );
         let calls = Gauge::default();
         let calls_started = Counter::default();
         let calls_ended = Family::<KindLabels, Counter>::default();
@@ -197,6 +204,7 @@ impl Metrics {
             cors_rejections,
             auth_failures,
             rate_limited,
+            http_connections_refused,
             calls,
             calls_started,
             calls_ended,

@@ -98,6 +98,22 @@ pub(crate) fn media_plane(
     .map_err(|e| StartError::Setup(format!("cannot start the call dispatcher: {e}")))
 }
 
+/// Raises the soft open-file limit to the hard one: every media port, SIP
+/// and HTTP connection is a descriptor, and distributions start services
+/// with a soft limit of 1024. A failure is logged, not fatal (the limit
+/// stays what it was).
+pub(crate) fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "open-file limit raised"),
+            Err(e) => tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit"),
+        },
+        Ok((soft, _)) => info!(limit = soft, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
 /// One certificate for HTTPS and for SIP over TLS taken on our port: the
 /// configured files, else a self-signed one naming the web addresses.
 pub(crate) fn tls_identity(
@@ -113,6 +129,9 @@ pub(crate) fn tls_identity(
         TlsIdentity::load_or_generate(&config.http.tls_cert, &config.http.tls_key, &names)?;
     Ok(Some(identity))
 }
+
+/// Concurrent connections the admin port takes.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// Where the API ended up listening.
 pub(crate) struct Listening {
@@ -131,6 +150,12 @@ pub(crate) async fn serve_api(
 ) -> Result<Listening, StartError> {
     let http = &state.config.http;
     let router = api::router(state.clone());
+    // One connection budget for the API's HTTP and HTTPS listeners.
+    let limits = api::server::ServeOptions::new(
+        http.max_connections,
+        Duration::from_secs(http.idle_timeout_s),
+        state.metrics.http_connections_refused.clone(),
+    );
     let mut https_addr = None;
     if let (false, Some(identity)) = (http.tls_listen.is_empty(), tls_identity) {
         let listener = bind("http.tls-listen", &http.tls_listen).await?;
@@ -140,10 +165,18 @@ pub(crate) async fn serve_api(
             self_signed = identity.self_signed,
             "HTTPS certificate"
         );
+        // HSTS only with a real certificate: on a self-signed one it would
+        // leave browsers no way past the warning.
+        let options = if identity.self_signed || http.hsts_max_age_s == 0 {
+            limits.clone()
+        } else {
+            limits.with_hsts(http.hsts_max_age_s)
+        };
         tasks.push(tokio::spawn(api::server::serve(
             listener,
             router.clone(),
             Some(identity.server_config()?),
+            options,
             shutdown.clone(),
         )));
     }
@@ -155,16 +188,24 @@ pub(crate) async fn serve_api(
             listener,
             router,
             None,
+            limits,
             shutdown.clone(),
         )));
     }
     let admin = &state.config.admin;
     let listener = bind("admin.listen", &admin.listen).await?;
     let admin_addr = local_addr(&listener, "admin.listen")?;
+    // The admin port has a small budget of its own: a flood of API
+    // connections cannot lock out health checks and scrapes.
     tasks.push(tokio::spawn(api::server::serve(
         listener,
         api::admin_router(state.clone()),
         None,
+        api::server::ServeOptions::new(
+            ADMIN_MAX_CONNECTIONS,
+            Duration::from_secs(http.idle_timeout_s),
+            state.metrics.http_connections_refused.clone(),
+        ),
         shutdown.clone(),
     )));
     Ok(Listening {

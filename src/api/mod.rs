@@ -344,9 +344,7 @@ impl FromRequest<SharedState> for ApiBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &SharedState) -> Result<Self, ApiError> {
-        read_limited(req, state.config.http.max_body_bytes)
-            .await
-            .map(ApiBody)
+        read_limited(req, &state.config.http).await.map(ApiBody)
     }
 }
 
@@ -358,8 +356,14 @@ fn body_too_large(limit: usize) -> ApiError {
     )
 }
 
-/// The body, refused as soon as it is known to be larger than `limit`.
-async fn read_limited(req: Request, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+/// The body, refused as soon as it is known to be larger than
+/// `max-body-bytes`, or when it takes longer than `body-read-timeout-s`
+/// to arrive (a client trickling a body cannot hold a task forever).
+async fn read_limited(
+    req: Request,
+    http: &crate::config::HttpConfig,
+) -> Result<axum::body::Bytes, ApiError> {
+    let limit = http.max_body_bytes;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -368,9 +372,18 @@ async fn read_limited(req: Request, limit: usize) -> Result<axum::body::Bytes, A
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(body_too_large(limit));
     }
-    axum::body::to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|_| body_too_large(limit))
+    let timeout = Duration::from_secs(http.body_read_timeout_s);
+    match tokio::time::timeout(timeout, axum::body::to_bytes(req.into_body(), limit)).await {
+        Ok(read) => read.map_err(|_| body_too_large(limit)),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                http.body_read_timeout_s
+            ),
+        )),
+    }
 }
 
 /// A JSON body read within `max-body-bytes`; errors in the API's shape.
@@ -380,7 +393,6 @@ impl<T: DeserializeOwned> FromRequest<SharedState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &SharedState) -> Result<Self, ApiError> {
-        let limit = state.config.http.max_body_bytes;
         if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
             let is_json = ct
                 .to_str()
@@ -398,7 +410,7 @@ impl<T: DeserializeOwned> FromRequest<SharedState> for ApiJson<T> {
                 ));
             }
         }
-        let bytes = read_limited(req, limit).await?;
+        let bytes = read_limited(req, &state.config.http).await?;
         serde_json::from_slice(&bytes)
             .map(ApiJson)
             .map_err(|e| ApiError::bad_request("bad_json", json_error_message(&e)))

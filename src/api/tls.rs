@@ -20,6 +20,11 @@ pub enum TlsError {
     Identity(String),
 }
 
+/// How long the self-signed start-up certificate is valid: the most a
+/// publicly trusted certificate may be (CA/Browser Forum), so a scanner
+/// sees a bounded lifetime; a restart makes a new one.
+pub const SELF_SIGNED_VALID_DAYS: i64 = 397;
+
 /// A certificate chain and its key, plus the leaf's SHA-256 fingerprint.
 pub struct TlsIdentity {
     pub chain: Vec<CertificateDer<'static>>,
@@ -29,8 +34,9 @@ pub struct TlsIdentity {
 }
 
 impl TlsIdentity {
-    /// Loads the configured files, or makes a self-signed certificate for
-    /// `localhost`, `127.0.0.1`, `::1` and the extra names given.
+    /// Loads the configured files, or makes a new self-signed certificate
+    /// (valid [`SELF_SIGNED_VALID_DAYS`]) for `localhost`, `127.0.0.1`,
+    /// `::1` and the extra names given.
     pub fn load_or_generate(
         cert: &str,
         key: &str,
@@ -53,10 +59,20 @@ impl TlsIdentity {
                 names.push(n.clone());
             }
         }
-        let certified = rcgen::generate_simple_self_signed(names)
-            .map_err(|e| TlsError::Generate(e.to_string()))?;
-        let der = certified.cert.der().clone();
-        let key = PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+        let generate = |e: rcgen::Error| TlsError::Generate(e.to_string());
+        let mut params = rcgen::CertificateParams::new(names).map_err(generate)?;
+        // Valid from a day ago (a client clock a little behind still takes
+        // it) for SELF_SIGNED_VALID_DAYS; a new one is made at each start.
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + time::Duration::days(SELF_SIGNED_VALID_DAYS);
+        let signing_key = rcgen::KeyPair::generate().map_err(generate)?;
+        let der = params
+            .self_signed(&signing_key)
+            .map_err(generate)?
+            .der()
+            .clone();
+        let key = PrivateKeyDer::try_from(signing_key.serialize_der())
             .map_err(|e| TlsError::Generate(e.to_string()))?;
         Ok(TlsIdentity {
             fingerprint_sha256: fingerprint(&der),

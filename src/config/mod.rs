@@ -53,6 +53,10 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     pub rate_limit_per_s: u32,
     pub rate_limit_burst: u32,
+    pub max_connections: usize,
+    pub idle_timeout_s: u64,
+    pub body_read_timeout_s: u64,
+    pub hsts_max_age_s: u64,
 }
 
 impl Default for HttpConfig {
@@ -68,6 +72,10 @@ impl Default for HttpConfig {
             max_body_bytes: 65_536,
             rate_limit_per_s: 20,
             rate_limit_burst: 100,
+            max_connections: 4096,
+            idle_timeout_s: 60,
+            body_read_timeout_s: 10,
+            hsts_max_age_s: 31_536_000,
         }
     }
 }
@@ -532,6 +540,22 @@ impl Config {
             p.add(
                 "http.rate-limit-burst",
                 "must be at least 1 when rate-limit-per-s is set",
+            );
+        }
+
+        if !(1..=1_000_000).contains(&http.max_connections) {
+            p.add("http.max-connections", "must be 1 to 1000000");
+        }
+        if !(1..=3600).contains(&http.idle_timeout_s) {
+            p.add("http.idle-timeout-s", "must be 1 to 3600 seconds");
+        }
+        if !(1..=300).contains(&http.body_read_timeout_s) {
+            p.add("http.body-read-timeout-s", "must be 1 to 300 seconds");
+        }
+        if http.hsts_max_age_s > 63_072_000 {
+            p.add(
+                "http.hsts-max-age-s",
+                "must be 0 (off) to 63072000 seconds (two years)",
             );
         }
 

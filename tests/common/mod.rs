@@ -82,6 +82,27 @@ impl Gateway {
         Self::spawn(command, dir)
     }
 
+    /// Starts the binary with `config` from a shell that first lowers the
+    /// soft open-file limit to `soft` (as a service manager might leave it).
+    pub fn start_with_soft_file_limit(config: &str, soft: u32) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -Sn {soft} && exec \"$0\" \"$@\""))
+            .arg(BIN)
+            .arg("--config")
+            .arg(&path);
+        Self::spawn(command, dir)
+    }
+
+    /// The gateway process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The README's first command as a user runs it: the binary with no
     /// arguments in the repository, so it reads the shipped
     /// `config/gateway.toml` (fixed ports: run it in a namespace).
