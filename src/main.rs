@@ -114,6 +114,19 @@ fn check_config(path: &Path) -> Result<(), String> {
             );
         }
     }
+    for (key, configured) in [
+        ("http.tls-listen", &config.http.tls_listen),
+        ("http.listen", &config.http.listen),
+    ] {
+        let bound = config::api_bind_address(&config.auth, configured);
+        if !configured.is_empty() && &bound != configured {
+            println!(
+                "# Note: auth.mode is \"none\", so anyone who reaches the API may open a session: \
+                 {key} {configured} listens on {bound} (loopback) only. Set \
+                 auth.allow-anonymous = true to listen on {configured}, or use auth.mode = \"token\"."
+            );
+        }
+    }
     for line in address_notes(&config) {
         println!("# {line}");
     }

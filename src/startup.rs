@@ -130,6 +130,25 @@ pub(crate) fn tls_identity(
     Ok(Some(identity))
 }
 
+/// Binds an API listener where [`config::api_bind_address`] says, saying
+/// so when that is loopback instead of the configured address.
+async fn bind_api(
+    state: &SharedState,
+    key: &'static str,
+    configured: &str,
+) -> Result<TcpListener, StartError> {
+    let addr = config::api_bind_address(&state.config.auth, configured);
+    if addr != configured {
+        tracing::warn!(
+            configured,
+            listening = %addr,
+            "auth.mode is \"none\" (anyone may open a session): {key} listens on loopback only; \
+             set auth.allow-anonymous = true to listen where configured, or use auth.mode = \"token\""
+        );
+    }
+    bind(key, &addr).await
+}
+
 /// Concurrent connections the admin port takes.
 const ADMIN_MAX_CONNECTIONS: usize = 64;
 
@@ -158,7 +177,7 @@ pub(crate) async fn serve_api(
     );
     let mut https_addr = None;
     if let (false, Some(identity)) = (http.tls_listen.is_empty(), tls_identity) {
-        let listener = bind("http.tls-listen", &http.tls_listen).await?;
+        let listener = bind_api(state, "http.tls-listen", &http.tls_listen).await?;
         https_addr = Some(local_addr(&listener, "http.tls-listen")?);
         info!(
             fingerprint_sha256 = %identity.fingerprint_sha256,
@@ -182,7 +201,7 @@ pub(crate) async fn serve_api(
     }
     let mut http_addr = None;
     if !http.listen.is_empty() {
-        let listener = bind("http.listen", &http.listen).await?;
+        let listener = bind_api(state, "http.listen", &http.listen).await?;
         http_addr = Some(local_addr(&listener, "http.listen")?);
         tasks.push(tokio::spawn(api::server::serve(
             listener,
@@ -377,7 +396,7 @@ pub(crate) async fn user_agent(
 ) -> Result<sip::ua::UserAgent, StartError> {
     let mut server = None;
     let mut server_ips = Vec::new();
-    let mut domain = c.domain.clone();
+    let domain = c.effective_domain();
     if !c.server.is_empty() {
         let (host, port) = config::parse_host_port(&c.server, c.transport.default_port())
             .map_err(StartError::Setup)?;
@@ -390,12 +409,6 @@ pub(crate) async fn user_agent(
         })?;
         server = Some(first);
         server_ips = resolved.iter().map(SocketAddr::ip).collect();
-        if domain.is_empty() {
-            domain = host;
-        }
-    }
-    if domain.is_empty() {
-        domain = "invalid".into();
     }
     let cfg = sip::ua::UaConfig {
         server,

@@ -95,7 +95,7 @@ async fn sip_input_cannot_forge_a_log_line_or_leak_a_uri_password() {
     for request in &requests {
         sip.send_to(request.as_bytes(), gw.sip).unwrap();
     }
-    // Both are answered (404 / 200 or the like): the gateway read them.
+    // Both are answered (480 / 200 or the like): the gateway read them.
     sip.set_read_timeout(Some(std::time::Duration::from_secs(3)))
         .unwrap();
     let mut buf = [0u8; 4096];
@@ -148,7 +148,7 @@ async fn an_invite_gets_one_100_trying() {
     assert_eq!(trying, 1, "{statuses:?}");
     // Nobody of that name is here: the call is refused after the 100.
     assert!(
-        statuses.iter().any(|s| s.starts_with("SIP/2.0 404")),
+        statuses.iter().any(|s| s.starts_with("SIP/2.0 480")),
         "{statuses:?}"
     );
 }
@@ -422,4 +422,79 @@ async fn curl_gets_the_refusal_over_http2_and_http1() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+const OFFER: &str = include_str!("fixtures/sdp/chromium-offer.sdp");
+
+/// With `auth.mode = "none"` the API's listeners move to loopback unless
+/// `allow-anonymous` says otherwise, and the log says why.
+#[test]
+fn an_anonymous_gateway_listens_on_loopback_only() {
+    let config = |auth: &str| {
+        format!(
+            "[http]\nlisten = \"0.0.0.0:0\"\ntls-listen = \"0.0.0.0:0\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n[auth]\nmode = \"none\"\n{auth}\
+             [log]\nformat = \"json\"\n[sip]\nlisten = \"127.0.0.1:0\"\n"
+        )
+    };
+    let gw = Gateway::start_with_env(&config(""), &[]);
+    assert!(gw.https.ip().is_loopback(), "HTTPS on {}", gw.https);
+    assert!(gw.http.ip().is_loopback(), "HTTP on {}", gw.http);
+    let log = gw.stop();
+    assert!(
+        log.contains("listens on loopback only") && log.contains("allow-anonymous"),
+        "{log}"
+    );
+    let gw = Gateway::start_with_env(&config("allow-anonymous = true\n"), &[]);
+    assert!(gw.https.ip().is_unspecified(), "HTTPS on {}", gw.https);
+    assert!(gw.http.ip().is_unspecified(), "HTTP on {}", gw.http);
+}
+
+/// An outgoing call goes to numbers and SIP URIs of the SIP domain only,
+/// unless `allowed-destination-domains` names the host: anything else is
+/// refused with 403 before a port is bound.
+#[tokio::test]
+async fn outgoing_calls_stay_in_the_sip_domain() {
+    let sip = "[sip]\nserver = \"127.0.0.1:9\"\ndomain = \"pbx.example\"\nregister = false\n\
+               keepalive-interval-s = 0\n";
+    let gw = Gateway::start("", sip);
+    let session = common::ApiSession::open(&gw).await;
+    for to in [
+        "sip:5000@evil.example",
+        "sip:pbx.example@evil.example",
+        "sips:+15551234@203.0.113.9:5061",
+        "5000@evil.example",
+        "tel:+15551234",
+    ] {
+        let (status, body) = session
+            .post("/calls", serde_json::json!({"to": to, "sdp": OFFER}))
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (403, Some("destination_not_allowed")),
+            "{to}: {body}"
+        );
+    }
+    assert_eq!(gw.metric("gateway_calls_started_total").await, 0.0);
+    // In the domain: placed (the server never answers; it is enough that
+    // the call starts).
+    for to in ["5000", "sip:5001@PBX.example;user=phone"] {
+        let (status, body) = session
+            .post("/calls", serde_json::json!({"to": to, "sdp": OFFER}))
+            .await;
+        assert_eq!(status, 201, "{to}: {body}");
+    }
+    drop(gw);
+    let gw = Gateway::start(
+        "",
+        &format!("{sip}allowed-destination-domains = [\"partner.example\"]\n"),
+    );
+    let session = common::ApiSession::open(&gw).await;
+    let (status, body) = session
+        .post(
+            "/calls",
+            serde_json::json!({"to": "sip:7@partner.example", "sdp": OFFER}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
 }

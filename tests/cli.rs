@@ -24,6 +24,27 @@ fn shipped_config_checks_clean() {
     let out = stdout(&o);
     assert!(out.contains("tls-listen = \"0.0.0.0:8443\""), "{out}");
     assert!(out.contains("number = \"echo\""));
+    // Anonymous by default, so the HTTPS port stays on loopback: said why.
+    assert!(
+        out.contains("http.tls-listen 0.0.0.0:8443 listens on 127.0.0.1:8443 (loopback) only")
+            && out.contains("auth.allow-anonymous = true"),
+        "{out}"
+    );
+}
+
+/// With tokens, or anonymous by choice, the listeners stay where configured
+/// and check-config has nothing to say of them.
+#[test]
+fn check_config_is_quiet_about_listeners_it_leaves_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    for text in [
+        "[auth]\nallow-anonymous = true\n",
+        "[auth]\nmode = \"token\"\ntoken-secret = \"0123456789abcdef0123456789abcdef\"\n",
+    ] {
+        let path = write(dir.path(), "gateway.toml", text);
+        let out = checked_clean(&path);
+        assert!(!out.contains("(loopback) only"), "{text}: {out}");
+    }
 }
 
 /// check-config's output for a config it finds valid.
@@ -95,6 +116,20 @@ fn bad_configs_are_refused_naming_the_key() {
         ),
         ("[auth]\ntoken-max-ttl-s = 0\n", "auth.token-max-ttl-s"),
         ("[sip]\ntransport = \"carrier-pigeon\"\n", "carrier-pigeon"),
+        (
+            "[sip]\nallowed-destination-domains = [\"evil example\"]\n",
+            "sip.allowed-destination-domains[0]",
+        ),
+        ("[http]\nidle-timeout-s = 0\n", "http.idle-timeout-s"),
+        ("[http]\nmax-connections = 0\n", "http.max-connections"),
+        (
+            "[http]\nbody-read-timeout-s = 0\n",
+            "http.body-read-timeout-s",
+        ),
+        (
+            "[http]\nhsts-max-age-s = 99999999999\n",
+            "http.hsts-max-age-s",
+        ),
         (
             "[sip]\ntrusted-sources = [\"10.0.0.0/8\", \"pbx.example\"]\n",
             "sip.trusted-sources[1]",

@@ -193,9 +193,10 @@ async fn the_browser_rejects_an_incoming_call() {
 }
 
 #[tokio::test]
-async fn a_call_for_a_user_without_a_session_gets_404() {
+async fn a_call_for_a_user_never_seen_gets_480_as_an_offline_one_does() {
+    // The same answer as for a user whose session ended (no user oracle).
     let mut t = SipTest::gateway(Transport::Udp, "");
-    t.call_in("uac-404.xml", Transport::Udp);
+    t.call_in("uac-480.xml", Transport::Udp);
     t.finish().await;
 }
 

@@ -73,11 +73,26 @@ pub async fn create(
             "to must be a number or a sip: URI of at most 256 printable characters",
         ));
     }
+    let echo = state.media.is_echo(&body.to);
+    let sip = &state.config.sip;
+    if !echo
+        && !crate::call::routing::outgoing_allowed(
+            &body.to,
+            &sip.effective_domain(),
+            &sip.allowed_destination_domains,
+        )
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "destination_not_allowed",
+            "calls go to numbers or to SIP URIs in the SIP domain \
+             (sip.allowed-destination-domains names any others)",
+        ));
+    }
     let plan = state
         .media
         .plan_outbound(&body.sdp)
         .map_err(|e| ApiError::bad_request("bad_sdp", e.to_string()))?;
-    let echo = state.media.is_echo(&body.to);
     let sip = state
         .sip
         .get()

@@ -95,6 +95,9 @@ pub struct AuthConfig {
     pub token_secret: Secret,
     /// A token expiring further ahead than this is refused.
     pub token_max_ttl_s: u64,
+    /// With `mode = "none"`, listen where configured rather than on
+    /// loopback only.
+    pub allow_anonymous: bool,
 }
 
 impl Default for AuthConfig {
@@ -103,7 +106,30 @@ impl Default for AuthConfig {
             mode: AuthMode::default(),
             token_secret: Secret::default(),
             token_max_ttl_s: 3600,
+            allow_anonymous: false,
         }
+    }
+}
+
+/// Where an API listener configured at `configured` really binds: there,
+/// unless anyone may open sessions (`auth.mode = "none"`) and
+/// `allow-anonymous` is off, in which case the same port on loopback
+/// (127.0.0.1, or ::1 for an IPv6 address): an open gateway is not put on
+/// a network by accident.
+pub fn api_bind_address(auth: &AuthConfig, configured: &str) -> String {
+    if auth.mode != AuthMode::None || auth.allow_anonymous {
+        return configured.to_string();
+    }
+    match configured.parse::<std::net::SocketAddr>() {
+        Ok(addr) if !addr.ip().is_loopback() => {
+            let loopback = if addr.is_ipv4() {
+                IpAddr::from([127, 0, 0, 1])
+            } else {
+                IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+            };
+            std::net::SocketAddr::new(loopback, addr.port()).to_string()
+        }
+        _ => configured.to_string(),
     }
 }
 
@@ -173,6 +199,7 @@ pub struct SipConfig {
     pub dtmf: DtmfMode,
     pub media_address: String,
     pub trusted_sources: Vec<String>,
+    pub allowed_destination_domains: Vec<String>,
 }
 
 /// How DTMF from the browser goes to the SIP side.
@@ -185,6 +212,21 @@ pub enum DtmfMode {
     Rfc4733,
     /// SIP INFO with `application/dtmf-relay`.
     Info,
+}
+
+impl SipConfig {
+    /// The SIP domain user URIs carry: `domain`, else the host of
+    /// `server`, else "invalid" (no SIP side to call).
+    pub fn effective_domain(&self) -> String {
+        if !self.domain.is_empty() {
+            return self.domain.clone();
+        }
+        parse_host_port(&self.server, self.transport.default_port())
+            .map(|(host, _)| host)
+            .ok()
+            .filter(|host| !host.is_empty())
+            .unwrap_or_else(|| "invalid".into())
+    }
 }
 
 impl Default for SipConfig {
@@ -208,6 +250,7 @@ impl Default for SipConfig {
             dtmf: DtmfMode::Rfc4733,
             media_address: String::new(),
             trusted_sources: Vec::new(),
+            allowed_destination_domains: Vec::new(),
         }
     }
 }
@@ -629,6 +672,19 @@ impl Config {
                     "must be a unicast address the SIP side can send to",
                 ),
                 Ok(_) => {}
+            }
+        }
+        for (i, entry) in sip.allowed_destination_domains.iter().enumerate() {
+            let host_like = entry == "*"
+                || (!entry.is_empty()
+                    && entry
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c)));
+            if !host_like {
+                p.add(
+                    &format!("sip.allowed-destination-domains[{i}]"),
+                    format!("{entry:?} is not a host name, an IP address or \"*\""),
+                );
             }
         }
         for (i, entry) in sip.trusted_sources.iter().enumerate() {
