@@ -43,7 +43,9 @@ fn bench(c: &mut Criterion) {
         );
         let now = Instant::now();
         b.iter(|| {
-            let s = store.create("1001", None, now).unwrap();
+            let s = store
+                .create("1001", None, std::net::Ipv4Addr::LOCALHOST.into(), now)
+                .unwrap();
             store.push(&s.id, SessionEvent::CallRinging { call: "c".into() });
             let p = store.begin_poll(&s.id, &s.secret, 0, now).unwrap();
             store.end_poll(&s.id, now);

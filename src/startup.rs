@@ -87,6 +87,12 @@ pub(crate) fn media_plane(
         ring_timeout: Duration::from_secs(config.sip.ring_timeout_s),
         dtmf_info: config.sip.dtmf == config::DtmfMode::Info,
         sip_srtp: config.sip.srtp,
+        limits: call::driver::CallLimits {
+            per_session: config.http.max_calls_per_session,
+            ringing_out_per_session: config.http.max_ringing_calls_per_session,
+            ringing_in_per_user: config.sip.max_ringing_calls_per_user,
+            ringing_in_total: config.sip.max_ringing_calls,
+        },
     };
     call::driver::MediaPlane::new(
         relay.clone(),

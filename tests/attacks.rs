@@ -498,3 +498,194 @@ async fn outgoing_calls_stay_in_the_sip_domain() {
         .await;
     assert_eq!(status, 201, "{body}");
 }
+
+/// Sessions are bounded per user and per client address, each over its
+/// limit with a 429 whose code names it.
+#[tokio::test]
+async fn sessions_per_user_and_per_address_are_bounded() {
+    let gw = Gateway::start(
+        "max-sessions-per-user = 2\nmax-sessions-per-address = 3\n",
+        "",
+    );
+    let a1 = common::ApiSession::create(&gw, "2001", None).await.unwrap();
+    common::ApiSession::create(&gw, "2001", None).await.unwrap();
+    let (status, body) = common::ApiSession::create(&gw, "2001", None)
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("too_many_sessions_for_user")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max-sessions-per-user"),
+        "{body}"
+    );
+    common::ApiSession::create(&gw, "2002", None).await.unwrap();
+    let (status, body) = common::ApiSession::create(&gw, "2003", None)
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("too_many_sessions_for_address")),
+        "{body}"
+    );
+    // A session that ends frees its place.
+    common::delete_session(&gw.api(), &a1.created).await;
+    common::ApiSession::create(&gw, "2003", None).await.unwrap();
+}
+
+/// Calls per session, and outgoing calls not answered yet per session,
+/// are bounded (429 naming the limit); a refused call holds nothing.
+#[tokio::test]
+async fn calls_and_ringing_calls_per_session_are_bounded() {
+    // Echo calls are answered at once: they count as calls, not as ringing.
+    let gw = Gateway::start("max-calls-per-session = 2\n", "");
+    let session = common::ApiSession::open(&gw).await;
+    for _ in 0..2 {
+        let (status, body) = session
+            .post("/calls", serde_json::json!({"to": "echo", "sdp": OFFER}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = session
+        .post("/calls", serde_json::json!({"to": "echo", "sdp": OFFER}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("too_many_calls")),
+        "{body}"
+    );
+    assert_eq!(gw.metric("gateway_calls").await, 2.0);
+    // Another session has its own budget.
+    let other = common::ApiSession::create(&gw, "1002", None).await.unwrap();
+    let (status, body) = other
+        .post("/calls", serde_json::json!({"to": "echo", "sdp": OFFER}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    drop(gw);
+
+    // A server that never answers: every INVITE stays unanswered.
+    let gw = Gateway::start(
+        "max-ringing-calls-per-session = 1\n",
+        "[sip]\nserver = \"127.0.0.1:9\"\nregister = false\nkeepalive-interval-s = 0\n",
+    );
+    let session = common::ApiSession::open(&gw).await;
+    let (status, body) = session
+        .post("/calls", serde_json::json!({"to": "5000", "sdp": OFFER}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = session
+        .post("/calls", serde_json::json!({"to": "5001", "sdp": OFFER}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("too_many_ringing_calls")),
+        "{body}"
+    );
+    assert_eq!(gw.metric("gateway_calls").await, 1.0);
+}
+
+/// What a SIP server answers to `request`: its Via, From, To (tagged),
+/// Call-ID and CSeq, with `extra` headers.
+fn sip_answer(request: &str, status: &str, extra: &str) -> String {
+    let mut out = format!("SIP/2.0 {status}\r\n");
+    for line in request.split("\r\n").skip(1) {
+        let name = line
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match name.as_str() {
+            "via" | "from" | "call-id" | "cseq" => out.push_str(&format!("{line}\r\n")),
+            "to" if line.contains(";tag=") => out.push_str(&format!("{line}\r\n")),
+            "to" => out.push_str(&format!("{line};tag=srv\r\n")),
+            _ => {}
+        }
+    }
+    out.push_str(extra);
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out
+}
+
+/// The next request of `method` that reaches the fake server.
+async fn next_request(
+    server: &tokio::net::UdpSocket,
+    method: &str,
+) -> (String, std::net::SocketAddr) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, from) = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            server.recv_from(&mut buf),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("no {method} came"))
+        .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        if text.starts_with(&format!("{method} ")) {
+            return (text, from);
+        }
+    }
+}
+
+/// A session whose registration is still in flight, or was refused, does
+/// not take the incoming calls of the user's session that registered.
+#[tokio::test]
+async fn a_second_session_still_registering_steals_no_calls() {
+    let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let server_addr = server.local_addr().unwrap();
+    let gw = Gateway::start(
+        "",
+        &format!("[sip]\nserver = \"{server_addr}\"\nkeepalive-interval-s = 0\n"),
+    );
+    let gw = std::sync::Arc::new(gw);
+    // The first session registers.
+    let first = tokio::spawn({
+        let gw = gw.clone();
+        async move { common::ApiSession::create(&gw, "1001", None).await }
+    });
+    let (register, from) = next_request(&server, "REGISTER").await;
+    let ok = sip_answer(&register, "200 OK", "Expires: 600\r\n");
+    server.send_to(ok.as_bytes(), from).await.unwrap();
+    let mut first = first.await.unwrap().expect("the first session");
+    // The second one's REGISTER is held unanswered.
+    let second = tokio::spawn({
+        let gw = gw.clone();
+        async move { common::ApiSession::create(&gw, "1001", None).await }
+    });
+    let (held_register, held_from) = next_request(&server, "REGISTER").await;
+    let invite = |n: u32| {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                   m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+        format!(
+            "INVITE sip:1001@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {server_addr};branch=z9hG4bKsteal{n}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:2000@{server_addr}>;tag=st{n}\r\nTo: <sip:1001@{gw}>\r\n\
+             Call-ID: steal-{n}@test\r\nCSeq: 1 INVITE\r\nContact: <sip:2000@{server_addr}>\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len(),
+            gw = gw.sip
+        )
+    };
+    server.send_to(invite(1).as_bytes(), gw.sip).await.unwrap();
+    let incoming = first.wait_for("call.incoming").await;
+    assert_eq!(incoming["from"], "2000", "{incoming}");
+    // Refused: the second session never exists, and calls still come to
+    // the first.
+    let refused = sip_answer(&held_register, "403 Forbidden", "");
+    server.send_to(refused.as_bytes(), held_from).await.unwrap();
+    let (status, body) = second.await.unwrap().map(|_| ()).unwrap_err();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("registration_failed"))
+    );
+    server.send_to(invite(2).as_bytes(), gw.sip).await.unwrap();
+    let again = first.wait_for("call.incoming").await;
+    assert_ne!(again["call"], incoming["call"], "{again}");
+}

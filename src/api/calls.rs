@@ -13,7 +13,7 @@ use serde::Deserialize;
 use tracing::warn;
 
 use super::{ApiBody, ApiError, ApiJson, AuthorizedSession, SharedState};
-use crate::call::driver::{Command, CommandError, SipCaller, StartError};
+use crate::call::driver::{CallLimit, Command, CommandError, SipCaller, StartError};
 use crate::session::SessionEvent;
 
 /// Longest `to` accepted (a SIP URI with parameters fits easily).
@@ -89,6 +89,17 @@ pub async fn create(
              (sip.allowed-destination-domains names any others)",
         ));
     }
+    let reservation = state
+        .media
+        .calls
+        .reserve(&sid, &user, false, &state.media.settings.limits)
+        .map_err(|limit| {
+            let code = match limit {
+                CallLimit::RingingOutPerSession(_) => "too_many_ringing_calls",
+                _ => "too_many_calls",
+            };
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, limit.to_string())
+        })?;
     let plan = state
         .media
         .plan_outbound(&body.sdp)
@@ -125,6 +136,7 @@ pub async fn create(
                         user: &user,
                         password: password.map(|p| p.expose().to_string()),
                     },
+                    reservation,
                     &body.to,
                     plan,
                     notify,
@@ -134,7 +146,7 @@ pub async fn create(
         _ => {
             state
                 .media
-                .start_echo_call(&sid, &body.to, plan, notify)
+                .start_echo_call(&sid, reservation, &body.to, plan, notify)
                 .await
         }
     };
@@ -150,6 +162,11 @@ pub async fn create(
             warn!(error = %e, "call setup failed");
             ApiError::internal()
         }
+        StartError::Limit(limit) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_calls",
+            limit.to_string(),
+        ),
     })?;
     state.metrics.call_started();
     Ok((

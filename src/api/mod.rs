@@ -71,11 +71,17 @@ impl AppState {
     pub fn new(config: Arc<Config>, metrics: Metrics, media: MediaPlane) -> Result<Self, String> {
         let cors = CorsPolicy::new(&config.http.domain_whitelist)?;
         Ok(AppState {
-            sessions: Mutex::new(SessionStore::new(
-                config.session_timeout(),
-                config.http.max_sessions,
-                Random::from_os().map_err(|e| e.to_string())?,
-            )),
+            sessions: Mutex::new(
+                SessionStore::new(
+                    config.session_timeout(),
+                    config.http.max_sessions,
+                    Random::from_os().map_err(|e| e.to_string())?,
+                )
+                .with_limits(
+                    config.http.max_sessions_per_user,
+                    config.http.max_sessions_per_address,
+                ),
+            ),
             limiter: Mutex::new(RateLimiter::new(
                 config.http.rate_limit_per_s,
                 config.http.rate_limit_burst,
@@ -464,6 +470,16 @@ fn session_error(state: &AppState, e: SessionError) -> ApiError {
             "the gateway holds its maximum number of sessions; try again later",
         )
         .with_retry_after(5),
+        e @ SessionError::TooManyForUser(_) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_sessions_for_user",
+            e.to_string(),
+        ),
+        e @ SessionError::TooManyForAddress(_) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_sessions_for_address",
+            e.to_string(),
+        ),
     }
 }
 
@@ -496,9 +512,11 @@ struct CreateSession {
 
 async fn create_session(
     State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<CreateSession>,
 ) -> Result<Response, ApiError> {
+    let client = peer.ip();
     if !valid_user(&body.user) {
         return Err(ApiError::bad_request(
             "invalid_user",
@@ -546,7 +564,12 @@ async fn create_session(
         .or_else(|| (!default_password.is_empty()).then(|| default_password.to_string()));
     let created = {
         let mut store = state.store();
-        let created = store.create(&body.user, body.display_name.clone(), Instant::now());
+        let created = store.create(
+            &body.user,
+            body.display_name.clone(),
+            client,
+            Instant::now(),
+        );
         state.metrics.sessions.set(store.len() as i64);
         if let Ok(created) = &created {
             store.set_sip_password(
@@ -589,6 +612,8 @@ async fn create_session(
             });
         }
     }
+    // Registered (or nothing to register): calls for the user come here now.
+    state.store().take_calls(&created.id);
     state.metrics.sessions_created.inc();
     let span = tracing::info_span!("session", sid = %created.id);
     span.in_scope(|| info!(user = %body.user, "session created"));

@@ -57,6 +57,8 @@ pub enum StartError {
     Ports(#[from] PortError),
     #[error("cannot set up the call's media: {0}")]
     Media(String),
+    #[error("{0}")]
+    Limit(#[from] CallLimit),
 }
 
 /// Why a request on a live call was refused.
@@ -160,6 +162,7 @@ struct Status {
 
 struct Entry {
     session: String,
+    user: String,
     inbound: bool,
     to: String,
     inputs: mpsc::UnboundedSender<Input>,
@@ -180,6 +183,71 @@ struct RelayedMedia {
 struct Tables {
     calls: HashMap<String, Entry>,
     by_relay: HashMap<u64, mpsc::UnboundedSender<Input>>,
+    /// Calls being set up (ports binding, the offer checked) under a
+    /// [`Reservation`], so concurrent starts cannot pass a limit together.
+    reserved: HashMap<u64, Reserved>,
+    next_reservation: u64,
+}
+
+struct Reserved {
+    session: String,
+    user: String,
+    inbound: bool,
+}
+
+/// How many calls a session and a user may have at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLimits {
+    /// Calls of one session in any state (`http.max-calls-per-session`).
+    pub per_session: usize,
+    /// Outgoing calls of one session not answered yet
+    /// (`http.max-ringing-calls-per-session`).
+    pub ringing_out_per_session: usize,
+    /// Incoming calls ringing for one user (`sip.max-ringing-calls-per-user`).
+    pub ringing_in_per_user: usize,
+    /// Incoming calls ringing in all (`sip.max-ringing-calls`).
+    pub ringing_in_total: usize,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        CallLimits {
+            per_session: 8,
+            ringing_out_per_session: 2,
+            ringing_in_per_user: 4,
+            ringing_in_total: 500,
+        }
+    }
+}
+
+/// The limit a new call would pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CallLimit {
+    #[error("the session has {0} calls already (http.max-calls-per-session)")]
+    PerSession(usize),
+    #[error(
+        "the session has {0} outgoing calls not answered yet (http.max-ringing-calls-per-session)"
+    )]
+    RingingOutPerSession(usize),
+    #[error("the user has {0} incoming calls ringing already (sip.max-ringing-calls-per-user)")]
+    RingingInPerUser(usize),
+    #[error("{0} incoming calls are ringing already (sip.max-ringing-calls)")]
+    RingingInTotal(usize),
+}
+
+/// A place for one call being set up, counted against the limits until
+/// the call is registered or the set-up fails (dropped).
+pub struct Reservation {
+    registry: Arc<CallRegistry>,
+    id: u64,
+    session: String,
+    user: String,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        lock(&self.registry.tables).reserved.remove(&self.id);
+    }
 }
 
 /// The live calls, by call id and by relay id.
@@ -251,6 +319,79 @@ impl CallRegistry {
             e.inputs.send(Input::Command(command, tx)).ok()?;
         }
         rx.await.ok()
+    }
+
+    /// Reserves a place for a new call of `session` (for `user`; `inbound`
+    /// when it comes from the SIP side), or names the limit it would pass.
+    pub fn reserve(
+        self: &Arc<Self>,
+        session: &str,
+        user: &str,
+        inbound: bool,
+        limits: &CallLimits,
+    ) -> Result<Reservation, CallLimit> {
+        let mut tables = lock(&self.tables);
+        let mut of_session = 0;
+        let mut ringing_out = 0;
+        let mut ringing_in_user = 0;
+        let mut ringing_in = 0;
+        let mut count = |e_session: &str, e_user: &str, e_inbound: bool, ringing: bool| {
+            if e_session == session {
+                of_session += 1;
+                if !e_inbound && ringing {
+                    ringing_out += 1;
+                }
+            }
+            if e_inbound && ringing {
+                ringing_in += 1;
+                if e_user == user {
+                    ringing_in_user += 1;
+                }
+            }
+        };
+        for e in tables.calls.values() {
+            let state = lock(&e.status).state;
+            let ringing = matches!(
+                state,
+                CallState::Incoming
+                    | CallState::Calling
+                    | CallState::Ringing
+                    | CallState::EarlyMedia
+            );
+            count(&e.session, &e.user, e.inbound, ringing);
+        }
+        for r in tables.reserved.values() {
+            count(&r.session, &r.user, r.inbound, true);
+        }
+        if inbound {
+            if ringing_in >= limits.ringing_in_total {
+                return Err(CallLimit::RingingInTotal(ringing_in));
+            }
+            if ringing_in_user >= limits.ringing_in_per_user {
+                return Err(CallLimit::RingingInPerUser(ringing_in_user));
+            }
+        } else if ringing_out >= limits.ringing_out_per_session {
+            return Err(CallLimit::RingingOutPerSession(ringing_out));
+        }
+        if of_session >= limits.per_session {
+            return Err(CallLimit::PerSession(of_session));
+        }
+        let id = tables.next_reservation;
+        tables.next_reservation += 1;
+        tables.reserved.insert(
+            id,
+            Reserved {
+                session: session.to_string(),
+                user: user.to_string(),
+                inbound,
+            },
+        );
+        Ok(Reservation {
+            registry: self.clone(),
+            id,
+            session: session.to_string(),
+            user: user.to_string(),
+        })
     }
 
     /// Hangs up every call of a session (it ended); does not wait.
@@ -334,6 +475,8 @@ pub struct CallSettings {
     pub dtmf_info: bool,
     /// SRTP on the SIP media leg.
     pub sip_srtp: SrtpPolicy,
+    /// How many calls a session and a user may have at once.
+    pub limits: CallLimits,
 }
 
 impl CallSettings {
@@ -488,6 +631,7 @@ impl MediaPlane {
     pub async fn start_echo_call<N>(
         &self,
         session: &str,
+        reservation: Reservation,
         to: &str,
         plan: OutboundPlan,
         notify: N,
@@ -507,7 +651,7 @@ impl MediaPlane {
         let context = self.negotiation_context(&web, &sip, IpAddr::V4(Ipv4Addr::LOCALHOST));
         let (negotiator, _) = Negotiator::outbound(context, plan, false, random)?;
         let (inputs, inputs_rx) = mpsc::unbounded_channel();
-        let status = self.register_call(&cid, session, to, false, inputs);
+        let status = self.register_call(&cid, reservation, to, false, inputs);
         let mut task = self.new_task(
             Call::outbound(cid.clone()).with_negotiator(negotiator),
             session,
@@ -548,6 +692,7 @@ impl MediaPlane {
         &self,
         sip_side: &SipHandle,
         caller: SipCaller<'_>,
+        reservation: Reservation,
         to: &str,
         plan: OutboundPlan,
         notify: N,
@@ -567,7 +712,7 @@ impl MediaPlane {
         let (negotiator, offer) = Negotiator::outbound(context, plan, true, random)?;
         let offer = offer.unwrap_or_default();
         let (inputs, inputs_rx) = mpsc::unbounded_channel();
-        let status = self.register_call(&cid, session, to, false, inputs);
+        let status = self.register_call(&cid, reservation, to, false, inputs);
         let events = sip_side.invite(&cid, user, password, to, offer);
         let task = self.new_task(
             Call::outbound(cid.clone()).with_negotiator(negotiator),
@@ -598,16 +743,27 @@ impl MediaPlane {
     {
         let IncomingCall {
             key,
+            user,
             from,
             to,
             sdp,
             events,
-            ..
         } = incoming;
         let refuse = |code: u16, e: StartError| {
             sip_side.refuse(&key, code);
             e
         };
+        // Over a limit: busy for the user's own, unavailable for the total.
+        let reservation = self
+            .calls
+            .reserve(session, &user, true, &self.settings.limits)
+            .map_err(|limit| {
+                let code = match limit {
+                    CallLimit::RingingInTotal(_) => 503,
+                    _ => 486,
+                };
+                refuse(code, StartError::Limit(limit))
+            })?;
         let sdp = sdp.ok_or_else(|| {
             refuse(
                 488,
@@ -624,7 +780,7 @@ impl MediaPlane {
             .map_err(|e| refuse(488, e.into()))?;
         let cid = key.clone();
         let (inputs, inputs_rx) = mpsc::unbounded_channel();
-        let status = self.register_call(&cid, session, &to, true, inputs);
+        let status = self.register_call(&cid, reservation, &to, true, inputs);
         let call = Call::inbound(
             cid.clone(),
             &from,
@@ -653,7 +809,7 @@ impl MediaPlane {
     fn register_call(
         &self,
         cid: &str,
-        session: &str,
+        reservation: Reservation,
         to: &str,
         inbound: bool,
         inputs: mpsc::UnboundedSender<Input>,
@@ -671,7 +827,8 @@ impl MediaPlane {
             cid.to_string(),
             Entry {
                 inbound,
-                session: session.to_string(),
+                session: reservation.session.clone(),
+                user: reservation.user.clone(),
                 to: to.to_string(),
                 inputs,
                 status: status.clone(),
@@ -1040,5 +1197,53 @@ impl std::fmt::Debug for MediaPlane {
         f.debug_struct("MediaPlane")
             .field("calls", &self.calls.len())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: CallLimits = CallLimits {
+        per_session: 3,
+        ringing_out_per_session: 2,
+        ringing_in_per_user: 1,
+        ringing_in_total: 2,
+    };
+
+    #[test]
+    fn reservations_count_against_the_limits_until_dropped() {
+        let registry = Arc::new(CallRegistry::default());
+        let out1 = registry.reserve("s1", "1001", false, &LIMITS).unwrap();
+        let _out2 = registry.reserve("s1", "1001", false, &LIMITS).unwrap();
+        assert_eq!(
+            registry.reserve("s1", "1001", false, &LIMITS).err(),
+            Some(CallLimit::RingingOutPerSession(2))
+        );
+        // An incoming one for the same session is not outgoing ringing.
+        let in1 = registry.reserve("s1", "1001", true, &LIMITS).unwrap();
+        assert_eq!(
+            registry.reserve("s2", "1001", true, &LIMITS).err(),
+            Some(CallLimit::RingingInPerUser(1))
+        );
+        let _in2 = registry.reserve("s3", "1002", true, &LIMITS).unwrap();
+        assert_eq!(
+            registry.reserve("s4", "1003", true, &LIMITS).err(),
+            Some(CallLimit::RingingInTotal(2))
+        );
+        drop(in1);
+        drop(out1);
+        // s1 holds one now; with room for ringing, two more fit and a
+        // fourth passes the per-session limit.
+        let roomy = CallLimits {
+            ringing_out_per_session: 10,
+            ..LIMITS
+        };
+        let _second = registry.reserve("s1", "1001", false, &roomy).unwrap();
+        let _third = registry.reserve("s1", "1001", false, &roomy).unwrap();
+        assert_eq!(
+            registry.reserve("s1", "1001", false, &roomy).err(),
+            Some(CallLimit::PerSession(3))
+        );
     }
 }

@@ -57,6 +57,10 @@ pub struct HttpConfig {
     pub idle_timeout_s: u64,
     pub body_read_timeout_s: u64,
     pub hsts_max_age_s: u64,
+    pub max_sessions_per_user: usize,
+    pub max_sessions_per_address: usize,
+    pub max_calls_per_session: usize,
+    pub max_ringing_calls_per_session: usize,
 }
 
 impl Default for HttpConfig {
@@ -76,6 +80,10 @@ impl Default for HttpConfig {
             idle_timeout_s: 60,
             body_read_timeout_s: 10,
             hsts_max_age_s: 31_536_000,
+            max_sessions_per_user: 10,
+            max_sessions_per_address: 1000,
+            max_calls_per_session: 8,
+            max_ringing_calls_per_session: 2,
         }
     }
 }
@@ -200,6 +208,8 @@ pub struct SipConfig {
     pub media_address: String,
     pub trusted_sources: Vec<String>,
     pub allowed_destination_domains: Vec<String>,
+    pub max_ringing_calls_per_user: usize,
+    pub max_ringing_calls: usize,
 }
 
 /// How DTMF from the browser goes to the SIP side.
@@ -251,6 +261,8 @@ impl Default for SipConfig {
             media_address: String::new(),
             trusted_sources: Vec::new(),
             allowed_destination_domains: Vec::new(),
+            max_ringing_calls_per_user: 4,
+            max_ringing_calls: 500,
         }
     }
 }
@@ -586,6 +598,27 @@ impl Config {
             );
         }
 
+        for (key, value) in [
+            ("http.max-sessions-per-user", http.max_sessions_per_user),
+            (
+                "http.max-sessions-per-address",
+                http.max_sessions_per_address,
+            ),
+            ("http.max-calls-per-session", http.max_calls_per_session),
+            (
+                "http.max-ringing-calls-per-session",
+                http.max_ringing_calls_per_session,
+            ),
+            (
+                "sip.max-ringing-calls-per-user",
+                self.sip.max_ringing_calls_per_user,
+            ),
+            ("sip.max-ringing-calls", self.sip.max_ringing_calls),
+        ] {
+            if value == 0 {
+                p.add(key, "must be at least 1");
+            }
+        }
         if !(1..=1_000_000).contains(&http.max_connections) {
             p.add("http.max-connections", "must be 1 to 1000000");
         }

@@ -9,6 +9,7 @@
 pub mod events;
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,10 @@ pub struct NewSession {
 pub enum SessionError {
     #[error("the gateway already holds its maximum number of sessions")]
     TooMany,
+    #[error("this user has {0} sessions open already (http.max-sessions-per-user)")]
+    TooManyForUser(usize),
+    #[error("this client address has {0} sessions open already (http.max-sessions-per-address)")]
+    TooManyForAddress(usize),
     #[error("the session secret is not valid")]
     Unauthorized,
     #[error("no such session")]
@@ -64,6 +69,12 @@ pub struct Session {
     pub sip_password: Option<crate::config::Secret>,
     pub display_name: Option<String>,
     pub created: Instant,
+    /// The address that opened it (for `max-sessions-per-address`).
+    pub client: IpAddr,
+    /// Whether incoming calls for the user come here: once its
+    /// registration succeeded (at once when nothing registers), so a
+    /// session still registering, or refused, steals nobody's calls.
+    pub receives_calls: bool,
     secret_digest: [u8; 32],
     last_activity: Instant,
     polls_in_progress: u32,
@@ -107,6 +118,8 @@ pub struct SessionStore {
     departed: HashSet<String>,
     timeout: Duration,
     max_sessions: usize,
+    max_per_user: usize,
+    max_per_address: usize,
     /// Session ids and secrets.
     random: Random,
 }
@@ -125,8 +138,18 @@ impl SessionStore {
             departed: HashSet::new(),
             timeout,
             max_sessions,
+            max_per_user: usize::MAX,
+            max_per_address: usize::MAX,
             random,
         }
+    }
+
+    /// The same store with at most `per_user` sessions for one user and
+    /// `per_address` from one client address.
+    pub fn with_limits(mut self, per_user: usize, per_address: usize) -> Self {
+        self.max_per_user = per_user;
+        self.max_per_address = per_address;
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -141,15 +164,28 @@ impl SessionStore {
         self.timeout
     }
 
-    /// Creates a session for `user`.
+    /// Creates a session for `user`, opened from `client`; it takes
+    /// incoming calls once [`SessionStore::take_calls`] says so.
     pub fn create(
         &mut self,
         user: &str,
         display_name: Option<String>,
+        client: IpAddr,
         now: Instant,
     ) -> Result<NewSession, SessionError> {
         if self.sessions.len() >= self.max_sessions {
             return Err(SessionError::TooMany);
+        }
+        let (mut of_user, mut of_client) = (0, 0);
+        for s in self.sessions.values() {
+            of_user += usize::from(s.user == user);
+            of_client += usize::from(s.client == client);
+        }
+        if of_user >= self.max_per_user {
+            return Err(SessionError::TooManyForUser(of_user));
+        }
+        if of_client >= self.max_per_address {
+            return Err(SessionError::TooManyForAddress(of_client));
         }
         let id = self.random.base64url(16);
         let secret = self.random.base64url(32);
@@ -163,6 +199,8 @@ impl SessionStore {
                 sip_password: None,
                 display_name,
                 created: now,
+                client,
+                receives_calls: false,
                 secret_digest: digest,
                 last_activity: now,
                 polls_in_progress: 0,
@@ -186,6 +224,13 @@ impl SessionStore {
             return Err(SessionError::NotFound);
         }
         self.sessions.get(id).ok_or(SessionError::NotFound)
+    }
+
+    /// From now on incoming calls for session `id`'s user may come to it.
+    pub fn take_calls(&mut self, id: &str) {
+        if let Some(session) = self.sessions.get_mut(id) {
+            session.receives_calls = true;
+        }
     }
 
     /// Sets session `id`'s SIP password.
@@ -259,13 +304,13 @@ impl SessionStore {
         Some(seq)
     }
 
-    /// Where an incoming call for `user` goes: their newest session, or why
-    /// there is none.
+    /// Where an incoming call for `user` goes: their newest session that
+    /// takes calls, or why there is none.
     pub fn find_by_user(&self, user: &str) -> UserLookup {
         let newest = self
             .sessions
             .values()
-            .filter(|s| s.user == user)
+            .filter(|s| s.user == user && s.receives_calls)
             .max_by_key(|s| s.created)
             .map(|s| s.id.clone());
         match newest {
@@ -316,6 +361,8 @@ impl SessionStore {
 mod tests {
     use super::*;
 
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
+
     fn store() -> SessionStore {
         SessionStore::new(Duration::from_secs(300), 3, Random::seeded(1))
     }
@@ -331,8 +378,8 @@ mod tests {
     fn secrets_and_ids() {
         let mut s = store();
         let t0 = Instant::now();
-        let a = s.create("1001", None, t0).unwrap();
-        let b = s.create("1002", None, t0).unwrap();
+        let a = s.create("1001", None, CLIENT, t0).unwrap();
+        let b = s.create("1002", None, CLIENT, t0).unwrap();
         assert_ne!(a.id, b.id);
         assert!(a.secret.len() >= 43, "32 random bytes in base64url");
         assert_eq!(s.authorize(&a.id, &a.secret).unwrap().user, "1001");
@@ -359,8 +406,14 @@ mod tests {
         let mut s = store();
         let t0 = Instant::now();
         assert_eq!(s.find_by_user("1001"), UserLookup::Unknown);
-        let old = s.create("1001", None, t0).unwrap();
-        let new = s.create("1001", None, t0 + Duration::from_secs(1)).unwrap();
+        let old = s.create("1001", None, CLIENT, t0).unwrap();
+        s.take_calls(&old.id);
+        let new = s
+            .create("1001", None, CLIENT, t0 + Duration::from_secs(1))
+            .unwrap();
+        // Still registering: the calls stay with the old one.
+        assert_eq!(s.find_by_user("1001"), UserLookup::Session(old.id.clone()));
+        s.take_calls(&new.id);
         assert_eq!(s.find_by_user("1001"), UserLookup::Session(new.id.clone()));
         s.remove(&new.id);
         assert_eq!(s.find_by_user("1001"), UserLookup::Session(old.id.clone()));
@@ -374,16 +427,43 @@ mod tests {
         let mut s = store();
         let t0 = Instant::now();
         for u in ["a", "b", "c"] {
-            s.create(u, None, t0).unwrap();
+            s.create(u, None, CLIENT, t0).unwrap();
         }
-        assert_eq!(s.create("d", None, t0).unwrap_err(), SessionError::TooMany);
+        assert_eq!(
+            s.create("d", None, CLIENT, t0).unwrap_err(),
+            SessionError::TooMany
+        );
+    }
+
+    #[test]
+    fn sessions_per_user_and_per_address_are_bounded() {
+        let mut s =
+            SessionStore::new(Duration::from_secs(300), 100, Random::seeded(1)).with_limits(2, 3);
+        let t0 = Instant::now();
+        let other = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 1));
+        s.create("1001", None, CLIENT, t0).unwrap();
+        s.create("1001", None, other, t0).unwrap();
+        assert_eq!(
+            s.create("1001", None, other, t0).unwrap_err(),
+            SessionError::TooManyForUser(2)
+        );
+        s.create("1002", None, CLIENT, t0).unwrap();
+        let third = s.create("1003", None, CLIENT, t0).unwrap();
+        assert_eq!(
+            s.create("1004", None, CLIENT, t0).unwrap_err(),
+            SessionError::TooManyForAddress(3)
+        );
+        // Another address still gets in; a session ending frees a place.
+        s.create("1004", None, other, t0).unwrap();
+        s.remove(&third.id);
+        s.create("1005", None, CLIENT, t0).unwrap();
     }
 
     #[test]
     fn lost_poll_loses_nothing() {
         let mut s = store();
         let t0 = Instant::now();
-        let n = s.create("1001", None, t0).unwrap();
+        let n = s.create("1001", None, CLIENT, t0).unwrap();
         assert_eq!(s.push(&n.id, dtmf("c1", '1')), Some(1));
         assert_eq!(s.push(&n.id, dtmf("c1", '2')), Some(2));
         // A poll returns both, but its response never reaches the browser.
@@ -420,8 +500,8 @@ mod tests {
     fn expiry_with_virtual_time() {
         let mut s = store();
         let t0 = Instant::now();
-        let idle = s.create("idle", None, t0).unwrap();
-        let polled = s.create("polled", None, t0).unwrap();
+        let idle = s.create("idle", None, CLIENT, t0).unwrap();
+        let polled = s.create("polled", None, CLIENT, t0).unwrap();
         assert_eq!(s.next_expiry(), Some(t0 + Duration::from_secs(300)));
         // One poll starts at t0+200 s and is still waiting at t0+600 s.
         s.begin_poll(&polled.id, &polled.secret, 0, t0 + Duration::from_secs(200))
@@ -448,7 +528,7 @@ mod tests {
     async fn push_wakes_waiting_poll() {
         let mut s = store();
         let t0 = Instant::now();
-        let n = s.create("1001", None, t0).unwrap();
+        let n = s.create("1001", None, CLIENT, t0).unwrap();
         let p = s.begin_poll(&n.id, &n.secret, 0, t0).unwrap();
         assert!(p.events.is_empty());
         // Taken before the push (as the poll driver does under its lock), so

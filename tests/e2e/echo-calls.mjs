@@ -39,10 +39,12 @@ function heardWithCounters(hz) {
 // Runs in the page: the ICE candidate pairs of the demo's call as Chromium
 // saw them, and the one it selected (its remote end is the gateway). A check
 // Chromium has just sent is "in-progress" until its answer is in: the pairs
-// are read again (up to 2 s) until none is, so each counts as answered or not.
+// are read again (up to 6 s: on a loaded machine Chromium's slow pings of
+// non-selected pairs wait a while for their turn) until none is, so each
+// counts as answered or not.
 async function icePairs() {
   let stats = await window.demo.call.pc.getStats();
-  for (let i = 0; i < 20; i++) {
+  for (let i = 0; i < 60; i++) {
     let inFlight = false;
     stats.forEach((s) => {
       if (s.type === 'candidate-pair' && s.state === 'in-progress') inFlight = true;
