@@ -112,7 +112,8 @@ impl Metrics {
         registry.register(
             "sip_refused",
             "SIP datagrams and connections dropped unanswered, by reason \
-             (untrusted_source: not the server nor in trusted-sources)",
+             (untrusted_source: not the server nor in trusted-sources; \
+             too_many_transactions: max-transactions-per-source or max-transactions open)",
             sip_refused.clone(),
         );
         registry.register(

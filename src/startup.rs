@@ -436,6 +436,10 @@ pub(crate) async fn user_agent(
         keepalive: (server.is_some() && c.keepalive_interval_s > 0)
             .then(|| Duration::from_secs(c.keepalive_interval_s)),
         trusted: trusted_sources(c, &server_ips)?,
+        transactions: sip::endpoint::TransactionLimits {
+            per_source: c.max_transactions_per_source,
+            total: c.max_transactions,
+        },
     };
     let random = Random::from_os().map_err(|e| StartError::Setup(format!("sip: {e}")))?;
     Ok(sip::ua::UserAgent::new(cfg, Instant::now(), random))

@@ -689,3 +689,157 @@ async fn a_second_session_still_registering_steals_no_calls() {
     let again = first.wait_for("call.incoming").await;
     assert_ne!(again["call"], incoming["call"], "{again}");
 }
+
+/// The next request of `method` within `wait`, if one comes.
+async fn request_within(
+    server: &tokio::net::UdpSocket,
+    method: &str,
+    wait: std::time::Duration,
+) -> Option<(String, std::net::SocketAddr)> {
+    tokio::time::timeout(wait, next_request(server, method))
+        .await
+        .ok()
+}
+
+fn authorization_of(request: &str) -> String {
+    request
+        .split("\r\n")
+        .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Digest toward the registrar: of MD5 and SHA-256 offered the stronger is
+/// answered; a registrar calling every nonce stale is given up on after a
+/// bounded number of tries; a stale challenge for another realm than the
+/// first one's gets no answer.
+#[tokio::test]
+async fn digest_prefers_sha256_bounds_stale_retries_and_pins_the_realm() {
+    let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let server_addr = server.local_addr().unwrap();
+    let gw = std::sync::Arc::new(Gateway::start(
+        "",
+        &format!(
+            "[sip]\nserver = \"{server_addr}\"\nkeepalive-interval-s = 0\ntimer-t1-ms = 100\n"
+        ),
+    ));
+    let open = |user: &'static str| {
+        let gw = gw.clone();
+        tokio::spawn(async move { common::ApiSession::create(&gw, user, Some("pw")).await })
+    };
+
+    // Both algorithms offered, MD5 first.
+    let session = open("1001");
+    let (register, from) = next_request(&server, "REGISTER").await;
+    let both = sip_answer(
+        &register,
+        "401 Unauthorized",
+        "WWW-Authenticate: Digest realm=\"pbx\", nonce=\"m1\", algorithm=MD5, qop=\"auth\"\r\n\
+         WWW-Authenticate: Digest realm=\"pbx\", nonce=\"s1\", algorithm=SHA-256, qop=\"auth\"\r\n",
+    );
+    server.send_to(both.as_bytes(), from).await.unwrap();
+    let mut stale_rounds = 0;
+    loop {
+        let Some((register, from)) =
+            request_within(&server, "REGISTER", std::time::Duration::from_secs(3)).await
+        else {
+            break;
+        };
+        let auth = authorization_of(&register);
+        assert!(
+            auth.contains("algorithm=SHA-256") && auth.contains("realm=\"pbx\""),
+            "{auth}"
+        );
+        stale_rounds += 1;
+        assert!(stale_rounds <= 10, "still answering stale challenges");
+        let stale = sip_answer(
+            &register,
+            "401 Unauthorized",
+            &format!(
+                "WWW-Authenticate: Digest realm=\"pbx\", nonce=\"s{}\", algorithm=SHA-256, \
+                 qop=\"auth\", stale=true\r\n",
+                stale_rounds + 1
+            ),
+        );
+        server.send_to(stale.as_bytes(), from).await.unwrap();
+    }
+    // The first answer, then one per stale challenge up to the bound.
+    assert_eq!(stale_rounds, 4, "answers to the challenge and 3 stale ones");
+    let (status, body) = session.await.unwrap().map(|_| ()).unwrap_err();
+    assert_eq!(
+        (
+            status,
+            body["error"]["code"].as_str(),
+            body["error"]["sip_status"].as_u64()
+        ),
+        (403, Some("registration_failed"), Some(401)),
+        "{body}"
+    );
+
+    // Realm "pbx" first; then a "stale" challenge for realm "evil".
+    let session = open("1002");
+    let (register, from) = next_request(&server, "REGISTER").await;
+    let first = sip_answer(
+        &register,
+        "401 Unauthorized",
+        "WWW-Authenticate: Digest realm=\"pbx\", nonce=\"p1\", algorithm=SHA-256\r\n",
+    );
+    server.send_to(first.as_bytes(), from).await.unwrap();
+    let (register, from) = next_request(&server, "REGISTER").await;
+    assert!(authorization_of(&register).contains("realm=\"pbx\""));
+    let elsewhere = sip_answer(
+        &register,
+        "401 Unauthorized",
+        "WWW-Authenticate: Digest realm=\"evil\", nonce=\"e1\", algorithm=SHA-256, stale=true\r\n",
+    );
+    server.send_to(elsewhere.as_bytes(), from).await.unwrap();
+    assert!(
+        request_within(&server, "REGISTER", std::time::Duration::from_secs(2))
+            .await
+            .is_none(),
+        "the password was offered to another realm"
+    );
+    let (status, _) = session.await.unwrap().map(|_| ()).unwrap_err();
+    assert_eq!(status, 403);
+}
+
+/// A flood of OPTIONS with fresh branches opens at most
+/// `max-transactions-per-source` server transactions for its source: the
+/// rest are dropped unanswered and counted, and another source is still
+/// answered.
+#[tokio::test]
+async fn a_flood_of_new_transactions_from_one_source_is_bounded() {
+    let gw = Gateway::start(
+        "",
+        "[sip]\nmax-transactions-per-source = 20\n\
+         trusted-sources = [\"127.0.0.1\", \"127.0.0.3\"]\n",
+    );
+    let flood = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    flood
+        .set_read_timeout(Some(std::time::Duration::from_millis(1500)))
+        .unwrap();
+    let me = flood.local_addr().unwrap();
+    for i in 0..25 {
+        let request = format!(
+            "OPTIONS sip:gw@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKflood{i}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:flood@{me}>;tag=f{i}\r\nTo: <sip:gw@{gw}>\r\n\
+             Call-ID: flood-{i}@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            gw = gw.sip
+        );
+        flood.send_to(request.as_bytes(), gw.sip).unwrap();
+        // Paced so the socket's buffer loses nothing.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let mut answered = 0;
+    let mut buf = [0u8; 4096];
+    while flood.recv_from(&mut buf).is_ok() {
+        answered += 1;
+    }
+    assert_eq!(answered, 20);
+    assert_eq!(
+        gw.metric("gateway_sip_refused_total{reason=\"too_many_transactions\"}")
+            .await,
+        5.0
+    );
+    assert!(options_answered("127.0.0.3:0", gw.sip, 3000));
+}

@@ -27,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
             register_expires: 300,
             keepalive: Some(Duration::from_secs(30)),
             trusted: webrtc_sip_gateway::sip::sources::TrustedSources::anyone(),
+            transactions: Default::default(),
         },
         t0,
         webrtc_sip_gateway::random::Random::seeded(1),

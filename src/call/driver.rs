@@ -212,8 +212,8 @@ pub struct CallLimits {
 impl Default for CallLimits {
     fn default() -> Self {
         CallLimits {
-            per_session: 8,
-            ringing_out_per_session: 2,
+            per_session: 16,
+            ringing_out_per_session: 10,
             ringing_in_per_user: 4,
             ringing_in_total: 500,
         }

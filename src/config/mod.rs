@@ -82,8 +82,8 @@ impl Default for HttpConfig {
             hsts_max_age_s: 31_536_000,
             max_sessions_per_user: 10,
             max_sessions_per_address: 1000,
-            max_calls_per_session: 8,
-            max_ringing_calls_per_session: 2,
+            max_calls_per_session: 16,
+            max_ringing_calls_per_session: 10,
         }
     }
 }
@@ -210,6 +210,8 @@ pub struct SipConfig {
     pub allowed_destination_domains: Vec<String>,
     pub max_ringing_calls_per_user: usize,
     pub max_ringing_calls: usize,
+    pub max_transactions_per_source: usize,
+    pub max_transactions: usize,
 }
 
 /// How DTMF from the browser goes to the SIP side.
@@ -263,6 +265,8 @@ impl Default for SipConfig {
             allowed_destination_domains: Vec::new(),
             max_ringing_calls_per_user: 4,
             max_ringing_calls: 500,
+            max_transactions_per_source: 5_000,
+            max_transactions: 20_000,
         }
     }
 }
@@ -614,6 +618,11 @@ impl Config {
                 self.sip.max_ringing_calls_per_user,
             ),
             ("sip.max-ringing-calls", self.sip.max_ringing_calls),
+            (
+                "sip.max-transactions-per-source",
+                self.sip.max_transactions_per_source,
+            ),
+            ("sip.max-transactions", self.sip.max_transactions),
         ] {
             if value == 0 {
                 p.add(key, "must be at least 1");

@@ -12,7 +12,9 @@
 use aws_lc_rs::digest::{digest, SHA256};
 use md5::{Digest as _, Md5};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// In order of strength: where a server offers several (RFC 8760 §2.3,
+/// one challenge per algorithm), the strongest is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Algorithm {
     Md5,
     Sha256,
@@ -104,17 +106,33 @@ fn auth_params(text: &str) -> Result<Vec<(String, String)>, DigestError> {
 
 /// The digest challenge of a 401 (`WWW-Authenticate`) or 407
 /// (`Proxy-Authenticate`) response, with the header our answer goes in
-/// (`Authorization` or `Proxy-Authorization`). None for other responses or
-/// an unreadable challenge.
+/// (`Authorization` or `Proxy-Authorization`): of several, the one with
+/// the strongest algorithm we support (SHA-256 before MD5; the first of
+/// equals). None for other responses or when no challenge is readable.
 pub fn challenge_of(response: &rsip::Response) -> Option<(Challenge, &'static str)> {
     let (asked_by, answer_in) = match response.status_code.code() {
         401 => ("www-authenticate", "Authorization"),
         407 => ("proxy-authenticate", "Proxy-Authorization"),
         _ => return None,
     };
-    let value = super::message::header_value(response, asked_by)?;
-    Some((Challenge::parse(&value).ok()?, answer_in))
+    let mut best: Option<Challenge> = None;
+    for value in super::message::header_values(response, asked_by) {
+        let Ok(challenge) = Challenge::parse(&value) else {
+            continue;
+        };
+        if best
+            .as_ref()
+            .is_none_or(|b| challenge.algorithm > b.algorithm)
+        {
+            best = Some(challenge);
+        }
+    }
+    Some((best?, answer_in))
 }
+
+/// Challenges with `stale=true` answered in a row at most: a server that
+/// calls every nonce stale would otherwise keep us sending forever.
+pub const MAX_STALE_RETRIES: u32 = 3;
 
 impl Challenge {
     /// Reads a `WWW-Authenticate`/`Proxy-Authenticate` header value.
@@ -208,8 +226,10 @@ impl Challenge {
 /// dialogs: the credentials, the challenge being answered and the header
 /// the answer goes in, how often its nonce has been used (`nc`), and when
 /// to give up — a second challenge of the same kind (our answer was
-/// refused) unless it says the nonce was only stale, or a third challenge
-/// of any kind.
+/// refused) unless it says the nonce was only stale, a third challenge of
+/// any kind, more than [`MAX_STALE_RETRIES`] stale ones in a row, or a
+/// challenge for another realm than the first one's (the realm is pinned:
+/// a password is never offered to a realm it was not first asked for).
 #[derive(Debug, Default)]
 pub struct DigestAuth {
     credentials: Option<(String, String)>,
@@ -217,6 +237,10 @@ pub struct DigestAuth {
     nonce_uses: u32,
     /// Challenges answered since the last success.
     answered: u32,
+    /// Stale challenges answered since the last success.
+    stale_answered: u32,
+    /// The realm of the first challenge, with the header it came in.
+    realm: Option<(String, &'static str)>,
 }
 
 impl DigestAuth {
@@ -241,11 +265,25 @@ impl DigestAuth {
         let Some((challenge, answer_in)) = challenge_of(response) else {
             return false;
         };
+        // A proxy and the registrar may each have a realm of their own:
+        // pinned per header kind.
+        match &self.realm {
+            Some((realm, kind)) if *kind == answer_in && *realm != challenge.realm => {
+                return false;
+            }
+            None => self.realm = Some((challenge.realm.clone(), answer_in)),
+            Some(_) => {}
+        }
         let same_kind_again = self
             .current
             .as_ref()
             .is_some_and(|(_, kind)| *kind == answer_in);
-        if !challenge.stale && self.answered > 0 && (same_kind_again || self.answered >= 2) {
+        if challenge.stale {
+            if self.stale_answered >= MAX_STALE_RETRIES {
+                return false;
+            }
+            self.stale_answered += 1;
+        } else if self.answered > 0 && (same_kind_again || self.answered >= 2) {
             return false;
         }
         self.answered += 1;
@@ -257,6 +295,7 @@ impl DigestAuth {
     /// The request was accepted: a later challenge is answered afresh.
     pub fn succeeded(&mut self) {
         self.answered = 0;
+        self.stale_answered = 0;
     }
 
     /// The header (name and value) answering the current challenge for
@@ -428,5 +467,71 @@ mod tests {
         assert!(!auth.take_challenge(&challenged(401, false)));
         auth.succeeded();
         assert!(auth.take_challenge(&challenged(401, false)));
+    }
+
+    fn response_with(headers: &str) -> rsip::Response {
+        let text = format!(
+            "SIP/2.0 401 Unauthorized\r\nVia: SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bKa\r\n\
+             From: <sip:1001@pbx>;tag=a\r\nTo: <sip:1001@pbx>;tag=b\r\nCall-ID: c\r\n\
+             CSeq: 1 REGISTER\r\n{headers}Content-Length: 0\r\n\r\n"
+        );
+        match crate::sip::message::parse_datagram(text.as_bytes()).unwrap() {
+            rsip::SipMessage::Response(r) => r,
+            rsip::SipMessage::Request(_) => unreachable!("a response"),
+        }
+    }
+
+    #[test]
+    fn the_strongest_offered_algorithm_is_answered() {
+        let both = response_with(
+            "WWW-Authenticate: Digest realm=\"r\", nonce=\"m\", algorithm=MD5\r\n\
+             WWW-Authenticate: Digest realm=\"r\", nonce=\"s\", algorithm=SHA-256\r\n",
+        );
+        let (challenge, _) = challenge_of(&both).unwrap();
+        assert_eq!(
+            (challenge.algorithm, challenge.nonce.as_str()),
+            (Algorithm::Sha256, "s")
+        );
+        // One we cannot answer is passed over, not fatal.
+        let unknown_first = response_with(
+            "WWW-Authenticate: Digest realm=\"r\", nonce=\"x\", algorithm=SHA-512-256\r\n\
+             WWW-Authenticate: Digest realm=\"r\", nonce=\"m\"\r\n",
+        );
+        let (challenge, _) = challenge_of(&unknown_first).unwrap();
+        assert_eq!(challenge.algorithm, Algorithm::Md5);
+        let only_unknown = response_with(
+            "WWW-Authenticate: Digest realm=\"r\", nonce=\"x\", algorithm=SHA-512-256\r\n",
+        );
+        assert!(challenge_of(&only_unknown).is_none());
+    }
+
+    #[test]
+    fn stale_retries_are_bounded_and_the_realm_is_pinned() {
+        let mut auth = DigestAuth::new("1001", Some("pw".into()));
+        assert!(auth.take_challenge(&challenged(401, false)));
+        for _ in 0..MAX_STALE_RETRIES {
+            assert!(auth.take_challenge(&challenged(401, true)));
+        }
+        assert!(
+            !auth.take_challenge(&challenged(401, true)),
+            "stale for ever"
+        );
+        auth.succeeded();
+        assert!(
+            auth.take_challenge(&challenged(401, true)),
+            "counted afresh"
+        );
+
+        // Another realm for the same header, even as "stale": refused.
+        let mut auth = DigestAuth::new("1001", Some("pw".into()));
+        assert!(auth.take_challenge(&challenged(401, false)));
+        auth.succeeded();
+        let elsewhere =
+            response_with("WWW-Authenticate: Digest realm=\"evil\", nonce=\"e\", stale=true\r\n");
+        assert!(!auth.take_challenge(&elsewhere));
+        assert!(
+            auth.take_challenge(&challenged(401, false)),
+            "the pinned realm still is"
+        );
     }
 }

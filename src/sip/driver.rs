@@ -783,11 +783,21 @@ async fn run(
         ] {
             counter.inc_by(total - counted);
         }
-        if now.untrusted_dropped > seen.untrusted_dropped {
-            metrics.count_sip_refused(
+        for (reason, total, counted) in [
+            (
                 UNTRUSTED_SOURCE,
-                now.untrusted_dropped - seen.untrusted_dropped,
-            );
+                now.untrusted_dropped,
+                seen.untrusted_dropped,
+            ),
+            (
+                "too_many_transactions",
+                now.transactions_refused,
+                seen.transactions_refused,
+            ),
+        ] {
+            if total > counted {
+                metrics.count_sip_refused(reason, total - counted);
+            }
         }
         seen = now;
         metrics.sip_registrations.set(ua.registered_count() as i64);

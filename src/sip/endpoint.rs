@@ -6,8 +6,8 @@
 //! Accept). Every other request goes first to the user agent (dialogs,
 //! incoming INVITEs, CANCEL); one it does not take is answered 501.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use rsip::prelude::*;
@@ -26,6 +26,27 @@ pub struct EndpointCounters {
     pub requests: u64,
     pub malformed: u64,
     pub retransmissions_absorbed: u64,
+    /// New requests dropped unanswered: their source, or everyone, held
+    /// as many server transactions as allowed.
+    pub transactions_refused: u64,
+}
+
+/// How many server transactions may be open at once, from one source
+/// address and in all (each lives until its timer J or H, up to 64·T1
+/// after its final answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransactionLimits {
+    pub per_source: usize,
+    pub total: usize,
+}
+
+impl Default for TransactionLimits {
+    fn default() -> Self {
+        TransactionLimits {
+            per_source: 5_000,
+            total: 20_000,
+        }
+    }
 }
 
 pub struct Endpoint {
@@ -36,6 +57,9 @@ pub struct Endpoint {
     server: BTreeMap<ServerKey, (SocketAddr, ServerTransaction)>,
     /// When each server transaction next wakes.
     wakeups: TimerTable<ServerKey>,
+    /// Open server transactions by source address.
+    per_source: HashMap<IpAddr, usize>,
+    limits: TransactionLimits,
     transmit: VecDeque<Datagram>,
     pub counters: EndpointCounters,
     /// Our To tags.
@@ -72,10 +96,18 @@ impl Endpoint {
             reliable,
             server: BTreeMap::new(),
             wakeups: TimerTable::default(),
+            per_source: HashMap::new(),
+            limits: TransactionLimits::default(),
             transmit: VecDeque::new(),
             counters: EndpointCounters::default(),
             random,
         }
+    }
+
+    /// The same endpoint with `limits` on its server transactions.
+    pub fn with_limits(mut self, limits: TransactionLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The endpoint on its own: every new request gets the endpoint's own
@@ -121,6 +153,16 @@ impl Endpoint {
             self.collect(&key);
             return Received::Handled;
         }
+        // A new transaction: only within the limits (a flood of requests
+        // with fresh branches cannot grow memory without bound). An ACK
+        // opens none.
+        if request.method != rsip::Method::Ack {
+            let of_source = self.per_source.get(&from.ip()).copied().unwrap_or(0);
+            if of_source >= self.limits.per_source || self.server.len() >= self.limits.total {
+                self.counters.transactions_refused += 1;
+                return Received::Handled;
+            }
+        }
         Received::Request(request)
     }
 
@@ -150,6 +192,7 @@ impl Endpoint {
         };
         tx.handle_input(now, ServerInput::Respond(response));
         self.server.insert(key.clone(), (from, tx));
+        *self.per_source.entry(from.ip()).or_default() += 1;
         self.collect(&key);
     }
 
@@ -171,6 +214,14 @@ impl Endpoint {
         apply_rport(&mut response, *from);
         tx.handle_input(now, ServerInput::Respond(response));
         self.collect(&key);
+    }
+
+    /// Where the request of server transaction (`branch`, `method`) came
+    /// from: the real source address, whatever its Via claims.
+    pub fn source_of(&self, branch: &str, method: &str) -> Option<SocketAddr> {
+        self.server
+            .get(&(branch.to_string(), method.to_string()))
+            .map(|(from, _)| *from)
     }
 
     /// Runs the timers that are due.
@@ -210,7 +261,14 @@ impl Endpoint {
             }
         }
         if done {
-            self.server.remove(key);
+            if let Some((peer, _)) = self.server.remove(key) {
+                if let Some(n) = self.per_source.get_mut(&peer.ip()) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.per_source.remove(&peer.ip());
+                    }
+                }
+            }
             next = None;
         }
         self.wakeups.set(key.clone(), next);
@@ -328,6 +386,7 @@ fn add_to_tag(response: &mut rsip::Response, tag: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn options(branch: &str) -> Vec<u8> {
         [
@@ -366,6 +425,46 @@ mod tests {
         let again = ep.handle_datagram(Instant::now(), from, &options("z9hG4bKo1"));
         assert_eq!(again[0].1, out[0].1);
         assert_eq!(ep.counters.retransmissions_absorbed, 1);
+    }
+
+    #[test]
+    fn server_transactions_are_bounded_per_source_and_in_all() {
+        let limits = TransactionLimits {
+            per_source: 3,
+            total: 5,
+        };
+        let mut ep = Endpoint::new(TimerConfig::default(), Random::seeded(1)).with_limits(limits);
+        let t0 = Instant::now();
+        let a: SocketAddr = "198.51.100.4:40000".parse().unwrap();
+        let b: SocketAddr = "198.51.100.5:40000".parse().unwrap();
+        let c: SocketAddr = "198.51.100.6:40000".parse().unwrap();
+        let answered = |ep: &mut Endpoint, from, branch: &str| {
+            !ep.handle_datagram(t0, from, &options(branch)).is_empty()
+        };
+        for i in 0..3 {
+            assert!(answered(&mut ep, a, &format!("z9hG4bKa{i}")));
+        }
+        assert!(
+            !answered(&mut ep, a, "z9hG4bKa3"),
+            "a fourth from one source"
+        );
+        // A retransmission of an open one is still answered.
+        assert!(answered(&mut ep, a, "z9hG4bKa0"));
+        assert!(answered(&mut ep, b, "z9hG4bKb0"));
+        assert!(answered(&mut ep, b, "z9hG4bKb1"));
+        assert!(!answered(&mut ep, c, "z9hG4bKc0"), "the total is reached");
+        assert_eq!(ep.counters.transactions_refused, 2);
+        // Timer J ends them (64·T1 over UDP): room again.
+        ep.handle_timeout(t0 + Duration::from_secs(40));
+        assert!(
+            ep.handle_datagram(t0 + Duration::from_secs(40), c, &options("z9hG4bKc1"))
+                .len()
+                == 1
+        );
+        assert!(
+            ep.per_source.get(&a.ip()).is_none(),
+            "counts go back to nothing"
+        );
     }
 
     #[test]

@@ -397,6 +397,21 @@ pub fn header_value(response: &rsip::Response, name: &str) -> Option<String> {
     })
 }
 
+/// Every value of header `name` (case-insensitive), in order.
+pub fn header_values(response: &rsip::Response, name: &str) -> Vec<String> {
+    response
+        .headers
+        .iter()
+        .filter_map(|h| {
+            let text = h.to_string();
+            let (n, v) = text.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+        .collect()
+}
+
 /// The top Via's branch of a request.
 pub fn branch_of(request: &rsip::Request) -> Option<String> {
     let via = request.via_header().ok()?.typed().ok()?;

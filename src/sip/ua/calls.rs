@@ -181,12 +181,11 @@ impl UserAgent {
         };
         let response = call.accept(sdp);
         let bytes = response.to_string().into_bytes();
+        // Read before the 2xx ends the INVITE's server transaction.
+        let source = self.invite_source(key);
         self.respond_invite(now, key, response);
         // Over TCP the transport itself delivers the 2xx.
-        if let Some(to) = self
-            .invite_source(key)
-            .filter(|_| !self.cfg.identity.reliable())
-        {
+        if let Some(to) = source.filter(|_| !self.cfg.identity.reliable()) {
             let t1 = self.cfg.timers.t1;
             self.unacked.insert(
                 key.to_string(),
@@ -241,28 +240,12 @@ impl UserAgent {
         self.wakeups.set(Wakeup::Unacked(key.to_string()), None);
     }
 
-    /// Where the far end's INVITE for call `key` came from (its Via, with
-    /// `received`/`rport`).
+    /// Where the far end's INVITE for call `key` came from: the source
+    /// address its server transaction saw (never its Via's `received` or
+    /// `rport`, which the sender writes and could point anywhere).
     fn invite_source(&self, key: &str) -> Option<SocketAddr> {
-        let call = self.calls.get(key)?;
-        let via = call.invite().via_header().ok()?.typed().ok()?;
-        let host = via.uri.host_with_port.to_string();
-        let received = via.params.iter().find_map(|p| match p {
-            rsip::Param::Received(r) => Some(r.value().to_string()),
-            _ => None,
-        });
-        let rport = via.params.iter().find_map(|p| match p {
-            rsip::Param::Other(k, Some(v)) if k.value().eq_ignore_ascii_case("rport") => {
-                v.value().parse::<u16>().ok()
-            }
-            _ => None,
-        });
-        let base: SocketAddr = host
-            .parse()
-            .ok()
-            .or_else(|| format!("{host}:5060").parse().ok())?;
-        let ip = received.and_then(|r| r.parse().ok()).unwrap_or(base.ip());
-        Some(SocketAddr::new(ip, rport.unwrap_or(base.port())))
+        let branch = self.calls.get(key)?.invite_branch()?;
+        self.endpoint.source_of(&branch, "INVITE")
     }
 
     fn respond_invite(&mut self, now: Instant, key: &str, response: rsip::Response) {

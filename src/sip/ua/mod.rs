@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use rsip::prelude::*;
 
 use super::dialog::DialogEvent;
-use super::endpoint::{Endpoint, Received};
+use super::endpoint::{Endpoint, Received, TransactionLimits};
 use super::identity::Identity;
 use super::message::branch_of;
 use super::registration::{Registration, RegistrationEvent};
@@ -50,6 +50,8 @@ pub struct UaConfig {
     pub keepalive: Option<Duration>,
     /// Whom SIP is taken from; anything else is dropped unread.
     pub trusted: TrustedSources,
+    /// Server transactions open at once, per source and in all.
+    pub transactions: TransactionLimits,
 }
 
 /// What the user agent is told: a message, the time, or a command.
@@ -159,6 +161,8 @@ pub struct UaCounters {
     pub retransmissions_absorbed: u64,
     /// Datagrams dropped unread: their source is not a trusted one.
     pub untrusted_dropped: u64,
+    /// New requests dropped unanswered: too many server transactions open.
+    pub transactions_refused: u64,
 }
 
 /// Who a client transaction's answers go to.
@@ -234,7 +238,8 @@ impl UserAgent {
                 cfg.timers,
                 cfg.identity.reliable(),
                 random.fork(),
-            ),
+            )
+            .with_limits(cfg.transactions),
             next_keepalive,
             cfg,
             clients: BTreeMap::new(),
@@ -347,6 +352,7 @@ impl UserAgent {
             .set(Wakeup::Endpoint, self.endpoint.poll_timeout());
         self.counters.malformed_received = self.endpoint.counters.malformed;
         self.counters.retransmissions_absorbed = self.endpoint.counters.retransmissions_absorbed;
+        self.counters.transactions_refused = self.endpoint.counters.transactions_refused;
     }
 
     /// Queues a datagram for the server over the SIP link.

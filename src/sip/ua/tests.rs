@@ -100,6 +100,7 @@ fn cfg(keepalive: Option<Duration>) -> UaConfig {
         register_expires: 300,
         keepalive,
         trusted: TrustedSources::new(&[server().ip()], &[]),
+        transactions: TransactionLimits::default(),
     }
 }
 
@@ -331,6 +332,42 @@ fn sip_from_an_untrusted_source_is_dropped_unanswered_and_counted() {
     assert!(sent(&mut ua)[0].starts_with("SIP/2.0 100"));
     assert!(matches!(ua.next_event(), Some(UaEvent::Incoming { .. })));
     assert_eq!(ua.counters.untrusted_dropped, 1);
+}
+
+#[test]
+fn the_2xx_goes_to_where_the_invite_came_from_not_where_its_via_points() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(1));
+    // A Via that names a victim with received/rport of its own making.
+    let invite = String::from_utf8(incoming_invite("z9hG4bKrefl"))
+        .unwrap()
+        .replace(
+            "Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKrefl",
+            "Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKrefl;received=203.0.113.9;rport=9999",
+        );
+    ua.datagram_in(t0, server(), invite.as_bytes());
+    let Some(UaEvent::Incoming { key, .. }) = ua.next_event() else {
+        panic!("an incoming call event");
+    };
+    ua.accept_in(t0, &key, "v=0 answer\r\n".into());
+    ua.timeout_in(t0 + Duration::from_millis(500));
+    ua.timeout_in(t0 + Duration::from_millis(1500));
+    let mut destinations = Vec::new();
+    while let Some((to, bytes)) = ua.next_transmit() {
+        if bytes.starts_with(b"SIP/2.0 200") {
+            destinations.push(to);
+        }
+    }
+    assert!(destinations.len() >= 3, "{destinations:?}");
+    assert!(
+        destinations.iter().all(|to| *to == server()),
+        "{destinations:?}"
+    );
+    // Never more than the transaction allows: nothing after 64·T1.
+    ua.timeout_in(t0 + Duration::from_secs(40));
+    while ua.next_transmit().is_some() {}
+    ua.timeout_in(t0 + Duration::from_secs(80));
+    assert!(std::iter::from_fn(|| ua.next_transmit()).all(|(_, b)| !b.starts_with(b"SIP/2.0 200")));
 }
 
 #[test]
