@@ -462,7 +462,7 @@ mod tests {
                 == 1
         );
         assert!(
-            ep.per_source.get(&a.ip()).is_none(),
+            !ep.per_source.contains_key(&a.ip()),
             "counts go back to nothing"
         );
     }
