@@ -245,13 +245,15 @@ pub(crate) async fn serve_api(
 pub(crate) struct SipPort {
     pub addr: SocketAddr,
     udp: UdpSocket,
-    streams: Option<TcpListener>,
+    streams: TcpListener,
 }
 
 impl SipPort {
     pub(crate) async fn bind(c: &config::SipConfig) -> Result<SipPort, StartError> {
-        let takes_streams = matches!(c.transport, SipTransport::Tcp | SipTransport::Tls);
-        let (udp, streams) = bind_sip(&c.listen, takes_streams).await?;
+        // TCP on the same port whatever the transport: RFC 3261 §18 asks
+        // every element for both, and a server sends a request too large
+        // for UDP over TCP.
+        let (udp, streams) = bind_sip(&c.listen).await?;
         let addr = udp.local_addr().map_err(|e| StartError::Bind {
             key: "sip.listen",
             addr: c.listen.clone(),
@@ -283,16 +285,18 @@ pub(crate) fn start_sip(
         }
         _ => sip::driver::Link::Udp(port.udp),
     };
-    // Over TCP or TLS the server may also open connections to our SIP port.
+    // The server may open connections to our SIP port: TLS ones with
+    // transport "tls", plain TCP ones otherwise.
     let acceptor = match (c.transport, tls_identity) {
-        (SipTransport::Tcp, _) => Some(None),
+        (SipTransport::Udp | SipTransport::Tcp, _) => Some(None),
         (SipTransport::Tls, Some(identity)) => Some(Some(tokio_rustls::TlsAcceptor::from(
             identity.server_config_with_alpn(Vec::new())?,
         ))),
         _ => None,
     };
-    let inbound = match (acceptor, port.streams) {
-        (Some(tls), Some(listener)) => {
+    let inbound = match acceptor {
+        Some(tls) => {
+            let listener = port.streams;
             let accepted = sip::driver::Accepted::default();
             let (to_ua, messages) = tokio::sync::mpsc::unbounded_channel();
             tasks.push(sip::driver::accept_stream(
@@ -522,13 +526,9 @@ fn local_addr(listener: &TcpListener, key: &'static str) -> Result<SocketAddr, S
     })
 }
 
-/// The SIP port: UDP always, and TCP on the same port number when streams
-/// are taken there. With port 0 the kernel's UDP choice may be taken for
+/// The SIP port: UDP and TCP on the same port number. With port 0 the kernel's UDP choice may be taken for
 /// TCP by someone else: then another port is tried.
-async fn bind_sip(
-    listen: &str,
-    with_tcp: bool,
-) -> Result<(UdpSocket, Option<TcpListener>), StartError> {
+async fn bind_sip(listen: &str) -> Result<(UdpSocket, TcpListener), StartError> {
     let failed = |e: std::io::Error| StartError::Bind {
         key: "sip.listen",
         addr: listen.to_string(),
@@ -538,12 +538,9 @@ async fn bind_sip(
     let mut tries = 0;
     loop {
         let udp = UdpSocket::bind(listen).await.map_err(failed)?;
-        if !with_tcp {
-            return Ok((udp, None));
-        }
         let addr = udp.local_addr().map_err(failed)?;
         match TcpListener::bind(addr).await {
-            Ok(tcp) => return Ok((udp, Some(tcp))),
+            Ok(tcp) => return Ok((udp, tcp)),
             Err(_) if any_port && tries < 16 => tries += 1,
             Err(e) => return Err(failed(e)),
         }

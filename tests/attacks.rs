@@ -843,3 +843,27 @@ async fn a_flood_of_new_transactions_from_one_source_is_bounded() {
     );
     assert!(options_answered("127.0.0.3:0", gw.sip, 3000));
 }
+
+/// With the default UDP transport the SIP port takes TCP as well (RFC 3261
+/// §18): an OPTIONS over a TCP connection is answered over it.
+#[tokio::test]
+async fn the_sip_port_takes_tcp_with_the_udp_transport() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start("", "");
+    let mut stream = tokio::net::TcpStream::connect(gw.sip).await.unwrap();
+    let me = stream.local_addr().unwrap();
+    let request = format!(
+        "OPTIONS sip:gw@{gw} SIP/2.0\r\nVia: SIP/2.0/TCP {me};branch=z9hG4bKtcp1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:probe@{me}>;tag=t1\r\nTo: <sip:gw@{gw}>\r\n\
+         Call-ID: tcp-1@probe\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        gw = gw.sip
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(3), stream.read(&mut buf))
+        .await
+        .expect("an answer over TCP")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
+}

@@ -286,6 +286,7 @@ fn firewall_rules_follow_the_config() {
         dir.path(),
         "g.toml",
         "[http]\ntls-listen = \"0.0.0.0:443\"\n[sip]\nserver = \"198.51.100.7:5060\"\nlisten = \"0.0.0.0:5070\"\n\
+         trusted-sources = [\"10.20.0.0/24\", \"10.30.0.9\"]\n\
          [media]\nweb-port-min = 21000\nweb-port-max = 21999\nsip-port-min = 31000\nsip-port-max = 31999\n",
     );
     let o = run(
@@ -301,7 +302,9 @@ fn firewall_rules_follow_the_config() {
         "ip saddr 198.51.100.7 udp dport 5070 accept",
         "ip saddr 198.51.100.7 udp dport 31000-31999 accept",
         "udp dport 31000-31999 drop",
-        "udp sport 31000-31999 ip daddr != 198.51.100.7 drop",
+        "ip saddr 198.51.100.7 tcp dport 5070 accept",
+        "ip saddr 10.20.0.0/24 udp dport 5070 accept",
+        "udp sport 31000-31999 ip daddr != { 198.51.100.7, 10.20.0.0/24, 10.30.0.9/32 } drop",
     ] {
         assert!(rules.contains(expected), "missing {expected:?} in\n{rules}");
     }

@@ -61,10 +61,22 @@ pub fn render(
     let web_range = format!("{}-{}", media.web_port_min, media.web_port_max);
     let sip_range = format!("{}-{}", media.sip_port_min, media.sip_port_max);
     let sip_port = addr(&config.sip.listen, "sip.listen")?.port();
-    let sip_proto = match config.sip.transport {
-        SipTransport::Udp => "udp",
-        SipTransport::Tcp | SipTransport::Tls => "tcp",
+    // Over UDP the listener takes TCP too (RFC 3261 §18: a server sends a
+    // request too large for UDP over TCP); over TCP or TLS only TCP.
+    let sip_protos: &[&str] = match config.sip.transport {
+        SipTransport::Udp => &["udp", "tcp"],
+        SipTransport::Tcp | SipTransport::Tls => &["tcp"],
     };
+    // Whom the gateway takes SIP from: the server and `trusted-sources`.
+    let mut sources: Vec<String> = sip_servers.iter().map(saddr).collect();
+    for entry in &config.sip.trusted_sources {
+        if let Ok(net) = crate::config::parse_network(entry) {
+            sources.push(match net {
+                ipnet::IpNet::V4(v4) => format!("ip saddr {v4}"),
+                ipnet::IpNet::V6(v6) => format!("ip6 saddr {v6}"),
+            });
+        }
+    }
 
     let mut lines: Vec<String> = vec![
         "#!/usr/sbin/nft -f".into(),
@@ -103,21 +115,27 @@ pub fn render(
     rule(format!(
         "udp dport {web_range} accept comment \"browser media: ICE, DTLS-SRTP, SRTP\""
     ));
-    if sip_servers.is_empty() {
-        rule("# SIP side: no sip.server is configured (echo only), so it stays closed".into());
+    if sources.is_empty() {
+        rule(
+            "# SIP side: no sip.server and no trusted-sources (echo only), so it stays closed"
+                .into(),
+        );
     } else {
-        rule("# SIP side, from the SIP server only".into());
-        for ip in sip_servers {
-            let s = saddr(ip);
-            rule(format!(
-                "{s} {sip_proto} dport {sip_port} accept comment \"SIP signaling\""
-            ));
+        rule("# SIP side, from the SIP server (and trusted-sources) only".into());
+        for s in &sources {
+            for proto in sip_protos {
+                rule(format!(
+                    "{s} {proto} dport {sip_port} accept comment \"SIP signaling\""
+                ));
+            }
             rule(format!(
                 "{s} udp dport {sip_range} accept comment \"SIP media: RTP/RTCP\""
             ));
         }
     }
-    rule(format!("{sip_proto} dport {sip_port} drop"));
+    for proto in sip_protos {
+        rule(format!("{proto} dport {sip_port} drop"));
+    }
     rule(format!("udp dport {sip_range} drop"));
     let admin = addr(&config.admin.listen, "admin.listen")?;
     if !admin.ip().is_loopback() {
@@ -131,22 +149,29 @@ pub fn render(
     lines.push("    chain output {".into());
     lines.push("        type filter hook output priority filter; policy accept;".into());
     let mut rule = |text: String| lines.push(format!("        {text}"));
-    if sip_servers.is_empty() {
+    // The server's addresses and the trusted networks, by family.
+    let mut v4: Vec<String> = Vec::new();
+    let mut v6: Vec<String> = Vec::new();
+    for ip in sip_servers {
+        if ip.is_ipv4() {
+            v4.push(ip.to_string())
+        } else {
+            v6.push(ip.to_string())
+        }
+    }
+    for entry in &config.sip.trusted_sources {
+        match crate::config::parse_network(entry) {
+            Ok(ipnet::IpNet::V4(net)) => v4.push(net.to_string()),
+            Ok(ipnet::IpNet::V6(net)) => v6.push(net.to_string()),
+            Err(_) => {}
+        }
+    }
+    if v4.is_empty() && v6.is_empty() {
         rule(format!(
             "udp sport {sip_range} drop comment \"no SIP server: no SIP media\""
         ));
     } else {
-        rule("# SIP media goes to the SIP server only".into());
-        let v4: Vec<String> = sip_servers
-            .iter()
-            .filter(|i| i.is_ipv4())
-            .map(|i| i.to_string())
-            .collect();
-        let v6: Vec<String> = sip_servers
-            .iter()
-            .filter(|i| i.is_ipv6())
-            .map(|i| i.to_string())
-            .collect();
+        rule("# SIP media goes to the SIP server (and trusted-sources) only".into());
         for (family, nfproto, list) in [("ip", "ipv4", &v4), ("ip6", "ipv6", &v6)] {
             match list.as_slice() {
                 [] => rule(format!("meta nfproto {nfproto} udp sport {sip_range} drop")),
@@ -181,6 +206,10 @@ mod tests {
         assert!(rules.contains("tcp dport 8443 accept"));
         assert!(rules.contains("udp dport 20000-29999 accept"));
         assert!(rules.contains("udp dport 5070 drop"));
+        assert!(
+            rules.contains("tcp dport 5070 drop"),
+            "the SIP port takes TCP too"
+        );
         assert!(rules.contains("udp dport 30000-39999 drop"));
         assert!(
             !rules.contains("saddr"),
@@ -215,6 +244,25 @@ mod tests {
             "{rules}"
         );
         assert!(rules.contains("meta nfproto ipv6 udp sport 40000-40999 drop"));
+    }
+
+    #[test]
+    fn trusted_sources_are_let_in_like_the_server() {
+        let c = config(
+            "[sip]\nserver = \"192.0.2.10\"\ntrusted-sources = [\"10.20.0.0/24\", \"2001:db8:5::/48\"]\n",
+        );
+        let ips = sip_server_addresses(&c).unwrap();
+        let rules = render(&c, &ips, "test").unwrap();
+        for line in [
+            "ip saddr 10.20.0.0/24 udp dport 5070 accept",
+            "ip saddr 10.20.0.0/24 tcp dport 5070 accept",
+            "ip6 saddr 2001:db8:5::/48 udp dport 30000-39999 accept",
+            "ip saddr 192.0.2.10 tcp dport 5070 accept",
+            "udp sport 30000-39999 ip daddr != { 192.0.2.10, 10.20.0.0/24 } drop",
+            "udp sport 30000-39999 ip6 daddr != 2001:db8:5::/48 drop",
+        ] {
+            assert!(rules.contains(line), "{line:?} missing:\n{rules}");
+        }
     }
 
     #[test]
