@@ -113,7 +113,8 @@ impl Metrics {
             "sip_refused",
             "SIP datagrams and connections dropped unanswered, by reason \
              (untrusted_source: not the server nor in trusted-sources; \
-             too_many_transactions: max-transactions-per-source or max-transactions open)",
+             too_many_transactions: max-transactions-per-source or max-transactions open; \
+             too_many_connections: 32 from one address or 256 in all)",
             sip_refused.clone(),
         );
         registry.register(

@@ -381,18 +381,20 @@ async fn a_caller_connects_to_us_over_tcp() {
     assert!(gw.log().contains("SIP over TCP: connection accepted"));
 }
 
-/// The SIP port takes at most 256 connections at once: the next is closed
-/// at once, and a place freed is taken again.
+/// The SIP port takes at most 32 connections from one address and 256 in
+/// all: the next is closed at once (and counted), and a place freed is
+/// taken again.
 #[tokio::test]
 async fn the_sip_port_caps_its_connections() {
     use tokio::io::AsyncReadExt;
-    let t = SipTest::gateway(Transport::Tcp, "");
-    let mut held = Vec::new();
-    for _ in 0..256 {
-        held.push(tokio::net::TcpStream::connect(t.gw.sip).await.unwrap());
-    }
-    // Give the gateway time to take them all.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = SipTest::gateway(Transport::Tcp, "trusted-sources = [\"127.0.0.0/8\"]\n");
+    let from = |host: u8| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(std::net::SocketAddr::from(([127, 0, 0, host], 0)))
+            .unwrap();
+        socket.connect(t.gw.sip).await.unwrap()
+    };
     let closed_at_once = |mut s: tokio::net::TcpStream| async move {
         let mut buf = [0u8; 16];
         matches!(
@@ -400,14 +402,32 @@ async fn the_sip_port_caps_its_connections() {
             Ok(Ok(0)) | Ok(Err(_))
         )
     };
-    let extra = tokio::net::TcpStream::connect(t.gw.sip).await.unwrap();
+    let refused = "gateway_sip_refused_total{reason=\"too_many_connections\"}";
+    // 32 from one address; the 33rd is refused.
+    let mut held = Vec::new();
+    for _ in 0..32 {
+        held.push(from(1).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        closed_at_once(extra).await,
-        "the 257th connection is closed"
+        closed_at_once(from(1).await).await,
+        "the 33rd from one address"
     );
+    assert_eq!(t.gw.metric(refused).await, 1.0);
+    // 256 in all, from 8 addresses.
+    for host in 2..=8 {
+        for _ in 0..32 {
+            held.push(from(host).await);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(closed_at_once(from(9).await).await, "the 257th connection");
+    assert_eq!(t.gw.metric(refused).await, 2.0);
     drop(held.pop());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let again = tokio::net::TcpStream::connect(t.gw.sip).await.unwrap();
-    assert!(!closed_at_once(again).await, "a freed place is taken again");
+    assert!(
+        !closed_at_once(from(9).await).await,
+        "a freed place is taken again"
+    );
     assert!(t.gw.log().contains("too many connections"));
 }

@@ -7,13 +7,22 @@ use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use webrtc_sip_gateway::sip::digest::Challenge;
-use webrtc_sip_gateway::sip::message::{frame_stream, parse_datagram};
+use webrtc_sip_gateway::sip::message::{parse_datagram, StreamFramer};
 use webrtc_sip_gateway::sip::transaction::{
     ClientInput, ClientTransaction, Output, ServerInput, ServerTransaction, TimerConfig,
 };
 
 fuzz_target!(|data: &[u8]| {
-    let _ = frame_stream(data);
+    // The stream framer, fed in pieces whose size the first byte picks.
+    if let Some((&piece, rest)) = data.split_first() {
+        let mut framer = StreamFramer::default();
+        for chunk in rest.chunks(usize::from(piece).max(1)) {
+            framer.push(chunk);
+            while let Ok(Some(message)) = framer.next_message() {
+                let _ = parse_datagram(&message);
+            }
+        }
+    }
     // A digest challenge as a WWW-Authenticate value.
     if let Ok(text) = std::str::from_utf8(data) {
         if let Ok(challenge) = Challenge::parse(text) {

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use super::dialog::DialogEvent;
-use super::message::{frame_stream, MAX_MESSAGE_BYTES};
+use super::message::{StreamFramer, MAX_MESSAGE_BYTES};
 use super::registration::RegistrationEvent;
 use super::sources::TrustedSources;
 use super::ua::{Over, Transmit, UaCounters, UaEvent, UaInput, UaOutput, UserAgent};
@@ -309,6 +309,62 @@ impl Accepted {
 /// handful; the cap keeps a flood of connections from using up the process.
 const MAX_ACCEPTED_CONNECTIONS: usize = 256;
 
+/// Connections one address may hold open to the SIP port: a server needs
+/// a few; more from one place is a flood.
+const MAX_CONNECTIONS_PER_SOURCE: usize = 32;
+
+/// A connection a peer opened that carries nothing (not even a CRLF
+/// keep-alive, RFC 5626) for this long is closed; the peer connects again
+/// when it has something to send.
+const ACCEPTED_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Our own connections to the server stay up however quiet they are.
+const OUR_LINK_IDLE: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Open accepted connections by peer address (handshaking ones too).
+#[derive(Clone, Default)]
+struct PerSource(Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>);
+
+/// One connection's place in [`PerSource`], given back when dropped.
+struct SourceSlot {
+    counts: PerSource,
+    ip: IpAddr,
+}
+
+impl PerSource {
+    fn take(&self, ip: IpAddr) -> Option<SourceSlot> {
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = counts.entry(ip).or_default();
+        if *n >= MAX_CONNECTIONS_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .counts
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// `gateway_sip_refused_total`'s reason for SIP from a source that is
 /// neither the server nor in `trusted-sources`.
 const UNTRUSTED_SOURCE: &str = "untrusted_source";
@@ -328,6 +384,7 @@ pub fn accept_stream(
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ACCEPTED_CONNECTIONS));
+    let per_source = PerSource::default();
     tokio::spawn(async move {
         loop {
             let (stream, peer) = tokio::select! {
@@ -347,8 +404,13 @@ pub fn accept_stream(
                 continue;
             }
             // Handshaking ones count too: a flood cannot queue up.
+            let Some(source_slot) = per_source.take(peer.ip()) else {
+                metrics.count_sip_refused("too_many_connections", 1);
+                continue;
+            };
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 warn!(%peer, "SIP: too many connections taken already; closing this one");
+                metrics.count_sip_refused("too_many_connections", 1);
                 continue;
             };
             let _ = stream.set_nodelay(true);
@@ -358,12 +420,21 @@ pub fn accept_stream(
             let tls = tls.clone();
             tokio::spawn(async move {
                 let _permit = permit;
+                let _source_slot = source_slot;
                 let (to_peer, mut outgoing) = mpsc::unbounded_channel();
                 match tls {
                     None => {
                         info!(%peer, "SIP over TCP: connection accepted");
                         accepted.lock().insert(peer, to_peer);
-                        serve(stream, peer, &mut outgoing, &incoming, &mut shutdown).await;
+                        serve(
+                            stream,
+                            peer,
+                            &mut outgoing,
+                            &incoming,
+                            &mut shutdown,
+                            ACCEPTED_IDLE_TIMEOUT,
+                        )
+                        .await;
                     }
                     Some(tls) => {
                         let handshake =
@@ -381,7 +452,15 @@ pub fn accept_stream(
                         };
                         info!(%peer, "SIP over TLS: connection accepted");
                         accepted.lock().insert(peer, to_peer);
-                        serve(stream, peer, &mut outgoing, &incoming, &mut shutdown).await;
+                        serve(
+                            stream,
+                            peer,
+                            &mut outgoing,
+                            &incoming,
+                            &mut shutdown,
+                            ACCEPTED_IDLE_TIMEOUT,
+                        )
+                        .await;
                     }
                 }
                 accepted.lock().remove(&peer);
@@ -420,7 +499,16 @@ async fn large_request_link(
     };
     let _ = stream.set_nodelay(true);
     info!(%server, "SIP over TCP for a request too large for UDP");
-    if let Ended::Lost = serve(stream, server, &mut outgoing, &incoming, &mut shutdown).await {
+    if let Ended::Lost = serve(
+        stream,
+        server,
+        &mut outgoing,
+        &incoming,
+        &mut shutdown,
+        OUR_LINK_IDLE,
+    )
+    .await
+    {
         let _ = failed.send(());
     }
 }
@@ -518,12 +606,28 @@ async fn keep_stream(
             }
             Ok(Connection::Tcp(stream)) => {
                 failing = false;
-                serve(stream, server, &mut outgoing, &incoming, &mut shutdown).await
+                serve(
+                    stream,
+                    server,
+                    &mut outgoing,
+                    &incoming,
+                    &mut shutdown,
+                    OUR_LINK_IDLE,
+                )
+                .await
             }
             Ok(Connection::Tls(stream)) => {
                 failing = false;
                 info!(%server, "SIP over TLS: connected, the server's certificate checked");
-                serve(*stream, server, &mut outgoing, &incoming, &mut shutdown).await
+                serve(
+                    *stream,
+                    server,
+                    &mut outgoing,
+                    &incoming,
+                    &mut shutdown,
+                    OUR_LINK_IDLE,
+                )
+                .await
             }
         };
         match ended {
@@ -558,21 +662,24 @@ async fn connect(
 
 /// Writes what the user agent sends, cuts what arrives from `peer` into
 /// messages (skipping keep-alive CRLFs, RFC 5626). A stream that does not
-/// frame is dropped.
+/// frame, or on which nothing arrives for `idle_timeout`, is dropped.
 async fn serve<S>(
     stream: S,
     peer: SocketAddr,
     outgoing: &mut mpsc::UnboundedReceiver<Vec<u8>>,
     incoming: &mpsc::UnboundedSender<(Vec<u8>, SocketAddr)>,
     shutdown: &mut watch::Receiver<bool>,
+    idle_timeout: Duration,
 ) -> Ended
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let mut pending: Vec<u8> = Vec::new();
+    let mut framer = StreamFramer::default();
     let mut chunk = vec![0u8; 16 * 1024];
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
     loop {
         tokio::select! {
             message = outgoing.recv() => match message {
@@ -588,24 +695,26 @@ where
                     Ok(0) | Err(_) => return Ended::Lost,
                     Ok(n) => n,
                 };
-                pending.extend_from_slice(&chunk[..n]);
+                idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                framer.push(&chunk[..n]);
                 loop {
-                    let skip = pending.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
-                    pending.drain(..skip);
-                    match frame_stream(&pending) {
-                        Ok(Some(len)) => {
-                            let message: Vec<u8> = pending.drain(..len).collect();
+                    match framer.next_message() {
+                        Ok(Some(message)) => {
                             if incoming.send((message, peer)).is_err() {
                                 return Ended::Stop;
                             }
                         }
                         Ok(None) => break,
                         Err(e) => {
-                            warn!(error = %e, "SIP stream: a message does not frame; reconnecting");
+                            warn!(error = %e, "SIP stream: a message does not frame; closing it");
                             return Ended::Lost;
                         }
                     }
                 }
+            }
+            _ = &mut idle => {
+                info!(%peer, "SIP stream idle; closing it");
+                return Ended::Lost;
             }
             _ = shutdown.changed() => return Ended::Stop,
         }

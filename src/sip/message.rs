@@ -275,26 +275,76 @@ pub fn parse_datagram(data: &[u8]) -> Result<rsip::SipMessage, SipParseError> {
     Ok(message)
 }
 
-/// On a stream (TCP, TLS): the length of the first complete message in
-/// `buf`, or None while more bytes are needed. Streams need Content-Length.
-pub fn frame_stream(buf: &[u8]) -> Result<Option<usize>, SipParseError> {
-    // Keep-alive CRLFs between messages (RFC 5626) are skipped by the caller.
-    let Some(end) = header_end(buf) else {
-        return if buf.len() > MAX_MESSAGE_BYTES {
-            Err(SipParseError::TooLarge)
-        } else {
-            Ok(None)
-        };
-    };
-    let head = std::str::from_utf8(&buf[..end])
-        .map_err(|_| SipParseError::Malformed("header encoding".into()))?;
-    let (_, declared) = normalise_headers(head)?;
-    let body = declared.ok_or(SipParseError::MissingHeader("Content-Length"))?;
-    let total = end + 4 + body;
-    if total > MAX_MESSAGE_BYTES {
-        return Err(SipParseError::TooLarge);
+/// Cuts a stream (TCP, TLS) into messages as its bytes arrive, in time
+/// linear in the bytes: the search for the end of the headers resumes
+/// where the last one stopped, and a message's headers are read once (a
+/// peer trickling a large message a byte at a time cannot make each byte
+/// cost a rescan). Keep-alive CRLFs between messages are skipped.
+#[derive(Debug, Default)]
+pub struct StreamFramer {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already searched for the end of the headers.
+    searched: usize,
+    /// The whole length of the message at the front, once its headers are in.
+    message_len: Option<usize>,
+    /// Bytes looked at while searching, over the framer's life (what the
+    /// linearity test counts).
+    pub bytes_examined: u64,
+}
+
+impl StreamFramer {
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
     }
-    Ok((buf.len() >= total).then_some(total))
+
+    /// The next complete message, None while more bytes are needed; an
+    /// error when the stream cannot be framed (it should be dropped).
+    pub fn next_message(&mut self) -> Result<Option<Vec<u8>>, SipParseError> {
+        if self.message_len.is_none() && self.searched == 0 {
+            let skip = self
+                .buf
+                .iter()
+                .take_while(|b| **b == b'\r' || **b == b'\n')
+                .count();
+            self.buf.drain(..skip);
+        }
+        if self.message_len.is_none() {
+            // Resume 3 bytes back: the terminator may straddle two reads.
+            let from = self.searched.saturating_sub(3);
+            let window = &self.buf[from..];
+            self.bytes_examined += window.len() as u64;
+            match header_end(window) {
+                None => {
+                    self.searched = self.buf.len();
+                    if self.buf.len() > MAX_MESSAGE_BYTES {
+                        return Err(SipParseError::TooLarge);
+                    }
+                    return Ok(None);
+                }
+                Some(at) => {
+                    let end = from + at;
+                    let head = std::str::from_utf8(&self.buf[..end])
+                        .map_err(|_| SipParseError::Malformed("header encoding".into()))?;
+                    let (_, declared) = normalise_headers(head)?;
+                    let body = declared.ok_or(SipParseError::MissingHeader("Content-Length"))?;
+                    let total = end + 4 + body;
+                    if total > MAX_MESSAGE_BYTES {
+                        return Err(SipParseError::TooLarge);
+                    }
+                    self.message_len = Some(total);
+                }
+            }
+        }
+        match self.message_len {
+            Some(total) if self.buf.len() >= total => {
+                let message: Vec<u8> = self.buf.drain(..total).collect();
+                self.message_len = None;
+                self.searched = 0;
+                Ok(Some(message))
+            }
+            _ => Ok(None),
+        }
+    }
 }
 
 fn check_mandatory(m: &rsip::SipMessage) -> Result<(), SipParseError> {
@@ -511,14 +561,64 @@ mod tests {
     fn stream_framing() {
         let one = invite();
         let two = format!("{one}{one}");
-        assert_eq!(frame_stream(two.as_bytes()), Ok(Some(one.len())));
-        assert_eq!(frame_stream(&two.as_bytes()[..one.len() - 1]), Ok(None));
-        assert_eq!(frame_stream(&one.as_bytes()[..20]), Ok(None));
-        let no_length = one.replace("l: 4\r\n", "");
+        let mut framer = StreamFramer::default();
+        framer.push(&two.as_bytes()[..one.len() - 1]);
+        assert_eq!(framer.next_message(), Ok(None));
+        framer.push(&two.as_bytes()[one.len() - 1..]);
+        assert_eq!(framer.next_message(), Ok(Some(one.clone().into_bytes())));
+        assert_eq!(framer.next_message(), Ok(Some(one.clone().into_bytes())));
+        assert_eq!(framer.next_message(), Ok(None));
+        let mut framer = StreamFramer::default();
+        framer.push(one.replace("l: 4\r\n", "").as_bytes());
         assert_eq!(
-            frame_stream(no_length.as_bytes()),
+            framer.next_message(),
             Err(SipParseError::MissingHeader("Content-Length"))
         );
+    }
+
+    #[test]
+    fn the_stream_framer_cuts_messages_fed_a_byte_at_a_time_in_linear_work() {
+        let body = "v=0\r\n".repeat(2000);
+        let one = format!(
+            "INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nFrom: <sip:x@y>;tag=1\r\n\
+             To: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nX-Filler: {}\r\nContent-Length: {}\r\n\r\n{body}",
+            "f".repeat(20_000),
+            body.len()
+        );
+        let stream = format!("\r\n\r\n{one}\r\n{one}");
+        let mut framer = StreamFramer::default();
+        let mut got = Vec::new();
+        for byte in stream.as_bytes() {
+            framer.push(std::slice::from_ref(byte));
+            while let Some(message) = framer.next_message().unwrap() {
+                got.push(message);
+            }
+        }
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|m| m == one.as_bytes()));
+        // Each byte looked at a bounded number of times, not once per read.
+        assert!(
+            framer.bytes_examined <= 5 * stream.len() as u64,
+            "{} bytes examined for {}",
+            framer.bytes_examined,
+            stream.len()
+        );
+        // Fed whole, the same messages.
+        let mut framer = StreamFramer::default();
+        framer.push(stream.as_bytes());
+        assert_eq!(
+            framer.next_message().unwrap().as_deref(),
+            Some(one.as_bytes())
+        );
+        assert_eq!(
+            framer.next_message().unwrap().as_deref(),
+            Some(one.as_bytes())
+        );
+        assert_eq!(framer.next_message().unwrap(), None);
+        // No Content-Length on a stream: it cannot be framed.
+        let mut framer = StreamFramer::default();
+        framer.push(b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h\r\n\r\n");
+        assert!(framer.next_message().is_err());
     }
 }
 
