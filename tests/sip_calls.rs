@@ -337,6 +337,24 @@ async fn required_srtp_hangs_up_on_a_plain_answer() {
     t.finish().await;
 }
 
+/// An SDES answer that hands our own offered key back (both directions
+/// under one key) is refused like an unusable answer: ACK, BYE, and the
+/// browser is told.
+#[tokio::test]
+async fn an_answer_repeating_our_sdes_key_is_refused() {
+    let t = SipTest::toward_over(
+        "uas-echoed-key.xml",
+        Transport::Udp,
+        "srtp = \"required\"\n",
+    );
+    let mut s = ApiSession::open(&t.gw).await;
+    s.call("5000", OFFER).await;
+    let ended = s.wait_for("call.ended").await;
+    assert_eq!(ended["sip_status"], 488, "{ended}");
+    assert!(t.gw.log().contains("repeats the key"), "the log says why");
+    t.finish().await;
+}
+
 /// `[sip] srtp = "required"`: an incoming offer without keys gets 488 and
 /// the browser hears nothing of it.
 #[tokio::test]

@@ -243,6 +243,7 @@ pub fn sip_answer_keys(
             .map(|o| (theirs.keys.clone(), o.keys.clone()))
     });
     match chosen {
+        Some((theirs, ours)) if theirs == ours => Err(repeated_key()),
         Some(keys) => Ok(Some(keys)),
         None if !answered.is_empty() => Err(SdpError::BadCrypto(
             "the answer's a=crypto matches no tag and suite we offered".into(),
@@ -250,6 +251,15 @@ pub fn sip_answer_keys(
         None if policy == SrtpPolicy::Required || secure_profile => Err(SdpError::SipSrtpRequired),
         None => Ok(None),
     }
+}
+
+/// An SDES answer that hands our own key back: both directions would be
+/// protected under one key and salt (one keystream, two senders), which
+/// no honest peer does; refused as an attack or a broken peer.
+fn repeated_key() -> SdpError {
+    SdpError::BadCrypto(
+        "the answer's a=crypto repeats the key we offered; each direction needs its own".into(),
+    )
 }
 
 /// How we answer a SIP-side offer under `policy`.
@@ -661,6 +671,9 @@ impl Negotiator {
                     .ok_or_else(|| {
                         SdpError::BadCrypto("the answer's a=crypto is not one we offered".into())
                     })?;
+                if theirs.keys == ours.keys {
+                    return Err(repeated_key());
+                }
                 (
                     LegKeying::Sdes,
                     Some((theirs.keys.clone(), ours.keys.clone())),
@@ -782,6 +795,14 @@ mod tests {
             sip_answer_keys(SrtpPolicy::Required, &ours, &[wrong], true),
             Err(SdpError::BadCrypto(_))
         ));
+        // Our own key handed back: refused, whatever the policy.
+        for policy in [SrtpPolicy::Optional, SrtpPolicy::Required] {
+            let echoed = sip_answer_keys(policy, &ours, std::slice::from_ref(&ours[0]), true);
+            assert!(
+                matches!(&echoed, Err(SdpError::BadCrypto(m)) if m.contains("repeats the key")),
+                "{echoed:?}"
+            );
+        }
     }
 
     #[test]

@@ -68,6 +68,9 @@ impl<'a> Message<'a> {
         }
         let mut attributes = Vec::new();
         let mut at = HEADER_LEN;
+        // RFC 8489 §14.5: after MESSAGE-INTEGRITY only FINGERPRINT counts;
+        // anything else there is not covered by it, so it is ignored.
+        let mut after_integrity = false;
         while at < raw.len() {
             if at + 4 > raw.len() {
                 return Err(StunError::BadAttribute);
@@ -94,7 +97,10 @@ impl<'a> Message<'a> {
                     return Err(StunError::BadFingerprint);
                 }
             }
-            attributes.push((kind, value.clone()));
+            if !after_integrity || kind == ATTR_FINGERPRINT {
+                attributes.push((kind, value.clone()));
+            }
+            after_integrity |= kind == ATTR_MESSAGE_INTEGRITY;
             at = value.start + len.div_ceil(4) * 4;
         }
         let mut transaction_id = [0u8; 12];
@@ -251,5 +257,29 @@ pub fn decode_xor_mapped_address(value: &[u8], transaction_id: &[u8; 12]) -> Opt
             Some(SocketAddr::new(IpAddr::from(ip), port))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_after_message_integrity_other_than_fingerprint_are_ignored() {
+        let id = [7u8; 12];
+        let raw = Builder::new(0x0001, id)
+            .attribute(ATTR_USERNAME, b"a:b")
+            .message_integrity(b"key")
+            .attribute(ATTR_USE_CANDIDATE, &[])
+            .attribute(ATTR_USERNAME, b"evil:b")
+            .fingerprint();
+        let message = Message::decode(&raw).unwrap();
+        assert!(message.integrity_ok(b"key"));
+        assert!(message.has_fingerprint());
+        assert!(
+            !message.has(ATTR_USE_CANDIDATE),
+            "not covered by the integrity"
+        );
+        assert_eq!(message.attribute(ATTR_USERNAME), Some(&b"a:b"[..]));
     }
 }
