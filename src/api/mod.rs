@@ -441,7 +441,9 @@ fn json_error_message(e: &serde_json::Error) -> String {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The credential of an `Authorization: Bearer …` header (public for the
+/// fuzz targets: it reads what any client sends).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, credential) = value.trim().split_once(' ')?;
     scheme
@@ -648,8 +650,9 @@ async fn delete_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `after` and `timeout` from the query string.
-fn poll_query(raw: Option<&str>) -> Result<(u64, Duration), ApiError> {
+/// `after` and `timeout` from the query string (public for the fuzz
+/// targets).
+pub fn poll_query(raw: Option<&str>) -> Result<(u64, Duration), ApiError> {
     let mut after = 0;
     let mut timeout = DEFAULT_POLL_TIMEOUT_S;
     for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {

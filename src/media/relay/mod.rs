@@ -33,6 +33,8 @@ mod control;
 mod dtmf_out;
 mod epoll;
 mod forward;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod streams;
 mod uring;
 mod worker;
