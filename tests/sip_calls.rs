@@ -325,15 +325,21 @@ async fn a_call_for_a_user_whose_session_ended_gets_480() {
 /// browser learns why (488).
 #[tokio::test]
 async fn required_srtp_hangs_up_on_a_plain_answer() {
-    let t = SipTest::toward_over(
-        "uas-plain-to-srtp.xml",
-        Transport::Udp,
-        "srtp = \"required\"\n",
-    );
+    an_unusable_answer_ends_the_call("uas-plain-to-srtp.xml", None).await;
+}
+
+/// Calls SIPp's `scenario` with `[sip] srtp = "required"`: its answer is
+/// one the gateway cannot use, so the call ends with 488 (and the log says
+/// `why`, when given).
+async fn an_unusable_answer_ends_the_call(scenario: &str, why: Option<&str>) {
+    let t = SipTest::toward_over(scenario, Transport::Udp, "srtp = \"required\"\n");
     let mut s = ApiSession::open(&t.gw).await;
     s.call("5000", OFFER).await;
     let ended = s.wait_for("call.ended").await;
     assert_eq!(ended["sip_status"], 488, "{ended}");
+    if let Some(why) = why {
+        assert!(t.gw.log().contains(why), "the log says {why:?}");
+    }
     t.finish().await;
 }
 
@@ -342,17 +348,7 @@ async fn required_srtp_hangs_up_on_a_plain_answer() {
 /// browser is told.
 #[tokio::test]
 async fn an_answer_repeating_our_sdes_key_is_refused() {
-    let t = SipTest::toward_over(
-        "uas-echoed-key.xml",
-        Transport::Udp,
-        "srtp = \"required\"\n",
-    );
-    let mut s = ApiSession::open(&t.gw).await;
-    s.call("5000", OFFER).await;
-    let ended = s.wait_for("call.ended").await;
-    assert_eq!(ended["sip_status"], 488, "{ended}");
-    assert!(t.gw.log().contains("repeats the key"), "the log says why");
-    t.finish().await;
+    an_unusable_answer_ends_the_call("uas-echoed-key.xml", Some("repeats the key")).await;
 }
 
 /// `[sip] srtp = "required"`: an incoming offer without keys gets 488 and

@@ -13,6 +13,7 @@ use rsip::prelude::*;
 use super::digest::DigestAuth;
 use super::identity::Identity;
 use super::message::branch_of;
+use super::message::header_values as header;
 use super::message::own_request;
 use super::transaction::response_to;
 use crate::random::Random;
@@ -89,19 +90,6 @@ pub fn target_uri(to: &str, domain: &str) -> String {
     } else {
         format!("sip:{to}@{domain}")
     }
-}
-
-fn header(headers: &rsip::Headers, name: &str) -> Vec<String> {
-    headers
-        .iter()
-        .filter_map(|h| {
-            let text = h.to_string();
-            let (n, v) = text.split_once(':')?;
-            n.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
-        })
-        .collect()
 }
 
 /// The URI inside `<…>` of a name-addr, or the value up to its parameters.

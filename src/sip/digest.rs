@@ -116,7 +116,7 @@ pub fn challenge_of(response: &rsip::Response) -> Option<(Challenge, &'static st
         _ => return None,
     };
     let mut best: Option<Challenge> = None;
-    for value in super::message::header_values(response, asked_by) {
+    for value in super::message::header_values(&response.headers, asked_by) {
         let Ok(challenge) = Challenge::parse(&value) else {
             continue;
         };

@@ -422,19 +422,23 @@ pub fn accept_stream(
                 let _permit = permit;
                 let _source_slot = source_slot;
                 let (to_peer, mut outgoing) = mpsc::unbounded_channel();
+                // Served once it is one: as it came, or after the handshake.
+                let taken = |transport: &str| {
+                    info!(%peer, "SIP over {transport}: connection accepted");
+                    accepted.lock().insert(peer, to_peer);
+                };
                 match tls {
                     None => {
-                        info!(%peer, "SIP over TCP: connection accepted");
-                        accepted.lock().insert(peer, to_peer);
-                        serve(
+                        taken("TCP");
+                        let ended = serve(
                             stream,
                             peer,
                             &mut outgoing,
                             &incoming,
                             &mut shutdown,
                             ACCEPTED_IDLE_TIMEOUT,
-                        )
-                        .await;
+                        );
+                        ended.await;
                     }
                     Some(tls) => {
                         let handshake =
@@ -450,17 +454,16 @@ pub fn accept_stream(
                                 return;
                             }
                         };
-                        info!(%peer, "SIP over TLS: connection accepted");
-                        accepted.lock().insert(peer, to_peer);
-                        serve(
+                        taken("TLS");
+                        let ended = serve(
                             stream,
                             peer,
                             &mut outgoing,
                             &incoming,
                             &mut shutdown,
                             ACCEPTED_IDLE_TIMEOUT,
-                        )
-                        .await;
+                        );
+                        ended.await;
                     }
                 }
                 accepted.lock().remove(&peer);

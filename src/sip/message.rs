@@ -448,9 +448,8 @@ pub fn header_value(response: &rsip::Response, name: &str) -> Option<String> {
 }
 
 /// Every value of header `name` (case-insensitive), in order.
-pub fn header_values(response: &rsip::Response, name: &str) -> Vec<String> {
-    response
-        .headers
+pub fn header_values(headers: &rsip::Headers, name: &str) -> Vec<String> {
+    headers
         .iter()
         .filter_map(|h| {
             let text = h.to_string();
