@@ -430,15 +430,7 @@ pub fn accept_stream(
                 match tls {
                     None => {
                         taken("TCP");
-                        let ended = serve(
-                            stream,
-                            peer,
-                            &mut outgoing,
-                            &incoming,
-                            &mut shutdown,
-                            ACCEPTED_IDLE_TIMEOUT,
-                        );
-                        ended.await;
+                        serve_accepted(stream, peer, &mut outgoing, &incoming, &mut shutdown).await;
                     }
                     Some(tls) => {
                         let handshake =
@@ -455,21 +447,34 @@ pub fn accept_stream(
                             }
                         };
                         taken("TLS");
-                        let ended = serve(
-                            stream,
-                            peer,
-                            &mut outgoing,
-                            &incoming,
-                            &mut shutdown,
-                            ACCEPTED_IDLE_TIMEOUT,
-                        );
-                        ended.await;
+                        serve_accepted(stream, peer, &mut outgoing, &incoming, &mut shutdown).await;
                     }
                 }
                 accepted.lock().remove(&peer);
             });
         }
     })
+}
+
+/// Serves a connection a peer opened to us, closed when it goes idle.
+async fn serve_accepted<S>(
+    stream: S,
+    peer: SocketAddr,
+    outgoing: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+    incoming: &mpsc::UnboundedSender<(Vec<u8>, SocketAddr)>,
+    shutdown: &mut watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    serve_until_idle(
+        stream,
+        peer,
+        outgoing,
+        incoming,
+        shutdown,
+        ACCEPTED_IDLE_TIMEOUT,
+    )
+    .await;
 }
 
 /// A TCP connection to `server` for requests too large for UDP: made
@@ -502,16 +507,7 @@ async fn large_request_link(
     };
     let _ = stream.set_nodelay(true);
     info!(%server, "SIP over TCP for a request too large for UDP");
-    if let Ended::Lost = serve(
-        stream,
-        server,
-        &mut outgoing,
-        &incoming,
-        &mut shutdown,
-        OUR_LINK_IDLE,
-    )
-    .await
-    {
+    if let Ended::Lost = serve(stream, server, &mut outgoing, &incoming, &mut shutdown).await {
         let _ = failed.send(());
     }
 }
@@ -609,28 +605,12 @@ async fn keep_stream(
             }
             Ok(Connection::Tcp(stream)) => {
                 failing = false;
-                serve(
-                    stream,
-                    server,
-                    &mut outgoing,
-                    &incoming,
-                    &mut shutdown,
-                    OUR_LINK_IDLE,
-                )
-                .await
+                serve(stream, server, &mut outgoing, &incoming, &mut shutdown).await
             }
             Ok(Connection::Tls(stream)) => {
                 failing = false;
                 info!(%server, "SIP over TLS: connected, the server's certificate checked");
-                serve(
-                    *stream,
-                    server,
-                    &mut outgoing,
-                    &incoming,
-                    &mut shutdown,
-                    OUR_LINK_IDLE,
-                )
-                .await
+                serve(*stream, server, &mut outgoing, &incoming, &mut shutdown).await
             }
         };
         match ended {
@@ -663,10 +643,25 @@ async fn connect(
     }
 }
 
+/// [`serve_until_idle`] for our own connections to the server, which stay
+/// up however quiet they are.
+async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    outgoing: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+    incoming: &mpsc::UnboundedSender<(Vec<u8>, SocketAddr)>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Ended
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    serve_until_idle(stream, peer, outgoing, incoming, shutdown, OUR_LINK_IDLE).await
+}
+
 /// Writes what the user agent sends, cuts what arrives from `peer` into
 /// messages (skipping keep-alive CRLFs, RFC 5626). A stream that does not
 /// frame, or on which nothing arrives for `idle_timeout`, is dropped.
-async fn serve<S>(
+async fn serve_until_idle<S>(
     stream: S,
     peer: SocketAddr,
     outgoing: &mut mpsc::UnboundedReceiver<Vec<u8>>,
