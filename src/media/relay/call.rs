@@ -75,6 +75,46 @@ impl SipSide {
     }
 }
 
+/// STUN and DTLS datagrams one call passes on per second, and the burst
+/// above that: a browser's checks (a few pairs, every 50 ms at most while
+/// it connects, then consent every few seconds) and a DTLS handshake's
+/// flights stay well inside it.
+pub(super) const CONTROL_PER_SECOND: u32 = 50;
+pub(super) const CONTROL_BURST: u32 = 100;
+
+/// A token bucket of [`CONTROL_PER_SECOND`] up to [`CONTROL_BURST`].
+pub(super) struct ControlBudget {
+    tokens: u32,
+    refilled_at: Instant,
+}
+
+impl ControlBudget {
+    pub(super) fn new(now: Instant) -> Self {
+        ControlBudget {
+            tokens: CONTROL_BURST,
+            refilled_at: now,
+        }
+    }
+
+    /// Takes one token at `now`; false when none is left.
+    pub(super) fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled_at);
+        let earned = (elapsed.as_millis() as u64 * u64::from(CONTROL_PER_SECOND) / 1000) as u32;
+        if earned > 0 {
+            self.tokens = (self.tokens.saturating_add(earned)).min(CONTROL_BURST);
+            // Keep the remainder: a token per 20 ms, not per whole interval.
+            self.refilled_at += std::time::Duration::from_millis(
+                u64::from(earned) * 1000 / u64::from(CONTROL_PER_SECOND),
+            );
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
 pub(super) struct RelayedCall {
     pub(super) id: u64,
     pub(super) web: WebSide,
@@ -93,6 +133,10 @@ pub(super) struct RelayedCall {
     pub(super) sip_out: SipOutStream,
     pub(super) web_out: WebOutStream,
     pub(super) dtmf_in: DtmfReceiver,
+    /// What this call may hand the control side of STUN and DTLS: a flood
+    /// aimed at one call's port is dropped here, before it can fill the
+    /// queue every call's ICE checks and handshakes share.
+    pub(super) control_budget: ControlBudget,
     /// io_uring mode: receives armed on this call's sockets, and whether the
     /// call is leaving (its sockets close once no receive is left).
     pub(super) armed: u8,
@@ -150,6 +194,7 @@ impl RelayedCall {
             sip_out: SipOutStream::new(id),
             web_out: WebOutStream::new(),
             dtmf_in: DtmfReceiver::default(),
+            control_budget: ControlBudget::new(now),
             armed: 0,
             leaving: false,
             _leases: setup.leases,
@@ -243,4 +288,36 @@ pub(super) fn nonblocking(s: std::net::UdpSocket) -> io::Result<std::net::UdpSoc
     );
     let _ = crate::media::batch::enable_drop_counter(s.as_raw_fd());
     Ok(s)
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_control_budget_refills_at_its_rate_up_to_its_burst() {
+        let t0 = Instant::now();
+        let mut budget = ControlBudget::new(t0);
+        let taken = (0..1000).filter(|_| budget.take(t0)).count();
+        assert_eq!(taken, CONTROL_BURST as usize);
+        // One second later: a second's worth more.
+        let t1 = t0 + Duration::from_secs(1);
+        let taken = (0..1000).filter(|_| budget.take(t1)).count();
+        assert_eq!(taken, CONTROL_PER_SECOND as usize);
+        // A token every 20 ms, not lost to rounding.
+        let mut at = t1;
+        let mut got = 0;
+        for _ in 0..50 {
+            at += Duration::from_millis(10);
+            got += usize::from(budget.take(at));
+        }
+        assert_eq!(got, 25);
+        // Idle for an hour: back to the burst, no more.
+        let later = at + Duration::from_secs(3600);
+        assert_eq!(
+            (0..1000).filter(|_| budget.take(later)).count(),
+            CONTROL_BURST as usize
+        );
+    }
 }

@@ -67,6 +67,10 @@ pub(super) fn relay_from_web(
         if matches!(kind, WebPacketKind::Stun | WebPacketKind::Dtls) {
             // Not media: ICE checks and the DTLS handshake, a few per second.
             stats.web.control_packets.fetch_add(1, Ordering::Relaxed);
+            if !call.control_budget.take(arrival) {
+                stats.web.dropped(DropCause::Overload);
+                continue;
+            }
             if let Some(tx) = &call.events {
                 let packet = RelayEvent::Packet(ControlPacket {
                     call: call.id,
@@ -484,6 +488,39 @@ mod tests {
             batch.addrs[i] = Some(from);
             batch.locals[i] = None;
         }
+    }
+
+    /// A flood of STUN-looking datagrams at one call passes at most that
+    /// call's burst to the shared control queue; the rest is dropped and
+    /// counted, and another call's budget is its own.
+    #[test]
+    fn a_control_flood_is_bounded_per_call() {
+        let (events, queue) = std::sync::mpsc::sync_channel(10_000);
+        let mut flooded = call();
+        flooded.events = Some(events.clone());
+        let mut other = call();
+        other.events = Some(events);
+        let mut batch = Batch::new();
+        let flood = |batch: &mut Batch| {
+            for i in 0..BATCH {
+                batch.bufs[i][..20].copy_from_slice(&[0u8; 20]);
+                batch.lens[i] = 20;
+                batch.addrs[i] = Some("203.0.113.66:4000".parse().unwrap());
+                batch.locals[i] = None;
+            }
+        };
+        for _ in 0..20 {
+            flood(&mut batch);
+            relay_from_web(&mut flooded, &mut batch, BATCH);
+        }
+        let passed = queue.try_iter().count();
+        assert_eq!(passed, super::super::call::CONTROL_BURST as usize);
+        let dropped = flooded.stats.web.snapshot().dropped_overload;
+        assert_eq!(dropped, (20 * BATCH - passed) as u64);
+        // The other call still passes its checks.
+        flood(&mut batch);
+        relay_from_web(&mut other, &mut batch, 1);
+        assert_eq!(queue.try_iter().count(), 1);
     }
 
     #[test]
