@@ -867,3 +867,45 @@ async fn the_sip_port_takes_tcp_with_the_udp_transport() {
     let answer = String::from_utf8_lossy(&buf[..n]);
     assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
 }
+
+/// An INVITE whose SDP does not parse gets 400 with a reason phrase naming
+/// the fault (one whose SDP parses but cannot be used gets 488), and the
+/// browser hears nothing of it.
+#[tokio::test]
+async fn an_invite_with_broken_sdp_gets_400_naming_it() {
+    let gw = Gateway::start("", "");
+    let session = common::ApiSession::open(&gw).await;
+    let sip = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sip.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .unwrap();
+    let me = sip.local_addr().unwrap();
+    let sdp = "v=0\r\no=broken\r\nm=audio many RTP/AVP zero\r\n";
+    let invite = format!(
+        "INVITE sip:1001@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKbadsdp\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:caller@{me}>;tag=b1\r\nTo: <sip:1001@{gw}>\r\n\
+         Call-ID: bad-sdp@test\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{me}>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len(),
+        gw = gw.sip
+    );
+    sip.send_to(invite.as_bytes(), gw.sip).unwrap();
+    let mut finals = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok((n, _)) = sip.recv_from(&mut buf) {
+        let line = String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        if !line.starts_with("SIP/2.0 1") {
+            finals.push(line);
+            break;
+        }
+    }
+    assert_eq!(finals.len(), 1, "{finals:?}");
+    assert!(
+        finals[0].starts_with("SIP/2.0 400 Bad Request - Malformed SDP"),
+        "{finals:?}"
+    );
+    assert!(session.events(1).await.is_empty(), "the browser was told");
+}

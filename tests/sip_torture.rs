@@ -61,6 +61,8 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
         ("utf8reason", crlf("SIP/2.0 200 Très bien — 好\nVia: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bKur1\nFrom: <sip:gw@192.0.2.10>;tag=t18\nTo: <sip:a@198.51.100.9>;tag=r2\nCall-ID: ur.1\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n")),
         ("binary", b"OPTIONS sip:gw@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.9;branch=z9hG4bKbn1\r\nFrom: \xff\xfe<sip:a@x>;tag=1\r\n\r\n".to_vec()),
         ("unknownscheme", crlf("OPTIONS nobody:gw@192.0.2.10 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.9;branch=z9hG4bKus1\nMax-Forwards: 70\nFrom: <sip:a@198.51.100.9>;tag=t19\nTo: <sip:gw@192.0.2.10>\nCall-ID: us.1\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n")),
+        ("badmaxfwd", crlf("OPTIONS sip:gw@192.0.2.10 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.9;branch=z9hG4bKmf1\nMax-Forwards: ten\nFrom: <sip:a@198.51.100.9>;tag=t21\nTo: <sip:gw@192.0.2.10>\nCall-ID: mf.1\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n")),
+        ("unclosedlt", crlf("OPTIONS sip:gw@192.0.2.10 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.9;branch=z9hG4bKul1\nMax-Forwards: 70\nFrom: <sip:a@198.51.100.9;tag=t22\nTo: <sip:gw@192.0.2.10>\nCall-ID: ul.1\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n")),
         ("multiVia", crlf("OPTIONS sip:gw@192.0.2.10 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.9;branch=z9hG4bKmv1, SIP/2.0/TCP 203.0.113.4;branch=z9hG4bKmv0\nv: SIP/2.0/UDP 203.0.113.5;branch=z9hG4bKmvx\nMax-Forwards: 70\nFrom: <sip:a@198.51.100.9>;tag=t20\nTo: <sip:gw@192.0.2.10>\nCall-ID: mv.1\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n")),
     ]
 }
@@ -95,9 +97,10 @@ fn each_message_gets_its_answer() {
             &["SIP/2.0 400 Bad Request - Body Shorter Than Content-Length"],
         ),
         ("ncl", &["SIP/2.0 400 Bad Request - Invalid Content-Length"]),
+        // Max-Forwards 300 and a CSeq past 2^32: the first fault is named.
         (
             "scalar",
-            &["SIP/2.0 400 Bad Request - Malformed CSeq Header"],
+            &["SIP/2.0 400 Bad Request - Malformed Max-Forwards Header"],
         ),
         ("badvers", &["SIP/2.0 505 Version Not Supported"]),
         (
@@ -131,6 +134,14 @@ fn each_message_gets_its_answer() {
         ("binary", &[]),
         ("unknownscheme", &["SIP/2.0 416 Unsupported URI Scheme"]),
         ("multiVia", &["SIP/2.0 200 OK"]),
+        (
+            "badmaxfwd",
+            &["SIP/2.0 400 Bad Request - Malformed Max-Forwards Header"],
+        ),
+        (
+            "unclosedlt",
+            &["SIP/2.0 400 Bad Request - Malformed From (unclosed <)"],
+        ),
     ];
     let all = cases();
     assert_eq!(all.len(), expected.len());

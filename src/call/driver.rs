@@ -770,8 +770,22 @@ impl MediaPlane {
                 StartError::Sdp(SdpError::Syntax("the INVITE has no SDP offer".into())),
             )
         })?;
-        let offer =
-            FarOffer::check(&sdp, self.settings.sip_srtp).map_err(|e| refuse(488, e.into()))?;
+        // An SDP that does not parse is a bad request, named in the reason
+        // phrase; one that parses but cannot be used is 488.
+        let offer = FarOffer::check(&sdp, self.settings.sip_srtp).map_err(|e| {
+            if matches!(
+                e,
+                SdpError::Syntax(_)
+                    | SdpError::NoAudio
+                    | SdpError::BadAttribute { .. }
+                    | SdpError::NoConnectionAddress
+            ) {
+                sip_side.refuse_with_reason(&key, 400, format!("Bad Request - Malformed SDP: {e}"));
+                StartError::Sdp(e)
+            } else {
+                refuse(488, e.into())
+            }
+        })?;
         let (web, sip, control_socket) = self
             .bind_legs(self.settings.sip_media_bind)
             .map_err(|e| refuse(503, e))?;

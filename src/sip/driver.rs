@@ -186,6 +186,16 @@ impl SipHandle {
         self.tell(UaInput::Refuse {
             key: key.to_string(),
             code,
+            reason: None,
+        });
+    }
+
+    /// Refuses an incoming call with `code` and a reason phrase of ours.
+    pub fn refuse_with_reason(&self, key: &str, code: u16, reason: String) {
+        self.tell(UaInput::Refuse {
+            key: key.to_string(),
+            code,
+            reason: Some(reason),
         });
     }
 
@@ -823,7 +833,14 @@ async fn run(
                     };
                     if incoming.send(call).is_err() {
                         calls.remove(&key);
-                        ua.handle_input(Instant::now(), UaInput::Refuse { key, code: 480 });
+                        ua.handle_input(
+                            Instant::now(),
+                            UaInput::Refuse {
+                                key,
+                                code: 480,
+                                reason: None,
+                            },
+                        );
                     }
                 }
                 UaEvent::Call { key, event } => {

@@ -171,6 +171,24 @@ fn tighten(name: &str, value: &str) -> Result<String, SipParseError> {
     Ok(out)
 }
 
+/// Whether a name-addr value opens `<` (outside quotes) without closing it.
+fn unclosed_angle(value: &str) -> bool {
+    let mut quoted = false;
+    let mut open = false;
+    let mut escaped = false;
+    for c in value.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '<' if !quoted => open = true,
+            '>' if !quoted => open = false,
+            _ => {}
+        }
+    }
+    open
+}
+
 /// RFC 3261 §7.3.3 and the IANA registry's common compact forms.
 fn long_form(name: &str) -> Option<&'static str> {
     Some(match name.to_ascii_lowercase().as_str() {
@@ -235,6 +253,17 @@ fn normalise_headers(head: &str) -> Result<(String, Option<usize>), SipParseErro
                 return Err(SipParseError::BadContentLength);
             }
             content_length = Some(n);
+        }
+        // What rsip would take silently or answer with nothing: named here.
+        if name.eq_ignore_ascii_case("max-forwards") && value.parse::<u8>().is_err() {
+            return Err(SipParseError::Malformed("Max-Forwards Header".into()));
+        }
+        if ["From", "To", "Contact", "Route", "Record-Route"]
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h))
+            && unclosed_angle(value)
+        {
+            return Err(SipParseError::Malformed(format!("{name} (unclosed <)")));
         }
         out.push_str("\r\n");
         out.push_str(name);

@@ -131,7 +131,7 @@ impl UserAgent {
             return;
         };
         if call.is_incoming() && call.state() == DialogState::Calling {
-            self.refuse(now, key, 480);
+            self.refuse(now, key, 480, None);
             return;
         }
         if let Some(cancel) = call.cancel() {
@@ -202,11 +202,14 @@ impl UserAgent {
         }
     }
 
-    pub(super) fn refuse(&mut self, now: Instant, key: &str, code: u16) {
+    pub(super) fn refuse(&mut self, now: Instant, key: &str, code: u16, reason: Option<&str>) {
         let Some(call) = self.calls.get_mut(key) else {
             return;
         };
-        let response = call.refuse(code);
+        let mut response = call.refuse(code);
+        if let Some(reason) = reason {
+            response.status_code = rsip::StatusCode::Other(code, reason_phrase(reason));
+        }
         self.respond_invite(now, key, response);
         self.calls.remove(key);
     }
@@ -292,7 +295,7 @@ impl UserAgent {
                     Some((key, _)) => {
                         self.endpoint
                             .answer(now, from, request, Some(response_to(request, 200)));
-                        self.refuse(now, &key, 487);
+                        self.refuse(now, &key, 487, None);
                         self.events.push_back(UaEvent::Call {
                             key,
                             event: DialogEvent::Failed { status: Some(487) },
@@ -410,4 +413,21 @@ impl UserAgent {
             });
         }
     }
+}
+
+/// `text` as a reason phrase: one line of printable text, at most 160
+/// bytes (what it names may come from the caller's own bytes).
+fn reason_phrase(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if out.len() > 160 {
+        let mut end = 160;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+    }
+    out
 }

@@ -97,8 +97,13 @@ pub enum UaInput<'a> {
     Ring { key: String },
     /// Answer an incoming call with our SDP.
     Accept { key: String, sdp: String },
-    /// Refuse an incoming call with `code`.
-    Refuse { key: String, code: u16 },
+    /// Refuse an incoming call with `code`, and `reason` as the reason
+    /// phrase when given (a 400 naming what is wrong with the INVITE).
+    Refuse {
+        key: String,
+        code: u16,
+        reason: Option<String>,
+    },
 }
 
 /// Which way a datagram leaves.
@@ -286,7 +291,9 @@ impl UserAgent {
             } => self.info_dtmf(now, &key, &digits, duration_ms),
             UaInput::Ring { key } => self.ring(now, &key),
             UaInput::Accept { key, sdp } => self.accept(now, &key, sdp),
-            UaInput::Refuse { key, code } => self.refuse(now, &key, code),
+            UaInput::Refuse { key, code, reason } => {
+                self.refuse(now, &key, code, reason.as_deref())
+            }
         }
         self.sync_endpoint();
     }
