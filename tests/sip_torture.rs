@@ -204,3 +204,42 @@ fn valid_messages_are_read_right() {
         Some("z9hG4bKmv1")
     );
 }
+
+/// RFC 4475's own bytes (tests/fixtures/rfc4475): the valid messages are
+/// answered as well-formed requests (never 400), their fields read right.
+#[test]
+fn rfc4475_valid_messages_are_taken_as_well_formed() {
+    let fixture = |name: &str| {
+        std::fs::read(format!(
+            "{}/tests/fixtures/rfc4475/{name}.sip",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    };
+    // §3.1.1.1: folding, LWS around colons, a mix of short and long forms.
+    let wsinv = fixture("wsinv");
+    // The endpoint alone serves no INVITE: 501 after the 100, not 400.
+    let answered = answers(&wsinv);
+    assert!(
+        answered.len() == 2 && answered[1].starts_with("SIP/2.0 501"),
+        "{answered:?}"
+    );
+    let Ok(rsip::SipMessage::Request(r)) = parse_datagram(&wsinv) else {
+        panic!("wsinv does not parse");
+    };
+    assert_eq!(r.method, rsip::Method::Invite);
+    assert_eq!(
+        r.call_id_header().unwrap().value(),
+        "wsinv.ndaksdj@192.0.2.1"
+    );
+    let cseq = r.cseq_header().unwrap().typed().unwrap();
+    assert_eq!((cseq.seq, cseq.method), (9, rsip::Method::Invite));
+    assert_eq!(r.body.len(), 150);
+    // §3.1.1.9: a `;` parameter inside the Request-URI's user part.
+    let semiuri = fixture("semiuri");
+    assert_eq!(answers(&semiuri), ["SIP/2.0 200 OK"]);
+    let Ok(rsip::SipMessage::Request(r)) = parse_datagram(&semiuri) else {
+        panic!("semiuri does not parse");
+    };
+    assert_eq!(uri_user(&r.uri).as_deref(), Some("user;par=u@example.net"));
+}

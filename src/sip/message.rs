@@ -171,6 +171,72 @@ fn tighten(name: &str, value: &str) -> Result<String, SipParseError> {
     Ok(out)
 }
 
+/// A Request-Line whose `sip:`/`sips:` URI has a user part holding `;`
+/// parameters (RFC 4475 §3.1.1.9, `sip:user;par=u%40example.net@host`),
+/// with those `;` escaped as `%3B`: the parser crate would read the first
+/// `;` as the start of the URI's parameters and fail. The user part then
+/// reads as written once unescaped (`user;par=u@example.net`).
+fn escape_request_uri_user(start_line: &str) -> std::borrow::Cow<'_, str> {
+    let mut parts = start_line.splitn(3, ' ');
+    let (Some(method), Some(uri), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return start_line.into();
+    };
+    let Some(scheme_end) = ["sip:", "sips:"]
+        .iter()
+        .find(|s| uri.len() >= s.len() && uri[..s.len()].eq_ignore_ascii_case(s))
+        .map(|s| s.len())
+    else {
+        return start_line.into();
+    };
+    // The user part ends at the last '@' before any headers ('?').
+    let before_headers = uri.find('?').unwrap_or(uri.len());
+    let Some(at) = uri[..before_headers].rfind('@') else {
+        return start_line.into();
+    };
+    let user = &uri[scheme_end..at];
+    if !user.contains(';') {
+        return start_line.into();
+    }
+    format!(
+        "{method} {}{}{} {version}",
+        &uri[..scheme_end],
+        user.replace(';', "%3B"),
+        &uri[at..]
+    )
+    .into()
+}
+
+/// A Via value with the LWS RFC 3261 §7.3.1 allows around the `/` of each
+/// sent-protocol (`SIP / 2.0 / UDP`) taken out and the run of LWS before
+/// the sent-by cut to one space, as the parser crate expects it. Each
+/// comma-separated value is done on its own; nothing inside parameters
+/// changes (no `/` may appear before the sent-by's parameters).
+fn tighten_sent_protocol(value: &str) -> String {
+    value
+        .split(',')
+        .map(|one| {
+            let (protocol_and_host, params) = match one.find(';') {
+                Some(at) => one.split_at(at),
+                None => (one, ""),
+            };
+            let words: Vec<&str> = protocol_and_host
+                .split('/')
+                .map(str::trim)
+                .collect::<Vec<_>>();
+            // SIP / 2.0 / UDP host → "SIP/2.0/UDP host".
+            let mut joined = words.join("/");
+            if let Some(at) = joined.rfind('/') {
+                let (head, tail) = joined.split_at(at + 1);
+                let tail: Vec<&str> = tail.split_whitespace().collect();
+                joined = format!("{head}{}", tail.join(" "));
+            }
+            format!("{joined}{params}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Whether a name-addr value opens `<` (outside quotes) without closing it.
 fn unclosed_angle(value: &str) -> bool {
     let mut quoted = false;
@@ -236,7 +302,7 @@ fn normalise_headers(head: &str) -> Result<(String, Option<usize>), SipParseErro
         }
     }
     let mut out = String::with_capacity(head.len() + 64);
-    out.push_str(start_line);
+    out.push_str(&escape_request_uri_user(start_line));
     let mut content_length = None;
     for line in &unfolded {
         let (name, value) = line
@@ -268,7 +334,9 @@ fn normalise_headers(head: &str) -> Result<(String, Option<usize>), SipParseErro
         out.push_str("\r\n");
         out.push_str(name);
         out.push_str(": ");
-        if PARAM_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+        if name.eq_ignore_ascii_case("via") {
+            out.push_str(&tighten(name, &tighten_sent_protocol(value))?);
+        } else if PARAM_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h)) {
             out.push_str(&tighten(name, value)?);
         } else {
             out.push_str(value);
