@@ -913,11 +913,17 @@ async fn an_invite_with_broken_sdp_gets_400_naming_it() {
 /// RFC 4475's valid messages, byte for byte, sent to the binary: each is
 /// answered as a well-formed request — the tortuous INVITE carries a To
 /// tag, so it is a request in a dialog we do not have (481); the OPTIONS
-/// with `;` in its user part gets 200.
+/// with `;` in its user part gets 200; the RFC 2543-style INVITE (no
+/// branch, no From tag, no Max-Forwards or Content-Length) for a user with
+/// no session gets 480.
 #[tokio::test]
 async fn rfc4475_valid_messages_are_answered_as_well_formed() {
     let gw = Gateway::start("", "");
-    for (name, expected) in [("wsinv", "SIP/2.0 481"), ("semiuri", "SIP/2.0 200")] {
+    for (name, expected) in [
+        ("wsinv", "SIP/2.0 481"),
+        ("semiuri", "SIP/2.0 200"),
+        ("inv2543", "SIP/2.0 480"),
+    ] {
         let message = std::fs::read(format!(
             "{}/tests/fixtures/rfc4475/{name}.sip",
             env!("CARGO_MANIFEST_DIR")

@@ -242,4 +242,21 @@ fn rfc4475_valid_messages_are_taken_as_well_formed() {
         panic!("semiuri does not parse");
     };
     assert_eq!(uri_user(&r.uri).as_deref(), Some("user;par=u@example.net"));
+    // §3.4: RFC 2543 style, no branch: a transaction all the same, so its
+    // retransmission is absorbed rather than handled twice.
+    let inv2543 = fixture("inv2543");
+    let mut endpoint = Endpoint::new(TimerConfig::default(), Random::seeded(1));
+    let first = endpoint.handle_datagram(Instant::now(), peer(), &inv2543);
+    assert!(
+        first
+            .last()
+            .is_some_and(|(_, b)| b.starts_with(b"SIP/2.0 501")),
+        "{first:?}"
+    );
+    let again = endpoint.handle_datagram(Instant::now(), peer(), &inv2543);
+    assert_eq!(
+        again.last().map(|(_, b)| b.clone()),
+        first.last().map(|(_, b)| b.clone())
+    );
+    assert_eq!(endpoint.counters.retransmissions_absorbed, 1);
 }

@@ -559,9 +559,28 @@ pub fn header_values(headers: &rsip::Headers, name: &str) -> Vec<String> {
 }
 
 /// The top Via's branch of a request.
+///
+/// A request with no branch at all (RFC 2543 style, RFC 4475 §3.4) gets a
+/// name made of what RFC 3261 §17.2.3 matches such requests by — the
+/// Call-ID, the CSeq number, the From tag and the Via's sent-by — so its
+/// retransmissions, its ACK and its CANCEL find its transaction.
 pub fn branch_of(request: &rsip::Request) -> Option<String> {
     let via = request.via_header().ok()?.typed().ok()?;
-    via.branch().map(|b| b.to_string())
+    if let Some(branch) = via.branch() {
+        return Some(branch.to_string());
+    }
+    let call_id = request.call_id_header().ok()?.value().to_string();
+    let cseq = request.cseq_header().ok()?.typed().ok()?.seq;
+    let from_tag = request
+        .from_header()
+        .ok()
+        .and_then(|f| f.tag().ok().flatten())
+        .map(|t| t.value().to_string())
+        .unwrap_or_default();
+    Some(format!(
+        "rfc2543;{call_id};{cseq};{from_tag};{}",
+        via.uri.host_with_port
+    ))
 }
 
 #[cfg(test)]
