@@ -950,3 +950,57 @@ async fn rfc4475_valid_messages_are_answered_as_well_formed() {
         assert!(final_status.starts_with(expected), "{name}: {final_status}");
     }
 }
+
+/// A flood of STUN-looking datagrams at a live call's web port passes the
+/// call's budget (50 a second, burst 100) to the ICE side and no more; the
+/// rest is dropped in the relay and counted, and the call goes on.
+#[tokio::test]
+async fn a_stun_flood_at_a_call_is_dropped_in_the_relay() {
+    let gw = Gateway::start("", "");
+    let mut session = common::ApiSession::open(&gw).await;
+    let cid = session.call("echo", OFFER).await;
+    let answered = session.wait_for("call.answered").await;
+    let sdp = answered["sdp"].as_str().unwrap().to_string();
+    let port: u16 = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the answer's port");
+    let ip: std::net::IpAddr = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("c=IN IP4 "))
+        .and_then(|a| a.trim().parse().ok())
+        .expect("the answer's address");
+    let flood = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    let started = std::time::Instant::now();
+    let mut stun = [0u8; 20];
+    stun[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
+    for i in 0..2000u32 {
+        stun[8..12].copy_from_slice(&i.to_be_bytes());
+        flood.send_to(&stun, (ip, port)).unwrap();
+        if i % 100 == 99 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let view: serde_json::Value = session
+        .request(reqwest::Method::GET, &format!("/calls/{cid}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let web = &view["stats"]["web"];
+    let control = web["control_packets"].as_u64().unwrap();
+    let dropped = web["dropped_overload"].as_u64().unwrap();
+    let passed = control - dropped;
+    assert!(dropped >= 1000, "{web}");
+    assert!(
+        passed as f64 <= 100.0 + 50.0 * (elapsed + 1.0),
+        "{passed} passed in {elapsed:.1} s: {web}"
+    );
+    assert_eq!(view["state"], "answered", "{view}");
+}
