@@ -4,7 +4,37 @@
 
 mod common;
 
+use std::net::{SocketAddr, UdpSocket};
+
 use common::Gateway;
+
+/// The status line of the first final (non-1xx) answer `sip` reads, if
+/// one comes before its read timeout.
+fn final_status_line(sip: &UdpSocket) -> Option<String> {
+    let mut buf = [0u8; 4096];
+    loop {
+        let (n, _) = sip.recv_from(&mut buf).ok()?;
+        let line = String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        if !line.starts_with("SIP/2.0 1") {
+            return Some(line);
+        }
+    }
+}
+
+/// A UDP socket of a SIP peer bound at `bind`, reads waiting at most
+/// `wait_ms`: the socket and its address.
+fn sip_peer(bind: &str, wait_ms: u64) -> (UdpSocket, SocketAddr) {
+    let socket = UdpSocket::bind(bind).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_millis(wait_ms)))
+        .unwrap();
+    let me = socket.local_addr().unwrap();
+    (socket, me)
+}
 
 /// Requests with made-up HTTP methods and paths, and SIP requests with
 /// made-up methods, all land in one `other` label value instead of a new
@@ -121,10 +151,7 @@ async fn sip_input_cannot_forge_a_log_line_or_leak_a_uri_password() {
 #[tokio::test]
 async fn an_invite_gets_one_100_trying() {
     let gw = Gateway::start("", "");
-    let sip = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    sip.set_read_timeout(Some(std::time::Duration::from_millis(700)))
-        .unwrap();
-    let me = sip.local_addr().unwrap();
+    let (sip, me) = sip_peer("127.0.0.1:0", 700);
     let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
                m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
     let invite = format!(
@@ -247,11 +274,7 @@ async fn sip_from_a_stranger_is_dropped_unanswered_and_counted() {
          trusted-sources = [\"127.0.0.3/32\"]\n",
     );
     // 127.0.0.2 is neither the server nor listed.
-    let stranger = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
-    stranger
-        .set_read_timeout(Some(std::time::Duration::from_millis(800)))
-        .unwrap();
-    let me = stranger.local_addr().unwrap();
+    let (stranger, me) = sip_peer("127.0.0.2:0", 800);
     let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n\
                m=audio 40000 RTP/AVP 0\r\n";
     for i in 0..5 {
@@ -318,17 +341,25 @@ async fn a_tcp_connection_from_a_stranger_is_closed_at_once() {
     assert_eq!(gw.metric(REFUSED).await, 1.0);
 }
 
+/// A gateway whose API refuses other origins than https://good.example and
+/// bodies over 1 KiB, and its HTTPS session URL.
+fn refusing_gateway() -> (Gateway, String) {
+    let gw = Gateway::start(
+        "max-body-bytes = 1024\ndomain-whitelist = [\"https://good.example\"]\n",
+        "",
+    );
+    let url = format!("https://{}/v1/sessions", gw.https);
+    (gw, url)
+}
+
 /// A POST the gateway refuses before reading its body — an origin not in
 /// `domain-whitelist`, a body over `max-body-bytes` (small, and far over,
 /// still being sent) — gets the contract's JSON error with its status over
 /// HTTP/2 and HTTP/1.1 alike, not a reset stream or connection.
 #[tokio::test]
 async fn refusals_before_the_body_arrive_as_json_over_http2_and_http1() {
-    let gw = Gateway::start(
-        "max-body-bytes = 1024\ndomain-whitelist = [\"https://good.example\"]\n",
-        "",
-    );
-    let url = format!("https://{}/v1/sessions", gw.https);
+    // Held to the end: dropping it stops the gateway.
+    let (_gateway, url) = refusing_gateway();
     let h2 = reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
         .http2_prior_knowledge()
@@ -391,11 +422,8 @@ async fn refusals_before_the_body_arrive_as_json_over_http2_and_http1() {
 /// time (a refusal that raced the body's arrival once lost it now and then).
 #[tokio::test]
 async fn curl_gets_the_refusal_over_http2_and_http1() {
-    let gw = Gateway::start(
-        "max-body-bytes = 1024\ndomain-whitelist = [\"https://good.example\"]\n",
-        "",
-    );
-    let url = format!("https://{}/v1/sessions", gw.https);
+    // Held to the end: dropping it stops the gateway.
+    let (_gateway, url) = refusing_gateway();
     for version in ["--http2", "--http1.1"].repeat(10) {
         let out = std::process::Command::new("curl")
             .args([
@@ -425,6 +453,16 @@ async fn curl_gets_the_refusal_over_http2_and_http1() {
 }
 
 const OFFER: &str = include_str!("fixtures/sdp/chromium-offer.sdp");
+
+/// `POST /calls` to `to` with the fixture offer: the status and the error
+/// code (empty on success), with the body for messages.
+async fn place_call(session: &common::ApiSession, to: &str) -> (u16, String, serde_json::Value) {
+    let (status, body) = session
+        .post("/calls", serde_json::json!({"to": to, "sdp": OFFER}))
+        .await;
+    let code = body["error"]["code"].as_str().unwrap_or("").to_string();
+    (status, code, body)
+}
 
 /// With `auth.mode = "none"` the API's listeners move to loopback unless
 /// `allow-anonymous` says otherwise, and the log says why.
@@ -466,12 +504,10 @@ async fn outgoing_calls_stay_in_the_sip_domain() {
         "5000@evil.example",
         "tel:+15551234",
     ] {
-        let (status, body) = session
-            .post("/calls", serde_json::json!({"to": to, "sdp": OFFER}))
-            .await;
+        let (status, code, body) = place_call(&session, to).await;
         assert_eq!(
-            (status, body["error"]["code"].as_str()),
-            (403, Some("destination_not_allowed")),
+            (status, code.as_str()),
+            (403, "destination_not_allowed"),
             "{to}: {body}"
         );
     }
@@ -479,9 +515,7 @@ async fn outgoing_calls_stay_in_the_sip_domain() {
     // In the domain: placed (the server never answers; it is enough that
     // the call starts).
     for to in ["5000", "sip:5001@PBX.example;user=phone"] {
-        let (status, body) = session
-            .post("/calls", serde_json::json!({"to": to, "sdp": OFFER}))
-            .await;
+        let (status, _, body) = place_call(&session, to).await;
         assert_eq!(status, 201, "{to}: {body}");
     }
     drop(gw);
@@ -490,12 +524,7 @@ async fn outgoing_calls_stay_in_the_sip_domain() {
         &format!("{sip}allowed-destination-domains = [\"partner.example\"]\n"),
     );
     let session = common::ApiSession::open(&gw).await;
-    let (status, body) = session
-        .post(
-            "/calls",
-            serde_json::json!({"to": "sip:7@partner.example", "sdp": OFFER}),
-        )
-        .await;
+    let (status, _, body) = place_call(&session, "sip:7@partner.example").await;
     assert_eq!(status, 201, "{body}");
 }
 
@@ -507,34 +536,30 @@ async fn sessions_per_user_and_per_address_are_bounded() {
         "max-sessions-per-user = 2\nmax-sessions-per-address = 3\n",
         "",
     );
+    // A refused session: its status, code and message.
+    let refused = |user: &'static str| {
+        let gw = &gw;
+        async move {
+            let (status, body) = common::ApiSession::create(gw, user, None)
+                .await
+                .map(|_| ())
+                .unwrap_err();
+            let text = |key: &str| body["error"][key].as_str().unwrap_or("").to_string();
+            (status, text("code"), text("message"))
+        }
+    };
     let a1 = common::ApiSession::create(&gw, "2001", None).await.unwrap();
     common::ApiSession::create(&gw, "2001", None).await.unwrap();
-    let (status, body) = common::ApiSession::create(&gw, "2001", None)
-        .await
-        .map(|_| ())
-        .unwrap_err();
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (429, Some("too_many_sessions_for_user")),
-        "{body}"
-    );
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("max-sessions-per-user"),
-        "{body}"
-    );
+    let (status, code, message) = refused("2001").await;
+    assert_eq!((status, code.as_str()), (429, "too_many_sessions_for_user"));
+    assert!(message.contains("max-sessions-per-user"), "{message}");
     common::ApiSession::create(&gw, "2002", None).await.unwrap();
-    let (status, body) = common::ApiSession::create(&gw, "2003", None)
-        .await
-        .map(|_| ())
-        .unwrap_err();
+    let (status, code, message) = refused("2003").await;
     assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (429, Some("too_many_sessions_for_address")),
-        "{body}"
+        (status, code.as_str()),
+        (429, "too_many_sessions_for_address")
     );
+    assert!(message.contains("max-sessions-per-address"), "{message}");
     // A session that ends frees its place.
     common::delete_session(&gw.api(), &a1.created).await;
     common::ApiSession::create(&gw, "2003", None).await.unwrap();
@@ -548,25 +573,15 @@ async fn calls_and_ringing_calls_per_session_are_bounded() {
     let gw = Gateway::start("max-calls-per-session = 2\n", "");
     let session = common::ApiSession::open(&gw).await;
     for _ in 0..2 {
-        let (status, body) = session
-            .post("/calls", serde_json::json!({"to": "echo", "sdp": OFFER}))
-            .await;
+        let (status, _, body) = place_call(&session, "echo").await;
         assert_eq!(status, 201, "{body}");
     }
-    let (status, body) = session
-        .post("/calls", serde_json::json!({"to": "echo", "sdp": OFFER}))
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (429, Some("too_many_calls")),
-        "{body}"
-    );
+    let (status, code, body) = place_call(&session, "echo").await;
+    assert_eq!((status, code.as_str()), (429, "too_many_calls"), "{body}");
     assert_eq!(gw.metric("gateway_calls").await, 2.0);
     // Another session has its own budget.
     let other = common::ApiSession::create(&gw, "1002", None).await.unwrap();
-    let (status, body) = other
-        .post("/calls", serde_json::json!({"to": "echo", "sdp": OFFER}))
-        .await;
+    let (status, _, body) = place_call(&other, "echo").await;
     assert_eq!(status, 201, "{body}");
     drop(gw);
 
@@ -576,16 +591,12 @@ async fn calls_and_ringing_calls_per_session_are_bounded() {
         "[sip]\nserver = \"127.0.0.1:9\"\nregister = false\nkeepalive-interval-s = 0\n",
     );
     let session = common::ApiSession::open(&gw).await;
-    let (status, body) = session
-        .post("/calls", serde_json::json!({"to": "5000", "sdp": OFFER}))
-        .await;
+    let (status, _, body) = place_call(&session, "5000").await;
     assert_eq!(status, 201, "{body}");
-    let (status, body) = session
-        .post("/calls", serde_json::json!({"to": "5001", "sdp": OFFER}))
-        .await;
+    let (status, code, body) = place_call(&session, "5001").await;
     assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (429, Some("too_many_ringing_calls")),
+        (status, code.as_str()),
+        (429, "too_many_ringing_calls"),
         "{body}"
     );
     assert_eq!(gw.metric("gateway_calls").await, 1.0);
@@ -814,11 +825,7 @@ async fn a_flood_of_new_transactions_from_one_source_is_bounded() {
         "[sip]\nmax-transactions-per-source = 20\n\
          trusted-sources = [\"127.0.0.1\", \"127.0.0.3\"]\n",
     );
-    let flood = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    flood
-        .set_read_timeout(Some(std::time::Duration::from_millis(1500)))
-        .unwrap();
-    let me = flood.local_addr().unwrap();
+    let (flood, me) = sip_peer("127.0.0.1:0", 1500);
     for i in 0..25 {
         let request = format!(
             "OPTIONS sip:gw@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKflood{i}\r\n\
@@ -875,10 +882,7 @@ async fn the_sip_port_takes_tcp_with_the_udp_transport() {
 async fn an_invite_with_broken_sdp_gets_400_naming_it() {
     let gw = Gateway::start("", "");
     let session = common::ApiSession::open(&gw).await;
-    let sip = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    sip.set_read_timeout(Some(std::time::Duration::from_secs(3)))
-        .unwrap();
-    let me = sip.local_addr().unwrap();
+    let (sip, me) = sip_peer("127.0.0.1:0", 3000);
     let sdp = "v=0\r\no=broken\r\nm=audio many RTP/AVP zero\r\n";
     let invite = format!(
         "INVITE sip:1001@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKbadsdp\r\n\
@@ -889,23 +893,10 @@ async fn an_invite_with_broken_sdp_gets_400_naming_it() {
         gw = gw.sip
     );
     sip.send_to(invite.as_bytes(), gw.sip).unwrap();
-    let mut finals = Vec::new();
-    let mut buf = [0u8; 4096];
-    while let Ok((n, _)) = sip.recv_from(&mut buf) {
-        let line = String::from_utf8_lossy(&buf[..n])
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        if !line.starts_with("SIP/2.0 1") {
-            finals.push(line);
-            break;
-        }
-    }
-    assert_eq!(finals.len(), 1, "{finals:?}");
+    let final_status = final_status_line(&sip).expect("a final answer");
     assert!(
-        finals[0].starts_with("SIP/2.0 400 Bad Request - Malformed SDP"),
-        "{finals:?}"
+        final_status.starts_with("SIP/2.0 400 Bad Request - Malformed SDP"),
+        "{final_status}"
     );
     assert!(session.events(1).await.is_empty(), "the browser was told");
 }
@@ -933,20 +924,8 @@ async fn rfc4475_valid_messages_are_answered_as_well_formed() {
         sip.set_read_timeout(Some(std::time::Duration::from_secs(3)))
             .unwrap();
         sip.send_to(&message, gw.sip).unwrap();
-        let mut buf = [0u8; 4096];
-        let final_status = loop {
-            let (n, _) = sip
-                .recv_from(&mut buf)
-                .unwrap_or_else(|e| panic!("{name}: no answer ({e})"));
-            let line = String::from_utf8_lossy(&buf[..n])
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            if !line.starts_with("SIP/2.0 1") {
-                break line;
-            }
-        };
+        let final_status =
+            final_status_line(&sip).unwrap_or_else(|| panic!("{name}: no final answer"));
         assert!(final_status.starts_with(expected), "{name}: {final_status}");
     }
 }
@@ -985,14 +964,7 @@ async fn a_stun_flood_at_a_call_is_dropped_in_the_relay() {
     }
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let elapsed = started.elapsed().as_secs_f64();
-    let view: serde_json::Value = session
-        .request(reqwest::Method::GET, &format!("/calls/{cid}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, view) = session.get(&format!("/calls/{cid}")).await;
     let web = &view["stats"]["web"];
     let control = web["control_packets"].as_u64().unwrap();
     let dropped = web["dropped_overload"].as_u64().unwrap();

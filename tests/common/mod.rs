@@ -542,6 +542,19 @@ impl ApiSession {
         v["call"].as_str().unwrap().to_string()
     }
 
+    /// `GET` at `path` under the session: the status and the JSON body.
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+
     pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
         let r = self
             .request(reqwest::Method::POST, path)
