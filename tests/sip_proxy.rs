@@ -44,7 +44,8 @@ fn kamailio() -> Kamailio {
 /// PEM files) it also listens for SIP over TLS.
 fn kamailio_with(tls: Option<(&std::path::Path, &std::path::Path)>, defines: &[&str]) -> Kamailio {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_udp_port();
+    // Kamailio listens on UDP and TCP there.
+    let port = common::free_udp_and_tcp_port();
     let tls_port = free_tcp_port();
     let template = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -438,6 +438,20 @@ pub fn wait_until_bound(port: u16, tcp: bool) {
     }
 }
 
+/// A port free for UDP and for TCP at once on 127.0.0.1 (for a peer that
+/// listens on both, as Kamailio and the gateway's own SIP port do: a port
+/// probed free for UDP alone may be held by someone's TCP listener).
+#[allow(dead_code)]
+pub fn free_udp_and_tcp_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A TCP port free on loopback right now.
 #[allow(dead_code)]
 pub fn free_tcp_port() -> u16 {
