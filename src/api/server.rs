@@ -141,6 +141,16 @@ struct Watched<S> {
     epoch: Instant,
 }
 
+impl<S> Watched<S> {
+    fn new(inner: S, activity: &Arc<Activity>, epoch: Instant) -> Self {
+        Watched {
+            inner,
+            activity: activity.clone(),
+            epoch,
+        }
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -221,16 +231,6 @@ async fn handle_connection(
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::default());
     let epoch = Instant::now();
-    let watched = |inner| Watched {
-        inner,
-        activity: activity.clone(),
-        epoch,
-    };
-    let watched_tcp = |inner| Watched {
-        inner,
-        activity: activity.clone(),
-        epoch,
-    };
     match acceptor {
         Some(acceptor) => {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -244,11 +244,11 @@ async fn handle_connection(
                     return;
                 }
             };
-            let io = watched(tls);
+            let io = Watched::new(tls, &activity, epoch);
             serve_io(io, peer, router, &options, &activity, epoch, shutdown).await;
         }
         None => {
-            let io = watched_tcp(stream);
+            let io = Watched::new(stream, &activity, epoch);
             serve_io(io, peer, router, &options, &activity, epoch, shutdown).await;
         }
     }

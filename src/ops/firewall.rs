@@ -23,13 +23,6 @@ fn addr(text: &str, key: &'static str) -> Result<SocketAddr, FirewallError> {
     text.parse().map_err(|_| FirewallError::Listen(key))
 }
 
-fn saddr(ip: &IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => format!("ip saddr {v4}"),
-        IpAddr::V6(v6) => format!("ip6 saddr {v6}"),
-    }
-}
-
 /// Resolves `sip.server` to the addresses the rules allow.
 pub fn sip_server_addresses(config: &Config) -> Result<Vec<IpAddr>, FirewallError> {
     let server = &config.sip.server;
@@ -67,16 +60,22 @@ pub fn render(
         SipTransport::Udp => &["udp", "tcp"],
         SipTransport::Tcp | SipTransport::Tls => &["tcp"],
     };
-    // Whom the gateway takes SIP from: the server and `trusted-sources`.
-    let mut sources: Vec<String> = sip_servers.iter().map(saddr).collect();
+    // Whom the gateway takes SIP from: the server and `trusted-sources`,
+    // each as (IPv6?, address or network).
+    let mut peers: Vec<(bool, String)> = sip_servers
+        .iter()
+        .map(|ip| (ip.is_ipv6(), ip.to_string()))
+        .collect();
     for entry in &config.sip.trusted_sources {
         if let Ok(net) = crate::config::parse_network(entry) {
-            sources.push(match net {
-                ipnet::IpNet::V4(v4) => format!("ip saddr {v4}"),
-                ipnet::IpNet::V6(v6) => format!("ip6 saddr {v6}"),
-            });
+            peers.push((matches!(net, ipnet::IpNet::V6(_)), net.to_string()));
         }
     }
+    let family = |v6: bool| if v6 { "ip6" } else { "ip" };
+    let sources: Vec<String> = peers
+        .iter()
+        .map(|(v6, at)| format!("{} saddr {at}", family(*v6)))
+        .collect();
 
     let mut lines: Vec<String> = vec![
         "#!/usr/sbin/nft -f".into(),
@@ -150,22 +149,14 @@ pub fn render(
     lines.push("        type filter hook output priority filter; policy accept;".into());
     let mut rule = |text: String| lines.push(format!("        {text}"));
     // The server's addresses and the trusted networks, by family.
-    let mut v4: Vec<String> = Vec::new();
-    let mut v6: Vec<String> = Vec::new();
-    for ip in sip_servers {
-        if ip.is_ipv4() {
-            v4.push(ip.to_string())
-        } else {
-            v6.push(ip.to_string())
-        }
-    }
-    for entry in &config.sip.trusted_sources {
-        match crate::config::parse_network(entry) {
-            Ok(ipnet::IpNet::V4(net)) => v4.push(net.to_string()),
-            Ok(ipnet::IpNet::V6(net)) => v6.push(net.to_string()),
-            Err(_) => {}
-        }
-    }
+    let of_family = |want_v6: bool| -> Vec<String> {
+        peers
+            .iter()
+            .filter(|(v6, _)| *v6 == want_v6)
+            .map(|(_, at)| at.clone())
+            .collect()
+    };
+    let (v4, v6) = (of_family(false), of_family(true));
     if v4.is_empty() && v6.is_empty() {
         rule(format!(
             "udp sport {sip_range} drop comment \"no SIP server: no SIP media\""
