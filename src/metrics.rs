@@ -65,6 +65,15 @@ pub struct Metrics {
     pub sip_retransmissions_absorbed: Counter,
     pub sip_messages: Family<SipMessageLabels, Counter>,
     pub sip_refused: Family<ReasonLabels, Counter>,
+    /// Media ports free now, by leg (`web`, `sip`); set at each scrape.
+    pub media_ports_free: Family<LegLabels, Gauge>,
+    /// The async runtime's live tasks; set at each scrape (a leak shows here).
+    pub runtime_tasks: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LegLabels {
+    pub leg: &'static str,
 }
 
 impl Default for Metrics {
@@ -194,6 +203,18 @@ impl Metrics {
             "Requests refused by the per-client-IP rate limit",
             rate_limited.clone(),
         );
+        let media_ports_free = Family::<LegLabels, Gauge>::default();
+        registry.register(
+            "media_ports_free",
+            "Media ports free now, by leg (SIP ports count in RTP/RTCP pairs)",
+            media_ports_free.clone(),
+        );
+        let runtime_tasks = Gauge::default();
+        registry.register(
+            "runtime_tasks",
+            "Tasks alive in the gateway's async runtime",
+            runtime_tasks.clone(),
+        );
         if let Some(relay) = relay {
             registry.register_collector(Box::new(RelayCollector(relay)));
         }
@@ -220,7 +241,19 @@ impl Metrics {
             sip_retransmissions_absorbed,
             sip_messages,
             sip_refused,
+            media_ports_free,
+            runtime_tasks,
         }
+    }
+
+    /// Sets the gauges read from state at scrape time.
+    pub fn set_point_in_time(&self, web_ports_free: usize, sip_ports_free: usize, tasks: usize) {
+        for (leg, free) in [("web", web_ports_free), ("sip", sip_ports_free)] {
+            self.media_ports_free
+                .get_or_create(&LegLabels { leg })
+                .set(free as i64);
+        }
+        self.runtime_tasks.set(tasks as i64);
     }
 
     /// One SIP datagram or connection dropped unanswered for `reason`.
@@ -393,6 +426,22 @@ impl Collector for RelayCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn point_in_time_gauges_are_exported() {
+        let metrics = Metrics::default();
+        metrics.set_point_in_time(7, 3, 12);
+        let text = metrics.render();
+        assert!(
+            text.contains("gateway_media_ports_free{leg=\"web\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_media_ports_free{leg=\"sip\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("gateway_runtime_tasks 12"), "{text}");
+    }
 
     #[test]
     fn relay_totals_are_exported() {

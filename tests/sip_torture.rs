@@ -260,3 +260,139 @@ fn rfc4475_valid_messages_are_taken_as_well_formed() {
     );
     assert_eq!(endpoint.counters.retransmissions_absorbed, 1);
 }
+
+fn rfc4475(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/tests/fixtures/rfc4475/{name}.sip",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+}
+
+/// Every message of RFC 4475 §3.1 (valid and invalid syntax) and §3.4,
+/// byte for byte, through the endpoint. The valid ones are answered as
+/// well-formed — the endpoint alone serves OPTIONS and answers other
+/// methods 501, never 400; responses are never answered. The invalid ones
+/// get the status the RFC names (400 naming the fault, 505 for another
+/// version, 501 for an unknown method). Where the RFC lets an element be
+/// liberal instead (§3.1.2.12 an odd Date time zone, §3.1.2.13 a REGISTER,
+/// which we do not serve, §3.1.2.14 spaces around an addr-spec), we are,
+/// and the message is answered as a valid one.
+#[test]
+fn rfc4475_each_message_gets_the_status_the_rfc_names() {
+    let not_served_invite: &[&str] = &["SIP/2.0 100 Trying", "SIP/2.0 501 Not Implemented"];
+    let not_served: &[&str] = &["SIP/2.0 501 Not Implemented"];
+    let ok: &[&str] = &["SIP/2.0 200 OK"];
+    let expected: &[(&str, &[&str])] = &[
+        // §3.1.1 valid messages.
+        ("wsinv", not_served_invite),
+        ("intmeth", not_served),
+        ("esc01", not_served_invite),
+        ("escnull", not_served),
+        ("esc02", not_served),
+        ("lwsdisp", ok),
+        ("longreq", not_served_invite),
+        ("dblreq", not_served),
+        ("semiuri", ok),
+        ("transports", ok),
+        ("mpart01", not_served),
+        ("unreason", &[]),
+        ("noreason", &[]),
+        // §3.1.2 invalid messages.
+        ("badinv01", &["SIP/2.0 400 Bad Request - Malformed Via (empty parameter or value)"]),
+        ("clerr", &["SIP/2.0 400 Bad Request - Body Shorter Than Content-Length"]),
+        ("ncl", &["SIP/2.0 400 Bad Request - Invalid Content-Length"]),
+        ("scalar02", &["SIP/2.0 400 Bad Request - Malformed Max-Forwards Header"]),
+        ("scalarlg", &[]),
+        ("quotbal", &["SIP/2.0 400 Bad Request - Malformed To (unbalanced quotes)"]),
+        ("ltgtruri", &["SIP/2.0 400 Bad Request - Malformed Request-URI (in angle brackets)"]),
+        ("lwsruri", &["SIP/2.0 400 Bad Request - Malformed Request-Line"]),
+        ("lwsstart", &["SIP/2.0 400 Bad Request - Malformed Request-Line"]),
+        ("trws", &["SIP/2.0 400 Bad Request - Malformed Request-Line"]),
+        ("escruri", &["SIP/2.0 400 Bad Request - Malformed Request-URI (holds URI headers)"]),
+        ("baddate", not_served_invite),
+        ("regbadct", not_served),
+        ("badaspec", ok),
+        (
+            "baddn",
+            &["SIP/2.0 400 Bad Request - Malformed From (unquoted display name with non-token characters)"],
+        ),
+        ("badvers", &["SIP/2.0 505 Version Not Supported"]),
+        ("mismatch01", &["SIP/2.0 400 Bad Request - CSeq Method Differs From The Request Method"]),
+        ("mismatch02", &["SIP/2.0 501 Not Implemented"]),
+        ("bigcode", &[]),
+        // §3.4 backward compatibility.
+        ("inv2543", not_served_invite),
+    ];
+    let on_disk = std::fs::read_dir(format!(
+        "{}/tests/fixtures/rfc4475",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .filter(|e| {
+        e.as_ref()
+            .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sip"))
+    })
+    .count();
+    assert_eq!(on_disk, expected.len(), "every fixture has its expectation");
+    for (name, want) in expected {
+        assert_eq!(answers(&rfc4475(name)), *want, "{name}");
+    }
+}
+
+/// The valid messages of RFC 4475 §3.1.1 are read right, not only taken.
+#[test]
+fn rfc4475_valid_messages_are_read_right() {
+    let request = |name: &str| match parse_datagram(&rfc4475(name)) {
+        Ok(rsip::SipMessage::Request(r)) => r,
+        other => panic!("{name}: {other:?}"),
+    };
+    let r = request("esc01");
+    assert_eq!(uri_user(&r.uri).as_deref(), Some("sips:user@example.com"));
+    let r = request("escnull");
+    let to = r.to_header().unwrap().typed().unwrap();
+    assert_eq!(uri_user(&to.uri).as_deref(), Some("null-\0-null"));
+    let r = request("longreq");
+    let to = r.to_header().unwrap().typed().unwrap();
+    assert!(to.display_name.is_some_and(|d| d.len() > 100));
+    let from = r.from_header().unwrap().typed().unwrap();
+    assert!(uri_user(&from.uri).is_some_and(|u| u.starts_with("amazinglylong")));
+    // Each of the 34 Via lines, long and compact, any case, LWS before ':'.
+    let vias = r
+        .headers
+        .iter()
+        .filter(|h| matches!(h, rsip::Header::Via(_)))
+        .count();
+    assert_eq!(vias, 34);
+    let r = request("transports");
+    assert_eq!(
+        r.via_header()
+            .unwrap()
+            .typed()
+            .unwrap()
+            .transport
+            .to_string(),
+        "UDP"
+    );
+    let r = request("mpart01");
+    assert!(
+        r.body.ends_with(b"--7a9cbec02ceef655--\r\n"),
+        "the whole multipart body: {} bytes",
+        r.body.len()
+    );
+    let dblreq = rfc4475("dblreq");
+    let Ok(rsip::SipMessage::Request(r)) = parse_datagram(&dblreq) else {
+        panic!("dblreq");
+    };
+    // Content-Length 0: the second request in the datagram is ignored (§18.3).
+    assert!(r.body.is_empty());
+    for name in ["unreason", "noreason"] {
+        assert!(
+            matches!(
+                parse_datagram(&rfc4475(name)),
+                Ok(rsip::SipMessage::Response(_))
+            ),
+            "{name} is a response"
+        );
+    }
+}

@@ -31,6 +31,8 @@ pub enum SipParseError {
     MissingHeader(&'static str),
     #[error("Malformed {0}")]
     Malformed(String),
+    #[error("Multiple {0} Headers")]
+    Repeated(&'static str),
     #[error("CSeq Method Differs From The Request Method")]
     CseqMismatch,
     #[error("Version Not Supported")]
@@ -113,6 +115,15 @@ fn check_start_line(line: &str) -> Result<(), SipParseError> {
     {
         return Err(SipParseError::UriScheme);
     }
+    // RFC 3261 §19.1.1: URI headers are not allowed in a Request-URI.
+    // They follow the host; a `?` in the user part (before the last `@`)
+    // is a plain character there.
+    let after_user = uri.rfind('@').map_or(0, |at| at + 1);
+    if uri[after_user..].contains('?') {
+        return Err(SipParseError::Malformed(
+            "Request-URI (holds URI headers)".into(),
+        ));
+    }
     if !rsip::Method::all().iter().any(|m| m.to_string() == method) {
         return Err(SipParseError::UnknownMethod);
     }
@@ -168,7 +179,47 @@ fn tighten(name: &str, value: &str) -> Result<String, SipParseError> {
             "{name} (unbalanced quotes)"
         )));
     }
+    if has_empty_element(&out) {
+        return Err(SipParseError::Malformed(format!(
+            "{name} (empty parameter or value)"
+        )));
+    }
     Ok(out)
+}
+
+/// Whether a tightened value has an empty `;` parameter or `,` element
+/// outside quotes (`host;;`, `a,,b`, a trailing `;`): RFC 3261's grammar
+/// has none, and RFC 4475 §3.1.2.1 calls such separators malformed.
+fn has_empty_element(value: &str) -> bool {
+    if value.trim().is_empty() {
+        // An empty value is another fault, named where the header is read.
+        return false;
+    }
+    let mut quoted = false;
+    let mut escaped = false;
+    // The separator seen last with nothing after it yet (',' at the start).
+    let mut open_separator = Some(',');
+    for c in value.chars() {
+        if quoted {
+            match (escaped, c) {
+                (false, '\\') => escaped = true,
+                (false, '"') => quoted = false,
+                _ => escaped = false,
+            }
+            continue;
+        }
+        match c {
+            ';' | ',' if open_separator.is_some() => return true,
+            ';' | ',' => open_separator = Some(c),
+            ' ' | '\t' => {}
+            '"' => {
+                quoted = true;
+                open_separator = None;
+            }
+            _ => open_separator = None,
+        }
+    }
+    open_separator.is_some()
 }
 
 /// A Request-Line whose `sip:`/`sips:` URI has a user part holding `;`
@@ -255,6 +306,20 @@ fn unclosed_angle(value: &str) -> bool {
     open
 }
 
+/// Whether the display name before a name-addr's `<` is a quoted string
+/// or tokens separated by LWS (RFC 3261 §25.1 `display-name`); RFC 4475
+/// §3.1.2.15's `Bell, Alexander <sip:…>` is neither. We refuse it rather
+/// than guess the quotes: the name goes to the browser as the caller's.
+fn display_name_ok(value: &str) -> bool {
+    let Some(open) = value.find(['<', '"']) else {
+        return true;
+    };
+    if value.as_bytes()[open] == b'"' {
+        return value[..open].trim().is_empty();
+    }
+    value[..open].split_whitespace().all(is_token)
+}
+
 /// RFC 3261 §7.3.3 and the IANA registry's common compact forms.
 fn long_form(name: &str) -> Option<&'static str> {
     Some(match name.to_ascii_lowercase().as_str() {
@@ -280,6 +345,18 @@ fn header_end(data: &[u8]) -> Option<usize> {
     data.windows(4).position(|w| w == b"\r\n\r\n")
 }
 
+/// Headers a message carries once at most (RFC 3261 §7.3.1 and §20:
+/// their grammar has no comma-separated list). Content-Length is left to
+/// its own check, which names a conflicting value.
+const SINGLE_VALUED: [&str; 6] = [
+    "From",
+    "To",
+    "Call-ID",
+    "CSeq",
+    "Max-Forwards",
+    "Content-Type",
+];
+
 /// Splits a header section into its normalised lines and the declared Content-Length.
 fn normalise_headers(head: &str) -> Result<(String, Option<usize>), SipParseError> {
     let mut lines = head.split("\r\n");
@@ -304,6 +381,7 @@ fn normalise_headers(head: &str) -> Result<(String, Option<usize>), SipParseErro
     let mut out = String::with_capacity(head.len() + 64);
     out.push_str(&escape_request_uri_user(start_line));
     let mut content_length = None;
+    let mut seen_single = [false; SINGLE_VALUED.len()];
     for line in &unfolded {
         let (name, value) = line
             .split_once(':')
@@ -311,6 +389,14 @@ fn normalise_headers(head: &str) -> Result<(String, Option<usize>), SipParseErro
         let name = name.trim();
         let name = long_form(name).unwrap_or(name);
         let value = value.trim();
+        if let Some(i) = SINGLE_VALUED
+            .iter()
+            .position(|h| name.eq_ignore_ascii_case(h))
+        {
+            if std::mem::replace(&mut seen_single[i], true) {
+                return Err(SipParseError::Repeated(SINGLE_VALUED[i]));
+            }
+        }
         if name.eq_ignore_ascii_case("content-length") {
             let n = value
                 .parse::<usize>()
@@ -330,6 +416,13 @@ fn normalise_headers(head: &str) -> Result<(String, Option<usize>), SipParseErro
             && unclosed_angle(value)
         {
             return Err(SipParseError::Malformed(format!("{name} (unclosed <)")));
+        }
+        if (name.eq_ignore_ascii_case("From") || name.eq_ignore_ascii_case("To"))
+            && !display_name_ok(value)
+        {
+            return Err(SipParseError::Malformed(format!(
+                "{name} (unquoted display name with non-token characters)"
+            )));
         }
         out.push_str("\r\n");
         out.push_str(name);
@@ -586,6 +679,47 @@ pub fn branch_of(request: &rsip::Request) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_parameters_and_values_are_found_outside_quotes() {
+        for bad in [
+            "host;;branch=1",
+            "a,,b",
+            "<sip:a@b>;",
+            ",<sip:a@b>",
+            "x;tag=1,",
+        ] {
+            assert!(has_empty_element(bad), "{bad}");
+        }
+        for good in [
+            "host;branch=1",
+            "<sip:a@b>;tag=1, <sip:c@d>",
+            "\"a;;b,,\" <sip:a@b>",
+            "",
+        ] {
+            assert!(!has_empty_element(good), "{good}");
+        }
+    }
+
+    #[test]
+    fn display_names_are_tokens_or_quoted() {
+        for good in [
+            "<sip:a@b>",
+            "sip:a@b;tag=1",
+            "caller<sip:a@b>",
+            "Alice Smith <sip:a@b>",
+            "\"Watson, Thomas\" <sip:a@b>",
+        ] {
+            assert!(display_name_ok(good), "{good}");
+        }
+        for bad in [
+            "Bell, Alexander <sip:a@b>",
+            "a@b <sip:a@b>",
+            "x \"y\" <sip:a@b>",
+        ] {
+            assert!(!display_name_ok(bad), "{bad}");
+        }
+    }
 
     fn invite() -> String {
         [

@@ -488,11 +488,70 @@ pub fn response_to(request: &rsip::Request, code: u16) -> rsip::Response {
         rsip::headers::ContentLength::from(0u32),
     ));
     rsip::Response {
-        status_code: rsip::StatusCode::from(code),
+        status_code: status_with_reason(code),
         version: rsip::Version::V2,
         headers,
         body: Vec::new(),
     }
+}
+
+/// A status with its RFC reason phrase: rsip 0.4 prints its own variant
+/// names (`486 BusyHere`), which are not the phrases peers and people read.
+pub fn status_with_reason(code: u16) -> rsip::StatusCode {
+    let phrase = match code {
+        100 => "Trying",
+        180 => "Ringing",
+        181 => "Call Is Being Forwarded",
+        182 => "Queued",
+        183 => "Session Progress",
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        413 => "Request Entity Too Large",
+        415 => "Unsupported Media Type",
+        416 => "Unsupported URI Scheme",
+        420 => "Bad Extension",
+        421 => "Extension Required",
+        422 => "Session Interval Too Small",
+        423 => "Interval Too Brief",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        482 => "Loop Detected",
+        483 => "Too Many Hops",
+        484 => "Address Incomplete",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        489 => "Bad Event",
+        491 => "Request Pending",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Server Time-out",
+        505 => "Version Not Supported",
+        513 => "Message Too Large",
+        600 => "Busy Everywhere",
+        603 => "Decline",
+        604 => "Does Not Exist Anywhere",
+        606 => "Not Acceptable",
+        _ => match code {
+            100..=199 => "Session Progress",
+            200..=299 => "OK",
+            300..=399 => "Redirected",
+            400..=499 => "Request Failed",
+            500..=599 => "Server Error",
+            _ => "Global Failure",
+        },
+    };
+    rsip::StatusCode::Other(code, phrase.into())
 }
 
 #[cfg(test)]
