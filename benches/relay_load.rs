@@ -272,6 +272,7 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64, relay_options: Option<Re
                         SrtpContext::new(&key()).unwrap(),
                     )),
                     web_ssrc: None,
+                    web_ice_password: None,
                     sip_rtp_socket: sip,
                     sip_rtcp_socket: None,
                     sip_remote: sink,

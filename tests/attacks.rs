@@ -958,16 +958,9 @@ async fn rfc4475_valid_messages_are_answered_as_well_formed() {
     }
 }
 
-/// A flood of STUN-looking datagrams at a live call's web port passes the
-/// call's budget (50 a second, burst 100) to the ICE side and no more; the
-/// rest is dropped in the relay and counted, and the call goes on.
-#[tokio::test]
-async fn a_stun_flood_at_a_call_is_dropped_in_the_relay() {
-    let gw = Gateway::start("", "");
-    let mut session = common::ApiSession::open(&gw).await;
-    let cid = session.call("echo", OFFER).await;
-    let answered = session.wait_for("call.answered").await;
-    let sdp = answered["sdp"].as_str().unwrap().to_string();
+/// The web media address of a `call.answered` event's SDP.
+fn web_address(answered: &serde_json::Value) -> (std::net::IpAddr, u16) {
+    let sdp = answered["sdp"].as_str().unwrap_or_default();
     let port: u16 = sdp
         .lines()
         .find_map(|l| l.strip_prefix("m=audio "))
@@ -979,6 +972,53 @@ async fn a_stun_flood_at_a_call_is_dropped_in_the_relay() {
         .find_map(|l| l.strip_prefix("c=IN IP4 "))
         .and_then(|a| a.trim().parse().ok())
         .expect("the answer's address");
+    (ip, port)
+}
+
+/// DTLS-looking datagrams at a live call's web port from an address that
+/// never sent an authenticated ICE check are dropped in the relay as
+/// foreign before they cost the call's control budget, which stays the
+/// browser's; the call goes on.
+#[tokio::test]
+async fn dtls_from_an_unchecked_address_is_dropped_in_the_relay() {
+    let gw = Gateway::start("", "");
+    let mut session = common::ApiSession::open(&gw).await;
+    let cid = session.call("echo", OFFER).await;
+    let answered = session.wait_for("call.answered").await;
+    let (ip, port) = web_address(&answered);
+    let flood = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    // A DTLS 1.2 handshake record header, then filler.
+    let mut record = [0u8; 60];
+    record[..3].copy_from_slice(&[22, 0xfe, 0xfd]);
+    for i in 0..1000u32 {
+        record[4..8].copy_from_slice(&i.to_be_bytes());
+        flood.send_to(&record, (ip, port)).unwrap();
+        if i % 100 == 99 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (_, view) = session.get(&format!("/calls/{cid}")).await;
+    let web = &view["stats"]["web"];
+    let foreign = web["dropped_foreign_source"].as_u64().unwrap();
+    assert!(foreign >= 900, "{web}");
+    assert_eq!(
+        web["dropped_overload"], 0,
+        "the budget was not spent: {web}"
+    );
+    assert_eq!(view["state"], "answered", "{view}");
+}
+
+/// A flood of STUN-looking datagrams at a live call's web port passes the
+/// call's budget (50 a second, burst 100) to the ICE side and no more; the
+/// rest is dropped in the relay and counted, and the call goes on.
+#[tokio::test]
+async fn a_stun_flood_at_a_call_is_dropped_in_the_relay() {
+    let gw = Gateway::start("", "");
+    let mut session = common::ApiSession::open(&gw).await;
+    let cid = session.call("echo", OFFER).await;
+    let answered = session.wait_for("call.answered").await;
+    let (ip, port) = web_address(&answered);
     let flood = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
     let started = std::time::Instant::now();
     let mut stun = [0u8; 20];

@@ -124,6 +124,7 @@ fn run_call(wrong_fingerprint: bool) {
             web_local: None,
             web_srtp: None,
             web_ssrc: Some(WEB_SSRC),
+            web_ice_password: Some(ours.pwd.clone()),
             sip_rtp_socket: sip_socket,
             sip_rtcp_socket: None,
             sip_remote: sip_peer.local_addr().unwrap(),

@@ -1073,6 +1073,7 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                 web_local: None,
                 web_srtp,
                 web_ssrc: Some(plan.web_ssrc),
+                web_ice_password: Some(plan.leg.local_ice.pwd.clone()),
                 sip_rtp_socket: sip.rtp,
                 sip_rtcp_socket,
                 sip_remote: plan.far.rtp,

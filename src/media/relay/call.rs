@@ -30,6 +30,56 @@ pub(super) struct WebSide {
     pub(super) local: Option<IpAddr>,
     pub(super) srtp: Option<(SrtpContext, SrtpContext)>,
     pub(super) ssrc: Option<u32>,
+    /// Browser addresses that sent us an authenticated ICE check: DTLS is
+    /// taken from these (and the selected remote) only.
+    pub(super) checked: CheckedSources,
+}
+
+/// Browser addresses whose ICE checks carried a MESSAGE-INTEGRITY made
+/// with our ICE password, the last few of them. The relay checks this
+/// itself, on the worker that reads the packets, so a browser's DTLS
+/// ClientHello — sent once our answer to its check arrives — can never
+/// overtake the news that its address passed; the ICE agent still decides
+/// what the check gets back.
+pub(super) struct CheckedSources {
+    password: Option<Vec<u8>>,
+    addresses: [Option<SocketAddr>; CHECKED_SOURCES],
+    next: usize,
+}
+
+/// A browser checks from a handful of candidates; older ones give way.
+const CHECKED_SOURCES: usize = 8;
+
+impl CheckedSources {
+    pub(super) fn new(password: Option<Vec<u8>>) -> Self {
+        CheckedSources {
+            password,
+            addresses: [None; CHECKED_SOURCES],
+            next: 0,
+        }
+    }
+
+    pub(super) fn contains(&self, from: SocketAddr) -> bool {
+        self.addresses.contains(&Some(from))
+    }
+
+    /// Notes `from` when `packet` is a binding request authenticated with
+    /// our ICE password.
+    pub(super) fn note_check(&mut self, from: SocketAddr, packet: &[u8]) {
+        let Some(password) = self.password.as_deref() else {
+            return;
+        };
+        if self.contains(from) {
+            return;
+        }
+        let authenticated = crate::webrtc::stun::Message::decode(packet).is_ok_and(|m| {
+            m.method_class == crate::webrtc::stun::BINDING_REQUEST && m.integrity_ok(password)
+        });
+        if authenticated {
+            self.addresses[self.next] = Some(from);
+            self.next = (self.next + 1) % CHECKED_SOURCES;
+        }
+    }
 }
 
 pub(super) struct SipSide {
@@ -172,6 +222,7 @@ impl RelayedCall {
                 local: setup.web_local,
                 srtp: setup.web_srtp,
                 ssrc: setup.web_ssrc,
+                checked: CheckedSources::new(setup.web_ice_password.map(String::into_bytes)),
             },
             sip: SipSide {
                 rtp: sip_rtp,

@@ -67,9 +67,21 @@ pub(super) fn relay_from_web(
         if matches!(kind, WebPacketKind::Stun | WebPacketKind::Dtls) {
             // Not media: ICE checks and the DTLS handshake, a few per second.
             stats.web.control_packets.fetch_add(1, Ordering::Relaxed);
+            // DTLS only from an address that passed a check: the rest is
+            // dropped before it costs the call's budget.
+            if kind == WebPacketKind::Dtls
+                && call.web.remote != Some(from)
+                && !call.web.checked.contains(from)
+            {
+                stats.web.dropped(DropCause::ForeignSource);
+                continue;
+            }
             if !call.control_budget.take(arrival) {
                 stats.web.dropped(DropCause::Overload);
                 continue;
+            }
+            if kind == WebPacketKind::Stun {
+                call.web.checked.note_check(from, &batch.bufs[i][..len]);
             }
             if let Some(tx) = &call.events {
                 let packet = RelayEvent::Packet(ControlPacket {
@@ -406,6 +418,7 @@ mod tests {
     const BROWSER: &str = "192.0.2.7:50000";
     const PEER: &str = "192.0.2.9:40000";
     const OUR_SSRC: u32 = 0x5157_0001;
+    const ICE_PASSWORD: &str = "relaytestpassword012345";
 
     fn keys(seed: u8) -> SrtpKeyMaterial {
         let profile = SrtpProfile::AeadAes128Gcm;
@@ -432,6 +445,7 @@ mod tests {
             web_local: None,
             web_srtp: Some((context(1), context(2))),
             web_ssrc: Some(OUR_SSRC),
+            web_ice_password: Some(ICE_PASSWORD.into()),
             sip_rtp_socket: socket(),
             sip_rtcp_socket: None,
             sip_remote: PEER.parse().unwrap(),
@@ -521,6 +535,59 @@ mod tests {
         flood(&mut batch);
         relay_from_web(&mut other, &mut batch, 1);
         assert_eq!(queue.try_iter().count(), 1);
+    }
+
+    /// DTLS from an address that never sent an authenticated check is
+    /// dropped as a foreign source without touching the call's budget;
+    /// once the address checks in with our password, its DTLS goes on.
+    #[test]
+    fn dtls_is_taken_only_from_checked_addresses() {
+        use crate::webrtc::stun;
+        let (events, queue) = std::sync::mpsc::sync_channel(10_000);
+        let mut call = call();
+        call.web.remote = None;
+        call.events = Some(events);
+        let mut batch = Batch::new();
+        let stranger: SocketAddr = "203.0.113.66:4000".parse().unwrap();
+        let browser: SocketAddr = "192.0.2.7:50001".parse().unwrap();
+        let send = |call: &mut RelayedCall, batch: &mut Batch, from: SocketAddr, data: &[u8]| {
+            batch.bufs[0][..data.len()].copy_from_slice(data);
+            batch.lens[0] = data.len();
+            batch.addrs[0] = Some(from);
+            batch.locals[0] = None;
+            relay_from_web(call, batch, 1);
+        };
+        let client_hello = [22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        for _ in 0..500 {
+            send(&mut call, &mut batch, stranger, &client_hello);
+        }
+        let web = call.stats.web.snapshot();
+        assert_eq!(web.dropped_foreign_source, 500);
+        assert_eq!(web.dropped_overload, 0, "the budget is untouched");
+        assert_eq!(queue.try_iter().count(), 0);
+
+        // A check signed with another password does not let it in.
+        let check = |key: &str| {
+            stun::Builder::new(stun::BINDING_REQUEST, [9; 12])
+                .attribute(stun::ATTR_USERNAME, b"ours:theirs")
+                .message_integrity(key.as_bytes())
+                .fingerprint()
+        };
+        send(
+            &mut call,
+            &mut batch,
+            browser,
+            &check("not-our-password-at-all"),
+        );
+        send(&mut call, &mut batch, browser, &client_hello);
+        assert_eq!(call.stats.web.snapshot().dropped_foreign_source, 501);
+        // Ours does; the check itself goes to the ICE agent either way.
+        send(&mut call, &mut batch, browser, &check(ICE_PASSWORD));
+        send(&mut call, &mut batch, browser, &client_hello);
+        assert_eq!(call.stats.web.snapshot().dropped_foreign_source, 501);
+        assert_eq!(queue.try_iter().count(), 3, "two checks and the handshake");
+        send(&mut call, &mut batch, stranger, &client_hello);
+        assert_eq!(call.stats.web.snapshot().dropped_foreign_source, 502);
     }
 
     #[test]

@@ -109,6 +109,10 @@ pub struct CallMediaSetup {
     pub web_srtp: Option<(SrtpContext, SrtpContext)>,
     /// SSRC to send toward the browser (the one our SDP announces), if any.
     pub web_ssrc: Option<u32>,
+    /// Our ICE password on the web leg: DTLS is taken only from addresses
+    /// whose checks it authenticates (and from `web_remote`). None: DTLS
+    /// only from `web_remote`.
+    pub web_ice_password: Option<String>,
     pub sip_rtp_socket: std::net::UdpSocket,
     /// The RTCP socket (RTP port + 1); `None` when the SIP peer muxes RTCP.
     pub sip_rtcp_socket: Option<std::net::UdpSocket>,
