@@ -29,6 +29,9 @@
 //! packets stay encrypted, so the sink cannot read their send times: no
 //! latency is reported for it.
 
+mod support;
+use support::arg;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -50,14 +53,6 @@ const SRTP_LEN: usize = RTP_LEN + 10;
 
 fn key() -> SrtpKeyMaterial {
     SrtpKeyMaterial::new(SrtpProfile::AesCm128HmacSha1_80, &[0x42; 16], &[0x17; 14]).unwrap()
-}
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
 }
 
 fn list(name: &str, default: &str) -> Vec<u64> {
@@ -272,7 +267,7 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64, relay_options: Option<Re
                         SrtpContext::new(&key()).unwrap(),
                     )),
                     web_ssrc: None,
-                    web_ice_password: None,
+                    web_check_verifier: None,
                     sip_rtp_socket: sip,
                     sip_rtcp_socket: None,
                     sip_remote: sink,

@@ -28,6 +28,9 @@
 //!
 //! Loopback only. Needs `sipp` (Debian's sip-tester) on PATH.
 
+mod support;
+use support::arg;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -45,14 +48,6 @@ use webrtc_sip_gateway::webrtc::dtls::{DtlsIdentity, DtlsInput, DtlsLeg, DtlsOut
 use webrtc_sip_gateway::webrtc::stun;
 
 const BIN: &str = env!("CARGO_BIN_EXE_webrtc-sip-gateway");
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
-}
 
 fn free_port() -> u16 {
     // A port free for UDP and TCP now (the gateway's SIP port takes both).
@@ -104,7 +99,7 @@ struct Rig {
     sipp: Child,
     api: String,
     admin: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Rig {
@@ -162,7 +157,7 @@ impl Rig {
             sipp,
             api: format!("http://127.0.0.1:{http}"),
             admin: format!("http://127.0.0.1:{admin}"),
-            _dir: dir,
+            dir,
         }
     }
 
@@ -171,7 +166,7 @@ impl Rig {
     }
 
     fn log_lines(&self, level: &str) -> usize {
-        std::fs::read_to_string(self._dir.path().join("gateway.log"))
+        std::fs::read_to_string(self.dir.path().join("gateway.log"))
             .map(|t| t.lines().filter(|l| l.contains(level)).count())
             .unwrap_or(0)
     }

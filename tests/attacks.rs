@@ -975,30 +975,47 @@ fn web_address(answered: &serde_json::Value) -> (std::net::IpAddr, u16) {
     (ip, port)
 }
 
-/// DTLS-looking datagrams at a live call's web port from an address that
-/// never sent an authenticated ICE check are dropped in the relay as
-/// foreign before they cost the call's control budget, which stays the
-/// browser's; the call goes on.
-#[tokio::test]
-async fn dtls_from_an_unchecked_address_is_dropped_in_the_relay() {
+/// An echo call, then `count` datagrams made by `packet(i)` sent at its web
+/// port from a stranger's socket (paced a little: loopback buffers are
+/// finite), and 300 ms for the relay to read them. The call's view and the
+/// seconds the flood took.
+async fn flood_a_call(
+    packet: impl Fn(u32) -> Vec<u8>,
+    count: u32,
+) -> (serde_json::Value, f64, Gateway) {
     let gw = Gateway::start("", "");
     let mut session = common::ApiSession::open(&gw).await;
     let cid = session.call("echo", OFFER).await;
     let answered = session.wait_for("call.answered").await;
     let (ip, port) = web_address(&answered);
     let flood = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-    // A DTLS 1.2 handshake record header, then filler.
-    let mut record = [0u8; 60];
-    record[..3].copy_from_slice(&[22, 0xfe, 0xfd]);
-    for i in 0..1000u32 {
-        record[4..8].copy_from_slice(&i.to_be_bytes());
-        flood.send_to(&record, (ip, port)).unwrap();
+    let started = std::time::Instant::now();
+    for i in 0..count {
+        flood.send_to(&packet(i), (ip, port)).unwrap();
         if i % 100 == 99 {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
     }
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let elapsed = started.elapsed().as_secs_f64();
     let (_, view) = session.get(&format!("/calls/{cid}")).await;
+    (view, elapsed, gw)
+}
+
+/// DTLS-looking datagrams at a live call's web port from an address that
+/// never sent an authenticated ICE check are dropped in the relay as
+/// foreign before they cost the call's control budget, which stays the
+/// browser's; the call goes on.
+#[tokio::test]
+async fn dtls_from_an_unchecked_address_is_dropped_in_the_relay() {
+    // A DTLS 1.2 handshake record header, then filler.
+    let record = |i: u32| {
+        let mut record = vec![0u8; 60];
+        record[..3].copy_from_slice(&[22, 0xfe, 0xfd]);
+        record[4..8].copy_from_slice(&i.to_be_bytes());
+        record
+    };
+    let (view, _, _gw) = flood_a_call(record, 1000).await;
     let web = &view["stats"]["web"];
     let foreign = web["dropped_foreign_source"].as_u64().unwrap();
     assert!(foreign >= 900, "{web}");
@@ -1014,25 +1031,13 @@ async fn dtls_from_an_unchecked_address_is_dropped_in_the_relay() {
 /// rest is dropped in the relay and counted, and the call goes on.
 #[tokio::test]
 async fn a_stun_flood_at_a_call_is_dropped_in_the_relay() {
-    let gw = Gateway::start("", "");
-    let mut session = common::ApiSession::open(&gw).await;
-    let cid = session.call("echo", OFFER).await;
-    let answered = session.wait_for("call.answered").await;
-    let (ip, port) = web_address(&answered);
-    let flood = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-    let started = std::time::Instant::now();
-    let mut stun = [0u8; 20];
-    stun[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
-    for i in 0..2000u32 {
+    let stun = |i: u32| {
+        let mut stun = vec![0u8; 20];
+        stun[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
         stun[8..12].copy_from_slice(&i.to_be_bytes());
-        flood.send_to(&stun, (ip, port)).unwrap();
-        if i % 100 == 99 {
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    let (_, view) = session.get(&format!("/calls/{cid}")).await;
+        stun
+    };
+    let (view, elapsed, _gw) = flood_a_call(stun, 2000).await;
     let web = &view["stats"]["web"];
     let control = web["control_packets"].as_u64().unwrap();
     let dropped = web["dropped_overload"].as_u64().unwrap();

@@ -124,7 +124,12 @@ fn run_call(wrong_fingerprint: bool) {
             web_local: None,
             web_srtp: None,
             web_ssrc: Some(WEB_SSRC),
-            web_ice_password: Some(ours.pwd.clone()),
+            web_check_verifier: Some({
+                let key = ours.pwd.clone().into_bytes();
+                Box::new(move |packet: &[u8]| {
+                    webrtc_sip_gateway::webrtc::stun::is_authenticated_binding_request(packet, &key)
+                })
+            }),
             sip_rtp_socket: sip_socket,
             sip_rtcp_socket: None,
             sip_remote: sip_peer.local_addr().unwrap(),

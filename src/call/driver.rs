@@ -1073,7 +1073,7 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                 web_local: None,
                 web_srtp,
                 web_ssrc: Some(plan.web_ssrc),
-                web_ice_password: Some(plan.leg.local_ice.pwd.clone()),
+                web_check_verifier: Some(check_verifier(&plan.leg.local_ice.pwd)),
                 sip_rtp_socket: sip.rtp,
                 sip_rtcp_socket,
                 sip_remote: plan.far.rtp,
@@ -1213,6 +1213,15 @@ impl std::fmt::Debug for MediaPlane {
             .field("calls", &self.calls.len())
             .finish_non_exhaustive()
     }
+}
+
+/// The relay's test of a browser's STUN datagram: a binding request signed
+/// with our ICE password (`pwd`).
+fn check_verifier(pwd: &str) -> crate::media::relay::CheckVerifier {
+    let key = pwd.as_bytes().to_vec();
+    Box::new(move |packet: &[u8]| {
+        crate::webrtc::stun::is_authenticated_binding_request(packet, &key)
+    })
 }
 
 #[cfg(test)]

@@ -143,27 +143,43 @@ const PARAM_HEADERS: [&str; 8] = [
     "event",
 ];
 
+/// Where a scan of a header value stands with respect to quoted strings
+/// (RFC 3261 `quoted-string`, with `\\` escapes inside).
+#[derive(Default)]
+struct Quotes {
+    quoted: bool,
+    escaped: bool,
+}
+
+impl Quotes {
+    /// Takes the next character; true when it belongs to a quoted string
+    /// (its closing quote included), false for an opening quote and
+    /// everything outside.
+    fn inside(&mut self, c: char) -> bool {
+        if !self.quoted {
+            self.quoted = c == '"';
+            return false;
+        }
+        match (self.escaped, c) {
+            (false, '\\') => self.escaped = true,
+            (false, '"') => self.quoted = false,
+            _ => self.escaped = false,
+        }
+        true
+    }
+}
+
 /// `value` without whitespace around `;`, `=` and `,` outside quoted strings;
 /// an unbalanced quote is an error.
 fn tighten(name: &str, value: &str) -> Result<String, SipParseError> {
     let mut out = String::with_capacity(value.len());
-    let mut quoted = false;
-    let mut escaped = false;
+    let mut quotes = Quotes::default();
     for c in value.chars() {
-        if quoted {
+        if quotes.inside(c) || c == '"' {
             out.push(c);
-            match (escaped, c) {
-                (false, '\\') => escaped = true,
-                (false, '"') => quoted = false,
-                _ => escaped = false,
-            }
             continue;
         }
         match c {
-            '"' => {
-                quoted = true;
-                out.push(c);
-            }
             ';' | '=' | ',' => {
                 while out.ends_with([' ', '\t']) {
                     out.pop();
@@ -174,7 +190,7 @@ fn tighten(name: &str, value: &str) -> Result<String, SipParseError> {
             _ => out.push(c),
         }
     }
-    if quoted {
+    if quotes.quoted {
         return Err(SipParseError::Malformed(format!(
             "{name} (unbalanced quotes)"
         )));
@@ -195,27 +211,17 @@ fn has_empty_element(value: &str) -> bool {
         // An empty value is another fault, named where the header is read.
         return false;
     }
-    let mut quoted = false;
-    let mut escaped = false;
+    let mut quotes = Quotes::default();
     // The separator seen last with nothing after it yet (',' at the start).
     let mut open_separator = Some(',');
     for c in value.chars() {
-        if quoted {
-            match (escaped, c) {
-                (false, '\\') => escaped = true,
-                (false, '"') => quoted = false,
-                _ => escaped = false,
-            }
+        if quotes.inside(c) {
             continue;
         }
         match c {
             ';' | ',' if open_separator.is_some() => return true,
             ';' | ',' => open_separator = Some(c),
             ' ' | '\t' => {}
-            '"' => {
-                quoted = true;
-                open_separator = None;
-            }
             _ => open_separator = None,
         }
     }

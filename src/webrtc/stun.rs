@@ -157,6 +157,13 @@ impl<'a> Message<'a> {
     }
 }
 
+/// Whether `packet` is a binding request whose MESSAGE-INTEGRITY was made
+/// with `key` (our ICE password): what the relay asks of each STUN
+/// datagram before it takes DTLS from the sender's address.
+pub fn is_authenticated_binding_request(packet: &[u8], key: &[u8]) -> bool {
+    Message::decode(packet).is_ok_and(|m| m.method_class == BINDING_REQUEST && m.integrity_ok(key))
+}
+
 /// Builds a message attribute by attribute.
 pub struct Builder {
     buf: Vec<u8>,
@@ -263,6 +270,37 @@ pub fn decode_xor_mapped_address(value: &[u8], transaction_id: &[u8; 12]) -> Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_binding_request_signed_with_the_key_counts_as_a_check() {
+        let request = |class: u16, key: &[u8]| {
+            Builder::new(class, [3; 12])
+                .attribute(ATTR_USERNAME, b"ours:theirs")
+                .message_integrity(key)
+                .fingerprint()
+        };
+        assert!(is_authenticated_binding_request(
+            &request(BINDING_REQUEST, b"the-password"),
+            b"the-password"
+        ));
+        assert!(!is_authenticated_binding_request(
+            &request(BINDING_REQUEST, b"another"),
+            b"the-password"
+        ));
+        assert!(!is_authenticated_binding_request(
+            &request(BINDING_SUCCESS, b"the-password"),
+            b"the-password"
+        ));
+        let unsigned = Builder::new(BINDING_REQUEST, [3; 12]).fingerprint();
+        assert!(!is_authenticated_binding_request(
+            &unsigned,
+            b"the-password"
+        ));
+        assert!(!is_authenticated_binding_request(
+            b"\x16\xfe\xfd",
+            b"the-password"
+        ));
+    }
 
     #[test]
     fn attributes_after_message_integrity_other_than_fingerprint_are_ignored() {

@@ -13,6 +13,7 @@ use mio::net::UdpSocket;
 use super::epoll::flush;
 use super::forward::{relay_from_sip, relay_from_web, Outgoing};
 use super::streams::{SipOutStream, WebOutStream};
+use super::CheckVerifier;
 use super::{CallMediaSetup, RelayEvent, SIP_RTCP, SIP_RTP, SOCKETS_PER_CALL, WEB};
 use crate::media::batch::Batch;
 use crate::media::dtmf::DtmfReceiver;
@@ -35,14 +36,14 @@ pub(super) struct WebSide {
     pub(super) checked: CheckedSources,
 }
 
-/// Browser addresses whose ICE checks carried a MESSAGE-INTEGRITY made
-/// with our ICE password, the last few of them. The relay checks this
-/// itself, on the worker that reads the packets, so a browser's DTLS
-/// ClientHello — sent once our answer to its check arrives — can never
-/// overtake the news that its address passed; the ICE agent still decides
-/// what the check gets back.
+/// Browser addresses whose ICE checks the call's verifier took as
+/// authentic (a MESSAGE-INTEGRITY made with our ICE password), the last few
+/// of them. The relay checks this itself, on the worker that reads the
+/// packets, so a browser's DTLS ClientHello — sent once our answer to its
+/// check arrives — can never overtake the news that its address passed;
+/// the ICE agent still decides what the check gets back.
 pub(super) struct CheckedSources {
-    password: Option<Vec<u8>>,
+    verifier: Option<CheckVerifier>,
     addresses: [Option<SocketAddr>; CHECKED_SOURCES],
     next: usize,
 }
@@ -51,9 +52,9 @@ pub(super) struct CheckedSources {
 const CHECKED_SOURCES: usize = 8;
 
 impl CheckedSources {
-    pub(super) fn new(password: Option<Vec<u8>>) -> Self {
+    pub(super) fn new(verifier: Option<CheckVerifier>) -> Self {
         CheckedSources {
-            password,
+            verifier,
             addresses: [None; CHECKED_SOURCES],
             next: 0,
         }
@@ -63,18 +64,15 @@ impl CheckedSources {
         self.addresses.contains(&Some(from))
     }
 
-    /// Notes `from` when `packet` is a binding request authenticated with
-    /// our ICE password.
+    /// Notes `from` when the verifier takes `packet` as an authentic check.
     pub(super) fn note_check(&mut self, from: SocketAddr, packet: &[u8]) {
-        let Some(password) = self.password.as_deref() else {
+        let Some(verifier) = self.verifier.as_ref() else {
             return;
         };
         if self.contains(from) {
             return;
         }
-        let authenticated = crate::webrtc::stun::Message::decode(packet).is_ok_and(|m| {
-            m.method_class == crate::webrtc::stun::BINDING_REQUEST && m.integrity_ok(password)
-        });
+        let authenticated = verifier(packet);
         if authenticated {
             self.addresses[self.next] = Some(from);
             self.next = (self.next + 1) % CHECKED_SOURCES;
@@ -222,7 +220,7 @@ impl RelayedCall {
                 local: setup.web_local,
                 srtp: setup.web_srtp,
                 ssrc: setup.web_ssrc,
-                checked: CheckedSources::new(setup.web_ice_password.map(String::into_bytes)),
+                checked: CheckedSources::new(setup.web_check_verifier),
             },
             sip: SipSide {
                 rtp: sip_rtp,

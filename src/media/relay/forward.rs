@@ -418,7 +418,9 @@ mod tests {
     const BROWSER: &str = "192.0.2.7:50000";
     const PEER: &str = "192.0.2.9:40000";
     const OUR_SSRC: u32 = 0x5157_0001;
-    const ICE_PASSWORD: &str = "relaytestpassword012345";
+    /// What the test calls' verifier takes as an authentic check (the real
+    /// one, `webrtc::stun`'s, is the call layer's and tested there).
+    const AUTHENTIC: &[u8] = b"signed-with-our-password";
 
     fn keys(seed: u8) -> SrtpKeyMaterial {
         let profile = SrtpProfile::AeadAes128Gcm;
@@ -445,7 +447,7 @@ mod tests {
             web_local: None,
             web_srtp: Some((context(1), context(2))),
             web_ssrc: Some(OUR_SSRC),
-            web_ice_password: Some(ICE_PASSWORD.into()),
+            web_check_verifier: Some(Box::new(|p: &[u8]| p.ends_with(AUTHENTIC))),
             sip_rtp_socket: socket(),
             sip_rtcp_socket: None,
             sip_remote: PEER.parse().unwrap(),
@@ -542,7 +544,6 @@ mod tests {
     /// once the address checks in with our password, its DTLS goes on.
     #[test]
     fn dtls_is_taken_only_from_checked_addresses() {
-        use crate::webrtc::stun;
         let (events, queue) = std::sync::mpsc::sync_channel(10_000);
         let mut call = call();
         call.web.remote = None;
@@ -566,23 +567,23 @@ mod tests {
         assert_eq!(web.dropped_overload, 0, "the budget is untouched");
         assert_eq!(queue.try_iter().count(), 0);
 
-        // A check signed with another password does not let it in.
-        let check = |key: &str| {
-            stun::Builder::new(stun::BINDING_REQUEST, [9; 12])
-                .attribute(stun::ATTR_USERNAME, b"ours:theirs")
-                .message_integrity(key.as_bytes())
-                .fingerprint()
+        // A check the verifier refuses does not let it in.
+        let check = |tail: &[u8]| {
+            let mut packet = vec![0u8; 20];
+            packet[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
+            packet.extend_from_slice(tail);
+            packet
         };
         send(
             &mut call,
             &mut batch,
             browser,
-            &check("not-our-password-at-all"),
+            &check(b"signed-with-another-one"),
         );
         send(&mut call, &mut batch, browser, &client_hello);
         assert_eq!(call.stats.web.snapshot().dropped_foreign_source, 501);
-        // Ours does; the check itself goes to the ICE agent either way.
-        send(&mut call, &mut batch, browser, &check(ICE_PASSWORD));
+        // One it takes does; the check itself goes to the ICE agent either way.
+        send(&mut call, &mut batch, browser, &check(AUTHENTIC));
         send(&mut call, &mut batch, browser, &client_hello);
         assert_eq!(call.stats.web.snapshot().dropped_foreign_source, 501);
         assert_eq!(queue.try_iter().count(), 3, "two checks and the handshake");

@@ -98,6 +98,9 @@ pub enum RelayEvent {
 }
 
 /// Everything the relay needs to carry one call.
+/// See [`CallMediaSetup::web_check_verifier`].
+pub type CheckVerifier = Box<dyn Fn(&[u8]) -> bool + Send>;
+
 pub struct CallMediaSetup {
     /// The web leg's socket (rtcp-mux: RTP, RTCP, STUN and DTLS on one port).
     pub web_socket: std::net::UdpSocket,
@@ -109,10 +112,11 @@ pub struct CallMediaSetup {
     pub web_srtp: Option<(SrtpContext, SrtpContext)>,
     /// SSRC to send toward the browser (the one our SDP announces), if any.
     pub web_ssrc: Option<u32>,
-    /// Our ICE password on the web leg: DTLS is taken only from addresses
-    /// whose checks it authenticates (and from `web_remote`). None: DTLS
-    /// only from `web_remote`.
-    pub web_ice_password: Option<String>,
+    /// Says whether a STUN datagram from the browser is an authentic ICE
+    /// check (the call layer knows the ICE password and the STUN format);
+    /// DTLS is taken only from addresses that sent one, and from
+    /// `web_remote`. None: DTLS only from `web_remote`.
+    pub web_check_verifier: Option<CheckVerifier>,
     pub sip_rtp_socket: std::net::UdpSocket,
     /// The RTCP socket (RTP port + 1); `None` when the SIP peer muxes RTCP.
     pub sip_rtcp_socket: Option<std::net::UdpSocket>,
