@@ -323,7 +323,12 @@ fn display_name_ok(value: &str) -> bool {
     if value.as_bytes()[open] == b'"' {
         return value[..open].trim().is_empty();
     }
-    value[..open].split_whitespace().all(is_token)
+    // Liberal in one way: unquoted UTF-8 names (some PBXs send them) pass;
+    // the ASCII that cannot be in a token (`,` `@` `;` …) does not.
+    value[..open].split_whitespace().all(|word| {
+        word.chars()
+            .all(|c| !c.is_ascii() || is_token(c.encode_utf8(&mut [0; 4])))
+    })
 }
 
 /// RFC 3261 §7.3.3 and the IANA registry's common compact forms.
@@ -715,6 +720,7 @@ mod tests {
             "caller<sip:a@b>",
             "Alice Smith <sip:a@b>",
             "\"Watson, Thomas\" <sip:a@b>",
+            "José Müller <sip:a@b>",
         ] {
             assert!(display_name_ok(good), "{good}");
         }
