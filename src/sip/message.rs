@@ -66,10 +66,11 @@ impl SipParseError {
 
 /// RFC 3261 `token` characters.
 fn is_token(text: &str) -> bool {
-    !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
+    !text.is_empty() && text.bytes().all(is_token_byte)
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
 }
 
 /// Checks the start line before rsip reads it, so that each fault gets its
@@ -296,16 +297,13 @@ fn tighten_sent_protocol(value: &str) -> String {
 
 /// Whether a name-addr value opens `<` (outside quotes) without closing it.
 fn unclosed_angle(value: &str) -> bool {
-    let mut quoted = false;
+    let mut quotes = Quotes::default();
     let mut open = false;
-    let mut escaped = false;
     for c in value.chars() {
         match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '<' if !quoted => open = true,
-            '>' if !quoted => open = false,
+            _ if quotes.inside(c) => {}
+            '<' => open = true,
+            '>' => open = false,
             _ => {}
         }
     }
@@ -317,17 +315,19 @@ fn unclosed_angle(value: &str) -> bool {
 /// §3.1.2.15's `Bell, Alexander <sip:…>` is neither. We refuse it rather
 /// than guess the quotes: the name goes to the browser as the caller's.
 fn display_name_ok(value: &str) -> bool {
-    let Some(open) = value.find(['<', '"']) else {
+    let value = value.trim_start();
+    if value.starts_with('"') {
+        return true;
+    }
+    // The addr-spec form (no `<`) has no display name at all.
+    let Some(open) = value.find('<') else {
         return true;
     };
-    if value.as_bytes()[open] == b'"' {
-        return value[..open].trim().is_empty();
-    }
     // Liberal in one way: unquoted UTF-8 names (some PBXs send them) pass;
     // the ASCII that cannot be in a token (`,` `@` `;` …) does not.
     value[..open].split_whitespace().all(|word| {
         word.chars()
-            .all(|c| !c.is_ascii() || is_token(c.encode_utf8(&mut [0; 4])))
+            .all(|c| !c.is_ascii() || is_token_byte(c as u8))
     })
 }
 
@@ -721,6 +721,7 @@ mod tests {
             "Alice Smith <sip:a@b>",
             "\"Watson, Thomas\" <sip:a@b>",
             "José Müller <sip:a@b>",
+            "sip:a@b;x=\"quoted, with a comma\"",
         ] {
             assert!(display_name_ok(good), "{good}");
         }
