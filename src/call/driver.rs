@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn, Instrument};
 
 use super::negotiate::{
-    self, FarMedia, FarOffer, MediaPlan, NegotiationContext, Negotiator, OutboundPlan,
+    self, FarMedia, FarMove, FarOffer, MediaPlan, NegotiationContext, Negotiator, OutboundPlan,
 };
 use super::{
     Call, CallError, CallInput, CallOutput, CallState, FarRequest, LegKeying, Party, Refused,
@@ -31,7 +31,7 @@ use crate::echo::{self, Echo};
 use crate::media::batch::send_from;
 use crate::media::ports::BoundPorts;
 use crate::media::ports::{PortAllocator, PortError};
-use crate::media::relay::{CallMedia, CallMediaSetup, Relay, RelayError, RelayEvent};
+use crate::media::relay::{CallMedia, CallMediaSetup, Relay, RelayError, RelayEvent, SipFar};
 use crate::media::srtp::SrtpContext;
 use crate::media::stats::{CallStats, LegSnapshot};
 use crate::random::Random;
@@ -117,6 +117,9 @@ pub struct CallView {
     pub direction: &'static str,
     pub to: String,
     pub codec: String,
+    /// The far end's RTP address as its latest SDP gives it (`null` before
+    /// the media is set up; `0.0.0.0:0` until its answer in an ACK).
+    pub sip_media: Option<SocketAddr>,
     /// How each leg's media is protected: web `dtls` or `sdes`, SIP `srtp`
     /// or `rtp` (empty until the legs are joined).
     pub keying: KeyingView,
@@ -143,7 +146,15 @@ impl KeyingView {
     fn new(web: &LegKeying, sip_srtp: bool) -> Self {
         KeyingView {
             web: web.as_str(),
-            sip: if sip_srtp { "srtp" } else { "rtp" },
+            sip: Self::sip_word(sip_srtp),
+        }
+    }
+
+    fn sip_word(sip_srtp: bool) -> &'static str {
+        if sip_srtp {
+            "srtp"
+        } else {
+            "rtp"
         }
     }
 }
@@ -177,6 +188,9 @@ struct RelayedMedia {
     stats: Arc<CallStats>,
     codec: String,
     keying: KeyingView,
+    /// The far end's RTP address as its SDP gives it (unspecified until
+    /// its answer comes in an ACK).
+    far: SocketAddr,
 }
 
 #[derive(Default)]
@@ -275,18 +289,20 @@ impl CallRegistry {
         let tables = lock(&self.tables);
         let e = tables.calls.get(cid).filter(|e| e.session == session)?;
         let status = lock(&e.status);
-        let (codec, keying, web, sip) = match &e.media {
+        let (codec, keying, web, sip, sip_media) = match &e.media {
             Some(m) => (
                 m.codec.clone(),
                 m.keying,
                 m.stats.web.snapshot(),
                 m.stats.sip.snapshot(),
+                Some(m.far),
             ),
             None => (
                 String::new(),
                 KeyingView::default(),
                 LegSnapshot::default(),
                 LegSnapshot::default(),
+                None,
             ),
         };
         Some(CallView {
@@ -295,6 +311,7 @@ impl CallRegistry {
             direction: if e.inbound { "inbound" } else { "outbound" },
             to: e.to.clone(),
             codec,
+            sip_media,
             keying,
             held: status.held.map(Party::as_str),
             web_path: status.web_path.map(|p| WebPathView {
@@ -419,7 +436,14 @@ impl CallRegistry {
     }
 
     /// The relay carries call `cid` now.
-    fn attach_media(&self, cid: &str, media: &CallMedia, codec: String, keying: KeyingView) {
+    fn attach_media(
+        &self,
+        cid: &str,
+        media: &CallMedia,
+        codec: String,
+        keying: KeyingView,
+        far: SocketAddr,
+    ) {
         let mut tables = lock(&self.tables);
         let Some(e) = tables.calls.get_mut(cid) else {
             return;
@@ -429,9 +453,21 @@ impl CallRegistry {
             stats: media.stats.clone(),
             codec,
             keying,
+            far,
         });
         let inputs = e.inputs.clone();
         tables.by_relay.insert(media.id(), inputs);
+    }
+
+    /// The far end of call `cid` moved its media: its codec, address and
+    /// SIP keying now.
+    fn set_far_media(&self, cid: &str, codec: String, far: SocketAddr, sip_srtp: bool) {
+        let mut tables = lock(&self.tables);
+        if let Some(media) = tables.calls.get_mut(cid).and_then(|e| e.media.as_mut()) {
+            media.codec = codec;
+            media.far = far;
+            media.keying.sip = KeyingView::sip_word(sip_srtp);
+        }
     }
 
     fn remove(&self, cid: &str) {
@@ -663,6 +699,7 @@ impl MediaPlane {
         );
         // The echo answers at once, from its own loopback address.
         let far = FarMedia {
+            direction: crate::sdp::Direction::SendRecv,
             codecs: far_answer,
             crypto: Vec::new(),
             secure: false,
@@ -764,15 +801,11 @@ impl MediaPlane {
                 };
                 refuse(code, StartError::Limit(limit))
             })?;
-        let sdp = sdp.ok_or_else(|| {
-            refuse(
-                488,
-                StartError::Sdp(SdpError::Syntax("the INVITE has no SDP offer".into())),
-            )
-        })?;
         // An SDP that does not parse is a bad request, named in the reason
-        // phrase; one that parses but cannot be used is 488.
-        let offer = FarOffer::check(&sdp, self.settings.sip_srtp).map_err(|e| {
+        // phrase; one that parses but cannot be used is 488. No SDP at all
+        // is a delayed offer: ours goes in the 2xx.
+        let offer = sdp.map(|sdp| FarOffer::check(&sdp, self.settings.sip_srtp));
+        let offer = offer.transpose().map_err(|e| {
             if matches!(
                 e,
                 SdpError::Syntax(_)
@@ -790,8 +823,11 @@ impl MediaPlane {
             .bind_legs(self.settings.sip_media_bind)
             .map_err(|e| refuse(503, e))?;
         let context = self.negotiation_context(&web, &sip, self.settings.sip_media_address);
-        let (negotiator, web_sdp) = Negotiator::inbound(context, offer, self.call_random())
-            .map_err(|e| refuse(488, e.into()))?;
+        let negotiated = match offer {
+            Some(offer) => Negotiator::inbound(context, offer, self.call_random()),
+            None => Negotiator::inbound_without_offer(context, self.call_random()),
+        };
+        let (negotiator, web_sdp) = negotiated.map_err(|e| refuse(488, e.into()))?;
         let cid = key.clone();
         let (inputs, inputs_rx) = mpsc::unbounded_channel();
         let status = self.register_call(&cid, reservation, &to, true, inputs);
@@ -900,6 +936,8 @@ impl Far {
                 FarRequest::Hangup { .. } | FarRequest::Accept { .. } | FarRequest::Refuse(_) => {
                     echo.set_paused(true)
                 }
+                // The echo never offers anew.
+                FarRequest::AnswerOffer(_) => {}
                 FarRequest::Hold => {
                     echo.set_paused(true);
                     let held = CallInput::FarHoldChanged {
@@ -923,6 +961,7 @@ impl Far {
                 FarRequest::Refuse(code) => handle.refuse(call.id(), *code),
                 FarRequest::Hold => handle.hold(call.id(), true),
                 FarRequest::Resume => handle.hold(call.id(), false),
+                FarRequest::AnswerOffer(answer) => handle.answer_offer(call.id(), answer.clone()),
             },
         }
     }
@@ -1031,10 +1070,8 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                 CallInput::FarFailed { status: Some(408) }
             }
             Some(DialogEvent::RemoteBye) => CallInput::FarEnded { status: None },
-            Some(DialogEvent::RemoteHold(held)) => CallInput::FarHoldChanged {
-                held: *held,
-                by: Party::Remote,
-            },
+            Some(DialogEvent::Offer { sdp }) => CallInput::FarOffer(sdp.as_deref()),
+            Some(DialogEvent::AckAnswer { sdp }) => CallInput::FarAckAnswer(sdp.as_deref()),
             Some(DialogEvent::Dtmf(digit)) => CallInput::FarDtmf(*digit),
             Some(DialogEvent::LocalHold(Some(held))) => CallInput::FarHoldChanged {
                 held: *held,
@@ -1088,8 +1125,41 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
         info!(codec = %plan.codec, far = %plan.far.rtp, "media connected");
         let keying = KeyingView::new(&plan.leg.keying, plan.sip_keys.is_some());
         self.registry
-            .attach_media(self.call.id(), &media, plan.codec, keying);
+            .attach_media(self.call.id(), &media, plan.codec, keying, plan.far.rtp);
         self.media = Some(media);
+        Ok(())
+    }
+
+    /// The far end moved its media: the relay is retargeted (the browser
+    /// leg is untouched) and the call's view shows the codec now used.
+    fn move_far(&mut self, moved: FarMove) -> Result<(), CommandError> {
+        let Some(media) = self.media.as_mut() else {
+            return Err(CommandError::Media("the call has no media yet".into()));
+        };
+        let srtp = if moved.keys_changed {
+            Some(
+                srtp_pair(moved.sip_keys.clone())
+                    .map_err(|e| CommandError::Media(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        media
+            .set_sip_far(SipFar {
+                remote: moved.far.rtp,
+                remote_rtcp: moved.far.rtcp,
+                strict_source: moved.far.strict,
+                srtp,
+                payload_map: moved.payload_map,
+            })
+            .map_err(|e| CommandError::Media(e.to_string()))?;
+        info!(codec = %moved.codec, far = %moved.far.rtp, "the far end's media moved");
+        self.registry.set_far_media(
+            self.call.id(),
+            moved.codec,
+            moved.far.rtp,
+            moved.sip_keys.is_some(),
+        );
         Ok(())
     }
 
@@ -1160,6 +1230,12 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                 CallOutput::Transmit { to, from, data } => {
                     // A full socket buffer loses this datagram; ICE and DTLS retransmit.
                     let _ = send_from(self.control_socket.as_raw_fd(), &data, to, from);
+                }
+                CallOutput::MoveFarMedia(moved) => {
+                    if let Err(e) = self.move_far(*moved) {
+                        warn!(error = %e, "the far end's new media could not be taken");
+                        self.input(CallInput::MediaFailed);
+                    }
                 }
                 CallOutput::MediaRemote(pair) => {
                     debug!(

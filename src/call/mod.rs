@@ -23,7 +23,7 @@ use crate::session::SessionEvent;
 use crate::webrtc::dtls::{DtlsIdentity, SrtpKeys};
 use crate::webrtc::ice::Pair;
 use crate::webrtc::leg::{WebLeg, WebLegEvent, WebLegInput};
-use negotiate::{FarMedia, MediaPlan, Negotiator};
+use negotiate::{FarMedia, FarMove, MediaPlan, Negotiator};
 
 /// Where a call is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +113,9 @@ pub enum FarRequest {
     },
     /// Refuse the far end's INVITE with this status.
     Refuse(u16),
+    /// Answer the far end's offer in a re-INVITE or UPDATE (or give ours
+    /// for a re-INVITE without SDP), or refuse it with a status.
+    AnswerOffer(Result<String, u16>),
 }
 
 /// What the driver must do.
@@ -131,6 +134,9 @@ pub enum CallOutput {
     /// Both sides' SDP are agreed: hand this plan to the relay (the one
     /// place a call's media is set up).
     ConnectMedia(Box<MediaPlan>),
+    /// The far end moved its media (new address, payload types or keys):
+    /// the relay sends there from now on; the browser leg is untouched.
+    MoveFarMedia(Box<FarMove>),
     /// DTLS produced the web leg's SRTP keys.
     MediaKeys(SrtpKeys),
     /// An event for the session's queue.
@@ -179,7 +185,13 @@ pub enum CallInput<'a> {
     FarFailed {
         status: Option<u16>,
     },
-    /// A remote re-INVITE changed the hold state, or the far end confirmed ours.
+    /// The far end's re-INVITE or UPDATE offers this SDP, or (None) a
+    /// re-INVITE without SDP asks for our offer.
+    FarOffer(Option<&'a str>),
+    /// The ACK to our offer in a 2xx, with the far end's answer (None: it
+    /// brought none).
+    FarAckAnswer(Option<&'a str>),
+    /// The far end confirmed our hold or resume.
     FarHoldChanged {
         held: bool,
         by: Party,
@@ -429,6 +441,8 @@ impl Call {
             CallInput::FarAnsweredMedia(far) => self.far_answered_media(now, far)?,
             CallInput::FarEnded { status } => self.far_ended(status),
             CallInput::FarFailed { status } => self.far_failed(status),
+            CallInput::FarOffer(sdp) => self.far_offer(sdp),
+            CallInput::FarAckAnswer(sdp) => self.far_ack_answer(sdp),
             CallInput::FarHoldChanged { held, by } => self.far_hold_changed(held, by),
             CallInput::FarDtmf(digit) => self.far_dtmf(digit),
             CallInput::Hangup => self.hangup(),
@@ -652,6 +666,85 @@ impl Call {
     fn far_media_unusable(&mut self, status: u16) {
         if self.state != CallState::Ended {
             self.end(EndReason::Error, Some(status), true);
+        }
+    }
+
+    /// The far end's re-INVITE or UPDATE: its offer answered (the media
+    /// moves, the hold state follows its direction), or our offer made for
+    /// a re-INVITE without SDP. An offer the call cannot take is refused
+    /// with 488 and changes nothing.
+    fn far_offer(&mut self, sdp: Option<&str>) {
+        if self.state != CallState::Answered {
+            // A dialog hands offers over only once it is confirmed.
+            self.outputs
+                .push_back(CallOutput::Far(FarRequest::AnswerOffer(Err(491))));
+            return;
+        }
+        let Some(negotiator) = self.negotiator.as_mut() else {
+            self.outputs
+                .push_back(CallOutput::Far(FarRequest::AnswerOffer(Err(488))));
+            return;
+        };
+        let answer = match sdp {
+            Some(sdp) => negotiator.far_reoffer(sdp).map(|r| {
+                let sdp = r.sdp;
+                (sdp, Some(r.moved))
+            }),
+            None => {
+                let direction = if self.held_by == Some(Party::Local) {
+                    crate::sdp::Direction::SendOnly
+                } else {
+                    crate::sdp::Direction::SendRecv
+                };
+                negotiator.offer_current(direction).map(|sdp| (sdp, None))
+            }
+        };
+        match answer {
+            Ok((sdp, moved)) => {
+                if let Some(moved) = moved {
+                    self.far_moved(moved);
+                }
+                self.outputs
+                    .push_back(CallOutput::Far(FarRequest::AnswerOffer(Ok(sdp))));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the far end's new offer is refused");
+                self.outputs
+                    .push_back(CallOutput::Far(FarRequest::AnswerOffer(Err(488))));
+            }
+        }
+    }
+
+    /// The ACK to our offer: its answer moves the media there. No answer,
+    /// or one the call cannot use, ends the call (BYE): its media would
+    /// have nowhere to go.
+    fn far_ack_answer(&mut self, sdp: Option<&str>) {
+        if self.state == CallState::Ended {
+            return;
+        }
+        let moved = match (sdp, self.negotiator.as_mut()) {
+            (Some(sdp), Some(negotiator)) => negotiator.far_answered_in_ack(sdp),
+            _ => Err(SdpError::Syntax(
+                "the ACK to our offer carries no SDP answer".into(),
+            )),
+        };
+        match moved {
+            Ok(moved) => self.far_moved(moved),
+            Err(e) => {
+                tracing::warn!(error = %e, "the far end's answer in its ACK is unusable");
+                self.end(EndReason::Error, None, true);
+            }
+        }
+    }
+
+    /// The far end's media is now `moved`: the relay is told first, then
+    /// the hold state follows what its SDP says (unless the hold is ours).
+    fn far_moved(&mut self, moved: FarMove) {
+        let held = moved.far.holds();
+        self.outputs
+            .push_back(CallOutput::MoveFarMedia(Box::new(moved)));
+        if self.held_by != Some(Party::Local) {
+            self.far_hold_changed(held, Party::Remote);
         }
     }
 

@@ -19,7 +19,7 @@ use crate::media::relay::PayloadMap;
 use crate::media::srtp::{SrtpKeyMaterial, SrtpProfile};
 use crate::random::Random;
 use crate::sdp::build::{self, AnswerKeying, Local, SipMedia, WebAnswer, WebOffer};
-use crate::sdp::codecs::{answer_codecs, pair_answer, usable};
+use crate::sdp::codecs::{answer_codecs, pair_answer, usable, CodecName};
 use crate::sdp::{
     web_offer_keying, Codec, CryptoAttribute, Description, Direction, IceCredentials, SdpError,
     Setup, WebKeying,
@@ -80,6 +80,11 @@ pub struct Negotiated {
     /// SDES keys for the relay's web leg: (inbound, outbound).
     pub sdes_keys: Option<(SrtpKeyMaterial, SrtpKeyMaterial)>,
     pub leg: WebLegSpec,
+    /// The browser's codec and the far end's (each with its own payload
+    /// type), and telephone-event on both sides when agreed.
+    pub web_audio: Codec,
+    pub far_audio: Codec,
+    pub events: Option<(Codec, Codec)>,
 }
 
 /// Where and how our side of the web leg is reached.
@@ -112,19 +117,25 @@ pub fn negotiate(
         })?;
     let codecs = answer_codecs(&plan.offer.audio.codecs, &web_audio)?;
     let mut triples = Vec::new();
-    let mut map_event = None;
+    let mut map_event: Option<(Codec, Codec)> = None;
+    let mut far_audio = None;
     for (web, far) in &pairs {
         if web.is_telephone_event() {
             if web.clock_rate == web_audio.clock_rate || map_event.is_none() {
-                map_event = Some((web.pt, web.clock_rate, far.pt, far.clock_rate));
+                map_event = Some((web.clone(), far.clone()));
             }
         } else if web.is_carried_audio() {
             triples.push((web.pt, far.pt, web.clock_rate));
+            if web == &web_audio && far_audio.is_none() {
+                far_audio = Some(far.clone());
+            }
         }
     }
+    let far_audio = far_audio.unwrap_or_else(|| web_audio.clone());
     let mut payload_map = PayloadMap::new(&triples);
-    if let Some((web_pt, web_clock, far_pt, far_clock)) = map_event {
-        payload_map = payload_map.with_telephone_event(web_pt, web_clock, far_pt, far_clock);
+    if let Some((web, far)) = &map_event {
+        payload_map =
+            payload_map.with_telephone_event(web.pt, web.clock_rate, far.pt, far.clock_rate);
     }
     let web_ssrc = random.u32();
     let (keying, leg_keying, sdes_keys) = match (&plan.keying, &plan.sdes_local) {
@@ -196,6 +207,9 @@ pub fn negotiate(
             consent_timeout: local.consent_timeout,
             rtp_timeout: local.rtp_timeout,
         },
+        web_audio,
+        far_audio,
+        events: map_event,
     })
 }
 
@@ -403,6 +417,32 @@ pub struct FarMedia {
     pub rtcp: Option<SocketAddr>,
     /// Take media from `rtp` only (else latch to the first packet from its IP).
     pub strict: bool,
+    /// The direction its SDP gives.
+    pub direction: Direction,
+}
+
+impl FarMedia {
+    /// A far end whose address is not known yet (a call whose SIP offer is
+    /// ours, in the 2xx: the answer comes in the ACK). The relay sends
+    /// nothing to it.
+    fn unknown() -> FarMedia {
+        let nowhere = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+        FarMedia {
+            codecs: Vec::new(),
+            crypto: Vec::new(),
+            secure: false,
+            rtp: nowhere,
+            rtcp: Some(nowhere),
+            strict: false,
+            direction: Direction::SendRecv,
+        }
+    }
+
+    /// Whether this SDP puts the call on hold: it stops sending to us
+    /// (sendonly, inactive) or gives no address (`c=0.0.0.0`, RFC 2543).
+    pub fn holds(&self) -> bool {
+        self.direction.is_hold() || self.rtp.ip().is_unspecified()
+    }
 }
 
 impl FarMedia {
@@ -424,6 +464,7 @@ impl FarMedia {
             rtp,
             rtcp,
             strict: false,
+            direction: d.audio.direction,
         })
     }
 }
@@ -491,6 +532,8 @@ struct WebOfferState {
     far: FarMedia,
     /// How our answer on the SIP side is keyed.
     sip_keying: SipAnswerKeying,
+    /// The far end's INVITE had an offer (else ours goes in the 2xx).
+    far_offered: bool,
 }
 
 enum Pending {
@@ -500,10 +543,172 @@ enum Pending {
         plan: Box<OutboundPlan>,
         sip_crypto: Vec<CryptoAttribute>,
     },
-    /// The far end offered; waiting for the browser's answer to ours.
+    /// The far end offered (or, `far_offered` false, sent an INVITE without
+    /// SDP); waiting for the browser's answer to ours.
     BrowserAnswer(Box<WebOfferState>),
-    /// Both sides are agreed.
-    Done,
+    /// Both sides are agreed (the SIP side perhaps still owes the answer
+    /// to our offer in its ACK).
+    Agreed(Box<Agreed>),
+}
+
+/// What the call's legs agreed, kept for the far end's later offers (a
+/// re-INVITE or UPDATE) and for the answer in an ACK to an offer of ours.
+struct Agreed {
+    /// The browser leg's codec and telephone-event, with the browser's
+    /// payload types: fixed for the call (the browser is not asked again).
+    web_audio: Codec,
+    web_event: Option<Codec>,
+    /// The codecs of our last SDP toward the far end, with its numbers.
+    sip_codecs: Vec<Codec>,
+    /// The SDES keys our last SIP SDP carried: every one we offered, or
+    /// the one of our answer; none for plain RTP.
+    sip_crypto: Vec<CryptoAttribute>,
+    /// The SIP leg's keys now: (inbound, outbound).
+    sip_keys: Option<SipLegKeys>,
+    /// Our SIP SDP says a=rtcp-mux (decided once: our sockets are bound).
+    rtcp_mux: bool,
+    far: FarMedia,
+}
+
+/// The far end moved its media: where it is now and how packets map.
+#[derive(Clone)]
+pub struct FarMove {
+    pub far: FarMedia,
+    pub payload_map: PayloadMap,
+    /// The SIP leg's keys (inbound, outbound), None for plain RTP; the
+    /// relay takes them only when `keys_changed`.
+    pub sip_keys: Option<SipLegKeys>,
+    pub keys_changed: bool,
+    /// The call's codec as `name/clock`.
+    pub codec: String,
+}
+
+impl std::fmt::Debug for FarMove {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FarMove")
+            .field("far_rtp", &self.far.rtp)
+            .field("codec", &self.codec)
+            .field("keys_changed", &self.keys_changed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for FarMove {
+    fn eq(&self, other: &Self) -> bool {
+        (self.far.rtp, self.far.rtcp, &self.codec, self.keys_changed)
+            == (
+                other.far.rtp,
+                other.far.rtcp,
+                &other.codec,
+                other.keys_changed,
+            )
+    }
+}
+
+impl Eq for FarMove {}
+
+/// Our answer to the far end's new offer, and what it changes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reanswer {
+    pub sdp: String,
+    pub moved: FarMove,
+}
+
+/// The codecs a browser is offered for a call whose INVITE had no SDP: the
+/// G.711 pair every SIP switch takes, and telephone-event. The far end's
+/// codecs are unknown until its answer in the ACK, and the browser is not
+/// asked again, so the offer keeps to what the far end will surely take.
+fn delayed_offer_codecs() -> Vec<Codec> {
+    let codec = |pt, name, clock_rate| Codec {
+        pt,
+        name,
+        clock_rate,
+        channels: 1,
+        fmtp: None,
+    };
+    vec![
+        codec(0, CodecName::Pcmu, 8000),
+        codec(8, CodecName::Pcma, 8000),
+        Codec {
+            fmtp: Some("0-16".into()),
+            ..codec(101, CodecName::TelephoneEvent, 8000)
+        },
+    ]
+}
+
+/// The payload-type map between the browser's codec (and telephone-event)
+/// and the far end's.
+fn payload_map_of(
+    web_audio: &Codec,
+    far_audio: &Codec,
+    events: Option<(&Codec, &Codec)>,
+) -> PayloadMap {
+    let map = PayloadMap::new(&[(web_audio.pt, far_audio.pt, web_audio.clock_rate)]);
+    match events {
+        Some((web, far)) => {
+            map.with_telephone_event(web.pt, web.clock_rate, far.pt, far.clock_rate)
+        }
+        None => map,
+    }
+}
+
+/// `name/clock` of a codec, lower case.
+fn codec_label(codec: &Codec) -> String {
+    format!(
+        "{}/{}",
+        codec.name.encoding().to_ascii_lowercase(),
+        codec.clock_rate
+    )
+}
+
+impl Agreed {
+    /// The far end's codec (and telephone-event) in `codecs` matching the
+    /// browser leg's: the call never transcodes, so nothing else will do.
+    fn far_codecs(&self, codecs: &[Codec]) -> Result<(Codec, Option<Codec>), SdpError> {
+        let audio = codecs
+            .iter()
+            .find(|c| c.same_as(&self.web_audio))
+            .cloned()
+            .ok_or_else(|| SdpError::NoCommonCodec {
+                offered: format!(
+                    "the far end's new SDP lacks the call's codec {}",
+                    codec_label(&self.web_audio)
+                ),
+            })?;
+        let event = self
+            .web_event
+            .as_ref()
+            .and_then(|_| {
+                codecs
+                    .iter()
+                    .find(|c| c.is_telephone_event() && c.clock_rate == audio.clock_rate)
+            })
+            .cloned();
+        Ok((audio, event))
+    }
+
+    /// Takes `far` (with its codec and telephone-event) and `sip_keys` as
+    /// the call's media now.
+    fn take(
+        &mut self,
+        far: FarMedia,
+        audio: &Codec,
+        event: Option<&Codec>,
+        sip_keys: Option<SipLegKeys>,
+    ) -> FarMove {
+        let web_event = self.web_event.as_ref();
+        let payload_map = payload_map_of(&self.web_audio, audio, web_event.zip(event));
+        let keys_changed = sip_keys != self.sip_keys;
+        self.sip_keys = sip_keys.clone();
+        self.far = far.clone();
+        FarMove {
+            far,
+            payload_map,
+            sip_keys,
+            keys_changed,
+            codec: codec_label(audio),
+        }
+    }
 }
 
 /// One call's offer/answer state.
@@ -572,7 +777,48 @@ impl Negotiator {
             codecs,
             far,
             sip_keying,
+            far_offered: true,
         };
+        Self::offer_to_browser(context, offer, random)
+    }
+
+    /// An inbound call whose INVITE has no SDP (delayed offer): the browser
+    /// is offered [`delayed_offer_codecs`]; once it answers, our offer for
+    /// the far end is built from the codec it chose and goes in the 2xx,
+    /// and the far end's answer comes in the ACK. Returns our offer for the
+    /// browser.
+    pub fn inbound_without_offer(
+        context: NegotiationContext,
+        mut random: Random,
+    ) -> Result<(Negotiator, String), SdpError> {
+        let codecs = delayed_offer_codecs();
+        let offer = WebOfferState {
+            local_ice: IceCredentials {
+                ufrag: random.ice_token(6),
+                pwd: random.ice_token(18),
+            },
+            crypto: vec![CryptoAttribute::generate(
+                1,
+                SrtpProfile::AesCm128HmacSha1_80,
+                &mut random,
+            )?],
+            ssrc: random.u32(),
+            far: FarMedia {
+                codecs: codecs.clone(),
+                ..FarMedia::unknown()
+            },
+            codecs,
+            sip_keying: SipAnswerKeying::PLAIN,
+            far_offered: false,
+        };
+        Self::offer_to_browser(context, offer, random)
+    }
+
+    fn offer_to_browser(
+        context: NegotiationContext,
+        offer: WebOfferState,
+        mut random: Random,
+    ) -> Result<(Negotiator, String), SdpError> {
         let web_sdp = build::web_offer(&WebOffer {
             candidates: &context.web_addresses,
             local: Local {
@@ -605,7 +851,7 @@ impl Negotiator {
 
     /// Whether a plan has been made (later SDP changes nothing yet).
     pub fn is_done(&self) -> bool {
-        matches!(self.pending, Pending::Done)
+        matches!(self.pending, Pending::Agreed(_))
     }
 
     /// The far end answered our offer (outbound): the plan, with our answer
@@ -623,7 +869,22 @@ impl Negotiator {
             &mut self.random,
         )?;
         let sip_keys = sip_answer_keys(self.context.sip_srtp, sip_crypto, &far.crypto, far.secure)?;
-        self.pending = Pending::Done;
+        let ours_chosen = sip_crypto
+            .iter()
+            .filter(|c| sip_keys.as_ref().is_some_and(|(_, out)| *out == c.keys))
+            .cloned()
+            .collect();
+        let mut sip_codecs = vec![negotiated.far_audio.clone()];
+        sip_codecs.extend(negotiated.events.as_ref().map(|(_, far)| far.clone()));
+        self.pending = Pending::Agreed(Box::new(Agreed {
+            web_audio: negotiated.web_audio.clone(),
+            web_event: negotiated.events.as_ref().map(|(web, _)| web.clone()),
+            sip_codecs,
+            sip_crypto: ours_chosen,
+            sip_keys: sip_keys.clone(),
+            rtcp_mux: far.rtcp.is_none(),
+            far: far.clone(),
+        }));
         Ok(MediaPlan {
             codec: negotiated.codec,
             payload_map: negotiated.payload_map,
@@ -692,27 +953,41 @@ impl Negotiator {
                 offered: "none of the codecs we offered".into(),
             })?;
         let sip_codecs = answer_codecs(&offer.far.codecs, &chosen)?;
-        let mut payload_map = PayloadMap::new(&[(chosen.pt, sip_codecs[0].pt, chosen.clock_rate)]);
         let web_event = answer
             .audio
             .codecs
             .iter()
-            .find(|c| c.is_telephone_event() && c.clock_rate == chosen.clock_rate);
-        if let (Some(web_te), Some(sip_te)) = (web_event, sip_codecs.get(1)) {
-            payload_map = payload_map.with_telephone_event(
-                web_te.pt,
-                web_te.clock_rate,
-                sip_te.pt,
-                sip_te.clock_rate,
-            );
-        }
+            .find(|c| c.is_telephone_event() && c.clock_rate == chosen.clock_rate)
+            .cloned();
+        let sip_event = sip_codecs.get(1).filter(|_| web_event.is_some()).cloned();
+        let payload_map = payload_map_of(
+            &chosen,
+            &sip_codecs[0],
+            web_event.as_ref().zip(sip_event.as_ref()),
+        );
+        // With the far end's offer, our answer; without one, our offer (our
+        // keys by policy, the codec the browser chose).
+        let (sip_crypto, secure_profile, sip_keys) = if offer.far_offered {
+            (
+                offer.sip_keying.crypto().to_vec(),
+                offer.sip_keying.secure_profile,
+                offer.sip_keying.leg_keys(),
+            )
+        } else {
+            (
+                sip_offer_crypto(self.context.sip_srtp, &mut self.random)?,
+                sip_offer_secure_profile(self.context.sip_srtp),
+                None,
+            )
+        };
+        let rtcp_mux = offer.far_offered && offer.far.rtcp.is_none();
         let sip_sdp = build::sip_media(&SipMedia {
             local: self.context.sip_local(&mut self.random),
             codecs: &sip_codecs,
             direction: Direction::SendRecv,
-            crypto: offer.sip_keying.crypto(),
-            secure_profile: offer.sip_keying.secure_profile,
-            rtcp_mux: offer.far.rtcp.is_none(),
+            crypto: &sip_crypto,
+            secure_profile,
+            rtcp_mux,
             ptime: None,
         });
         let plan = MediaPlan {
@@ -724,8 +999,12 @@ impl Negotiator {
             payload_map,
             web_keys,
             web_ssrc: offer.ssrc,
-            sip_keys: offer.sip_keying.leg_keys(),
-            far: offer.far.clone(),
+            sip_keys: sip_keys.clone(),
+            far: if offer.far_offered {
+                offer.far.clone()
+            } else {
+                FarMedia::unknown()
+            },
             leg: WebLegSpec {
                 local_ice: offer.local_ice.clone(),
                 remote_ice,
@@ -736,8 +1015,131 @@ impl Negotiator {
             web_sdp: None,
             sip_sdp: Some(sip_sdp),
         };
-        self.pending = Pending::Done;
+        let mut sip_sent = vec![sip_codecs[0].clone()];
+        sip_sent.extend(sip_event);
+        self.pending = Pending::Agreed(Box::new(Agreed {
+            web_audio: chosen,
+            web_event,
+            sip_codecs: sip_sent,
+            sip_crypto,
+            sip_keys,
+            rtcp_mux,
+            far: plan.far.clone(),
+        }));
         Ok(plan)
+    }
+}
+
+impl Negotiator {
+    fn agreed(&mut self) -> Result<&mut Agreed, SdpError> {
+        match &mut self.pending {
+            Pending::Agreed(agreed) => Ok(agreed),
+            _ => Err(SdpError::Internal(
+                "the call's first offer/answer is not complete".into(),
+            )),
+        }
+    }
+
+    /// The far end's new offer in a re-INVITE or UPDATE: our answer, with
+    /// the call's codec at the far end's payload type, our key kept when
+    /// the suite is the same (a new one otherwise), and the direction
+    /// answered; and the media's new place. Refused (the far end gets 488,
+    /// and the media stays as it was) when it lacks the call's codec — the
+    /// browser leg is not renegotiated — or its keying breaks the policy.
+    pub fn far_reoffer(&mut self, sdp: &str) -> Result<Reanswer, SdpError> {
+        let far = FarMedia::from_sdp(sdp)?;
+        let policy = self.context.sip_srtp;
+        let keyed = sip_offer_keyed(policy, &far.crypto, far.secure)?;
+        let local = Local {
+            session_version: 1,
+            ..self.context.sip_local(&mut self.random)
+        };
+        let mut random = self.random.fork();
+        let agreed = self.agreed()?;
+        let (audio, event) = agreed.far_codecs(&far.codecs)?;
+        let chosen = if keyed { far.crypto.first() } else { None };
+        let ours = match chosen {
+            Some(theirs) => {
+                let kept = agreed
+                    .sip_crypto
+                    .iter()
+                    .find(|o| o.tag == theirs.tag && o.keys.profile == theirs.keys.profile)
+                    .filter(|o| {
+                        agreed
+                            .sip_keys
+                            .as_ref()
+                            .is_some_and(|(_, out)| *out == o.keys)
+                    });
+                Some(match kept {
+                    Some(kept) => kept.clone(),
+                    None => {
+                        CryptoAttribute::generate(theirs.tag, theirs.keys.profile, &mut random)?
+                    }
+                })
+            }
+            None => None,
+        };
+        let sip_keys = chosen
+            .zip(ours.as_ref())
+            .map(|(theirs, ours)| (theirs.keys.clone(), ours.keys.clone()));
+        if sip_keys
+            .as_ref()
+            .is_some_and(|(inbound, outbound)| inbound == outbound)
+        {
+            return Err(repeated_key());
+        }
+        let mut codecs = vec![audio.clone()];
+        codecs.extend(event.clone());
+        let crypto: Vec<CryptoAttribute> = ours.into_iter().collect();
+        let answer = build::sip_media(&SipMedia {
+            local,
+            codecs: &codecs,
+            direction: far.direction.answer(),
+            crypto: &crypto,
+            secure_profile: far.secure,
+            rtcp_mux: agreed.rtcp_mux,
+            ptime: None,
+        });
+        agreed.sip_codecs = codecs;
+        agreed.sip_crypto = crypto;
+        let moved = agreed.take(far, &audio, event.as_ref(), sip_keys);
+        Ok(Reanswer { sdp: answer, moved })
+    }
+
+    /// Our offer for a re-INVITE without SDP: the call's media as it
+    /// stands (its codec, our key, our address), in `direction`.
+    pub fn offer_current(&mut self, direction: Direction) -> Result<String, SdpError> {
+        let local = Local {
+            session_version: 1,
+            ..self.context.sip_local(&mut self.random)
+        };
+        let agreed = self.agreed()?;
+        Ok(build::sip_media(&SipMedia {
+            local,
+            codecs: &agreed.sip_codecs,
+            direction,
+            crypto: &agreed.sip_crypto,
+            secure_profile: agreed.far.secure,
+            rtcp_mux: agreed.rtcp_mux,
+            ptime: None,
+        }))
+    }
+
+    /// The far end's answer, in its ACK, to our offer in a 2xx (the
+    /// INVITE or re-INVITE had no SDP): the media's place, keys and types.
+    /// Refused when it lacks the call's codec or a key we offered.
+    pub fn far_answered_in_ack(&mut self, sdp: &str) -> Result<FarMove, SdpError> {
+        let far = FarMedia::from_sdp(sdp)?;
+        let policy = self.context.sip_srtp;
+        let agreed = self.agreed()?;
+        let (audio, event) = agreed.far_codecs(&far.codecs)?;
+        let sip_keys = sip_answer_keys(policy, &agreed.sip_crypto, &far.crypto, far.secure)?;
+        agreed
+            .sip_crypto
+            .retain(|c| sip_keys.as_ref().is_some_and(|(_, out)| *out == c.keys));
+        agreed.sip_codecs = vec![audio.clone()];
+        agreed.sip_codecs.extend(event.clone());
+        Ok(agreed.take(far, &audio, event.as_ref(), sip_keys))
     }
 }
 

@@ -797,3 +797,270 @@ fn far_offers_are_checked_before_ports_are_bound() {
     assert!(negotiate::FarOffer::check(srtp_offer, SrtpPolicy::Required).is_ok());
     assert!(negotiate::FarOffer::check("v=0\r\nnot sdp", SrtpPolicy::Off).is_err());
 }
+
+/// An outbound call answered by the far end at 203.0.113.9:40000 (PCMU
+/// and telephone-event), its plan taken.
+fn answered_outbound(identity: &crate::webrtc::dtls::DtlsIdentity) -> Call {
+    let mut random = Random::seeded(21);
+    let plan = negotiate::outbound(CHROMIUM_OFFER, true, &mut random).unwrap();
+    let (negotiator, _) =
+        negotiate::Negotiator::outbound(context(identity), plan, true, random).unwrap();
+    let mut call = Call::outbound("c1".into()).with_negotiator(negotiator);
+    call.far_answered_sdp(
+        Instant::now(),
+        &far_sdp("203.0.113.9", 40000, "0 101", "sendrecv"),
+    );
+    drain(&mut call);
+    assert_eq!(call.state(), CallState::Answered);
+    call
+}
+
+/// The far end's SDP at `ip`:`port` with payload types `pts` (0 PCMU, 8
+/// PCMA, 101 and 96 telephone-event) and `direction`.
+fn far_sdp(ip: &str, port: u16, pts: &str, direction: &str) -> String {
+    let mut sdp = format!(
+        "v=0\r\no=- 9 9 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP {pts}\r\n"
+    );
+    for pt in pts.split(' ') {
+        let map = match pt {
+            "0" => "PCMU/8000",
+            "8" => "PCMA/8000",
+            _ => "telephone-event/8000",
+        };
+        sdp.push_str(&format!("a=rtpmap:{pt} {map}\r\n"));
+    }
+    sdp.push_str(&format!("a=ssrc:4242 cname:far\r\na={direction}\r\n"));
+    sdp
+}
+
+fn moves(outputs: &[CallOutput]) -> Vec<&negotiate::FarMove> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            CallOutput::MoveFarMedia(m) => Some(&**m),
+            _ => None,
+        })
+        .collect()
+}
+
+fn offer_answer(outputs: &[CallOutput]) -> Option<Result<String, u16>> {
+    outputs.iter().find_map(|o| match o {
+        CallOutput::Far(FarRequest::AnswerOffer(a)) => Some(a.clone()),
+        _ => None,
+    })
+}
+
+/// The far end moves the call (a transfer, a conference bridge): its new
+/// offer is answered with the call's codec at its payload types, the relay
+/// is retargeted before the answer goes, and the browser is told nothing
+/// (its leg is untouched). Hold and resume follow the offer's direction or
+/// a `c=0.0.0.0`; an offer without the call's codec is refused with 488
+/// and changes nothing.
+#[test]
+fn a_far_reoffer_moves_the_media_and_leaves_the_browser_leg_alone() {
+    let identity = crate::webrtc::dtls::DtlsIdentity::generate().unwrap();
+    let t0 = Instant::now();
+    let mut call = answered_outbound(&identity);
+    let moved_sdp = far_sdp("198.51.100.20", 41000, "0 96", "sendrecv");
+    call.handle_input(t0, CallInput::FarOffer(Some(&moved_sdp)))
+        .unwrap();
+    let out = drain(&mut call);
+    assert!(
+        matches!(out[0], CallOutput::MoveFarMedia(_)),
+        "the relay first: {out:?}"
+    );
+    let moved = moves(&out)[0];
+    assert_eq!(moved.far.rtp, "198.51.100.20:41000".parse().unwrap());
+    assert_eq!(moved.codec, "pcmu/8000");
+    assert_eq!(moved.payload_map.sip_telephone_event(), Some((96, 8000)));
+    assert!(!moved.keys_changed, "plain RTP stays plain");
+    let answer = offer_answer(&out).unwrap().unwrap();
+    assert!(
+        answer.contains("m=audio 30000 RTP/AVP 0 96\r\n") && answer.contains("a=sendrecv"),
+        "{answer}"
+    );
+    assert!(
+        !out.iter().any(|o| matches!(o, CallOutput::Notify(_))),
+        "nothing for the browser: {out:?}"
+    );
+
+    // Hold by direction, resume, hold by c=0.0.0.0.
+    let hold = far_sdp("198.51.100.20", 41000, "0 96", "sendonly");
+    call.handle_input(t0, CallInput::FarOffer(Some(&hold)))
+        .unwrap();
+    let out = drain(&mut call);
+    assert!(offer_answer(&out).unwrap().unwrap().contains("a=recvonly"));
+    assert!(out.iter().any(|o| matches!(o,
+        CallOutput::Notify(SessionEvent::CallHeld { by, .. }) if by == "remote")));
+    assert_eq!(call.held_by(), Some(Party::Remote));
+    let resume = far_sdp("198.51.100.20", 41000, "0 96", "sendrecv");
+    call.handle_input(t0, CallInput::FarOffer(Some(&resume)))
+        .unwrap();
+    assert!(drain(&mut call)
+        .iter()
+        .any(|o| matches!(o, CallOutput::Notify(SessionEvent::CallResumed { .. }))));
+    let blackhole = far_sdp("0.0.0.0", 41000, "0 96", "sendrecv");
+    call.handle_input(t0, CallInput::FarOffer(Some(&blackhole)))
+        .unwrap();
+    drain(&mut call);
+    assert_eq!(call.held_by(), Some(Party::Remote));
+    call.handle_input(t0, CallInput::FarOffer(Some(&resume)))
+        .unwrap();
+    drain(&mut call);
+    assert_eq!(call.held_by(), None);
+
+    // PCMA only: the browser leg has PCMU, so nothing fits.
+    let other_codec = far_sdp("198.51.100.30", 42000, "8", "sendrecv");
+    call.handle_input(t0, CallInput::FarOffer(Some(&other_codec)))
+        .unwrap();
+    let out = drain(&mut call);
+    assert_eq!(offer_answer(&out), Some(Err(488)));
+    assert!(moves(&out).is_empty(), "{out:?}");
+    assert_eq!(call.state(), CallState::Answered);
+    let unreadable = "v=0\r\nm=nonsense";
+    call.handle_input(t0, CallInput::FarOffer(Some(unreadable)))
+        .unwrap();
+    assert_eq!(offer_answer(&drain(&mut call)), Some(Err(488)));
+
+    // A re-INVITE without SDP: our offer keeps the call's media; the
+    // answer in the ACK moves it.
+    call.handle_input(t0, CallInput::FarOffer(None)).unwrap();
+    let out = drain(&mut call);
+    let offer = offer_answer(&out).unwrap().unwrap();
+    assert!(
+        offer.contains("m=audio 30000 RTP/AVP 0 96\r\n") && offer.contains("a=sendrecv"),
+        "{offer}"
+    );
+    assert!(moves(&out).is_empty());
+    let answer = far_sdp("198.51.100.40", 43000, "0 96", "sendrecv");
+    call.handle_input(t0, CallInput::FarAckAnswer(Some(&answer)))
+        .unwrap();
+    let out = drain(&mut call);
+    assert_eq!(
+        moves(&out)[0].far.rtp,
+        "198.51.100.40:43000".parse().unwrap()
+    );
+    // An ACK without the answer it owes ends the call with a BYE.
+    call.handle_input(t0, CallInput::FarOffer(None)).unwrap();
+    drain(&mut call);
+    call.handle_input(t0, CallInput::FarAckAnswer(None))
+        .unwrap();
+    let out = drain(&mut call);
+    assert_eq!(ended(&out), Some(("error".into(), None)));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, CallOutput::Far(FarRequest::Hangup { answered: true }))));
+}
+
+/// SRTP on the SIP leg: a new offer with the same suite keeps our key (a
+/// fresh one would restart its counter), a new key of theirs is taken, and
+/// a key of ours handed back is refused.
+#[test]
+fn a_far_reoffer_with_new_keys_keeps_ours() {
+    let identity = crate::webrtc::dtls::DtlsIdentity::generate().unwrap();
+    let t0 = Instant::now();
+    let mut ctx = context(&identity);
+    ctx.sip_srtp = crate::config::SrtpPolicy::Required;
+    let mut random = Random::seeded(22);
+    let plan = negotiate::outbound(CHROMIUM_OFFER, true, &mut random).unwrap();
+    let (negotiator, offer) = negotiate::Negotiator::outbound(ctx, plan, true, random).unwrap();
+    let offer = offer.unwrap();
+    let our_line = offer
+        .lines()
+        .find(|l| l.starts_with("a=crypto:1 "))
+        .unwrap()
+        .to_string();
+    let theirs = |key: &str| {
+        far_sdp("203.0.113.9", 40000, "0 101", "sendrecv").replace("RTP/AVP", "RTP/SAVP")
+            + &format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{key}\r\n")
+    };
+    let mut call = Call::outbound("c1".into()).with_negotiator(negotiator);
+    call.far_answered_sdp(t0, &theirs("WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz"));
+    assert_eq!(plans(&drain(&mut call)).len(), 1);
+    call.handle_input(
+        t0,
+        CallInput::FarOffer(Some(&theirs("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNk"))),
+    )
+    .unwrap();
+    let out = drain(&mut call);
+    let answer = offer_answer(&out).unwrap().unwrap();
+    assert!(answer.contains(&our_line), "our key kept: {answer}");
+    assert!(answer.contains("RTP/SAVP"), "{answer}");
+    assert!(moves(&out)[0].keys_changed, "their new key is taken");
+    let ours = our_line.trim_start_matches("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:");
+    call.handle_input(t0, CallInput::FarOffer(Some(&theirs(ours))))
+        .unwrap();
+    assert_eq!(offer_answer(&drain(&mut call)), Some(Err(488)));
+}
+
+/// An INVITE without SDP (delayed offer): the browser is offered G.711
+/// and telephone-event, its answer makes our SIP offer (the codec it
+/// chose) for the 200 and a plan with no far address yet; the answer in
+/// the ACK moves the media there. An ACK without one ends the call.
+#[test]
+fn a_delayed_offer_goes_to_the_browser_then_in_our_200() {
+    let identity = crate::webrtc::dtls::DtlsIdentity::generate().unwrap();
+    let t0 = Instant::now();
+    let start = |seed| {
+        let (negotiator, web_offer) =
+            negotiate::Negotiator::inbound_without_offer(context(&identity), Random::seeded(seed))
+                .unwrap();
+        let mut call = Call::inbound(
+            "k1".into(),
+            "sip:caller@pbx",
+            "1001",
+            web_offer,
+            Duration::from_secs(45),
+            t0,
+        )
+        .with_negotiator(negotiator);
+        let out = drain(&mut call);
+        let offer = out
+            .iter()
+            .find_map(|o| match o {
+                CallOutput::Notify(SessionEvent::CallIncoming { sdp, .. }) => Some(sdp.clone()),
+                _ => None,
+            })
+            .unwrap();
+        (call, offer)
+    };
+    let (mut call, web_offer) = start(23);
+    let d = Description::parse(&web_offer).unwrap();
+    let names: Vec<String> = d.audio.codecs.iter().map(|c| c.rtpmap()).collect();
+    assert_eq!(
+        names,
+        ["0 PCMU/8000", "8 PCMA/8000", "101 telephone-event/8000"]
+    );
+    let answer = CHROMIUM_OFFER.replace("a=setup:actpass", "a=setup:active");
+    call.browser_answer(t0, &answer).unwrap();
+    let out = drain(&mut call);
+    let plan = plans(&out)[0];
+    assert!(plan.far.rtp.ip().is_unspecified(), "no far address yet");
+    let sip_offer = plan.sip_sdp.clone().unwrap();
+    assert!(
+        sip_offer.contains("m=audio 30000 RTP/AVP 0 101\r\n") && !sip_offer.contains("rtcp-mux"),
+        "{sip_offer}"
+    );
+    assert!(out.contains(&CallOutput::Far(FarRequest::Accept { sdp: sip_offer })));
+    let far_answer = far_sdp("203.0.113.9", 40000, "0 101", "sendrecv");
+    call.handle_input(t0, CallInput::FarAckAnswer(Some(&far_answer)))
+        .unwrap();
+    let out = drain(&mut call);
+    let moved = moves(&out)[0];
+    assert_eq!(moved.far.rtp, "203.0.113.9:40000".parse().unwrap());
+    assert_eq!(moved.codec, "pcmu/8000");
+    assert!(ended(&out).is_none());
+
+    // The ACK's answer without the codec we offered: the call ends.
+    let (mut call, _) = start(24);
+    call.browser_answer(t0, &answer).unwrap();
+    drain(&mut call);
+    let wrong = far_sdp("203.0.113.9", 40000, "8", "sendrecv");
+    call.handle_input(t0, CallInput::FarAckAnswer(Some(&wrong)))
+        .unwrap();
+    let out = drain(&mut call);
+    assert_eq!(ended(&out), Some(("error".into(), None)));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, CallOutput::Far(FarRequest::Hangup { answered: true }))));
+}

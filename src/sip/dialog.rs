@@ -39,8 +39,14 @@ pub enum DialogEvent {
     Failed { status: Option<u16> },
     /// The far end hung up (BYE).
     RemoteBye,
-    /// The far end's re-INVITE put us on hold (true) or took us off it.
-    RemoteHold(bool),
+    /// The far end offers new media in a re-INVITE or UPDATE, or (`sdp`
+    /// None) sent a re-INVITE without SDP and wants our offer: the call
+    /// answers ([`Dialog::answer_offer`]); until then the request waits (a
+    /// 100 Trying keeps it from being resent).
+    Offer { sdp: Option<String> },
+    /// The ACK to a 2xx of ours that carried an offer (an INVITE or
+    /// re-INVITE without SDP): its answer, or None when it brought none.
+    AckAnswer { sdp: Option<String> },
     /// The far end accepted our re-INVITE putting it on hold (true) or
     /// taking it off; `None`: it refused, nothing changed.
     LocalHold(Option<bool>),
@@ -72,7 +78,10 @@ pub struct Dialog {
     /// Our SDP in this dialog, and its o= version.
     local_sdp: String,
     sdp_version: u64,
-    remote_held: bool,
+    /// The far end's re-INVITE or UPDATE whose offer waits for our answer.
+    pending_offer: Option<rsip::Request>,
+    /// Our last 2xx to an INVITE carried an offer: its ACK brings the answer.
+    answer_in_ack: bool,
     /// Our re-INVITE in flight: its CSeq and whether it holds.
     reinvite: Option<(u32, bool)>,
     /// Answers to digest challenges to our INVITE.
@@ -152,16 +161,33 @@ fn with_direction(sdp: &str, direction: Direction, version: u64) -> String {
     out
 }
 
-fn offered_direction(sdp: &str) -> Direction {
-    sdp.lines()
-        .find_map(|l| match l.trim() {
-            "a=sendonly" => Some(Direction::SendOnly),
-            "a=recvonly" => Some(Direction::RecvOnly),
-            "a=inactive" => Some(Direction::Inactive),
-            "a=sendrecv" => Some(Direction::SendRecv),
-            _ => None,
-        })
-        .unwrap_or_default()
+/// The session id of an SDP's o= line.
+fn origin_session_id(sdp: &str) -> Option<String> {
+    let origin = sdp.split("\r\n").find_map(|l| l.strip_prefix("o="))?;
+    origin.split(' ').nth(1).map(str::to_string)
+}
+
+/// `sdp` with its o= line's session id (when given) and version set.
+fn with_origin(sdp: &str, session_id: Option<&str>, version: u64) -> String {
+    let mut out = String::new();
+    for line in sdp.split("\r\n").filter(|l| !l.is_empty()) {
+        match line.strip_prefix("o=") {
+            Some(rest) => {
+                let mut parts: Vec<String> = rest.split(' ').map(str::to_string).collect();
+                if parts.len() >= 3 {
+                    if let Some(id) = session_id {
+                        parts[1] = id.to_string();
+                    }
+                    parts[2] = version.to_string();
+                }
+                out.push_str("o=");
+                out.push_str(&parts.join(" "));
+            }
+            None => out.push_str(line),
+        }
+        out.push_str("\r\n");
+    }
+    out
 }
 
 impl Dialog {
@@ -191,7 +217,8 @@ impl Dialog {
             ack: None,
             local_sdp: sdp,
             sdp_version: 1,
-            remote_held: false,
+            pending_offer: None,
+            answer_in_ack: false,
             reinvite: None,
             auth: DigestAuth::default(),
             authorization: None,
@@ -244,7 +271,8 @@ impl Dialog {
             ack: None,
             local_sdp: String::new(),
             sdp_version: 1,
-            remote_held: false,
+            pending_offer: None,
+            answer_in_ack: false,
             reinvite: None,
             auth: DigestAuth::default(),
             authorization: None,
@@ -313,6 +341,8 @@ impl Dialog {
     pub fn accept(&mut self, sdp: String) -> rsip::Response {
         self.local_sdp = sdp;
         self.state = DialogState::Confirmed;
+        // No offer in the INVITE: ours is in this 2xx, the answer in the ACK.
+        self.answer_in_ack = self.invite.body.is_empty();
         let mut r = self.response(200);
         r.headers
             .push(rsip::Header::Contact(rsip::headers::Contact::from(
@@ -353,12 +383,13 @@ impl Dialog {
              Call-ID: {call_id}\r\n\
              CSeq: {cseq} INVITE\r\n\
              Contact: <sip:{user}@{local};transport={transport}>\r\n\
-             Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO\r\n\
+             Allow: {allow}\r\n\
              Content-Type: application/sdp\r\n\
              User-Agent: webrtc-sip-gateway/{version}\r\n\
              {authorization}\
              Content-Length: {len}\r\n\r\n{sdp}",
             ruri = self.request_uri,
+            allow = super::endpoint::ALLOW,
             local = self.local,
             via = self.via,
             via_params = self.via_params,
@@ -635,46 +666,17 @@ impl Dialog {
             && to_tag.as_deref() == Some(self.local_tag.as_str())
     }
 
-    /// Answers the far end's in-dialog request.
-    pub fn on_request(&mut self, request: &rsip::Request) -> (rsip::Response, Option<DialogEvent>) {
-        match request.method {
+    /// Answers the far end's in-dialog request: the response now, or None
+    /// when it waits for the call's answer to the offer it carries.
+    pub fn on_request(
+        &mut self,
+        request: &rsip::Request,
+    ) -> (Option<rsip::Response>, Option<DialogEvent>) {
+        let (response, event) = match request.method {
+            rsip::Method::Invite | rsip::Method::Update => return self.on_offer_request(request),
             rsip::Method::Bye => {
                 self.state = DialogState::Terminated;
                 (response_to(request, 200), Some(DialogEvent::RemoteBye))
-            }
-            rsip::Method::Invite if self.state == DialogState::Confirmed => {
-                let offer = body_text(&request.body).unwrap_or_default();
-                let offered = offered_direction(&offer);
-                let held = offered.is_hold();
-                self.sdp_version += 1;
-                self.local_sdp =
-                    with_direction(&self.local_sdp, offered.answer(), self.sdp_version);
-                let mut response = response_to(request, 200);
-                response
-                    .headers
-                    .push(rsip::Header::ContentType(rsip::headers::ContentType::from(
-                        "application/sdp",
-                    )));
-                response
-                    .headers
-                    .push(rsip::Header::Contact(rsip::headers::Contact::from(
-                        format!(
-                            "<sip:{}@{};transport={}>",
-                            self.contact_user, self.local, self.transport
-                        ),
-                    )));
-                response
-                    .headers
-                    .retain(|h| !matches!(h, rsip::Header::ContentLength(_)));
-                response.headers.push(rsip::Header::ContentLength(
-                    rsip::headers::ContentLength::from(self.local_sdp.len() as u32),
-                ));
-                response.body = self.local_sdp.clone().into_bytes();
-                let event = (held != self.remote_held).then(|| {
-                    self.remote_held = held;
-                    DialogEvent::RemoteHold(held)
-                });
-                (response, event)
             }
             rsip::Method::Info => {
                 let body = String::from_utf8_lossy(&request.body);
@@ -691,8 +693,139 @@ impl Dialog {
                 }
             }
             rsip::Method::Options => (response_to(request, 200), None),
-            _ => (response_to(request, 405), None),
+            _ => {
+                let mut refusal = response_to(request, 405);
+                refusal
+                    .headers
+                    .push(rsip::Header::Allow(rsip::headers::Allow::from(
+                        super::endpoint::ALLOW,
+                    )));
+                (refusal, None)
+            }
+        };
+        (Some(response), event)
+    }
+
+    /// The far end's re-INVITE or UPDATE (RFC 3261 §14.2, RFC 3311 §5.2).
+    /// With an offer in a confirmed dialog it waits for the call's answer;
+    /// a re-INVITE without one waits for the call's offer (its answer comes
+    /// in the ACK); an UPDATE without one gets a plain 200 (a refresh). Requests that cross an offer exchange in progress
+    /// get 491 (ours is pending) or 500 with Retry-After (theirs is).
+    fn on_offer_request(
+        &mut self,
+        request: &rsip::Request,
+    ) -> (Option<rsip::Response>, Option<DialogEvent>) {
+        let offer = body_text(&request.body);
+        let update = request.method == rsip::Method::Update;
+        let refuse = |code: u16| {
+            let mut r = response_to(request, code);
+            if code == 500 {
+                r.headers
+                    .push(rsip::Header::Other("Retry-After".into(), "2".into()));
+            }
+            (Some(r), None)
+        };
+        match self.state {
+            DialogState::Terminated => return refuse(481),
+            // Before our 2xx: only an UPDATE without an offer (a refresh);
+            // an offer there needs the first offer/answer complete, which
+            // only reliable provisionals give (RFC 3311 §5.2).
+            DialogState::Calling => {
+                return match (update, offer) {
+                    (true, None) => (Some(self.target_refresh_response(request, None)), None),
+                    (true, Some(_)) if self.incoming => refuse(500),
+                    _ => refuse(491),
+                };
+            }
+            DialogState::Confirmed => {}
         }
+        if self.reinvite.is_some() {
+            return refuse(491);
+        }
+        if self.pending_offer.is_some() || self.answer_in_ack {
+            return refuse(500);
+        }
+        if update && offer.is_none() {
+            return (Some(self.target_refresh_response(request, None)), None);
+        }
+        // An offer to answer, or (a re-INVITE without SDP) one to make.
+        self.pending_offer = Some(request.clone());
+        (None, Some(DialogEvent::Offer { sdp: offer }))
+    }
+
+    /// The call's answer to the far end's offer in its re-INVITE or UPDATE
+    /// ([`DialogEvent::Offer`]), or our offer for a re-INVITE without one:
+    /// our SDP in a 200, or a refusal (488, and the media stays as it was). Returns the response and the request it
+    /// answers; None when no offer waits.
+    pub fn answer_offer(
+        &mut self,
+        answer: Result<String, u16>,
+    ) -> Option<(rsip::Response, rsip::Request)> {
+        let request = self.pending_offer.take()?;
+        let response = match answer {
+            Ok(sdp) => {
+                // Without an offer in the request, ours is in this 2xx.
+                self.answer_in_ack = request.body.is_empty();
+                let sdp = self.stamp_sdp(&sdp);
+                self.target_refresh_response(&request, Some(&sdp))
+            }
+            Err(code) => response_to(&request, code),
+        };
+        Some((response, request))
+    }
+
+    /// An ACK in this dialog: the answer it carries when our 2xx offered.
+    pub fn on_ack(&mut self, ack: &rsip::Request) -> Option<DialogEvent> {
+        if !std::mem::take(&mut self.answer_in_ack) {
+            return None;
+        }
+        Some(DialogEvent::AckAnswer {
+            sdp: body_text(&ack.body),
+        })
+    }
+
+    /// A 2xx to a re-INVITE or UPDATE: our Contact (both are target
+    /// refresh requests) and `sdp` when given, which becomes our SDP.
+    fn target_refresh_response(
+        &mut self,
+        request: &rsip::Request,
+        sdp: Option<&str>,
+    ) -> rsip::Response {
+        let mut response = response_to(request, 200);
+        response
+            .headers
+            .push(rsip::Header::Contact(rsip::headers::Contact::from(
+                format!(
+                    "<sip:{}@{};transport={}>",
+                    self.contact_user, self.local, self.transport
+                ),
+            )));
+        // A target refresh moves where our requests go.
+        if let Some(contact) = header(&request.headers, "contact").first() {
+            self.remote_target = Some(addr_uri(contact));
+        }
+        if let Some(sdp) = sdp {
+            self.local_sdp = sdp.to_string();
+            set_body(&mut response, sdp);
+        }
+        response
+    }
+
+    /// `sdp` as this dialog's next SDP of ours: its o= line keeps the
+    /// session id we began with, and the version moves on when anything
+    /// else changed (RFC 3264 §8).
+    fn stamp_sdp(&mut self, sdp: &str) -> String {
+        let body = |text: &str| -> String {
+            text.split("\r\n")
+                .filter(|l| !l.starts_with("o="))
+                .collect::<Vec<_>>()
+                .join("\r\n")
+        };
+        let session_id = origin_session_id(&self.local_sdp);
+        if body(sdp) != body(&self.local_sdp) {
+            self.sdp_version += 1;
+        }
+        with_origin(sdp, session_id.as_deref(), self.sdp_version)
     }
 
     /// The INVITE's transaction key: its Via branch.
@@ -840,24 +973,99 @@ mod tests {
                 body.len()
             ))
         };
+        // A re-INVITE with an offer waits for the call's answer; its 200
+        // keeps our session id and moves the version on.
         let hold = in_dialog(
             "INVITE",
             10,
-            "Content-Type: application/sdp\r\n",
+            "Contact: <sip:5000@198.51.100.8>\r\nContent-Type: application/sdp\r\n",
             "v=0\r\no=- 5 2 IN IP4 198.51.100.7\r\na=sendonly\r\n",
         );
         assert!(c.matches(&hold));
         let (resp, ev) = c.on_request(&hold);
+        assert!(resp.is_none(), "it waits for the call");
+        assert_eq!(
+            ev,
+            Some(DialogEvent::Offer {
+                sdp: Some("v=0\r\no=- 5 2 IN IP4 198.51.100.7\r\na=sendonly\r\n".into())
+            })
+        );
+        // Another offer while this one waits: 500 with Retry-After.
+        let crossing = in_dialog("UPDATE", 11, "", "v=0\r\n");
+        let (resp, ev) = c.on_request(&crossing);
+        let resp = resp.unwrap();
+        assert_eq!((resp.status_code.code(), ev), (500, None));
+        assert!(resp.to_string().contains("Retry-After: 2"), "{resp}");
+        let answer = "v=0\r\no=- 777 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 30000 RTP/AVP 0\r\na=recvonly\r\n";
+        let (resp, answered) = c.answer_offer(Ok(answer.into())).unwrap();
+        assert_eq!(answered.method, rsip::Method::Invite);
         assert_eq!(resp.status_code.code(), 200);
         let body = String::from_utf8(resp.body.clone()).unwrap();
         assert!(
-            body.contains("a=recvonly") && body.contains("o=- 1 2 IN IP4"),
+            body.contains("a=recvonly") && body.starts_with("v=0\r\no=- 1 2 IN IP4"),
             "{body}"
         );
-        assert_eq!(ev, Some(DialogEvent::RemoteHold(true)));
-        let resume = in_dialog("INVITE", 11, "", "v=0\r\na=sendrecv\r\n");
-        let (_, ev) = c.on_request(&resume);
-        assert_eq!(ev, Some(DialogEvent::RemoteHold(false)));
+        assert!(resp
+            .to_string()
+            .contains("Contact: <sip:1001@192.0.2.10:5070"));
+        assert!(c.answer_offer(Ok(answer.into())).is_none(), "answered once");
+        // The re-INVITE refreshed the target: our next request goes there.
+        let next = c.info_dtmf('1', 100).unwrap();
+        assert!(next
+            .to_string()
+            .starts_with("INFO sip:5000@198.51.100.8 SIP/2.0"));
+        // The same SDP again keeps its version.
+        let again = in_dialog("UPDATE", 14, "", "v=0\r\na=sendonly\r\n");
+        assert!(c.on_request(&again).0.is_none());
+        let (resp, _) = c.answer_offer(Ok(answer.into())).unwrap();
+        let body = String::from_utf8(resp.body.clone()).unwrap();
+        assert!(body.starts_with("v=0\r\no=- 1 2 IN IP4"), "{body}");
+        // A refusal leaves everything as it was.
+        let bad = in_dialog("INVITE", 15, "", "v=0\r\n");
+        c.on_request(&bad);
+        let (resp, _) = c.answer_offer(Err(488)).unwrap();
+        assert_eq!(resp.status_code.code(), 488);
+        // An UPDATE without SDP is a refresh: 200 at once, no body.
+        let refresh = in_dialog("UPDATE", 16, "", "");
+        let (resp, ev) = c.on_request(&refresh);
+        let resp = resp.unwrap();
+        assert_eq!(
+            (resp.status_code.code(), ev, resp.body.len()),
+            (200, None, 0)
+        );
+        // A re-INVITE without SDP asks for our offer; the ACK brings the
+        // answer, once.
+        let bare = in_dialog("INVITE", 17, "", "");
+        let (resp, ev) = c.on_request(&bare);
+        assert_eq!((resp, ev), (None, Some(DialogEvent::Offer { sdp: None })));
+        let (resp, _) = c
+            .answer_offer(Ok(answer.replace("recvonly", "sendrecv")))
+            .unwrap();
+        assert_eq!(resp.status_code.code(), 200);
+        let body = String::from_utf8(resp.body.clone()).unwrap();
+        assert!(body.starts_with("v=0\r\no=- 1 3 IN IP4"), "{body}");
+        let while_acking = in_dialog("UPDATE", 18, "", "v=0\r\n");
+        assert_eq!(
+            c.on_request(&while_acking).0.unwrap().status_code.code(),
+            500
+        );
+        let ack = in_dialog(
+            "ACK",
+            17,
+            "Content-Type: application/sdp\r\n",
+            "v=0\r\nm=audio 4 RTP/AVP 0\r\n",
+        );
+        assert_eq!(
+            c.on_ack(&ack),
+            Some(DialogEvent::AckAnswer {
+                sdp: Some("v=0\r\nm=audio 4 RTP/AVP 0\r\n".into())
+            })
+        );
+        assert_eq!(c.on_ack(&ack), None, "a resent ACK brings nothing new");
+        // While our own re-INVITE is out, theirs gets 491.
+        c.reinvite(true).unwrap();
+        let glare = in_dialog("INVITE", 19, "", "v=0\r\n");
+        assert_eq!(c.on_request(&glare).0.unwrap().status_code.code(), 491);
         let info = in_dialog(
             "INFO",
             12,
@@ -865,10 +1073,10 @@ mod tests {
             "Signal=5\r\nDuration=160\r\n",
         );
         assert_eq!(c.on_request(&info).1, Some(DialogEvent::Dtmf('5')));
-        let bye = in_dialog("BYE", 13, "", "");
+        let bye = in_dialog("BYE", 20, "", "");
         let (resp, ev) = c.on_request(&bye);
         assert_eq!(
-            (resp.status_code.code(), ev),
+            (resp.unwrap().status_code.code(), ev),
             (200, Some(DialogEvent::RemoteBye))
         );
         let mut other = bye.clone();

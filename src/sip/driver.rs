@@ -181,6 +181,14 @@ impl SipHandle {
         });
     }
 
+    /// Answers the far end's offer in a re-INVITE or UPDATE of call `key`.
+    pub fn answer_offer(&self, key: &str, answer: Result<String, u16>) {
+        self.tell(UaInput::AnswerOffer {
+            key: key.to_string(),
+            answer,
+        });
+    }
+
     /// Refuses an incoming call with `code`.
     pub fn refuse(&self, key: &str, code: u16) {
         self.tell(UaInput::Refuse {

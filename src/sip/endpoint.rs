@@ -17,7 +17,7 @@ use super::timers::TimerTable;
 use super::transaction::{response_to, Output, ServerInput, ServerTransaction, TimerConfig};
 use crate::random::Random;
 
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
 pub const ACCEPT: &str = "application/sdp, application/dtmf-relay";
 
 /// Counters the metrics exporter reads.

@@ -14,7 +14,7 @@ use super::epoll::flush;
 use super::forward::{relay_from_sip, relay_from_web, Outgoing};
 use super::streams::{SipOutStream, WebOutStream};
 use super::CheckVerifier;
-use super::{CallMediaSetup, RelayEvent, SIP_RTCP, SIP_RTP, SOCKETS_PER_CALL, WEB};
+use super::{CallMediaSetup, RelayEvent, SipFar, SIP_RTCP, SIP_RTP, SOCKETS_PER_CALL, WEB};
 use crate::media::batch::Batch;
 use crate::media::dtmf::DtmfReceiver;
 use crate::media::payload_map::PayloadMap;
@@ -108,6 +108,14 @@ impl SipSide {
             }
             None => false,
         }
+    }
+
+    /// Whether the far end has an address to send to: none before the
+    /// answer to an offer of ours in an ACK, or while it holds the call
+    /// with `c=0.0.0.0` (a packet sent there would reach this very host).
+    pub(super) fn has_destination(&self) -> bool {
+        let to = self.rtp_destination();
+        !to.ip().is_unspecified() && to.port() != 0
     }
 
     pub(super) fn rtp_destination(&self) -> SocketAddr {
@@ -248,6 +256,23 @@ impl RelayedCall {
             leaving: false,
             _leases: setup.leases,
         })
+    }
+
+    /// The far end moved its media: new addresses, payload types and
+    /// (when they changed) keys; the latch starts again at the new address.
+    pub(super) fn move_sip_far(&mut self, far: SipFar) {
+        let sip = &mut self.sip;
+        sip.sdp_remote = far.remote;
+        sip.sdp_remote_rtcp = far
+            .remote_rtcp
+            .unwrap_or_else(|| SocketAddr::new(far.remote.ip(), far.remote.port().wrapping_add(1)));
+        sip.latched = None;
+        sip.latched_rtcp = None;
+        sip.strict = far.strict_source;
+        if let Some(srtp) = far.srtp {
+            sip.srtp = srtp;
+        }
+        self.map = far.payload_map;
     }
 
     pub(super) fn fd(&self, kind: usize) -> Option<std::os::fd::RawFd> {

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 
 use mio::Waker;
 
-use super::{CallMediaSetup, RelayError};
+use super::{CallMediaSetup, RelayError, SipFar};
 use crate::media::srtp::SrtpContext;
 use crate::media::stats::CallStats;
 use std::net::{IpAddr, SocketAddr};
@@ -18,6 +18,7 @@ pub(super) enum Control {
     Remove(u64),
     WebRemote(u64, SocketAddr, Option<IpAddr>),
     WebSrtp(u64, Box<(SrtpContext, SrtpContext)>),
+    SipFar(u64, Box<SipFar>),
     SendDtmf(u64, String, std::time::Duration),
     Stop,
 }

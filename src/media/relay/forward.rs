@@ -100,6 +100,10 @@ pub(super) fn relay_from_web(
             stats.web.dropped(DropCause::ForeignSource);
             continue;
         }
+        if !call.sip.has_destination() {
+            stats.web.dropped(DropCause::NotReady);
+            continue;
+        }
         let Some((web_in, _)) = call.web.srtp.as_mut() else {
             stats.web.dropped(DropCause::NotReady);
             continue;
@@ -411,7 +415,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::media::relay::CallMediaSetup;
+    use crate::media::relay::{CallMediaSetup, SipFar};
     use crate::media::srtp::{SrtpKeyMaterial, SrtpProfile};
     use crate::media::stats::CallStats;
 
@@ -589,6 +593,98 @@ mod tests {
         assert_eq!(queue.try_iter().count(), 3, "two checks and the handshake");
         send(&mut call, &mut batch, stranger, &client_hello);
         assert_eq!(call.stats.web.snapshot().dropped_foreign_source, 502);
+    }
+
+    /// The far end moves (a re-INVITE to another host, port, payload type
+    /// and key): the browser's packets go to the new address with the new
+    /// type and key, the old address is a stranger from then on, the new
+    /// one is taken, and the browser's stream keeps our numbering across
+    /// the new source. Before an address is known (or on `c=0.0.0.0`)
+    /// nothing is sent.
+    #[test]
+    fn a_moved_far_end_gets_the_media_and_the_old_one_is_dropped() {
+        let mut call = call();
+        let mut batch = Batch::new();
+        let (mut browser_out, mut browser_in) = (context(1), context(2));
+        let (mut web_seq, mut sip_seq) = (1u16, 1u16);
+        let mut peer_out = context(3);
+        fill(&mut batch, 3, PEER, &mut peer_out, 0, &mut sip_seq);
+        let out = relay_from_sip(&mut call, &mut batch, 3, false);
+        assert_eq!(out.count, 3);
+        let mut last_seq = 0;
+        for &i in &out.order[..out.count] {
+            let len = batch.lens[i];
+            let buf = &mut batch.bufs[i][..len];
+            if !rtp::is_rtcp_packet_type(buf[1]) {
+                browser_in.unprotect_rtp(buf).unwrap();
+                last_seq = u16::from_be_bytes([buf[2], buf[3]]);
+            }
+        }
+
+        let moved: SocketAddr = "198.51.100.20:41000".parse().unwrap();
+        call.move_sip_far(SipFar {
+            remote: moved,
+            remote_rtcp: None,
+            strict_source: false,
+            srtp: Some(Some((context(5), context(6)))),
+            payload_map: PayloadMap::new(&[(111, 8, 8000)]),
+        });
+        fill(&mut batch, 3, BROWSER, &mut browser_out, 111, &mut web_seq);
+        let (rtp_out, _) = relay_from_web(&mut call, &mut batch, 3);
+        assert_eq!(rtp_out.count, 3);
+        let mut new_peer_in = context(6);
+        for &i in &rtp_out.order[..rtp_out.count] {
+            assert_eq!(batch.addrs[i], Some(moved));
+            let len = batch.lens[i];
+            let buf = &mut batch.bufs[i][..len];
+            if !rtp::is_rtcp_packet_type(buf[1]) {
+                new_peer_in.unprotect_rtp(buf).unwrap();
+                assert_eq!(rtp::rtp_payload_type(buf), 8, "the new type, PCMA");
+            }
+        }
+        // The old far end is a stranger now; the new one (another port of
+        // its host: symmetric RTP latches there) is taken, with a new SSRC
+        // and numbers that continue ours toward the browser.
+        let mut old_seq = sip_seq;
+        fill(&mut batch, 2, PEER, &mut peer_out, 0, &mut old_seq);
+        assert_eq!(relay_from_sip(&mut call, &mut batch, 2, false).count, 0);
+        assert_eq!(call.stats.sip.snapshot().dropped_foreign_source, 2);
+        let mut new_peer_out = context(5);
+        let from_moved = "198.51.100.20:41002";
+        for (i, new_seq) in (0..2).zip(40_000u16..) {
+            let buf = &mut batch.bufs[i];
+            buf[..172].copy_from_slice(&rtp(8, new_seq, 0xb0b));
+            batch.lens[i] = new_peer_out.protect_rtp(buf, 172).unwrap();
+            batch.addrs[i] = Some(from_moved.parse().unwrap());
+        }
+        let out = relay_from_sip(&mut call, &mut batch, 2, false);
+        assert_eq!(out.count, 2);
+        for (n, &i) in out.order[..out.count].iter().enumerate() {
+            let len = batch.lens[i];
+            let buf = &mut batch.bufs[i][..len];
+            let plain = browser_in.unprotect_rtp(buf).unwrap();
+            assert_eq!(rtp::rtp_ssrc(&buf[..plain]), OUR_SSRC);
+            assert_eq!(rtp::rtp_payload_type(&buf[..plain]), 111);
+            let seq = u16::from_be_bytes([buf[2], buf[3]]);
+            assert_eq!(
+                seq,
+                last_seq.wrapping_add(1 + n as u16),
+                "our numbering goes on"
+            );
+        }
+
+        // On hold with c=0.0.0.0 the browser's packets go nowhere.
+        call.move_sip_far(SipFar {
+            remote: "0.0.0.0:41000".parse().unwrap(),
+            remote_rtcp: None,
+            strict_source: false,
+            srtp: None,
+            payload_map: PayloadMap::new(&[(111, 8, 8000)]),
+        });
+        fill(&mut batch, 3, BROWSER, &mut browser_out, 111, &mut web_seq);
+        let (rtp_out, rtcp_out) = relay_from_web(&mut call, &mut batch, 3);
+        assert_eq!(rtp_out.count + rtcp_out.count, 0);
+        assert_eq!(call.stats.web.snapshot().dropped_not_ready, 3);
     }
 
     #[test]

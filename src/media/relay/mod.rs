@@ -135,6 +135,20 @@ pub struct CallMediaSetup {
     pub leases: Vec<PortLease>,
 }
 
+/// Where the SIP side's media goes now, after the far end moved it (a
+/// re-INVITE or UPDATE with a new address, port, payload types or keys, or
+/// the answer in an ACK to our offer).
+pub struct SipFar {
+    pub remote: SocketAddr,
+    pub remote_rtcp: Option<SocketAddr>,
+    pub strict_source: bool,
+    /// New SRTP contexts (inbound, outbound) for the SIP leg, or plain RTP;
+    /// `None` keeps the leg's contexts as they are (same keys: a fresh
+    /// context would restart the rollover counter under the same key).
+    pub srtp: Option<Option<(SrtpContext, SrtpContext)>>,
+    pub payload_map: PayloadMap,
+}
+
 /// Counters over all calls, live and ended, for the metrics exporter.
 #[derive(Default)]
 struct Totals {
@@ -355,6 +369,14 @@ impl CallMedia {
         local: Option<IpAddr>,
     ) -> Result<(), RelayError> {
         self.relay.workers[self.worker].send(Control::WebRemote(self.id, addr, local))
+    }
+
+    /// The far end moved its media ([`SipFar`]): packets go to the new
+    /// address from now on, the source latch starts again there, and the
+    /// browser's stream keeps our numbering whatever source comes next.
+    pub fn set_sip_far(&mut self, far: SipFar) -> Result<(), RelayError> {
+        self.sip_event = far.payload_map.sip_telephone_event();
+        self.relay.workers[self.worker].send(Control::SipFar(self.id, Box::new(far)))
     }
 
     /// Web leg keys (inbound, outbound) once DTLS-SRTP has exported them.

@@ -138,6 +138,11 @@ impl Worker {
                     call.web.local = local;
                 }
             }
+            Control::SipFar(id, far) => {
+                if let Some(call) = self.call_mut(id) {
+                    call.move_sip_far(*far);
+                }
+            }
             Control::WebSrtp(id, keys) => {
                 if let Some(call) = self.call_mut(id) {
                     call.web.srtp = Some(*keys);

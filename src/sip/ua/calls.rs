@@ -184,22 +184,52 @@ impl UserAgent {
         // Read before the 2xx ends the INVITE's server transaction.
         let source = self.invite_source(key);
         self.respond_invite(now, key, response);
-        // Over TCP the transport itself delivers the 2xx.
-        if let Some(to) = source.filter(|_| !self.cfg.identity.reliable()) {
-            let t1 = self.cfg.timers.t1;
-            self.unacked.insert(
-                key.to_string(),
-                UnackedAnswer {
-                    to,
-                    bytes,
-                    next_send: now + t1,
-                    interval: t1,
-                    give_up_at: now + 64 * t1,
-                },
-            );
-            self.wakeups
-                .set(Wakeup::Unacked(key.to_string()), Some(now + t1));
+        if let Some(to) = source {
+            self.resend_until_acked(now, key, to, bytes);
         }
+    }
+
+    /// The call's answer to the far end's offer in a re-INVITE or UPDATE
+    /// (our SDP, or a refusal status), in that request's transaction.
+    pub(super) fn answer_offer(&mut self, now: Instant, key: &str, answer: Result<String, u16>) {
+        let Some((response, request)) =
+            self.calls.get_mut(key).and_then(|c| c.answer_offer(answer))
+        else {
+            return;
+        };
+        let (Some(branch), method) = (branch_of(&request), request.method.to_string()) else {
+            return;
+        };
+        let source = self.endpoint.source_of(&branch, &method);
+        let invite_2xx = request.method == rsip::Method::Invite
+            && (200..300).contains(&response.status_code.code());
+        let bytes = response.to_string().into_bytes();
+        self.endpoint.send_response(now, &branch, &method, response);
+        if let (true, Some(to)) = (invite_2xx, source) {
+            self.resend_until_acked(now, key, to, bytes);
+        }
+    }
+
+    /// Resends `bytes`, a 2xx to an INVITE of the far end's in call `key`,
+    /// to `to` until its ACK comes (RFC 3261 §13.3.1.4). Over TCP the
+    /// transport itself delivers it.
+    fn resend_until_acked(&mut self, now: Instant, key: &str, to: SocketAddr, bytes: Vec<u8>) {
+        if self.cfg.identity.reliable() {
+            return;
+        }
+        let t1 = self.cfg.timers.t1;
+        self.unacked.insert(
+            key.to_string(),
+            UnackedAnswer {
+                to,
+                bytes,
+                next_send: now + t1,
+                interval: t1,
+                give_up_at: now + 64 * t1,
+            },
+        );
+        self.wakeups
+            .set(Wakeup::Unacked(key.to_string()), Some(now + t1));
     }
 
     pub(super) fn refuse(&mut self, now: Instant, key: &str, code: u16, reason: Option<&str>) {
@@ -271,14 +301,35 @@ impl UserAgent {
         let dialog = self.calls.find(&call_id, |call| call.matches(request));
         if let Some((key, call)) = dialog {
             if request.method == rsip::Method::Ack {
+                let event = call.on_ack(request);
                 self.acked(&key);
+                if let Some(event) = event {
+                    self.events.push_back(UaEvent::Call { key, event });
+                }
                 return;
             }
             let (response, event) = call.on_request(request);
             if let Some(event) = event {
-                self.events.push_back(UaEvent::Call { key, event });
+                self.events.push_back(UaEvent::Call {
+                    key: key.clone(),
+                    event,
+                });
             }
-            self.endpoint.answer(now, from, request, Some(response));
+            match response {
+                Some(response) => {
+                    let invite_2xx = request.method == rsip::Method::Invite
+                        && (200..300).contains(&response.status_code.code());
+                    let bytes = invite_2xx.then(|| response.to_string().into_bytes());
+                    self.endpoint.answer(now, from, request, Some(response));
+                    if let Some(bytes) = bytes {
+                        self.resend_until_acked(now, &key, from, bytes);
+                    }
+                }
+                // The call answers the offer; a 100 stops the far end resending.
+                None => self
+                    .endpoint
+                    .answer(now, from, request, Some(response_to(request, 100))),
+            }
             self.calls.forget_terminated();
             return;
         }

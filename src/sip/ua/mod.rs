@@ -97,6 +97,12 @@ pub enum UaInput<'a> {
     Ring { key: String },
     /// Answer an incoming call with our SDP.
     Accept { key: String, sdp: String },
+    /// Answer the far end's offer in a re-INVITE or UPDATE of call `key`
+    /// ([`DialogEvent::Offer`]) with our SDP, or refuse it with a status.
+    AnswerOffer {
+        key: String,
+        answer: Result<String, u16>,
+    },
     /// Refuse an incoming call with `code`, and `reason` as the reason
     /// phrase when given (a 400 naming what is wrong with the INVITE).
     Refuse {
@@ -291,6 +297,7 @@ impl UserAgent {
             } => self.info_dtmf(now, &key, &digits, duration_ms),
             UaInput::Ring { key } => self.ring(now, &key),
             UaInput::Accept { key, sdp } => self.accept(now, &key, sdp),
+            UaInput::AnswerOffer { key, answer } => self.answer_offer(now, &key, answer),
             UaInput::Refuse { key, code, reason } => {
                 self.refuse(now, &key, code, reason.as_deref())
             }
