@@ -553,6 +553,117 @@ fn a_sip_caller_reaches_the_browser() {
     sipp_calls_the_page(&["-sn", "uac", "-d", "8000"], &[]);
 }
 
+/// A far end of our own on `port`: for each RTP packet it gets it sends
+/// one back, a 440 Hz PCMU tone under its own SSRC and numbering (starting
+/// near the wrap), so it talks only while it is sent to, as a switch's
+/// media server does once the call is moved there. Counts what it got.
+struct ToneSource {
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ToneSource {
+    fn start(port: u16) -> ToneSource {
+        use std::sync::atomic::Ordering;
+        let socket = std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (count, done) = (received.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            let (mut seq, mut timestamp, mut phase) = (65_500u16, 7u32, 0f64);
+            while !done.load(Ordering::Relaxed) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                if n < 12 || buf[0] >> 6 != 2 || buf[1] & 0x7f != 0 {
+                    continue;
+                }
+                count.fetch_add(1, Ordering::Relaxed);
+                let mut packet = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0x44, 0x0f, 0x04, 0x40];
+                packet[2..4].copy_from_slice(&seq.to_be_bytes());
+                packet[4..8].copy_from_slice(&timestamp.to_be_bytes());
+                for _ in 0..160 {
+                    let sample = (phase.sin() * 12_000.0) as i16;
+                    phase += 2.0 * std::f64::consts::PI * 440.0 / 8000.0;
+                    packet.push(ulaw(sample));
+                }
+                seq = seq.wrapping_add(1);
+                timestamp = timestamp.wrapping_add(160);
+                let _ = socket.send_to(&packet, from);
+            }
+        });
+        ToneSource { received, stop }
+    }
+
+    fn received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for ToneSource {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// G.711 µ-law of one sample.
+fn ulaw(sample: i16) -> u8 {
+    let mut magnitude = i32::from(sample);
+    let sign = if magnitude < 0 {
+        magnitude = -magnitude;
+        0x80
+    } else {
+        0
+    };
+    magnitude = magnitude.min(32_635) + 0x84;
+    let mut exponent = 7;
+    while exponent > 0 && magnitude & (0x80 << exponent) == 0 {
+        exponent -= 1;
+    }
+    let mantissa = (magnitude >> (exponent + 3)) & 0x0f;
+    !(sign | (exponent << 4) | mantissa) as u8
+}
+
+/// A switch calls agent 1001 by third-party call control (an INVITE
+/// without SDP: the gateway's offer goes in its 200, the answer comes in
+/// the ACK) and then moves the call's media as it does on transfers
+/// (`tests/sipp/uac-3pcc-moves.xml`): a re-INVITE to a media server
+/// playing 440 Hz, an UPDATE back to the echo, a re-INVITE without SDP
+/// whose ACK answer moves it to the media server again. The browser hears
+/// each source in turn (its own tone echoed, then 440 Hz), the media
+/// server hears the browser, and the gateway's view follows the far end.
+#[test]
+fn a_switch_places_a_delayed_offer_call_and_moves_its_media() {
+    if !common::inside_namespace("a_switch_places_a_delayed_offer_call_and_moves_its_media") {
+        return;
+    }
+    let tone = ToneSource::start(6100);
+    let r = sipp_calls_the_page(
+        &["-sf", "uac-3pcc-moves.xml", "-key", "tone_port", "6100"],
+        &[("MOVES", "440,1000,440")],
+    );
+    let moves = r["moves"].as_array().cloned().unwrap_or_default();
+    assert_eq!(moves.len(), 3, "{r}");
+    let wanted = ["127.0.0.1:6100", "127.0.0.1:6000", "127.0.0.1:6100"];
+    for (step, want) in moves.iter().zip(wanted) {
+        assert_eq!(
+            step["heard"], true,
+            "each source is heard in turn: {step}\n{r}"
+        );
+        assert_eq!(step["sipMedia"], want, "{step}");
+        assert_eq!(step["codec"], "pcmu/8000", "{step}");
+    }
+    assert!(
+        tone.received() > 100,
+        "the media server got the browser's audio: {} packets",
+        tone.received()
+    );
+}
+
 /// The caller holds the call (re-INVITE sendonly) and resumes it: the page
 /// shows "on hold (by remote)", then the call is live again with audio.
 #[test]

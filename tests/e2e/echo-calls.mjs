@@ -5,7 +5,9 @@
 //   incoming    the demo page, connected as 1001, answers a SIP caller (SIPp
 //               -rtp_echo returning our tone, or baresip playing one): hear
 //               EXPECT_HZ (default 1000) until the caller hangs up; with
-//               HOLD set, the caller also holds and resumes the call
+//               HOLD set, the caller also holds and resumes the call; with
+//               MOVES (e.g. 440,1000,440), it moves its media between
+//               sources and each listed tone must be heard in turn
 //   sip         the demo page calls DIAL through the SIP server (a SIPp UAS
 //               returning RTP, or baresip playing a tone): hear EXPECT_HZ
 //               (default 1000), hang up
@@ -184,6 +186,17 @@ try {
       remoteHz: window.demo.remote ? window.demo.remote.hz : 0,
       stats: window.demo.stats,
     })));
+    if (process.env.MOVES) {
+      // The caller moves its media (re-INVITE, UPDATE, an answer in an
+      // ACK) between sources playing different tones: each is heard in
+      // turn, with the gateway's view of where the far end is then.
+      report.moves = [];
+      for (const hz of process.env.MOVES.split(',').map(Number)) {
+        const heard = await waitFor(page, (want) => window.demo.remote && Math.abs(window.demo.remote.hz - want) <= 20, hz, 15000);
+        const view = await page.evaluate(async () => (await window.demo.call.stats()).gateway);
+        report.moves.push({ hz, heard, sipMedia: view.sip_media, codec: view.codec });
+      }
+    }
     if (process.env.HOLD) {
       // The caller holds (re-INVITE sendonly) and resumes (sendrecv): the
       // page shows each, and audio flows again after the resume.

@@ -100,7 +100,14 @@ impl SipSide {
             (&mut self.latched, self.sdp_remote)
         };
         match *latched {
-            Some(addr) => addr == from,
+            Some(addr) if addr == from => true,
+            // The SDP's own address wins over a port latched before it
+            // spoke (the old source of a moved call, still sending).
+            Some(_) if from == expected => {
+                *latched = Some(from);
+                true
+            }
+            Some(_) => false,
             None if self.strict => from == expected,
             None if from.ip() == expected.ip() => {
                 *latched = Some(from);
