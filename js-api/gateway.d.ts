@@ -95,6 +95,8 @@ export interface LegStats {
 export interface CallStats {
   gateway: {
     call: string; state: string; direction: string; to: string; codec: string;
+    /** The far end's RTP address as its latest SDP gives it ('0.0.0.0:0' until a delayed offer's ACK). */
+    sip_media: string | null;
     /** How each leg is protected ('' until the legs are joined). */
     keying: { web: 'dtls' | 'sdes' | ''; sip: 'srtp' | 'rtp' | '' };
     held: 'local' | 'remote' | null;

@@ -536,6 +536,34 @@ struct WebOfferState {
     far_offered: bool,
 }
 
+impl WebOfferState {
+    /// Our offer's ICE credentials, SDES key and SSRC, fresh from `random`.
+    fn new(
+        codecs: Vec<Codec>,
+        far: FarMedia,
+        sip_keying: SipAnswerKeying,
+        far_offered: bool,
+        random: &mut Random,
+    ) -> Result<Self, SdpError> {
+        Ok(WebOfferState {
+            local_ice: IceCredentials {
+                ufrag: random.ice_token(6),
+                pwd: random.ice_token(18),
+            },
+            crypto: vec![CryptoAttribute::generate(
+                1,
+                SrtpProfile::AesCm128HmacSha1_80,
+                random,
+            )?],
+            ssrc: random.u32(),
+            codecs,
+            far,
+            sip_keying,
+            far_offered,
+        })
+    }
+}
+
 enum Pending {
     /// The browser offered (`plan`, checked); our offer to the far end
     /// carried `sip_crypto` (none: plain RTP). Waiting for its answer.
@@ -763,22 +791,7 @@ impl Negotiator {
     ) -> Result<(Negotiator, String), SdpError> {
         let FarOffer { far, codecs } = far_offer;
         let sip_keying = sip_answer_keying(context.sip_srtp, &far.crypto, far.secure, &mut random)?;
-        let offer = WebOfferState {
-            local_ice: IceCredentials {
-                ufrag: random.ice_token(6),
-                pwd: random.ice_token(18),
-            },
-            crypto: vec![CryptoAttribute::generate(
-                1,
-                SrtpProfile::AesCm128HmacSha1_80,
-                &mut random,
-            )?],
-            ssrc: random.u32(),
-            codecs,
-            far,
-            sip_keying,
-            far_offered: true,
-        };
+        let offer = WebOfferState::new(codecs, far, sip_keying, true, &mut random)?;
         Self::offer_to_browser(context, offer, random)
     }
 
@@ -792,25 +805,11 @@ impl Negotiator {
         mut random: Random,
     ) -> Result<(Negotiator, String), SdpError> {
         let codecs = delayed_offer_codecs();
-        let offer = WebOfferState {
-            local_ice: IceCredentials {
-                ufrag: random.ice_token(6),
-                pwd: random.ice_token(18),
-            },
-            crypto: vec![CryptoAttribute::generate(
-                1,
-                SrtpProfile::AesCm128HmacSha1_80,
-                &mut random,
-            )?],
-            ssrc: random.u32(),
-            far: FarMedia {
-                codecs: codecs.clone(),
-                ..FarMedia::unknown()
-            },
-            codecs,
-            sip_keying: SipAnswerKeying::PLAIN,
-            far_offered: false,
+        let far = FarMedia {
+            codecs: codecs.clone(),
+            ..FarMedia::unknown()
         };
+        let offer = WebOfferState::new(codecs, far, SipAnswerKeying::PLAIN, false, &mut random)?;
         Self::offer_to_browser(context, offer, random)
     }
 

@@ -449,6 +449,167 @@ fn an_incoming_call_rings_is_answered_and_its_200_repeats_until_the_ack() {
     assert_eq!(ua.call_count(), 0);
 }
 
+/// An incoming INVITE (`branch`) answered with `sdp`: the call's key and
+/// our To tag.
+fn answered_incoming_call(
+    ua: &mut UserAgent,
+    t0: Instant,
+    branch: &str,
+    sdp: &str,
+) -> (String, String) {
+    ua.datagram_in(t0, server(), &incoming_invite(branch));
+    sent(ua);
+    let Some(UaEvent::Incoming { key, .. }) = ua.next_event() else {
+        panic!("an incoming call event");
+    };
+    ua.accept_in(t0, &key, sdp.into());
+    let ok = sent(ua);
+    let tag = ok[0]
+        .lines()
+        .find(|l| l.starts_with("To:"))
+        .and_then(|l| l.split("tag=").nth(1))
+        .unwrap()
+        .to_string();
+    (key, tag)
+}
+
+/// The far end's re-INVITE with an offer waits for the call's answer (a
+/// 100 now, its resends absorbed); the answer's 200 repeats until its ACK.
+/// A re-INVITE without SDP gets our offer and its ACK's answer is handed
+/// on; an UPDATE without SDP is answered at once.
+#[test]
+fn the_far_ends_offers_in_the_dialog_wait_for_the_calls_answer() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(1));
+    let (key, tag) = answered_incoming_call(
+        &mut ua,
+        t0,
+        "z9hG4bKin1",
+        "v=0\r\no=- 5 1 IN IP4 192.0.2.10\r\nm=audio 1 RTP/AVP 0\r\n",
+    );
+    let request = |method: &str, cseq: u32, branch: &str, body: &str| {
+        format!(
+            "{method} sip:1001@192.0.2.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch={branch}\r\n\
+             From: <sip:2000@pbx.example>;tag=c1\r\nTo: <sip:1001@pbx.example>;tag={tag}\r\n\
+             Call-ID: in-1@pbx\r\nCSeq: {cseq} {method}\r\nContact: <sip:2000@192.0.2.1:5060>\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    ua.datagram_in(t0, server(), request("ACK", 7, "z9hG4bKa7", "").as_bytes());
+    assert_eq!(ua.next_event(), None, "an ACK to our answer brings nothing");
+
+    let offer = "v=0\r\nm=audio 4002 RTP/AVP 0\r\n";
+    let reinvite = request("INVITE", 8, "z9hG4bKre8", offer);
+    ua.datagram_in(t0, server(), reinvite.as_bytes());
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 100"));
+    assert_eq!(
+        ua.next_event(),
+        Some(UaEvent::Call {
+            key: key.clone(),
+            event: DialogEvent::Offer {
+                sdp: Some(offer.into())
+            }
+        })
+    );
+    ua.datagram_in(t0, server(), reinvite.as_bytes());
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 100"));
+    assert_eq!(ua.next_event(), None, "a resend is no new offer");
+    let answer = "v=0\r\no=- 99 1 IN IP4 192.0.2.10\r\nm=audio 2 RTP/AVP 0\r\n";
+    ua.handle_input(
+        t0,
+        UaInput::AnswerOffer {
+            key: key.clone(),
+            answer: Ok(answer.into()),
+        },
+    );
+    let ok = sent(&mut ua);
+    assert!(
+        ok[0].starts_with("SIP/2.0 200") && ok[0].contains("CSeq: 8 INVITE"),
+        "{ok:?}"
+    );
+    assert!(
+        ok[0].ends_with("o=- 5 2 IN IP4 192.0.2.10\r\nm=audio 2 RTP/AVP 0\r\n"),
+        "{ok:?}"
+    );
+    let t1 = t0 + Duration::from_millis(500);
+    ua.timeout_in(t1);
+    assert!(
+        sent(&mut ua)[0].starts_with("SIP/2.0 200"),
+        "resent until the ACK"
+    );
+    ua.datagram_in(t1, server(), request("ACK", 8, "z9hG4bKa8", "").as_bytes());
+    ua.timeout_in(t0 + Duration::from_secs(5));
+    assert!(sent(&mut ua).is_empty(), "the ACK stopped it");
+
+    // A re-INVITE without SDP: our offer in the 200, the answer in the ACK.
+    ua.datagram_in(
+        t1,
+        server(),
+        request("INVITE", 9, "z9hG4bKre9", "").as_bytes(),
+    );
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 100"));
+    assert!(matches!(
+        ua.next_event(),
+        Some(UaEvent::Call {
+            event: DialogEvent::Offer { sdp: None },
+            ..
+        })
+    ));
+    ua.handle_input(
+        t1,
+        UaInput::AnswerOffer {
+            key: key.clone(),
+            answer: Ok(answer.into()),
+        },
+    );
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 200"));
+    let their_answer = "v=0\r\nm=audio 4004 RTP/AVP 0\r\n";
+    ua.datagram_in(
+        t1,
+        server(),
+        request("ACK", 9, "z9hG4bKa9", their_answer).as_bytes(),
+    );
+    assert_eq!(
+        ua.next_event(),
+        Some(UaEvent::Call {
+            key: key.clone(),
+            event: DialogEvent::AckAnswer {
+                sdp: Some(their_answer.into())
+            }
+        })
+    );
+    // An UPDATE without SDP: 200 at once, nothing for the call.
+    ua.datagram_in(
+        t1,
+        server(),
+        request("UPDATE", 10, "z9hG4bKu10", "").as_bytes(),
+    );
+    let ok = sent(&mut ua);
+    assert!(
+        ok[0].starts_with("SIP/2.0 200") && ok[0].contains("CSeq: 10 UPDATE"),
+        "{ok:?}"
+    );
+    assert_eq!(ua.next_event(), None);
+    // A refused offer: 488, and the dialog goes on.
+    ua.datagram_in(
+        t1,
+        server(),
+        request("UPDATE", 11, "z9hG4bKu11", offer).as_bytes(),
+    );
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 100"));
+    ua.next_event();
+    ua.handle_input(
+        t1,
+        UaInput::AnswerOffer {
+            key,
+            answer: Err(488),
+        },
+    );
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 488"));
+    assert_eq!(ua.call_count(), 1);
+}
+
 /// A 407 to our INVITE is answered once with Proxy-Authorization (next
 /// CSeq, new branch); a second refusal of the same kind ends the call.
 #[test]
@@ -573,19 +734,7 @@ fn a_large_request_goes_over_tcp_and_back_to_udp_if_it_must() {
 fn our_bye_says_nothing_about_the_server() {
     let t0 = Instant::now();
     let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(1));
-    ua.datagram_in(t0, server(), &incoming_invite("z9hG4bKin9"));
-    sent(&mut ua);
-    let Some(UaEvent::Incoming { key, .. }) = ua.next_event() else {
-        panic!("an incoming call event");
-    };
-    ua.accept_in(t0, &key, "v=0 answer\r\n".into());
-    let ok = sent(&mut ua);
-    let tag = ok[0]
-        .lines()
-        .find(|l| l.starts_with("To:"))
-        .and_then(|l| l.split("tag=").nth(1))
-        .unwrap()
-        .to_string();
+    let (key, tag) = answered_incoming_call(&mut ua, t0, "z9hG4bKin9", "v=0 answer\r\n");
     let ack = format!(
             "ACK sip:1001@192.0.2.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKack9\r\n\
              From: <sip:2000@pbx.example>;tag=c1\r\nTo: <sip:1001@pbx.example>;tag={tag}\r\n\
