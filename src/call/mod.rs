@@ -686,10 +686,7 @@ impl Call {
             return;
         };
         let answer = match sdp {
-            Some(sdp) => negotiator.far_reoffer(sdp).map(|r| {
-                let sdp = r.sdp;
-                (sdp, Some(r.moved))
-            }),
+            Some(sdp) => negotiator.far_reoffer(sdp).map(|r| (r.sdp, Some(r.moved))),
             None => {
                 let direction = if self.held_by == Some(Party::Local) {
                     crate::sdp::Direction::SendOnly

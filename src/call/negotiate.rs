@@ -193,11 +193,7 @@ pub fn negotiate(
     Ok(Negotiated {
         web_sdp,
         payload_map,
-        codec: format!(
-            "{}/{}",
-            web_audio.name.encoding().to_ascii_lowercase(),
-            web_audio.clock_rate
-        ),
+        codec: codec_label(&web_audio),
         web_ssrc,
         sdes_keys,
         leg: WebLegSpec {
@@ -595,7 +591,8 @@ struct Agreed {
     sip_keys: Option<SipLegKeys>,
     /// Our SIP SDP says a=rtcp-mux (decided once: our sockets are bound).
     rtcp_mux: bool,
-    far: FarMedia,
+    /// Our SIP SDP's profile is RTP/SAVP.
+    secure_profile: bool,
 }
 
 /// The far end moved its media: where it is now and how packets map.
@@ -728,7 +725,8 @@ impl Agreed {
         let payload_map = payload_map_of(&self.web_audio, audio, web_event.zip(event));
         let keys_changed = sip_keys != self.sip_keys;
         self.sip_keys = sip_keys.clone();
-        self.far = far.clone();
+        // An answer keeps the offer's profile, so ours and theirs agree.
+        self.secure_profile = far.secure;
         FarMove {
             far,
             payload_map,
@@ -882,7 +880,7 @@ impl Negotiator {
             sip_crypto: ours_chosen,
             sip_keys: sip_keys.clone(),
             rtcp_mux: far.rtcp.is_none(),
-            far: far.clone(),
+            secure_profile: sip_offer_secure_profile(self.context.sip_srtp),
         }));
         Ok(MediaPlan {
             codec: negotiated.codec,
@@ -990,11 +988,7 @@ impl Negotiator {
             ptime: None,
         });
         let plan = MediaPlan {
-            codec: format!(
-                "{}/{}",
-                chosen.name.encoding().to_ascii_lowercase(),
-                chosen.clock_rate
-            ),
+            codec: codec_label(&chosen),
             payload_map,
             web_keys,
             web_ssrc: offer.ssrc,
@@ -1023,7 +1017,7 @@ impl Negotiator {
             sip_crypto,
             sip_keys,
             rtcp_mux,
-            far: plan.far.clone(),
+            secure_profile,
         }));
         Ok(plan)
     }
@@ -1118,7 +1112,7 @@ impl Negotiator {
             codecs: &agreed.sip_codecs,
             direction,
             crypto: &agreed.sip_crypto,
-            secure_profile: agreed.far.secure,
+            secure_profile: agreed.secure_profile,
             rtcp_mux: agreed.rtcp_mux,
             ptime: None,
         }))

@@ -141,24 +141,17 @@ fn body_text(body: &[u8]) -> Option<String> {
 
 /// Rewrites the direction attribute and bumps the o= version of our SDP.
 fn with_direction(sdp: &str, direction: Direction, version: u64) -> String {
-    let mut out = String::new();
-    for line in sdp.split("\r\n").filter(|l| !l.is_empty()) {
-        let line = if ["a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive"].contains(&line) {
-            format!("a={}", direction.as_str())
-        } else if let Some(rest) = line.strip_prefix("o=") {
-            let mut parts: Vec<&str> = rest.split(' ').collect();
-            let v = version.to_string();
-            if parts.len() >= 3 {
-                parts[2] = &v;
+    let directed: Vec<String> = sdp
+        .split("\r\n")
+        .map(|line| {
+            if ["a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive"].contains(&line) {
+                format!("a={}", direction.as_str())
+            } else {
+                line.to_string()
             }
-            format!("o={}", parts.join(" "))
-        } else {
-            line.to_string()
-        };
-        out.push_str(&line);
-        out.push_str("\r\n");
-    }
-    out
+        })
+        .collect();
+    with_origin(&directed.join("\r\n"), None, version)
 }
 
 /// The session id of an SDP's o= line.

@@ -48,6 +48,11 @@ pub(super) struct CheckedSources {
     next: usize,
 }
 
+/// The far end's RTCP address: the one its SDP gives, else RTP port + 1.
+fn rtcp_beside(rtp: SocketAddr, rtcp: Option<SocketAddr>) -> SocketAddr {
+    rtcp.unwrap_or_else(|| SocketAddr::new(rtp.ip(), rtp.port().wrapping_add(1)))
+}
+
 /// A browser checks from a handful of candidates; older ones give way.
 const CHECKED_SOURCES: usize = 8;
 
@@ -220,12 +225,7 @@ impl RelayedCall {
             Some(s) => Some(UdpSocket::from_std(nonblocking(s)?)),
             None => None,
         };
-        let sdp_remote_rtcp = setup.sip_remote_rtcp.unwrap_or_else(|| {
-            SocketAddr::new(
-                setup.sip_remote.ip(),
-                setup.sip_remote.port().wrapping_add(1),
-            )
-        });
+        let sdp_remote_rtcp = rtcp_beside(setup.sip_remote, setup.sip_remote_rtcp);
         let now = Instant::now();
         Ok(RelayedCall {
             id,
@@ -270,9 +270,7 @@ impl RelayedCall {
     pub(super) fn move_sip_far(&mut self, far: SipFar) {
         let sip = &mut self.sip;
         sip.sdp_remote = far.remote;
-        sip.sdp_remote_rtcp = far
-            .remote_rtcp
-            .unwrap_or_else(|| SocketAddr::new(far.remote.ip(), far.remote.port().wrapping_add(1)));
+        sip.sdp_remote_rtcp = rtcp_beside(far.remote, far.remote_rtcp);
         sip.latched = None;
         sip.latched_rtcp = None;
         sip.strict = far.strict_source;

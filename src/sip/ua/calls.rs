@@ -99,6 +99,12 @@ fn call_id_of(headers: &rsip::Headers) -> Option<String> {
     })
 }
 
+/// Whether `response` is a 2xx to an INVITE of the far end's: the one
+/// response we resend ourselves until its ACK.
+fn is_invite_2xx(request: &rsip::Request, response: &rsip::Response) -> bool {
+    request.method == rsip::Method::Invite && (200..300).contains(&response.status_code.code())
+}
+
 /// Whether a request carries a To tag (it belongs to a dialog).
 fn has_to_tag(request: &rsip::Request) -> bool {
     request
@@ -201,8 +207,7 @@ impl UserAgent {
             return;
         };
         let source = self.endpoint.source_of(&branch, &method);
-        let invite_2xx = request.method == rsip::Method::Invite
-            && (200..300).contains(&response.status_code.code());
+        let invite_2xx = is_invite_2xx(&request, &response);
         let bytes = response.to_string().into_bytes();
         self.endpoint.send_response(now, &branch, &method, response);
         if let (true, Some(to)) = (invite_2xx, source) {
@@ -317,9 +322,8 @@ impl UserAgent {
             }
             match response {
                 Some(response) => {
-                    let invite_2xx = request.method == rsip::Method::Invite
-                        && (200..300).contains(&response.status_code.code());
-                    let bytes = invite_2xx.then(|| response.to_string().into_bytes());
+                    let bytes = is_invite_2xx(request, &response)
+                        .then(|| response.to_string().into_bytes());
                     self.endpoint.answer(now, from, request, Some(response));
                     if let Some(bytes) = bytes {
                         self.resend_until_acked(now, &key, from, bytes);
