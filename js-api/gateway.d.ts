@@ -41,7 +41,7 @@ export interface CallOptions {
 }
 
 export type EndReason =
-  | 'hangup' | 'remote_hangup' | 'rejected' | 'cancelled' | 'media_timeout' | 'error';
+  | 'hangup' | 'remote_hangup' | 'rejected' | 'cancelled' | 'media_timeout' | 'session_expired' | 'error';
 
 export interface SessionEventMap {
   incoming: GatewayEvent<Call>;

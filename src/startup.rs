@@ -440,6 +440,9 @@ pub(crate) async fn user_agent(
         keepalive: (server.is_some() && c.keepalive_interval_s > 0)
             .then(|| Duration::from_secs(c.keepalive_interval_s)),
         trusted: trusted_sources(c, &server_ips)?,
+        session_timer: sip::session_timer::SessionTimerConfig {
+            expires_s: c.session_expires_s,
+        },
         transactions: sip::endpoint::TransactionLimits {
             per_source: c.max_transactions_per_source,
             total: c.max_transactions,

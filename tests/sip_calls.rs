@@ -445,3 +445,91 @@ async fn the_sip_port_caps_its_connections() {
     );
     assert!(t.gw.log().contains("too many connections"));
 }
+
+/// No browser media in these calls (the answer is a fixture): the RTP
+/// timeout is put past the session timers' minute.
+const LONG_CALL: &str = "[media]\nrtp-timeout-s = 600\nconsent-timeout-s = 600\n";
+
+/// Session timers (RFC 4028) with `session-expires-s = 90` toward a
+/// switch that demands at least 120 s: its 422 makes us ask again with its
+/// Min-SE, its 200 makes us the refresher, and our UPDATE at 60 s keeps
+/// the call up until the switch hangs up (SIPp checks each header).
+#[tokio::test]
+async fn a_switchs_session_timer_floor_and_our_refresh() {
+    let t = SipTest::toward_for(
+        "uas-session-timer-422.xml",
+        90,
+        &format!("session-expires-s = 90\n{LONG_CALL}"),
+    );
+    let mut s = ApiSession::open(&t.gw).await;
+    s.call("5000", OFFER).await;
+    s.wait_for("call.answered").await;
+    let ended = s
+        .wait_for_within("call.ended", Duration::from_secs(80))
+        .await;
+    assert_eq!(ended["reason"], "remote_hangup", "{ended}");
+    t.finish().await;
+}
+
+/// A switch that took the refresh duty and never refreshes: we end the
+/// call with BYE at 60 s of its 90 (SIPp checks the BYE comes), and the
+/// browser hears why.
+#[tokio::test]
+async fn a_refresh_that_never_comes_ends_the_call() {
+    let t = SipTest::toward_for("uas-session-timer-silent.xml", 90, LONG_CALL);
+    let mut s = ApiSession::open(&t.gw).await;
+    s.call("5000", OFFER).await;
+    s.wait_for("call.answered").await;
+    let answered_at = std::time::Instant::now();
+    let ended = s
+        .wait_for_within("call.ended", Duration::from_secs(80))
+        .await;
+    assert_eq!(ended["reason"], "session_expired", "{ended}");
+    let after = answered_at.elapsed();
+    assert!(
+        after >= Duration::from_secs(55),
+        "not before the interval's last third: {after:?}"
+    );
+    t.finish().await;
+}
+
+/// An incoming call from a switch with session timers: our 200 agrees to
+/// its 90 s with the switch as refresher, and its refresh by re-INVITE
+/// (the same SDP) is answered without disturbing the call: no hold for the
+/// browser, the call ends only when the switch hangs up.
+#[tokio::test]
+async fn a_switch_refreshes_its_call_to_the_browser_by_reinvite() {
+    let mut t = SipTest::gateway(Transport::Udp, LONG_CALL);
+    let mut s = ApiSession::open(&t.gw).await;
+    t.call_in_for("uac-session-timer.xml", 90);
+    let incoming = s.wait_for("call.incoming").await;
+    let cid = incoming["call"].as_str().unwrap().to_string();
+    let (status, body) = s
+        .post(
+            &format!("/calls/{cid}/answer"),
+            json!({"sdp": browser_answer()}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(80);
+    while std::time::Instant::now() < deadline {
+        let events = s.events(5).await;
+        for e in events {
+            s.after = e["seq"].as_u64().unwrap();
+            seen.push(e["type"].as_str().unwrap_or_default().to_string());
+            if e["type"] == "call.ended" {
+                assert_eq!(e["reason"], "remote_hangup", "{e}");
+            }
+        }
+        if seen.iter().any(|k| k == "call.ended") {
+            break;
+        }
+    }
+    assert!(seen.iter().any(|k| k == "call.ended"), "{seen:?}");
+    assert!(
+        !seen.iter().any(|k| k == "call.held"),
+        "a refresh is no hold: {seen:?}"
+    );
+    t.finish().await;
+}

@@ -1070,6 +1070,7 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                 CallInput::FarFailed { status: Some(408) }
             }
             Some(DialogEvent::RemoteBye) => CallInput::FarEnded { status: None },
+            Some(DialogEvent::SessionExpired) => CallInput::FarSessionExpired,
             Some(DialogEvent::Offer { sdp }) => CallInput::FarOffer(sdp.as_deref()),
             Some(DialogEvent::AckAnswer { sdp }) => CallInput::FarAckAnswer(sdp.as_deref()),
             Some(DialogEvent::Dtmf(digit)) => CallInput::FarDtmf(*digit),

@@ -81,6 +81,9 @@ pub enum EndReason {
     /// Cancelled before an answer.
     Cancelled,
     MediaTimeout,
+    /// The SIP session timer ran out (RFC 4028): the refresh the far end
+    /// owed never came, or it no longer knew the dialog.
+    SessionExpired,
     Error,
 }
 
@@ -92,6 +95,7 @@ impl EndReason {
             EndReason::Rejected => "rejected",
             EndReason::Cancelled => "cancelled",
             EndReason::MediaTimeout => "media_timeout",
+            EndReason::SessionExpired => "session_expired",
             EndReason::Error => "error",
         }
     }
@@ -198,6 +202,8 @@ pub enum CallInput<'a> {
     },
     /// A DTMF digit from the far end.
     FarDtmf(char),
+    /// The SIP session timer ran out; the SIP side sent BYE.
+    FarSessionExpired,
     /// The browser hangs up (or its session ended).
     Hangup,
     /// The browser asks for hold or its end.
@@ -440,6 +446,11 @@ impl Call {
             CallInput::FarAnsweredSdp(sdp) => self.far_answered_sdp(now, sdp),
             CallInput::FarAnsweredMedia(far) => self.far_answered_media(now, far)?,
             CallInput::FarEnded { status } => self.far_ended(status),
+            CallInput::FarSessionExpired => {
+                if self.state != CallState::Ended {
+                    self.end(EndReason::SessionExpired, None, false);
+                }
+            }
             CallInput::FarFailed { status } => self.far_failed(status),
             CallInput::FarOffer(sdp) => self.far_offer(sdp),
             CallInput::FarAckAnswer(sdp) => self.far_ack_answer(sdp),
@@ -738,8 +749,12 @@ impl Call {
     /// the hold state follows what its SDP says (unless the hold is ours).
     fn far_moved(&mut self, moved: FarMove) {
         let held = moved.far.holds();
-        self.outputs
-            .push_back(CallOutput::MoveFarMedia(Box::new(moved)));
+        // A refresh or a direction change alone leaves the relay (and its
+        // latch) as it is.
+        if moved.changed {
+            self.outputs
+                .push_back(CallOutput::MoveFarMedia(Box::new(moved)));
+        }
         if self.held_by != Some(Party::Local) {
             self.far_hold_changed(held, Party::Remote);
         }

@@ -593,6 +593,32 @@ struct Agreed {
     rtcp_mux: bool,
     /// Our SIP SDP's profile is RTP/SAVP.
     secure_profile: bool,
+    /// Where the far end's media is and how its packets are typed now.
+    place: FarPlace,
+}
+
+/// What of the far end's SDP the relay acts on: its addresses, whether it
+/// is held to them, and its payload types. A new SDP with the same place
+/// and keys (a session refresh, a direction change) moves nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FarPlace {
+    rtp: SocketAddr,
+    rtcp: Option<SocketAddr>,
+    strict: bool,
+    audio_pt: u8,
+    event_pt: Option<u8>,
+}
+
+impl FarPlace {
+    fn of(far: &FarMedia, audio: &Codec, event: Option<&Codec>) -> FarPlace {
+        FarPlace {
+            rtp: far.rtp,
+            rtcp: far.rtcp,
+            strict: far.strict,
+            audio_pt: audio.pt,
+            event_pt: event.map(|e| e.pt),
+        }
+    }
 }
 
 /// The far end moved its media: where it is now and how packets map.
@@ -604,6 +630,9 @@ pub struct FarMove {
     /// relay takes them only when `keys_changed`.
     pub sip_keys: Option<SipLegKeys>,
     pub keys_changed: bool,
+    /// Anything the relay acts on changed (addresses, payload types, keys);
+    /// false for a session refresh or a direction change alone.
+    pub changed: bool,
     /// The call's codec as `name/clock`.
     pub codec: String,
 }
@@ -725,6 +754,9 @@ impl Agreed {
         let payload_map = payload_map_of(&self.web_audio, audio, web_event.zip(event));
         let keys_changed = sip_keys != self.sip_keys;
         self.sip_keys = sip_keys.clone();
+        let place = FarPlace::of(&far, audio, event);
+        let changed = keys_changed || place != self.place;
+        self.place = place;
         // An answer keeps the offer's profile, so ours and theirs agree.
         self.secure_profile = far.secure;
         FarMove {
@@ -732,6 +764,7 @@ impl Agreed {
             payload_map,
             sip_keys,
             keys_changed,
+            changed,
             codec: codec_label(audio),
         }
     }
@@ -881,6 +914,11 @@ impl Negotiator {
             sip_keys: sip_keys.clone(),
             rtcp_mux: far.rtcp.is_none(),
             secure_profile: sip_offer_secure_profile(self.context.sip_srtp),
+            place: FarPlace::of(
+                &far,
+                &negotiated.far_audio,
+                negotiated.events.as_ref().map(|(_, far)| far),
+            ),
         }));
         Ok(MediaPlan {
             codec: negotiated.codec,
@@ -1008,6 +1046,7 @@ impl Negotiator {
             web_sdp: None,
             sip_sdp: Some(sip_sdp),
         };
+        let place = FarPlace::of(&plan.far, &sip_codecs[0], sip_event.as_ref());
         let mut sip_sent = vec![sip_codecs[0].clone()];
         sip_sent.extend(sip_event);
         self.pending = Pending::Agreed(Box::new(Agreed {
@@ -1018,6 +1057,7 @@ impl Negotiator {
             sip_keys,
             rtcp_mux,
             secure_profile,
+            place,
         }));
         Ok(plan)
     }

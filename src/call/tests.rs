@@ -884,11 +884,20 @@ fn a_far_reoffer_moves_the_media_and_leaves_the_browser_leg_alone() {
         "nothing for the browser: {out:?}"
     );
 
-    // Hold by direction, resume, hold by c=0.0.0.0.
+    // The same SDP again (a session refresh): answered, the relay and its
+    // latch left alone.
+    call.handle_input(t0, CallInput::FarOffer(Some(&moved_sdp)))
+        .unwrap();
+    let out = drain(&mut call);
+    assert!(offer_answer(&out).unwrap().is_ok());
+    assert!(moves(&out).is_empty(), "a refresh moves nothing: {out:?}");
+
+    // Hold by direction (nothing to move), resume, hold by c=0.0.0.0.
     let hold = far_sdp("198.51.100.20", 41000, "0 96", "sendonly");
     call.handle_input(t0, CallInput::FarOffer(Some(&hold)))
         .unwrap();
     let out = drain(&mut call);
+    assert!(moves(&out).is_empty(), "{out:?}");
     assert!(offer_answer(&out).unwrap().unwrap().contains("a=recvonly"));
     assert!(out.iter().any(|o| matches!(o,
         CallOutput::Notify(SessionEvent::CallHeld { by, .. }) if by == "remote")));
@@ -902,7 +911,7 @@ fn a_far_reoffer_moves_the_media_and_leaves_the_browser_leg_alone() {
     let blackhole = far_sdp("0.0.0.0", 41000, "0 96", "sendrecv");
     call.handle_input(t0, CallInput::FarOffer(Some(&blackhole)))
         .unwrap();
-    drain(&mut call);
+    assert_eq!(moves(&drain(&mut call)).len(), 1, "sent nowhere while held");
     assert_eq!(call.held_by(), Some(Party::Remote));
     call.handle_input(t0, CallInput::FarOffer(Some(&resume)))
         .unwrap();

@@ -204,6 +204,8 @@ pub struct SipConfig {
     pub timer_t2_ms: u64,
     pub timer_t4_ms: u64,
     pub ring_timeout_s: u64,
+    /// Session timer interval (RFC 4028) we ask for; 0: none of ours.
+    pub session_expires_s: u32,
     pub dtmf: DtmfMode,
     pub media_address: String,
     pub trusted_sources: Vec<String>,
@@ -259,6 +261,7 @@ impl Default for SipConfig {
             timer_t2_ms: 4000,
             timer_t4_ms: 5000,
             ring_timeout_s: 45,
+            session_expires_s: 1800,
             dtmf: DtmfMode::Rfc4733,
             media_address: String::new(),
             trusted_sources: Vec::new(),
@@ -695,6 +698,15 @@ impl Config {
             p.add(
                 "sip.timer-t2-ms",
                 "must be at least timer-t1-ms and at most 60000 ms",
+            );
+        }
+        if sip.session_expires_s != 0
+            && !(crate::sip::session_timer::MIN_SESSION_EXPIRES_S..=86_400)
+                .contains(&sip.session_expires_s)
+        {
+            p.add(
+                "sip.session-expires-s",
+                "must be 0 (off) or 90 to 86400 seconds",
             );
         }
         if !(5..=600).contains(&sip.ring_timeout_s) {

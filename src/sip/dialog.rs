@@ -15,6 +15,7 @@ use super::identity::Identity;
 use super::message::branch_of;
 use super::message::header_values as header;
 use super::message::own_request;
+use super::session_timer::{self, SessionClock, SessionInterval, SessionTimerConfig};
 use super::transaction::response_to;
 use crate::random::Random;
 use crate::sdp::Direction;
@@ -52,6 +53,33 @@ pub enum DialogEvent {
     LocalHold(Option<bool>),
     /// A DTMF digit by SIP INFO.
     Dtmf(char),
+    /// The session timer ran out without the refresh it waited for, or
+    /// the far end said the dialog is gone when we refreshed it (RFC 4028
+    /// §10): the user agent has sent BYE.
+    SessionExpired,
+}
+
+/// What our re-INVITE in flight is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReinviteKind {
+    /// Hold (true) or resume.
+    Hold(bool),
+    /// A session refresh (RFC 4028) with our SDP unchanged.
+    Refresh,
+}
+
+/// What the answer to our session refresh means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// Refreshed (or the far end turned the timer off).
+    Refreshed,
+    /// Send the refresh again now (a 422 raised the interval, or the far
+    /// end takes no UPDATE and gets a re-INVITE instead).
+    Again,
+    /// Refused for a passing reason: try once more a little later.
+    Later,
+    /// The dialog is gone (481, 408, no answer): end the call.
+    Over,
 }
 
 pub struct Dialog {
@@ -82,8 +110,26 @@ pub struct Dialog {
     pending_offer: Option<rsip::Request>,
     /// Our last 2xx to an INVITE carried an offer: its ACK brings the answer.
     answer_in_ack: bool,
-    /// Our re-INVITE in flight: its CSeq and whether it holds.
-    reinvite: Option<(u32, bool)>,
+    /// Our re-INVITE in flight: its CSeq and what it is for.
+    reinvite: Option<(u32, ReinviteKind)>,
+    /// Our UPDATE refreshing the session, in flight: its CSeq.
+    refresh_update: Option<u32>,
+    /// What our last failed refresh leaves to do.
+    refresh_outcome: Option<RefreshOutcome>,
+    /// Session timer (RFC 4028): our settings, the interval our requests
+    /// ask for (a 422 raises it) with the Min-SE it answered, the
+    /// interval agreed, and its clock (started again by each refresh).
+    timer: SessionTimerConfig,
+    asked_expires: u32,
+    asked_min_se: Option<u32>,
+    session: Option<SessionInterval>,
+    /// The session was refreshed (or its interval changed) since the
+    /// clock last started.
+    session_refreshed: bool,
+    clock: Option<SessionClock>,
+    /// The far end's Allow lists UPDATE: refreshes go by UPDATE, not
+    /// re-INVITE.
+    far_allows_update: bool,
     /// Answers to digest challenges to our INVITE.
     auth: DigestAuth,
     /// The header our INVITE carries in answer to the last challenge.
@@ -133,6 +179,14 @@ fn set_body(response: &mut rsip::Response, sdp: &str) {
         rsip::headers::ContentLength::from(sdp.len() as u32),
     ));
     response.body = sdp.as_bytes().to_vec();
+}
+
+/// Whether a message's Allow header lists UPDATE.
+fn allows_update(headers: &rsip::Headers) -> bool {
+    header(headers, "allow")
+        .iter()
+        .flat_map(|v| v.split(','))
+        .any(|m| m.trim().eq_ignore_ascii_case("UPDATE"))
 }
 
 fn body_text(body: &[u8]) -> Option<String> {
@@ -213,6 +267,15 @@ impl Dialog {
             pending_offer: None,
             answer_in_ack: false,
             reinvite: None,
+            refresh_update: None,
+            refresh_outcome: None,
+            timer: SessionTimerConfig { expires_s: 0 },
+            asked_expires: 0,
+            asked_min_se: None,
+            session: None,
+            session_refreshed: false,
+            clock: None,
+            far_allows_update: false,
             auth: DigestAuth::default(),
             authorization: None,
             random,
@@ -267,10 +330,61 @@ impl Dialog {
             pending_offer: None,
             answer_in_ack: false,
             reinvite: None,
+            refresh_update: None,
+            refresh_outcome: None,
+            timer: SessionTimerConfig { expires_s: 0 },
+            asked_expires: 0,
+            asked_min_se: None,
+            session: None,
+            session_refreshed: false,
+            clock: None,
+            far_allows_update: allows_update(&invite.headers),
             auth: DigestAuth::default(),
             authorization: None,
             random,
         })
+    }
+
+    /// Our session timer settings; an outgoing INVITE not yet answered
+    /// asks for the interval from now on.
+    pub fn set_session_timer(&mut self, timer: SessionTimerConfig) {
+        self.timer = timer;
+        if !self.incoming && self.state == DialogState::Calling {
+            self.asked_expires = timer.expires_s;
+            self.invite = self.build_invite();
+        }
+    }
+
+    /// The session interval agreed, if any.
+    pub fn session_interval(&self) -> Option<SessionInterval> {
+        self.session
+    }
+
+    /// Starts the session clock again at `now` when the session was
+    /// refreshed since the last call; returns when it next needs
+    /// [`Dialog::session_due`] (None: no session timer).
+    pub fn sync_session_clock(&mut self, now: std::time::Instant) -> Option<std::time::Instant> {
+        if std::mem::take(&mut self.session_refreshed) {
+            self.clock = self.session.map(|i| SessionClock::new(i, now));
+        }
+        if self.state != DialogState::Confirmed {
+            self.clock = None;
+        }
+        self.clock.as_ref().map(SessionClock::due_at)
+    }
+
+    /// The session clock's wake-up came: a refresh to send, or the
+    /// session over.
+    pub fn session_due(&mut self, now: std::time::Instant) -> Option<session_timer::SessionDue> {
+        self.clock.as_mut()?.on_due(now)
+    }
+
+    /// Our refresh failed for a passing reason: one more try in a few
+    /// seconds, if that is still before the session ends.
+    pub fn session_refresh_failed(&mut self, now: std::time::Instant) {
+        if let Some(clock) = self.clock.as_mut() {
+            clock.retry_at(now + std::time::Duration::from_secs(4));
+        }
     }
 
     pub fn is_incoming(&self) -> bool {
@@ -344,8 +458,39 @@ impl Dialog {
                     self.contact_user, self.local, self.transport
                 ),
             )));
+        let invite = self.invite.clone();
+        self.answer_session(&invite, &mut r);
         set_body(&mut r, &self.local_sdp);
         r
+    }
+
+    /// The session interval our 2xx to the far end's INVITE, re-INVITE or
+    /// UPDATE sets (RFC 4028 §9), written into it.
+    fn answer_session(&mut self, request: &rsip::Request, response: &mut rsip::Response) {
+        response
+            .headers
+            .push(rsip::Header::Supported(rsip::headers::Supported::from(
+                "timer",
+            )));
+        self.session = session_timer::answer_interval(request, self.timer, self.session);
+        self.session_refreshed = true;
+        let Some(interval) = self.session else {
+            return;
+        };
+        let line = interval.header(false);
+        let value = line
+            .trim_end()
+            .trim_start_matches("Session-Expires:")
+            .trim()
+            .to_string();
+        response
+            .headers
+            .push(rsip::Header::Other("Session-Expires".into(), value));
+        if session_timer::supports(&request.headers, "timer") {
+            response
+                .headers
+                .push(rsip::Header::Require(rsip::headers::Require::from("timer")));
+        }
     }
 
     /// A final refusal of the incoming call (486, 480, 487…).
@@ -377,6 +522,8 @@ impl Dialog {
              CSeq: {cseq} INVITE\r\n\
              Contact: <sip:{user}@{local};transport={transport}>\r\n\
              Allow: {allow}\r\n\
+             Supported: timer\r\n\
+             {session_timer}\
              Content-Type: application/sdp\r\n\
              User-Agent: webrtc-sip-gateway/{version}\r\n\
              {authorization}\
@@ -402,8 +549,22 @@ impl Dialog {
                 .as_ref()
                 .map(|(name, value)| format!("{name}: {value}\r\n"))
                 .unwrap_or_default(),
+            session_timer = self.asked_session_headers(),
         );
         own_request(&text, rsip::Method::Invite)
+    }
+
+    /// Session-Expires (and Min-SE after a 422) of our INVITE; nothing when
+    /// we ask for no session timer.
+    fn asked_session_headers(&self) -> String {
+        if self.asked_expires == 0 {
+            return String::new();
+        }
+        let mut text = format!("Session-Expires: {}\r\n", self.asked_expires);
+        if let Some(min_se) = self.asked_min_se {
+            text.push_str(&format!("Min-SE: {min_se}\r\n"));
+        }
+        text
     }
 
     /// The user part of our Contact (the caller, for our calls).
@@ -431,6 +592,24 @@ impl Dialog {
         self.authorization = self
             .auth
             .authorization("INVITE", &self.request_uri, &cnonce);
+        self.cseq += 1;
+        self.invite = self.build_invite();
+        Some(self.invite.clone())
+    }
+
+    /// A 422 to our INVITE (RFC 4028 §7.4): the INVITE again (next CSeq,
+    /// new branch) asking for the interval its Min-SE names. None when it
+    /// names none above what we asked, or we tried twice already.
+    pub fn answer_too_brief(&mut self, response: &rsip::Response) -> Option<rsip::Request> {
+        if self.state != DialogState::Calling || response.status_code.code() != 422 {
+            return None;
+        }
+        let min_se = session_timer::min_se(&response.headers)?;
+        if min_se <= self.asked_expires || self.asked_min_se.is_some_and(|m| m >= min_se) {
+            return None;
+        }
+        self.asked_expires = min_se;
+        self.asked_min_se = Some(min_se);
         self.cseq += 1;
         self.invite = self.build_invite();
         Some(self.invite.clone())
@@ -486,6 +665,9 @@ impl Dialog {
         routes.reverse();
         self.route_set = routes;
         self.state = DialogState::Confirmed;
+        self.far_allows_update = allows_update(&response.headers);
+        self.session = session_timer::interval_of_answer(response);
+        self.session_refreshed = true;
         let ack = self
             .in_dialog(rsip::Method::Ack, self.cseq, "", None)
             .to_string()
@@ -526,7 +708,7 @@ impl Dialog {
         self.sdp_version += 1;
         self.local_sdp = with_direction(&self.local_sdp, direction, self.sdp_version);
         self.cseq += 1;
-        self.reinvite = Some((self.cseq, hold));
+        self.reinvite = Some((self.cseq, ReinviteKind::Hold(hold)));
         let sdp = self.local_sdp.clone();
         Some(self.in_dialog(
             rsip::Method::Invite,
@@ -542,19 +724,121 @@ impl Dialog {
         &mut self,
         response: Option<&rsip::Response>,
     ) -> (Option<Vec<u8>>, Option<DialogEvent>) {
-        let Some((cseq, hold)) = self.reinvite.take() else {
+        let Some((cseq, kind)) = self.reinvite.take() else {
             return (None, None);
         };
-        match response.map(|r| r.status_code.code()) {
-            Some(200..=299) => {
+        match (response, kind) {
+            (Some(r), kind) if r.status_code.code() / 100 == 2 => {
                 let ack = self
                     .in_dialog(rsip::Method::Ack, cseq, "", None)
                     .to_string()
                     .into_bytes();
-                (Some(ack), Some(DialogEvent::LocalHold(Some(hold))))
+                // Every re-INVITE of ours refreshes the session.
+                self.session = session_timer::interval_of_answer(r);
+                self.session_refreshed = true;
+                let event = match kind {
+                    ReinviteKind::Hold(hold) => Some(DialogEvent::LocalHold(Some(hold))),
+                    ReinviteKind::Refresh => None,
+                };
+                (Some(ack), event)
             }
-            _ => (None, Some(DialogEvent::LocalHold(None))),
+            (_, ReinviteKind::Hold(_)) => (None, Some(DialogEvent::LocalHold(None))),
+            (response, ReinviteKind::Refresh) => {
+                self.refresh_failed(response);
+                (None, None)
+            }
         }
+    }
+
+    /// Whether our re-INVITE in flight is a session refresh.
+    pub fn reinvite_refreshes(&self) -> bool {
+        matches!(self.reinvite, Some((_, ReinviteKind::Refresh)))
+    }
+
+    /// What a failed refresh (by re-INVITE or UPDATE) leaves to do, kept
+    /// for [`Dialog::take_refresh_outcome`].
+    fn refresh_failed(&mut self, response: Option<&rsip::Response>) {
+        let code = response.map(|r| r.status_code.code());
+        self.refresh_outcome = Some(match code {
+            None | Some(408) | Some(481) => RefreshOutcome::Over,
+            Some(422) => match response.and_then(|r| session_timer::min_se(&r.headers)) {
+                Some(min_se) if self.session.is_some_and(|s| min_se > s.expires_s) => {
+                    if let Some(session) = self.session.as_mut() {
+                        session.expires_s = min_se;
+                    }
+                    self.asked_min_se = Some(min_se);
+                    RefreshOutcome::Again
+                }
+                _ => RefreshOutcome::Later,
+            },
+            Some(405) | Some(501) if self.far_allows_update => {
+                // It listed UPDATE yet refuses it: re-INVITE from now on.
+                self.far_allows_update = false;
+                RefreshOutcome::Again
+            }
+            _ => RefreshOutcome::Later,
+        });
+    }
+
+    /// The outcome of our last refresh that did not succeed, once.
+    pub fn take_refresh_outcome(&mut self) -> Option<RefreshOutcome> {
+        self.refresh_outcome.take()
+    }
+
+    /// A session refresh (RFC 4028 §7.3, §9): an UPDATE without SDP when
+    /// the far end takes UPDATE, else a re-INVITE with our SDP unchanged.
+    /// None when the dialog has no session or is busy with another offer
+    /// exchange (its own request refreshes the session).
+    pub fn refresh_request(&mut self) -> Option<rsip::Request> {
+        if self.state != DialogState::Confirmed
+            || self.session.is_none()
+            || self.reinvite.is_some()
+            || self.refresh_update.is_some()
+            || self.pending_offer.is_some()
+            || self.answer_in_ack
+        {
+            return None;
+        }
+        self.cseq += 1;
+        if self.far_allows_update {
+            self.refresh_update = Some(self.cseq);
+            return Some(self.in_dialog(rsip::Method::Update, self.cseq, "", None));
+        }
+        self.reinvite = Some((self.cseq, ReinviteKind::Refresh));
+        let sdp = self.local_sdp.clone();
+        Some(self.in_dialog(
+            rsip::Method::Invite,
+            self.cseq,
+            &sdp,
+            Some("application/sdp"),
+        ))
+    }
+
+    /// A final response (None: none in time) to our UPDATE refreshing the
+    /// session. Returns whether it was that UPDATE's.
+    pub fn on_update_response(&mut self, response: Option<&rsip::Response>) -> bool {
+        let cseq = response.and_then(|r| {
+            header(&r.headers, "cseq")
+                .first()
+                .and_then(|c| c.split_whitespace().next()?.parse::<u32>().ok())
+        });
+        match (self.refresh_update, cseq) {
+            (Some(ours), Some(theirs)) if ours != theirs => return false,
+            (None, _) => return false,
+            _ => {}
+        }
+        self.refresh_update = None;
+        match response {
+            Some(r) if r.status_code.code() / 100 == 2 => {
+                self.session = session_timer::interval_of_answer(r);
+                self.session_refreshed = true;
+                if let Some(contact) = header(&r.headers, "contact").first() {
+                    self.remote_target = Some(addr_uri(contact));
+                }
+            }
+            other => self.refresh_failed(other),
+        }
+        true
     }
 
     /// Whether `response` answers our re-INVITE in flight.
@@ -636,11 +920,18 @@ impl Dialog {
             to = self.remote_uri,
             call_id = self.call_id,
         ));
-        if method == rsip::Method::Invite {
+        if matches!(method, rsip::Method::Invite | rsip::Method::Update) {
             text.push_str(&format!(
-                "Contact: <sip:{}@{};transport={}>\r\n",
+                "Contact: <sip:{}@{};transport={}>\r\nSupported: timer\r\n",
                 self.contact_user, self.local, self.transport
             ));
+            // Each re-INVITE and UPDATE of ours refreshes the session.
+            if let Some(interval) = self.session {
+                text.push_str(&interval.header(true));
+                if let Some(min_se) = self.asked_min_se {
+                    text.push_str(&format!("Min-SE: {min_se}\r\n"));
+                }
+            }
         }
         if let Some(ct) = content_type {
             text.push_str(&format!("Content-Type: {ct}\r\n"));
@@ -718,6 +1009,14 @@ impl Dialog {
             }
             (Some(r), None)
         };
+        if session_timer::too_brief(request) {
+            let mut r = response_to(request, 422);
+            r.headers.push(rsip::Header::Other(
+                "Min-SE".into(),
+                session_timer::MIN_SESSION_EXPIRES_S.to_string(),
+            ));
+            return (Some(r), None);
+        }
         match self.state {
             DialogState::Terminated => return refuse(481),
             // Before our 2xx: only an UPDATE without an offer (a refresh);
@@ -796,6 +1095,10 @@ impl Dialog {
         // A target refresh moves where our requests go.
         if let Some(contact) = header(&request.headers, "contact").first() {
             self.remote_target = Some(addr_uri(contact));
+        }
+        if self.state == DialogState::Confirmed {
+            self.far_allows_update |= allows_update(&request.headers);
+            self.answer_session(request, &mut response);
         }
         if let Some(sdp) = sdp {
             self.local_sdp = sdp.to_string();

@@ -852,7 +852,12 @@ async fn run(
                     }
                 }
                 UaEvent::Call { key, event } => {
-                    let last = matches!(event, DialogEvent::Failed { .. } | DialogEvent::RemoteBye);
+                    let last = matches!(
+                        event,
+                        DialogEvent::Failed { .. }
+                            | DialogEvent::RemoteBye
+                            | DialogEvent::SessionExpired
+                    );
                     if let Some(tx) = calls.get(&key) {
                         let _ = tx.send(event);
                     }

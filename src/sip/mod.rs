@@ -1,7 +1,7 @@
 //! The SIP side. Sans-IO: messages on the wire (`message`), transactions
 //! (RFC 3261 §17, `transaction`), the requests we serve ourselves
 //! (`endpoint`), dialogs (`dialog`), registration and digest auth
-//! (`registration`, `digest`), who we are toward the server (`identity`),
+//! (`registration`, `digest`), session timers (`session_timer`), who we are toward the server (`identity`),
 //! whom SIP is taken from (`sources`)
 //! and the user agent joining them (`ua`). The
 //! tokio `driver` carries its messages over UDP, TCP or TLS (`tls`: the
@@ -14,6 +14,7 @@ pub mod endpoint;
 pub mod identity;
 pub mod message;
 pub mod registration;
+pub mod session_timer;
 pub mod sources;
 pub mod timers;
 pub mod tls;

@@ -593,7 +593,12 @@ impl ApiSession {
 
     /// Waits for an event of `kind`; returns it (events before it are skipped).
     pub async fn wait_for(&mut self, kind: &str) -> serde_json::Value {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        self.wait_for_within(kind, Duration::from_secs(20)).await
+    }
+
+    /// [`ApiSession::wait_for`] with a deadline of its own.
+    pub async fn wait_for_within(&mut self, kind: &str, within: Duration) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + within;
         while std::time::Instant::now() < deadline {
             for e in self.events(5).await {
                 self.after = e["seq"].as_u64().unwrap();

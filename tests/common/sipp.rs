@@ -52,7 +52,7 @@ pub struct Sipp {
 /// The arguments every SIPp peer here takes: the scenario (a file under
 /// tests/sipp, or one of SIPp's built-in `uas`/`uac`), one call, loopback,
 /// and a bounded run that fails on timeout.
-fn command(scenario: &str, transport: Transport) -> Command {
+fn command(scenario: &str, transport: Transport, timeout_s: u32) -> Command {
     let mut cmd = Command::new("sipp");
     cmd.args(["-t", transport.sipp()]);
     match scenario {
@@ -69,7 +69,12 @@ fn command(scenario: &str, transport: Transport) -> Command {
     }
     cmd.args(["-m", "1", "-i", "127.0.0.1", "-mi", "127.0.0.1", "-mp"])
         .arg(free_udp_port().to_string())
-        .args(["-nostdin", "-timeout", "30", "-timeout_error"])
+        .args([
+            "-nostdin",
+            "-timeout",
+            &timeout_s.to_string(),
+            "-timeout_error",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd
@@ -78,7 +83,12 @@ fn command(scenario: &str, transport: Transport) -> Command {
 impl Sipp {
     /// SIPp as a server on `port`, once it listens there.
     pub fn server(scenario: &str, port: u16, transport: Transport) -> Sipp {
-        let child = command(scenario, transport)
+        Sipp::server_for(scenario, port, transport, 30)
+    }
+
+    /// The same, for a scenario that lasts up to `timeout_s` seconds.
+    pub fn server_for(scenario: &str, port: u16, transport: Transport, timeout_s: u32) -> Sipp {
+        let child = command(scenario, transport, timeout_s)
             .arg("-p")
             .arg(port.to_string())
             .spawn()
@@ -89,7 +99,17 @@ impl Sipp {
 
     /// SIPp calling user 1001 at `target` (the gateway's SIP port).
     pub fn caller(scenario: &str, target: SocketAddr, transport: Transport) -> Sipp {
-        let child = command(scenario, transport)
+        Sipp::caller_for(scenario, target, transport, 30)
+    }
+
+    /// The same, for a scenario that lasts up to `timeout_s` seconds.
+    pub fn caller_for(
+        scenario: &str,
+        target: SocketAddr,
+        transport: Transport,
+        timeout_s: u32,
+    ) -> Sipp {
+        let child = command(scenario, transport, timeout_s)
             .args(["-s", "1001", "-p"])
             .arg(transport.free_port().to_string())
             .arg(target.to_string())
@@ -162,6 +182,29 @@ impl SipTest {
             gw: gateway_toward(port, transport, extra),
             peer: Some(peer),
         }
+    }
+
+    /// SIPp over UDP playing `scenario`, which lasts up to `timeout_s`
+    /// seconds, and a gateway pointed at it with `extra` TOML appended.
+    pub fn toward_for(scenario: &str, timeout_s: u32, extra: &str) -> SipTest {
+        let port = Transport::Udp.free_port();
+        let peer = Sipp::server_for(scenario, port, Transport::Udp, timeout_s);
+        SipTest {
+            gw: gateway_toward(port, Transport::Udp, extra),
+            peer: Some(peer),
+        }
+    }
+
+    /// Starts SIPp calling user 1001 at the gateway, playing `scenario`
+    /// for up to `timeout_s` seconds.
+    pub fn call_in_for(&mut self, scenario: &str, timeout_s: u32) {
+        assert!(self.peer.is_none(), "one SIPp peer per test");
+        self.peer = Some(Sipp::caller_for(
+            scenario,
+            self.gw.sip,
+            Transport::Udp,
+            timeout_s,
+        ));
     }
 
     /// A gateway whose SIP server nothing plays (for calls that come in).

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use rsip::prelude::*;
 
 use super::{Owner, UaEvent, UserAgent, Wakeup};
-use crate::sip::dialog::{Dialog, DialogEvent, DialogState};
+use crate::sip::dialog::{Dialog, DialogEvent, DialogState, RefreshOutcome};
 use crate::sip::message::branch_of;
+use crate::sip::session_timer::{self, SessionDue};
 use crate::sip::transaction::response_to;
 
 /// The calls by key, and by Call-ID so a request finds its dialog without
@@ -67,17 +68,18 @@ impl Calls {
         self.by_key.len()
     }
 
-    /// Forgets the calls whose dialog has ended.
-    fn forget_terminated(&mut self) {
+    /// Forgets the calls whose dialog has ended; returns their keys.
+    fn forget_terminated(&mut self) -> Vec<String> {
         let ended: Vec<String> = self
             .by_key
             .iter()
             .filter(|(_, d)| d.state() == DialogState::Terminated)
             .map(|(k, _)| k.clone())
             .collect();
-        for key in ended {
-            self.remove(&key);
+        for key in &ended {
+            self.remove(key);
         }
+        ended
     }
 }
 
@@ -124,6 +126,7 @@ impl UserAgent {
         password: Option<String>,
     ) {
         let mut call = Dialog::new(user, to, &self.cfg.identity, sdp, self.random.fork());
+        call.set_session_timer(self.cfg.session_timer);
         if let Some(password) = password {
             call.set_credentials(user, password);
         }
@@ -144,11 +147,87 @@ impl UserAgent {
             // The INVITE's 487 ends the call (its transaction ACKs it).
             self.send(now, cancel, Owner::Call(key.to_string()));
         } else if let Some(bye) = call.bye() {
-            self.calls.remove(key);
+            self.forget_call(key);
             self.send(now, bye, Owner::Farewell);
         } else {
-            self.calls.remove(key);
+            self.forget_call(key);
         }
+    }
+
+    /// Forgets call `key` and its wake-ups.
+    fn forget_call(&mut self, key: &str) {
+        self.calls.remove(key);
+        self.wakeups.set(Wakeup::Session(key.to_string()), None);
+    }
+
+    /// Starts call `key`'s session clock again if its dialog was refreshed,
+    /// and sets the clock's wake-up.
+    fn sync_session(&mut self, now: Instant, key: &str) {
+        let due = self
+            .calls
+            .get_mut(key)
+            .and_then(|c| c.sync_session_clock(now));
+        self.wakeups.set(Wakeup::Session(key.to_string()), due);
+    }
+
+    /// Call `key`'s session clock came due: our refresh goes out, or the
+    /// session is over (BYE, and the call hears of it).
+    pub(super) fn session_due(&mut self, now: Instant, key: &str) {
+        let due = self.calls.get_mut(key).and_then(|c| c.session_due(now));
+        match due {
+            Some(SessionDue::Refresh) => self.send_refresh(now, key),
+            Some(SessionDue::Expired) => return self.session_over(now, key),
+            None => {}
+        }
+        self.sync_session(now, key);
+    }
+
+    /// Our session refresh for call `key`; when the dialog is busy with
+    /// another exchange, one more try shortly.
+    fn send_refresh(&mut self, now: Instant, key: &str) {
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
+        match call.refresh_request() {
+            Some(request) => self.send(now, request, Owner::Call(key.to_string())),
+            None => call.session_refresh_failed(now),
+        }
+    }
+
+    /// What a failed refresh of call `key` leaves to do.
+    fn after_refresh(&mut self, now: Instant, key: &str) {
+        let outcome = self
+            .calls
+            .get_mut(key)
+            .and_then(|c| c.take_refresh_outcome());
+        match outcome {
+            Some(RefreshOutcome::Again) => self.send_refresh(now, key),
+            Some(RefreshOutcome::Later) => {
+                if let Some(call) = self.calls.get_mut(key) {
+                    call.session_refresh_failed(now);
+                }
+            }
+            Some(RefreshOutcome::Over) => return self.session_over(now, key),
+            Some(RefreshOutcome::Refreshed) | None => {}
+        }
+        self.sync_session(now, key);
+    }
+
+    /// The session of call `key` ended by its timer: BYE, and the event.
+    fn session_over(&mut self, now: Instant, key: &str) {
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
+        tracing::info!(call_id = %call.call_id(), "session timer expired: ending the call");
+        let bye = call.bye();
+        self.forget_call(key);
+        if let Some(bye) = bye {
+            self.send(now, bye, Owner::Farewell);
+        }
+        self.events.push_back(UaEvent::Call {
+            key: key.to_string(),
+            event: DialogEvent::SessionExpired,
+        });
     }
 
     pub(super) fn hold(&mut self, now: Instant, key: &str, hold: bool) {
@@ -193,6 +272,7 @@ impl UserAgent {
         if let Some(to) = source {
             self.resend_until_acked(now, key, to, bytes);
         }
+        self.sync_session(now, key);
     }
 
     /// The call's answer to the far end's offer in a re-INVITE or UPDATE
@@ -213,6 +293,7 @@ impl UserAgent {
         if let (true, Some(to)) = (invite_2xx, source) {
             self.resend_until_acked(now, key, to, bytes);
         }
+        self.sync_session(now, key);
     }
 
     /// Resends `bytes`, a 2xx to an INVITE of the far end's in call `key`,
@@ -246,7 +327,7 @@ impl UserAgent {
             response.status_code = rsip::StatusCode::Other(code, reason_phrase(reason));
         }
         self.respond_invite(now, key, response);
-        self.calls.remove(key);
+        self.forget_call(key);
     }
 
     /// Resends call `key`'s 2xx when due; gives up after 64·T1.
@@ -334,7 +415,10 @@ impl UserAgent {
                     .endpoint
                     .answer(now, from, request, Some(response_to(request, 100))),
             }
-            self.calls.forget_terminated();
+            self.sync_session(now, &key);
+            for ended in self.calls.forget_terminated() {
+                self.wakeups.set(Wakeup::Session(ended), None);
+            }
             return;
         }
         let response = match request.method {
@@ -360,10 +444,20 @@ impl UserAgent {
                     None => Some(response_to(request, 481)),
                 }
             }
+            // An interval below our Min-SE (RFC 4028 §8.1).
+            rsip::Method::Invite if !has_to_tag(request) && session_timer::too_brief(request) => {
+                let mut refusal = response_to(request, 422);
+                refusal.headers.push(rsip::Header::Other(
+                    "Min-SE".into(),
+                    session_timer::MIN_SESSION_EXPIRES_S.to_string(),
+                ));
+                Some(refusal)
+            }
             rsip::Method::Invite if !has_to_tag(request) => {
                 let random = self.random.fork();
                 match Dialog::incoming(request, &self.cfg.identity, random) {
-                    Some(call) => {
+                    Some(mut call) => {
+                        call.set_session_timer(self.cfg.session_timer);
                         let key = self.random.hex(12);
                         let (from_party, to) = call.parties();
                         let user = crate::sip::message::uri_user(&request.uri).unwrap_or_default();
@@ -412,6 +506,20 @@ impl UserAgent {
         method: &rsip::Method,
         response: Option<rsip::Response>,
     ) {
+        if *method == rsip::Method::Update {
+            if response
+                .as_ref()
+                .is_some_and(|r| r.status_code.code() < 200)
+            {
+                return;
+            }
+            if let Some(call) = self.calls.get_mut(key) {
+                if call.on_update_response(response.as_ref()) {
+                    self.after_refresh(now, key);
+                }
+            }
+            return;
+        }
         if *method != rsip::Method::Invite {
             // CANCEL's own answer says nothing; the INVITE's 487 does.
             return;
@@ -419,8 +527,13 @@ impl UserAgent {
         let Some(call) = self.calls.get_mut(key) else {
             return;
         };
-        // A digest challenge we can answer: the INVITE again, with it.
-        if let Some(again) = response.as_ref().and_then(|r| call.answer_challenge(r)) {
+        // A digest challenge we can answer, or a 422 naming a longer
+        // session interval: the INVITE again, with it.
+        let again = response.as_ref().and_then(|r| {
+            call.answer_challenge(r)
+                .or_else(|| call.answer_too_brief(r))
+        });
+        if let Some(again) = again {
             self.set_reachable(true);
             self.send(now, again, Owner::Call(key.to_string()));
             return;
@@ -446,6 +559,7 @@ impl UserAgent {
                     event,
                 });
             }
+            self.after_refresh(now, key);
             return;
         }
         let (ack, event) = match &response {
@@ -460,13 +574,14 @@ impl UserAgent {
         }
         if let Some(event) = event {
             if matches!(event, DialogEvent::Failed { .. }) {
-                self.calls.remove(key);
+                self.forget_call(key);
             }
             self.events.push_back(UaEvent::Call {
                 key: key.to_string(),
                 event,
             });
         }
+        self.sync_session(now, key);
     }
 }
 

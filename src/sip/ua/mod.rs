@@ -31,6 +31,7 @@ use super::endpoint::{Endpoint, Received, TransactionLimits};
 use super::identity::Identity;
 use super::message::branch_of;
 use super::registration::{Registration, RegistrationEvent};
+use super::session_timer::SessionTimerConfig;
 use super::sources::TrustedSources;
 use super::timers::TimerTable;
 use super::transaction::{ClientInput, ClientTransaction, Output, TimerConfig};
@@ -52,6 +53,8 @@ pub struct UaConfig {
     pub trusted: TrustedSources,
     /// Server transactions open at once, per source and in all.
     pub transactions: TransactionLimits,
+    /// Session timers (RFC 4028) of our calls.
+    pub session_timer: SessionTimerConfig,
 }
 
 /// What the user agent is told: a message, the time, or a command.
@@ -198,6 +201,8 @@ enum Wakeup {
     Registration(String),
     /// Our 2xx to call `key`, resent until its ACK.
     Unacked(String),
+    /// Call `key`'s session timer: a refresh to send or a session over.
+    Session(String),
 }
 
 /// Whether a counted message came in or went out.
@@ -435,6 +440,7 @@ impl UserAgent {
                 }
                 Wakeup::Registration(id) => self.registration_due(now, &id),
                 Wakeup::Unacked(key) => self.resend_unacked(now, &key),
+                Wakeup::Session(key) => self.session_due(now, &key),
             }
         }
     }

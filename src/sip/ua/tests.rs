@@ -101,6 +101,7 @@ fn cfg(keepalive: Option<Duration>) -> UaConfig {
         keepalive,
         trusted: TrustedSources::new(&[server().ip()], &[]),
         transactions: TransactionLimits::default(),
+        session_timer: crate::sip::session_timer::SessionTimerConfig { expires_s: 0 },
     }
 }
 
@@ -939,4 +940,271 @@ fn a_late_2xx_is_acked_again_only_for_its_own_call_id() {
     let other = ok.replace(&call_id, &format!("x{call_id}"));
     ua.datagram_in(t0, server(), other.as_bytes());
     assert_eq!(acks(&mut ua), 0, "another call's 200 is not ours to ACK");
+}
+
+fn timed_cfg(expires_s: u32) -> UaConfig {
+    UaConfig {
+        session_timer: crate::sip::session_timer::SessionTimerConfig { expires_s },
+        ..cfg(None)
+    }
+}
+
+fn header_line<'a>(message: &'a str, name: &str) -> Option<&'a str> {
+    message.split("\r\n").find(|l| {
+        l.to_ascii_lowercase()
+            .starts_with(&format!("{}:", name.to_ascii_lowercase()))
+    })
+}
+
+/// Our call asks for a session timer; a 422 raises it to the Min-SE; the
+/// 200 makes us the refresher: an UPDATE at half the interval, and when a
+/// refresh goes unanswered the call ends with BYE.
+#[test]
+fn our_session_timer_is_raised_by_422_refreshed_by_update_and_ends_unanswered() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(timed_cfg(1800), t0, Random::seeded(3));
+    ua.invite_in(t0, "c1", "1001", "2000", "v=0\r\n".into());
+    let first = sent(&mut ua).remove(0);
+    assert_eq!(header_line(&first, "Supported"), Some("Supported: timer"));
+    assert_eq!(
+        header_line(&first, "Session-Expires"),
+        Some("Session-Expires: 1800")
+    );
+    ua.datagram_in(
+        t0,
+        server(),
+        &answer(
+            first.as_bytes(),
+            "422 Session Interval Too Small",
+            "Min-SE: 3600\r\n",
+        ),
+    );
+    let again = sent(&mut ua)
+        .into_iter()
+        .find(|m| m.starts_with("INVITE "))
+        .expect("the INVITE again");
+    assert!(again.contains("CSeq: 2 INVITE"), "{again}");
+    assert_eq!(
+        header_line(&again, "Session-Expires"),
+        Some("Session-Expires: 3600")
+    );
+    assert_eq!(header_line(&again, "Min-SE"), Some("Min-SE: 3600"));
+    let ok = String::from_utf8(answer(
+        again.as_bytes(),
+        "200 OK",
+        "Contact: <sip:2000@192.0.2.1:5060>\r\nAllow: INVITE, ACK, BYE, UPDATE\r\n\
+         Require: timer\r\nSession-Expires: 3600;refresher=uac\r\n",
+    ))
+    .unwrap()
+    .replace(
+        "To: <sip:2000@pbx.example>",
+        "To: <sip:2000@pbx.example>;tag=far",
+    );
+    ua.datagram_in(t0, server(), ok.as_bytes());
+    assert!(sent(&mut ua).iter().any(|m| m.starts_with("ACK ")));
+    while ua.next_event().is_some() {}
+    ua.timeout_in(t0 + Duration::from_secs(1799));
+    assert!(!sent(&mut ua).iter().any(|m| m.starts_with("UPDATE ")));
+
+    // Half the interval: our refresh, by UPDATE (the far end allows it).
+    let t1 = t0 + Duration::from_secs(1800);
+    ua.timeout_in(t1);
+    let update = sent(&mut ua).remove(0);
+    assert!(
+        update.starts_with("UPDATE sip:2000@192.0.2.1:5060 SIP/2.0"),
+        "{update}"
+    );
+    assert_eq!(
+        header_line(&update, "Session-Expires"),
+        Some("Session-Expires: 3600;refresher=uac")
+    );
+    assert!(update.contains(";tag=far") && update.ends_with("Content-Length: 0\r\n\r\n"));
+    ua.datagram_in(
+        t1,
+        server(),
+        &answer(
+            update.as_bytes(),
+            "200 OK",
+            "Session-Expires: 3600;refresher=uac\r\n",
+        ),
+    );
+    assert_eq!(ua.next_event(), None);
+    ua.timeout_in(t1 + Duration::from_secs(1799));
+    assert!(
+        sent(&mut ua).is_empty(),
+        "the clock started again at the 200"
+    );
+
+    // The next refresh goes unanswered: the UPDATE times out (64·T1)
+    // and the session is over.
+    let t2 = t1 + Duration::from_secs(1800);
+    ua.timeout_in(t2);
+    assert!(sent(&mut ua)[0].starts_with("UPDATE "));
+    let mut now = t2;
+    while let Some(at) = ua.next_wakeup() {
+        if at > t2 + Duration::from_secs(40) {
+            break;
+        }
+        now = at;
+        ua.timeout_in(now);
+        if ua.call_count() == 0 {
+            break;
+        }
+    }
+    let out = sent(&mut ua);
+    assert!(out.iter().any(|m| m.starts_with("BYE ")), "{out:?}");
+    assert_eq!(
+        ua.next_event(),
+        Some(UaEvent::Call {
+            key: "c1".into(),
+            event: DialogEvent::SessionExpired
+        })
+    );
+    assert_eq!(ua.call_count(), 0);
+    assert!(now <= t2 + Duration::from_secs(33));
+}
+
+fn incoming_invite_with(branch: &str, extra: &str) -> Vec<u8> {
+    let plain = String::from_utf8(incoming_invite(branch)).unwrap();
+    plain
+        .replacen("Content-Type:", &format!("{extra}Content-Type:"), 1)
+        .into_bytes()
+}
+
+/// The far end asks for 90 s and refreshes itself: our 200 says so; its
+/// refresh starts the clock again; when the next never comes, BYE a third
+/// of the interval before its end. An interval below 90 s gets 422.
+#[test]
+fn the_far_ends_session_timer_is_honoured_and_its_missing_refresh_ends_the_call() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(timed_cfg(1800), t0, Random::seeded(4));
+    ua.datagram_in(
+        t0,
+        server(),
+        &incoming_invite_with(
+            "z9hG4bKbrief",
+            "Supported: timer\r\nSession-Expires: 30\r\n",
+        ),
+    );
+    let refusal = sent(&mut ua).pop().unwrap();
+    assert!(refusal.starts_with("SIP/2.0 422"), "{refusal}");
+    assert_eq!(header_line(&refusal, "Min-SE"), Some("Min-SE: 90"));
+    assert_eq!(ua.next_event(), None, "no call for a refused INVITE");
+
+    let invite = incoming_invite_with(
+        "z9hG4bKst1",
+        "Supported: timer\r\nSession-Expires: 90;refresher=uac\r\n",
+    );
+    ua.datagram_in(t0, server(), &invite);
+    sent(&mut ua);
+    let Some(UaEvent::Incoming { key, .. }) = ua.next_event() else {
+        panic!("an incoming call");
+    };
+    ua.accept_in(t0, &key, "v=0\r\no=- 5 1 IN IP4 192.0.2.10\r\n".into());
+    let ok = sent(&mut ua).remove(0);
+    assert_eq!(
+        header_line(&ok, "Session-Expires"),
+        Some("Session-Expires: 90;refresher=uac")
+    );
+    assert_eq!(header_line(&ok, "Require"), Some("Require: timer"));
+    let tag = header_line(&ok, "To")
+        .and_then(|l| l.split("tag=").nth(1))
+        .unwrap()
+        .to_string();
+    let request = |method: &str, cseq: u32, branch: &str, extra: &str| {
+        format!(
+            "{method} sip:1001@192.0.2.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch={branch}\r\n\
+             From: <sip:2000@pbx.example>;tag=c1\r\nTo: <sip:1001@pbx.example>;tag={tag}\r\n\
+             Call-ID: in-1@pbx\r\nCSeq: {cseq} {method}\r\n{extra}Content-Length: 0\r\n\r\n"
+        )
+    };
+    ua.datagram_in(t0, server(), request("ACK", 7, "z9hG4bKa7", "").as_bytes());
+
+    // Its refresh at 50 s, by UPDATE: the clock starts again.
+    let t1 = t0 + Duration::from_secs(50);
+    ua.datagram_in(
+        t1,
+        server(),
+        request(
+            "UPDATE",
+            8,
+            "z9hG4bKu8",
+            "Supported: timer\r\nSession-Expires: 90;refresher=uac\r\n",
+        )
+        .as_bytes(),
+    );
+    let ok = sent(&mut ua).remove(0);
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    assert_eq!(
+        header_line(&ok, "Session-Expires"),
+        Some("Session-Expires: 90;refresher=uac")
+    );
+    // Nothing at the first deadline any more…
+    ua.timeout_in(t0 + Duration::from_secs(60));
+    assert_eq!(ua.call_count(), 1);
+    // …but none comes by the second: BYE.
+    ua.timeout_in(t1 + Duration::from_secs(59));
+    assert_eq!(ua.call_count(), 1);
+    ua.timeout_in(t1 + Duration::from_secs(60));
+    let out = sent(&mut ua);
+    assert!(out.iter().any(|m| m.starts_with("BYE ")), "{out:?}");
+    assert_eq!(
+        ua.next_event(),
+        Some(UaEvent::Call {
+            key,
+            event: DialogEvent::SessionExpired
+        })
+    );
+}
+
+/// A far end without timer support and our interval on: we refresh, by
+/// re-INVITE with our SDP unchanged when it does not list UPDATE; a 200
+/// without Session-Expires turns the timer off.
+#[test]
+fn we_refresh_a_far_end_without_timer_support_by_reinvite() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(timed_cfg(600), t0, Random::seeded(5));
+    ua.datagram_in(t0, server(), &incoming_invite("z9hG4bKst2"));
+    sent(&mut ua);
+    let Some(UaEvent::Incoming { key, .. }) = ua.next_event() else {
+        panic!("an incoming call");
+    };
+    let our_sdp = "v=0\r\no=- 5 1 IN IP4 192.0.2.10\r\nm=audio 1 RTP/AVP 0\r\n";
+    ua.accept_in(t0, &key, our_sdp.into());
+    let ok = sent(&mut ua).remove(0);
+    assert_eq!(
+        header_line(&ok, "Session-Expires"),
+        Some("Session-Expires: 600;refresher=uas")
+    );
+    assert_eq!(
+        header_line(&ok, "Require"),
+        None,
+        "it did not say it supports timers"
+    );
+    let t1 = t0 + Duration::from_secs(300);
+    ua.timeout_in(t1);
+    let out = sent(&mut ua);
+    let reinvite = out
+        .iter()
+        .find(|m| m.starts_with("INVITE "))
+        .unwrap_or_else(|| panic!("{out:?}"));
+    assert!(reinvite.starts_with("INVITE sip:2000@192.0.2.1:5060 SIP/2.0"));
+    assert_eq!(
+        header_line(reinvite, "Session-Expires"),
+        Some("Session-Expires: 600;refresher=uac")
+    );
+    assert!(
+        reinvite.ends_with(our_sdp),
+        "our SDP, unchanged: {reinvite}"
+    );
+    ua.datagram_in(t1, server(), &answer(reinvite.as_bytes(), "200 OK", ""));
+    assert!(sent(&mut ua).iter().any(|m| m.starts_with("ACK ")));
+    assert_eq!(ua.next_event(), None, "a refresh is no hold");
+    // Its 200 named no interval: no more refreshes, no expiry.
+    assert_eq!(
+        ua.next_wakeup()
+            .filter(|at| *at > t1 + Duration::from_secs(40)),
+        None
+    );
+    assert_eq!(ua.call_count(), 1);
 }
