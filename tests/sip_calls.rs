@@ -446,6 +446,18 @@ async fn the_sip_port_caps_its_connections() {
     assert!(t.gw.log().contains("too many connections"));
 }
 
+/// The session timer cases take a minute each (90 s is the shortest
+/// interval RFC 4028 allows): they run side by side, each with its own
+/// gateway and SIPp.
+#[tokio::test]
+async fn session_timers_with_switches() {
+    tokio::join!(
+        a_switchs_session_timer_floor_and_our_refresh(),
+        a_refresh_that_never_comes_ends_the_call(),
+        a_switch_refreshes_its_call_to_the_browser_by_reinvite(),
+    );
+}
+
 /// No browser media in these calls (the answer is a fixture): the RTP
 /// timeout is put past the session timers' minute.
 const LONG_CALL: &str = "[media]\nrtp-timeout-s = 600\nconsent-timeout-s = 600\n";
@@ -454,7 +466,6 @@ const LONG_CALL: &str = "[media]\nrtp-timeout-s = 600\nconsent-timeout-s = 600\n
 /// switch that demands at least 120 s: its 422 makes us ask again with its
 /// Min-SE, its 200 makes us the refresher, and our UPDATE at 60 s keeps
 /// the call up until the switch hangs up (SIPp checks each header).
-#[tokio::test]
 async fn a_switchs_session_timer_floor_and_our_refresh() {
     let t = SipTest::toward_for(
         "uas-session-timer-422.xml",
@@ -474,7 +485,6 @@ async fn a_switchs_session_timer_floor_and_our_refresh() {
 /// A switch that took the refresh duty and never refreshes: we end the
 /// call with BYE at 60 s of its 90 (SIPp checks the BYE comes), and the
 /// browser hears why.
-#[tokio::test]
 async fn a_refresh_that_never_comes_ends_the_call() {
     let t = SipTest::toward_for("uas-session-timer-silent.xml", 90, LONG_CALL);
     let mut s = ApiSession::open(&t.gw).await;
@@ -497,7 +507,6 @@ async fn a_refresh_that_never_comes_ends_the_call() {
 /// its 90 s with the switch as refresher, and its refresh by re-INVITE
 /// (the same SDP) is answered without disturbing the call: no hold for the
 /// browser, the call ends only when the switch hangs up.
-#[tokio::test]
 async fn a_switch_refreshes_its_call_to_the_browser_by_reinvite() {
     let mut t = SipTest::gateway(Transport::Udp, LONG_CALL);
     let mut s = ApiSession::open(&t.gw).await;

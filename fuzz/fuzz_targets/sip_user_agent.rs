@@ -28,6 +28,10 @@ fuzz_target!(|data: &[u8]| {
             keepalive: Some(Duration::from_secs(30)),
             trusted: webrtc_sip_gateway::sip::sources::TrustedSources::anyone(),
             transactions: Default::default(),
+            // The shortest interval, so later datagrams reach its refresh.
+            session_timer: webrtc_sip_gateway::sip::session_timer::SessionTimerConfig {
+                expires_s: 90,
+            },
         },
         t0,
         webrtc_sip_gateway::random::Random::seeded(1),

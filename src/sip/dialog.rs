@@ -112,6 +112,18 @@ pub struct Dialog {
     answer_in_ack: bool,
     /// Our re-INVITE in flight: its CSeq and what it is for.
     reinvite: Option<(u32, ReinviteKind)>,
+    /// Our INVITE's CSeq (its ACK and CANCEL carry it; a PRACK moves
+    /// `cseq` on).
+    invite_cseq: u32,
+    /// The RSeq of the last reliable provisional (RFC 3262) we PRACKed,
+    /// and the PRACK waiting to be sent.
+    last_rseq: Option<u32>,
+    prack: Option<rsip::Request>,
+    /// Incoming: the INVITE requires reliable provisionals; our last
+    /// RSeq, and whether its PRACK is still owed.
+    reliable_provisionals: bool,
+    our_rseq: u32,
+    prack_owed: bool,
     /// Our UPDATE refreshing the session, in flight: its CSeq.
     refresh_update: Option<u32>,
     /// What our last failed refresh leaves to do.
@@ -179,6 +191,42 @@ fn set_body(response: &mut rsip::Response, sdp: &str) {
         rsip::headers::ContentLength::from(sdp.len() as u32),
     ));
     response.body = sdp.as_bytes().to_vec();
+}
+
+/// Whether a message's Require header lists option `tag`.
+fn requires(headers: &rsip::Headers, tag: &str) -> bool {
+    header(headers, "require")
+        .iter()
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(tag))
+}
+
+/// The RSeq of a reliable provisional response (RFC 3262 §7.1): one that
+/// requires 100rel and numbers itself.
+fn reliable_rseq(response: &rsip::Response) -> Option<u32> {
+    if !requires(&response.headers, "100rel") {
+        return None;
+    }
+    header(&response.headers, "rseq")
+        .first()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The route set of a response's Record-Route, in the order our requests
+/// carry it (reversed, RFC 3261 §12.1.2).
+fn route_set_of(response: &rsip::Response) -> Vec<String> {
+    let mut routes: Vec<String> = header(&response.headers, "record-route")
+        .iter()
+        .flat_map(|v| {
+            v.split(',')
+                .map(|r| r.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    routes.reverse();
+    routes
 }
 
 /// Whether a message's Allow header lists UPDATE.
@@ -269,6 +317,12 @@ impl Dialog {
             reinvite: None,
             refresh_update: None,
             refresh_outcome: None,
+            invite_cseq: 1,
+            last_rseq: None,
+            prack: None,
+            reliable_provisionals: false,
+            our_rseq: 0,
+            prack_owed: false,
             timer: SessionTimerConfig { expires_s: 0 },
             asked_expires: 0,
             asked_min_se: None,
@@ -332,6 +386,13 @@ impl Dialog {
             reinvite: None,
             refresh_update: None,
             refresh_outcome: None,
+            invite_cseq: 0,
+            last_rseq: None,
+            prack: None,
+            reliable_provisionals: requires(&invite.headers, "100rel"),
+            // RFC 3262 §3: the first RSeq is random, below 2^31.
+            our_rseq: random.u32() >> 12,
+            prack_owed: false,
             timer: SessionTimerConfig { expires_s: 0 },
             asked_expires: 0,
             asked_min_se: None,
@@ -439,15 +500,76 @@ impl Dialog {
         r
     }
 
-    /// 180 Ringing for an incoming call.
-    pub fn ringing(&self) -> rsip::Response {
-        self.response(180)
+    /// 180 Ringing for an incoming call: reliable (RFC 3262: Require:
+    /// 100rel, RSeq, and our Contact for the early dialog) when the INVITE
+    /// requires it; then [`Dialog::prack_owed`] until its PRACK comes.
+    pub fn ringing(&mut self) -> rsip::Response {
+        let mut r = self.response(180);
+        if self.reliable_provisionals && !self.prack_owed {
+            self.our_rseq += 1;
+            self.prack_owed = true;
+            r.headers
+                .push(rsip::Header::Require(rsip::headers::Require::from(
+                    "100rel",
+                )));
+            r.headers.push(rsip::Header::Other(
+                "RSeq".into(),
+                self.our_rseq.to_string(),
+            ));
+            r.headers
+                .push(rsip::Header::Contact(rsip::headers::Contact::from(
+                    format!(
+                        "<sip:{}@{};transport={}>",
+                        self.contact_user, self.local, self.transport
+                    ),
+                )));
+        }
+        r
+    }
+
+    /// Our reliable provisional waits for its PRACK (it is resent until).
+    pub fn prack_owed(&self) -> bool {
+        self.prack_owed
+    }
+
+    /// The far end's PRACK (RFC 3262 §3): 200 when its RAck names our
+    /// reliable provisional, else 481.
+    fn on_prack(&mut self, request: &rsip::Request) -> rsip::Response {
+        let rack = header(&request.headers, "rack");
+        let mut parts = rack
+            .first()
+            .map(|v| v.split_whitespace())
+            .into_iter()
+            .flatten();
+        let rseq = parts.next().and_then(|n| n.parse::<u32>().ok());
+        let cseq = parts.next().and_then(|n| n.parse::<u32>().ok());
+        let invite_cseq = header(&self.invite.headers, "cseq")
+            .first()
+            .and_then(|c| c.split_whitespace().next()?.parse::<u32>().ok());
+        let method = parts.next();
+        let ours = self.incoming
+            && rseq == Some(self.our_rseq)
+            && cseq.is_some()
+            && cseq == invite_cseq
+            && method.is_some_and(|m| m.eq_ignore_ascii_case("INVITE"));
+        if ours && self.prack_owed {
+            self.prack_owed = false;
+            response_to(request, 200)
+        } else if ours {
+            // A resent PRACK, answered again.
+            response_to(request, 200)
+        } else {
+            response_to(request, 481)
+        }
     }
 
     /// 200 OK with our SDP: the incoming call is answered.
     pub fn accept(&mut self, sdp: String) -> rsip::Response {
         self.local_sdp = sdp;
         self.state = DialogState::Confirmed;
+        // A 2xx may follow a reliable 180 without SDP before its PRACK
+        // (RFC 3262 §3); the 180 is resent no more.
+        self.prack_owed = false;
         // No offer in the INVITE: ours is in this 2xx, the answer in the ACK.
         self.answer_in_ack = self.invite.body.is_empty();
         let mut r = self.response(200);
@@ -512,6 +634,7 @@ impl Dialog {
     }
 
     fn build_invite(&mut self) -> rsip::Request {
+        self.invite_cseq = self.cseq;
         let text = format!(
             "INVITE {ruri} SIP/2.0\r\n\
              Via: SIP/2.0/{via} {local};branch=z9hG4bK{branch}{via_params}\r\n\
@@ -522,7 +645,7 @@ impl Dialog {
              CSeq: {cseq} INVITE\r\n\
              Contact: <sip:{user}@{local};transport={transport}>\r\n\
              Allow: {allow}\r\n\
-             Supported: timer\r\n\
+             Supported: {supported}\r\n\
              {session_timer}\
              Content-Type: application/sdp\r\n\
              User-Agent: webrtc-sip-gateway/{version}\r\n\
@@ -530,6 +653,7 @@ impl Dialog {
              Content-Length: {len}\r\n\r\n{sdp}",
             ruri = self.request_uri,
             allow = super::endpoint::ALLOW,
+            supported = super::endpoint::SUPPORTED,
             local = self.local,
             via = self.via,
             via_params = self.via_params,
@@ -639,6 +763,24 @@ impl Dialog {
             if code == 100 {
                 return (None, None);
             }
+            if let Some(rseq) = reliable_rseq(response) {
+                if self.last_rseq.is_some_and(|last| rseq <= last) {
+                    // A resend of one we PRACKed: its PRACK's own
+                    // transaction covers it.
+                    return (None, None);
+                }
+                self.last_rseq = Some(rseq);
+                // A reliable provisional sets up the early dialog our
+                // PRACK goes in (RFC 3262 §4).
+                if let Some(contact) = header(&response.headers, "contact").first() {
+                    self.remote_target = Some(addr_uri(contact));
+                }
+                self.route_set = route_set_of(response);
+                self.cseq += 1;
+                let rack = format!("RAck: {rseq} {} INVITE\r\n", self.invite_cseq);
+                self.prack =
+                    Some(self.in_dialog_with(rsip::Method::PRack, self.cseq, &rack, "", None));
+            }
             return (
                 None,
                 Some(DialogEvent::Progress {
@@ -654,22 +796,13 @@ impl Dialog {
         self.remote_target = header(&response.headers, "contact")
             .first()
             .map(|c| addr_uri(c));
-        let mut routes: Vec<String> = header(&response.headers, "record-route")
-            .iter()
-            .flat_map(|v| {
-                v.split(',')
-                    .map(|r| r.trim().to_string())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        routes.reverse();
-        self.route_set = routes;
+        self.route_set = route_set_of(response);
         self.state = DialogState::Confirmed;
         self.far_allows_update = allows_update(&response.headers);
         self.session = session_timer::interval_of_answer(response);
         self.session_refreshed = true;
         let ack = self
-            .in_dialog(rsip::Method::Ack, self.cseq, "", None)
+            .in_dialog(rsip::Method::Ack, self.invite_cseq, "", None)
             .to_string()
             .into_bytes();
         self.ack = Some(ack.clone());
@@ -870,7 +1003,7 @@ impl Dialog {
              Call-ID: {call_id}\r\nCSeq: {cseq} CANCEL\r\nContent-Length: 0\r\n\r\n",
             ruri = self.request_uri,
             call_id = self.call_id,
-            cseq = self.cseq,
+            cseq = self.invite_cseq,
         );
         Some(own_request(&text, rsip::Method::Cancel))
     }
@@ -889,6 +1022,23 @@ impl Dialog {
         &mut self,
         method: rsip::Method,
         cseq: u32,
+        body: &str,
+        content_type: Option<&str>,
+    ) -> rsip::Request {
+        self.in_dialog_with(method, cseq, "", body, content_type)
+    }
+
+    /// The PRACK for the last reliable provisional, once.
+    pub fn take_prack(&mut self) -> Option<rsip::Request> {
+        self.prack.take()
+    }
+
+    /// An in-dialog request with `extra` header lines.
+    fn in_dialog_with(
+        &mut self,
+        method: rsip::Method,
+        cseq: u32,
+        extra: &str,
         body: &str,
         content_type: Option<&str>,
     ) -> rsip::Request {
@@ -933,6 +1083,7 @@ impl Dialog {
                 }
             }
         }
+        text.push_str(extra);
         if let Some(ct) = content_type {
             text.push_str(&format!("Content-Type: {ct}\r\n"));
         }
@@ -977,6 +1128,7 @@ impl Dialog {
                 }
             }
             rsip::Method::Options => (response_to(request, 200), None),
+            rsip::Method::PRack => (self.on_prack(request), None),
             _ => {
                 let mut refusal = response_to(request, 405);
                 refusal

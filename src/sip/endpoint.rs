@@ -17,7 +17,10 @@ use super::timers::TimerTable;
 use super::transaction::{response_to, Output, ServerInput, ServerTransaction, TimerConfig};
 use crate::random::Random;
 
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK";
+/// The option tags we support (RFC 3262 reliable provisionals, RFC 4028
+/// session timers).
+pub const SUPPORTED: &str = "100rel, timer";
 pub const ACCEPT: &str = "application/sdp, application/dtmf-relay";
 
 /// Counters the metrics exporter reads.
@@ -281,6 +284,10 @@ impl Endpoint {
                 let mut r = response_to(request, 200);
                 r.headers
                     .push(rsip::Header::Allow(rsip::headers::Allow::from(ALLOW)));
+                r.headers
+                    .push(rsip::Header::Supported(rsip::headers::Supported::from(
+                        SUPPORTED,
+                    )));
                 r.headers
                     .push(rsip::Header::Accept(rsip::headers::Accept::from(ACCEPT)));
                 r

@@ -107,6 +107,25 @@ fn is_invite_2xx(request: &rsip::Request, response: &rsip::Response) -> bool {
     request.method == rsip::Method::Invite && (200..300).contains(&response.status_code.code())
 }
 
+/// The resend entry of call `key`'s reliable provisional.
+fn prack_key(key: &str) -> String {
+    format!("{key} 100rel")
+}
+
+/// Option tags of a request's Require that we do not support.
+fn unsupported_required(request: &rsip::Request) -> Vec<String> {
+    let supported: Vec<&str> = crate::sip::endpoint::SUPPORTED
+        .split(',')
+        .map(str::trim)
+        .collect();
+    crate::sip::message::header_values(&request.headers, "require")
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty() && !supported.iter().any(|s| s.eq_ignore_ascii_case(t)))
+        .collect()
+}
+
 /// Whether a request carries a To tag (it belongs to a dialog).
 fn has_to_tag(request: &rsip::Request) -> bool {
     request
@@ -158,6 +177,7 @@ impl UserAgent {
     fn forget_call(&mut self, key: &str) {
         self.calls.remove(key);
         self.wakeups.set(Wakeup::Session(key.to_string()), None);
+        self.acked(&prack_key(key));
     }
 
     /// Starts call `key`'s session clock again if its dialog was refreshed,
@@ -254,9 +274,19 @@ impl UserAgent {
     }
 
     pub(super) fn ring(&mut self, now: Instant, key: &str) {
-        if let Some(call) = self.calls.get(key) {
-            let response = call.ringing();
-            self.respond_invite(now, key, response);
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
+        let owed_before = call.prack_owed();
+        let response = call.ringing();
+        let reliable = call.prack_owed() && !owed_before;
+        let bytes = response.to_string().into_bytes();
+        let source = self.invite_source(key);
+        self.respond_invite(now, key, response);
+        // A reliable provisional is resent until its PRACK (RFC 3262 §3),
+        // as a 2xx is until its ACK.
+        if let (true, Some(to)) = (reliable, source) {
+            self.resend_until_acked(now, &prack_key(key), to, bytes);
         }
     }
 
@@ -265,6 +295,7 @@ impl UserAgent {
             return;
         };
         let response = call.accept(sdp);
+        self.acked(&prack_key(key));
         let bytes = response.to_string().into_bytes();
         // Read before the 2xx ends the INVITE's server transaction.
         let source = self.invite_source(key);
@@ -395,6 +426,10 @@ impl UserAgent {
                 return;
             }
             let (response, event) = call.on_request(request);
+            let pracked = request.method == rsip::Method::PRack && !call.prack_owed();
+            if pracked {
+                self.acked(&prack_key(&key));
+            }
             if let Some(event) = event {
                 self.events.push_back(UaEvent::Call {
                     key: key.clone(),
@@ -443,6 +478,17 @@ impl UserAgent {
                     }
                     None => Some(response_to(request, 481)),
                 }
+            }
+            // An extension we lack (RFC 3261 §8.2.2.3).
+            rsip::Method::Invite
+                if !has_to_tag(request) && !unsupported_required(request).is_empty() =>
+            {
+                let mut refusal = response_to(request, 420);
+                refusal.headers.push(rsip::Header::Other(
+                    "Unsupported".into(),
+                    unsupported_required(request).join(", "),
+                ));
+                Some(refusal)
             }
             // An interval below our Min-SE (RFC 4028 §8.1).
             rsip::Method::Invite if !has_to_tag(request) && session_timer::too_brief(request) => {
@@ -566,8 +612,12 @@ impl UserAgent {
             Some(r) => call.on_invite_response(r),
             None => (None, call.on_invite_timeout()),
         };
+        let prack = call.take_prack();
         if let Some(ack) = ack {
             self.send_to_server(ack);
+        }
+        if let Some(prack) = prack {
+            self.send(now, prack, Owner::Call(key.to_string()));
         }
         if response.is_some() {
             self.set_reachable(true);

@@ -965,7 +965,10 @@ fn our_session_timer_is_raised_by_422_refreshed_by_update_and_ends_unanswered() 
     let mut ua = UserAgent::new(timed_cfg(1800), t0, Random::seeded(3));
     ua.invite_in(t0, "c1", "1001", "2000", "v=0\r\n".into());
     let first = sent(&mut ua).remove(0);
-    assert_eq!(header_line(&first, "Supported"), Some("Supported: timer"));
+    assert_eq!(
+        header_line(&first, "Supported"),
+        Some("Supported: 100rel, timer")
+    );
     assert_eq!(
         header_line(&first, "Session-Expires"),
         Some("Session-Expires: 1800")
@@ -1205,6 +1208,149 @@ fn we_refresh_a_far_end_without_timer_support_by_reinvite() {
         ua.next_wakeup()
             .filter(|at| *at > t1 + Duration::from_secs(40)),
         None
+    );
+    assert_eq!(ua.call_count(), 1);
+}
+
+/// RFC 3262 as caller: a reliable 183 with SDP is PRACKed in its early
+/// dialog (RAck naming its RSeq and our INVITE; its Contact as target),
+/// its resend is not PRACKed twice nor reported twice, and the ACK of the
+/// 200 still carries the INVITE's CSeq.
+#[test]
+fn a_reliable_provisional_is_pracked_once_and_the_ack_keeps_the_invites_cseq() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(6));
+    ua.invite_in(t0, "c1", "1001", "2000", "v=0\r\n".into());
+    let invite = sent(&mut ua).remove(0);
+    assert_eq!(
+        header_line(&invite, "Supported"),
+        Some("Supported: 100rel, timer")
+    );
+    let early = "v=0\r\nc=IN IP4 192.0.2.1\r\nm=audio 4000 RTP/AVP 0\r\n";
+    let progress = String::from_utf8(answer(
+        invite.as_bytes(),
+        "183 Session Progress",
+        "Contact: <sip:2000@192.0.2.1:5090>\r\nRequire: 100rel\r\nRSeq: 77\r\n\
+         Content-Type: application/sdp\r\n",
+    ))
+    .unwrap()
+    .replace(
+        "To: <sip:2000@pbx.example>",
+        "To: <sip:2000@pbx.example>;tag=far",
+    )
+    .replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!("Content-Length: {}\r\n\r\n{early}", early.len()),
+    );
+    ua.datagram_in(t0, server(), progress.as_bytes());
+    let prack = sent(&mut ua).remove(0);
+    assert!(
+        prack.starts_with("PRACK sip:2000@192.0.2.1:5090 SIP/2.0"),
+        "{prack}"
+    );
+    assert_eq!(header_line(&prack, "RAck"), Some("RAck: 77 1 INVITE"));
+    assert!(prack.contains("CSeq: 2 PRACK") && prack.contains(";tag=far"));
+    assert_eq!(ua.next_event(), Some(UaEvent::ServerReachable(true)));
+    assert_eq!(
+        ua.next_event(),
+        Some(UaEvent::Call {
+            key: "c1".into(),
+            event: DialogEvent::Progress {
+                status: 183,
+                sdp: Some(early.into())
+            }
+        })
+    );
+    // The 183 again (our PRACK was slow): nothing new.
+    ua.datagram_in(t0, server(), progress.as_bytes());
+    assert!(sent(&mut ua).iter().all(|m| !m.starts_with("PRACK")));
+    assert_eq!(ua.next_event(), None);
+    ua.datagram_in(t0, server(), &answer(prack.as_bytes(), "200 OK", ""));
+    // The answer-less 200 after the early answer.
+    let ok = String::from_utf8(answer(
+        invite.as_bytes(),
+        "200 OK",
+        "Contact: <sip:2000@192.0.2.1:5090>\r\n",
+    ))
+    .unwrap()
+    .replace(
+        "To: <sip:2000@pbx.example>",
+        "To: <sip:2000@pbx.example>;tag=far",
+    );
+    ua.datagram_in(t0, server(), ok.as_bytes());
+    let out = sent(&mut ua);
+    let ack = out
+        .iter()
+        .find(|m| m.starts_with("ACK "))
+        .unwrap_or_else(|| panic!("{out:?}"));
+    assert!(ack.contains("CSeq: 1 ACK"), "{ack}");
+    assert!(std::iter::from_fn(|| ua.next_event()).any(|e| e
+        == UaEvent::Call {
+            key: "c1".into(),
+            event: DialogEvent::Answered { sdp: String::new() }
+        }));
+}
+
+/// RFC 3262 as callee: an INVITE that requires 100rel gets a reliable 180
+/// (RSeq, Require), resent until its PRACK, which gets 200; a PRACK naming
+/// another RSeq gets 481. An INVITE requiring an extension we lack gets
+/// 420 naming it.
+#[test]
+fn a_caller_requiring_100rel_gets_a_reliable_180_resent_until_its_prack() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(7));
+    ua.datagram_in(
+        t0,
+        server(),
+        &incoming_invite_with("z9hG4bKext", "Require: 100rel, foo\r\n"),
+    );
+    let refusal = sent(&mut ua).pop().unwrap();
+    assert!(refusal.starts_with("SIP/2.0 420"), "{refusal}");
+    assert_eq!(
+        header_line(&refusal, "Unsupported"),
+        Some("Unsupported: foo")
+    );
+    assert_eq!(ua.next_event(), None);
+
+    ua.datagram_in(
+        t0,
+        server(),
+        &incoming_invite_with("z9hG4bKrel", "Supported: timer\r\nRequire: 100rel\r\n"),
+    );
+    sent(&mut ua);
+    let Some(UaEvent::Incoming { key, .. }) = ua.next_event() else {
+        panic!("an incoming call");
+    };
+    ua.ring_in(t0, &key);
+    let ringing = sent(&mut ua).remove(0);
+    assert!(ringing.starts_with("SIP/2.0 180"), "{ringing}");
+    assert_eq!(header_line(&ringing, "Require"), Some("Require: 100rel"));
+    let rseq: u32 = header_line(&ringing, "RSeq")
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("an RSeq");
+    assert!(header_line(&ringing, "Contact").is_some());
+    let tag = header_line(&ringing, "To")
+        .and_then(|l| l.split("tag=").nth(1))
+        .unwrap()
+        .to_string();
+    ua.timeout_in(t0 + Duration::from_millis(500));
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 180"), "resent");
+    let prack = |rseq: u32, branch: &str| {
+        format!(
+            "PRACK sip:1001@192.0.2.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch={branch}\r\n\
+             From: \"Caller\" <sip:2000@pbx.example>;tag=c1\r\nTo: <sip:1001@pbx.example>;tag={tag}\r\n\
+             Call-ID: in-1@pbx\r\nCSeq: 8 PRACK\r\nRAck: {rseq} 7 INVITE\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    ua.datagram_in(t0, server(), prack(rseq + 5, "z9hG4bKp0").as_bytes());
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 481"));
+    ua.datagram_in(t0, server(), prack(rseq, "z9hG4bKp1").as_bytes());
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 200"));
+    ua.timeout_in(t0 + Duration::from_secs(10));
+    assert!(
+        !sent(&mut ua).iter().any(|m| m.starts_with("SIP/2.0 180")),
+        "the PRACK stopped the resends"
     );
     assert_eq!(ua.call_count(), 1);
 }
