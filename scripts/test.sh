@@ -10,9 +10,10 @@ cd "$(dirname "$0")/.."
 step() { printf '\n=== %s\n' "$*"; }
 
 # Debian packages the tests use: curl is a stock HTTP/2 client; nft checks the generated firewall rules;
-# Chromium is the real browser of the browser tests (driven by playwright-core);
+# Chromium and Firefox ESR are the real browsers of the browser tests (driven by
+# playwright-core and by puppeteer-core over WebDriver BiDi);
 # SIPp (sip-tester), baresip and Kamailio are real SIP peers.
-packages=(curl nftables chromium iproute2 sip-tester baresip-core kamailio kamailio-tls-modules)
+packages=(curl nftables chromium firefox-esr iproute2 sip-tester baresip-core kamailio kamailio-tls-modules)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -31,9 +32,10 @@ if ! python3 -c "import pylibsrtp" 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "pylibsrtp==1.0.0"
 fi
 
-# npm packages of the browser tests (playwright-core) and of the js-api type
-# check (typescript), pinned by package-lock.json.
-if [ ! -d tests/e2e/node_modules/playwright-core ] || [ ! -d tests/e2e/node_modules/typescript ]; then
+# npm packages of the browser tests (playwright-core, puppeteer-core) and of the
+# js-api type check (typescript), pinned by package-lock.json.
+if [ ! -d tests/e2e/node_modules/playwright-core ] || [ ! -d tests/e2e/node_modules/puppeteer-core ] \
+    || [ ! -d tests/e2e/node_modules/typescript ]; then
     step "installing tests/e2e npm packages"
     (cd tests/e2e && npm ci --no-audit --no-fund)
 fi

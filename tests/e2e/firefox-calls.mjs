@@ -1,0 +1,97 @@
+// Real Firefox ESR against a running gateway, for tests/browser_firefox.rs.
+// Mode (argv[2]):
+//   echo   the shipped demo page: connect, call echo, hear the fake
+//          microphone's tone come back, hang up
+//   sip    the demo page calls DIAL through the SIP server (a SIPp UAS
+//          returning our RTP with -rtp_echo): hear the tone, hang up
+// Environment: GW_URL, DIAL. Prints one JSON report line.
+import { launch } from './firefox.mjs';
+
+const mode = process.argv[2];
+const gw = process.env.GW_URL;
+const report = { mode };
+const { browser, close } = await launch();
+
+async function waitFor(page, fn, arg, ms = 20000) {
+  try {
+    await page.waitForFunction(fn, { timeout: ms, polling: 100 }, arg);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// Runs in the page: records `ms` of a track and returns its dominant
+// frequency (10 Hz steps, Goertzel) and peak level. Headless Firefox has no
+// sound output here, so a live AudioContext (the demo's meters) stays
+// suspended; MediaRecorder and an OfflineAudioContext need none.
+async function dominantTone(which, ms) {
+  const call = window.demo.call;
+  const track = which === 'remote'
+    ? call.pc.getReceivers().map((r) => r.track).find((t) => t && t.kind === 'audio')
+    : call.localStream.getAudioTracks()[0];
+  const recorder = new MediaRecorder(new MediaStream([track]));
+  const chunks = [];
+  recorder.ondataavailable = (e) => chunks.push(e.data);
+  recorder.start();
+  await new Promise((r) => setTimeout(r, ms));
+  await new Promise((r) => { recorder.onstop = r; recorder.stop(); });
+  const decoded = await new OfflineAudioContext(1, 48000, 48000)
+    .decodeAudioData(await new Blob(chunks).arrayBuffer());
+  const x = decoded.getChannelData(0);
+  let best = 0;
+  let bestPower = 0;
+  for (let hz = 100; hz <= 4000; hz += 10) {
+    const k = 2 * Math.cos((2 * Math.PI * hz) / decoded.sampleRate);
+    let s1 = 0;
+    let s2 = 0;
+    for (let i = 0; i < x.length; i++) {
+      const s0 = x[i] + k * s1 - s2;
+      s2 = s1;
+      s1 = s0;
+    }
+    const power = s1 * s1 + s2 * s2 - k * s1 * s2;
+    if (power > bestPower) {
+      bestPower = power;
+      best = hz;
+    }
+  }
+  let peak = 0;
+  for (const v of x) peak = Math.max(peak, Math.abs(v));
+  return { hz: peak > 0.01 ? best : 0, peak };
+}
+
+// Runs in the page: every counter the test checks has passed 100.
+function countersPast100() {
+  const s = window.demo.stats;
+  const legs = s && s.gateway.stats;
+  return !!(s && s.browser.packetsReceived > 100 && legs.web.packets_in > 100 &&
+    legs.web.packets_out > 100);
+}
+
+try {
+  const page = await browser.newPage();
+  page.on('pageerror', (e) => { report.pageErrors = (report.pageErrors || []).concat(String(e)); });
+  report.userAgent = await browser.userAgent();
+  await page.goto(`${gw}/demo/`);
+  await page.click('#connect');
+  report.connected = await waitFor(page, () => document.getElementById('session-status').textContent.startsWith('connected'));
+  if (process.env.DIAL) {
+    await page.evaluate((to) => { document.getElementById('to').value = to; }, process.env.DIAL);
+  }
+  await page.click('#call');
+  report.answered = await waitFor(page, () => !!(window.demo.call && window.demo.call.state === 'answered'));
+  report.counted = await waitFor(page, countersPast100, null, 30000);
+  report.mic = await page.evaluate(dominantTone, 'mic', 1500);
+  report.remote = await page.evaluate(dominantTone, 'remote', 2000);
+  report.heard = report.mic.hz > 0 && Math.abs(report.remote.hz - report.mic.hz) <= 20;
+  report.stats = await page.evaluate(() => window.demo.stats);
+  await page.click('#hangup');
+  report.ended = await waitFor(page, () => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes('call ended: hangup')), null, 5000);
+  report.log = await page.evaluate(() => [...document.querySelectorAll('#log li')].map((li) => li.textContent).reverse());
+} catch (e) {
+  report.error = String(e && e.stack || e);
+}
+await close();
+process.stdout.write(JSON.stringify(report) + '\n');
+process.exit(0);
