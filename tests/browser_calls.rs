@@ -102,9 +102,22 @@ fn browser_expecting(
     dial: &str,
     expect_hz: u32,
 ) -> Value {
+    browser_with(mode, gw_url, dir, dial, expect_hz, &[])
+}
+
+/// [`browser_expecting`] with more of the script's environment.
+fn browser_with(
+    mode: &str,
+    gw_url: &str,
+    dir: &std::path::Path,
+    dial: &str,
+    expect_hz: u32,
+    extra_env: &[(&str, &str)],
+) -> Value {
     let e2e = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e");
     let out = Command::new("timeout")
         .args(["150", "node", "echo-calls.mjs", mode])
+        .envs(extra_env.iter().copied())
         .current_dir(e2e)
         .env("GW_URL", gw_url)
         .env("FAKE_AUDIO", tone_wav(dir))
@@ -467,6 +480,53 @@ fn browser_calls_a_sip_uas_and_hears_itself() {
     let sip = &r["stats"]["gateway"]["stats"]["sip"];
     assert!(sip["packets_in"].as_u64().unwrap_or(0) > 100, "{sip}");
     assert!(sip["packets_out"].as_u64().unwrap_or(0) > 100, "{sip}");
+    assert_eq!(r["ended"], true, "{r}");
+    common::assert_sipp_passed(&sipp.wait_with_output().unwrap());
+}
+
+/// A switch's early media with reliable provisionals: SIPp's 183 with SDP
+/// requires 100rel (it checks our PRACK), returns the page's tone while the
+/// call is in early media, and answers 8 s later with a 200 without SDP;
+/// the page hears the tone before the answer and after it.
+#[test]
+fn a_switchs_reliable_early_media_is_heard_before_the_answer() {
+    if !common::inside_namespace("a_switchs_reliable_early_media_is_heard_before_the_answer") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/sipp/uas-100rel-early-media.xml"
+    );
+    let sipp = Command::new("sipp")
+        .args(["-sf", scenario, "-m", "1", "-i", "127.0.0.1", "-p", "5090"])
+        .args(["-mi", "127.0.0.1", "-mp", "6000", "-rtp_echo", "-nostdin"])
+        .args(["-timeout", "60", "-timeout_error"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sipp runs");
+    common::wait_until_bound(5090, false);
+    let gw = common::Gateway::start(
+        "",
+        "[sip]\nserver = \"127.0.0.1:5090\"\nregister = false\nkeepalive-interval-s = 0\n",
+    );
+    let url = format!("https://127.0.0.1:{}", gw.https.port());
+    // Not 5000: that number also makes the script hold and resume.
+    let r = browser_with("sip", &url, dir.path(), "5001", 1000, &[("EARLY", "1")]);
+    assert_eq!(r["earlyMedia"], true, "call.early_media came: {r}");
+    assert_eq!(
+        r["heardEarly"], true,
+        "the tone came back before the answer: {r}"
+    );
+    assert_eq!(r["answered"], true, "the answer-less 200 answered it: {r}");
+    assert_eq!(r["heard"], true, "and the tone goes on after it: {r}");
+    assert_eq!(r["stats"]["gateway"]["codec"], "pcmu/8000", "{r}");
+    let log = r["log"].to_string();
+    assert!(
+        log.contains("early media") && log.contains("answered"),
+        "{log}"
+    );
     assert_eq!(r["ended"], true, "{r}");
     common::assert_sipp_passed(&sipp.wait_with_output().unwrap());
 }

@@ -49,7 +49,10 @@ fn assert_heard_itself(r: &Value) {
     assert_eq!(r["counted"], true, "{r}");
     let mic = r["mic"]["hz"].as_f64().unwrap_or(0.0);
     let heard = r["remote"]["hz"].as_f64().unwrap_or(0.0);
-    assert!((mic - 1000.0).abs() <= 20.0, "the fake microphone's tone: {r}");
+    assert!(
+        (mic - 1000.0).abs() <= 20.0,
+        "the fake microphone's tone: {r}"
+    );
     assert!(
         (heard - 1000.0).abs() <= 20.0,
         "the tone came back: {heard} Hz ({r})"

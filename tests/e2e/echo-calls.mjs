@@ -10,7 +10,8 @@
 //               sources and each listed tone must be heard in turn
 //   sip         the demo page calls DIAL through the SIP server (a SIPp UAS
 //               returning RTP, or baresip playing a tone): hear EXPECT_HZ
-//               (default 1000), hang up
+//               (default 1000), hang up; with EARLY set, the tone must be
+//               heard in early media first (before the answer)
 //   nopath      the demo page calls echo through a gateway that advertises
 //               an address the browser cannot reach: the page must say so
 //   concurrent  ten calls to echo at once from one page through the js-api
@@ -36,6 +37,16 @@ function heardWithCounters(hz) {
   const legs = s && s.gateway.stats;
   return r && Math.abs(r.hz - hz) <= 20 && s && s.browser.packetsReceived > 100 &&
     legs.web.packets_in > 100 && legs.sip.packets_in > 100 && legs.sip.packets_out > 100;
+}
+
+// Runs in the page: heardWithCounters while the call is still in early media.
+function heardEarly(hz) {
+  const r = window.demo.remote;
+  const s = window.demo.stats;
+  const legs = s && s.gateway.stats;
+  return window.demo.call.state === 'early_media' && r && Math.abs(r.hz - hz) <= 20 && s &&
+    s.browser.packetsReceived > 100 && legs.web.packets_in > 100 && legs.sip.packets_in > 100 &&
+    legs.sip.packets_out > 100;
 }
 
 // Runs in the page: the ICE candidate pairs of the demo's call as Chromium
@@ -98,6 +109,12 @@ try {
     if (process.env.DIAL) await page.fill('#to', process.env.DIAL);
     const callAt = Date.now();
     await page.click('#call');
+    if (process.env.EARLY) {
+      // The far end's early media (a reliable 183 with SDP): heard while
+      // the call is not answered yet.
+      report.earlyMedia = await waitFor(page, () => window.demo.call && window.demo.call.state === 'early_media');
+      report.heardEarly = await waitFor(page, heardEarly, Number(process.env.EXPECT_HZ || 1000));
+    }
     report.answered = await waitFor(page, () => window.demo.call && window.demo.call.state === 'answered');
     report.answeredMs = Date.now() - callAt;
     report.firstPacket = await waitFor(page, async () => {
