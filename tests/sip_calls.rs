@@ -542,3 +542,27 @@ async fn a_switch_refreshes_its_call_to_the_browser_by_reinvite() {
     );
     t.finish().await;
 }
+
+/// A switch that requires 100rel calls the browser: our 180 is reliable
+/// (SIPp checks Require and RSeq and PRACKs it), the PRACK gets its 200,
+/// and the browser's answer then completes the call.
+#[tokio::test]
+async fn a_caller_requiring_reliable_provisionals_gets_a_pracked_180() {
+    let mut t = SipTest::gateway(Transport::Udp, "");
+    let mut s = ApiSession::open(&t.gw).await;
+    t.call_in("uac-100rel.xml", Transport::Udp);
+    let incoming = s.wait_for("call.incoming").await;
+    let cid = incoming["call"].as_str().unwrap().to_string();
+    // Time for the 180 and its PRACK before the answer.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (status, body) = s
+        .post(
+            &format!("/calls/{cid}/answer"),
+            json!({"sdp": browser_answer()}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let ended = s.wait_for("call.ended").await;
+    assert_eq!(ended["reason"], "remote_hangup", "{ended}");
+    t.finish().await;
+}
