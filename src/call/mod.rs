@@ -685,7 +685,9 @@ impl Call {
     /// a re-INVITE without SDP. An offer the call cannot take is refused
     /// with 488 and changes nothing.
     fn far_offer(&mut self, sdp: Option<&str>) {
-        if self.state != CallState::Answered {
+        // Early media is an agreed exchange too: an UPDATE in the early
+        // dialog may move it.
+        if !matches!(self.state, CallState::Answered | CallState::EarlyMedia) {
             // A dialog hands offers over only once it is confirmed.
             self.outputs
                 .push_back(CallOutput::Far(FarRequest::AnswerOffer(Err(491))));

@@ -1073,3 +1073,31 @@ fn a_delayed_offer_goes_to_the_browser_then_in_our_200() {
         .iter()
         .any(|o| matches!(o, CallOutput::Far(FarRequest::Hangup { answered: true }))));
 }
+
+/// Early media (a reliable 183) is an agreed exchange: the far end's UPDATE
+/// in the early dialog moves it, and the call is still not answered.
+#[test]
+fn an_early_update_moves_the_early_media() {
+    let identity = crate::webrtc::dtls::DtlsIdentity::generate().unwrap();
+    let t0 = Instant::now();
+    let mut random = Random::seeded(22);
+    let plan = negotiate::outbound(CHROMIUM_OFFER, true, &mut random).unwrap();
+    let (negotiator, _) =
+        negotiate::Negotiator::outbound(context(&identity), plan, true, random).unwrap();
+    let mut call = Call::outbound("c1".into()).with_negotiator(negotiator);
+    let early = far_sdp("203.0.113.9", 40000, "0 101", "sendrecv");
+    call.handle_input(t0, CallInput::FarEarlySdp(&early))
+        .unwrap();
+    drain(&mut call);
+    assert_eq!(call.state(), CallState::EarlyMedia);
+    let moved = far_sdp("203.0.113.20", 40100, "0 101", "sendrecv");
+    call.handle_input(t0, CallInput::FarOffer(Some(&moved)))
+        .unwrap();
+    let out = drain(&mut call);
+    assert_eq!(
+        moves(&out)[0].far.rtp,
+        "203.0.113.20:40100".parse().unwrap()
+    );
+    assert!(offer_answer(&out).unwrap().is_ok(), "{out:?}");
+    assert_eq!(call.state(), CallState::EarlyMedia);
+}

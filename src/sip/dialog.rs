@@ -119,6 +119,10 @@ pub struct Dialog {
     /// and the PRACK waiting to be sent.
     last_rseq: Option<u32>,
     prack: Option<rsip::Request>,
+    /// A reliable provisional brought the far end's answer: the first
+    /// offer/answer is complete, so an UPDATE may offer in the early
+    /// dialog (RFC 3311 §5.1).
+    early_answered: bool,
     /// Incoming: the INVITE requires reliable provisionals; our last
     /// RSeq, and whether its PRACK is still owed.
     reliable_provisionals: bool,
@@ -320,6 +324,7 @@ impl Dialog {
             invite_cseq: 1,
             last_rseq: None,
             prack: None,
+            early_answered: false,
             reliable_provisionals: false,
             our_rseq: 0,
             prack_owed: false,
@@ -389,6 +394,7 @@ impl Dialog {
             invite_cseq: 0,
             last_rseq: None,
             prack: None,
+            early_answered: false,
             reliable_provisionals: requires(&invite.headers, "100rel"),
             // RFC 3262 §3: the first RSeq is random, below 2^31.
             our_rseq: random.u32() >> 12,
@@ -770,6 +776,7 @@ impl Dialog {
                     return (None, None);
                 }
                 self.last_rseq = Some(rseq);
+                self.early_answered |= !response.body.is_empty();
                 // A reliable provisional sets up the early dialog our
                 // PRACK goes in (RFC 3262 §4).
                 if let Some(contact) = header(&response.headers, "contact").first() {
@@ -1177,6 +1184,15 @@ impl Dialog {
             DialogState::Calling => {
                 return match (update, offer) {
                     (true, None) => (Some(self.target_refresh_response(request, None)), None),
+                    // Our INVITE's offer was answered in a reliable 18x: a
+                    // new offer may come in the early dialog.
+                    (true, Some(offer)) if !self.incoming && self.early_answered => {
+                        if self.pending_offer.is_some() {
+                            return refuse(500);
+                        }
+                        self.pending_offer = Some(request.clone());
+                        (None, Some(DialogEvent::Offer { sdp: Some(offer) }))
+                    }
                     (true, Some(_)) if self.incoming => refuse(500),
                     _ => refuse(491),
                 };

@@ -1266,6 +1266,42 @@ fn a_reliable_provisional_is_pracked_once_and_the_ack_keeps_the_invites_cseq() {
     assert!(sent(&mut ua).iter().all(|m| !m.starts_with("PRACK")));
     assert_eq!(ua.next_event(), None);
     ua.datagram_in(t0, server(), &answer(prack.as_bytes(), "200 OK", ""));
+    // The switch moves its early media by UPDATE (RFC 3311: the early
+    // offer/answer is complete): the call answers it.
+    let moved = "v=0\r\nc=IN IP4 192.0.2.1\r\nm=audio 4010 RTP/AVP 0\r\n";
+    let update = format!(
+        "UPDATE sip:1001@192.0.2.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKup1\r\n\
+         From: <sip:2000@pbx.example>;tag=far\r\n{to}\r\n{call_id}\r\nCSeq: 5 UPDATE\r\n\
+         Contact: <sip:2000@192.0.2.1:5090>\r\nContent-Type: application/sdp\r\n\
+         Content-Length: {}\r\n\r\n{moved}",
+        moved.len(),
+        to = header_line(&invite, "From").unwrap().replacen("From:", "To:", 1),
+        call_id = header_line(&invite, "Call-ID").unwrap(),
+    );
+    ua.datagram_in(t0, server(), update.as_bytes());
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 100"));
+    assert_eq!(
+        ua.next_event(),
+        Some(UaEvent::Call {
+            key: "c1".into(),
+            event: DialogEvent::Offer {
+                sdp: Some(moved.into())
+            }
+        })
+    );
+    ua.handle_input(
+        t0,
+        UaInput::AnswerOffer {
+            key: "c1".into(),
+            answer: Ok("v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\nm=audio 2 RTP/AVP 0\r\n".into()),
+        },
+    );
+    let ok = sent(&mut ua).remove(0);
+    assert!(
+        ok.starts_with("SIP/2.0 200") && ok.contains("CSeq: 5 UPDATE"),
+        "{ok}"
+    );
+    assert!(ok.ends_with("m=audio 2 RTP/AVP 0\r\n"), "{ok}");
     // The answer-less 200 after the early answer.
     let ok = String::from_utf8(answer(
         invite.as_bytes(),
