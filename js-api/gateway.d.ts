@@ -19,6 +19,10 @@ export interface ConnectOptions {
   /** How long after both SDPs are set ICE may take to connect before a call
    * fires `media_failed` (default 8000; 0 = only when ICE reports `failed`). */
   mediaTimeoutMs?: number;
+  /** How long a call's ICE may stay `disconnected` after it had connected
+   * before js-api restarts ICE (default 2000; at `failed` it restarts at
+   * once; -1 = never restart by itself). */
+  reconnectAfterMs?: number;
 }
 
 /** Codes: the API's error codes (origin_not_allowed, invalid_token, registration_failed,
@@ -71,6 +75,11 @@ export interface CallEventMap {
   ringing: GatewayEvent<{}>;
   early_media: GatewayEvent<{}>;
   answered: GatewayEvent<{}>;
+  /** The media path broke after it worked (a network change): js-api is
+   * restarting ICE, and tries again every 5 s. */
+  reconnecting: GatewayEvent<{}>;
+  /** The path is back after `reconnecting`; the call never stopped. */
+  reconnected: GatewayEvent<{}>;
   held: GatewayEvent<{ by: 'local' | 'remote' }>;
   resumed: GatewayEvent<{ by: 'local' | 'remote' }>;
   dtmf: GatewayEvent<{ digit: string }>;
@@ -123,6 +132,9 @@ export declare class Call extends EventTarget {
   answer(options?: CallOptions): Promise<void>;
   reject(status?: number): Promise<void>;
   hangup(): Promise<void>;
+  /** ICE restart: a new offer with new ICE credentials, the gateway's answer
+   * applied (POST …/calls/{cid}/renegotiate); the call goes on. */
+  restartIce(): Promise<void>;
   sendDtmf(digits: string, durationMs?: number): Promise<void>;
   hold(): Promise<void>;
   resume(): Promise<void>;

@@ -65,7 +65,7 @@ async function request(fetchImpl, method, url, { body, bearer, signal } = {}) {
  * Creates a session for `user` (the gateway registers it with the SIP
  * server) and starts receiving its events.
  */
-export async function connect({ url, user, password, token, displayName, fetch: fetchImpl, rtcConfig, getUserMedia, mediaTimeoutMs } = {}) {
+export async function connect({ url, user, password, token, displayName, fetch: fetchImpl, rtcConfig, getUserMedia, mediaTimeoutMs, reconnectAfterMs } = {}) {
   if (!url) throw new GatewayError('bad_argument', 'connect() needs the gateway url');
   if (!user) throw new GatewayError('bad_argument', 'connect() needs a user');
   const f = fetchImpl || globalThis.fetch.bind(globalThis);
@@ -84,6 +84,7 @@ export async function connect({ url, user, password, token, displayName, fetch: 
     rtcConfig,
     getUserMedia,
     mediaTimeoutMs,
+    reconnectAfterMs,
   });
   session._startPolling();
   return session;
@@ -97,7 +98,7 @@ function emit(target, type, detail) {
 
 /** A browser user's session: places calls and receives them. */
 export class Session extends EventTarget {
-  constructor({ base, fetch, id, secret, user, expiresIn, rtcConfig, getUserMedia, mediaTimeoutMs }) {
+  constructor({ base, fetch, id, secret, user, expiresIn, rtcConfig, getUserMedia, mediaTimeoutMs, reconnectAfterMs }) {
     super();
     this.id = id;
     this.user = user;
@@ -114,6 +115,7 @@ export class Session extends EventTarget {
     this._rtcConfig = rtcConfig || {};
     // A browser reaches a reachable gateway in well under a second.
     this._mediaTimeoutMs = mediaTimeoutMs === undefined ? 8000 : mediaTimeoutMs;
+    this._reconnectAfterMs = reconnectAfterMs === undefined ? 2000 : reconnectAfterMs;
     this._getUserMedia =
       getUserMedia || ((constraints) => navigator.mediaDevices.getUserMedia(constraints));
   }
@@ -295,9 +297,61 @@ export class Call extends EventTarget {
     };
     this.pc.addEventListener('iceconnectionstatechange', () => {
       const ice = this.pc && this.pc.iceConnectionState;
-      if (ice === 'connected' || ice === 'completed') this._mediaUp = true;
-      else if (ice === 'failed') this._mediaFailed();
+      if (ice === 'connected' || ice === 'completed') {
+        this._mediaUp = true;
+        clearTimeout(this._restartTimer);
+        this._restartTimer = null;
+        if (this._reconnecting) {
+          this._reconnecting = false;
+          emit(this, 'reconnected', {});
+        }
+      } else if (ice === 'failed' || ice === 'disconnected') {
+        // A path that worked and broke (a network change): restart ICE;
+        // one that never worked is reported as no media path.
+        if (this._mediaUp) this._pathLost(ice === 'failed' ? 0 : this._session._reconnectAfterMs);
+        else if (ice === 'failed') this._mediaFailed();
+      }
     });
+  }
+
+  /** The media path broke: an ICE restart after `delayMs`, unless it comes back first. */
+  _pathLost(delayMs) {
+    if (this.state === 'ended' || this._restartTimer || this._session._reconnectAfterMs < 0) return;
+    this._restartTimer = setTimeout(() => this._reconnect(), delayMs);
+  }
+
+  /** Restarts ICE, and again every 5 s until the path is back or the call ends. */
+  async _reconnect() {
+    this._restartTimer = null;
+    const ice = this.pc && this.pc.iceConnectionState;
+    if (this.state === 'ended' || !this.pc || ice === 'connected' || ice === 'completed') return;
+    if (!this._reconnecting) {
+      this._reconnecting = true;
+      emit(this, 'reconnecting', {});
+    }
+    try {
+      await this.restartIce();
+    } catch (e) {
+      // The network may be down still; the next try says more.
+    }
+    if (this.state !== 'ended' && this._reconnecting && !this._restartTimer) {
+      this._restartTimer = setTimeout(() => this._reconnect(), 5000);
+    }
+  }
+
+  /**
+   * Restarts ICE (RFC 8445 §9): a new offer with new ICE credentials goes
+   * to the gateway, whose answer is applied. The call, its SIP side and its
+   * SRTP keys are unchanged. js-api does this by itself when the path
+   * breaks; a page may call it on a network change it knows of.
+   */
+  async restartIce() {
+    if (!this.pc || this.state === 'ended') return;
+    const offer = await this.pc.createOffer({ iceRestart: true });
+    await this.pc.setLocalDescription(offer);
+    const { sdp } = await this._request('POST', '/renegotiate', { sdp: this.pc.localDescription.sdp });
+    if (this.state === 'ended' || !this.pc) return;
+    await this.pc.setRemoteDescription({ type: 'answer', sdp });
   }
 
   /** Both descriptions are set: ICE must reach the gateway soon after. */
@@ -368,6 +422,7 @@ export class Call extends EventTarget {
     if (this.state === 'ended') return;
     this.state = 'ended';
     clearTimeout(this._mediaTimer);
+    clearTimeout(this._restartTimer);
     if (this.pc) this.pc.close();
     if (this._ownStream && this.localStream) this.localStream.getTracks().forEach((t) => t.stop());
     this._session._calls.delete(this.id);

@@ -280,6 +280,64 @@ async fn an_echo_call_through_the_api() {
     assert_eq!(types, ["call.held", "call.resumed"]);
     assert_eq!(events[0]["by"], "local");
 
+    // The browser's new offer: the same ICE session gets the same
+    // credentials back; new ones (an ICE restart) get new ones of ours;
+    // a new fingerprint or a bad SDP is refused and changes nothing.
+    let ufrag = |sdp: &str| {
+        sdp.lines()
+            .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let renegotiate = |sdp: String| {
+        let path = format!("/calls/{cid}/renegotiate");
+        let api = &api;
+        async move {
+            api.send(reqwest::Method::POST, &path, Some(json!({ "sdp": sdp })))
+                .await
+        }
+    };
+    let (s, b) = renegotiate(OFFER.to_string()).await;
+    assert_eq!(s, 200, "{b}");
+    let same = b["sdp"].as_str().unwrap();
+    assert_eq!(ufrag(same), ufrag(answer), "no restart: {same}");
+    assert!(same.contains("a=setup:passive") && same.contains("a=fingerprint:sha-256"));
+    let restarted_offer = OFFER.replacen(
+        &format!("a=ice-ufrag:{}", ufrag(OFFER)),
+        "a=ice-ufrag:rstr",
+        1,
+    );
+    let (s, b) = renegotiate(restarted_offer).await;
+    assert_eq!(s, 200, "{b}");
+    let restarted = b["sdp"].as_str().unwrap();
+    assert_ne!(
+        ufrag(restarted),
+        ufrag(answer),
+        "an ICE restart: {restarted}"
+    );
+    assert!(restarted.contains("a=setup:passive"), "our DTLS role stays");
+    let fingerprint = OFFER
+        .lines()
+        .find(|l| l.starts_with("a=fingerprint:"))
+        .unwrap();
+    let other_fingerprint = OFFER.replacen(
+        fingerprint,
+        &format!("a=fingerprint:sha-256 {}", ["00"; 32].join(":")),
+        1,
+    );
+    let (s, b) = renegotiate(other_fingerprint).await;
+    assert_eq!((s, code(&b)), (400, "bad_sdp"), "{b}");
+    let (s, b) = renegotiate("v=0\r\nnonsense".into()).await;
+    assert_eq!((s, code(&b)), (400, "bad_sdp"), "{b}");
+    let (s, b) = api
+        .send(
+            reqwest::Method::POST,
+            "/calls/nosuchcall/renegotiate",
+            Some(json!({"sdp": OFFER})),
+        )
+        .await;
+    assert_eq!((s, code(&b)), (404, "call_not_found"), "{b}");
+
     let (s, _) = api
         .send(reqwest::Method::DELETE, &format!("/calls/{cid}"), None)
         .await;

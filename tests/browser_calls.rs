@@ -484,6 +484,75 @@ fn browser_calls_a_sip_uas_and_hears_itself() {
     common::assert_sipp_passed(&sipp.wait_with_output().unwrap());
 }
 
+/// ICE restarts keep the call: the page restarts ICE itself (new
+/// credentials both ways, the gateway's answer from `…/renegotiate`), then
+/// the network drops the web leg's UDP both ways (nftables in this
+/// namespace) and js-api notices, restarts ICE by itself until the path is
+/// back (`reconnecting`, `reconnected`), and the tone is heard again — one
+/// call throughout, its DTLS-SRTP keys kept.
+#[test]
+fn ice_restarts_keep_the_call() {
+    if !common::inside_namespace("ice_restarts_keep_the_call") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gw = common::Gateway::start_shipped();
+    let r = browser("restart", "https://localhost:8443", dir.path());
+    assert_eq!(r["answered"], true, "{r}");
+    assert_eq!(r["heard"], true, "{r}");
+    let (before, after) = (&r["before"], &r["afterRestart"]);
+    assert_ne!(before["browser"], after["browser"], "a new offer: {r}");
+    assert_ne!(
+        before["gateway"], after["gateway"],
+        "our answer has new credentials: {r}"
+    );
+    assert_eq!(before["call"], after["call"], "{r}");
+    assert_eq!(r["restartConnected"], true, "{r}");
+    assert!(
+        r["packetsAfterRestart"].as_i64().unwrap_or(0) > 40,
+        "audio flows after the page's restart: {r}"
+    );
+    assert_eq!(r["reconnecting"], true, "js-api saw the path go: {r}");
+    assert!(
+        r["packetsWhileDown"].as_i64().unwrap_or(i64::MAX) < 5,
+        "the rule did cut the path: {r}"
+    );
+    assert_eq!(r["reconnected"], true, "{r}");
+    assert_eq!(
+        r["heardAfterBlip"], true,
+        "the tone is back after the network: {r}"
+    );
+    assert!(r["packetsAfterBlip"].as_i64().unwrap_or(0) > 40, "{r}");
+    assert_eq!(r["afterBlip"]["call"], before["call"], "{r}");
+    let shown = r["logAfterBlip"].to_string();
+    assert!(
+        shown.contains("reconnecting (ICE restart)") && shown.contains("reconnected"),
+        "the demo page says so: {shown}"
+    );
+    // Media moved to each new pair with its first check: nothing (but a
+    // packet or two still in flight on the old one) was dropped as foreign.
+    let web = &r["stats"]["gateway"]["stats"]["web"];
+    assert!(
+        web["dropped_foreign_source"].as_u64().unwrap_or(u64::MAX) < 10,
+        "{web}"
+    );
+    assert_eq!(r["ended"], true, "{r}");
+    let log = gw.log();
+    assert!(
+        log.contains("ICE restart from the browser"),
+        "the gateway restarted ICE"
+    );
+    block_on(async {
+        assert_eq!(gw.metric("gateway_calls_started_total").await, 1.0);
+        assert_eq!(
+            gw.metric("gateway_calls_ended_total{kind=\"hangup\"}")
+                .await,
+            1.0,
+            "one call, ended by the page's hangup"
+        );
+    });
+}
+
 /// A switch's early media with reliable provisionals: SIPp's 183 with SDP
 /// requires 100rel (it checks our PRACK), returns the page's tone while the
 /// call is in early media, and answers 8 s later with a 200 without SDP;

@@ -106,6 +106,8 @@ function watch(call) {
   const on = (type, text) => call.addEventListener(type, (e) => { log(text(e.detail || {})); buttons(); });
   on('ringing', () => 'ringing');
   on('early_media', () => 'early media');
+  on('reconnecting', () => 'media path lost: reconnecting (ICE restart)');
+  on('reconnected', () => 'reconnected');
   on('answered', () => 'answered');
   on('held', (d) => `on hold (by ${d.by})`);
   on('resumed', (d) => `resumed (by ${d.by})`);

@@ -66,6 +66,7 @@ class FakeGateway {
     if (u.pathname.startsWith('/v1/sessions/s1/calls/c1')) {
       if (init.method === 'DELETE') return this.json(204);
       if (init.method === 'GET') return this.json(200, { call: 'c1', state: 'answered', stats: {} });
+      if (u.pathname.endsWith('/renegotiate')) return this.json(200, { sdp: `answer to ${body.sdp}` });
       return this.json(200, {});
     }
     if (init.method === 'DELETE' && u.pathname === '/v1/sessions/s1') return this.json(204);
@@ -86,7 +87,9 @@ class FakePeerConnection extends EventTarget {
     FakePeerConnection.last = this;
   }
   addTrack(track) { this.tracks.push(track); }
-  async createOffer() { return { type: 'offer', sdp: 'v=0 browser offer' }; }
+  async createOffer(options) {
+    return { type: 'offer', sdp: options && options.iceRestart ? 'v=0 restart offer' : 'v=0 browser offer' };
+  }
   async setLocalDescription(d) { this.localDescription = d; }
   async setRemoteDescription(d) { this.remote = d; this.remoteDescription = d; }
   ice(state) {
@@ -209,18 +212,43 @@ const ANSWER_TWO_CANDIDATES = 'v=0\r\nm=audio 20000 UDP/TLS/RTP/SAVPF 111\r\n' +
   'a=candidate:2 1 udp 2130706175 127.0.0.1 20000 typ host\r\n';
 
 /** A session whose call to echo is answered with ANSWER_TWO_CANDIDATES; its media_failed events. */
-async function answeredCall(mediaTimeoutMs) {
+async function answeredCall(mediaTimeoutMs, reconnectAfterMs) {
   const gw = new FakeGateway();
   gw.onCreateCall = () => gw.push({ type: 'call.answered', call: 'c1', sdp: ANSWER_TWO_CANDIDATES });
   const session = await connect({
     url: 'https://gw.test', user: '1001', fetch: gw.fetch, getUserMedia: async () => fakeStream(), mediaTimeoutMs,
+    reconnectAfterMs,
   });
   const call = await session.call('echo');
   const failed = [];
   call.addEventListener('media_failed', (e) => failed.push(e.detail));
   await until(() => FakePeerConnection.last.remote !== null);
-  return { session, failed, pc: FakePeerConnection.last };
+  return { session, failed, pc: FakePeerConnection.last, call, gw };
 }
+
+test('a path that breaks after it worked is restarted: reconnecting, a new offer, reconnected', async () => {
+  const { session, failed, pc, call, gw } = await answeredCall(0, 30);
+  const seen = [];
+  for (const type of ['reconnecting', 'reconnected']) call.addEventListener(type, () => seen.push(type));
+  pc.ice('connected');
+  pc.ice('disconnected');
+  // A short blip that heals by itself within reconnectAfterMs: nothing.
+  pc.ice('connected');
+  await new Promise((r) => setTimeout(r, 60));
+  assert.deepEqual(seen, []);
+  pc.ice('disconnected');
+  await until(() => seen.length === 1);
+  assert.equal(seen[0], 'reconnecting');
+  await until(() => pc.remote.sdp === 'answer to v=0 restart offer');
+  const renegotiate = gw.requests.find((r) => r.path === '/v1/sessions/s1/calls/c1/renegotiate');
+  assert.deepEqual(renegotiate.body, { sdp: 'v=0 restart offer' });
+  assert.equal(pc.localDescription.sdp, 'v=0 restart offer');
+  pc.ice('connected');
+  assert.deepEqual(seen, ['reconnecting', 'reconnected']);
+  assert.equal(failed.length, 0, 'a path that worked is no media failure');
+  assert.equal(call.state, 'answered');
+  await session.close();
+});
 
 test('a call whose ICE never connects says so in words, naming the gateway addresses', async () => {
   const { session, failed, pc } = await answeredCall(50);

@@ -1,5 +1,5 @@
 //! The call endpoints (`docs/api.md`, "Calls"): start, inspect, hang up,
-//! hold, resume and send DTMF. Each handler takes an [`AuthorizedSession`]
+//! hold, resume, send DTMF and take the browser's new offer (ICE restart). Each handler takes an [`AuthorizedSession`]
 //! (the secret checked before the body is read) and refuses bad input
 //! before anything is set up.
 
@@ -283,6 +283,29 @@ pub async fn answer(
     )
     .await?;
     Ok(ok())
+}
+
+/// The browser's new offer for a call in progress (an ICE restart after a
+/// network change): our answer is this request's body, `{"sdp": …}`.
+pub async fn renegotiate(
+    State(state): State<SharedState>,
+    Path((_, cid)): Path<(String, String)>,
+    session: AuthorizedSession,
+    ApiJson(body): ApiJson<Answer>,
+) -> Result<Response, ApiError> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    run(
+        &state,
+        &session.sid,
+        &cid,
+        Command::Renegotiate {
+            sdp: body.sdp,
+            reply,
+        },
+    )
+    .await?;
+    let sdp = answer.await.map_err(|_| ApiError::internal())?;
+    Ok((StatusCode::OK, Json(serde_json::json!({ "sdp": sdp }))).into_response())
 }
 
 #[derive(Deserialize, Default)]

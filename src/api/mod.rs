@@ -144,6 +144,10 @@ pub fn router(state: SharedState) -> Router {
             get(calls::show).delete(calls::hang_up),
         )
         .route("/v1/sessions/{sid}/calls/{cid}/answer", post(calls::answer))
+        .route(
+            "/v1/sessions/{sid}/calls/{cid}/renegotiate",
+            post(calls::renegotiate),
+        )
         .route("/v1/sessions/{sid}/calls/{cid}/reject", post(calls::reject))
         .route("/v1/sessions/{sid}/calls/{cid}/dtmf", post(calls::dtmf))
         .route("/v1/sessions/{sid}/calls/{cid}/hold", post(calls::hold))

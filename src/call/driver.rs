@@ -102,6 +102,11 @@ pub enum Command {
     Reject {
         status: u16,
     },
+    /// The browser's new offer (an ICE restart); our answer goes to `reply`.
+    Renegotiate {
+        sdp: String,
+        reply: oneshot::Sender<String>,
+    },
 }
 
 enum Input {
@@ -1185,6 +1190,13 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
             Command::Reject { status } => Ok(self
                 .call
                 .handle_input(Instant::now(), CallInput::BrowserReject { status })?),
+            Command::Renegotiate { sdp, reply } => {
+                let answer = self.call.browser_reoffer(&sdp)?;
+                let _ = reply.send(answer);
+                // The leg's wake-up may have moved.
+                self.apply_outputs();
+                Ok(())
+            }
             Command::Dtmf { digits, duration } => {
                 self.call.require_answered()?;
                 // Digits and duration are checked the same way for both ways of sending.

@@ -824,6 +824,27 @@ impl Call {
     }
 
     /// Whether DTMF may be sent now.
+    /// The browser's new offer for a call whose media is up (answered or
+    /// in early media): our answer; when it restarts ICE, the leg takes the
+    /// new credentials and the call, its SIP dialog and its SRTP go on. A
+    /// refusal changes nothing.
+    pub fn browser_reoffer(&mut self, sdp: &str) -> Result<String, Refused> {
+        match self.state {
+            CallState::Answered | CallState::EarlyMedia => {}
+            CallState::Ended => return Err(CallError::Ended.into()),
+            other => return Err(CallError::NotAnswered(other.as_str()).into()),
+        }
+        let (Some(negotiator), Some(leg)) = (self.negotiator.as_mut(), self.leg.as_mut()) else {
+            return Err(SdpError::Internal("the call's browser leg is not up".into()).into());
+        };
+        let reanswer = negotiator.browser_reoffer(sdp)?;
+        if let Some((local, remote)) = reanswer.ice_restart {
+            tracing::info!(call = %self.id, "ICE restart from the browser");
+            leg.restart_ice(local, remote);
+        }
+        Ok(reanswer.sdp)
+    }
+
     pub fn require_answered(&self) -> Result<(), CallError> {
         match self.state {
             CallState::Answered => Ok(()),

@@ -530,6 +530,8 @@ struct WebOfferState {
     sip_keying: SipAnswerKeying,
     /// The far end's INVITE had an offer (else ours goes in the 2xx).
     far_offered: bool,
+    /// Our offer's o= session id.
+    web_session_id: u64,
 }
 
 impl WebOfferState {
@@ -556,6 +558,7 @@ impl WebOfferState {
             far,
             sip_keying,
             far_offered,
+            web_session_id: 0,
         })
     }
 }
@@ -595,6 +598,89 @@ struct Agreed {
     secure_profile: bool,
     /// Where the far end's media is and how its packets are typed now.
     place: FarPlace,
+    /// The browser leg as agreed, for the browser's later offers.
+    web: WebAgreed,
+}
+
+/// What the browser leg agreed, kept for its later offers (an ICE restart
+/// after a network change): its keying, codec and our SSRC never change
+/// (no new DTLS association, no transcoding); only ICE credentials do.
+struct WebAgreed {
+    /// Our keying as our SDP states it: our fingerprint and DTLS role, or
+    /// our SDES key.
+    keying: AnswerKeying,
+    /// The browser's fingerprint, or its SDES key: a new offer must keep it.
+    their_fingerprint: Option<crate::sdp::Fingerprint>,
+    their_key: Option<SrtpKeyMaterial>,
+    local_ice: IceCredentials,
+    remote_ice: IceCredentials,
+    ssrc: u32,
+    /// Our web SDP's o= session id and version.
+    session_id: u64,
+    version: u64,
+}
+
+impl WebAgreed {
+    /// From the web leg's plan: its keying and ICE, with `ours` our SDES key
+    /// for an SDES leg and `their_key` the browser's.
+    fn of(
+        leg: &WebLegSpec,
+        ours: Option<CryptoAttribute>,
+        their_key: Option<SrtpKeyMaterial>,
+        ssrc: u32,
+        session_id: u64,
+    ) -> Result<WebAgreed, SdpError> {
+        let (keying, their_fingerprint) = match (&leg.keying, ours) {
+            (
+                LegKeying::Dtls {
+                    identity,
+                    peer_fingerprint,
+                    active,
+                },
+                _,
+            ) => (
+                AnswerKeying::Dtls {
+                    fingerprint: identity.fingerprint.clone(),
+                    setup: if *active {
+                        Setup::Active
+                    } else {
+                        Setup::Passive
+                    },
+                },
+                Some(peer_fingerprint.clone()),
+            ),
+            (LegKeying::Sdes, Some(ours)) => (AnswerKeying::Sdes(ours), None),
+            (LegKeying::Sdes, None) => {
+                return Err(SdpError::Internal("an SDES leg without our key".into()))
+            }
+        };
+        Ok(WebAgreed {
+            keying,
+            their_fingerprint,
+            their_key,
+            local_ice: leg.local_ice.clone(),
+            remote_ice: leg.remote_ice.clone(),
+            ssrc,
+            session_id,
+            version: 1,
+        })
+    }
+}
+
+/// Our answer to the browser's new offer, and the ICE credentials (ours,
+/// the browser's) when it restarts ICE.
+pub struct WebReanswer {
+    pub sdp: String,
+    pub ice_restart: Option<(IceCredentials, IceCredentials)>,
+}
+
+/// The session id of an SDP's o= line (0 when unreadable).
+fn session_id_of(sdp: &str) -> u64 {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix("o="))
+        .and_then(|o| o.split(' ').nth(1))
+        .and_then(|id| id.parse().ok())
+        .unwrap_or(0)
 }
 
 /// What of the far end's SDP the relay acts on: its addresses, whether it
@@ -846,9 +932,10 @@ impl Negotiator {
 
     fn offer_to_browser(
         context: NegotiationContext,
-        offer: WebOfferState,
+        mut offer: WebOfferState,
         mut random: Random,
     ) -> Result<(Negotiator, String), SdpError> {
+        offer.web_session_id = u64::from(random.u32());
         let web_sdp = build::web_offer(&WebOffer {
             candidates: &context.web_addresses,
             local: Local {
@@ -858,7 +945,7 @@ impl Negotiator {
                     .copied()
                     .ok_or_else(|| SdpError::Internal("no address for the web leg".into()))?,
                 port: context.web_port,
-                session_id: u64::from(random.u32()),
+                session_id: offer.web_session_id,
                 session_version: 1,
             },
             ice: &offer.local_ice,
@@ -906,6 +993,16 @@ impl Negotiator {
             .collect();
         let mut sip_codecs = vec![negotiated.far_audio.clone()];
         sip_codecs.extend(negotiated.events.as_ref().map(|(_, far)| far.clone()));
+        let web = WebAgreed::of(
+            &negotiated.leg,
+            plan.sdes_local.clone(),
+            negotiated
+                .sdes_keys
+                .as_ref()
+                .map(|(theirs, _)| theirs.clone()),
+            negotiated.web_ssrc,
+            session_id_of(&negotiated.web_sdp),
+        )?;
         self.pending = Pending::Agreed(Box::new(Agreed {
             web_audio: negotiated.web_audio.clone(),
             web_event: negotiated.events.as_ref().map(|(web, _)| web.clone()),
@@ -919,6 +1016,7 @@ impl Negotiator {
                 &negotiated.far_audio,
                 negotiated.events.as_ref().map(|(_, far)| far),
             ),
+            web,
         }));
         Ok(MediaPlan {
             codec: negotiated.codec,
@@ -950,6 +1048,7 @@ impl Negotiator {
         let answer = Description::parse(sdp)?;
         let remote_ice = answer.audio.ice.clone().ok_or(SdpError::NoIceCredentials)?;
         let dtls = self.context.web_enable_dtls;
+        let mut our_crypto = None;
         let (keying, web_keys) = match (&answer.audio.fingerprint, answer.audio.crypto.first()) {
             (Some(fp), _) if dtls => (
                 LegKeying::Dtls {
@@ -970,6 +1069,7 @@ impl Negotiator {
                 if theirs.keys == ours.keys {
                     return Err(repeated_key());
                 }
+                our_crypto = Some(ours.clone());
                 (
                     LegKeying::Sdes,
                     Some((theirs.keys.clone(), ours.keys.clone())),
@@ -1047,6 +1147,13 @@ impl Negotiator {
             sip_sdp: Some(sip_sdp),
         };
         let place = FarPlace::of(&plan.far, &sip_codecs[0], sip_event.as_ref());
+        let web = WebAgreed::of(
+            &plan.leg,
+            our_crypto,
+            plan.web_keys.as_ref().map(|(theirs, _)| theirs.clone()),
+            offer.ssrc,
+            offer.web_session_id,
+        )?;
         let mut sip_sent = vec![sip_codecs[0].clone()];
         sip_sent.extend(sip_event);
         self.pending = Pending::Agreed(Box::new(Agreed {
@@ -1058,6 +1165,7 @@ impl Negotiator {
             rtcp_mux,
             secure_profile,
             place,
+            web,
         }));
         Ok(plan)
     }
@@ -1137,6 +1245,101 @@ impl Negotiator {
         agreed.sip_crypto = crypto;
         let moved = agreed.take(far, &audio, event.as_ref(), sip_keys);
         Ok(Reanswer { sdp: answer, moved })
+    }
+
+    /// The browser's new offer (after a network change, RFC 8445 §9 ICE
+    /// restart; or the same session offered again): our answer with the
+    /// call's codec at its payload type, our SSRC, keying and DTLS role as
+    /// before, and fresh ICE credentials of ours when its own changed. A
+    /// new fingerprint or SDES key (a new DTLS association or new keys), or
+    /// an offer without the call's codec, is refused and changes nothing.
+    pub fn browser_reoffer(&mut self, sdp: &str) -> Result<WebReanswer, SdpError> {
+        let offer = Description::parse(sdp)?;
+        let remote_ice = offer.audio.ice.clone().ok_or(SdpError::NoIceCredentials)?;
+        if !offer.audio.rtcp_mux {
+            return Err(SdpError::NoRtcpMux);
+        }
+        let address = self
+            .context
+            .web_addresses
+            .first()
+            .copied()
+            .ok_or_else(|| SdpError::Internal("no address for the web leg".into()))?;
+        let (port, candidates) = (self.context.web_port, self.context.web_addresses.clone());
+        let fresh_ice = IceCredentials {
+            ufrag: self.random.ice_token(6),
+            pwd: self.random.ice_token(18),
+        };
+        let agreed = self.agreed()?;
+        let web = &mut agreed.web;
+        match (&web.their_fingerprint, &web.their_key) {
+            (Some(theirs), _) if offer.audio.fingerprint.as_ref() != Some(theirs) => {
+                return Err(SdpError::BadFingerprint(
+                    "the new offer's fingerprint is not the call's: a new DTLS association is not taken mid-call"
+                        .into(),
+                ))
+            }
+            (None, Some(theirs)) if !offer.audio.crypto.iter().any(|c| &c.keys == theirs) => {
+                return Err(SdpError::BadCrypto(
+                    "the new offer does not keep the call's SDES key".into(),
+                ))
+            }
+            _ => {}
+        }
+        let audio = offer
+            .audio
+            .codecs
+            .iter()
+            .find(|c| c.pt == agreed.web_audio.pt && c.same_as(&agreed.web_audio))
+            .cloned()
+            .ok_or_else(|| SdpError::NoCommonCodec {
+                offered: format!(
+                    "the new offer lacks the call's codec {} at payload type {}",
+                    codec_label(&agreed.web_audio),
+                    agreed.web_audio.pt
+                ),
+            })?;
+        let mut codecs = vec![audio];
+        codecs.extend(
+            agreed
+                .web_event
+                .iter()
+                .filter(|e| {
+                    offer
+                        .audio
+                        .codecs
+                        .iter()
+                        .any(|c| c.pt == e.pt && c.is_telephone_event())
+                })
+                .cloned(),
+        );
+        let web = &mut agreed.web;
+        let restart = remote_ice != web.remote_ice;
+        if restart {
+            web.remote_ice = remote_ice;
+            web.local_ice = fresh_ice;
+        }
+        web.version += 1;
+        let answer = build::web_answer(&WebAnswer {
+            offer: &offer,
+            local: Local {
+                address,
+                port,
+                session_id: web.session_id,
+                session_version: web.version,
+            },
+            candidates: &candidates,
+            ice: &web.local_ice,
+            keying: web.keying.clone(),
+            codecs: &codecs,
+            direction: offer.audio.direction.answer(),
+            ssrc: web.ssrc,
+            cname: "gateway",
+        });
+        Ok(WebReanswer {
+            sdp: answer,
+            ice_restart: restart.then(|| (web.local_ice.clone(), web.remote_ice.clone())),
+        })
     }
 
     /// Our offer for a re-INVITE without SDP: the call's media as it

@@ -77,6 +77,10 @@ pub struct IceLiteAgent {
     events: Vec<IceEvent>,
     /// Addresses whose checks we answered with success (DTLS may come from them).
     validated: Vec<SocketAddr>,
+    /// The credentials before an ICE restart (ours, the browser's), still
+    /// taken until a check with the new ones comes: the browser goes on
+    /// with the old ones until it has applied our answer.
+    previous: Option<(IceCredentials, IceCredentials)>,
 }
 
 impl IceLiteAgent {
@@ -97,7 +101,23 @@ impl IceLiteAgent {
             consent_lost: false,
             events: Vec::new(),
             validated: Vec::new(),
+            previous: None,
         }
+    }
+
+    /// An ICE restart (RFC 8445 §9): new credentials on both sides. Media
+    /// stays on the selected pair, and consent keeps its clock, until the
+    /// browser nominates a pair with the new credentials.
+    pub fn restart(&mut self, local: IceCredentials, remote: IceCredentials) {
+        let old_local = std::mem::replace(&mut self.local, local);
+        let old_remote = std::mem::replace(&mut self.remote, remote);
+        self.previous = Some((old_local, old_remote));
+    }
+
+    /// An ICE restart waits for the browser's first check with the new
+    /// credentials.
+    pub fn restart_pending(&self) -> bool {
+        self.previous.is_some()
     }
 
     /// Whether `addr` sent an authenticated check we answered.
@@ -170,16 +190,27 @@ impl IceLiteAgent {
             )
         };
         // USERNAME is "our-ufrag:their-ufrag" in a check sent to us.
-        let expected_user = format!("{}:{}", self.local.ufrag, self.remote.ufrag);
         let (Some(user), true) = (
             msg.attribute(stun::ATTR_USERNAME),
             msg.has(stun::ATTR_MESSAGE_INTEGRITY),
         ) else {
             return Ok(error(400, "Bad Request"));
         };
-        if user != expected_user.as_bytes() || !msg.integrity_ok(self.local.pwd.as_bytes()) {
-            return Ok(error(401, "Unauthorized"));
-        }
+        let valid = |local: &IceCredentials, remote: &IceCredentials| {
+            user == format!("{}:{}", local.ufrag, remote.ufrag).as_bytes()
+                && msg.integrity_ok(local.pwd.as_bytes())
+        };
+        // The password our answer is signed with: the current one, or
+        // until the browser uses the new ones, the one before a restart.
+        let pwd = if valid(&self.local, &self.remote) {
+            self.previous = None;
+            self.local.pwd.clone()
+        } else {
+            match &self.previous {
+                Some((local, remote)) if valid(local, remote) => local.pwd.clone(),
+                _ => return Ok(error(401, "Unauthorized")),
+            }
+        };
         if !msg.has_fingerprint() {
             return Ok(error(400, "Bad Request"));
         }
@@ -189,7 +220,7 @@ impl IceLiteAgent {
             return Ok(Some(
                 Builder::new(stun::BINDING_ERROR, tid)
                     .error_code(487, "Role Conflict")
-                    .message_integrity(self.local.pwd.as_bytes())
+                    .message_integrity(pwd.as_bytes())
                     .fingerprint(),
             ));
         }
@@ -207,7 +238,7 @@ impl IceLiteAgent {
         Ok(Some(
             Builder::new(stun::BINDING_SUCCESS, tid)
                 .xor_mapped_address(from, &tid)
-                .message_integrity(self.local.pwd.as_bytes())
+                .message_integrity(pwd.as_bytes())
                 .fingerprint(),
         ))
     }
@@ -267,6 +298,59 @@ mod tests {
 
     fn from() -> SocketAddr {
         "192.0.2.7:50000".parse().unwrap()
+    }
+
+    /// An ICE restart: old credentials are answered (signed with the old
+    /// password) until the first check with the new ones; from then on only
+    /// the new ones pass, and the new nomination moves the selection.
+    #[test]
+    fn a_restart_takes_the_old_credentials_until_the_new_ones_come() {
+        let t0 = Instant::now();
+        let mut a = agent(t0);
+        let old = check(
+            1,
+            "gwuf:brwz",
+            "gateway-password-24chars",
+            &[(stun::ATTR_USE_CANDIDATE, &[])],
+        );
+        a.handle_packet(t0, Pair::from(from()), &old).unwrap();
+        a.restart(
+            creds("gwu2", "gateway-new-password-24c"),
+            creds("brw2", "browser-new-password-24"),
+        );
+        let answer = a
+            .handle_packet(t0, Pair::from(from()), &old)
+            .unwrap()
+            .unwrap();
+        let msg = Message::decode(&answer).unwrap();
+        assert_eq!(msg.method_class, stun::BINDING_SUCCESS);
+        assert!(msg.integrity_ok(b"gateway-password-24chars"));
+        // The browser moved to a new address with the new credentials.
+        let moved: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+        let new = check(
+            2,
+            "gwu2:brw2",
+            "gateway-new-password-24c",
+            &[(stun::ATTR_USE_CANDIDATE, &[])],
+        );
+        let answer = a
+            .handle_packet(t0, Pair::from(moved), &new)
+            .unwrap()
+            .unwrap();
+        assert!(Message::decode(&answer)
+            .unwrap()
+            .integrity_ok(b"gateway-new-password-24c"));
+        assert_eq!(a.selected(), Some(moved.into()));
+        assert!(a.is_validated(moved));
+        let refused = a
+            .handle_packet(t0, Pair::from(from()), &old)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            Message::decode(&refused).unwrap().method_class,
+            stun::BINDING_ERROR,
+            "the old credentials are gone once the new ones are in use"
+        );
     }
 
     #[test]

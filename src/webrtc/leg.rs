@@ -69,6 +69,10 @@ pub struct WebLeg {
     keys_reported: bool,
     failed: bool,
     media_pair: Option<Pair>,
+    /// An ICE restart is under way: the first pair that passes a check with
+    /// the new credentials carries the media at once (the browser sends on
+    /// it before it nominates; waiting would drop seconds of audio).
+    restarting: bool,
 }
 
 impl WebLeg {
@@ -90,6 +94,7 @@ impl WebLeg {
             keys_reported: false,
             failed: false,
             media_pair: None,
+            restarting: false,
         })
     }
 
@@ -108,7 +113,16 @@ impl WebLeg {
             keys_reported: false,
             failed: false,
             media_pair: None,
+            restarting: false,
         }
+    }
+
+    /// An ICE restart from the browser's new offer: new credentials both
+    /// ways; DTLS and the SRTP keys go on as they are (RFC 8842 §4: the
+    /// fingerprint is unchanged, so the association is).
+    pub fn restart_ice(&mut self, local: IceCredentials, remote: IceCredentials) {
+        self.ice.restart(local, remote);
+        self.restarting = true;
     }
 
     pub fn handle_input(&mut self, now: Instant, input: WebLegInput<'_>) {
@@ -142,6 +156,13 @@ impl WebLeg {
                 // SDES keys are known already: media may use the first valid pair.
                 if self.dtls.is_none() && self.media_pair.is_none() && self.ice.is_validated(from) {
                     self.use_for_media(pair);
+                }
+                // The first check with an ICE restart's new credentials.
+                if self.restarting && !self.ice.restart_pending() && self.ice.is_validated(from) {
+                    self.restarting = false;
+                    if self.keys_reported || self.dtls.is_none() {
+                        self.use_for_media(pair);
+                    }
                 }
             }
             WebPacketKind::Dtls => {

@@ -12,6 +12,11 @@
 //               returning RTP, or baresip playing a tone): hear EXPECT_HZ
 //               (default 1000), hang up; with EARLY set, the tone must be
 //               heard in early media first (before the answer)
+//   restart     the demo page calls echo and hears it; the page restarts ICE
+//               itself (call.restartIce()), then the network drops the web
+//               leg's UDP for a while (an nftables rule in this namespace) and
+//               js-api restarts ICE by itself: reconnecting, reconnected, the
+//               tone heard again in the same call
 //   nopath      the demo page calls echo through a gateway that advertises
 //               an address the browser cannot reach: the page must say so
 //   concurrent  ten calls to echo at once from one page through the js-api
@@ -21,6 +26,7 @@
 // Environment: GW_URL (https://127.0.0.1:8443), FAKE_AUDIO (WAV tone),
 // SCREENSHOT (PNG path). Prints one JSON report line.
 import { launch, blankPage, say } from './chromium.mjs';
+import { execFileSync } from 'node:child_process';
 
 const mode = process.argv[2];
 const gw = process.env.GW_URL;
@@ -172,6 +178,58 @@ try {
     report.ended = await waitFor(page, () => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes('call ended: hangup')), null, 5000);
     report.log = await page.evaluate(() => [...document.querySelectorAll('#log li')].map((li) => li.textContent).reverse());
     report.totalMs = Date.now() - t0;
+  } else if (mode === 'restart') {
+    const page = await context.newPage();
+    page.on('pageerror', (e) => { report.pageErrors = (report.pageErrors || []).concat(String(e)); });
+    await page.goto(`${gw}/demo/`);
+    await page.click('#connect');
+    report.connected = await waitFor(page, () => document.getElementById('session-status').textContent.startsWith('connected'));
+    await page.click('#call');
+    report.answered = await waitFor(page, () => window.demo.call && window.demo.call.state === 'answered');
+    report.heard = await waitFor(page, heardWithCounters, 1000);
+    const ufrags = () => page.evaluate(() => {
+      const ufrag = (d) => (/a=ice-ufrag:(\S+)/.exec(d ? d.sdp : '') || [])[1];
+      const pc = window.demo.call.pc;
+      return { browser: ufrag(pc.localDescription), gateway: ufrag(pc.remoteDescription), call: window.demo.call.id };
+    });
+    const received = () => page.evaluate(async () => (await window.demo.call.stats()).browser.packetsReceived);
+    const flowing = async () => {
+      const a = await received();
+      await sleep(1500);
+      return (await received()) - a;
+    };
+    await page.evaluate(() => {
+      window.__restarts = [];
+      for (const type of ['reconnecting', 'reconnected']) {
+        window.demo.call.addEventListener(type, () => window.__restarts.push(type));
+      }
+    });
+    // The page restarts ICE itself.
+    report.before = await ufrags();
+    await page.evaluate(() => window.demo.call.restartIce());
+    report.afterRestart = await ufrags();
+    report.restartConnected = await waitFor(page, () => ['connected', 'completed'].includes(window.demo.call.pc.iceConnectionState), null, 10000);
+    report.packetsAfterRestart = await flowing();
+    // The network drops the web leg's UDP, both ways, then comes back.
+    const nft = (...args) => execFileSync('nft', args);
+    nft('add', 'table', 'inet', 'blip');
+    nft('add', 'chain', 'inet', 'blip', 'out', '{ type filter hook output priority 0 ; }');
+    nft('add', 'rule', 'inet', 'blip', 'out', 'udp', 'dport', '20000-29999', 'drop');
+    nft('add', 'rule', 'inet', 'blip', 'out', 'udp', 'sport', '20000-29999', 'drop');
+    report.reconnecting = await waitFor(page, () => window.__restarts.includes('reconnecting'), null, 20000);
+    report.packetsWhileDown = await flowing();
+    await sleep(2000);
+    nft('delete', 'table', 'inet', 'blip');
+    report.reconnected = await waitFor(page, () => window.__restarts.includes('reconnected'), null, 20000);
+    report.afterBlip = await ufrags();
+    report.heardAfterBlip = await waitFor(page, heardWithCounters, 1000, 10000);
+    report.packetsAfterBlip = await flowing();
+    report.restarts = await page.evaluate(() => window.__restarts);
+    report.logAfterBlip = await page.evaluate(() => [...document.querySelectorAll('#log li')].map((li) => li.textContent));
+    report.stats = await page.evaluate(() => window.demo.stats);
+    await page.click('#hangup');
+    report.ended = await waitFor(page, () => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes('call ended: hangup')), null, 5000);
+    report.log = await page.evaluate(() => [...document.querySelectorAll('#log li')].map((li) => li.textContent).reverse());
   } else if (mode === 'nopath') {
     const page = await context.newPage();
     page.on('pageerror', (e) => { report.pageErrors = (report.pageErrors || []).concat(String(e)); });
