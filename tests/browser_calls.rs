@@ -553,6 +553,30 @@ fn ice_restarts_keep_the_call() {
     });
 }
 
+/// Session timers on a call from a switch to the browser: SIPp asks for
+/// 90 s with itself as refresher and refreshes by re-INVITE three times,
+/// 30 s apart (it checks each of our 200s names the interval and keeps the
+/// media sendrecv); the page hears its tone come back through the whole
+/// call, with no hold shown, until the switch hangs up.
+#[test]
+fn a_switchs_session_refreshes_leave_the_browsers_audio_alone() {
+    if !common::inside_namespace("a_switchs_session_refreshes_leave_the_browsers_audio_alone") {
+        return;
+    }
+    let r = sipp_calls_the_page(
+        &["-sf", "uac-session-timer.xml", "-timeout", "130"],
+        &[("WATCH", "120")],
+    );
+    let samples = r["samples"].as_u64().unwrap_or(0);
+    assert!(samples > 150, "the call lasted through the refreshes: {r}");
+    assert!(
+        r["gaps"].as_u64().unwrap_or(u64::MAX) <= 2,
+        "the tone came back throughout: {r}"
+    );
+    let log = r["log"].to_string();
+    assert!(!log.contains("on hold"), "a refresh is no hold: {log}");
+}
+
 /// A switch's early media with reliable provisionals: SIPp's 183 with SDP
 /// requires 100rel (it checks our PRACK), returns the page's tone while the
 /// call is in early media, and answers 8 s later with a 200 without SDP;
@@ -625,6 +649,12 @@ fn sipp_calls_the_page(sipp_args: &[&str], page_env: &[(&str, &str)]) -> Value {
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(node.stdout.take().unwrap()));
     let ready = lines.next().and_then(Result::ok).unwrap_or_default();
     assert!(ready.contains("ready"), "the page connected: {ready}");
+    // A scenario's own -timeout stands; 60 s otherwise.
+    let timeout: &[&str] = if sipp_args.contains(&"-timeout") {
+        &[]
+    } else {
+        &["-timeout", "60"]
+    };
     let sipp = Command::new("sipp")
         .args(sipp_args)
         .args([
@@ -642,10 +672,9 @@ fn sipp_calls_the_page(sipp_args: &[&str], page_env: &[(&str, &str)]) -> Value {
             "6000",
             "-rtp_echo",
             "-nostdin",
-            "-timeout",
-            "60",
             "-timeout_error",
         ])
+        .args(timeout)
         .arg(gw.sip.to_string())
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp"))
         .stdout(std::process::Stdio::piped())
@@ -785,7 +814,27 @@ fn a_switch_places_a_delayed_offer_call_and_moves_its_media() {
         );
         assert_eq!(step["sipMedia"], want, "{step}");
         assert_eq!(step["codec"], "pcmu/8000", "{step}");
+        // One continuous stream for Chromium across the sources (each with
+        // its own SSRC and sequence numbers): had ours jumped or gone back,
+        // it would count the gap as lost or drop the packets as replays.
+        let inbound = &step["inbound"];
+        assert!(
+            inbound["lost"].as_i64().unwrap_or(i64::MAX) < 25,
+            "Chromium lost no stretch of the stream: {step}"
+        );
+        assert!(
+            inbound["discarded"].as_u64().unwrap_or(u64::MAX) < 25,
+            "{step}"
+        );
     }
+    let received: Vec<u64> = moves
+        .iter()
+        .map(|m| m["inbound"]["received"].as_u64().unwrap_or(0))
+        .collect();
+    assert!(
+        received.windows(2).all(|w| w[1] > w[0]),
+        "packets kept arriving across each move: {received:?}"
+    );
     assert!(
         tone.received() > 100,
         "the media server got the browser's audio: {} packets",

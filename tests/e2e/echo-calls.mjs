@@ -269,7 +269,19 @@ try {
       for (const hz of process.env.MOVES.split(',').map(Number)) {
         const heard = await waitFor(page, (want) => window.demo.remote && Math.abs(window.demo.remote.hz - want) <= 20, hz, 15000);
         const view = await page.evaluate(async () => (await window.demo.call.stats()).gateway);
-        report.moves.push({ hz, heard, sipMedia: view.sip_media, codec: view.codec });
+        // Chromium's own count of what it lost or threw away: a stream whose
+        // numbering jumped or went back (a new source's own sequence
+        // numbers passed through) shows here as lost or discarded packets.
+        const inbound = await page.evaluate(async () => {
+          let out = null;
+          (await window.demo.call.pc.getStats()).forEach((s) => {
+            if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+              out = { received: s.packetsReceived, lost: s.packetsLost, discarded: s.packetsDiscarded || 0 };
+            }
+          });
+          return out;
+        });
+        report.moves.push({ hz, heard, sipMedia: view.sip_media, codec: view.codec, inbound });
       }
     }
     if (process.env.HOLD) {
@@ -282,6 +294,21 @@ try {
       const r0 = await received();
       await sleep(1000);
       report.packetsAfterResume = (await received()) - r0;
+    }
+    if (process.env.WATCH) {
+      // A long call (session refreshes): the tone is sampled every 500 ms
+      // until the caller hangs up; a sample without it is a gap.
+      const want = Number(process.env.EXPECT_HZ || 1000);
+      const ended = () => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes('call ended'));
+      report.samples = 0;
+      report.gaps = 0;
+      const deadline = Date.now() + Number(process.env.WATCH) * 1000;
+      while (Date.now() < deadline && !(await page.evaluate(ended))) {
+        const hz = await page.evaluate(() => (window.demo.remote ? window.demo.remote.hz : 0));
+        report.samples += 1;
+        if (Math.abs(hz - want) > 20) report.gaps += 1;
+        await sleep(500);
+      }
     }
     report.ended = await waitFor(page, () => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes('call ended: remote_hangup')), null, 30000);
     report.log = await page.evaluate(() => [...document.querySelectorAll('#log li')].map((li) => li.textContent).reverse());
