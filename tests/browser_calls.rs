@@ -435,40 +435,7 @@ fn browser_calls_a_sip_uas_and_hears_itself() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let scenario = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/sipp/uas-accept-hold.xml"
-    );
-    let sipp = Command::new("sipp")
-        .args([
-            "-sf",
-            scenario,
-            "-m",
-            "1",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            "5090",
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            "6000",
-            "-rtp_echo",
-            "-nostdin",
-            "-timeout",
-            "60",
-            "-timeout_error",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("sipp runs");
-    common::wait_until_bound(5090, false);
-    let gw = common::Gateway::start(
-        "",
-        "[sip]\nserver = \"127.0.0.1:5090\"\nregister = false\nkeepalive-interval-s = 0\n",
-    );
-    let url = format!("https://127.0.0.1:{}", gw.https.port());
+    let (sipp, _gw, url) = common::sipp::echoing_uas_and_gateway("uas-accept-hold.xml");
     let r = browser_dialing("sip", &url, dir.path(), "5000");
     assert_eq!(r["answered"], true, "{r}");
     assert_eq!(r["heard"], true, "the tone came back through SIPp: {r}");
@@ -587,24 +554,7 @@ fn a_switchs_reliable_early_media_is_heard_before_the_answer() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let scenario = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/sipp/uas-100rel-early-media.xml"
-    );
-    let sipp = Command::new("sipp")
-        .args(["-sf", scenario, "-m", "1", "-i", "127.0.0.1", "-p", "5090"])
-        .args(["-mi", "127.0.0.1", "-mp", "6000", "-rtp_echo", "-nostdin"])
-        .args(["-timeout", "60", "-timeout_error"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("sipp runs");
-    common::wait_until_bound(5090, false);
-    let gw = common::Gateway::start(
-        "",
-        "[sip]\nserver = \"127.0.0.1:5090\"\nregister = false\nkeepalive-interval-s = 0\n",
-    );
-    let url = format!("https://127.0.0.1:{}", gw.https.port());
+    let (sipp, _gw, url) = common::sipp::echoing_uas_and_gateway("uas-100rel-early-media.xml");
     // Not 5000: that number also makes the script hold and resume.
     let r = browser_with("sip", &url, dir.path(), "5001", 1000, &[("EARLY", "1")]);
     assert_eq!(r["earlyMedia"], true, "call.early_media came: {r}");

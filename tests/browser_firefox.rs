@@ -99,36 +99,7 @@ fn firefox_calls_a_sip_uas_and_hears_itself() {
     if !common::inside_namespace("firefox_calls_a_sip_uas_and_hears_itself") {
         return;
     }
-    let sipp = Command::new("sipp")
-        .args([
-            "-sn",
-            "uas",
-            "-m",
-            "1",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            "5090",
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            "6000",
-            "-rtp_echo",
-            "-nostdin",
-            "-timeout",
-            "60",
-            "-timeout_error",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("sipp runs");
-    common::wait_until_bound(5090, false);
-    let gw = common::Gateway::start(
-        "",
-        "[sip]\nserver = \"127.0.0.1:5090\"\nregister = false\nkeepalive-interval-s = 0\n",
-    );
-    let url = format!("https://127.0.0.1:{}", gw.https.port());
+    let (sipp, _gw, url) = common::sipp::echoing_uas_and_gateway("uas");
     let r = firefox("sip", &url, "5000");
     assert_heard_itself(&r);
     assert_eq!(r["stats"]["gateway"]["codec"], "pcmu/8000", "{r}");

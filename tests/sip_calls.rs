@@ -111,6 +111,17 @@ fn browser_answer() -> String {
     OFFER.replace("a=setup:actpass", "a=setup:active")
 }
 
+/// Answers incoming call `cid` with [`browser_answer`]; it must be taken.
+async fn answer_as_the_browser(s: &ApiSession, cid: &str) {
+    let (status, body) = s
+        .post(
+            &format!("/calls/{cid}/answer"),
+            json!({"sdp": browser_answer()}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 #[tokio::test]
 async fn an_incoming_call_answered_by_the_browser() {
     let mut t = SipTest::gateway(Transport::Udp, "");
@@ -141,13 +152,7 @@ async fn an_incoming_call_answered_by_the_browser() {
         (status, body["error"]["code"].as_str()),
         (400, Some("bad_sdp"))
     );
-    let (status, body) = s
-        .post(
-            &format!("/calls/{cid}/answer"),
-            json!({"sdp": browser_answer()}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    answer_as_the_browser(&s, &cid).await;
     let answered = s.wait_for("call.answered").await;
     assert!(
         answered.get("sdp").is_none(),
@@ -382,13 +387,7 @@ async fn a_caller_connects_to_us_over_tcp() {
     t.call_in("uac", Transport::Tcp);
     let incoming = s.wait_for("call.incoming").await;
     let cid = incoming["call"].as_str().unwrap().to_string();
-    let (status, body) = s
-        .post(
-            &format!("/calls/{cid}/answer"),
-            json!({"sdp": browser_answer()}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    answer_as_the_browser(&s, &cid).await;
     s.wait_for("call.answered").await;
     assert_eq!(s.wait_for("call.ended").await["reason"], "remote_hangup");
     let gw = t.finish().await;
@@ -515,13 +514,7 @@ async fn a_caller_requiring_reliable_provisionals_gets_a_pracked_180() {
     let cid = incoming["call"].as_str().unwrap().to_string();
     // Time for the 180 and its PRACK before the answer.
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let (status, body) = s
-        .post(
-            &format!("/calls/{cid}/answer"),
-            json!({"sdp": browser_answer()}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    answer_as_the_browser(&s, &cid).await;
     let ended = s.wait_for("call.ended").await;
     assert_eq!(ended["reason"], "remote_hangup", "{ended}");
     t.finish().await;

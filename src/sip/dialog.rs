@@ -68,6 +68,43 @@ enum ReinviteKind {
     Refresh,
 }
 
+/// A dialog's reliable provisionals (RFC 3262).
+#[derive(Default)]
+struct Provisionals {
+    /// Outgoing: the RSeq of the last reliable provisional we PRACKed, and
+    /// the PRACK waiting to be sent.
+    last_rseq: Option<u32>,
+    prack: Option<rsip::Request>,
+    /// A reliable provisional brought the far end's answer: the first
+    /// offer/answer is complete, so an UPDATE may offer in the early
+    /// dialog (RFC 3311 §5.1).
+    early_answered: bool,
+    /// Incoming: the INVITE requires reliable provisionals; our last
+    /// RSeq, and whether its PRACK is still owed.
+    required: bool,
+    our_rseq: u32,
+    prack_owed: bool,
+}
+
+/// A dialog's session timer (RFC 4028): our settings, the interval our
+/// requests ask for (a 422 raises it) with the Min-SE it answered, the
+/// interval agreed, and its clock (started again by each refresh).
+#[derive(Default)]
+struct SessionTimerState {
+    config: SessionTimerConfig,
+    asked_expires: u32,
+    asked_min_se: Option<u32>,
+    agreed: Option<SessionInterval>,
+    /// The session was refreshed (or its interval changed) since the
+    /// clock last started.
+    refreshed: bool,
+    clock: Option<SessionClock>,
+    /// Our UPDATE refreshing the session, in flight: its CSeq.
+    refresh_update: Option<u32>,
+    /// What our last failed refresh leaves to do.
+    refresh_outcome: Option<RefreshOutcome>,
+}
+
 /// What the answer to our session refresh means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefreshOutcome {
@@ -115,34 +152,10 @@ pub struct Dialog {
     /// Our INVITE's CSeq (its ACK and CANCEL carry it; a PRACK moves
     /// `cseq` on).
     invite_cseq: u32,
-    /// The RSeq of the last reliable provisional (RFC 3262) we PRACKed,
-    /// and the PRACK waiting to be sent.
-    last_rseq: Option<u32>,
-    prack: Option<rsip::Request>,
-    /// A reliable provisional brought the far end's answer: the first
-    /// offer/answer is complete, so an UPDATE may offer in the early
-    /// dialog (RFC 3311 §5.1).
-    early_answered: bool,
-    /// Incoming: the INVITE requires reliable provisionals; our last
-    /// RSeq, and whether its PRACK is still owed.
-    reliable_provisionals: bool,
-    our_rseq: u32,
-    prack_owed: bool,
-    /// Our UPDATE refreshing the session, in flight: its CSeq.
-    refresh_update: Option<u32>,
-    /// What our last failed refresh leaves to do.
-    refresh_outcome: Option<RefreshOutcome>,
-    /// Session timer (RFC 4028): our settings, the interval our requests
-    /// ask for (a 422 raises it) with the Min-SE it answered, the
-    /// interval agreed, and its clock (started again by each refresh).
-    timer: SessionTimerConfig,
-    asked_expires: u32,
-    asked_min_se: Option<u32>,
-    session: Option<SessionInterval>,
-    /// The session was refreshed (or its interval changed) since the
-    /// clock last started.
-    session_refreshed: bool,
-    clock: Option<SessionClock>,
+    /// Reliable provisionals (RFC 3262), both ways.
+    provisionals: Provisionals,
+    /// Session timer (RFC 4028).
+    session_timer: SessionTimerState,
     /// The far end's Allow lists UPDATE: refreshes go by UPDATE, not
     /// re-INVITE.
     far_allows_update: bool,
@@ -319,21 +332,9 @@ impl Dialog {
             pending_offer: None,
             answer_in_ack: false,
             reinvite: None,
-            refresh_update: None,
-            refresh_outcome: None,
             invite_cseq: 1,
-            last_rseq: None,
-            prack: None,
-            early_answered: false,
-            reliable_provisionals: false,
-            our_rseq: 0,
-            prack_owed: false,
-            timer: SessionTimerConfig { expires_s: 0 },
-            asked_expires: 0,
-            asked_min_se: None,
-            session: None,
-            session_refreshed: false,
-            clock: None,
+            provisionals: Provisionals::default(),
+            session_timer: SessionTimerState::default(),
             far_allows_update: false,
             auth: DigestAuth::default(),
             authorization: None,
@@ -389,22 +390,14 @@ impl Dialog {
             pending_offer: None,
             answer_in_ack: false,
             reinvite: None,
-            refresh_update: None,
-            refresh_outcome: None,
             invite_cseq: 0,
-            last_rseq: None,
-            prack: None,
-            early_answered: false,
-            reliable_provisionals: requires(&invite.headers, "100rel"),
-            // RFC 3262 §3: the first RSeq is random, below 2^31.
-            our_rseq: random.u32() >> 12,
-            prack_owed: false,
-            timer: SessionTimerConfig { expires_s: 0 },
-            asked_expires: 0,
-            asked_min_se: None,
-            session: None,
-            session_refreshed: false,
-            clock: None,
+            provisionals: Provisionals {
+                required: requires(&invite.headers, "100rel"),
+                // RFC 3262 §3: the first RSeq is random, below 2^31.
+                our_rseq: random.u32() >> 12,
+                ..Provisionals::default()
+            },
+            session_timer: SessionTimerState::default(),
             far_allows_update: allows_update(&invite.headers),
             auth: DigestAuth::default(),
             authorization: None,
@@ -415,41 +408,41 @@ impl Dialog {
     /// Our session timer settings; an outgoing INVITE not yet answered
     /// asks for the interval from now on.
     pub fn set_session_timer(&mut self, timer: SessionTimerConfig) {
-        self.timer = timer;
+        self.session_timer.config = timer;
         if !self.incoming && self.state == DialogState::Calling {
-            self.asked_expires = timer.expires_s;
+            self.session_timer.asked_expires = timer.expires_s;
             self.invite = self.build_invite();
         }
     }
 
     /// The session interval agreed, if any.
     pub fn session_interval(&self) -> Option<SessionInterval> {
-        self.session
+        self.session_timer.agreed
     }
 
     /// Starts the session clock again at `now` when the session was
     /// refreshed since the last call; returns when it next needs
     /// [`Dialog::session_due`] (None: no session timer).
     pub fn sync_session_clock(&mut self, now: std::time::Instant) -> Option<std::time::Instant> {
-        if std::mem::take(&mut self.session_refreshed) {
-            self.clock = self.session.map(|i| SessionClock::new(i, now));
+        if std::mem::take(&mut self.session_timer.refreshed) {
+            self.session_timer.clock = self.session_timer.agreed.map(|i| SessionClock::new(i, now));
         }
         if self.state != DialogState::Confirmed {
-            self.clock = None;
+            self.session_timer.clock = None;
         }
-        self.clock.as_ref().map(SessionClock::due_at)
+        self.session_timer.clock.as_ref().map(SessionClock::due_at)
     }
 
     /// The session clock's wake-up came: a refresh to send, or the
     /// session over.
     pub fn session_due(&mut self, now: std::time::Instant) -> Option<session_timer::SessionDue> {
-        self.clock.as_mut()?.on_due(now)
+        self.session_timer.clock.as_mut()?.on_due(now)
     }
 
     /// Our refresh failed for a passing reason: one more try in a few
     /// seconds, if that is still before the session ends.
     pub fn session_refresh_failed(&mut self, now: std::time::Instant) {
-        if let Some(clock) = self.clock.as_mut() {
+        if let Some(clock) = self.session_timer.clock.as_mut() {
             clock.retry_at(now + std::time::Duration::from_secs(4));
         }
     }
@@ -506,36 +499,38 @@ impl Dialog {
         r
     }
 
+    /// Our Contact header (RFC 3261 §8.1.1.8).
+    fn contact(&self) -> rsip::Header {
+        rsip::Header::Contact(rsip::headers::Contact::from(format!(
+            "<sip:{}@{};transport={}>",
+            self.contact_user, self.local, self.transport
+        )))
+    }
+
     /// 180 Ringing for an incoming call: reliable (RFC 3262: Require:
     /// 100rel, RSeq, and our Contact for the early dialog) when the INVITE
     /// requires it; then [`Dialog::prack_owed`] until its PRACK comes.
     pub fn ringing(&mut self) -> rsip::Response {
         let mut r = self.response(180);
-        if self.reliable_provisionals && !self.prack_owed {
-            self.our_rseq += 1;
-            self.prack_owed = true;
+        if self.provisionals.required && !self.provisionals.prack_owed {
+            self.provisionals.our_rseq += 1;
+            self.provisionals.prack_owed = true;
             r.headers
                 .push(rsip::Header::Require(rsip::headers::Require::from(
                     "100rel",
                 )));
             r.headers.push(rsip::Header::Other(
                 "RSeq".into(),
-                self.our_rseq.to_string(),
+                self.provisionals.our_rseq.to_string(),
             ));
-            r.headers
-                .push(rsip::Header::Contact(rsip::headers::Contact::from(
-                    format!(
-                        "<sip:{}@{};transport={}>",
-                        self.contact_user, self.local, self.transport
-                    ),
-                )));
+            r.headers.push(self.contact());
         }
         r
     }
 
     /// Our reliable provisional waits for its PRACK (it is resent until).
     pub fn prack_owed(&self) -> bool {
-        self.prack_owed
+        self.provisionals.prack_owed
     }
 
     /// The far end's PRACK (RFC 3262 §3): 200 when its RAck names our
@@ -554,12 +549,12 @@ impl Dialog {
             .and_then(|c| c.split_whitespace().next()?.parse::<u32>().ok());
         let method = parts.next();
         let ours = self.incoming
-            && rseq == Some(self.our_rseq)
+            && rseq == Some(self.provisionals.our_rseq)
             && cseq.is_some()
             && cseq == invite_cseq
             && method.is_some_and(|m| m.eq_ignore_ascii_case("INVITE"));
-        if ours && self.prack_owed {
-            self.prack_owed = false;
+        if ours && self.provisionals.prack_owed {
+            self.provisionals.prack_owed = false;
             response_to(request, 200)
         } else if ours {
             // A resent PRACK, answered again.
@@ -575,17 +570,11 @@ impl Dialog {
         self.state = DialogState::Confirmed;
         // A 2xx may follow a reliable 180 without SDP before its PRACK
         // (RFC 3262 §3); the 180 is resent no more.
-        self.prack_owed = false;
+        self.provisionals.prack_owed = false;
         // No offer in the INVITE: ours is in this 2xx, the answer in the ACK.
         self.answer_in_ack = self.invite.body.is_empty();
         let mut r = self.response(200);
-        r.headers
-            .push(rsip::Header::Contact(rsip::headers::Contact::from(
-                format!(
-                    "<sip:{}@{};transport={}>",
-                    self.contact_user, self.local, self.transport
-                ),
-            )));
+        r.headers.push(self.contact());
         let invite = self.invite.clone();
         self.answer_session(&invite, &mut r);
         set_body(&mut r, &self.local_sdp);
@@ -600,9 +589,13 @@ impl Dialog {
             .push(rsip::Header::Supported(rsip::headers::Supported::from(
                 "timer",
             )));
-        self.session = session_timer::answer_interval(request, self.timer, self.session);
-        self.session_refreshed = true;
-        let Some(interval) = self.session else {
+        self.session_timer.agreed = session_timer::answer_interval(
+            request,
+            self.session_timer.config,
+            self.session_timer.agreed,
+        );
+        self.session_timer.refreshed = true;
+        let Some(interval) = self.session_timer.agreed else {
             return;
         };
         let line = interval.header(false);
@@ -687,11 +680,11 @@ impl Dialog {
     /// Session-Expires (and Min-SE after a 422) of our INVITE; nothing when
     /// we ask for no session timer.
     fn asked_session_headers(&self) -> String {
-        if self.asked_expires == 0 {
+        if self.session_timer.asked_expires == 0 {
             return String::new();
         }
-        let mut text = format!("Session-Expires: {}\r\n", self.asked_expires);
-        if let Some(min_se) = self.asked_min_se {
+        let mut text = format!("Session-Expires: {}\r\n", self.session_timer.asked_expires);
+        if let Some(min_se) = self.session_timer.asked_min_se {
             text.push_str(&format!("Min-SE: {min_se}\r\n"));
         }
         text
@@ -735,11 +728,13 @@ impl Dialog {
             return None;
         }
         let min_se = session_timer::min_se(&response.headers)?;
-        if min_se <= self.asked_expires || self.asked_min_se.is_some_and(|m| m >= min_se) {
+        if min_se <= self.session_timer.asked_expires
+            || self.session_timer.asked_min_se.is_some_and(|m| m >= min_se)
+        {
             return None;
         }
-        self.asked_expires = min_se;
-        self.asked_min_se = Some(min_se);
+        self.session_timer.asked_expires = min_se;
+        self.session_timer.asked_min_se = Some(min_se);
         self.cseq += 1;
         self.invite = self.build_invite();
         Some(self.invite.clone())
@@ -770,13 +765,13 @@ impl Dialog {
                 return (None, None);
             }
             if let Some(rseq) = reliable_rseq(response) {
-                if self.last_rseq.is_some_and(|last| rseq <= last) {
+                if self.provisionals.last_rseq.is_some_and(|last| rseq <= last) {
                     // A resend of one we PRACKed: its PRACK's own
                     // transaction covers it.
                     return (None, None);
                 }
-                self.last_rseq = Some(rseq);
-                self.early_answered |= !response.body.is_empty();
+                self.provisionals.last_rseq = Some(rseq);
+                self.provisionals.early_answered |= !response.body.is_empty();
                 // A reliable provisional sets up the early dialog our
                 // PRACK goes in (RFC 3262 §4).
                 if let Some(contact) = header(&response.headers, "contact").first() {
@@ -785,7 +780,7 @@ impl Dialog {
                 self.route_set = route_set_of(response);
                 self.cseq += 1;
                 let rack = format!("RAck: {rseq} {} INVITE\r\n", self.invite_cseq);
-                self.prack =
+                self.provisionals.prack =
                     Some(self.in_dialog_with(rsip::Method::PRack, self.cseq, &rack, "", None));
             }
             return (
@@ -806,8 +801,8 @@ impl Dialog {
         self.route_set = route_set_of(response);
         self.state = DialogState::Confirmed;
         self.far_allows_update = allows_update(&response.headers);
-        self.session = session_timer::interval_of_answer(response);
-        self.session_refreshed = true;
+        self.session_timer.agreed = session_timer::interval_of_answer(response);
+        self.session_timer.refreshed = true;
         let ack = self
             .in_dialog(rsip::Method::Ack, self.invite_cseq, "", None)
             .to_string()
@@ -847,15 +842,20 @@ impl Dialog {
         };
         self.sdp_version += 1;
         self.local_sdp = with_direction(&self.local_sdp, direction, self.sdp_version);
+        Some(self.next_reinvite(ReinviteKind::Hold(hold)))
+    }
+
+    /// A re-INVITE with our SDP as it stands, in flight for `kind`.
+    fn next_reinvite(&mut self, kind: ReinviteKind) -> rsip::Request {
         self.cseq += 1;
-        self.reinvite = Some((self.cseq, ReinviteKind::Hold(hold)));
+        self.reinvite = Some((self.cseq, kind));
         let sdp = self.local_sdp.clone();
-        Some(self.in_dialog(
+        self.in_dialog(
             rsip::Method::Invite,
             self.cseq,
             &sdp,
             Some("application/sdp"),
-        ))
+        )
     }
 
     /// A final response to our re-INVITE (`None`: none in time). Returns the
@@ -874,8 +874,8 @@ impl Dialog {
                     .to_string()
                     .into_bytes();
                 // Every re-INVITE of ours refreshes the session.
-                self.session = session_timer::interval_of_answer(r);
-                self.session_refreshed = true;
+                self.session_timer.agreed = session_timer::interval_of_answer(r);
+                self.session_timer.refreshed = true;
                 let event = match kind {
                     ReinviteKind::Hold(hold) => Some(DialogEvent::LocalHold(Some(hold))),
                     ReinviteKind::Refresh => None,
@@ -899,14 +899,19 @@ impl Dialog {
     /// for [`Dialog::take_refresh_outcome`].
     fn refresh_failed(&mut self, response: Option<&rsip::Response>) {
         let code = response.map(|r| r.status_code.code());
-        self.refresh_outcome = Some(match code {
+        self.session_timer.refresh_outcome = Some(match code {
             None | Some(408) | Some(481) => RefreshOutcome::Over,
             Some(422) => match response.and_then(|r| session_timer::min_se(&r.headers)) {
-                Some(min_se) if self.session.is_some_and(|s| min_se > s.expires_s) => {
-                    if let Some(session) = self.session.as_mut() {
+                Some(min_se)
+                    if self
+                        .session_timer
+                        .agreed
+                        .is_some_and(|s| min_se > s.expires_s) =>
+                {
+                    if let Some(session) = self.session_timer.agreed.as_mut() {
                         session.expires_s = min_se;
                     }
-                    self.asked_min_se = Some(min_se);
+                    self.session_timer.asked_min_se = Some(min_se);
                     RefreshOutcome::Again
                 }
                 _ => RefreshOutcome::Later,
@@ -922,7 +927,7 @@ impl Dialog {
 
     /// The outcome of our last refresh that did not succeed, once.
     pub fn take_refresh_outcome(&mut self) -> Option<RefreshOutcome> {
-        self.refresh_outcome.take()
+        self.session_timer.refresh_outcome.take()
     }
 
     /// A session refresh (RFC 4028 §7.3, §9): an UPDATE without SDP when
@@ -931,27 +936,20 @@ impl Dialog {
     /// exchange (its own request refreshes the session).
     pub fn refresh_request(&mut self) -> Option<rsip::Request> {
         if self.state != DialogState::Confirmed
-            || self.session.is_none()
+            || self.session_timer.agreed.is_none()
             || self.reinvite.is_some()
-            || self.refresh_update.is_some()
+            || self.session_timer.refresh_update.is_some()
             || self.pending_offer.is_some()
             || self.answer_in_ack
         {
             return None;
         }
-        self.cseq += 1;
         if self.far_allows_update {
-            self.refresh_update = Some(self.cseq);
+            self.cseq += 1;
+            self.session_timer.refresh_update = Some(self.cseq);
             return Some(self.in_dialog(rsip::Method::Update, self.cseq, "", None));
         }
-        self.reinvite = Some((self.cseq, ReinviteKind::Refresh));
-        let sdp = self.local_sdp.clone();
-        Some(self.in_dialog(
-            rsip::Method::Invite,
-            self.cseq,
-            &sdp,
-            Some("application/sdp"),
-        ))
+        Some(self.next_reinvite(ReinviteKind::Refresh))
     }
 
     /// A final response (None: none in time) to our UPDATE refreshing the
@@ -962,16 +960,16 @@ impl Dialog {
                 .first()
                 .and_then(|c| c.split_whitespace().next()?.parse::<u32>().ok())
         });
-        match (self.refresh_update, cseq) {
+        match (self.session_timer.refresh_update, cseq) {
             (Some(ours), Some(theirs)) if ours != theirs => return false,
             (None, _) => return false,
             _ => {}
         }
-        self.refresh_update = None;
+        self.session_timer.refresh_update = None;
         match response {
             Some(r) if r.status_code.code() / 100 == 2 => {
-                self.session = session_timer::interval_of_answer(r);
-                self.session_refreshed = true;
+                self.session_timer.agreed = session_timer::interval_of_answer(r);
+                self.session_timer.refreshed = true;
                 if let Some(contact) = header(&r.headers, "contact").first() {
                     self.remote_target = Some(addr_uri(contact));
                 }
@@ -1037,7 +1035,7 @@ impl Dialog {
 
     /// The PRACK for the last reliable provisional, once.
     pub fn take_prack(&mut self) -> Option<rsip::Request> {
-        self.prack.take()
+        self.provisionals.prack.take()
     }
 
     /// An in-dialog request with `extra` header lines.
@@ -1083,9 +1081,9 @@ impl Dialog {
                 self.contact_user, self.local, self.transport
             ));
             // Each re-INVITE and UPDATE of ours refreshes the session.
-            if let Some(interval) = self.session {
+            if let Some(interval) = self.session_timer.agreed {
                 text.push_str(&interval.header(true));
-                if let Some(min_se) = self.asked_min_se {
+                if let Some(min_se) = self.session_timer.asked_min_se {
                     text.push_str(&format!("Min-SE: {min_se}\r\n"));
                 }
             }
@@ -1186,7 +1184,7 @@ impl Dialog {
                     (true, None) => (Some(self.target_refresh_response(request, None)), None),
                     // Our INVITE's offer was answered in a reliable 18x: a
                     // new offer may come in the early dialog.
-                    (true, Some(offer)) if !self.incoming && self.early_answered => {
+                    (true, Some(offer)) if !self.incoming && self.provisionals.early_answered => {
                         if self.pending_offer.is_some() {
                             return refuse(500);
                         }
@@ -1252,14 +1250,7 @@ impl Dialog {
         sdp: Option<&str>,
     ) -> rsip::Response {
         let mut response = response_to(request, 200);
-        response
-            .headers
-            .push(rsip::Header::Contact(rsip::headers::Contact::from(
-                format!(
-                    "<sip:{}@{};transport={}>",
-                    self.contact_user, self.local, self.transport
-                ),
-            )));
+        response.headers.push(self.contact());
         // A target refresh moves where our requests go.
         if let Some(contact) = header(&request.headers, "contact").first() {
             self.remote_target = Some(addr_uri(contact));

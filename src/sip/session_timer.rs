@@ -13,18 +13,13 @@ use super::message::header_values as header;
 /// The smallest interval RFC 4028 §4 allows, and the Min-SE we demand.
 pub const MIN_SESSION_EXPIRES_S: u32 = 90;
 
-/// Our side's session timer settings (`[sip] session-expires-s`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Our side's session timer settings (`[sip] session-expires-s`; the
+/// default here is off, the config's is 1800 s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SessionTimerConfig {
     /// The interval we ask for and offer; 0: we never ask for a session
     /// timer (a far end that asks for one is still honoured).
     pub expires_s: u32,
-}
-
-impl Default for SessionTimerConfig {
-    fn default() -> Self {
-        SessionTimerConfig { expires_s: 1800 }
-    }
 }
 
 /// Who sends the refreshes of a session.

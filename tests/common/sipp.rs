@@ -236,3 +236,33 @@ impl SipTest {
         self.gw
     }
 }
+
+/// For the browser tests, inside their own namespace (fixed ports): a SIPp
+/// UAS on 127.0.0.1:5090 playing `scenario` (a file under tests/sipp, or
+/// SIPp's own `uas`), returning the RTP it gets on port 6000
+/// (`-rtp_echo`), and a gateway whose SIP server it is. Returns both and
+/// the gateway's HTTPS URL.
+pub fn echoing_uas_and_gateway(scenario: &str) -> (Child, Gateway, String) {
+    let mut cmd = Command::new("sipp");
+    match scenario {
+        "uas" => cmd.args(["-sn", "uas"]),
+        file => cmd
+            .arg("-sf")
+            .arg(format!("{}/tests/sipp/{file}", env!("CARGO_MANIFEST_DIR"))),
+    };
+    let sipp = cmd
+        .args(["-m", "1", "-i", "127.0.0.1", "-p", "5090"])
+        .args(["-mi", "127.0.0.1", "-mp", "6000", "-rtp_echo", "-nostdin"])
+        .args(["-timeout", "60", "-timeout_error"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sipp runs (the test command installs sip-tester)");
+    wait_until_bound(5090, false);
+    let gw = Gateway::start(
+        "",
+        "[sip]\nserver = \"127.0.0.1:5090\"\nregister = false\nkeepalive-interval-s = 0\n",
+    );
+    let url = format!("https://127.0.0.1:{}", gw.https.port());
+    (sipp, gw, url)
+}

@@ -95,6 +95,14 @@ async function icePairs() {
   return { pairs, selected };
 }
 
+// The page's Hang up, and its log once the call says it ended.
+async function hangUp(page) {
+  await page.click('#hangup');
+  const ended = await waitFor(page, () => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes('call ended: hangup')), null, 5000);
+  const log = await page.evaluate(() => [...document.querySelectorAll('#log li')].map((li) => li.textContent).reverse());
+  return { ended, log };
+}
+
 async function waitFor(page, fn, arg, ms = 20000) {
   try {
     await page.waitForFunction(fn, arg, { timeout: ms, polling: 100 });
@@ -151,9 +159,7 @@ try {
         await page.click('#resume');
         report.resumed = await waitFor(page, () => window.demo.call.held === false, null, 5000);
       }
-      await page.click('#hangup');
-      report.ended = await waitFor(page, () => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes('call ended: hangup')), null, 5000);
-      report.log = await page.evaluate(() => [...document.querySelectorAll('#log li')].map((li) => li.textContent).reverse());
+      Object.assign(report, await hangUp(page));
       throw new Error('done');
     }
     // DTMF: the echo returns the RFC 4733 events; the gateway reports them.
@@ -174,9 +180,7 @@ try {
     await sleep(1500);
     report.packetsAfterResume = (await received()) - r0;
     await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
-    await page.click('#hangup');
-    report.ended = await waitFor(page, () => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes('call ended: hangup')), null, 5000);
-    report.log = await page.evaluate(() => [...document.querySelectorAll('#log li')].map((li) => li.textContent).reverse());
+    Object.assign(report, await hangUp(page));
     report.totalMs = Date.now() - t0;
   } else if (mode === 'restart') {
     const page = await context.newPage();
@@ -227,9 +231,7 @@ try {
     report.restarts = await page.evaluate(() => window.__restarts);
     report.logAfterBlip = await page.evaluate(() => [...document.querySelectorAll('#log li')].map((li) => li.textContent));
     report.stats = await page.evaluate(() => window.demo.stats);
-    await page.click('#hangup');
-    report.ended = await waitFor(page, () => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes('call ended: hangup')), null, 5000);
-    report.log = await page.evaluate(() => [...document.querySelectorAll('#log li')].map((li) => li.textContent).reverse());
+    Object.assign(report, await hangUp(page));
   } else if (mode === 'nopath') {
     const page = await context.newPage();
     page.on('pageerror', (e) => { report.pageErrors = (report.pageErrors || []).concat(String(e)); });
