@@ -258,34 +258,47 @@ try {
     report.rang = await waitFor(page, () => !document.getElementById('incoming').hidden, null, 30000);
     await page.click('#answer');
     report.answered = await waitFor(page, () => window.demo.call && window.demo.call.state === 'answered');
-    report.heard = await waitFor(page, heardWithCounters, Number(process.env.EXPECT_HZ || 1000));
+    const expectHz = Number(process.env.EXPECT_HZ || 1000);
+    const moves = process.env.MOVES ? process.env.MOVES.split(',').map(Number) : null;
+    if (moves) {
+      // The caller moves its media (re-INVITE, UPDATE, an answer in an
+      // ACK) between sources playing different tones. The page notes each
+      // tone as it starts (every 50 ms, in the page itself, so a loaded
+      // machine cannot make the test miss one), with the gateway's view of
+      // where the far end is then and Chromium's own count of what it lost
+      // or threw away: a stream whose numbering jumped or went back (a new
+      // source's own sequence numbers passed through) shows there.
+      await page.evaluate((targets) => {
+        const tones = (window.__tones = []);
+        setInterval(() => {
+          const r = window.demo.remote;
+          const call = window.demo.call;
+          const hz = r && targets.find((t) => Math.abs(r.hz - t) <= 20);
+          if (!hz || !call) return;
+          const last = tones[tones.length - 1];
+          if (last && last.hz === hz) {
+            last.samples += 1;
+            return;
+          }
+          const entry = { hz, samples: 1, sipMedia: null, codec: null, inbound: null };
+          tones.push(entry);
+          call.stats().then((s) => {
+            entry.sipMedia = s.gateway.sip_media;
+            entry.codec = s.gateway.codec;
+          }).catch(() => {});
+          call.pc.getStats().then((stats) => stats.forEach((s) => {
+            if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+              entry.inbound = { received: s.packetsReceived, lost: s.packetsLost, discarded: s.packetsDiscarded || 0 };
+            }
+          })).catch(() => {});
+        }, 50);
+      }, [...new Set([expectHz, ...moves])]);
+    }
+    report.heard = await waitFor(page, heardWithCounters, expectHz);
     Object.assign(report, await page.evaluate(() => ({
       remoteHz: window.demo.remote ? window.demo.remote.hz : 0,
       stats: window.demo.stats,
     })));
-    if (process.env.MOVES) {
-      // The caller moves its media (re-INVITE, UPDATE, an answer in an
-      // ACK) between sources playing different tones: each is heard in
-      // turn, with the gateway's view of where the far end is then.
-      report.moves = [];
-      for (const hz of process.env.MOVES.split(',').map(Number)) {
-        const heard = await waitFor(page, (want) => window.demo.remote && Math.abs(window.demo.remote.hz - want) <= 20, hz, 15000);
-        const view = await page.evaluate(async () => (await window.demo.call.stats()).gateway);
-        // Chromium's own count of what it lost or threw away: a stream whose
-        // numbering jumped or went back (a new source's own sequence
-        // numbers passed through) shows here as lost or discarded packets.
-        const inbound = await page.evaluate(async () => {
-          let out = null;
-          (await window.demo.call.pc.getStats()).forEach((s) => {
-            if (s.type === 'inbound-rtp' && s.kind === 'audio') {
-              out = { received: s.packetsReceived, lost: s.packetsLost, discarded: s.packetsDiscarded || 0 };
-            }
-          });
-          return out;
-        });
-        report.moves.push({ hz, heard, sipMedia: view.sip_media, codec: view.codec, inbound });
-      }
-    }
     if (process.env.HOLD) {
       // The caller holds (re-INVITE sendonly) and resumes (sendrecv): the
       // page shows each, and audio flows again after the resume.
@@ -312,8 +325,28 @@ try {
         await sleep(500);
       }
     }
-    report.ended = await waitFor(page, () => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes('call ended: remote_hangup')), null, 30000);
+    report.ended = await waitFor(page, () => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes('call ended: remote_hangup')), null, 60000);
     report.log = await page.evaluate(() => [...document.querySelectorAll('#log li')].map((li) => li.textContent).reverse());
+    if (moves) {
+      // Tones heard for 200 ms or more (a move's crossover can show the
+      // other one for a sample or two), repeats merged; then each move's
+      // tone in turn after the first source's.
+      const heard = [];
+      for (const t of await page.evaluate(() => window.__tones)) {
+        if (t.samples < 4) continue;
+        const last = heard[heard.length - 1];
+        if (last && last.hz === t.hz) last.samples += t.samples;
+        else heard.push(t);
+      }
+      report.tones = heard.map((t) => t.hz);
+      let at = heard.findIndex((t) => t.hz === expectHz);
+      report.moves = moves.map((hz) => {
+        const i = at < 0 ? -1 : heard.findIndex((t, k) => k > at && t.hz === hz);
+        if (i >= 0) at = i;
+        const t = i >= 0 ? heard[i] : null;
+        return { hz, heard: !!t, sipMedia: t && t.sipMedia, codec: t && t.codec, inbound: t && t.inbound };
+      });
+    }
   } else if (mode === 'concurrent') {
     const page = await context.newPage();
     await page.goto(`${gw}/demo/`);
