@@ -186,6 +186,10 @@ pub enum SrtpPolicy {
     Required,
 }
 
+/// The shortest session interval RFC 4028 §4 allows, and the Min-SE the
+/// gateway demands (`[sip] session-expires-s` below it is refused).
+pub const MIN_SESSION_EXPIRES_S: u32 = 90;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct SipConfig {
@@ -701,8 +705,7 @@ impl Config {
             );
         }
         if sip.session_expires_s != 0
-            && !(crate::sip::session_timer::MIN_SESSION_EXPIRES_S..=86_400)
-                .contains(&sip.session_expires_s)
+            && !(MIN_SESSION_EXPIRES_S..=86_400).contains(&sip.session_expires_s)
         {
             p.add(
                 "sip.session-expires-s",

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::message::header_values as header;
 
 /// The smallest interval RFC 4028 §4 allows, and the Min-SE we demand.
-pub const MIN_SESSION_EXPIRES_S: u32 = 90;
+pub use crate::config::MIN_SESSION_EXPIRES_S;
 
 /// Our side's session timer settings (`[sip] session-expires-s`; the
 /// default here is off, the config's is 1800 s).
