@@ -14,6 +14,7 @@ use super::digest::DigestAuth;
 use super::identity::Identity;
 use super::message::branch_of;
 use super::message::header_values as header;
+use super::message::lists_token;
 use super::message::own_request;
 use super::session_timer::{self, SessionClock, SessionInterval, SessionTimerConfig};
 use super::transaction::response_to;
@@ -105,11 +106,35 @@ struct SessionTimerState {
     refresh_outcome: Option<RefreshOutcome>,
 }
 
-/// What the answer to our session refresh means.
+impl SessionTimerState {
+    /// The session interval our 2xx to the far end's INVITE, re-INVITE or
+    /// UPDATE sets (RFC 4028 §9), written into it.
+    fn answer(&mut self, request: &rsip::Request, response: &mut rsip::Response) {
+        response
+            .headers
+            .push(rsip::Header::Supported(rsip::headers::Supported::from(
+                super::endpoint::SUPPORTED,
+            )));
+        self.agreed = session_timer::answer_interval(request, self.config, self.agreed);
+        self.refreshed = true;
+        let Some(interval) = self.agreed else {
+            return;
+        };
+        response.headers.push(rsip::Header::Other(
+            "Session-Expires".into(),
+            interval.value(false),
+        ));
+        if session_timer::supports(&request.headers, "timer") {
+            response
+                .headers
+                .push(rsip::Header::Require(rsip::headers::Require::from("timer")));
+        }
+    }
+}
+
+/// What a failed session refresh leaves to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefreshOutcome {
-    /// Refreshed (or the far end turned the timer off).
-    Refreshed,
     /// Send the refresh again now (a 422 raised the interval, or the far
     /// end takes no UPDATE and gets a re-INVITE instead).
     Again,
@@ -210,18 +235,10 @@ fn set_body(response: &mut rsip::Response, sdp: &str) {
     response.body = sdp.as_bytes().to_vec();
 }
 
-/// Whether a message's Require header lists option `tag`.
-fn requires(headers: &rsip::Headers, tag: &str) -> bool {
-    header(headers, "require")
-        .iter()
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(tag))
-}
-
 /// The RSeq of a reliable provisional response (RFC 3262 §7.1): one that
 /// requires 100rel and numbers itself.
 fn reliable_rseq(response: &rsip::Response) -> Option<u32> {
-    if !requires(&response.headers, "100rel") {
+    if !lists_token(&response.headers, "require", "100rel") {
         return None;
     }
     header(&response.headers, "rseq")
@@ -234,24 +251,19 @@ fn reliable_rseq(response: &rsip::Response) -> Option<u32> {
 /// The route set of a response's Record-Route, in the order our requests
 /// carry it (reversed, RFC 3261 §12.1.2).
 fn route_set_of(response: &rsip::Response) -> Vec<String> {
-    let mut routes: Vec<String> = header(&response.headers, "record-route")
-        .iter()
-        .flat_map(|v| {
-            v.split(',')
-                .map(|r| r.trim().to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let mut routes = super::message::header_tokens(&response.headers, "record-route");
     routes.reverse();
     routes
 }
 
 /// Whether a message's Allow header lists UPDATE.
 fn allows_update(headers: &rsip::Headers) -> bool {
-    header(headers, "allow")
-        .iter()
-        .flat_map(|v| v.split(','))
-        .any(|m| m.trim().eq_ignore_ascii_case("UPDATE"))
+    lists_token(headers, "allow", "UPDATE")
+}
+
+/// The CSeq number of a response.
+fn cseq_number(response: &rsip::Response) -> Option<u32> {
+    Some(response.cseq_header().ok()?.typed().ok()?.seq)
 }
 
 fn body_text(body: &[u8]) -> Option<String> {
@@ -368,14 +380,7 @@ impl Dialog {
             remote_target: header(&invite.headers, "contact")
                 .first()
                 .map(|c| addr_uri(c)),
-            route_set: header(&invite.headers, "record-route")
-                .iter()
-                .flat_map(|v| {
-                    v.split(',')
-                        .map(|r| r.trim().to_string())
-                        .collect::<Vec<_>>()
-                })
-                .collect(),
+            route_set: super::message::header_tokens(&invite.headers, "record-route"),
             cseq: 0,
             local,
             transport: identity.uri_transport(),
@@ -392,7 +397,7 @@ impl Dialog {
             reinvite: None,
             invite_cseq: 0,
             provisionals: Provisionals {
-                required: requires(&invite.headers, "100rel"),
+                required: lists_token(&invite.headers, "require", "100rel"),
                 // RFC 3262 §3: the first RSeq is random, below 2^31.
                 our_rseq: random.u32() >> 12,
                 ..Provisionals::default()
@@ -413,11 +418,6 @@ impl Dialog {
             self.session_timer.asked_expires = timer.expires_s;
             self.invite = self.build_invite();
         }
-    }
-
-    /// The session interval agreed, if any.
-    pub fn session_interval(&self) -> Option<SessionInterval> {
-        self.session_timer.agreed
     }
 
     /// Starts the session clock again at `now` when the session was
@@ -509,10 +509,12 @@ impl Dialog {
 
     /// 180 Ringing for an incoming call: reliable (RFC 3262: Require:
     /// 100rel, RSeq, and our Contact for the early dialog) when the INVITE
-    /// requires it; then [`Dialog::prack_owed`] until its PRACK comes.
-    pub fn ringing(&mut self) -> rsip::Response {
+    /// requires it (then true: resend it until [`Dialog::prack_owed`] is
+    /// false). While one is owed its PRACK, another goes unreliably.
+    pub fn ringing(&mut self) -> (rsip::Response, bool) {
         let mut r = self.response(180);
-        if self.provisionals.required && !self.provisionals.prack_owed {
+        let reliable = self.provisionals.required && !self.provisionals.prack_owed;
+        if reliable {
             self.provisionals.our_rseq += 1;
             self.provisionals.prack_owed = true;
             r.headers
@@ -525,7 +527,7 @@ impl Dialog {
             ));
             r.headers.push(self.contact());
         }
-        r
+        (r, reliable)
     }
 
     /// Our reliable provisional waits for its PRACK (it is resent until).
@@ -544,24 +546,24 @@ impl Dialog {
             .flatten();
         let rseq = parts.next().and_then(|n| n.parse::<u32>().ok());
         let cseq = parts.next().and_then(|n| n.parse::<u32>().ok());
-        let invite_cseq = header(&self.invite.headers, "cseq")
-            .first()
-            .and_then(|c| c.split_whitespace().next()?.parse::<u32>().ok());
+        let invite_cseq = self
+            .invite
+            .cseq_header()
+            .ok()
+            .and_then(|c| c.typed().ok())
+            .map(|c| c.seq);
         let method = parts.next();
         let ours = self.incoming
             && rseq == Some(self.provisionals.our_rseq)
             && cseq.is_some()
             && cseq == invite_cseq
             && method.is_some_and(|m| m.eq_ignore_ascii_case("INVITE"));
-        if ours && self.provisionals.prack_owed {
-            self.provisionals.prack_owed = false;
-            response_to(request, 200)
-        } else if ours {
-            // A resent PRACK, answered again.
-            response_to(request, 200)
-        } else {
-            response_to(request, 481)
+        if !ours {
+            return response_to(request, 481);
         }
+        // A resent PRACK is answered again.
+        self.provisionals.prack_owed = false;
+        response_to(request, 200)
     }
 
     /// 200 OK with our SDP: the incoming call is answered.
@@ -575,43 +577,9 @@ impl Dialog {
         self.answer_in_ack = self.invite.body.is_empty();
         let mut r = self.response(200);
         r.headers.push(self.contact());
-        let invite = self.invite.clone();
-        self.answer_session(&invite, &mut r);
+        self.session_timer.answer(&self.invite, &mut r);
         set_body(&mut r, &self.local_sdp);
         r
-    }
-
-    /// The session interval our 2xx to the far end's INVITE, re-INVITE or
-    /// UPDATE sets (RFC 4028 §9), written into it.
-    fn answer_session(&mut self, request: &rsip::Request, response: &mut rsip::Response) {
-        response
-            .headers
-            .push(rsip::Header::Supported(rsip::headers::Supported::from(
-                "timer",
-            )));
-        self.session_timer.agreed = session_timer::answer_interval(
-            request,
-            self.session_timer.config,
-            self.session_timer.agreed,
-        );
-        self.session_timer.refreshed = true;
-        let Some(interval) = self.session_timer.agreed else {
-            return;
-        };
-        let line = interval.header(false);
-        let value = line
-            .trim_end()
-            .trim_start_matches("Session-Expires:")
-            .trim()
-            .to_string();
-        response
-            .headers
-            .push(rsip::Header::Other("Session-Expires".into(), value));
-        if session_timer::supports(&request.headers, "timer") {
-            response
-                .headers
-                .push(rsip::Header::Require(rsip::headers::Require::from("timer")));
-        }
     }
 
     /// A final refusal of the incoming call (486, 480, 487…).
@@ -890,11 +858,6 @@ impl Dialog {
         }
     }
 
-    /// Whether our re-INVITE in flight is a session refresh.
-    pub fn reinvite_refreshes(&self) -> bool {
-        matches!(self.reinvite, Some((_, ReinviteKind::Refresh)))
-    }
-
     /// What a failed refresh (by re-INVITE or UPDATE) leaves to do, kept
     /// for [`Dialog::take_refresh_outcome`].
     fn refresh_failed(&mut self, response: Option<&rsip::Response>) {
@@ -955,11 +918,7 @@ impl Dialog {
     /// A final response (None: none in time) to our UPDATE refreshing the
     /// session. Returns whether it was that UPDATE's.
     pub fn on_update_response(&mut self, response: Option<&rsip::Response>) -> bool {
-        let cseq = response.and_then(|r| {
-            header(&r.headers, "cseq")
-                .first()
-                .and_then(|c| c.split_whitespace().next()?.parse::<u32>().ok())
-        });
+        let cseq = response.and_then(cseq_number);
         match (self.session_timer.refresh_update, cseq) {
             (Some(ours), Some(theirs)) if ours != theirs => return false,
             (None, _) => return false,
@@ -981,9 +940,7 @@ impl Dialog {
 
     /// Whether `response` answers our re-INVITE in flight.
     pub fn is_reinvite_response(&self, response: &rsip::Response) -> bool {
-        let cseq = header(&response.headers, "cseq")
-            .first()
-            .and_then(|c| c.split_whitespace().next()?.parse::<u32>().ok());
+        let cseq = cseq_number(response);
         matches!((self.reinvite, cseq), (Some((ours, _)), Some(theirs)) if ours == theirs)
     }
 
@@ -1077,12 +1034,15 @@ impl Dialog {
         ));
         if matches!(method, rsip::Method::Invite | rsip::Method::Update) {
             text.push_str(&format!(
-                "Contact: <sip:{}@{};transport={}>\r\nSupported: timer\r\n",
-                self.contact_user, self.local, self.transport
+                "Contact: <sip:{}@{};transport={}>\r\nSupported: {}\r\n",
+                self.contact_user,
+                self.local,
+                self.transport,
+                super::endpoint::SUPPORTED
             ));
             // Each re-INVITE and UPDATE of ours refreshes the session.
             if let Some(interval) = self.session_timer.agreed {
-                text.push_str(&interval.header(true));
+                text.push_str(&format!("Session-Expires: {}\r\n", interval.value(true)));
                 if let Some(min_se) = self.session_timer.asked_min_se {
                     text.push_str(&format!("Min-SE: {min_se}\r\n"));
                 }
@@ -1166,31 +1126,24 @@ impl Dialog {
             }
             (Some(r), None)
         };
-        if session_timer::too_brief(request) {
-            let mut r = response_to(request, 422);
-            r.headers.push(rsip::Header::Other(
-                "Min-SE".into(),
-                session_timer::MIN_SESSION_EXPIRES_S.to_string(),
-            ));
-            return (Some(r), None);
+        if let Some(refusal) = session_timer::too_brief_refusal(request) {
+            return (Some(refusal), None);
         }
         match self.state {
             DialogState::Terminated => return refuse(481),
             // Before our 2xx: only an UPDATE without an offer (a refresh);
             // an offer there needs the first offer/answer complete, which
             // only reliable provisionals give (RFC 3311 §5.2).
+            // Our INVITE's offer was answered in a reliable 18x: an UPDATE
+            // may offer in the early dialog, as in a confirmed one.
+            DialogState::Calling
+                if update
+                    && offer.is_some()
+                    && !self.incoming
+                    && self.provisionals.early_answered => {}
             DialogState::Calling => {
                 return match (update, offer) {
                     (true, None) => (Some(self.target_refresh_response(request, None)), None),
-                    // Our INVITE's offer was answered in a reliable 18x: a
-                    // new offer may come in the early dialog.
-                    (true, Some(offer)) if !self.incoming && self.provisionals.early_answered => {
-                        if self.pending_offer.is_some() {
-                            return refuse(500);
-                        }
-                        self.pending_offer = Some(request.clone());
-                        (None, Some(DialogEvent::Offer { sdp: Some(offer) }))
-                    }
                     (true, Some(_)) if self.incoming => refuse(500),
                     _ => refuse(491),
                 };
@@ -1257,7 +1210,7 @@ impl Dialog {
         }
         if self.state == DialogState::Confirmed {
             self.far_allows_update |= allows_update(&request.headers);
-            self.answer_session(request, &mut response);
+            self.session_timer.answer(request, &mut response);
         }
         if let Some(sdp) = sdp {
             self.local_sdp = sdp.to_string();
@@ -1559,7 +1512,7 @@ mod tests {
         };
         let mut call = Dialog::incoming(&invite, &identity, Random::seeded(2)).unwrap();
         assert_eq!(call.parties(), ("2000".to_string(), "1001".to_string()));
-        let ringing = call.ringing().to_string();
+        let ringing = call.ringing().0.to_string();
         assert!(
             ringing.contains("Record-Route: <sip:198.51.100.1;lr>"),
             "{ringing}"

@@ -662,6 +662,24 @@ pub fn header_values(headers: &rsip::Headers, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// The comma-separated tokens of every `name` header (Allow, Supported,
+/// Require…), trimmed, empty ones left out.
+pub fn header_tokens(headers: &rsip::Headers, name: &str) -> Vec<String> {
+    header_values(headers, name)
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Whether a `name` header lists `token` (case-insensitive).
+pub fn lists_token(headers: &rsip::Headers, name: &str, token: &str) -> bool {
+    header_tokens(headers, name)
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(token))
+}
+
 /// The top Via's branch of a request.
 ///
 /// A request with no branch at all (RFC 2543 style, RFC 4475 §3.4) gets a

@@ -8,7 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::message::header_values as header;
+use super::message::{header_values as header, lists_token};
+use super::transaction::response_to;
 
 /// The smallest interval RFC 4028 §4 allows, and the Min-SE we demand.
 pub use crate::config::MIN_SESSION_EXPIRES_S;
@@ -46,11 +47,11 @@ impl SessionInterval {
         }
     }
 
-    /// The Session-Expires header of a request we send (a refresh, a
+    /// The Session-Expires value of a request we send (a refresh, a
     /// re-INVITE) or of our 2xx to the far end's.
-    pub fn header(&self, we_send: bool) -> String {
+    pub fn value(&self, we_send: bool) -> String {
         format!(
-            "Session-Expires: {};refresher={}\r\n",
+            "{};refresher={}",
             self.expires_s,
             self.refresher_param(we_send)
         )
@@ -81,18 +82,22 @@ pub fn min_se(headers: &rsip::Headers) -> Option<u32> {
 
 /// Whether an option tag is in the Supported or Require headers.
 pub fn supports(headers: &rsip::Headers, tag: &str) -> bool {
-    ["supported", "require"].iter().any(|name| {
-        header(headers, name)
-            .iter()
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(tag))
-    })
+    lists_token(headers, "supported", tag) || lists_token(headers, "require", tag)
 }
 
-/// The far end's request asks for an interval below our Min-SE: it gets
-/// 422 with our Min-SE (RFC 4028 §8.1).
-pub fn too_brief(request: &rsip::Request) -> bool {
-    session_expires(&request.headers).is_some_and(|(s, _)| s < MIN_SESSION_EXPIRES_S)
+/// The 422 with our Min-SE (RFC 4028 §8.1) for a request that asks for
+/// an interval below it; None for any other.
+pub fn too_brief_refusal(request: &rsip::Request) -> Option<rsip::Response> {
+    let (seconds, _) = session_expires(&request.headers)?;
+    if seconds >= MIN_SESSION_EXPIRES_S {
+        return None;
+    }
+    let mut refusal = response_to(request, 422);
+    refusal.headers.push(rsip::Header::Other(
+        "Min-SE".into(),
+        MIN_SESSION_EXPIRES_S.to_string(),
+    ));
+    Some(refusal)
 }
 
 /// The interval we answer the far end's INVITE, re-INVITE or UPDATE with
@@ -110,7 +115,9 @@ pub fn answer_interval(
         .unwrap_or(MIN_SESSION_EXPIRES_S)
         .max(MIN_SESSION_EXPIRES_S);
     let far_supports = supports(&request.headers, "timer");
-    let (expires_s, named) = match session_expires(&request.headers) {
+    let asked = session_expires(&request.headers);
+    let asks = asked.is_some();
+    let (expires_s, named) = match asked {
         Some((seconds, refresher)) => {
             let expires = if config.expires_s > 0 {
                 seconds.min(config.expires_s.max(their_min))
@@ -129,7 +136,7 @@ pub fn answer_interval(
         Some("uac") if far_supports => Refresher::Them,
         Some("uas") => Refresher::Us,
         _ => match current {
-            Some(current) if session_expires(&request.headers).is_none() => current.refresher,
+            Some(current) if !asks => current.refresher,
             _ if far_supports => Refresher::Them,
             _ => Refresher::Us,
         },
@@ -314,9 +321,11 @@ mod tests {
             Some(current)
         );
         // Too brief, and an unreadable one ignored.
-        assert!(too_brief(&request("Session-Expires: 30\r\n")));
-        assert!(!too_brief(&request("Session-Expires: 90\r\n")));
-        assert!(!too_brief(&request("Session-Expires: soon\r\n")));
+        let refusal = too_brief_refusal(&request("Session-Expires: 30\r\n")).unwrap();
+        assert_eq!(refusal.status_code.code(), 422);
+        assert!(refusal.to_string().contains("Min-SE: 90\r\n"));
+        assert!(too_brief_refusal(&request("Session-Expires: 90\r\n")).is_none());
+        assert!(too_brief_refusal(&request("Session-Expires: soon\r\n")).is_none());
     }
 
     #[test]

@@ -68,18 +68,13 @@ impl Calls {
         self.by_key.len()
     }
 
-    /// Forgets the calls whose dialog has ended; returns their keys.
-    fn forget_terminated(&mut self) -> Vec<String> {
-        let ended: Vec<String> = self
-            .by_key
+    /// The calls whose dialog has ended.
+    fn terminated(&self) -> Vec<String> {
+        self.by_key
             .iter()
             .filter(|(_, d)| d.state() == DialogState::Terminated)
             .map(|(k, _)| k.clone())
-            .collect();
-        for key in &ended {
-            self.remove(key);
-        }
-        ended
+            .collect()
     }
 }
 
@@ -112,18 +107,27 @@ fn prack_key(key: &str) -> String {
     format!("{key} 100rel")
 }
 
-/// Option tags of a request's Require that we do not support.
-fn unsupported_required(request: &rsip::Request) -> Vec<String> {
-    let supported: Vec<&str> = crate::sip::endpoint::SUPPORTED
-        .split(',')
-        .map(str::trim)
+/// The refusal of a new INVITE the gateway cannot take up as it stands:
+/// 420 naming the extensions it requires that we lack (RFC 3261
+/// §8.2.2.3), or 422 for a session interval below our Min-SE (RFC 4028).
+fn refusal_of_new_invite(request: &rsip::Request) -> Option<rsip::Response> {
+    let lacking: Vec<String> = crate::sip::message::header_tokens(&request.headers, "require")
+        .into_iter()
+        .filter(|t| {
+            !crate::sip::endpoint::SUPPORTED
+                .split(',')
+                .any(|s| s.trim().eq_ignore_ascii_case(t))
+        })
         .collect();
-    crate::sip::message::header_values(&request.headers, "require")
-        .iter()
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty() && !supported.iter().any(|s| s.eq_ignore_ascii_case(t)))
-        .collect()
+    if !lacking.is_empty() {
+        let mut refusal = response_to(request, 420);
+        refusal.headers.push(rsip::Header::Other(
+            "Unsupported".into(),
+            lacking.join(", "),
+        ));
+        return Some(refusal);
+    }
+    session_timer::too_brief_refusal(request)
 }
 
 /// Whether a request carries a To tag (it belongs to a dialog).
@@ -228,7 +232,7 @@ impl UserAgent {
                 }
             }
             Some(RefreshOutcome::Over) => return self.session_over(now, key),
-            Some(RefreshOutcome::Refreshed) | None => {}
+            None => {}
         }
         self.sync_session(now, key);
     }
@@ -277,9 +281,7 @@ impl UserAgent {
         let Some(call) = self.calls.get_mut(key) else {
             return;
         };
-        let owed_before = call.prack_owed();
-        let response = call.ringing();
-        let reliable = call.prack_owed() && !owed_before;
+        let (response, reliable) = call.ringing();
         let bytes = response.to_string().into_bytes();
         let source = self.invite_source(key);
         self.respond_invite(now, key, response);
@@ -328,7 +330,8 @@ impl UserAgent {
     }
 
     /// Resends `bytes`, a 2xx to an INVITE of the far end's in call `key`,
-    /// to `to` until its ACK comes (RFC 3261 §13.3.1.4). Over TCP the
+    /// to `to` until its ACK comes (RFC 3261 §13.3.1.4) — or, under
+    /// [`prack_key`], a reliable provisional until its PRACK (RFC 3262 §3). Over TCP the
     /// transport itself delivers it.
     fn resend_until_acked(&mut self, now: Instant, key: &str, to: SocketAddr, bytes: Vec<u8>) {
         if self.cfg.identity.reliable() {
@@ -451,8 +454,8 @@ impl UserAgent {
                     .answer(now, from, request, Some(response_to(request, 100))),
             }
             self.sync_session(now, &key);
-            for ended in self.calls.forget_terminated() {
-                self.wakeups.set(Wakeup::Session(ended), None);
+            for ended in self.calls.terminated() {
+                self.forget_call(&ended);
             }
             return;
         }
@@ -479,27 +482,11 @@ impl UserAgent {
                     None => Some(response_to(request, 481)),
                 }
             }
-            // An extension we lack (RFC 3261 §8.2.2.3).
-            rsip::Method::Invite
-                if !has_to_tag(request) && !unsupported_required(request).is_empty() =>
-            {
-                let mut refusal = response_to(request, 420);
-                refusal.headers.push(rsip::Header::Other(
-                    "Unsupported".into(),
-                    unsupported_required(request).join(", "),
-                ));
-                Some(refusal)
-            }
-            // An interval below our Min-SE (RFC 4028 §8.1).
-            rsip::Method::Invite if !has_to_tag(request) && session_timer::too_brief(request) => {
-                let mut refusal = response_to(request, 422);
-                refusal.headers.push(rsip::Header::Other(
-                    "Min-SE".into(),
-                    session_timer::MIN_SESSION_EXPIRES_S.to_string(),
-                ));
-                Some(refusal)
-            }
             rsip::Method::Invite if !has_to_tag(request) => {
+                if let Some(refusal) = refusal_of_new_invite(request) {
+                    self.endpoint.answer(now, from, request, Some(refusal));
+                    return;
+                }
                 let random = self.random.fork();
                 match Dialog::incoming(request, &self.cfg.identity, random) {
                     Some(mut call) => {
