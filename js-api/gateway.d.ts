@@ -44,6 +44,11 @@ export interface CallOptions {
   stream?: MediaStream;
 }
 
+export interface ProgressOptions extends CallOptions {
+  /** Let the caller hear the page before answer() (default false: silence until then). */
+  sendAudio?: boolean;
+}
+
 export type EndReason =
   | 'hangup' | 'remote_hangup' | 'rejected' | 'cancelled' | 'media_timeout' | 'session_expired' | 'error';
 
@@ -129,7 +134,11 @@ export declare class Call extends EventTarget {
   readonly pc: RTCPeerConnection | null;
   readonly localStream: MediaStream | null;
   readonly remoteStream: MediaStream | null;
+  /** Answers an incoming call; after progress() its media is up already and options are not read. */
   answer(options?: CallOptions): Promise<void>;
+  /** Early media before answering an incoming call (POST …/calls/{cid}/progress; needs
+   * `[sip] early-media`): the caller gets a 183, the page hears the caller at once. */
+  progress(options?: ProgressOptions): Promise<void>;
   reject(status?: number): Promise<void>;
   hangup(): Promise<void>;
   /** ICE restart: a new offer with new ICE credentials, the gateway's answer

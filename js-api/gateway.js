@@ -424,6 +424,8 @@ export class Call extends EventTarget {
     clearTimeout(this._mediaTimer);
     clearTimeout(this._restartTimer);
     if (this.pc) this.pc.close();
+    for (const { quiet } of this._earlyMuted || []) quiet.stop();
+    this._earlyMuted = null;
     if (this._ownStream && this.localStream) this.localStream.getTracks().forEach((t) => t.stop());
     this._session._calls.delete(this.id);
     this._session._finished.add(this.id);
@@ -434,9 +436,54 @@ export class Call extends EventTarget {
     return this._session._request(method, `/calls/${encodeURIComponent(this.id)}${path}`, body);
   }
 
-  /** Answers an incoming call with the microphone (or `stream`). */
+  /**
+   * Answers an incoming call with the microphone (or `stream`). After
+   * progress() the media is up already: the caller starts hearing the page.
+   */
   async answer({ audio = true, stream } = {}) {
     if (this.direction !== 'incoming') throw new GatewayError('invalid_call_state', 'only an incoming call can be answered');
+    if (this.state === 'early_media') {
+      await this._request('POST', '/answer', {});
+      this._unmuteEarly();
+      this.state = 'answered';
+      return;
+    }
+    const sdp = await this._answerSdp({ audio, stream });
+    await this._request('POST', '/answer', { sdp });
+    this.state = 'answered';
+    this._watchMediaPath();
+  }
+
+  /**
+   * Early media before answering an incoming call (needs `[sip] early-media`
+   * on the gateway): the media path is set up now and the caller gets a 183,
+   * so answer() later is heard at once. The page hears the caller from now
+   * on; the caller hears silence from the page until answer(), unless
+   * `sendAudio` is true.
+   */
+  async progress({ audio = true, stream, sendAudio = false } = {}) {
+    if (this.direction !== 'incoming' || this.state !== 'incoming') {
+      throw new GatewayError('invalid_call_state', 'only an incoming call not yet answered can start early media');
+    }
+    const sdp = await this._answerSdp({ audio, stream });
+    if (!sendAudio) this._muteEarly();
+    try {
+      await this._request('POST', '/progress', { sdp });
+    } catch (e) {
+      // The call stays as it was (still incoming): answer() may follow.
+      this._unmuteEarly();
+      if (this.pc) this.pc.close();
+      this.pc = null;
+      if (this._ownStream && this.localStream) this.localStream.getTracks().forEach((t) => t.stop());
+      this.localStream = null;
+      throw e;
+    }
+    this.state = 'early_media';
+    this._watchMediaPath();
+  }
+
+  /** Our answer to the gateway's offer, with the microphone (or `stream`) on a new peer connection. */
+  async _answerSdp({ audio, stream }) {
     const local = stream || (await this._session._getUserMedia({ audio }));
     this._ownStream = !stream;
     this.localStream = local;
@@ -446,9 +493,27 @@ export class Call extends EventTarget {
     local.getAudioTracks().forEach((t) => this.pc.addTrack(t, local));
     const answer = await this.pc.createAnswer();
     await this.pc.setLocalDescription(answer);
-    await this._request('POST', '/answer', { sdp: this.pc.localDescription.sdp });
-    this.state = 'answered';
-    this._watchMediaPath();
+    return this.pc.localDescription.sdp;
+  }
+
+  /** Until the answer the caller gets silence: each sender sends a disabled copy of its track (packets keep flowing, so the gateway's media timer stays quiet). */
+  _muteEarly() {
+    this._earlyMuted = [];
+    for (const sender of this.pc.getSenders()) {
+      if (!sender.track) continue;
+      const quiet = sender.track.clone();
+      quiet.enabled = false;
+      this._earlyMuted.push({ sender, track: sender.track, quiet });
+      sender.replaceTrack(quiet);
+    }
+  }
+
+  _unmuteEarly() {
+    for (const { sender, track, quiet } of this._earlyMuted || []) {
+      if (this.pc) sender.replaceTrack(track).catch(() => {});
+      quiet.stop();
+    }
+    this._earlyMuted = null;
   }
 
   /** Refuses an incoming call (486 Busy Here unless `status` says otherwise). */

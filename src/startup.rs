@@ -86,6 +86,7 @@ pub(crate) fn media_plane(
         sip_media_bind: addresses.sip_bind,
         ring_timeout: Duration::from_secs(config.sip.ring_timeout_s),
         dtmf_info: config.sip.dtmf == config::DtmfMode::Info,
+        early_media: config.sip.early_media,
         sip_srtp: config.sip.srtp,
         limits: call::driver::CallLimits {
             per_session: config.http.max_calls_per_session,

@@ -578,10 +578,23 @@ fn a_switchs_reliable_early_media_is_heard_before_the_answer() {
 /// pick its scenario; it returns the RTP it gets with `-rtp_echo`) and
 /// reports what it saw and heard; `page_env` goes to the page's script.
 fn sipp_calls_the_page(sipp_args: &[&str], page_env: &[(&str, &str)]) -> Value {
+    sipp_calls_the_page_through("", sipp_args, page_env)
+}
+
+/// [`sipp_calls_the_page`] through a gateway whose `[sip]` section also
+/// has `sip_options`; the page must hear EXPECT_HZ of `page_env` (1000 Hz
+/// when not given).
+fn sipp_calls_the_page_through(
+    sip_options: &str,
+    sipp_args: &[&str],
+    page_env: &[(&str, &str)],
+) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let gw = common::Gateway::start(
         "",
-        "[sip]\nserver = \"127.0.0.1:5090\"\nregister = false\nkeepalive-interval-s = 0\n",
+        &format!(
+            "[sip]\nserver = \"127.0.0.1:5090\"\nregister = false\nkeepalive-interval-s = 0\n{sip_options}"
+        ),
     );
     let url = format!("https://127.0.0.1:{}", gw.https.port());
     let e2e = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e");
@@ -643,8 +656,12 @@ fn sipp_calls_the_page(sipp_args: &[&str], page_env: &[(&str, &str)]) -> Value {
     assert_eq!(r["rang"], true, "{r}");
     assert_eq!(r["answered"], true, "{r}");
     assert_eq!(r["heard"], true, "the tone came back through SIPp: {r}");
+    let want: f64 = page_env
+        .iter()
+        .find(|(k, _)| *k == "EXPECT_HZ")
+        .map_or(1000.0, |(_, v)| v.parse().unwrap());
     let hz = r["remoteHz"].as_f64().unwrap_or(0.0);
-    assert!((hz - 1000.0).abs() <= 20.0, "dominant frequency {hz} Hz");
+    assert!((hz - want).abs() <= 20.0, "dominant frequency {hz} Hz");
     assert_eq!(r["stats"]["gateway"]["direction"], "inbound", "{r}");
     assert_eq!(r["ended"], true, "SIPp's BYE ended the call: {r}");
     r
@@ -664,10 +681,27 @@ fn a_sip_caller_reaches_the_browser() {
 /// A far end of our own on `port`: for each RTP packet it gets it sends
 /// one back, a 440 Hz PCMU tone under its own SSRC and numbering (starting
 /// near the wrap), so it talks only while it is sent to, as a switch's
-/// media server does once the call is moved there. Counts what it got.
+/// media server does once the call is moved there. Counts what it got, and
+/// notes when (ms since the epoch) the first packet came and the first
+/// that carried sound rather than silence.
 struct ToneSource {
-    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    heard: std::sync::Arc<Heard>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[derive(Default)]
+struct Heard {
+    received: std::sync::atomic::AtomicU64,
+    loud: std::sync::atomic::AtomicU64,
+    first_ms: std::sync::atomic::AtomicU64,
+    first_loud_ms: std::sync::atomic::AtomicU64,
+}
+
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 impl ToneSource {
@@ -677,9 +711,9 @@ impl ToneSource {
         socket
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
-        let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let heard = std::sync::Arc::new(Heard::default());
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (count, done) = (received.clone(), stop.clone());
+        let (seen, done) = (heard.clone(), stop.clone());
         std::thread::spawn(move || {
             let mut buf = [0u8; 1500];
             let (mut seq, mut timestamp, mut phase) = (65_500u16, 7u32, 0f64);
@@ -690,7 +724,25 @@ impl ToneSource {
                 if n < 12 || buf[0] >> 6 != 2 || buf[1] & 0x7f != 0 {
                     continue;
                 }
-                count.fetch_add(1, Ordering::Relaxed);
+                let now = epoch_ms();
+                seen.received.fetch_add(1, Ordering::Relaxed);
+                let _ =
+                    seen.first_ms
+                        .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+                // Silence is a few steps from zero; the browser's tone is
+                // half of full scale.
+                if buf[12..n]
+                    .iter()
+                    .any(|&b| ulaw_decode(b).unsigned_abs() > 2000)
+                {
+                    seen.loud.fetch_add(1, Ordering::Relaxed);
+                    let _ = seen.first_loud_ms.compare_exchange(
+                        0,
+                        now,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
                 let mut packet = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0x44, 0x0f, 0x04, 0x40];
                 packet[2..4].copy_from_slice(&seq.to_be_bytes());
                 packet[4..8].copy_from_slice(&timestamp.to_be_bytes());
@@ -704,17 +756,32 @@ impl ToneSource {
                 let _ = socket.send_to(&packet, from);
             }
         });
-        ToneSource { received, stop }
+        ToneSource { heard, stop }
     }
 
     fn received(&self) -> u64 {
-        self.received.load(std::sync::atomic::Ordering::Relaxed)
+        self.heard
+            .received
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
 impl Drop for ToneSource {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// One G.711 µ-law byte as a linear sample.
+fn ulaw_decode(byte: u8) -> i16 {
+    let b = !byte;
+    let exponent = (b >> 4) & 0x07;
+    let mantissa = i32::from(b & 0x0f);
+    let magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84;
+    if b & 0x80 != 0 {
+        -magnitude as i16
+    } else {
+        magnitude as i16
     }
 }
 
@@ -790,6 +857,54 @@ fn a_switch_places_a_delayed_offer_call_and_moves_its_media() {
         "the media server got the browser's audio: {} packets",
         tone.received()
     );
+}
+
+/// The agent's page listens first (early media, `[sip] early-media =
+/// true`): the switch (`tests/sipp/uac-100rel-early-answer.xml`, which
+/// supports 100rel) gets a reliable 183 with our SDP and PRACKs it; the
+/// page hears the switch's 440 Hz before it answers while the switch gets
+/// only silence from the page; after the answer (a 200 with the same SDP)
+/// the switch hears the page's tone.
+#[test]
+fn an_agent_listens_before_answering_and_is_heard_only_after() {
+    if !common::inside_namespace("an_agent_listens_before_answering_and_is_heard_only_after") {
+        return;
+    }
+    use std::sync::atomic::Ordering;
+    let tone = ToneSource::start(6100);
+    let r = sipp_calls_the_page_through(
+        "early-media = true\n",
+        &[
+            "-sf",
+            "uac-100rel-early-answer.xml",
+            "-key",
+            "tone_port",
+            "6100",
+        ],
+        &[("LISTEN_FIRST", "1"), ("EXPECT_HZ", "440")],
+    );
+    assert_eq!(r["earlyMedia"], true, "{r}");
+    assert_eq!(
+        r["heardEarly"], true,
+        "the switch was heard before the answer: {r}"
+    );
+    let answer_at = r["answerAt"].as_u64().expect("the page noted its answer");
+    let first = tone.heard.first_ms.load(Ordering::Relaxed);
+    let first_loud = tone.heard.first_loud_ms.load(Ordering::Relaxed);
+    assert!(
+        first != 0 && first < answer_at,
+        "the page's (silent) packets reached the switch before the answer"
+    );
+    assert!(
+        first_loud >= answer_at,
+        "the switch heard nothing from the page before it answered ({first_loud} < {answer_at})"
+    );
+    assert!(
+        tone.heard.loud.load(Ordering::Relaxed) > 50,
+        "and the page's tone after the answer"
+    );
+    let log = r["log"].to_string();
+    assert!(log.contains("early media: listening"), "{log}");
 }
 
 /// The caller holds the call (re-INVITE sendonly) and resumes it: the page

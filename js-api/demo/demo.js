@@ -120,7 +120,12 @@ function watch(call) {
     $('media-problem').textContent = e.detail.message;
     $('media-problem').hidden = false;
   });
-  call.addEventListener('ended', () => { stopTimers(); buttons(); });
+  call.addEventListener('ended', () => {
+    // A caller that gives up during early media takes the Answer button with it.
+    if (state.incoming === call) $('incoming').hidden = true;
+    stopTimers();
+    buttons();
+  });
   const hear = (stream) => {
     $('remote-audio').srcObject = stream;
     meter(stream, 'remote-level', 'remote-freq', 'remote');
@@ -160,6 +165,7 @@ $('connect').onclick = () => run('connect', async () => {
     const call = e.detail;
     state.incoming = call;
     $('incoming-from').textContent = `Incoming call from ${call.from}`;
+    $('listen').hidden = false;
     $('incoming').hidden = false;
     log(`incoming call from ${call.from}`);
   });
@@ -184,11 +190,21 @@ $('hangup').onclick = () => run('hang up', () => state.call.hangup());
 $('hold').onclick = () => run('hold', () => state.call.hold());
 $('resume').onclick = () => run('resume', () => state.call.resume());
 
+const rawAudio = { echoCancellation: false, noiseSuppression: false, autoGainControl: false };
+$('listen').onclick = () => run('early media', async () => {
+  const call = state.incoming;
+  await call.progress({ audio: rawAudio });
+  $('listen').hidden = true;
+  log('early media: listening before the answer');
+  watch(call);
+});
 $('answer').onclick = () => run('answer', async () => {
   $('incoming').hidden = true;
   const call = state.incoming;
-  await call.answer({ audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false } });
-  watch(call);
+  // After Listen first the call is watched already.
+  const early = call.state === 'early_media';
+  await call.answer({ audio: rawAudio });
+  if (!early) watch(call);
 });
 $('reject').onclick = () => run('reject', async () => {
   $('incoming').hidden = true;

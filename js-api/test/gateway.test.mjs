@@ -63,6 +63,9 @@ class FakeGateway {
       if (this.onCreateCall) this.onCreateCall(body);
       return this.json(201, { call: 'c1' });
     }
+    if (this.refuseProgress && u.pathname.endsWith('/progress')) {
+      return this.json(409, { error: { code: 'early_media_disabled', message: 'off' } });
+    }
     if (u.pathname.startsWith('/v1/sessions/s1/calls/c1')) {
       if (init.method === 'DELETE') return this.json(204);
       if (init.method === 'GET') return this.json(200, { call: 'c1', state: 'answered', stats: {} });
@@ -86,7 +89,14 @@ class FakePeerConnection extends EventTarget {
     this.closed = false;
     FakePeerConnection.last = this;
   }
-  addTrack(track) { this.tracks.push(track); }
+  addTrack(track) {
+    this.tracks.push(track);
+    const sender = { track, async replaceTrack(t) { this.track = t; } };
+    (this.senders ||= []).push(sender);
+    return sender;
+  }
+  getSenders() { return this.senders || []; }
+  async createAnswer() { return { type: 'answer', sdp: 'v=0 browser answer' }; }
   async createOffer(options) {
     return { type: 'offer', sdp: options && options.iceRestart ? 'v=0 restart offer' : 'v=0 browser offer' };
   }
@@ -101,8 +111,12 @@ class FakePeerConnection extends EventTarget {
 }
 globalThis.RTCPeerConnection = FakePeerConnection;
 
+function fakeTrack() {
+  return { stopped: false, enabled: true, stop() { this.stopped = true; }, clone() { return fakeTrack(); } };
+}
+
 function fakeStream() {
-  const track = { stopped: false, stop() { this.stopped = true; } };
+  const track = fakeTrack();
   return { track, getAudioTracks: () => [track], getTracks: () => [track] };
 }
 
@@ -296,4 +310,56 @@ test('hangup sends DELETE and ends the call once', async () => {
   assert.equal(ended, 1);
   await session.close();
   assert.deepEqual(deletes(), ['/v1/sessions/s1/calls/c1', '/v1/sessions/s1']);
+});
+
+test('early media on an incoming call: our answer by progress, silence until answer(), then the answer alone', async () => {
+  const gw = new FakeGateway();
+  gw.push({ type: 'call.incoming', call: 'c1', from: '2000', to: '1001', sdp: 'v=0 gateway offer' });
+  const stream = fakeStream();
+  const session = await connect({ url: 'https://gw.test', user: '1001', fetch: gw.fetch, getUserMedia: async () => stream });
+  const incoming = [];
+  session.addEventListener('incoming', (e) => incoming.push(e.detail));
+  await until(() => incoming.length === 1);
+  const call = incoming[0];
+  await call.progress();
+  const pc = FakePeerConnection.last;
+  assert.deepEqual(pc.remote, { type: 'offer', sdp: 'v=0 gateway offer' });
+  const posted = (path) => gw.requests.filter((r) => r.method === 'POST' && r.path.endsWith(path));
+  assert.deepEqual(posted('/progress').map((r) => r.body), [{ sdp: 'v=0 browser answer' }]);
+  assert.equal(call.state, 'early_media');
+  const sender = pc.getSenders()[0];
+  assert.notEqual(sender.track, stream.track, 'the caller gets a quiet copy');
+  assert.equal(sender.track.enabled, false);
+  assert.equal(stream.track.enabled, true, "the page's own track is left alone");
+  await call.answer();
+  assert.deepEqual(posted('/answer').map((r) => r.body), [{}], 'no second SDP');
+  assert.equal(FakePeerConnection.last, pc, 'the same peer connection');
+  assert.equal(sender.track, stream.track, 'the caller hears the page from the answer on');
+  assert.equal(call.state, 'answered');
+  await assert.rejects(call.progress(), /not yet answered/);
+  await session.close();
+});
+
+test('early media the gateway refuses leaves the call incoming, to be answered as usual', async () => {
+  const gw = new FakeGateway();
+  gw.refuseProgress = true;
+  gw.push({ type: 'call.incoming', call: 'c1', from: '2000', to: '1001', sdp: 'v=0 gateway offer' });
+  const streams = [];
+  const session = await connect({
+    url: 'https://gw.test', user: '1001', fetch: gw.fetch,
+    getUserMedia: async () => { streams.push(fakeStream()); return streams.at(-1); },
+  });
+  const incoming = [];
+  session.addEventListener('incoming', (e) => incoming.push(e.detail));
+  await until(() => incoming.length === 1);
+  const call = incoming[0];
+  await assert.rejects(call.progress({ sendAudio: true }), (e) => e.code === 'early_media_disabled');
+  assert.equal(call.state, 'incoming');
+  assert.equal(FakePeerConnection.last.closed, true, 'its peer connection is closed');
+  assert.equal(streams[0].track.stopped, true, 'and its microphone released');
+  await call.answer();
+  assert.equal(call.state, 'answered');
+  const answers = gw.requests.filter((r) => r.method === 'POST' && r.path.endsWith('/answer'));
+  assert.deepEqual(answers.map((r) => r.body), [{ sdp: 'v=0 browser answer' }]);
+  await session.close();
 });

@@ -14,6 +14,7 @@ use tracing::warn;
 
 use super::{ApiBody, ApiError, ApiJson, AuthorizedSession, SharedState};
 use crate::call::driver::{CallLimit, Command, CommandError, SipCaller, StartError};
+use crate::call::CallError;
 use crate::session::SessionEvent;
 
 /// Longest `to` accepted (a SIP URI with parameters fits easily).
@@ -27,6 +28,17 @@ fn call_not_found() -> ApiError {
 
 fn command_error(e: CommandError) -> ApiError {
     match e {
+        CommandError::State(s @ CallError::EarlyMediaDisabled) => {
+            ApiError::new(StatusCode::CONFLICT, "early_media_disabled", s.to_string())
+        }
+        CommandError::State(s @ CallError::EarlyMediaNeedsOffer) => ApiError::new(
+            StatusCode::CONFLICT,
+            "early_media_needs_offer",
+            s.to_string(),
+        ),
+        CommandError::State(s @ CallError::AnswerMissing) => {
+            ApiError::bad_request("bad_sdp", s.to_string())
+        }
         CommandError::State(s) => {
             ApiError::new(StatusCode::CONFLICT, "invalid_call_state", s.to_string())
         }
@@ -269,7 +281,44 @@ pub struct Answer {
     sdp: String,
 }
 
+#[derive(Deserialize, Default)]
+pub struct AnswerAfterProgress {
+    #[serde(default)]
+    sdp: Option<String>,
+}
+
+/// The browser answers an incoming call: `{"sdp": answer}`, or after
+/// early media of its own (`…/progress`) an empty body or `{}`.
 pub async fn answer(
+    State(state): State<SharedState>,
+    Path((_, cid)): Path<(String, String)>,
+    session: AuthorizedSession,
+    ApiBody(body): ApiBody,
+) -> Result<Response, ApiError> {
+    let body: AnswerAfterProgress = if body.iter().all(u8::is_ascii_whitespace) {
+        AnswerAfterProgress::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|_| {
+            ApiError::bad_request(
+                "bad_json",
+                "the body must be {\"sdp\": <SDP answer>}, or empty after progress",
+            )
+        })?
+    };
+    run(
+        &state,
+        &session.sid,
+        &cid,
+        Command::Answer { sdp: body.sdp },
+    )
+    .await?;
+    Ok(ok())
+}
+
+/// The browser answers an incoming call for early media (`{"sdp":
+/// answer}`): the caller gets our 183 and media flows both ways; the call
+/// is answered later by `…/answer` (or rejected, or cancelled).
+pub async fn progress(
     State(state): State<SharedState>,
     Path((_, cid)): Path<(String, String)>,
     session: AuthorizedSession,
@@ -279,7 +328,7 @@ pub async fn answer(
         &state,
         &session.sid,
         &cid,
-        Command::Answer { sdp: body.sdp },
+        Command::Progress { sdp: body.sdp },
     )
     .await?;
     Ok(ok())

@@ -145,6 +145,10 @@ pub fn router(state: SharedState) -> Router {
         )
         .route("/v1/sessions/{sid}/calls/{cid}/answer", post(calls::answer))
         .route(
+            "/v1/sessions/{sid}/calls/{cid}/progress",
+            post(calls::progress),
+        )
+        .route(
             "/v1/sessions/{sid}/calls/{cid}/renegotiate",
             post(calls::renegotiate),
         )

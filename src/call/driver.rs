@@ -95,8 +95,14 @@ pub enum Command {
         digits: String,
         duration: Duration,
     },
-    /// The browser's answer to our offer of an incoming call.
+    /// The browser's answer to our offer of an incoming call (None: the
+    /// one it gave for early media stands).
     Answer {
+        sdp: Option<String>,
+    },
+    /// The browser's answer to our offer of an incoming call, for early
+    /// media before it answers.
+    Progress {
         sdp: String,
     },
     Reject {
@@ -514,6 +520,8 @@ pub struct CallSettings {
     pub ring_timeout: Duration,
     /// DTMF toward SIP always as SIP INFO (else RFC 4733, INFO as fallback).
     pub dtmf_info: bool,
+    /// The browser may send early media (183) before answering an incoming call.
+    pub early_media: bool,
     /// SRTP on the SIP media leg.
     pub sip_srtp: SrtpPolicy,
     /// How many calls a session and a user may have at once.
@@ -844,7 +852,8 @@ impl MediaPlane {
             self.settings.ring_timeout,
             Instant::now(),
         )
-        .with_negotiator(negotiator);
+        .with_negotiator(negotiator)
+        .allow_early_media(self.settings.early_media);
         sip_side.ring(&key);
         let task = self.new_task(
             call,
@@ -941,6 +950,8 @@ impl Far {
                 FarRequest::Hangup { .. } | FarRequest::Accept { .. } | FarRequest::Refuse(_) => {
                     echo.set_paused(true)
                 }
+                // The echo never calls, so it is never answered early.
+                FarRequest::Progress { .. } => {}
                 // The echo never offers anew.
                 FarRequest::AnswerOffer(_) => {}
                 FarRequest::Hold => {
@@ -962,6 +973,7 @@ impl Far {
             },
             Far::Sip { handle, .. } => match request {
                 FarRequest::Hangup { .. } => handle.hangup(call.id()),
+                FarRequest::Progress { sdp } => handle.progress(call.id(), sdp.clone()),
                 FarRequest::Accept { sdp } => handle.accept(call.id(), sdp.clone()),
                 FarRequest::Refuse(code) => handle.refuse(call.id(), *code),
                 FarRequest::Hold => handle.hold(call.id(), true),
@@ -1175,17 +1187,14 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
             Command::Hold => Ok(self.call.handle_input(Instant::now(), CallInput::Hold)?),
             Command::Resume => Ok(self.call.handle_input(Instant::now(), CallInput::Resume)?),
             Command::Answer { sdp } => {
+                let answer = CallInput::BrowserAnswer(sdp.as_deref());
+                self.call.handle_input(Instant::now(), answer)?;
+                self.media_taken()
+            }
+            Command::Progress { sdp } => {
                 self.call
-                    .handle_input(Instant::now(), CallInput::BrowserAnswer(&sdp))?;
-                // The plan reaches the relay now, so a failure is this
-                // request's answer.
-                self.apply_outputs();
-                match self.media {
-                    Some(_) => Ok(()),
-                    None => Err(CommandError::Media(
-                        "the relay did not take the call".into(),
-                    )),
-                }
+                    .handle_input(Instant::now(), CallInput::BrowserProgress(&sdp))?;
+                self.media_taken()
             }
             Command::Reject { status } => Ok(self
                 .call
@@ -1223,6 +1232,18 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                     },
                 }
             }
+        }
+    }
+
+    /// The plan of the browser's answer reaches the relay now, so a
+    /// failure is the answering request's answer.
+    fn media_taken(&mut self) -> Result<(), CommandError> {
+        self.apply_outputs();
+        match self.media {
+            Some(_) => Ok(()),
+            None => Err(CommandError::Media(
+                "the relay did not take the call".into(),
+            )),
         }
     }
 

@@ -111,6 +111,10 @@ pub enum FarRequest {
     /// Put the far end on hold (re-INVITE sendonly) or take it off.
     Hold,
     Resume,
+    /// Early media toward the far end's INVITE (183 with our SDP).
+    Progress {
+        sdp: String,
+    },
     /// Answer the far end's INVITE (200 with our SDP).
     Accept {
         sdp: String,
@@ -209,8 +213,13 @@ pub enum CallInput<'a> {
     /// The browser asks for hold or its end.
     Hold,
     Resume,
-    /// The browser's answer to our offer for an incoming call.
-    BrowserAnswer(&'a str),
+    /// The browser's answer to our offer for an incoming call; None after
+    /// [`CallInput::BrowserProgress`] gave it already.
+    BrowserAnswer(Option<&'a str>),
+    /// The browser's answer to our offer for an incoming call, for early
+    /// media: the far end gets our 183 and media flows both ways before
+    /// the call is answered.
+    BrowserProgress(&'a str),
     /// The browser refuses an incoming call with this status.
     BrowserReject {
         status: u16,
@@ -264,6 +273,12 @@ pub enum CallError {
     NotHeld,
     #[error("the call is {0}; only an incoming call can be answered or rejected")]
     NotIncoming(&'static str),
+    #[error("early media toward callers is off ([sip] early-media = false)")]
+    EarlyMediaDisabled,
+    #[error("the caller's INVITE carried no SDP offer, so early media has nothing to answer")]
+    EarlyMediaNeedsOffer,
+    #[error("the browser's SDP answer is missing")]
+    AnswerMissing,
 }
 
 /// Why the call refused an input (nothing changed).
@@ -278,6 +293,11 @@ pub enum Refused {
 pub struct Call {
     id: String,
     state: CallState,
+    /// The far end called (the browser answers).
+    inbound: bool,
+    /// Inbound: the browser may send early media before it answers
+    /// (`[sip] early-media`).
+    early_media_allowed: bool,
     /// The web leg to start and our SDP for the browser, once the far end's
     /// SDP made them (sent with the answer or early media).
     answer: Option<(WebLegSpec, String)>,
@@ -301,6 +321,8 @@ impl Call {
         Call {
             id,
             state: CallState::Calling,
+            inbound: false,
+            early_media_allowed: false,
             answer: None,
             leg: None,
             held_by: None,
@@ -332,6 +354,7 @@ impl Call {
     ) -> Self {
         let mut call = Call::outbound(id);
         call.state = CallState::Incoming;
+        call.inbound = true;
         call.ring_deadline = Some(now + ring_timeout);
         call.notify(SessionEvent::CallIncoming {
             call: call.id.clone(),
@@ -342,10 +365,23 @@ impl Call {
         call
     }
 
+    /// The browser may answer an incoming call with early media first
+    /// ([`CallInput::BrowserProgress`]).
+    pub fn allow_early_media(mut self, allowed: bool) -> Self {
+        self.early_media_allowed = allowed;
+        self
+    }
+
+    /// An incoming call the browser has not answered yet: ringing, or in
+    /// early media of its own.
+    fn awaits_browser_answer(&self) -> bool {
+        self.inbound && matches!(self.state, CallState::Incoming | CallState::EarlyMedia)
+    }
+
     /// The browser answered an incoming call ([`Call::prepare_answer`] first,
     /// with the leg its answer describes): the far end gets our 200.
     fn browser_answered(&mut self, now: Instant) -> Result<(), CallError> {
-        if self.state != CallState::Incoming {
+        if !self.awaits_browser_answer() {
             return Err(self.not_incoming());
         }
         if self.answer.is_none() {
@@ -368,10 +404,21 @@ impl Call {
     /// The browser's answer to our offer for an incoming call: negotiated
     /// (a bad answer is refused and changes nothing), then the media plan
     /// goes out, the far end gets our 200 and the web leg starts.
-    fn browser_answer(&mut self, now: Instant, sdp: &str) -> Result<(), Refused> {
-        if self.state != CallState::Incoming {
+    /// After early media of its own the browser's answer stands: `sdp`
+    /// may be left out (one given is not read again).
+    fn browser_answer(&mut self, now: Instant, sdp: Option<&str>) -> Result<(), Refused> {
+        if !self.awaits_browser_answer() {
             return Err(self.not_incoming().into());
         }
+        if self.state == CallState::Incoming {
+            self.negotiate_browser_answer(sdp.ok_or(CallError::AnswerMissing)?)?;
+        }
+        Ok(self.browser_answered(now)?)
+    }
+
+    /// The browser's answer to our offer, negotiated (a bad one is refused
+    /// and changes nothing): the media plan goes out.
+    fn negotiate_browser_answer(&mut self, sdp: &str) -> Result<(), Refused> {
         let negotiator = self
             .negotiator
             .as_mut()
@@ -379,12 +426,40 @@ impl Call {
         let plan = negotiator.browser_answered(sdp)?;
         self.sip_answer = plan.sip_sdp.clone();
         self.accept_plan(plan);
-        Ok(self.browser_answered(now)?)
+        Ok(())
+    }
+
+    /// The browser answers an incoming call for early media: negotiated
+    /// as an answer is, then the far end gets our 183 with our SDP, the web
+    /// leg starts and media flows both ways; the call stays unanswered
+    /// (it may still be rejected, cancelled or time out) until
+    /// [`CallInput::BrowserAnswer`].
+    fn browser_progress(&mut self, now: Instant, sdp: &str) -> Result<(), Refused> {
+        if !(self.inbound && self.state == CallState::Incoming) {
+            return Err(self.not_incoming().into());
+        }
+        if !self.early_media_allowed {
+            return Err(CallError::EarlyMediaDisabled.into());
+        }
+        if !self
+            .negotiator
+            .as_ref()
+            .is_some_and(Negotiator::far_offered)
+        {
+            return Err(CallError::EarlyMediaNeedsOffer.into());
+        }
+        self.negotiate_browser_answer(sdp)?;
+        let sdp = self.sip_answer.clone().unwrap_or_default();
+        self.state = CallState::EarlyMedia;
+        self.outputs
+            .push_back(CallOutput::Far(FarRequest::Progress { sdp }));
+        self.start_leg(now);
+        Ok(())
     }
 
     /// The browser refused an incoming call.
     fn browser_rejected(&mut self, status: u16) -> Result<(), CallError> {
-        if self.state != CallState::Incoming {
+        if !self.awaits_browser_answer() {
             return Err(self.not_incoming());
         }
         self.outputs
@@ -460,6 +535,7 @@ impl Call {
             CallInput::Hold => self.hold()?,
             CallInput::Resume => self.resume()?,
             CallInput::BrowserAnswer(sdp) => self.browser_answer(now, sdp)?,
+            CallInput::BrowserProgress(sdp) => self.browser_progress(now, sdp)?,
             CallInput::BrowserReject { status } => self.browser_rejected(status)?,
         }
         Ok(())
@@ -823,7 +899,6 @@ impl Call {
         Ok(())
     }
 
-    /// Whether DTMF may be sent now.
     /// The browser's new offer for a call whose media is up (answered or
     /// in early media): our answer; when it restarts ICE, the leg takes the
     /// new credentials and the call, its SIP dialog and its SRTP go on. A

@@ -966,6 +966,12 @@ impl Negotiator {
         Ok((negotiator, web_sdp))
     }
 
+    /// Inbound: the far end's INVITE carried an offer (false: a delayed
+    /// offer, or an outbound call).
+    pub fn far_offered(&self) -> bool {
+        matches!(&self.pending, Pending::BrowserAnswer(offer) if offer.far_offered)
+    }
+
     /// Whether a plan has been made (later SDP changes nothing yet).
     pub fn is_done(&self) -> bool {
         matches!(self.pending, Pending::Agreed(_))

@@ -710,7 +710,7 @@ fn the_browser_answer_becomes_one_media_plan_and_our_200() {
     .with_negotiator(negotiator);
     drain(&mut call);
     assert!(matches!(
-        call.browser_answer(t0, "v=0\r\nnonsense"),
+        call.browser_answer(t0, Some("v=0\r\nnonsense")),
         Err(Refused::Sdp(_))
     ));
     assert!(
@@ -720,7 +720,7 @@ fn the_browser_answer_becomes_one_media_plan_and_our_200() {
     assert_eq!(call.state(), CallState::Incoming);
     // The browser answers as Chromium does: our offer's codecs, DTLS active.
     let answer = CHROMIUM_OFFER.replace("a=setup:actpass", "a=setup:active");
-    call.browser_answer(t0, &answer).unwrap();
+    call.browser_answer(t0, Some(&answer)).unwrap();
     let out = drain(&mut call);
     let made = plans(&out);
     assert_eq!(made.len(), 1, "{out:?}");
@@ -730,7 +730,7 @@ fn the_browser_answer_becomes_one_media_plan_and_our_200() {
     assert_eq!(made[0].leg.keying.as_str(), "dtls");
     assert_eq!(call.state(), CallState::Answered);
     assert!(matches!(
-        call.browser_answer(t0, &answer),
+        call.browser_answer(t0, Some(&answer)),
         Err(Refused::Call(_))
     ));
 }
@@ -1041,7 +1041,7 @@ fn a_delayed_offer_goes_to_the_browser_then_in_our_200() {
         ["0 PCMU/8000", "8 PCMA/8000", "101 telephone-event/8000"]
     );
     let answer = CHROMIUM_OFFER.replace("a=setup:actpass", "a=setup:active");
-    call.browser_answer(t0, &answer).unwrap();
+    call.browser_answer(t0, Some(&answer)).unwrap();
     let out = drain(&mut call);
     let plan = plans(&out)[0];
     assert!(plan.far.rtp.ip().is_unspecified(), "no far address yet");
@@ -1062,7 +1062,7 @@ fn a_delayed_offer_goes_to_the_browser_then_in_our_200() {
 
     // The ACK's answer without the codec we offered: the call ends.
     let (mut call, _) = start(24);
-    call.browser_answer(t0, &answer).unwrap();
+    call.browser_answer(t0, Some(&answer)).unwrap();
     drain(&mut call);
     let wrong = far_sdp("203.0.113.9", 40000, "8", "sendrecv");
     call.handle_input(t0, CallInput::FarAckAnswer(Some(&wrong)))
@@ -1100,4 +1100,113 @@ fn an_early_update_moves_the_early_media() {
     );
     assert!(offer_answer(&out).unwrap().is_ok(), "{out:?}");
     assert_eq!(call.state(), CallState::EarlyMedia);
+}
+
+/// Inbound early media of the browser's own: refused while the option is
+/// off and for a delayed offer (nothing changes); allowed, the browser's
+/// answer makes the one plan and our 183, the leg starts, and the call
+/// stays unanswered (no hold) until the answer, whose 200 carries the same
+/// SDP without negotiating again. A reject after early media still works.
+#[test]
+fn the_browsers_early_media_goes_in_a_183_before_its_answer() {
+    let identity = crate::webrtc::dtls::DtlsIdentity::generate().unwrap();
+    let t0 = Instant::now();
+    let answer = CHROMIUM_OFFER.replace("a=setup:actpass", "a=setup:active");
+    let incoming = |negotiator, allowed| {
+        let mut call = Call::inbound(
+            "k1".into(),
+            "sip:caller@pbx",
+            "1001",
+            String::new(),
+            Duration::from_secs(45),
+            t0,
+        )
+        .with_negotiator(negotiator)
+        .allow_early_media(allowed);
+        drain(&mut call);
+        call
+    };
+    let offered = || {
+        negotiate::Negotiator::inbound(context(&identity), far_offer(), Random::seeded(13))
+            .unwrap()
+            .0
+    };
+
+    let mut off = incoming(offered(), false);
+    assert!(matches!(
+        off.handle_input(t0, CallInput::BrowserProgress(&answer)),
+        Err(Refused::Call(CallError::EarlyMediaDisabled))
+    ));
+    assert!(drain(&mut off).is_empty());
+    assert_eq!(off.state(), CallState::Incoming);
+
+    let delayed =
+        negotiate::Negotiator::inbound_without_offer(context(&identity), Random::seeded(3))
+            .unwrap()
+            .0;
+    let mut delayed = incoming(delayed, true);
+    assert!(matches!(
+        delayed.handle_input(t0, CallInput::BrowserProgress(&answer)),
+        Err(Refused::Call(CallError::EarlyMediaNeedsOffer))
+    ));
+    assert!(drain(&mut delayed).is_empty());
+
+    let mut call = incoming(offered(), true);
+    assert!(matches!(
+        call.handle_input(t0, CallInput::BrowserAnswer(None)),
+        Err(Refused::Call(CallError::AnswerMissing))
+    ));
+    assert!(matches!(
+        call.handle_input(t0, CallInput::BrowserProgress("v=0\r\nnonsense")),
+        Err(Refused::Sdp(_))
+    ));
+    assert!(
+        drain(&mut call).is_empty(),
+        "a refused answer changes nothing"
+    );
+    call.handle_input(t0, CallInput::BrowserProgress(&answer))
+        .unwrap();
+    let out = drain(&mut call);
+    let made = plans(&out);
+    assert_eq!(made.len(), 1, "{out:?}");
+    let sip_answer = made[0].sip_sdp.clone().unwrap();
+    assert!(out.contains(&CallOutput::Far(FarRequest::Progress {
+        sdp: sip_answer.clone()
+    })));
+    assert!(call.leg.is_some(), "the web leg starts");
+    assert!(
+        !out.iter().any(|o| matches!(o, CallOutput::Notify(_))),
+        "{out:?}"
+    );
+    assert_eq!(call.state(), CallState::EarlyMedia);
+    assert!(matches!(
+        call.handle_input(t0, CallInput::Hold),
+        Err(Refused::Call(CallError::NotAnswered("early_media")))
+    ));
+    assert!(matches!(
+        call.handle_input(t0, CallInput::BrowserProgress(&answer)),
+        Err(Refused::Call(CallError::NotIncoming("early_media")))
+    ));
+
+    call.handle_input(t0, CallInput::BrowserAnswer(None))
+        .unwrap();
+    let out = drain(&mut call);
+    assert!(plans(&out).is_empty(), "no second plan: {out:?}");
+    assert!(out.contains(&CallOutput::Far(FarRequest::Accept { sdp: sip_answer })));
+    assert_eq!(call.state(), CallState::Answered);
+
+    let mut rejected = incoming(offered(), true);
+    rejected
+        .handle_input(t0, CallInput::BrowserProgress(&answer))
+        .unwrap();
+    drain(&mut rejected);
+    rejected
+        .handle_input(t0, CallInput::BrowserReject { status: 486 })
+        .unwrap();
+    let out = drain(&mut rejected);
+    assert!(
+        out.contains(&CallOutput::Far(FarRequest::Refuse(486))),
+        "{out:?}"
+    );
+    assert_eq!(rejected.state(), CallState::Ended);
 }

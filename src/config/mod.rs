@@ -210,6 +210,9 @@ pub struct SipConfig {
     pub ring_timeout_s: u64,
     /// Session timer interval (RFC 4028) we ask for; 0: none of ours.
     pub session_expires_s: u32,
+    /// The browser may answer an incoming call with early media first
+    /// (183 with our SDP before the 200).
+    pub early_media: bool,
     pub dtmf: DtmfMode,
     pub media_address: String,
     pub trusted_sources: Vec<String>,
@@ -266,6 +269,7 @@ impl Default for SipConfig {
             timer_t4_ms: 5000,
             ring_timeout_s: 45,
             session_expires_s: 1800,
+            early_media: false,
             dtmf: DtmfMode::Rfc4733,
             media_address: String::new(),
             trusted_sources: Vec::new(),

@@ -14,8 +14,8 @@ use super::digest::DigestAuth;
 use super::identity::Identity;
 use super::message::branch_of;
 use super::message::header_values as header;
-use super::message::lists_token;
 use super::message::own_request;
+use super::message::{lists_token, supports};
 use super::session_timer::{self, SessionClock, SessionInterval, SessionTimerConfig};
 use super::transaction::response_to;
 use crate::random::Random;
@@ -76,15 +76,34 @@ struct Provisionals {
     /// the PRACK waiting to be sent.
     last_rseq: Option<u32>,
     prack: Option<rsip::Request>,
-    /// A reliable provisional brought the far end's answer: the first
-    /// offer/answer is complete, so an UPDATE may offer in the early
-    /// dialog (RFC 3311 §5.1).
+    /// A reliable provisional brought the far end's answer (or, incoming,
+    /// ours was PRACKed): the first offer/answer is complete, so an UPDATE
+    /// may offer in the early dialog (RFC 3311 §5.1).
     early_answered: bool,
     /// Incoming: the INVITE requires reliable provisionals; our last
     /// RSeq, and whether its PRACK is still owed.
     required: bool,
     our_rseq: u32,
     prack_owed: bool,
+    /// Incoming: the reliable provisional owed its PRACK carries our SDP
+    /// (a 183 with early media), so no 2xx goes out before that PRACK
+    /// (RFC 3262 §3).
+    owed_has_sdp: bool,
+    /// Incoming: a 183 with our SDP went out; the 2xx repeats that SDP.
+    early_sdp_sent: bool,
+    /// Incoming: what waits for the PRACK owed.
+    after_prack: Option<AfterPrack>,
+}
+
+/// A response of ours to the far end's INVITE that waits for the PRACK of
+/// our reliable provisional: RFC 3262 §3 allows one unacknowledged at a
+/// time, and no 2xx while one with SDP is unacknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterPrack {
+    /// 183 with this SDP ([`Dialog::progress`]).
+    Progress(String),
+    /// 200 with this SDP ([`Dialog::accept`]).
+    Accept(String),
 }
 
 /// A dialog's session timer (RFC 4028): our settings, the interval our
@@ -124,7 +143,7 @@ impl SessionTimerState {
             "Session-Expires".into(),
             interval.value(false),
         ));
-        if session_timer::supports(&request.headers, "timer") {
+        if supports(&request.headers, "timer") {
             response
                 .headers
                 .push(rsip::Header::Require(rsip::headers::Require::from("timer")));
@@ -507,27 +526,66 @@ impl Dialog {
         )))
     }
 
-    /// 180 Ringing for an incoming call: reliable (RFC 3262: Require:
-    /// 100rel, RSeq, and our Contact for the early dialog) when the INVITE
-    /// requires it (then true: resend it until [`Dialog::prack_owed`] is
-    /// false). While one is owed its PRACK, another goes unreliably.
+    /// 180 Ringing for an incoming call: reliable (RFC 3262) when the
+    /// INVITE requires it (then true: resend it until [`Dialog::prack_owed`]
+    /// is false). While one is owed its PRACK, another goes unreliably.
     pub fn ringing(&mut self) -> (rsip::Response, bool) {
         let mut r = self.response(180);
         let reliable = self.provisionals.required && !self.provisionals.prack_owed;
         if reliable {
-            self.provisionals.our_rseq += 1;
-            self.provisionals.prack_owed = true;
-            r.headers
-                .push(rsip::Header::Require(rsip::headers::Require::from(
-                    "100rel",
-                )));
-            r.headers.push(rsip::Header::Other(
-                "RSeq".into(),
-                self.provisionals.our_rseq.to_string(),
-            ));
-            r.headers.push(self.contact());
+            self.make_reliable(&mut r);
         }
         (r, reliable)
+    }
+
+    /// 183 Session Progress with our answer `sdp` for an incoming call
+    /// (early media from the browser): reliable when the INVITE supports or
+    /// requires 100rel (then true: resend it until its PRACK), else plain,
+    /// as most switches take early media. None while an earlier reliable
+    /// provisional is owed its PRACK: the 183 goes once that comes
+    /// ([`Dialog::take_after_prack`]).
+    pub fn progress(&mut self, sdp: String) -> Option<(rsip::Response, bool)> {
+        let reliable = supports(&self.invite.headers, "100rel");
+        if reliable && self.provisionals.prack_owed {
+            self.provisionals.after_prack = Some(AfterPrack::Progress(sdp));
+            return None;
+        }
+        self.local_sdp = sdp;
+        self.provisionals.early_sdp_sent = true;
+        let mut r = self.response(183);
+        if reliable {
+            self.make_reliable(&mut r);
+            self.provisionals.owed_has_sdp = true;
+        } else {
+            r.headers.push(self.contact());
+        }
+        set_body(&mut r, &self.local_sdp);
+        Some((r, reliable))
+    }
+
+    /// Makes `r` our next reliable provisional (RFC 3262 §3: Require:
+    /// 100rel, the next RSeq, and our Contact for the early dialog); its
+    /// PRACK is owed from now on.
+    fn make_reliable(&mut self, r: &mut rsip::Response) {
+        self.provisionals.our_rseq += 1;
+        self.provisionals.prack_owed = true;
+        r.headers
+            .push(rsip::Header::Require(rsip::headers::Require::from(
+                "100rel",
+            )));
+        r.headers.push(rsip::Header::Other(
+            "RSeq".into(),
+            self.provisionals.our_rseq.to_string(),
+        ));
+        r.headers.push(self.contact());
+    }
+
+    /// What waited for the PRACK that has just come, to send now.
+    pub fn take_after_prack(&mut self) -> Option<AfterPrack> {
+        if self.provisionals.prack_owed {
+            return None;
+        }
+        self.provisionals.after_prack.take()
     }
 
     /// Our reliable provisional waits for its PRACK (it is resent until).
@@ -563,23 +621,39 @@ impl Dialog {
         }
         // A resent PRACK is answered again.
         self.provisionals.prack_owed = false;
+        // Our 183's answer is acknowledged: the first offer/answer is
+        // complete, so the caller may offer anew by UPDATE (RFC 3311 §5.1).
+        if std::mem::take(&mut self.provisionals.owed_has_sdp) {
+            self.provisionals.early_answered = true;
+        }
         response_to(request, 200)
     }
 
-    /// 200 OK with our SDP: the incoming call is answered.
-    pub fn accept(&mut self, sdp: String) -> rsip::Response {
-        self.local_sdp = sdp;
+    /// 200 OK with our SDP: the incoming call is answered. After a 183 with
+    /// our SDP the 200 repeats the SDP this dialog agreed then (an early
+    /// UPDATE may have changed it since), whatever `sdp` says. None while
+    /// that 183 is owed its PRACK: the 200 goes once it comes
+    /// ([`Dialog::take_after_prack`]).
+    pub fn accept(&mut self, sdp: String) -> Option<rsip::Response> {
+        if self.provisionals.prack_owed && self.provisionals.owed_has_sdp {
+            self.provisionals.after_prack = Some(AfterPrack::Accept(sdp));
+            return None;
+        }
+        if !self.provisionals.early_sdp_sent {
+            self.local_sdp = sdp;
+        }
         self.state = DialogState::Confirmed;
         // A 2xx may follow a reliable 180 without SDP before its PRACK
         // (RFC 3262 §3); the 180 is resent no more.
         self.provisionals.prack_owed = false;
+        self.provisionals.after_prack = None;
         // No offer in the INVITE: ours is in this 2xx, the answer in the ACK.
         self.answer_in_ack = self.invite.body.is_empty();
         let mut r = self.response(200);
         r.headers.push(self.contact());
         self.session_timer.answer(&self.invite, &mut r);
         set_body(&mut r, &self.local_sdp);
-        r
+        Some(r)
     }
 
     /// A final refusal of the incoming call (486, 480, 487…).
@@ -1134,13 +1208,11 @@ impl Dialog {
             // Before our 2xx: only an UPDATE without an offer (a refresh);
             // an offer there needs the first offer/answer complete, which
             // only reliable provisionals give (RFC 3311 §5.2).
-            // Our INVITE's offer was answered in a reliable 18x: an UPDATE
-            // may offer in the early dialog, as in a confirmed one.
+            // The INVITE's offer was answered in a reliable 18x (theirs or
+            // ours): an UPDATE may offer in the early dialog, as in a
+            // confirmed one.
             DialogState::Calling
-                if update
-                    && offer.is_some()
-                    && !self.incoming
-                    && self.provisionals.early_answered => {}
+                if update && offer.is_some() && self.provisionals.early_answered => {}
             DialogState::Calling => {
                 return match (update, offer) {
                     (true, None) => (Some(self.target_refresh_response(request, None)), None),
@@ -1517,7 +1589,10 @@ mod tests {
             ringing.contains("Record-Route: <sip:198.51.100.1;lr>"),
             "{ringing}"
         );
-        let ok = call.accept("v=0\r\n".into()).to_string();
+        let ok = call
+            .accept("v=0\r\n".into())
+            .expect("no PRACK owed")
+            .to_string();
         assert!(
             ok.contains("Record-Route: <sip:198.51.100.1;lr>") && ok.contains(";tag="),
             "{ok}"

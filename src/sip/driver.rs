@@ -173,6 +173,14 @@ impl SipHandle {
         });
     }
 
+    /// 183 Session Progress with our SDP (early media) to an incoming call.
+    pub fn progress(&self, key: &str, sdp: String) {
+        self.tell(UaInput::Progress {
+            key: key.to_string(),
+            sdp,
+        });
+    }
+
     /// 200 OK with our SDP to an incoming call.
     pub fn accept(&self, key: &str, sdp: String) {
         self.tell(UaInput::Accept {

@@ -680,6 +680,11 @@ pub fn lists_token(headers: &rsip::Headers, name: &str, token: &str) -> bool {
         .any(|t| t.eq_ignore_ascii_case(token))
 }
 
+/// Whether an option tag is in the Supported or Require headers.
+pub fn supports(headers: &rsip::Headers, tag: &str) -> bool {
+    lists_token(headers, "supported", tag) || lists_token(headers, "require", tag)
+}
+
 /// The top Via's branch of a request.
 ///
 /// A request with no branch at all (RFC 2543 style, RFC 4475 §3.4) gets a

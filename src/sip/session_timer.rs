@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::message::{header_values as header, lists_token};
+use super::message::{header_values as header, supports};
 use super::transaction::response_to;
 
 /// The smallest interval RFC 4028 §4 allows, and the Min-SE we demand.
@@ -78,11 +78,6 @@ pub fn session_expires(headers: &rsip::Headers) -> Option<(u32, Option<String>)>
 pub fn min_se(headers: &rsip::Headers) -> Option<u32> {
     let value = header(headers, "min-se").into_iter().next()?;
     value.split(';').next()?.trim().parse().ok()
-}
-
-/// Whether an option tag is in the Supported or Require headers.
-pub fn supports(headers: &rsip::Headers, tag: &str) -> bool {
-    lists_token(headers, "supported", tag) || lists_token(headers, "require", tag)
 }
 
 /// The 422 with our Min-SE (RFC 4028 §8.1) for a request that asks for

@@ -7,7 +7,9 @@
 //               EXPECT_HZ (default 1000) until the caller hangs up; with
 //               HOLD set, the caller also holds and resumes the call; with
 //               MOVES (e.g. 440,1000,440), it moves its media between
-//               sources and each listed tone must be heard in turn
+//               sources and each listed tone must be heard in turn; with
+//               LISTEN_FIRST set, the page takes early media first (Listen
+//               first) and must hear the caller before it answers
 //   sip         the demo page calls DIAL through the SIP server (a SIPp UAS
 //               returning RTP, or baresip playing a tone): hear EXPECT_HZ
 //               (default 1000), hang up; with EARLY set, the tone must be
@@ -256,9 +258,18 @@ try {
     report.connected = await waitFor(page, () => document.getElementById('session-status').textContent.startsWith('connected'));
     say({ ready: true });
     report.rang = await waitFor(page, () => !document.getElementById('incoming').hidden, null, 30000);
+    const expectHz = Number(process.env.EXPECT_HZ || 1000);
+    if (process.env.LISTEN_FIRST) {
+      // Early media of the page's own (Listen first): the caller is heard
+      // before the answer; the caller hears silence until then.
+      await page.click('#listen');
+      report.earlyMedia = await waitFor(page, () => window.demo.call && window.demo.call.state === 'early_media');
+      report.heardEarly = await waitFor(page, heardEarly, expectHz);
+      await sleep(1000);
+      report.answerAt = Date.now();
+    }
     await page.click('#answer');
     report.answered = await waitFor(page, () => window.demo.call && window.demo.call.state === 'answered');
-    const expectHz = Number(process.env.EXPECT_HZ || 1000);
     const moves = process.env.MOVES ? process.env.MOVES.split(',').map(Number) : null;
     if (moves) {
       // The caller moves its media (re-INVITE, UPDATE, an answer in an

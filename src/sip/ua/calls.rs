@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rsip::prelude::*;
 
 use super::{Owner, UaEvent, UserAgent, Wakeup};
-use crate::sip::dialog::{Dialog, DialogEvent, DialogState, RefreshOutcome};
+use crate::sip::dialog::{AfterPrack, Dialog, DialogEvent, DialogState, RefreshOutcome};
 use crate::sip::message::branch_of;
 use crate::sip::session_timer::{self, SessionDue};
 use crate::sip::transaction::response_to;
@@ -102,9 +102,11 @@ fn is_invite_2xx(request: &rsip::Request, response: &rsip::Response) -> bool {
     request.method == rsip::Method::Invite && (200..300).contains(&response.status_code.code())
 }
 
-/// The resend entry of call `key`'s reliable provisional.
+/// The resend entry of call `key`'s reliable provisional: the key and this.
+const PRACK_SUFFIX: &str = " 100rel";
+
 fn prack_key(key: &str) -> String {
-    format!("{key} 100rel")
+    format!("{key}{PRACK_SUFFIX}")
 }
 
 /// The refusal of a new INVITE the gateway cannot take up as it stands:
@@ -282,21 +284,42 @@ impl UserAgent {
             return;
         };
         let (response, reliable) = call.ringing();
+        self.send_provisional(now, key, response, reliable);
+    }
+
+    /// 183 with our SDP (early media) to incoming call `key`; reliable
+    /// ones are resent until their PRACK.
+    pub(super) fn progress(&mut self, now: Instant, key: &str, sdp: String) {
+        let Some((response, reliable)) = self.calls.get_mut(key).and_then(|c| c.progress(sdp))
+        else {
+            // None: it waits for a PRACK, or the call is gone.
+            return;
+        };
+        self.send_provisional(now, key, response, reliable);
+    }
+
+    /// Sends our provisional `response` to call `key`'s INVITE; a reliable
+    /// one is resent until its PRACK (RFC 3262 §3), as a 2xx is until its ACK.
+    fn send_provisional(
+        &mut self,
+        now: Instant,
+        key: &str,
+        response: rsip::Response,
+        reliable: bool,
+    ) {
         let bytes = response.to_string().into_bytes();
         let source = self.invite_source(key);
         self.respond_invite(now, key, response);
-        // A reliable provisional is resent until its PRACK (RFC 3262 §3),
-        // as a 2xx is until its ACK.
         if let (true, Some(to)) = (reliable, source) {
             self.resend_until_acked(now, &prack_key(key), to, bytes);
         }
     }
 
     pub(super) fn accept(&mut self, now: Instant, key: &str, sdp: String) {
-        let Some(call) = self.calls.get_mut(key) else {
+        let Some(response) = self.calls.get_mut(key).and_then(|c| c.accept(sdp)) else {
+            // None: it waits for the PRACK of our 183, or the call is gone.
             return;
         };
-        let response = call.accept(sdp);
         self.acked(&prack_key(key));
         let bytes = response.to_string().into_bytes();
         // Read before the 2xx ends the INVITE's server transaction.
@@ -306,6 +329,16 @@ impl UserAgent {
             self.resend_until_acked(now, key, to, bytes);
         }
         self.sync_session(now, key);
+    }
+
+    /// The PRACK call `key` owed has come: what waited for it goes now.
+    fn after_prack(&mut self, now: Instant, key: &str) {
+        self.acked(&prack_key(key));
+        match self.calls.get_mut(key).and_then(|c| c.take_after_prack()) {
+            Some(AfterPrack::Progress(sdp)) => self.progress(now, key, sdp),
+            Some(AfterPrack::Accept(sdp)) => self.accept(now, key, sdp),
+            None => {}
+        }
     }
 
     /// The call's answer to the far end's offer in a re-INVITE or UPDATE
@@ -372,6 +405,9 @@ impl UserAgent {
         };
         if now >= answer.give_up_at {
             self.unacked.remove(key);
+            if let Some(call_key) = key.strip_suffix(PRACK_SUFFIX) {
+                self.prack_never_came(now, call_key);
+            }
             return;
         }
         if now >= answer.next_send {
@@ -386,6 +422,28 @@ impl UserAgent {
         let next = answer.next_send.min(answer.give_up_at);
         self.wakeups
             .set(Wakeup::Unacked(key.to_string()), Some(next));
+    }
+
+    /// Our reliable provisional to call `key` was resent for 64·T1 without
+    /// a PRACK: the INVITE is refused with a 5xx (RFC 3262 §3) and the call
+    /// fails as one that got no answer.
+    fn prack_never_came(&mut self, now: Instant, key: &str) {
+        let unanswered = self
+            .calls
+            .get(key)
+            .is_some_and(|c| c.is_incoming() && c.state() == DialogState::Calling);
+        if !unanswered {
+            return;
+        }
+        tracing::info!(
+            key,
+            "no PRACK for our reliable provisional: refusing the INVITE"
+        );
+        self.refuse(now, key, 500, Some("Reliable provisional not acknowledged"));
+        self.events.push_back(UaEvent::Call {
+            key: key.to_string(),
+            event: DialogEvent::Failed { status: None },
+        });
     }
 
     fn acked(&mut self, key: &str) {
@@ -430,9 +488,6 @@ impl UserAgent {
             }
             let (response, event) = call.on_request(request);
             let pracked = request.method == rsip::Method::PRack && !call.prack_owed();
-            if pracked {
-                self.acked(&prack_key(&key));
-            }
             if let Some(event) = event {
                 self.events.push_back(UaEvent::Call {
                     key: key.clone(),
@@ -452,6 +507,9 @@ impl UserAgent {
                 None => self
                     .endpoint
                     .answer(now, from, request, Some(response_to(request, 100))),
+            }
+            if pracked {
+                self.after_prack(now, &key);
             }
             self.sync_session(now, &key);
             for ended in self.calls.terminated() {

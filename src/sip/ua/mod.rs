@@ -98,6 +98,8 @@ pub enum UaInput<'a> {
     },
     /// 180 Ringing to an incoming call.
     Ring { key: String },
+    /// 183 with our SDP (early media) to an incoming call.
+    Progress { key: String, sdp: String },
     /// Answer an incoming call with our SDP.
     Accept { key: String, sdp: String },
     /// Answer the far end's offer in a re-INVITE or UPDATE of call `key`
@@ -301,6 +303,7 @@ impl UserAgent {
                 duration_ms,
             } => self.info_dtmf(now, &key, &digits, duration_ms),
             UaInput::Ring { key } => self.ring(now, &key),
+            UaInput::Progress { key, sdp } => self.progress(now, &key, sdp),
             UaInput::Accept { key, sdp } => self.accept(now, &key, sdp),
             UaInput::AnswerOffer { key, answer } => self.answer_offer(now, &key, answer),
             UaInput::Refuse { key, code, reason } => {

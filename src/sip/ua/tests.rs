@@ -16,6 +16,7 @@ trait Drive {
     fn hangup_in(&mut self, now: Instant, key: &str);
     fn accept_in(&mut self, now: Instant, key: &str, sdp: String);
     fn ring_in(&mut self, now: Instant, key: &str);
+    fn progress_in(&mut self, now: Instant, key: &str, sdp: &str);
     fn stream_failed_in(&mut self, now: Instant);
     fn next_transmit(&mut self) -> Option<Datagram>;
     fn next_stream_transmit(&mut self) -> Option<Datagram>;
@@ -65,6 +66,10 @@ impl Drive for UserAgent {
     }
     fn ring_in(&mut self, now: Instant, key: &str) {
         self.handle_input(now, UaInput::Ring { key: key.into() });
+    }
+    fn progress_in(&mut self, now: Instant, key: &str, sdp: &str) {
+        let (key, sdp) = (key.into(), sdp.into());
+        self.handle_input(now, UaInput::Progress { key, sdp });
     }
     fn stream_failed_in(&mut self, now: Instant) {
         self.handle_input(now, UaInput::StreamFailed);
@@ -1389,4 +1394,205 @@ fn a_caller_requiring_100rel_gets_a_reliable_180_resent_until_its_prack() {
         "the PRACK stopped the resends"
     );
     assert_eq!(ua.call_count(), 1);
+}
+
+/// The RSeq of a reliable provisional.
+fn rseq_of(response: &str) -> u32 {
+    header_line(response, "RSeq")
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("an RSeq")
+}
+
+/// The caller's PRACK for our reliable provisional `rseq` (INVITE CSeq 7)
+/// in the early dialog our `to_tag` made.
+fn prack_for(to_tag: &str, rseq: u32, cseq: u32) -> Vec<u8> {
+    format!(
+        "PRACK sip:1001@192.0.2.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKpr{cseq}\r\n\
+         From: \"Caller\" <sip:2000@pbx.example>;tag=c1\r\nTo: <sip:1001@pbx.example>;tag={to_tag}\r\n\
+         Call-ID: in-1@pbx\r\nCSeq: {cseq} PRACK\r\nRAck: {rseq} 7 INVITE\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+fn to_tag_of(response: &str) -> String {
+    header_line(response, "To")
+        .and_then(|l| l.split("tag=").nth(1))
+        .expect("a To tag")
+        .to_string()
+}
+
+const OUR_EARLY_SDP: &str =
+    "v=0\r\no=- 42 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 30000 RTP/AVP 0\r\n";
+
+/// Early media from the browser toward a caller requiring 100rel: our 183
+/// waits for the PRACK of the reliable 180 (one unacknowledged at a time),
+/// then goes reliably with our SDP; once it is PRACKed the caller's UPDATE
+/// may offer in the early dialog; our 200 repeats the SDP agreed last.
+#[test]
+fn our_183_waits_its_turn_and_its_prack_opens_the_early_dialog() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(8));
+    ua.datagram_in(
+        t0,
+        server(),
+        &incoming_invite_with("z9hG4bKem", "Require: 100rel\r\n"),
+    );
+    sent(&mut ua);
+    let Some(UaEvent::Incoming { key, .. }) = ua.next_event() else {
+        panic!("an incoming call");
+    };
+    ua.ring_in(t0, &key);
+    let ringing = sent(&mut ua).remove(0);
+    let (rseq, tag) = (rseq_of(&ringing), to_tag_of(&ringing));
+    ua.progress_in(t0, &key, OUR_EARLY_SDP);
+    assert!(
+        sent(&mut ua).is_empty(),
+        "the 183 waits for the 180's PRACK"
+    );
+
+    ua.datagram_in(t0, server(), &prack_for(&tag, rseq, 8));
+    let out = sent(&mut ua);
+    assert!(
+        out[0].starts_with("SIP/2.0 200") && out[0].contains("PRACK"),
+        "{out:?}"
+    );
+    let progress = out.get(1).expect("our 183 now");
+    assert!(progress.starts_with("SIP/2.0 183"), "{progress}");
+    assert_eq!(header_line(progress, "Require"), Some("Require: 100rel"));
+    assert_eq!(rseq_of(progress), rseq + 1);
+    assert!(progress.ends_with(OUR_EARLY_SDP), "{progress}");
+    ua.timeout_in(t0 + Duration::from_millis(500));
+    assert!(
+        sent(&mut ua)[0].starts_with("SIP/2.0 183"),
+        "resent until its PRACK"
+    );
+
+    let update = |branch: &str, cseq: u32| {
+        let sdp = "v=0\r\no=- 1 2 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.77\r\nt=0 0\r\nm=audio 4100 RTP/AVP 0\r\n";
+        format!(
+            "UPDATE sip:1001@192.0.2.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch={branch}\r\n\
+             From: \"Caller\" <sip:2000@pbx.example>;tag=c1\r\nTo: <sip:1001@pbx.example>;tag={tag}\r\n\
+             Call-ID: in-1@pbx\r\nCSeq: {cseq} UPDATE\r\nContact: <sip:2000@192.0.2.1:5060>\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        )
+        .into_bytes()
+    };
+    ua.datagram_in(t0, server(), &update("z9hG4bKup1", 9));
+    assert!(
+        sent(&mut ua)[0].starts_with("SIP/2.0 500"),
+        "no offer before our 183's answer is acknowledged"
+    );
+    ua.datagram_in(t0, server(), &prack_for(&tag, rseq + 1, 10));
+    let out = sent(&mut ua);
+    assert_eq!(
+        out.len(),
+        1,
+        "only the PRACK's 200: nobody answered yet: {out:?}"
+    );
+    ua.timeout_in(t0 + Duration::from_secs(5));
+    assert!(
+        !sent(&mut ua).iter().any(|m| m.starts_with("SIP/2.0 183")),
+        "the PRACK stopped the resends"
+    );
+
+    ua.datagram_in(t0, server(), &update("z9hG4bKup2", 11));
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 100"));
+    assert!(matches!(
+        ua.next_event(),
+        Some(UaEvent::Call {
+            event: DialogEvent::Offer { sdp: Some(_) },
+            ..
+        })
+    ));
+    let moved = OUR_EARLY_SDP.replace("30000", "30002");
+    ua.handle_input(
+        t0,
+        UaInput::AnswerOffer {
+            key: key.clone(),
+            answer: Ok(moved.clone()),
+        },
+    );
+    let updated = sent(&mut ua).remove(0);
+    assert!(
+        updated.starts_with("SIP/2.0 200") && updated.contains("UPDATE"),
+        "{updated}"
+    );
+    assert!(updated.contains("m=audio 30002"), "{updated}");
+
+    ua.accept_in(t0, &key, OUR_EARLY_SDP.into());
+    let ok = sent(&mut ua).remove(0);
+    assert!(
+        ok.starts_with("SIP/2.0 200") && ok.contains("INVITE"),
+        "{ok}"
+    );
+    assert!(
+        ok.contains("m=audio 30002") && ok.contains("o=- 42 2 "),
+        "the SDP agreed last: {ok}"
+    );
+}
+
+/// A caller without 100rel gets a plain 183 with our SDP, and the 200 at
+/// once. One that supports it but never PRACKs our reliable 183 keeps our
+/// 200 waiting, then gets a 5xx after 64·T1 (RFC 3262 §3): the call fails.
+#[test]
+fn our_183_goes_plain_without_100rel_and_an_unpracked_one_ends_the_call() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(9));
+    ua.datagram_in(t0, server(), &incoming_invite("z9hG4bKplain"));
+    sent(&mut ua);
+    let Some(UaEvent::Incoming { key, .. }) = ua.next_event() else {
+        panic!("an incoming call");
+    };
+    ua.progress_in(t0, &key, OUR_EARLY_SDP);
+    let progress = sent(&mut ua).remove(0);
+    assert!(progress.starts_with("SIP/2.0 183"), "{progress}");
+    assert!(
+        header_line(&progress, "RSeq").is_none() && header_line(&progress, "Require").is_none()
+    );
+    assert!(header_line(&progress, "Contact").is_some());
+    assert!(progress.ends_with(OUR_EARLY_SDP));
+    ua.accept_in(t0, &key, "ignored".into());
+    let ok = sent(&mut ua).remove(0);
+    assert!(
+        ok.starts_with("SIP/2.0 200") && ok.ends_with(OUR_EARLY_SDP),
+        "{ok}"
+    );
+
+    let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(10));
+    ua.datagram_in(
+        t0,
+        server(),
+        &incoming_invite_with("z9hG4bKnoprack", "Supported: 100rel\r\n"),
+    );
+    sent(&mut ua);
+    let Some(UaEvent::Incoming { key, .. }) = ua.next_event() else {
+        panic!("an incoming call");
+    };
+    ua.progress_in(t0, &key, OUR_EARLY_SDP);
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 183"));
+    ua.accept_in(t0, &key, OUR_EARLY_SDP.into());
+    let mut now = t0;
+    let mut refusal = None;
+    while now < t0 + Duration::from_secs(40) && refusal.is_none() {
+        now += Duration::from_millis(250);
+        ua.timeout_in(now);
+        let out = sent(&mut ua);
+        assert!(
+            !out.iter().any(|m| m.starts_with("SIP/2.0 200")),
+            "no 200 before the 183's PRACK: {out:?}"
+        );
+        refusal = out.into_iter().find(|m| m.starts_with("SIP/2.0 500"));
+    }
+    assert!(refusal.is_some(), "a 5xx once the resends give up");
+    assert!(now >= t0 + Duration::from_secs(32), "{:?}", now - t0);
+    assert_eq!(
+        ua.next_event(),
+        Some(UaEvent::Call {
+            key: key.clone(),
+            event: DialogEvent::Failed { status: None }
+        })
+    );
+    assert_eq!(ua.call_count(), 0);
 }
