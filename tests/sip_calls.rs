@@ -105,10 +105,33 @@ async fn the_sip_leg_uses_the_configured_media_address() {
     assert_eq!(sockets_on_127_0_0_5(), 0, "closed with the call");
 }
 
+/// A session for user 1001, then SIPp's `scenario` calls it over
+/// `transport`: the session and its `call.incoming`.
+async fn ring_the_browser(
+    t: &mut SipTest,
+    scenario: &str,
+    transport: Transport,
+) -> (ApiSession, Value) {
+    let mut s = ApiSession::open(&t.gw).await;
+    t.call_in(scenario, transport);
+    let incoming = s.wait_for("call.incoming").await;
+    (s, incoming)
+}
+
 /// A browser's answer to our offer: the fixture's ICE, fingerprint and
 /// codecs (PCMU among them), as Chromium would answer with setup:active.
 fn browser_answer() -> String {
     OFFER.replace("a=setup:actpass", "a=setup:active")
+}
+
+/// The browser's early media on incoming call `cid` with [`browser_answer`]:
+/// the status and body of `…/progress`.
+async fn progress_as_the_browser(s: &ApiSession, cid: &str) -> (u16, Value) {
+    s.post(
+        &format!("/calls/{cid}/progress"),
+        json!({"sdp": browser_answer()}),
+    )
+    .await
 }
 
 /// Answers incoming call `cid` with [`browser_answer`]; it must be taken.
@@ -125,9 +148,7 @@ async fn answer_as_the_browser(s: &ApiSession, cid: &str) {
 #[tokio::test]
 async fn an_incoming_call_answered_by_the_browser() {
     let mut t = SipTest::gateway(Transport::Udp, "");
-    let mut s = ApiSession::open(&t.gw).await;
-    t.call_in("uac", Transport::Udp);
-    let incoming = s.wait_for("call.incoming").await;
+    let (mut s, incoming) = ring_the_browser(&mut t, "uac", Transport::Udp).await;
     let cid = incoming["call"].as_str().unwrap().to_string();
     assert_eq!(incoming["to"], "1001");
     assert_eq!(incoming["from"], "sipp");
@@ -178,9 +199,7 @@ async fn the_caller_cancels_while_the_browser_rings() {
 #[tokio::test]
 async fn the_browser_rejects_an_incoming_call() {
     let mut t = SipTest::gateway(Transport::Udp, "");
-    let mut s = ApiSession::open(&t.gw).await;
-    t.call_in("uac-486.xml", Transport::Udp);
-    let incoming = s.wait_for("call.incoming").await;
+    let (mut s, incoming) = ring_the_browser(&mut t, "uac-486.xml", Transport::Udp).await;
     let cid = incoming["call"].as_str().unwrap().to_string();
     let (status, body) = s
         .post(&format!("/calls/{cid}/reject"), json!({"status": 999}))
@@ -383,9 +402,7 @@ async fn srtp_off_refuses_a_savp_offer() {
 #[tokio::test]
 async fn a_caller_connects_to_us_over_tcp() {
     let mut t = SipTest::gateway(Transport::Tcp, "");
-    let mut s = ApiSession::open(&t.gw).await;
-    t.call_in("uac", Transport::Tcp);
-    let incoming = s.wait_for("call.incoming").await;
+    let (mut s, incoming) = ring_the_browser(&mut t, "uac", Transport::Tcp).await;
     let cid = incoming["call"].as_str().unwrap().to_string();
     answer_as_the_browser(&s, &cid).await;
     s.wait_for("call.answered").await;
@@ -505,12 +522,64 @@ async fn a_refresh_that_never_comes_ends_the_call() {
 /// A switch that requires 100rel calls the browser: our 180 is reliable
 /// (SIPp checks Require and RSeq and PRACKs it), the PRACK gets its 200,
 /// and the browser's answer then completes the call.
+/// Early media toward a caller is off unless `[sip] early-media` says so:
+/// `…/progress` is refused by name and changes nothing (the call still
+/// rings and is answered as usual); an answer without SDP is refused too.
+#[tokio::test]
+async fn early_media_toward_a_caller_needs_the_option() {
+    let mut t = SipTest::gateway(Transport::Udp, "");
+    let (mut s, incoming) = ring_the_browser(&mut t, "uac", Transport::Udp).await;
+    let cid = incoming["call"].as_str().unwrap().to_string();
+    let (status, body) = progress_as_the_browser(&s, &cid).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("early_media_disabled")),
+        "{body}"
+    );
+    let (status, body) = s.post(&format!("/calls/{cid}/answer"), json!({})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_sdp")),
+        "{body}"
+    );
+    let (_, view) = s.get(&format!("/calls/{cid}")).await;
+    assert_eq!(view["state"], "incoming", "{view}");
+    answer_as_the_browser(&s, &cid).await;
+    let ended = s.wait_for("call.ended").await;
+    assert_eq!(ended["reason"], "remote_hangup");
+    t.finish().await;
+}
+
+/// With `[sip] early-media = true` the browser's `…/progress` gives a
+/// caller that requires 100rel a reliable 183 with our SDP — after the
+/// PRACK of our reliable 180, which SIPp holds back 1.2 s — and the call
+/// is in early media until `…/answer` (an empty body) sends the 200.
+#[tokio::test]
+async fn a_caller_requiring_100rel_gets_our_early_media_after_the_180s_prack() {
+    let mut t = SipTest::gateway(Transport::Udp, "early-media = true\n");
+    let (mut s, incoming) = ring_the_browser(&mut t, "uac-100rel-early.xml", Transport::Udp).await;
+    let cid = incoming["call"].as_str().unwrap().to_string();
+    let (status, body) = progress_as_the_browser(&s, &cid).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, view) = s.get(&format!("/calls/{cid}")).await;
+    assert_eq!(view["state"], "early_media", "{view}");
+    let (status, body) = progress_as_the_browser(&s, &cid).await;
+    assert_eq!(status, 409, "once is enough: {body}");
+    // Time for both PRACKs before the answer.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, body) = s.post_empty(&format!("/calls/{cid}/answer")).await;
+    assert_eq!(status, 200, "{body}");
+    let answered = s.wait_for("call.answered").await;
+    assert!(answered.get("sdp").is_none(), "{answered}");
+    let ended = s.wait_for("call.ended").await;
+    assert_eq!(ended["reason"], "remote_hangup", "{ended}");
+    t.finish().await;
+}
+
 #[tokio::test]
 async fn a_caller_requiring_reliable_provisionals_gets_a_pracked_180() {
     let mut t = SipTest::gateway(Transport::Udp, "");
-    let mut s = ApiSession::open(&t.gw).await;
-    t.call_in("uac-100rel.xml", Transport::Udp);
-    let incoming = s.wait_for("call.incoming").await;
+    let (mut s, incoming) = ring_the_browser(&mut t, "uac-100rel.xml", Transport::Udp).await;
     let cid = incoming["call"].as_str().unwrap().to_string();
     // Time for the 180 and its PRACK before the answer.
     tokio::time::sleep(Duration::from_millis(1000)).await;

@@ -2,7 +2,7 @@
 //! at 0xff bytes) into a user agent that has a registration and an outgoing
 //! call in progress, with its timers run in between. It reaches the
 //! endpoint's server transactions, incoming INVITE dialogs, CANCEL and
-//! in-dialog requests (BYE, re-INVITE, INFO). Never panics.
+//! in-dialog requests (BYE, re-INVITE, UPDATE, PRACK, INFO). Never panics.
 #![no_main]
 
 use std::time::{Duration, Instant};
@@ -79,13 +79,22 @@ fuzz_target!(|data: &[u8]| {
     drain(&mut ua, now);
 });
 
-/// Takes every output; an incoming call is rung and answered.
+/// Takes every output; an incoming call is rung, given early media (a
+/// reliable 183 when it asks for 100rel, whose PRACK the data may bring)
+/// and answered.
 fn drain(ua: &mut UserAgent, now: Instant) {
     loop {
         match ua.poll_output() {
             UaOutput::Transmit(_) => {}
             UaOutput::Event(UaEvent::Incoming { key, .. }) => {
                 ua.handle_input(now, UaInput::Ring { key: key.clone() });
+                ua.handle_input(
+                    now,
+                    UaInput::Progress {
+                        key: key.clone(),
+                        sdp: "v=0\r\n".into(),
+                    },
+                );
                 ua.handle_input(
                     now,
                     UaInput::Accept {

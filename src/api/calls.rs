@@ -276,6 +276,18 @@ pub async fn dtmf(
     Ok(ok())
 }
 
+/// A JSON body that may be left out: empty (or blank) is `T::default()`;
+/// one that does not parse is `400 bad_json` saying `expected`.
+fn optional_json<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+    expected: &str,
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|_| ApiError::bad_request("bad_json", expected))
+}
+
 #[derive(Deserialize)]
 pub struct Answer {
     sdp: String,
@@ -295,16 +307,10 @@ pub async fn answer(
     session: AuthorizedSession,
     ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
-    let body: AnswerAfterProgress = if body.iter().all(u8::is_ascii_whitespace) {
-        AnswerAfterProgress::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|_| {
-            ApiError::bad_request(
-                "bad_json",
-                "the body must be {\"sdp\": <SDP answer>}, or empty after progress",
-            )
-        })?
-    };
+    let body: AnswerAfterProgress = optional_json(
+        &body,
+        "the body must be {\"sdp\": <SDP answer>}, or empty after progress",
+    )?;
     run(
         &state,
         &session.sid,
@@ -373,16 +379,10 @@ pub async fn reject(
     ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     // The body is optional: none, `{}` or `{"status": 603}`.
-    let body: Reject = if body.iter().all(u8::is_ascii_whitespace) {
-        Reject::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|_| {
-            ApiError::bad_request(
-                "bad_json",
-                "the body must be {\"status\": <SIP status>} or empty",
-            )
-        })?
-    };
+    let body: Reject = optional_json(
+        &body,
+        "the body must be {\"status\": <SIP status>} or empty",
+    )?;
     let status = body.status.unwrap_or(486);
     if !REJECT_STATUSES.contains(&status) {
         return Err(ApiError::bad_request(

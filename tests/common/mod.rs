@@ -462,6 +462,15 @@ pub fn free_tcp_port() -> u16 {
 /// `POST /v1/sessions` with `body`: the status and the JSON answer (null
 /// when the body is not JSON).
 #[allow(dead_code)]
+/// Sends `request`: the status and the JSON body (null when it has none).
+async fn status_and_json(request: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+    let r = request.send().await.unwrap();
+    (
+        r.status().as_u16(),
+        r.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
 pub async fn post_session(gw: &Gateway, body: &serde_json::Value) -> (u16, serde_json::Value) {
     let r = client()
         .post(format!("{}/v1/sessions", gw.api()))
@@ -558,28 +567,16 @@ impl ApiSession {
 
     /// `GET` at `path` under the session: the status and the JSON body.
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let r = self
-            .request(reqwest::Method::GET, path)
-            .send()
-            .await
-            .unwrap();
-        (
-            r.status().as_u16(),
-            r.json().await.unwrap_or(serde_json::Value::Null),
-        )
+        status_and_json(self.request(reqwest::Method::GET, path)).await
     }
 
     pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-        let r = self
-            .request(reqwest::Method::POST, path)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (
-            r.status().as_u16(),
-            r.json().await.unwrap_or(serde_json::Value::Null),
-        )
+        status_and_json(self.request(reqwest::Method::POST, path).json(&body)).await
+    }
+
+    /// `POST` at `path` without a body.
+    pub async fn post_empty(&self, path: &str) -> (u16, serde_json::Value) {
+        status_and_json(self.request(reqwest::Method::POST, path)).await
     }
 
     pub async fn hang_up(&self, cid: &str) {
