@@ -106,6 +106,13 @@ export interface LegStats {
   peer_fraction_lost: number; peer_cumulative_lost: number; peer_jitter_us: number;
 }
 
+export interface CallerIdentity {
+  uri: string;
+  display_name: string | null;
+  /** True when the switch asserted it (P-Asserted-Identity), false when it is the From. */
+  asserted: boolean;
+}
+
 export interface CallStats {
   gateway: {
     call: string; state: string; direction: string; to: string; codec: string;
@@ -129,6 +136,10 @@ export declare class Call extends EventTarget {
   readonly direction: 'incoming' | 'outgoing';
   readonly from?: string;
   readonly to?: string;
+  /** Incoming: the caller's display name (the From's), or null. */
+  readonly displayName: string | null;
+  /** Incoming: who the switch says calls — its P-Asserted-Identity, else the From. */
+  readonly identity: CallerIdentity | null;
   readonly state: 'incoming' | 'calling' | 'ringing' | 'early_media' | 'answered' | 'ended';
   readonly held: boolean;
   readonly pc: RTCPeerConnection | null;

@@ -241,6 +241,8 @@ export class Session extends EventTarget {
         pc: null,
         from: event.from,
         to: event.to,
+        displayName: event.display_name,
+        identity: event.identity,
         offer: event.sdp,
       });
       this._calls.set(event.call, call);
@@ -272,12 +274,16 @@ export function gatewayAddresses(sdp) {
 
 /** One call: its RTCPeerConnection and its signaling. */
 export class Call extends EventTarget {
-  constructor(session, { id, direction, pc, localStream, ownStream, from, to, offer }) {
+  constructor(session, { id, direction, pc, localStream, ownStream, from, to, displayName, identity, offer }) {
     super();
     this.id = id;
     this.direction = direction;
     this.from = from;
     this.to = to;
+    /** Incoming: the caller's display name (the From's), or null. */
+    this.displayName = displayName || null;
+    /** Incoming: who the switch says calls ({uri, display_name, asserted}), or null. */
+    this.identity = identity || null;
     this.state = direction === 'incoming' ? 'incoming' : 'calling';
     this.held = false;
     this.pc = pc;

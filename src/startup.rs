@@ -87,6 +87,7 @@ pub(crate) fn media_plane(
         ring_timeout: Duration::from_secs(config.sip.ring_timeout_s),
         dtmf_info: config.sip.dtmf == config::DtmfMode::Info,
         early_media: config.sip.early_media,
+        asserted_identity: config.sip.asserted_identity,
         sip_srtp: config.sip.srtp,
         limits: call::driver::CallLimits {
             per_session: config.http.max_calls_per_session,

@@ -335,6 +335,14 @@ async fn limits_and_error_shapes() {
         ("{}", "bad_json"),
         ("{\"user\": \"bad user\"}", "invalid_user"),
         ("{\"user\": \"\"}", "invalid_user"),
+        (
+            "{\"user\": \"1001\", \"display_name\": \"Agent\\r\\nX-Evil: 1\"}",
+            "invalid_display_name",
+        ),
+        (
+            "{\"user\": \"1001\", \"display_name\": \"Agent\\u0007\"}",
+            "invalid_display_name",
+        ),
     ] {
         let r = client()
             .post(format!("{base}/v1/sessions"))

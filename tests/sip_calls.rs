@@ -69,6 +69,25 @@ async fn we_hang_up_an_answered_call_with_bye() {
     t.finish().await;
 }
 
+/// The session's display name (quotes and all) and, with `[sip]
+/// asserted-identity = "pai"`, a P-Asserted-Identity naming the agent go
+/// out in the INVITE; SIPp's scenario checks both.
+#[tokio::test]
+async fn our_invite_names_the_agent_in_from_and_p_asserted_identity() {
+    let t = SipTest::toward_over(
+        "uas-caller-id.xml",
+        Transport::Udp,
+        "asserted-identity = \"pai\"\n",
+    );
+    let body = json!({"user": "1001", "display_name": "Agent \"Smith\""});
+    let mut s = ApiSession::create_from(&t.gw, &body).await.unwrap();
+    s.call("5000", OFFER).await;
+    s.wait_for("call.answered").await;
+    let ended = s.wait_for("call.ended").await;
+    assert_eq!(ended["reason"], "remote_hangup");
+    t.finish().await;
+}
+
 /// UDP sockets bound to 127.0.0.5 on this host (/proc/net/udp writes an
 /// IPv4 address as the hex of its bytes in host order: 0500007F on x86).
 fn sockets_on_127_0_0_5() -> usize {
@@ -152,6 +171,16 @@ async fn an_incoming_call_answered_by_the_browser() {
     let cid = incoming["call"].as_str().unwrap().to_string();
     assert_eq!(incoming["to"], "1001");
     assert_eq!(incoming["from"], "sipp");
+    // SIPp's From is `sipp <sip:sipp@…>`, and it asserts nothing.
+    assert_eq!(incoming["display_name"], "sipp", "{incoming}");
+    assert_eq!(incoming["identity"]["asserted"], false, "{incoming}");
+    assert_eq!(incoming["identity"]["display_name"], "sipp");
+    assert!(
+        incoming["identity"]["uri"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("sip:sipp@127.0.0.1")),
+        "{incoming}"
+    );
     let offer = incoming["sdp"].as_str().unwrap();
     assert!(
         offer.contains("a=ice-lite") && offer.contains("a=fingerprint:sha-256"),
@@ -559,6 +588,13 @@ async fn a_caller_requiring_100rel_gets_our_early_media_after_the_180s_prack() {
     let mut t = SipTest::gateway(Transport::Udp, "early-media = true\n");
     let (mut s, incoming) = ring_the_browser(&mut t, "uac-100rel-early.xml", Transport::Udp).await;
     let cid = incoming["call"].as_str().unwrap().to_string();
+    // The switch's From names the queue; the caller it asserts is who calls.
+    assert_eq!(incoming["display_name"], "Queue \"Sales\"", "{incoming}");
+    assert_eq!(
+        incoming["identity"],
+        json!({"uri": "sip:+15551234567@127.0.0.1;user=phone", "display_name": "Jane Doe", "asserted": true}),
+        "{incoming}"
+    );
     let (status, body) = progress_as_the_browser(&s, &cid).await;
     assert_eq!(status, 200, "{body}");
     let (_, view) = s.get(&format!("/calls/{cid}")).await;

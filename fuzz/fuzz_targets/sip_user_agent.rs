@@ -52,6 +52,10 @@ fuzz_target!(|data: &[u8]| {
             to: "5000".into(),
             sdp: "v=0\r\n".into(),
             password: Some("pw".into()),
+            caller: webrtc_sip_gateway::sip::caller_id::OutgoingCaller {
+                display_name: Some("Agent \"1\"".into()),
+                identity_header: Some("P-Asserted-Identity"),
+            },
         },
     );
     let mut now = t0;

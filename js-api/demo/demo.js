@@ -164,7 +164,11 @@ $('connect').onclick = () => run('connect', async () => {
   state.session.addEventListener('incoming', (e) => {
     const call = e.detail;
     state.incoming = call;
-    $('incoming-from').textContent = `Incoming call from ${call.from}`;
+    // The switch's asserted caller first; textContent keeps any markup in a name inert.
+    const who = call.identity && call.identity.asserted ? call.identity : null;
+    const name = (who && who.display_name) || call.displayName;
+    const number = who ? who.uri : call.from;
+    $('incoming-from').textContent = `Incoming call from ${name ? `${name} (${number})` : number}`;
     $('listen').hidden = false;
     $('incoming').hidden = false;
     log(`incoming call from ${call.from}`);

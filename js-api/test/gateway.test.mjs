@@ -161,7 +161,10 @@ test('errors carry the API code, HTTP status and SIP status', async () => {
 test('a lost poll loses no event and none is delivered twice', async () => {
   const gw = new FakeGateway();
   gw.failNextPolls = 1;
-  gw.push({ type: 'call.incoming', call: 'c9', from: '2000', to: '1001', sdp: 'v=0 offer' });
+  gw.push({
+    type: 'call.incoming', call: 'c9', from: '2000', to: '1001', sdp: 'v=0 offer', display_name: 'Queue "Sales"',
+    identity: { uri: 'sip:+15551234567@pbx', display_name: 'Jane Doe', asserted: true },
+  });
   const session = await connect({ url: 'https://gw.test', user: '1001', fetch: gw.fetch });
   const incoming = [];
   session.addEventListener('incoming', (e) => incoming.push(e.detail));
@@ -175,6 +178,8 @@ test('a lost poll loses no event and none is delivered twice', async () => {
   assert.equal(incoming[0].id, 'c9');
   assert.equal(incoming[0].from, '2000');
   assert.equal(incoming[0].direction, 'incoming');
+  assert.equal(incoming[0].displayName, 'Queue "Sales"');
+  assert.deepEqual(incoming[0].identity, { uri: 'sip:+15551234567@pbx', display_name: 'Jane Doe', asserted: true });
   await until(() => gw.requests.filter((r) => r.path.endsWith('/events')).length >= 3);
   assert.equal(gw.requests.filter((r) => r.path.endsWith('/events')).at(-1).query, '?after=1&timeout=25');
   assert.equal(session.lastSeq, 1);

@@ -78,6 +78,7 @@ pub async fn create(
         sid,
         user,
         sip_password: password,
+        display_name,
     } = session;
     if !valid_destination(&body.to) {
         return Err(ApiError::bad_request(
@@ -147,6 +148,7 @@ pub async fn create(
                         session: &sid,
                         user: &user,
                         password: password.map(|p| p.expose().to_string()),
+                        display_name: display_name.as_deref(),
                     },
                     reservation,
                     &body.to,

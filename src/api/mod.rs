@@ -320,6 +320,8 @@ pub struct AuthorizedSession {
     pub sid: String,
     pub user: String,
     pub sip_password: Option<crate::config::Secret>,
+    /// The display name given when the session was created.
+    pub display_name: Option<String>,
 }
 
 impl FromRequestParts<SharedState> for AuthorizedSession {
@@ -345,6 +347,7 @@ impl FromRequestParts<SharedState> for AuthorizedSession {
         Ok(AuthorizedSession {
             user: session.user.clone(),
             sip_password: session.sip_password.clone(),
+            display_name: session.display_name.clone(),
             sid,
         })
     }
@@ -536,11 +539,12 @@ async fn create_session(
     if body
         .display_name
         .as_ref()
-        .is_some_and(|d| d.len() > 128 || d.contains(['\r', '\n', '"']))
+        .is_some_and(|d| d.len() > 128 || d.chars().any(char::is_control))
     {
+        // Quotes and backslashes are fine: our From escapes them.
         return Err(ApiError::bad_request(
             "invalid_display_name",
-            "display_name must be at most 128 characters without quotes or line breaks",
+            "display_name must be at most 128 bytes without control characters",
         ));
     }
     if state.config.auth.mode == AuthMode::Token {

@@ -36,7 +36,8 @@ use crate::media::srtp::SrtpContext;
 use crate::media::stats::{CallStats, LegSnapshot};
 use crate::random::Random;
 use crate::sdp::SdpError;
-use crate::session::SessionEvent;
+use crate::session::{CallerIdentity, IncomingCaller, SessionEvent};
+use crate::sip::caller_id::OutgoingCaller;
 use crate::sip::dialog::DialogEvent;
 use crate::sip::driver::IncomingCall;
 use crate::sip::driver::SipHandle;
@@ -498,6 +499,8 @@ pub struct SipCaller<'a> {
     pub user: &'a str,
     /// For digest challenges to the INVITE (401/407).
     pub password: Option<String>,
+    /// The session's display name, for our From.
+    pub display_name: Option<&'a str>,
 }
 
 /// Settings a call needs from the config.
@@ -522,6 +525,8 @@ pub struct CallSettings {
     pub dtmf_info: bool,
     /// The browser may send early media (183) before answering an incoming call.
     pub early_media: bool,
+    /// Which identity header our INVITEs carry (none, PAI or PPI).
+    pub asserted_identity: crate::config::AssertedIdentity,
     /// SRTP on the SIP media leg.
     pub sip_srtp: SrtpPolicy,
     /// How many calls a session and a user may have at once.
@@ -754,7 +759,12 @@ impl MediaPlane {
             session,
             user,
             password,
+            display_name,
         } = caller;
+        let caller_id = OutgoingCaller {
+            display_name: display_name.map(str::to_string),
+            identity_header: self.settings.asserted_identity.header_name(),
+        };
         let mut random = self.call_random();
         let cid = random.ice_token(12);
         let (web, sip, control_socket) = self.bind_legs(self.settings.sip_media_bind)?;
@@ -763,7 +773,7 @@ impl MediaPlane {
         let offer = offer.unwrap_or_default();
         let (inputs, inputs_rx) = mpsc::unbounded_channel();
         let status = self.register_call(&cid, reservation, to, false, inputs);
-        let events = sip_side.invite(&cid, user, password, to, offer);
+        let events = sip_side.invite(&cid, user, password, to, offer, caller_id);
         let task = self.new_task(
             Call::outbound(cid.clone()).with_negotiator(negotiator),
             session,
@@ -796,6 +806,7 @@ impl MediaPlane {
             user,
             from,
             to,
+            caller,
             sdp,
             events,
         } = incoming;
@@ -844,10 +855,19 @@ impl MediaPlane {
         let cid = key.clone();
         let (inputs, inputs_rx) = mpsc::unbounded_channel();
         let status = self.register_call(&cid, reservation, &to, true, inputs);
+        let parties = IncomingCaller {
+            from: from.clone(),
+            to: to.clone(),
+            display_name: caller.display_name,
+            identity: CallerIdentity {
+                uri: caller.identity_uri,
+                display_name: caller.identity_display_name,
+                asserted: caller.asserted,
+            },
+        };
         let call = Call::inbound(
             cid.clone(),
-            &from,
-            &to,
+            parties,
             web_sdp,
             self.settings.ring_timeout,
             Instant::now(),

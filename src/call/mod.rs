@@ -19,7 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::sdp::{Fingerprint, IceCredentials, SdpError};
-use crate::session::SessionEvent;
+use crate::session::{IncomingCaller, SessionEvent};
 use crate::webrtc::dtls::{DtlsIdentity, SrtpKeys};
 use crate::webrtc::ice::Pair;
 use crate::webrtc::leg::{WebLeg, WebLegEvent, WebLegInput};
@@ -346,8 +346,7 @@ impl Call {
     /// to the browser; unanswered after `ring_timeout` it is refused with 480.
     pub fn inbound(
         id: String,
-        from: &str,
-        to: &str,
+        caller: IncomingCaller,
         web_offer: String,
         ring_timeout: Duration,
         now: Instant,
@@ -358,8 +357,7 @@ impl Call {
         call.ring_deadline = Some(now + ring_timeout);
         call.notify(SessionEvent::CallIncoming {
             call: call.id.clone(),
-            from: from.to_string(),
-            to: to.to_string(),
+            caller,
             sdp: web_offer,
         });
         call

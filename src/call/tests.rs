@@ -471,8 +471,7 @@ fn plan_refuses_what_the_far_end_cannot_take() {
 fn inbound_call(t0: Instant) -> Call {
     Call::inbound(
         "in1".into(),
-        "2000",
-        "1001",
+        caller("2000", "1001"),
         "v=0 our offer".into(),
         Duration::from_secs(45),
         t0,
@@ -487,8 +486,7 @@ fn an_incoming_call_is_offered_then_answered() {
         drain(&mut call),
         vec![CallOutput::Notify(SessionEvent::CallIncoming {
             call: "in1".into(),
-            from: "2000".into(),
-            to: "1001".into(),
+            caller: caller("2000", "1001"),
             sdp: "v=0 our offer".into(),
         })]
     );
@@ -701,8 +699,7 @@ fn the_browser_answer_becomes_one_media_plan_and_our_200() {
     assert!(web_offer.contains("c=IN IP4 198.51.100.1"), "{web_offer}");
     let mut call = Call::inbound(
         "k1".into(),
-        "sip:caller@pbx",
-        "1001",
+        caller("sip:caller@pbx", "1001"),
         web_offer.clone(),
         Duration::from_secs(45),
         t0,
@@ -1016,8 +1013,7 @@ fn a_delayed_offer_goes_to_the_browser_then_in_our_200() {
                 .unwrap();
         let mut call = Call::inbound(
             "k1".into(),
-            "sip:caller@pbx",
-            "1001",
+            caller("sip:caller@pbx", "1001"),
             web_offer,
             Duration::from_secs(45),
             t0,
@@ -1115,8 +1111,7 @@ fn the_browsers_early_media_goes_in_a_183_before_its_answer() {
     let incoming = |negotiator, allowed| {
         let mut call = Call::inbound(
             "k1".into(),
-            "sip:caller@pbx",
-            "1001",
+            caller("sip:caller@pbx", "1001"),
             String::new(),
             Duration::from_secs(45),
             t0,
@@ -1209,4 +1204,19 @@ fn the_browsers_early_media_goes_in_a_183_before_its_answer() {
         "{out:?}"
     );
     assert_eq!(rejected.state(), CallState::Ended);
+}
+
+/// An incoming call's parties as the SIP side reports them: `from` calls
+/// `to`, with neither a display name nor an asserted identity.
+fn caller(from: &str, to: &str) -> crate::session::IncomingCaller {
+    crate::session::IncomingCaller {
+        from: from.into(),
+        to: to.into(),
+        display_name: None,
+        identity: crate::session::CallerIdentity {
+            uri: format!("sip:{from}@pbx"),
+            display_name: None,
+            asserted: false,
+        },
+    }
 }

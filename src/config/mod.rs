@@ -213,6 +213,8 @@ pub struct SipConfig {
     /// The browser may answer an incoming call with early media first
     /// (183 with our SDP before the 200).
     pub early_media: bool,
+    /// Our caller identity header on outgoing INVITEs (RFC 3325).
+    pub asserted_identity: AssertedIdentity,
     pub dtmf: DtmfMode,
     pub media_address: String,
     pub trusted_sources: Vec<String>,
@@ -221,6 +223,30 @@ pub struct SipConfig {
     pub max_ringing_calls: usize,
     pub max_transactions_per_source: usize,
     pub max_transactions: usize,
+}
+
+/// Which identity header (RFC 3325) our outgoing INVITEs carry, naming
+/// the session's user and display name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AssertedIdentity {
+    /// None: the From says who calls.
+    #[default]
+    None,
+    /// P-Asserted-Identity: the switch trusts the gateway to assert it.
+    Pai,
+    /// P-Preferred-Identity: the switch decides what to assert.
+    Ppi,
+}
+
+impl AssertedIdentity {
+    pub fn header_name(self) -> Option<&'static str> {
+        match self {
+            AssertedIdentity::None => None,
+            AssertedIdentity::Pai => Some("P-Asserted-Identity"),
+            AssertedIdentity::Ppi => Some("P-Preferred-Identity"),
+        }
+    }
 }
 
 /// How DTMF from the browser goes to the SIP side.
@@ -270,6 +296,7 @@ impl Default for SipConfig {
             ring_timeout_s: 45,
             session_expires_s: 1800,
             early_media: false,
+            asserted_identity: AssertedIdentity::None,
             dtmf: DtmfMode::Rfc4733,
             media_address: String::new(),
             trusted_sources: Vec::new(),

@@ -10,6 +10,25 @@ pub struct EventRecord {
     pub event: SessionEvent,
 }
 
+/// Who calls an incoming call, and whom: the From's user, the Request-URI's
+/// user, the From's display name (null when none) and the caller's identity.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+pub struct IncomingCaller {
+    pub from: String,
+    pub to: String,
+    pub display_name: Option<String>,
+    pub identity: CallerIdentity,
+}
+
+/// The identity of an incoming call's caller: what the switch asserted
+/// (P-Asserted-Identity) or, when it asserted nothing, the From.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+pub struct CallerIdentity {
+    pub uri: String,
+    pub display_name: Option<String>,
+    pub asserted: bool,
+}
+
 /// Event types and their fields, serialized with `"type"` as the tag.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(tag = "type")]
@@ -17,8 +36,8 @@ pub enum SessionEvent {
     #[serde(rename = "call.incoming")]
     CallIncoming {
         call: String,
-        from: String,
-        to: String,
+        #[serde(flatten)]
+        caller: IncomingCaller,
         sdp: String,
     },
     #[serde(rename = "call.ringing")]

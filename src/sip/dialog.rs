@@ -203,6 +203,8 @@ pub struct Dialog {
     /// The far end's Allow lists UPDATE: refreshes go by UPDATE, not
     /// re-INVITE.
     far_allows_update: bool,
+    /// Outgoing: who we say calls (From's display name, identity header).
+    caller: super::caller_id::OutgoingCaller,
     /// Answers to digest challenges to our INVITE.
     auth: DigestAuth,
     /// The header our INVITE carries in answer to the last challenge.
@@ -367,6 +369,7 @@ impl Dialog {
             provisionals: Provisionals::default(),
             session_timer: SessionTimerState::default(),
             far_allows_update: false,
+            caller: Default::default(),
             auth: DigestAuth::default(),
             authorization: None,
             random,
@@ -423,6 +426,7 @@ impl Dialog {
             },
             session_timer: SessionTimerState::default(),
             far_allows_update: allows_update(&invite.headers),
+            caller: Default::default(),
             auth: DigestAuth::default(),
             authorization: None,
             random,
@@ -436,6 +440,24 @@ impl Dialog {
         if !self.incoming && self.state == DialogState::Calling {
             self.session_timer.asked_expires = timer.expires_s;
             self.invite = self.build_invite();
+        }
+    }
+
+    /// Who our outgoing INVITE says calls; an INVITE not yet answered
+    /// carries it from now on.
+    pub fn set_caller(&mut self, caller: super::caller_id::OutgoingCaller) {
+        self.caller = caller;
+        if !self.incoming && self.state == DialogState::Calling {
+            self.invite = self.build_invite();
+        }
+    }
+
+    /// Our From (or identity header) value: the session's display name,
+    /// quoted, before our URI.
+    fn our_name_addr(&self) -> String {
+        match &self.caller.display_name {
+            Some(name) => format!("{} <{}>", super::caller_id::quoted(name), self.local_uri),
+            None => format!("<{}>", self.local_uri),
         }
     }
 
@@ -680,8 +702,9 @@ impl Dialog {
             "INVITE {ruri} SIP/2.0\r\n\
              Via: SIP/2.0/{via} {local};branch=z9hG4bK{branch}{via_params}\r\n\
              Max-Forwards: 70\r\n\
-             From: <{from}>;tag={tag}\r\n\
+             From: {from};tag={tag}\r\n\
              To: <{to}>\r\n\
+             {identity}\
              Call-ID: {call_id}\r\n\
              CSeq: {cseq} INVITE\r\n\
              Contact: <sip:{user}@{local};transport={transport}>\r\n\
@@ -700,7 +723,12 @@ impl Dialog {
             via_params = self.via_params,
             transport = self.transport,
             branch = self.random.hex(12),
-            from = self.local_uri,
+            from = self.our_name_addr(),
+            identity = self
+                .caller
+                .identity_header
+                .map(|name| format!("{name}: {}\r\n", self.our_name_addr()))
+                .unwrap_or_default(),
             tag = self.local_tag,
             to = self.remote_uri,
             call_id = self.call_id,
@@ -1100,8 +1128,8 @@ impl Dialog {
             text.push_str(&format!("Route: {route}\r\n"));
         }
         text.push_str(&format!(
-            "From: <{from}>;tag={tag}\r\nTo: <{to}>{to_tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
-            from = self.local_uri,
+            "From: {from};tag={tag}\r\nTo: <{to}>{to_tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
+            from = self.our_name_addr(),
             tag = self.local_tag,
             to = self.remote_uri,
             call_id = self.call_id,

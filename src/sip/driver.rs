@@ -52,6 +52,8 @@ pub struct IncomingCall {
     pub user: String,
     pub from: String,
     pub to: String,
+    /// Who calls, by name and identity.
+    pub caller: crate::sip::caller_id::Caller,
     pub sdp: Option<String>,
     /// What the caller does next (CANCEL, BYE, hold…).
     pub events: mpsc::UnboundedReceiver<DialogEvent>,
@@ -127,6 +129,7 @@ impl SipHandle {
         password: Option<String>,
         to: &str,
         sdp: String,
+        caller: crate::sip::caller_id::OutgoingCaller,
     ) -> mpsc::UnboundedReceiver<DialogEvent> {
         let (events, rx) = mpsc::unbounded_channel();
         let _ = self.commands.send(Command {
@@ -136,6 +139,7 @@ impl SipHandle {
                 to: to.to_string(),
                 sdp,
                 password,
+                caller,
             },
             waiter: Waiter::Dialog(events),
         });
@@ -834,6 +838,7 @@ async fn run(
                     user,
                     from,
                     to,
+                    caller,
                     sdp,
                 } => {
                     let (tx, events) = mpsc::unbounded_channel();
@@ -844,6 +849,7 @@ async fn run(
                         user,
                         from,
                         to,
+                        caller,
                         sdp,
                         events,
                     };

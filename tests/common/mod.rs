@@ -519,7 +519,15 @@ impl ApiSession {
         if let Some(p) = password {
             body["password"] = p.into();
         }
-        let (status, created) = post_session(gw, &body).await;
+        ApiSession::create_from(gw, &body).await
+    }
+
+    /// `POST /v1/sessions` with `body`: the session, or the refusal.
+    pub async fn create_from(
+        gw: &Gateway,
+        body: &serde_json::Value,
+    ) -> Result<ApiSession, (u16, serde_json::Value)> {
+        let (status, created) = post_session(gw, body).await;
         if status != 201 {
             return Err((status, created));
         }

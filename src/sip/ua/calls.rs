@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use rsip::prelude::*;
 
 use super::{Owner, UaEvent, UserAgent, Wakeup};
+use crate::sip::caller_id::OutgoingCaller;
 use crate::sip::dialog::{AfterPrack, Dialog, DialogEvent, DialogState, RefreshOutcome};
 use crate::sip::message::branch_of;
 use crate::sip::session_timer::{self, SessionDue};
@@ -145,13 +146,14 @@ impl UserAgent {
         &mut self,
         now: Instant,
         key: &str,
-        user: &str,
-        to: &str,
+        (user, to): (&str, &str),
         sdp: String,
         password: Option<String>,
+        caller: OutgoingCaller,
     ) {
         let mut call = Dialog::new(user, to, &self.cfg.identity, sdp, self.random.fork());
         call.set_session_timer(self.cfg.session_timer);
+        call.set_caller(caller);
         if let Some(password) = password {
             call.set_credentials(user, password);
         }
@@ -557,6 +559,7 @@ impl UserAgent {
                             user,
                             from: from_party,
                             to,
+                            caller: crate::sip::caller_id::Caller::of_invite(&request.headers),
                             sdp: call.remote_offer(),
                         });
                         self.calls.insert(key, call);

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use rsip::prelude::*;
 
+use super::caller_id::OutgoingCaller;
 use super::dialog::DialogEvent;
 use super::endpoint::{Endpoint, Received, TransactionLimits};
 use super::identity::Identity;
@@ -83,6 +84,8 @@ pub enum UaInput<'a> {
         to: String,
         sdp: String,
         password: Option<String>,
+        /// Who calls, as our From (and identity header) shows it.
+        caller: OutgoingCaller,
     },
     /// End call `key` from our side: CANCEL before the answer, BYE after
     /// (an unanswered incoming call is refused with 480).
@@ -159,6 +162,8 @@ pub enum UaEvent {
         user: String,
         from: String,
         to: String,
+        /// Who calls, by name and identity.
+        caller: super::caller_id::Caller,
         sdp: Option<String>,
     },
     /// The server answered a keepalive (true) or stopped answering (false).
@@ -294,7 +299,8 @@ impl UserAgent {
                 to,
                 sdp,
                 password,
-            } => self.invite(now, &key, &user, &to, sdp, password),
+                caller,
+            } => self.invite(now, &key, (&user, &to), sdp, password, caller),
             UaInput::Hangup { key } => self.hangup(now, &key),
             UaInput::Hold { key, hold } => self.hold(now, &key, hold),
             UaInput::InfoDtmf {

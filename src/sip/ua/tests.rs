@@ -49,6 +49,7 @@ impl Drive for UserAgent {
                 to,
                 sdp,
                 password,
+                caller: OutgoingCaller::default(),
             },
         );
     }
@@ -388,11 +389,15 @@ fn an_incoming_call_rings_is_answered_and_its_200_repeats_until_the_ack() {
         user,
         from,
         to,
+        caller,
         sdp,
     }) = ua.next_event()
     else {
         panic!("an incoming call event");
     };
+    assert_eq!(caller.display_name.as_deref(), Some("Caller"));
+    assert_eq!(caller.identity_uri, "sip:2000@pbx.example");
+    assert!(!caller.asserted);
     assert_eq!(
         (user.as_str(), from.as_str(), to.as_str()),
         ("1001", "2000", "1001")
@@ -630,9 +635,25 @@ fn a_challenged_invite_is_sent_again_with_our_answer() {
             to: "2000".into(),
             sdp: "v=0\r\n".into(),
             password: Some("secret".into()),
+            caller: OutgoingCaller {
+                display_name: Some("Agent \"7\" \\ Desk".into()),
+                identity_header: Some("P-Asserted-Identity"),
+            },
         },
     );
     let first = sent(&mut ua).remove(0);
+    // The session's display name, quoted and escaped, in From and in the
+    // identity header `[sip] asserted-identity` names.
+    let ours = "\"Agent \\\"7\\\" \\\\ Desk\" <sip:1001@pbx.example>";
+    assert_eq!(
+        header_line(&first, "From").map(|l| l.split(";tag=").next().unwrap_or(l)),
+        Some(format!("From: {ours}").as_str()),
+        "{first}"
+    );
+    assert_eq!(
+        header_line(&first, "P-Asserted-Identity"),
+        Some(format!("P-Asserted-Identity: {ours}").as_str())
+    );
     let challenge = "Proxy-Authenticate: Digest realm=\"pbx\", nonce=\"n1\", qop=\"auth\"\r\n";
     ua.datagram_in(
         t0,
