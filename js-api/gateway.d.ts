@@ -38,10 +38,15 @@ export interface GatewayEvent<T> extends Event {
   readonly detail: T;
 }
 
+/** Call data as SIP headers: name → one value or several. */
+export type CallHeaders = Record<string, string | string[]>;
+
 export interface CallOptions {
   audio?: boolean | MediaTrackConstraints;
   /** Send this stream instead of opening the microphone. */
   stream?: MediaStream;
+  /** Headers for our INVITE (call()) or 200 (answer()), within `[sip]`'s rules (else 400 bad_header). */
+  headers?: CallHeaders;
 }
 
 export interface ProgressOptions extends CallOptions {
@@ -140,6 +145,8 @@ export declare class Call extends EventTarget {
   readonly displayName: string | null;
   /** Incoming: who the switch says calls — its P-Asserted-Identity, else the From. */
   readonly identity: CallerIdentity | null;
+  /** Incoming: the switch's call data (X- headers, User-to-User…), name → values. */
+  readonly headers: Record<string, string[]>;
   readonly state: 'incoming' | 'calling' | 'ringing' | 'early_media' | 'answered' | 'ended';
   readonly held: boolean;
   readonly pc: RTCPeerConnection | null;

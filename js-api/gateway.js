@@ -141,8 +141,12 @@ export class Session extends EventTarget {
     });
   }
 
-  /** Calls `to` (a number or a sip: URI); resolves once the gateway took the call. */
-  async call(to, { audio = true, stream } = {}) {
+  /**
+   * Calls `to` (a number or a sip: URI); resolves once the gateway took the
+   * call. `headers` ({name: value or [values]}) go into the INVITE, within
+   * the gateway's `[sip]` header rules.
+   */
+  async call(to, { audio = true, stream, headers } = {}) {
     if (this.closed) throw new GatewayError('session_closed', 'the session has ended');
     const ownStream = !stream;
     const local = stream || (await this._getUserMedia({ audio }));
@@ -151,7 +155,9 @@ export class Session extends EventTarget {
       local.getAudioTracks().forEach((t) => pc.addTrack(t, local));
       const offer = await pc.createOffer();
       await pc.setLocalDescription(offer);
-      const { call: id } = await this._request('POST', '/calls', { to, sdp: pc.localDescription.sdp });
+      const body = { to, sdp: pc.localDescription.sdp };
+      if (headers) body.headers = headers;
+      const { call: id } = await this._request('POST', '/calls', body);
       const call = new Call(this, { id, direction: 'outgoing', pc, localStream: local, ownStream, to });
       this._calls.set(id, call);
       // Events that overtook the response belong to this call; they are
@@ -243,6 +249,7 @@ export class Session extends EventTarget {
         to: event.to,
         displayName: event.display_name,
         identity: event.identity,
+        headers: event.headers,
         offer: event.sdp,
       });
       this._calls.set(event.call, call);
@@ -274,7 +281,7 @@ export function gatewayAddresses(sdp) {
 
 /** One call: its RTCPeerConnection and its signaling. */
 export class Call extends EventTarget {
-  constructor(session, { id, direction, pc, localStream, ownStream, from, to, displayName, identity, offer }) {
+  constructor(session, { id, direction, pc, localStream, ownStream, from, to, displayName, identity, headers, offer }) {
     super();
     this.id = id;
     this.direction = direction;
@@ -284,6 +291,8 @@ export class Call extends EventTarget {
     this.displayName = displayName || null;
     /** Incoming: who the switch says calls ({uri, display_name, asserted}), or null. */
     this.identity = identity || null;
+    /** Incoming: the switch's call data, header name → values ({} when none). */
+    this.headers = headers || {};
     this.state = direction === 'incoming' ? 'incoming' : 'calling';
     this.held = false;
     this.pc = pc;
@@ -446,16 +455,17 @@ export class Call extends EventTarget {
    * Answers an incoming call with the microphone (or `stream`). After
    * progress() the media is up already: the caller starts hearing the page.
    */
-  async answer({ audio = true, stream } = {}) {
+  async answer({ audio = true, stream, headers } = {}) {
     if (this.direction !== 'incoming') throw new GatewayError('invalid_call_state', 'only an incoming call can be answered');
+    const extra = headers ? { headers } : {};
     if (this.state === 'early_media') {
-      await this._request('POST', '/answer', {});
+      await this._request('POST', '/answer', extra);
       this._unmuteEarly();
       this.state = 'answered';
       return;
     }
     const sdp = await this._answerSdp({ audio, stream });
-    await this._request('POST', '/answer', { sdp });
+    await this._request('POST', '/answer', { sdp, ...extra });
     this.state = 'answered';
     this._watchMediaPath();
   }

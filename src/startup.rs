@@ -442,6 +442,7 @@ pub(crate) async fn user_agent(
         keepalive: (server.is_some() && c.keepalive_interval_s > 0)
             .then(|| Duration::from_secs(c.keepalive_interval_s)),
         trusted: trusted_sources(c, &server_ips)?,
+        call_data: sip::call_data::CallDataRules::from(c),
         session_timer: sip::session_timer::SessionTimerConfig {
             expires_s: c.session_expires_s,
         },

@@ -864,7 +864,8 @@ fn a_switch_places_a_delayed_offer_call_and_moves_its_media() {
 /// supports 100rel) gets a reliable 183 with our SDP and PRACKs it; the
 /// page hears the switch's 440 Hz before it answers while the switch gets
 /// only silence from the page; after the answer (a 200 with the same SDP)
-/// the switch hears the page's tone.
+/// the switch hears the page's tone. The page shows the caller the switch
+/// asserted and its call data.
 #[test]
 fn an_agent_listens_before_answering_and_is_heard_only_after() {
     if !common::inside_namespace("an_agent_listens_before_answering_and_is_heard_only_after") {
@@ -884,6 +885,18 @@ fn an_agent_listens_before_answering_and_is_heard_only_after() {
         &[("LISTEN_FIRST", "1"), ("EXPECT_HZ", "440")],
     );
     assert_eq!(r["earlyMedia"], true, "{r}");
+    // The page names the asserted caller, its markup shown as text, and
+    // shows the switch's call data.
+    assert_eq!(
+        r["incomingFrom"],
+        "Incoming call from Jane <b>Doe</b> (sip:+15551234567@127.0.0.1;user=phone)",
+        "{r}"
+    );
+    assert_eq!(
+        r["incomingData"],
+        serde_json::json!(["User-to-User: 04a1b2c3;encoding=hex", "X-Queue: sales"]),
+        "{r}"
+    );
     assert_eq!(
         r["heardEarly"], true,
         "the switch was heard before the answer: {r}"

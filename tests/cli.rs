@@ -120,6 +120,15 @@ fn bad_configs_are_refused_naming_the_key() {
             "[sip]\nallowed-destination-domains = [\"evil example\"]\n",
             "sip.allowed-destination-domains[0]",
         ),
+        (
+            "[sip]\nincoming-header-prefixes = [\"X-\", \"bad name\"]\n",
+            "sip.incoming-header-prefixes[1]",
+        ),
+        (
+            "[sip]\nallowed-outgoing-headers = [\"Via:\"]\n",
+            "sip.allowed-outgoing-headers[0]",
+        ),
+        ("[sip]\nasserted-identity = \"maybe\"\n", "maybe"),
         ("[http]\nidle-timeout-s = 0\n", "http.idle-timeout-s"),
         ("[http]\nmax-connections = 0\n", "http.max-connections"),
         (

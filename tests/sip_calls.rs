@@ -81,8 +81,87 @@ async fn our_invite_names_the_agent_in_from_and_p_asserted_identity() {
     );
     let body = json!({"user": "1001", "display_name": "Agent \"Smith\""});
     let mut s = ApiSession::create_from(&t.gw, &body).await.unwrap();
-    s.call("5000", OFFER).await;
+    // Call data the rules do not allow is refused, naming it; no INVITE goes.
+    for (headers, named) in [
+        (json!({"Diversion": "<sip:x@y>"}), "Diversion"),
+        (
+            json!({"X-Ticket": "T-1\r\nVia: SIP/2.0/UDP evil"}),
+            "X-Ticket",
+        ),
+    ] {
+        let (status, body) = s
+            .post(
+                "/calls",
+                json!({"to": "5000", "sdp": OFFER, "headers": headers}),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("bad_header")),
+            "{body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains(named),
+            "{body}"
+        );
+    }
+    let headers = json!({"X-Ticket": "T-1", "User-to-User": ["00ff;encoding=hex"]});
+    let (status, body) = s
+        .post(
+            "/calls",
+            json!({"to": "5000", "sdp": OFFER, "headers": headers}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
     s.wait_for("call.answered").await;
+    let ended = s.wait_for("call.ended").await;
+    assert_eq!(ended["reason"], "remote_hangup");
+    t.finish().await;
+}
+
+/// The switch's call data reaches the page in `call.incoming`'s `headers`
+/// (X- headers and User-to-User, not its Subject); the page's own goes in
+/// our 200 (SIPp checks X-Agent-Id and User-to-User), after a refused
+/// answer changed nothing.
+#[tokio::test]
+async fn the_switchs_call_data_reaches_the_page_and_the_pages_reaches_the_switch() {
+    let mut t = SipTest::gateway(Transport::Udp, "");
+    let (mut s, incoming) = ring_the_browser(&mut t, "uac-call-data.xml", Transport::Udp).await;
+    let cid = incoming["call"].as_str().unwrap().to_string();
+    assert_eq!(
+        incoming["headers"],
+        json!({
+            "User-to-User": ["04a1b2c3;encoding=hex;purpose=isdn-uui"],
+            "X-Customer-Id": ["4711"],
+            "X-Queue": ["sales"],
+            "x-queue": ["vip"],
+        }),
+        "{incoming}"
+    );
+    let answer = |headers: Value| json!({"sdp": browser_answer(), "headers": headers});
+    let (status, body) = s
+        .post(
+            &format!("/calls/{cid}/answer"),
+            answer(json!({"Contact": "<sip:evil@x>"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_header")),
+        "{body}"
+    );
+    let (_, view) = s.get(&format!("/calls/{cid}")).await;
+    assert_eq!(view["state"], "incoming", "{view}");
+    let (status, body) = s
+        .post(
+            &format!("/calls/{cid}/answer"),
+            answer(json!({"X-Agent-Id": "7", "User-to-User": "00ff;encoding=hex"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
     let ended = s.wait_for("call.ended").await;
     assert_eq!(ended["reason"], "remote_hangup");
     t.finish().await;

@@ -32,6 +32,11 @@ fuzz_target!(|data: &[u8]| {
             session_timer: webrtc_sip_gateway::sip::session_timer::SessionTimerConfig {
                 expires_s: 90,
             },
+            call_data: webrtc_sip_gateway::sip::call_data::CallDataRules {
+                prefixes: vec!["X-".into()],
+                incoming: vec!["User-to-User".into()],
+                outgoing: vec!["User-to-User".into()],
+            },
         },
         t0,
         webrtc_sip_gateway::random::Random::seeded(1),
@@ -55,6 +60,7 @@ fuzz_target!(|data: &[u8]| {
             caller: webrtc_sip_gateway::sip::caller_id::OutgoingCaller {
                 display_name: Some("Agent \"1\"".into()),
                 identity_header: Some("P-Asserted-Identity"),
+                headers: vec![("X-Agent".into(), "7".into())],
             },
         },
     );
@@ -104,6 +110,7 @@ fn drain(ua: &mut UserAgent, now: Instant) {
                     UaInput::Accept {
                         key,
                         sdp: "v=0\r\n".into(),
+                        headers: vec![("X-Agent".into(), "7".into())],
                     },
                 );
             }

@@ -169,6 +169,13 @@ $('connect').onclick = () => run('connect', async () => {
     const name = (who && who.display_name) || call.displayName;
     const number = who ? who.uri : call.from;
     $('incoming-from').textContent = `Incoming call from ${name ? `${name} (${number})` : number}`;
+    // The switch's call data (X- headers, User-to-User…), as text.
+    const data = $('incoming-data');
+    data.replaceChildren(...Object.entries(call.headers).map(([header, values]) => {
+      const li = document.createElement('li');
+      li.textContent = `${header}: ${values.join(', ')}`;
+      return li;
+    }));
     $('listen').hidden = false;
     $('incoming').hidden = false;
     log(`incoming call from ${call.from}`);

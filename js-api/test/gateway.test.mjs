@@ -163,7 +163,7 @@ test('a lost poll loses no event and none is delivered twice', async () => {
   gw.failNextPolls = 1;
   gw.push({
     type: 'call.incoming', call: 'c9', from: '2000', to: '1001', sdp: 'v=0 offer', display_name: 'Queue "Sales"',
-    identity: { uri: 'sip:+15551234567@pbx', display_name: 'Jane Doe', asserted: true },
+    identity: { uri: 'sip:+15551234567@pbx', display_name: 'Jane Doe', asserted: true }, headers: { 'X-Queue': ['sales'] },
   });
   const session = await connect({ url: 'https://gw.test', user: '1001', fetch: gw.fetch });
   const incoming = [];
@@ -180,6 +180,7 @@ test('a lost poll loses no event and none is delivered twice', async () => {
   assert.equal(incoming[0].direction, 'incoming');
   assert.equal(incoming[0].displayName, 'Queue "Sales"');
   assert.deepEqual(incoming[0].identity, { uri: 'sip:+15551234567@pbx', display_name: 'Jane Doe', asserted: true });
+  assert.deepEqual(incoming[0].headers, { 'X-Queue': ['sales'] });
   await until(() => gw.requests.filter((r) => r.path.endsWith('/events')).length >= 3);
   assert.equal(gw.requests.filter((r) => r.path.endsWith('/events')).at(-1).query, '?after=1&timeout=25');
   assert.equal(session.lastSeq, 1);
@@ -193,10 +194,11 @@ test('an outgoing call: offer out, answer in (even before the POST returns), con
   // The gateway answers at once: the event overtakes the 201.
   gw.onCreateCall = () => gw.push({ type: 'call.answered', call: 'c1', sdp: 'v=0 gateway answer' });
   const seen = [];
-  const call = await session.call('echo');
+  const call = await session.call('echo', { headers: { 'X-Ticket': 'T-1' } });
   ['answered', 'held', 'resumed', 'dtmf', 'ended'].forEach((t) => call.addEventListener(t, (e) => seen.push([t, e.detail])));
   const create = gw.requests.find((r) => r.path === '/v1/sessions/s1/calls');
-  assert.deepEqual(create.body, { to: 'echo', sdp: 'v=0 browser offer' });
+  assert.deepEqual(create.body, { to: 'echo', sdp: 'v=0 browser offer', headers: { 'X-Ticket': 'T-1' } });
+  assert.deepEqual(call.headers, {}, 'an outgoing call has no incoming call data');
   const pc = FakePeerConnection.last;
   assert.equal(pc.config.bundlePolicy, 'max-bundle');
   assert.equal(pc.tracks.length, 1);
@@ -362,9 +364,9 @@ test('early media the gateway refuses leaves the call incoming, to be answered a
   assert.equal(call.state, 'incoming');
   assert.equal(FakePeerConnection.last.closed, true, 'its peer connection is closed');
   assert.equal(streams[0].track.stopped, true, 'and its microphone released');
-  await call.answer();
+  await call.answer({ headers: { 'X-Agent-Id': '7' } });
   assert.equal(call.state, 'answered');
   const answers = gw.requests.filter((r) => r.method === 'POST' && r.path.endsWith('/answer'));
-  assert.deepEqual(answers.map((r) => r.body), [{ sdp: 'v=0 browser answer' }]);
+  assert.deepEqual(answers.map((r) => r.body), [{ sdp: 'v=0 browser answer', headers: { 'X-Agent-Id': '7' } }]);
   await session.close();
 });

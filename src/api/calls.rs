@@ -67,6 +67,40 @@ fn valid_destination(to: &str) -> bool {
 pub struct NewCall {
     to: String,
     sdp: String,
+    #[serde(default)]
+    headers: CallHeaders,
+}
+
+/// Call-data headers a page gives: name → one value or a list of them.
+pub type CallHeaders = std::collections::BTreeMap<String, HeaderValues>;
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum HeaderValues {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The page's `headers` as header lines to add, each checked against
+/// `[sip]`'s rules (`400 bad_header` naming what is wrong).
+fn checked_headers(
+    state: &SharedState,
+    headers: CallHeaders,
+) -> Result<Vec<(String, String)>, ApiError> {
+    let lines: Vec<(String, String)> = headers
+        .into_iter()
+        .flat_map(|(name, values)| {
+            let values = match values {
+                HeaderValues::One(v) => vec![v],
+                HeaderValues::Many(vs) => vs,
+            };
+            values.into_iter().map(move |v| (name.clone(), v))
+        })
+        .collect();
+    crate::sip::call_data::CallDataRules::from(&state.config.sip)
+        .check_outgoing(&lines)
+        .map_err(|e| ApiError::bad_request("bad_header", e))?;
+    Ok(lines)
 }
 
 pub async fn create(
@@ -86,6 +120,7 @@ pub async fn create(
             "to must be a number or a sip: URI of at most 256 printable characters",
         ));
     }
+    let headers = checked_headers(&state, body.headers)?;
     let echo = state.media.is_echo(&body.to);
     let sip = &state.config.sip;
     if !echo
@@ -149,6 +184,7 @@ pub async fn create(
                         user: &user,
                         password: password.map(|p| p.expose().to_string()),
                         display_name: display_name.as_deref(),
+                        headers,
                     },
                     reservation,
                     &body.to,
@@ -299,6 +335,8 @@ pub struct Answer {
 pub struct AnswerAfterProgress {
     #[serde(default)]
     sdp: Option<String>,
+    #[serde(default)]
+    headers: CallHeaders,
 }
 
 /// The browser answers an incoming call: `{"sdp": answer}`, or after
@@ -317,7 +355,10 @@ pub async fn answer(
         &state,
         &session.sid,
         &cid,
-        Command::Answer { sdp: body.sdp },
+        Command::Answer {
+            sdp: body.sdp,
+            headers: checked_headers(&state, body.headers)?,
+        },
     )
     .await?;
     Ok(ok())

@@ -97,9 +97,11 @@ pub enum Command {
         duration: Duration,
     },
     /// The browser's answer to our offer of an incoming call (None: the
-    /// one it gave for early media stands).
+    /// one it gave for early media stands), with call-data headers for
+    /// our 200 (checked already).
     Answer {
         sdp: Option<String>,
+        headers: Vec<(String, String)>,
     },
     /// The browser's answer to our offer of an incoming call, for early
     /// media before it answers.
@@ -501,6 +503,8 @@ pub struct SipCaller<'a> {
     pub password: Option<String>,
     /// The session's display name, for our From.
     pub display_name: Option<&'a str>,
+    /// The page's call-data headers for the INVITE (checked already).
+    pub headers: Vec<(String, String)>,
 }
 
 /// Settings a call needs from the config.
@@ -677,6 +681,7 @@ impl MediaPlane {
             relay: self.relay.clone(),
             settings: self.settings.clone(),
             relay_events: self.relay_events.clone(),
+            answer_headers: Vec::new(),
         }
     }
 
@@ -760,10 +765,12 @@ impl MediaPlane {
             user,
             password,
             display_name,
+            headers,
         } = caller;
         let caller_id = OutgoingCaller {
             display_name: display_name.map(str::to_string),
             identity_header: self.settings.asserted_identity.header_name(),
+            headers,
         };
         let mut random = self.call_random();
         let cid = random.ice_token(12);
@@ -807,6 +814,7 @@ impl MediaPlane {
             from,
             to,
             caller,
+            call_data,
             sdp,
             events,
         } = incoming;
@@ -864,6 +872,7 @@ impl MediaPlane {
                 display_name: caller.identity_display_name,
                 asserted: caller.asserted,
             },
+            headers: call_data,
         };
         let call = Call::inbound(
             cid.clone(),
@@ -964,7 +973,8 @@ impl Far {
     }
 
     /// Carries out `request`; what the far end says back goes into `call`.
-    fn request(&mut self, request: &FarRequest, call: &mut Call) {
+    /// `headers`: the page's call data for our 200 (read by Accept only).
+    fn request(&mut self, request: &FarRequest, call: &mut Call, headers: Vec<(String, String)>) {
         match self {
             Far::Echo(echo) => match request {
                 FarRequest::Hangup { .. } | FarRequest::Accept { .. } | FarRequest::Refuse(_) => {
@@ -994,7 +1004,7 @@ impl Far {
             Far::Sip { handle, .. } => match request {
                 FarRequest::Hangup { .. } => handle.hangup(call.id()),
                 FarRequest::Progress { sdp } => handle.progress(call.id(), sdp.clone()),
-                FarRequest::Accept { sdp } => handle.accept(call.id(), sdp.clone()),
+                FarRequest::Accept { sdp } => handle.accept(call.id(), sdp.clone(), headers),
                 FarRequest::Refuse(code) => handle.refuse(call.id(), *code),
                 FarRequest::Hold => handle.hold(call.id(), true),
                 FarRequest::Resume => handle.hold(call.id(), false),
@@ -1032,6 +1042,8 @@ struct CallTask<N> {
     relay: Arc<Relay>,
     settings: CallSettings,
     relay_events: SyncSender<RelayEvent>,
+    /// The page's call-data headers for our 200, until it goes.
+    answer_headers: Vec<(String, String)>,
 }
 
 impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
@@ -1206,7 +1218,8 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
             Command::Hangup => Ok(self.call.handle_input(Instant::now(), CallInput::Hangup)?),
             Command::Hold => Ok(self.call.handle_input(Instant::now(), CallInput::Hold)?),
             Command::Resume => Ok(self.call.handle_input(Instant::now(), CallInput::Resume)?),
-            Command::Answer { sdp } => {
+            Command::Answer { sdp, headers } => {
+                self.answer_headers = headers;
                 let answer = CallInput::BrowserAnswer(sdp.as_deref());
                 self.call.handle_input(Instant::now(), answer)?;
                 self.media_taken()
@@ -1324,7 +1337,13 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                     }
                 }
                 CallOutput::Notify(event) => (self.notify)(&self.session, event),
-                CallOutput::Far(request) => self.far.request(&request, &mut self.call),
+                CallOutput::Far(request) => {
+                    let headers = match request {
+                        FarRequest::Accept { .. } => std::mem::take(&mut self.answer_headers),
+                        _ => Vec::new(),
+                    };
+                    self.far.request(&request, &mut self.call, headers)
+                }
                 CallOutput::Finished(reason) => {
                     info!(reason = reason.as_str(), "call ended");
                     self.finished = true;

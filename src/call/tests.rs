@@ -1218,5 +1218,6 @@ fn caller(from: &str, to: &str) -> crate::session::IncomingCaller {
             display_name: None,
             asserted: false,
         },
+        headers: Default::default(),
     }
 }

@@ -219,6 +219,13 @@ pub struct SipConfig {
     pub media_address: String,
     pub trusted_sources: Vec<String>,
     pub allowed_destination_domains: Vec<String>,
+    /// Headers of an incoming INVITE passed to the browser: these name
+    /// prefixes, and these whole names (the switch's call data).
+    pub incoming_header_prefixes: Vec<String>,
+    pub incoming_headers: Vec<String>,
+    /// Headers a page may add to our INVITE or 200 besides those with an
+    /// incoming prefix.
+    pub allowed_outgoing_headers: Vec<String>,
     pub max_ringing_calls_per_user: usize,
     pub max_ringing_calls: usize,
     pub max_transactions_per_source: usize,
@@ -247,6 +254,15 @@ impl AssertedIdentity {
             AssertedIdentity::Ppi => Some("P-Preferred-Identity"),
         }
     }
+}
+
+/// Whether `name` can be a SIP header's name (an RFC 3261 token).
+pub fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
 }
 
 /// How DTMF from the browser goes to the SIP side.
@@ -301,6 +317,13 @@ impl Default for SipConfig {
             media_address: String::new(),
             trusted_sources: Vec::new(),
             allowed_destination_domains: Vec::new(),
+            incoming_header_prefixes: vec!["X-".into()],
+            incoming_headers: vec![
+                "User-to-User".into(),
+                "Diversion".into(),
+                "History-Info".into(),
+            ],
+            allowed_outgoing_headers: vec!["User-to-User".into()],
             max_ringing_calls_per_user: 4,
             max_ringing_calls: 500,
             max_transactions_per_source: 5_000,
@@ -773,6 +796,26 @@ impl Config {
                     &format!("sip.allowed-destination-domains[{i}]"),
                     format!("{entry:?} is not a host name, an IP address or \"*\""),
                 );
+            }
+        }
+        for (key, entries) in [
+            (
+                "sip.incoming-header-prefixes",
+                &sip.incoming_header_prefixes,
+            ),
+            ("sip.incoming-headers", &sip.incoming_headers),
+            (
+                "sip.allowed-outgoing-headers",
+                &sip.allowed_outgoing_headers,
+            ),
+        ] {
+            for (i, entry) in entries.iter().enumerate() {
+                if !is_header_name(entry) {
+                    p.add(
+                        &format!("{key}[{i}]"),
+                        format!("{entry:?} is not a SIP header name (letters, digits, -_.!%*+`'~)"),
+                    );
+                }
             }
         }
         for (i, entry) in sip.trusted_sources.iter().enumerate() {

@@ -18,6 +18,9 @@ pub struct IncomingCaller {
     pub to: String,
     pub display_name: Option<String>,
     pub identity: CallerIdentity,
+    /// The switch's call data: the INVITE's headers that `[sip]
+    /// incoming-header-prefixes` and `incoming-headers` pass, by name.
+    pub headers: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// The identity of an incoming call's caller: what the switch asserted

@@ -9,12 +9,14 @@
 use super::message::header_values;
 
 /// Who we say calls, on an outgoing INVITE: the session's display name in
-/// our From, and the identity header `[sip] asserted-identity` names (its
-/// value the From's name-addr).
+/// our From, the identity header `[sip] asserted-identity` names (its
+/// value the From's name-addr), and the page's call data (headers checked
+/// by [`super::call_data::CallDataRules::check_outgoing`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct OutgoingCaller {
     pub display_name: Option<String>,
     pub identity_header: Option<&'static str>,
+    pub headers: Vec<(String, String)>,
 }
 
 /// The caller of an incoming INVITE.

@@ -203,8 +203,11 @@ pub struct Dialog {
     /// The far end's Allow lists UPDATE: refreshes go by UPDATE, not
     /// re-INVITE.
     far_allows_update: bool,
-    /// Outgoing: who we say calls (From's display name, identity header).
+    /// Outgoing: who we say calls (From's display name, identity header,
+    /// the page's call-data headers).
     caller: super::caller_id::OutgoingCaller,
+    /// Incoming: the page's call-data headers for our 200.
+    answer_headers: Vec<(String, String)>,
     /// Answers to digest challenges to our INVITE.
     auth: DigestAuth,
     /// The header our INVITE carries in answer to the last challenge.
@@ -370,6 +373,7 @@ impl Dialog {
             session_timer: SessionTimerState::default(),
             far_allows_update: false,
             caller: Default::default(),
+            answer_headers: Vec::new(),
             auth: DigestAuth::default(),
             authorization: None,
             random,
@@ -427,6 +431,7 @@ impl Dialog {
             session_timer: SessionTimerState::default(),
             far_allows_update: allows_update(&invite.headers),
             caller: Default::default(),
+            answer_headers: Vec::new(),
             auth: DigestAuth::default(),
             authorization: None,
             random,
@@ -450,6 +455,11 @@ impl Dialog {
         if !self.incoming && self.state == DialogState::Calling {
             self.invite = self.build_invite();
         }
+    }
+
+    /// The page's call-data headers for our 200 to the incoming INVITE.
+    pub fn set_answer_headers(&mut self, headers: Vec<(String, String)>) {
+        self.answer_headers = headers;
     }
 
     /// Our From (or identity header) value: the session's display name,
@@ -673,6 +683,10 @@ impl Dialog {
         self.answer_in_ack = self.invite.body.is_empty();
         let mut r = self.response(200);
         r.headers.push(self.contact());
+        for (name, value) in &self.answer_headers {
+            r.headers
+                .push(rsip::Header::Other(name.clone(), value.trim().to_string()));
+        }
         self.session_timer.answer(&self.invite, &mut r);
         set_body(&mut r, &self.local_sdp);
         Some(r)
@@ -704,7 +718,7 @@ impl Dialog {
              Max-Forwards: 70\r\n\
              From: {from};tag={tag}\r\n\
              To: <{to}>\r\n\
-             {identity}\
+             {identity}{call_data}\
              Call-ID: {call_id}\r\n\
              CSeq: {cseq} INVITE\r\n\
              Contact: <sip:{user}@{local};transport={transport}>\r\n\
@@ -729,6 +743,7 @@ impl Dialog {
                 .identity_header
                 .map(|name| format!("{name}: {}\r\n", self.our_name_addr()))
                 .unwrap_or_default(),
+            call_data = super::call_data::lines(&self.caller.headers),
             tag = self.local_tag,
             to = self.remote_uri,
             call_id = self.call_id,

@@ -54,6 +54,8 @@ pub struct IncomingCall {
     pub to: String,
     /// Who calls, by name and identity.
     pub caller: crate::sip::caller_id::Caller,
+    /// The switch's call data (headers by name).
+    pub call_data: std::collections::BTreeMap<String, Vec<String>>,
     pub sdp: Option<String>,
     /// What the caller does next (CANCEL, BYE, hold…).
     pub events: mpsc::UnboundedReceiver<DialogEvent>,
@@ -185,11 +187,13 @@ impl SipHandle {
         });
     }
 
-    /// 200 OK with our SDP to an incoming call.
-    pub fn accept(&self, key: &str, sdp: String) {
+    /// 200 OK with our SDP (and the page's checked call-data `headers`)
+    /// to an incoming call.
+    pub fn accept(&self, key: &str, sdp: String, headers: Vec<(String, String)>) {
         self.tell(UaInput::Accept {
             key: key.to_string(),
             sdp,
+            headers,
         });
     }
 
@@ -839,6 +843,7 @@ async fn run(
                     from,
                     to,
                     caller,
+                    call_data,
                     sdp,
                 } => {
                     let (tx, events) = mpsc::unbounded_channel();
@@ -850,6 +855,7 @@ async fn run(
                         from,
                         to,
                         caller,
+                        call_data,
                         sdp,
                         events,
                     };

@@ -258,6 +258,11 @@ try {
     report.connected = await waitFor(page, () => document.getElementById('session-status').textContent.startsWith('connected'));
     say({ ready: true });
     report.rang = await waitFor(page, () => !document.getElementById('incoming').hidden, null, 30000);
+    // What the page shows of the caller and of the switch's call data.
+    Object.assign(report, await page.evaluate(() => ({
+      incomingFrom: document.getElementById('incoming-from').textContent,
+      incomingData: [...document.querySelectorAll('#incoming-data li')].map((li) => li.textContent),
+    })));
     const expectHz = Number(process.env.EXPECT_HZ || 1000);
     if (process.env.LISTEN_FIRST) {
       // Early media of the page's own (Listen first): the caller is heard

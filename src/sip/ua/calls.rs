@@ -317,7 +317,21 @@ impl UserAgent {
         }
     }
 
-    pub(super) fn accept(&mut self, now: Instant, key: &str, sdp: String) {
+    /// Answers incoming call `key` (our 200), with the page's `headers`.
+    pub(super) fn accept(
+        &mut self,
+        now: Instant,
+        key: &str,
+        sdp: String,
+        headers: Vec<(String, String)>,
+    ) {
+        if let Some(call) = self.calls.get_mut(key) {
+            call.set_answer_headers(headers);
+        }
+        self.send_accept(now, key, sdp);
+    }
+
+    fn send_accept(&mut self, now: Instant, key: &str, sdp: String) {
         let Some(response) = self.calls.get_mut(key).and_then(|c| c.accept(sdp)) else {
             // None: it waits for the PRACK of our 183, or the call is gone.
             return;
@@ -338,7 +352,7 @@ impl UserAgent {
         self.acked(&prack_key(key));
         match self.calls.get_mut(key).and_then(|c| c.take_after_prack()) {
             Some(AfterPrack::Progress(sdp)) => self.progress(now, key, sdp),
-            Some(AfterPrack::Accept(sdp)) => self.accept(now, key, sdp),
+            Some(AfterPrack::Accept(sdp)) => self.send_accept(now, key, sdp),
             None => {}
         }
     }
@@ -560,6 +574,7 @@ impl UserAgent {
                             from: from_party,
                             to,
                             caller: crate::sip::caller_id::Caller::of_invite(&request.headers),
+                            call_data: self.cfg.call_data.incoming_of(&request.headers),
                             sdp: call.remote_offer(),
                         });
                         self.calls.insert(key, call);

@@ -56,6 +56,8 @@ pub struct UaConfig {
     pub transactions: TransactionLimits,
     /// Session timers (RFC 4028) of our calls.
     pub session_timer: SessionTimerConfig,
+    /// Which of an incoming INVITE's headers reach the browser.
+    pub call_data: super::call_data::CallDataRules,
 }
 
 /// What the user agent is told: a message, the time, or a command.
@@ -103,8 +105,13 @@ pub enum UaInput<'a> {
     Ring { key: String },
     /// 183 with our SDP (early media) to an incoming call.
     Progress { key: String, sdp: String },
-    /// Answer an incoming call with our SDP.
-    Accept { key: String, sdp: String },
+    /// Answer an incoming call with our SDP, and the page's call-data
+    /// headers (checked by the caller).
+    Accept {
+        key: String,
+        sdp: String,
+        headers: Vec<(String, String)>,
+    },
     /// Answer the far end's offer in a re-INVITE or UPDATE of call `key`
     /// ([`DialogEvent::Offer`]) with our SDP, or refuse it with a status.
     AnswerOffer {
@@ -164,6 +171,8 @@ pub enum UaEvent {
         to: String,
         /// Who calls, by name and identity.
         caller: super::caller_id::Caller,
+        /// The switch's call data: the headers `call_data` lets through.
+        call_data: std::collections::BTreeMap<String, Vec<String>>,
         sdp: Option<String>,
     },
     /// The server answered a keepalive (true) or stopped answering (false).
@@ -310,7 +319,7 @@ impl UserAgent {
             } => self.info_dtmf(now, &key, &digits, duration_ms),
             UaInput::Ring { key } => self.ring(now, &key),
             UaInput::Progress { key, sdp } => self.progress(now, &key, sdp),
-            UaInput::Accept { key, sdp } => self.accept(now, &key, sdp),
+            UaInput::Accept { key, sdp, headers } => self.accept(now, &key, sdp, headers),
             UaInput::AnswerOffer { key, answer } => self.answer_offer(now, &key, answer),
             UaInput::Refuse { key, code, reason } => {
                 self.refuse(now, &key, code, reason.as_deref())

@@ -62,6 +62,7 @@ impl Drive for UserAgent {
             UaInput::Accept {
                 key: key.into(),
                 sdp,
+                headers: Vec::new(),
             },
         );
     }
@@ -108,6 +109,11 @@ fn cfg(keepalive: Option<Duration>) -> UaConfig {
         trusted: TrustedSources::new(&[server().ip()], &[]),
         transactions: TransactionLimits::default(),
         session_timer: crate::sip::session_timer::SessionTimerConfig { expires_s: 0 },
+        call_data: crate::sip::call_data::CallDataRules {
+            prefixes: vec!["X-".into()],
+            incoming: vec!["User-to-User".into()],
+            outgoing: vec!["User-to-User".into()],
+        },
     }
 }
 
@@ -390,11 +396,13 @@ fn an_incoming_call_rings_is_answered_and_its_200_repeats_until_the_ack() {
         from,
         to,
         caller,
+        call_data,
         sdp,
     }) = ua.next_event()
     else {
         panic!("an incoming call event");
     };
+    assert!(call_data.is_empty(), "{call_data:?}");
     assert_eq!(caller.display_name.as_deref(), Some("Caller"));
     assert_eq!(caller.identity_uri, "sip:2000@pbx.example");
     assert!(!caller.asserted);
@@ -413,11 +421,23 @@ fn an_incoming_call_rings_is_answered_and_its_200_repeats_until_the_ack() {
     ua.datagram_in(t0, server(), &incoming_invite("z9hG4bKin1"));
     assert!(sent(&mut ua)[0].starts_with("SIP/2.0 180"));
     assert_eq!(ua.next_event(), None);
-    ua.accept_in(t0, &key, "v=0 answer\r\n".into());
+    ua.handle_input(
+        t0,
+        UaInput::Accept {
+            key: key.clone(),
+            sdp: "v=0 answer\r\n".into(),
+            headers: vec![("X-Agent-Id".into(), "7".into())],
+        },
+    );
     let ok = sent(&mut ua);
     assert!(
         ok[0].starts_with("SIP/2.0 200") && ok[0].ends_with("v=0 answer\r\n"),
         "{ok:?}"
+    );
+    assert_eq!(
+        header_line(&ok[0], "X-Agent-Id"),
+        Some("X-Agent-Id: 7"),
+        "the page's call data"
     );
     let tag = ok[0]
         .lines()
@@ -638,6 +658,7 @@ fn a_challenged_invite_is_sent_again_with_our_answer() {
             caller: OutgoingCaller {
                 display_name: Some("Agent \"7\" \\ Desk".into()),
                 identity_header: Some("P-Asserted-Identity"),
+                headers: vec![("User-to-User".into(), "00ff;encoding=hex".into())],
             },
         },
     );
@@ -653,6 +674,10 @@ fn a_challenged_invite_is_sent_again_with_our_answer() {
     assert_eq!(
         header_line(&first, "P-Asserted-Identity"),
         Some(format!("P-Asserted-Identity: {ours}").as_str())
+    );
+    assert_eq!(
+        header_line(&first, "User-to-User"),
+        Some("User-to-User: 00ff;encoding=hex")
     );
     let challenge = "Proxy-Authenticate: Digest realm=\"pbx\", nonce=\"n1\", qop=\"auth\"\r\n";
     ua.datagram_in(
