@@ -23,6 +23,10 @@ export interface ConnectOptions {
    * before js-api restarts ICE (default 2000; at `failed` it restarts at
    * once; -1 = never restart by itself). */
   reconnectAfterMs?: number;
+  /** Answer by itself a call the switch asks to be answered without the agent
+   * (`call.incoming`'s `auto_answer`), after the delay it names, with these
+   * answer() options (true: the defaults). Off unless given. */
+  autoAnswer?: boolean | CallOptions;
 }
 
 /** Codes: the API's error codes (origin_not_allowed, invalid_token, registration_failed,
@@ -147,6 +151,8 @@ export declare class Call extends EventTarget {
   readonly identity: CallerIdentity | null;
   /** Incoming: the switch's call data (X- headers, User-to-User…), name → values. */
   readonly headers: Record<string, string[]>;
+  /** Incoming: seconds after which the switch asks for an answer without the agent, or null. */
+  readonly autoAnswer: number | null;
   readonly state: 'incoming' | 'calling' | 'ringing' | 'early_media' | 'answered' | 'ended';
   readonly held: boolean;
   readonly pc: RTCPeerConnection | null;

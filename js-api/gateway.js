@@ -65,7 +65,7 @@ async function request(fetchImpl, method, url, { body, bearer, signal } = {}) {
  * Creates a session for `user` (the gateway registers it with the SIP
  * server) and starts receiving its events.
  */
-export async function connect({ url, user, password, token, displayName, fetch: fetchImpl, rtcConfig, getUserMedia, mediaTimeoutMs, reconnectAfterMs } = {}) {
+export async function connect({ url, user, password, token, displayName, fetch: fetchImpl, rtcConfig, getUserMedia, mediaTimeoutMs, reconnectAfterMs, autoAnswer } = {}) {
   if (!url) throw new GatewayError('bad_argument', 'connect() needs the gateway url');
   if (!user) throw new GatewayError('bad_argument', 'connect() needs a user');
   const f = fetchImpl || globalThis.fetch.bind(globalThis);
@@ -85,6 +85,7 @@ export async function connect({ url, user, password, token, displayName, fetch: 
     getUserMedia,
     mediaTimeoutMs,
     reconnectAfterMs,
+    autoAnswer,
   });
   session._startPolling();
   return session;
@@ -98,7 +99,7 @@ function emit(target, type, detail) {
 
 /** A browser user's session: places calls and receives them. */
 export class Session extends EventTarget {
-  constructor({ base, fetch, id, secret, user, expiresIn, rtcConfig, getUserMedia, mediaTimeoutMs, reconnectAfterMs }) {
+  constructor({ base, fetch, id, secret, user, expiresIn, rtcConfig, getUserMedia, mediaTimeoutMs, reconnectAfterMs, autoAnswer }) {
     super();
     this.id = id;
     this.user = user;
@@ -116,6 +117,9 @@ export class Session extends EventTarget {
     // A browser reaches a reachable gateway in well under a second.
     this._mediaTimeoutMs = mediaTimeoutMs === undefined ? 8000 : mediaTimeoutMs;
     this._reconnectAfterMs = reconnectAfterMs === undefined ? 2000 : reconnectAfterMs;
+    // Calls the switch asks to be answered by themselves are, with these
+    // answer() options (true: the defaults).
+    this._autoAnswer = autoAnswer === true ? {} : autoAnswer || null;
     this._getUserMedia =
       getUserMedia || ((constraints) => navigator.mediaDevices.getUserMedia(constraints));
   }
@@ -250,10 +254,17 @@ export class Session extends EventTarget {
         displayName: event.display_name,
         identity: event.identity,
         headers: event.headers,
+        autoAnswer: event.auto_answer ? event.auto_answer.after_s : null,
         offer: event.sdp,
       });
       this._calls.set(event.call, call);
       emit(this, 'incoming', call);
+      if (this._autoAnswer && call.autoAnswer !== null) {
+        setTimeout(() => {
+          if (call.state !== 'incoming') return;
+          call.answer(this._autoAnswer).catch((e) => emit(this, 'error', e));
+        }, call.autoAnswer * 1000);
+      }
       return;
     }
     const call = this._calls.get(event.call);
@@ -281,7 +292,7 @@ export function gatewayAddresses(sdp) {
 
 /** One call: its RTCPeerConnection and its signaling. */
 export class Call extends EventTarget {
-  constructor(session, { id, direction, pc, localStream, ownStream, from, to, displayName, identity, headers, offer }) {
+  constructor(session, { id, direction, pc, localStream, ownStream, from, to, displayName, identity, headers, autoAnswer, offer }) {
     super();
     this.id = id;
     this.direction = direction;
@@ -293,6 +304,8 @@ export class Call extends EventTarget {
     this.identity = identity || null;
     /** Incoming: the switch's call data, header name → values ({} when none). */
     this.headers = headers || {};
+    /** Incoming: the switch asks for an answer without the agent after this many seconds, or null. */
+    this.autoAnswer = autoAnswer === undefined ? null : autoAnswer;
     this.state = direction === 'incoming' ? 'incoming' : 'calling';
     this.held = false;
     this.pc = pc;

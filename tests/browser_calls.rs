@@ -678,6 +678,20 @@ fn a_sip_caller_reaches_the_browser() {
     sipp_calls_the_page(&["-sn", "uac", "-d", "8000"], &[]);
 }
 
+/// A switch puts a call through on an auto-answer line (Call-Info
+/// answer-after=1): the demo page, with auto-answer ticked, never clicks
+/// Answer; js-api answers after the delay, and the page hears its tone come
+/// back through SIPp.
+#[test]
+fn a_switchs_auto_answer_call_is_answered_by_the_page_itself() {
+    if !common::inside_namespace("a_switchs_auto_answer_call_is_answered_by_the_page_itself") {
+        return;
+    }
+    let r = sipp_calls_the_page(&["-sf", "uac-auto-answer.xml"], &[("AUTO_ANSWER", "1")]);
+    let log = r["log"].to_string();
+    assert!(log.contains("auto-answer in 1 s"), "{log}");
+}
+
 /// A far end of our own on `port`: for each RTP packet it gets it sends
 /// one back, a 440 Hz PCMU tone under its own SSRC and numbering (starting
 /// near the wrap), so it talks only while it is sent to, as a switch's

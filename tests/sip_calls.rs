@@ -167,6 +167,26 @@ async fn the_switchs_call_data_reaches_the_page_and_the_pages_reaches_the_switch
     t.finish().await;
 }
 
+/// A switch's auto-answer INVITE (Call-Info answer-after=1) says so in
+/// `call.incoming`; the gateway itself still waits for the page's answer.
+#[tokio::test]
+async fn an_auto_answer_invite_says_so_to_the_page() {
+    let mut t = SipTest::gateway(Transport::Udp, "");
+    let (mut s, incoming) = ring_the_browser(&mut t, "uac-auto-answer.xml", Transport::Udp).await;
+    let cid = incoming["call"].as_str().unwrap().to_string();
+    assert_eq!(incoming["auto_answer"], json!({"after_s": 1}), "{incoming}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, view) = s.get(&format!("/calls/{cid}")).await;
+    assert_eq!(
+        view["state"], "incoming",
+        "the page answers, not the gateway: {view}"
+    );
+    answer_as_the_browser(&s, &cid).await;
+    let ended = s.wait_for("call.ended").await;
+    assert_eq!(ended["reason"], "remote_hangup");
+    t.finish().await;
+}
+
 /// UDP sockets bound to 127.0.0.5 on this host (/proc/net/udp writes an
 /// IPv4 address as the hex of its bytes in host order: 0500007F on x86).
 fn sockets_on_127_0_0_5() -> usize {
@@ -252,6 +272,7 @@ async fn an_incoming_call_answered_by_the_browser() {
     assert_eq!(incoming["from"], "sipp");
     // SIPp's From is `sipp <sip:sipp@…>`, and it asserts nothing.
     assert_eq!(incoming["display_name"], "sipp", "{incoming}");
+    assert_eq!(incoming["auto_answer"], Value::Null, "{incoming}");
     assert_eq!(incoming["identity"]["asserted"], false, "{incoming}");
     assert_eq!(incoming["identity"]["display_name"], "sipp");
     assert!(

@@ -6,6 +6,8 @@ const $ = (id) => document.getElementById(id);
 const state = { session: null, call: null, audio: null, timers: [] };
 // For automated checks of the page (tests read these).
 window.demo = state;
+// What the browser sends as it is: the tests' tones must come through unfiltered.
+const rawAudio = { echoCancellation: false, noiseSuppression: false, autoGainControl: false };
 
 function log(text, kind) {
   const li = document.createElement('li');
@@ -153,6 +155,7 @@ $('connect').onclick = () => run('connect', async () => {
   const opts = { url: location.origin, user: $('user').value.trim() };
   if ($('password').value) opts.password = $('password').value;
   if ($('token').value.trim()) opts.token = $('token').value.trim();
+  if ($('auto-answer').checked) opts.autoAnswer = { audio: rawAudio };
   try {
     state.session = await connect(opts);
   } catch (e) {
@@ -179,6 +182,14 @@ $('connect').onclick = () => run('connect', async () => {
     $('listen').hidden = false;
     $('incoming').hidden = false;
     log(`incoming call from ${call.from}`);
+    if (opts.autoAnswer && call.autoAnswer !== null) {
+      log(`the switch asks for auto-answer in ${call.autoAnswer} s`);
+      // js-api answers it; the page follows.
+      call.addEventListener('answered', () => {
+        $('incoming').hidden = true;
+        watch(call);
+      }, { once: true });
+    }
   });
   state.session.addEventListener('ended', (e) => { setStatus(`session ended (${e.detail.reason})`, 'bad'); buttons(); });
 });
@@ -201,7 +212,6 @@ $('hangup').onclick = () => run('hang up', () => state.call.hangup());
 $('hold').onclick = () => run('hold', () => state.call.hold());
 $('resume').onclick = () => run('resume', () => state.call.resume());
 
-const rawAudio = { echoCancellation: false, noiseSuppression: false, autoGainControl: false };
 $('listen').onclick = () => run('early media', async () => {
   const call = state.incoming;
   await call.progress({ audio: rawAudio });

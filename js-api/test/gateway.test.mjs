@@ -370,3 +370,30 @@ test('early media the gateway refuses leaves the call incoming, to be answered a
   assert.deepEqual(answers.map((r) => r.body), [{ sdp: 'v=0 browser answer', headers: { 'X-Agent-Id': '7' } }]);
   await session.close();
 });
+
+test('a call the switch asks to be answered by itself is, after its delay, only when the page asked for it', async () => {
+  const gw = new FakeGateway();
+  gw.push({ type: 'call.incoming', call: 'c1', from: '2000', to: '1001', sdp: 'v=0 gateway offer', auto_answer: { after_s: 0 } });
+  const session = await connect({
+    url: 'https://gw.test', user: '1001', fetch: gw.fetch, getUserMedia: async () => fakeStream(), autoAnswer: true,
+  });
+  const incoming = [];
+  session.addEventListener('incoming', (e) => incoming.push(e.detail));
+  await until(() => incoming.length === 1);
+  assert.equal(incoming[0].autoAnswer, 0);
+  await until(() => incoming[0].state === 'answered');
+  const answers = gw.requests.filter((r) => r.method === 'POST' && r.path.endsWith('/answer'));
+  assert.deepEqual(answers.map((r) => r.body), [{ sdp: 'v=0 browser answer' }]);
+  await session.close();
+
+  const quiet = new FakeGateway();
+  quiet.push({ type: 'call.incoming', call: 'c1', from: '2000', to: '1001', sdp: 'v=0 gateway offer', auto_answer: { after_s: 0 } });
+  const manual = await connect({ url: 'https://gw.test', user: '1001', fetch: quiet.fetch, getUserMedia: async () => fakeStream() });
+  const rung = [];
+  manual.addEventListener('incoming', (e) => rung.push(e.detail));
+  await until(() => rung.length === 1);
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(rung[0].state, 'incoming', 'without autoAnswer the page decides');
+  assert.equal(quiet.requests.filter((r) => r.path.endsWith('/answer')).length, 0);
+  await manual.close();
+});

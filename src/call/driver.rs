@@ -815,6 +815,7 @@ impl MediaPlane {
             to,
             caller,
             call_data,
+            auto_answer,
             sdp,
             events,
         } = incoming;
@@ -873,6 +874,7 @@ impl MediaPlane {
                 asserted: caller.asserted,
             },
             headers: call_data,
+            auto_answer: auto_answer.map(|after_s| crate::session::AutoAnswer { after_s }),
         };
         let call = Call::inbound(
             cid.clone(),

@@ -1219,5 +1219,6 @@ fn caller(from: &str, to: &str) -> crate::session::IncomingCaller {
             asserted: false,
         },
         headers: Default::default(),
+        auto_answer: None,
     }
 }

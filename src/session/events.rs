@@ -21,6 +21,15 @@ pub struct IncomingCaller {
     /// The switch's call data: the INVITE's headers that `[sip]
     /// incoming-header-prefixes` and `incoming-headers` pass, by name.
     pub headers: std::collections::BTreeMap<String, Vec<String>>,
+    /// The switch asks for the call to be answered without the agent
+    /// (Call-Info answer-after, Alert-Info auto-answer, Answer-Mode: Auto).
+    pub auto_answer: Option<AutoAnswer>,
+}
+
+/// When an incoming call asks to be answered by itself.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct AutoAnswer {
+    pub after_s: u32,
 }
 
 /// The identity of an incoming call's caller: what the switch asserted

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 
 use crate::random::Random;
 
-pub use events::{CallerIdentity, EventRecord, IncomingCaller, SessionEvent};
+pub use events::{AutoAnswer, CallerIdentity, EventRecord, IncomingCaller, SessionEvent};
 
 /// Opaque session id handed to the browser.
 pub type SessionId = String;

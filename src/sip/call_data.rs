@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 
+use super::message::header_values;
+
 /// The most headers a page may add, and the longest value.
 pub const MAX_OUTGOING_HEADERS: usize = 16;
 pub const MAX_HEADER_VALUE: usize = 1024;
@@ -107,6 +109,53 @@ impl CallDataRules {
     }
 }
 
+/// The longest auto-answer delay taken; a longer one is this.
+pub const MAX_AUTO_ANSWER_S: u32 = 3600;
+
+/// Whether an incoming INVITE asks to be answered without the agent
+/// (intercom, a supervisor's barge-in, an agent's "always on" line), and
+/// after how many seconds, in the forms switches and phones use: `Call-Info:
+/// <…>;answer-after=N`, `Alert-Info` naming auto-answer (`;info=
+/// alert-autoanswer`, `Auto Answer`, with an optional `;delay=N`), and RFC
+/// 5373's `Answer-Mode: Auto`.
+pub fn auto_answer_after(headers: &rsip::Headers) -> Option<u32> {
+    let param = |value: &str, name: &str| -> Option<u32> {
+        value.split(';').skip(1).find_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().trim_matches('"').parse::<u32>().ok())
+                .flatten()
+        })
+    };
+    let after = header_values(headers, "call-info")
+        .iter()
+        .find_map(|v| param(v, "answer-after"))
+        .or_else(|| {
+            header_values(headers, "alert-info").iter().find_map(|v| {
+                let plain: String = v
+                    .to_ascii_lowercase()
+                    .chars()
+                    .filter(char::is_ascii_alphanumeric)
+                    .collect();
+                plain
+                    .contains("autoanswer")
+                    .then(|| param(v, "delay").unwrap_or(0))
+            })
+        })
+        .or_else(|| {
+            header_values(headers, "answer-mode")
+                .iter()
+                .any(|v| {
+                    v.split(';')
+                        .next()
+                        .is_some_and(|m| m.trim().eq_ignore_ascii_case("auto"))
+                })
+                .then_some(0)
+        })?;
+    Some(after.min(MAX_AUTO_ANSWER_S))
+}
+
 /// `headers` as header lines (each ends in CRLF), for a message we write.
 pub fn lines(headers: &[(String, String)]) -> String {
     headers
@@ -146,6 +195,40 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
         .collect();
         assert_eq!(seen, want);
+    }
+
+    #[test]
+    fn auto_answer_in_the_forms_switches_use() {
+        let after = |lines: &str| {
+            let text = format!(
+                "INVITE sip:1001@gw SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n\
+                 From: <sip:2000@pbx>;tag=1\r\nTo: <sip:1001@gw>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\
+                 {lines}Content-Length: 0\r\n\r\n"
+            );
+            auto_answer_after(
+                &super::super::message::own_request(&text, rsip::Method::Invite).headers,
+            )
+        };
+        assert_eq!(after(""), None);
+        assert_eq!(after("Call-Info: <sip:pbx>;answer-after=3\r\n"), Some(3));
+        assert_eq!(after("Call-Info: <sip:pbx>;Answer-After=0\r\n"), Some(0));
+        assert_eq!(
+            after("Call-Info: <http://x/logo.png>;purpose=icon\r\n"),
+            None
+        );
+        assert_eq!(
+            after("Alert-Info: <http://www.notused.com>;info=alert-autoanswer;delay=2\r\n"),
+            Some(2)
+        );
+        assert_eq!(after("Alert-Info: Auto Answer\r\n"), Some(0));
+        assert_eq!(after("Alert-Info: <http://x/ring.wav>\r\n"), None);
+        assert_eq!(after("Answer-Mode: Auto;require\r\n"), Some(0));
+        assert_eq!(after("Answer-Mode: Manual\r\n"), None);
+        assert_eq!(
+            after("Call-Info: <sip:pbx>;answer-after=99999\r\n"),
+            Some(MAX_AUTO_ANSWER_S)
+        );
+        assert_eq!(after("Call-Info: <sip:pbx>;answer-after=-1\r\n"), None);
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct IncomingCall {
     pub caller: crate::sip::caller_id::Caller,
     /// The switch's call data (headers by name).
     pub call_data: std::collections::BTreeMap<String, Vec<String>>,
+    /// The INVITE asks to be answered by itself after this many seconds.
+    pub auto_answer: Option<u32>,
     pub sdp: Option<String>,
     /// What the caller does next (CANCEL, BYE, hold…).
     pub events: mpsc::UnboundedReceiver<DialogEvent>,
@@ -844,6 +846,7 @@ async fn run(
                     to,
                     caller,
                     call_data,
+                    auto_answer,
                     sdp,
                 } => {
                     let (tx, events) = mpsc::unbounded_channel();
@@ -856,6 +859,7 @@ async fn run(
                         to,
                         caller,
                         call_data,
+                        auto_answer,
                         sdp,
                         events,
                     };

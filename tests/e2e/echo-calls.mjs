@@ -9,7 +9,9 @@
 //               MOVES (e.g. 440,1000,440), it moves its media between
 //               sources and each listed tone must be heard in turn; with
 //               LISTEN_FIRST set, the page takes early media first (Listen
-//               first) and must hear the caller before it answers
+//               first) and must hear the caller before it answers; with
+//               AUTO_ANSWER set, the page ticks auto-answer and never clicks
+//               Answer (the caller asks for auto-answer)
 //   sip         the demo page calls DIAL through the SIP server (a SIPp UAS
 //               returning RTP, or baresip playing a tone): hear EXPECT_HZ
 //               (default 1000), hang up; with EARLY set, the tone must be
@@ -254,6 +256,7 @@ try {
     page.on('pageerror', (e) => { report.pageErrors = (report.pageErrors || []).concat(String(e)); });
     await page.goto(`${gw}/demo/`);
     await page.fill('#user', '1001');
+    if (process.env.AUTO_ANSWER) await page.check('#auto-answer');
     await page.click('#connect');
     report.connected = await waitFor(page, () => document.getElementById('session-status').textContent.startsWith('connected'));
     say({ ready: true });
@@ -273,7 +276,8 @@ try {
       await sleep(1000);
       report.answerAt = Date.now();
     }
-    await page.click('#answer');
+    // With AUTO_ANSWER the switch asks for it and js-api answers by itself.
+    if (!process.env.AUTO_ANSWER) await page.click('#answer');
     report.answered = await waitFor(page, () => window.demo.call && window.demo.call.state === 'answered');
     const moves = process.env.MOVES ? process.env.MOVES.split(',').map(Number) : null;
     if (moves) {

@@ -575,6 +575,7 @@ impl UserAgent {
                             to,
                             caller: crate::sip::caller_id::Caller::of_invite(&request.headers),
                             call_data: self.cfg.call_data.incoming_of(&request.headers),
+                            auto_answer: crate::sip::call_data::auto_answer_after(&request.headers),
                             sdp: call.remote_offer(),
                         });
                         self.calls.insert(key, call);

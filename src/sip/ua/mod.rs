@@ -173,6 +173,8 @@ pub enum UaEvent {
         caller: super::caller_id::Caller,
         /// The switch's call data: the headers `call_data` lets through.
         call_data: std::collections::BTreeMap<String, Vec<String>>,
+        /// The INVITE asks to be answered by itself after this many seconds.
+        auto_answer: Option<u32>,
         sdp: Option<String>,
     },
     /// The server answered a keepalive (true) or stopped answering (false).

@@ -397,12 +397,14 @@ fn an_incoming_call_rings_is_answered_and_its_200_repeats_until_the_ack() {
         to,
         caller,
         call_data,
+        auto_answer,
         sdp,
     }) = ua.next_event()
     else {
         panic!("an incoming call event");
     };
     assert!(call_data.is_empty(), "{call_data:?}");
+    assert_eq!(auto_answer, None);
     assert_eq!(caller.display_name.as_deref(), Some("Caller"));
     assert_eq!(caller.identity_uri, "sip:2000@pbx.example");
     assert!(!caller.asserted);
