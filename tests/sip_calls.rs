@@ -187,6 +187,29 @@ async fn an_auto_answer_invite_says_so_to_the_page() {
     t.finish().await;
 }
 
+/// A switch sends the digits it collects as SIP INFO, both forms
+/// (`tests/sipp/uas-sends-info-dtmf.xml`): each gets 200 (SIPp checks) and
+/// becomes `call.dtmf` for the browser, in order.
+#[tokio::test]
+async fn a_switchs_info_dtmf_reaches_the_browser_in_both_forms() {
+    let t = SipTest::toward("uas-sends-info-dtmf.xml");
+    let mut s = ApiSession::open(&t.gw).await;
+    s.call("5000", OFFER).await;
+    s.wait_for("call.answered").await;
+    let mut digits = String::new();
+    for _ in 0..3 {
+        digits.push_str(
+            s.wait_for("call.dtmf").await["digit"]
+                .as_str()
+                .unwrap_or("?"),
+        );
+    }
+    assert_eq!(digits, "4#9");
+    let ended = s.wait_for("call.ended").await;
+    assert_eq!(ended["reason"], "remote_hangup");
+    t.finish().await;
+}
+
 /// UDP sockets bound to 127.0.0.5 on this host (/proc/net/udp writes an
 /// IPv4 address as the hex of its bytes in host order: 0500007F on x86).
 fn sockets_on_127_0_0_5() -> usize {

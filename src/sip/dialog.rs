@@ -216,6 +216,34 @@ pub struct Dialog {
     random: Random,
 }
 
+/// The DTMF digit a SIP INFO carries, in the two forms switches send:
+/// `application/dtmf-relay` (`Signal=5`, also `Signal=*` or the event
+/// code `Signal=10`) and `application/dtmf` (the digit alone, RFC 2976
+/// practice). None for anything else.
+fn info_digit(content_type: Option<&str>, body: &str) -> Option<char> {
+    let media_type = content_type
+        .and_then(|c| c.split(';').next())
+        .map(|c| c.trim().to_ascii_lowercase());
+    let signal = match media_type.as_deref() {
+        Some("application/dtmf") => body.trim().to_string(),
+        _ => body.lines().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case("signal")
+                .then(|| v.trim().to_string())
+        })?,
+    };
+    let mut chars = signal.chars();
+    match (chars.next(), chars.next()) {
+        (Some(d), None) => crate::media::dtmf::event_code(d).and_then(crate::media::dtmf::digit),
+        _ => signal
+            .parse::<u8>()
+            .ok()
+            .filter(|code| *code <= 15)
+            .and_then(crate::media::dtmf::digit),
+    }
+}
+
 /// `5000` → `sip:5000@domain`; a `sip:`/`sips:` URI stays as it is.
 pub fn target_uri(to: &str, domain: &str) -> String {
     if to.starts_with("sip:") || to.starts_with("sips:") {
@@ -1196,15 +1224,9 @@ impl Dialog {
                 (response_to(request, 200), Some(DialogEvent::RemoteBye))
             }
             rsip::Method::Info => {
+                let content_type = header(&request.headers, "content-type");
                 let body = String::from_utf8_lossy(&request.body);
-                let digit = body.lines().find_map(|l| {
-                    let (k, v) = l.split_once('=')?;
-                    k.trim()
-                        .eq_ignore_ascii_case("signal")
-                        .then(|| v.trim().chars().next())
-                        .flatten()
-                });
-                match digit.filter(|d| crate::media::dtmf::event_code(*d).is_some()) {
+                match info_digit(content_type.first().map(String::as_str), &body) {
                     Some(d) => (response_to(request, 200), Some(DialogEvent::Dtmf(d))),
                     None => (response_to(request, 415), None),
                 }
@@ -1474,6 +1496,24 @@ mod tests {
         assert!(cancel.to_string().contains("CSeq: 1 CANCEL"));
         let (_, ev) = c.on_invite_response(&answer_to(&c, "487 Request Terminated", "", ""));
         assert_eq!(ev, Some(DialogEvent::Failed { status: Some(487) }));
+    }
+
+    #[test]
+    fn info_dtmf_in_both_forms() {
+        let relay = Some("application/dtmf-relay");
+        assert_eq!(info_digit(relay, "Signal=5\r\nDuration=160\r\n"), Some('5'));
+        assert_eq!(info_digit(relay, "signal= *\r\n"), Some('*'));
+        assert_eq!(info_digit(relay, "Signal=11\r\n"), Some('#'));
+        assert_eq!(info_digit(relay, "Signal=d\r\n"), Some('D'));
+        assert_eq!(info_digit(relay, "Signal=16\r\n"), None);
+        assert_eq!(info_digit(relay, "Duration=160\r\n"), None);
+        assert_eq!(
+            info_digit(Some("Application/DTMF; charset=x"), "9\r\n"),
+            Some('9')
+        );
+        assert_eq!(info_digit(Some("application/dtmf"), "95"), None);
+        assert_eq!(info_digit(Some("application/dtmf"), "x"), None);
+        assert_eq!(info_digit(None, "Signal=3"), Some('3'));
     }
 
     #[test]
