@@ -50,7 +50,26 @@ step "js-api unit tests (node --test)"
 node --test js-api/test/
 
 step "cargo test"
-cargo test --locked
+# Real-browser tests run real Chromium and Firefox against real media timing
+# on a 2-core machine; a browser test that fails is run once more on its
+# own, and the run says so. A failure anywhere else, or twice, fails the run.
+test_log=$(mktemp)
+if ! cargo test --locked --no-fail-fast 2>&1 | tee "$test_log"; then
+    failed=$(awk '/Running tests\/[a-z_]+\.rs/ { match($0, /tests\/[a-z_]+\.rs/); bin = substr($0, RSTART + 6, RLENGTH - 9) }
+                  / \.\.\. FAILED$/ { print bin, $2 }' "$test_log" | sort -u)
+    [ -n "$failed" ] || { echo "cargo test failed outside any test"; exit 1; }
+    while read -r bin name; do
+        case "$bin" in
+            browser_*) ;;
+            *) echo "test $name in $bin failed"; exit 1 ;;
+        esac
+    done <<< "$failed"
+    while read -r bin name; do
+        step "retrying browser test $bin::$name once"
+        cargo test --locked --test "$bin" -- --exact "$name"
+    done <<< "$failed"
+fi
+rm -f "$test_log"
 
 fuzz_seconds="${FUZZ_SECONDS:-20}"
 if [ "$fuzz_seconds" -gt 0 ]; then
