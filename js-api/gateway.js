@@ -533,7 +533,7 @@ export class Call extends EventTarget {
       const quiet = sender.track.clone();
       quiet.enabled = false;
       this._earlyMuted.push({ sender, track: sender.track, quiet });
-      sender.replaceTrack(quiet);
+      sender.replaceTrack(quiet).catch(() => {});
     }
   }
 

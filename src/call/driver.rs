@@ -681,7 +681,6 @@ impl MediaPlane {
             relay: self.relay.clone(),
             settings: self.settings.clone(),
             relay_events: self.relay_events.clone(),
-            answer_headers: Vec::new(),
         }
     }
 
@@ -975,8 +974,7 @@ impl Far {
     }
 
     /// Carries out `request`; what the far end says back goes into `call`.
-    /// `headers`: the page's call data for our 200 (read by Accept only).
-    fn request(&mut self, request: &FarRequest, call: &mut Call, headers: Vec<(String, String)>) {
+    fn request(&mut self, request: &FarRequest, call: &mut Call) {
         match self {
             Far::Echo(echo) => match request {
                 FarRequest::Hangup { .. } | FarRequest::Accept { .. } | FarRequest::Refuse(_) => {
@@ -1006,7 +1004,9 @@ impl Far {
             Far::Sip { handle, .. } => match request {
                 FarRequest::Hangup { .. } => handle.hangup(call.id()),
                 FarRequest::Progress { sdp } => handle.progress(call.id(), sdp.clone()),
-                FarRequest::Accept { sdp } => handle.accept(call.id(), sdp.clone(), headers),
+                FarRequest::Accept { sdp, headers } => {
+                    handle.accept(call.id(), sdp.clone(), headers.clone())
+                }
                 FarRequest::Refuse(code) => handle.refuse(call.id(), *code),
                 FarRequest::Hold => handle.hold(call.id(), true),
                 FarRequest::Resume => handle.hold(call.id(), false),
@@ -1044,8 +1044,6 @@ struct CallTask<N> {
     relay: Arc<Relay>,
     settings: CallSettings,
     relay_events: SyncSender<RelayEvent>,
-    /// The page's call-data headers for our 200, until it goes.
-    answer_headers: Vec<(String, String)>,
 }
 
 impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
@@ -1221,8 +1219,10 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
             Command::Hold => Ok(self.call.handle_input(Instant::now(), CallInput::Hold)?),
             Command::Resume => Ok(self.call.handle_input(Instant::now(), CallInput::Resume)?),
             Command::Answer { sdp, headers } => {
-                self.answer_headers = headers;
-                let answer = CallInput::BrowserAnswer(sdp.as_deref());
+                let answer = CallInput::BrowserAnswer {
+                    sdp: sdp.as_deref(),
+                    headers,
+                };
                 self.call.handle_input(Instant::now(), answer)?;
                 self.media_taken()
             }
@@ -1339,13 +1339,7 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                     }
                 }
                 CallOutput::Notify(event) => (self.notify)(&self.session, event),
-                CallOutput::Far(request) => {
-                    let headers = match request {
-                        FarRequest::Accept { .. } => std::mem::take(&mut self.answer_headers),
-                        _ => Vec::new(),
-                    };
-                    self.far.request(&request, &mut self.call, headers)
-                }
+                CallOutput::Far(request) => self.far.request(&request, &mut self.call),
                 CallOutput::Finished(reason) => {
                     info!(reason = reason.as_str(), "call ended");
                     self.finished = true;

@@ -115,9 +115,11 @@ pub enum FarRequest {
     Progress {
         sdp: String,
     },
-    /// Answer the far end's INVITE (200 with our SDP).
+    /// Answer the far end's INVITE (200 with our SDP and the page's
+    /// call-data headers, checked already).
     Accept {
         sdp: String,
+        headers: Vec<(String, String)>,
     },
     /// Refuse the far end's INVITE with this status.
     Refuse(u16),
@@ -213,9 +215,13 @@ pub enum CallInput<'a> {
     /// The browser asks for hold or its end.
     Hold,
     Resume,
-    /// The browser's answer to our offer for an incoming call; None after
-    /// [`CallInput::BrowserProgress`] gave it already.
-    BrowserAnswer(Option<&'a str>),
+    /// The browser's answer to our offer for an incoming call (`sdp` None
+    /// after [`CallInput::BrowserProgress`] gave it already), with the
+    /// page's call-data headers for our 200.
+    BrowserAnswer {
+        sdp: Option<&'a str>,
+        headers: Vec<(String, String)>,
+    },
     /// The browser's answer to our offer for an incoming call, for early
     /// media: the far end gets our 183 and media flows both ways before
     /// the call is answered.
@@ -378,7 +384,11 @@ impl Call {
 
     /// The browser answered an incoming call ([`Call::prepare_answer`] first,
     /// with the leg its answer describes): the far end gets our 200.
-    fn browser_answered(&mut self, now: Instant) -> Result<(), CallError> {
+    fn browser_answered(
+        &mut self,
+        now: Instant,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), CallError> {
         if !self.awaits_browser_answer() {
             return Err(self.not_incoming());
         }
@@ -390,7 +400,7 @@ impl Call {
         self.ring_deadline = None;
         let sdp = self.sip_answer.take().unwrap_or_default();
         self.outputs
-            .push_back(CallOutput::Far(FarRequest::Accept { sdp }));
+            .push_back(CallOutput::Far(FarRequest::Accept { sdp, headers }));
         self.notify(SessionEvent::CallAnswered {
             call: self.id.clone(),
             sdp: None,
@@ -404,14 +414,19 @@ impl Call {
     /// goes out, the far end gets our 200 and the web leg starts.
     /// After early media of its own the browser's answer stands: `sdp`
     /// may be left out (one given is not read again).
-    fn browser_answer(&mut self, now: Instant, sdp: Option<&str>) -> Result<(), Refused> {
+    fn browser_answer(
+        &mut self,
+        now: Instant,
+        sdp: Option<&str>,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), Refused> {
         if !self.awaits_browser_answer() {
             return Err(self.not_incoming().into());
         }
         if self.state == CallState::Incoming {
             self.negotiate_browser_answer(sdp.ok_or(CallError::AnswerMissing)?)?;
         }
-        Ok(self.browser_answered(now)?)
+        Ok(self.browser_answered(now, headers)?)
     }
 
     /// The browser's answer to our offer, negotiated (a bad one is refused
@@ -532,7 +547,7 @@ impl Call {
             CallInput::Hangup => self.hangup(),
             CallInput::Hold => self.hold()?,
             CallInput::Resume => self.resume()?,
-            CallInput::BrowserAnswer(sdp) => self.browser_answer(now, sdp)?,
+            CallInput::BrowserAnswer { sdp, headers } => self.browser_answer(now, sdp, headers)?,
             CallInput::BrowserProgress(sdp) => self.browser_progress(now, sdp)?,
             CallInput::BrowserReject { status } => self.browser_rejected(status)?,
         }

@@ -493,11 +493,15 @@ fn an_incoming_call_is_offered_then_answered() {
     assert_eq!(call.state(), CallState::Incoming);
     assert_eq!(call.hold(), Err(CallError::NotAnswered("incoming")));
     call.prepare_answer(spec(LegKeying::Sdes), String::new());
-    call.browser_answered(t0 + Duration::from_secs(2)).unwrap();
+    call.browser_answered(t0 + Duration::from_secs(2), Vec::new())
+        .unwrap();
     let out = drain(&mut call);
     assert_eq!(
         out[0],
-        CallOutput::Far(FarRequest::Accept { sdp: String::new() })
+        CallOutput::Far(FarRequest::Accept {
+            sdp: String::new(),
+            headers: Vec::new()
+        })
     );
     assert_eq!(
         out[1],
@@ -514,7 +518,7 @@ fn an_incoming_call_is_offered_then_answered() {
         "rtp timeout first"
     );
     assert_eq!(
-        call.browser_answered(t0),
+        call.browser_answered(t0, Vec::new()),
         Err(CallError::NotIncoming("answered"))
     );
     call.handle_web_packet(
@@ -707,7 +711,7 @@ fn the_browser_answer_becomes_one_media_plan_and_our_200() {
     .with_negotiator(negotiator);
     drain(&mut call);
     assert!(matches!(
-        call.browser_answer(t0, Some("v=0\r\nnonsense")),
+        call.browser_answer(t0, Some("v=0\r\nnonsense"), Vec::new()),
         Err(Refused::Sdp(_))
     ));
     assert!(
@@ -717,17 +721,23 @@ fn the_browser_answer_becomes_one_media_plan_and_our_200() {
     assert_eq!(call.state(), CallState::Incoming);
     // The browser answers as Chromium does: our offer's codecs, DTLS active.
     let answer = CHROMIUM_OFFER.replace("a=setup:actpass", "a=setup:active");
-    call.browser_answer(t0, Some(&answer)).unwrap();
+    let agent = vec![("X-Agent-Id".to_string(), "7".to_string())];
+    call.browser_answer(t0, Some(&answer), agent.clone())
+        .unwrap();
     let out = drain(&mut call);
     let made = plans(&out);
     assert_eq!(made.len(), 1, "{out:?}");
     let sip_answer = made[0].sip_sdp.clone().unwrap();
     assert!(sip_answer.contains("m=audio 30000 RTP/AVP"), "{sip_answer}");
-    assert!(out.contains(&CallOutput::Far(FarRequest::Accept { sdp: sip_answer })));
+    // The page's call data goes with our 200.
+    assert!(out.contains(&CallOutput::Far(FarRequest::Accept {
+        sdp: sip_answer,
+        headers: agent
+    })));
     assert_eq!(made[0].leg.keying.as_str(), "dtls");
     assert_eq!(call.state(), CallState::Answered);
     assert!(matches!(
-        call.browser_answer(t0, Some(&answer)),
+        call.browser_answer(t0, Some(&answer), Vec::new()),
         Err(Refused::Call(_))
     ));
 }
@@ -1037,7 +1047,7 @@ fn a_delayed_offer_goes_to_the_browser_then_in_our_200() {
         ["0 PCMU/8000", "8 PCMA/8000", "101 telephone-event/8000"]
     );
     let answer = CHROMIUM_OFFER.replace("a=setup:actpass", "a=setup:active");
-    call.browser_answer(t0, Some(&answer)).unwrap();
+    call.browser_answer(t0, Some(&answer), Vec::new()).unwrap();
     let out = drain(&mut call);
     let plan = plans(&out)[0];
     assert!(plan.far.rtp.ip().is_unspecified(), "no far address yet");
@@ -1046,7 +1056,10 @@ fn a_delayed_offer_goes_to_the_browser_then_in_our_200() {
         sip_offer.contains("m=audio 30000 RTP/AVP 0 101\r\n") && !sip_offer.contains("rtcp-mux"),
         "{sip_offer}"
     );
-    assert!(out.contains(&CallOutput::Far(FarRequest::Accept { sdp: sip_offer })));
+    assert!(out.contains(&CallOutput::Far(FarRequest::Accept {
+        sdp: sip_offer,
+        headers: Vec::new()
+    })));
     let far_answer = far_sdp("203.0.113.9", 40000, "0 101", "sendrecv");
     call.handle_input(t0, CallInput::FarAckAnswer(Some(&far_answer)))
         .unwrap();
@@ -1058,7 +1071,7 @@ fn a_delayed_offer_goes_to_the_browser_then_in_our_200() {
 
     // The ACK's answer without the codec we offered: the call ends.
     let (mut call, _) = start(24);
-    call.browser_answer(t0, Some(&answer)).unwrap();
+    call.browser_answer(t0, Some(&answer), Vec::new()).unwrap();
     drain(&mut call);
     let wrong = far_sdp("203.0.113.9", 40000, "8", "sendrecv");
     call.handle_input(t0, CallInput::FarAckAnswer(Some(&wrong)))
@@ -1148,7 +1161,13 @@ fn the_browsers_early_media_goes_in_a_183_before_its_answer() {
 
     let mut call = incoming(offered(), true);
     assert!(matches!(
-        call.handle_input(t0, CallInput::BrowserAnswer(None)),
+        call.handle_input(
+            t0,
+            CallInput::BrowserAnswer {
+                sdp: None,
+                headers: Vec::new()
+            }
+        ),
         Err(Refused::Call(CallError::AnswerMissing))
     ));
     assert!(matches!(
@@ -1183,11 +1202,20 @@ fn the_browsers_early_media_goes_in_a_183_before_its_answer() {
         Err(Refused::Call(CallError::NotIncoming("early_media")))
     ));
 
-    call.handle_input(t0, CallInput::BrowserAnswer(None))
-        .unwrap();
+    call.handle_input(
+        t0,
+        CallInput::BrowserAnswer {
+            sdp: None,
+            headers: Vec::new(),
+        },
+    )
+    .unwrap();
     let out = drain(&mut call);
     assert!(plans(&out).is_empty(), "no second plan: {out:?}");
-    assert!(out.contains(&CallOutput::Far(FarRequest::Accept { sdp: sip_answer })));
+    assert!(out.contains(&CallOutput::Far(FarRequest::Accept {
+        sdp: sip_answer,
+        headers: Vec::new()
+    })));
     assert_eq!(call.state(), CallState::Answered);
 
     let mut rejected = incoming(offered(), true);

@@ -102,8 +102,8 @@ struct Provisionals {
 pub enum AfterPrack {
     /// 183 with this SDP ([`Dialog::progress`]).
     Progress(String),
-    /// 200 with this SDP ([`Dialog::accept`]).
-    Accept(String),
+    /// 200 with this SDP and these call-data headers ([`Dialog::accept`]).
+    Accept(String, Vec<(String, String)>),
 }
 
 /// A dialog's session timer (RFC 4028): our settings, the interval our
@@ -206,8 +206,6 @@ pub struct Dialog {
     /// Outgoing: who we say calls (From's display name, identity header,
     /// the page's call-data headers).
     caller: super::caller_id::OutgoingCaller,
-    /// Incoming: the page's call-data headers for our 200.
-    answer_headers: Vec<(String, String)>,
     /// Answers to digest challenges to our INVITE.
     auth: DigestAuth,
     /// The header our INVITE carries in answer to the last challenge.
@@ -401,7 +399,6 @@ impl Dialog {
             session_timer: SessionTimerState::default(),
             far_allows_update: false,
             caller: Default::default(),
-            answer_headers: Vec::new(),
             auth: DigestAuth::default(),
             authorization: None,
             random,
@@ -459,7 +456,6 @@ impl Dialog {
             session_timer: SessionTimerState::default(),
             far_allows_update: allows_update(&invite.headers),
             caller: Default::default(),
-            answer_headers: Vec::new(),
             auth: DigestAuth::default(),
             authorization: None,
             random,
@@ -483,11 +479,6 @@ impl Dialog {
         if !self.incoming && self.state == DialogState::Calling {
             self.invite = self.build_invite();
         }
-    }
-
-    /// The page's call-data headers for our 200 to the incoming INVITE.
-    pub fn set_answer_headers(&mut self, headers: Vec<(String, String)>) {
-        self.answer_headers = headers;
     }
 
     /// Our From (or identity header) value: the session's display name,
@@ -694,9 +685,13 @@ impl Dialog {
     /// UPDATE may have changed it since), whatever `sdp` says. None while
     /// that 183 is owed its PRACK: the 200 goes once it comes
     /// ([`Dialog::take_after_prack`]).
-    pub fn accept(&mut self, sdp: String) -> Option<rsip::Response> {
+    pub fn accept(
+        &mut self,
+        sdp: String,
+        headers: Vec<(String, String)>,
+    ) -> Option<rsip::Response> {
         if self.provisionals.prack_owed && self.provisionals.owed_has_sdp {
-            self.provisionals.after_prack = Some(AfterPrack::Accept(sdp));
+            self.provisionals.after_prack = Some(AfterPrack::Accept(sdp, headers));
             return None;
         }
         if !self.provisionals.early_sdp_sent {
@@ -711,9 +706,9 @@ impl Dialog {
         self.answer_in_ack = self.invite.body.is_empty();
         let mut r = self.response(200);
         r.headers.push(self.contact());
-        for (name, value) in &self.answer_headers {
+        for (name, value) in headers {
             r.headers
-                .push(rsip::Header::Other(name.clone(), value.trim().to_string()));
+                .push(rsip::Header::Other(name, value.trim().to_string()));
         }
         self.session_timer.answer(&self.invite, &mut r);
         set_body(&mut r, &self.local_sdp);
@@ -1673,7 +1668,7 @@ mod tests {
             "{ringing}"
         );
         let ok = call
-            .accept("v=0\r\n".into())
+            .accept("v=0\r\n".into(), Vec::new())
             .expect("no PRACK owed")
             .to_string();
         assert!(

@@ -79,9 +79,13 @@ impl Calls {
     }
 }
 
-/// A 2xx we resend until its ACK comes: every `interval` (doubling up to
-/// T2) until `give_up_at` (64·T1).
+/// A 2xx we resend until its ACK comes, or a reliable provisional until
+/// its PRACK: every `interval` (doubling up to T2) until `give_up_at`
+/// (64·T1).
 pub(super) struct UnackedAnswer {
+    /// A reliable provisional of this call (its INVITE is refused if the
+    /// PRACK never comes); None for a 2xx.
+    provisional_of: Option<String>,
     to: SocketAddr,
     bytes: Vec<u8>,
     next_send: Instant,
@@ -103,11 +107,9 @@ fn is_invite_2xx(request: &rsip::Request, response: &rsip::Response) -> bool {
     request.method == rsip::Method::Invite && (200..300).contains(&response.status_code.code())
 }
 
-/// The resend entry of call `key`'s reliable provisional: the key and this.
-const PRACK_SUFFIX: &str = " 100rel";
-
+/// The resend entry of call `key`'s reliable provisional.
 fn prack_key(key: &str) -> String {
-    format!("{key}{PRACK_SUFFIX}")
+    format!("{key} 100rel")
 }
 
 /// The refusal of a new INVITE the gateway cannot take up as it stands:
@@ -313,7 +315,7 @@ impl UserAgent {
         let source = self.invite_source(key);
         self.respond_invite(now, key, response);
         if let (true, Some(to)) = (reliable, source) {
-            self.resend_until_acked(now, &prack_key(key), to, bytes);
+            self.resend_until_pracked(now, key, to, bytes);
         }
     }
 
@@ -325,14 +327,7 @@ impl UserAgent {
         sdp: String,
         headers: Vec<(String, String)>,
     ) {
-        if let Some(call) = self.calls.get_mut(key) {
-            call.set_answer_headers(headers);
-        }
-        self.send_accept(now, key, sdp);
-    }
-
-    fn send_accept(&mut self, now: Instant, key: &str, sdp: String) {
-        let Some(response) = self.calls.get_mut(key).and_then(|c| c.accept(sdp)) else {
+        let Some(response) = self.calls.get_mut(key).and_then(|c| c.accept(sdp, headers)) else {
             // None: it waits for the PRACK of our 183, or the call is gone.
             return;
         };
@@ -352,7 +347,7 @@ impl UserAgent {
         self.acked(&prack_key(key));
         match self.calls.get_mut(key).and_then(|c| c.take_after_prack()) {
             Some(AfterPrack::Progress(sdp)) => self.progress(now, key, sdp),
-            Some(AfterPrack::Accept(sdp)) => self.send_accept(now, key, sdp),
+            Some(AfterPrack::Accept(sdp, headers)) => self.accept(now, key, sdp, headers),
             None => {}
         }
     }
@@ -379,17 +374,36 @@ impl UserAgent {
     }
 
     /// Resends `bytes`, a 2xx to an INVITE of the far end's in call `key`,
-    /// to `to` until its ACK comes (RFC 3261 §13.3.1.4) — or, under
-    /// [`prack_key`], a reliable provisional until its PRACK (RFC 3262 §3). Over TCP the
+    /// to `to` until its ACK comes (RFC 3261 §13.3.1.4). Over TCP the
     /// transport itself delivers it.
     fn resend_until_acked(&mut self, now: Instant, key: &str, to: SocketAddr, bytes: Vec<u8>) {
+        self.resend(now, key.to_string(), None, to, bytes);
+    }
+
+    /// Resends `bytes`, call `key`'s reliable provisional, until its PRACK
+    /// (RFC 3262 §3), under [`prack_key`].
+    fn resend_until_pracked(&mut self, now: Instant, key: &str, to: SocketAddr, bytes: Vec<u8>) {
+        self.resend(now, prack_key(key), Some(key.to_string()), to, bytes);
+    }
+
+    fn resend(
+        &mut self,
+        now: Instant,
+        entry: String,
+        provisional_of: Option<String>,
+        to: SocketAddr,
+        bytes: Vec<u8>,
+    ) {
         if self.cfg.identity.reliable() {
             return;
         }
         let t1 = self.cfg.timers.t1;
+        self.wakeups
+            .set(Wakeup::Unacked(entry.clone()), Some(now + t1));
         self.unacked.insert(
-            key.to_string(),
+            entry,
             UnackedAnswer {
+                provisional_of,
                 to,
                 bytes,
                 next_send: now + t1,
@@ -397,8 +411,6 @@ impl UserAgent {
                 give_up_at: now + 64 * t1,
             },
         );
-        self.wakeups
-            .set(Wakeup::Unacked(key.to_string()), Some(now + t1));
     }
 
     pub(super) fn refuse(&mut self, now: Instant, key: &str, code: u16, reason: Option<&str>) {
@@ -420,9 +432,10 @@ impl UserAgent {
             return;
         };
         if now >= answer.give_up_at {
+            let provisional_of = answer.provisional_of.take();
             self.unacked.remove(key);
-            if let Some(call_key) = key.strip_suffix(PRACK_SUFFIX) {
-                self.prack_never_came(now, call_key);
+            if let Some(call_key) = provisional_of {
+                self.prack_never_came(now, &call_key);
             }
             return;
         }
