@@ -59,7 +59,13 @@ export interface ProgressOptions extends CallOptions {
 }
 
 export type EndReason =
-  | 'hangup' | 'remote_hangup' | 'rejected' | 'cancelled' | 'media_timeout' | 'session_expired' | 'error';
+  | 'hangup' | 'remote_hangup' | 'rejected' | 'cancelled' | 'media_timeout' | 'session_expired'
+  | 'transferred' | 'error';
+
+/** How a transfer goes: the far end took the REFER (`accepted`), the
+ * target's provisional status (`trying`), or it failed (`failed`, with the
+ * SIP status when one came). Success ends the call as `transferred`. */
+export type TransferState = 'accepted' | 'trying' | 'failed';
 
 export interface SessionEventMap {
   incoming: GatewayEvent<Call>;
@@ -97,6 +103,10 @@ export interface CallEventMap {
   held: GatewayEvent<{ by: 'local' | 'remote' }>;
   resumed: GatewayEvent<{ by: 'local' | 'remote' }>;
   dtmf: GatewayEvent<{ digit: string }>;
+  transfer: GatewayEvent<{ state: TransferState; sipStatus?: number }>;
+  /** The switch asks for this ringing call to be answered (NOTIFY talk);
+   * with `connect({ autoAnswer })` js-api answers it itself. */
+  answer_requested: GatewayEvent<{}>;
   track: GatewayEvent<MediaStream>;
   /** ICE found no path to the gateway: the call is up in signaling but no
    * audio can flow. `addresses` are the gateway's candidates (address:port);
@@ -171,6 +181,9 @@ export declare class Call extends EventTarget {
   sendDtmf(digits: string, durationMs?: number): Promise<void>;
   hold(): Promise<void>;
   resume(): Promise<void>;
+  /** Blind transfer to a number or SIP URI, or attended: `{ replaces: otherCall }`
+   * (POST …/calls/{cid}/transfer). */
+  transfer(target: string | Call | { replaces: Call | string }): Promise<void>;
   stats(): Promise<CallStats>;
   addEventListener<K extends keyof CallEventMap>(
     type: K, listener: (ev: CallEventMap[K]) => void, options?: boolean | AddEventListenerOptions): void;

@@ -438,6 +438,17 @@ export class Call extends EventTarget {
       case 'call.dtmf':
         emit(this, 'dtmf', { digit: event.digit });
         break;
+      case 'call.transfer':
+        emit(this, 'transfer', { state: event.state, sipStatus: event.sip_status });
+        break;
+      case 'call.answer_requested':
+        emit(this, 'answer_requested', {});
+        // The switch asks for the ringing call to be answered (NOTIFY talk);
+        // a page that connected with autoAnswer lets js-api do it.
+        if (this._session._autoAnswer && this.state === 'incoming') {
+          this.answer(this._session._autoAnswer).catch((e) => emit(this._session, 'error', e));
+        }
+        break;
       case 'call.ended':
         this._finish(event.reason, event.sip_status);
         break;
@@ -568,6 +579,25 @@ export class Call extends EventTarget {
 
   async hold() {
     await this._request('POST', '/hold');
+  }
+
+  /**
+   * Transfers the answered call: `transfer('5001')` asks the far end to call
+   * 5001 instead (blind); `transfer({ replaces: otherCall })` joins the far
+   * end with the far end of the page's other call (attended). Progress comes
+   * as `transfer` events; success ends the call with reason `transferred`.
+   */
+  async transfer(target) {
+    let body;
+    if (target instanceof Call) {
+      body = { replaces: target.id };
+    } else if (target && typeof target === 'object' && 'replaces' in target) {
+      const other = target.replaces;
+      body = { replaces: other instanceof Call ? other.id : String(other) };
+    } else {
+      body = { to: String(target) };
+    }
+    await this._request('POST', '/transfer', body);
   }
 
   async resume() {

@@ -187,6 +187,31 @@ async fn an_auto_answer_invite_says_so_to_the_page() {
     t.finish().await;
 }
 
+/// Remote call control (`tests/sipp/uac-remote-control.xml`): the
+/// switch's NOTIFY talk on the ringing call is `call.answer_requested` for
+/// the page, which answers; NOTIFY hold then holds the call (our
+/// re-INVITE sendonly, `call.held` by local) and NOTIFY talk resumes it.
+#[tokio::test]
+async fn a_switch_answers_holds_and_resumes_the_agents_call_remotely() {
+    // The switch is the gateway's SIP server: our re-INVITEs go to it.
+    let port = Transport::Udp.free_port();
+    let mut t = SipTest::gateway_with_calling_server(port);
+    let mut s = ApiSession::open(&t.gw).await;
+    t.call_in_as_server("uac-remote-control.xml", port);
+    let incoming = s.wait_for("call.incoming").await;
+    let cid = incoming["call"].as_str().unwrap().to_string();
+    let requested = s.wait_for("call.answer_requested").await;
+    assert_eq!(requested["call"], cid.as_str());
+    answer_as_the_browser(&s, &cid).await;
+    let held = s.wait_for("call.held").await;
+    assert_eq!(held["by"], "local", "{held}");
+    let resumed = s.wait_for("call.resumed").await;
+    assert_eq!(resumed["by"], "local", "{resumed}");
+    let ended = s.wait_for("call.ended").await;
+    assert_eq!(ended["reason"], "remote_hangup");
+    t.finish().await;
+}
+
 /// A switch sends the digits it collects as SIP INFO, both forms
 /// (`tests/sipp/uas-sends-info-dtmf.xml`): each gets 200 (SIPp checks) and
 /// becomes `call.dtmf` for the browser, in order.
@@ -410,6 +435,88 @@ async fn we_hold_and_resume_the_far_end() {
     assert_eq!(resumed["by"], "local");
     s.hang_up(&cid).await;
     assert_eq!(s.wait_for("call.ended").await["reason"], "hangup");
+    t.finish().await;
+}
+
+/// A blind transfer from the agent (`tests/sipp/uas-blind-transfer.xml`):
+/// the switch declines the first REFER (603: `call.transfer` failed, the
+/// call goes on) and takes the second (202), reporting the target's
+/// progress by NOTIFY; its 200 sipfrag ends our call as transferred with a
+/// BYE. Bad requests are refused before any REFER goes out.
+#[tokio::test]
+async fn the_agent_transfers_a_call_blind() {
+    let t = SipTest::toward("uas-blind-transfer.xml");
+    let mut s = ApiSession::open(&t.gw).await;
+    let cid = s.call("5000", OFFER).await;
+    let transfer = format!("/calls/{cid}/transfer");
+    s.wait_for("call.answered").await;
+    for (body, code) in [
+        (json!({}), "invalid_transfer"),
+        (json!({"to": "5001", "replaces": "x"}), "invalid_transfer"),
+        (json!({"replaces": cid}), "invalid_transfer"),
+        (json!({"replaces": "no-such-call"}), "invalid_transfer"),
+        (json!({"to": "50 01"}), "invalid_destination"),
+        (
+            json!({"to": "sip:5001@elsewhere.example"}),
+            "destination_not_allowed",
+        ),
+    ] {
+        let (status, answer) = s.post(&transfer, body.clone()).await;
+        assert!(status == 400 || status == 403, "{body}: {status} {answer}");
+        assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
+    }
+    let (status, body) = s.post(&transfer, json!({"to": "5001"})).await;
+    assert_eq!(status, 202, "{body}");
+    let failed = s.wait_for("call.transfer").await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert_eq!(failed["sip_status"], 603);
+    let (status, body) = s.post(&transfer, json!({"to": "5001"})).await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = s.post(&transfer, json!({"to": "5001"})).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "transfer_in_progress");
+    let accepted = s.wait_for("call.transfer").await;
+    assert_eq!(accepted["state"], "accepted", "{accepted}");
+    let trying = s.wait_for("call.transfer").await;
+    assert_eq!(trying["state"], "trying", "{trying}");
+    assert_eq!(trying["sip_status"], 100);
+    let ended = s.wait_for("call.ended").await;
+    assert_eq!(ended["reason"], "transferred", "{ended}");
+    t.finish().await;
+}
+
+/// An attended transfer (`tests/sipp/uas-attended-transfer.xml`): the
+/// agent's call to 5000 and its consultation with 5001 are joined by a
+/// REFER in the first naming the second's dialog in Replaces (SIPp checks
+/// it); on the switch's success both calls end as transferred, with a BYE
+/// each.
+#[tokio::test]
+async fn the_agent_joins_two_calls_by_an_attended_transfer() {
+    let t = SipTest::toward_calls("uas-attended-transfer.xml", 2);
+    let mut s = ApiSession::open(&t.gw).await;
+    let customer = s.call("5000", OFFER).await;
+    s.wait_for("call.answered").await;
+    let consultation = s.call("5001", OFFER).await;
+    s.wait_for("call.answered").await;
+    let (status, body) = s
+        .post(
+            &format!("/calls/{customer}/transfer"),
+            json!({"replaces": consultation}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let accepted = s.wait_for("call.transfer").await;
+    assert_eq!(accepted["state"], "accepted", "{accepted}");
+    let mut ended = Vec::new();
+    for _ in 0..2 {
+        let e = s.wait_for("call.ended").await;
+        assert_eq!(e["reason"], "transferred", "{e}");
+        ended.push(e["call"].as_str().unwrap_or("").to_string());
+    }
+    ended.sort();
+    let mut both = vec![customer, consultation];
+    both.sort();
+    assert_eq!(ended, both);
     t.finish().await;
 }
 

@@ -2,14 +2,18 @@
 //! at 0xff bytes) into a user agent that has a registration and an outgoing
 //! call in progress, with its timers run in between. It reaches the
 //! endpoint's server transactions, incoming INVITE dialogs, CANCEL and
-//! in-dialog requests (BYE, re-INVITE, UPDATE, PRACK, INFO). Never panics.
+//! in-dialog requests (BYE, re-INVITE, UPDATE, PRACK, INFO, NOTIFY), and
+//! the answers to our REFERs (each answered call is transferred). Never
+//! panics.
 #![no_main]
 
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
+use webrtc_sip_gateway::sip::dialog::DialogEvent;
 use webrtc_sip_gateway::sip::identity::Identity;
 use webrtc_sip_gateway::sip::transaction::TimerConfig;
+use webrtc_sip_gateway::sip::transfer::TransferTarget;
 use webrtc_sip_gateway::sip::ua::{UaConfig, UaEvent, UaInput, UaOutput, UserAgent};
 
 fuzz_target!(|data: &[u8]| {
@@ -108,12 +112,30 @@ fn drain(ua: &mut UserAgent, now: Instant) {
                 ua.handle_input(
                     now,
                     UaInput::Accept {
-                        key,
+                        key: key.clone(),
                         sdp: "v=0\r\n".into(),
                         headers: vec![("X-Agent".into(), "7".into())],
                     },
                 );
+                // An attended transfer joining it with our outgoing call.
+                ua.handle_input(
+                    now,
+                    UaInput::Transfer {
+                        key,
+                        target: TransferTarget::Replacing("c1".into()),
+                    },
+                );
             }
+            UaOutput::Event(UaEvent::Call {
+                key,
+                event: DialogEvent::Answered { .. },
+            }) => ua.handle_input(
+                now,
+                UaInput::Transfer {
+                    key,
+                    target: TransferTarget::To("5001".into()),
+                },
+            ),
             UaOutput::Event(_) => {}
             UaOutput::Timeout(_) => return,
         }

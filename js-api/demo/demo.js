@@ -31,6 +31,7 @@ function buttons() {
   $('hangup').disabled = !call;
   $('hold').disabled = !call || call.state !== 'answered' || call.held;
   $('resume').disabled = !call || !call.held;
+  $('transfer').disabled = !call || call.state !== 'answered';
   const shown = call && state.mediaFailed && call.state === 'answered' ? 'no media path' : null;
   $('call-state').textContent = call
     ? (shown || (call.held ? 'on hold' : call.state))
@@ -102,6 +103,7 @@ async function counters() {
 }
 
 function watch(call) {
+  if (state.call === call) return;
   state.call = call;
   state.mediaFailed = null;
   $('media-problem').hidden = true;
@@ -114,6 +116,7 @@ function watch(call) {
   on('held', (d) => `on hold (by ${d.by})`);
   on('resumed', (d) => `resumed (by ${d.by})`);
   on('dtmf', (d) => `DTMF received: ${d.digit}`);
+  on('transfer', (d) => `transfer ${d.state}${d.sipStatus ? ` (SIP ${d.sipStatus})` : ''}`);
   on('ended', (d) => `call ended: ${d.reason}${d.sipStatus ? ` (SIP ${d.sipStatus})` : ''}`);
   call.addEventListener('media_failed', (e) => {
     state.mediaFailed = e.detail.message;
@@ -182,6 +185,16 @@ $('connect').onclick = () => run('connect', async () => {
     $('listen').hidden = false;
     $('incoming').hidden = false;
     log(`incoming call from ${call.from}`);
+    call.addEventListener('answer_requested', () => {
+      log(opts.autoAnswer ? 'the switch asks for this call to be answered: answering'
+        : 'the switch asks for this call to be answered');
+      if (opts.autoAnswer) {
+        call.addEventListener('answered', () => {
+          $('incoming').hidden = true;
+          watch(call);
+        }, { once: true });
+      }
+    });
     if (opts.autoAnswer && call.autoAnswer !== null) {
       log(`the switch asks for auto-answer in ${call.autoAnswer} s`);
       // js-api answers it; the page follows.
@@ -211,6 +224,11 @@ $('call').onclick = () => run('call', async () => {
 $('hangup').onclick = () => run('hang up', () => state.call.hangup());
 $('hold').onclick = () => run('hold', () => state.call.hold());
 $('resume').onclick = () => run('resume', () => state.call.resume());
+$('transfer').onclick = () => run('transfer', async () => {
+  const to = $('to').value.trim();
+  log(`transferring to ${to}`);
+  await state.call.transfer(to);
+});
 
 $('listen').onclick = () => run('early media', async () => {
   const call = state.incoming;

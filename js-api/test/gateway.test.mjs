@@ -397,3 +397,47 @@ test('a call the switch asks to be answered by itself is, after its delay, only 
   assert.equal(quiet.requests.filter((r) => r.path.endsWith('/answer')).length, 0);
   await manual.close();
 });
+
+test('transfers: blind to a number, attended naming the other call; progress events; ended as transferred', async () => {
+  const gw = new FakeGateway();
+  gw.onCreateCall = () => gw.push({ type: 'call.answered', call: 'c1', sdp: 'v=0 gateway answer' });
+  const session = await connect({ url: 'https://gw.test', user: '1001', fetch: gw.fetch, getUserMedia: async () => fakeStream() });
+  const call = await session.call('5000');
+  const seen = [];
+  call.addEventListener('transfer', (e) => seen.push(e.detail));
+  await until(() => call.state === 'answered');
+  const last = () => gw.requests.filter((r) => r.path === '/v1/sessions/s1/calls/c1/transfer').at(-1);
+  await call.transfer(5001);
+  assert.deepEqual(last().body, { to: '5001' });
+  await call.transfer({ replaces: 'c7' });
+  assert.deepEqual(last().body, { replaces: 'c7' });
+  await call.transfer(call);
+  assert.deepEqual(last().body, { replaces: 'c1' }, 'a Call stands for its id');
+  gw.push({ type: 'call.transfer', call: 'c1', state: 'failed', sip_status: 603 });
+  gw.push({ type: 'call.transfer', call: 'c1', state: 'accepted' });
+  gw.push({ type: 'call.ended', call: 'c1', reason: 'transferred' });
+  await until(() => call.state === 'ended');
+  assert.deepEqual(seen, [{ state: 'failed', sipStatus: 603 }, { state: 'accepted', sipStatus: undefined }]);
+  await session.close();
+});
+
+test('the switch asking for a ringing call to be answered: an event, and an answer only with autoAnswer', async () => {
+  for (const autoAnswer of [true, undefined]) {
+    const gw = new FakeGateway();
+    gw.push({ type: 'call.incoming', call: 'c1', from: '2000', to: '1001', sdp: 'v=0 gateway offer' });
+    const session = await connect({
+      url: 'https://gw.test', user: '1001', fetch: gw.fetch, getUserMedia: async () => fakeStream(), autoAnswer,
+    });
+    const incoming = [];
+    session.addEventListener('incoming', (e) => incoming.push(e.detail));
+    await until(() => incoming.length === 1);
+    let requested = 0;
+    incoming[0].addEventListener('answer_requested', () => requested++);
+    gw.push({ type: 'call.answer_requested', call: 'c1' });
+    await until(() => requested === 1);
+    await new Promise((r) => setTimeout(r, 30));
+    const answers = gw.requests.filter((r) => r.method === 'POST' && r.path.endsWith('/answer')).length;
+    assert.equal(answers, autoAnswer ? 1 : 0, `autoAnswer ${autoAnswer}`);
+    await session.close();
+  }
+});

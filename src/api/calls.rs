@@ -1,5 +1,5 @@
 //! The call endpoints (`docs/api.md`, "Calls"): start, inspect, hang up,
-//! hold, resume, send DTMF and take the browser's new offer (ICE restart). Each handler takes an [`AuthorizedSession`]
+//! hold, resume, send DTMF, transfer and take the browser's new offer (ICE restart). Each handler takes an [`AuthorizedSession`]
 //! (the secret checked before the body is read) and refuses bad input
 //! before anything is set up.
 
@@ -39,6 +39,9 @@ fn command_error(e: CommandError) -> ApiError {
         CommandError::State(s @ CallError::AnswerMissing) => {
             ApiError::bad_request("bad_sdp", s.to_string())
         }
+        CommandError::State(s @ CallError::TransferInProgress) => {
+            ApiError::new(StatusCode::CONFLICT, "transfer_in_progress", s.to_string())
+        }
         CommandError::State(s) => {
             ApiError::new(StatusCode::CONFLICT, "invalid_call_state", s.to_string())
         }
@@ -61,6 +64,34 @@ fn valid_destination(to: &str) -> bool {
         && to
             .bytes()
             .all(|b| b.is_ascii_graphic() && !b"<>\"\\".contains(&b))
+}
+
+/// `to` as a call or transfer may take it: a number or SIP URI
+/// (`400 invalid_destination`) and, when `routed` (not the echo), one
+/// whose host `[sip]` allows (`403 destination_not_allowed`).
+fn check_destination(state: &SharedState, to: &str, routed: bool) -> Result<(), ApiError> {
+    if !valid_destination(to) {
+        return Err(ApiError::bad_request(
+            "invalid_destination",
+            "to must be a number or a sip: URI of at most 256 printable characters",
+        ));
+    }
+    let sip = &state.config.sip;
+    if routed
+        && !crate::call::routing::outgoing_allowed(
+            to,
+            &sip.effective_domain(),
+            &sip.allowed_destination_domains,
+        )
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "destination_not_allowed",
+            "calls go to numbers or to SIP URIs in the SIP domain \
+             (sip.allowed-destination-domains names any others)",
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -114,29 +145,9 @@ pub async fn create(
         sip_password: password,
         display_name,
     } = session;
-    if !valid_destination(&body.to) {
-        return Err(ApiError::bad_request(
-            "invalid_destination",
-            "to must be a number or a sip: URI of at most 256 printable characters",
-        ));
-    }
-    let headers = checked_headers(&state, body.headers)?;
     let echo = state.media.is_echo(&body.to);
-    let sip = &state.config.sip;
-    if !echo
-        && !crate::call::routing::outgoing_allowed(
-            &body.to,
-            &sip.effective_domain(),
-            &sip.allowed_destination_domains,
-        )
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "destination_not_allowed",
-            "calls go to numbers or to SIP URIs in the SIP domain \
-             (sip.allowed-destination-domains names any others)",
-        ));
-    }
+    check_destination(&state, &body.to, !echo)?;
+    let headers = checked_headers(&state, body.headers)?;
     let reservation = state
         .media
         .calls
@@ -404,6 +415,57 @@ pub async fn renegotiate(
     .await?;
     let sdp = answer.await.map_err(|_| ApiError::internal())?;
     Ok((StatusCode::OK, Json(serde_json::json!({ "sdp": sdp }))).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequest {
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    replaces: Option<String>,
+}
+
+fn invalid_transfer(message: &str) -> ApiError {
+    ApiError::bad_request("invalid_transfer", message)
+}
+
+/// The browser transfers an answered call: `{"to": "5001"}` (blind: the
+/// far end is asked to call 5001 in our place) or `{"replaces": "<cid>"}`
+/// (attended: the far end is joined with the far end of the session's
+/// other call `cid`). The outcome comes as `call.transfer` events; success
+/// ends the call with reason `transferred`.
+pub async fn transfer(
+    State(state): State<SharedState>,
+    Path((_, cid)): Path<(String, String)>,
+    session: AuthorizedSession,
+    ApiJson(body): ApiJson<TransferRequest>,
+) -> Result<Response, ApiError> {
+    use crate::sip::transfer::TransferTarget;
+    let target = match (body.to, body.replaces) {
+        (Some(to), None) => {
+            check_destination(&state, &to, true)?;
+            TransferTarget::To(to)
+        }
+        (None, Some(other)) => {
+            if other == cid {
+                return Err(invalid_transfer("a call cannot replace itself"));
+            }
+            if !state.media.calls.has_call(&session.sid, &other) {
+                return Err(invalid_transfer(
+                    "replaces must name another call of this session",
+                ));
+            }
+            TransferTarget::Replacing(other)
+        }
+        _ => {
+            return Err(invalid_transfer(
+                "the body must be {\"to\": <number or SIP URI>} or {\"replaces\": <call id>}",
+            ))
+        }
+    };
+    run(&state, &session.sid, &cid, Command::Transfer(target)).await?;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({}))).into_response())
 }
 
 #[derive(Deserialize, Default)]

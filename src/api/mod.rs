@@ -154,6 +154,10 @@ pub fn router(state: SharedState) -> Router {
         )
         .route("/v1/sessions/{sid}/calls/{cid}/reject", post(calls::reject))
         .route("/v1/sessions/{sid}/calls/{cid}/dtmf", post(calls::dtmf))
+        .route(
+            "/v1/sessions/{sid}/calls/{cid}/transfer",
+            post(calls::transfer),
+        )
         .route("/v1/sessions/{sid}/calls/{cid}/hold", post(calls::hold))
         .route("/v1/sessions/{sid}/calls/{cid}/resume", post(calls::resume))
         .merge(assets::routes())

@@ -41,6 +41,7 @@ use crate::sip::caller_id::OutgoingCaller;
 use crate::sip::dialog::DialogEvent;
 use crate::sip::driver::IncomingCall;
 use crate::sip::driver::SipHandle;
+use crate::sip::transfer::{TransferProgress, TransferTarget};
 use crate::webrtc::dtls::DtlsIdentity;
 use crate::webrtc::ice::Pair;
 
@@ -111,6 +112,12 @@ pub enum Command {
     Reject {
         status: u16,
     },
+    /// Transfer the answered call (REFER): blind, or attended replacing
+    /// the session's other call.
+    Transfer(TransferTarget),
+    /// The session's other call was joined with this one's far end by an
+    /// attended transfer: end as transferred.
+    Transferred,
     /// The browser's new offer (an ICE restart); our answer goes to `reply`.
     Renegotiate {
         sdp: String,
@@ -423,6 +430,24 @@ impl CallRegistry {
             session: session.to_string(),
             user: user.to_string(),
         })
+    }
+
+    /// Hands `command` to call `cid` of `session` if there is one; does
+    /// not wait for its outcome.
+    pub fn tell(&self, session: &str, cid: &str, command: Command) {
+        let tables = lock(&self.tables);
+        if let Some(e) = tables.calls.get(cid).filter(|e| e.session == session) {
+            let (tx, _) = oneshot::channel();
+            let _ = e.inputs.send(Input::Command(command, tx));
+        }
+    }
+
+    /// Whether `session` has a call `cid`.
+    pub fn has_call(&self, session: &str, cid: &str) -> bool {
+        lock(&self.tables)
+            .calls
+            .get(cid)
+            .is_some_and(|e| e.session == session)
     }
 
     /// Hangs up every call of a session (it ended); does not wait.
@@ -984,6 +1009,12 @@ impl Far {
                 FarRequest::Progress { .. } => {}
                 // The echo never offers anew.
                 FarRequest::AnswerOffer(_) => {}
+                // The echo cannot be transferred: it says so as a SIP
+                // endpoint without REFER would.
+                FarRequest::Transfer(_) => {
+                    let refused = CallInput::FarTransfer(TransferProgress::Failed(Some(405)));
+                    let _ = call.handle_input(Instant::now(), refused);
+                }
                 FarRequest::Hold => {
                     echo.set_paused(true);
                     let held = CallInput::FarHoldChanged {
@@ -1011,6 +1042,7 @@ impl Far {
                 FarRequest::Hold => handle.hold(call.id(), true),
                 FarRequest::Resume => handle.hold(call.id(), false),
                 FarRequest::AnswerOffer(answer) => handle.answer_offer(call.id(), answer.clone()),
+                FarRequest::Transfer(target) => handle.transfer(call.id(), target.clone()),
             },
         }
     }
@@ -1123,6 +1155,8 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
             Some(DialogEvent::Offer { sdp }) => CallInput::FarOffer(sdp.as_deref()),
             Some(DialogEvent::AckAnswer { sdp }) => CallInput::FarAckAnswer(sdp.as_deref()),
             Some(DialogEvent::Dtmf(digit)) => CallInput::FarDtmf(*digit),
+            Some(DialogEvent::Transfer(progress)) => CallInput::FarTransfer(*progress),
+            Some(DialogEvent::RemoteControl(control)) => CallInput::FarRemoteControl(*control),
             Some(DialogEvent::LocalHold(Some(held))) => CallInput::FarHoldChanged {
                 held: *held,
                 by: Party::Local,
@@ -1231,6 +1265,12 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                     .handle_input(Instant::now(), CallInput::BrowserProgress(&sdp))?;
                 self.media_taken()
             }
+            Command::Transfer(target) => Ok(self
+                .call
+                .handle_input(Instant::now(), CallInput::BrowserTransfer(target))?),
+            Command::Transferred => Ok(self
+                .call
+                .handle_input(Instant::now(), CallInput::Transferred)?),
             Command::Reject { status } => Ok(self
                 .call
                 .handle_input(Instant::now(), CallInput::BrowserReject { status })?),
@@ -1339,6 +1379,10 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                     }
                 }
                 CallOutput::Notify(event) => (self.notify)(&self.session, event),
+                CallOutput::EndReplacedCall(other) => {
+                    self.registry
+                        .tell(&self.session, &other, Command::Transferred);
+                }
                 CallOutput::Far(request) => self.far.request(&request, &mut self.call),
                 CallOutput::Finished(reason) => {
                     info!(reason = reason.as_str(), "call ended");

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::sdp::{Fingerprint, IceCredentials, SdpError};
 use crate::session::{IncomingCaller, SessionEvent};
+use crate::sip::transfer::{RemoteControl, TransferProgress, TransferTarget};
 use crate::webrtc::dtls::{DtlsIdentity, SrtpKeys};
 use crate::webrtc::ice::Pair;
 use crate::webrtc::leg::{WebLeg, WebLegEvent, WebLegInput};
@@ -84,6 +85,8 @@ pub enum EndReason {
     /// The SIP session timer ran out (RFC 4028): the refresh the far end
     /// owed never came, or it no longer knew the dialog.
     SessionExpired,
+    /// The browser's transfer succeeded: the far end talks to the target.
+    Transferred,
     Error,
 }
 
@@ -96,6 +99,7 @@ impl EndReason {
             EndReason::Cancelled => "cancelled",
             EndReason::MediaTimeout => "media_timeout",
             EndReason::SessionExpired => "session_expired",
+            EndReason::Transferred => "transferred",
             EndReason::Error => "error",
         }
     }
@@ -126,6 +130,8 @@ pub enum FarRequest {
     /// Answer the far end's offer in a re-INVITE or UPDATE (or give ours
     /// for a re-INVITE without SDP), or refuse it with a status.
     AnswerOffer(Result<String, u16>),
+    /// Ask the far end to call the target in our place (REFER).
+    Transfer(TransferTarget),
 }
 
 /// What the driver must do.
@@ -152,6 +158,9 @@ pub enum CallOutput {
     /// An event for the session's queue.
     Notify(SessionEvent),
     Far(FarRequest),
+    /// The attended transfer succeeded: the browser's other call, whose
+    /// far end now talks to this one's, ends as transferred too.
+    EndReplacedCall(String),
     /// The call is over: free its ports and forget it.
     Finished(EndReason),
     /// Nothing more now: wake the call at this instant (None: only input
@@ -208,6 +217,16 @@ pub enum CallInput<'a> {
     },
     /// A DTMF digit from the far end.
     FarDtmf(char),
+    /// How the far end takes our transfer.
+    FarTransfer(TransferProgress),
+    /// The switch's remote call control (NOTIFY talk / hold).
+    FarRemoteControl(RemoteControl),
+    /// The browser transfers the answered call: blind to a number, or
+    /// attended, joining its far end with another call's.
+    BrowserTransfer(TransferTarget),
+    /// The browser's other call was joined with this one's far end by an
+    /// attended transfer that succeeded: this one ends as transferred.
+    Transferred,
     /// The SIP session timer ran out; the SIP side sent BYE.
     FarSessionExpired,
     /// The browser hangs up (or its session ended).
@@ -285,6 +304,8 @@ pub enum CallError {
     EarlyMediaNeedsOffer,
     #[error("the browser's SDP answer is missing")]
     AnswerMissing,
+    #[error("a transfer of this call is under way already")]
+    TransferInProgress,
 }
 
 /// Why the call refused an input (nothing changed).
@@ -318,8 +339,22 @@ pub struct Call {
     negotiator: Option<Negotiator>,
     /// Our SDP for the far end's 200, once the browser has answered.
     sip_answer: Option<String>,
+    /// The browser's transfer under way.
+    transfer: Option<Transfer>,
     outputs: VecDeque<CallOutput>,
 }
+
+/// A transfer under way: what it replaces (attended), whether the far end
+/// took it, and when it fails for want of an outcome.
+struct Transfer {
+    replacing: Option<String>,
+    accepted: bool,
+    deadline: Instant,
+}
+
+/// How long a transfer may take from our REFER to the target's answer
+/// (the target may ring a long time); then it has failed.
+pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(180);
 
 impl Call {
     /// An outbound call from the browser; the far end has been asked.
@@ -337,6 +372,7 @@ impl Call {
             ring_deadline: None,
             negotiator: None,
             sip_answer: None,
+            transfer: None,
             outputs: VecDeque::new(),
         }
     }
@@ -544,6 +580,14 @@ impl Call {
             CallInput::FarAckAnswer(sdp) => self.far_ack_answer(sdp),
             CallInput::FarHoldChanged { held, by } => self.far_hold_changed(held, by),
             CallInput::FarDtmf(digit) => self.far_dtmf(digit),
+            CallInput::FarTransfer(progress) => self.far_transfer(progress),
+            CallInput::FarRemoteControl(control) => self.far_remote_control(control),
+            CallInput::BrowserTransfer(target) => self.browser_transfer(now, target)?,
+            CallInput::Transferred => {
+                if self.state != CallState::Ended {
+                    self.end(EndReason::Transferred, None, true);
+                }
+            }
             CallInput::Hangup => self.hangup(),
             CallInput::Hold => self.hold()?,
             CallInput::Resume => self.resume()?,
@@ -569,7 +613,11 @@ impl Call {
         }
         let leg = self.leg.as_ref().and_then(WebLeg::next_timeout);
         let media = self.media_moved_at.map(|at| at + self.rtp_timeout());
-        [leg, media, self.ring_deadline].into_iter().flatten().min()
+        let transfer = self.transfer.as_ref().map(|t| t.deadline);
+        [leg, media, self.ring_deadline, transfer]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn handle_timeout(&mut self, now: Instant) {
@@ -582,6 +630,9 @@ impl Call {
                 .push_back(CallOutput::Far(FarRequest::Refuse(480)));
             self.end(EndReason::Cancelled, Some(480), false);
             return;
+        }
+        if self.transfer.as_ref().is_some_and(|t| now >= t.deadline) {
+            self.far_transfer(TransferProgress::Failed(None));
         }
         if let Some(leg) = self.leg.as_mut() {
             leg.handle_input(now, WebLegInput::Timeout);
@@ -747,6 +798,11 @@ impl Call {
     /// answer) or hung up.
     fn far_ended(&mut self, status: Option<u16>) {
         let reason = match self.state {
+            // Some switches hang up on the transferor once they have taken
+            // the REFER, before its outcome.
+            CallState::Answered if self.transfer.as_ref().is_some_and(|t| t.accepted) => {
+                EndReason::Transferred
+            }
             CallState::Answered => EndReason::RemoteHangup,
             CallState::Ended => return,
             _ if status == Some(487) => EndReason::Cancelled,
@@ -885,6 +941,83 @@ impl Call {
         }
     }
 
+    /// The browser transfers the answered call: the far end gets our
+    /// REFER; its outcome comes as `call.transfer` events, and success
+    /// ends the call as transferred.
+    fn browser_transfer(&mut self, now: Instant, target: TransferTarget) -> Result<(), CallError> {
+        self.require_answered()?;
+        if self.transfer.is_some() {
+            return Err(CallError::TransferInProgress);
+        }
+        self.transfer = Some(Transfer {
+            replacing: match &target {
+                TransferTarget::Replacing(other) => Some(other.clone()),
+                TransferTarget::To(_) => None,
+            },
+            accepted: false,
+            deadline: now + TRANSFER_TIMEOUT,
+        });
+        self.outputs
+            .push_back(CallOutput::Far(FarRequest::Transfer(target)));
+        Ok(())
+    }
+
+    /// How the far end takes our transfer: `call.transfer` events; success
+    /// ends the call (BYE) as transferred, and the other call of an
+    /// attended transfer with it; a failure leaves the call as it is.
+    fn far_transfer(&mut self, progress: TransferProgress) {
+        if self.state != CallState::Answered {
+            return;
+        }
+        let Some(transfer) = self.transfer.as_mut() else {
+            return;
+        };
+        let (state, sip_status) = match progress {
+            TransferProgress::Accepted => {
+                transfer.accepted = true;
+                ("accepted", None)
+            }
+            TransferProgress::Trying(status) => ("trying", Some(status)),
+            TransferProgress::Failed(status) => {
+                self.transfer = None;
+                ("failed", status)
+            }
+            TransferProgress::Succeeded => {
+                if let Some(other) = transfer.replacing.take() {
+                    self.outputs.push_back(CallOutput::EndReplacedCall(other));
+                }
+                self.end(EndReason::Transferred, None, true);
+                return;
+            }
+        };
+        self.notify(SessionEvent::CallTransfer {
+            call: self.id.clone(),
+            state: state.into(),
+            sip_status,
+        });
+    }
+
+    /// The switch's remote call control: `talk` asks for a ringing call to
+    /// be answered (the page hears `call.answer_requested`; only it can
+    /// answer) or a call we hold to be resumed; `hold` holds an answered
+    /// call as if the browser had asked.
+    fn far_remote_control(&mut self, control: RemoteControl) {
+        match control {
+            RemoteControl::Talk if self.awaits_browser_answer() => {
+                self.notify(SessionEvent::CallAnswerRequested {
+                    call: self.id.clone(),
+                });
+            }
+            RemoteControl::Talk if self.held_by == Some(Party::Local) => {
+                let _ = self.resume();
+            }
+            RemoteControl::Hold if self.state == CallState::Answered && self.held_by.is_none() => {
+                let _ = self.hold();
+            }
+            _ => {}
+        }
+    }
+
     /// The browser hangs up (or its session ended).
     fn hangup(&mut self) {
         if self.state != CallState::Ended {
@@ -1015,6 +1148,7 @@ impl Call {
         let answered = self.state == CallState::Answered;
         self.state = CallState::Ended;
         self.leg = None;
+        self.transfer = None;
         if tell_far {
             self.outputs
                 .push_back(CallOutput::Far(FarRequest::Hangup { answered }));

@@ -1250,3 +1250,166 @@ fn caller(from: &str, to: &str) -> crate::session::IncomingCaller {
         auto_answer: None,
     }
 }
+
+fn transfer_events(outputs: &[CallOutput]) -> Vec<(String, Option<u16>)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            CallOutput::Notify(SessionEvent::CallTransfer {
+                state, sip_status, ..
+            }) => Some((state.clone(), *sip_status)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A blind transfer: only an answered call, one at a time; the far end's
+/// acceptance and progress become `call.transfer` events, a failure leaves
+/// the call up (another may follow), success ends it as transferred with
+/// a BYE.
+#[test]
+fn a_transfer_reports_its_progress_and_success_ends_the_call() {
+    let t0 = Instant::now();
+    let mut call = sdes_call();
+    let to = || TransferTarget::To("5001".into());
+    assert_eq!(
+        call.browser_transfer(t0, to()),
+        Err(CallError::NotAnswered("calling"))
+    );
+    call.far_answered(t0);
+    drain(&mut call);
+    call.browser_transfer(t0, to()).unwrap();
+    assert_eq!(
+        drain(&mut call),
+        vec![CallOutput::Far(FarRequest::Transfer(to()))]
+    );
+    assert_eq!(
+        call.browser_transfer(t0, to()),
+        Err(CallError::TransferInProgress)
+    );
+    call.far_transfer(TransferProgress::Failed(Some(603)));
+    let out = drain(&mut call);
+    assert_eq!(transfer_events(&out), vec![("failed".into(), Some(603))]);
+    assert!(!finished(&out), "a failed transfer leaves the call up");
+
+    call.browser_transfer(t0, to()).unwrap();
+    drain(&mut call);
+    call.far_transfer(TransferProgress::Accepted);
+    call.far_transfer(TransferProgress::Trying(180));
+    let out = drain(&mut call);
+    assert_eq!(
+        transfer_events(&out),
+        vec![("accepted".into(), None), ("trying".into(), Some(180))]
+    );
+    call.far_transfer(TransferProgress::Succeeded);
+    let out = drain(&mut call);
+    assert!(out.contains(&CallOutput::Far(FarRequest::Hangup { answered: true })));
+    assert_eq!(ended(&out), Some(("transferred".into(), None)));
+    assert!(finished(&out));
+}
+
+/// A transfer with no outcome fails after its timeout; a switch that hangs
+/// up on us after taking the REFER has transferred the call.
+#[test]
+fn a_transfer_times_out_and_a_bye_after_its_acceptance_is_its_success() {
+    let t0 = Instant::now();
+    let mut call = sdes_call();
+    call.far_answered(t0);
+    drain(&mut call);
+    call.browser_transfer(t0, TransferTarget::To("5001".into()))
+        .unwrap();
+    drain(&mut call);
+    // The browser's checks and media keep the call up meanwhile.
+    for second in (0..TRANSFER_TIMEOUT.as_secs()).step_by(5) {
+        let now = t0 + Duration::from_secs(second);
+        let data = check(second as u8, true);
+        let packet = CallInput::WebPacket {
+            from: browser(),
+            to: None,
+            data: &data,
+        };
+        call.handle_input(now, packet).unwrap();
+        call.media_progress(now, second);
+        let _ = call.handle_input(now, CallInput::Timeout);
+        let out = drain(&mut call);
+        assert!(transfer_events(&out).is_empty(), "at {second} s");
+        assert!(!finished(&out), "at {second} s");
+    }
+    let _ = call.handle_input(t0 + TRANSFER_TIMEOUT, CallInput::Timeout);
+    assert_eq!(
+        transfer_events(&drain(&mut call)),
+        vec![("failed".into(), None)]
+    );
+
+    let t1 = t0 + TRANSFER_TIMEOUT;
+    call.browser_transfer(t1, TransferTarget::To("5001".into()))
+        .unwrap();
+    call.far_transfer(TransferProgress::Accepted);
+    drain(&mut call);
+    call.far_ended(None);
+    let out = drain(&mut call);
+    assert_eq!(ended(&out), Some(("transferred".into(), None)));
+    assert!(
+        !out.contains(&CallOutput::Far(FarRequest::Hangup { answered: true })),
+        "the far end hung up already"
+    );
+}
+
+/// An attended transfer's success ends the other call it joined too.
+#[test]
+fn an_attended_transfer_ends_both_calls() {
+    let t0 = Instant::now();
+    let mut call = sdes_call();
+    call.far_answered(t0);
+    drain(&mut call);
+    call.browser_transfer(t0, TransferTarget::Replacing("c2".into()))
+        .unwrap();
+    call.far_transfer(TransferProgress::Accepted);
+    call.far_transfer(TransferProgress::Succeeded);
+    let out = drain(&mut call);
+    assert!(out.contains(&CallOutput::EndReplacedCall("c2".into())));
+    assert_eq!(ended(&out), Some(("transferred".into(), None)));
+
+    let mut other = sdes_call();
+    other.far_answered(t0);
+    drain(&mut other);
+    other.handle_input(t0, CallInput::Transferred).unwrap();
+    let out = drain(&mut other);
+    assert!(out.contains(&CallOutput::Far(FarRequest::Hangup { answered: true })));
+    assert_eq!(ended(&out), Some(("transferred".into(), None)));
+}
+
+/// NOTIFY talk on a ringing incoming call asks the page to answer; on a
+/// call we hold, it resumes; NOTIFY hold holds an answered call.
+#[test]
+fn remote_call_control_answers_holds_and_resumes() {
+    let t0 = Instant::now();
+    let mut call = inbound_call(t0);
+    drain(&mut call);
+    call.far_remote_control(RemoteControl::Hold);
+    assert!(drain(&mut call).is_empty(), "nothing to hold yet");
+    call.far_remote_control(RemoteControl::Talk);
+    assert_eq!(
+        drain(&mut call),
+        vec![CallOutput::Notify(SessionEvent::CallAnswerRequested {
+            call: "in1".into()
+        })]
+    );
+
+    let mut call = sdes_call();
+    call.far_answered(t0);
+    drain(&mut call);
+    call.far_remote_control(RemoteControl::Talk);
+    assert!(
+        drain(&mut call).is_empty(),
+        "an answered call talks already"
+    );
+    call.far_remote_control(RemoteControl::Hold);
+    assert_eq!(drain(&mut call), vec![CallOutput::Far(FarRequest::Hold)]);
+    call.far_hold_changed(true, Party::Local);
+    drain(&mut call);
+    call.far_remote_control(RemoteControl::Hold);
+    assert!(drain(&mut call).is_empty(), "held already");
+    call.far_remote_control(RemoteControl::Talk);
+    assert_eq!(drain(&mut call), vec![CallOutput::Far(FarRequest::Resume)]);
+}

@@ -68,6 +68,20 @@ pub enum SessionEvent {
     CallResumed { call: String, by: String },
     #[serde(rename = "call.dtmf")]
     CallDtmf { call: String, digit: String },
+    /// How the browser's transfer goes: `accepted`, `trying` (the
+    /// target's provisional status), `failed` (with the status when one
+    /// came). Success ends the call with reason `transferred`.
+    #[serde(rename = "call.transfer")]
+    CallTransfer {
+        call: String,
+        state: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sip_status: Option<u16>,
+    },
+    /// The switch asks for the ringing call to be answered (NOTIFY
+    /// `Event: talk`); the page answers it, or not.
+    #[serde(rename = "call.answer_requested")]
+    CallAnswerRequested { call: String },
     #[serde(rename = "call.ended")]
     CallEnded {
         call: String,

@@ -18,6 +18,7 @@ use super::message::own_request;
 use super::message::{lists_token, supports};
 use super::session_timer::{self, SessionClock, SessionInterval, SessionTimerConfig};
 use super::transaction::response_to;
+use super::transfer::{self, Notification, RemoteControl, TransferProgress};
 use crate::random::Random;
 use crate::sdp::Direction;
 
@@ -54,6 +55,10 @@ pub enum DialogEvent {
     LocalHold(Option<bool>),
     /// A DTMF digit by SIP INFO.
     Dtmf(char),
+    /// How our REFER (a transfer the browser asked for) goes.
+    Transfer(TransferProgress),
+    /// The switch's remote call control: answer (talk) or hold.
+    RemoteControl(RemoteControl),
     /// The session timer ran out without the refresh it waited for, or
     /// the far end said the dialog is gone when we refreshed it (RFC 4028
     /// §10): the user agent has sent BYE.
@@ -206,6 +211,8 @@ pub struct Dialog {
     /// Outgoing: who we say calls (From's display name, identity header,
     /// the page's call-data headers).
     caller: super::caller_id::OutgoingCaller,
+    /// Our REFER in flight or accepted and not yet done: its CSeq.
+    refer: Option<u32>,
     /// Answers to digest challenges to our INVITE.
     auth: DigestAuth,
     /// The header our INVITE carries in answer to the last challenge.
@@ -399,6 +406,7 @@ impl Dialog {
             session_timer: SessionTimerState::default(),
             far_allows_update: false,
             caller: Default::default(),
+            refer: None,
             auth: DigestAuth::default(),
             authorization: None,
             random,
@@ -456,6 +464,7 @@ impl Dialog {
             session_timer: SessionTimerState::default(),
             far_allows_update: allows_update(&invite.headers),
             caller: Default::default(),
+            refer: None,
             auth: DigestAuth::default(),
             authorization: None,
             random,
@@ -585,6 +594,10 @@ impl Dialog {
         let reliable = self.provisionals.required && !self.provisionals.prack_owed;
         if reliable {
             self.make_reliable(&mut r);
+        } else {
+            // It makes an early dialog too (RFC 3261 §12.1.1): requests in
+            // it (a switch's NOTIFY talk) need our Contact.
+            r.headers.push(self.contact());
         }
         (r, reliable)
     }
@@ -1172,7 +1185,10 @@ impl Dialog {
             to = self.remote_uri,
             call_id = self.call_id,
         ));
-        if matches!(method, rsip::Method::Invite | rsip::Method::Update) {
+        if matches!(
+            method,
+            rsip::Method::Invite | rsip::Method::Update | rsip::Method::Refer
+        ) {
             text.push_str(&format!(
                 "Contact: <sip:{}@{};transport={}>\r\nSupported: {}\r\n",
                 self.contact_user,
@@ -1228,6 +1244,7 @@ impl Dialog {
             }
             rsip::Method::Options => (response_to(request, 200), None),
             rsip::Method::PRack => (self.on_prack(request), None),
+            rsip::Method::Notify => self.on_notify(request),
             _ => {
                 let mut refusal = response_to(request, 405);
                 refusal
@@ -1371,6 +1388,102 @@ impl Dialog {
     /// The INVITE's transaction key: its Via branch.
     pub fn invite_branch(&self) -> Option<String> {
         branch_of(&self.invite)
+    }
+
+    /// A REFER (RFC 3515) asking the far end to call `refer_to` (a
+    /// `<URI>`) in our place, with us as Referred-By. None unless the
+    /// dialog is confirmed and no other transfer is under way.
+    pub fn refer(&mut self, refer_to: &str) -> Option<rsip::Request> {
+        if self.state != DialogState::Confirmed || self.refer.is_some() {
+            return None;
+        }
+        self.cseq += 1;
+        self.refer = Some(self.cseq);
+        let extra = format!(
+            "Refer-To: {refer_to}\r\nReferred-By: {}\r\n",
+            self.our_name_addr()
+        );
+        Some(self.in_dialog_with(rsip::Method::Refer, self.cseq, &extra, "", None))
+    }
+
+    /// The `Refer-To` that has another dialog's far end replace this
+    /// dialog with a call of its own (an attended transfer, RFC 5589 §7):
+    /// our far end's URI with Replaces naming this dialog. None unless it
+    /// is confirmed.
+    pub fn replacing_refer_to(&self) -> Option<String> {
+        if self.state != DialogState::Confirmed {
+            return None;
+        }
+        let their_tag = self.remote_tag.as_deref()?;
+        Some(transfer::refer_to_replacing(
+            &self.remote_uri,
+            &self.call_id,
+            their_tag,
+            &self.local_tag,
+        ))
+    }
+
+    /// A final response to our REFER (None: none came): accepted, or the
+    /// transfer failed with its status.
+    pub fn on_refer_response(&mut self, response: Option<&rsip::Response>) -> Option<DialogEvent> {
+        let code = response.map(|r| r.status_code.code());
+        if code.is_some_and(|c| c < 200) {
+            return None;
+        }
+        let ours = self.refer?;
+        if response.and_then(cseq_number).is_some_and(|c| c != ours) {
+            return None;
+        }
+        Some(DialogEvent::Transfer(match code {
+            Some(c) if (200..300).contains(&c) => TransferProgress::Accepted,
+            other => {
+                self.refer = None;
+                TransferProgress::Failed(other)
+            }
+        }))
+    }
+
+    /// The far end's NOTIFY: the progress of our REFER (its sipfrag), or
+    /// remote call control (talk, hold). 481 for a REFER progress without
+    /// a REFER of ours, 489 for an event package we do not take.
+    fn on_notify(&mut self, request: &rsip::Request) -> (rsip::Response, Option<DialogEvent>) {
+        let event = header(&request.headers, "event");
+        let state = header(&request.headers, "subscription-state");
+        let body = String::from_utf8_lossy(&request.body);
+        let kind = transfer::classify_notify(
+            event.first().map(String::as_str),
+            state.first().map(String::as_str),
+            &body,
+        );
+        match kind {
+            Notification::Refer { status, terminated } => {
+                if self.refer.is_none() {
+                    return (response_to(request, 481), None);
+                }
+                let progress = match status {
+                    Some(c) if c < 200 && !terminated => Some(TransferProgress::Trying(c)),
+                    Some(c) if (200..300).contains(&c) => Some(TransferProgress::Succeeded),
+                    Some(c) if c >= 300 => Some(TransferProgress::Failed(Some(c))),
+                    _ if terminated => Some(TransferProgress::Failed(None)),
+                    _ => None,
+                };
+                if matches!(
+                    progress,
+                    Some(TransferProgress::Succeeded | TransferProgress::Failed(_))
+                ) {
+                    self.refer = None;
+                }
+                (
+                    response_to(request, 200),
+                    progress.map(DialogEvent::Transfer),
+                )
+            }
+            Notification::Control(control) => (
+                response_to(request, 200),
+                Some(DialogEvent::RemoteControl(control)),
+            ),
+            Notification::Unknown => (response_to(request, 489), None),
+        }
     }
 }
 

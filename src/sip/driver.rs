@@ -174,6 +174,14 @@ impl SipHandle {
         });
     }
 
+    /// Asks call `key`'s far end to call `target` in our place (REFER).
+    pub fn transfer(&self, key: &str, target: crate::sip::transfer::TransferTarget) {
+        self.tell(UaInput::Transfer {
+            key: key.to_string(),
+            target,
+        });
+    }
+
     /// 180 Ringing to an incoming call.
     pub fn ring(&self, key: &str) {
         self.tell(UaInput::Ring {

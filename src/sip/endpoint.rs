@@ -17,7 +17,7 @@ use super::timers::TimerTable;
 use super::transaction::{response_to, Output, ServerInput, ServerTransaction, TimerConfig};
 use crate::random::Random;
 
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, NOTIFY";
 /// The option tags we support (RFC 3262 reliable provisionals, RFC 4028
 /// session timers).
 pub const SUPPORTED: &str = "100rel, timer";

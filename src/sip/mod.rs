@@ -3,6 +3,7 @@
 //! (`endpoint`), dialogs (`dialog`), registration and digest auth
 //! (`registration`, `digest`), session timers (`session_timer`), who we are toward the server (`identity`),
 //! who calls (`caller_id`), the switch's call data in headers (`call_data`),
+//! transfers and remote call control (`transfer`),
 //! whom SIP is taken from (`sources`)
 //! and the user agent joining them (`ua`). The
 //! tokio `driver` carries its messages over UDP, TCP or TLS (`tls`: the
@@ -22,4 +23,5 @@ pub mod sources;
 pub mod timers;
 pub mod tls;
 pub mod transaction;
+pub mod transfer;
 pub mod ua;

@@ -53,6 +53,11 @@ pub struct Sipp {
 /// tests/sipp, or one of SIPp's built-in `uas`/`uac`), one call, loopback,
 /// and a bounded run that fails on timeout.
 fn command(scenario: &str, transport: Transport, timeout_s: u32) -> Command {
+    command_for_calls(scenario, transport, timeout_s, 1)
+}
+
+/// The same, for a scenario that plays `calls` calls.
+fn command_for_calls(scenario: &str, transport: Transport, timeout_s: u32, calls: u32) -> Command {
     let mut cmd = Command::new("sipp");
     cmd.args(["-t", transport.sipp()]);
     match scenario {
@@ -67,7 +72,8 @@ fn command(scenario: &str, transport: Transport, timeout_s: u32) -> Command {
                 .arg(format!("{}/tests/sipp/{file}", env!("CARGO_MANIFEST_DIR")));
         }
     }
-    cmd.args(["-m", "1", "-i", "127.0.0.1", "-mi", "127.0.0.1", "-mp"])
+    cmd.args(["-m", &calls.to_string()])
+        .args(["-i", "127.0.0.1", "-mi", "127.0.0.1", "-mp"])
         .arg(free_udp_port().to_string())
         .args([
             "-nostdin",
@@ -88,7 +94,18 @@ impl Sipp {
 
     /// The same, for a scenario that lasts up to `timeout_s` seconds.
     pub fn server_for(scenario: &str, port: u16, transport: Transport, timeout_s: u32) -> Sipp {
-        let child = command(scenario, transport, timeout_s)
+        Sipp::server_for_calls(scenario, port, transport, timeout_s, 1)
+    }
+
+    /// The same, for `calls` calls.
+    pub fn server_for_calls(
+        scenario: &str,
+        port: u16,
+        transport: Transport,
+        timeout_s: u32,
+        calls: u32,
+    ) -> Sipp {
+        let child = command_for_calls(scenario, transport, timeout_s, calls)
             .arg("-p")
             .arg(port.to_string())
             .spawn()
@@ -109,9 +126,27 @@ impl Sipp {
         transport: Transport,
         timeout_s: u32,
     ) -> Sipp {
+        Sipp::caller_from(
+            scenario,
+            target,
+            transport,
+            timeout_s,
+            transport.free_port(),
+        )
+    }
+
+    /// The same, from SIP port `port` (the gateway's SIP server, when the
+    /// scenario needs our requests in the dialog: they go to the server).
+    pub fn caller_from(
+        scenario: &str,
+        target: SocketAddr,
+        transport: Transport,
+        timeout_s: u32,
+        port: u16,
+    ) -> Sipp {
         let child = command(scenario, transport, timeout_s)
             .args(["-s", "1001", "-p"])
-            .arg(transport.free_port().to_string())
+            .arg(port.to_string())
             .arg(target.to_string())
             .spawn()
             .expect("sipp runs (the test command installs sip-tester)");
@@ -195,6 +230,17 @@ impl SipTest {
         }
     }
 
+    /// SIPp over UDP playing `scenario` for `calls` calls, and a gateway
+    /// pointed at it.
+    pub fn toward_calls(scenario: &str, calls: u32) -> SipTest {
+        let port = Transport::Udp.free_port();
+        let peer = Sipp::server_for_calls(scenario, port, Transport::Udp, 30, calls);
+        SipTest {
+            gw: gateway_toward(port, Transport::Udp, ""),
+            peer: Some(peer),
+        }
+    }
+
     /// Starts SIPp calling user 1001 at the gateway, playing `scenario`
     /// for up to `timeout_s` seconds.
     pub fn call_in_for(&mut self, scenario: &str, timeout_s: u32) {
@@ -204,6 +250,28 @@ impl SipTest {
             self.gw.sip,
             Transport::Udp,
             timeout_s,
+        ));
+    }
+
+    /// A gateway whose SIP server is the SIPp caller [`SipTest::call_in_as_server`]
+    /// starts later on `port` (our requests in its dialogs reach it).
+    pub fn gateway_with_calling_server(port: u16) -> SipTest {
+        SipTest {
+            gw: gateway_toward(port, Transport::Udp, ""),
+            peer: None,
+        }
+    }
+
+    /// Starts SIPp calling user 1001 at the gateway from `port`, the
+    /// gateway's SIP server, playing `scenario`.
+    pub fn call_in_as_server(&mut self, scenario: &str, port: u16) {
+        assert!(self.peer.is_none(), "one SIPp peer per test");
+        self.peer = Some(Sipp::caller_from(
+            scenario,
+            self.gw.sip,
+            Transport::Udp,
+            30,
+            port,
         ));
     }
 

@@ -15,6 +15,7 @@ use crate::sip::dialog::{AfterPrack, Dialog, DialogEvent, DialogState, RefreshOu
 use crate::sip::message::branch_of;
 use crate::sip::session_timer::{self, SessionDue};
 use crate::sip::transaction::response_to;
+use crate::sip::transfer::{TransferProgress, TransferTarget};
 
 /// The calls by key, and by Call-ID so a request finds its dialog without
 /// looking at every call. One Call-ID may name two of our dialogs: a call
@@ -280,6 +281,32 @@ impl UserAgent {
             if let Some(request) = request {
                 self.send(now, request, Owner::Call(key.to_string()));
             }
+        }
+    }
+
+    /// A REFER in call `key`'s dialog: a blind transfer to a number or
+    /// URI, or (attended) one naming the dialog of another call of ours
+    /// for the far end to replace. When no REFER can go (the dialog is
+    /// not confirmed, a transfer is under way, the other call is not
+    /// answered) the transfer fails at once.
+    pub(super) fn transfer(&mut self, now: Instant, key: &str, target: TransferTarget) {
+        let refer_to = match &target {
+            TransferTarget::To(to) => Some(format!(
+                "<{}>",
+                crate::sip::dialog::target_uri(to, &self.cfg.identity.domain)
+            )),
+            TransferTarget::Replacing(other) if other != key => {
+                self.calls.get(other).and_then(Dialog::replacing_refer_to)
+            }
+            TransferTarget::Replacing(_) => None,
+        };
+        let request = refer_to.and_then(|r| self.calls.get_mut(key)?.refer(&r));
+        match request {
+            Some(request) => self.send(now, request, Owner::Call(key.to_string())),
+            None => self.events.push_back(UaEvent::Call {
+                key: key.to_string(),
+                event: DialogEvent::Transfer(TransferProgress::Failed(None)),
+            }),
         }
     }
 
@@ -629,6 +656,19 @@ impl UserAgent {
         method: &rsip::Method,
         response: Option<rsip::Response>,
     ) {
+        if *method == rsip::Method::Refer {
+            let event = self
+                .calls
+                .get_mut(key)
+                .and_then(|c| c.on_refer_response(response.as_ref()));
+            if let Some(event) = event {
+                self.events.push_back(UaEvent::Call {
+                    key: key.to_string(),
+                    event,
+                });
+            }
+            return;
+        }
         if *method == rsip::Method::Update {
             if response
                 .as_ref()

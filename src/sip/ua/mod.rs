@@ -101,6 +101,12 @@ pub enum UaInput<'a> {
         digits: String,
         duration_ms: u32,
     },
+    /// Ask call `key`'s far end to call `target` in our place (REFER);
+    /// the outcome comes as [`DialogEvent::Transfer`].
+    Transfer {
+        key: String,
+        target: super::transfer::TransferTarget,
+    },
     /// 180 Ringing to an incoming call.
     Ring { key: String },
     /// 183 with our SDP (early media) to an incoming call.
@@ -319,6 +325,7 @@ impl UserAgent {
                 digits,
                 duration_ms,
             } => self.info_dtmf(now, &key, &digits, duration_ms),
+            UaInput::Transfer { key, target } => self.transfer(now, &key, target),
             UaInput::Ring { key } => self.ring(now, &key),
             UaInput::Progress { key, sdp } => self.progress(now, &key, sdp),
             UaInput::Accept { key, sdp, headers } => self.accept(now, &key, sdp, headers),

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::sip::endpoint::Datagram;
+use crate::sip::transfer::{RemoteControl, TransferProgress, TransferTarget};
 
 /// The tests' way of driving the user agent: every call goes through
 /// `handle_input`, and the output queues are read as `poll_output` reads
@@ -1643,4 +1644,272 @@ fn our_183_goes_plain_without_100rel_and_an_unpracked_one_ends_the_call() {
         })
     );
     assert_eq!(ua.call_count(), 0);
+}
+
+/// The far end's in-dialog request of an answered incoming call (its To
+/// carries our `tag`).
+fn in_dialog_request(method: &str, cseq: u32, tag: &str, extra: &str, body: &str) -> Vec<u8> {
+    format!(
+        "{method} sip:1001@192.0.2.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK{method}{cseq}\r\n\
+         From: <sip:2000@pbx.example>;tag=c1\r\nTo: <sip:1001@pbx.example>;tag={tag}\r\n\
+         Call-ID: in-1@pbx\r\nCSeq: {cseq} {method}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn call_event(ua: &mut UserAgent) -> Option<DialogEvent> {
+    loop {
+        match ua.next_event() {
+            Some(UaEvent::Call { event, .. }) => return Some(event),
+            Some(UaEvent::ServerReachable(_)) => continue,
+            other => panic!("a call event, not {other:?}"),
+        }
+    }
+}
+
+/// The value of a message's first `name` header.
+fn header_value<'a>(message: &'a str, name: &str) -> Option<&'a str> {
+    header_line(message, name)
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim())
+}
+
+/// A blind transfer: our REFER names the target and us, its 202 is
+/// "accepted", the NOTIFYs' sipfrags are its progress (each answered 200),
+/// and the final one its success; a second REFER waits for none of that.
+/// A NOTIFY of a transfer we never asked for gets 481, an unknown event 489.
+#[test]
+fn a_blind_transfer_follows_the_refers_notifies() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(4));
+    let (key, tag) = answered_incoming_call(&mut ua, t0, "z9hG4bKin1", "v=0\r\n");
+    let stray = in_dialog_request(
+        "NOTIFY",
+        8,
+        &tag,
+        "Event: refer\r\nSubscription-State: active\r\nContent-Type: message/sipfrag\r\n",
+        "SIP/2.0 100 Trying\r\n",
+    );
+    ua.datagram_in(t0, server(), &stray);
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 481"));
+    let presence = in_dialog_request("NOTIFY", 9, &tag, "Event: presence\r\n", "");
+    ua.datagram_in(t0, server(), &presence);
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 489"));
+
+    ua.handle_input(
+        t0,
+        UaInput::Transfer {
+            key: key.clone(),
+            target: TransferTarget::To("5001".into()),
+        },
+    );
+    let refer = sent(&mut ua).remove(0);
+    assert!(
+        refer.starts_with("REFER sip:2000@192.0.2.1:5060 SIP/2.0"),
+        "{refer}"
+    );
+    assert_eq!(
+        header_value(&refer, "Refer-To"),
+        Some("<sip:5001@pbx.example>")
+    );
+    assert_eq!(
+        header_value(&refer, "Referred-By"),
+        Some("<sip:1001@pbx.example>")
+    );
+    assert!(header_value(&refer, "Contact").is_some(), "{refer}");
+    ua.handle_input(
+        t0,
+        UaInput::Transfer {
+            key: key.clone(),
+            target: TransferTarget::To("5002".into()),
+        },
+    );
+    assert!(sent(&mut ua).is_empty(), "one transfer at a time");
+    assert_eq!(
+        call_event(&mut ua),
+        Some(DialogEvent::Transfer(TransferProgress::Failed(None)))
+    );
+    ua.datagram_in(t0, server(), &answer(refer.as_bytes(), "202 Accepted", ""));
+    assert_eq!(
+        call_event(&mut ua),
+        Some(DialogEvent::Transfer(TransferProgress::Accepted))
+    );
+    let notify = |cseq: u32, state: &str, frag: &str| {
+        in_dialog_request(
+            "NOTIFY",
+            cseq,
+            &tag,
+            &format!("Event: refer\r\nSubscription-State: {state}\r\nContent-Type: message/sipfrag;version=2.0\r\n"),
+            frag,
+        )
+    };
+    ua.datagram_in(
+        t0,
+        server(),
+        &notify(10, "active;expires=60", "SIP/2.0 180 Ringing\r\n"),
+    );
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 200"));
+    assert_eq!(
+        call_event(&mut ua),
+        Some(DialogEvent::Transfer(TransferProgress::Trying(180)))
+    );
+    ua.datagram_in(
+        t0,
+        server(),
+        &notify(11, "terminated;reason=noresource", "SIP/2.0 200 OK\r\n"),
+    );
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 200"));
+    assert_eq!(
+        call_event(&mut ua),
+        Some(DialogEvent::Transfer(TransferProgress::Succeeded))
+    );
+    ua.datagram_in(
+        t0,
+        server(),
+        &notify(12, "terminated", "SIP/2.0 200 OK\r\n"),
+    );
+    assert!(
+        sent(&mut ua)[0].starts_with("SIP/2.0 481"),
+        "the transfer is over"
+    );
+    assert_eq!(ua.next_event(), None);
+}
+
+/// A refused REFER fails the transfer with its status and leaves the call
+/// as it was; an attended transfer names the other call's dialog in a
+/// Replaces inside Refer-To, tags as its far end sees them; a NOTIFY's
+/// failure sipfrag fails it too.
+#[test]
+fn a_refused_transfer_and_an_attended_one() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(5));
+    let (key, tag) = answered_incoming_call(&mut ua, t0, "z9hG4bKin1", "v=0\r\n");
+    let target = |to: &str| TransferTarget::To(to.into());
+    ua.handle_input(
+        t0,
+        UaInput::Transfer {
+            key: key.clone(),
+            target: target("5001"),
+        },
+    );
+    let refer = sent(&mut ua).remove(0);
+    ua.datagram_in(t0, server(), &answer(refer.as_bytes(), "603 Declined", ""));
+    assert_eq!(
+        call_event(&mut ua),
+        Some(DialogEvent::Transfer(TransferProgress::Failed(Some(603))))
+    );
+    assert_eq!(ua.call_count(), 1, "the call goes on");
+
+    // The agent's consultation call, answered by 5001.
+    ua.invite_in(t0, "consult", "1001", "5001", "v=0\r\n".into());
+    let invite = sent(&mut ua).remove(0);
+    let ok = String::from_utf8(answer(
+        invite.as_bytes(),
+        "200 OK",
+        "Contact: <sip:5001@192.0.2.1:5060>\r\n",
+    ))
+    .unwrap()
+    .replace(
+        "To: <sip:5001@pbx.example>",
+        "To: <sip:5001@pbx.example>;tag=far5",
+    );
+    ua.datagram_in(t0, server(), ok.as_bytes());
+    sent(&mut ua);
+    assert!(matches!(
+        call_event(&mut ua),
+        Some(DialogEvent::Answered { .. })
+    ));
+    let consult_call_id = header_value(&invite, "Call-ID").unwrap().to_string();
+    let consult_tag = header_value(&invite, "From")
+        .and_then(|f| f.split("tag=").nth(1))
+        .unwrap()
+        .to_string();
+
+    ua.handle_input(
+        t0,
+        UaInput::Transfer {
+            key: key.clone(),
+            target: TransferTarget::Replacing(key.clone()),
+        },
+    );
+    assert!(sent(&mut ua).is_empty(), "a call cannot replace itself");
+    assert_eq!(
+        call_event(&mut ua),
+        Some(DialogEvent::Transfer(TransferProgress::Failed(None)))
+    );
+    ua.handle_input(
+        t0,
+        UaInput::Transfer {
+            key: key.clone(),
+            target: TransferTarget::Replacing("consult".into()),
+        },
+    );
+    let refer = sent(&mut ua).remove(0);
+    let escaped_call_id = consult_call_id.replace('@', "%40");
+    assert_eq!(
+        header_value(&refer, "Refer-To").map(str::to_string),
+        Some(format!(
+            "<sip:5001@pbx.example?Replaces={escaped_call_id}%3Bto-tag%3Dfar5%3Bfrom-tag%3D{consult_tag}>"
+        ))
+    );
+    ua.datagram_in(t0, server(), &answer(refer.as_bytes(), "202 Accepted", ""));
+    assert_eq!(
+        call_event(&mut ua),
+        Some(DialogEvent::Transfer(TransferProgress::Accepted))
+    );
+    let failed = in_dialog_request(
+        "NOTIFY",
+        8,
+        &tag,
+        "Event: refer\r\nSubscription-State: terminated\r\n",
+        "SIP/2.0 486 Busy Here\r\n",
+    );
+    ua.datagram_in(t0, server(), &failed);
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 200"));
+    assert_eq!(
+        call_event(&mut ua),
+        Some(DialogEvent::Transfer(TransferProgress::Failed(Some(486))))
+    );
+}
+
+/// NOTIFY `Event: talk` / `Event: hold` (a switch's remote call control)
+/// in a ringing or an answered call's dialog: 200 and the request handed on.
+#[test]
+fn remote_call_control_notifies_reach_the_call() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(6));
+    ua.datagram_in(t0, server(), &incoming_invite("z9hG4bKin1"));
+    sent(&mut ua);
+    let Some(UaEvent::Incoming { key, .. }) = ua.next_event() else {
+        panic!("an incoming call");
+    };
+    ua.ring_in(t0, &key);
+    let ringing = sent(&mut ua).remove(0);
+    let tag = header_value(&ringing, "To")
+        .and_then(|t| t.split("tag=").nth(1))
+        .unwrap()
+        .to_string();
+    ua.datagram_in(
+        t0,
+        server(),
+        &in_dialog_request("NOTIFY", 8, &tag, "Event: talk\r\n", ""),
+    );
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 200"));
+    assert_eq!(
+        call_event(&mut ua),
+        Some(DialogEvent::RemoteControl(RemoteControl::Talk))
+    );
+    ua.accept_in(t0, &key, "v=0\r\n".into());
+    sent(&mut ua);
+    ua.datagram_in(
+        t0,
+        server(),
+        &in_dialog_request("NOTIFY", 9, &tag, "Event: hold\r\n", ""),
+    );
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 200"));
+    assert_eq!(
+        call_event(&mut ua),
+        Some(DialogEvent::RemoteControl(RemoteControl::Hold))
+    );
 }
