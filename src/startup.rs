@@ -87,6 +87,10 @@ pub(crate) fn media_plane(
         ring_timeout: Duration::from_secs(config.sip.ring_timeout_s),
         dtmf_info: config.sip.dtmf == config::DtmfMode::Info,
         early_media: config.sip.early_media,
+        refer_routing: call::driver::ReferRouting {
+            domain: config.sip.effective_domain(),
+            allowed_domains: config.sip.allowed_destination_domains.clone(),
+        },
         asserted_identity: config.sip.asserted_identity,
         sip_srtp: config.sip.srtp,
         limits: call::driver::CallLimits {
@@ -443,6 +447,7 @@ pub(crate) async fn user_agent(
             .then(|| Duration::from_secs(c.keepalive_interval_s)),
         trusted: trusted_sources(c, &server_ips)?,
         call_data: sip::call_data::CallDataRules::from(c),
+        accept_refer: c.accept_refer,
         session_timer: sip::session_timer::SessionTimerConfig {
             expires_s: c.session_expires_s,
         },

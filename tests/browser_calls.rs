@@ -873,6 +873,67 @@ fn a_switch_places_a_delayed_offer_call_and_moves_its_media() {
     );
 }
 
+/// The switch hands the agent's call on (`tests/sipp/uac-refer.xml`, `[sip]
+/// accept-refer = true`): after the page hears its own tone through the
+/// switch, a REFER has the gateway call 5002 (SIPp's out-of-call
+/// `uas-refer-target.xml`, media at the test's 440 Hz source). The browser
+/// leg is never renegotiated, yet the page then hears the target, and the
+/// target hears the page; the target's BYE ends the call.
+#[test]
+fn a_switchs_refer_moves_the_pages_call_and_its_audio_to_the_target() {
+    if !common::inside_namespace("a_switchs_refer_moves_the_pages_call_and_its_audio_to_the_target")
+    {
+        return;
+    }
+    let tone = ToneSource::start(6100);
+    let r = sipp_calls_the_page_through(
+        "accept-refer = true\n",
+        &[
+            "-sf",
+            "uac-refer.xml",
+            "-oocsf",
+            "uas-refer-target.xml",
+            "-key",
+            "tone_port",
+            "6100",
+        ],
+        &[("MOVES", "440")],
+    );
+    heard_after_the_move(&r, &tone);
+}
+
+/// The page heard the 440 Hz source after its own tone, with the gateway
+/// showing the SIP media there, and the source heard the page.
+fn heard_after_the_move(r: &Value, tone: &ToneSource) {
+    let moves = r["moves"].as_array().cloned().unwrap_or_default();
+    assert_eq!(moves.len(), 1, "{r}");
+    assert_eq!(moves[0]["heard"], true, "the new far end's tone: {r}");
+    assert_eq!(moves[0]["sipMedia"], "127.0.0.1:6100", "{r}");
+    assert!(
+        tone.received() > 100,
+        "the new far end got the page's audio: {} packets",
+        tone.received()
+    );
+}
+
+/// The switch takes the agent's call over with an INVITE with Replaces
+/// (`tests/sipp/uac-replaces.xml`): the page, which heard its own tone
+/// through the first dialog, hears the new dialog's 440 Hz source, which
+/// hears the page; the new dialog's BYE ends the call.
+#[test]
+fn an_invite_with_replaces_moves_the_pages_audio_to_the_new_dialog() {
+    if !common::inside_namespace("an_invite_with_replaces_moves_the_pages_audio_to_the_new_dialog")
+    {
+        return;
+    }
+    let tone = ToneSource::start(6100);
+    let r = sipp_calls_the_page(
+        &["-sf", "uac-replaces.xml", "-key", "tone_port", "6100"],
+        &[("MOVES", "440")],
+    );
+    heard_after_the_move(&r, &tone);
+}
+
 /// The agent's page listens first (early media, `[sip] early-media =
 /// true`): the switch (`tests/sipp/uac-100rel-early-answer.xml`, which
 /// supports 100rel) gets a reliable 183 with our SDP and PRACKs it; the

@@ -195,9 +195,9 @@ async fn an_auto_answer_invite_says_so_to_the_page() {
 async fn a_switch_answers_holds_and_resumes_the_agents_call_remotely() {
     // The switch is the gateway's SIP server: our re-INVITEs go to it.
     let port = Transport::Udp.free_port();
-    let mut t = SipTest::gateway_with_calling_server(port);
+    let mut t = SipTest::gateway_with_calling_server(port, "");
     let mut s = ApiSession::open(&t.gw).await;
-    t.call_in_as_server("uac-remote-control.xml", port);
+    t.call_in_as_server("uac-remote-control.xml", port, &[]);
     let incoming = s.wait_for("call.incoming").await;
     let cid = incoming["call"].as_str().unwrap().to_string();
     let requested = s.wait_for("call.answer_requested").await;
@@ -209,6 +209,77 @@ async fn a_switch_answers_holds_and_resumes_the_agents_call_remotely() {
     assert_eq!(resumed["by"], "local", "{resumed}");
     let ended = s.wait_for("call.ended").await;
     assert_eq!(ended["reason"], "remote_hangup");
+    t.finish().await;
+}
+
+/// Call `cid`'s view once its SIP media is at `address` (within 10 s;
+/// the last view seen otherwise).
+async fn media_moves_to(s: &ApiSession, cid: &str, address: &str) -> Value {
+    let mut view = Value::Null;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        view = s.get(&format!("/calls/{cid}")).await.1;
+        if view["sip_media"] == address {
+            break;
+        }
+    }
+    view
+}
+
+/// The switch hands the agent's call on by REFER
+/// (`tests/sipp/uac-refer.xml`, with `[sip] accept-refer = true`): the
+/// gateway calls the target itself with Referred-By (SIPp's out-of-call
+/// scenario answers for 5002 with media elsewhere), reports by NOTIFY,
+/// hangs the old dialog up and moves the call's media to the target
+/// without a word to the browser; the target's BYE ends the call. Without
+/// the option the REFER gets 603 (unit-tested).
+#[tokio::test]
+async fn a_switchs_refer_moves_the_agents_call_to_its_target() {
+    let port = Transport::Udp.free_port();
+    let mut t = SipTest::gateway_with_calling_server(port, "accept-refer = true\n");
+    let mut s = ApiSession::open(&t.gw).await;
+    let target = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/sipp/uas-refer-target.xml"
+    );
+    t.call_in_as_server(
+        "uac-refer.xml",
+        port,
+        &["-oocsf", target, "-key", "tone_port", "6199"],
+    );
+    let incoming = s.wait_for("call.incoming").await;
+    let cid = incoming["call"].as_str().unwrap().to_string();
+    answer_as_the_browser(&s, &cid).await;
+    let moved = media_moves_to(&s, &cid, "127.0.0.1:6199").await;
+    assert_eq!(
+        moved["state"], "answered",
+        "the call moved to the target: {moved}"
+    );
+    let ended = s.wait_for("call.ended").await;
+    assert_eq!(
+        ended["reason"], "remote_hangup",
+        "the target hung up: {ended}"
+    );
+    t.finish().await;
+}
+
+/// An INVITE with Replaces from the switch (`tests/sipp/uac-replaces.xml`)
+/// takes the agent's answered call over: our 200 with a tag of its own,
+/// a BYE of the replaced dialog (SIPp checks both), and the call's media at
+/// the new dialog's address; its BYE ends the call.
+#[tokio::test]
+async fn a_switchs_invite_with_replaces_takes_the_agents_call_over() {
+    let port = Transport::Udp.free_port();
+    let mut t = SipTest::gateway_with_calling_server(port, "");
+    let mut s = ApiSession::open(&t.gw).await;
+    t.call_in_as_server("uac-replaces.xml", port, &["-key", "tone_port", "6198"]);
+    let incoming = s.wait_for("call.incoming").await;
+    let cid = incoming["call"].as_str().unwrap().to_string();
+    answer_as_the_browser(&s, &cid).await;
+    let moved = media_moves_to(&s, &cid, "127.0.0.1:6198").await;
+    assert_eq!(moved["state"], "answered", "the call moved: {moved}");
+    let ended = s.wait_for("call.ended").await;
+    assert_eq!(ended["reason"], "remote_hangup", "{ended}");
     t.finish().await;
 }
 

@@ -3,8 +3,8 @@
 //! call in progress, with its timers run in between. It reaches the
 //! endpoint's server transactions, incoming INVITE dialogs, CANCEL and
 //! in-dialog requests (BYE, re-INVITE, UPDATE, PRACK, INFO, NOTIFY), and
-//! the answers to our REFERs (each answered call is transferred). Never
-//! panics.
+//! the answers to our REFERs (each answered call is transferred), the
+//! far end's REFERs (followed) and INVITEs with Replaces. Never panics.
 #![no_main]
 
 use std::time::{Duration, Instant};
@@ -41,6 +41,9 @@ fuzz_target!(|data: &[u8]| {
                 incoming: vec!["User-to-User".into()],
                 outgoing: vec!["User-to-User".into()],
             },
+            // The far end's REFERs are followed, so its NOTIFYs and the
+            // new INVITE's answers are reached too.
+            accept_refer: true,
         },
         t0,
         webrtc_sip_gateway::random::Random::seeded(1),
@@ -126,6 +129,16 @@ fn drain(ua: &mut UserAgent, now: Instant) {
                     },
                 );
             }
+            UaOutput::Event(UaEvent::Call {
+                key,
+                event: DialogEvent::Referred { .. },
+            }) => ua.handle_input(
+                now,
+                UaInput::FollowRefer {
+                    key,
+                    sdp: "v=0\r\n".into(),
+                },
+            ),
             UaOutput::Event(UaEvent::Call {
                 key,
                 event: DialogEvent::Answered { .. },

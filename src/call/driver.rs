@@ -554,12 +554,23 @@ pub struct CallSettings {
     pub dtmf_info: bool,
     /// The browser may send early media (183) before answering an incoming call.
     pub early_media: bool,
+    /// Where a REFER from the switch may send a call: the rules of the
+    /// browser's own calls.
+    pub refer_routing: ReferRouting,
     /// Which identity header our INVITEs carry (none, PAI or PPI).
     pub asserted_identity: crate::config::AssertedIdentity,
     /// SRTP on the SIP media leg.
     pub sip_srtp: SrtpPolicy,
     /// How many calls a session and a user may have at once.
     pub limits: CallLimits,
+}
+
+/// The SIP domain and the other hosts calls may go to (`[sip]
+/// allowed-destination-domains`).
+#[derive(Debug, Clone, Default)]
+pub struct ReferRouting {
+    pub domain: String,
+    pub allowed_domains: Vec<String>,
 }
 
 impl CallSettings {
@@ -1011,6 +1022,8 @@ impl Far {
                 FarRequest::AnswerOffer(_) => {}
                 // The echo cannot be transferred: it says so as a SIP
                 // endpoint without REFER would.
+                // The echo sends no REFER.
+                FarRequest::FollowRefer(_) | FarRequest::RefuseRefer(_) => {}
                 FarRequest::Transfer(_) => {
                     let refused = CallInput::FarTransfer(TransferProgress::Failed(Some(405)));
                     let _ = call.handle_input(Instant::now(), refused);
@@ -1043,6 +1056,8 @@ impl Far {
                 FarRequest::Resume => handle.hold(call.id(), false),
                 FarRequest::AnswerOffer(answer) => handle.answer_offer(call.id(), answer.clone()),
                 FarRequest::Transfer(target) => handle.transfer(call.id(), target.clone()),
+                FarRequest::FollowRefer(sdp) => handle.follow_refer(call.id(), sdp.clone()),
+                FarRequest::RefuseRefer(code) => handle.refuse_refer(call.id(), *code),
             },
         }
     }
@@ -1157,6 +1172,22 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
             Some(DialogEvent::Dtmf(digit)) => CallInput::FarDtmf(*digit),
             Some(DialogEvent::Transfer(progress)) => CallInput::FarTransfer(*progress),
             Some(DialogEvent::RemoteControl(control)) => CallInput::FarRemoteControl(*control),
+            Some(DialogEvent::Referred { target }) => {
+                let routing = &self.settings.refer_routing;
+                if !super::routing::outgoing_allowed(
+                    target,
+                    &routing.domain,
+                    &routing.allowed_domains,
+                ) {
+                    warn!(%target, "the switch's REFER names a host calls may not go to");
+                    if let Far::Sip { handle, .. } = &self.far {
+                        handle.refuse_refer(self.call.id(), 403);
+                    }
+                    return;
+                }
+                CallInput::FarReferred
+            }
+            Some(DialogEvent::Replaced { sdp }) => CallInput::FarReplaced(sdp),
             Some(DialogEvent::LocalHold(Some(held))) => CallInput::FarHoldChanged {
                 held: *held,
                 by: Party::Local,

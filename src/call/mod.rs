@@ -132,6 +132,11 @@ pub enum FarRequest {
     AnswerOffer(Result<String, u16>),
     /// Ask the far end to call the target in our place (REFER).
     Transfer(TransferTarget),
+    /// Follow the far end's REFER: call its target with this offer of the
+    /// call's media as it stands.
+    FollowRefer(String),
+    /// Refuse the far end's REFER with this status.
+    RefuseRefer(u16),
 }
 
 /// What the driver must do.
@@ -221,6 +226,12 @@ pub enum CallInput<'a> {
     FarTransfer(TransferProgress),
     /// The switch's remote call control (NOTIFY talk / hold).
     FarRemoteControl(RemoteControl),
+    /// The far end's REFER asks us to call its target in its place (the
+    /// target passed the routing rules already).
+    FarReferred,
+    /// The call's far end is a new dialog now (a followed REFER was
+    /// answered): its answer to our offer moves the media there.
+    FarReplaced(&'a str),
     /// The browser transfers the answered call: blind to a number, or
     /// attended, joining its far end with another call's.
     BrowserTransfer(TransferTarget),
@@ -583,6 +594,8 @@ impl Call {
             CallInput::FarTransfer(progress) => self.far_transfer(progress),
             CallInput::FarRemoteControl(control) => self.far_remote_control(control),
             CallInput::BrowserTransfer(target) => self.browser_transfer(now, target)?,
+            CallInput::FarReferred => self.far_referred(),
+            CallInput::FarReplaced(sdp) => self.far_ack_answer(Some(sdp)),
             CallInput::Transferred => {
                 if self.state != CallState::Ended {
                     self.end(EndReason::Transferred, None, true);
@@ -995,6 +1008,32 @@ impl Call {
             state: state.into(),
             sip_status,
         });
+    }
+
+    /// The far end's REFER: followed with our offer of the media as it
+    /// stands (sendonly while we hold the call), so the browser leg stays
+    /// as it is; refused (603) unless the call is answered, or (488) when
+    /// it has no media to offer.
+    fn far_referred(&mut self) {
+        let request = match (self.state, self.negotiator.as_mut()) {
+            (CallState::Answered, Some(negotiator)) => {
+                let direction = if self.held_by == Some(Party::Local) {
+                    crate::sdp::Direction::SendOnly
+                } else {
+                    crate::sdp::Direction::SendRecv
+                };
+                match negotiator.offer_current(direction) {
+                    Ok(sdp) => FarRequest::FollowRefer(sdp),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no offer for the REFER's call");
+                        FarRequest::RefuseRefer(488)
+                    }
+                }
+            }
+            (CallState::Answered, None) => FarRequest::RefuseRefer(488),
+            _ => FarRequest::RefuseRefer(603),
+        };
+        self.outputs.push_back(CallOutput::Far(request));
     }
 
     /// The switch's remote call control: `talk` asks for a ringing call to

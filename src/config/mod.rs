@@ -213,6 +213,9 @@ pub struct SipConfig {
     /// The browser may answer an incoming call with early media first
     /// (183 with our SDP before the 200).
     pub early_media: bool,
+    /// A REFER from the switch (asking us to call someone else in the
+    /// far end's place) is followed; off: it gets 603.
+    pub accept_refer: bool,
     /// Our caller identity header on outgoing INVITEs (RFC 3325).
     pub asserted_identity: AssertedIdentity,
     pub dtmf: DtmfMode,
@@ -312,6 +315,7 @@ impl Default for SipConfig {
             ring_timeout_s: 45,
             session_expires_s: 1800,
             early_media: false,
+            accept_refer: false,
             asserted_identity: AssertedIdentity::None,
             dtmf: DtmfMode::Rfc4733,
             media_address: String::new(),

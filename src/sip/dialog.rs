@@ -57,6 +57,14 @@ pub enum DialogEvent {
     Dtmf(char),
     /// How our REFER (a transfer the browser asked for) goes.
     Transfer(TransferProgress),
+    /// The far end's REFER asks us to call `target` in its place: the
+    /// call follows it with our offer of its media (`UaInput::FollowRefer`)
+    /// or refuses it; until then the REFER waits.
+    Referred { target: String },
+    /// The call's far end is now another dialog (a REFER we followed was
+    /// answered, or an INVITE with Replaces took it over): the new far
+    /// end's answer to our offer, where the media goes from now on.
+    Replaced { sdp: String },
     /// The switch's remote call control: answer (talk) or hold.
     RemoteControl(RemoteControl),
     /// The session timer ran out without the refresh it waited for, or
@@ -1185,17 +1193,16 @@ impl Dialog {
             to = self.remote_uri,
             call_id = self.call_id,
         ));
-        if matches!(
-            method,
-            rsip::Method::Invite | rsip::Method::Update | rsip::Method::Refer
-        ) {
+        let offers = matches!(method, rsip::Method::Invite | rsip::Method::Update);
+        // Target refresh requests (and NOTIFY, RFC 6665 §4.1.2) carry our Contact.
+        if offers || matches!(method, rsip::Method::Refer | rsip::Method::Notify) {
             text.push_str(&format!(
-                "Contact: <sip:{}@{};transport={}>\r\nSupported: {}\r\n",
-                self.contact_user,
-                self.local,
-                self.transport,
-                super::endpoint::SUPPORTED
+                "Contact: <sip:{}@{};transport={}>\r\n",
+                self.contact_user, self.local, self.transport,
             ));
+        }
+        if offers {
+            text.push_str(&format!("Supported: {}\r\n", super::endpoint::SUPPORTED));
             // Each re-INVITE and UPDATE of ours refreshes the session.
             if let Some(interval) = self.session_timer.agreed {
                 text.push_str(&format!("Session-Expires: {}\r\n", interval.value(true)));
@@ -1441,6 +1448,70 @@ impl Dialog {
                 TransferProgress::Failed(other)
             }
         }))
+    }
+
+    /// A NOTIFY telling the far end how the call its REFER asked for goes
+    /// (RFC 3515 §2.4.5): a sipfrag of `status`; `terminated` ends the
+    /// implicit subscription. None once the dialog is over.
+    pub fn refer_notify(&mut self, status: u16, terminated: bool) -> Option<rsip::Request> {
+        if self.state != DialogState::Confirmed {
+            return None;
+        }
+        self.cseq += 1;
+        let state = if terminated {
+            "terminated;reason=noresource"
+        } else {
+            "active;expires=60"
+        };
+        let extra = format!("Event: refer\r\nSubscription-State: {state}\r\n");
+        let body = transfer::sipfrag(status);
+        Some(self.in_dialog_with(
+            rsip::Method::Notify,
+            self.cseq,
+            &extra,
+            &body,
+            Some("message/sipfrag;version=2.0"),
+        ))
+    }
+
+    /// Our INVITE to `target` that a REFER in this dialog asked for: from
+    /// the same user with the same credentials, `Referred-By` as the REFER
+    /// gave it and a Replaces when its Refer-To carried one.
+    pub fn referred_call(
+        &self,
+        target: &str,
+        referred_by: Option<&str>,
+        replaces: Option<&str>,
+        sdp: String,
+        identity: &Identity,
+        random: Random,
+    ) -> Dialog {
+        let mut call = Dialog::new(&self.contact_user, target, identity, sdp, random);
+        if let Some((user, password)) = self.auth.credentials() {
+            call.set_credentials(user, password.to_string());
+        }
+        let mut headers = Vec::new();
+        if let Some(by) = referred_by {
+            headers.push(("Referred-By".to_string(), by.to_string()));
+        }
+        if let Some(replaces) = replaces {
+            headers.push(("Replaces".to_string(), replaces.to_string()));
+        }
+        call.set_caller(super::caller_id::OutgoingCaller {
+            display_name: self.caller.display_name.clone(),
+            identity_header: self.caller.identity_header,
+            headers,
+        });
+        call
+    }
+
+    /// Whether an INVITE's Replaces names this confirmed dialog (RFC 3891
+    /// §3: its to-tag is ours, its from-tag the far end's).
+    pub fn is_replaced_by(&self, replaces: &transfer::Replaces) -> bool {
+        self.state == DialogState::Confirmed
+            && replaces.call_id == self.call_id
+            && replaces.to_tag == self.local_tag
+            && self.remote_tag.as_deref() == Some(replaces.from_tag.as_str())
     }
 
     /// The far end's NOTIFY: the progress of our REFER (its sipfrag), or

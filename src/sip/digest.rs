@@ -252,6 +252,13 @@ impl DigestAuth {
         }
     }
 
+    /// The user and password challenges are answered with, if any.
+    pub fn credentials(&self) -> Option<(&str, &str)> {
+        self.credentials
+            .as_ref()
+            .map(|(user, password)| (user.as_str(), password.as_str()))
+    }
+
     pub fn set_credentials(&mut self, user: &str, password: String) {
         self.credentials = Some((user.to_string(), password));
     }

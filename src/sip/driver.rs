@@ -182,6 +182,22 @@ impl SipHandle {
         });
     }
 
+    /// Follows the far end's REFER of call `key` with our offer `sdp`.
+    pub fn follow_refer(&self, key: &str, sdp: String) {
+        self.tell(UaInput::FollowRefer {
+            key: key.to_string(),
+            sdp,
+        });
+    }
+
+    /// Refuses the far end's REFER of call `key`.
+    pub fn refuse_refer(&self, key: &str, code: u16) {
+        self.tell(UaInput::RefuseRefer {
+            key: key.to_string(),
+            code,
+        });
+    }
+
     /// 180 Ringing to an incoming call.
     pub fn ring(&self, key: &str) {
         self.tell(UaInput::Ring {

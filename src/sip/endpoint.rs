@@ -17,10 +17,10 @@ use super::timers::TimerTable;
 use super::transaction::{response_to, Output, ServerInput, ServerTransaction, TimerConfig};
 use crate::random::Random;
 
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, NOTIFY";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, NOTIFY, REFER";
 /// The option tags we support (RFC 3262 reliable provisionals, RFC 4028
 /// session timers).
-pub const SUPPORTED: &str = "100rel, timer";
+pub const SUPPORTED: &str = "100rel, timer, replaces";
 pub const ACCEPT: &str = "application/sdp, application/dtmf-relay";
 
 /// Counters the metrics exporter reads.

@@ -119,6 +119,108 @@ pub fn refer_to_replacing(uri: &str, call_id: &str, their_tag: &str, our_tag: &s
     format!("<{uri}{separator}Replaces={}>", escape_hvalue(&replaces))
 }
 
+/// What a switch's REFER asks us to call: the `Refer-To` URI, and the
+/// dialog a `Replaces` header inside it names (unescaped), for the INVITE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferTarget {
+    pub uri: String,
+    pub replaces: Option<String>,
+}
+
+/// `%XX` escapes of a URI header value undone; None when one is broken or
+/// the result is not one line of text.
+fn unescape(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let text = String::from_utf8(out).ok()?;
+    (!text.chars().any(char::is_control)).then_some(text)
+}
+
+/// A `Refer-To` value (RFC 3515 §2.1): a `sip:`/`sips:` URI, in `<…>` or
+/// bare, whose headers may carry a Replaces. None for anything else (a
+/// `tel:` or `http:` target, a broken escape), which the REFER's 400 names.
+pub fn parse_refer_to(value: &str) -> Option<ReferTarget> {
+    let value = value.trim();
+    let uri = match (value.find('<'), value.find('>')) {
+        (Some(a), Some(b)) if a < b => &value[a + 1..b],
+        (None, None) => value.split(';').next().unwrap_or(value),
+        _ => return None,
+    };
+    let lower = uri.to_ascii_lowercase();
+    if !(lower.starts_with("sip:") || lower.starts_with("sips:")) || uri.contains(' ') {
+        return None;
+    }
+    let (uri, headers) = uri.split_once('?').unwrap_or((uri, ""));
+    let mut replaces = None;
+    for header in headers.split('&').filter(|h| !h.is_empty()) {
+        let (name, value) = header.split_once('=')?;
+        if name.eq_ignore_ascii_case("replaces") {
+            replaces = Some(unescape(value)?);
+        }
+    }
+    (uri.len() > 4).then(|| ReferTarget {
+        uri: uri.to_string(),
+        replaces,
+    })
+}
+
+/// A `Replaces` header value (RFC 3891 §6.1): the Call-ID and the
+/// `to-tag` and `from-tag` of the dialog to replace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replaces {
+    pub call_id: String,
+    pub to_tag: String,
+    pub from_tag: String,
+}
+
+pub fn parse_replaces(value: &str) -> Option<Replaces> {
+    let mut parts = value.split(';').map(str::trim);
+    let call_id = parts.next().filter(|c| !c.is_empty())?.to_string();
+    let (mut to_tag, mut from_tag) = (None, None);
+    for part in parts {
+        let (name, v) = part.split_once('=').unwrap_or((part, ""));
+        match name.trim().to_ascii_lowercase().as_str() {
+            "to-tag" => to_tag = Some(v.trim().to_string()),
+            "from-tag" => from_tag = Some(v.trim().to_string()),
+            _ => {}
+        }
+    }
+    Some(Replaces {
+        call_id,
+        to_tag: to_tag.filter(|t| !t.is_empty())?,
+        from_tag: from_tag.filter(|t| !t.is_empty())?,
+    })
+}
+
+/// The reason phrase of a status we report in a sipfrag.
+pub fn sipfrag(status: u16) -> String {
+    let reason = match status {
+        100 => "Trying",
+        180 => "Ringing",
+        183 => "Session Progress",
+        200..=299 => "OK",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        480 => "Temporarily Unavailable",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        603 => "Declined",
+        _ => "Status",
+    };
+    format!("SIP/2.0 {status} {reason}\r\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +272,50 @@ mod tests {
             Notification::Unknown
         );
         assert_eq!(classify_notify(None, None, ""), Notification::Unknown);
+    }
+
+    #[test]
+    fn refer_to_targets_and_their_replaces() {
+        assert_eq!(
+            parse_refer_to("<sip:5002@pbx.example;user=phone>"),
+            Some(ReferTarget {
+                uri: "sip:5002@pbx.example;user=phone".into(),
+                replaces: None
+            })
+        );
+        assert_eq!(
+            parse_refer_to("sip:5002@pbx.example").map(|t| t.uri),
+            Some("sip:5002@pbx.example".into())
+        );
+        let attended = parse_refer_to(&refer_to_replacing("sip:5001@pbx", "a@b;c", "t1", "f2"));
+        assert_eq!(
+            attended,
+            Some(ReferTarget {
+                uri: "sip:5001@pbx".into(),
+                replaces: Some("a@b;c;to-tag=t1;from-tag=f2".into())
+            })
+        );
+        for bad in [
+            "<tel:+15551234>",
+            "<http://x>",
+            "<sip:a@b?Replaces=%zz>",
+            "<sip:a@b?Replaces=%0d%0aVia:x>",
+            "<sip:a@b",
+            "",
+        ] {
+            assert_eq!(parse_refer_to(bad), None, "{bad}");
+        }
+        assert_eq!(
+            parse_replaces("a@b;to-tag=t1; from-tag=f2;early-only"),
+            Some(Replaces {
+                call_id: "a@b".into(),
+                to_tag: "t1".into(),
+                from_tag: "f2".into()
+            })
+        );
+        assert_eq!(parse_replaces("a@b;to-tag=t1"), None);
+        assert_eq!(parse_replaces(";to-tag=t1;from-tag=f"), None);
+        assert_eq!(sipfrag(486), "SIP/2.0 486 Busy Here\r\n");
     }
 
     #[test]

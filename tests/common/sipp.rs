@@ -132,6 +132,7 @@ impl Sipp {
             transport,
             timeout_s,
             transport.free_port(),
+            &[],
         )
     }
 
@@ -143,8 +144,10 @@ impl Sipp {
         transport: Transport,
         timeout_s: u32,
         port: u16,
+        args: &[&str],
     ) -> Sipp {
         let child = command(scenario, transport, timeout_s)
+            .args(args)
             .args(["-s", "1001", "-p"])
             .arg(port.to_string())
             .arg(target.to_string())
@@ -255,16 +258,17 @@ impl SipTest {
 
     /// A gateway whose SIP server is the SIPp caller [`SipTest::call_in_as_server`]
     /// starts later on `port` (our requests in its dialogs reach it).
-    pub fn gateway_with_calling_server(port: u16) -> SipTest {
+    pub fn gateway_with_calling_server(port: u16, extra: &str) -> SipTest {
         SipTest {
-            gw: gateway_toward(port, Transport::Udp, ""),
+            gw: gateway_toward(port, Transport::Udp, extra),
             peer: None,
         }
     }
 
     /// Starts SIPp calling user 1001 at the gateway from `port`, the
-    /// gateway's SIP server, playing `scenario`.
-    pub fn call_in_as_server(&mut self, scenario: &str, port: u16) {
+    /// gateway's SIP server, playing `scenario` (with SIPp `args`, such as
+    /// `-oocsf` and the path of an out-of-call scenario).
+    pub fn call_in_as_server(&mut self, scenario: &str, port: u16, args: &[&str]) {
         assert!(self.peer.is_none(), "one SIPp peer per test");
         self.peer = Some(Sipp::caller_from(
             scenario,
@@ -272,6 +276,7 @@ impl SipTest {
             Transport::Udp,
             30,
             port,
+            args,
         ));
     }
 

@@ -166,13 +166,26 @@ impl UserAgent {
     }
 
     pub(super) fn hangup(&mut self, now: Instant, key: &str) {
-        let Some(call) = self.calls.get_mut(key) else {
-            return;
-        };
-        if call.is_incoming() && call.state() == DialogState::Calling {
+        if self
+            .calls
+            .get(key)
+            .is_some_and(|c| c.is_incoming() && c.state() == DialogState::Calling)
+        {
             self.refuse(now, key, 480, None);
             return;
         }
+        // A REFER's call under way: the old dialog ends too.
+        if self.referrals.following.remove(key).is_some() {
+            let old_key = super::referrals::referrer_key(key);
+            let bye = self.calls.get_mut(&old_key).and_then(Dialog::bye);
+            self.forget_call(&old_key);
+            if let Some(bye) = bye {
+                self.send(now, bye, Owner::Farewell);
+            }
+        }
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
         if let Some(cancel) = call.cancel() {
             // The INVITE's 487 ends the call (its transaction ACKs it).
             self.send(now, cancel, Owner::Call(key.to_string()));
@@ -185,7 +198,7 @@ impl UserAgent {
     }
 
     /// Forgets call `key` and its wake-ups.
-    fn forget_call(&mut self, key: &str) {
+    pub(super) fn forget_call(&mut self, key: &str) {
         self.calls.remove(key);
         self.wakeups.set(Wakeup::Session(key.to_string()), None);
         self.acked(&prack_key(key));
@@ -193,7 +206,7 @@ impl UserAgent {
 
     /// Starts call `key`'s session clock again if its dialog was refreshed,
     /// and sets the clock's wake-up.
-    fn sync_session(&mut self, now: Instant, key: &str) {
+    pub(super) fn sync_session(&mut self, now: Instant, key: &str) {
         let due = self
             .calls
             .get_mut(key)
@@ -382,6 +395,9 @@ impl UserAgent {
     /// The call's answer to the far end's offer in a re-INVITE or UPDATE
     /// (our SDP, or a refusal status), in that request's transaction.
     pub(super) fn answer_offer(&mut self, now: Instant, key: &str, answer: Result<String, u16>) {
+        if let Some(dialog) = self.referrals.replacing.remove(key) {
+            return self.take_over(now, key, dialog, answer);
+        }
         let Some((response, request)) =
             self.calls.get_mut(key).and_then(|c| c.answer_offer(answer))
         else {
@@ -403,7 +419,13 @@ impl UserAgent {
     /// Resends `bytes`, a 2xx to an INVITE of the far end's in call `key`,
     /// to `to` until its ACK comes (RFC 3261 §13.3.1.4). Over TCP the
     /// transport itself delivers it.
-    fn resend_until_acked(&mut self, now: Instant, key: &str, to: SocketAddr, bytes: Vec<u8>) {
+    pub(super) fn resend_until_acked(
+        &mut self,
+        now: Instant,
+        key: &str,
+        to: SocketAddr,
+        bytes: Vec<u8>,
+    ) {
         self.resend(now, key.to_string(), None, to, bytes);
     }
 
@@ -534,6 +556,9 @@ impl UserAgent {
         let call_id = call_id_of(&request.headers).unwrap_or_default();
         let dialog = self.calls.find(&call_id, |call| call.matches(request));
         if let Some((key, call)) = dialog {
+            if request.method == rsip::Method::Refer {
+                return self.far_refer(now, from, key, request);
+            }
             if request.method == rsip::Method::Ack {
                 let event = call.on_ack(request);
                 self.acked(&key);
@@ -544,11 +569,15 @@ impl UserAgent {
             }
             let (response, event) = call.on_request(request);
             let pracked = request.method == rsip::Method::PRack && !call.prack_owed();
-            if let Some(event) = event {
-                self.events.push_back(UaEvent::Call {
+            let referrer = super::referrals::referring_call(&key).is_some();
+            match event {
+                // The old dialog of a followed REFER: the call has moved on.
+                Some(event) if referrer => self.referrer_event(now, &key, event),
+                Some(event) => self.events.push_back(UaEvent::Call {
                     key: key.clone(),
                     event,
-                });
+                }),
+                None => {}
             }
             match response {
                 Some(response) => {
@@ -600,6 +629,10 @@ impl UserAgent {
                 if let Some(refusal) = refusal_of_new_invite(request) {
                     self.endpoint.answer(now, from, request, Some(refusal));
                     return;
+                }
+                let replaces = crate::sip::message::header_values(&request.headers, "replaces");
+                if let Some(replaces) = replaces.first() {
+                    return self.invite_replacing(now, from, request, replaces);
                 }
                 let random = self.random.fork();
                 match Dialog::incoming(request, &self.cfg.identity, random) {
@@ -739,6 +772,12 @@ impl UserAgent {
         if response.is_some() {
             self.set_reachable(true);
         }
+        let event = match event {
+            Some(event) if self.referrals.following.contains_key(key) => {
+                self.referred_call_event(now, key, event)
+            }
+            other => other,
+        };
         if let Some(event) = event {
             if matches!(event, DialogEvent::Failed { .. }) {
                 self.forget_call(key);

@@ -5,6 +5,7 @@
 //! wake it next.
 //!
 //! By concern: `calls` (INVITE dialogs both ways and our resent 2xx),
+//! `referrals` (the far end's REFER followed, an INVITE with Replaces),
 //! `registrations` (each browser user's REGISTER), `keepalive` (the OPTIONS
 //! ping behind `/readyz`), `large_requests` (over UDP, a request too big for
 //! it goes over TCP, RFC 3261 §18.1.1). Each request we send runs in a
@@ -16,6 +17,7 @@
 mod calls;
 mod keepalive;
 mod large_requests;
+mod referrals;
 mod registrations;
 #[cfg(test)]
 mod tests;
@@ -58,6 +60,8 @@ pub struct UaConfig {
     pub session_timer: SessionTimerConfig,
     /// Which of an incoming INVITE's headers reach the browser.
     pub call_data: super::call_data::CallDataRules,
+    /// A REFER from the far end is offered to the call (else 603).
+    pub accept_refer: bool,
 }
 
 /// What the user agent is told: a message, the time, or a command.
@@ -107,6 +111,11 @@ pub enum UaInput<'a> {
         key: String,
         target: super::transfer::TransferTarget,
     },
+    /// Follow the far end's REFER of call `key` ([`DialogEvent::Referred`])
+    /// with our offer of the call's media.
+    FollowRefer { key: String, sdp: String },
+    /// Refuse the far end's REFER of call `key` with this status.
+    RefuseRefer { key: String, code: u16 },
     /// 180 Ringing to an incoming call.
     Ring { key: String },
     /// 183 with our SDP (early media) to an incoming call.
@@ -251,6 +260,8 @@ pub struct UserAgent {
     clients: BTreeMap<String, (ClientTransaction, Owner)>,
     registrations: BTreeMap<String, Registration>,
     calls: Calls,
+    /// Transfers the far end asked of us (REFER, Replaces).
+    referrals: referrals::Referrals,
     unacked: BTreeMap<String, UnackedAnswer>,
     wakeups: TimerTable<Wakeup>,
     next_keepalive: Option<Instant>,
@@ -285,6 +296,7 @@ impl UserAgent {
             clients: BTreeMap::new(),
             registrations: BTreeMap::new(),
             calls: Calls::default(),
+            referrals: Default::default(),
             unacked: BTreeMap::new(),
             wakeups,
             reachable: None,
@@ -326,6 +338,8 @@ impl UserAgent {
                 duration_ms,
             } => self.info_dtmf(now, &key, &digits, duration_ms),
             UaInput::Transfer { key, target } => self.transfer(now, &key, target),
+            UaInput::FollowRefer { key, sdp } => self.follow_refer(now, &key, sdp),
+            UaInput::RefuseRefer { key, code } => self.refuse_refer(now, &key, code),
             UaInput::Ring { key } => self.ring(now, &key),
             UaInput::Progress { key, sdp } => self.progress(now, &key, sdp),
             UaInput::Accept { key, sdp, headers } => self.accept(now, &key, sdp, headers),

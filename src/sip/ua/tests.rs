@@ -115,6 +115,7 @@ fn cfg(keepalive: Option<Duration>) -> UaConfig {
             incoming: vec!["User-to-User".into()],
             outgoing: vec!["User-to-User".into()],
         },
+        accept_refer: false,
     }
 }
 
@@ -1021,7 +1022,7 @@ fn our_session_timer_is_raised_by_422_refreshed_by_update_and_ends_unanswered() 
     let first = sent(&mut ua).remove(0);
     assert_eq!(
         header_line(&first, "Supported"),
-        Some("Supported: 100rel, timer")
+        Some("Supported: 100rel, timer, replaces")
     );
     assert_eq!(
         header_line(&first, "Session-Expires"),
@@ -1278,7 +1279,7 @@ fn a_reliable_provisional_is_pracked_once_and_the_ack_keeps_the_invites_cseq() {
     let invite = sent(&mut ua).remove(0);
     assert_eq!(
         header_line(&invite, "Supported"),
-        Some("Supported: 100rel, timer")
+        Some("Supported: 100rel, timer, replaces")
     );
     let early = "v=0\r\nc=IN IP4 192.0.2.1\r\nm=audio 4000 RTP/AVP 0\r\n";
     let progress = String::from_utf8(answer(
@@ -1911,5 +1912,256 @@ fn remote_call_control_notifies_reach_the_call() {
     assert_eq!(
         call_event(&mut ua),
         Some(DialogEvent::RemoteControl(RemoteControl::Hold))
+    );
+}
+
+/// The next event that is not about the server's reachability.
+fn no_server_event(ua: &mut UserAgent) -> Option<UaEvent> {
+    std::iter::from_fn(|| ua.next_event()).find(|e| !matches!(e, UaEvent::ServerReachable(_)))
+}
+
+fn refer_cfg() -> UaConfig {
+    UaConfig {
+        accept_refer: true,
+        ..cfg(None)
+    }
+}
+
+/// The switch's REFER of an answered call: refused with 603 unless
+/// `accept-refer`; taken, the call is asked; followed: 202, a NOTIFY 100
+/// in the old dialog and our INVITE to the target with Referred-By; the
+/// target's 180 and 200 are NOTIFYs, the 200 ends the old dialog with BYE
+/// and moves the call.
+#[test]
+fn a_followed_refer_moves_the_call_to_its_target() {
+    let t0 = Instant::now();
+    let refer = |tag: &str, cseq: u32| {
+        in_dialog_request(
+            "REFER",
+            cseq,
+            tag,
+            "Refer-To: <sip:5002@pbx.example>\r\nReferred-By: <sip:2000@pbx.example>\r\nContact: <sip:2000@192.0.2.1:5060>\r\n",
+            "",
+        )
+    };
+    let mut off = UserAgent::new(cfg(None), t0, Random::seeded(7));
+    let (_, tag) = answered_incoming_call(&mut off, t0, "z9hG4bKin1", "v=0\r\n");
+    off.datagram_in(t0, server(), &refer(&tag, 8));
+    assert!(sent(&mut off)[0].starts_with("SIP/2.0 603"));
+
+    let mut ua = UserAgent::new(refer_cfg(), t0, Random::seeded(7));
+    let (key, tag) = answered_incoming_call(&mut ua, t0, "z9hG4bKin1", "v=0\r\n");
+    let bad = in_dialog_request("REFER", 8, &tag, "Refer-To: <tel:+15551234>\r\n", "");
+    ua.datagram_in(t0, server(), &bad);
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 400"));
+    ua.datagram_in(t0, server(), &refer(&tag, 9));
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 100"));
+    assert_eq!(
+        call_event(&mut ua),
+        Some(DialogEvent::Referred {
+            target: "sip:5002@pbx.example".into()
+        })
+    );
+    ua.datagram_in(t0, server(), &refer(&tag, 10));
+    assert!(sent(&mut ua)[0].starts_with("SIP/2.0 491"), "one at a time");
+    ua.handle_input(
+        t0,
+        UaInput::FollowRefer {
+            key: key.clone(),
+            sdp: "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\n".into(),
+        },
+    );
+    let out = sent(&mut ua);
+    let find = |start: &str| out.iter().find(|m| m.starts_with(start)).cloned();
+    assert!(find("SIP/2.0 202").is_some(), "{out:?}");
+    let notify = find("NOTIFY sip:2000@192.0.2.1:5060").unwrap();
+    assert_eq!(header_value(&notify, "Event"), Some("refer"));
+    assert!(notify.ends_with("SIP/2.0 100 Trying\r\n"), "{notify}");
+    assert!(header_value(&notify, "Contact").is_some(), "{notify}");
+    assert_eq!(header_value(&notify, "Session-Expires"), None);
+    let invite = &find("INVITE").unwrap();
+    assert!(
+        invite.starts_with("INVITE sip:5002@pbx.example SIP/2.0"),
+        "{invite}"
+    );
+    assert_eq!(
+        header_value(invite, "Referred-By"),
+        Some("<sip:2000@pbx.example>")
+    );
+    let reply = |status: &str| {
+        String::from_utf8(answer(
+            invite.as_bytes(),
+            status,
+            "Contact: <sip:5002@192.0.2.1:5060>\r\n",
+        ))
+        .unwrap()
+        .replace(
+            "To: <sip:5002@pbx.example>",
+            "To: <sip:5002@pbx.example>;tag=t5002",
+        )
+    };
+    ua.datagram_in(t0, server(), reply("180 Ringing").as_bytes());
+    let out = sent(&mut ua);
+    assert!(
+        out.iter()
+            .any(|m| m.starts_with("NOTIFY") && m.ends_with("SIP/2.0 180 Ringing\r\n")),
+        "{out:?}"
+    );
+    assert_eq!(
+        no_server_event(&mut ua),
+        None,
+        "progress is the switch's to hear"
+    );
+    let ok = reply("200 OK").replace(
+        "Content-Length: 0\r\n\r\n",
+        "Content-Length: 5\r\n\r\nv=0\r\n",
+    );
+    ua.datagram_in(t0, server(), ok.as_bytes());
+    let out = sent(&mut ua);
+    assert!(
+        out.iter()
+            .any(|m| m.starts_with("ACK sip:5002@192.0.2.1:5060")),
+        "{out:?}"
+    );
+    assert!(
+        out.iter().any(|m| m.starts_with("NOTIFY")
+            && m.contains("Subscription-State: terminated")
+            && m.ends_with("SIP/2.0 200 OK\r\n")),
+        "{out:?}"
+    );
+    assert!(
+        out.iter()
+            .any(|m| m.starts_with("BYE sip:2000@192.0.2.1:5060")),
+        "{out:?}"
+    );
+    assert_eq!(
+        call_event(&mut ua),
+        Some(DialogEvent::Replaced {
+            sdp: "v=0\r\n".into()
+        })
+    );
+    assert_eq!(ua.call_count(), 1, "the new dialog is the call's");
+    ua.hangup_in(t0, &key);
+    assert!(sent(&mut ua)[0].starts_with("BYE sip:5002@192.0.2.1:5060"));
+}
+
+/// A followed REFER whose target refuses: the NOTIFY says so and the call
+/// stays with the old dialog; had the switch hung that up meanwhile, the
+/// call is over.
+#[test]
+fn a_refers_failed_call_leaves_the_call_where_it_was() {
+    let t0 = Instant::now();
+    for hung_up in [false, true] {
+        let mut ua = UserAgent::new(refer_cfg(), t0, Random::seeded(8));
+        let (key, tag) = answered_incoming_call(&mut ua, t0, "z9hG4bKin1", "v=0\r\n");
+        let refer = in_dialog_request("REFER", 8, &tag, "Refer-To: sip:5002@pbx.example\r\n", "");
+        ua.datagram_in(t0, server(), &refer);
+        sent(&mut ua);
+        call_event(&mut ua);
+        ua.handle_input(
+            t0,
+            UaInput::FollowRefer {
+                key: key.clone(),
+                sdp: "v=0\r\n".into(),
+            },
+        );
+        let invite = sent(&mut ua)
+            .into_iter()
+            .find(|m| m.starts_with("INVITE"))
+            .unwrap();
+        if hung_up {
+            ua.datagram_in(t0, server(), &in_dialog_request("BYE", 9, &tag, "", ""));
+            assert!(sent(&mut ua)[0].starts_with("SIP/2.0 200"));
+            assert_eq!(no_server_event(&mut ua), None, "the call has moved on");
+        }
+        ua.datagram_in(
+            t0,
+            server(),
+            &answer(invite.as_bytes(), "486 Busy Here", ""),
+        );
+        let out = sent(&mut ua);
+        if hung_up {
+            assert_eq!(call_event(&mut ua), Some(DialogEvent::RemoteBye));
+            assert_eq!(ua.call_count(), 0);
+        } else {
+            assert!(
+                out.iter()
+                    .any(|m| m.starts_with("NOTIFY") && m.ends_with("SIP/2.0 486 Busy Here\r\n")),
+                "{out:?}"
+            );
+            assert_eq!(no_server_event(&mut ua), None);
+            assert_eq!(ua.call_count(), 1);
+            // The old dialog is the call's again.
+            ua.datagram_in(t0, server(), &in_dialog_request("BYE", 9, &tag, "", ""));
+            assert!(sent(&mut ua)[0].starts_with("SIP/2.0 200"));
+            assert_eq!(
+                no_server_event(&mut ua),
+                Some(UaEvent::Call {
+                    key: key.clone(),
+                    event: DialogEvent::RemoteBye
+                })
+            );
+        }
+    }
+}
+
+/// An INVITE with Replaces naming an answered call of ours takes it over:
+/// its offer goes to that call, the call's answer goes in our 200, the old
+/// dialog gets BYE and the new one is the call's; one naming no dialog of
+/// ours gets 481.
+#[test]
+fn an_invite_with_replaces_takes_the_call_over() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(9));
+    let (key, tag) = answered_incoming_call(&mut ua, t0, "z9hG4bKin1", "v=0\r\n");
+    let replacing = |branch: &str, replaces: &str| {
+        String::from_utf8(incoming_invite(branch))
+            .unwrap()
+            .replace("tag=c1", "tag=n2")
+            .replace(
+                "Call-ID: in-1@pbx",
+                &format!("Call-ID: new-2@pbx\r\nReplaces: {replaces}"),
+            )
+    };
+    ua.datagram_in(
+        t0,
+        server(),
+        replacing("z9hG4bKr0", "in-1@pbx;to-tag=nope;from-tag=c1").as_bytes(),
+    );
+    assert!(sent(&mut ua).iter().any(|m| m.starts_with("SIP/2.0 481")));
+    let invite = replacing("z9hG4bKr1", &format!("in-1@pbx;to-tag={tag};from-tag=c1"));
+    ua.datagram_in(t0, server(), invite.as_bytes());
+    assert!(sent(&mut ua).iter().any(|m| m.starts_with("SIP/2.0 100")));
+    assert!(
+        matches!(
+            call_event(&mut ua),
+            Some(DialogEvent::Offer { sdp: Some(_) })
+        ),
+        "the offer goes to the call it replaces"
+    );
+    ua.handle_input(
+        t0,
+        UaInput::AnswerOffer {
+            key: key.clone(),
+            answer: Ok("v=0\r\n".into()),
+        },
+    );
+    let out = sent(&mut ua);
+    assert!(
+        out.iter()
+            .any(|m| m.starts_with("SIP/2.0 200") && m.contains("Call-ID: new-2@pbx")),
+        "{out:?}"
+    );
+    assert!(
+        out.iter()
+            .any(|m| m.starts_with("BYE") && m.contains("Call-ID: in-1@pbx")),
+        "{out:?}"
+    );
+    assert_eq!(ua.call_count(), 1);
+    ua.hangup_in(t0, &key);
+    let bye = sent(&mut ua).remove(0);
+    assert!(
+        bye.starts_with("BYE") && bye.contains("Call-ID: new-2@pbx"),
+        "{bye}"
     );
 }
