@@ -451,6 +451,50 @@ fn browser_calls_a_sip_uas_and_hears_itself() {
     common::assert_sipp_passed(&sipp.wait_with_output().unwrap());
 }
 
+/// A switch (`tests/sipp/uas-sends-rfc4733.xml`) sends digits 1 and 5 as
+/// RFC 4733 events in its media — SIPp replaying recorded event packets,
+/// end packets repeated — with telephone-event at 8 kHz beside PCMU and at
+/// 48 kHz beside Opus: the page gets each digit once, in order, as
+/// `call.dtmf`, while its own tone comes back through the switch.
+#[test]
+fn a_switchs_rfc4733_digits_reach_the_page_at_either_clock_rate() {
+    if !common::inside_namespace("a_switchs_rfc4733_digits_reach_the_page_at_either_clock_rate") {
+        return;
+    }
+    for (pt, codec, clock, want) in [
+        ("0", "PCMU/8000", "8000", "pcmu/8000"),
+        ("111", "opus/48000/2", "48000", "opus/48000"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = [
+            "-key",
+            "audio_pt",
+            pt,
+            "-key",
+            "audio_codec",
+            codec,
+            "-key",
+            "event_clock",
+            clock,
+        ];
+        let (sipp, gw, url) =
+            common::sipp::echoing_uas_and_gateway_with("uas-sends-rfc4733.xml", &keys);
+        let r = browser_with(
+            "sip",
+            &url,
+            dir.path(),
+            "5003",
+            1000,
+            &[("EXPECT_DTMF", "15")],
+        );
+        assert_eq!(r["heard"], true, "telephone-event/{clock}: {r}");
+        assert_eq!(r["stats"]["gateway"]["codec"], want, "{r}");
+        assert_eq!(r["dtmfReceived"], "15", "telephone-event/{clock}: {r}");
+        common::assert_sipp_passed(&sipp.wait_with_output().unwrap());
+        drop(gw);
+    }
+}
+
 /// ICE restarts keep the call: the page restarts ICE itself (new
 /// credentials both ways, the gateway's answer from `…/renegotiate`), then
 /// the network drops the web leg's UDP both ways (nftables in this
@@ -1037,10 +1081,16 @@ impl Baresip {
         let recordings = dir.join("recordings");
         std::fs::create_dir_all(&conf).unwrap();
         std::fs::create_dir_all(&recordings).unwrap();
+        // A caller takes commands too: its menu, over ctrl_tcp on
+        // port + 1000 ([`Baresip::command`]).
         let menu = if dial.is_some() {
-            "module_app menu.so\nstatmode_default off\n"
+            format!(
+                "module_app menu.so\nstatmode_default off\nmodule_app ctrl_tcp.so\n\
+                 ctrl_tcp_listen 127.0.0.1:{}\n",
+                port + 1000
+            )
         } else {
-            ""
+            String::new()
         };
         std::fs::write(
             conf.join("config"),
@@ -1078,6 +1128,24 @@ impl Baresip {
             log: log_path,
             recordings,
         }
+    }
+
+    /// Runs a menu command (`transfer`, with `params`) in the baresip
+    /// started with a `dial` on `port`, through its ctrl_tcp netstrings.
+    fn command(port: u16, command: &str, params: &str) {
+        use std::io::{Read, Write};
+        let json =
+            serde_json::json!({"command": command, "params": params, "token": "t"}).to_string();
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port + 1000))
+            .expect("baresip's ctrl_tcp listens");
+        stream
+            .write_all(format!("{}:{json},", json.len()).as_bytes())
+            .unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut reply = [0u8; 512];
+        let _ = stream.read(&mut reply);
     }
 
     /// Stops baresip; returns its log.
@@ -1201,18 +1269,23 @@ fn optional_srtp_falls_back_to_rtp() {
     );
 }
 
-/// baresip calls the browser user with SDES-SRTP (RTP/SAVP only): the page
-/// answers, hears baresip's 440 Hz, baresip records the browser's 1 kHz, and
-/// baresip's BYE at the end of its tone file ends the call.
-#[test]
-fn baresip_calls_the_browser_over_sdes_srtp() {
-    if !common::inside_namespace("baresip_calls_the_browser_over_sdes_srtp") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+/// baresip (account `params`, playing 440 Hz for `tone_s` seconds, then
+/// hanging up) calls the demo page connected as 1001 through a gateway
+/// with `sip_extra` in its `[sip]`; the page answers and must hear the
+/// tone. `during` runs once baresip has dialled. Returns the page's
+/// report, baresip's log and the stopped baresip (for its recordings).
+fn baresip_calls_the_page(
+    dir: &std::path::Path,
+    sip_extra: &str,
+    tone_s: u32,
+    params: &str,
+    during: impl FnOnce(),
+) -> (Value, String, Baresip) {
     let gw = common::Gateway::start(
         "",
-        "[sip]\nserver = \"127.0.0.1:5092\"\nregister = false\nkeepalive-interval-s = 0\nsrtp = \"optional\"\n",
+        &format!(
+            "[sip]\nserver = \"127.0.0.1:5092\"\nregister = false\nkeepalive-interval-s = 0\n{sip_extra}"
+        ),
     );
     let url = format!("https://127.0.0.1:{}", gw.https.port());
     let e2e = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e");
@@ -1220,7 +1293,7 @@ fn baresip_calls_the_browser_over_sdes_srtp() {
         .args(["150", "node", "echo-calls.mjs", "incoming"])
         .current_dir(e2e)
         .env("GW_URL", &url)
-        .env("FAKE_AUDIO", tone_wav(dir.path()))
+        .env("FAKE_AUDIO", tone_wav(dir))
         .env("EXPECT_HZ", "440")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
@@ -1229,15 +1302,15 @@ fn baresip_calls_the_browser_over_sdes_srtp() {
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(node.stdout.take().unwrap()));
     let ready = lines.next().and_then(Result::ok).unwrap_or_default();
     assert!(ready.contains("ready"), "the page connected: {ready}");
-    // baresip hangs up when its 8 s tone ends.
-    let tone = write_tone(dir.path(), "tone-440.wav", 440.0, 8000, 8);
+    let tone = write_tone(dir, "tone-440.wav", 440.0, 8000, tone_s);
     let mut baresip = Baresip::start(
-        dir.path(),
+        dir,
         5092,
         &tone,
-        ";mediaenc=srtp-mand",
+        params,
         Some(&format!("sip:1001@{}", gw.sip)),
     );
+    during();
     let report = lines.next().and_then(Result::ok).unwrap_or_default();
     let _ = node.wait();
     std::thread::sleep(Duration::from_millis(300));
@@ -1250,7 +1323,69 @@ fn baresip_calls_the_browser_over_sdes_srtp() {
     );
     assert_eq!(r["answered"], true, "{r}\nbaresip:\n{log}");
     assert_eq!(r["heard"], true, "the browser hears baresip's 440 Hz: {r}");
-    assert_eq!(r["ended"], true, "baresip's BYE ended the call: {r}");
+    assert_eq!(
+        r["ended"], true,
+        "baresip's BYE ended the call: {r}\nbaresip:\n{log}"
+    );
+    (r, log, baresip)
+}
+
+/// baresip calls the browser user, and once the page has answered it hands
+/// the call on with its own `/transfer` (a REFER to the gateway, `[sip]
+/// accept-refer = true`) to `ua` — itself, which auto-answers a second
+/// call. The gateway follows the REFER without touching the browser leg:
+/// the page goes on hearing baresip's tone, now from the new call, whose
+/// recording holds the browser's 1 kHz, and the new call's BYE ends it.
+#[test]
+fn baresip_transfers_the_browsers_call_by_refer() {
+    if !common::inside_namespace("baresip_transfers_the_browsers_call_by_refer") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Each of baresip's calls hangs up when its 10 s tone ends.
+    let (_, log, baresip) =
+        baresip_calls_the_page(dir.path(), "accept-refer = true\n", 10, "", || {
+            std::thread::sleep(Duration::from_secs(4));
+            Baresip::command(5092, "transfer", "sip:ua@127.0.0.1:5092");
+        });
+    assert_eq!(
+        log.matches("Call established").count(),
+        2,
+        "baresip's own call, then the one the REFER made:\n{log}"
+    );
+    let decoded: Vec<_> = std::fs::read_dir(&baresip.recordings)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with("-dec.wav"))
+        .collect();
+    assert_eq!(decoded.len(), 2, "a recording per call: {decoded:?}\n{log}");
+    for wav in decoded {
+        let (best, rms) = strongest_tone(&std::fs::read(&wav).unwrap(), &[440.0, 1000.0]);
+        assert!(
+            rms > 500.0 && best == 1000.0,
+            "{wav:?} holds the browser's tone ({best} Hz, rms {rms})"
+        );
+    }
+}
+
+/// baresip calls the browser user with SDES-SRTP (RTP/SAVP only): the page
+/// answers, hears baresip's 440 Hz, baresip records the browser's 1 kHz, and
+/// baresip's BYE at the end of its tone file ends the call.
+#[test]
+fn baresip_calls_the_browser_over_sdes_srtp() {
+    if !common::inside_namespace("baresip_calls_the_browser_over_sdes_srtp") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // baresip hangs up when its 8 s tone ends.
+    let (r, log, baresip) = baresip_calls_the_page(
+        dir.path(),
+        "srtp = \"optional\"\n",
+        8,
+        ";mediaenc=srtp-mand",
+        || {},
+    );
     assert_eq!(
         r["stats"]["gateway"]["keying"],
         serde_json::json!({"web": "dtls", "sip": "srtp"}),

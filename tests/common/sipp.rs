@@ -233,6 +233,23 @@ impl SipTest {
         }
     }
 
+    /// SIPp over UDP playing `scenario` with SIPp `args` (`-key` values),
+    /// and a gateway pointed at it.
+    pub fn toward_with(scenario: &str, args: &[&str]) -> SipTest {
+        let port = Transport::Udp.free_port();
+        let child = command(scenario, Transport::Udp, 30)
+            .args(args)
+            .arg("-p")
+            .arg(port.to_string())
+            .spawn()
+            .expect("sipp runs (the test command installs sip-tester)");
+        wait_until_bound(port, false);
+        SipTest {
+            gw: gateway_toward(port, Transport::Udp, ""),
+            peer: Some(Sipp { child }),
+        }
+    }
+
     /// SIPp over UDP playing `scenario` for `calls` calls, and a gateway
     /// pointed at it.
     pub fn toward_calls(scenario: &str, calls: u32) -> SipTest {
@@ -316,7 +333,13 @@ impl SipTest {
 /// (`-rtp_echo`), and a gateway whose SIP server it is. Returns both and
 /// the gateway's HTTPS URL.
 pub fn echoing_uas_and_gateway(scenario: &str) -> (Child, Gateway, String) {
+    echoing_uas_and_gateway_with(scenario, &[])
+}
+
+/// The same, with SIPp `args` (`-key` values for the scenario).
+pub fn echoing_uas_and_gateway_with(scenario: &str, args: &[&str]) -> (Child, Gateway, String) {
     let mut cmd = Command::new("sipp");
+    cmd.args(args);
     match scenario {
         "uas" => cmd.args(["-sn", "uas"]),
         file => cmd

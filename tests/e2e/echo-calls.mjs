@@ -15,7 +15,9 @@
 //   sip         the demo page calls DIAL through the SIP server (a SIPp UAS
 //               returning RTP, or baresip playing a tone): hear EXPECT_HZ
 //               (default 1000), hang up; with EARLY set, the tone must be
-//               heard in early media first (before the answer)
+//               heard in early media first (before the answer); with
+//               EXPECT_DTMF (e.g. 15) the far end's RFC 4733 digits must
+//               reach the page as call.dtmf, in order
 //   restart     the demo page calls echo and hears it; the page restarts ICE
 //               itself (call.restartIce()), then the network drops the web
 //               leg's UDP for a while (an nftables rule in this namespace) and
@@ -150,6 +152,18 @@ try {
     })));
     Object.assign(report, await page.evaluate(icePairs));
     if (mode === 'sip') {
+      if (process.env.EXPECT_DTMF) {
+        // The far end sends digits as RFC 4733 events: the page logs each
+        // as it gets call.dtmf; they must come in order, each once.
+        const want = process.env.EXPECT_DTMF;
+        const received = () => page.evaluate(() => [...document.querySelectorAll('#log li')]
+          .map((li) => li.textContent.match(/DTMF received: (.)/))
+          .filter(Boolean).map((m) => m[1]).reverse().join(''));
+        const deadline = Date.now() + 20000;
+        while (Date.now() < deadline && (await received()).length < want.length) await sleep(200);
+        await sleep(1500);
+        report.dtmfReceived = await received();
+      }
       if (process.env.DTMF) {
         // Sent as RFC 4733 events; the far end's log says whether they came.
         await page.click(`#pad button:text-is("${process.env.DTMF}")`);
