@@ -736,6 +736,28 @@ fn a_switchs_auto_answer_call_is_answered_by_the_page_itself() {
     assert!(log.contains("auto-answer in 1 s"), "{log}");
 }
 
+/// Remote call control with a real page (`tests/sipp/uac-remote-control.xml`):
+/// the switch's NOTIFY talk on the ringing call is answered by js-api
+/// itself (the demo connected with auto-answer ticked, never clicking
+/// Answer); NOTIFY hold and talk then hold and resume it by re-INVITE
+/// (SIPp checks sendonly, then sendrecv), the page shows both, and its
+/// tone comes back through the switch.
+#[test]
+fn a_switchs_notify_talk_has_the_page_answer_and_notify_hold_holds() {
+    if !common::inside_namespace("a_switchs_notify_talk_has_the_page_answer_and_notify_hold_holds")
+    {
+        return;
+    }
+    let r = sipp_calls_the_page(&["-sf", "uac-remote-control.xml"], &[("AUTO_ANSWER", "1")]);
+    let log = r["log"].to_string();
+    assert!(
+        log.contains("the switch asks for this call to be answered: answering"),
+        "{log}"
+    );
+    assert!(log.contains("on hold (by local)"), "{log}");
+    assert!(log.contains("resumed (by local)"), "{log}");
+}
+
 /// A far end of our own on `port`: for each RTP packet it gets it sends
 /// one back, a 440 Hz PCMU tone under its own SSRC and numbering (starting
 /// near the wrap), so it talks only while it is sent to, as a switch's
