@@ -92,19 +92,40 @@ pub(super) struct SipSide {
     pub(super) sdp_remote_rtcp: SocketAddr,
     pub(super) latched: Option<SocketAddr>,
     pub(super) latched_rtcp: Option<SocketAddr>,
+    /// Where the media came from before the far end moved it, and until
+    /// when that address may not latch again: a straggler of the old
+    /// source on the same host would otherwise take the stream back, and
+    /// our media with it, from a new source that waits to hear us first.
+    /// Only for a while ([`MOVED_AWAY_FOR`]): behind a NAT the old source
+    /// port may be the new one's too.
+    pub(super) left: Option<(SocketAddr, Instant)>,
+    pub(super) left_rtcp: Option<(SocketAddr, Instant)>,
     pub(super) strict: bool,
     pub(super) srtp: Option<(SrtpContext, SrtpContext)>,
 }
 
+/// How long the address a far end moved away from may not latch again.
+pub(super) const MOVED_AWAY_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl SipSide {
     /// Source check on the SIP leg; latches on the first good packet.
-    pub(super) fn accept_source(&mut self, from: SocketAddr, rtcp_socket: bool) -> bool {
-        let (latched, expected) = if rtcp_socket {
-            (&mut self.latched_rtcp, self.sdp_remote_rtcp)
+    pub(super) fn accept_source(
+        &mut self,
+        from: SocketAddr,
+        rtcp_socket: bool,
+        now: Instant,
+    ) -> bool {
+        let (latched, expected, left) = if rtcp_socket {
+            (&mut self.latched_rtcp, self.sdp_remote_rtcp, self.left_rtcp)
         } else {
-            (&mut self.latched, self.sdp_remote)
+            (&mut self.latched, self.sdp_remote, self.left)
         };
         match *latched {
+            None if from != expected
+                && left.is_some_and(|(addr, until)| addr == from && now < until) =>
+            {
+                false
+            }
             Some(addr) if addr == from => true,
             // The SDP's own address wins over a port latched before it
             // spoke (the old source of a moved call, still sending).
@@ -244,6 +265,8 @@ impl RelayedCall {
                 sdp_remote_rtcp,
                 latched: None,
                 latched_rtcp: None,
+                left: None,
+                left_rtcp: None,
                 strict: setup.sip_strict_source,
                 srtp: setup.sip_srtp,
             },
@@ -269,6 +292,9 @@ impl RelayedCall {
     /// (when they changed) keys; the latch starts again at the new address.
     pub(super) fn move_sip_far(&mut self, far: SipFar) {
         let sip = &mut self.sip;
+        let until = Instant::now() + MOVED_AWAY_FOR;
+        sip.left = Some((sip.rtp_destination(), until));
+        sip.left_rtcp = Some((sip.latched_rtcp.unwrap_or(sip.sdp_remote_rtcp), until));
         sip.sdp_remote = far.remote;
         sip.sdp_remote_rtcp = rtcp_beside(far.remote, far.remote_rtcp);
         sip.latched = None;

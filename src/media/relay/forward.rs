@@ -175,7 +175,7 @@ pub(super) fn relay_from_sip(
             stats.sip.dropped(DropCause::Malformed);
             continue;
         };
-        if !call.sip.accept_source(from, rtcp_socket) {
+        if !call.sip.accept_source(from, rtcp_socket, arrival) {
             stats.sip.dropped(DropCause::ForeignSource);
             continue;
         }
@@ -601,6 +601,71 @@ mod tests {
     /// one is taken, and the browser's stream keeps our numbering across
     /// the new source. Before an address is known (or on `c=0.0.0.0`)
     /// nothing is sent.
+    /// A far end moved to another port of the same host (a media server
+    /// handing the call to another of its ports): a late packet of the old
+    /// port neither takes the latch back nor draws our media there; the
+    /// new port, once it speaks, is taken.
+    #[test]
+    fn a_move_within_one_host_is_not_taken_back_by_the_old_port() {
+        let mut call = call();
+        let mut batch = Batch::new();
+        let (mut browser_out, mut browser_in) = (context(1), context(2));
+        let (mut web_seq, mut sip_seq) = (1u16, 1u16);
+        let mut peer_out = context(3);
+        fill(&mut batch, 2, PEER, &mut peer_out, 0, &mut sip_seq);
+        assert_eq!(relay_from_sip(&mut call, &mut batch, 2, false).count, 2);
+        let peer: SocketAddr = PEER.parse().unwrap();
+        let moved = SocketAddr::new(peer.ip(), peer.port() + 100);
+        call.move_sip_far(SipFar {
+            remote: moved,
+            remote_rtcp: None,
+            strict_source: false,
+            srtp: None,
+            payload_map: PayloadMap::new(&[(111, 0, 8000)]),
+        });
+        // A straggler from the old port, after the move.
+        fill(&mut batch, 1, PEER, &mut peer_out, 0, &mut sip_seq);
+        assert_eq!(relay_from_sip(&mut call, &mut batch, 1, false).count, 0);
+        assert_eq!(call.stats.sip.snapshot().dropped_foreign_source, 1);
+        fill(&mut batch, 2, BROWSER, &mut browser_out, 111, &mut web_seq);
+        let (rtp_out, _) = relay_from_web(&mut call, &mut batch, 2);
+        for &i in &rtp_out.order[..rtp_out.count] {
+            assert_eq!(
+                batch.addrs[i],
+                Some(moved),
+                "our media goes to the new port"
+            );
+        }
+        let mut new_out = context(3);
+        let mut new_seq = 500u16;
+        fill(
+            &mut batch,
+            1,
+            &moved.to_string(),
+            &mut new_out,
+            0,
+            &mut new_seq,
+        );
+        let out = relay_from_sip(&mut call, &mut batch, 1, false);
+        assert_eq!(out.count, 1, "the new port is taken");
+        let i = out.order[0];
+        let len = batch.lens[i];
+        assert!(browser_in.unprotect_rtp(&mut batch.bufs[i][..len]).is_ok());
+        // Only for a while: behind a NAT the old port may be the new
+        // source's too, and it latches once that while is over.
+        call.move_sip_far(SipFar {
+            remote: peer,
+            remote_rtcp: None,
+            strict_source: false,
+            srtp: None,
+            payload_map: PayloadMap::new(&[(111, 0, 8000)]),
+        });
+        let now = std::time::Instant::now();
+        assert!(!call.sip.accept_source(moved, false, now));
+        let later = now + super::super::call::MOVED_AWAY_FOR;
+        assert!(call.sip.accept_source(moved, false, later));
+    }
+
     #[test]
     fn a_moved_far_end_gets_the_media_and_the_old_one_is_dropped() {
         let mut call = call();
