@@ -27,10 +27,11 @@ pub mod webrtc;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use api::tls::TlsError;
 use api::{AppState, SharedState};
@@ -38,6 +39,11 @@ use config::Config;
 use metrics::Metrics;
 
 pub use startup::MediaAddresses;
+
+/// How often a drain looks whether the calls in progress have ended.
+const DRAIN_CHECK_EVERY: Duration = Duration::from_millis(200);
+/// The longest a drain's end waits for the answers to its unREGISTERs.
+pub const UNREGISTER_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -102,6 +108,10 @@ impl Gateway {
         )?;
         tasks.push(tokio::spawn(startup::reap_sessions(
             state.clone(),
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(startup::watch_admission(
+            state.clone(),
             shutdown_rx,
         )));
         state.readiness.api_listening.store(true, Ordering::Relaxed);
@@ -127,6 +137,54 @@ impl Gateway {
             shutdown,
             tasks,
         })
+    }
+
+    /// The drain before a restart: no new sessions or calls from now on
+    /// (503, `/readyz` 503, OPTIONS 503); the calls in progress go on until
+    /// they end or `[admin] drain-timeout-s` passes; then the calls left and
+    /// every session end, and their registrations are taken back
+    /// (unREGISTER), waiting [`UNREGISTER_WAIT`] at most for the answers.
+    /// Call [`Gateway::shutdown`] after it.
+    pub async fn drain(&self) {
+        let state = &self.state;
+        state.admission.start_drain();
+        state.metrics.draining.set(1);
+        if let Some(sip) = state.sip.get() {
+            sip.set_accepting(false);
+        }
+        let timeout = Duration::from_secs(state.config.admin.drain_timeout_s);
+        info!(
+            calls = state.media.calls.len(),
+            sessions = state.store().len(),
+            timeout_s = timeout.as_secs(),
+            "draining: no new sessions or calls; waiting for the calls in progress"
+        );
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !state.media.calls.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(DRAIN_CHECK_EVERY).await;
+        }
+        let left = state.media.calls.len();
+        if left > 0 {
+            warn!(calls = left, "drain timeout: ending the calls left");
+        }
+        let sessions = state.store().take_all();
+        let ended = sessions.len();
+        for session in sessions {
+            state.end_session(session, session::EndReason::Drained);
+        }
+        if let Some(sip) = state.sip.get() {
+            let until = tokio::time::Instant::now() + UNREGISTER_WAIT;
+            while sip.registrations_open() > 0 && tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if sip.registrations_open() > 0 {
+                warn!(
+                    left = sip.registrations_open(),
+                    "unREGISTERs unanswered; exiting anyway"
+                );
+            }
+        }
+        info!(sessions = ended, "drained");
     }
 
     /// Stops accepting and ends the background tasks.

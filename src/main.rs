@@ -78,26 +78,46 @@ fn run(path: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
         let gateway = Gateway::start(config).await.map_err(|e| e.to_string())?;
-        wait_for_signal().await;
+        let mut signals = Signals::new();
+        tokio::select! {
+            _ = signals.next() => tracing::info!("stop signal: draining (a second one stops at once)"),
+            _ = gateway.state.admission.drain_requested() => {}
+        }
+        tokio::select! {
+            _ = gateway.drain() => {}
+            _ = signals.next() => tracing::warn!("second stop signal: stopping now, calls and all"),
+        }
         tracing::info!("shutting down");
         gateway.shutdown().await;
         Ok(())
     })
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and Ctrl-C (SIGINT), each one a stop signal.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        Signals {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+        }
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(term) = self.term.as_mut() {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn check_config(path: &Path) -> Result<(), String> {

@@ -55,6 +55,13 @@ pub struct Metrics {
     pub calls: Gauge,
     pub calls_started: Counter,
     pub calls_ended: Family<KindLabels, Counter>,
+    /// New calls refused by admission control (`max_calls`, `cpu`,
+    /// `draining`).
+    pub calls_refused: Family<ReasonLabels, Counter>,
+    /// The machine's CPU busy share (percent, over the last 5 s).
+    pub cpu_busy_percent: Gauge,
+    /// 1 while the node drains.
+    pub draining: Gauge,
     pub sip_server_up: Gauge,
     pub sip_registrations: Gauge,
     pub sip_dialogs: Gauge,
@@ -110,6 +117,24 @@ impl Metrics {
             "sip_dialogs",
             "SIP calls (INVITE dialogs) in progress",
             sip_dialogs.clone(),
+        );
+        let calls_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "calls_refused",
+            "New calls (API and SIP) refused by admission control, by reason: max_calls, cpu, draining",
+            calls_refused.clone(),
+        );
+        let cpu_busy_percent = Gauge::default();
+        registry.register(
+            "cpu_busy_percent",
+            "The machine's CPU busy share, percent of all cores over the last 5 s",
+            cpu_busy_percent.clone(),
+        );
+        let draining = Gauge::default();
+        registry.register(
+            "draining",
+            "1 while the gateway drains (no new sessions or calls)",
+            draining.clone(),
         );
         let sip_registrations_failed = Counter::default();
         let sip_requests_sent = Counter::default();
@@ -241,6 +266,9 @@ impl Metrics {
             sip_retransmissions_absorbed,
             sip_messages,
             sip_refused,
+            calls_refused,
+            cpu_busy_percent,
+            draining,
             media_ports_free,
             runtime_tasks,
         }
@@ -263,6 +291,15 @@ impl Metrics {
                 reason: reason.into(),
             })
             .inc_by(n);
+    }
+
+    /// A new call refused by admission control.
+    pub fn count_call_refused(&self, reason: &str) {
+        self.calls_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     pub fn call_started(&self) {

@@ -98,6 +98,7 @@ pub(crate) fn media_plane(
             ringing_out_per_session: config.http.max_ringing_calls_per_session,
             ringing_in_per_user: config.sip.max_ringing_calls_per_user,
             ringing_in_total: config.sip.max_ringing_calls,
+            total: config.media.max_calls,
         },
     };
     call::driver::MediaPlane::new(
@@ -484,6 +485,12 @@ async fn deliver_incoming_calls(
     mut incoming: tokio::sync::mpsc::UnboundedReceiver<sip::driver::IncomingCall>,
 ) {
     while let Some(call) = incoming.recv().await {
+        if let Err(refusal) = state.admission.check_call() {
+            state.metrics.count_call_refused(refusal.as_str());
+            info!(user = %call.user, status = 503, "incoming call refused: {refusal}");
+            sip.refuse(&call.key, 503);
+            continue;
+        }
         let session = match route_incoming(state.store().find_by_user(&call.user)) {
             IncomingRoute::ToSession(id) => id,
             IncomingRoute::Refuse { status, why } => {
@@ -501,7 +508,64 @@ async fn deliver_incoming_calls(
         };
         match state.media.start_inbound_call(&sip, &session, call, notify) {
             Ok(_) => state.metrics.call_started(),
-            Err(e) => tracing::warn!(error = %e, "incoming call refused"),
+            Err(e) => {
+                if matches!(
+                    e,
+                    call::driver::StartError::Limit(call::driver::CallLimit::Total(_))
+                ) {
+                    state.metrics.count_call_refused("max_calls");
+                }
+                tracing::warn!(error = %e, "incoming call refused");
+            }
+        }
+    }
+}
+
+/// The driver of [`crate::ops::admission`]: samples the machine's CPU
+/// counters once a second into the averaged load, and tells the SIP side
+/// whenever the node starts or stops taking new calls (its OPTIONS answer).
+pub(crate) async fn watch_admission(state: SharedState, mut shutdown: watch::Receiver<bool>) {
+    use crate::ops::admission::{parse_proc_stat, CpuLoad};
+    let mut load = CpuLoad::default();
+    let mut accepting = true;
+    let mut warned = false;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let read = tokio::fs::read_to_string("/proc/stat")
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|text| parse_proc_stat(&text));
+        match read {
+            Ok(times) => {
+                if let Some(permille) = load.sample(times) {
+                    state.admission.note_cpu_busy(permille);
+                    state.metrics.cpu_busy_percent.set(i64::from(permille / 10));
+                }
+            }
+            Err(e) if !warned => {
+                warned = true;
+                if state.config.media.max_cpu_percent > 0 {
+                    tracing::warn!("media.max-cpu-percent cannot work: /proc/stat: {e}");
+                }
+            }
+            Err(_) => {}
+        }
+        let now = state.admission_state();
+        if (now == "ok") != accepting {
+            accepting = now == "ok";
+            if accepting {
+                info!("taking new calls again");
+            } else {
+                tracing::warn!(reason = now, "taking no new calls");
+            }
+            if let Some(sip) = state.sip.get() {
+                sip.set_accepting(accepting);
+            }
         }
     }
 }

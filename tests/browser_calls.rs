@@ -451,6 +451,45 @@ fn browser_calls_a_sip_uas_and_hears_itself() {
     common::assert_sipp_passed(&sipp.wait_with_output().unwrap());
 }
 
+/// A node drains under an agent's call (`POST /admin/drain`, the same
+/// drain as SIGTERM): the page keeps hearing its tone through the SIPp UAS
+/// for seconds after, a new session is refused with 503 `draining`, and
+/// once the page hangs up the process exits 0 by itself.
+#[test]
+fn a_draining_gateway_keeps_the_pages_call_and_its_audio() {
+    if !common::inside_namespace("a_draining_gateway_keeps_the_pages_call_and_its_audio") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (sipp, mut gw, url) = common::sipp::echoing_uas_and_gateway("uas");
+    let admin = format!("http://{}", gw.admin);
+    let r = browser_with(
+        "sip",
+        &url,
+        dir.path(),
+        "5001",
+        1000,
+        &[("DRAIN_URL", &admin)],
+    );
+    assert_eq!(r["heard"], true, "{r}");
+    assert_eq!(r["drainStatus"], 202, "{r}");
+    assert_eq!(r["drain"]["calls"], 1, "{r}");
+    assert_eq!(r["newSession"]["status"], 503, "{r}");
+    assert_eq!(r["newSession"]["code"], "draining", "{r}");
+    assert_eq!(r["heardWhileDraining"], true, "{r}");
+    let packets = r["packetsWhileDraining"].as_u64().unwrap_or(0);
+    assert!(
+        packets > 100,
+        "3 s of audio while draining: {packets} packets"
+    );
+    assert_eq!(r["ended"], true, "{r}");
+    let status = gw
+        .wait_exit(std::time::Duration::from_secs(10))
+        .expect("the drained gateway exits");
+    assert!(status.success(), "{status}");
+    common::assert_sipp_passed(&sipp.wait_with_output().unwrap());
+}
+
 /// A switch (`tests/sipp/uas-sends-rfc4733.xml`) sends digits 1 and 5 as
 /// RFC 4733 events in its media — SIPp replaying recorded event packets,
 /// end packets repeated — with telephone-event at 8 kHz beside PCMU and at

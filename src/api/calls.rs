@@ -15,6 +15,7 @@ use tracing::warn;
 use super::{ApiBody, ApiError, ApiJson, AuthorizedSession, SharedState};
 use crate::call::driver::{CallLimit, Command, CommandError, SipCaller, StartError};
 use crate::call::CallError;
+use crate::ops::admission::Refusal;
 use crate::session::SessionEvent;
 
 /// Longest `to` accepted (a SIP URI with parameters fits easily).
@@ -148,16 +149,42 @@ pub async fn create(
     let echo = state.media.is_echo(&body.to);
     check_destination(&state, &body.to, !echo)?;
     let headers = checked_headers(&state, body.headers)?;
+    if let Err(refusal) = state.admission.check_call() {
+        state.metrics.count_call_refused(refusal.as_str());
+        let code = match refusal {
+            Refusal::Draining => "draining",
+            Refusal::CpuBusy { .. } => "overloaded",
+        };
+        return Err(
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, refusal.to_string())
+                .with_retry_after(5),
+        );
+    }
     let reservation = state
         .media
         .calls
         .reserve(&sid, &user, false, &state.media.settings.limits)
-        .map_err(|limit| {
-            let code = match limit {
-                CallLimit::RingingOutPerSession(_) => "too_many_ringing_calls",
-                _ => "too_many_calls",
-            };
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, limit.to_string())
+        .map_err(|limit| match limit {
+            // The node is full: another node (or a later try) may take it.
+            CallLimit::Total(_) => {
+                state.metrics.count_call_refused("max_calls");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    limit.to_string(),
+                )
+                .with_retry_after(5)
+            }
+            CallLimit::RingingOutPerSession(_) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_ringing_calls",
+                limit.to_string(),
+            ),
+            _ => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_calls",
+                limit.to_string(),
+            ),
         })?;
     let plan = state
         .media

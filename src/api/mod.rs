@@ -63,6 +63,8 @@ pub struct AppState {
     pub media: MediaPlane,
     /// The SIP side (set once it runs).
     pub sip: std::sync::OnceLock<SipHandle>,
+    /// Drain and CPU threshold: whether new sessions and calls are taken.
+    pub admission: Arc<crate::ops::admission::Admission>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -70,6 +72,9 @@ pub type SharedState = Arc<AppState>;
 impl AppState {
     pub fn new(config: Arc<Config>, metrics: Metrics, media: MediaPlane) -> Result<Self, String> {
         let cors = CorsPolicy::new(&config.http.domain_whitelist)?;
+        let admission = Arc::new(crate::ops::admission::Admission::new(
+            config.media.max_cpu_percent,
+        ));
         Ok(AppState {
             sessions: Mutex::new(
                 SessionStore::new(
@@ -92,6 +97,7 @@ impl AppState {
             readiness: Readiness::default(),
             media,
             sip: std::sync::OnceLock::new(),
+            admission,
         })
     }
 
@@ -116,6 +122,19 @@ impl AppState {
             .inc();
         self.metrics.sessions.set(self.store().len() as i64);
         info!(sid = %session.id, user = %session.user, reason = reason.as_str(), "session ended");
+    }
+
+    /// Whether a new call would be taken now: `ok`, `draining`,
+    /// `overloaded` (CPU threshold) or `full` (`[media] max-calls`).
+    pub fn admission_state(&self) -> &'static str {
+        use crate::ops::admission::Refusal;
+        let max_calls = self.config.media.max_calls;
+        match self.admission.check_call() {
+            Err(Refusal::Draining) => "draining",
+            Err(Refusal::CpuBusy { .. }) => "overloaded",
+            Ok(()) if max_calls > 0 && self.media.calls.len() >= max_calls => "full",
+            Ok(()) => "ok",
+        }
     }
 
     /// Removes sessions nobody polled for the timeout. Called by the reaper.
@@ -574,6 +593,14 @@ async fn create_session(
             ));
         }
     }
+    if let Err(refusal) = state.admission.check_session() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            refusal.to_string(),
+        )
+        .with_retry_after(5));
+    }
     // The session's SIP password, else the configured default.
     let default_password = state.config.sip.password.expose();
     let password = body
@@ -752,9 +779,29 @@ pub fn admin_router(state: SharedState) -> Router {
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/readyz", get(readyz))
+        .route("/admin/drain", axum::routing::post(drain))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found() })
         .with_state(state)
+}
+
+/// `POST /admin/drain`: the same drain as SIGTERM; the process exits when
+/// it is done. 202 with the calls still in progress.
+async fn drain(State(state): State<SharedState>) -> Response {
+    let started = state.admission.start_drain();
+    if started {
+        info!("drain asked for on the admin port");
+    }
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({
+            "draining": true,
+            "already": !started,
+            "calls": state.media.calls.len(),
+            "sessions": state.store().len(),
+        })),
+    )
+        .into_response()
 }
 
 async fn readyz(State(state): State<SharedState>) -> Response {
@@ -775,7 +822,8 @@ async fn readyz(State(state): State<SharedState>) -> Response {
     // A new call needs one web port and one SIP port (pair).
     let ports_free =
         state.media.web_ports.free_count() > 0 && state.media.sip_ports.free_count() > 0;
-    let ready = api && sip_ok && ports_free;
+    let admission = state.admission_state();
+    let ready = api && sip_ok && ports_free && admission == "ok";
     let sip = sip.as_str();
     let status = if ready {
         StatusCode::OK
@@ -790,6 +838,7 @@ async fn readyz(State(state): State<SharedState>) -> Response {
                 "api": if api {"ok"} else {"not_listening"},
                 "sip": sip,
                 "ports": if ports_free {"ok"} else {"exhausted"},
+                "admission": admission,
             },
         })),
     )

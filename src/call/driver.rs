@@ -242,6 +242,9 @@ pub struct CallLimits {
     pub ringing_in_per_user: usize,
     /// Incoming calls ringing in all (`sip.max-ringing-calls`).
     pub ringing_in_total: usize,
+    /// Calls of this node in all, any state, both ways (`media.max-calls`;
+    /// 0: no limit but the ports).
+    pub total: usize,
 }
 
 impl Default for CallLimits {
@@ -251,6 +254,7 @@ impl Default for CallLimits {
             ringing_out_per_session: 10,
             ringing_in_per_user: 4,
             ringing_in_total: 500,
+            total: 0,
         }
     }
 }
@@ -268,6 +272,8 @@ pub enum CallLimit {
     RingingInPerUser(usize),
     #[error("{0} incoming calls are ringing already (sip.max-ringing-calls)")]
     RingingInTotal(usize),
+    #[error("the gateway carries {0} calls already (media.max-calls)")]
+    Total(usize),
 }
 
 /// A place for one call being set up, counted against the limits until
@@ -373,6 +379,10 @@ impl CallRegistry {
         let mut ringing_out = 0;
         let mut ringing_in_user = 0;
         let mut ringing_in = 0;
+        let all = tables.calls.len() + tables.reserved.len();
+        if limits.total > 0 && all >= limits.total {
+            return Err(CallLimit::Total(all));
+        }
         let mut count = |e_session: &str, e_user: &str, e_inbound: bool, ringing: bool| {
             if e_session == session {
                 of_session += 1;
@@ -864,7 +874,7 @@ impl MediaPlane {
             .reserve(session, &user, true, &self.settings.limits)
             .map_err(|limit| {
                 let code = match limit {
-                    CallLimit::RingingInTotal(_) => 503,
+                    CallLimit::RingingInTotal(_) | CallLimit::Total(_) => 503,
                     _ => 486,
                 };
                 refuse(code, StartError::Limit(limit))
@@ -1307,9 +1317,11 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                 .handle_input(Instant::now(), CallInput::BrowserReject { status })?),
             Command::Renegotiate { sdp, reply } => {
                 let answer = self.call.browser_reoffer(&sdp)?;
-                let _ = reply.send(answer);
-                // The leg's wake-up may have moved.
+                // The relay learns the new ICE password (and the leg's
+                // wake-up may have moved) before the browser has our answer
+                // to check with.
                 self.apply_outputs();
+                let _ = reply.send(answer);
                 Ok(())
             }
             Command::Dtmf { digits, duration } => {
@@ -1389,6 +1401,11 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                     }
                     lock(&self.status).web_path = Some(pair);
                 }
+                CallOutput::IcePassword(pwd) => {
+                    if let Some(media) = &self.media {
+                        let _ = media.set_web_check_verifier(check_verifier(&pwd));
+                    }
+                }
                 CallOutput::MediaKeys(keys) => {
                     match (
                         SrtpContext::new(&keys.inbound),
@@ -1453,7 +1470,28 @@ mod tests {
         ringing_out_per_session: 2,
         ringing_in_per_user: 1,
         ringing_in_total: 2,
+        total: 0,
     };
+
+    /// `media.max-calls` counts every call and reservation of the node,
+    /// whoever holds them; dropping one makes room again.
+    #[test]
+    fn the_nodes_call_limit_counts_every_call() {
+        let registry = Arc::new(CallRegistry::default());
+        let full = CallLimits { total: 2, ..LIMITS };
+        let a = registry.reserve("s1", "1001", false, &full).unwrap();
+        let _b = registry.reserve("s2", "1002", true, &full).unwrap();
+        assert_eq!(
+            registry.reserve("s3", "1003", false, &full).err(),
+            Some(CallLimit::Total(2))
+        );
+        assert_eq!(
+            registry.reserve("s3", "1003", true, &full).err(),
+            Some(CallLimit::Total(2))
+        );
+        drop(a);
+        assert!(registry.reserve("s3", "1003", false, &full).is_ok());
+    }
 
     #[test]
     fn reservations_count_against_the_limits_until_dropped() {

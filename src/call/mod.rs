@@ -152,6 +152,9 @@ pub enum CallOutput {
     /// Web media goes to and comes from this pair's browser address only,
     /// and leaves from its local address.
     MediaRemote(Pair),
+    /// An ICE restart: the browser's checks are signed with this password
+    /// of ours from now on (the relay checks them itself).
+    IcePassword(String),
     /// Both sides' SDP are agreed: hand this plan to the relay (the one
     /// place a call's media is set up).
     ConnectMedia(Box<MediaPlan>),
@@ -1100,6 +1103,8 @@ impl Call {
         let reanswer = negotiator.browser_reoffer(sdp)?;
         if let Some((local, remote)) = reanswer.ice_restart {
             tracing::info!(call = %self.id, "ICE restart from the browser");
+            self.outputs
+                .push_back(CallOutput::IcePassword(local.pwd.clone()));
             leg.restart_ice(local, remote);
         }
         Ok(reanswer.sdp)

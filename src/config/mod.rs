@@ -149,12 +149,19 @@ pub const MIN_TOKEN_SECRET_BYTES: usize = 32;
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct AdminConfig {
     pub listen: String,
+    /// How long a drain (SIGTERM, `POST /admin/drain`) waits for the calls
+    /// in progress before it ends them and the process exits.
+    pub drain_timeout_s: u64,
 }
+
+/// The longest `[admin] drain-timeout-s` taken (a day).
+pub const MAX_DRAIN_TIMEOUT_S: u64 = 86_400;
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: "127.0.0.1:9090".into(),
+            drain_timeout_s: 600,
         }
     }
 }
@@ -350,6 +357,12 @@ pub struct MediaConfig {
     pub relay_busy_poll_us: u32,
     pub consent_timeout_s: u64,
     pub rtp_timeout_s: u64,
+    /// Calls this node takes at once, both ways, in any state; one more is
+    /// refused (503). 0: as many as the media port ranges allow.
+    pub max_calls: usize,
+    /// The machine's CPU busy share (percent of all cores, over the last
+    /// 5 s) at which new calls are refused (503). 0: no threshold.
+    pub max_cpu_percent: u32,
 }
 
 /// How relay workers wait for and move datagrams (`[media] relay-io`).
@@ -379,6 +392,8 @@ impl Default for MediaConfig {
             relay_busy_poll_us: 0,
             consent_timeout_s: 30,
             rtp_timeout_s: 30,
+            max_calls: 0,
+            max_cpu_percent: 0,
         }
     }
 }
@@ -726,6 +741,12 @@ impl Config {
         }
 
         p.socket_addr("admin.listen", &self.admin.listen);
+        if self.admin.drain_timeout_s > MAX_DRAIN_TIMEOUT_S {
+            p.add(
+                "admin.drain-timeout-s",
+                format!("must be 0 (end calls at once) to {MAX_DRAIN_TIMEOUT_S} seconds"),
+            );
+        }
 
         let sip = &self.sip;
         p.socket_addr("sip.listen", &sip.listen);
@@ -858,6 +879,12 @@ impl Config {
         }
         if !(5..=3600).contains(&media.rtp_timeout_s) {
             p.add("media.rtp-timeout-s", "must be 5 to 3600 seconds");
+        }
+        if media.max_cpu_percent > 100 {
+            p.add(
+                "media.max-cpu-percent",
+                "must be 0 (no threshold) to 100 percent",
+            );
         }
         if media.relay_busy_poll_us > MAX_BUSY_POLL_US {
             p.add(

@@ -49,6 +49,8 @@ pub enum SessionError {
 pub enum EndReason {
     Deleted,
     Expired,
+    /// The gateway drained for a restart.
+    Drained,
 }
 
 impl EndReason {
@@ -56,6 +58,7 @@ impl EndReason {
         match self {
             EndReason::Deleted => "deleted",
             EndReason::Expired => "expired",
+            EndReason::Drained => "drained",
         }
     }
 }
@@ -330,6 +333,12 @@ impl SessionStore {
         self.departed.insert(session.user.clone());
         session.notify.notify_waiters();
         Some(session)
+    }
+
+    /// Removes and returns every session (the end of a drain).
+    pub fn take_all(&mut self) -> Vec<Session> {
+        let ids: Vec<SessionId> = self.sessions.keys().cloned().collect();
+        ids.iter().filter_map(|id| self.remove(id)).collect()
     }
 
     /// Removes and returns the sessions that nobody polled for the timeout.

@@ -88,6 +88,8 @@ impl ServerState {
 pub struct SipHandle {
     commands: mpsc::UnboundedSender<Command>,
     server: Arc<AtomicU8>,
+    /// The user agent's registrations, in place or being made or ended.
+    registrations: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SipHandle {
@@ -117,6 +119,17 @@ impl SipHandle {
             })
             .map_err(|_| RegisterError::Stopped)?;
         answer.await.map_err(|_| RegisterError::Stopped)?
+    }
+
+    /// Whether the node takes new calls (OPTIONS answered 503 if not).
+    pub fn set_accepting(&self, accepting: bool) {
+        self.tell(UaInput::Accepting(accepting));
+    }
+
+    /// Registrations not yet ended (an unREGISTER waiting for its answer
+    /// counts).
+    pub fn registrations_open(&self) -> usize {
+        self.registrations.load(Ordering::Relaxed)
     }
 
     /// Ends `id`'s registration (unREGISTER); does not wait.
@@ -795,12 +808,21 @@ pub fn start(
         ServerState::NotConfigured
     };
     let server = Arc::new(AtomicU8::new(encode(initial)));
+    let registrations = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let handle = SipHandle {
         commands,
         server: server.clone(),
+        registrations: registrations.clone(),
     };
     let task = tokio::spawn(run(
-        socket, inbound, ua, rx, server, metrics, incoming, shutdown,
+        socket,
+        inbound,
+        ua,
+        rx,
+        (server, registrations),
+        metrics,
+        incoming,
+        shutdown,
     ));
     (handle, task)
 }
@@ -811,7 +833,7 @@ async fn run(
     inbound: Option<Inbound>,
     mut ua: UserAgent,
     mut commands: mpsc::UnboundedReceiver<Command>,
-    server: Arc<AtomicU8>,
+    (server, registrations): (Arc<AtomicU8>, Arc<std::sync::atomic::AtomicUsize>),
     metrics: Metrics,
     incoming: mpsc::UnboundedSender<IncomingCall>,
     mut shutdown: watch::Receiver<bool>,
@@ -986,6 +1008,7 @@ async fn run(
         }
         seen = now;
         metrics.sip_registrations.set(ua.registered_count() as i64);
+        registrations.store(ua.registration_count(), Ordering::Relaxed);
         metrics.sip_dialogs.set(ua.call_count() as i64);
         for (direction, method, status, n) in ua.take_message_counts() {
             metrics

@@ -52,6 +52,9 @@ impl Default for TransactionLimits {
     }
 }
 
+/// The Retry-After of our 503 to OPTIONS while we take no new calls.
+const RETRY_AFTER_S: u32 = 5;
+
 pub struct Endpoint {
     timers: TimerConfig,
     /// Requests come over a stream (TCP): no response retransmissions.
@@ -67,6 +70,9 @@ pub struct Endpoint {
     pub counters: EndpointCounters,
     /// Our To tags.
     random: Random,
+    /// The node takes no new calls (draining or overloaded): an OPTIONS
+    /// is answered 503, so a dispatcher in front stops sending INVITEs.
+    refusing: bool,
 }
 
 /// A server transaction's name: the request's Via branch and method.
@@ -104,7 +110,13 @@ impl Endpoint {
             transmit: VecDeque::new(),
             counters: EndpointCounters::default(),
             random,
+            refusing: false,
         }
+    }
+
+    /// Whether the node takes new calls (see [`Endpoint::respond`]).
+    pub fn set_accepting(&mut self, accepting: bool) {
+        self.refusing = !accepting;
     }
 
     /// The same endpoint with `limits` on its server transactions.
@@ -280,6 +292,14 @@ impl Endpoint {
     /// What the gateway answers by itself.
     fn respond(&mut self, request: &rsip::Request, from: SocketAddr) -> rsip::Response {
         let mut response = match request.method {
+            rsip::Method::Options if self.refusing => {
+                let mut r = response_to(request, 503);
+                r.headers
+                    .push(rsip::Header::RetryAfter(rsip::headers::RetryAfter::from(
+                        RETRY_AFTER_S.to_string(),
+                    )));
+                r
+            }
             rsip::Method::Options => {
                 let mut r = response_to(request, 200);
                 r.headers
@@ -432,6 +452,21 @@ mod tests {
         let again = ep.handle_datagram(Instant::now(), from, &options("z9hG4bKo1"));
         assert_eq!(again[0].1, out[0].1);
         assert_eq!(ep.counters.retransmissions_absorbed, 1);
+    }
+
+    #[test]
+    fn a_node_taking_no_calls_answers_options_503_until_it_takes_them_again() {
+        let mut ep = Endpoint::new(TimerConfig::default(), Random::seeded(1));
+        let from: SocketAddr = "198.51.100.4:40000".parse().unwrap();
+        ep.set_accepting(false);
+        let out = ep.handle_datagram(Instant::now(), from, &options("z9hG4bKd1"));
+        let text = String::from_utf8(out[0].1.clone()).unwrap();
+        assert!(text.starts_with("SIP/2.0 503"), "{text}");
+        assert!(text.contains("Retry-After: 5"), "{text}");
+        assert!(text.contains("tag=gw"), "{text}");
+        ep.set_accepting(true);
+        let out = ep.handle_datagram(Instant::now(), from, &options("z9hG4bKd2"));
+        assert!(out[0].1.starts_with(b"SIP/2.0 200"));
     }
 
     #[test]

@@ -186,6 +186,14 @@ impl Gateway {
             .unwrap()
     }
 
+    /// `/readyz` on the admin port: its status and body.
+    pub async fn readyz(&self) -> (u16, serde_json::Value) {
+        let r = reqwest::get(format!("http://{}/readyz", self.admin))
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
     /// One metric's value from `/metrics` (0 when absent), by exact series text.
     pub async fn metric(&self, series: &str) -> f64 {
         self.metrics_text()
@@ -196,18 +204,35 @@ impl Gateway {
             .unwrap_or(0.0)
     }
 
-    /// Stops the process politely and returns its whole log.
-    pub fn stop(mut self) -> String {
-        // SIGTERM via the kill command keeps the test free of unsafe code.
+    /// Sends the process SIGTERM (a drain; a second one stops it at once).
+    pub fn terminate(&self) {
+        // The kill command keeps the test free of unsafe code.
         let _ = Command::new("kill")
             .arg(self.child.id().to_string())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
+    }
+
+    /// The process's exit status once it has exited, waiting up to `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the process politely and returns its whole log: SIGTERM (the
+    /// drain, quick without calls), a second one if calls keep it up.
+    pub fn stop(mut self) -> String {
+        self.terminate();
+        if self.wait_exit(Duration::from_secs(4)).is_none() {
+            self.terminate();
+            self.wait_exit(Duration::from_secs(10));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -571,6 +596,30 @@ impl ApiSession {
         assert_eq!(r.status(), 201);
         let v: serde_json::Value = r.json().await.unwrap();
         v["call"].as_str().unwrap().to_string()
+    }
+
+    /// `POST …/calls` with `body`: the status, the JSON body and the
+    /// Retry-After header (for refusals that have one).
+    pub async fn try_call(
+        &self,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value, Option<String>) {
+        let r = self
+            .request(reqwest::Method::POST, "/calls")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let retry = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        (
+            status,
+            r.json().await.unwrap_or(serde_json::Value::Null),
+            retry,
+        )
     }
 
     /// `GET` at `path` under the session: the status and the JSON body.

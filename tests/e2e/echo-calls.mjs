@@ -17,7 +17,9 @@
 //               (default 1000), hang up; with EARLY set, the tone must be
 //               heard in early media first (before the answer); with
 //               EXPECT_DTMF (e.g. 15) the far end's RFC 4733 digits must
-//               reach the page as call.dtmf, in order
+//               reach the page as call.dtmf, in order; with DRAIN_URL (the
+//               admin port's URL) the gateway is drained mid-call: a new
+//               session must be refused and the tone go on
 //   restart     the demo page calls echo and hears it; the page restarts ICE
 //               itself (call.restartIce()), then the network drops the web
 //               leg's UDP for a while (an nftables rule in this namespace) and
@@ -169,6 +171,22 @@ try {
         await page.click(`#pad button:text-is("${process.env.DTMF}")`);
         report.dtmfSent = await waitFor(page, (d) => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes(`DTMF sent: ${d}`)), process.env.DTMF, 5000);
         await sleep(500);
+      }
+      if (process.env.DRAIN_URL) {
+        // The node drains under the call (as SIGTERM does): a new session is
+        // refused, and the call's audio goes on.
+        const r = await fetch(`${process.env.DRAIN_URL}/admin/drain`, { method: 'POST' });
+        report.drainStatus = r.status;
+        report.drain = await r.json();
+        report.newSession = await page.evaluate(async () => {
+          const r = await fetch('/v1/sessions', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ user: '1002' }) });
+          return { status: r.status, code: (await r.json()).error?.code };
+        });
+        const received = () => page.evaluate(async () => (await window.demo.call.stats()).browser.packetsReceived);
+        const before = await received();
+        await sleep(3000);
+        report.packetsWhileDraining = (await received()) - before;
+        report.heardWhileDraining = await waitFor(page, (hz) => window.demo.remote && Math.abs(window.demo.remote.hz - hz) <= 20, expectHz, 5000);
       }
       if (process.env.HOLD) {
         // Hold and resume by re-INVITE; the far end's answer confirms each.

@@ -34,6 +34,32 @@ pub(super) struct WebSide {
     /// Browser addresses that sent us an authenticated ICE check: DTLS is
     /// taken from these (and the selected remote) only.
     pub(super) checked: CheckedSources,
+    /// The address media moved away from (by the browser's own choice,
+    /// [`WebSide::move_to`]) and until when its stragglers may not move it
+    /// back.
+    pub(super) left: Option<(SocketAddr, Instant)>,
+}
+
+impl WebSide {
+    /// Whether media from `from`, not the selected address, may move the
+    /// pair there (once its SRTP authenticates): it passed a check, and is
+    /// not the address the media just left.
+    pub(super) fn may_move_to(&self, from: SocketAddr, now: Instant) -> bool {
+        self.checked.contains(from)
+            && !self
+                .left
+                .is_some_and(|(addr, until)| addr == from && now < until)
+    }
+
+    /// The browser sends authentic media from `to`: ours goes there too,
+    /// from our address `local` it sent to.
+    pub(super) fn move_to(&mut self, to: SocketAddr, local: Option<IpAddr>, now: Instant) {
+        if let Some(old) = self.remote {
+            self.left = Some((old, now + MOVED_AWAY_FOR));
+        }
+        self.remote = Some(to);
+        self.local = local;
+    }
 }
 
 /// Browser addresses whose ICE checks the call's verifier took as
@@ -257,6 +283,7 @@ impl RelayedCall {
                 srtp: setup.web_srtp,
                 ssrc: setup.web_ssrc,
                 checked: CheckedSources::new(setup.web_check_verifier),
+                left: None,
             },
             sip: SipSide {
                 rtp: sip_rtp,

@@ -17,6 +17,8 @@ pub(super) enum Control {
     Add(u64, Box<CallMediaSetup>, Arc<CallStats>),
     Remove(u64),
     WebRemote(u64, SocketAddr, Option<IpAddr>),
+    /// An ICE restart: checks are signed with a new password from now on.
+    WebCheckVerifier(u64, super::CheckVerifier),
     WebSrtp(u64, Box<(SrtpContext, SrtpContext)>),
     SipFar(u64, Box<SipFar>),
     SendDtmf(u64, String, std::time::Duration),

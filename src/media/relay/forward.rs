@@ -96,7 +96,14 @@ pub(super) fn relay_from_web(
             }
             continue;
         }
-        if call.web.remote != Some(from) {
+        // Media from another address than the selected pair's is taken
+        // only from one that passed an authenticated check, and moves the
+        // pair there once its SRTP authenticates (below): a browser sends
+        // on the pair it chose as soon as its check is answered, which
+        // after an ICE restart may be before it nominates it (RFC 8445
+        // §12.1), or never for a pair it nominated earlier.
+        let moving = call.web.remote != Some(from);
+        if moving && !call.web.may_move_to(from, arrival) {
             stats.web.dropped(DropCause::ForeignSource);
             continue;
         }
@@ -133,6 +140,12 @@ pub(super) fn relay_from_web(
         };
         match result {
             Ok(out_len) => {
+                if moving {
+                    // Authentic media from a checked address: the browser's
+                    // choice; our media follows it, from the address it
+                    // sent to.
+                    call.web.move_to(from, batch.locals[i], arrival);
+                }
                 batch.lens[i] = out_len;
                 if kind == WebPacketKind::Rtp {
                     // The header stays readable in SRTP; its type is the SIP one now.
@@ -593,6 +606,58 @@ mod tests {
         assert_eq!(queue.try_iter().count(), 3, "two checks and the handshake");
         send(&mut call, &mut batch, stranger, &client_hello);
         assert_eq!(call.stats.web.snapshot().dropped_foreign_source, 502);
+    }
+
+    /// The browser sends its media from another checked address (the pair
+    /// it chose after an ICE restart, before it nominates it): authentic
+    /// SRTP from there moves the web pair; forged SRTP does not, nor does
+    /// media from an address that never checked in, nor a straggler of the
+    /// address just left; ICE's own selection later overrides all that.
+    #[test]
+    fn authentic_media_from_a_checked_address_moves_the_web_pair() {
+        let mut call = call();
+        let mut batch = Batch::new();
+        let moved: SocketAddr = "192.0.2.7:50002".parse().unwrap();
+        let stranger: SocketAddr = "203.0.113.66:4000".parse().unwrap();
+        let mut browser_out = context(1);
+        let mut seq = 1u16;
+        let mut media_from = |call: &mut RelayedCall, from: SocketAddr, forged: bool| {
+            let buf = &mut batch.bufs[0];
+            buf[..172].copy_from_slice(&rtp(111, seq, 0xa11ce));
+            seq += 1;
+            let len = if forged {
+                context(9).protect_rtp(buf, 172).unwrap()
+            } else {
+                browser_out.protect_rtp(buf, 172).unwrap()
+            };
+            batch.lens[0] = len;
+            batch.addrs[0] = Some(from);
+            batch.locals[0] = Some("192.0.2.1".parse().unwrap());
+            relay_from_web(call, &mut batch, 1).0.count
+        };
+        // Not checked: foreign, whatever its SRTP.
+        assert_eq!(media_from(&mut call, moved, false), 0);
+        assert_eq!(call.stats.web.snapshot().dropped_foreign_source, 1);
+        let mut check = vec![0u8; 20];
+        check[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
+        check.extend_from_slice(AUTHENTIC);
+        call.web.checked.note_check(moved, &check);
+        // Checked, but forged SRTP: dropped, the pair stays.
+        assert_eq!(media_from(&mut call, moved, true), 0);
+        assert_eq!(call.stats.web.snapshot().dropped_auth_failed, 1);
+        assert_eq!(call.web.remote, Some(BROWSER.parse().unwrap()));
+        // Authentic: relayed, and our media goes there, from where it came.
+        assert_eq!(media_from(&mut call, moved, false), 1);
+        assert_eq!(call.web.remote, Some(moved));
+        assert_eq!(call.web.local, Some("192.0.2.1".parse().unwrap()));
+        // A straggler of the old pair (checked too) does not take it back.
+        call.web
+            .checked
+            .note_check(BROWSER.parse().unwrap(), &check);
+        assert_eq!(media_from(&mut call, BROWSER.parse().unwrap(), false), 0);
+        assert_eq!(call.web.remote, Some(moved));
+        assert_eq!(media_from(&mut call, stranger, false), 0);
+        assert_eq!(call.stats.web.snapshot().dropped_foreign_source, 3);
     }
 
     /// The far end moves (a re-INVITE to another host, port, payload type

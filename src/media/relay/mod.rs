@@ -371,6 +371,13 @@ impl CallMedia {
         self.relay.workers[self.worker].send(Control::WebRemote(self.id, addr, local))
     }
 
+    /// An ICE restart: the browser's checks are signed with a new password
+    /// now, which `verifier` knows; the addresses checked before are
+    /// forgotten.
+    pub fn set_web_check_verifier(&self, verifier: CheckVerifier) -> Result<(), RelayError> {
+        self.relay.workers[self.worker].send(Control::WebCheckVerifier(self.id, verifier))
+    }
+
     /// The far end moved its media ([`SipFar`]): packets go to the new
     /// address from now on, the source latch starts again there, and the
     /// browser's stream keeps our numbering whatever source comes next.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use mio::{Interest, Poll, Token};
 
-use super::call::RelayedCall;
+use super::call::{CheckedSources, RelayedCall};
 use super::control::Control;
 use super::uring::token;
 use super::{CallMediaSetup, Totals, SIP_RTCP, SIP_RTP, SOCKETS_PER_CALL, WEB};
@@ -134,8 +134,15 @@ impl Worker {
             }
             Control::WebRemote(id, addr, local) => {
                 if let Some(call) = self.call_mut(id) {
+                    // ICE's choice overrides any move media made.
                     call.web.remote = Some(addr);
                     call.web.local = local;
+                    call.web.left = None;
+                }
+            }
+            Control::WebCheckVerifier(id, verifier) => {
+                if let Some(call) = self.call_mut(id) {
+                    call.web.checked = CheckedSources::new(Some(verifier));
                 }
             }
             Control::SipFar(id, far) => {

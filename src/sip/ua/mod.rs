@@ -133,6 +133,9 @@ pub enum UaInput<'a> {
         key: String,
         answer: Result<String, u16>,
     },
+    /// Whether the node takes new calls: while it does not (a drain, the
+    /// CPU threshold, `max-calls`) an OPTIONS outside a dialog gets 503.
+    Accepting(bool),
     /// Refuse an incoming call with `code`, and `reason` as the reason
     /// phrase when given (a 400 naming what is wrong with the INVITE).
     Refuse {
@@ -322,6 +325,7 @@ impl UserAgent {
             UaInput::StreamFailed => self.stream_failed(now),
             UaInput::Register { id, user, password } => self.register(now, &id, &user, password),
             UaInput::Unregister { id } => self.unregister(now, &id),
+            UaInput::Accepting(accepting) => self.endpoint.set_accepting(accepting),
             UaInput::Invite {
                 key,
                 user,
@@ -365,6 +369,11 @@ impl UserAgent {
 
     pub fn server(&self) -> Option<SocketAddr> {
         self.cfg.server
+    }
+
+    /// Registrations known, in place or still being made or ended.
+    pub fn registration_count(&self) -> usize {
+        self.registrations.len()
     }
 
     /// Registrations in place now.
