@@ -40,6 +40,11 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabels {
+    pub server: String,
+}
+
 /// Every metric the gateway exports. Cheap to clone (shared handles).
 #[derive(Clone)]
 pub struct Metrics {
@@ -62,7 +67,10 @@ pub struct Metrics {
     pub cpu_busy_percent: Gauge,
     /// 1 while the node drains.
     pub draining: Gauge,
-    pub sip_server_up: Gauge,
+    /// Each SIP server's keepalive verdict, by `server` address.
+    pub sip_server_up: Family<ServerLabels, Gauge>,
+    /// Moves of registrations and new calls to another SIP server.
+    pub sip_failovers: Counter,
     pub sip_registrations: Gauge,
     pub sip_dialogs: Gauge,
     pub sip_registrations_failed: Counter,
@@ -110,7 +118,13 @@ impl Metrics {
         let calls_started = Counter::default();
         let calls_ended = Family::<KindLabels, Counter>::default();
         registry.register("calls", "Calls in progress now", calls.clone());
-        let sip_server_up = Gauge::default();
+        let sip_server_up = Family::<ServerLabels, Gauge>::default();
+        let sip_failovers = Counter::default();
+        registry.register(
+            "sip_failovers",
+            "Moves of registrations and new calls to another SIP server, the one in use having stopped answering",
+            sip_failovers.clone(),
+        );
         let sip_registrations = Gauge::default();
         let sip_dialogs = Gauge::default();
         registry.register(
@@ -158,7 +172,7 @@ impl Metrics {
         );
         registry.register(
             "sip_server_up",
-            "1 while the SIP server answers keepalive OPTIONS, else 0",
+            "Each SIP server by address: 1 while it answers (keepalive OPTIONS, and our requests), else 0",
             sip_server_up.clone(),
         );
         registry.register(
@@ -257,6 +271,7 @@ impl Metrics {
             calls_started,
             calls_ended,
             sip_server_up,
+            sip_failovers,
             sip_registrations,
             sip_dialogs,
             sip_registrations_failed,
@@ -291,6 +306,15 @@ impl Metrics {
                 reason: reason.into(),
             })
             .inc_by(n);
+    }
+
+    /// A SIP server's keepalive verdict.
+    pub fn sip_server_state(&self, server: &str, up: bool) {
+        self.sip_server_up
+            .get_or_create(&ServerLabels {
+                server: server.into(),
+            })
+            .set(i64::from(up));
     }
 
     /// A new call refused by admission control.

@@ -345,7 +345,7 @@ pub(crate) fn start_sip(
 /// `server`).
 fn sip_tls_client(c: &config::SipConfig) -> Result<sip::tls::TlsClient, StartError> {
     let name = if c.tls_server_name.is_empty() {
-        config::parse_host_port(&c.server, c.transport.default_port())
+        config::parse_server(c.server.primary(), c.transport)
             .map_err(StartError::Setup)?
             .0
     } else {
@@ -411,24 +411,25 @@ pub(crate) async fn user_agent(
     c: &config::SipConfig,
     listening: SocketAddr,
 ) -> Result<sip::ua::UserAgent, StartError> {
-    let mut server = None;
+    let mut servers = Vec::new();
     let mut server_ips = Vec::new();
     let domain = c.effective_domain();
-    if !c.server.is_empty() {
-        let (host, port) = config::parse_host_port(&c.server, c.transport.default_port())
-            .map_err(StartError::Setup)?;
-        let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+    let entries = c.server.parse(c.transport).map_err(StartError::Setup)?;
+    for ((host, port), entry) in entries.iter().zip(c.server.entries()) {
+        let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), *port))
             .await
             .map(Iterator::collect)
             .unwrap_or_default();
-        let first = resolved.first().copied().ok_or_else(|| {
-            StartError::Setup(format!("sip.server: cannot resolve {:?}", c.server))
-        })?;
-        server = Some(first);
-        server_ips = resolved.iter().map(SocketAddr::ip).collect();
+        let first = resolved
+            .first()
+            .copied()
+            .ok_or_else(|| StartError::Setup(format!("sip.server: cannot resolve {entry:?}")))?;
+        servers.push(first);
+        server_ips.extend(resolved.iter().map(SocketAddr::ip));
     }
+    let server = servers.first().copied();
     let cfg = sip::ua::UaConfig {
-        server,
+        servers,
         identity: sip::identity::Identity {
             domain,
             local: sip::driver::advertised_address(listening, server),

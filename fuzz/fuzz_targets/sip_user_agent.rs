@@ -4,7 +4,10 @@
 //! endpoint's server transactions, incoming INVITE dialogs, CANCEL and
 //! in-dialog requests (BYE, re-INVITE, UPDATE, PRACK, INFO, NOTIFY), and
 //! the answers to our REFERs (each answered call is transferred), the
-//! far end's REFERs (followed) and INVITEs with Replaces. Never panics.
+//! far end's REFERs (followed) and INVITEs with Replaces. Two servers, a
+//! primary and a backup, send the datagrams (every third from the backup),
+//! and the time run between them lets pings go unanswered, so failover is
+//! reached too. Never panics.
 #![no_main]
 
 use std::time::{Duration, Instant};
@@ -18,10 +21,11 @@ use webrtc_sip_gateway::sip::ua::{UaConfig, UaEvent, UaInput, UaOutput, UserAgen
 
 fuzz_target!(|data: &[u8]| {
     let server = "192.0.2.1:5060".parse().unwrap();
+    let backup = "192.0.2.2:5060".parse().unwrap();
     let t0 = Instant::now();
     let mut ua = UserAgent::new(
         UaConfig {
-            server: Some(server),
+            servers: vec![server, backup],
             identity: Identity {
                 domain: "pbx.example".into(),
                 local: "192.0.2.10:5070".parse().unwrap(),
@@ -77,7 +81,7 @@ fuzz_target!(|data: &[u8]| {
         ua.handle_input(
             now,
             UaInput::Datagram {
-                from: server,
+                from: if i % 3 == 2 { backup } else { server },
                 data: datagram,
             },
         );

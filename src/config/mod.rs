@@ -182,6 +182,129 @@ impl SipTransport {
             _ => 5060,
         }
     }
+
+    /// The name `transport=` and the config use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SipTransport::Udp => "udp",
+            SipTransport::Tcp => "tcp",
+            SipTransport::Tls => "tls",
+        }
+    }
+}
+
+/// `[sip] server`: the SIP servers in the order they are tried (the first
+/// live one takes registrations and new calls). In TOML a string — one
+/// server, or several separated by commas — or an array of strings; each
+/// is `host[:port]` or `sip:host[:port][;transport=…]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerList(Vec<String>);
+
+impl ServerList {
+    pub fn new(entries: Vec<String>) -> Self {
+        ServerList(entries)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn entries(&self) -> &[String] {
+        &self.0
+    }
+
+    /// The first server, or "" without one.
+    pub fn primary(&self) -> &str {
+        self.0.first().map_or("", String::as_str)
+    }
+
+    /// Each server as (host, port), checked against `transport`.
+    pub fn parse(&self, transport: SipTransport) -> Result<Vec<(String, u16)>, String> {
+        self.0
+            .iter()
+            .map(|entry| parse_server(entry, transport))
+            .collect()
+    }
+}
+
+impl From<&str> for ServerList {
+    fn from(text: &str) -> Self {
+        ServerList(
+            text.split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(String::from)
+                .collect(),
+        )
+    }
+}
+
+impl Serialize for ServerList {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [] => s.serialize_str(""),
+            [one] => s.serialize_str(one),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ServerList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(text) => ServerList::from(text.as_str()),
+            OneOrMany::Many(list) => ServerList(
+                list.iter()
+                    .map(|e| e.trim().to_string())
+                    .filter(|e| !e.is_empty())
+                    .collect(),
+            ),
+        })
+    }
+}
+
+/// One `[sip] server` entry: `host[:port]`, or a SIP URI
+/// `sip:host[:port][;transport=udp|tcp|tls]` (`sips:` means TLS) whose
+/// transport, when it names one, must be `[sip] transport`'s (one link
+/// kind for every server).
+pub fn parse_server(entry: &str, transport: SipTransport) -> Result<(String, u16), String> {
+    let lower = entry.to_ascii_lowercase();
+    let (address, uri_transport) = if let Some(rest) = lower.strip_prefix("sips:") {
+        (&entry[entry.len() - rest.len()..], Some("tls".to_string()))
+    } else if let Some(rest) = lower.strip_prefix("sip:") {
+        (&entry[entry.len() - rest.len()..], None)
+    } else {
+        return parse_host_port(entry, transport.default_port());
+    };
+    let mut parts = address.split(';');
+    let host_port = parts.next().unwrap_or("");
+    let mut named = uri_transport;
+    for param in parts {
+        let (name, value) = param.split_once('=').unwrap_or((param, ""));
+        match name.trim().to_ascii_lowercase().as_str() {
+            "transport" => named = Some(value.trim().to_ascii_lowercase()),
+            "lr" => {}
+            other => return Err(format!("{entry:?}: unknown URI parameter {other:?}")),
+        }
+    }
+    if let Some(named) = named {
+        if named != transport.as_str() {
+            return Err(format!(
+                "{entry:?} names transport {named:?}, but [sip] transport is {:?}: every server is reached one way",
+                transport.as_str()
+            ));
+        }
+    }
+    if host_port.contains('@') {
+        return Err(format!("{entry:?}: a server URI has no user part"));
+    }
+    parse_host_port(host_port, transport.default_port())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -200,7 +323,7 @@ pub const MIN_SESSION_EXPIRES_S: u32 = 90;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct SipConfig {
-    pub server: String,
+    pub server: ServerList,
     pub domain: String,
     pub listen: String,
     pub transport: SipTransport,
@@ -294,7 +417,7 @@ impl SipConfig {
         if !self.domain.is_empty() {
             return self.domain.clone();
         }
-        parse_host_port(&self.server, self.transport.default_port())
+        parse_server(self.server.primary(), self.transport)
             .map(|(host, _)| host)
             .ok()
             .filter(|host| !host.is_empty())
@@ -305,7 +428,7 @@ impl SipConfig {
 impl Default for SipConfig {
     fn default() -> Self {
         SipConfig {
-            server: String::new(),
+            server: ServerList::default(),
             domain: String::new(),
             listen: "0.0.0.0:5070".into(),
             transport: SipTransport::Udp,
@@ -750,10 +873,14 @@ impl Config {
 
         let sip = &self.sip;
         p.socket_addr("sip.listen", &sip.listen);
-        if !sip.server.is_empty() {
-            if let Err(e) = parse_host_port(&sip.server, sip.transport.default_port()) {
-                p.add("sip.server", e);
-            }
+        if let Err(e) = sip.server.parse(sip.transport) {
+            p.add("sip.server", e);
+        }
+        if sip.server.entries().len() > 1 && sip.transport != SipTransport::Udp {
+            p.add(
+                "sip.server",
+                "several servers (failover) need transport = \"udp\" for now: over TCP and TLS the gateway keeps one connection, to one server",
+            );
         }
         if sip.transport == SipTransport::Tls && !sip.server.is_empty() {
             if let Err(e) = crate::certs::root_store(&sip.tls_ca_file) {
@@ -1310,6 +1437,69 @@ mod tests {
             "echo.number",
         ] {
             assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn sip_servers_come_as_a_list_or_one_string_in_either_form() {
+        let c = load("[sip]\nserver = [\"pbx1.example\", \"sip:10.0.0.2:5070;transport=udp\"]\n")
+            .unwrap();
+        assert_eq!(
+            c.sip.server.parse(SipTransport::Udp).unwrap(),
+            [
+                ("pbx1.example".to_string(), 5060),
+                ("10.0.0.2".to_string(), 5070)
+            ]
+        );
+        assert_eq!(c.sip.effective_domain(), "pbx1.example");
+        let c = load("[sip]\nserver = \"pbx1.example:5080, pbx2.example\"\n").unwrap();
+        assert_eq!(
+            c.sip.server.entries(),
+            ["pbx1.example:5080", "pbx2.example"]
+        );
+        let c =
+            load("[sip]\nserver = \"sips:pbx.example\"\ntransport = \"tls\"\ntls-ca-file = \"\"\n")
+                .unwrap();
+        assert_eq!(
+            c.sip.server.parse(SipTransport::Tls).unwrap(),
+            [("pbx.example".to_string(), 5061)]
+        );
+        // Shown back as written: one server as a string, several as an array.
+        let shown = toml::to_string(&load("[sip]\nserver = \"a.example\"\n").unwrap().sip).unwrap();
+        assert!(shown.contains("server = \"a.example\""), "{shown}");
+        let shown = toml::to_string(
+            &load("[sip]\nserver = \"a.example,b.example\"\n")
+                .unwrap()
+                .sip,
+        )
+        .unwrap();
+        assert!(
+            shown.contains("server = [\"a.example\", \"b.example\"]"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_bad_server_entry_is_named() {
+        for (text, needle) in [
+            (
+                "[sip]\nserver = [\"ok.example\", \"sip:pbx.example;transport=tcp\"]\n",
+                "transport \"tcp\"",
+            ),
+            ("[sip]\nserver = \"sip:1001@pbx.example\"\n", "no user part"),
+            ("[sip]\nserver = \"sip:pbx.example;maddr=x\"\n", "\"maddr\""),
+            ("[sip]\nserver = \"pbx.example:0\"\n", "invalid port"),
+            (
+                "[sip]\nserver = [\"a.example\", \"b.example\"]\ntransport = \"tcp\"\n",
+                "need transport = \"udp\"",
+            ),
+        ] {
+            let p = problems(text);
+            let found = p
+                .iter()
+                .find(|p| p.key == "sip.server")
+                .unwrap_or_else(|| panic!("{text}: {p:?}"));
+            assert!(found.problem.contains(needle), "{text}: {}", found.problem);
         }
     }
 

@@ -9,7 +9,7 @@
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
-use crate::config::{parse_host_port, Config, SipTransport};
+use crate::config::{Config, SipTransport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
@@ -23,24 +23,28 @@ fn addr(text: &str, key: &'static str) -> Result<SocketAddr, FirewallError> {
     text.parse().map_err(|_| FirewallError::Listen(key))
 }
 
-/// Resolves `sip.server` to the addresses the rules allow.
+/// Resolves every `sip.server` entry to the addresses the rules allow.
 pub fn sip_server_addresses(config: &Config) -> Result<Vec<IpAddr>, FirewallError> {
-    let server = &config.sip.server;
-    let (host, port) = parse_host_port(server, config.sip.transport.default_port())
-        .map_err(|e| FirewallError::Resolve(server.clone(), e))?;
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(vec![ip]);
+    let mut ips = Vec::new();
+    for server in config.sip.server.entries() {
+        let (host, port) = crate::config::parse_server(server, config.sip.transport)
+            .map_err(|e| FirewallError::Resolve(server.clone(), e))?;
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            ips.push(ip);
+            continue;
+        }
+        let resolved: Vec<IpAddr> = (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| FirewallError::Resolve(server.clone(), e.to_string()))?
+            .map(|a| a.ip())
+            .collect();
+        if resolved.is_empty() {
+            return Err(FirewallError::Resolve(server.clone(), "no address".into()));
+        }
+        ips.extend(resolved);
     }
-    let mut ips: Vec<IpAddr> = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| FirewallError::Resolve(server.clone(), e.to_string()))?
-        .map(|a| a.ip())
-        .collect();
     ips.sort();
     ips.dedup();
-    if ips.is_empty() {
-        return Err(FirewallError::Resolve(server.clone(), "no address".into()));
-    }
     Ok(ips)
 }
 

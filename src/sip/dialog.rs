@@ -178,6 +178,10 @@ pub enum RefreshOutcome {
 
 pub struct Dialog {
     incoming: bool,
+    /// The SIP server this dialog's requests go to (the one the INVITE went
+    /// to or came from): a failover moves new calls, not this one. None:
+    /// the server in use.
+    server: Option<std::net::SocketAddr>,
     call_id: String,
     local_tag: String,
     local_uri: String,
@@ -387,6 +391,7 @@ impl Dialog {
         let local_uri = format!("sip:{user}@{domain}");
         let mut call = Dialog {
             incoming: false,
+            server: None,
             call_id: format!("{}@webrtc-sip-gateway", random.hex(12)),
             local_tag: random.hex(12),
             remote_uri: request_uri.clone(),
@@ -438,6 +443,7 @@ impl Dialog {
             super::message::uri_user_as_written(&invite.uri).unwrap_or_else(|| "gateway".into());
         Some(Dialog {
             incoming: true,
+            server: None,
             call_id,
             local_tag: random.hex(12),
             local_uri: addr_uri(&to),
@@ -536,6 +542,15 @@ impl Dialog {
 
     pub fn is_incoming(&self) -> bool {
         self.incoming
+    }
+
+    /// The server this dialog's requests go to (None: the one in use).
+    pub fn server(&self) -> Option<std::net::SocketAddr> {
+        self.server
+    }
+
+    pub fn set_server(&mut self, server: Option<std::net::SocketAddr>) {
+        self.server = server;
     }
 
     /// The far end's offer in its INVITE.

@@ -883,7 +883,21 @@ async fn run(
                         warn!("SIP server not answering");
                     }
                     server.store(encode(state), Ordering::Relaxed);
-                    metrics.sip_server_up.set(i64::from(up));
+                    if let Some(current) = ua.server() {
+                        metrics.sip_server_state(&current.to_string(), up);
+                    }
+                }
+                UaEvent::ServerUp { server, up } => {
+                    if up {
+                        info!(%server, "SIP server up");
+                    } else {
+                        warn!(%server, "SIP server down");
+                    }
+                    metrics.sip_server_state(&server.to_string(), up);
+                }
+                UaEvent::FailedOver { from, to } => {
+                    warn!(%from, %to, "SIP server failover: registrations and new calls move");
+                    metrics.sip_failovers.inc();
                 }
                 UaEvent::Incoming {
                     key,

@@ -114,6 +114,20 @@ impl Registration {
         }
     }
 
+    /// The request to send again to another server (a failover): the
+    /// binding is made there anew, or its ending repeated; None once done.
+    /// The first `Registered` event is not repeated.
+    pub fn restart(&mut self) -> Option<rsip::Request> {
+        match self.state {
+            State::Done => None,
+            State::Unregistering => Some(self.request(0)),
+            State::Registering | State::Registered { .. } => {
+                self.state = State::Registering;
+                Some(self.request(self.expires))
+            }
+        }
+    }
+
     /// Ends the binding: an unREGISTER when one is in place (None: nothing to undo).
     pub fn unregister(&mut self) -> Option<rsip::Request> {
         let bound = self.registered_once && self.state != State::Done;

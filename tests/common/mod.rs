@@ -186,6 +186,21 @@ impl Gateway {
             .unwrap()
     }
 
+    /// The value of the first series of metric `name`, whatever its labels
+    /// (0 when absent): for a family with one series, such as
+    /// `gateway_sip_server_up` with one server.
+    pub async fn metric_of_any(&self, name: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
+            .find_map(|l| {
+                let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+                rest.split_once("} ")
+                    .map(|(_, v)| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0.0)
+    }
+
     /// `/readyz` on the admin port: its status and body.
     pub async fn readyz(&self) -> (u16, serde_json::Value) {
         let r = reqwest::get(format!("http://{}/readyz", self.admin))

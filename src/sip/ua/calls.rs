@@ -160,6 +160,7 @@ impl UserAgent {
         if let Some(password) = password {
             call.set_credentials(user, password);
         }
+        call.set_server(self.server());
         let invite = call.invite().clone();
         self.calls.insert(key.to_string(), call);
         self.send(now, invite, Owner::Call(key.to_string()));
@@ -177,10 +178,11 @@ impl UserAgent {
         // A REFER's call under way: the old dialog ends too.
         if self.referrals.following.remove(key).is_some() {
             let old_key = super::referrals::referrer_key(key);
+            let server = self.call_server(&old_key);
             let bye = self.calls.get_mut(&old_key).and_then(Dialog::bye);
             self.forget_call(&old_key);
             if let Some(bye) = bye {
-                self.send(now, bye, Owner::Farewell);
+                self.send(now, bye, Owner::Farewell(server));
             }
         }
         let Some(call) = self.calls.get_mut(key) else {
@@ -190,11 +192,17 @@ impl UserAgent {
             // The INVITE's 487 ends the call (its transaction ACKs it).
             self.send(now, cancel, Owner::Call(key.to_string()));
         } else if let Some(bye) = call.bye() {
+            let server = call.server();
             self.forget_call(key);
-            self.send(now, bye, Owner::Farewell);
+            self.send(now, bye, Owner::Farewell(server));
         } else {
             self.forget_call(key);
         }
+    }
+
+    /// The server call `key`'s dialog began on (None: the one in use).
+    pub(super) fn call_server(&self, key: &str) -> Option<SocketAddr> {
+        self.calls.get(key).and_then(Dialog::server)
     }
 
     /// Forgets call `key` and its wake-ups.
@@ -263,10 +271,10 @@ impl UserAgent {
             return;
         };
         tracing::info!(call_id = %call.call_id(), "session timer expired: ending the call");
-        let bye = call.bye();
+        let (bye, server) = (call.bye(), call.server());
         self.forget_call(key);
         if let Some(bye) = bye {
-            self.send(now, bye, Owner::Farewell);
+            self.send(now, bye, Owner::Farewell(server));
         }
         self.events.push_back(UaEvent::Call {
             key: key.to_string(),
@@ -651,6 +659,8 @@ impl UserAgent {
                             auto_answer: crate::sip::call_data::auto_answer_after(&request.headers),
                             sdp: call.remote_offer(),
                         });
+                        // Its requests go back to the server it came from.
+                        call.set_server(self.cfg.servers.iter().copied().find(|s| *s == from));
                         self.calls.insert(key, call);
                         // A provisional answer keeps the transaction open for
                         // ours (its own 100 Trying went out already).
@@ -675,9 +685,9 @@ impl UserAgent {
         let ack = self
             .calls
             .find(&call_id, |call| !call.is_incoming())
-            .and_then(|(_, call)| call.on_invite_response(response).0);
-        if let Some(ack) = ack {
-            self.send_to_server(ack);
+            .and_then(|(_, call)| Some((call.on_invite_response(response).0?, call.server())));
+        if let Some((ack, server)) = ack {
+            self.send_to_server(ack, server);
         }
     }
 
@@ -723,6 +733,7 @@ impl UserAgent {
         let Some(call) = self.calls.get_mut(key) else {
             return;
         };
+        let server = call.server();
         // A digest challenge we can answer, or a 422 naming a longer
         // session interval: the INVITE again, with it.
         let again = response.as_ref().and_then(|r| {
@@ -747,7 +758,7 @@ impl UserAgent {
             }
             let (ack, event) = call.on_reinvite_response(response.as_ref());
             if let Some(ack) = ack {
-                self.send_to_server(ack);
+                self.send_to_server(ack, server);
             }
             if let Some(event) = event {
                 self.events.push_back(UaEvent::Call {
@@ -764,7 +775,7 @@ impl UserAgent {
         };
         let prack = call.take_prack();
         if let Some(ack) = ack {
-            self.send_to_server(ack);
+            self.send_to_server(ack, server);
         }
         if let Some(prack) = prack {
             self.send(now, prack, Owner::Call(key.to_string()));

@@ -44,9 +44,11 @@ pub use large_requests::UDP_REQUEST_LIMIT;
 
 #[derive(Debug, Clone)]
 pub struct UaConfig {
-    /// Where every request goes; None: no SIP server (requests we would
-    /// send fail at once, the endpoint still answers OPTIONS).
-    pub server: Option<SocketAddr>,
+    /// The SIP servers in the order they are tried: requests go to the
+    /// first one the keepalive has not found down (empty: no SIP server;
+    /// requests we would send fail at once, the endpoint still answers
+    /// OPTIONS). A dialog's requests stay with the server it began on.
+    pub servers: Vec<SocketAddr>,
     pub identity: Identity,
     pub timers: TimerConfig,
     pub register_expires: u32,
@@ -195,8 +197,13 @@ pub enum UaEvent {
         auto_answer: Option<u32>,
         sdp: Option<String>,
     },
-    /// The server answered a keepalive (true) or stopped answering (false).
+    /// The server in use answered (true) or stopped answering (false).
     ServerReachable(bool),
+    /// One of several servers was found up or down (each is probed).
+    ServerUp { server: SocketAddr, up: bool },
+    /// Registrations and new calls go to `to` from now on: `from` stopped
+    /// answering.
+    FailedOver { from: SocketAddr, to: SocketAddr },
 }
 
 /// Counters for the metrics exporter.
@@ -219,9 +226,11 @@ pub struct UaCounters {
 #[derive(Clone)]
 enum Owner {
     Registration(String),
-    Keepalive,
-    /// A BYE for a call already gone from our side: its answer only counts.
-    Farewell,
+    /// The OPTIONS ping of the server with this index.
+    Keepalive(usize),
+    /// A BYE (or NOTIFY) for a call already gone from our side, to the
+    /// server its dialog began on: its answer only counts.
+    Farewell(Option<SocketAddr>),
     /// A call's INVITE, CANCEL or BYE.
     Call(String),
 }
@@ -269,6 +278,12 @@ pub struct UserAgent {
     wakeups: TimerTable<Wakeup>,
     next_keepalive: Option<Instant>,
     reachable: Option<bool>,
+    /// The server in use, an index into `cfg.servers`.
+    current: usize,
+    /// What each server's keepalive found last (None: nothing yet).
+    server_up: Vec<Option<bool>>,
+    /// Where each client transaction's request goes, by "branch method".
+    destinations: BTreeMap<String, SocketAddr>,
     transmit: VecDeque<Transmit>,
     /// Client transactions whose request went over TCP because of its size.
     over_stream: BTreeSet<String>,
@@ -284,6 +299,7 @@ pub struct UserAgent {
 
 impl UserAgent {
     pub fn new(cfg: UaConfig, now: Instant, mut random: Random) -> Self {
+        let cfg_servers = cfg.servers.len();
         let next_keepalive = cfg.keepalive.map(|_| now);
         let mut wakeups = TimerTable::default();
         wakeups.set(Wakeup::Keepalive, next_keepalive);
@@ -303,6 +319,9 @@ impl UserAgent {
             unacked: BTreeMap::new(),
             wakeups,
             reachable: None,
+            current: 0,
+            server_up: vec![None; cfg_servers],
+            destinations: BTreeMap::new(),
             transmit: VecDeque::new(),
             over_stream: BTreeSet::new(),
             events: VecDeque::new(),
@@ -367,8 +386,14 @@ impl UserAgent {
         UaOutput::Timeout(self.wakeups.next())
     }
 
+    /// The server in use (None: no SIP server).
     pub fn server(&self) -> Option<SocketAddr> {
-        self.cfg.server
+        self.cfg.servers.get(self.current).copied()
+    }
+
+    /// Every configured server, in order.
+    pub fn servers(&self) -> &[SocketAddr] {
+        &self.cfg.servers
     }
 
     /// Registrations known, in place or still being made or ended.
@@ -424,9 +449,10 @@ impl UserAgent {
         self.counters.transactions_refused = self.endpoint.counters.transactions_refused;
     }
 
-    /// Queues a datagram for the server over the SIP link.
-    fn send_to_server(&mut self, data: Vec<u8>) {
-        if let Some(to) = self.cfg.server {
+    /// Queues a datagram for `to` (None: the server in use) over the SIP
+    /// link.
+    fn send_to_server(&mut self, data: Vec<u8>, to: Option<SocketAddr>) {
+        if let Some(to) = to.or_else(|| self.server()) {
             self.transmit.push_back(Transmit {
                 to,
                 data,
@@ -498,12 +524,12 @@ impl UserAgent {
     /// Sends `request` in a new client transaction whose answers go to
     /// `owner`.
     fn send(&mut self, now: Instant, request: rsip::Request, owner: Owner) {
-        let (Some(branch), Some(_)) = (branch_of(&request), self.cfg.server) else {
+        let (Some(branch), Some(to)) = (branch_of(&request), self.destination(&owner)) else {
             // Nowhere to send it: as if it went unanswered.
             match owner {
                 Owner::Registration(id) => self.registration_final(now, &id, None),
                 Owner::Call(key) => self.call_final(now, &key, &request.method, None),
-                Owner::Keepalive | Owner::Farewell => {}
+                Owner::Keepalive(_) | Owner::Farewell(_) => {}
             }
             return;
         };
@@ -513,13 +539,30 @@ impl UserAgent {
         let (request, reliable) = self.route_for_size(&key, request);
         let tx = ClientTransaction::new(request, reliable, self.cfg.timers, now);
         self.clients.insert(key.clone(), (tx, owner));
+        self.destinations.insert(key.clone(), to);
         self.drain_client(now, &key);
+    }
+
+    /// Where a request of `owner` goes: a ping to the server it probes, a
+    /// call's to the server its dialog began on, the rest to the server in
+    /// use.
+    fn destination(&self, owner: &Owner) -> Option<SocketAddr> {
+        match owner {
+            Owner::Keepalive(i) => self.cfg.servers.get(*i).copied(),
+            Owner::Call(key) => self
+                .calls
+                .get(key)
+                .and_then(|call| call.server())
+                .or_else(|| self.server()),
+            Owner::Farewell(server) => server.or_else(|| self.server()),
+            Owner::Registration(_) => self.server(),
+        }
     }
 
     /// Queues a client transaction's output and hands its answers to their
     /// owner; forgets it once terminated.
     fn drain_client(&mut self, now: Instant, key: &str) {
-        let Some(server) = self.cfg.server else {
+        let Some(server) = self.destinations.get(key).copied() else {
             return;
         };
         let mut finals = Vec::new();
@@ -558,6 +601,7 @@ impl UserAgent {
         }
         let owner = if done {
             self.over_stream.remove(key);
+            self.destinations.remove(key);
             next = None;
             self.clients.remove(key).map(|(_, o)| o)
         } else if finals.is_empty() {
@@ -570,9 +614,19 @@ impl UserAgent {
             return;
         };
         for response in finals {
+            // With servers to fail over to, a request the server let go
+            // unanswered says it is down at once (the keepalive would say
+            // so within its interval); registrations it held move on.
+            let moved = response.is_none()
+                && self.cfg.servers.len() > 1
+                && self.server_answered(now, server, false);
             match &owner {
-                Owner::Keepalive => self.set_reachable(response.is_some()),
-                Owner::Farewell => {}
+                Owner::Keepalive(_) => {
+                    self.server_answered(now, server, response.is_some());
+                }
+                Owner::Farewell(_) => {}
+                // Sent again to the new server by the failover.
+                Owner::Registration(_) if moved => {}
                 Owner::Registration(id) => self.registration_final(now, id, response),
                 Owner::Call(call) => self.call_final(now, call, &method, response),
             }
@@ -589,6 +643,7 @@ impl UserAgent {
             .collect();
         for key in gone {
             self.clients.remove(&key);
+            self.destinations.remove(&key);
             self.over_stream.remove(&key);
             self.wakeups.set(Wakeup::Client(key), None);
         }

@@ -156,7 +156,8 @@ impl UserAgent {
         call.set_session_timer(self.cfg.session_timer);
         tracing::info!(call_id = %old.call_id(), target = %pending.target.uri, "following the switch's REFER");
         if let Some(notify) = old.refer_notify(100, false) {
-            self.send(now, notify, Owner::Farewell);
+            let server = old.server();
+            self.send(now, notify, Owner::Farewell(server));
         }
         let old_key = referrer_key(key);
         self.calls.insert(old_key.clone(), old);
@@ -196,17 +197,19 @@ impl UserAgent {
             .get_mut(&old_key)
             .and_then(|old| old.refer_notify(status, terminated));
         if let Some(notify) = notify {
-            self.send(now, notify, Owner::Farewell);
+            let server = self.call_server(&old_key);
+            self.send(now, notify, Owner::Farewell(server));
         }
         let forward = outcome?;
         let referral = self.referrals.following.remove(key);
         match forward {
             Some(replaced) => {
                 // The transfer is done: the old dialog ends.
+                let server = self.call_server(&old_key);
                 let bye = self.calls.get_mut(&old_key).and_then(Dialog::bye);
                 self.forget_call(&old_key);
                 if let Some(bye) = bye {
-                    self.send(now, bye, Owner::Farewell);
+                    self.send(now, bye, Owner::Farewell(server));
                 }
                 Some(replaced)
             }
@@ -315,10 +318,11 @@ impl UserAgent {
         self.endpoint.send_response(now, &branch, "INVITE", ok);
         // Our 200 leaves before the BYE of the dialog it replaces.
         self.sync_endpoint();
+        let server = self.call_server(key);
         let bye = self.calls.get_mut(key).and_then(Dialog::bye);
         self.forget_call(key);
         if let Some(bye) = bye {
-            self.send(now, bye, Owner::Farewell);
+            self.send(now, bye, Owner::Farewell(server));
         }
         self.calls.insert(key.to_string(), dialog);
         if let Some(to) = source {

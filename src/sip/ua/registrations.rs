@@ -86,7 +86,7 @@ impl UserAgent {
     }
 
     /// The registration's next wake-up into the table (none once it is gone).
-    fn note_registration(&mut self, id: &str) {
+    pub(super) fn note_registration(&mut self, id: &str) {
         let next = self
             .registrations
             .get(id)

@@ -98,7 +98,7 @@ impl Drive for UserAgent {
 
 fn cfg(keepalive: Option<Duration>) -> UaConfig {
     UaConfig {
-        server: Some("192.0.2.1:5060".parse().unwrap()),
+        servers: vec!["192.0.2.1:5060".parse().unwrap()],
         identity: Identity {
             domain: "pbx.example".into(),
             local: "192.0.2.10:5070".parse().unwrap(),
@@ -272,7 +272,7 @@ fn an_unanswered_register_fails_after_timer_f() {
 fn without_a_server_registration_fails_at_once() {
     let t0 = Instant::now();
     let mut c = cfg(None);
-    c.server = None;
+    c.servers = Vec::new();
     let mut ua = UserAgent::new(c, t0, Random::seeded(1));
     ua.register_in(t0, "s1", "1001", None);
     assert_eq!(ua.next_transmit(), None);
@@ -2164,4 +2164,116 @@ fn an_invite_with_replaces_takes_the_call_over() {
         bye.starts_with("BYE") && bye.contains("Call-ID: new-2@pbx"),
         "{bye}"
     );
+}
+
+/// Two servers, a keepalive to each: while the first answers it takes the
+/// registration and the calls; once its ping goes unanswered the
+/// registration is made again at the second (same Call-ID, no second
+/// `Registered` event) and a new call goes there, while the call begun on
+/// the first keeps sending there. The first coming back does not take
+/// anything back.
+#[test]
+fn a_dead_server_moves_registrations_and_new_calls_to_a_live_one() {
+    let t0 = Instant::now();
+    let backup: SocketAddr = "192.0.2.2:5060".parse().unwrap();
+    let mut c = cfg(Some(Duration::from_secs(5)));
+    c.servers.push(backup);
+    c.trusted = TrustedSources::new(&[server().ip(), backup.ip()], &[]);
+    let mut ua = UserAgent::new(c, t0, Random::seeded(7));
+    ua.timeout_in(t0);
+    let pings: Vec<Datagram> = std::iter::from_fn(|| ua.next_transmit()).collect();
+    assert_eq!(
+        pings.iter().map(|(to, _)| *to).collect::<Vec<_>>(),
+        [server(), backup],
+        "each server is probed"
+    );
+    for (to, ping) in &pings {
+        ua.datagram_in(t0, *to, &answer(ping, "200 OK", ""));
+    }
+    ua.register_in(t0, "s1", "1001", None);
+    let (to, register) = ua.next_transmit().unwrap();
+    assert_eq!(to, server(), "the first server while it answers");
+    ua.datagram_in(
+        t0,
+        server(),
+        &answer(&register, "200 OK", "Expires: 300\r\n"),
+    );
+    ua.invite_in(t0, "old", "1001", "5000", "v=0\r\n".into());
+    let (to, invite) = ua.next_transmit().unwrap();
+    assert_eq!(to, server());
+    ua.datagram_in(
+        t0,
+        server(),
+        &answer(&invite, "200 OK", "Contact: <sip:5000@192.0.2.1>\r\n"),
+    );
+    let _ack = ua.next_transmit().unwrap();
+    while ua.next_event().is_some() {}
+
+    // The first stops answering: its ping times out (timer F).
+    let t1 = t0 + Duration::from_secs(5);
+    ua.timeout_in(t1);
+    let mut now = t1;
+    let mut moved = None;
+    while now < t1 + Duration::from_secs(40) {
+        while let Some((to, data)) = ua.next_transmit() {
+            if to == backup && data.starts_with(b"OPTIONS") {
+                ua.datagram_in(now, backup, &answer(&data, "200 OK", ""));
+            }
+            if data.starts_with(b"REGISTER") {
+                moved = Some((to, data));
+            }
+        }
+        if moved.is_some() {
+            break;
+        }
+        now = ua.next_wakeup().unwrap();
+        ua.timeout_in(now);
+    }
+    let (to, again) = moved.expect("the registration moved");
+    assert_eq!(to, backup);
+    let call_id = |d: &[u8]| {
+        String::from_utf8_lossy(d)
+            .lines()
+            .find(|l| l.starts_with("Call-ID"))
+            .map(String::from)
+    };
+    assert_eq!(call_id(&again), call_id(&register), "the same registration");
+    let events: Vec<UaEvent> = std::iter::from_fn(|| ua.next_event()).collect();
+    assert!(
+        events.contains(&UaEvent::FailedOver {
+            from: server(),
+            to: backup
+        }),
+        "{events:?}"
+    );
+    assert!(events.contains(&UaEvent::ServerUp {
+        server: server(),
+        up: false
+    }));
+    assert_eq!(ua.server(), Some(backup));
+    ua.datagram_in(now, backup, &answer(&again, "200 OK", "Expires: 300\r\n"));
+    assert!(
+        !std::iter::from_fn(|| ua.next_event()).any(|e| matches!(
+            e,
+            UaEvent::Registration {
+                event: RegistrationEvent::Registered { .. },
+                ..
+            }
+        )),
+        "registered all along, as the session sees it"
+    );
+    assert_eq!(ua.registered_count(), 1);
+
+    // A new call goes to the live server; the old call's BYE to its own.
+    ua.invite_in(now, "new", "1001", "5001", "v=0\r\n".into());
+    let (to, _) = ua.next_transmit().unwrap();
+    assert_eq!(to, backup);
+    ua.hangup_in(now, "old");
+    let (to, bye) = ua.next_transmit().unwrap();
+    assert!(bye.starts_with(b"BYE"));
+    assert_eq!(to, server(), "a dialog stays with its server");
+
+    // The first answers again: it is up, but the backup stays in use.
+    ua.datagram_in(now, server(), &answer(&bye, "200 OK", ""));
+    assert_eq!(ua.server(), Some(backup));
 }

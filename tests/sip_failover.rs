@@ -1,0 +1,130 @@
+//! SIP server failover with real peers: two SIPp servers
+//! (`tests/sipp/failover-server.xml`), a primary as `host:port` and a
+//! backup as a `sip:` URI, each probed by the keepalive. While the primary
+//! answers it takes the session's registration and its calls; once it is
+//! killed the registration moves to the backup (the session stays
+//! registered) and a new call is answered there.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_udp_port, wait_until_bound, ApiSession, Gateway};
+use serde_json::{json, Value};
+
+const OFFER: &str = include_str!("fixtures/sdp/chromium-offer.sdp");
+
+/// A SIPp server on `port` whose SDP names media port `media`.
+fn server(port: u16, media: u16) -> Child {
+    let child = Command::new("sipp")
+        .arg("-sf")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/sipp/failover-server.xml"
+        ))
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &media.to_string(),
+        ])
+        .args(["-p", &port.to_string(), "-m", "10000", "-nostdin"])
+        .args(["-timeout", "90"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sipp runs (the test command installs sip-tester)");
+    wait_until_bound(port, false);
+    child
+}
+
+async fn wait_metric(gw: &Gateway, series: &str, value: f64, within: Duration) {
+    let deadline = Instant::now() + within;
+    while gw.metric(series).await != value {
+        assert!(
+            Instant::now() < deadline,
+            "{series} never became {value}:\n{}",
+            gw.metrics_text().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A call to 5000 until it is answered: the far end's media address.
+async fn answered_call(session: &mut ApiSession) -> (String, String) {
+    let (status, body, _) = session.try_call(json!({"to": "5000", "sdp": OFFER})).await;
+    assert_eq!(status, 201, "{body}");
+    let cid = body["call"].as_str().unwrap().to_string();
+    session.wait_for("call.answered").await;
+    let (_, view): (u16, Value) = session.get(&format!("/calls/{cid}")).await;
+    let media = view["sip_media"].as_str().unwrap_or("").to_string();
+    (cid, media)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_primary_moves_the_registration_and_new_calls_to_the_backup() {
+    let (primary_port, backup_port) = (free_udp_port(), free_udp_port());
+    let (primary_media, backup_media) = (free_udp_port(), free_udp_port());
+    let mut primary = server(primary_port, primary_media);
+    let mut backup = server(backup_port, backup_media);
+    let gw = Gateway::start(
+        "",
+        &format!(
+            "[sip]\nserver = [\"127.0.0.1:{primary_port}\", \"sip:127.0.0.1:{backup_port};transport=udp\"]\n\
+             keepalive-interval-s = 5\ntimer-t1-ms = 100\n"
+        ),
+    );
+    let up = |port: u16| format!("gateway_sip_server_up{{server=\"127.0.0.1:{port}\"}}");
+    wait_metric(&gw, &up(primary_port), 1.0, Duration::from_secs(10)).await;
+    wait_metric(&gw, &up(backup_port), 1.0, Duration::from_secs(10)).await;
+
+    let mut session = ApiSession::open(&gw).await;
+    assert_eq!(gw.metric("gateway_sip_registrations").await, 1.0);
+    let (cid, media) = answered_call(&mut session).await;
+    assert_eq!(
+        media,
+        format!("127.0.0.1:{primary_media}"),
+        "the primary answers"
+    );
+    session.hang_up(&cid).await;
+
+    primary.kill().unwrap();
+    let _ = primary.wait();
+    // Its next ping goes unanswered (timer F: 64 × T1 = 6.4 s here).
+    wait_metric(
+        &gw,
+        "gateway_sip_failovers_total",
+        1.0,
+        Duration::from_secs(25),
+    )
+    .await;
+    assert_eq!(gw.metric(&up(primary_port)).await, 0.0);
+    let register_ok =
+        "gateway_sip_messages_total{direction=\"in\",method=\"REGISTER\",status=\"200\"}";
+    wait_metric(&gw, register_ok, 2.0, Duration::from_secs(5)).await;
+    assert_eq!(
+        gw.metric("gateway_sip_registrations").await,
+        1.0,
+        "still registered, at the backup"
+    );
+    let (status, ready) = gw.readyz().await;
+    assert_eq!(
+        (status, &ready["checks"]["sip"]),
+        (200, &json!("reachable"))
+    );
+
+    let (cid, media) = answered_call(&mut session).await;
+    assert_eq!(
+        media,
+        format!("127.0.0.1:{backup_media}"),
+        "the backup answers"
+    );
+    session.hang_up(&cid).await;
+    let log = gw.stop();
+    assert!(log.contains("SIP server failover"), "{log}");
+    let _ = backup.kill();
+    let _ = backup.wait();
+}
