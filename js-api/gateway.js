@@ -74,8 +74,11 @@ export async function connect({ url, user, password, token, displayName, fetch: 
   if (password !== undefined) body.password = password;
   if (displayName !== undefined) body.display_name = displayName;
   const created = await request(f, 'POST', `${base}/v1/sessions`, { body, bearer: token });
+  // Behind a load balancer the node that made the session names its own
+  // URL: the session's requests go there (a redirect across origins would
+  // lose the Authorization header).
   const session = new Session({
-    base,
+    base: created.node_url ? trimSlash(created.node_url) : base,
     fetch: f,
     id: created.session,
     secret: created.session_secret,

@@ -32,10 +32,12 @@ class FakeGateway {
   fetch = async (url, init = {}) => {
     const u = new URL(url);
     const body = init.body ? JSON.parse(init.body) : undefined;
-    this.requests.push({ method: init.method, path: u.pathname, query: u.search, body, auth: init.headers?.Authorization });
+    this.requests.push({ method: init.method, host: u.host, path: u.pathname, query: u.search, body, auth: init.headers?.Authorization });
     if (init.method === 'POST' && u.pathname === '/v1/sessions') {
       if (this.sessionError) return this.json(this.sessionError.status, { error: this.sessionError.error });
-      return this.json(201, { session: 's1', session_secret: 'secret1', expires_in: 300 });
+      const created = { session: 's1', session_secret: 'secret1', expires_in: 300 };
+      if (this.nodeUrl) created.node_url = this.nodeUrl;
+      return this.json(201, created);
     }
     if (init.headers?.Authorization !== 'Bearer secret1') {
       return this.json(401, { error: { code: 'invalid_session_secret', message: 'no' } });
@@ -130,13 +132,27 @@ test('connect creates a session with the token and polls from seq 0', async () =
   const session = await connect({ url: 'https://gw.test:8443/', user: '1001', token: 'tok', fetch: gw.fetch });
   assert.equal(session.id, 's1');
   assert.deepEqual(gw.requests[0], {
-    method: 'POST', path: '/v1/sessions', query: '', body: { user: '1001' }, auth: 'Bearer tok',
+    method: 'POST', host: 'gw.test:8443', path: '/v1/sessions', query: '', body: { user: '1001' }, auth: 'Bearer tok',
   });
   await until(() => gw.requests.some((r) => r.path.endsWith('/events')));
   const poll = gw.requests.find((r) => r.path.endsWith('/events'));
   assert.equal(poll.query, '?after=0&timeout=25');
   assert.equal(poll.auth, 'Bearer secret1');
   await session.close();
+});
+
+test('behind a load balancer the session talks to the node that made it', async () => {
+  const gw = new FakeGateway();
+  gw.nodeUrl = 'https://gw2.test:8443/';
+  const session = await connect({ url: 'https://lb.test', user: '1001', fetch: gw.fetch });
+  assert.equal(gw.requests[0].host, 'lb.test');
+  await until(() => gw.requests.some((r) => r.path.endsWith('/events')));
+  assert.ok(
+    gw.requests.slice(1).every((r) => r.host === 'gw2.test:8443'),
+    JSON.stringify(gw.requests),
+  );
+  await session.close();
+  assert.equal(gw.requests.at(-1).host, 'gw2.test:8443', 'the DELETE too');
 });
 
 test('errors carry the API code, HTTP status and SIP status', async () => {

@@ -85,7 +85,8 @@ impl AppState {
                 .with_limits(
                     config.http.max_sessions_per_user,
                     config.http.max_sessions_per_address,
-                ),
+                )
+                .with_node(&config.cluster.node_id),
             ),
             limiter: Mutex::new(RateLimiter::new(
                 config.http.rate_limit_per_s,
@@ -188,6 +189,7 @@ pub fn router(state: SharedState) -> Router {
                 "this resource does not take that method",
             )
         })
+        .layer(middleware::from_fn_with_state(state.clone(), node_layer))
         .layer(middleware::from_fn_with_state(state.clone(), cors_layer))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -195,6 +197,53 @@ pub fn router(state: SharedState) -> Router {
         ))
         .layer(middleware::from_fn_with_state(state.clone(), observe_layer))
         .with_state(state)
+}
+
+/// With `[cluster]`: a request for a session another node made (its id
+/// starts with that node's id) is redirected there (307, the same path and
+/// query, and `wrong_node` with the node's URL in the body), or is
+/// `session_not_found` when that node is not known here. Browsers never
+/// need it — js-api talks to the node the create response named, since a
+/// cross-origin redirect drops the Authorization header — but other
+/// clients behind a load balancer do.
+async fn node_layer(State(state): State<SharedState>, req: Request, next: Next) -> Response {
+    let cluster = &state.config.cluster;
+    if cluster.node_id.is_empty() {
+        return next.run(req).await;
+    }
+    let owner = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/sessions/")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|sid| sid.split_once('.'))
+        .map(|(node, _)| node.to_string());
+    let Some(owner) = owner.filter(|node| *node != cluster.node_id) else {
+        return next.run(req).await;
+    };
+    let Some(url) = cluster.nodes.get(&owner) else {
+        return ApiError::session_not_found().into_response();
+    };
+    let target = format!(
+        "{}{}",
+        url.trim_end_matches('/'),
+        req.uri()
+            .path_and_query()
+            .map_or(req.uri().path(), |p| p.as_str())
+    );
+    let Ok(location) = HeaderValue::from_str(&target) else {
+        return ApiError::session_not_found().into_response();
+    };
+    let body = serde_json::json!({
+        "error": {
+            "code": "wrong_node",
+            "message": format!("this session lives on node {owner}"),
+            "node_url": url,
+        }
+    });
+    let mut response = (StatusCode::TEMPORARY_REDIRECT, Json(body)).into_response();
+    response.headers_mut().insert(header::LOCATION, location);
+    response
 }
 
 /// Outermost: a span per request, the request metric, one log line per response.
@@ -662,11 +711,16 @@ async fn create_session(
     state.metrics.sessions_created.inc();
     let span = tracing::info_span!("session", sid = %created.id);
     span.in_scope(|| info!(user = %body.user, "session created"));
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "session": created.id,
         "session_secret": created.secret,
         "expires_in": state.config.http.session_timeout_s,
     });
+    if !state.config.cluster.node_url.is_empty() {
+        // This node's own URL: the session's requests go there, past the
+        // load balancer.
+        body["node_url"] = state.config.cluster.node_url.clone().into();
+    }
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
     response
         .headers_mut()

@@ -36,8 +36,36 @@ pub struct Config {
     pub sip: SipConfig,
     pub media: MediaConfig,
     pub echo: EchoConfig,
+    pub cluster: ClusterConfig,
     pub log: LogConfig,
     pub secrets: SecretsConfig,
+}
+
+/// `[cluster]`: this node among several behind one load balancer. Off
+/// (one node) while `node-id` is empty.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct ClusterConfig {
+    /// Starts every session id this node makes (`<node-id>.<random>`), so
+    /// any node can tell whose a session is.
+    pub node_id: String,
+    /// The API's URL on this node itself (not the load balancer's), as
+    /// browsers reach it: the create response gives it and js-api uses it
+    /// for the session from then on.
+    pub node_url: String,
+    /// The other nodes' URLs by node id: a request for one of their
+    /// sessions is redirected there (307).
+    pub nodes: std::collections::BTreeMap<String, String>,
+}
+
+impl ClusterConfig {
+    /// A node id may stand before the "." of a session id in a URL path.
+    pub fn valid_node_id(id: &str) -> bool {
+        (1..=32).contains(&id.len())
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -871,6 +899,40 @@ impl Config {
             );
         }
 
+        let cluster = &self.cluster;
+        if !cluster.node_id.is_empty() && !ClusterConfig::valid_node_id(&cluster.node_id) {
+            p.add(
+                "cluster.node-id",
+                "must be 1 to 32 letters, digits, '-' or '_'",
+            );
+        }
+        let http_url = |u: &str| u.starts_with("https://") || u.starts_with("http://");
+        if !cluster.node_url.is_empty() && !http_url(&cluster.node_url) {
+            p.add("cluster.node-url", "must be an http:// or https:// URL");
+        }
+        if cluster.node_id.is_empty() && (!cluster.node_url.is_empty() || !cluster.nodes.is_empty())
+        {
+            p.add("cluster.node-id", "is needed for node-url and nodes");
+        }
+        for (id, url) in &cluster.nodes {
+            if !ClusterConfig::valid_node_id(id) {
+                p.add(
+                    &format!("cluster.nodes.{id}"),
+                    "a node id must be 1 to 32 letters, digits, '-' or '_'",
+                );
+            } else if !http_url(url) {
+                p.add(
+                    &format!("cluster.nodes.{id}"),
+                    "must be an http:// or https:// URL",
+                );
+            } else if *id == cluster.node_id {
+                p.add(
+                    &format!("cluster.nodes.{id}"),
+                    "names this node itself (node-url says where it is)",
+                );
+            }
+        }
+
         let sip = &self.sip;
         p.socket_addr("sip.listen", &sip.listen);
         if let Err(e) = sip.server.parse(sip.transport) {
@@ -1477,6 +1539,31 @@ mod tests {
             shown.contains("server = [\"a.example\", \"b.example\"]"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        let ok = load(
+            "[cluster]\nnode-id = \"gw-1\"\nnode-url = \"https://gw1.example:8443\"\n\
+             [cluster.nodes]\ngw-2 = \"https://gw2.example:8443\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.cluster.nodes["gw-2"], "https://gw2.example:8443");
+        let p = problems(
+            "[cluster]\nnode-id = \"gw 1\"\nnode-url = \"gw1.example\"\n\
+             [cluster.nodes]\n\"gw 1\" = \"https://x\"\ngw3 = \"ftp://y\"\n",
+        );
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "cluster.node-id",
+            "cluster.node-url",
+            "cluster.nodes.gw 1",
+            "cluster.nodes.gw3",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+        let p = problems("[cluster]\nnode-url = \"https://gw1.example\"\n");
+        assert!(p.iter().any(|p| p.key == "cluster.node-id"), "{p:?}");
     }
 
     #[test]

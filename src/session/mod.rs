@@ -114,6 +114,8 @@ pub enum UserLookup {
 
 pub struct SessionStore {
     sessions: HashMap<SessionId, Session>,
+    /// Before each new session id: `<node-id>.` in a cluster.
+    id_prefix: String,
     /// SHA-256 of each secret → its session, so a secret is found without
     /// comparing it byte by byte against every session.
     by_secret: HashMap<[u8; 32], SessionId>,
@@ -137,6 +139,7 @@ impl SessionStore {
     pub fn new(timeout: Duration, max_sessions: usize, random: Random) -> Self {
         SessionStore {
             sessions: HashMap::new(),
+            id_prefix: String::new(),
             by_secret: HashMap::new(),
             departed: HashSet::new(),
             timeout,
@@ -149,6 +152,17 @@ impl SessionStore {
 
     /// The same store with at most `per_user` sessions for one user and
     /// `per_address` from one client address.
+    /// Session ids start with `node` and a "." (a cluster's node id; ""
+    /// for none), so another node can tell whose a session is.
+    pub fn with_node(mut self, node: &str) -> Self {
+        self.id_prefix = if node.is_empty() {
+            String::new()
+        } else {
+            format!("{node}.")
+        };
+        self
+    }
+
     pub fn with_limits(mut self, per_user: usize, per_address: usize) -> Self {
         self.max_per_user = per_user;
         self.max_per_address = per_address;
@@ -190,7 +204,7 @@ impl SessionStore {
         if of_client >= self.max_per_address {
             return Err(SessionError::TooManyForAddress(of_client));
         }
-        let id = self.random.base64url(16);
+        let id = format!("{}{}", self.id_prefix, self.random.base64url(16));
         let secret = self.random.base64url(32);
         let digest = secret_digest(&secret);
         self.by_secret.insert(digest, id.clone());

@@ -1,0 +1,207 @@
+//! Two gateway nodes behind a real HAProxy (Debian's, installed by the test
+//! command) balancing round-robin and probing each node's `/readyz`: a
+//! session made through the balancer names its node (`node_url`, the id's
+//! `<node>.` prefix); a request for it that the balancer hands to the other
+//! node is redirected there (307, same path); one node drained takes no new
+//! sessions (the balancer's probe sees its 503) while the other takes them
+//! all, and the drained node exits 0.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{client, free_tcp_port, wait_until_bound, Gateway};
+use serde_json::{json, Value};
+
+const OFFER: &str = include_str!("fixtures/sdp/chromium-offer.sdp");
+
+/// A node `id` whose API listens on 127.0.0.1:`port`, knowing `peer`.
+fn node(id: &str, port: u16, peer: (&str, u16)) -> Gateway {
+    let config = common::config_text(
+        "",
+        &format!(
+            "[cluster]\nnode-id = \"{id}\"\nnode-url = \"http://127.0.0.1:{port}\"\n\
+             [cluster.nodes]\n{} = \"http://127.0.0.1:{}\"\n",
+            peer.0, peer.1
+        ),
+    )
+    .replacen(
+        "[http]\nlisten = \"127.0.0.1:0\"",
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\""),
+        1,
+    );
+    Gateway::start_with_env(&config, &[])
+}
+
+/// HAProxy on `port` in front of both nodes, each probed on its admin
+/// port's `/readyz` twice a second (one failure takes it out).
+fn haproxy(port: u16, nodes: &[(&str, &Gateway)], dir: &std::path::Path) -> Child {
+    let mut config = format!(
+        "defaults\n  mode http\n  timeout connect 2s\n  timeout client 40s\n  timeout server 40s\n\
+         frontend api\n  bind 127.0.0.1:{port}\n  default_backend gateways\n\
+         backend gateways\n  balance roundrobin\n  option httpchk GET /readyz\n"
+    );
+    for (id, gw) in nodes {
+        config.push_str(&format!(
+            "  server {id} {} check port {} inter 500ms fall 1 rise 1\n",
+            gw.http,
+            gw.admin.port()
+        ));
+    }
+    let path = common::write(dir, "haproxy.cfg", &config);
+    let child = Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("haproxy runs (the test command installs it)");
+    wait_until_bound(port, true);
+    child
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `POST /v1/sessions` through `base`: status and body.
+async fn new_session(base: &str, user: &str) -> (u16, Value) {
+    let r = client()
+        .post(format!("{base}/v1/sessions"))
+        .json(&json!({ "user": user }))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_nodes_behind_haproxy_route_each_session_to_its_node_and_drain_one() {
+    let (p1, p2, lb) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
+    let mut n1 = node("n1", p1, ("n2", p2));
+    let n2 = node("n2", p2, ("n1", p1));
+    let dir = tempfile::tempdir().unwrap();
+    let _lb = Killed(haproxy(lb, &[("n1", &n1), ("n2", &n2)], dir.path()));
+    let base = format!("http://127.0.0.1:{lb}");
+    // Both nodes up in the balancer's eyes.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let mut by_node = std::collections::BTreeMap::<String, Value>::new();
+    for user in ["1001", "1002", "1003", "1004"] {
+        let (status, body) = new_session(&base, user).await;
+        assert_eq!(status, 201, "{body}");
+        let url = body["node_url"].as_str().unwrap().to_string();
+        let sid = body["session"].as_str().unwrap();
+        let node = if url.ends_with(&p1.to_string()) {
+            "n1"
+        } else {
+            "n2"
+        };
+        assert!(sid.starts_with(&format!("{node}.")), "{sid} made by {url}");
+        by_node.insert(node.to_string(), body);
+    }
+    assert_eq!(by_node.len(), 2, "round robin used both nodes");
+
+    // n1's session asked for through the balancer: answered by n1, or
+    // redirected to it by n2.
+    let s1 = &by_node["n1"];
+    let (sid, secret) = (
+        s1["session"].as_str().unwrap(),
+        s1["session_secret"].as_str().unwrap(),
+    );
+    let path = format!("/v1/sessions/{sid}/events?after=0&timeout=0");
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let r = no_redirects
+            .get(format!("{base}{path}"))
+            .bearer_auth(secret)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        if status == 307 {
+            let location = r.headers()["location"].to_str().unwrap().to_string();
+            assert_eq!(location, format!("http://127.0.0.1:{p1}{path}"));
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "wrong_node");
+            let there = client()
+                .get(&location)
+                .bearer_auth(secret)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(there.status(), 200, "the owner answers");
+        } else {
+            assert_eq!(status, 200);
+        }
+        seen.insert(status);
+    }
+    assert_eq!(seen.len(), 2, "both nodes were asked: {seen:?}");
+    // A call on the node itself, as js-api makes it.
+    let node_url = s1["node_url"].as_str().unwrap();
+    let r = client()
+        .post(format!("{node_url}/v1/sessions/{sid}/calls"))
+        .bearer_auth(secret)
+        .json(&json!({"to": "echo", "sdp": OFFER}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let call: Value = r.json().await.unwrap();
+
+    // n1 drains: the balancer's probe takes it out, n2 takes every new session.
+    let r = client()
+        .post(format!("http://{}/admin/drain", n1.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // Until its probe says so (within a second) n1 refuses with 503.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut on_n2 = 0;
+    let mut user = 2000;
+    while on_n2 < 4 {
+        assert!(Instant::now() < deadline, "n2 never took every new session");
+        user += 1;
+        let (status, body) = new_session(&base, &user.to_string()).await;
+        if status == 503 {
+            assert_eq!(body["error"]["code"], "draining", "{body}");
+            on_n2 = 0;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(
+            body["node_url"].as_str().unwrap(),
+            format!("http://127.0.0.1:{p2}")
+        );
+        on_n2 += 1;
+    }
+    // Its session still works on the node itself until its call ends.
+    let r = client()
+        .delete(format!(
+            "{node_url}/v1/sessions/{sid}/calls/{}",
+            call["call"].as_str().unwrap()
+        ))
+        .bearer_auth(secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = n1
+        .wait_exit(deadline.saturating_duration_since(Instant::now()))
+        .expect("the drained node exits");
+    assert!(status.success(), "{status}");
+}
