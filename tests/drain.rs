@@ -100,8 +100,11 @@ async fn sigterm_drains_the_call_in_progress_then_unregisters_and_exits_0() {
     assert!(status.success(), "{status}");
     // The registrar took the unREGISTER (Expires: 0).
     registrar.passed();
-    let log = gw.log();
-    assert!(log.contains("drained"), "{log}");
+    assert!(
+        gw.log_shows("drained", Duration::from_secs(5)),
+        "{}",
+        gw.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -132,7 +135,10 @@ async fn the_drain_timeout_ends_the_calls_left_and_the_admin_port_can_start_it()
         "waited for the call first"
     );
     registrar.passed();
-    assert!(gw.log().contains("drain timeout: ending the calls left"));
+    assert!(gw.log_shows(
+        "drain timeout: ending the calls left",
+        Duration::from_secs(5)
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -151,5 +157,5 @@ async fn a_second_sigterm_stops_at_once() {
         .wait_exit(Duration::from_secs(3))
         .expect("the second signal ends it");
     assert!(status.success(), "{status}");
-    assert!(gw.log().contains("second stop signal"));
+    assert!(gw.log_shows("second stop signal", Duration::from_secs(5)));
 }

@@ -692,7 +692,10 @@ async fn an_unusable_answer_ends_the_call(scenario: &str, why: Option<&str>) {
     let ended = s.wait_for("call.ended").await;
     assert_eq!(ended["sip_status"], 488, "{ended}");
     if let Some(why) = why {
-        assert!(t.gw.log().contains(why), "the log says {why:?}");
+        assert!(
+            t.gw.log_shows(why, Duration::from_secs(5)),
+            "the log says {why:?}"
+        );
     }
     t.finish().await;
 }

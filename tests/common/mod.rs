@@ -176,6 +176,22 @@ impl Gateway {
         self.log.lock().unwrap().clone()
     }
 
+    /// Whether the log holds `needle` within `within`: the log is read from
+    /// the process's stderr by a thread of its own, which on a loaded
+    /// machine may be a little behind what the API already said.
+    pub fn log_shows(&self, needle: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.log().contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The admin listener's whole `/metrics` text.
     pub async fn metrics_text(&self) -> String {
         reqwest::get(format!("http://{}/metrics", self.admin))
