@@ -12,29 +12,11 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_tcp_port, free_udp_port, ApiSession, Gateway};
+use common::kamailio::Kamailio;
+use common::{free_udp_port, ApiSession, Gateway};
 use serde_json::{json, Value};
 
 const OFFER: &str = include_str!("fixtures/sdp/chromium-offer.sdp");
-
-struct Kamailio {
-    child: Child,
-    /// UDP port.
-    port: u16,
-    /// TLS port (when started with TLS).
-    tls_port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Kamailio {
-    fn drop(&mut self) {
-        // Its worker processes follow the main one out.
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
-}
 
 fn kamailio() -> Kamailio {
     kamailio_with(None, &[])
@@ -43,82 +25,7 @@ fn kamailio() -> Kamailio {
 /// Kamailio from tests/kamailio/proxy.cfg; with `tls` (certificate and key
 /// PEM files) it also listens for SIP over TLS.
 fn kamailio_with(tls: Option<(&std::path::Path, &std::path::Path)>, defines: &[&str]) -> Kamailio {
-    let dir = tempfile::tempdir().unwrap();
-    // Kamailio listens on UDP and TCP there.
-    let port = common::free_udp_and_tcp_port();
-    let tls_port = free_tcp_port();
-    let template = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/kamailio/proxy.cfg"
-    ))
-    .unwrap();
-    let tls_cfg = dir.path().join("tls.cfg");
-    let cfg = dir.path().join("kamailio.cfg");
-    std::fs::write(
-        &cfg,
-        template
-            .replace("LISTEN_PORT", &port.to_string())
-            .replace("TLS_PORT", &tls_port.to_string())
-            .replace("TLS_CFG", tls_cfg.to_str().unwrap()),
-    )
-    .unwrap();
-    let mut command = Command::new("kamailio");
-    if let Some((cert, key)) = tls {
-        let profile = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/kamailio/tls.cfg"
-        ))
-        .unwrap();
-        std::fs::write(
-            &tls_cfg,
-            profile
-                .replace("CERT_FILE", cert.to_str().unwrap())
-                .replace("KEY_FILE", key.to_str().unwrap()),
-        )
-        .unwrap();
-        command.args(["-A", "WITH_TLS"]);
-    }
-    for define in defines {
-        command.args(["-A", define]);
-    }
-    let child = command
-        .arg("-f")
-        .arg(&cfg)
-        .args(["-DD", "-E", "-m", "64", "-M", "8", "-Y"])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("kamailio runs (the test command installs it)");
-    // Ready when it answers OPTIONS.
-    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    probe
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let local = probe.local_addr().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut buf = [0u8; 2048];
-    loop {
-        assert!(Instant::now() < deadline, "kamailio did not start");
-        let options = format!(
-            "OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKprobe{}\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:probe@{local}>;tag=p\r\nTo: <sip:127.0.0.1:{port}>\r\n\
-             Call-ID: probe@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
-            deadline.elapsed().as_nanos()
-        );
-        let _ = probe.send_to(options.as_bytes(), ("127.0.0.1", port));
-        if let Ok(n) = probe.recv(&mut buf) {
-            if buf[..n].starts_with(b"SIP/2.0 200") {
-                break;
-            }
-        }
-    }
-    Kamailio {
-        child,
-        port,
-        tls_port,
-        _dir: dir,
-    }
+    Kamailio::start("proxy.cfg", &[], tls, defines)
 }
 
 fn sipp_caller(scenario: &[&str], kamailio: &Kamailio) -> Child {

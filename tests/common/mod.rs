@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod kamailio;
 pub mod sipp;
 
 use std::io::{BufRead, BufReader};
