@@ -10,6 +10,7 @@ pub mod api;
 pub mod call;
 pub mod certs;
 pub mod config;
+pub mod directory;
 pub mod echo;
 pub mod logging;
 pub mod media;
@@ -92,6 +93,13 @@ impl Gateway {
         let plane = startup::media_plane(&config, &addresses, &relay, &dtls_identity)?;
         let state: SharedState =
             Arc::new(AppState::new(config.clone(), metrics, plane).map_err(StartError::Setup)?);
+        let redis_url = config.cluster.redis_url.expose();
+        if !redis_url.is_empty() {
+            let node_sip = sip::driver::advertised_address(sip_port.addr, ua.server());
+            let directory = directory::Directory::new(redis_url, node_sip.to_string())
+                .map_err(|e| StartError::Setup(e.to_string()))?;
+            let _ = state.directory.set(Arc::new(directory));
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let tls_identity = startup::tls_identity(&config, &addresses)?;
@@ -112,8 +120,14 @@ impl Gateway {
         )));
         tasks.push(tokio::spawn(startup::watch_admission(
             state.clone(),
-            shutdown_rx,
+            shutdown_rx.clone(),
         )));
+        if state.directory.get().is_some() {
+            tasks.push(tokio::spawn(startup::refresh_directory(
+                state.clone(),
+                shutdown_rx,
+            )));
+        }
         state.readiness.api_listening.store(true, Ordering::Relaxed);
         let shown = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
         info!(

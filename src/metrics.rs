@@ -71,6 +71,10 @@ pub struct Metrics {
     pub sip_server_up: Family<ServerLabels, Gauge>,
     /// Moves of registrations and new calls to another SIP server.
     pub sip_failovers: Counter,
+    /// Incoming calls sent to the cluster node with the user's session (302).
+    pub calls_redirected: Counter,
+    /// Session directory (Redis) reads and writes that failed.
+    pub directory_errors: Counter,
     pub sip_registrations: Gauge,
     pub sip_dialogs: Gauge,
     pub sip_registrations_failed: Counter,
@@ -119,6 +123,18 @@ impl Metrics {
         let calls_ended = Family::<KindLabels, Counter>::default();
         registry.register("calls", "Calls in progress now", calls.clone());
         let sip_server_up = Family::<ServerLabels, Gauge>::default();
+        let calls_redirected = Counter::default();
+        registry.register(
+            "calls_redirected",
+            "Incoming calls redirected (302) to the cluster node holding the user's session",
+            calls_redirected.clone(),
+        );
+        let directory_errors = Counter::default();
+        registry.register(
+            "directory_errors",
+            "Session directory (Redis) reads and writes that failed or timed out",
+            directory_errors.clone(),
+        );
         let sip_failovers = Counter::default();
         registry.register(
             "sip_failovers",
@@ -272,6 +288,8 @@ impl Metrics {
             calls_ended,
             sip_server_up,
             sip_failovers,
+            calls_redirected,
+            directory_errors,
             sip_registrations,
             sip_dialogs,
             sip_registrations_failed,

@@ -495,8 +495,23 @@ async fn deliver_incoming_calls(
         let session = match route_incoming(state.store().find_by_user(&call.user)) {
             IncomingRoute::ToSession(id) => id,
             IncomingRoute::Refuse { status, why } => {
-                info!(user = %call.user, status, "incoming call refused: {why}");
-                sip.refuse(&call.key, status);
+                match state.directory.get().cloned() {
+                    // Perhaps on another node: the directory says (in a
+                    // task of its own, not to hold up the calls behind).
+                    Some(directory) => {
+                        tokio::spawn(redirect_or_refuse(
+                            state.clone(),
+                            sip.clone(),
+                            directory,
+                            call,
+                            (status, why),
+                        ));
+                    }
+                    None => {
+                        info!(user = %call.user, status, "incoming call refused: {why}");
+                        sip.refuse(&call.key, status);
+                    }
+                }
                 continue;
             }
         };
@@ -567,6 +582,52 @@ pub(crate) async fn watch_admission(state: SharedState, mut shutdown: watch::Rec
             if let Some(sip) = state.sip.get() {
                 sip.set_accepting(accepting);
             }
+        }
+    }
+}
+
+/// An incoming call for a user with no session here: redirected (302) to
+/// the node the session directory names, else refused as without one.
+async fn redirect_or_refuse(
+    state: SharedState,
+    sip: sip::driver::SipHandle,
+    directory: Arc<crate::directory::Directory>,
+    call: sip::driver::IncomingCall,
+    (status, why): (u16, &'static str),
+) {
+    match directory.lookup(&call.user).await {
+        Ok(Some(node)) => {
+            info!(user = %call.user, %node, "incoming call redirected to the node with the user's session");
+            state.metrics.calls_redirected.inc();
+            sip.redirect(&call.key, format!("sip:{}@{node}", call.user));
+        }
+        Ok(None) => {
+            info!(user = %call.user, status, "incoming call refused: {why}");
+            sip.refuse(&call.key, status);
+        }
+        Err(e) => {
+            state.metrics.directory_errors.inc();
+            tracing::warn!(user = %call.user, error = %e, "session directory unread; incoming call refused");
+            sip.refuse(&call.key, status);
+        }
+    }
+}
+
+/// Keeps this node's entries in the session directory alive (they expire
+/// if the node dies).
+pub(crate) async fn refresh_directory(state: SharedState, mut shutdown: watch::Receiver<bool>) {
+    let Some(directory) = state.directory.get().cloned() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(crate::directory::REFRESH_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+        let users = state.store().users_receiving_calls();
+        if let Err(e) = directory.refresh(&users).await {
+            state.metrics.directory_errors.inc();
+            tracing::warn!(error = %e, "session directory not refreshed");
         }
     }
 }

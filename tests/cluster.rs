@@ -4,14 +4,18 @@
 //! `<node>.` prefix); a request for it that the balancer hands to the other
 //! node is redirected there (307, same path); one node drained takes no new
 //! sessions (the balancer's probe sees its 503) while the other takes them
-//! all, and the drained node exits 0.
+//! all, and the drained node exits 0. With a real Redis as the nodes'
+//! session directory, a trunk's INVITE (SIPp) reaching the node without
+//! the user's session is redirected (302) to the node with it, and refused
+//! once that session has ended.
 
 mod common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{client, free_tcp_port, wait_until_bound, Gateway};
+use common::sipp::{Sipp, Transport};
+use common::{client, free_tcp_port, wait_until_bound, ApiSession, Gateway};
 use serde_json::{json, Value};
 
 const OFFER: &str = include_str!("fixtures/sdp/chromium-offer.sdp");
@@ -204,4 +208,80 @@ async fn two_nodes_behind_haproxy_route_each_session_to_its_node_and_drain_one()
         .wait_exit(deadline.saturating_duration_since(Instant::now()))
         .expect("the drained node exits");
     assert!(status.success(), "{status}");
+}
+
+/// A throwaway Redis on `port`: no persistence, loopback only.
+fn redis(port: u16) -> Killed {
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server runs (the test command installs it)");
+    wait_until_bound(port, true);
+    Killed(child)
+}
+
+/// A node `id` sharing the session directory in Redis on `redis_port`,
+/// whose SIP trunk (nothing plays it) does not register.
+fn directory_node(id: &str, redis_port: u16) -> Gateway {
+    Gateway::start(
+        "",
+        &format!(
+            "[sip]\nserver = \"127.0.0.1:{}\"\nregister = false\nkeepalive-interval-s = 0\n\
+             [cluster]\nnode-id = \"{id}\"\nredis-url = \"redis://127.0.0.1:{redis_port}/\"\n",
+            common::free_udp_port()
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_for_a_user_on_another_node_is_redirected_there() {
+    let redis_port = free_tcp_port();
+    let _redis = redis(redis_port);
+    let n1 = directory_node("n1", redis_port);
+    let n2 = directory_node("n2", redis_port);
+    let agent = ApiSession::open(&n1).await;
+    // The directory is written just after the session is made.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = Sipp::caller("uac-302.xml", n2.sip, Transport::Udp).output();
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never redirected: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(n2.metric("gateway_calls_redirected_total").await, 1.0);
+    // The Contact named n1 (SIPp checked its shape; the log says which).
+    let n1_named = format!("\"node\":\"{}\"", n1.sip);
+    assert!(
+        n2.log_shows(&n1_named, Duration::from_secs(5)),
+        "n2 named n1 ({n1_named}):\n{}",
+        n2.log()
+    );
+    // The node with the session takes the call itself (it rings the page).
+    Sipp::caller("uac-cancel.xml", n1.sip, Transport::Udp).passed();
+    assert_eq!(n1.metric("gateway_calls_redirected_total").await, 0.0);
+
+    // The session ends: the directory forgets it, the call is refused.
+    common::delete_session(&n1.api(), &agent.created).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = Sipp::caller("uac-480.xml", n2.sip, Transport::Udp).output();
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still redirected after the session ended"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(n2.metric("gateway_directory_errors_total").await, 0.0);
 }

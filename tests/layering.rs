@@ -8,8 +8,26 @@ use std::path::{Path, PathBuf};
 
 /// Top to bottom; a module may use only those after it.
 const LAYERS: &[&str] = &[
-    "main", "lib", "startup", "api", "call", "echo", "sip", "webrtc", "sdp", "metrics", "session",
-    "logging", "ops", "media", "netif", "config", "origin", "certs", "random",
+    "main",
+    "lib",
+    "startup",
+    "api",
+    "call",
+    "echo",
+    "sip",
+    "webrtc",
+    "sdp",
+    "metrics",
+    "session",
+    "directory",
+    "logging",
+    "ops",
+    "media",
+    "netif",
+    "config",
+    "origin",
+    "certs",
+    "random",
 ];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -65,6 +65,9 @@ pub struct AppState {
     pub sip: std::sync::OnceLock<SipHandle>,
     /// Drain and CPU threshold: whether new sessions and calls are taken.
     pub admission: Arc<crate::ops::admission::Admission>,
+    /// The cluster's session directory in Redis (set at start-up when
+    /// `[cluster] redis-url` names one).
+    pub directory: std::sync::OnceLock<Arc<crate::directory::Directory>>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -99,6 +102,7 @@ impl AppState {
             media,
             sip: std::sync::OnceLock::new(),
             admission,
+            directory: std::sync::OnceLock::new(),
         })
     }
 
@@ -115,6 +119,14 @@ impl AppState {
         if let Some(sip) = self.sip.get() {
             sip.unregister(&session.id);
         }
+        // The user's last session here: the directory forgets this node.
+        let others = matches!(
+            self.store().find_by_user(&session.user),
+            crate::session::UserLookup::Session(_)
+        );
+        if !others {
+            self.directory_update(&session.user, false);
+        }
         self.metrics
             .sessions_ended
             .get_or_create(&KindLabels {
@@ -123,6 +135,27 @@ impl AppState {
             .inc();
         self.metrics.sessions.set(self.store().len() as i64);
         info!(sid = %session.id, user = %session.user, reason = reason.as_str(), "session ended");
+    }
+
+    /// Tells the session directory (if any) that `user` has a session
+    /// here (`here`) or no more; in the background, a failure only logged.
+    pub fn directory_update(&self, user: &str, here: bool) {
+        let Some(directory) = self.directory.get().cloned() else {
+            return;
+        };
+        let user = user.to_string();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let done = if here {
+                directory.publish(&user).await
+            } else {
+                directory.withdraw(&user).await
+            };
+            if let Err(e) = done {
+                metrics.directory_errors.inc();
+                warn!(%user, error = %e, "session directory not updated");
+            }
+        });
     }
 
     /// Whether a new call would be taken now: `ok`, `draining`,
@@ -708,6 +741,7 @@ async fn create_session(
     }
     // Registered (or nothing to register): calls for the user come here now.
     state.store().take_calls(&created.id);
+    state.directory_update(&body.user, true);
     state.metrics.sessions_created.inc();
     let span = tracing::info_span!("session", sid = %created.id);
     span.in_scope(|| info!(user = %body.user, "session created"));

@@ -56,6 +56,10 @@ pub struct ClusterConfig {
     /// The other nodes' URLs by node id: a request for one of their
     /// sessions is redirected there (307).
     pub nodes: std::collections::BTreeMap<String, String>,
+    /// The session directory shared by the nodes (`redis://…`, a secret:
+    /// it may carry a password; `CRYPT:` allowed). "": none, a node knows
+    /// its own sessions only.
+    pub redis_url: Secret,
 }
 
 impl ClusterConfig {
@@ -910,9 +914,21 @@ impl Config {
         if !cluster.node_url.is_empty() && !http_url(&cluster.node_url) {
             p.add("cluster.node-url", "must be an http:// or https:// URL");
         }
-        if cluster.node_id.is_empty() && (!cluster.node_url.is_empty() || !cluster.nodes.is_empty())
+        let redis = cluster.redis_url.expose();
+        let redis_ok = redis.is_empty()
+            || redis.starts_with("CRYPT:")
+            || redis.starts_with("redis://")
+            || redis.starts_with("rediss://");
+        if !redis_ok {
+            p.add("cluster.redis-url", "must be a redis:// or rediss:// URL");
+        }
+        if cluster.node_id.is_empty()
+            && (!cluster.node_url.is_empty() || !cluster.nodes.is_empty() || !redis.is_empty())
         {
-            p.add("cluster.node-id", "is needed for node-url and nodes");
+            p.add(
+                "cluster.node-id",
+                "is needed for node-url, nodes and redis-url",
+            );
         }
         for (id, url) in &cluster.nodes {
             if !ClusterConfig::valid_node_id(id) {
@@ -1139,6 +1155,7 @@ impl Config {
         for (name, field) in [
             ("auth.token-secret", &mut self.auth.token_secret),
             ("sip.password", &mut self.sip.password),
+            ("cluster.redis-url", &mut self.cluster.redis_url),
         ] {
             if !field.is_encrypted() {
                 continue;
@@ -1563,6 +1580,10 @@ mod tests {
             assert!(keys.contains(&key), "{key} missing from {keys:?}");
         }
         let p = problems("[cluster]\nnode-url = \"https://gw1.example\"\n");
+        assert!(p.iter().any(|p| p.key == "cluster.node-id"), "{p:?}");
+        let p = problems("[cluster]\nnode-id = \"a\"\nredis-url = \"http://r:6379\"\n");
+        assert!(p.iter().any(|p| p.key == "cluster.redis-url"), "{p:?}");
+        let p = problems("[cluster]\nredis-url = \"redis://r:6379\"\n");
         assert!(p.iter().any(|p| p.key == "cluster.node-id"), "{p:?}");
     }
 

@@ -323,6 +323,19 @@ impl SessionStore {
 
     /// Where an incoming call for `user` goes: their newest session that
     /// takes calls, or why there is none.
+    /// The users with a session here that takes calls, each once.
+    pub fn users_receiving_calls(&self) -> Vec<String> {
+        let mut users: Vec<String> = self
+            .sessions
+            .values()
+            .filter(|s| s.receives_calls)
+            .map(|s| s.user.clone())
+            .collect();
+        users.sort();
+        users.dedup();
+        users
+    }
+
     pub fn find_by_user(&self, user: &str) -> UserLookup {
         let newest = self
             .sessions

@@ -121,6 +121,14 @@ impl SipHandle {
         answer.await.map_err(|_| RegisterError::Stopped)?
     }
 
+    /// Sends incoming call `key` to `contact` (302).
+    pub fn redirect(&self, key: &str, contact: String) {
+        self.tell(UaInput::Redirect {
+            key: key.to_string(),
+            contact,
+        });
+    }
+
     /// Whether the node takes new calls (OPTIONS answered 503 if not).
     pub fn set_accepting(&self, accepting: bool) {
         self.tell(UaInput::Accepting(accepting));
@@ -1067,7 +1075,12 @@ async fn run(
                             let _ = reply.send(Err(RegisterError::Stopped));
                         }
                     }
-                    (UaInput::Hangup { key } | UaInput::Refuse { key, .. }, _) => {
+                    (
+                        UaInput::Hangup { key }
+                        | UaInput::Refuse { key, .. }
+                        | UaInput::Redirect { key, .. },
+                        _,
+                    ) => {
                         calls.remove(key);
                     }
                     _ => {}

@@ -482,6 +482,22 @@ impl UserAgent {
         self.forget_call(key);
     }
 
+    /// Sends an incoming call `key` elsewhere: 302 with `contact` (a
+    /// cluster's node holding the user's session).
+    pub(super) fn redirect(&mut self, now: Instant, key: &str, contact: &str) {
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
+        let mut response = call.refuse(302);
+        response
+            .headers
+            .push(rsip::Header::Contact(rsip::headers::Contact::from(
+                format!("<{contact}>"),
+            )));
+        self.respond_invite(now, key, response);
+        self.forget_call(key);
+    }
+
     /// Resends call `key`'s 2xx when due; gives up after 64·T1.
     pub(super) fn resend_unacked(&mut self, now: Instant, key: &str) {
         let t2 = self.cfg.timers.t2;

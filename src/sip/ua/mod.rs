@@ -135,6 +135,9 @@ pub enum UaInput<'a> {
         key: String,
         answer: Result<String, u16>,
     },
+    /// Send an incoming call elsewhere: 302 with `contact` as the Contact
+    /// (the node of a cluster that holds the user's session).
+    Redirect { key: String, contact: String },
     /// Whether the node takes new calls: while it does not (a drain, the
     /// CPU threshold, `max-calls`) an OPTIONS outside a dialog gets 503.
     Accepting(bool),
@@ -345,6 +348,7 @@ impl UserAgent {
             UaInput::Register { id, user, password } => self.register(now, &id, &user, password),
             UaInput::Unregister { id } => self.unregister(now, &id),
             UaInput::Accepting(accepting) => self.endpoint.set_accepting(accepting),
+            UaInput::Redirect { key, contact } => self.redirect(now, &key, &contact),
             UaInput::Invite {
                 key,
                 user,

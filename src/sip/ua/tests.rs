@@ -2277,3 +2277,32 @@ fn a_dead_server_moves_registrations_and_new_calls_to_a_live_one() {
     ua.datagram_in(now, server(), &answer(&bye, "200 OK", ""));
     assert_eq!(ua.server(), Some(backup));
 }
+
+/// A call for a user whose session another node of the cluster holds: 302
+/// with that node in the Contact; the caller's ACK ends it, and nothing of
+/// the call is left.
+#[test]
+fn an_incoming_call_is_redirected_with_a_contact() {
+    let t0 = Instant::now();
+    let mut ua = UserAgent::new(cfg(None), t0, Random::seeded(1));
+    ua.datagram_in(t0, server(), &incoming_invite("z9hG4bKredir"));
+    let _trying = sent(&mut ua);
+    let Some(UaEvent::Incoming { key, .. }) = ua.next_event() else {
+        panic!("an incoming call event");
+    };
+    ua.handle_input(
+        t0,
+        UaInput::Redirect {
+            key,
+            contact: "sip:1001@192.0.2.20:5060".into(),
+        },
+    );
+    let out = sent(&mut ua);
+    assert!(out[0].starts_with("SIP/2.0 302"), "{out:?}");
+    assert!(
+        out[0].contains("Contact: <sip:1001@192.0.2.20:5060>"),
+        "{out:?}"
+    );
+    assert!(out[0].contains("tag="), "a final answer has a To tag");
+    assert_eq!(ua.call_count(), 0);
+}
