@@ -283,12 +283,19 @@ pub(crate) fn start_sip(
 ) -> Result<(), StartError> {
     let c = &state.config.sip;
     let link = match (ua.server(), c.transport) {
-        (Some(server), SipTransport::Tcp) => {
-            sip::driver::Link::stream(server, None, shutdown.clone())
-        }
-        (Some(server), SipTransport::Tls) => {
-            let tls = sip_tls_client(c)?;
-            sip::driver::Link::stream(server, Some(tls), shutdown.clone())
+        (Some(_), SipTransport::Tcp) => sip::driver::Link::streams(
+            ua.servers().iter().map(|s| (*s, None)).collect(),
+            shutdown.clone(),
+        ),
+        (Some(_), SipTransport::Tls) => {
+            let names = c.server.parse(c.transport).map_err(StartError::Setup)?;
+            let servers = ua
+                .servers()
+                .iter()
+                .zip(names)
+                .map(|(server, (host, _))| Ok((*server, Some(sip_tls_client(c, &host)?))))
+                .collect::<Result<Vec<_>, StartError>>()?;
+            sip::driver::Link::streams(servers, shutdown.clone())
         }
         _ => sip::driver::Link::Udp(port.udp),
     };
@@ -340,14 +347,12 @@ pub(crate) fn start_sip(
     Ok(())
 }
 
-/// The TLS client toward the SIP server: the configured CA file (or the
-/// system roots) and the expected name (`tls-server-name`, else the host of
-/// `server`).
-fn sip_tls_client(c: &config::SipConfig) -> Result<sip::tls::TlsClient, StartError> {
+/// The TLS client toward a SIP server whose host is `host`: the configured
+/// CA file (or the system roots) and the expected name (`tls-server-name`,
+/// else that host).
+fn sip_tls_client(c: &config::SipConfig, host: &str) -> Result<sip::tls::TlsClient, StartError> {
     let name = if c.tls_server_name.is_empty() {
-        config::parse_server(c.server.primary(), c.transport)
-            .map_err(StartError::Setup)?
-            .0
+        host.to_string()
     } else {
         c.tls_server_name.clone()
     };

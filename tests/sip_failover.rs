@@ -3,21 +3,32 @@
 //! backup as a `sip:` URI, each probed by the keepalive. While the primary
 //! answers it takes the session's registration and its calls; once it is
 //! killed the registration moves to the backup (the session stays
-//! registered) and a new call is answered there.
+//! registered) and a new call is answered there. Over UDP, and over TCP
+//! (a connection to each server).
 
 mod common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::sipp::Transport;
 use common::{free_udp_port, wait_until_bound, ApiSession, Gateway};
 use serde_json::{json, Value};
 
 const OFFER: &str = include_str!("fixtures/sdp/chromium-offer.sdp");
 
-/// A SIPp server on `port` whose SDP names media port `media`.
-fn server(port: u16, media: u16) -> Child {
+/// A SIPp server on `port` (over `transport`) whose SDP names media port
+/// `media`.
+fn server(port: u16, media: u16, transport: Transport) -> Child {
     let child = Command::new("sipp")
+        .args([
+            "-t",
+            if transport == Transport::Tcp {
+                "t1"
+            } else {
+                "u1"
+            },
+        ])
         .arg("-sf")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -37,7 +48,7 @@ fn server(port: u16, media: u16) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("sipp runs (the test command installs sip-tester)");
-    wait_until_bound(port, false);
+    wait_until_bound(port, transport == Transport::Tcp);
     child
 }
 
@@ -66,15 +77,25 @@ async fn answered_call(session: &mut ApiSession) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_primary_moves_the_registration_and_new_calls_to_the_backup() {
-    let (primary_port, backup_port) = (free_udp_port(), free_udp_port());
+    failover_over(Transport::Udp).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_tcp_a_killed_primary_moves_everything_to_the_backup() {
+    failover_over(Transport::Tcp).await;
+}
+
+async fn failover_over(transport: Transport) {
+    let (primary_port, backup_port) = (transport.free_port(), transport.free_port());
     let (primary_media, backup_media) = (free_udp_port(), free_udp_port());
-    let mut primary = server(primary_port, primary_media);
-    let mut backup = server(backup_port, backup_media);
+    let mut primary = server(primary_port, primary_media, transport);
+    let mut backup = server(backup_port, backup_media, transport);
+    let name = transport.config();
     let gw = Gateway::start(
         "",
         &format!(
-            "[sip]\nserver = [\"127.0.0.1:{primary_port}\", \"sip:127.0.0.1:{backup_port};transport=udp\"]\n\
-             keepalive-interval-s = 5\ntimer-t1-ms = 100\n"
+            "[sip]\nserver = [\"127.0.0.1:{primary_port}\", \"sip:127.0.0.1:{backup_port};transport={name}\"]\n\
+             transport = \"{name}\"\nkeepalive-interval-s = 5\ntimer-t1-ms = 100\n"
         ),
     );
     let up = |port: u16| format!("gateway_sip_server_up{{server=\"127.0.0.1:{port}\"}}");

@@ -954,12 +954,7 @@ impl Config {
         if let Err(e) = sip.server.parse(sip.transport) {
             p.add("sip.server", e);
         }
-        if sip.server.entries().len() > 1 && sip.transport != SipTransport::Udp {
-            p.add(
-                "sip.server",
-                "several servers (failover) need transport = \"udp\" for now: over TCP and TLS the gateway keeps one connection, to one server",
-            );
-        }
+
         if sip.transport == SipTransport::Tls && !sip.server.is_empty() {
             if let Err(e) = crate::certs::root_store(&sip.tls_ca_file) {
                 p.add("sip.tls-ca-file", e.to_string());
@@ -1597,10 +1592,6 @@ mod tests {
             ("[sip]\nserver = \"sip:1001@pbx.example\"\n", "no user part"),
             ("[sip]\nserver = \"sip:pbx.example;maddr=x\"\n", "\"maddr\""),
             ("[sip]\nserver = \"pbx.example:0\"\n", "invalid port"),
-            (
-                "[sip]\nserver = [\"a.example\", \"b.example\"]\ntransport = \"tcp\"\n",
-                "need transport = \"udp\"",
-            ),
         ] {
             let p = problems(text);
             let found = p

@@ -308,10 +308,11 @@ pub fn advertised_address(listen: SocketAddr, server: Option<SocketAddr>) -> Soc
 /// Where SIP messages go out and come in.
 pub enum Link {
     Udp(UdpSocket),
-    /// One TCP or TLS connection to the SIP server, kept up by its own
-    /// task; messages arrive framed by Content-Length.
+    /// One TCP or TLS connection to each SIP server, each kept up by its
+    /// own task; messages arrive framed by Content-Length.
     Stream {
-        to_server: mpsc::UnboundedSender<Vec<u8>>,
+        /// By server; the first is the primary.
+        to_servers: Vec<(SocketAddr, mpsc::UnboundedSender<Vec<u8>>)>,
         from_server: mpsc::UnboundedReceiver<(Vec<u8>, SocketAddr)>,
     },
 }
@@ -325,11 +326,32 @@ impl Link {
         tls: Option<super::tls::TlsClient>,
         shutdown: watch::Receiver<bool>,
     ) -> Link {
-        let (to_server, outgoing) = mpsc::unbounded_channel();
+        Link::streams(vec![(server, tls)], shutdown)
+    }
+
+    /// [`Link::stream`] to each of several servers (a failover list), each
+    /// with its own TLS client (the name each is checked against).
+    pub fn streams(
+        servers: Vec<(SocketAddr, Option<super::tls::TlsClient>)>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Link {
         let (incoming, from_server) = mpsc::unbounded_channel();
-        tokio::spawn(keep_stream(server, tls, outgoing, incoming, shutdown));
+        let to_servers = servers
+            .into_iter()
+            .map(|(server, tls)| {
+                let (to_server, outgoing) = mpsc::unbounded_channel();
+                tokio::spawn(keep_stream(
+                    server,
+                    tls,
+                    outgoing,
+                    incoming.clone(),
+                    shutdown.clone(),
+                ));
+                (server, to_server)
+            })
+            .collect();
         Link::Stream {
-            to_server,
+            to_servers,
             from_server,
         }
     }
@@ -353,9 +375,16 @@ impl Link {
             Link::Udp(socket) => {
                 let _ = socket.send_to(bytes, to).await;
             }
-            // Everything goes to the server over its connection.
-            Link::Stream { to_server, .. } => {
-                let _ = to_server.send(bytes.to_vec());
+            // Everything goes over the connection to the server it is
+            // for (a response to an address of none of them: the primary).
+            Link::Stream { to_servers, .. } => {
+                let to_server = to_servers
+                    .iter()
+                    .find(|(server, _)| *server == to)
+                    .or(to_servers.first());
+                if let Some((_, to_server)) = to_server {
+                    let _ = to_server.send(bytes.to_vec());
+                }
             }
         }
     }
