@@ -88,7 +88,7 @@ impl Gateway {
         let metrics = Metrics::new(Some(relay.clone()));
         let dtls_identity = startup::dtls_identity()?;
         let sip_port = startup::SipPort::bind(&config.sip).await?;
-        let ua = startup::user_agent(&config.sip, sip_port.addr).await?;
+        let (ua, server_names) = startup::user_agent(&config.sip, sip_port.addr).await?;
         let addresses = MediaAddresses::find(&config, ua.server())?;
         let plane = startup::media_plane(&config, &addresses, &relay, &dtls_identity)?;
         let state: SharedState =
@@ -109,7 +109,7 @@ impl Gateway {
         startup::start_sip(
             &state,
             sip_port,
-            ua,
+            (ua, &server_names),
             tls_identity.as_ref(),
             &shutdown_rx,
             &mut tasks,

@@ -276,7 +276,7 @@ impl SipPort {
 pub(crate) fn start_sip(
     state: &SharedState,
     port: SipPort,
-    ua: sip::ua::UserAgent,
+    (ua, server_names): (sip::ua::UserAgent, &[String]),
     tls_identity: Option<&TlsIdentity>,
     shutdown: &watch::Receiver<bool>,
     tasks: &mut Vec<JoinHandle<()>>,
@@ -288,12 +288,11 @@ pub(crate) fn start_sip(
             shutdown.clone(),
         ),
         (Some(_), SipTransport::Tls) => {
-            let names = c.server.parse(c.transport).map_err(StartError::Setup)?;
             let servers = ua
                 .servers()
                 .iter()
-                .zip(names)
-                .map(|(server, (host, _))| Ok((*server, Some(sip_tls_client(c, &host)?))))
+                .zip(server_names)
+                .map(|(server, host)| Ok((*server, Some(sip_tls_client(c, host)?))))
                 .collect::<Result<Vec<_>, StartError>>()?;
             sip::driver::Link::streams(servers, shutdown.clone())
         }
@@ -410,27 +409,53 @@ impl MediaAddresses {
     }
 }
 
-/// The SIP user agent for `[sip]`: the server resolved, our advertised
-/// address, timers and intervals.
+/// The SIP user agent for `[sip]`: the servers located, our advertised
+/// address, timers and intervals; and the name each server's TLS
+/// certificate must carry (its entry's host: for servers an SRV record
+/// named, the domain looked up, RFC 5922 §4).
 pub(crate) async fn user_agent(
     c: &config::SipConfig,
     listening: SocketAddr,
-) -> Result<sip::ua::UserAgent, StartError> {
+) -> Result<(sip::ua::UserAgent, Vec<String>), StartError> {
     let mut servers = Vec::new();
+    let mut names = Vec::new();
     let mut server_ips = Vec::new();
     let domain = c.effective_domain();
-    let entries = c.server.parse(c.transport).map_err(StartError::Setup)?;
-    for ((host, port), entry) in entries.iter().zip(c.server.entries()) {
-        let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), *port))
-            .await
-            .map(Iterator::collect)
-            .unwrap_or_default();
-        let first = resolved
-            .first()
-            .copied()
-            .ok_or_else(|| StartError::Setup(format!("sip.server: cannot resolve {entry:?}")))?;
-        servers.push(first);
-        server_ips.extend(resolved.iter().map(SocketAddr::ip));
+    for entry in c.server.entries() {
+        let (host, port) = config::server_parts(entry, c.transport).map_err(StartError::Setup)?;
+        let mut targets = Vec::new();
+        if sip::locate::wants_srv(&host, port) {
+            targets = srv_targets(&host, c.transport).await;
+            if !targets.is_empty() {
+                info!(server = %entry, targets = ?targets, "SIP servers from DNS SRV");
+            }
+        }
+        if targets.is_empty() {
+            targets.push((
+                host.clone(),
+                port.unwrap_or_else(|| c.transport.default_port()),
+            ));
+        }
+        let mut found = false;
+        for (target, target_port) in targets {
+            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((target.as_str(), target_port))
+                .await
+                .map(Iterator::collect)
+                .unwrap_or_default();
+            if let Some(first) = resolved.first().copied() {
+                if !servers.contains(&first) {
+                    servers.push(first);
+                    names.push(host.clone());
+                }
+                server_ips.extend(resolved.iter().map(SocketAddr::ip));
+                found = true;
+            }
+        }
+        if !found {
+            return Err(StartError::Setup(format!(
+                "sip.server: cannot resolve {entry:?}"
+            )));
+        }
     }
     let server = servers.first().copied();
     let cfg = sip::ua::UaConfig {
@@ -464,8 +489,45 @@ pub(crate) async fn user_agent(
         },
     };
     let random = Random::from_os().map_err(|e| StartError::Setup(format!("sip: {e}")))?;
-    Ok(sip::ua::UserAgent::new(cfg, Instant::now(), random))
+    Ok((sip::ua::UserAgent::new(cfg, Instant::now(), random), names))
 }
+
+/// The (target, port) pairs DNS SRV gives for `domain` over `transport`,
+/// in the order to try them; none when it has no records or DNS cannot be
+/// asked (then the name's own addresses are used).
+async fn srv_targets(domain: &str, transport: SipTransport) -> Vec<(String, u16)> {
+    let resolver = match hickory_resolver::TokioResolver::builder_tokio() {
+        Ok(builder) => builder.build(),
+        Err(e) => {
+            tracing::warn!(error = %e, "no DNS resolver configuration: SRV not looked up");
+            return Vec::new();
+        }
+    };
+    let name = sip::locate::srv_name(domain, transport);
+    // A resolver that does not answer must not hold the start for long.
+    let lookup = tokio::time::timeout(SRV_LOOKUP_TIMEOUT, resolver.srv_lookup(name.as_str()));
+    match lookup.await {
+        Err(_) => {
+            tracing::warn!(%name, "DNS SRV lookup timed out: using the name's own addresses");
+            Vec::new()
+        }
+        Ok(Ok(answer)) => sip::locate::order(
+            answer
+                .iter()
+                .map(|srv| sip::locate::SrvRecord {
+                    priority: srv.priority(),
+                    weight: srv.weight(),
+                    port: srv.port(),
+                    target: srv.target().to_utf8(),
+                })
+                .collect(),
+        ),
+        Ok(Err(_)) => Vec::new(),
+    }
+}
+
+/// The longest the start waits for one DNS SRV answer.
+const SRV_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Whom SIP is taken from: the server's resolved addresses and
 /// `[sip] trusted-sources` (checked by `validate`, so a bad entry here

@@ -87,6 +87,71 @@ async fn over_tcp_a_killed_primary_moves_everything_to_the_backup() {
 
 async fn failover_over(transport: Transport) {
     let (primary_port, backup_port) = (transport.free_port(), transport.free_port());
+    let name = transport.config();
+    let servers =
+        format!("[\"127.0.0.1:{primary_port}\", \"sip:127.0.0.1:{backup_port};transport={name}\"]");
+    failover_with(transport, &servers, (primary_port, backup_port)).await;
+}
+
+/// DNS SRV names the pair (RFC 3263): a real dnsmasq in this test's own
+/// network and mount namespace answers `_sip._udp.pbx.test` with the
+/// primary (priority 10) and the backup (priority 20), and their names'
+/// addresses; `[sip] server = "pbx.test"` (no port) finds both, in order.
+#[test]
+fn dns_srv_names_the_primary_and_the_backup() {
+    if !inside_dns_namespace("dns_srv_names_the_primary_and_the_backup") {
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(failover_with(Transport::Udp, "\"pbx.test\"", (5070, 5080)));
+}
+
+/// Runs the test `name` of this binary again inside a network and mount
+/// namespace with loopback up, `/etc/resolv.conf` naming 127.0.0.1, and
+/// dnsmasq there serving pbx.test's SRV records for ports 5070 and 5080.
+/// Returns whether the caller is already inside (then it runs the test).
+fn inside_dns_namespace(name: &str) -> bool {
+    if std::env::var("GW_TEST_DNS").is_ok() {
+        return true;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let resolv = common::write(dir.path(), "resolv.conf", "nameserver 127.0.0.1\n");
+    let exe = std::env::current_exe().unwrap();
+    let script = format!(
+        "set -e; ip link set lo up; mount --bind {resolv} /etc/resolv.conf; \
+         dnsmasq --conf-file=/dev/null --keep-in-foreground --user=root --pid-file={dir}/dnsmasq.pid \
+           --listen-address=127.0.0.1 --bind-interfaces --port=53 --no-resolv --no-hosts \
+           --srv-host=_sip._udp.pbx.test,primary.pbx.test,5070,10,100 \
+           --srv-host=_sip._udp.pbx.test,backup.pbx.test,5080,20,100 \
+           --host-record=primary.pbx.test,127.0.0.1 --host-record=backup.pbx.test,127.0.0.1 \
+           --log-facility={dir}/dnsmasq.log & dns=$!; \
+         sleep 0.5; set +e; {exe} {name} --exact --nocapture --test-threads 1; status=$?; \
+         kill $dns 2>/dev/null; exit $status",
+        resolv = resolv.display(),
+        dir = dir.path().display(),
+        exe = exe.display(),
+    );
+    let out = Command::new("timeout")
+        .args(["120", "unshare", "-n", "-m", "sh", "-c", &script])
+        .env("GW_TEST_DNS", "1")
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "{name} failed inside its namespace");
+    false
+}
+
+/// Two SIPp servers at `ports` over `transport`, and a gateway whose
+/// `[sip] server` is `servers` (TOML): the failover, as the tests above.
+async fn failover_with(
+    transport: Transport,
+    servers: &str,
+    (primary_port, backup_port): (u16, u16),
+) {
     let (primary_media, backup_media) = (free_udp_port(), free_udp_port());
     let mut primary = server(primary_port, primary_media, transport);
     let mut backup = server(backup_port, backup_media, transport);
@@ -94,8 +159,8 @@ async fn failover_over(transport: Transport) {
     let gw = Gateway::start(
         "",
         &format!(
-            "[sip]\nserver = [\"127.0.0.1:{primary_port}\", \"sip:127.0.0.1:{backup_port};transport={name}\"]\n\
-             transport = \"{name}\"\nkeepalive-interval-s = 5\ntimer-t1-ms = 100\n"
+            "[sip]\nserver = {servers}\ntransport = \"{name}\"\nkeepalive-interval-s = 5\n\
+             timer-t1-ms = 100\ndomain = \"pbx.test\"\n"
         ),
     );
     let up = |port: u16| format!("gateway_sip_server_up{{server=\"127.0.0.1:{port}\"}}");

@@ -306,13 +306,21 @@ impl<'de> Deserialize<'de> for ServerList {
 /// transport, when it names one, must be `[sip] transport`'s (one link
 /// kind for every server).
 pub fn parse_server(entry: &str, transport: SipTransport) -> Result<(String, u16), String> {
+    server_parts(entry, transport)
+        .map(|(host, port)| (host, port.unwrap_or_else(|| transport.default_port())))
+}
+
+/// [`parse_server`]'s host and the port the entry names (None: it names
+/// none, so DNS SRV may say, RFC 3263 §4.2).
+pub fn server_parts(entry: &str, transport: SipTransport) -> Result<(String, Option<u16>), String> {
+    let explicit = |(host, port): (String, u16)| (host, (port != 0).then_some(port));
     let lower = entry.to_ascii_lowercase();
     let (address, uri_transport) = if let Some(rest) = lower.strip_prefix("sips:") {
         (&entry[entry.len() - rest.len()..], Some("tls".to_string()))
     } else if let Some(rest) = lower.strip_prefix("sip:") {
         (&entry[entry.len() - rest.len()..], None)
     } else {
-        return parse_host_port(entry, transport.default_port());
+        return parse_host_port(entry, 0).map(explicit);
     };
     let mut parts = address.split(';');
     let host_port = parts.next().unwrap_or("");
@@ -336,7 +344,7 @@ pub fn parse_server(entry: &str, transport: SipTransport) -> Result<(String, u16
     if host_port.contains('@') {
         return Err(format!("{entry:?}: a server URI has no user part"));
     }
-    parse_host_port(host_port, transport.default_port())
+    parse_host_port(host_port, 0).map(explicit)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -16,6 +16,7 @@ pub mod digest;
 pub mod driver;
 pub mod endpoint;
 pub mod identity;
+pub mod locate;
 pub mod message;
 pub mod registration;
 pub mod session_timer;
