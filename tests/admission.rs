@@ -82,7 +82,8 @@ struct Burner {
 impl Burner {
     fn start() -> Burner {
         let stop = Arc::new(AtomicBool::new(false));
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // One more than the cores, so none is left idle.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) + 1;
         let threads = (0..cores)
             .map(|_| {
                 let stop = stop.clone();
@@ -111,7 +112,9 @@ impl Drop for Burner {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_busy_machine_refuses_new_calls_until_it_is_quiet() {
-    let gw = Gateway::start("", "[media]\nmax-cpu-percent = 70\n");
+    // High enough that the machine's own work (other tests' leftovers, a
+    // VM's steal time) stays under it once the burner stops.
+    let gw = Gateway::start("", "[media]\nmax-cpu-percent = 90\n");
     let session = ApiSession::open(&gw).await;
     let burner = Burner::start();
     // The load is averaged over 5 s: calls go through until it climbs.
@@ -132,14 +135,14 @@ async fn a_busy_machine_refuses_new_calls_until_it_is_quiet() {
     let (body, retry) = refused;
     assert_eq!(body["error"]["code"], "overloaded", "{body}");
     let message = body["error"]["message"].as_str().unwrap_or("");
-    assert!(message.contains("max-cpu-percent = 70"), "{message}");
+    assert!(message.contains("max-cpu-percent = 90"), "{message}");
     assert_eq!(retry.as_deref(), Some("5"));
     assert!(
         gw.metric("gateway_calls_refused_total{reason=\"cpu\"}")
             .await
             >= 1.0
     );
-    assert!(gw.metric("gateway_cpu_busy_percent").await >= 70.0);
+    assert!(gw.metric("gateway_cpu_busy_percent").await >= 90.0);
     let (status, ready) = readyz(&gw).await;
     assert_eq!(
         (status, &ready["checks"]["admission"]),
@@ -149,7 +152,7 @@ async fn a_busy_machine_refuses_new_calls_until_it_is_quiet() {
     assert!(ApiSession::create(&gw, "1002", None).await.is_ok());
 
     drop(burner);
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (status, body, _) = try_call(&session).await;
         if status == 201 {
@@ -163,5 +166,5 @@ async fn a_busy_machine_refuses_new_calls_until_it_is_quiet() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert!(gw.metric("gateway_cpu_busy_percent").await < 70.0);
+    assert!(gw.metric("gateway_cpu_busy_percent").await < 90.0);
 }
