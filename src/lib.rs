@@ -183,8 +183,21 @@ impl Gateway {
         }
         let sessions = state.store().take_all();
         let ended = sessions.len();
+        let mut users: Vec<String> = sessions.iter().map(|s| s.user.clone()).collect();
         for session in sessions {
             state.end_session(session, session::EndReason::Drained);
+        }
+        // The directory forgets this node's users before it goes (not left
+        // to its background tasks, which the exit would cut short), so no
+        // node redirects a call here once it is gone.
+        if let Some(directory) = state.directory.get() {
+            users.sort();
+            users.dedup();
+            for user in &users {
+                if let Err(e) = directory.withdraw(user).await {
+                    warn!(%user, error = %e, "session directory not updated");
+                }
+            }
         }
         if let Some(sip) = state.sip.get() {
             let until = tokio::time::Instant::now() + UNREGISTER_WAIT;

@@ -284,4 +284,24 @@ async fn a_call_for_a_user_on_another_node_is_redirected_there() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(n2.metric("gateway_directory_errors_total").await, 0.0);
+
+    // A node that drains away takes its users out of the directory first:
+    // no call is sent after it once it is gone.
+    let _again = ApiSession::open(&n1).await;
+    let mut n1 = n1;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !Sipp::caller("uac-302.xml", n2.sip, Transport::Udp)
+        .output()
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "the new session never published");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    n1.terminate();
+    let status = n1
+        .wait_exit(Duration::from_secs(10))
+        .expect("n1 drains and exits");
+    assert!(status.success(), "{status}");
+    Sipp::caller("uac-480.xml", n2.sip, Transport::Udp).passed();
 }
