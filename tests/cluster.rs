@@ -165,12 +165,7 @@ async fn two_nodes_behind_haproxy_route_each_session_to_its_node_and_drain_one()
     let call: Value = r.json().await.unwrap();
 
     // n1 drains: the balancer's probe takes it out, n2 takes every new session.
-    let r = client()
-        .post(format!("http://{}/admin/drain", n1.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    assert_eq!(n1.admin_drain().await.0, 202);
     // Until its probe says so (within a second) n1 refuses with 503.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut on_n2 = 0;
@@ -236,6 +231,25 @@ fn directory_node(id: &str, redis_port: u16) -> Gateway {
     )
 }
 
+/// Whether SIPp's `scenario` toward `gw` passes within 5 s (tried again
+/// every 200 ms: the directory is written and cleared in the background).
+async fn passes_soon(scenario: &str, gw: &Gateway) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if Sipp::caller(scenario, gw.sip, Transport::Udp)
+            .output()
+            .status
+            .success()
+        {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_for_a_user_on_another_node_is_redirected_there() {
     let redis_port = free_tcp_port();
@@ -244,19 +258,7 @@ async fn a_call_for_a_user_on_another_node_is_redirected_there() {
     let n2 = directory_node("n2", redis_port);
     let agent = ApiSession::open(&n1).await;
     // The directory is written just after the session is made.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let out = Sipp::caller("uac-302.xml", n2.sip, Transport::Udp).output();
-        if out.status.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never redirected: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    assert!(passes_soon("uac-302.xml", &n2).await, "never redirected");
     assert_eq!(n2.metric("gateway_calls_redirected_total").await, 1.0);
     // The Contact named n1 (SIPp checked its shape; the log says which).
     let n1_named = format!("\"node\":\"{}\"", n1.sip);
@@ -271,33 +273,20 @@ async fn a_call_for_a_user_on_another_node_is_redirected_there() {
 
     // The session ends: the directory forgets it, the call is refused.
     common::delete_session(&n1.api(), &agent.created).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let out = Sipp::caller("uac-480.xml", n2.sip, Transport::Udp).output();
-        if out.status.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still redirected after the session ended"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    assert!(
+        passes_soon("uac-480.xml", &n2).await,
+        "still redirected after the session ended"
+    );
     assert_eq!(n2.metric("gateway_directory_errors_total").await, 0.0);
 
     // A node that drains away takes its users out of the directory first:
     // no call is sent after it once it is gone.
     let _again = ApiSession::open(&n1).await;
     let mut n1 = n1;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !Sipp::caller("uac-302.xml", n2.sip, Transport::Udp)
-        .output()
-        .status
-        .success()
-    {
-        assert!(Instant::now() < deadline, "the new session never published");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    assert!(
+        passes_soon("uac-302.xml", &n2).await,
+        "the new session never published"
+    );
     n1.terminate();
     let status = n1
         .wait_exit(Duration::from_secs(10))

@@ -114,13 +114,8 @@ async fn the_drain_timeout_ends_the_calls_left_and_the_admin_port_can_start_it()
     let (mut gw, session) = gateway_with_session(port, "drain-timeout-s = 1", true).await;
     let (status, call, _) = echo_call(&session).await;
     assert_eq!(status, 201, "{call}");
-    let r = common::client()
-        .post(format!("http://{}/admin/drain", gw.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let body: Value = r.json().await.unwrap();
+    let (status, body) = gw.admin_drain().await;
+    assert_eq!(status, 202);
     assert_eq!(
         (body["calls"].as_u64(), body["sessions"].as_u64()),
         (Some(1), Some(1))

@@ -79,12 +79,7 @@ async fn the_dispatcher_spreads_calls_and_skips_a_draining_node() {
     let agent = ApiSession::create(&n1, "1002", None).await.unwrap();
     let (status, call, _) = agent.try_call(json!({"to": "echo", "sdp": OFFER})).await;
     assert_eq!(status, 201, "{call}");
-    let r = common::client()
-        .post(format!("http://{}/admin/drain", n1.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    assert_eq!(n1.admin_drain().await.0, 202);
     // Its OPTIONS answer is 503 from the next probe on.
     let deadline = Instant::now() + Duration::from_secs(5);
     while n1.readyz().await.1["checks"]["admission"] != "draining" {

@@ -218,6 +218,11 @@ impl Gateway {
             .unwrap_or(0.0)
     }
 
+    /// `POST /admin/drain` on the admin port: its status and body.
+    pub async fn admin_drain(&self) -> (u16, serde_json::Value) {
+        status_and_json(client().post(format!("http://{}/admin/drain", self.admin))).await
+    }
+
     /// `/readyz` on the admin port: its status and body.
     pub async fn readyz(&self) -> (u16, serde_json::Value) {
         let r = reqwest::get(format!("http://{}/readyz", self.admin))

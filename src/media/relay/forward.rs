@@ -612,7 +612,7 @@ mod tests {
     /// it chose after an ICE restart, before it nominates it): authentic
     /// SRTP from there moves the web pair; forged SRTP does not, nor does
     /// media from an address that never checked in, nor a straggler of the
-    /// address just left; ICE's own selection later overrides all that.
+    /// address just left.
     #[test]
     fn authentic_media_from_a_checked_address_moves_the_web_pair() {
         let mut call = call();
