@@ -14,6 +14,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::haproxy::HaProxy;
 use common::sipp::{Sipp, Transport};
 use common::{client, free_tcp_port, wait_until_bound, ApiSession, Gateway};
 use serde_json::{json, Value};
@@ -36,34 +37,6 @@ fn node(id: &str, port: u16, peer: (&str, u16)) -> Gateway {
         1,
     );
     Gateway::start_with_env(&config, &[])
-}
-
-/// HAProxy on `port` in front of both nodes, each probed on its admin
-/// port's `/readyz` twice a second (one failure takes it out).
-fn haproxy(port: u16, nodes: &[(&str, &Gateway)], dir: &std::path::Path) -> Child {
-    let mut config = format!(
-        "defaults\n  mode http\n  timeout connect 2s\n  timeout client 40s\n  timeout server 40s\n\
-         frontend api\n  bind 127.0.0.1:{port}\n  default_backend gateways\n\
-         backend gateways\n  balance roundrobin\n  option httpchk GET /readyz\n"
-    );
-    for (id, gw) in nodes {
-        config.push_str(&format!(
-            "  server {id} {} check port {} inter 500ms fall 1 rise 1\n",
-            gw.http,
-            gw.admin.port()
-        ));
-    }
-    let path = common::write(dir, "haproxy.cfg", &config);
-    let child = Command::new("haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("haproxy runs (the test command installs it)");
-    wait_until_bound(port, true);
-    child
 }
 
 struct Killed(Child);
@@ -91,8 +64,7 @@ async fn two_nodes_behind_haproxy_route_each_session_to_its_node_and_drain_one()
     let (p1, p2, lb) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
     let mut n1 = node("n1", p1, ("n2", p2));
     let n2 = node("n2", p2, ("n1", p1));
-    let dir = tempfile::tempdir().unwrap();
-    let _lb = Killed(haproxy(lb, &[("n1", &n1), ("n2", &n2)], dir.path()));
+    let _lb = HaProxy::start(lb, &[("n1", &n1), ("n2", &n2)]);
     let base = format!("http://127.0.0.1:{lb}");
     // Both nodes up in the balancer's eyes.
     tokio::time::sleep(Duration::from_millis(1200)).await;

@@ -39,6 +39,7 @@ impl Kamailio {
     ) -> Kamailio {
         // Kamailio listens on UDP and TCP there.
         Kamailio::start_at(
+            "127.0.0.1",
             super::free_udp_and_tcp_port(),
             config,
             replace,
@@ -49,10 +50,24 @@ impl Kamailio {
 
     /// [`Kamailio::start`] on UDP (and TCP) `port`, without TLS.
     pub fn start_on(port: u16, config: &str, replace: &[(&str, &str)]) -> Kamailio {
-        Kamailio::start_at(port, config, replace, None, &[])
+        Kamailio::start_at("127.0.0.1", port, config, replace, None, &[])
+    }
+
+    /// [`Kamailio::start_on`] for a config listening on `address` (its
+    /// FRONT_ADDR) rather than loopback.
+    pub fn start_on_address(
+        address: &str,
+        port: u16,
+        config: &str,
+        replace: &[(&str, &str)],
+    ) -> Kamailio {
+        let mut replace = replace.to_vec();
+        replace.push(("FRONT_ADDR", address));
+        Kamailio::start_at(address, port, config, &replace, None, &[])
     }
 
     fn start_at(
+        address: &str,
         port: u16,
         config: &str,
         replace: &[(&str, &str)],
@@ -105,7 +120,7 @@ impl Kamailio {
             .stderr(Stdio::null())
             .spawn()
             .expect("kamailio runs (the test command installs it)");
-        wait_answering(port);
+        wait_answering(address, port);
         Kamailio {
             child,
             port,
@@ -115,9 +130,10 @@ impl Kamailio {
     }
 }
 
-/// Waits until Kamailio on `port` answers an OPTIONS to itself with 200.
-fn wait_answering(port: u16) {
-    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+/// Waits until Kamailio on `address`:`port` answers an OPTIONS to itself
+/// with 200.
+fn wait_answering(address: &str, port: u16) {
+    let probe = std::net::UdpSocket::bind((address, 0)).unwrap();
     probe
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
@@ -127,12 +143,12 @@ fn wait_answering(port: u16) {
     loop {
         assert!(Instant::now() < deadline, "kamailio did not start");
         let options = format!(
-            "OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKprobe{}\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:probe@{local}>;tag=p\r\nTo: <sip:127.0.0.1:{port}>\r\n\
+            "OPTIONS sip:{address}:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKprobe{}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:probe@{local}>;tag=p\r\nTo: <sip:{address}:{port}>\r\n\
              Call-ID: probe@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
             deadline.elapsed().as_nanos()
         );
-        let _ = probe.send_to(options.as_bytes(), ("127.0.0.1", port));
+        let _ = probe.send_to(options.as_bytes(), (address, port));
         if let Ok(n) = probe.recv(&mut buf) {
             if buf[..n].starts_with(b"SIP/2.0 200") {
                 return;

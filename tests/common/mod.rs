@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod haproxy;
 pub mod kamailio;
 pub mod sipp;
 
@@ -95,6 +96,19 @@ impl Gateway {
             .arg(format!("ulimit -Sn {soft} && exec \"$0\" \"$@\""))
             .arg(BIN)
             .arg("--config")
+            .arg(&path);
+        Self::spawn(command, dir)
+    }
+
+    /// The binary on `config` inside the named network namespace `netns`
+    /// (`ip netns exec`, which execs it: the child is the gateway itself).
+    pub fn start_in_netns(netns: &str, config: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", netns, BIN, "--config"])
             .arg(&path);
         Self::spawn(command, dir)
     }
@@ -598,6 +612,35 @@ impl ApiSession {
             created,
             after: 0,
         })
+    }
+
+    /// `POST /v1/sessions` for `user` at `base` (a load balancer), then,
+    /// as js-api does, every request of the session at the node the answer
+    /// names (`node_url`): the session, or the refusal.
+    pub async fn create_through(
+        base: &str,
+        user: &str,
+    ) -> Result<ApiSession, (u16, serde_json::Value)> {
+        let (status, created) = status_and_json(
+            client()
+                .post(format!("{base}/v1/sessions"))
+                .json(&serde_json::json!({ "user": user })),
+        )
+        .await;
+        if status != 201 {
+            return Err((status, created));
+        }
+        let base = created["node_url"].as_str().unwrap_or(base).to_string();
+        Ok(ApiSession {
+            base,
+            created,
+            after: 0,
+        })
+    }
+
+    /// The node this session lives on (its `node_url`).
+    pub fn node_url(&self) -> &str {
+        &self.base
     }
 
     /// A session for user 1001 that must be created.
