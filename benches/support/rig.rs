@@ -2,6 +2,10 @@
 //! generators: the release binary with SIPp (`benches/soak/uas.xml`,
 //! `-rtp_echo`) as its SIP server, API sessions with their long-poll, the
 //! process's figures from `/proc`, and ICE checks.
+//!
+//! `GATEWAY_WRAPPER` (e.g. `"heaptrack -o /tmp/gw"`) runs the gateway under
+//! that command, for a profile of the same load; the process figures are
+//! then the wrapper's, so read the profile instead.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -56,7 +60,17 @@ impl Rig {
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, config).expect("write the config");
         let log = std::fs::File::create(dir.path().join("gateway.log")).expect("a log file");
-        let gateway = Command::new(BIN)
+        let wrapper = std::env::var("GATEWAY_WRAPPER").unwrap_or_default();
+        let mut wrapper = wrapper.split_whitespace();
+        let mut gateway = match wrapper.next() {
+            Some(program) => {
+                let mut c = Command::new(program);
+                c.args(wrapper).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let gateway = gateway
             .arg("--config")
             .arg(&path)
             .stdin(Stdio::null())

@@ -29,7 +29,9 @@ pub(super) struct WebSide {
     /// Where media toward the browser leaves from: the local address of
     /// the ICE-selected pair.
     pub(super) local: Option<IpAddr>,
-    pub(super) srtp: Option<(SrtpContext, SrtpContext)>,
+    /// Inbound and outbound contexts, boxed: about 8 KiB that an inline
+    /// pair would take in every call's relay slot, plain RTP or not.
+    pub(super) srtp: Option<SrtpPair>,
     pub(super) ssrc: Option<u32>,
     /// Browser addresses that sent us an authenticated ICE check: DTLS is
     /// taken from these (and the selected remote) only.
@@ -127,8 +129,13 @@ pub(super) struct SipSide {
     pub(super) left: Option<(SocketAddr, Instant)>,
     pub(super) left_rtcp: Option<(SocketAddr, Instant)>,
     pub(super) strict: bool,
-    pub(super) srtp: Option<(SrtpContext, SrtpContext)>,
+    /// As [`WebSide::srtp`]; `None` (and no memory) for plain RTP.
+    pub(super) srtp: Option<SrtpPair>,
 }
+
+/// A leg's SRTP contexts, inbound then outbound, on the heap: made once
+/// when keys arrive, never per packet.
+pub(super) type SrtpPair = Box<(SrtpContext, SrtpContext)>;
 
 /// How long the address a far end moved away from may not latch again.
 pub(super) const MOVED_AWAY_FOR: std::time::Duration = std::time::Duration::from_secs(2);
@@ -280,7 +287,7 @@ impl RelayedCall {
                 socket: web,
                 remote: setup.web_remote,
                 local: setup.web_local,
-                srtp: setup.web_srtp,
+                srtp: setup.web_srtp.map(Box::new),
                 ssrc: setup.web_ssrc,
                 checked: CheckedSources::new(setup.web_check_verifier),
                 left: None,
@@ -295,7 +302,7 @@ impl RelayedCall {
                 left: None,
                 left_rtcp: None,
                 strict: setup.sip_strict_source,
-                srtp: setup.sip_srtp,
+                srtp: setup.sip_srtp.map(Box::new),
             },
             map: setup.payload_map,
             stats,
@@ -328,7 +335,7 @@ impl RelayedCall {
         sip.latched_rtcp = None;
         sip.strict = far.strict_source;
         if let Some(srtp) = far.srtp {
-            sip.srtp = srtp;
+            sip.srtp = srtp.map(Box::new);
         }
         self.map = far.payload_map;
     }

@@ -47,7 +47,7 @@ impl Worker {
                 buf[4..8].copy_from_slice(&packet.timestamp.to_be_bytes());
                 buf[8..12].copy_from_slice(&call.sip_out.ssrc.to_be_bytes());
                 buf[12..16].copy_from_slice(&packet.payload);
-                let len = match call.sip.srtp.as_mut() {
+                let len = match call.sip.srtp.as_deref_mut() {
                     Some((_, out)) => match out.protect_rtp(&mut buf, 16) {
                         Ok(n) => n,
                         Err(_) => continue,

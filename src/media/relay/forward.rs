@@ -111,12 +111,12 @@ pub(super) fn relay_from_web(
             stats.web.dropped(DropCause::NotReady);
             continue;
         }
-        let Some((web_in, _)) = call.web.srtp.as_mut() else {
+        let Some((web_in, _)) = call.web.srtp.as_deref_mut() else {
             stats.web.dropped(DropCause::NotReady);
             continue;
         };
         let buf = &mut batch.bufs[i];
-        let sip_out = call.sip.srtp.as_mut().map(|(_, out)| out);
+        let sip_out = call.sip.srtp.as_deref_mut().map(|(_, out)| out);
         let result = if kind == WebPacketKind::Rtp {
             web_to_sip_rtp(
                 buf,
@@ -194,12 +194,13 @@ pub(super) fn relay_from_sip(
         }
         let buf = &mut batch.bufs[i];
         let is_rtcp = rtcp_socket || (len >= 2 && rtp::is_rtcp_packet_type(buf[1]));
-        let (Some(web_remote), Some((_, web_out))) = (call.web.remote, call.web.srtp.as_mut())
+        let (Some(web_remote), Some((_, web_out))) =
+            (call.web.remote, call.web.srtp.as_deref_mut())
         else {
             stats.sip.dropped(DropCause::NotReady);
             continue;
         };
-        let sip_in = call.sip.srtp.as_mut().map(|(sip_in, _)| sip_in);
+        let sip_in = call.sip.srtp.as_deref_mut().map(|(sip_in, _)| sip_in);
         let mut digit = None;
         // RTCP from the SIP side speaks for the stream we renumber: it
         // goes out under our SSRC and timestamps.

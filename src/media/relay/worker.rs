@@ -152,7 +152,7 @@ impl Worker {
             }
             Control::WebSrtp(id, keys) => {
                 if let Some(call) = self.call_mut(id) {
-                    call.web.srtp = Some(*keys);
+                    call.web.srtp = Some(keys);
                 }
             }
             Control::SendDtmf(id, digits, duration) => {
