@@ -12,9 +12,13 @@
 //! setup time (the `POST …/calls` to the first echo decrypted), the loss
 //! over the hold (packets sent by the browsers against echoes they
 //! decrypted: both gateway legs and SIPp's echo in between), the gateway's
-//! CPU (`/proc`, one relay worker) per call and in all, and its RSS per
-//! call over the idle figure. The browsers, SIPp and the gateway share this
-//! machine's cores: see BENCHMARKS.md for what limits each figure.
+//! CPU (`/proc`, one relay worker) per call and in all, and its RSS: per
+//! session (every agent signs in first; the growth over the idle figure)
+//! and per call (the growth once every call is up, over the sessions'
+//! figure). The browsers, SIPp and the gateway share this machine's cores:
+//! see BENCHMARKS.md for what limits each figure. `GATEWAY_WRAPPER="taskset
+//! -c 1"` gives the gateway a core of its own (taskset execs it, so the
+//! figures stay the gateway's).
 //! Loopback only; needs `sipp` on PATH.
 
 mod support;
@@ -340,16 +344,41 @@ async fn run(calls: u64, seconds: u64, at_once: usize) -> String {
     let (count_tx, count_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    // Setups, `at_once` in flight.
+    // Every agent signs in first (`at_once` in flight), so what the
+    // sessions hold (their long-polls' connections, event queues) is told
+    // apart from what the calls add.
     let gate = Arc::new(tokio::sync::Semaphore::new(at_once));
+    let mut opening = Vec::new();
+    for n in 0..calls {
+        let (gate, http, api) = (gate.clone(), http.clone(), rig.api.clone());
+        opening.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.ok()?;
+            match Session::open(&http, &api, &format!("load{n}")).await {
+                Ok(session) => Some((n, session)),
+                Err(e) => {
+                    eprintln!("session {n}: {e}");
+                    None
+                }
+            }
+        }));
+    }
+    let mut signed_in = Vec::new();
+    for t in opening {
+        if let Ok(Some(opened)) = t.await {
+            signed_in.push(opened);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_sessions = status_field(pid, "VmRSS:");
+
+    // Setups, `at_once` in flight.
     let setup_started = Instant::now();
     let mut tasks = Vec::new();
-    for n in 0..calls {
-        let (gate, dtls, http, api) = (gate.clone(), dtls.clone(), http.clone(), rig.api.clone());
+    for (n, mut session) in signed_in {
+        let (gate, dtls) = (gate.clone(), dtls.clone());
         let (counts, count_rx, stop_rx) = (counts.clone(), count_rx.clone(), stop_rx.clone());
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await.ok()?;
-            let mut session = Session::open(&http, &api, &format!("load{n}")).await.ok()?;
             let result = set_up(&mut session, &dtls, n).await;
             drop(permit);
             match result {
@@ -401,7 +430,7 @@ async fn run(calls: u64, seconds: u64, at_once: usize) -> String {
         f64::NAN
     };
     format!(
-        "| {calls} | {up} | {} | {:.0} | {:.0} | {:.0} | {:.3} | {:.1} | {:.2} | {:.1} |",
+        "| {calls} | {up} | {} | {:.0} | {:.0} | {:.0} | {:.3} | {:.1} | {:.2} | {:.1} | {:.1} |",
         counts.failed.load(Ordering::Relaxed),
         up / setup_wall.as_secs_f64(),
         percentile(&setups, 0.5),
@@ -409,7 +438,8 @@ async fn run(calls: u64, seconds: u64, at_once: usize) -> String {
         loss,
         100.0 * cpu / held,
         1000.0 * cpu / held / up.max(1.0),
-        (rss_up.saturating_sub(rss_idle)) as f64 / up.max(1.0),
+        (rss_sessions.saturating_sub(rss_idle)) as f64 / (calls as f64).max(1.0),
+        (rss_up.saturating_sub(rss_sessions)) as f64 / up.max(1.0),
     )
 }
 
@@ -426,8 +456,8 @@ fn main() {
         .build()
         .expect("a runtime");
     println!(
-        "| calls | up | failed | setups/s | setup p50 ms | setup p99 ms | loss % | gateway CPU % of a core | CPU ms/s per call | RSS KiB per call |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| calls | up | failed | setups/s | setup p50 ms | setup p99 ms | loss % | gateway CPU % of a core | CPU ms/s per call | RSS KiB per session | RSS KiB per call |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for n in calls {
         println!("{}", runtime.block_on(run(n, seconds, at_once)));
