@@ -690,6 +690,12 @@ impl Call {
             self.media_seen = browser_packets;
             self.media_moved_at = Some(now);
         }
+        // The relay counts only packets whose SRTP authenticated.
+        if browser_packets > 0 {
+            if let Some(leg) = self.leg.as_mut() {
+                leg.media_authenticated();
+            }
+        }
     }
 
     /// The far end's SDP in a 183: negotiated (once), then early media.

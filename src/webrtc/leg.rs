@@ -62,7 +62,11 @@ pub enum WebLegInput<'a> {
 
 pub struct WebLeg {
     ice: IceLiteAgent,
+    /// The DTLS handshake; `None` for an SDES leg, and once the browser's
+    /// media shows the handshake is over ([`WebLeg::media_authenticated`]).
     dtls: Option<DtlsLeg>,
+    /// Keyed by SDES: no DTLS ever runs.
+    sdes: bool,
     /// Where DTLS goes when we are the active side or answer a flight.
     dtls_peer: Option<Pair>,
     events: VecDeque<WebLegEvent>,
@@ -89,6 +93,7 @@ impl WebLeg {
         Ok(WebLeg {
             ice: IceLiteAgent::new(local, remote, consent_timeout, now),
             dtls: Some(DtlsLeg::new(identity, peer_fingerprint, dtls_active, now)?),
+            sdes: false,
             dtls_peer: None,
             events: VecDeque::new(),
             keys_reported: false,
@@ -108,6 +113,7 @@ impl WebLeg {
         WebLeg {
             ice: IceLiteAgent::new(local, remote, consent_timeout, now),
             dtls: None,
+            sdes: true,
             dtls_peer: None,
             events: VecDeque::new(),
             keys_reported: false,
@@ -123,6 +129,19 @@ impl WebLeg {
     pub fn restart_ice(&mut self, local: IceCredentials, remote: IceCredentials) {
         self.ice.restart(local, remote);
         self.restarting = true;
+    }
+
+    /// The browser's SRTP authenticates with the keys this leg's DTLS
+    /// exported, so the browser has our last flight: the handshake is over
+    /// on both sides, and nothing of it is needed again (a DTLS 1.2 server
+    /// keeps its last flight only to answer the client's retransmission of
+    /// its own). The handshake's state goes — flight buffers, record keys,
+    /// transcript: some 7 KiB a call — and DTLS datagrams after it (an
+    /// alert at hang-up) are ignored. Before the keys it changes nothing.
+    pub fn media_authenticated(&mut self) {
+        if self.keys_reported {
+            self.dtls = None;
+        }
     }
 
     pub fn handle_input(&mut self, now: Instant, input: WebLegInput<'_>) {
@@ -154,13 +173,13 @@ impl WebLeg {
                 let _ = self.ice.handle_input(now, IceInput::Stun { pair, data });
                 self.take_ice_events();
                 // SDES keys are known already: media may use the first valid pair.
-                if self.dtls.is_none() && self.media_pair.is_none() && self.ice.is_validated(from) {
+                if self.sdes && self.media_pair.is_none() && self.ice.is_validated(from) {
                     self.use_for_media(pair);
                 }
                 // The first check with an ICE restart's new credentials.
                 if self.restarting && !self.ice.restart_pending() && self.ice.is_validated(from) {
                     self.restarting = false;
-                    if self.keys_reported || self.dtls.is_none() {
+                    if self.keys_reported || self.sdes {
                         self.use_for_media(pair);
                     }
                 }
@@ -267,5 +286,158 @@ impl WebLeg {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webrtc::stun::{self, Builder};
+    use std::time::Duration;
+
+    const GATEWAY_PWD: &str = "gateway-password-24chars";
+
+    fn creds(ufrag: &str, pwd: &str) -> IceCredentials {
+        IceCredentials {
+            ufrag: ufrag.into(),
+            pwd: pwd.into(),
+        }
+    }
+
+    fn browser() -> SocketAddr {
+        "192.0.2.7:50000".parse().unwrap()
+    }
+
+    /// The browser's nominating check, signed with our password.
+    fn nominating_check() -> Vec<u8> {
+        Builder::new(stun::BINDING_REQUEST, [7; 12])
+            .attribute(stun::ATTR_USERNAME, b"gwuf:brwz")
+            .attribute(stun::ATTR_USE_CANDIDATE, &[])
+            .attribute(stun::ATTR_PRIORITY, &[0x6e, 0, 0x1e, 0xff])
+            .attribute(stun::ATTR_ICE_CONTROLLING, &[1; 8])
+            .message_integrity(GATEWAY_PWD.as_bytes())
+            .fingerprint()
+    }
+
+    fn packet(data: &[u8]) -> WebLegInput<'_> {
+        WebLegInput::Packet {
+            from: browser(),
+            to: None,
+            data,
+        }
+    }
+
+    /// The leg's events until it waits: the DTLS datagrams it sends, and
+    /// whether it gave keys or failed.
+    fn drain(leg: &mut WebLeg) -> (Vec<Vec<u8>>, bool, bool) {
+        let (mut dtls, mut keyed, mut failed) = (Vec::new(), false, false);
+        loop {
+            match leg.poll_output() {
+                WebLegEvent::Timeout(_) => return (dtls, keyed, failed),
+                WebLegEvent::Transmit { data, .. } if classify(&data) == WebPacketKind::Dtls => {
+                    dtls.push(data)
+                }
+                WebLegEvent::Keys(_) => keyed = true,
+                WebLegEvent::Failed(_) => failed = true,
+                _ => {}
+            }
+        }
+    }
+
+    /// A leg (the passive DTLS side, as toward a browser offering actpass)
+    /// and a browser's DTLS client, checked by ICE; the browser's last
+    /// flight is returned with them once the leg has its keys.
+    fn keyed_leg(now: Instant) -> (WebLeg, Vec<Vec<u8>>) {
+        let (ours, theirs) = (
+            DtlsIdentity::generate().unwrap(),
+            DtlsIdentity::generate().unwrap(),
+        );
+        let mut leg = WebLeg::with_dtls(
+            creds("gwuf", GATEWAY_PWD),
+            creds("brwz", "browser-password-24char"),
+            Duration::from_secs(30),
+            &ours,
+            theirs.fingerprint.clone(),
+            false,
+            now,
+        )
+        .unwrap();
+        let mut client = DtlsLeg::new(&theirs, ours.fingerprint.clone(), true, now).unwrap();
+        leg.handle_input(now, packet(&nominating_check()));
+        drain(&mut leg);
+        let mut to_leg = Vec::new();
+        let _ = client.handle_input(now, DtlsInput::Timeout);
+        for _ in 0..20 {
+            let mut flight = Vec::new();
+            while let DtlsOutput::Transmit(data) = client.poll_output() {
+                flight.push(data);
+            }
+            let mut keyed = false;
+            for data in &flight {
+                leg.handle_input(now, packet(data));
+                let (replies, k, failed) = drain(&mut leg);
+                assert!(!failed);
+                keyed |= k;
+                for r in replies {
+                    client.handle_input(now, DtlsInput::Packet(&r)).unwrap();
+                }
+            }
+            to_leg = flight;
+            if keyed {
+                return (leg, to_leg);
+            }
+        }
+        panic!("no keys after the handshake; last flight {}", to_leg.len());
+    }
+
+    #[test]
+    fn the_handshake_is_kept_until_the_browsers_media_authenticates() {
+        let now = Instant::now();
+        let (mut leg, last_flight) = keyed_leg(now);
+        // The browser did not hear our last flight and sends its own again:
+        // it is answered, since nothing says the browser is done.
+        for data in &last_flight {
+            leg.handle_input(now, packet(data));
+        }
+        let (replies, keyed, failed) = drain(&mut leg);
+        assert!(!replies.is_empty(), "our last flight again");
+        assert!(!keyed && !failed);
+        assert!(leg.dtls.is_some());
+
+        // Its SRTP authenticates: the handshake state goes, and DTLS after
+        // it gets no answer and fails nothing.
+        leg.media_authenticated();
+        assert!(leg.dtls.is_none());
+        for data in &last_flight {
+            leg.handle_input(now, packet(data));
+        }
+        let (replies, keyed, failed) = drain(&mut leg);
+        assert!(replies.is_empty() && !keyed && !failed);
+        // ICE goes on: consent checks are still answered.
+        leg.handle_input(now, packet(&nominating_check()));
+        let answered = std::iter::from_fn(|| match leg.poll_output() {
+            WebLegEvent::Timeout(_) => None,
+            event => Some(event),
+        })
+        .any(|e| matches!(e, WebLegEvent::Transmit { data, .. } if classify(&data) == WebPacketKind::Stun));
+        assert!(answered);
+    }
+
+    #[test]
+    fn media_before_the_keys_leaves_the_handshake_alone() {
+        let now = Instant::now();
+        let id = DtlsIdentity::generate().unwrap();
+        let mut leg = WebLeg::with_dtls(
+            creds("gwuf", GATEWAY_PWD),
+            creds("brwz", "browser-password-24char"),
+            Duration::from_secs(30),
+            &id,
+            id.fingerprint.clone(),
+            false,
+            now,
+        )
+        .unwrap();
+        leg.media_authenticated();
+        assert!(leg.dtls.is_some());
     }
 }
