@@ -64,7 +64,8 @@ pub struct WebLeg {
     ice: IceLiteAgent,
     /// The DTLS handshake; `None` for an SDES leg, and once the browser's
     /// media shows the handshake is over ([`WebLeg::media_authenticated`]).
-    dtls: Option<DtlsLeg>,
+    /// Boxed, so that its 3.5 KiB go with it.
+    dtls: Option<Box<DtlsLeg>>,
     /// Keyed by SDES: no DTLS ever runs.
     sdes: bool,
     /// Where DTLS goes when we are the active side or answer a flight.
@@ -92,7 +93,12 @@ impl WebLeg {
     ) -> Result<Self, DtlsError> {
         Ok(WebLeg {
             ice: IceLiteAgent::new(local, remote, consent_timeout, now),
-            dtls: Some(DtlsLeg::new(identity, peer_fingerprint, dtls_active, now)?),
+            dtls: Some(Box::new(DtlsLeg::new(
+                identity,
+                peer_fingerprint,
+                dtls_active,
+                now,
+            )?)),
             sdes: false,
             dtls_peer: None,
             events: VecDeque::new(),
@@ -219,7 +225,7 @@ impl WebLeg {
         if self.failed {
             return None;
         }
-        let dtls = self.dtls.as_ref().and_then(DtlsLeg::next_timeout);
+        let dtls = self.dtls.as_deref().and_then(DtlsLeg::next_timeout);
         [self.ice.next_timeout(), dtls].into_iter().flatten().min()
     }
 
