@@ -1015,13 +1015,13 @@ enum Far {
     Echo(Echo),
     Sip {
         handle: SipHandle,
-        events: Option<mpsc::UnboundedReceiver<DialogEvent>>,
+        events: Option<mpsc::UnboundedReceiver<Box<DialogEvent>>>,
     },
 }
 
 impl Far {
     /// The SIP side's dialog `events` for a call, through `handle`.
-    fn sip(handle: &SipHandle, events: mpsc::UnboundedReceiver<DialogEvent>) -> Far {
+    fn sip(handle: &SipHandle, events: mpsc::UnboundedReceiver<Box<DialogEvent>>) -> Far {
         Far::Sip {
             handle: handle.clone(),
             events: Some(events),
@@ -1084,10 +1084,10 @@ impl Far {
 
 /// The next event of the far end's dialog, or never (echo, or the dialog is over).
 async fn next_dialog_event(
-    events: &mut Option<mpsc::UnboundedReceiver<DialogEvent>>,
+    events: &mut Option<mpsc::UnboundedReceiver<Box<DialogEvent>>>,
 ) -> Option<DialogEvent> {
     match events {
-        Some(rx) => rx.recv().await,
+        Some(rx) => rx.recv().await.map(|event| *event),
         None => std::future::pending().await,
     }
 }

@@ -42,7 +42,9 @@ enum Waiter {
     /// A session waiting for its registration's verdict.
     Registration(oneshot::Sender<Result<(), RegisterError>>),
     /// A call's task, hearing of the far end through this channel.
-    Dialog(mpsc::UnboundedSender<DialogEvent>),
+    /// A call's dialog events, boxed: the channel's first block holds 32
+    /// items from the start, and the events are rare.
+    Dialog(mpsc::UnboundedSender<Box<DialogEvent>>),
 }
 
 /// A call from the SIP side for one of our users.
@@ -60,7 +62,7 @@ pub struct IncomingCall {
     pub auto_answer: Option<u32>,
     pub sdp: Option<String>,
     /// What the caller does next (CANCEL, BYE, hold…).
-    pub events: mpsc::UnboundedReceiver<DialogEvent>,
+    pub events: mpsc::UnboundedReceiver<Box<DialogEvent>>,
 }
 
 /// What the SIP server's keepalive said last.
@@ -155,7 +157,7 @@ impl SipHandle {
         to: &str,
         sdp: String,
         caller: crate::sip::caller_id::OutgoingCaller,
-    ) -> mpsc::UnboundedReceiver<DialogEvent> {
+    ) -> mpsc::UnboundedReceiver<Box<DialogEvent>> {
         let (events, rx) = mpsc::unbounded_channel();
         let _ = self.commands.send(Command {
             input: UaInput::Invite {
@@ -878,7 +880,7 @@ async fn run(
     let mut buf = vec![0u8; MAX_MESSAGE_BYTES + 1];
     let mut waiting: HashMap<String, oneshot::Sender<Result<(), RegisterError>>> = HashMap::new();
     let mut seen = UaCounters::default();
-    let mut calls: HashMap<String, mpsc::UnboundedSender<DialogEvent>> = HashMap::new();
+    let mut calls: HashMap<String, mpsc::UnboundedSender<Box<DialogEvent>>> = HashMap::new();
     let (large_in, mut from_large) = mpsc::unbounded_channel::<(Vec<u8>, SocketAddr)>();
     let (large_failed, mut large_lost) = mpsc::unbounded_channel();
     let (accepted, mut from_accepted) = match inbound {
@@ -980,7 +982,7 @@ async fn run(
                             | DialogEvent::SessionExpired
                     );
                     if let Some(tx) = calls.get(&key) {
-                        let _ = tx.send(event);
+                        let _ = tx.send(Box::new(event));
                     }
                     if last {
                         calls.remove(&key);
