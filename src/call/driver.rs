@@ -39,6 +39,7 @@ use crate::sdp::SdpError;
 use crate::session::{CallerIdentity, IncomingCaller, SessionEvent};
 use crate::sip::caller_id::OutgoingCaller;
 use crate::sip::dialog::DialogEvent;
+use crate::sip::driver::DialogEvents;
 use crate::sip::driver::IncomingCall;
 use crate::sip::driver::SipHandle;
 use crate::sip::transfer::{TransferProgress, TransferTarget};
@@ -1015,13 +1016,13 @@ enum Far {
     Echo(Echo),
     Sip {
         handle: SipHandle,
-        events: Option<mpsc::UnboundedReceiver<Box<DialogEvent>>>,
+        events: Option<DialogEvents>,
     },
 }
 
 impl Far {
     /// The SIP side's dialog `events` for a call, through `handle`.
-    fn sip(handle: &SipHandle, events: mpsc::UnboundedReceiver<Box<DialogEvent>>) -> Far {
+    fn sip(handle: &SipHandle, events: DialogEvents) -> Far {
         Far::Sip {
             handle: handle.clone(),
             events: Some(events),
@@ -1083,9 +1084,7 @@ impl Far {
 }
 
 /// The next event of the far end's dialog, or never (echo, or the dialog is over).
-async fn next_dialog_event(
-    events: &mut Option<mpsc::UnboundedReceiver<Box<DialogEvent>>>,
-) -> Option<DialogEvent> {
+async fn next_dialog_event(events: &mut Option<DialogEvents>) -> Option<DialogEvent> {
     match events {
         Some(rx) => rx.recv().await.map(|event| *event),
         None => std::future::pending().await,

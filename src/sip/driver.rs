@@ -42,10 +42,13 @@ enum Waiter {
     /// A session waiting for its registration's verdict.
     Registration(oneshot::Sender<Result<(), RegisterError>>),
     /// A call's task, hearing of the far end through this channel.
-    /// A call's dialog events, boxed: the channel's first block holds 32
-    /// items from the start, and the events are rare.
-    Dialog(mpsc::UnboundedSender<Box<DialogEvent>>),
+    Dialog(DialogEventSender),
 }
+
+/// A call's dialog events as its task receives them. Boxed: a channel's
+/// first block holds 32 items from the start, and the events are rare.
+pub type DialogEvents = mpsc::UnboundedReceiver<Box<DialogEvent>>;
+type DialogEventSender = mpsc::UnboundedSender<Box<DialogEvent>>;
 
 /// A call from the SIP side for one of our users.
 pub struct IncomingCall {
@@ -62,7 +65,7 @@ pub struct IncomingCall {
     pub auto_answer: Option<u32>,
     pub sdp: Option<String>,
     /// What the caller does next (CANCEL, BYE, hold…).
-    pub events: mpsc::UnboundedReceiver<Box<DialogEvent>>,
+    pub events: DialogEvents,
 }
 
 /// What the SIP server's keepalive said last.
@@ -157,7 +160,7 @@ impl SipHandle {
         to: &str,
         sdp: String,
         caller: crate::sip::caller_id::OutgoingCaller,
-    ) -> mpsc::UnboundedReceiver<Box<DialogEvent>> {
+    ) -> DialogEvents {
         let (events, rx) = mpsc::unbounded_channel();
         let _ = self.commands.send(Command {
             input: UaInput::Invite {
@@ -880,7 +883,7 @@ async fn run(
     let mut buf = vec![0u8; MAX_MESSAGE_BYTES + 1];
     let mut waiting: HashMap<String, oneshot::Sender<Result<(), RegisterError>>> = HashMap::new();
     let mut seen = UaCounters::default();
-    let mut calls: HashMap<String, mpsc::UnboundedSender<Box<DialogEvent>>> = HashMap::new();
+    let mut calls: HashMap<String, DialogEventSender> = HashMap::new();
     let (large_in, mut from_large) = mpsc::unbounded_channel::<(Vec<u8>, SocketAddr)>();
     let (large_failed, mut large_lost) = mpsc::unbounded_channel();
     let (accepted, mut from_accepted) = match inbound {
