@@ -368,6 +368,7 @@ async fn run(calls: u64, seconds: u64, at_once: usize) -> String {
             signed_in.push(opened);
         }
     }
+    let sessions_open = signed_in.len() as f64;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_sessions = status_field(pid, "VmRSS:");
 
@@ -438,7 +439,7 @@ async fn run(calls: u64, seconds: u64, at_once: usize) -> String {
         loss,
         100.0 * cpu / held,
         1000.0 * cpu / held / up.max(1.0),
-        (rss_sessions.saturating_sub(rss_idle)) as f64 / (calls as f64).max(1.0),
+        (rss_sessions.saturating_sub(rss_idle)) as f64 / sessions_open.max(1.0),
         (rss_up.saturating_sub(rss_sessions)) as f64 / up.max(1.0),
     )
 }

@@ -11,12 +11,12 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::haproxy::HaProxy;
 use common::sipp::{Sipp, Transport};
-use common::{client, free_tcp_port, wait_until_bound, ApiSession, Gateway};
+use common::{client, free_tcp_port, wait_until_bound, ApiSession, Gateway, Killed};
 use serde_json::{json, Value};
 
 const OFFER: &str = include_str!("fixtures/sdp/chromium-offer.sdp");
@@ -37,15 +37,6 @@ fn node(id: &str, port: u16, peer: (&str, u16)) -> Gateway {
         1,
     );
     Gateway::start_with_env(&config, &[])
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// `POST /v1/sessions` through `base`: status and body.

@@ -14,12 +14,12 @@
 
 mod common;
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::haproxy::HaProxy;
 use common::kamailio::Kamailio;
-use common::{ApiSession, Gateway, Network};
+use common::{ApiSession, Gateway, Killed, Network};
 
 const OFFER: &str = include_str!("fixtures/sdp/chromium-offer.sdp");
 
@@ -97,16 +97,6 @@ fn node_config(id: &str, host: &Host, peer: (&str, &Host)) -> String {
         peer.0,
         peer.1.api()
     )
-}
-
-/// A process killed when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The switch: SIPp's own UAS answering the agents' calls and echoing

@@ -350,6 +350,21 @@ mod tests {
         }
     }
 
+    /// A DTLS leg with our test credentials, the passive side (as toward a
+    /// browser offering actpass), expecting the peer's `fingerprint`.
+    fn passive_leg(ours: &DtlsIdentity, fingerprint: &Fingerprint, now: Instant) -> WebLeg {
+        WebLeg::with_dtls(
+            creds("gwuf", GATEWAY_PWD),
+            creds("brwz", "browser-password-24char"),
+            Duration::from_secs(30),
+            ours,
+            fingerprint.clone(),
+            false,
+            now,
+        )
+        .unwrap()
+    }
+
     /// A leg (the passive DTLS side, as toward a browser offering actpass)
     /// and a browser's DTLS client, checked by ICE; the browser's last
     /// flight is returned with them once the leg has its keys.
@@ -358,16 +373,7 @@ mod tests {
             DtlsIdentity::generate().unwrap(),
             DtlsIdentity::generate().unwrap(),
         );
-        let mut leg = WebLeg::with_dtls(
-            creds("gwuf", GATEWAY_PWD),
-            creds("brwz", "browser-password-24char"),
-            Duration::from_secs(30),
-            &ours,
-            theirs.fingerprint.clone(),
-            false,
-            now,
-        )
-        .unwrap();
+        let mut leg = passive_leg(&ours, &theirs.fingerprint, now);
         let mut client = DtlsLeg::new(&theirs, ours.fingerprint.clone(), true, now).unwrap();
         leg.handle_input(now, packet(&nominating_check()));
         drain(&mut leg);
@@ -433,16 +439,7 @@ mod tests {
     fn media_before_the_keys_leaves_the_handshake_alone() {
         let now = Instant::now();
         let id = DtlsIdentity::generate().unwrap();
-        let mut leg = WebLeg::with_dtls(
-            creds("gwuf", GATEWAY_PWD),
-            creds("brwz", "browser-password-24char"),
-            Duration::from_secs(30),
-            &id,
-            id.fingerprint.clone(),
-            false,
-            now,
-        )
-        .unwrap();
+        let mut leg = passive_leg(&id, &id.fingerprint, now);
         leg.media_authenticated();
         assert!(leg.dtls.is_some());
     }

@@ -1,7 +1,6 @@
 //! HAProxy (Debian's haproxy package) as the HTTP load balancer in front of
 //! several gateway nodes' APIs, stopped when dropped.
 
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 
 use super::{wait_until_bound, write, Gateway};
@@ -23,25 +22,17 @@ impl HaProxy {
     /// (name, gateway), each probed on its admin port's `/readyz` twice a
     /// second: one failure takes a node out, one success brings it back.
     pub fn start(port: u16, nodes: &[(&str, &Gateway)]) -> HaProxy {
-        let nodes: Vec<(&str, SocketAddr, u16)> = nodes
-            .iter()
-            .map(|(name, gw)| (*name, gw.http, gw.admin.port()))
-            .collect();
-        HaProxy::start_for(port, &nodes)
-    }
-
-    /// [`HaProxy::start`] for nodes named by (name, API address, admin
-    /// port), which need not run yet.
-    pub fn start_for(port: u16, nodes: &[(&str, SocketAddr, u16)]) -> HaProxy {
         let dir = tempfile::tempdir().unwrap();
         let mut config = format!(
             "defaults\n  mode http\n  timeout connect 2s\n  timeout client 40s\n  timeout server 40s\n\
              frontend api\n  bind 127.0.0.1:{port}\n  default_backend gateways\n\
              backend gateways\n  balance roundrobin\n  option httpchk GET /readyz\n"
         );
-        for (name, api, admin_port) in nodes {
+        for (name, gw) in nodes {
             config.push_str(&format!(
-                "  server {name} {api} check port {admin_port} inter 500ms fall 1 rise 1\n"
+                "  server {name} {} check port {} inter 500ms fall 1 rise 1\n",
+                gw.http,
+                gw.admin.port()
             ));
         }
         let path = write(dir.path(), "haproxy.cfg", &config);

@@ -299,6 +299,16 @@ impl Drop for Gateway {
     }
 }
 
+/// A process of a test's peer (SIPp, Redis…), killed when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs the binary with arguments and returns its output.
 pub fn run(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
     let mut child = Command::new(BIN)
