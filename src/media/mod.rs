@@ -11,3 +11,4 @@ pub mod ring;
 pub mod rtp;
 pub mod srtp;
 pub mod stats;
+pub mod transcode;

@@ -1,0 +1,420 @@
+//! Transcoding for calls whose legs share no codec: Opus toward the
+//! browser, G.711 (µ-law or A-law) toward the SIP side.
+//!
+//! A [`Transcoder`] belongs to one call's relay slot and works packet by
+//! packet, with every buffer inside it: nothing allocates per packet. It is
+//! sans-IO — payloads and RTP numbers in, payloads and numbers out — and
+//! the relay does the sockets, SRTP and sending.
+//!
+//! - Browser → SIP: the Opus payload is decoded and re-encoded as G.711. A
+//!   gap in the browser's sequence numbers (lost packets) is made up before
+//!   the packet that follows it: the frame just before from that packet's
+//!   in-band FEC (when the browser's encoder put it there; libopus falls
+//!   back to concealment when it did not), older ones by libopus's packet
+//!   loss concealment. The switch gets a continuous stream with the lost
+//!   numbers filled. A silence gap the browser's DTX leaves keeps its
+//!   timestamps and is not taken for loss (its numbers are contiguous).
+//! - SIP → browser: the G.711 payload is decoded and encoded as Opus, one
+//!   Opus packet per 10, 20, 40 or 60 ms; a packet of another length (30 ms,
+//!   say) is cut into such frames, each an Opus packet of its own.
+//!
+//! Rates: libopus decodes straight to the SIP codec's rate and encodes
+//! straight from it. Its decoder band-limits before it lowers the rate and
+//! its encoder resamples its input with its own filters, so the path never
+//! drops samples and has no second resampler to run: one filter fewer per
+//! packet than decoding at 48 kHz and converting (see the aliasing test
+//! below). The RTP clocks differ (48 kHz for Opus, RFC 7587; 8 kHz for
+//! G.711): timestamps are carried across scaled, steps and all.
+//!
+//! The Opus binding is the `opus` crate over the system's libopus (Debian's
+//! libopus-dev): the reference codec, maintained by its authors and patched
+//! by the distribution, with safe wrappers whose encode and decode take
+//! caller-owned buffers.
+
+pub mod g711;
+
+/// The codec of the SIP leg of a transcoded call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NarrowCodec {
+    Pcmu,
+    Pcma,
+}
+
+impl NarrowCodec {
+    /// Samples per second, which G.711 also uses as its RTP clock.
+    pub const fn rate(self) -> u32 {
+        8000
+    }
+
+    fn encode(self, pcm: &[i16], out: &mut [u8]) {
+        let encode = match self {
+            NarrowCodec::Pcmu => g711::ulaw_encode,
+            NarrowCodec::Pcma => g711::alaw_encode,
+        };
+        for (byte, &sample) in out.iter_mut().zip(pcm) {
+            *byte = encode(sample);
+        }
+    }
+
+    fn decode(self, payload: &[u8], pcm: &mut [i16]) {
+        let decode = match self {
+            NarrowCodec::Pcmu => g711::ulaw_decode,
+            NarrowCodec::Pcma => g711::alaw_decode,
+        };
+        for (sample, &byte) in pcm.iter_mut().zip(payload) {
+            *sample = decode(byte);
+        }
+    }
+}
+
+/// Which payload types a call transcodes between: the browser's Opus type
+/// and the SIP side's type of `sip_codec`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TranscodeSpec {
+    pub web_pt: u8,
+    pub sip_pt: u8,
+    pub sip_codec: NarrowCodec,
+}
+
+/// Opus's RTP clock (RFC 7587), whatever the audio's bandwidth.
+pub const OPUS_CLOCK: u32 = 48_000;
+/// The longest packet taken either way: 120 ms, Opus's longest.
+const MAX_PACKET_MS: usize = 120;
+/// Samples in the longest packet at the SIP codec's rate.
+const MAX_SAMPLES: usize = MAX_PACKET_MS * 8;
+/// The largest Opus payload taken (an MTU's worth).
+const MAX_OPUS_PAYLOAD: usize = 1500;
+/// Lost browser packets made up before the next one: at most three (60 ms
+/// of 20 ms frames); a longer gap is left to the switch's own concealment
+/// rather than filled with a long synthetic tail.
+pub const MAX_MADE_UP: u16 = 3;
+/// Sequence steps that still belong to the same stream; a larger jump
+/// starts the numbering afresh (a new source).
+const MAX_SEQ_STEP: i16 = 3000;
+/// The Opus bit rate toward the browser: the SIP side is narrowband, which
+/// SILK codes well at this rate, with room for in-band FEC.
+const OPUS_BITRATE: i32 = 24_000;
+/// The loss the Opus encoder toward the browser protects against with
+/// in-band FEC (percent): a home agent's Wi-Fi.
+const OPUS_EXPECTED_LOSS: i32 = 10;
+
+/// Why a packet could not be transcoded (the relay drops and counts it).
+#[derive(Debug, PartialEq, Eq)]
+pub enum TranscodeError {
+    /// Not a payload the codec reads, or a length it cannot carry.
+    BadPayload,
+    /// Older than or the same as one already transcoded (reordered or
+    /// repeated): the codec states run forward only.
+    Late,
+    /// libopus refused it.
+    Codec,
+}
+
+impl From<opus::Error> for TranscodeError {
+    fn from(_: opus::Error) -> Self {
+        TranscodeError::Codec
+    }
+}
+
+/// An RTP packet's numbers after transcoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Numbers {
+    pub seq: u16,
+    pub timestamp: u32,
+}
+
+/// One call's transcoding state, both directions.
+pub struct Transcoder {
+    spec: TranscodeSpec,
+    decoder: opus::Decoder,
+    encoder: opus::Encoder,
+    /// Decoded samples at the SIP codec's rate.
+    pcm: [i16; MAX_SAMPLES],
+    /// The browser's packet being transcoded (its payload is overwritten by
+    /// the G.711 one in place, so it is kept here).
+    opus_payload: [u8; MAX_OPUS_PAYLOAD],
+    opus_len: usize,
+    /// Its frame length at the SIP codec's rate, and its numbers toward
+    /// the SIP side.
+    web_frame: usize,
+    web_numbers: Numbers,
+    web_in: Option<(u16, u32)>,
+    /// SIP side: the source, its last packet's numbers and ours.
+    sip_in: Option<(u32, u16, u32)>,
+    sip_out: Numbers,
+    /// The decoded SIP packet, cut into Opus frames: (offset, length).
+    sip_chunks: [(usize, usize); MAX_PACKET_MS / 10],
+    sip_chunk_count: usize,
+    /// Counters for the call's view and the metrics.
+    pub recovered: u64,
+}
+
+impl Transcoder {
+    /// A transcoder for `spec`: libopus's state is made here (tens of
+    /// kilobytes), on the control path, never per packet.
+    pub fn new(spec: TranscodeSpec) -> Result<Box<Transcoder>, TranscodeError> {
+        let rate = spec.sip_codec.rate();
+        let decoder = opus::Decoder::new(rate, opus::Channels::Mono)?;
+        let mut encoder = opus::Encoder::new(rate, opus::Channels::Mono, opus::Application::Voip)?;
+        encoder.set_bitrate(opus::Bitrate::Bits(OPUS_BITRATE))?;
+        encoder.set_inband_fec(true)?;
+        encoder.set_packet_loss_perc(OPUS_EXPECTED_LOSS)?;
+        Ok(Box::new(Transcoder {
+            spec,
+            decoder,
+            encoder,
+            pcm: [0; MAX_SAMPLES],
+            opus_payload: [0; MAX_OPUS_PAYLOAD],
+            opus_len: 0,
+            web_frame: 0,
+            web_numbers: Numbers {
+                seq: 0,
+                timestamp: 0,
+            },
+            web_in: None,
+            sip_in: None,
+            sip_out: Numbers {
+                seq: 0,
+                timestamp: 0,
+            },
+            sip_chunks: [(0, 0); MAX_PACKET_MS / 10],
+            sip_chunk_count: 0,
+            recovered: 0,
+        }))
+    }
+
+    pub fn spec(&self) -> TranscodeSpec {
+        self.spec
+    }
+
+    /// Opus clock ticks per sample at the SIP codec's rate.
+    fn ratio(&self) -> u32 {
+        OPUS_CLOCK / self.spec.sip_codec.rate()
+    }
+
+    /// A browser packet (`seq`, `timestamp`, Opus `payload`) arrives: kept
+    /// for [`Transcoder::web_current`]; returns how many lost packets just
+    /// before it to make up first ([`Transcoder::web_made_up`], oldest
+    /// first), at most [`MAX_MADE_UP`].
+    pub fn web_packet(
+        &mut self,
+        seq: u16,
+        timestamp: u32,
+        payload: &[u8],
+    ) -> Result<u16, TranscodeError> {
+        if payload.is_empty() || payload.len() > MAX_OPUS_PAYLOAD {
+            return Err(TranscodeError::BadPayload);
+        }
+        let rate = self.spec.sip_codec.rate();
+        let frame = opus::packet::get_nb_samples(payload, rate)
+            .map_err(|_| TranscodeError::BadPayload)?;
+        if frame == 0 || frame > MAX_SAMPLES {
+            return Err(TranscodeError::BadPayload);
+        }
+        let ratio = self.ratio();
+        let (lost, out_timestamp) = match self.web_in {
+            Some((last_seq, last_timestamp)) => {
+                let step = seq.wrapping_sub(last_seq) as i16;
+                if step <= 0 {
+                    return Err(TranscodeError::Late);
+                }
+                let ticks = timestamp.wrapping_sub(last_timestamp) as i32;
+                let out = self
+                    .web_numbers
+                    .timestamp
+                    .wrapping_add_signed(ticks / ratio as i32);
+                let lost = if step > MAX_SEQ_STEP {
+                    0
+                } else {
+                    (step - 1) as u16
+                };
+                (lost, out)
+            }
+            None => (0, timestamp / ratio),
+        };
+        self.opus_payload[..payload.len()].copy_from_slice(payload);
+        self.opus_len = payload.len();
+        self.web_frame = frame;
+        self.web_in = Some((seq, timestamp));
+        self.web_numbers = Numbers {
+            seq,
+            timestamp: out_timestamp,
+        };
+        Ok(lost.min(MAX_MADE_UP))
+    }
+
+    /// Makes up the packet `back` places before the current one (1: the one
+    /// just before, from the current packet's in-band FEC; further back, by
+    /// concealment) as a SIP payload in `out`; returns its length and
+    /// numbers. Call from the oldest to `back` = 1, then
+    /// [`Transcoder::web_current`].
+    pub fn web_made_up(
+        &mut self,
+        back: u16,
+        out: &mut [u8],
+    ) -> Result<(usize, Numbers), TranscodeError> {
+        let frame = self.web_frame;
+        if out.len() < frame {
+            return Err(TranscodeError::BadPayload);
+        }
+        let decoded = if back == 1 {
+            self.decoder.decode(
+                &self.opus_payload[..self.opus_len],
+                &mut self.pcm[..frame],
+                true,
+            )?
+        } else {
+            self.decoder.decode(&[], &mut self.pcm[..frame], false)?
+        };
+        let decoded = decoded.min(frame);
+        self.spec
+            .sip_codec
+            .encode(&self.pcm[..decoded], &mut out[..decoded]);
+        self.recovered += 1;
+        let back32 = u32::from(back);
+        Ok((
+            decoded,
+            Numbers {
+                seq: self.web_numbers.seq.wrapping_sub(back),
+                timestamp: self
+                    .web_numbers
+                    .timestamp
+                    .wrapping_sub(back32 * frame as u32),
+            },
+        ))
+    }
+
+    /// The current browser packet as a SIP payload in `out`: its length and
+    /// numbers.
+    pub fn web_current(&mut self, out: &mut [u8]) -> Result<(usize, Numbers), TranscodeError> {
+        let frame = self.web_frame;
+        let decoded = self.decoder.decode(
+            &self.opus_payload[..self.opus_len],
+            &mut self.pcm[..frame],
+            false,
+        )?;
+        let decoded = decoded.min(frame);
+        if out.len() < decoded {
+            return Err(TranscodeError::BadPayload);
+        }
+        self.spec
+            .sip_codec
+            .encode(&self.pcm[..decoded], &mut out[..decoded]);
+        Ok((decoded, self.web_numbers))
+    }
+
+    /// A browser timestamp (Opus clock) on the SIP side's clock, in step
+    /// with the transcoded audio: for the telephone-event packets that
+    /// travel beside it.
+    pub fn web_timestamp_to_sip(&self, timestamp: u32) -> u32 {
+        match self.web_in {
+            Some((_, last)) => {
+                let ticks = timestamp.wrapping_sub(last) as i32;
+                self.web_numbers
+                    .timestamp
+                    .wrapping_add_signed(ticks / self.ratio() as i32)
+            }
+            None => timestamp / self.ratio(),
+        }
+    }
+
+    /// A SIP packet (`ssrc`, `seq`, `timestamp`, G.711 `payload`) arrives:
+    /// decoded and cut into Opus frames; returns how many Opus packets it
+    /// makes ([`Transcoder::sip_chunk`] each, in order).
+    pub fn sip_packet(
+        &mut self,
+        ssrc: u32,
+        seq: u16,
+        timestamp: u32,
+        payload: &[u8],
+    ) -> Result<usize, TranscodeError> {
+        // 10 ms steps: every Opus frame length from 10 ms up is one.
+        let step = self.spec.sip_codec.rate() as usize / 100;
+        let samples = payload.len();
+        if samples == 0 || samples % step != 0 || samples > MAX_SAMPLES {
+            return Err(TranscodeError::BadPayload);
+        }
+        let ratio = self.ratio();
+        match self.sip_in {
+            Some((last_ssrc, last_seq, last_timestamp)) if last_ssrc == ssrc => {
+                let step = seq.wrapping_sub(last_seq) as i16;
+                if step <= 0 {
+                    return Err(TranscodeError::Late);
+                }
+                if step <= MAX_SEQ_STEP {
+                    // Lost packets leave their gap in our numbers too.
+                    self.sip_out.seq = self.sip_out.seq.wrapping_add(step as u16 - 1);
+                }
+                let ticks = timestamp.wrapping_sub(last_timestamp) as i32;
+                self.sip_out.timestamp = self
+                    .sip_out
+                    .timestamp
+                    .wrapping_add_signed(ticks.wrapping_mul(ratio as i32));
+            }
+            Some(_) => {
+                // A new source continues our stream where it stood.
+                self.sip_out.timestamp = self.sip_out.timestamp.wrapping_add(self.last_chunk_ticks());
+            }
+            None => {
+                self.sip_out.timestamp = timestamp.wrapping_mul(ratio);
+            }
+        }
+        self.sip_in = Some((ssrc, seq, timestamp));
+        self.spec
+            .sip_codec
+            .decode(payload, &mut self.pcm[..samples]);
+        // Longest frames first: 60, 40, 20, 10 ms.
+        self.sip_chunk_count = 0;
+        let mut offset = 0;
+        while offset < samples {
+            let left = samples - offset;
+            let length = [6, 4, 2, 1]
+                .iter()
+                .map(|tens| tens * step)
+                .find(|&l| l <= left)
+                .unwrap_or(step);
+            self.sip_chunks[self.sip_chunk_count] = (offset, length);
+            self.sip_chunk_count += 1;
+            offset += length;
+        }
+        Ok(self.sip_chunk_count)
+    }
+
+    /// Opus clock ticks the last SIP packet's frames took.
+    fn last_chunk_ticks(&self) -> u32 {
+        let samples: usize = self.sip_chunks[..self.sip_chunk_count]
+            .iter()
+            .map(|(_, l)| l)
+            .sum();
+        samples as u32 * self.ratio()
+    }
+
+    /// Opus frame `index` of the last SIP packet, encoded into `out`: its
+    /// length and numbers (our own sequence, the Opus clock).
+    pub fn sip_chunk(
+        &mut self,
+        index: usize,
+        out: &mut [u8],
+    ) -> Result<(usize, Numbers), TranscodeError> {
+        let Some(&(offset, length)) = self.sip_chunks[..self.sip_chunk_count].get(index) else {
+            return Err(TranscodeError::BadPayload);
+        };
+        let written = self
+            .encoder
+            .encode(&self.pcm[offset..offset + length], out)?;
+        self.sip_out.seq = self.sip_out.seq.wrapping_add(1);
+        Ok((
+            written,
+            Numbers {
+                seq: self.sip_out.seq,
+                timestamp: self
+                    .sip_out
+                    .timestamp
+                    .wrapping_add(offset as u32 * self.ratio()),
+            },
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

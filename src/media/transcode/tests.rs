@@ -1,0 +1,331 @@
+//! The transcoder against libopus as a browser would use it: tones through
+//! each direction, measured at the far side by frequency and level.
+
+use super::*;
+use std::f64::consts::PI;
+
+const PCMU: TranscodeSpec = TranscodeSpec {
+    web_pt: 111,
+    sip_pt: 0,
+    sip_codec: NarrowCodec::Pcmu,
+};
+
+/// `count` samples at `rate` of tones (frequency, peak) summed.
+fn tones(rate: u32, start: usize, count: usize, parts: &[(f64, f64)]) -> Vec<i16> {
+    (start..start + count)
+        .map(|n| {
+            let t = n as f64 / f64::from(rate);
+            let v: f64 = parts.iter().map(|(f, a)| a * (2.0 * PI * f * t).sin()).sum();
+            v.round().clamp(-32768.0, 32767.0) as i16
+        })
+        .collect()
+}
+
+/// The level (RMS of a sine's amplitude) at `freq` in `samples`, by Goertzel.
+fn level_at(samples: &[i16], rate: u32, freq: f64) -> f64 {
+    let w = 2.0 * PI * freq / f64::from(rate);
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for &x in samples {
+        let s0 = f64::from(x) + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+    2.0 * power.sqrt() / samples.len() as f64
+}
+
+/// A browser's Opus encoder: 48 kHz, FEC on as Chrome runs it.
+fn browser_encoder(fec: bool) -> opus::Encoder {
+    let mut e = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+    e.set_bitrate(opus::Bitrate::Bits(32_000)).unwrap();
+    e.set_inband_fec(fec).unwrap();
+    e.set_packet_loss_perc(if fec { 20 } else { 0 }).unwrap();
+    e
+}
+
+/// Browser packets of 20 ms of `signal` at 48 kHz.
+fn browser_packets(signal: &[i16], fec: bool) -> Vec<Vec<u8>> {
+    let mut encoder = browser_encoder(fec);
+    signal
+        .chunks_exact(960)
+        .map(|frame| encoder.encode_vec(frame, 1500).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_browser_tone_reaches_the_switch_as_g711_at_its_frequency() {
+    let signal = tones(48_000, 0, 48_000, &[(1000.0, 8000.0)]);
+    let packets = browser_packets(&signal, false);
+    let mut t = Transcoder::new(PCMU).unwrap();
+    let mut heard = Vec::new();
+    let mut out = [0u8; 1500];
+    for (k, p) in packets.iter().enumerate() {
+        let lost = t
+            .web_packet(1000 + k as u16, 5000 + 960 * k as u32, p)
+            .unwrap();
+        assert_eq!(lost, 0);
+        let (len, numbers) = t.web_current(&mut out).unwrap();
+        assert_eq!(len, 160, "20 ms of G.711");
+        assert_eq!(numbers.seq, 1000 + k as u16);
+        // The G.711 clock: 160 ticks per 20 ms.
+        assert_eq!(numbers.timestamp, 5000 / 6 + 160 * k as u32);
+        heard.extend(out[..len].iter().map(|&b| g711::ulaw_decode(b)));
+    }
+    // Past the codecs' start-up: the tone is there at about its level, and
+    // nothing else of note is.
+    let steady = &heard[1600..];
+    let tone = level_at(steady, 8000, 1000.0);
+    assert!((5600.0..11_000.0).contains(&tone), "1 kHz at {tone}");
+    for other in [300.0, 2000.0, 3000.0] {
+        let l = level_at(steady, 8000, other);
+        assert!(l < tone / 30.0, "{other} Hz at {l} beside {tone}");
+    }
+}
+
+#[test]
+fn a_tone_above_the_narrow_band_is_filtered_not_folded_back() {
+    // 5 kHz cannot exist at 8 kHz: dropping samples would fold it onto
+    // 3 kHz; a proper rate change removes it.
+    let signal = tones(48_000, 0, 48_000, &[(1000.0, 6000.0), (5000.0, 6000.0)]);
+    let packets = browser_packets(&signal, false);
+    let mut t = Transcoder::new(PCMU).unwrap();
+    let mut heard = Vec::new();
+    let mut out = [0u8; 1500];
+    for (k, p) in packets.iter().enumerate() {
+        t.web_packet(k as u16, 960 * k as u32, p).unwrap();
+        let (len, _) = t.web_current(&mut out).unwrap();
+        heard.extend(out[..len].iter().map(|&b| g711::ulaw_decode(b)));
+    }
+    let steady = &heard[1600..];
+    let wanted = level_at(steady, 8000, 1000.0);
+    let folded = level_at(steady, 8000, 3000.0);
+    assert!(wanted > 3000.0, "1 kHz at {wanted}");
+    assert!(folded < wanted / 20.0, "3 kHz alias at {folded}, 1 kHz at {wanted}");
+}
+
+#[test]
+fn a_switch_tone_reaches_the_browser_as_opus_at_its_frequency() {
+    let signal = tones(8000, 0, 8000, &[(700.0, 9000.0)]);
+    let mut t = Transcoder::new(PCMU).unwrap();
+    let mut browser = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
+    let mut heard = Vec::new();
+    let mut out = [0u8; 1500];
+    let mut pcm = [0i16; 5760];
+    for (k, frame) in signal.chunks_exact(160).enumerate() {
+        let payload: Vec<u8> = frame.iter().map(|&s| g711::ulaw_encode(s)).collect();
+        let chunks = t
+            .sip_packet(0xabc, 7 + k as u16, 320 + 160 * k as u32, &payload)
+            .unwrap();
+        assert_eq!(chunks, 1);
+        let (len, numbers) = t.sip_chunk(0, &mut out).unwrap();
+        assert!(len > 10 && len < 200, "an Opus frame of {len} bytes");
+        assert_eq!(numbers.timestamp, 320 * 6 + 960 * k as u32);
+        let n = browser.decode(&out[..len], &mut pcm, false).unwrap();
+        assert_eq!(n, 960);
+        heard.extend_from_slice(&pcm[..n]);
+    }
+    let steady = &heard[9600..];
+    let tone = level_at(steady, 48_000, 700.0);
+    assert!((6000.0..12_000.0).contains(&tone), "700 Hz at {tone}");
+    for other in [200.0, 1400.0, 2500.0] {
+        let l = level_at(steady, 48_000, other);
+        assert!(l < tone / 30.0, "{other} Hz at {l} beside {tone}");
+    }
+}
+
+#[test]
+fn a_30_ms_packet_becomes_20_and_10_ms_opus_packets_in_step() {
+    let mut t = Transcoder::new(PCMU).unwrap();
+    let payload = [0xffu8; 240];
+    let mut out = [0u8; 1500];
+    assert_eq!(t.sip_packet(1, 100, 8000, &payload), Ok(2));
+    let (_, first) = t.sip_chunk(0, &mut out).unwrap();
+    let (_, second) = t.sip_chunk(1, &mut out).unwrap();
+    assert_eq!(second.seq, first.seq.wrapping_add(1));
+    assert_eq!(second.timestamp, first.timestamp + 160 * 6, "20 ms later");
+    // The next 30 ms packet follows on: 240 samples, 1440 Opus ticks on.
+    assert_eq!(t.sip_packet(1, 101, 8240, &payload), Ok(2));
+    let (_, third) = t.sip_chunk(0, &mut out).unwrap();
+    assert_eq!(third.seq, second.seq.wrapping_add(1));
+    assert_eq!(third.timestamp, first.timestamp + 240 * 6);
+    let (_, fourth) = t.sip_chunk(1, &mut out).unwrap();
+    // A packet lost on the SIP side leaves a gap in our numbers.
+    assert_eq!(t.sip_packet(1, 103, 8720, &payload), Ok(2));
+    let (_, after_gap) = t.sip_chunk(0, &mut out).unwrap();
+    assert_eq!(after_gap.seq, fourth.seq.wrapping_add(2));
+    assert_eq!(after_gap.timestamp, first.timestamp + 720 * 6);
+    // Late, repeated and unreadable packets are refused.
+    assert_eq!(
+        t.sip_packet(1, 102, 8480, &payload),
+        Err(TranscodeError::Late)
+    );
+    assert_eq!(
+        t.sip_packet(1, 104, 8960, &payload[..70]),
+        Err(TranscodeError::BadPayload)
+    );
+    assert_eq!(
+        t.sip_packet(1, 104, 8960, &[]),
+        Err(TranscodeError::BadPayload)
+    );
+    // A new source goes on where our stream stood.
+    assert_eq!(t.sip_packet(2, 9, 1_000_000, &payload[..160]), Ok(1));
+    let (_, new_source) = t.sip_chunk(0, &mut out).unwrap();
+    assert_eq!(new_source.seq, after_gap.seq.wrapping_add(1));
+    assert_eq!(new_source.timestamp, after_gap.timestamp + 240 * 6);
+}
+
+#[test]
+fn browser_numbers_map_across_with_gaps_made_up() {
+    let signal = tones(48_000, 0, 9600, &[(440.0, 5000.0)]);
+    let packets = browser_packets(&signal, true);
+    let mut t = Transcoder::new(PCMU).unwrap();
+    let mut out = [0u8; 1500];
+    assert_eq!(t.web_packet(65_534, 96_000, &packets[0]), Ok(0));
+    t.web_current(&mut out).unwrap();
+    // Two lost (65535 and 0, across the wrap): both made up, oldest first.
+    assert_eq!(t.web_packet(1, 96_000 + 3 * 960, &packets[3]), Ok(2));
+    let (len, older) = t.web_made_up(2, &mut out).unwrap();
+    assert_eq!(len, 160);
+    assert_eq!(older.seq, 65_535);
+    assert_eq!(older.timestamp, 16_000 + 160);
+    let (_, newer) = t.web_made_up(1, &mut out).unwrap();
+    assert_eq!(newer.seq, 0);
+    assert_eq!(newer.timestamp, 16_000 + 320);
+    let (_, current) = t.web_current(&mut out).unwrap();
+    assert_eq!(current.seq, 1);
+    assert_eq!(current.timestamp, 16_000 + 480);
+    assert_eq!(t.recovered, 2);
+    // A DTX silence: the timestamp jumps, the numbers do not; nothing lost.
+    assert_eq!(t.web_packet(2, 96_000 + 50 * 960, &packets[4]), Ok(0));
+    assert_eq!(t.web_current(&mut out).unwrap().1.timestamp, 16_000 + 160 * 50);
+    // A telephone-event beside it maps on the same clock.
+    assert_eq!(t.web_timestamp_to_sip(96_000 + 50 * 960), 16_000 + 160 * 50);
+    // Late or repeated packets are refused; garbage too.
+    assert_eq!(
+        t.web_packet(2, 96_000 + 50 * 960, &packets[4]),
+        Err(TranscodeError::Late)
+    );
+    assert_eq!(t.web_packet(3, 0, &[]), Err(TranscodeError::BadPayload));
+    // A long gap is not filled with seconds of made-up sound.
+    assert_eq!(t.web_packet(40, 96_000 + 90 * 960, &packets[5]), Ok(MAX_MADE_UP));
+}
+
+/// Signal-to-noise ratio (dB) of `got` against `reference`.
+fn snr_db(reference: &[i16], got: &[i16]) -> f64 {
+    let signal: f64 = reference.iter().map(|&x| f64::from(x).powi(2)).sum();
+    let noise: f64 = reference
+        .iter()
+        .zip(got)
+        .map(|(&r, &g)| (f64::from(r) - f64::from(g)).powi(2))
+        .sum();
+    10.0 * (signal / noise.max(1.0)).log10()
+}
+
+#[test]
+fn in_band_fec_recovers_a_lost_frame_better_than_concealment() {
+    // A speech-like signal: a gliding pitch with harmonics, gated into
+    // syllables, so concealment cannot simply carry a steady tone on.
+    let rate = 48_000.0;
+    let signal: Vec<i16> = (0..48_000)
+        .map(|n| {
+            let t = n as f64 / rate;
+            let pitch = 140.0 + 60.0 * (2.0 * PI * 3.0 * t).sin();
+            let envelope = 0.5 + 0.5 * (2.0 * PI * 4.0 * t).sin();
+            let phase = 2.0 * PI * pitch * t;
+            let v = (phase.sin() + 0.5 * (2.0 * phase).sin() + 0.3 * (3.0 * phase).sin())
+                * envelope
+                * 7000.0;
+            v as i16
+        })
+        .collect();
+    let packets = browser_packets(&signal, true);
+    // The reference: every packet decoded, nothing lost.
+    let mut reference = Transcoder::new(PCMU).unwrap();
+    // With FEC: packet k lost, made up from packet k + 1.
+    let mut with_fec = Transcoder::new(PCMU).unwrap();
+    // Concealment only: the same loss made up two places back (PLC), the
+    // packet before the current one likewise lost.
+    let mut out = [0u8; 1500];
+    let (mut fec_snr, mut plc_snr, mut cases) = (0.0, 0.0, 0);
+    let mut plc = opus::Decoder::new(8000, opus::Channels::Mono).unwrap();
+    let mut plc_pcm = [0i16; 160];
+    for (k, p) in packets.iter().enumerate() {
+        let seq = k as u16;
+        let ts = 960 * k as u32;
+        reference.web_packet(seq, ts, p).unwrap();
+        let (_, _) = reference.web_current(&mut out).unwrap();
+        let expected: Vec<i16> = out[..160].iter().map(|&b| g711::ulaw_decode(b)).collect();
+        let lost = k % 5 == 3 && k > 10;
+        if lost {
+            // Concealment alone, on a decoder that saw the same history.
+            plc.decode(&[], &mut plc_pcm, false).unwrap();
+            let concealed: Vec<i16> = plc_pcm
+                .iter()
+                .map(|&s| g711::ulaw_decode(g711::ulaw_encode(s)))
+                .collect();
+            plc_snr += snr_db(&expected, &concealed);
+            continue;
+        }
+        let mut plain = [0i16; 160];
+        plc.decode(p, &mut plain, false).unwrap();
+        let made_up = with_fec.web_packet(seq, ts, p).unwrap();
+        if made_up == 1 {
+            let (len, _) = with_fec.web_made_up(1, &mut out).unwrap();
+            let recovered: Vec<i16> = out[..len].iter().map(|&b| g711::ulaw_decode(b)).collect();
+            fec_snr += snr_db(&previous_expected(&packets, k), &recovered);
+            cases += 1;
+        }
+        with_fec.web_current(&mut out).unwrap();
+    }
+    assert!(cases > 5);
+    let (fec_snr, plc_snr) = (fec_snr / cases as f64, plc_snr / cases as f64);
+    assert!(
+        fec_snr > plc_snr + 3.0,
+        "FEC {fec_snr:.1} dB against concealment {plc_snr:.1} dB"
+    );
+}
+
+/// The G.711 samples packet `k - 1` decodes to with nothing lost.
+fn previous_expected(packets: &[Vec<u8>], k: usize) -> Vec<i16> {
+    let mut t = Transcoder::new(PCMU).unwrap();
+    let mut out = [0u8; 1500];
+    for (j, p) in packets[..k].iter().enumerate() {
+        t.web_packet(j as u16, 960 * j as u32, p).unwrap();
+        t.web_current(&mut out).unwrap();
+    }
+    out[..160].iter().map(|&b| g711::ulaw_decode(b)).collect()
+}
+
+#[test]
+fn garbage_from_the_browser_is_refused_and_the_stream_goes_on() {
+    let mut t = Transcoder::new(TranscodeSpec {
+        sip_codec: NarrowCodec::Pcma,
+        ..PCMU
+    })
+    .unwrap();
+    let mut out = [0u8; 1500];
+    let good = browser_packets(&tones(48_000, 0, 1920, &[(500.0, 4000.0)]), false);
+    t.web_packet(1, 0, &good[0]).unwrap();
+    t.web_current(&mut out).unwrap();
+    // A code-3 packet with no frame count, one whose frames overrun it, an
+    // empty one and one longer than an MTU: each refused, none taken in.
+    let too_long = [0x08u8; 1501];
+    for (seq, garbage) in [&[0x03u8][..], &[0xfb, 0x3f][..], &[][..], &too_long[..]]
+        .into_iter()
+        .enumerate()
+    {
+        let refused = match t.web_packet(2 + seq as u16, 0, garbage) {
+            Err(_) => true,
+            Ok(_) => t.web_current(&mut out).is_err(),
+        };
+        assert!(refused, "garbage {garbage:02x?} taken");
+    }
+    // The next good packet still comes through as 20 ms of A-law.
+    let lost = t.web_packet(10, 960, &good[1]).unwrap();
+    assert!(lost <= MAX_MADE_UP);
+    for back in (1..=lost).rev() {
+        t.web_made_up(back, &mut out).unwrap();
+    }
+    assert_eq!(t.web_current(&mut out).unwrap().0, 160);
+}
