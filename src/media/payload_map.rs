@@ -1,6 +1,8 @@
 //! Payload-type mapping between a call's legs, with each type's clock rate
 //! and the telephone-event types: what negotiation hands the relay.
 
+use crate::media::transcode::TranscodeSpec;
+
 /// Payload-type mapping between the legs: `to_sip[web_pt]`, `to_web[sip_pt]`;
 /// 255 means "not negotiated: drop". Each mapped type has its clock rate.
 #[derive(Clone)]
@@ -13,6 +15,9 @@ pub struct PayloadMap {
     /// The telephone-event types (RFC 4733), if negotiated.
     pub(crate) web_event: Option<u8>,
     pub(crate) sip_event: Option<u8>,
+    /// The audio types the relay transcodes between, when the legs share
+    /// no codec; None: audio passes through as it is.
+    pub(crate) transcode: Option<TranscodeSpec>,
 }
 
 impl PayloadMap {
@@ -27,6 +32,7 @@ impl PayloadMap {
             sip_clock: [0; 128],
             web_event: None,
             sip_event: None,
+            transcode: None,
         };
         for &(web, sip, clock) in pairs {
             if web < 128 && sip < 128 {
@@ -37,6 +43,26 @@ impl PayloadMap {
             }
         }
         map
+    }
+
+    /// Audio transcoded between the browser's Opus (`spec.web_pt`, 48 kHz
+    /// clock) and the SIP side's codec (`spec.sip_pt` at its clock).
+    pub fn transcoded(spec: TranscodeSpec) -> Self {
+        let mut map = Self::new(&[]);
+        let (web, sip) = (usize::from(spec.web_pt), usize::from(spec.sip_pt));
+        if web < 128 && sip < 128 {
+            map.to_sip[web] = spec.sip_pt;
+            map.to_web[sip] = spec.web_pt;
+            map.web_clock[web] = crate::media::transcode::OPUS_CLOCK;
+            map.sip_clock[sip] = spec.sip_codec.rate();
+            map.transcode = Some(spec);
+        }
+        map
+    }
+
+    /// What the call transcodes, if it does.
+    pub fn transcode(&self) -> Option<TranscodeSpec> {
+        self.transcode
     }
 
     /// Adds the telephone-event mapping; the clock rates may differ (the

@@ -53,6 +53,23 @@ pub fn rtp_header_len(packet: &[u8]) -> Option<usize> {
     (len <= packet.len()).then_some(len)
 }
 
+/// Where an RTP packet's payload ends: before its padding, if it has any
+/// (RFC 3550 §5.1: the last byte counts the padding). None when the
+/// padding would reach into the header.
+pub fn rtp_payload_end(packet: &[u8], header_len: usize) -> Option<usize> {
+    if packet[0] & 0x20 == 0 {
+        return Some(packet.len());
+    }
+    let padding = usize::from(*packet.last()?);
+    let end = packet.len().checked_sub(padding)?;
+    (padding > 0 && end >= header_len).then_some(end)
+}
+
+/// Clears the padding flag (for a payload rewritten without padding).
+pub fn clear_rtp_padding(packet: &mut [u8]) {
+    packet[0] &= !0x20;
+}
+
 pub fn rtp_seq(packet: &[u8]) -> u16 {
     u16::from_be_bytes([packet[2], packet[3]])
 }

@@ -22,6 +22,7 @@ use crate::media::ports::PortLease;
 use crate::media::reception::ReceptionStats;
 use crate::media::srtp::SrtpContext;
 use crate::media::stats::{CallStats, DropCause};
+use crate::media::transcode::Transcoder;
 
 pub(super) struct WebSide {
     pub(super) socket: UdpSocket,
@@ -242,6 +243,9 @@ pub(super) struct RelayedCall {
     pub(super) web: WebSide,
     pub(super) sip: SipSide,
     pub(super) map: PayloadMap,
+    /// The codec states of a call whose legs share no codec (made when
+    /// the map asks for transcoding, kept while it asks for the same).
+    pub(super) transcoder: Option<Box<Transcoder>>,
     pub(super) stats: Arc<CallStats>,
     pub(super) events: Option<SyncSender<RelayEvent>>,
     /// Kernel drop counts last seen per socket kind (cumulative, wrapping).
@@ -304,6 +308,7 @@ impl RelayedCall {
                 strict: setup.sip_strict_source,
                 srtp: setup.sip_srtp.map(Box::new),
             },
+            transcoder: transcoder_for(&setup.payload_map, None),
             map: setup.payload_map,
             stats,
             events: setup.events,
@@ -337,6 +342,7 @@ impl RelayedCall {
         if let Some(srtp) = far.srtp {
             sip.srtp = srtp.map(Box::new);
         }
+        self.transcoder = transcoder_for(&far.payload_map, self.transcoder.take());
         self.map = far.payload_map;
     }
 
@@ -402,6 +408,25 @@ impl RelayedCall {
                 flush(batch, rtcp, &out.rtcp, &self.stats.sip);
             }
         }
+    }
+}
+
+/// The transcoder `map` needs: `current` when it already transcodes the
+/// same types (its codec states go on), a new one when the types changed,
+/// none for pass-through. Made on the control path, never per packet; if
+/// libopus cannot make one, the call's audio is dropped and counted as an
+/// unmapped payload type rather than passed through mislabelled.
+fn transcoder_for(map: &PayloadMap, current: Option<Box<Transcoder>>) -> Option<Box<Transcoder>> {
+    let spec = map.transcode()?;
+    match current {
+        Some(t) if t.spec() == spec => Some(t),
+        _ => match Transcoder::new(spec) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!(error = ?e, "cannot make the call's transcoder");
+                None
+            }
+        },
     }
 }
 

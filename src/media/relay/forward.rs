@@ -10,6 +10,7 @@ use std::sync::mpsc::TrySendError;
 
 use super::call::RelayedCall;
 use super::streams::{SipOutStream, WebOutStream};
+use super::transcoded::{sip_to_web_transcoded, web_to_sip_transcoded, Slots, Spare};
 use super::{ControlPacket, RelayEvent};
 use crate::media::batch::{Batch, BATCH};
 use crate::media::dtmf::{self, DtmfReceiver};
@@ -18,6 +19,7 @@ use crate::media::reception::{first_report_block, ReceptionStats};
 use crate::media::rtp::{self, WebPacketKind};
 use crate::media::srtp::{SrtpContext, SrtpError};
 use crate::media::stats::{DropCause, LegStats};
+use crate::media::transcode::OPUS_CLOCK;
 
 /// Indices of a batch's datagrams going out by one socket.
 pub(super) struct Outgoing {
@@ -56,6 +58,8 @@ pub(super) fn relay_from_web(
     let arrival = std::time::Instant::now();
     let mut rtp_out = Outgoing::new();
     let mut rtcp_out = Outgoing::new();
+    let mut spare = Spare::after(n);
+    let mut made_up = Outgoing::new();
     for i in 0..n {
         let len = batch.lens[i];
         stats.web.received(len);
@@ -115,6 +119,57 @@ pub(super) fn relay_from_web(
             stats.web.dropped(DropCause::NotReady);
             continue;
         };
+        if call.map.transcode.is_some() {
+            if kind != WebPacketKind::Rtp {
+                // The browser's reports speak of the Opus stream we send
+                // it: kept for the call's figures, not passed on to a SIP
+                // side that gets another codec's stream from us.
+                match web_in.unprotect_rtcp(&mut batch.bufs[i][..len]) {
+                    Ok(plain) => note_peer_report(&batch.bufs[i][..plain], &stats.web, OPUS_CLOCK),
+                    Err(e) => count_srtp_error(&stats.web, e),
+                }
+                continue;
+            }
+            made_up.count = 0;
+            let result = web_to_sip_transcoded(
+                Slots {
+                    bufs: &mut batch.bufs,
+                    lens: &mut batch.lens,
+                },
+                i,
+                len,
+                web_in,
+                &call.map,
+                call.transcoder.as_deref_mut(),
+                call.sip.srtp.as_deref_mut().map(|(_, out)| out),
+                &mut call.sip_out,
+                &mut spare,
+                &mut made_up,
+                arrival,
+            );
+            match result {
+                Ok(out_len) => {
+                    if moving {
+                        call.web.move_to(from, batch.locals[i], arrival);
+                    }
+                    batch.lens[i] = out_len;
+                    let buf = &batch.bufs[i];
+                    let clock = call.map.sip_clock[usize::from(rtp::rtp_payload_type(buf))];
+                    call.web_clock = clock;
+                    record(&mut call.web_reception, &stats.web, buf, clock, arrival);
+                    // Made-up packets first: they stand for earlier ones.
+                    let to = call.sip.rtp_destination();
+                    for &j in made_up.order[..made_up.count].iter().chain([&i]) {
+                        batch.addrs[j] = Some(to);
+                        batch.locals[j] = None;
+                        rtp_out.push(j);
+                    }
+                }
+                Err(PtOrSrtp::Pt) => stats.web.dropped(DropCause::PayloadType),
+                Err(PtOrSrtp::Srtp(e)) => count_srtp_error(&stats.web, e),
+            }
+            continue;
+        }
         let buf = &mut batch.bufs[i];
         let sip_out = call.sip.srtp.as_deref_mut().map(|(_, out)| out);
         let result = if kind == WebPacketKind::Rtp {
@@ -181,6 +236,8 @@ pub(super) fn relay_from_sip(
     let stats = &*call.stats;
     let arrival = std::time::Instant::now();
     let mut out = Outgoing::new();
+    let mut spare = Spare::after(n);
+    let mut more = Outgoing::new();
     for i in 0..n {
         let len = batch.lens[i];
         stats.sip.received(len);
@@ -202,6 +259,64 @@ pub(super) fn relay_from_sip(
         };
         let sip_in = call.sip.srtp.as_deref_mut().map(|(sip_in, _)| sip_in);
         let mut digit = None;
+        if call.map.transcode.is_some() {
+            if is_rtcp {
+                // As from the browser: the SIP side's reports are kept, not
+                // passed on about a stream the browser never got.
+                let plain = match sip_in {
+                    Some(sip_in) => sip_in.unprotect_rtcp(&mut buf[..len]),
+                    None => Ok(len),
+                };
+                match plain {
+                    Ok(plain) => note_peer_report(&buf[..plain], &stats.sip, call.sip_clock),
+                    Err(e) => count_srtp_error(&stats.sip, e),
+                }
+                continue;
+            }
+            more.count = 0;
+            let renumber = call.web.ssrc.map(|ssrc| (ssrc, &mut call.web_out, arrival));
+            let result = sip_to_web_transcoded(
+                Slots {
+                    bufs: &mut batch.bufs,
+                    lens: &mut batch.lens,
+                },
+                i,
+                len,
+                sip_in,
+                &call.map,
+                call.transcoder.as_deref_mut(),
+                renumber,
+                web_out,
+                &mut call.dtmf_in,
+                &mut digit,
+                &mut spare,
+                &mut more,
+            );
+            if let (Some(digit), Some(events)) = (digit.take(), &call.events) {
+                let _ = events.try_send(RelayEvent::Dtmf {
+                    call: call.id,
+                    digit,
+                });
+            }
+            match result {
+                Ok(out_len) => {
+                    batch.lens[i] = out_len;
+                    let buf = &batch.bufs[i];
+                    let clock = call.map.web_clock[usize::from(rtp::rtp_payload_type(buf))];
+                    // The SIP side's reports are of our G.711 stream.
+                    call.sip_clock = call.map.transcode.map_or(clock, |t| t.sip_codec.rate());
+                    record(&mut call.sip_reception, &stats.sip, buf, clock, arrival);
+                    for &j in [&i].into_iter().chain(&more.order[..more.count]) {
+                        batch.addrs[j] = Some(web_remote);
+                        batch.locals[j] = call.web.local;
+                        out.push(j);
+                    }
+                }
+                Err(PtOrSrtp::Pt) => stats.sip.dropped(DropCause::PayloadType),
+                Err(PtOrSrtp::Srtp(e)) => count_srtp_error(&stats.sip, e),
+            }
+            continue;
+        }
         // RTCP from the SIP side speaks for the stream we renumber: it
         // goes out under our SSRC and timestamps.
         let out_stream = &call.web_out;
@@ -895,5 +1010,216 @@ mod tests {
         assert!(relayed > 6000, "{relayed} datagrams relayed");
         let snapshot = call.stats.web.snapshot();
         assert_eq!(snapshot.dropped_auth_failed + snapshot.dropped_replay, 0);
+    }
+
+    /// A call that transcodes the browser's Opus 111 to PCMU 0, with
+    /// telephone-event 110/48000 ↔ 101/8000; keyed as [`call`].
+    fn transcoded_call() -> RelayedCall {
+        let mut call = call();
+        call.move_sip_far(SipFar {
+            remote: PEER.parse().unwrap(),
+            remote_rtcp: None,
+            strict_source: true,
+            srtp: Some(None),
+            payload_map: PayloadMap::transcoded(crate::media::transcode::TranscodeSpec {
+                web_pt: 111,
+                sip_pt: 0,
+                sip_codec: crate::media::transcode::NarrowCodec::Pcmu,
+            })
+            .with_telephone_event(110, 48_000, 101, 8000),
+        });
+        call
+    }
+
+    /// 20 ms Opus packets of a 1 kHz tone, as a browser's encoder makes them.
+    fn opus_packets(count: usize) -> Vec<Vec<u8>> {
+        let mut encoder =
+            opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+        encoder.set_inband_fec(true).unwrap();
+        encoder.set_packet_loss_perc(10).unwrap();
+        (0..count)
+            .map(|k| {
+                let frame: Vec<i16> = (0..960)
+                    .map(|n| {
+                        let t = (k * 960 + n) as f64 / 48_000.0;
+                        (6000.0 * (2.0 * std::f64::consts::PI * 1000.0 * t).sin()) as i16
+                    })
+                    .collect();
+                encoder.encode_vec(&frame, 1500).unwrap()
+            })
+            .collect()
+    }
+
+    /// Puts a browser RTP packet (`pt`, `seq`, 960 ticks a number) with
+    /// `payload` in slot `i`, protected by `sender`.
+    fn browser_rtp(
+        batch: &mut Batch,
+        i: usize,
+        sender: &mut SrtpContext,
+        pt: u8,
+        seq: u16,
+        payload: &[u8],
+    ) {
+        let buf = &mut batch.bufs[i];
+        buf[..12].copy_from_slice(&rtp(pt, seq, 0xa11ce)[..12]);
+        buf[4..8].copy_from_slice(&(u32::from(seq) * 960).to_be_bytes());
+        buf[12..12 + payload.len()].copy_from_slice(payload);
+        batch.lens[i] = sender.protect_rtp(buf, 12 + payload.len()).unwrap();
+        batch.addrs[i] = Some(BROWSER.parse().unwrap());
+        batch.locals[i] = None;
+    }
+
+    #[test]
+    fn a_transcoded_call_turns_opus_into_pcmu_and_makes_up_a_lost_packet() {
+        let mut call = transcoded_call();
+        let mut batch = Batch::new();
+        let mut browser_out = context(1);
+        let packets = opus_packets(6);
+        // Numbers 1 and 2, then 4: 3 was lost.
+        for (i, seq) in [1u16, 2, 4].into_iter().enumerate() {
+            browser_rtp(
+                &mut batch,
+                i,
+                &mut browser_out,
+                111,
+                seq,
+                &packets[seq as usize],
+            );
+        }
+        let (rtp_out, rtcp_out) = relay_from_web(&mut call, &mut batch, 3);
+        assert_eq!(rtcp_out.count, 0);
+        assert_eq!(rtp_out.count, 4, "three relayed and one made up");
+        let mut seqs = Vec::new();
+        let mut timestamps = Vec::new();
+        for &i in &rtp_out.order[..rtp_out.count] {
+            assert_eq!(batch.addrs[i], Some(PEER.parse().unwrap()));
+            let packet = &batch.bufs[i][..batch.lens[i]];
+            assert_eq!(rtp::rtp_payload_type(packet), 0, "PCMU");
+            assert_eq!(packet.len(), 12 + 160, "20 ms of G.711, plain RTP");
+            seqs.push(rtp::rtp_seq(packet));
+            timestamps.push(rtp::rtp_timestamp(packet));
+        }
+        assert_eq!(seqs, [1, 2, 3, 4], "the lost number filled, in order");
+        assert_eq!(timestamps, [160, 320, 480, 640], "the 8 kHz clock");
+        assert_eq!(call.transcoder.as_ref().unwrap().recovered, 1);
+
+        // A telephone-event beside the audio: its duration and timestamp
+        // on the 8 kHz clock, and no loss counted for its number.
+        let event = [5u8, 0x0a, 0x03, 0xc0]; // digit 5, 960 ticks at 48 kHz
+        browser_rtp(&mut batch, 0, &mut browser_out, 110, 5, &event);
+        browser_rtp(&mut batch, 1, &mut browser_out, 111, 6, &packets[5]);
+        let (rtp_out, _) = relay_from_web(&mut call, &mut batch, 2);
+        assert_eq!(rtp_out.count, 2, "no packet made up for the event's number");
+        let first = rtp_out.order[0];
+        let packet = &batch.bufs[first][..batch.lens[first]];
+        assert_eq!(rtp::rtp_payload_type(packet), 101);
+        assert_eq!(rtp::rtp_timestamp(packet), 800);
+        assert_eq!(
+            &packet[12..16],
+            &[5, 0x0a, 0x00, 0xa0],
+            "160 ticks at 8 kHz"
+        );
+    }
+
+    #[test]
+    fn a_transcoded_call_turns_a_30_ms_pcmu_packet_into_two_opus_packets() {
+        let mut call = transcoded_call();
+        let mut batch = Batch::new();
+        let mut browser_in = context(2);
+        let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
+        let mut pcm = [0i16; 5760];
+        let mut last: Option<(u16, u32)> = None;
+        for (round, seq) in (0..3).zip(700u16..) {
+            let buf = &mut batch.bufs[0];
+            buf[..12].copy_from_slice(&rtp(0, seq, 0xb0b)[..12]);
+            buf[4..8].copy_from_slice(&(u32::from(seq) * 240).to_be_bytes());
+            buf[12..252].fill(0xff);
+            batch.lens[0] = 252;
+            batch.addrs[0] = Some(PEER.parse().unwrap());
+            let out = relay_from_sip(&mut call, &mut batch, 1, false);
+            assert_eq!(out.count, 2, "20 + 10 ms, round {round}");
+            for (k, &i) in out.order[..out.count].iter().enumerate() {
+                assert_eq!(batch.addrs[i], Some(BROWSER.parse().unwrap()));
+                let len = batch.lens[i];
+                let buf = &mut batch.bufs[i][..len];
+                let n = browser_in.unprotect_rtp(buf).unwrap();
+                let packet = &buf[..n];
+                assert_eq!(rtp::rtp_payload_type(packet), 111);
+                assert_eq!(rtp::rtp_ssrc(packet), OUR_SSRC);
+                let samples = decoder.decode(&packet[12..], &mut pcm, false).unwrap();
+                assert_eq!(samples, if k == 0 { 960 } else { 480 });
+                let (seq, ts) = (rtp::rtp_seq(packet), rtp::rtp_timestamp(packet));
+                if let Some((last_seq, last_ts)) = last {
+                    assert_eq!(seq, last_seq.wrapping_add(1));
+                    let step = if k == 0 { 480 } else { 960 };
+                    assert_eq!(ts, last_ts.wrapping_add(step));
+                }
+                last = Some((seq, ts));
+            }
+        }
+    }
+
+    #[test]
+    fn transcoding_allocates_nothing() {
+        let mut call = transcoded_call();
+        let mut batch = Batch::new();
+        let (mut browser_out, mut browser_in) = (context(1), context(2));
+        let packets = opus_packets(50);
+        let mut web_seq = 1u16;
+        let mut sip_seq = 1u16;
+        let mut relayed = 0;
+        for round in 0..40 {
+            // Eight browser packets with one lost among them, then eight
+            // 20 ms PCMU packets from the SIP side.
+            let mut n = 0;
+            for k in 0..9 {
+                if k != 4 {
+                    browser_rtp(
+                        &mut batch,
+                        n,
+                        &mut browser_out,
+                        111,
+                        web_seq,
+                        &packets[(web_seq as usize) % 50],
+                    );
+                    n += 1;
+                }
+                web_seq = web_seq.wrapping_add(1);
+            }
+            let mut out = None;
+            let used = allocation_counter::measure(|| {
+                out = Some(relay_from_web(&mut call, &mut batch, n))
+            });
+            let (rtp_out, _) = out.unwrap();
+            if round > 0 {
+                assert_eq!(used.count_total, 0, "browser to SIP: {used:?}");
+            }
+            assert_eq!(rtp_out.count, 9);
+            relayed += rtp_out.count;
+            for i in 0..8 {
+                let buf = &mut batch.bufs[i];
+                buf[..12].copy_from_slice(&rtp(0, sip_seq, 0xb0b)[..12]);
+                buf[12..172].fill(0xd5);
+                batch.lens[i] = 172;
+                batch.addrs[i] = Some(PEER.parse().unwrap());
+                sip_seq = sip_seq.wrapping_add(1);
+            }
+            let mut out = None;
+            let used = allocation_counter::measure(|| {
+                out = Some(relay_from_sip(&mut call, &mut batch, 8, false))
+            });
+            let out = out.unwrap();
+            if round > 0 {
+                assert_eq!(used.count_total, 0, "SIP to browser: {used:?}");
+            }
+            assert_eq!(out.count, 8);
+            for &i in &out.order[..out.count] {
+                let len = batch.lens[i];
+                browser_in.unprotect_rtp(&mut batch.bufs[i][..len]).unwrap();
+            }
+            relayed += out.count;
+        }
+        assert_eq!(relayed, 40 * 17);
+        assert_eq!(call.transcoder.as_ref().unwrap().recovered, 40);
     }
 }

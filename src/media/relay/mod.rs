@@ -36,6 +36,7 @@ mod forward;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod streams;
+mod transcoded;
 mod uring;
 mod worker;
 

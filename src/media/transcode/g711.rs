@@ -108,7 +108,11 @@ mod tests {
         for byte in 0..=255u8 {
             // µ-law has two zeros; the negative one comes back positive.
             let expected = if byte == 0x7F { 0xFF } else { byte };
-            assert_eq!(ulaw_encode(ulaw_decode(byte)), expected, "µ-law {byte:#04x}");
+            assert_eq!(
+                ulaw_encode(ulaw_decode(byte)),
+                expected,
+                "µ-law {byte:#04x}"
+            );
             assert_eq!(alaw_encode(alaw_decode(byte)), byte, "A-law {byte:#04x}");
         }
     }
@@ -124,8 +128,14 @@ mod tests {
             // The error is at most half a step, and steps grow with the level:
             // under 1/16 of the magnitude (plus the smallest step) for both laws.
             let bound = i32::from(sample).abs() / 16 + 16;
-            assert!((i32::from(u) - i32::from(sample)).abs() <= bound, "µ-law {sample} -> {u}");
-            assert!((i32::from(a) - i32::from(sample)).abs() <= bound, "A-law {sample} -> {a}");
+            assert!(
+                (i32::from(u) - i32::from(sample)).abs() <= bound,
+                "µ-law {sample} -> {u}"
+            );
+            assert!(
+                (i32::from(a) - i32::from(sample)).abs() <= bound,
+                "A-law {sample} -> {a}"
+            );
         }
     }
 }

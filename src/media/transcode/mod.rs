@@ -206,8 +206,8 @@ impl Transcoder {
             return Err(TranscodeError::BadPayload);
         }
         let rate = self.spec.sip_codec.rate();
-        let frame = opus::packet::get_nb_samples(payload, rate)
-            .map_err(|_| TranscodeError::BadPayload)?;
+        let frame =
+            opus::packet::get_nb_samples(payload, rate).map_err(|_| TranscodeError::BadPayload)?;
         if frame == 0 || frame > MAX_SAMPLES {
             return Err(TranscodeError::BadPayload);
         }
@@ -304,8 +304,7 @@ impl Transcoder {
     }
 
     /// A browser timestamp (Opus clock) on the SIP side's clock, in step
-    /// with the transcoded audio: for the telephone-event packets that
-    /// travel beside it.
+    /// with the transcoded audio.
     pub fn web_timestamp_to_sip(&self, timestamp: u32) -> u32 {
         match self.web_in {
             Some((_, last)) => {
@@ -334,32 +333,7 @@ impl Transcoder {
         if samples == 0 || samples % step != 0 || samples > MAX_SAMPLES {
             return Err(TranscodeError::BadPayload);
         }
-        let ratio = self.ratio();
-        match self.sip_in {
-            Some((last_ssrc, last_seq, last_timestamp)) if last_ssrc == ssrc => {
-                let step = seq.wrapping_sub(last_seq) as i16;
-                if step <= 0 {
-                    return Err(TranscodeError::Late);
-                }
-                if step <= MAX_SEQ_STEP {
-                    // Lost packets leave their gap in our numbers too.
-                    self.sip_out.seq = self.sip_out.seq.wrapping_add(step as u16 - 1);
-                }
-                let ticks = timestamp.wrapping_sub(last_timestamp) as i32;
-                self.sip_out.timestamp = self
-                    .sip_out
-                    .timestamp
-                    .wrapping_add_signed(ticks.wrapping_mul(ratio as i32));
-            }
-            Some(_) => {
-                // A new source continues our stream where it stood.
-                self.sip_out.timestamp = self.sip_out.timestamp.wrapping_add(self.last_chunk_ticks());
-            }
-            None => {
-                self.sip_out.timestamp = timestamp.wrapping_mul(ratio);
-            }
-        }
-        self.sip_in = Some((ssrc, seq, timestamp));
+        self.sip_step(ssrc, seq, timestamp)?;
         self.spec
             .sip_codec
             .decode(payload, &mut self.pcm[..samples]);
@@ -378,6 +352,73 @@ impl Transcoder {
             offset += length;
         }
         Ok(self.sip_chunk_count)
+    }
+
+    /// Moves our SIP-to-browser numbering on to a packet of the SIP side:
+    /// our sequence number just before its first, and its timestamp on the
+    /// Opus clock.
+    fn sip_step(&mut self, ssrc: u32, seq: u16, timestamp: u32) -> Result<(), TranscodeError> {
+        let ratio = self.ratio();
+        match self.sip_in {
+            Some((last_ssrc, last_seq, last_timestamp)) if last_ssrc == ssrc => {
+                let step = seq.wrapping_sub(last_seq) as i16;
+                if step <= 0 {
+                    return Err(TranscodeError::Late);
+                }
+                if step <= MAX_SEQ_STEP {
+                    // Lost packets leave a gap in our numbers too.
+                    self.sip_out.seq = self.sip_out.seq.wrapping_add(step as u16 - 1);
+                }
+                let ticks = timestamp.wrapping_sub(last_timestamp) as i32;
+                self.sip_out.timestamp = self
+                    .sip_out
+                    .timestamp
+                    .wrapping_add_signed(ticks.wrapping_mul(ratio as i32));
+            }
+            Some(_) => {
+                // A new source continues our stream where it stood.
+                self.sip_out.timestamp =
+                    self.sip_out.timestamp.wrapping_add(self.last_chunk_ticks());
+            }
+            None => {
+                self.sip_out.timestamp = timestamp.wrapping_mul(ratio);
+            }
+        }
+        self.sip_in = Some((ssrc, seq, timestamp));
+        self.sip_chunk_count = 0;
+        Ok(())
+    }
+
+    /// A packet of the SIP side that is not audio (telephone-event) but
+    /// shares its source's numbers: our numbers for it toward the browser,
+    /// in step with the transcoded audio.
+    pub fn sip_event(
+        &mut self,
+        ssrc: u32,
+        seq: u16,
+        timestamp: u32,
+    ) -> Result<Numbers, TranscodeError> {
+        self.sip_step(ssrc, seq, timestamp)?;
+        self.sip_out.seq = self.sip_out.seq.wrapping_add(1);
+        Ok(self.sip_out)
+    }
+
+    /// A browser packet that is not audio (telephone-event) in the audio's
+    /// numbering: its timestamp on the SIP clock; its number is taken, so
+    /// the next audio packet does not count it lost.
+    pub fn web_event(&mut self, seq: u16, timestamp: u32) -> Result<Numbers, TranscodeError> {
+        if let Some((last_seq, _)) = self.web_in {
+            if seq.wrapping_sub(last_seq) as i16 <= 0 {
+                return Err(TranscodeError::Late);
+            }
+        }
+        let mapped = self.web_timestamp_to_sip(timestamp);
+        self.web_in = Some((seq, timestamp));
+        self.web_numbers = Numbers {
+            seq,
+            timestamp: mapped,
+        };
+        Ok(self.web_numbers)
     }
 
     /// Opus clock ticks the last SIP packet's frames took.

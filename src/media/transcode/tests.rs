@@ -15,7 +15,10 @@ fn tones(rate: u32, start: usize, count: usize, parts: &[(f64, f64)]) -> Vec<i16
     (start..start + count)
         .map(|n| {
             let t = n as f64 / f64::from(rate);
-            let v: f64 = parts.iter().map(|(f, a)| a * (2.0 * PI * f * t).sin()).sum();
+            let v: f64 = parts
+                .iter()
+                .map(|(f, a)| a * (2.0 * PI * f * t).sin())
+                .sum();
             v.round().clamp(-32768.0, 32767.0) as i16
         })
         .collect()
@@ -101,7 +104,10 @@ fn a_tone_above_the_narrow_band_is_filtered_not_folded_back() {
     let wanted = level_at(steady, 8000, 1000.0);
     let folded = level_at(steady, 8000, 3000.0);
     assert!(wanted > 3000.0, "1 kHz at {wanted}");
-    assert!(folded < wanted / 20.0, "3 kHz alias at {folded}, 1 kHz at {wanted}");
+    assert!(
+        folded < wanted / 20.0,
+        "3 kHz alias at {folded}, 1 kHz at {wanted}"
+    );
 }
 
 #[test]
@@ -198,7 +204,10 @@ fn browser_numbers_map_across_with_gaps_made_up() {
     assert_eq!(t.recovered, 2);
     // A DTX silence: the timestamp jumps, the numbers do not; nothing lost.
     assert_eq!(t.web_packet(2, 96_000 + 50 * 960, &packets[4]), Ok(0));
-    assert_eq!(t.web_current(&mut out).unwrap().1.timestamp, 16_000 + 160 * 50);
+    assert_eq!(
+        t.web_current(&mut out).unwrap().1.timestamp,
+        16_000 + 160 * 50
+    );
     // A telephone-event beside it maps on the same clock.
     assert_eq!(t.web_timestamp_to_sip(96_000 + 50 * 960), 16_000 + 160 * 50);
     // Late or repeated packets are refused; garbage too.
@@ -208,7 +217,10 @@ fn browser_numbers_map_across_with_gaps_made_up() {
     );
     assert_eq!(t.web_packet(3, 0, &[]), Err(TranscodeError::BadPayload));
     // A long gap is not filled with seconds of made-up sound.
-    assert_eq!(t.web_packet(40, 96_000 + 90 * 960, &packets[5]), Ok(MAX_MADE_UP));
+    assert_eq!(
+        t.web_packet(40, 96_000 + 90 * 960, &packets[5]),
+        Ok(MAX_MADE_UP)
+    );
 }
 
 /// Signal-to-noise ratio (dB) of `got` against `reference`.
