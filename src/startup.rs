@@ -79,6 +79,7 @@ pub(crate) fn media_plane(
     let settings = call::driver::CallSettings {
         web_addresses: addresses.web.clone(),
         web_enable_dtls: m.web_enable_dtls,
+        transcode: m.transcode,
         consent_timeout: Duration::from_secs(m.consent_timeout_s),
         rtp_timeout: Duration::from_secs(m.rtp_timeout_s),
         echo_number: config.echo.number.clone(),

@@ -21,12 +21,13 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn, Instrument};
 
 use super::negotiate::{
-    self, FarMedia, FarMove, FarOffer, MediaPlan, NegotiationContext, Negotiator, OutboundPlan,
+    self, CallCodecs, FarMedia, FarMove, FarOffer, MediaPlan, NegotiationContext, Negotiator,
+    OutboundPlan,
 };
 use super::{
     Call, CallError, CallInput, CallOutput, CallState, FarRequest, LegKeying, Party, Refused,
 };
-use crate::config::SrtpPolicy;
+use crate::config::{SrtpPolicy, TranscodePolicy};
 use crate::echo::{self, Echo};
 use crate::media::batch::send_from;
 use crate::media::ports::BoundPorts;
@@ -143,7 +144,12 @@ pub struct CallView {
     pub state: &'static str,
     pub direction: &'static str,
     pub to: String,
+    /// The browser leg's audio codec as `name/clock` (empty until the legs
+    /// are joined).
     pub codec: String,
+    /// Each leg's codec and whether the relay transcodes between them
+    /// (`null` until the legs are joined).
+    pub codecs: Option<CallCodecs>,
     /// The far end's RTP address as its latest SDP gives it (`null` before
     /// the media is set up; `0.0.0.0:0` until its answer in an ACK).
     pub sip_media: Option<SocketAddr>,
@@ -213,7 +219,7 @@ struct Entry {
 struct RelayedMedia {
     relay_id: u64,
     stats: Arc<CallStats>,
-    codec: String,
+    codecs: CallCodecs,
     keying: KeyingView,
     /// The far end's RTP address as its SDP gives it (unspecified until
     /// its answer comes in an ACK).
@@ -322,16 +328,16 @@ impl CallRegistry {
         let tables = lock(&self.tables);
         let e = tables.calls.get(cid).filter(|e| e.session == session)?;
         let status = lock(&e.status);
-        let (codec, keying, web, sip, sip_media) = match &e.media {
+        let (codecs, keying, web, sip, sip_media) = match &e.media {
             Some(m) => (
-                m.codec.clone(),
+                Some(m.codecs.clone()),
                 m.keying,
                 m.stats.web.snapshot(),
                 m.stats.sip.snapshot(),
                 Some(m.far),
             ),
             None => (
-                String::new(),
+                None,
                 KeyingView::default(),
                 LegSnapshot::default(),
                 LegSnapshot::default(),
@@ -343,7 +349,8 @@ impl CallRegistry {
             state: status.state.as_str(),
             direction: if e.inbound { "inbound" } else { "outbound" },
             to: e.to.clone(),
-            codec,
+            codec: codecs.as_ref().map(|c| c.web.clone()).unwrap_or_default(),
+            codecs,
             sip_media,
             keying,
             held: status.held.map(Party::as_str),
@@ -499,7 +506,7 @@ impl CallRegistry {
         &self,
         cid: &str,
         media: &CallMedia,
-        codec: String,
+        codecs: CallCodecs,
         keying: KeyingView,
         far: SocketAddr,
     ) {
@@ -510,7 +517,7 @@ impl CallRegistry {
         e.media = Some(RelayedMedia {
             relay_id: media.id(),
             stats: media.stats.clone(),
-            codec,
+            codecs,
             keying,
             far,
         });
@@ -520,10 +527,10 @@ impl CallRegistry {
 
     /// The far end of call `cid` moved its media: its codec, address and
     /// SIP keying now.
-    fn set_far_media(&self, cid: &str, codec: String, far: SocketAddr, sip_srtp: bool) {
+    fn set_far_media(&self, cid: &str, codecs: CallCodecs, far: SocketAddr, sip_srtp: bool) {
         let mut tables = lock(&self.tables);
         if let Some(media) = tables.calls.get_mut(cid).and_then(|e| e.media.as_mut()) {
-            media.codec = codec;
+            media.codecs = codecs;
             media.far = far;
             media.keying.sip = KeyingView::sip_word(sip_srtp);
         }
@@ -559,6 +566,8 @@ pub struct CallSettings {
     /// empty); the first is the SDP connection address.
     pub web_addresses: Vec<IpAddr>,
     pub web_enable_dtls: bool,
+    /// When a call's audio is transcoded (`[media] transcode`).
+    pub transcode: TranscodePolicy,
     pub consent_timeout: Duration,
     pub rtp_timeout: Duration,
     pub echo_number: String,
@@ -670,6 +679,7 @@ impl MediaPlane {
             sip_port: sip.lease.port(),
             web_enable_dtls: self.settings.web_enable_dtls,
             sip_srtp: self.settings.sip_srtp,
+            transcode: self.settings.transcode,
             identity: self.identity.clone(),
             consent_timeout: self.settings.consent_timeout,
             rtp_timeout: self.settings.rtp_timeout,
@@ -686,6 +696,7 @@ impl MediaPlane {
         negotiate::outbound(
             offer,
             self.settings.web_enable_dtls,
+            self.settings.transcode,
             &mut self.call_random(),
         )
     }
@@ -1259,10 +1270,16 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                 leases: vec![web.lease, sip.lease],
             })
             .map_err(|e| CommandError::Media(e.to_string()))?;
-        info!(codec = %plan.codec, far = %plan.far.rtp, "media connected");
+        info!(
+            web_codec = %plan.codecs.web,
+            sip_codec = %plan.codecs.sip,
+            transcoded = plan.codecs.transcoded,
+            far = %plan.far.rtp,
+            "media connected"
+        );
         let keying = KeyingView::new(&plan.leg.keying, plan.sip_keys.is_some());
         self.registry
-            .attach_media(self.call.id(), &media, plan.codec, keying, plan.far.rtp);
+            .attach_media(self.call.id(), &media, plan.codecs, keying, plan.far.rtp);
         self.media = Some(media);
         Ok(())
     }
@@ -1290,10 +1307,15 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                 payload_map: moved.payload_map,
             })
             .map_err(|e| CommandError::Media(e.to_string()))?;
-        info!(codec = %moved.codec, far = %moved.far.rtp, "the far end's media moved");
+        info!(
+            sip_codec = %moved.codecs.sip,
+            transcoded = moved.codecs.transcoded,
+            far = %moved.far.rtp,
+            "the far end's media moved"
+        );
         self.registry.set_far_media(
             self.call.id(),
-            moved.codec,
+            moved.codecs,
             moved.far.rtp,
             moved.sip_keys.is_some(),
         );

@@ -1214,3 +1214,5 @@ impl Call {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod transcode_tests;

@@ -14,12 +14,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::{LegKeying, WebLegSpec};
-use crate::config::SrtpPolicy;
+use crate::config::{SrtpPolicy, TranscodePolicy};
 use crate::media::relay::PayloadMap;
 use crate::media::srtp::{SrtpKeyMaterial, SrtpProfile};
+use crate::media::transcode::TranscodeSpec;
 use crate::random::Random;
 use crate::sdp::build::{self, AnswerKeying, Local, SipMedia, WebAnswer, WebOffer};
-use crate::sdp::codecs::{answer_codecs, pair_answer, usable, CodecName};
+use crate::sdp::codecs::{
+    answer_codecs, is_opus, narrow_codec, pair_answer, usable, with_opus_first, with_transcodable,
+    CodecName,
+};
 use crate::sdp::{
     web_offer_keying, Codec, CryptoAttribute, Description, Direction, IceCredentials, SdpError,
     Setup, WebKeying,
@@ -34,19 +38,25 @@ pub struct OutboundPlan {
     /// Our SDES key toward the browser (when the browser is keyed by SDES).
     pub sdes_local: Option<CryptoAttribute>,
     /// What the far end may be offered: the browser's codecs that the
-    /// gateway carries, in the browser's order, with telephone-event.
+    /// gateway carries, in the browser's order, then the G.711 codecs the
+    /// relay can transcode the browser's Opus to, with telephone-event.
     pub far_offer_codecs: Vec<Codec>,
+    pub transcode: TranscodePolicy,
 }
 
 /// Checks the browser's offer for an outbound call.
 pub fn outbound(
     offer_text: &str,
     web_enable_dtls: bool,
+    transcode: TranscodePolicy,
     random: &mut Random,
 ) -> Result<OutboundPlan, SdpError> {
     let offer = Description::parse(offer_text)?;
     let keying = web_offer_keying(&offer, web_enable_dtls)?;
-    let far_offer_codecs = usable(&offer.audio.codecs)?;
+    let mut far_offer_codecs = usable(&offer.audio.codecs)?;
+    if transcode != TranscodePolicy::Never && offer.audio.codecs.iter().any(is_opus) {
+        far_offer_codecs = with_transcodable(far_offer_codecs);
+    }
     let sdes_local = match &keying {
         WebKeying::Sdes(theirs) => Some(CryptoAttribute::generate(
             theirs.tag,
@@ -65,7 +75,48 @@ pub fn outbound(
         local_ice,
         sdes_local,
         far_offer_codecs,
+        transcode,
     })
+}
+
+/// Each leg's audio codec (`name/clock`, lower case) and whether the relay
+/// transcodes between them: what the call's view shows.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CallCodecs {
+    pub web: String,
+    pub sip: String,
+    pub transcoded: bool,
+}
+
+impl CallCodecs {
+    fn of(web: &Codec, sip: &Codec) -> Self {
+        CallCodecs {
+            web: codec_label(web),
+            sip: codec_label(sip),
+            transcoded: !web.same_as(sip),
+        }
+    }
+}
+
+/// The relay's map between the browser's `web` codec and the SIP side's
+/// `sip` (transcoded when they differ), with telephone-event on both sides
+/// when agreed.
+fn transcoded_map(web: &Codec, sip: &Codec, events: Option<(&Codec, &Codec)>) -> PayloadMap {
+    let sip_codec = match narrow_codec(sip) {
+        Some(narrow) if !web.same_as(sip) && is_opus(web) => narrow,
+        _ => return payload_map_of(web, sip, events),
+    };
+    let map = PayloadMap::transcoded(TranscodeSpec {
+        web_pt: web.pt,
+        sip_pt: sip.pt,
+        sip_codec,
+    });
+    match events {
+        Some((web, far)) => {
+            map.with_telephone_event(web.pt, web.clock_rate, far.pt, far.clock_rate)
+        }
+        None => map,
+    }
 }
 
 /// What the far end answered, applied to both legs.
@@ -73,8 +124,8 @@ pub struct Negotiated {
     /// Our answer for the browser.
     pub web_sdp: String,
     pub payload_map: PayloadMap,
-    /// The call's audio codec as `name/clock`, e.g. `opus/48000`.
-    pub codec: String,
+    /// Each leg's codec, and whether the call is transcoded.
+    pub codecs: CallCodecs,
     /// The SSRC we send toward the browser (it is in `web_sdp`).
     pub web_ssrc: u32,
     /// SDES keys for the relay's web leg: (inbound, outbound).
@@ -108,35 +159,71 @@ pub fn negotiate(
     random: &mut Random,
 ) -> Result<Negotiated, SdpError> {
     let pairs = pair_answer(&plan.far_offer_codecs, far_answer)?;
-    let (web_audio, _) = pairs
+    let (far_choice_offered, far_choice) = pairs
         .iter()
         .find(|(o, _)| o.is_carried_audio())
         .cloned()
         .ok_or_else(|| SdpError::NoCommonCodec {
             offered: "no audio codec in the far end's answer".into(),
         })?;
-    let codecs = answer_codecs(&plan.offer.audio.codecs, &web_audio)?;
-    let mut triples = Vec::new();
-    let mut map_event: Option<(Codec, Codec)> = None;
-    let mut far_audio = None;
-    for (web, far) in &pairs {
-        if web.is_telephone_event() {
-            if web.clock_rate == web_audio.clock_rate || map_event.is_none() {
-                map_event = Some((web.clone(), far.clone()));
-            }
-        } else if web.is_carried_audio() {
-            triples.push((web.pt, far.pt, web.clock_rate));
-            if web == &web_audio && far_audio.is_none() {
-                far_audio = Some(far.clone());
+    let browser_codecs = &plan.offer.audio.codecs;
+    let browser_opus = browser_codecs.iter().find(|c| is_opus(c));
+    let browser_has = browser_codecs
+        .iter()
+        .any(|c| c.same_as(&far_choice_offered));
+    let transcode_from = match (plan.transcode, browser_opus, narrow_codec(&far_choice)) {
+        (TranscodePolicy::WhenNeeded, Some(opus), Some(_)) if !browser_has => Some(opus),
+        (TranscodePolicy::PreferOpusWeb, Some(opus), Some(_)) => Some(opus),
+        _ => None,
+    };
+    let far_event_for = |clock: u32| {
+        pairs
+            .iter()
+            .find(|(_, a)| a.is_telephone_event() && a.clock_rate == clock)
+            .map(|(_, a)| a.clone())
+    };
+    let (web_audio, codecs, far_audio, map_event, payload_map) = if let Some(opus) = transcode_from
+    {
+        let codecs = answer_codecs(browser_codecs, opus)?;
+        let web_event = codecs.iter().find(|c| c.is_telephone_event()).cloned();
+        let map_event = web_event.zip(far_event_for(far_choice.clock_rate));
+        let payload_map =
+            transcoded_map(opus, &far_choice, map_event.as_ref().map(|(w, f)| (w, f)));
+        (opus.clone(), codecs, far_choice, map_event, payload_map)
+    } else {
+        let web_audio = far_choice_offered;
+        if !browser_has {
+            return Err(SdpError::NoCommonCodec {
+                offered: format!(
+                    "the far end chose {}, which the browser did not offer",
+                    codec_label(&web_audio)
+                ),
+            });
+        }
+        let codecs = answer_codecs(browser_codecs, &web_audio)?;
+        let mut triples = Vec::new();
+        let mut map_event: Option<(Codec, Codec)> = None;
+        let mut far_audio = None;
+        for (web, far) in &pairs {
+            if web.is_telephone_event() {
+                if web.clock_rate == web_audio.clock_rate || map_event.is_none() {
+                    map_event = Some((web.clone(), far.clone()));
+                }
+            } else if web.is_carried_audio() {
+                triples.push((web.pt, far.pt, web.clock_rate));
+                if web == &web_audio && far_audio.is_none() {
+                    far_audio = Some(far.clone());
+                }
             }
         }
-    }
-    let far_audio = far_audio.unwrap_or_else(|| web_audio.clone());
-    let mut payload_map = PayloadMap::new(&triples);
-    if let Some((web, far)) = &map_event {
-        payload_map =
-            payload_map.with_telephone_event(web.pt, web.clock_rate, far.pt, far.clock_rate);
-    }
+        let far_audio = far_audio.unwrap_or_else(|| web_audio.clone());
+        let mut payload_map = PayloadMap::new(&triples);
+        if let Some((web, far)) = &map_event {
+            payload_map =
+                payload_map.with_telephone_event(web.pt, web.clock_rate, far.pt, far.clock_rate);
+        }
+        (web_audio, codecs, far_audio, map_event, payload_map)
+    };
     let web_ssrc = random.u32();
     let (keying, leg_keying, sdes_keys) = match (&plan.keying, &plan.sdes_local) {
         (WebKeying::Sdes(theirs), Some(ours)) => (
@@ -193,7 +280,7 @@ pub fn negotiate(
     Ok(Negotiated {
         web_sdp,
         payload_map,
-        codec: codec_label(&web_audio),
+        codecs: CallCodecs::of(&web_audio, &far_audio),
         web_ssrc,
         sdes_keys,
         leg: WebLegSpec {
@@ -374,6 +461,7 @@ pub struct NegotiationContext {
     pub sip_port: u16,
     pub web_enable_dtls: bool,
     pub sip_srtp: SrtpPolicy,
+    pub transcode: TranscodePolicy,
     pub identity: DtlsIdentity,
     pub consent_timeout: Duration,
     pub rtp_timeout: Duration,
@@ -469,8 +557,8 @@ impl FarMedia {
 /// web leg need.
 #[derive(Clone)]
 pub struct MediaPlan {
-    /// The call's audio codec as `name/clock`, e.g. `opus/48000`.
-    pub codec: String,
+    /// Each leg's codec, and whether the call is transcoded.
+    pub codecs: CallCodecs,
     pub payload_map: PayloadMap,
     /// SDES keys for the web leg (inbound, outbound); None: DTLS brings them.
     pub web_keys: Option<SipLegKeys>,
@@ -491,7 +579,7 @@ pub struct MediaPlan {
 impl std::fmt::Debug for MediaPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MediaPlan")
-            .field("codec", &self.codec)
+            .field("codecs", &self.codecs)
             .field("web_keying", &self.leg.keying.as_str())
             .field("sip_srtp", &self.sip_keys.is_some())
             .field("web_ssrc", &self.web_ssrc)
@@ -505,7 +593,7 @@ impl std::fmt::Debug for MediaPlan {
 /// keying, addresses and our SDP (keys are drawn afresh each time).
 impl PartialEq for MediaPlan {
     fn eq(&self, other: &Self) -> bool {
-        self.codec == other.codec
+        self.codecs == other.codecs
             && self.leg.keying.as_str() == other.leg.keying.as_str()
             && self.web_keys.is_some() == other.web_keys.is_some()
             && self.sip_keys.is_some() == other.sip_keys.is_some()
@@ -600,6 +688,8 @@ struct Agreed {
     place: FarPlace,
     /// The browser leg as agreed, for the browser's later offers.
     web: WebAgreed,
+    /// Whether the far end's later SDP may move the call to transcoding.
+    transcode: TranscodePolicy,
 }
 
 /// What the browser leg agreed, kept for its later offers (an ICE restart
@@ -719,15 +809,15 @@ pub struct FarMove {
     /// Anything the relay acts on changed (addresses, payload types, keys);
     /// false for a session refresh or a direction change alone.
     pub changed: bool,
-    /// The call's codec as `name/clock`.
-    pub codec: String,
+    /// Each leg's codec, and whether the call is transcoded.
+    pub codecs: CallCodecs,
 }
 
 impl std::fmt::Debug for FarMove {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FarMove")
             .field("far_rtp", &self.far.rtp)
-            .field("codec", &self.codec)
+            .field("codecs", &self.codecs)
             .field("keys_changed", &self.keys_changed)
             .finish_non_exhaustive()
     }
@@ -735,11 +825,11 @@ impl std::fmt::Debug for FarMove {
 
 impl PartialEq for FarMove {
     fn eq(&self, other: &Self) -> bool {
-        (self.far.rtp, self.far.rtcp, &self.codec, self.keys_changed)
+        (self.far.rtp, self.far.rtcp, &self.codecs, self.keys_changed)
             == (
                 other.far.rtp,
                 other.far.rtcp,
-                &other.codec,
+                &other.codecs,
                 other.keys_changed,
             )
     }
@@ -802,12 +892,19 @@ fn codec_label(codec: &Codec) -> String {
 }
 
 impl Agreed {
-    /// The far end's codec (and telephone-event) in `codecs` matching the
-    /// browser leg's: the call never transcodes, so nothing else will do.
+    /// The far end's codec (and telephone-event) in `codecs`: the browser
+    /// leg's own, else — when the browser has Opus and transcoding is
+    /// allowed — the first G.711 codec the relay transcodes it to.
     fn far_codecs(&self, codecs: &[Codec]) -> Result<(Codec, Option<Codec>), SdpError> {
+        let may_transcode = self.transcode != TranscodePolicy::Never && is_opus(&self.web_audio);
         let audio = codecs
             .iter()
             .find(|c| c.same_as(&self.web_audio))
+            .or_else(|| {
+                codecs
+                    .iter()
+                    .find(|c| may_transcode && narrow_codec(c).is_some())
+            })
             .cloned()
             .ok_or_else(|| SdpError::NoCommonCodec {
                 offered: format!(
@@ -837,7 +934,7 @@ impl Agreed {
         sip_keys: Option<SipLegKeys>,
     ) -> FarMove {
         let web_event = self.web_event.as_ref();
-        let payload_map = payload_map_of(&self.web_audio, audio, web_event.zip(event));
+        let payload_map = transcoded_map(&self.web_audio, audio, web_event.zip(event));
         let keys_changed = sip_keys != self.sip_keys;
         self.sip_keys = sip_keys.clone();
         let place = FarPlace::of(&far, audio, event);
@@ -851,7 +948,7 @@ impl Agreed {
             sip_keys,
             keys_changed,
             changed,
-            codec: codec_label(audio),
+            codecs: CallCodecs::of(&self.web_audio, audio),
         }
     }
 }
@@ -908,6 +1005,7 @@ impl Negotiator {
     ) -> Result<(Negotiator, String), SdpError> {
         let FarOffer { far, codecs } = far_offer;
         let sip_keying = sip_answer_keying(context.sip_srtp, &far.crypto, far.secure, &mut random)?;
+        let codecs = Self::web_offer_codecs(&context, codecs);
         let offer = WebOfferState::new(codecs, far, sip_keying, true, &mut random)?;
         Self::offer_to_browser(context, offer, random)
     }
@@ -926,8 +1024,23 @@ impl Negotiator {
             codecs: codecs.clone(),
             ..FarMedia::unknown()
         };
+        let codecs = Self::web_offer_codecs(&context, codecs);
         let offer = WebOfferState::new(codecs, far, SipAnswerKeying::PLAIN, false, &mut random)?;
         Self::offer_to_browser(context, offer, random)
+    }
+
+    /// What the browser is offered for an incoming call whose far end
+    /// offered `codecs`: the same, with Opus first (to be transcoded) under
+    /// `prefer-opus-web` when the far end has G.711 and no Opus. Under
+    /// `when-needed` the browser is offered only the far end's codecs: every
+    /// browser takes G.711, so adding Opus would only invite transcoding.
+    fn web_offer_codecs(context: &NegotiationContext, codecs: Vec<Codec>) -> Vec<Codec> {
+        let transcodable = codecs.iter().any(|c| narrow_codec(c).is_some());
+        if context.transcode == TranscodePolicy::PreferOpusWeb && transcodable {
+            with_opus_first(codecs)
+        } else {
+            codecs
+        }
     }
 
     fn offer_to_browser(
@@ -1023,9 +1136,10 @@ impl Negotiator {
                 negotiated.events.as_ref().map(|(_, far)| far),
             ),
             web,
+            transcode: self.context.transcode,
         }));
         Ok(MediaPlan {
-            codec: negotiated.codec,
+            codecs: negotiated.codecs,
             payload_map: negotiated.payload_map,
             web_keys: negotiated.sdes_keys,
             web_ssrc: negotiated.web_ssrc,
@@ -1093,15 +1207,49 @@ impl Negotiator {
             .ok_or_else(|| SdpError::NoCommonCodec {
                 offered: "none of the codecs we offered".into(),
             })?;
-        let sip_codecs = answer_codecs(&offer.far.codecs, &chosen)?;
+        let far_has = offer.far.codecs.iter().any(|c| c.same_as(&chosen));
+        let sip_codecs = if far_has || !is_opus(&chosen) {
+            answer_codecs(&offer.far.codecs, &chosen)?
+        } else {
+            // The browser took the Opus we added: the far end gets G.711,
+            // transcoded. Our answer names the first it offered; with no
+            // offer of its own, our offer names every one it may choose.
+            let narrow = offer
+                .far
+                .codecs
+                .iter()
+                .find(|c| narrow_codec(c).is_some())
+                .cloned()
+                .ok_or_else(|| SdpError::NoCommonCodec {
+                    offered: "no G.711 codec for the far end".into(),
+                })?;
+            if offer.far_offered {
+                answer_codecs(&offer.far.codecs, &narrow)?
+            } else {
+                offer
+                    .far
+                    .codecs
+                    .iter()
+                    .filter(|c| {
+                        narrow_codec(c).is_some()
+                            || (c.is_telephone_event() && c.clock_rate == narrow.clock_rate)
+                    })
+                    .cloned()
+                    .collect()
+            }
+        };
         let web_event = answer
             .audio
             .codecs
             .iter()
             .find(|c| c.is_telephone_event() && c.clock_rate == chosen.clock_rate)
             .cloned();
-        let sip_event = sip_codecs.get(1).filter(|_| web_event.is_some()).cloned();
-        let payload_map = payload_map_of(
+        let sip_event = sip_codecs
+            .iter()
+            .find(|c| c.is_telephone_event())
+            .filter(|_| web_event.is_some())
+            .cloned();
+        let payload_map = transcoded_map(
             &chosen,
             &sip_codecs[0],
             web_event.as_ref().zip(sip_event.as_ref()),
@@ -1132,7 +1280,7 @@ impl Negotiator {
             ptime: None,
         });
         let plan = MediaPlan {
-            codec: codec_label(&chosen),
+            codecs: CallCodecs::of(&chosen, &sip_codecs[0]),
             payload_map,
             web_keys,
             web_ssrc: offer.ssrc,
@@ -1172,6 +1320,7 @@ impl Negotiator {
             secure_profile,
             place,
             web,
+            transcode: self.context.transcode,
         }));
         Ok(plan)
     }

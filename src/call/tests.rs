@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::negotiate::{self, WebLocal};
 use super::*;
+use crate::config::TranscodePolicy;
 use crate::media::relay::PayloadMap;
 use crate::sdp::{Codec, CodecName, Description};
 use crate::webrtc::stun::{self, Builder};
@@ -376,7 +377,13 @@ fn local(identity: &crate::webrtc::dtls::DtlsIdentity) -> WebLocal<'_> {
 #[test]
 fn plan_maps_payload_types_between_the_legs() {
     let identity = crate::webrtc::dtls::DtlsIdentity::generate().unwrap();
-    let plan = negotiate::outbound(CHROMIUM_OFFER, true, &mut Random::seeded(5)).unwrap();
+    let plan = negotiate::outbound(
+        CHROMIUM_OFFER,
+        true,
+        TranscodePolicy::WhenNeeded,
+        &mut Random::seeded(5),
+    )
+    .unwrap();
     assert!(plan.far_offer_codecs[0].name == CodecName::Opus);
     assert!(plan.local_ice.ufrag.len() >= 4 && plan.local_ice.pwd.len() >= 22);
     // The far end takes PCMU and telephone-event under other numbers.
@@ -397,7 +404,8 @@ fn plan_maps_payload_types_between_the_legs() {
         codec(101, CodecName::TelephoneEvent, 8000, 1),
     ];
     let n = negotiate::negotiate(&plan, &far, &local(&identity), &mut Random::seeded(6)).unwrap();
-    assert_eq!(n.codec, "pcmu/8000");
+    assert_eq!(n.codecs.web, "pcmu/8000");
+    assert!(!n.codecs.transcoded);
     let expected =
         PayloadMap::new(&[(pcmu.pt, 0, 8000)]).with_telephone_event(te8k.pt, 8000, 101, 8000);
     assert_eq!(
@@ -435,10 +443,21 @@ fn plan_answers_an_sdes_offer_with_sdes() {
         })
         .map(|l| l + "\r\n")
         .collect();
-    let plan = negotiate::outbound(&sdes_offer, true, &mut Random::seeded(5)).unwrap();
-    let far = negotiate::outbound(&sdes_offer, true, &mut Random::seeded(5))
-        .unwrap()
-        .far_offer_codecs;
+    let plan = negotiate::outbound(
+        &sdes_offer,
+        true,
+        TranscodePolicy::WhenNeeded,
+        &mut Random::seeded(5),
+    )
+    .unwrap();
+    let far = negotiate::outbound(
+        &sdes_offer,
+        true,
+        TranscodePolicy::WhenNeeded,
+        &mut Random::seeded(5),
+    )
+    .unwrap()
+    .far_offer_codecs;
     let n =
         negotiate::negotiate(&plan, &far[..1], &local(&identity), &mut Random::seeded(6)).unwrap();
     let answer = Description::parse(&n.web_sdp).unwrap();
@@ -454,7 +473,12 @@ fn plan_answers_an_sdes_offer_with_sdes() {
     assert!(matches!(n.leg.keying, LegKeying::Sdes));
     // SDES only: a DTLS-only offer is refused before anything happens.
     assert!(matches!(
-        negotiate::outbound(CHROMIUM_OFFER, false, &mut Random::seeded(5)),
+        negotiate::outbound(
+            CHROMIUM_OFFER,
+            false,
+            TranscodePolicy::WhenNeeded,
+            &mut Random::seeded(5)
+        ),
         Err(crate::sdp::SdpError::CryptoRequired)
     ));
 }
@@ -462,10 +486,22 @@ fn plan_answers_an_sdes_offer_with_sdes() {
 #[test]
 fn plan_refuses_what_the_far_end_cannot_take() {
     let identity = crate::webrtc::dtls::DtlsIdentity::generate().unwrap();
-    let plan = negotiate::outbound(CHROMIUM_OFFER, true, &mut Random::seeded(5)).unwrap();
+    let plan = negotiate::outbound(
+        CHROMIUM_OFFER,
+        true,
+        TranscodePolicy::WhenNeeded,
+        &mut Random::seeded(5),
+    )
+    .unwrap();
     let far = vec![codec(18, CodecName::Other("G729".into()), 8000, 1)];
     assert!(negotiate::negotiate(&plan, &far, &local(&identity), &mut Random::seeded(6)).is_err());
-    assert!(negotiate::outbound("v=0\r\nnot sdp", true, &mut Random::seeded(5)).is_err());
+    assert!(negotiate::outbound(
+        "v=0\r\nnot sdp",
+        true,
+        TranscodePolicy::WhenNeeded,
+        &mut Random::seeded(5)
+    )
+    .is_err());
 }
 
 fn inbound_call(t0: Instant) -> Call {
@@ -606,6 +642,7 @@ fn context(identity: &crate::webrtc::dtls::DtlsIdentity) -> negotiate::Negotiati
         sip_port: 30000,
         web_enable_dtls: true,
         sip_srtp: crate::config::SrtpPolicy::Off,
+        transcode: TranscodePolicy::WhenNeeded,
         identity: identity.clone(),
         consent_timeout: Duration::from_secs(30),
         rtp_timeout: Duration::from_secs(30),
@@ -634,7 +671,13 @@ fn the_far_answer_becomes_one_media_plan() {
     let identity = crate::webrtc::dtls::DtlsIdentity::generate().unwrap();
     let t0 = Instant::now();
     let mut random = Random::seeded(11);
-    let plan = negotiate::outbound(CHROMIUM_OFFER, true, &mut random).unwrap();
+    let plan = negotiate::outbound(
+        CHROMIUM_OFFER,
+        true,
+        TranscodePolicy::WhenNeeded,
+        &mut random,
+    )
+    .unwrap();
     let (negotiator, offer) =
         negotiate::Negotiator::outbound(context(&identity), plan, true, random).unwrap();
     let offer = offer.unwrap();
@@ -653,7 +696,7 @@ fn the_far_answer_becomes_one_media_plan() {
         "the plan comes first"
     );
     let plan = made[0];
-    assert_eq!(plan.codec, "pcmu/8000");
+    assert_eq!(plan.codecs.sip, "pcmu/8000");
     assert_eq!(plan.far.rtp, "203.0.113.9:40000".parse().unwrap());
     assert_eq!(plan.far.rtcp, Some("203.0.113.9:40001".parse().unwrap()));
     assert!(
@@ -676,7 +719,13 @@ fn the_far_answer_becomes_one_media_plan() {
 fn an_unusable_far_sdp_ends_the_call_with_488() {
     let identity = crate::webrtc::dtls::DtlsIdentity::generate().unwrap();
     let mut random = Random::seeded(12);
-    let plan = negotiate::outbound(CHROMIUM_OFFER, true, &mut random).unwrap();
+    let plan = negotiate::outbound(
+        CHROMIUM_OFFER,
+        true,
+        TranscodePolicy::WhenNeeded,
+        &mut random,
+    )
+    .unwrap();
     let (negotiator, _) =
         negotiate::Negotiator::outbound(context(&identity), plan, true, random).unwrap();
     let mut call = Call::outbound("c1".into()).with_negotiator(negotiator);
@@ -809,7 +858,13 @@ fn far_offers_are_checked_before_ports_are_bound() {
 /// and telephone-event), its plan taken.
 fn answered_outbound(identity: &crate::webrtc::dtls::DtlsIdentity) -> Call {
     let mut random = Random::seeded(21);
-    let plan = negotiate::outbound(CHROMIUM_OFFER, true, &mut random).unwrap();
+    let plan = negotiate::outbound(
+        CHROMIUM_OFFER,
+        true,
+        TranscodePolicy::WhenNeeded,
+        &mut random,
+    )
+    .unwrap();
     let (negotiator, _) =
         negotiate::Negotiator::outbound(context(identity), plan, true, random).unwrap();
     let mut call = Call::outbound("c1".into()).with_negotiator(negotiator);
@@ -878,7 +933,7 @@ fn a_far_reoffer_moves_the_media_and_leaves_the_browser_leg_alone() {
     );
     let moved = moves(&out)[0];
     assert_eq!(moved.far.rtp, "198.51.100.20:41000".parse().unwrap());
-    assert_eq!(moved.codec, "pcmu/8000");
+    assert_eq!(moved.codecs.sip, "pcmu/8000");
     assert_eq!(moved.payload_map.sip_telephone_event(), Some((96, 8000)));
     assert!(!moved.keys_changed, "plain RTP stays plain");
     let answer = offer_answer(&out).unwrap().unwrap();
@@ -978,7 +1033,13 @@ fn a_far_reoffer_with_new_keys_keeps_ours() {
     let mut ctx = context(&identity);
     ctx.sip_srtp = crate::config::SrtpPolicy::Required;
     let mut random = Random::seeded(22);
-    let plan = negotiate::outbound(CHROMIUM_OFFER, true, &mut random).unwrap();
+    let plan = negotiate::outbound(
+        CHROMIUM_OFFER,
+        true,
+        TranscodePolicy::WhenNeeded,
+        &mut random,
+    )
+    .unwrap();
     let (negotiator, offer) = negotiate::Negotiator::outbound(ctx, plan, true, random).unwrap();
     let offer = offer.unwrap();
     let our_line = offer
@@ -1066,7 +1127,7 @@ fn a_delayed_offer_goes_to_the_browser_then_in_our_200() {
     let out = drain(&mut call);
     let moved = moves(&out)[0];
     assert_eq!(moved.far.rtp, "203.0.113.9:40000".parse().unwrap());
-    assert_eq!(moved.codec, "pcmu/8000");
+    assert_eq!(moved.codecs.sip, "pcmu/8000");
     assert!(ended(&out).is_none());
 
     // The ACK's answer without the codec we offered: the call ends.
@@ -1090,7 +1151,13 @@ fn an_early_update_moves_the_early_media() {
     let identity = crate::webrtc::dtls::DtlsIdentity::generate().unwrap();
     let t0 = Instant::now();
     let mut random = Random::seeded(22);
-    let plan = negotiate::outbound(CHROMIUM_OFFER, true, &mut random).unwrap();
+    let plan = negotiate::outbound(
+        CHROMIUM_OFFER,
+        true,
+        TranscodePolicy::WhenNeeded,
+        &mut random,
+    )
+    .unwrap();
     let (negotiator, _) =
         negotiate::Negotiator::outbound(context(&identity), plan, true, random).unwrap();
     let mut call = Call::outbound("c1".into()).with_negotiator(negotiator);

@@ -526,6 +526,23 @@ pub struct MediaConfig {
     /// The machine's CPU busy share (percent of all cores, over the last
     /// 5 s) at which new calls are refused (503). 0: no threshold.
     pub max_cpu_percent: u32,
+    /// When the relay transcodes a call's audio (`[media] transcode`).
+    pub transcode: TranscodePolicy,
+}
+
+/// When a call's audio is transcoded (Opus toward the browser, G.711
+/// toward the SIP side) rather than passed through (`[media] transcode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TranscodePolicy {
+    /// Never: a call needs a codec both legs take.
+    Never,
+    /// Only when the legs share no codec the gateway carries.
+    #[default]
+    WhenNeeded,
+    /// Opus toward every browser that offers or takes it, transcoded to
+    /// G.711 when the SIP side does not take Opus.
+    PreferOpusWeb,
 }
 
 /// How relay workers wait for and move datagrams (`[media] relay-io`).
@@ -557,6 +574,7 @@ impl Default for MediaConfig {
             rtp_timeout_s: 30,
             max_calls: 0,
             max_cpu_percent: 0,
+            transcode: TranscodePolicy::default(),
         }
     }
 }
@@ -1362,6 +1380,28 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("lissen"), "{text}");
         assert!(text.contains("line 3"), "{text}");
+    }
+
+    #[test]
+    fn transcode_takes_its_three_values() {
+        assert_eq!(
+            load("").unwrap().media.transcode,
+            TranscodePolicy::WhenNeeded
+        );
+        for (text, policy) in [
+            ("never", TranscodePolicy::Never),
+            ("when-needed", TranscodePolicy::WhenNeeded),
+            ("prefer-opus-web", TranscodePolicy::PreferOpusWeb),
+        ] {
+            let c = load(&format!("[media]\ntranscode = \"{text}\"\n")).unwrap();
+            assert_eq!(c.media.transcode, policy);
+        }
+        let err = load("[media]\ntranscode = \"always\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("transcode") && text.contains("prefer-opus-web"),
+            "{text}"
+        );
     }
 
     #[test]

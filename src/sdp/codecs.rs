@@ -1,8 +1,11 @@
-//! Codecs on an m-line and their negotiation across the two legs. The gateway
-//! never transcodes: a call uses one codec that both the browser and the SIP
-//! side take, with payload-type numbers mapped between the legs.
+//! Codecs on an m-line and their negotiation across the two legs. A call
+//! uses one codec that both the browser and the SIP side take, with
+//! payload-type numbers mapped between the legs — or, under `[media]
+//! transcode`, Opus toward the browser and G.711 toward the SIP side (the
+//! helpers at the end add what each side must be offered for that).
 
 use super::SdpError;
+use crate::media::transcode::NarrowCodec;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CodecName {
@@ -245,4 +248,101 @@ fn describe(codecs: &[Codec]) -> String {
         .map(|c| format!("{}/{}", c.name.encoding(), c.clock_rate))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Whether `codec` is Opus as browsers offer it (48 kHz, two channels
+/// declared, RFC 7587).
+pub fn is_opus(codec: &Codec) -> bool {
+    codec.name == CodecName::Opus && codec.clock_rate == 48_000 && codec.channels == 2
+}
+
+/// The SIP-side codec the relay transcodes Opus to, if `codec` is one.
+pub fn narrow_codec(codec: &Codec) -> Option<NarrowCodec> {
+    match (&codec.name, codec.clock_rate, codec.channels) {
+        (CodecName::Pcmu, 8000, 1) => Some(NarrowCodec::Pcmu),
+        (CodecName::Pcma, 8000, 1) => Some(NarrowCodec::Pcma),
+        _ => None,
+    }
+}
+
+/// A payload type not used in `codecs`, from the dynamic range (96-127)
+/// starting at `preferred`.
+fn free_dynamic_pt(codecs: &[Codec], preferred: u8) -> Option<u8> {
+    (preferred..=127)
+        .chain(96..preferred)
+        .find(|pt| !codecs.iter().any(|c| c.pt == *pt))
+}
+
+fn plain_codec(pt: u8, name: CodecName, clock_rate: u32, channels: u8) -> Codec {
+    Codec {
+        pt,
+        name,
+        clock_rate,
+        channels,
+        fmtp: None,
+    }
+}
+
+/// `codecs` (an offer toward the SIP side) with the G.711 codecs the relay
+/// can transcode Opus to appended where missing — µ-law, then A-law, at
+/// their static types — and telephone-event at 8 kHz if the offer has it
+/// at another rate only.
+pub fn with_transcodable(mut codecs: Vec<Codec>) -> Vec<Codec> {
+    let audio_end = codecs
+        .iter()
+        .rposition(|c| c.is_carried_audio())
+        .map_or(0, |i| i + 1);
+    let mut added = Vec::new();
+    for (pt, name) in [(0, CodecName::Pcmu), (8, CodecName::Pcma)] {
+        let codec = plain_codec(pt, name, 8000, 1);
+        if !codecs.iter().any(|c| c.same_as(&codec)) && !codecs.iter().any(|c| c.pt == pt) {
+            added.push(codec);
+        }
+    }
+    let inserted = added.len();
+    codecs.splice(audio_end..audio_end, added);
+    let has_event = codecs.iter().any(|c| c.is_telephone_event());
+    let has_event_8k = codecs
+        .iter()
+        .any(|c| c.is_telephone_event() && c.clock_rate == 8000);
+    if inserted > 0 && has_event && !has_event_8k {
+        if let Some(pt) = free_dynamic_pt(&codecs, 101) {
+            codecs.push(Codec {
+                fmtp: Some("0-16".into()),
+                ..plain_codec(pt, CodecName::TelephoneEvent, 8000, 1)
+            });
+        }
+    }
+    codecs
+}
+
+/// `codecs` (an offer toward the browser) with Opus first, at a free
+/// dynamic type, and telephone-event at 48 kHz beside the offer's 8 kHz
+/// one. Unchanged when the offer has Opus already.
+pub fn with_opus_first(codecs: Vec<Codec>) -> Vec<Codec> {
+    if codecs.iter().any(is_opus) {
+        return codecs;
+    }
+    let Some(pt) = free_dynamic_pt(&codecs, 111) else {
+        return codecs;
+    };
+    let opus = Codec {
+        fmtp: Some("minptime=10;useinbandfec=1".into()),
+        ..plain_codec(pt, CodecName::Opus, 48_000, 2)
+    };
+    let mut out = vec![opus];
+    out.extend(codecs);
+    if out.iter().any(|c| c.is_telephone_event())
+        && !out
+            .iter()
+            .any(|c| c.is_telephone_event() && c.clock_rate == 48_000)
+    {
+        if let Some(pt) = free_dynamic_pt(&out, 110) {
+            out.push(Codec {
+                fmtp: Some("0-16".into()),
+                ..plain_codec(pt, CodecName::TelephoneEvent, 48_000, 1)
+            });
+        }
+    }
+    out
 }
