@@ -19,8 +19,9 @@ step() { printf '\n=== %s\n' "$*"; }
 # SIPp (sip-tester), baresip and Kamailio are real SIP peers; HAProxy is the
 # HTTP load balancer in front of several gateway nodes, Redis their shared
 # session directory; dnsmasq serves SIP servers' DNS SRV records; libssl-dev
-# (and pkg-config) build the load benchmark's OpenSSL DTLS client.
-packages=(curl nftables chromium firefox-esr iproute2 sip-tester baresip-core kamailio kamailio-tls-modules haproxy redis-server dnsmasq-base libssl-dev pkg-config)
+# (and pkg-config) build the load benchmark's OpenSSL DTLS client; libopus-dev
+# is the Opus library the gateway links for transcoding.
+packages=(curl nftables chromium firefox-esr iproute2 sip-tester baresip-core kamailio kamailio-tls-modules haproxy redis-server dnsmasq-base libssl-dev libopus-dev pkg-config)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -378,6 +378,11 @@ use crate::media::relay::Relay;
 use crate::media::stats::LegSnapshot;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LegOnly {
+    leg: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LegDirection {
     leg: &'static str,
     direction: &'static str,
@@ -418,7 +423,9 @@ impl Collector for RelayCollector {
         let mut packets = Vec::new();
         let mut bytes = Vec::new();
         let mut drops = Vec::new();
+        let mut made_up = Vec::new();
         for (leg, s) in legs {
+            made_up.push((LegOnly { leg }, s.made_up));
             packets.push((
                 LegDirection {
                     leg,
@@ -476,6 +483,12 @@ impl Collector for RelayCollector {
             "gateway_media_dropped",
             "Media packets dropped, by leg and cause",
             &drops,
+        )?;
+        counter_family(
+            &mut encoder,
+            "gateway_media_made_up_packets",
+            "Packets of transcoded calls made up (in-band FEC or concealment) for ones lost on the way in, by the leg they were lost on",
+            &made_up,
         )?;
         let calls = encoder.encode_descriptor(
             "gateway_media_calls",

@@ -15,6 +15,9 @@ pub struct ReceptionStats {
     received: u64,
     /// Interarrival jitter in timestamp units (RFC 3550 A.8).
     jitter: f64,
+    /// Expected and received counts at our last report (RFC 3550 A.3).
+    expected_prior: i64,
+    received_prior: u64,
     last_transit: Option<f64>,
     epoch: Instant,
 }
@@ -28,6 +31,8 @@ impl ReceptionStats {
             cycles: 0,
             received: 0,
             jitter: 0.0,
+            expected_prior: 0,
+            received_prior: 0,
             last_transit: None,
             epoch,
         }
@@ -83,12 +88,94 @@ impl ReceptionStats {
         expected - self.received as i64
     }
 
+    /// A report block on this source for an RTCP receiver report of ours
+    /// (RFC 3550 §6.4.1), with the loss since the last one; `last_sr` is
+    /// the middle of the NTP timestamp of the source's latest sender report
+    /// (answered at once: no delay since it). None before any packet.
+    pub fn report(&mut self, last_sr: u32) -> Option<OwnReport> {
+        let ssrc = self.ssrc?;
+        let extended_max = (u64::from(self.cycles) << 16) + u64::from(self.max_seq);
+        let expected = extended_max as i64 - i64::from(self.base_seq) + 1;
+        let expected_interval = expected - self.expected_prior;
+        let received_interval = self.received as i64 - self.received_prior as i64;
+        self.expected_prior = expected;
+        self.received_prior = self.received;
+        let lost_interval = expected_interval - received_interval;
+        let fraction_lost = if expected_interval <= 0 || lost_interval <= 0 {
+            0
+        } else {
+            ((lost_interval << 8) / expected_interval).min(255) as u8
+        };
+        Some(OwnReport {
+            ssrc,
+            fraction_lost,
+            cumulative_lost: self.lost().clamp(-0x80_0000, 0x7f_ffff) as i32,
+            extended_max: extended_max as u32,
+            jitter: self.jitter as u32,
+            last_sr,
+        })
+    }
+
     pub fn jitter(&self, clock_rate: u32) -> Duration {
         if clock_rate == 0 {
             return Duration::ZERO;
         }
         Duration::from_secs_f64(self.jitter / f64::from(clock_rate))
     }
+}
+
+/// What one of our receiver reports says about a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnReport {
+    pub ssrc: u32,
+    pub fraction_lost: u8,
+    pub cumulative_lost: i32,
+    pub extended_max: u32,
+    pub jitter: u32,
+    pub last_sr: u32,
+}
+
+impl OwnReport {
+    /// Length of the receiver report [`OwnReport::write`] makes.
+    pub const LEN: usize = 32;
+
+    /// Writes an RTCP receiver report from `sender` with this one block
+    /// into `out` (at least [`OwnReport::LEN`] bytes); returns its length.
+    pub fn write(&self, sender: u32, out: &mut [u8]) -> usize {
+        out[..4].copy_from_slice(&[0x81, 201, 0, 7]);
+        out[4..8].copy_from_slice(&sender.to_be_bytes());
+        out[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
+        let lost = (self.cumulative_lost as u32) & 0x00ff_ffff;
+        out[12..16].copy_from_slice(&((u32::from(self.fraction_lost) << 24) | lost).to_be_bytes());
+        out[16..20].copy_from_slice(&self.extended_max.to_be_bytes());
+        out[20..24].copy_from_slice(&self.jitter.to_be_bytes());
+        out[24..28].copy_from_slice(&self.last_sr.to_be_bytes());
+        // Answered as it arrives: no delay since the sender report.
+        out[28..32].fill(0);
+        Self::LEN
+    }
+}
+
+/// A sender report in a (compound) RTCP packet: its sender's SSRC and the
+/// middle 32 bits of its NTP timestamp (what a receiver report echoes).
+pub fn sender_report(packet: &[u8]) -> Option<(u32, u32)> {
+    let mut at = 0;
+    while at + 8 <= packet.len() {
+        let header = &packet[at..];
+        if header[0] >> 6 != 2 {
+            return None;
+        }
+        let len = (usize::from(u16::from_be_bytes([header[2], header[3]])) + 1) * 4;
+        if header[1] == 200 && len >= 28 && header.len() >= 28 {
+            let word = |i: usize| {
+                u32::from_be_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]])
+            };
+            let ntp_middle = (word(8) << 16) | (word(12) >> 16);
+            return Some((word(4), ntp_middle));
+        }
+        at += len;
+    }
+    None
 }
 
 /// The first report block of an RTCP SR or RR: the far end's view of the
@@ -191,6 +278,50 @@ mod tests {
             j > Duration::from_millis(9) && j < Duration::from_millis(11),
             "{j:?}"
         );
+    }
+
+    #[test]
+    fn our_receiver_reports_say_what_was_lost_since_the_last() {
+        let t0 = Instant::now();
+        let mut r = ReceptionStats::new(t0);
+        assert_eq!(r.report(0), None, "nothing received, nothing to say");
+        // 100 packets with every tenth missing, then a report.
+        for seq in (0u16..100).filter(|s| s % 10 != 5) {
+            r.record(0xb00, seq, u32::from(seq) * 960, 48_000, t0);
+        }
+        let first = r.report(0x1234_5678).unwrap();
+        assert_eq!(
+            (first.ssrc, first.cumulative_lost, first.extended_max),
+            (0xb00, 10, 99)
+        );
+        assert_eq!(first.fraction_lost, (10 * 256 / 100) as u8);
+        // The next 100 all arrive: nothing lost since, 10 in all.
+        for seq in 100u16..200 {
+            r.record(0xb00, seq, u32::from(seq) * 960, 48_000, t0);
+        }
+        let second = r.report(0).unwrap();
+        assert_eq!((second.fraction_lost, second.cumulative_lost), (0, 10));
+        // As a packet: an RR of one block, which our parser reads back.
+        let mut out = [0u8; 64];
+        let len = first.write(0x5157, &mut out);
+        assert_eq!(len, OwnReport::LEN);
+        let block = first_report_block(&out[..len]).unwrap();
+        assert_eq!(
+            (block.ssrc, block.fraction_lost, block.cumulative_lost),
+            (0xb00, first.fraction_lost, 10)
+        );
+        assert_eq!(&out[24..28], &0x1234_5678u32.to_be_bytes());
+    }
+
+    #[test]
+    fn a_sender_report_is_found_in_a_compound() {
+        let mut compound = vec![0x80, 200, 0, 6, 0, 0, 0xb0, 0x0b];
+        compound.extend_from_slice(&[0xaa, 0xbb, 0xcc, 0xdd, 0x11, 0x22, 0x33, 0x44]);
+        compound.extend_from_slice(&[0u8; 12]);
+        compound.extend_from_slice(&[0x81, 202, 0, 1, 0, 0, 0xb0, 0x0b]);
+        assert_eq!(sender_report(&compound), Some((0xb00b, 0xccdd_1122)));
+        assert_eq!(sender_report(&compound[28..]), None, "SDES alone");
+        assert_eq!(sender_report(&[0x80, 200, 0, 6]), None);
     }
 
     #[test]

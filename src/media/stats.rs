@@ -32,6 +32,9 @@ pub struct LegStats {
     pub bytes_out: AtomicU64,
     /// STUN and DTLS datagrams handed to the ICE/DTLS side.
     pub control_packets: AtomicU64,
+    /// Packets of a transcoded call made up for ones lost on the way in
+    /// (from in-band FEC, or concealed).
+    pub made_up: AtomicU64,
     drops: [AtomicU64; 7],
     /// Our own view of what arrives on this leg (RFC 3550 A.3, A.8).
     lost: AtomicI64,
@@ -87,6 +90,7 @@ impl LegStats {
             packets_out: self.packets_out.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
             control_packets: self.control_packets.load(Relaxed),
+            made_up: self.made_up.load(Relaxed),
             dropped_foreign_source: self.drops(DropCause::ForeignSource),
             dropped_auth_failed: self.drops(DropCause::AuthFailed),
             dropped_replay: self.drops(DropCause::Replay),
@@ -111,6 +115,8 @@ pub struct LegSnapshot {
     pub packets_out: u64,
     pub bytes_out: u64,
     pub control_packets: u64,
+    /// Transcoded calls: packets made up for ones lost on the way in.
+    pub made_up: u64,
     pub dropped_foreign_source: u64,
     pub dropped_auth_failed: u64,
     pub dropped_replay: u64,
@@ -138,6 +144,7 @@ impl LegSnapshot {
         self.packets_out += o.packets_out;
         self.bytes_out += o.bytes_out;
         self.control_packets += o.control_packets;
+        self.made_up += o.made_up;
         self.dropped_foreign_source += o.dropped_foreign_source;
         self.dropped_auth_failed += o.dropped_auth_failed;
         self.dropped_replay += o.dropped_replay;

@@ -11,7 +11,7 @@ use std::time::Instant;
 use mio::net::UdpSocket;
 
 use super::epoll::flush;
-use super::forward::{relay_from_sip, relay_from_web, Outgoing};
+use super::forward::{relay_from_sip, relay_from_web_replying, Outgoing};
 use super::streams::{SipOutStream, WebOutStream};
 use super::CheckVerifier;
 use super::{CallMediaSetup, RelayEvent, SipFar, SIP_RTCP, SIP_RTP, SOCKETS_PER_CALL, WEB};
@@ -383,17 +383,20 @@ impl RelayedCall {
     /// says which go out and by which socket.
     pub(super) fn relay(&mut self, batch: &mut Batch, n: usize, kind: usize) -> Relayed {
         if kind == WEB {
-            let (rtp, rtcp) = relay_from_web(self, batch, n);
+            let mut replies = Outgoing::new();
+            let (rtp, rtcp) = relay_from_web_replying(self, batch, n, &mut replies);
             Relayed {
                 to_web: false,
                 main: rtp,
                 rtcp,
+                replies,
             }
         } else {
             Relayed {
                 to_web: true,
                 main: relay_from_sip(self, batch, n, kind == SIP_RTCP),
                 rtcp: Outgoing::new(),
+                replies: Outgoing::new(),
             }
         }
     }
@@ -407,6 +410,7 @@ impl RelayedCall {
             if let Some(rtcp) = &self.sip.rtcp {
                 flush(batch, rtcp, &out.rtcp, &self.stats.sip);
             }
+            flush(batch, &self.web.socket, &out.replies, &self.stats.web);
         }
     }
 }
@@ -436,6 +440,9 @@ pub(super) struct Relayed {
     pub(super) to_web: bool,
     pub(super) main: Outgoing,
     pub(super) rtcp: Outgoing,
+    /// Datagrams going back the way the batch came (our RTCP receiver
+    /// reports answering the browser's sender reports).
+    pub(super) replies: Outgoing,
 }
 
 /// Kernel buffer per relay socket: a few hundred packets of slack for bursts.

@@ -15,7 +15,7 @@ use super::{ControlPacket, RelayEvent};
 use crate::media::batch::{Batch, BATCH};
 use crate::media::dtmf::{self, DtmfReceiver};
 use crate::media::payload_map::PayloadMap;
-use crate::media::reception::{first_report_block, ReceptionStats};
+use crate::media::reception::{first_report_block, sender_report, ReceptionStats};
 use crate::media::rtp::{self, WebPacketKind};
 use crate::media::srtp::{SrtpContext, SrtpError};
 use crate::media::stats::{DropCause, LegStats};
@@ -48,10 +48,25 @@ pub(super) fn count_srtp_error(stats: &LegStats, e: SrtpError) {
     });
 }
 
+/// The browser's datagrams, as [`relay_from_web_replying`] without the
+/// replies (for the tests, which look at what goes on to the SIP side).
+#[cfg(test)]
 pub(super) fn relay_from_web(
     call: &mut RelayedCall,
     batch: &mut Batch,
     n: usize,
+) -> (Outgoing, Outgoing) {
+    relay_from_web_replying(call, batch, n, &mut Outgoing::new())
+}
+
+/// [`relay_from_web`], with our answers to the browser's sender reports
+/// on a transcoded call (receiver reports, to go back by the web socket)
+/// listed in `replies`.
+pub(super) fn relay_from_web_replying(
+    call: &mut RelayedCall,
+    batch: &mut Batch,
+    n: usize,
+    replies: &mut Outgoing,
 ) -> (Outgoing, Outgoing) {
     let stats = &*call.stats;
     // One clock read per batch: its packets arrived together.
@@ -123,9 +138,32 @@ pub(super) fn relay_from_web(
             if kind != WebPacketKind::Rtp {
                 // The browser's reports speak of the Opus stream we send
                 // it: kept for the call's figures, not passed on to a SIP
-                // side that gets another codec's stream from us.
-                match web_in.unprotect_rtcp(&mut batch.bufs[i][..len]) {
-                    Ok(plain) => note_peer_report(&batch.bufs[i][..plain], &stats.web, OPUS_CLOCK),
+                // side that gets another codec's stream from us. Its
+                // sender reports get our receiver report back, whose loss
+                // figure turns on its encoder's in-band FEC.
+                let buf = &mut batch.bufs[i];
+                match web_in.unprotect_rtcp(&mut buf[..len]) {
+                    Ok(plain) => {
+                        note_peer_report(&buf[..plain], &stats.web, OPUS_CLOCK);
+                        let report = sender_report(&buf[..plain])
+                            .and_then(|(_, last_sr)| call.web_reception.report(last_sr));
+                        if let (Some(report), Some(ours), Some(to)) =
+                            (report, call.web.ssrc, call.web.remote)
+                        {
+                            let written = report.write(ours, &mut buf[..]);
+                            let protected = call
+                                .web
+                                .srtp
+                                .as_deref_mut()
+                                .map(|(_, out)| out.protect_rtcp(buf, written));
+                            if let Some(Ok(protected)) = protected {
+                                batch.lens[i] = protected;
+                                batch.addrs[i] = Some(to);
+                                batch.locals[i] = call.web.local;
+                                replies.push(i);
+                            }
+                        }
+                    }
                     Err(e) => count_srtp_error(&stats.web, e),
                 }
                 continue;
@@ -157,6 +195,10 @@ pub(super) fn relay_from_web(
                     let clock = call.map.sip_clock[usize::from(rtp::rtp_payload_type(buf))];
                     call.web_clock = clock;
                     record(&mut call.web_reception, &stats.web, buf, clock, arrival);
+                    stats
+                        .web
+                        .made_up
+                        .fetch_add(made_up.count as u64, Ordering::Relaxed);
                     // Made-up packets first: they stand for earlier ones.
                     let to = call.sip.rtp_destination();
                     for &j in made_up.order[..made_up.count].iter().chain([&i]) {
@@ -1102,6 +1144,7 @@ mod tests {
         assert_eq!(seqs, [1, 2, 3, 4], "the lost number filled, in order");
         assert_eq!(timestamps, [160, 320, 480, 640], "the 8 kHz clock");
         assert_eq!(call.transcoder.as_ref().unwrap().recovered, 1);
+        assert_eq!(call.stats.web.snapshot().made_up, 1);
 
         // A telephone-event beside the audio: its duration and timestamp
         // on the 8 kHz clock, and no loss counted for its number.
@@ -1221,5 +1264,62 @@ mod tests {
         }
         assert_eq!(relayed, 40 * 17);
         assert_eq!(call.transcoder.as_ref().unwrap().recovered, 40);
+    }
+
+    #[test]
+    fn a_browsers_sender_report_gets_our_receiver_report_on_a_transcoded_call() {
+        let mut call = transcoded_call();
+        let mut batch = Batch::new();
+        let (mut browser_out, mut browser_in) = (context(1), context(2));
+        let packets = opus_packets(20);
+        // Twenty packets, two of them lost.
+        let mut n = 0;
+        for seq in (1u16..=20).filter(|s| *s != 7 && *s != 13) {
+            browser_rtp(
+                &mut batch,
+                n,
+                &mut browser_out,
+                111,
+                seq,
+                &packets[seq as usize - 1],
+            );
+            n += 1;
+        }
+        relay_from_web(&mut call, &mut batch, n);
+        // A sender report (NTP 0x0000aaaa_bbbb0000) with an SDES after it.
+        let mut sr = vec![0x80, 200, 0, 6, 0, 0x0a, 0x11, 0xce];
+        sr.extend_from_slice(&[0, 0, 0xaa, 0xaa, 0xbb, 0xbb, 0, 0]);
+        sr.extend_from_slice(&[0u8; 12]);
+        sr.extend_from_slice(&[0x81, 202, 0, 1, 0, 0x0a, 0x11, 0xce]);
+        let len = sr.len();
+        batch.bufs[0][..len].copy_from_slice(&sr);
+        batch.lens[0] = browser_out.protect_rtcp(&mut batch.bufs[0], len).unwrap();
+        batch.addrs[0] = Some(BROWSER.parse().unwrap());
+        let mut replies = Outgoing::new();
+        let (rtp_out, rtcp_out) = relay_from_web_replying(&mut call, &mut batch, 1, &mut replies);
+        assert_eq!(
+            rtp_out.count + rtcp_out.count,
+            0,
+            "not passed to the SIP side"
+        );
+        assert_eq!(replies.count, 1);
+        let i = replies.order[0];
+        assert_eq!(batch.addrs[i], Some(BROWSER.parse().unwrap()));
+        let len = batch.lens[i];
+        let plain = browser_in
+            .unprotect_rtcp(&mut batch.bufs[i][..len])
+            .unwrap();
+        let rr = &batch.bufs[i][..plain];
+        assert_eq!(rr[1], 201, "a receiver report");
+        assert_eq!(&rr[4..8], &OUR_SSRC.to_be_bytes());
+        let block = first_report_block(rr).unwrap();
+        assert_eq!(block.ssrc, 0xa11ce);
+        assert_eq!(block.cumulative_lost, 2);
+        assert_eq!(block.fraction_lost, (2 * 256 / 20) as u8);
+        assert_eq!(
+            &rr[24..28],
+            &[0xaa, 0xaa, 0xbb, 0xbb],
+            "the SR's NTP middle"
+        );
     }
 }

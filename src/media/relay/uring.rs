@@ -161,24 +161,34 @@ impl Worker {
         }
         call.note_kernel_drops(kind, reported);
         let out = call.relay(&mut self.batch, count, kind);
-        let (main, rtcp, leg) = if out.to_web {
-            (token(slot, WEB), token(slot, WEB), &call.stats.web)
+        let (main, rtcp) = if out.to_web {
+            (token(slot, WEB), token(slot, WEB))
         } else {
             let rtcp = if call.sip.rtcp.is_some() {
                 SIP_RTCP
             } else {
                 SIP_RTP
             };
-            (token(slot, SIP_RTP), token(slot, rtcp), &call.stats.sip)
+            (token(slot, SIP_RTP), token(slot, rtcp))
         };
-        for (socket, list) in [(main, &out.main), (rtcp, &out.rtcp)] {
+        let replies = token(slot, if out.to_web { SIP_RTP } else { WEB });
+        for (socket, list, web) in [
+            (main, &out.main, out.to_web),
+            (rtcp, &out.rtcp, out.to_web),
+            (replies, &out.replies, !out.to_web),
+        ] {
+            let leg = if web {
+                &call.stats.web
+            } else {
+                &call.stats.sip
+            };
             for &i in &list.order[..list.count] {
                 let len = self.batch.lens[i];
                 let queued = self.batch.addrs[i].is_some_and(|to| {
                     let tag = ring::SendTag {
                         slot: slot as u32,
                         call: call.id,
-                        web: out.to_web,
+                        web,
                         len: len as u32,
                     };
                     let from = self.batch.locals[i];
