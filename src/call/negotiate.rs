@@ -22,7 +22,7 @@ use crate::random::Random;
 use crate::sdp::build::{self, AnswerKeying, Local, SipMedia, WebAnswer, WebOffer};
 use crate::sdp::codecs::{
     answer_codecs, is_opus, narrow_codec, pair_answer, usable, with_opus_first, with_transcodable,
-    CodecName,
+    CodecName, TRANSCODED_OPUS_FMTP,
 };
 use crate::sdp::{
     web_offer_keying, Codec, CryptoAttribute, Description, Direction, IceCredentials, SdpError,
@@ -184,7 +184,8 @@ pub fn negotiate(
     };
     let (web_audio, codecs, far_audio, map_event, payload_map) = if let Some(opus) = transcode_from
     {
-        let codecs = answer_codecs(browser_codecs, opus)?;
+        let mut codecs = answer_codecs(browser_codecs, opus)?;
+        codecs[0].fmtp = Some(TRANSCODED_OPUS_FMTP.into());
         let web_event = codecs.iter().find(|c| c.is_telephone_event()).cloned();
         let map_event = web_event.zip(far_event_for(far_choice.clock_rate));
         let payload_map =

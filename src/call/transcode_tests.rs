@@ -127,6 +127,11 @@ fn an_opus_only_browser_reaches_a_g711_switch_through_the_transcoder() {
         labels(&answer.audio.codecs),
         ["111 opus/48000", "110 telephone-event/48000"]
     );
+    // In-band FEC asked for, whatever the browser's offer said.
+    assert_eq!(
+        answer.audio.codecs[0].fmtp.as_deref(),
+        Some("minptime=10;useinbandfec=1")
+    );
     // Never: the far end hears only of Opus, and G.711 is no answer.
     let plan =
         negotiate::outbound(&offer, true, TranscodePolicy::Never, &mut Random::seeded(5)).unwrap();

@@ -250,6 +250,13 @@ fn describe(codecs: &[Codec]) -> String {
         .join(", ")
 }
 
+/// Opus parameters toward a browser whose audio is transcoded to G.711
+/// (RFC 7587): in-band FEC asked for. The audio band is left to the
+/// browser: capped at wideband (`maxplaybackrate`), Chromium coded a steady
+/// tone with SILK whose level swung by half from frame to frame, where
+/// left alone it codes speech with SILK (and its FEC) and a tone with CELT.
+pub const TRANSCODED_OPUS_FMTP: &str = "minptime=10;useinbandfec=1";
+
 /// Whether `codec` is Opus as browsers offer it (48 kHz, two channels
 /// declared, RFC 7587).
 pub fn is_opus(codec: &Codec) -> bool {
@@ -327,7 +334,7 @@ pub fn with_opus_first(codecs: Vec<Codec>) -> Vec<Codec> {
         return codecs;
     };
     let opus = Codec {
-        fmtp: Some("minptime=10;useinbandfec=1".into()),
+        fmtp: Some(TRANSCODED_OPUS_FMTP.into()),
         ..plain_codec(pt, CodecName::Opus, 48_000, 2)
     };
     let mut out = vec![opus];

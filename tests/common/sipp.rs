@@ -338,6 +338,15 @@ pub fn echoing_uas_and_gateway(scenario: &str) -> (Child, Gateway, String) {
 
 /// The same, with SIPp `args` (`-key` values for the scenario).
 pub fn echoing_uas_and_gateway_with(scenario: &str, args: &[&str]) -> (Child, Gateway, String) {
+    echoing_uas_and_configured_gateway(scenario, args, "")
+}
+
+/// The same, with `config` (more sections) in the gateway's config.
+pub fn echoing_uas_and_configured_gateway(
+    scenario: &str,
+    args: &[&str],
+    config: &str,
+) -> (Child, Gateway, String) {
     let mut cmd = Command::new("sipp");
     cmd.args(args);
     match scenario {
@@ -357,7 +366,9 @@ pub fn echoing_uas_and_gateway_with(scenario: &str, args: &[&str]) -> (Child, Ga
     wait_until_bound(5090, false);
     let gw = Gateway::start(
         "",
-        "[sip]\nserver = \"127.0.0.1:5090\"\nregister = false\nkeepalive-interval-s = 0\n",
+        &format!(
+            "[sip]\nserver = \"127.0.0.1:5090\"\nregister = false\nkeepalive-interval-s = 0\n{config}"
+        ),
     );
     let url = format!("https://127.0.0.1:{}", gw.https.port());
     (sipp, gw, url)

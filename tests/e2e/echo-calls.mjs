@@ -19,7 +19,8 @@
 //               EXPECT_DTMF (e.g. 15) the far end's RFC 4733 digits must
 //               reach the page as call.dtmf, in order; with DRAIN_URL (the
 //               admin port's URL) the gateway is drained mid-call: a new
-//               session must be refused and the tone go on
+//               session must be refused and the tone go on; with LISTEN_MS
+//               the page stays on the call that long before hanging up
 //   restart     the demo page calls echo and hears it; the page restarts ICE
 //               itself (call.restartIce()), then the network drops the web
 //               leg's UDP for a while (an nftables rule in this namespace) and
@@ -194,6 +195,11 @@ try {
         report.held = await waitFor(page, () => window.demo.call.held === true, null, 5000);
         await page.click('#resume');
         report.resumed = await waitFor(page, () => window.demo.call.held === false, null, 5000);
+      }
+      if (process.env.LISTEN_MS) {
+        // Stay on the call a while (the far end measures what it hears).
+        await sleep(Number(process.env.LISTEN_MS));
+        report.listenedStats = await page.evaluate(() => window.demo.stats);
       }
       Object.assign(report, await hangUp(page));
       throw new Error('done');
