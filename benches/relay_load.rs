@@ -6,6 +6,7 @@
 //!
 //!   cargo bench --bench relay_load -- [--calls 1,50,500] [--rates 50000,100000,...] [--seconds 3]
 //!       [--io io-uring|epoll|bare] [--burst 1..8] [--pin 1|0] [--busy-poll-us 0..1000]
+//!       [--transcode K|all]
 //!
 //! For each N it reports the highest sustained rate — under 0.1 % loss, and
 //! the last packet arriving less than 20 ms after the last send (a slower
@@ -28,6 +29,13 @@
 //! or counters — i.e. what the kernel's UDP path alone costs here. Its
 //! packets stay encrypted, so the sink cannot read their send times: no
 //! latency is reported for it.
+//!
+//! `--transcode K` makes the first K calls (or all) transcoded ones: the
+//! generator sends them Opus (20 ms of a voice-like signal as a browser's
+//! encoder makes it, padded to the same 160 bytes), which the relay decodes
+//! and sends on as PCMU. Their send times cannot ride in a payload the
+//! relay replaces, so the generator keeps them by call and sequence number;
+//! latency is then reported for transcoded and pass-through calls apart.
 
 mod support;
 use support::arg;
@@ -41,12 +49,15 @@ use std::time::{Duration, Instant};
 use webrtc_sip_gateway::media::batch::{set_buffer_sizes, Batch, BATCH, BUF_LEN};
 use webrtc_sip_gateway::media::relay::{CallMediaSetup, PayloadMap, Relay, RelayIo, RelayOptions};
 use webrtc_sip_gateway::media::srtp::{SrtpContext, SrtpKeyMaterial, SrtpProfile};
+use webrtc_sip_gateway::media::transcode::{NarrowCodec, TranscodeSpec};
 
 /// A step whose last packet arrives later than this after the last send
 /// was not sustained: the relay fell behind and lived on its socket buffers.
 const MAX_BACKLOG_US: u64 = 20_000;
 
 const PAYLOAD: usize = 160; // 20 ms of G.711: a 172-byte RTP packet
+/// Send times kept per transcoded call, by sequence number modulo this.
+const STAMPS_PER_CALL: usize = 1024;
 const RTP_LEN: usize = 12 + PAYLOAD;
 /// The same packet with its 10-byte AES_CM_128_HMAC_SHA1_80 tag.
 const SRTP_LEN: usize = RTP_LEN + 10;
@@ -116,6 +127,9 @@ struct Step {
     sent: u64,
     p50_ns: u64,
     p99_ns: u64,
+    /// The same for the transcoded calls' packets (0 without any).
+    transcoded_p50_ns: u64,
+    transcoded_p99_ns: u64,
     /// From the last send to the last arrival: how far the relay lagged
     /// behind when the step ended (its sockets' buffers can hide a relay
     /// that is slower than the offered rate for a while, without loss).
@@ -130,9 +144,11 @@ impl Step {
             sent,
             p50_ns,
             p99_ns,
+            transcoded_p50_ns,
+            transcoded_p99_ns,
             backlog_us,
         } = self;
-        format!("RESULT {received} {sent} {p50_ns} {p99_ns} {backlog_us}")
+        format!("RESULT {received} {sent} {p50_ns} {p99_ns} {transcoded_p50_ns} {transcoded_p99_ns} {backlog_us}")
     }
 
     fn parse(line: &str) -> Step {
@@ -146,7 +162,9 @@ impl Step {
             sent: v[1],
             p50_ns: v[2],
             p99_ns: v[3],
-            backlog_us: v[4],
+            transcoded_p50_ns: v[4],
+            transcoded_p99_ns: v[5],
+            backlog_us: v[6],
         }
     }
 }
@@ -221,6 +239,7 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64, relay_options: Option<Re
     let mut child = command
         .env("RELAY_LOAD_ROLE", "traffic")
         .env("RELAY_LOAD_BURST", burst().to_string())
+        .env("RELAY_LOAD_TRANSCODED", transcoded_calls(n).to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -245,7 +264,8 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64, relay_options: Option<Re
     let mut bare_pairs = Vec::new();
     let mut calls = Vec::new();
     let mut gateway_ports = Vec::new();
-    for _ in 0..n {
+    let transcoded = transcoded_calls(n);
+    for call in 0..n {
         let web = UdpSocket::bind("127.0.0.1:0").unwrap();
         let sip = UdpSocket::bind("127.0.0.1:0").unwrap();
         gateway_ports.push(web.local_addr().unwrap());
@@ -274,7 +294,11 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64, relay_options: Option<Re
                     sip_remote_rtcp: None,
                     sip_strict_source: false,
                     sip_srtp: None,
-                    payload_map: PayloadMap::new(&[(0, 0, 8_000)]),
+                    payload_map: if call < transcoded {
+                        PayloadMap::transcoded(TRANSCODE)
+                    } else {
+                        PayloadMap::new(&[(0, 0, 8_000)])
+                    },
                     events: None,
                     leases: Vec::new(),
                 })
@@ -298,7 +322,7 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64, relay_options: Option<Re
 
     let mut best: Option<(u64, f64)> = None;
     println!(
-        "\nN = {n} calls (max backlog for a sustained rate: {} ms)",
+        "\nN = {n} calls, {transcoded} of them transcoded (max backlog for a sustained rate: {} ms)",
         MAX_BACKLOG_US / 1000
     );
     println!("  offered pps | received pps | loss %  | backlog ms | relay CPU ns/packet");
@@ -350,15 +374,31 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64, relay_options: Option<Re
                 "  max at < 0.1 % loss: {rate} pps ({ns:.0} ns relay CPU per packet, {:.0} pps per fully used core)",
                 1e9 / ns
             );
-            println!(
-                "  latency at {half} pps: relayed p50 {:.1} µs p99 {:.1} µs; direct p50 {:.1} µs p99 {:.1} µs; added p50 {:.1} µs p99 {:.1} µs",
-                p50 as f64 / 1e3,
-                p99 as f64 / 1e3,
-                b50 as f64 / 1e3,
-                b99 as f64 / 1e3,
-                p50.saturating_sub(b50) as f64 / 1e3,
-                p99.saturating_sub(b99) as f64 / 1e3
-            );
+            if transcoded < n {
+                println!(
+                    "  latency at {half} pps{}: relayed p50 {:.1} µs p99 {:.1} µs; direct p50 {:.1} µs p99 {:.1} µs; added p50 {:.1} µs p99 {:.1} µs",
+                    if transcoded > 0 { ", pass-through calls" } else { "" },
+                    p50 as f64 / 1e3,
+                    p99 as f64 / 1e3,
+                    b50 as f64 / 1e3,
+                    b99 as f64 / 1e3,
+                    p50.saturating_sub(b50) as f64 / 1e3,
+                    p99.saturating_sub(b99) as f64 / 1e3
+                );
+            }
+            if transcoded > 0 {
+                let (t50, t99) = (relayed.transcoded_p50_ns, relayed.transcoded_p99_ns);
+                let (d50, d99) = (direct.transcoded_p50_ns, direct.transcoded_p99_ns);
+                println!(
+                    "  latency at {half} pps, transcoded calls: relayed p50 {:.1} µs p99 {:.1} µs; direct p50 {:.1} µs p99 {:.1} µs; added p50 {:.1} µs p99 {:.1} µs",
+                    t50 as f64 / 1e3,
+                    t99 as f64 / 1e3,
+                    d50 as f64 / 1e3,
+                    d99 as f64 / 1e3,
+                    t50.saturating_sub(d50) as f64 / 1e3,
+                    t99.saturating_sub(d99) as f64 / 1e3
+                );
+            }
         }
         None => println!("  no rate tried ran below 0.1 % loss"),
     }
@@ -368,6 +408,50 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64, relay_options: Option<Re
     if let Some(bare) = bare {
         let _ = bare.join();
     }
+}
+
+/// Opus 111 from the browser, PCMU 0 toward the SIP side.
+const TRANSCODE: TranscodeSpec = TranscodeSpec {
+    web_pt: 111,
+    sip_pt: 0,
+    sip_codec: NarrowCodec::Pcmu,
+};
+
+/// How many of `n` calls are transcoded (`--transcode K|all`, default 0).
+fn transcoded_calls(n: usize) -> usize {
+    let value = std::env::var("RELAY_LOAD_TRANSCODED").unwrap_or_else(|_| arg("--transcode", "0"));
+    match value.as_str() {
+        "all" => n,
+        v => v.parse::<usize>().unwrap_or(0).min(n),
+    }
+}
+
+/// 20 ms Opus packets of a voice-like signal as a browser's encoder makes
+/// them (48 kHz, 32 kbit/s, in-band FEC), each padded to `PAYLOAD` bytes.
+fn opus_payloads() -> Vec<[u8; PAYLOAD]> {
+    let mut encoder =
+        opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+    encoder.set_bitrate(opus::Bitrate::Bits(32_000)).unwrap();
+    encoder.set_inband_fec(true).unwrap();
+    encoder.set_packet_loss_perc(10).unwrap();
+    let voice: Vec<i16> = (0..48_000 * 2)
+        .map(|n| {
+            let t = f64::from(n) / 48_000.0;
+            let pitch = 140.0 + 60.0 * (2.0 * std::f64::consts::PI * 3.0 * t).sin();
+            let envelope = 0.5 + 0.5 * (2.0 * std::f64::consts::PI * 4.0 * t).sin();
+            let phase = 2.0 * std::f64::consts::PI * pitch * t;
+            ((phase.sin() + 0.5 * (2.0 * phase).sin()) * envelope * 7000.0) as i16
+        })
+        .collect();
+    voice
+        .chunks_exact(960)
+        .map(|frame| {
+            let mut payload = [0u8; PAYLOAD];
+            let len = encoder.encode(frame, &mut payload).unwrap();
+            opus::packet::pad(&mut payload, len).unwrap();
+            payload
+        })
+        .collect()
 }
 
 /// Packets per call sent back to back in one GSO datagram (`--burst`, 1..=8;
@@ -479,6 +563,8 @@ fn traffic() {
     let mut targets: Vec<SocketAddr> = Vec::new();
     let mut contexts: Vec<SrtpContext> = Vec::new();
     let mut seqs: Vec<u16> = Vec::new();
+    let mut stamps = std::sync::Arc::new(Vec::new());
+    let opus = opus_payloads();
     let epoch = Instant::now();
     while let Some(Ok(line)) = lines.next() {
         let mut words = line.split_whitespace();
@@ -490,6 +576,11 @@ fn traffic() {
                     .map(|_| SrtpContext::new(&key()).unwrap())
                     .collect();
                 seqs = vec![0; targets.len()];
+                stamps = std::sync::Arc::new(
+                    (0..transcoded_calls(targets.len()) * STAMPS_PER_CALL)
+                        .map(|_| std::sync::atomic::AtomicU64::new(0))
+                        .collect(),
+                );
             }
             Some("RUN") => {
                 let rate: u64 = words.next().unwrap().parse().unwrap();
@@ -505,6 +596,7 @@ fn traffic() {
                     seconds,
                     direct,
                     epoch,
+                    (&stamps, &opus),
                 );
                 writeln!(out, "{}", r.line()).unwrap();
                 out.flush().unwrap();
@@ -521,8 +613,11 @@ fn receive_all(
     sink: UdpSocket,
     epoch: Instant,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> (Vec<u32>, Instant) {
+    stamps: std::sync::Arc<Vec<std::sync::atomic::AtomicU64>>,
+    transcoded: usize,
+) -> (Vec<u32>, Vec<u32>, Instant) {
     let mut latencies = Vec::new();
+    let mut transcoded_latencies = Vec::new();
     let mut last_arrival = Instant::now();
     let mut rx = Batch::new();
     let mut quiet_since = Instant::now();
@@ -530,8 +625,19 @@ fn receive_all(
         let n = rx.recv(sink.as_raw_fd()).unwrap_or(0);
         let now = epoch.elapsed().as_nanos() as u64;
         for i in 0..n {
-            if rx.lens[i] >= 20 {
-                let sent_at = u64::from_be_bytes(rx.bufs[i][12..20].try_into().unwrap());
+            if rx.lens[i] < 20 {
+                continue;
+            }
+            let packet = &rx.bufs[i];
+            let call = u32::from_be_bytes(packet[8..12].try_into().unwrap()) as usize - 1;
+            if call < transcoded {
+                let seq = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
+                let sent_at = stamps[call * STAMPS_PER_CALL + seq % STAMPS_PER_CALL]
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                transcoded_latencies
+                    .push(now.saturating_sub(sent_at).min(u64::from(u32::MAX)) as u32);
+            } else {
+                let sent_at = u64::from_be_bytes(packet[12..20].try_into().unwrap());
                 latencies.push(now.saturating_sub(sent_at).min(u64::from(u32::MAX)) as u32);
             }
         }
@@ -541,7 +647,7 @@ fn receive_all(
         } else if stop.load(std::sync::atomic::Ordering::Relaxed)
             && quiet_since.elapsed() > Duration::from_millis(300)
         {
-            return (latencies, last_arrival);
+            return (latencies, transcoded_latencies, last_arrival);
         } else {
             std::thread::sleep(Duration::from_micros(20));
         }
@@ -559,8 +665,13 @@ fn run(
     seconds: u64,
     direct: bool,
     epoch: Instant,
+    (stamps, opus): (
+        &std::sync::Arc<Vec<std::sync::atomic::AtomicU64>>,
+        &[[u8; PAYLOAD]],
+    ),
 ) -> Step {
     let sink_addr = sink.local_addr().unwrap();
+    let transcoded = transcoded_calls(targets.len());
     // A burst leaves as one datagram the kernel cuts into `burst` packets
     // (UDP GSO), so the generator's own kernel path is paid once per burst.
     let burst = burst();
@@ -579,9 +690,10 @@ fn run(
     let receiver = {
         let sink = sink.try_clone().unwrap();
         let stop = stop.clone();
+        let stamps = stamps.clone();
         std::thread::Builder::new()
             .name("sink".into())
-            .spawn(move || receive_all(sink, epoch, stop))
+            .spawn(move || receive_all(sink, epoch, stop, stamps, transcoded))
             .unwrap()
     };
     if pin() {
@@ -625,7 +737,14 @@ fn run(
                     0,
                 ]);
                 buf[8..12].copy_from_slice(&(call as u32 + 1).to_be_bytes());
-                buf[12..20].copy_from_slice(&stamp.to_be_bytes());
+                if call < transcoded {
+                    buf[1] = TRANSCODE.web_pt;
+                    buf[12..RTP_LEN].copy_from_slice(&opus[usize::from(seq) % opus.len()]);
+                    stamps[call * STAMPS_PER_CALL + usize::from(seq) % STAMPS_PER_CALL]
+                        .store(stamp, std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    buf[12..20].copy_from_slice(&stamp.to_be_bytes());
+                }
                 message_len += if direct {
                     RTP_LEN
                 } else {
@@ -639,22 +758,26 @@ fn run(
     }
     let sending_ended = Instant::now();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (mut latencies, last_arrival) = receiver.join().unwrap();
+    let (mut latencies, mut transcoded_latencies, last_arrival) = receiver.join().unwrap();
     let backlog = last_arrival.saturating_duration_since(sending_ended);
-    let received = latencies.len() as u64;
+    let received = (latencies.len() + transcoded_latencies.len()) as u64;
     latencies.sort_unstable();
-    let pct = |p: f64| -> u64 {
-        if latencies.is_empty() {
+    transcoded_latencies.sort_unstable();
+    let percentile = |of: &[u32], p: f64| -> u64 {
+        if of.is_empty() {
             0
         } else {
-            u64::from(latencies[((latencies.len() - 1) as f64 * p) as usize])
+            u64::from(of[((of.len() - 1) as f64 * p) as usize])
         }
     };
+    let pct = |p: f64| percentile(&latencies, p);
     Step {
         received,
         sent,
         p50_ns: pct(0.5),
         p99_ns: pct(0.99),
+        transcoded_p50_ns: percentile(&transcoded_latencies, 0.5),
+        transcoded_p99_ns: percentile(&transcoded_latencies, 0.99),
         backlog_us: backlog.as_micros() as u64,
     }
 }

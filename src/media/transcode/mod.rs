@@ -94,6 +94,12 @@ const MAX_SEQ_STEP: i16 = 3000;
 /// The Opus bit rate toward the browser: the SIP side is narrowband, which
 /// SILK codes well at this rate, with room for in-band FEC.
 const OPUS_BITRATE: i32 = 24_000;
+/// libopus's encoder effort (0-10) toward the browser. Measured per 20 ms
+/// packet of narrowband speech on this project's machines (BENCHMARKS.md):
+/// 28-37 µs at 0 and 1, 67 µs at 2, 93 µs at 4, 177 µs at the library's
+/// default of 10 — most of a transcoded call's cost. The source is G.711,
+/// which the higher efforts cannot make sound better than it is.
+const OPUS_COMPLEXITY: i32 = 0;
 /// The loss the Opus encoder toward the browser protects against with
 /// in-band FEC (percent): a home agent's Wi-Fi.
 const OPUS_EXPECTED_LOSS: i32 = 10;
@@ -157,6 +163,7 @@ impl Transcoder {
         let decoder = opus::Decoder::new(rate, opus::Channels::Mono)?;
         let mut encoder = opus::Encoder::new(rate, opus::Channels::Mono, opus::Application::Voip)?;
         encoder.set_bitrate(opus::Bitrate::Bits(OPUS_BITRATE))?;
+        encoder.set_complexity(OPUS_COMPLEXITY)?;
         encoder.set_inband_fec(true)?;
         encoder.set_packet_loss_perc(OPUS_EXPECTED_LOSS)?;
         Ok(Box::new(Transcoder {
