@@ -118,6 +118,8 @@ export interface CallEventMap {
 export interface LegStats {
   packets_in: number; bytes_in: number; packets_out: number; bytes_out: number;
   control_packets: number;
+  /** Transcoded calls: packets made up (in-band FEC or concealment) for ones lost on the way in. */
+  made_up: number;
   dropped_foreign_source: number; dropped_auth_failed: number; dropped_replay: number;
   dropped_malformed: number; dropped_payload_type: number; dropped_not_ready: number;
   dropped_overload: number;
@@ -134,7 +136,11 @@ export interface CallerIdentity {
 
 export interface CallStats {
   gateway: {
-    call: string; state: string; direction: string; to: string; codec: string;
+    call: string; state: string; direction: string; to: string;
+    /** The browser leg's codec as 'name/clock' ('' until the legs are joined). */
+    codec: string;
+    /** Each leg's codec, and whether the gateway transcodes between them (null until joined). */
+    codecs: { web: string; sip: string; transcoded: boolean } | null;
     /** The far end's RTP address as its latest SDP gives it ('0.0.0.0:0' until a delayed offer's ACK). */
     sip_media: string | null;
     /** How each leg is protected ('' until the legs are joined). */
