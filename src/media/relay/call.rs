@@ -11,7 +11,7 @@ use std::time::Instant;
 use mio::net::UdpSocket;
 
 use super::epoll::flush;
-use super::forward::{relay_from_sip, relay_from_web_replying, Outgoing};
+use super::forward::{relay_from_sip_replying, relay_from_web_replying, Outgoing};
 use super::streams::{SipOutStream, WebOutStream};
 use super::CheckVerifier;
 use super::{CallMediaSetup, RelayEvent, SipFar, SIP_RTCP, SIP_RTP, SOCKETS_PER_CALL, WEB};
@@ -392,11 +392,13 @@ impl RelayedCall {
                 replies,
             }
         } else {
+            let mut replies = Outgoing::new();
+            let main = relay_from_sip_replying(self, batch, n, kind == SIP_RTCP, &mut replies);
             Relayed {
                 to_web: true,
-                main: relay_from_sip(self, batch, n, kind == SIP_RTCP),
+                main,
                 rtcp: Outgoing::new(),
-                replies: Outgoing::new(),
+                replies,
             }
         }
     }
@@ -405,6 +407,8 @@ impl RelayedCall {
     pub(super) fn flush(&self, batch: &mut Batch, out: &Relayed) {
         if out.to_web {
             flush(batch, &self.web.socket, &out.main, &self.stats.web);
+            let rtcp = self.sip.rtcp.as_ref().unwrap_or(&self.sip.rtp);
+            flush(batch, rtcp, &out.replies, &self.stats.sip);
         } else {
             flush(batch, &self.sip.rtp, &out.main, &self.stats.sip);
             if let Some(rtcp) = &self.sip.rtcp {
@@ -441,7 +445,7 @@ pub(super) struct Relayed {
     pub(super) main: Outgoing,
     pub(super) rtcp: Outgoing,
     /// Datagrams going back the way the batch came (our RTCP receiver
-    /// reports answering the browser's sender reports).
+    /// reports answering a transcoded call's sender reports).
     pub(super) replies: Outgoing,
 }
 

@@ -194,7 +194,14 @@ pub(super) fn relay_from_web_replying(
                     let buf = &batch.bufs[i];
                     let clock = call.map.sip_clock[usize::from(rtp::rtp_payload_type(buf))];
                     call.web_clock = clock;
-                    record(&mut call.web_reception, &stats.web, buf, clock, arrival);
+                    record_renumbered(
+                        &mut call.web_reception,
+                        &stats.web,
+                        buf,
+                        call.sip_out.seq_offset,
+                        clock,
+                        arrival,
+                    );
                     stats
                         .web
                         .made_up
@@ -248,7 +255,14 @@ pub(super) fn relay_from_web_replying(
                     // The header stays readable in SRTP; its type is the SIP one now.
                     let clock = call.map.sip_clock[usize::from(rtp::rtp_payload_type(buf))];
                     call.web_clock = clock;
-                    record(&mut call.web_reception, &stats.web, buf, clock, arrival);
+                    record_renumbered(
+                        &mut call.web_reception,
+                        &stats.web,
+                        buf,
+                        call.sip_out.seq_offset,
+                        clock,
+                        arrival,
+                    );
                     batch.addrs[i] = Some(call.sip.rtp_destination());
                     batch.locals[i] = None;
                     rtp_out.push(i);
@@ -269,11 +283,27 @@ pub(super) fn relay_from_web_replying(
     (rtp_out, rtcp_out)
 }
 
+/// The SIP side's datagrams, as [`relay_from_sip_replying`] without the
+/// replies (for the tests, which look at what goes on to the browser).
+#[cfg(test)]
 pub(super) fn relay_from_sip(
     call: &mut RelayedCall,
     batch: &mut Batch,
     n: usize,
     rtcp_socket: bool,
+) -> Outgoing {
+    relay_from_sip_replying(call, batch, n, rtcp_socket, &mut Outgoing::new())
+}
+
+/// [`relay_from_sip`], with our answers to the SIP side's sender reports
+/// on a transcoded call (receiver reports, to go back by the SIP side's
+/// RTCP socket) listed in `replies`.
+pub(super) fn relay_from_sip_replying(
+    call: &mut RelayedCall,
+    batch: &mut Batch,
+    n: usize,
+    rtcp_socket: bool,
+    replies: &mut Outgoing,
 ) -> Outgoing {
     let stats = &*call.stats;
     let arrival = std::time::Instant::now();
@@ -305,17 +335,48 @@ pub(super) fn relay_from_sip(
             if is_rtcp {
                 // As from the browser: the SIP side's reports are kept, not
                 // passed on about a stream the browser never got.
+                // Its sender reports get our receiver report back.
                 let plain = match sip_in {
                     Some(sip_in) => sip_in.unprotect_rtcp(&mut buf[..len]),
                     None => Ok(len),
                 };
-                match plain {
-                    Ok(plain) => note_peer_report(&buf[..plain], &stats.sip, call.sip_clock),
-                    Err(e) => count_srtp_error(&stats.sip, e),
+                let plain = match plain {
+                    Ok(plain) => plain,
+                    Err(e) => {
+                        count_srtp_error(&stats.sip, e);
+                        continue;
+                    }
+                };
+                note_peer_report(&buf[..plain], &stats.sip, call.sip_clock);
+                let Some(report) = sender_report(&buf[..plain])
+                    .and_then(|(_, last_sr)| call.sip_reception.report(last_sr))
+                else {
+                    continue;
+                };
+                let written = report.write(call.sip_out.ssrc, &mut buf[..]);
+                let protected = match call.sip.srtp.as_deref_mut() {
+                    Some((_, sip_out)) => sip_out.protect_rtcp(buf, written),
+                    None => Ok(written),
+                };
+                if let Ok(protected) = protected {
+                    batch.lens[i] = protected;
+                    batch.addrs[i] = Some(call.sip.rtcp_destination());
+                    batch.locals[i] = None;
+                    replies.push(i);
                 }
                 continue;
             }
             more.count = 0;
+            // The switch's own numbers, for what we report back to it (the
+            // header reads the same in SRTP).
+            let theirs = (len >= 12).then(|| {
+                let header = &buf[..12];
+                (
+                    rtp::rtp_ssrc(header),
+                    rtp::rtp_seq(header),
+                    rtp::rtp_timestamp(header),
+                )
+            });
             let renumber = call.web.ssrc.map(|ssrc| (ssrc, &mut call.web_out, arrival));
             let result = sip_to_web_transcoded(
                 Slots {
@@ -343,11 +404,17 @@ pub(super) fn relay_from_sip(
             match result {
                 Ok(out_len) => {
                     batch.lens[i] = out_len;
-                    let buf = &batch.bufs[i];
-                    let clock = call.map.web_clock[usize::from(rtp::rtp_payload_type(buf))];
                     // The SIP side's reports are of our G.711 stream.
-                    call.sip_clock = call.map.transcode.map_or(clock, |t| t.sip_codec.rate());
-                    record(&mut call.sip_reception, &stats.sip, buf, clock, arrival);
+                    let clock = call.map.transcode.map_or(8000, |t| t.sip_codec.rate());
+                    call.sip_clock = clock;
+                    if let Some((ssrc, seq, timestamp)) = theirs {
+                        let reception = &mut call.sip_reception;
+                        reception.record(ssrc, seq, timestamp, clock, arrival);
+                        stats.sip.set_reception(
+                            reception.lost(),
+                            reception.jitter(clock).as_micros() as u64,
+                        );
+                    }
                     for &j in [&i].into_iter().chain(&more.order[..more.count]) {
                         batch.addrs[j] = Some(web_remote);
                         batch.locals[j] = call.web.local;
@@ -534,9 +601,23 @@ pub(super) fn record(
     clock: u32,
     arrival: std::time::Instant,
 ) {
+    record_renumbered(reception, leg, packet, 0, clock, arrival);
+}
+
+/// [`record`] for a packet whose sequence number we moved up by
+/// `seq_offset` (toward SIP, past the DTMF packets the relay inserted):
+/// the sender's own number counts, so our insertions are not its losses.
+pub(super) fn record_renumbered(
+    reception: &mut ReceptionStats,
+    leg: &LegStats,
+    packet: &[u8],
+    seq_offset: u16,
+    clock: u32,
+    arrival: std::time::Instant,
+) {
     reception.record(
         rtp::rtp_ssrc(packet),
-        rtp::rtp_seq(packet),
+        rtp::rtp_seq(packet).wrapping_sub(seq_offset),
         rtp::rtp_timestamp(packet),
         clock,
         arrival,
@@ -1321,5 +1402,72 @@ mod tests {
             &[0xaa, 0xaa, 0xbb, 0xbb],
             "the SR's NTP middle"
         );
+    }
+
+    /// DTMF packets the relay inserts toward SIP move the browser's numbers
+    /// up there; the browser's own numbering is what its losses count in.
+    #[test]
+    fn packets_we_insert_are_not_counted_as_the_browsers_losses() {
+        let mut call = call();
+        let mut batch = Batch::new();
+        let mut browser_out = context(1);
+        let mut seq = 1u16;
+        fill(&mut batch, 3, BROWSER, &mut browser_out, 111, &mut seq);
+        relay_from_web(&mut call, &mut batch, 3);
+        // Five event packets of ours went out in between.
+        for _ in 0..5 {
+            call.sip_out.inserted_seq();
+        }
+        fill(&mut batch, 3, BROWSER, &mut browser_out, 111, &mut seq);
+        let (rtp_out, _) = relay_from_web(&mut call, &mut batch, 3);
+        let last = rtp_out.order[rtp_out.count - 1];
+        let numbered = rtp::rtp_seq(&batch.bufs[last][..12]);
+        assert_eq!(
+            numbered,
+            seq.wrapping_sub(1).wrapping_add(5),
+            "moved up past ours"
+        );
+        assert_eq!(call.stats.web.snapshot().lost, 0);
+    }
+
+    #[test]
+    fn a_switchs_sender_report_gets_our_receiver_report_on_a_transcoded_call() {
+        let mut call = transcoded_call();
+        let mut batch = Batch::new();
+        // Ten PCMU packets, the fourth lost.
+        let mut n = 0;
+        for seq in (65_520u16..65_530).filter(|s| *s != 65_523) {
+            let buf = &mut batch.bufs[n];
+            buf[..12].copy_from_slice(&rtp(0, seq, 0xb0b)[..12]);
+            buf[12..172].fill(0xff);
+            batch.lens[n] = 172;
+            batch.addrs[n] = Some(PEER.parse().unwrap());
+            n += 1;
+        }
+        assert_eq!(relay_from_sip(&mut call, &mut batch, n, false).count, n);
+        assert_eq!(
+            call.stats.sip.snapshot().lost,
+            1,
+            "the switch's own numbers"
+        );
+        let mut sr = vec![0x80, 200, 0, 6, 0, 0, 0x0b, 0x0b];
+        sr.extend_from_slice(&[0, 0, 0x12, 0x34, 0x56, 0x78, 0, 0]);
+        sr.extend_from_slice(&[0u8; 12]);
+        batch.bufs[0][..sr.len()].copy_from_slice(&sr);
+        batch.lens[0] = sr.len();
+        batch.addrs[0] = Some(PEER.parse().unwrap());
+        let mut replies = Outgoing::new();
+        let out = relay_from_sip_replying(&mut call, &mut batch, 1, false, &mut replies);
+        assert_eq!(out.count, 0, "not passed to the browser");
+        assert_eq!(replies.count, 1);
+        let i = replies.order[0];
+        // Plain RTP on this SIP leg, RTCP on its RTP socket: the report
+        // goes as it is, where the RTP goes.
+        assert_eq!(batch.addrs[i], Some(PEER.parse().unwrap()));
+        let rr = &batch.bufs[i][..batch.lens[i]];
+        let block = first_report_block(rr).unwrap();
+        assert_eq!((block.ssrc, block.cumulative_lost), (0xb0b, 1));
+        assert_eq!(&rr[16..20], &65_529u32.to_be_bytes(), "the highest number");
+        assert_eq!(&rr[24..28], &[0x12, 0x34, 0x56, 0x78]);
     }
 }

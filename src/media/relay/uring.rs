@@ -171,7 +171,13 @@ impl Worker {
             };
             (token(slot, SIP_RTP), token(slot, rtcp))
         };
-        let replies = token(slot, if out.to_web { SIP_RTP } else { WEB });
+        let replies = if !out.to_web {
+            token(slot, WEB)
+        } else if call.sip.rtcp.is_some() {
+            token(slot, SIP_RTCP)
+        } else {
+            token(slot, SIP_RTP)
+        };
         for (socket, list, web) in [
             (main, &out.main, out.to_web),
             (rtcp, &out.rtcp, out.to_web),
