@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 use webrtc_sip_gateway::media::batch::{set_buffer_sizes, Batch, BATCH, BUF_LEN};
 use webrtc_sip_gateway::media::relay::{CallMediaSetup, PayloadMap, Relay, RelayIo, RelayOptions};
 use webrtc_sip_gateway::media::srtp::{SrtpContext, SrtpKeyMaterial, SrtpProfile};
-use webrtc_sip_gateway::media::transcode::{NarrowCodec, TranscodeSpec};
+use webrtc_sip_gateway::media::transcode::{SipCodec, TranscodeSpec};
 
 /// A step whose last packet arrives later than this after the last send
 /// was not sustained: the relay fell behind and lived on its socket buffers.
@@ -414,7 +414,7 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64, relay_options: Option<Re
 const TRANSCODE: TranscodeSpec = TranscodeSpec {
     web_pt: 111,
     sip_pt: 0,
-    sip_codec: NarrowCodec::Pcmu,
+    sip_codec: SipCodec::Pcmu,
 };
 
 /// How many of `n` calls are transcoded (`--transcode K|all`, default 0).

@@ -1,17 +1,17 @@
 //! CPU per 20 ms packet of a transcoded call, each way (Opus from a
-//! browser to G.711, G.711 to Opus for the browser) and for a lost packet
+//! browser to G.711 or G.722, and back to Opus for the browser) and for a lost packet
 //! made up from the next one's FEC, on a speech-like signal. Results go to
 //! BENCHMARKS.md with the relay load generator's whole-path figures.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use webrtc_sip_gateway::media::transcode::{g711, NarrowCodec, TranscodeSpec, Transcoder};
+use webrtc_sip_gateway::media::transcode::{g711, SipCodec, TranscodeSpec, Transcoder};
 
 const SPEC: TranscodeSpec = TranscodeSpec {
     web_pt: 111,
     sip_pt: 0,
-    sip_codec: NarrowCodec::Pcmu,
+    sip_codec: SipCodec::Pcmu,
 };
 
 /// `seconds` of a voice-like signal at `rate`: a pitch gliding about 140 Hz
@@ -107,6 +107,42 @@ fn bench(c: &mut Criterion) {
             k = (k + 1) % g711.len();
             t.sip_packet(7, seq, u32::from(seq) * 160, &g711[k])
                 .unwrap();
+            black_box(t.sip_chunk(0, &mut out).unwrap())
+        })
+    });
+    // G.722 toward the switch: 16 kHz audio both ways.
+    let g722_spec = TranscodeSpec {
+        web_pt: 111,
+        sip_pt: 9,
+        sip_codec: SipCodec::G722,
+    };
+    let mut t = Transcoder::new(g722_spec).unwrap();
+    let (mut seq, mut k) = (0u16, 0usize);
+    group.bench_function("browser_to_sip_opus_to_g722_20ms", |b| {
+        b.iter(|| {
+            seq = seq.wrapping_add(1);
+            k = (k + 1) % packets.len();
+            t.web_packet(seq, u32::from(seq) * 960, &packets[k]).unwrap();
+            black_box(t.web_current(&mut out).unwrap())
+        })
+    });
+    let mut switch = audio_codec::g722::G722Encoder::new();
+    let g722: Vec<Vec<u8>> = voice(16_000, 2)
+        .chunks_exact(320)
+        .map(|frame| {
+            let mut payload = vec![0u8; 160];
+            let n = audio_codec::Encoder::encode_into(&mut switch, frame, &mut payload).unwrap();
+            payload.truncate(n);
+            payload
+        })
+        .collect();
+    let mut t = Transcoder::new(g722_spec).unwrap();
+    let (mut seq, mut k) = (0u16, 0usize);
+    group.bench_function("sip_to_browser_g722_to_opus_20ms", |b| {
+        b.iter(|| {
+            seq = seq.wrapping_add(1);
+            k = (k + 1) % g722.len();
+            t.sip_packet(7, seq, u32::from(seq) * 160, &g722[k]).unwrap();
             black_box(t.sip_chunk(0, &mut out).unwrap())
         })
     });

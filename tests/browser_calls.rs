@@ -1737,3 +1737,32 @@ fn a_transcoded_call_recovers_what_10_percent_loss_takes() {
     }
     recovered_beats_unrecovered(10);
 }
+
+/// A switch that takes only G.722 (`tests/sipp/uas-g722-echo.xml`,
+/// returning the RTP it gets) under `prefer-opus-web`: the browser sends
+/// and hears Opus, the switch G.722 (16 kHz audio on its 8 kHz clock), and
+/// the page hears its own tone after the round trip through both
+/// transcoders.
+#[test]
+fn an_opus_page_hears_itself_through_a_g722_only_switch() {
+    if !common::inside_namespace("an_opus_page_hears_itself_through_a_g722_only_switch") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (sipp, _gw, url) = common::sipp::echoing_uas_and_configured_gateway(
+        "uas-g722-echo.xml",
+        &[],
+        "[media]\ntranscode = \"prefer-opus-web\"\n",
+    );
+    let r = browser_dialing("sip", &url, dir.path(), "5002");
+    assert_eq!(r["answered"], true, "{r}");
+    assert_eq!(r["heard"], true, "the tone came back through G.722: {r}");
+    let hz = r["remoteHz"].as_f64().unwrap_or(0.0);
+    assert!((hz - 1000.0).abs() <= 20.0, "dominant frequency {hz} Hz");
+    let codecs = &r["stats"]["gateway"]["codecs"];
+    assert_eq!(codecs["web"], "opus/48000", "{r}");
+    assert_eq!(codecs["sip"], "g722/8000", "{r}");
+    assert_eq!(codecs["transcoded"], true, "{r}");
+    assert_eq!(r["ended"], true, "{r}");
+    common::assert_sipp_passed(&sipp.wait_with_output().unwrap());
+}

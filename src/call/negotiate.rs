@@ -21,7 +21,7 @@ use crate::media::transcode::TranscodeSpec;
 use crate::random::Random;
 use crate::sdp::build::{self, AnswerKeying, Local, SipMedia, WebAnswer, WebOffer};
 use crate::sdp::codecs::{
-    answer_codecs, is_opus, narrow_codec, pair_answer, usable, with_opus_first, with_transcodable,
+    answer_codecs, is_opus, pair_answer, sip_codec_of, usable, with_opus_first, with_transcodable,
     CodecName, TRANSCODED_OPUS_FMTP,
 };
 use crate::sdp::{
@@ -102,7 +102,7 @@ impl CallCodecs {
 /// `sip` (transcoded when they differ), with telephone-event on both sides
 /// when agreed.
 fn transcoded_map(web: &Codec, sip: &Codec, events: Option<(&Codec, &Codec)>) -> PayloadMap {
-    let sip_codec = match narrow_codec(sip) {
+    let sip_codec = match sip_codec_of(sip) {
         Some(narrow) if !web.same_as(sip) && is_opus(web) => narrow,
         _ => return payload_map_of(web, sip, events),
     };
@@ -171,7 +171,7 @@ pub fn negotiate(
     let browser_has = browser_codecs
         .iter()
         .any(|c| c.same_as(&far_choice_offered));
-    let transcode_from = match (plan.transcode, browser_opus, narrow_codec(&far_choice)) {
+    let transcode_from = match (plan.transcode, browser_opus, sip_codec_of(&far_choice)) {
         (TranscodePolicy::WhenNeeded, Some(opus), Some(_)) if !browser_has => Some(opus),
         (TranscodePolicy::PreferOpusWeb, Some(opus), Some(_)) => Some(opus),
         _ => None,
@@ -904,7 +904,7 @@ impl Agreed {
             .or_else(|| {
                 codecs
                     .iter()
-                    .find(|c| may_transcode && narrow_codec(c).is_some())
+                    .find(|c| may_transcode && sip_codec_of(c).is_some())
             })
             .cloned()
             .ok_or_else(|| SdpError::NoCommonCodec {
@@ -1036,7 +1036,7 @@ impl Negotiator {
     /// `when-needed` the browser is offered only the far end's codecs: every
     /// browser takes G.711, so adding Opus would only invite transcoding.
     fn web_offer_codecs(context: &NegotiationContext, codecs: Vec<Codec>) -> Vec<Codec> {
-        let transcodable = codecs.iter().any(|c| narrow_codec(c).is_some());
+        let transcodable = codecs.iter().any(|c| sip_codec_of(c).is_some());
         if context.transcode == TranscodePolicy::PreferOpusWeb && transcodable {
             with_opus_first(codecs)
         } else {
@@ -1219,7 +1219,7 @@ impl Negotiator {
                 .far
                 .codecs
                 .iter()
-                .find(|c| narrow_codec(c).is_some())
+                .find(|c| sip_codec_of(c).is_some())
                 .cloned()
                 .ok_or_else(|| SdpError::NoCommonCodec {
                     offered: "no G.711 codec for the far end".into(),
@@ -1232,7 +1232,7 @@ impl Negotiator {
                     .codecs
                     .iter()
                     .filter(|c| {
-                        narrow_codec(c).is_some()
+                        sip_codec_of(c).is_some()
                             || (c.is_telephone_event() && c.clock_rate == narrow.clock_rate)
                     })
                     .cloned()

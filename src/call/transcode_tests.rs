@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::negotiate::{self, FarOffer, NegotiationContext, Negotiator, WebLocal};
 use crate::config::{SrtpPolicy, TranscodePolicy};
-use crate::media::transcode::{NarrowCodec, TranscodeSpec};
+use crate::media::transcode::{SipCodec, TranscodeSpec};
 use crate::random::Random;
 use crate::sdp::{Codec, CodecName, Description};
 use crate::webrtc::dtls::DtlsIdentity;
@@ -100,6 +100,7 @@ fn an_opus_only_browser_reaches_a_g711_switch_through_the_transcoder() {
         labels(&plan.far_offer_codecs),
         [
             "111 opus/48000",
+            "9 G722/8000",
             "0 PCMU/8000",
             "8 PCMA/8000",
             "110 telephone-event/48000",
@@ -117,7 +118,7 @@ fn an_opus_only_browser_reaches_a_g711_switch_through_the_transcoder() {
         Some(TranscodeSpec {
             web_pt: 111,
             sip_pt: 0,
-            sip_codec: NarrowCodec::Pcmu
+            sip_codec: SipCodec::Pcmu
         })
     );
     assert_eq!(n.payload_map.sip_telephone_event(), Some((101, 8000)));
@@ -173,10 +174,18 @@ fn prefer_opus_web_transcodes_g711_and_passes_opus_through() {
     let n = negotiate_with(CHROMIUM_OFFER, TranscodePolicy::PreferOpusWeb, &[opus]).unwrap();
     assert!(!n.codecs.transcoded);
     assert_eq!(n.codecs.sip, "opus/48000");
-    // G.722 is carried but not transcoded: it passes through.
+    // A G.722 switch is transcoded too (Opus toward the browser)...
     let g722 = [codec(9, CodecName::G722, 8000)];
     let n = negotiate_with(CHROMIUM_OFFER, TranscodePolicy::PreferOpusWeb, &g722).unwrap();
+    assert!(n.codecs.transcoded);
+    assert_eq!(
+        n.payload_map.transcode().map(|t| t.sip_codec),
+        Some(SipCodec::G722)
+    );
+    // ...and passed through when the browser's G.722 will do.
+    let n = negotiate_with(CHROMIUM_OFFER, TranscodePolicy::WhenNeeded, &g722).unwrap();
     assert!(!n.codecs.transcoded);
+    assert_eq!(n.codecs.web, "g722/8000");
 }
 
 fn context(identity: &DtlsIdentity, transcode: TranscodePolicy) -> NegotiationContext {
@@ -267,7 +276,7 @@ fn an_incoming_g711_call_reaches_the_browser_as_opus_under_prefer_opus_web() {
         Some(TranscodeSpec {
             web_pt: 111,
             sip_pt: 8,
-            sip_codec: NarrowCodec::Pcma
+            sip_codec: SipCodec::Pcma
         })
     );
     let sip_answer = Description::parse(plan.sip_sdp.as_ref().unwrap()).unwrap();
@@ -283,7 +292,7 @@ fn an_incoming_g711_call_reaches_the_browser_as_opus_under_prefer_opus_web() {
     assert_eq!(re.moved.codecs.sip, "pcmu/8000");
     assert_eq!(
         re.moved.payload_map.transcode().map(|t| t.sip_codec),
-        Some(NarrowCodec::Pcmu)
+        Some(SipCodec::Pcmu)
     );
     // A browser that takes the far end's PCMU instead: no transcoding.
     let far = FarOffer::check(PBX_OFFER, SrtpPolicy::Off).unwrap();
@@ -343,6 +352,6 @@ fn a_delayed_offer_call_transcodes_once_the_far_end_answers_in_its_ack() {
             .payload_map
             .transcode()
             .map(|t| (t.sip_pt, t.sip_codec)),
-        Some((8, NarrowCodec::Pcma))
+        Some((8, SipCodec::Pcma))
     );
 }

@@ -54,7 +54,7 @@ impl PayloadMap {
             map.to_sip[web] = spec.sip_pt;
             map.to_web[sip] = spec.web_pt;
             map.web_clock[web] = crate::media::transcode::OPUS_CLOCK;
-            map.sip_clock[sip] = spec.sip_codec.rate();
+            map.sip_clock[sip] = spec.sip_codec.rtp_clock();
             map.transcode = Some(spec);
         }
         map

@@ -5,7 +5,7 @@
 //! helpers at the end add what each side must be offered for that).
 
 use super::SdpError;
-use crate::media::transcode::NarrowCodec;
+use crate::media::transcode::SipCodec;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CodecName {
@@ -264,10 +264,11 @@ pub fn is_opus(codec: &Codec) -> bool {
 }
 
 /// The SIP-side codec the relay transcodes Opus to, if `codec` is one.
-pub fn narrow_codec(codec: &Codec) -> Option<NarrowCodec> {
+pub fn sip_codec_of(codec: &Codec) -> Option<SipCodec> {
     match (&codec.name, codec.clock_rate, codec.channels) {
-        (CodecName::Pcmu, 8000, 1) => Some(NarrowCodec::Pcmu),
-        (CodecName::Pcma, 8000, 1) => Some(NarrowCodec::Pcma),
+        (CodecName::Pcmu, 8000, 1) => Some(SipCodec::Pcmu),
+        (CodecName::Pcma, 8000, 1) => Some(SipCodec::Pcma),
+        (CodecName::G722, 8000, 1) => Some(SipCodec::G722),
         _ => None,
     }
 }
@@ -290,8 +291,8 @@ fn plain_codec(pt: u8, name: CodecName, clock_rate: u32, channels: u8) -> Codec 
     }
 }
 
-/// `codecs` (an offer toward the SIP side) with the G.711 codecs the relay
-/// can transcode Opus to appended where missing — µ-law, then A-law, at
+/// `codecs` (an offer toward the SIP side) with the codecs the relay can
+/// transcode Opus to appended where missing — G.722, µ-law, then A-law, at
 /// their static types — and telephone-event at 8 kHz if the offer has it
 /// at another rate only.
 pub fn with_transcodable(mut codecs: Vec<Codec>) -> Vec<Codec> {
@@ -300,7 +301,11 @@ pub fn with_transcodable(mut codecs: Vec<Codec>) -> Vec<Codec> {
         .rposition(|c| c.is_carried_audio())
         .map_or(0, |i| i + 1);
     let mut added = Vec::new();
-    for (pt, name) in [(0, CodecName::Pcmu), (8, CodecName::Pcma)] {
+    for (pt, name) in [
+        (9, CodecName::G722),
+        (0, CodecName::Pcmu),
+        (8, CodecName::Pcma),
+    ] {
         let codec = plain_codec(pt, name, 8000, 1);
         if !codecs.iter().any(|c| c.same_as(&codec)) && !codecs.iter().any(|c| c.pt == pt) {
             added.push(codec);

@@ -405,7 +405,7 @@ pub(super) fn relay_from_sip_replying(
                 Ok(out_len) => {
                     batch.lens[i] = out_len;
                     // The SIP side's reports are of our G.711 stream.
-                    let clock = call.map.transcode.map_or(8000, |t| t.sip_codec.rate());
+                    let clock = call.map.transcode.map_or(8000, |t| t.sip_codec.rtp_clock());
                     call.sip_clock = clock;
                     if let Some((ssrc, seq, timestamp)) = theirs {
                         let reception = &mut call.sip_reception;
@@ -1147,7 +1147,7 @@ mod tests {
             payload_map: PayloadMap::transcoded(crate::media::transcode::TranscodeSpec {
                 web_pt: 111,
                 sip_pt: 0,
-                sip_codec: crate::media::transcode::NarrowCodec::Pcmu,
+                sip_codec: crate::media::transcode::SipCodec::Pcmu,
             })
             .with_telephone_event(110, 48_000, 101, 8000),
         });

@@ -129,12 +129,12 @@ pub fn transcode_path(data: &[u8]) {
     use super::forward::Outgoing;
     use super::transcoded::{sip_to_web_transcoded, web_to_sip_transcoded, Slots, Spare};
     use crate::media::batch::Batch;
-    use crate::media::transcode::{NarrowCodec, TranscodeSpec, Transcoder};
+    use crate::media::transcode::{SipCodec, TranscodeSpec, Transcoder};
 
     let spec = TranscodeSpec {
         web_pt: 111,
         sip_pt: 0,
-        sip_codec: NarrowCodec::Pcmu,
+        sip_codec: SipCodec::Pcmu,
     };
     let map = PayloadMap::transcoded(spec).with_telephone_event(110, 48_000, 101, 8000);
     let Ok(mut transcoder) = Transcoder::new(spec) else {

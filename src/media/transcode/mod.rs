@@ -1,12 +1,13 @@
 //! Transcoding for calls whose legs share no codec: Opus toward the
-//! browser, G.711 (µ-law or A-law) toward the SIP side.
+//! browser, G.711 (µ-law or A-law) or G.722 toward the SIP side.
 //!
 //! A [`Transcoder`] belongs to one call's relay slot and works packet by
 //! packet, with every buffer inside it: nothing allocates per packet. It is
 //! sans-IO — payloads and RTP numbers in, payloads and numbers out — and
 //! the relay does the sockets, SRTP and sending.
 //!
-//! - Browser → SIP: the Opus payload is decoded and re-encoded as G.711. A
+//! - Browser → SIP: the Opus payload is decoded and re-encoded as G.711 or
+//!   G.722. A
 //!   gap in the browser's sequence numbers (lost packets) is made up before
 //!   the packet that follows it: the frame just before from that packet's
 //!   in-band FEC (when the browser's encoder put it there; libopus falls
@@ -14,7 +15,8 @@
 //!   loss concealment. The switch gets a continuous stream with the lost
 //!   numbers filled. A silence gap the browser's DTX leaves keeps its
 //!   timestamps and is not taken for loss (its numbers are contiguous).
-//! - SIP → browser: the G.711 payload is decoded and encoded as Opus, one
+//! - SIP → browser: the G.711 or G.722 payload is decoded and encoded as
+//!   Opus, one
 //!   Opus packet per 10, 20, 40 or 60 ms; a packet of another length (30 ms,
 //!   say) is cut into such frames, each an Opus packet of its own.
 //!
@@ -24,46 +26,105 @@
 //! drops samples and has no second resampler to run: one filter fewer per
 //! packet than decoding at 48 kHz and converting (see the aliasing test
 //! below). The RTP clocks differ (48 kHz for Opus, RFC 7587; 8 kHz for
-//! G.711): timestamps are carried across scaled, steps and all.
+//! G.711, and for G.722 too although it samples at 16 kHz, RFC 3551):
+//! timestamps are carried across scaled, steps and all.
 //!
 //! The Opus binding is the `opus` crate over the system's libopus (Debian's
 //! libopus-dev): the reference codec, maintained by its authors and patched
 //! by the distribution, with safe wrappers whose encode and decode take
-//! caller-owned buffers.
+//! caller-owned buffers. G.722 is the `audio-codec` crate's (pure Rust,
+//! encoding into and decoding from caller-owned buffers); G.711 is ours.
 
 pub mod g711;
 
+use audio_codec::g722::{G722Decoder, G722Encoder};
+use audio_codec::{Decoder as _, Encoder as _};
+
 /// The codec of the SIP leg of a transcoded call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NarrowCodec {
+pub enum SipCodec {
     Pcmu,
     Pcma,
+    /// 64 kbit/s: 16 kHz audio, two samples a byte.
+    G722,
 }
 
-impl NarrowCodec {
-    /// Samples per second, which G.711 also uses as its RTP clock.
-    pub const fn rate(self) -> u32 {
+impl SipCodec {
+    /// Samples per second of its audio.
+    pub const fn sample_rate(self) -> u32 {
+        match self {
+            SipCodec::Pcmu | SipCodec::Pcma => 8000,
+            SipCodec::G722 => 16_000,
+        }
+    }
+
+    /// Its RTP clock: 8 kHz for all three (G.722's by RFC 3551's rule).
+    pub const fn rtp_clock(self) -> u32 {
         8000
     }
 
-    fn encode(self, pcm: &[i16], out: &mut [u8]) {
+    /// Samples a payload byte carries.
+    const fn samples_per_byte(self) -> usize {
+        match self {
+            SipCodec::Pcmu | SipCodec::Pcma => 1,
+            SipCodec::G722 => 2,
+        }
+    }
+}
+
+/// The SIP codec's coder: G.711 has no state, G.722's adapts.
+enum SipCoder {
+    G711(SipCodec),
+    G722 {
+        encoder: Box<G722Encoder>,
+        decoder: Box<G722Decoder>,
+    },
+}
+
+impl SipCoder {
+    fn new(codec: SipCodec) -> Self {
+        match codec {
+            SipCodec::G722 => SipCoder::G722 {
+                encoder: Box::new(G722Encoder::new()),
+                decoder: Box::new(G722Decoder::new()),
+            },
+            other => SipCoder::G711(other),
+        }
+    }
+
+    /// Encodes `pcm` into `out` (room for it checked by the caller);
+    /// returns the payload's length.
+    fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, TranscodeError> {
         let encode = match self {
-            NarrowCodec::Pcmu => g711::ulaw_encode,
-            NarrowCodec::Pcma => g711::alaw_encode,
+            SipCoder::G711(SipCodec::Pcmu) => g711::ulaw_encode,
+            SipCoder::G711(_) => g711::alaw_encode,
+            SipCoder::G722 { encoder, .. } => {
+                return encoder
+                    .encode_into(pcm, out)
+                    .map_err(|_| TranscodeError::BadPayload)
+            }
         };
         for (byte, &sample) in out.iter_mut().zip(pcm) {
             *byte = encode(sample);
         }
+        Ok(pcm.len().min(out.len()))
     }
 
-    fn decode(self, payload: &[u8], pcm: &mut [i16]) {
+    /// Decodes `payload` into `pcm`; returns the samples made.
+    fn decode(&mut self, payload: &[u8], pcm: &mut [i16]) -> Result<usize, TranscodeError> {
         let decode = match self {
-            NarrowCodec::Pcmu => g711::ulaw_decode,
-            NarrowCodec::Pcma => g711::alaw_decode,
+            SipCoder::G711(SipCodec::Pcmu) => g711::ulaw_decode,
+            SipCoder::G711(_) => g711::alaw_decode,
+            SipCoder::G722 { decoder, .. } => {
+                return decoder
+                    .decode_into(payload, pcm)
+                    .map_err(|_| TranscodeError::BadPayload)
+            }
         };
         for (sample, &byte) in pcm.iter_mut().zip(payload) {
             *sample = decode(byte);
         }
+        Ok(payload.len().min(pcm.len()))
     }
 }
 
@@ -73,15 +134,15 @@ impl NarrowCodec {
 pub struct TranscodeSpec {
     pub web_pt: u8,
     pub sip_pt: u8,
-    pub sip_codec: NarrowCodec,
+    pub sip_codec: SipCodec,
 }
 
 /// Opus's RTP clock (RFC 7587), whatever the audio's bandwidth.
 pub const OPUS_CLOCK: u32 = 48_000;
 /// The longest packet taken either way: 120 ms, Opus's longest.
 const MAX_PACKET_MS: usize = 120;
-/// Samples in the longest packet at the SIP codec's rate.
-const MAX_SAMPLES: usize = MAX_PACKET_MS * 8;
+/// Samples in the longest packet at the SIP codec's rate (16 kHz at most).
+const MAX_SAMPLES: usize = MAX_PACKET_MS * 16;
 /// The largest Opus payload taken (an MTU's worth).
 const MAX_OPUS_PAYLOAD: usize = 1500;
 /// Lost browser packets made up before the next one: at most three (60 ms
@@ -134,6 +195,7 @@ pub struct Transcoder {
     spec: TranscodeSpec,
     decoder: opus::Decoder,
     encoder: opus::Encoder,
+    sip_coder: SipCoder,
     /// Decoded samples at the SIP codec's rate.
     pcm: [i16; MAX_SAMPLES],
     /// The browser's packet being transcoded (its payload is overwritten by
@@ -159,7 +221,7 @@ impl Transcoder {
     /// A transcoder for `spec`: libopus's state is made here (tens of
     /// kilobytes), on the control path, never per packet.
     pub fn new(spec: TranscodeSpec) -> Result<Box<Transcoder>, TranscodeError> {
-        let rate = spec.sip_codec.rate();
+        let rate = spec.sip_codec.sample_rate();
         let decoder = opus::Decoder::new(rate, opus::Channels::Mono)?;
         let mut encoder = opus::Encoder::new(rate, opus::Channels::Mono, opus::Application::Voip)?;
         encoder.set_bitrate(opus::Bitrate::Bits(OPUS_BITRATE))?;
@@ -170,6 +232,7 @@ impl Transcoder {
             spec,
             decoder,
             encoder,
+            sip_coder: SipCoder::new(spec.sip_codec),
             pcm: [0; MAX_SAMPLES],
             opus_payload: [0; MAX_OPUS_PAYLOAD],
             opus_len: 0,
@@ -194,9 +257,20 @@ impl Transcoder {
         self.spec
     }
 
-    /// Opus clock ticks per sample at the SIP codec's rate.
+    /// Opus clock ticks per tick of the SIP side's RTP clock.
     fn ratio(&self) -> u32 {
-        OPUS_CLOCK / self.spec.sip_codec.rate()
+        OPUS_CLOCK / self.spec.sip_codec.rtp_clock()
+    }
+
+    /// Opus clock ticks per sample at the SIP codec's rate.
+    fn opus_ticks_per_sample(&self) -> u32 {
+        OPUS_CLOCK / self.spec.sip_codec.sample_rate()
+    }
+
+    /// The SIP side's RTP ticks for `samples` at its codec's rate.
+    fn sip_ticks(&self, samples: usize) -> u32 {
+        let codec = self.spec.sip_codec;
+        (samples as u64 * u64::from(codec.rtp_clock()) / u64::from(codec.sample_rate())) as u32
     }
 
     /// A browser packet (`seq`, `timestamp`, Opus `payload`) arrives: kept
@@ -212,7 +286,7 @@ impl Transcoder {
         if payload.is_empty() || payload.len() > MAX_OPUS_PAYLOAD {
             return Err(TranscodeError::BadPayload);
         }
-        let rate = self.spec.sip_codec.rate();
+        let rate = self.spec.sip_codec.sample_rate();
         let frame =
             opus::packet::get_nb_samples(payload, rate).map_err(|_| TranscodeError::BadPayload)?;
         if frame == 0 || frame > MAX_SAMPLES {
@@ -261,7 +335,7 @@ impl Transcoder {
         out: &mut [u8],
     ) -> Result<(usize, Numbers), TranscodeError> {
         let frame = self.web_frame;
-        if out.len() < frame {
+        if out.len() < frame / self.spec.sip_codec.samples_per_byte() {
             return Err(TranscodeError::BadPayload);
         }
         let decoded = if back == 1 {
@@ -274,19 +348,17 @@ impl Transcoder {
             self.decoder.decode(&[], &mut self.pcm[..frame], false)?
         };
         let decoded = decoded.min(frame);
-        self.spec
-            .sip_codec
-            .encode(&self.pcm[..decoded], &mut out[..decoded]);
+        let written = self.sip_coder.encode(&self.pcm[..decoded], out)?;
         self.recovered += 1;
         let back32 = u32::from(back);
         Ok((
-            decoded,
+            written,
             Numbers {
                 seq: self.web_numbers.seq.wrapping_sub(back),
                 timestamp: self
                     .web_numbers
                     .timestamp
-                    .wrapping_sub(back32 * frame as u32),
+                    .wrapping_sub(back32 * self.sip_ticks(frame)),
             },
         ))
     }
@@ -301,13 +373,11 @@ impl Transcoder {
             false,
         )?;
         let decoded = decoded.min(frame);
-        if out.len() < decoded {
+        if out.len() < decoded / self.spec.sip_codec.samples_per_byte() {
             return Err(TranscodeError::BadPayload);
         }
-        self.spec
-            .sip_codec
-            .encode(&self.pcm[..decoded], &mut out[..decoded]);
-        Ok((decoded, self.web_numbers))
+        let written = self.sip_coder.encode(&self.pcm[..decoded], out)?;
+        Ok((written, self.web_numbers))
     }
 
     /// A browser timestamp (Opus clock) on the SIP side's clock, in step
@@ -335,15 +405,14 @@ impl Transcoder {
         payload: &[u8],
     ) -> Result<usize, TranscodeError> {
         // 10 ms steps: every Opus frame length from 10 ms up is one.
-        let step = self.spec.sip_codec.rate() as usize / 100;
-        let samples = payload.len();
+        let codec = self.spec.sip_codec;
+        let step = codec.sample_rate() as usize / 100;
+        let samples = payload.len() * codec.samples_per_byte();
         if samples == 0 || samples % step != 0 || samples > MAX_SAMPLES {
             return Err(TranscodeError::BadPayload);
         }
         self.sip_step(ssrc, seq, timestamp)?;
-        self.spec
-            .sip_codec
-            .decode(payload, &mut self.pcm[..samples]);
+        let samples = self.sip_coder.decode(payload, &mut self.pcm[..samples])?;
         // Longest frames first: 60, 40, 20, 10 ms.
         self.sip_chunk_count = 0;
         let mut offset = 0;
@@ -434,7 +503,7 @@ impl Transcoder {
             .iter()
             .map(|(_, l)| l)
             .sum();
-        samples as u32 * self.ratio()
+        samples as u32 * self.opus_ticks_per_sample()
     }
 
     /// Opus frame `index` of the last SIP packet, encoded into `out`: its
@@ -458,7 +527,7 @@ impl Transcoder {
                 timestamp: self
                     .sip_out
                     .timestamp
-                    .wrapping_add(offset as u32 * self.ratio()),
+                    .wrapping_add(offset as u32 * self.opus_ticks_per_sample()),
             },
         ))
     }

@@ -7,7 +7,7 @@ use std::f64::consts::PI;
 const PCMU: TranscodeSpec = TranscodeSpec {
     web_pt: 111,
     sip_pt: 0,
-    sip_codec: NarrowCodec::Pcmu,
+    sip_codec: SipCodec::Pcmu,
 };
 
 /// `count` samples at `rate` of tones (frequency, peak) summed.
@@ -312,7 +312,7 @@ fn previous_expected(packets: &[Vec<u8>], k: usize) -> Vec<i16> {
 #[test]
 fn garbage_from_the_browser_is_refused_and_the_stream_goes_on() {
     let mut t = Transcoder::new(TranscodeSpec {
-        sip_codec: NarrowCodec::Pcma,
+        sip_codec: SipCodec::Pcma,
         ..PCMU
     })
     .unwrap();
@@ -340,4 +340,78 @@ fn garbage_from_the_browser_is_refused_and_the_stream_goes_on() {
         t.web_made_up(back, &mut out).unwrap();
     }
     assert_eq!(t.web_current(&mut out).unwrap().0, 160);
+}
+
+const G722: TranscodeSpec = TranscodeSpec {
+    web_pt: 111,
+    sip_pt: 9,
+    sip_codec: SipCodec::G722,
+};
+
+#[test]
+fn a_browser_tone_reaches_a_g722_switch_wideband_and_on_its_8_khz_clock() {
+    // 1 kHz and 6 kHz: the second is past G.711's band but inside G.722's.
+    let signal = tones(48_000, 0, 48_000, &[(1000.0, 5000.0), (6000.0, 5000.0)]);
+    let packets = browser_packets(&signal, false);
+    let mut t = Transcoder::new(G722).unwrap();
+    let mut switch = audio_codec::g722::G722Decoder::new();
+    let mut heard = Vec::new();
+    let mut out = [0u8; 1500];
+    let mut pcm = [0i16; 640];
+    for (k, p) in packets.iter().enumerate() {
+        t.web_packet(k as u16, 960 * k as u32, p).unwrap();
+        let (len, numbers) = t.web_current(&mut out).unwrap();
+        assert_eq!(len, 160, "20 ms of G.722 at 64 kbit/s");
+        assert_eq!(
+            numbers.timestamp,
+            160 * k as u32,
+            "G.722's RTP clock is 8 kHz"
+        );
+        let n = audio_codec::Decoder::decode_into(&mut switch, &out[..len], &mut pcm).unwrap();
+        assert_eq!(n, 320, "16 kHz audio");
+        heard.extend_from_slice(&pcm[..n]);
+    }
+    let steady = &heard[6400..];
+    let low = level_at(steady, 16_000, 1000.0);
+    let high = level_at(steady, 16_000, 6000.0);
+    assert!(
+        low > 2500.0 && high > 2500.0,
+        "1 kHz at {low}, 6 kHz at {high}"
+    );
+    assert!(level_at(steady, 16_000, 3500.0) < low / 20.0);
+}
+
+#[test]
+fn a_g722_switchs_wideband_tone_reaches_the_browser() {
+    let signal = tones(16_000, 0, 16_000, &[(5000.0, 8000.0)]);
+    let mut switch = audio_codec::g722::G722Encoder::new();
+    let mut t = Transcoder::new(G722).unwrap();
+    let mut browser = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
+    let mut heard = Vec::new();
+    let mut payload = [0u8; 320];
+    let mut out = [0u8; 1500];
+    let mut pcm = [0i16; 5760];
+    let mut last: Option<(u16, u32)> = None;
+    for (k, frame) in signal.chunks_exact(480).enumerate() {
+        // 30 ms G.722 packets: 240 bytes, 240 ticks; cut into 20 + 10 ms.
+        let len = audio_codec::Encoder::encode_into(&mut switch, frame, &mut payload).unwrap();
+        assert_eq!(len, 240);
+        let chunks = t
+            .sip_packet(5, k as u16, 240 * k as u32, &payload[..len])
+            .unwrap();
+        assert_eq!(chunks, 2);
+        for c in 0..chunks {
+            let (n, numbers) = t.sip_chunk(c, &mut out).unwrap();
+            if let Some((seq, ts)) = last {
+                assert_eq!(numbers.seq, seq.wrapping_add(1));
+                assert_eq!(numbers.timestamp, ts + if c == 0 { 480 } else { 960 });
+            }
+            last = Some((numbers.seq, numbers.timestamp));
+            let decoded = browser.decode(&out[..n], &mut pcm, false).unwrap();
+            heard.extend_from_slice(&pcm[..decoded]);
+        }
+    }
+    let steady = &heard[9600..];
+    let tone = level_at(steady, 48_000, 5000.0);
+    assert!(tone > 3000.0, "5 kHz at {tone}: the band G.711 would lose");
 }
