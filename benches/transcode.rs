@@ -122,7 +122,8 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             seq = seq.wrapping_add(1);
             k = (k + 1) % packets.len();
-            t.web_packet(seq, u32::from(seq) * 960, &packets[k]).unwrap();
+            t.web_packet(seq, u32::from(seq) * 960, &packets[k])
+                .unwrap();
             black_box(t.web_current(&mut out).unwrap())
         })
     });
@@ -142,7 +143,8 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             seq = seq.wrapping_add(1);
             k = (k + 1) % g722.len();
-            t.sip_packet(7, seq, u32::from(seq) * 160, &g722[k]).unwrap();
+            t.sip_packet(7, seq, u32::from(seq) * 160, &g722[k])
+                .unwrap();
             black_box(t.sip_chunk(0, &mut out).unwrap())
         })
     });

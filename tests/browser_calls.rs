@@ -1597,10 +1597,7 @@ fn an_opus_browser_and_a_pcmu_only_switch_hear_each_other_through_the_transcoder
     assert_eq!(r["heard"], true, "the page heard the switch's 440 Hz: {r}");
     let hz = r["remoteHz"].as_f64().unwrap_or(0.0);
     assert!((hz - 440.0).abs() <= 20.0, "dominant frequency {hz} Hz");
-    let codecs = &r["stats"]["gateway"]["codecs"];
-    assert_eq!(codecs["web"], "opus/48000", "{r}");
-    assert_eq!(codecs["sip"], "pcmu/8000", "{r}");
-    assert_eq!(codecs["transcoded"], true, "{r}");
+    assert_transcoded(&r, "pcmu/8000");
     assert_eq!(r["dtmfSent"], true, "{r}");
     assert_eq!(r["ended"], true, "{r}");
     common::assert_sipp_passed(&sipp.wait_with_output().unwrap());
@@ -1620,6 +1617,15 @@ fn an_opus_browser_and_a_pcmu_only_switch_hear_each_other_through_the_transcoder
     assert_eq!(tone.digits(), "5", "the page's digit at the peer");
 }
 
+/// The call's view says it was transcoded between the browser's Opus and
+/// the switch's `sip` codec.
+fn assert_transcoded(r: &Value, sip: &str) {
+    let codecs = &r["stats"]["gateway"]["codecs"];
+    assert_eq!(codecs["web"], "opus/48000", "{r}");
+    assert_eq!(codecs["sip"], sip, "{r}");
+    assert_eq!(codecs["transcoded"], true, "{r}");
+}
+
 /// A call from a PCMU-only caller (SIPp's own UAC scenario, returning the
 /// RTP it gets) to the page under `prefer-opus-web`: the page is offered
 /// Opus first and takes it, so both directions are transcoded; the page
@@ -1634,10 +1640,7 @@ fn a_pcmu_only_caller_reaches_an_opus_page_through_the_transcoder() {
         &["-sn", "uac", "-d", "8000"],
         &[],
     );
-    let codecs = &r["stats"]["gateway"]["codecs"];
-    assert_eq!(codecs["web"], "opus/48000", "{r}");
-    assert_eq!(codecs["sip"], "pcmu/8000", "{r}");
-    assert_eq!(codecs["transcoded"], true, "{r}");
+    assert_transcoded(&r, "pcmu/8000");
 }
 
 /// One call from the page to the PCMU-only switch with `loss_percent` of
@@ -1759,10 +1762,7 @@ fn an_opus_page_hears_itself_through_a_g722_only_switch() {
     assert_eq!(r["heard"], true, "the tone came back through G.722: {r}");
     let hz = r["remoteHz"].as_f64().unwrap_or(0.0);
     assert!((hz - 1000.0).abs() <= 20.0, "dominant frequency {hz} Hz");
-    let codecs = &r["stats"]["gateway"]["codecs"];
-    assert_eq!(codecs["web"], "opus/48000", "{r}");
-    assert_eq!(codecs["sip"], "g722/8000", "{r}");
-    assert_eq!(codecs["transcoded"], true, "{r}");
+    assert_transcoded(&r, "g722/8000");
     assert_eq!(r["ended"], true, "{r}");
     common::assert_sipp_passed(&sipp.wait_with_output().unwrap());
 }
