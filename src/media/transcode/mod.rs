@@ -149,9 +149,30 @@ const MAX_OPUS_PAYLOAD: usize = 1500;
 /// of 20 ms frames); a longer gap is left to the switch's own concealment
 /// rather than filled with a long synthetic tail.
 pub const MAX_MADE_UP: u16 = 3;
-/// Sequence steps that still belong to the same stream; a larger jump
-/// starts the numbering afresh (a new source).
+/// Sequence steps that still belong to the same stream: up to this many
+/// ahead (a larger jump starts the numbering afresh, nothing made up)...
 const MAX_SEQ_STEP: i16 = 3000;
+/// ...and this many behind, a late or repeated packet, refused; further
+/// back is a source that started its numbering again, taken as new.
+const MAX_SEQ_BEHIND: i16 = 200;
+
+/// How a packet's sequence number follows the last one taken.
+enum SeqStep {
+    /// Next, after this many lost.
+    Next(u16),
+    /// Behind, or the same: refused.
+    Late,
+    /// Far off either way: a new run of numbers.
+    Restart,
+}
+
+fn seq_step(seq: u16, last: u16) -> SeqStep {
+    match seq.wrapping_sub(last) as i16 {
+        step if step > MAX_SEQ_STEP || step <= -MAX_SEQ_BEHIND => SeqStep::Restart,
+        step if step <= 0 => SeqStep::Late,
+        step => SeqStep::Next(step as u16 - 1),
+    }
+}
 /// The Opus bit rate toward the browser: the SIP side is narrowband, which
 /// SILK codes well at this rate, with room for in-band FEC.
 const OPUS_BITRATE: i32 = 24_000;
@@ -295,20 +316,16 @@ impl Transcoder {
         let ratio = self.ratio();
         let (lost, out_timestamp) = match self.web_in {
             Some((last_seq, last_timestamp)) => {
-                let step = seq.wrapping_sub(last_seq) as i16;
-                if step <= 0 {
-                    return Err(TranscodeError::Late);
-                }
+                let lost = match seq_step(seq, last_seq) {
+                    SeqStep::Late => return Err(TranscodeError::Late),
+                    SeqStep::Next(lost) => lost,
+                    SeqStep::Restart => 0,
+                };
                 let ticks = timestamp.wrapping_sub(last_timestamp) as i32;
                 let out = self
                     .web_numbers
                     .timestamp
                     .wrapping_add_signed(ticks / ratio as i32);
-                let lost = if step > MAX_SEQ_STEP {
-                    0
-                } else {
-                    (step - 1) as u16
-                };
                 (lost, out)
             }
             None => (0, timestamp / ratio),
@@ -437,13 +454,11 @@ impl Transcoder {
         let ratio = self.ratio();
         match self.sip_in {
             Some((last_ssrc, last_seq, last_timestamp)) if last_ssrc == ssrc => {
-                let step = seq.wrapping_sub(last_seq) as i16;
-                if step <= 0 {
-                    return Err(TranscodeError::Late);
-                }
-                if step <= MAX_SEQ_STEP {
+                match seq_step(seq, last_seq) {
+                    SeqStep::Late => return Err(TranscodeError::Late),
                     // Lost packets leave a gap in our numbers too.
-                    self.sip_out.seq = self.sip_out.seq.wrapping_add(step as u16 - 1);
+                    SeqStep::Next(lost) => self.sip_out.seq = self.sip_out.seq.wrapping_add(lost),
+                    SeqStep::Restart => {}
                 }
                 let ticks = timestamp.wrapping_sub(last_timestamp) as i32;
                 self.sip_out.timestamp = self
@@ -484,7 +499,7 @@ impl Transcoder {
     /// the next audio packet does not count it lost.
     pub fn web_event(&mut self, seq: u16, timestamp: u32) -> Result<Numbers, TranscodeError> {
         if let Some((last_seq, _)) = self.web_in {
-            if seq.wrapping_sub(last_seq) as i16 <= 0 {
+            if matches!(seq_step(seq, last_seq), SeqStep::Late) {
                 return Err(TranscodeError::Late);
             }
         }

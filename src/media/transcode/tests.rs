@@ -174,11 +174,15 @@ fn a_30_ms_packet_becomes_20_and_10_ms_opus_packets_in_step() {
         t.sip_packet(1, 104, 8960, &[]),
         Err(TranscodeError::BadPayload)
     );
+    // The same source numbering again from far behind: taken, not refused.
+    assert_eq!(t.sip_packet(1, 50_000, 9200, &payload[..80]), Ok(1));
+    let (_, restarted) = t.sip_chunk(0, &mut out).unwrap();
+    assert_eq!(restarted.seq, after_gap.seq.wrapping_add(1));
     // A new source goes on where our stream stood.
     assert_eq!(t.sip_packet(2, 9, 1_000_000, &payload[..160]), Ok(1));
     let (_, new_source) = t.sip_chunk(0, &mut out).unwrap();
-    assert_eq!(new_source.seq, after_gap.seq.wrapping_add(1));
-    assert_eq!(new_source.timestamp, after_gap.timestamp + 240 * 6);
+    assert_eq!(new_source.seq, restarted.seq.wrapping_add(1));
+    assert_eq!(new_source.timestamp, restarted.timestamp + 80 * 6);
 }
 
 #[test]
@@ -221,6 +225,14 @@ fn browser_numbers_map_across_with_gaps_made_up() {
         t.web_packet(40, 96_000 + 90 * 960, &packets[5]),
         Ok(MAX_MADE_UP)
     );
+    // Numbers that start again far behind are a new run, not late packets
+    // to refuse for ever; a jump far ahead likewise, with nothing made up.
+    assert_eq!(t.web_packet(30_000, 96_000 + 91 * 960, &packets[6]), Ok(0));
+    assert_eq!(
+        t.web_packet(29_990, 96_000 + 92 * 960, &packets[7]),
+        Err(TranscodeError::Late)
+    );
+    assert_eq!(t.web_packet(10, 96_000 + 93 * 960, &packets[7]), Ok(0));
 }
 
 /// Signal-to-noise ratio (dB) of `got` against `reference`.
