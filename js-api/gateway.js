@@ -168,12 +168,20 @@ export class Session extends EventTarget {
       const call = new Call(this, { id, direction: 'outgoing', pc, localStream: local, ownStream, to });
       this._calls.set(id, call);
       // Events that overtook the response belong to this call; they are
-      // replayed once the caller has had a chance to add its listeners.
+      // replayed once the caller has had a chance to add its listeners,
+      // and the events that come meanwhile wait behind them, so the call
+      // sees them all in order (a ringing replayed after the answer would
+      // leave an answered call looking unanswered).
       const early = this._early.get(id) || [];
       this._early.delete(id);
       if (early.length) {
+        call._replay = early;
         setTimeout(async () => {
-          for (const e of early) await call._handle(e).catch((err) => emit(this, 'error', err));
+          while (call._replay.length) {
+            const e = call._replay.shift();
+            await call._handle(e).catch((err) => emit(this, 'error', err));
+          }
+          call._replay = null;
         }, 0);
       }
       return call;
@@ -272,7 +280,9 @@ export class Session extends EventTarget {
     }
     const call = this._calls.get(event.call);
     if (this._finished.has(event.call)) return;
-    if (call) {
+    if (call && call._replay) {
+      call._replay.push(event);
+    } else if (call) {
       await call._handle(event);
     } else if (event.call) {
       const list = this._early.get(event.call) || [];
@@ -311,6 +321,8 @@ export class Call extends EventTarget {
     this.autoAnswer = autoAnswer === undefined ? null : autoAnswer;
     this.state = direction === 'incoming' ? 'incoming' : 'calling';
     this.held = false;
+    /** Events that overtook the call's creation, then the ones behind them, while they are replayed. */
+    this._replay = null;
     this.pc = pc;
     this.localStream = localStream || null;
     this.remoteStream = null;
@@ -417,6 +429,8 @@ export class Call extends EventTarget {
   async _handle(event) {
     switch (event.type) {
       case 'call.ringing':
+        // Only a call still being placed rings.
+        if (this.state !== 'calling') break;
         this.state = 'ringing';
         emit(this, 'ringing', {});
         break;

@@ -63,6 +63,7 @@ class FakeGateway {
     }
     if (init.method === 'POST' && u.pathname === '/v1/sessions/s1/calls') {
       if (this.onCreateCall) this.onCreateCall(body);
+      if (this.createDelayMs) await new Promise((r) => setTimeout(r, this.createDelayMs));
       return this.json(201, { call: 'c1' });
     }
     if (this.refuseProgress && u.pathname.endsWith('/progress')) {
@@ -241,6 +242,29 @@ test('an outgoing call: offer out, answer in (even before the POST returns), con
   assert.deepEqual(seen.at(-1), ['ended', { reason: 'remote_hangup', sipStatus: undefined }]);
   assert.equal(pc.closed, true);
   assert.equal(stream.track.stopped, true, 'the microphone the API opened is released');
+  await session.close();
+});
+
+test('events that overtook the call and the ones after them reach it in order', async () => {
+  const gw = new FakeGateway();
+  const session = await connect({ url: 'https://gw.test', user: '1001', fetch: gw.fetch, getUserMedia: async () => fakeStream() });
+  // Ringing overtakes the 201 (the API keeps it for the call); the answer
+  // comes just after the 201, before the API has replayed the ringing.
+  gw.onCreateCall = () => gw.push({ type: 'call.ringing', call: 'c1' });
+  gw.createDelayMs = 20;
+  const seen = [];
+  const call = await session.call('5000');
+  gw.push({ type: 'call.answered', call: 'c1', sdp: 'v=0 gateway answer' });
+  ['ringing', 'answered'].forEach((t) => call.addEventListener(t, () => seen.push(t)));
+  await until(() => seen.length === 2);
+  assert.deepEqual(seen, ['ringing', 'answered']);
+  assert.equal(call.state, 'answered', 'not ringing again after the answer');
+  // A late ringing changes nothing either.
+  gw.push({ type: 'call.ringing', call: 'c1' });
+  gw.push({ type: 'call.held', call: 'c1', by: 'remote' });
+  await until(() => call.held);
+  assert.equal(call.state, 'answered');
+  assert.deepEqual(seen, ['ringing', 'answered']);
   await session.close();
 });
 
