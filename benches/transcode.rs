@@ -45,30 +45,15 @@ fn browser_packets(bandwidth: opus::Bandwidth) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn bench(c: &mut Criterion) {
-    let mut group = c.benchmark_group("transcode");
-    group.throughput(Throughput::Elements(1));
-    let packets = browser_packets(opus::Bandwidth::Fullband);
+type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
+
+/// Browser packets (`packets`, 20 ms each, in turn) through a transcoder
+/// for `spec` toward the SIP side.
+fn browser_to_sip(group: &mut Group<'_>, name: &str, spec: TranscodeSpec, packets: &[Vec<u8>]) {
+    let mut t = Transcoder::new(spec).unwrap();
     let mut out = [0u8; 1500];
-
-    // The same from a browser told to send no more than wideband
-    // (maxplaybackrate=16000): SILK alone, cheaper to decode.
-    let wideband = browser_packets(opus::Bandwidth::Wideband);
-    let mut t = Transcoder::new(SPEC).unwrap();
     let (mut seq, mut k) = (0u16, 0usize);
-    group.bench_function("browser_to_sip_wideband_opus_to_pcmu_20ms", |b| {
-        b.iter(|| {
-            seq = seq.wrapping_add(1);
-            k = (k + 1) % wideband.len();
-            t.web_packet(seq, u32::from(seq) * 960, &wideband[k])
-                .unwrap();
-            black_box(t.web_current(&mut out).unwrap())
-        })
-    });
-
-    let mut t = Transcoder::new(SPEC).unwrap();
-    let (mut seq, mut k) = (0u16, 0usize);
-    group.bench_function("browser_to_sip_opus_to_pcmu_20ms", |b| {
+    group.bench_function(name, |b| {
         b.iter(|| {
             seq = seq.wrapping_add(1);
             k = (k + 1) % packets.len();
@@ -77,8 +62,47 @@ fn bench(c: &mut Criterion) {
             black_box(t.web_current(&mut out).unwrap())
         })
     });
+}
+
+/// SIP payloads (`payloads`, 20 ms each, in turn) through a transcoder for
+/// `spec` toward the browser.
+fn sip_to_browser(group: &mut Group<'_>, name: &str, spec: TranscodeSpec, payloads: &[Vec<u8>]) {
+    let mut t = Transcoder::new(spec).unwrap();
+    let mut out = [0u8; 1500];
+    let (mut seq, mut k) = (0u16, 0usize);
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            seq = seq.wrapping_add(1);
+            k = (k + 1) % payloads.len();
+            t.sip_packet(7, seq, u32::from(seq) * 160, &payloads[k])
+                .unwrap();
+            black_box(t.sip_chunk(0, &mut out).unwrap())
+        })
+    });
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("transcode");
+    group.throughput(Throughput::Elements(1));
+    let packets = browser_packets(opus::Bandwidth::Fullband);
+    // The same from a browser told to send no more than wideband
+    // (maxplaybackrate=16000): SILK alone, cheaper to decode.
+    let wideband = browser_packets(opus::Bandwidth::Wideband);
+    browser_to_sip(
+        &mut group,
+        "browser_to_sip_wideband_opus_to_pcmu_20ms",
+        SPEC,
+        &wideband,
+    );
+    browser_to_sip(
+        &mut group,
+        "browser_to_sip_opus_to_pcmu_20ms",
+        SPEC,
+        &packets,
+    );
 
     let mut t = Transcoder::new(SPEC).unwrap();
+    let mut out = [0u8; 1500];
     let (mut seq, mut k) = (0u16, 0usize);
     group.bench_function("lost_browser_packet_made_up_from_fec_20ms", |b| {
         b.iter(|| {
@@ -99,34 +123,20 @@ fn bench(c: &mut Criterion) {
         .chunks_exact(160)
         .map(|frame| frame.iter().map(|&s| g711::ulaw_encode(s)).collect())
         .collect();
-    let mut t = Transcoder::new(SPEC).unwrap();
-    let (mut seq, mut k) = (0u16, 0usize);
-    group.bench_function("sip_to_browser_pcmu_to_opus_20ms", |b| {
-        b.iter(|| {
-            seq = seq.wrapping_add(1);
-            k = (k + 1) % g711.len();
-            t.sip_packet(7, seq, u32::from(seq) * 160, &g711[k])
-                .unwrap();
-            black_box(t.sip_chunk(0, &mut out).unwrap())
-        })
-    });
+    sip_to_browser(&mut group, "sip_to_browser_pcmu_to_opus_20ms", SPEC, &g711);
+
     // G.722 toward the switch: 16 kHz audio both ways.
     let g722_spec = TranscodeSpec {
         web_pt: 111,
         sip_pt: 9,
         sip_codec: SipCodec::G722,
     };
-    let mut t = Transcoder::new(g722_spec).unwrap();
-    let (mut seq, mut k) = (0u16, 0usize);
-    group.bench_function("browser_to_sip_opus_to_g722_20ms", |b| {
-        b.iter(|| {
-            seq = seq.wrapping_add(1);
-            k = (k + 1) % packets.len();
-            t.web_packet(seq, u32::from(seq) * 960, &packets[k])
-                .unwrap();
-            black_box(t.web_current(&mut out).unwrap())
-        })
-    });
+    browser_to_sip(
+        &mut group,
+        "browser_to_sip_opus_to_g722_20ms",
+        g722_spec,
+        &packets,
+    );
     let mut switch = audio_codec::g722::G722Encoder::new();
     let g722: Vec<Vec<u8>> = voice(16_000, 2)
         .chunks_exact(320)
@@ -137,17 +147,12 @@ fn bench(c: &mut Criterion) {
             payload
         })
         .collect();
-    let mut t = Transcoder::new(g722_spec).unwrap();
-    let (mut seq, mut k) = (0u16, 0usize);
-    group.bench_function("sip_to_browser_g722_to_opus_20ms", |b| {
-        b.iter(|| {
-            seq = seq.wrapping_add(1);
-            k = (k + 1) % g722.len();
-            t.sip_packet(7, seq, u32::from(seq) * 160, &g722[k])
-                .unwrap();
-            black_box(t.sip_chunk(0, &mut out).unwrap())
-        })
-    });
+    sip_to_browser(
+        &mut group,
+        "sip_to_browser_g722_to_opus_20ms",
+        g722_spec,
+        &g722,
+    );
     group.finish();
 }
 

@@ -130,7 +130,7 @@ pub(super) fn relay_from_web_replying(
             stats.web.dropped(DropCause::NotReady);
             continue;
         }
-        let Some((web_in, _)) = call.web.srtp.as_deref_mut() else {
+        let Some((web_in, web_out)) = call.web.srtp.as_deref_mut() else {
             stats.web.dropped(DropCause::NotReady);
             continue;
         };
@@ -141,30 +141,20 @@ pub(super) fn relay_from_web_replying(
                 // side that gets another codec's stream from us. Its
                 // sender reports get our receiver report back, whose loss
                 // figure turns on its encoder's in-band FEC.
-                let buf = &mut batch.bufs[i];
-                match web_in.unprotect_rtcp(&mut buf[..len]) {
-                    Ok(plain) => {
-                        note_peer_report(&buf[..plain], &stats.web, OPUS_CLOCK);
-                        let report = sender_report(&buf[..plain])
-                            .and_then(|(_, last_sr)| call.web_reception.report(last_sr));
-                        if let (Some(report), Some(ours), Some(to)) =
-                            (report, call.web.ssrc, call.web.remote)
-                        {
-                            let written = report.write(ours, &mut buf[..]);
-                            let protected = call
-                                .web
-                                .srtp
-                                .as_deref_mut()
-                                .map(|(_, out)| out.protect_rtcp(buf, written));
-                            if let Some(Ok(protected)) = protected {
-                                batch.lens[i] = protected;
-                                batch.addrs[i] = Some(to);
-                                batch.locals[i] = call.web.local;
-                                replies.push(i);
-                            }
-                        }
-                    }
-                    Err(e) => count_srtp_error(&stats.web, e),
+                let answered = answer_sender_report(
+                    &mut batch.bufs[i],
+                    len,
+                    (Some(web_in), Some(web_out)),
+                    &mut call.web_reception,
+                    &stats.web,
+                    OPUS_CLOCK,
+                    call.web.ssrc,
+                );
+                if let (Some(answer), Some(to)) = (answered, call.web.remote) {
+                    batch.lens[i] = answer;
+                    batch.addrs[i] = Some(to);
+                    batch.locals[i] = call.web.local;
+                    replies.push(i);
                 }
                 continue;
             }
@@ -336,30 +326,20 @@ pub(super) fn relay_from_sip_replying(
                 // As from the browser: the SIP side's reports are kept, not
                 // passed on about a stream the browser never got.
                 // Its sender reports get our receiver report back.
-                let plain = match sip_in {
-                    Some(sip_in) => sip_in.unprotect_rtcp(&mut buf[..len]),
-                    None => Ok(len),
+                let keys = match call.sip.srtp.as_deref_mut() {
+                    Some((inbound, outbound)) => (Some(inbound), Some(outbound)),
+                    None => (None, None),
                 };
-                let plain = match plain {
-                    Ok(plain) => plain,
-                    Err(e) => {
-                        count_srtp_error(&stats.sip, e);
-                        continue;
-                    }
-                };
-                note_peer_report(&buf[..plain], &stats.sip, call.sip_clock);
-                let Some(report) = sender_report(&buf[..plain])
-                    .and_then(|(_, last_sr)| call.sip_reception.report(last_sr))
-                else {
-                    continue;
-                };
-                let written = report.write(call.sip_out.ssrc, &mut buf[..]);
-                let protected = match call.sip.srtp.as_deref_mut() {
-                    Some((_, sip_out)) => sip_out.protect_rtcp(buf, written),
-                    None => Ok(written),
-                };
-                if let Ok(protected) = protected {
-                    batch.lens[i] = protected;
+                if let Some(answer) = answer_sender_report(
+                    &mut batch.bufs[i],
+                    len,
+                    keys,
+                    &mut call.sip_reception,
+                    &stats.sip,
+                    call.sip_clock,
+                    Some(call.sip_out.ssrc),
+                ) {
+                    batch.lens[i] = answer;
                     batch.addrs[i] = Some(call.sip.rtcp_destination());
                     batch.locals[i] = None;
                     replies.push(i);
@@ -488,6 +468,39 @@ pub(super) fn relay_from_sip_replying(
         }
     }
     out
+}
+
+/// A transcoded call's RTCP from one leg (`len` bytes in `buf`, protected
+/// by `keys.0` if keyed): noted for the call's figures and not passed on;
+/// a sender report in it is answered with our receiver report on
+/// `reception` from `ours`, written over it and protected by `keys.1`.
+/// Returns the answer's length, if there is one to send back.
+#[allow(clippy::too_many_arguments)]
+fn answer_sender_report(
+    buf: &mut [u8],
+    len: usize,
+    keys: (Option<&mut SrtpContext>, Option<&mut SrtpContext>),
+    reception: &mut ReceptionStats,
+    leg: &LegStats,
+    clock: u32,
+    ours: Option<u32>,
+) -> Option<usize> {
+    let (inbound, outbound) = keys;
+    let plain = match inbound.map(|c| c.unprotect_rtcp(&mut buf[..len])) {
+        Some(Err(e)) => {
+            count_srtp_error(leg, e);
+            return None;
+        }
+        Some(Ok(plain)) => plain,
+        None => len,
+    };
+    note_peer_report(&buf[..plain], leg, clock);
+    let (_, last_sr) = sender_report(&buf[..plain])?;
+    let written = reception.report(last_sr)?.write(ours?, buf);
+    match outbound {
+        Some(out) => out.protect_rtcp(buf, written).ok(),
+        None => Some(written),
+    }
 }
 
 /// A packet failed either the payload-type map or an SRTP transform.
