@@ -6,7 +6,7 @@
 //!
 //!   cargo bench --bench relay_load -- [--calls 1,50,500] [--rates 50000,100000,...] [--seconds 3]
 //!       [--io io-uring|epoll|bare] [--burst 1..8] [--pin 1|0] [--busy-poll-us 0..1000]
-//!       [--transcode K|all]
+//!       [--transcode K|all] [--web-port range|shared]
 //!
 //! For each N it reports the highest sustained rate — under 0.1 % loss, and
 //! the last packet arriving less than 20 ms after the last send (a slower
@@ -36,6 +36,13 @@
 //! and sends on as PCMU. Their send times cannot ride in a payload the
 //! relay replaces, so the generator keeps them by call and sequence number;
 //! latency is then reported for transcoded and pass-through calls apart.
+//!
+//! `--web-port shared` puts every call's web leg on the relay's one web
+//! port (`[media] web-port`) instead of a socket per call (`range`, the
+//! default). Each call's browser then sends from an address of its own
+//! (127.1.x.y, chosen per datagram with `IP_PKTINFO` on one generator
+//! socket, so the generator still sends in batches), which is how the
+//! port tells calls apart.
 
 mod support;
 use support::arg;
@@ -82,20 +89,23 @@ fn main() {
     let calls = list("--calls", "1,50,500");
     let rates = list("--rates", "50000,100000,150000,200000,250000,300000,350000");
     let busy_poll = Duration::from_micros(arg("--busy-poll-us", "0").parse().unwrap_or(0));
+    let web_port = shared_web_port().then(|| "127.0.0.1:0".parse().unwrap());
     // None: the bare forwarder instead of the relay.
     let relay_options = match arg("--io", "io-uring").as_str() {
         "bare" => None,
         "epoll" => Some(RelayOptions {
             io: RelayIo::Epoll,
             busy_poll,
+            web_port,
         }),
         _ => Some(RelayOptions {
             io: RelayIo::IoUring,
             busy_poll,
+            web_port,
         }),
     };
     match relay_options {
-        Some(o) => println!("relay load: 1 relay worker thread ({:?}, busy poll {} µs), SRTP (AES_CM_128_HMAC_SHA1_80) -> RTP, {PAYLOAD}-byte payloads, {seconds} s per step", o.io, o.busy_poll.as_micros()),
+        Some(o) => println!("relay load: 1 relay worker thread ({:?}, busy poll {} µs, web leg on {}), SRTP (AES_CM_128_HMAC_SHA1_80) -> RTP, {PAYLOAD}-byte payloads, {seconds} s per step", o.io, o.busy_poll.as_micros(), if o.web_port.is_some() { "one shared port" } else { "a port per call" }),
         None => println!("reference: bare epoll + recvmmsg/sendmmsg forwarder, one thread, {PAYLOAD}-byte payloads, {seconds} s per step"),
     }
     for n in calls {
@@ -240,6 +250,14 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64, relay_options: Option<Re
         .env("RELAY_LOAD_ROLE", "traffic")
         .env("RELAY_LOAD_BURST", burst().to_string())
         .env("RELAY_LOAD_TRANSCODED", transcoded_calls(n).to_string())
+        .env(
+            "RELAY_LOAD_SHARED",
+            if relay_options.is_some_and(|o| o.web_port.is_some()) {
+                "1"
+            } else {
+                "0"
+            },
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -265,23 +283,37 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64, relay_options: Option<Re
     let mut calls = Vec::new();
     let mut gateway_ports = Vec::new();
     let transcoded = transcoded_calls(n);
+    let shared_port = relay.as_ref().and_then(|r| r.web_port());
     for call in 0..n {
-        let web = UdpSocket::bind("127.0.0.1:0").unwrap();
         let sip = UdpSocket::bind("127.0.0.1:0").unwrap();
-        gateway_ports.push(web.local_addr().unwrap());
+        let (web, web_remote) = match shared_port {
+            Some(port) => {
+                gateway_ports.push(port);
+                (
+                    None,
+                    SocketAddr::new(browser_source(call).into(), browser.port()),
+                )
+            }
+            None => {
+                let web = UdpSocket::bind("127.0.0.1:0").unwrap();
+                gateway_ports.push(web.local_addr().unwrap());
+                (Some(web), browser)
+            }
+        };
         let Some(relay) = &relay else {
-            bare_pairs.push((web, sip));
+            bare_pairs.push((web.unwrap(), sip));
             continue;
         };
         calls.push(
             relay
                 .add_call(CallMediaSetup {
                     web_socket: web,
-                    web_remote: Some(browser),
+                    web_ufrag: None,
+                    web_remote: Some(web_remote),
                     // As in a call (media toward the browser would name its
                     // source; the load here flows the other way, and each
                     // datagram received reports its local address).
-                    web_local: Some(browser.ip()),
+                    web_local: Some(std::net::Ipv4Addr::LOCALHOST.into()),
                     web_srtp: Some((
                         SrtpContext::new(&key()).unwrap(),
                         SrtpContext::new(&key()).unwrap(),
@@ -456,6 +488,20 @@ fn opus_payloads() -> Vec<[u8; PAYLOAD]> {
 
 /// Packets per call sent back to back in one GSO datagram (`--burst`, 1..=8;
 /// default 1: every packet its own datagram, calls round-robin).
+/// Whether the web legs share the relay's one port (`--web-port shared`).
+fn shared_web_port() -> bool {
+    match std::env::var("RELAY_LOAD_SHARED") {
+        Ok(v) => v == "1",
+        Err(_) => arg("--web-port", "range") == "shared",
+    }
+}
+
+/// Call `call`'s browser address on the shared port: one of its own on
+/// loopback (all of 127/8 is local), so the port can tell calls apart.
+fn browser_source(call: usize) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(127, 1, (call / 200) as u8, (call % 200 + 1) as u8)
+}
+
 fn burst() -> usize {
     let value = std::env::var("RELAY_LOAD_BURST").unwrap_or_else(|_| arg("--burst", "1"));
     value
@@ -542,7 +588,10 @@ fn worker_cpu_ns() -> u64 {
 /// The second process: a browser socket sending SRTP to every call's web
 /// port and a sink socket standing for the SIP peer.
 fn traffic() {
-    let browser = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // On the shared port each call sends from its own address (see
+    // `browser_source`): bound to all of them, chosen per datagram.
+    let shared = shared_web_port();
+    let browser = UdpSocket::bind(if shared { "0.0.0.0:0" } else { "127.0.0.1:0" }).unwrap();
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
     browser.set_nonblocking(true).unwrap();
     sink.set_nonblocking(true).unwrap();
@@ -672,6 +721,7 @@ fn run(
 ) -> Step {
     let sink_addr = sink.local_addr().unwrap();
     let transcoded = transcoded_calls(targets.len());
+    let shared = shared_web_port();
     // A burst leaves as one datagram the kernel cuts into `burst` packets
     // (UDP GSO), so the generator's own kernel path is paid once per burst.
     let burst = burst();
@@ -753,6 +803,7 @@ fn run(
             }
             tx.lens[i] = message_len;
             tx.addrs[i] = Some(if direct { sink_addr } else { targets[call] });
+            tx.locals[i] = (shared && !direct).then(|| browser_source(call).into());
         }
         sent += (tx.send(browser.as_raw_fd(), &order[..count]).unwrap_or(0) * burst) as u64;
     }

@@ -84,12 +84,13 @@ impl Gateway {
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
         let config = Arc::new(config);
         startup::raise_open_file_limit();
-        let relay = startup::relay(&config.media)?;
-        let metrics = Metrics::new(Some(relay.clone()));
         let dtls_identity = startup::dtls_identity()?;
         let sip_port = startup::SipPort::bind(&config.sip).await?;
         let (ua, server_names) = startup::user_agent(&config.sip, sip_port.addr).await?;
         let addresses = MediaAddresses::find(&config, ua.server())?;
+        // After the addresses: a shared web port binds in their family.
+        let relay = startup::relay(&config.media, &addresses)?;
+        let metrics = Metrics::new(Some(relay.clone()));
         let plane = startup::media_plane(&config, &addresses, &relay, &dtls_identity)?;
         let state: SharedState =
             Arc::new(AppState::new(config.clone(), metrics, plane).map_err(StartError::Setup)?);

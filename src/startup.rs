@@ -26,7 +26,16 @@ use crate::{call, media, netif, session, sip, StartError};
 const REAPER_MAX_SLEEP: Duration = Duration::from_secs(1);
 
 /// The media relay for `[media]`: its workers and how they move datagrams.
-pub(crate) fn relay(m: &config::MediaConfig) -> Result<Arc<Relay>, StartError> {
+pub(crate) fn relay(
+    m: &config::MediaConfig,
+    addresses: &MediaAddresses,
+) -> Result<Arc<Relay>, StartError> {
+    // The shared web port listens on every address of the family the web
+    // leg's candidates are in, as per-call web sockets do.
+    let web_family_any = match addresses.web.first() {
+        Some(IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    };
     let workers = match m.relay_workers {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
@@ -34,11 +43,13 @@ pub(crate) fn relay(m: &config::MediaConfig) -> Result<Arc<Relay>, StartError> {
     let options = RelayOptions {
         io: m.relay_io,
         busy_poll: Duration::from_micros(m.relay_busy_poll_us.into()),
+        web_port: (m.web_port != 0).then(|| SocketAddr::new(web_family_any, m.web_port)),
     };
     let relay = Relay::start_with_options(workers, options)
         .map_err(|e| StartError::Setup(format!("cannot start the media relay: {e}")))?;
     info!(
         workers,
+        web_port = ?relay.web_port().map(|a| a.port()),
         io_asked = ?m.relay_io,
         busy_poll_us = m.relay_busy_poll_us,
         "media relay started (a worker that cannot use io_uring says so)"

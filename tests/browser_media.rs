@@ -119,7 +119,8 @@ fn run_call(wrong_fingerprint: bool) {
     let pt_pairs: Vec<(u8, u8, u32)> = codecs.iter().map(|c| (c.pt, c.pt, c.clock_rate)).collect();
     let media = relay
         .add_call(CallMediaSetup {
-            web_socket,
+            web_socket: Some(web_socket),
+            web_ufrag: None,
             web_remote: None,
             web_local: None,
             web_srtp: None,

@@ -48,15 +48,25 @@ struct TestCall {
     events: Receiver<RelayEvent>,
 }
 
+/// A call with its own web socket, or on the relay's shared web port when
+/// it has one (found there by the browser's address, set up front).
 fn setup_call(relay: &Arc<Relay>, strict: bool) -> TestCall {
-    let (web_socket, sip_rtp, sip_rtcp) = (udp(), udp(), udp());
+    let (sip_rtp, sip_rtcp) = (udp(), udp());
     let browser = udp();
     let sip_peer = udp();
-    let gateway_web = web_socket.local_addr().unwrap();
+    let (web_socket, gateway_web) = match relay.web_port() {
+        Some(port) => (None, port),
+        None => {
+            let socket = udp();
+            let at = socket.local_addr().unwrap();
+            (Some(socket), at)
+        }
+    };
     let gateway_sip = sip_rtp.local_addr().unwrap();
     let (tx, control) = sync_channel(16);
     let setup = CallMediaSetup {
         web_socket,
+        web_ufrag: None,
         web_remote: Some(browser.local_addr().unwrap()),
         web_local: None,
         web_srtp: Some((
@@ -270,7 +280,8 @@ fn web_media_waits_for_ice_and_keys(options: RelayOptions) {
     let gateway_web = web_socket.local_addr().unwrap();
     let media = relay
         .add_call(CallMediaSetup {
-            web_socket,
+            web_socket: Some(web_socket),
+            web_ufrag: None,
             web_remote: None,
             web_local: None,
             web_srtp: None,
@@ -335,7 +346,8 @@ fn call_on_ports(
     });
     relay
         .add_call(CallMediaSetup {
-            web_socket: web.rtp,
+            web_socket: Some(web.rtp),
+            web_ufrag: None,
             web_remote: browser,
             web_local: None,
             web_srtp,
@@ -394,6 +406,20 @@ fn ports_return_when_calls_end(options: RelayOptions) {
     assert!((42000..=42099).contains(&again.lease.port()));
 }
 
+/// Once more than `packets` went out each way, `calls` leave one by one;
+/// waits until the relay has none.
+fn leave_once_flowing(relay: &Arc<Relay>, mut calls: Vec<CallMedia>, packets: u64) {
+    until("packets relayed both ways", || {
+        let (web, sip) = relay.totals();
+        web.packets_out > packets && sip.packets_out > packets
+    });
+    while let Some(call) = calls.pop() {
+        drop(call);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    until("calls removed", || relay.call_count() == 0);
+}
+
 /// Calls leave one by one while packets pour into every one of them: each
 /// leaves cleanly (with io_uring its receives end before its sockets close),
 /// and afterwards every port of both ranges binds again at once.
@@ -447,15 +473,7 @@ fn calls_leave_while_packets_flow(options: RelayOptions) {
             }
         })
     };
-    until("packets relayed both ways", || {
-        let (web, sip) = relay.totals();
-        web.packets_out > 100 && sip.packets_out > 100
-    });
-    while let Some(call) = calls.pop() {
-        drop(call);
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    until("calls removed", || relay.call_count() == 0);
+    leave_once_flowing(&relay, calls, 100);
     pouring.store(false, std::sync::atomic::Ordering::Relaxed);
     sender.join().unwrap();
     until("ports returned", || {
@@ -666,7 +684,8 @@ fn dtmf_needs_telephone_event(options: RelayOptions) {
     let relay = start_relay(1, options);
     let media = relay
         .add_call(CallMediaSetup {
-            web_socket: udp(),
+            web_socket: Some(udp()),
+            web_ufrag: None,
             web_remote: None,
             web_local: None,
             web_srtp: None,
@@ -801,10 +820,408 @@ fn a_sip_peer_repeating_sequence_numbers_gets_no_index_twice(options: RelayOptio
     assert_eq!(sip.dropped_replay, 10, "{sip:?}");
 }
 
+/// A browser's ICE check naming our `ufrag`, signed with `password`.
+fn ice_check(ufrag: &str, password: &str, transaction: u8) -> Vec<u8> {
+    use webrtc_sip_gateway::webrtc::stun;
+    stun::Builder::new(stun::BINDING_REQUEST, [transaction; 12])
+        .attribute(stun::ATTR_USERNAME, format!("{ufrag}:browser").as_bytes())
+        .attribute(stun::ATTR_PRIORITY, &[0x6e, 0, 0x1e, 0xff])
+        .message_integrity(password.as_bytes())
+        .finish()
+}
+
+/// The relay's test of a check: signed with `password` (as the call layer's).
+fn check_verifier(password: &'static str) -> webrtc_sip_gateway::media::relay::CheckVerifier {
+    Box::new(move |packet: &[u8]| {
+        webrtc_sip_gateway::webrtc::stun::is_authenticated_binding_request(
+            packet,
+            password.as_bytes(),
+        )
+    })
+}
+
+/// A call on the shared web port that knows its browser by ICE only: our
+/// ufrag "ourufrag", password "ourpassword", G.711 through, SIP toward
+/// `sip_peer`. Returns the call, its SIP address and its event queue.
+fn call_by_ice(
+    relay: &Arc<Relay>,
+    sip_peer: &UdpSocket,
+    web_srtp: bool,
+) -> (CallMedia, SocketAddr, Receiver<RelayEvent>) {
+    let sip_rtp = udp();
+    let gateway_sip = sip_rtp.local_addr().unwrap();
+    let (tx, events) = sync_channel(64);
+    let media = relay
+        .add_call(CallMediaSetup {
+            web_socket: None,
+            web_ufrag: Some("ourufrag".into()),
+            web_remote: None,
+            web_local: None,
+            web_srtp: web_srtp.then(|| {
+                (
+                    SrtpContext::new(&keys(1)).unwrap(),
+                    SrtpContext::new(&keys(2)).unwrap(),
+                )
+            }),
+            web_ssrc: Some(WEB_SSRC),
+            web_check_verifier: Some(check_verifier("ourpassword")),
+            sip_rtp_socket: sip_rtp,
+            sip_rtcp_socket: None,
+            sip_remote: sip_peer.local_addr().unwrap(),
+            sip_remote_rtcp: None,
+            sip_strict_source: false,
+            sip_srtp: None,
+            payload_map: PayloadMap::new(&[(0, 0, 8_000)]),
+            events: Some(tx),
+            leases: Vec::new(),
+        })
+        .unwrap();
+    (media, gateway_sip, events)
+}
+
+/// Shared web port: nothing reaches a call before its browser's first
+/// authentic check (media, a check signed with another password, a check
+/// for another ufrag are dropped and counted); controls sent meanwhile
+/// apply; the check itself goes to the ICE side with the call's id, and
+/// from then on the browser's media flows both ways through the port.
+fn a_call_is_found_by_its_first_authentic_check(options: RelayOptions) {
+    let relay = start_relay(2, options);
+    let port = relay.web_port().expect("the relay has a web port");
+    let (sip_peer, browser, stranger) = (udp(), udp(), udp());
+    let (media, gateway_sip, events) = call_by_ice(&relay, &sip_peer, false);
+    let unknown = || relay.web_port_counters().unknown_source;
+    let mut browser_tx = SrtpContext::new(&keys(1)).unwrap();
+
+    browser
+        .send_to(&srtp(&mut browser_tx, &rtp_packet(0, 1, 5, b"early")), port)
+        .unwrap();
+    until("early media counted", || unknown() == 1);
+    stranger
+        .send_to(&ice_check("ourufrag", "guessed", 1), port)
+        .unwrap();
+    until("forged check counted", || unknown() == 2);
+    stranger
+        .send_to(&ice_check("otherufrag", "ourpassword", 2), port)
+        .unwrap();
+    until("check for nobody counted", || unknown() == 3);
+    assert!(events.try_recv().is_err(), "nothing reached the ICE side");
+    assert_eq!(relay.call_count(), 1, "the call waits");
+
+    // Keys arrive while the call waits for its browser.
+    media
+        .set_web_srtp(
+            SrtpContext::new(&keys(1)).unwrap(),
+            SrtpContext::new(&keys(2)).unwrap(),
+        )
+        .unwrap();
+    let check = ice_check("ourufrag", "ourpassword", 3);
+    browser.send_to(&check, port).unwrap();
+    let Ok(RelayEvent::Packet(handed)) = events.recv_timeout(Duration::from_secs(2)) else {
+        panic!("the authentic check was not handed over");
+    };
+    assert_eq!(handed.call, media.id());
+    assert_eq!(handed.from, browser.local_addr().unwrap());
+    assert_eq!(handed.data, check);
+
+    browser
+        .send_to(&srtp(&mut browser_tx, &rtp_packet(0, 2, 5, b"now")), port)
+        .unwrap();
+    assert_eq!(recv(&sip_peer).unwrap(), rtp_packet(0, 2, 5, b"now"));
+    sip_peer
+        .send_to(&rtp_packet(0, 1, 9, b"back"), gateway_sip)
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, from) = browser
+        .recv_from(&mut buf)
+        .expect("media toward the browser");
+    assert_eq!(from, port, "sent from the shared port");
+    let mut at_web = buf[..n].to_vec();
+    let len = SrtpContext::new(&keys(2))
+        .unwrap()
+        .unprotect_rtp(&mut at_web)
+        .unwrap();
+    assert_eq!(&at_web[..len], &rtp_packet(0, 1, WEB_SSRC, b"back")[..]);
+    assert_eq!(unknown(), 3, "{:?}", relay.web_port_counters());
+    until("the send toward the browser counted", || {
+        let web = media.stats.web.snapshot();
+        (web.control_packets, web.packets_out) == (1, 1)
+    });
+}
+
+/// Shared web port, two workers: a browser that checks from many
+/// addresses lands on both workers' sockets (the kernel hashes each
+/// address to one); whatever lands on the worker without the call is
+/// steered to it, so every check reaches the ICE side and every address's
+/// media reaches the SIP peer, in order.
+fn what_lands_on_another_worker_is_steered_to_the_call(options: RelayOptions) {
+    let relay = start_relay(2, options);
+    let port = relay.web_port().unwrap();
+    let sip_peer = udp();
+    let (media, _, events) = call_by_ice(&relay, &sip_peer, true);
+    // With 24 addresses all hashing to one socket once in 2^23 runs. Each
+    // checks, then sends (a call keeps the last 8 checked addresses).
+    let browsers: Vec<UdpSocket> = (0..24).map(|_| udp()).collect();
+    let mut tx = SrtpContext::new(&keys(1)).unwrap();
+    for (k, b) in browsers.iter().enumerate() {
+        b.send_to(&ice_check("ourufrag", "ourpassword", k as u8), port)
+            .unwrap();
+        let Ok(RelayEvent::Packet(handed)) = events.recv_timeout(Duration::from_secs(2)) else {
+            panic!("check {k} was not handed over");
+        };
+        assert_eq!(handed.from, b.local_addr().unwrap());
+        let seq = k as u16 + 1;
+        b.send_to(&srtp(&mut tx, &rtp_packet(0, seq, 5, b"m")), port)
+            .unwrap();
+        assert_eq!(
+            recv(&sip_peer).unwrap_or_else(|| panic!("media from address {k} lost")),
+            rtp_packet(0, seq, 5, b"m")
+        );
+    }
+    let counters = relay.web_port_counters();
+    assert!(counters.steered > 0, "{counters:?}");
+    assert_eq!((counters.unknown_source, counters.overload), (0, 0));
+    // Counted once the kernel has taken the send (after the peer may see it).
+    until("every send counted", || {
+        media.stats.sip.snapshot().packets_out == 24
+    });
+}
+
+/// A call on the shared web port with SIP ports `sip` toward `peer`: G.711
+/// through, no browser address, keys or ICE yet.
+fn port_setup(sip: BoundPorts, peer: SocketAddr) -> CallMediaSetup {
+    CallMediaSetup {
+        web_socket: None,
+        web_ufrag: None,
+        web_remote: None,
+        web_local: None,
+        web_srtp: None,
+        web_ssrc: None,
+        web_check_verifier: None,
+        sip_rtp_socket: sip.rtp,
+        sip_rtcp_socket: sip.rtcp,
+        sip_remote: peer,
+        sip_remote_rtcp: None,
+        sip_strict_source: false,
+        sip_srtp: None,
+        payload_map: PayloadMap::new(&[(0, 0, 8_000)]),
+        events: None,
+        leases: vec![sip.lease],
+    }
+}
+
+/// A relay of `workers` on a shared web port (and its address), with 40
+/// SIP port pairs from `base` (epoll) or `base` + 200 (io_uring): below the
+/// kernel's ephemeral ports, apart from the other tests' ranges.
+fn port_relay_with_sip_ports(
+    workers: usize,
+    options: RelayOptions,
+    base: u16,
+) -> (Arc<Relay>, SocketAddr, PortAllocator) {
+    let relay = start_relay(workers, options);
+    let port = relay.web_port().expect("the relay has a web port");
+    let base = if options.io == RelayIo::Epoll {
+        base
+    } else {
+        base + 200
+    };
+    (relay, port, PortAllocator::new(base, base + 79, true))
+}
+
+/// Shared web port: calls whose browser never speaks take every control
+/// message while they wait and leave cleanly when dropped — their SIP
+/// ports return, their ufrag finds nothing any more.
+fn a_call_that_never_hears_its_browser_leaves_cleanly(options: RelayOptions) {
+    let (relay, port, sip_ports) = port_relay_with_sip_ports(1, options, 12000);
+    let peer = udp();
+    let mut calls = Vec::new();
+    for k in 0..10 {
+        let sip = sip_ports.bind("127.0.0.1".parse().unwrap()).unwrap();
+        let mut media = relay
+            .add_call(CallMediaSetup {
+                web_ufrag: Some(format!("waiting{k}")),
+                web_check_verifier: Some(check_verifier("ourpassword")),
+                payload_map: PayloadMap::new(&[(0, 0, 8_000)])
+                    .with_telephone_event(101, 8_000, 101, 8_000),
+                ..port_setup(sip, peer.local_addr().unwrap())
+            })
+            .unwrap();
+        media
+            .set_web_remote("127.0.0.9:4000".parse().unwrap(), None)
+            .unwrap();
+        media
+            .set_web_srtp(
+                SrtpContext::new(&keys(1)).unwrap(),
+                SrtpContext::new(&keys(2)).unwrap(),
+            )
+            .unwrap();
+        media
+            .set_web_ice(&format!("restarted{k}"), check_verifier("newpassword"))
+            .unwrap();
+        media
+            .set_sip_far(webrtc_sip_gateway::media::relay::SipFar {
+                remote: peer.local_addr().unwrap(),
+                remote_rtcp: None,
+                strict_source: true,
+                srtp: None,
+                payload_map: PayloadMap::new(&[(0, 0, 8_000)]),
+            })
+            .unwrap();
+        calls.push(media);
+    }
+    assert_eq!(relay.call_count(), 10);
+    assert_eq!(sip_ports.free_count(), sip_ports.capacity() - 10);
+    drop(calls);
+    assert_eq!(relay.call_count(), 0);
+    assert_eq!(sip_ports.free_count(), sip_ports.capacity());
+    // Neither the old nor the restarted ufrag finds a call now.
+    let stranger = udp();
+    stranger
+        .send_to(&ice_check("waiting3", "ourpassword", 1), port)
+        .unwrap();
+    stranger
+        .send_to(&ice_check("restarted3", "newpassword", 2), port)
+        .unwrap();
+    until("checks for gone calls counted", || {
+        relay.web_port_counters().unknown_source == 2
+    });
+}
+
+/// Shared web port: calls leave one by one while packets pour into the
+/// port and their SIP sockets; each leaves cleanly, what still comes for
+/// them is dropped and counted, their SIP ports return, and the port then
+/// carries a new call both ways.
+fn calls_on_the_port_leave_while_packets_flow(options: RelayOptions) {
+    let (relay, port, sip_ports) = port_relay_with_sip_ports(2, options, 12400);
+    let peer = udp();
+    let mut calls = Vec::new();
+    let mut browsers = Vec::new();
+    let mut sip_targets = Vec::new();
+    for _ in 0..40 {
+        let browser = udp();
+        let sip = sip_ports.bind("127.0.0.1".parse().unwrap()).unwrap();
+        let sip_at = sip.rtp.local_addr().unwrap();
+        let media = relay
+            .add_call(CallMediaSetup {
+                web_remote: Some(browser.local_addr().unwrap()),
+                web_srtp: Some((
+                    SrtpContext::new(&keys(1)).unwrap(),
+                    SrtpContext::new(&keys(2)).unwrap(),
+                )),
+                ..port_setup(sip, peer.local_addr().unwrap())
+            })
+            .unwrap();
+        calls.push(media);
+        browsers.push(browser);
+        sip_targets.push(sip_at);
+    }
+    let pouring = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sender = {
+        let pouring = pouring.clone();
+        let browsers: Vec<UdpSocket> = browsers.iter().map(|b| b.try_clone().unwrap()).collect();
+        let peer = peer.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut tx: Vec<SrtpContext> = (0..browsers.len())
+                .map(|_| SrtpContext::new(&keys(1)).unwrap())
+                .collect();
+            let mut seq = 0u16;
+            while pouring.load(std::sync::atomic::Ordering::Relaxed) {
+                seq = seq.wrapping_add(1);
+                for (k, b) in browsers.iter().enumerate() {
+                    let plain = rtp_packet(0, seq, 7, &[0; 160]);
+                    let _ = b.send_to(&srtp(&mut tx[k], &plain), port);
+                    let _ = peer.send_to(&plain, sip_targets[k]);
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        })
+    };
+    leave_once_flowing(&relay, calls, 200);
+    until("what comes for gone calls counted", || {
+        relay.web_port_counters().unknown_source > 40
+    });
+    pouring.store(false, std::sync::atomic::Ordering::Relaxed);
+    sender.join().unwrap();
+    until("SIP ports returned", || {
+        sip_ports.free_count() == sip_ports.capacity()
+    });
+    let _again: Vec<_> = (0..40)
+        .map(|_| {
+            sip_ports
+                .bind("127.0.0.1".parse().unwrap())
+                .expect("a SIP port pair is still held")
+        })
+        .collect();
+    // A new call on the port, from one of the old browsers' addresses.
+    let mut c = setup_call(&relay, false);
+    let wire = srtp(&mut c.browser_tx, &rtp_packet(111, 1, 3, b"new"));
+    c.browser.send_to(&wire, c.gateway_web).unwrap();
+    assert_eq!(recv(&c.sip_peer).unwrap(), rtp_packet(96, 1, 3, b"new"));
+    c.sip_peer
+        .send_to(&rtp_packet(96, 1, 4, b"new back"), c.gateway_sip)
+        .unwrap();
+    let mut at_web = recv(&c.browser).unwrap();
+    let n = c.browser_rx.unprotect_rtp(&mut at_web).unwrap();
+    assert_eq!(&at_web[..n], &rtp_packet(111, 1, WEB_SSRC, b"new back")[..]);
+}
+
+/// Shared web port: a burst far beyond what a worker moves, from one
+/// call's browser. The port's socket queues every call's datagrams, so a
+/// flood delays the others there (a call of its own socket would not);
+/// still every datagram is relayed or counted dropped (by the kernel, on
+/// the port), and the other call's packet gets through.
+fn a_burst_on_the_port_is_accounted_for(options: RelayOptions) {
+    let relay = start_relay(1, options);
+    let mut c = setup_call(&relay, false);
+    let quiet = setup_call(&relay, false);
+    let mut sent = 0u64;
+    for seq in 0..30_000u16 {
+        let p = srtp(&mut c.browser_tx, &rtp_packet(111, seq, 5, &[0x55; 160]));
+        if c.browser.send_to(&p, c.gateway_web).is_ok() {
+            sent += 1;
+        }
+    }
+    // The other call's stream (a packet per 20 ms) gets through.
+    let mut quiet_tx = quiet.browser_tx;
+    quiet
+        .sip_peer
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let mut quiet_sent = 0u64;
+    let through = (1..=250u16).any(|seq| {
+        let q = srtp(&mut quiet_tx, &rtp_packet(0, seq, 6, b"still here"));
+        quiet_sent += u64::from(quiet.browser.send_to(&q, quiet.gateway_web).is_ok());
+        recv(&quiet.sip_peer).is_some()
+    });
+    assert!(through, "the other call's stream stayed blocked for 5 s");
+    // The kernel reports its drop count with the next datagram it queues.
+    std::thread::sleep(Duration::from_millis(300));
+    let probe = srtp(&mut c.browser_tx, &rtp_packet(111, 30_000, 5, b"probe"));
+    c.browser.send_to(&probe, c.gateway_web).unwrap();
+    sent += 1;
+    until("the burst is accounted for", || {
+        let web = c.media.stats.web.snapshot();
+        let sip = c.media.stats.sip.snapshot();
+        let quiet_in = quiet.media.stats.web.snapshot().packets_in;
+        let port = relay.web_port_counters();
+        web.packets_in + quiet_in + port.overload == sent + quiet_sent
+            && sip.packets_out + sip.dropped_overload == web.packets_in
+    });
+    let port = relay.web_port_counters();
+    assert_eq!(port.unknown_source, 0);
+    eprintln!(
+        "burst of {sent}: {} relayed, {} dropped at the port",
+        c.media.stats.sip.snapshot().packets_out,
+        port.overload
+    );
+}
+
 /// Every test named, in module `$module`, with workers moving datagrams
 /// by `$io` and busy polling for `$busy_poll_us` after each turn.
 macro_rules! with_options {
     ($module:ident, $io:ident, $busy_poll_us:expr; $($name:ident),*) => {
+        with_options!($module, $io, $busy_poll_us, None; $($name),*);
+    };
+    ($module:ident, $io:ident, $busy_poll_us:expr, $web_port:expr; $($name:ident),*) => {
         mod $module {
             use webrtc_sip_gateway::media::relay::{RelayIo, RelayOptions};
             $(#[test]
@@ -812,6 +1229,7 @@ macro_rules! with_options {
                 super::$name(RelayOptions {
                     io: RelayIo::$io,
                     busy_poll: std::time::Duration::from_micros($busy_poll_us),
+                    web_port: $web_port,
                 })
             })*
         }
@@ -851,4 +1269,28 @@ each_io!(
     web_media_waits_for_ice_and_keys,
     burst_is_dropped_and_counted_then_the_stream_goes_on,
     dtmf_relayed_reported_and_generated
+);
+
+// The same on one shared web port (`[media] web-port`), where a call is
+// found by its browser's address.
+macro_rules! on_shared_port {
+    ($epoll:ident, $io_uring:ident; $($name:ident),*) => {
+        with_options!($epoll, Epoll, 0, Some("127.0.0.1:0".parse().unwrap()); $($name),*);
+        with_options!($io_uring, IoUring, 0, Some("127.0.0.1:0".parse().unwrap()); $($name),*);
+    };
+}
+
+on_shared_port!(
+    shared_port_epoll, shared_port_io_uring;
+    hundred_calls_both_ways_without_loss,
+    strict_mode_takes_only_the_sdp_address,
+    a_burst_on_the_port_is_accounted_for,
+    reception_quality_and_peer_reports,
+    dtmf_relayed_reported_and_generated,
+    a_new_sip_source_continues_our_numbering,
+    a_sip_peer_repeating_sequence_numbers_gets_no_index_twice,
+    a_call_is_found_by_its_first_authentic_check,
+    what_lands_on_another_worker_is_steered_to_the_call,
+    a_call_that_never_hears_its_browser_leaves_cleanly,
+    calls_on_the_port_leave_while_packets_flow
 );

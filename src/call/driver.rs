@@ -668,13 +668,18 @@ impl MediaPlane {
     /// the keying policy of each leg.
     fn negotiation_context(
         &self,
-        web: &BoundPorts,
+        web: &Option<BoundPorts>,
         sip: &BoundPorts,
         sip_address: IpAddr,
     ) -> NegotiationContext {
+        let web_port = match (web, self.relay.web_port()) {
+            (Some(own), _) => own.lease.port(),
+            (None, Some(shared)) => shared.port(),
+            (None, None) => 0,
+        };
         NegotiationContext {
             web_addresses: self.settings.web_addresses.clone(),
-            web_port: web.lease.port(),
+            web_port,
             sip_address,
             sip_port: sip.lease.port(),
             web_enable_dtls: self.settings.web_enable_dtls,
@@ -702,22 +707,25 @@ impl MediaPlane {
     }
 
     /// Binds a call's sockets: the web port (on every address of the web
-    /// addresses' family: a browser may reach any of them), the SIP pair
-    /// (on `sip_bind`), and a second handle on the web socket for ICE/DTLS
-    /// replies.
+    /// addresses' family: a browser may reach any of them) unless the relay
+    /// has one web port for all calls, the SIP pair (on `sip_bind`), and a
+    /// second handle on the web socket for ICE/DTLS replies.
     fn bind_legs(
         &self,
         sip_bind: IpAddr,
-    ) -> Result<(BoundPorts, BoundPorts, UdpSocket), StartError> {
+    ) -> Result<(Option<BoundPorts>, BoundPorts, UdpSocket), StartError> {
+        let media_error = |e: std::io::Error| StartError::Media(e.to_string());
+        if let Some(shared) = self.relay.web_port_socket() {
+            let control_socket = shared.map_err(media_error)?;
+            let sip = self.sip_ports.bind(sip_bind)?;
+            return Ok((None, sip, control_socket));
+        }
         let web = self
             .web_ports
             .bind(any_address(self.settings.web_connection_address()))?;
         let sip = self.sip_ports.bind(sip_bind)?;
-        let control_socket = web
-            .rtp
-            .try_clone()
-            .map_err(|e| StartError::Media(e.to_string()))?;
-        Ok((web, sip, control_socket))
+        let control_socket = web.rtp.try_clone().map_err(media_error)?;
+        Ok((Some(web), sip, control_socket))
     }
 
     /// A call's task around `call`, with the plane's shared parts.
@@ -1018,7 +1026,8 @@ fn any_address(like: IpAddr) -> IpAddr {
 
 /// The sockets of a call whose legs are not joined yet.
 struct PendingMedia {
-    web: BoundPorts,
+    /// `None` on the relay's shared web port.
+    web: Option<BoundPorts>,
     sip: BoundPorts,
 }
 
@@ -1241,6 +1250,10 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                 "the call's media is set up already".into(),
             ));
         };
+        let (web_socket, web_lease) = match web {
+            Some(own) => (Some(own.rtp), Some(own.lease)),
+            None => (None, None),
+        };
         let media_error = |e: crate::media::srtp::SrtpError| CommandError::Media(e.to_string());
         let web_srtp = srtp_pair(plan.web_keys.clone()).map_err(media_error)?;
         let sip_srtp = srtp_pair(plan.sip_keys.clone()).map_err(media_error)?;
@@ -1253,7 +1266,8 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
         let media = self
             .relay
             .add_call(CallMediaSetup {
-                web_socket: web.rtp,
+                web_ufrag: Some(plan.leg.local_ice.ufrag.clone()),
+                web_socket,
                 web_remote: None,
                 web_local: None,
                 web_srtp,
@@ -1267,7 +1281,7 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                 sip_srtp,
                 payload_map: plan.payload_map,
                 events: Some(self.relay_events.clone()),
-                leases: vec![web.lease, sip.lease],
+                leases: web_lease.into_iter().chain([sip.lease]).collect(),
             })
             .map_err(|e| CommandError::Media(e.to_string()))?;
         info!(
@@ -1435,9 +1449,9 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                     }
                     lock(&self.status).web_path = Some(pair);
                 }
-                CallOutput::IcePassword(pwd) => {
+                CallOutput::IceCredentials(ice) => {
                     if let Some(media) = &self.media {
-                        let _ = media.set_web_check_verifier(check_verifier(&pwd));
+                        let _ = media.set_web_ice(&ice.ufrag, check_verifier(&ice.pwd));
                     }
                 }
                 CallOutput::MediaKeys(keys) => {

@@ -152,9 +152,10 @@ pub enum CallOutput {
     /// Web media goes to and comes from this pair's browser address only,
     /// and leaves from its local address.
     MediaRemote(Pair),
-    /// An ICE restart: the browser's checks are signed with this password
-    /// of ours from now on (the relay checks them itself).
-    IcePassword(String),
+    /// An ICE restart: the browser's checks name this ufrag of ours and are
+    /// signed with this password from now on (the relay checks them itself,
+    /// and on the shared web port finds the call by the ufrag).
+    IceCredentials(IceCredentials),
     /// Both sides' SDP are agreed: hand this plan to the relay (the one
     /// place a call's media is set up).
     ConnectMedia(Box<MediaPlan>),
@@ -1110,7 +1111,7 @@ impl Call {
         if let Some((local, remote)) = reanswer.ice_restart {
             tracing::info!(call = %self.id, "ICE restart from the browser");
             self.outputs
-                .push_back(CallOutput::IcePassword(local.pwd.clone()));
+                .push_back(CallOutput::IceCredentials(local.clone()));
             leg.restart_ice(local, remote);
         }
         Ok(reanswer.sdp)

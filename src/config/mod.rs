@@ -510,6 +510,9 @@ impl Default for SipConfig {
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct MediaConfig {
     pub public_address: AddressList,
+    /// One UDP port for every call's web leg (0: a port per call from
+    /// `web-port-min`..`web-port-max`).
+    pub web_port: u16,
     pub web_port_min: u16,
     pub web_port_max: u16,
     pub sip_port_min: u16,
@@ -562,6 +565,7 @@ impl Default for MediaConfig {
     fn default() -> Self {
         MediaConfig {
             public_address: AddressList::default(),
+            web_port: 0,
             web_port_min: 20_000,
             web_port_max: 29_999,
             sip_port_min: 30_000,
@@ -1124,10 +1128,29 @@ impl Config {
                 "must be at most 256 (0 = one per core)",
             );
         }
-        p.port_range("media.web-port", media.web_port_min, media.web_port_max, 1);
+        // One web port for all calls, else a range of them.
+        let (web_min, web_max) = if media.web_port != 0 {
+            (media.web_port, media.web_port)
+        } else {
+            p.port_range("media.web-port", media.web_port_min, media.web_port_max, 1);
+            (media.web_port_min, media.web_port_max)
+        };
         // The SIP side needs an even RTP port and the odd one above it.
         p.port_range("media.sip-port", media.sip_port_min, media.sip_port_max, 2);
-        if media.web_port_min <= media.sip_port_max && media.sip_port_min <= media.web_port_max {
+        if media.web_port != 0
+            && (media.sip_port_min..=media.sip_port_max).contains(&media.web_port)
+        {
+            p.add(
+                "media.web-port",
+                format!(
+                    "{} is in the SIP port range {}-{}",
+                    media.web_port, media.sip_port_min, media.sip_port_max
+                ),
+            );
+        } else if media.web_port == 0
+            && media.web_port_min <= media.sip_port_max
+            && media.sip_port_min <= media.web_port_max
+        {
             p.add(
                 "media.sip-port-min",
                 format!(
@@ -1137,8 +1160,13 @@ impl Config {
             );
         }
         if let Ok(sip_listen) = sip.listen.parse::<SocketAddr>() {
+            let web_key = if media.web_port != 0 {
+                "media.web-port"
+            } else {
+                "media.web-port-min"
+            };
             for (key, min, max) in [
-                ("media.web-port-min", media.web_port_min, media.web_port_max),
+                (web_key, web_min, web_max),
                 ("media.sip-port-min", media.sip_port_min, media.sip_port_max),
             ] {
                 if (min..=max).contains(&sip_listen.port()) {

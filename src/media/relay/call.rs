@@ -11,7 +11,9 @@ use std::time::Instant;
 use mio::net::UdpSocket;
 
 use super::epoll::flush;
-use super::forward::{relay_from_sip_replying, relay_from_web_replying, Outgoing};
+use super::forward::{
+    relay_from_sip_replying, relay_from_web_picked, relay_from_web_replying, Outgoing,
+};
 use super::streams::{SipOutStream, WebOutStream};
 use super::CheckVerifier;
 use super::{CallMediaSetup, RelayEvent, SipFar, SIP_RTCP, SIP_RTP, SOCKETS_PER_CALL, WEB};
@@ -25,7 +27,8 @@ use crate::media::stats::{CallStats, DropCause};
 use crate::media::transcode::Transcoder;
 
 pub(super) struct WebSide {
-    pub(super) socket: UdpSocket,
+    /// The call's own web socket; `None` on the relay's shared web port.
+    pub(super) socket: Option<UdpSocket>,
     pub(super) remote: Option<SocketAddr>,
     /// Where media toward the browser leaves from: the local address of
     /// the ICE-selected pair.
@@ -41,9 +44,37 @@ pub(super) struct WebSide {
     /// [`WebSide::move_to`]) and until when its stragglers may not move it
     /// back.
     pub(super) left: Option<(SocketAddr, Instant)>,
+    /// Shared web port: the browser addresses the worker routes to this
+    /// call now, and the [`WebSide::route_version`] they were taken at.
+    pub(super) routed: Vec<SocketAddr>,
+    pub(super) routed_version: u32,
+    /// Counts changes of the remote address (the checked ones count in
+    /// [`CheckedSources`]).
+    pub(super) remote_version: u32,
 }
 
 impl WebSide {
+    /// Changes when the addresses media may come from change: the selected
+    /// remote or the checked sources. The shared web port routes anew then.
+    pub(super) fn route_version(&self) -> u32 {
+        self.remote_version.wrapping_add(self.checked.version)
+    }
+
+    /// Every address the browser may send from now: the selected one and
+    /// those that passed a check.
+    pub(super) fn addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.remote
+            .into_iter()
+            .chain(self.checked.addresses.iter().flatten().copied())
+    }
+
+    /// ICE selected `addr` (or a move chose it): media goes there.
+    pub(super) fn set_remote(&mut self, addr: SocketAddr, local: Option<IpAddr>) {
+        self.remote = Some(addr);
+        self.local = local;
+        self.remote_version = self.remote_version.wrapping_add(1);
+    }
+
     /// Whether media from `from`, not the selected address, may move the
     /// pair there (once its SRTP authenticates): it passed a check, and is
     /// not the address the media just left.
@@ -60,8 +91,7 @@ impl WebSide {
         if let Some(old) = self.remote {
             self.left = Some((old, now + MOVED_AWAY_FOR));
         }
-        self.remote = Some(to);
-        self.local = local;
+        self.set_remote(to, local);
     }
 }
 
@@ -75,6 +105,8 @@ pub(super) struct CheckedSources {
     verifier: Option<CheckVerifier>,
     addresses: [Option<SocketAddr>; CHECKED_SOURCES],
     next: usize,
+    /// Bumped whenever `addresses` changes.
+    pub(super) version: u32,
 }
 
 /// The far end's RTCP address: the one its SDP gives, else RTP port + 1.
@@ -91,6 +123,7 @@ impl CheckedSources {
             verifier,
             addresses: [None; CHECKED_SOURCES],
             next: 0,
+            version: 0,
         }
     }
 
@@ -110,6 +143,7 @@ impl CheckedSources {
         if authenticated {
             self.addresses[self.next] = Some(from);
             self.next = (self.next + 1) % CHECKED_SOURCES;
+            self.version = self.version.wrapping_add(1);
         }
     }
 }
@@ -275,9 +309,14 @@ impl RelayedCall {
     /// web one told to report each datagram's local address: the browser
     /// may talk to any of ours), legs as the setup says, nothing latched.
     pub(super) fn new(id: u64, setup: CallMediaSetup, stats: Arc<CallStats>) -> io::Result<Self> {
-        let web_ipv6 = setup.web_socket.local_addr()?.is_ipv6();
-        crate::media::batch::enable_local_address(setup.web_socket.as_raw_fd(), web_ipv6)?;
-        let web = UdpSocket::from_std(nonblocking(setup.web_socket)?);
+        let web = match setup.web_socket {
+            Some(socket) => {
+                let web_ipv6 = socket.local_addr()?.is_ipv6();
+                crate::media::batch::enable_local_address(socket.as_raw_fd(), web_ipv6)?;
+                Some(UdpSocket::from_std(nonblocking(socket)?))
+            }
+            None => None,
+        };
         let sip_rtp = UdpSocket::from_std(nonblocking(setup.sip_rtp_socket)?);
         let sip_rtcp = match setup.sip_rtcp_socket {
             Some(s) => Some(UdpSocket::from_std(nonblocking(s)?)),
@@ -295,6 +334,11 @@ impl RelayedCall {
                 ssrc: setup.web_ssrc,
                 checked: CheckedSources::new(setup.web_check_verifier),
                 left: None,
+                routed: Vec::new(),
+                routed_version: 0,
+                // Not the routed version: a call placed with an address
+                // routes it at once.
+                remote_version: 1,
             },
             sip: SipSide {
                 rtp: sip_rtp,
@@ -348,7 +392,7 @@ impl RelayedCall {
 
     pub(super) fn fd(&self, kind: usize) -> Option<std::os::fd::RawFd> {
         match kind {
-            WEB => Some(self.web.socket.as_raw_fd()),
+            WEB => self.web.socket.as_ref().map(|s| s.as_raw_fd()),
             SIP_RTP => Some(self.sip.rtp.as_raw_fd()),
             _ => self.sip.rtcp.as_ref().map(|s| s.as_raw_fd()),
         }
@@ -356,10 +400,11 @@ impl RelayedCall {
 
     /// Socket kinds this call has.
     pub(super) fn kinds(&self) -> &'static [usize] {
-        if self.sip.rtcp.is_some() {
-            &[WEB, SIP_RTP, SIP_RTCP]
-        } else {
-            &[WEB, SIP_RTP]
+        match (self.web.socket.is_some(), self.sip.rtcp.is_some()) {
+            (true, true) => &[WEB, SIP_RTP, SIP_RTCP],
+            (true, false) => &[WEB, SIP_RTP],
+            (false, true) => &[SIP_RTP, SIP_RTCP],
+            (false, false) => &[SIP_RTP],
         }
     }
 
@@ -403,10 +448,39 @@ impl RelayedCall {
         }
     }
 
-    /// Sends what [`RelayedCall::relay`] chose with `sendmmsg` (epoll mode).
-    pub(super) fn flush(&self, batch: &mut Batch, out: &Relayed) {
+    /// The call's datagrams from the shared web port in the batch slots
+    /// `picked` (slots from `spare_from` on are free); as
+    /// [`RelayedCall::relay`] for its own web socket.
+    pub(super) fn relay_web_picked(
+        &mut self,
+        batch: &mut Batch,
+        picked: &[usize],
+        spare_from: usize,
+    ) -> Relayed {
+        let mut replies = Outgoing::new();
+        let (main, rtcp) = relay_from_web_picked(self, batch, picked, spare_from, &mut replies);
+        Relayed {
+            to_web: false,
+            main,
+            rtcp,
+            replies,
+        }
+    }
+
+    /// Sends what [`RelayedCall::relay`] chose with `sendmmsg` (epoll
+    /// mode); toward the browser by the call's web socket, else by
+    /// `shared_web` (the worker's socket on the shared web port).
+    pub(super) fn flush(&self, batch: &mut Batch, out: &Relayed, shared_web: Option<&UdpSocket>) {
+        let web = self.web.socket.as_ref().or(shared_web);
+        let web_out = |batch: &mut Batch, list: &Outgoing| match web {
+            Some(socket) => flush(batch, socket, list, &self.stats.web),
+            None => self
+                .stats
+                .web
+                .dropped_many(DropCause::NotReady, list.count as u64),
+        };
         if out.to_web {
-            flush(batch, &self.web.socket, &out.main, &self.stats.web);
+            web_out(batch, &out.main);
             let rtcp = self.sip.rtcp.as_ref().unwrap_or(&self.sip.rtp);
             flush(batch, rtcp, &out.replies, &self.stats.sip);
         } else {
@@ -414,7 +488,7 @@ impl RelayedCall {
             if let Some(rtcp) = &self.sip.rtcp {
                 flush(batch, rtcp, &out.rtcp, &self.stats.sip);
             }
-            flush(batch, &self.web.socket, &out.replies, &self.stats.web);
+            web_out(batch, &out.replies);
         }
     }
 }

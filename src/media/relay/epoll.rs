@@ -8,7 +8,7 @@ use mio::Events;
 
 use super::forward::Outgoing;
 use super::worker::{spin_until, Worker, BATCHES_PER_TURN};
-use super::{SIP_RTP, SOCKETS_PER_CALL, WAKER, WEB};
+use super::{PORT_SLOT, SIP_RTP, SOCKETS_PER_CALL, WAKER, WEB};
 use crate::media::batch::{Batch, BATCH};
 use crate::media::stats::{DropCause, LegStats};
 
@@ -52,6 +52,7 @@ impl Worker {
                     return;
                 }
             }
+            self.relay_steered();
             turn.clear();
             turn.append(&mut self.pending);
             // Events name each socket once (epoll keeps one entry per fd):
@@ -85,12 +86,19 @@ impl Worker {
     /// is used up, relaying each batch as it arrives. Returns true when data
     /// may be left for a later turn.
     pub(super) fn drain(&mut self, slot: usize, kind: usize) -> bool {
+        if slot == PORT_SLOT && kind == WEB && self.port.is_some() {
+            return self.drain_port();
+        }
         let Some(call) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
             return false;
         };
+        let shared_web = self.port.as_ref().map(|p| &p.socket);
         for _ in 0..BATCHES_PER_TURN {
             let fd = match kind {
-                WEB => call.web.socket.as_raw_fd(),
+                WEB => match &call.web.socket {
+                    Some(s) => s.as_raw_fd(),
+                    None => return false,
+                },
                 SIP_RTP => call.sip.rtp.as_raw_fd(),
                 _ => match &call.sip.rtcp {
                     Some(s) => s.as_raw_fd(),
@@ -104,10 +112,32 @@ impl Worker {
             };
             call.note_kernel_drops(kind, self.batch.kernel_drops.take());
             let out = call.relay(&mut self.batch, n, kind);
-            call.flush(&mut self.batch, &out);
+            call.flush(&mut self.batch, &out, shared_web);
             // A short batch emptied the queue; a datagram arriving after the
             // recvmmsg raises a new readiness event, so no extra syscall to
             // see EAGAIN.
+            if n < BATCH {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+impl Worker {
+    /// Reads the shared web port's socket as [`Worker::drain`] reads a
+    /// call's: every batch goes to its calls (see `web_port`).
+    fn drain_port(&mut self) -> bool {
+        for _ in 0..BATCHES_PER_TURN {
+            let Some(port) = self.port.as_ref() else {
+                return false;
+            };
+            let n = match self.batch.recv(port.socket.as_raw_fd()) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => n,
+            };
+            self.note_port_drops();
+            self.relay_from_port(n, false);
             if n < BATCH {
                 return false;
             }

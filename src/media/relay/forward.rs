@@ -68,14 +68,38 @@ pub(super) fn relay_from_web_replying(
     n: usize,
     replies: &mut Outgoing,
 ) -> (Outgoing, Outgoing) {
+    relay_from_web_picked(call, batch, &EVERY_SLOT[..n], n, replies)
+}
+
+/// Slot numbers 0, 1, … of a batch: a whole batch as a list of slots.
+pub(super) const EVERY_SLOT: [usize; BATCH] = {
+    let mut slots = [0; BATCH];
+    let mut i = 0;
+    while i < BATCH {
+        slots[i] = i;
+        i += 1;
+    }
+    slots
+};
+
+/// [`relay_from_web_replying`] for the batch slots listed in `picked` (in
+/// order), the call's share of a batch from the shared web port; slots from
+/// `spare_from` on are free for the packets a transcoded call makes up.
+pub(super) fn relay_from_web_picked(
+    call: &mut RelayedCall,
+    batch: &mut Batch,
+    picked: &[usize],
+    spare_from: usize,
+    replies: &mut Outgoing,
+) -> (Outgoing, Outgoing) {
     let stats = &*call.stats;
     // One clock read per batch: its packets arrived together.
     let arrival = std::time::Instant::now();
     let mut rtp_out = Outgoing::new();
     let mut rtcp_out = Outgoing::new();
-    let mut spare = Spare::after(n);
+    let mut spare = Spare::after(spare_from);
     let mut made_up = Outgoing::new();
-    for i in 0..n {
+    for &i in picked {
         let len = batch.lens[i];
         stats.web.received(len);
         let Some(from) = batch.addrs[i] else {
@@ -711,7 +735,8 @@ mod tests {
     fn call() -> RelayedCall {
         let socket = || UdpSocket::bind("127.0.0.1:0").unwrap();
         let setup = CallMediaSetup {
-            web_socket: socket(),
+            web_socket: Some(socket()),
+            web_ufrag: None,
             web_remote: Some(BROWSER.parse().unwrap()),
             web_local: None,
             web_srtp: Some((context(1), context(2))),

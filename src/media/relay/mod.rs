@@ -38,6 +38,7 @@ pub mod fuzzing;
 mod streams;
 mod transcoded;
 mod uring;
+mod web_port;
 mod worker;
 
 use std::collections::HashMap;
@@ -55,6 +56,7 @@ use super::ring::RingIo;
 use super::srtp::SrtpContext;
 use super::stats::{CallStats, LegSnapshot};
 use control::{Control, WorkerLink};
+use web_port::{SharedWebPort, WorkerPort};
 use worker::Worker;
 
 pub use super::payload_map::PayloadMap;
@@ -66,6 +68,8 @@ const SOCKETS_PER_CALL: usize = 3;
 const WEB: usize = 0;
 const SIP_RTP: usize = 1;
 const SIP_RTCP: usize = 2;
+/// With a shared web port, slot 0's web token is the port's socket.
+const PORT_SLOT: usize = 0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -77,6 +81,8 @@ pub enum RelayError {
     NoTelephoneEvent,
     #[error("{0}")]
     Dtmf(#[from] DtmfError),
+    #[error("the relay has no shared web port for a call without a web socket")]
+    NoWebPort,
 }
 
 /// A STUN or DTLS datagram from a web leg, for the ICE agent / DTLS driver.
@@ -103,8 +109,13 @@ pub enum RelayEvent {
 pub type CheckVerifier = Box<dyn Fn(&[u8]) -> bool + Send>;
 
 pub struct CallMediaSetup {
-    /// The web leg's socket (rtcp-mux: RTP, RTCP, STUN and DTLS on one port).
-    pub web_socket: std::net::UdpSocket,
+    /// The web leg's socket (rtcp-mux: RTP, RTCP, STUN and DTLS on one
+    /// port); `None`: the relay's shared web port ([`RelayOptions::web_port`]).
+    pub web_socket: Option<std::net::UdpSocket>,
+    /// Our ICE username fragment: on the shared web port, the browser's
+    /// first check that names it (and passes `web_check_verifier`) finds
+    /// the call.
+    pub web_ufrag: Option<String>,
     /// The ICE-selected browser address, once known, and our address it
     /// sends to.
     pub web_remote: Option<SocketAddr>,
@@ -178,6 +189,19 @@ pub struct Relay {
     workers: Vec<WorkerLink>,
     next_id: AtomicU64,
     totals: Arc<Totals>,
+    /// The one web port every call's browser leg uses, if configured.
+    port: Option<Arc<SharedWebPort>>,
+}
+
+/// What the shared web port has dropped or steered (all calls together).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WebPortCounters {
+    /// Datagrams from an address no call knows.
+    pub unknown_source: u64,
+    /// Lost for want of room (the kernel's buffer, a worker's inbox).
+    pub overload: u64,
+    /// Received by one worker and moved to the worker of their call.
+    pub steered: u64,
 }
 
 /// How the relay's workers run (`[media] relay-io`, `relay-busy-poll-us`).
@@ -189,6 +213,10 @@ pub struct RelayOptions {
     /// spares the wake-up of a sleeping thread (on a virtual machine, of a
     /// halted virtual CPU) at the price of CPU time.
     pub busy_poll: std::time::Duration,
+    /// One UDP port for every call's web leg, bound here (port 0: one the
+    /// kernel picks), shared by the workers; `None`: each call brings its
+    /// own web socket.
+    pub web_port: Option<SocketAddr>,
 }
 
 /// Whether a relay worker could run on io_uring here (it sets up and drops
@@ -222,7 +250,16 @@ impl Relay {
         let io = options.io;
         let mut links = Vec::new();
         let totals = Arc::new(Totals::default());
-        for n in 0..workers.max(1) {
+        let workers = workers.max(1);
+        let port = match options.web_port {
+            Some(address) => Some(SharedWebPort::bind(address, workers)?),
+            None => None,
+        };
+        for n in 0..workers {
+            let worker_port = match &port {
+                Some(shared) => Some(WorkerPort::new(n, shared.clone())?),
+                None => None,
+            };
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
             let (tx, rx) = mpsc::channel();
@@ -234,8 +271,14 @@ impl Relay {
             let thread = std::thread::Builder::new()
                 .name(format!("relay-{n}"))
                 .spawn(move || {
-                    let mut worker =
-                        Worker::new(poll, rx, worker_calls, worker_totals, options.busy_poll);
+                    let mut worker = Worker::new(
+                        poll,
+                        rx,
+                        worker_calls,
+                        worker_totals,
+                        options.busy_poll,
+                        worker_port,
+                    );
                     if io == RelayIo::IoUring {
                         match RingIo::new() {
                             Ok(ring) => worker.ring = Some(ring),
@@ -244,6 +287,9 @@ impl Relay {
                                 "io_uring unavailable; this relay worker uses epoll"
                             ),
                         }
+                    }
+                    if let Err(e) = worker.start_port() {
+                        tracing::error!(error = %e, "relay worker cannot receive on the web port");
                     }
                     if worker.ring.is_some() {
                         worker_on_ring.store(true, Ordering::Relaxed);
@@ -260,11 +306,41 @@ impl Relay {
                 thread: Some(thread),
             });
         }
+        if let Some(port) = &port {
+            port.set_wakers(links.iter().map(|l| l.waker.clone()).collect());
+        }
         Ok(Arc::new(Relay {
             workers: links,
             next_id: AtomicU64::new(1),
             totals,
+            port,
         }))
+    }
+
+    /// The shared web port's address, if the relay has one.
+    pub fn web_port(&self) -> Option<SocketAddr> {
+        self.port.as_ref().map(|p| p.address)
+    }
+
+    /// A handle on the shared web port for the signaling side's STUN and
+    /// DTLS sends (answers leave from the port the browser sent to).
+    pub fn web_port_socket(&self) -> Option<io::Result<std::net::UdpSocket>> {
+        self.port.as_ref().map(|p| p.control_socket())
+    }
+
+    /// What the shared web port dropped before a call was known, and
+    /// steered between workers.
+    pub fn web_port_counters(&self) -> WebPortCounters {
+        self.port
+            .as_ref()
+            .map_or_else(WebPortCounters::default, |p| {
+                let c = &p.counters;
+                WebPortCounters {
+                    unknown_source: c.unknown_source.load(Ordering::Relaxed),
+                    overload: c.overload.load(Ordering::Relaxed),
+                    steered: c.steered.load(Ordering::Relaxed),
+                }
+            })
     }
 
     pub fn worker_count(&self) -> usize {
@@ -280,20 +356,27 @@ impl Relay {
             .count()
     }
 
-    /// Calls being relayed now.
+    /// Calls being relayed now (on the shared web port: also those whose
+    /// browser has not been heard yet).
     pub fn call_count(&self) -> usize {
-        self.workers
-            .iter()
-            .map(|w| w.calls.load(Ordering::Relaxed))
-            .sum()
+        let awaiting = self.port.as_ref().map_or(0, |p| p.awaiting_count());
+        awaiting
+            + self
+                .workers
+                .iter()
+                .map(|w| w.calls.load(Ordering::Relaxed))
+                .sum::<usize>()
     }
 
-    /// Hands a call to the least loaded worker.
+    /// Hands a call to the least loaded worker; on the shared web port
+    /// (no web socket in `setup`), to the worker its browser's first
+    /// packet arrives at.
     pub fn add_call(self: &Arc<Self>, setup: CallMediaSetup) -> Result<CallMedia, RelayError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let worker = (0..self.workers.len())
-            .min_by_key(|&i| self.workers[i].calls.load(Ordering::Relaxed))
-            .unwrap_or(0);
+        let shared = setup.web_socket.is_none();
+        if shared && self.port.is_none() {
+            return Err(RelayError::NoWebPort);
+        }
         let sip_event = setup.payload_map.sip_telephone_event();
         let stats = Arc::new(CallStats::default());
         self.totals
@@ -301,15 +384,28 @@ impl Relay {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, stats.clone());
-        self.workers[worker].calls.fetch_add(1, Ordering::Relaxed);
-        self.workers[worker].send(Control::Add(id, Box::new(setup), stats.clone()))?;
-        Ok(CallMedia {
+        let media = |worker| CallMedia {
             id,
             worker,
             relay: self.clone(),
-            stats,
+            stats: stats.clone(),
             sip_event,
-        })
+        };
+        let worker = (0..self.workers.len())
+            .min_by_key(|&i| self.workers[i].calls.load(Ordering::Relaxed))
+            .unwrap_or(0);
+        if let (true, Some(port)) = (shared, &self.port) {
+            if setup.web_remote.is_none() {
+                // Placed by its browser's first check.
+                port.add(id, Box::new(setup), stats.clone());
+                return Ok(media(None));
+            }
+            port.add_placed(id, worker, &setup);
+        }
+        self.workers[worker].calls.fetch_add(1, Ordering::Relaxed);
+        self.workers[worker].send(Control::Add(id, Box::new(setup), stats.clone()))?;
+        // Controls of a call on the shared port go by its directory.
+        Ok(media((!shared).then_some(worker)))
     }
 }
 
@@ -350,7 +446,9 @@ impl Drop for Relay {
 /// and returning its ports).
 pub struct CallMedia {
     id: u64,
-    worker: usize,
+    /// Its worker; `None` on the shared web port, where the port's
+    /// directory knows (see [`CallMedia::control`]).
+    worker: Option<usize>,
     relay: Arc<Relay>,
     pub stats: Arc<CallStats>,
     sip_event: Option<(u8, u32)>,
@@ -369,14 +467,32 @@ impl CallMedia {
         addr: SocketAddr,
         local: Option<IpAddr>,
     ) -> Result<(), RelayError> {
-        self.relay.workers[self.worker].send(Control::WebRemote(self.id, addr, local))
+        self.control(Control::WebRemote(self.id, addr, local), None)
     }
 
-    /// An ICE restart: the browser's checks are signed with a new password
-    /// now, which `verifier` knows; the addresses checked before are
-    /// forgotten.
-    pub fn set_web_check_verifier(&self, verifier: CheckVerifier) -> Result<(), RelayError> {
-        self.relay.workers[self.worker].send(Control::WebCheckVerifier(self.id, verifier))
+    /// Sends `c` to the call's worker, or on the shared web port through
+    /// its directory (which applies it itself while the call waits for its
+    /// browser). `ufrag`: the new one of an ICE restart.
+    fn control(&self, c: Control, ufrag: Option<&str>) -> Result<(), RelayError> {
+        match (self.worker, &self.relay.port) {
+            (Some(worker), _) => self.relay.workers[worker].send(c),
+            (None, Some(port)) => {
+                let workers = &self.relay.workers;
+                let gone = port.control(self.id, c, ufrag, |w, c| workers[w].send(c))?;
+                if gone {
+                    self.relay.totals.forget(self.id);
+                }
+                Ok(())
+            }
+            (None, None) => Err(RelayError::NoWebPort),
+        }
+    }
+
+    /// An ICE restart: the browser's checks name our new `ufrag` and are
+    /// signed with a new password now, which `verifier` knows; the
+    /// addresses checked before are forgotten.
+    pub fn set_web_ice(&self, ufrag: &str, verifier: CheckVerifier) -> Result<(), RelayError> {
+        self.control(Control::WebCheckVerifier(self.id, verifier), Some(ufrag))
     }
 
     /// The far end moved its media ([`SipFar`]): packets go to the new
@@ -384,7 +500,7 @@ impl CallMedia {
     /// browser's stream keeps our numbering whatever source comes next.
     pub fn set_sip_far(&mut self, far: SipFar) -> Result<(), RelayError> {
         self.sip_event = far.payload_map.sip_telephone_event();
-        self.relay.workers[self.worker].send(Control::SipFar(self.id, Box::new(far)))
+        self.control(Control::SipFar(self.id, Box::new(far)), None)
     }
 
     /// Web leg keys (inbound, outbound) once DTLS-SRTP has exported them.
@@ -393,8 +509,10 @@ impl CallMedia {
         inbound: SrtpContext,
         outbound: SrtpContext,
     ) -> Result<(), RelayError> {
-        self.relay.workers[self.worker]
-            .send(Control::WebSrtp(self.id, Box::new((inbound, outbound))))
+        self.control(
+            Control::WebSrtp(self.id, Box::new((inbound, outbound))),
+            None,
+        )
     }
 }
 
@@ -406,16 +524,15 @@ impl CallMedia {
     pub fn send_dtmf(&self, digits: &str, duration: std::time::Duration) -> Result<(), RelayError> {
         let (_, clock) = self.sip_event.ok_or(RelayError::NoTelephoneEvent)?;
         DtmfSender::new(clock).queue(digits, duration)?;
-        self.relay.workers[self.worker].send(Control::SendDtmf(
-            self.id,
-            digits.to_string(),
-            duration,
-        ))
+        self.control(
+            Control::SendDtmf(self.id, digits.to_string(), duration),
+            None,
+        )
     }
 }
 
 impl Drop for CallMedia {
     fn drop(&mut self) {
-        let _ = self.relay.workers[self.worker].send(Control::Remove(self.id));
+        let _ = self.control(Control::Remove(self.id), None);
     }
 }

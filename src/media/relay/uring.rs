@@ -6,9 +6,10 @@ use std::os::fd::AsRawFd;
 
 use mio::Events;
 
+use super::call::{Relayed, RelayedCall};
 use super::worker::{spin_until, Worker};
-use super::{SIP_RTCP, SIP_RTP, SOCKETS_PER_CALL, WEB};
-use crate::media::batch::BATCH;
+use super::{PORT_SLOT, SIP_RTCP, SIP_RTP, SOCKETS_PER_CALL, WEB};
+use crate::media::batch::{Batch, BATCH};
 use crate::media::ring;
 use crate::media::stats::DropCause;
 
@@ -61,6 +62,7 @@ impl Worker {
                     break 'turns;
                 }
             }
+            self.relay_steered();
             self.ring_turn(waker_fd, &mut events);
             if !self.dtmf_slots.is_empty() {
                 self.send_dtmf(std::time::Instant::now());
@@ -146,6 +148,13 @@ impl Worker {
     pub(super) fn ring_relay(&mut self, socket: Option<(usize, usize)>, count: usize) {
         // Taken here whatever happens next, so a count never passes to
         // another socket's run.
+        if socket == Some((PORT_SLOT, WEB)) && self.port.is_some() {
+            self.note_port_drops();
+            if count > 0 {
+                self.relay_from_port(count, false);
+            }
+            return;
+        }
         let reported = self.batch.kernel_drops.take();
         let (Some((slot, kind)), true) = (socket, count > 0) else {
             return;
@@ -161,50 +170,7 @@ impl Worker {
         }
         call.note_kernel_drops(kind, reported);
         let out = call.relay(&mut self.batch, count, kind);
-        let (main, rtcp) = if out.to_web {
-            (token(slot, WEB), token(slot, WEB))
-        } else {
-            let rtcp = if call.sip.rtcp.is_some() {
-                SIP_RTCP
-            } else {
-                SIP_RTP
-            };
-            (token(slot, SIP_RTP), token(slot, rtcp))
-        };
-        let replies = if !out.to_web {
-            token(slot, WEB)
-        } else if call.sip.rtcp.is_some() {
-            token(slot, SIP_RTCP)
-        } else {
-            token(slot, SIP_RTP)
-        };
-        for (socket, list, web) in [
-            (main, &out.main, out.to_web),
-            (rtcp, &out.rtcp, out.to_web),
-            (replies, &out.replies, !out.to_web),
-        ] {
-            let leg = if web {
-                &call.stats.web
-            } else {
-                &call.stats.sip
-            };
-            for &i in &list.order[..list.count] {
-                let len = self.batch.lens[i];
-                let queued = self.batch.addrs[i].is_some_and(|to| {
-                    let tag = ring::SendTag {
-                        slot: slot as u32,
-                        call: call.id,
-                        web,
-                        len: len as u32,
-                    };
-                    let from = self.batch.locals[i];
-                    ring.queue_send(socket, &self.batch.bufs[i][..len], to, from, tag)
-                });
-                if !queued {
-                    leg.dropped(DropCause::Overload);
-                }
-            }
-        }
+        queue_relayed(ring, &self.batch, slot, call, &out);
     }
 
     /// A receive on `socket` has ended (`errno` 0: after a datagram): armed
@@ -213,6 +179,25 @@ impl Worker {
     /// the kernel keeps refusing cannot spin the worker; the call then ends
     /// by its media timeout.
     pub(super) fn recv_ended(&mut self, (slot, kind): (usize, usize), errno: i32) {
+        if (slot, kind) == (PORT_SLOT, WEB) {
+            if let (Some(ring), Some(port)) = (self.ring.as_mut(), self.port.as_mut()) {
+                port.armed = false;
+                if matches!(errno, 0 | libc::ENOBUFS | libc::EINTR | libc::EAGAIN) {
+                    match ring.arm_recv(token(PORT_SLOT, WEB)) {
+                        Ok(()) => port.armed = true,
+                        Err(e) => {
+                            tracing::error!(error = %e, "relay cannot arm the web port's receive again")
+                        }
+                    }
+                } else {
+                    tracing::error!(
+                        errno,
+                        "relay receive on the web port failed; this worker takes no more from it"
+                    );
+                }
+                return;
+            }
+        }
         let (Some(ring), Some(call)) = (
             self.ring.as_mut(),
             self.slots.get_mut(slot).and_then(Option::as_mut),
@@ -236,6 +221,59 @@ impl Worker {
             }
         } else if call.armed == 0 {
             self.release(slot);
+        }
+    }
+}
+
+/// Queues the sends [`RelayedCall::relay`] (or its shared-port form) chose
+/// for the call in `slot`: toward the browser by its web socket or the
+/// shared port's, toward the SIP side by its RTP or RTCP socket.
+pub(super) fn queue_relayed(
+    ring: &mut crate::media::ring::RingIo,
+    batch: &Batch,
+    slot: usize,
+    call: &RelayedCall,
+    out: &Relayed,
+) {
+    let web_socket = if call.web.socket.is_some() {
+        token(slot, WEB)
+    } else {
+        token(PORT_SLOT, WEB)
+    };
+    let sip_rtcp = if call.sip.rtcp.is_some() {
+        token(slot, SIP_RTCP)
+    } else {
+        token(slot, SIP_RTP)
+    };
+    let (main, rtcp, replies) = if out.to_web {
+        (web_socket, web_socket, sip_rtcp)
+    } else {
+        (token(slot, SIP_RTP), sip_rtcp, web_socket)
+    };
+    for (socket, list, web) in [
+        (main, &out.main, out.to_web),
+        (rtcp, &out.rtcp, out.to_web),
+        (replies, &out.replies, !out.to_web),
+    ] {
+        let leg = if web {
+            &call.stats.web
+        } else {
+            &call.stats.sip
+        };
+        for &i in &list.order[..list.count] {
+            let len = batch.lens[i];
+            let queued = batch.addrs[i].is_some_and(|to| {
+                let tag = ring::SendTag {
+                    slot: slot as u32,
+                    call: call.id,
+                    web,
+                    len: len as u32,
+                };
+                ring.queue_send(socket, &batch.bufs[i][..len], to, batch.locals[i], tag)
+            });
+            if !queued {
+                leg.dropped(DropCause::Overload);
+            }
         }
     }
 }

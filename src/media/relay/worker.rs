@@ -13,7 +13,8 @@ use mio::{Interest, Poll, Token};
 use super::call::{CheckedSources, RelayedCall};
 use super::control::Control;
 use super::uring::token;
-use super::{CallMediaSetup, Totals, SIP_RTCP, SIP_RTP, SOCKETS_PER_CALL, WEB};
+use super::web_port::WorkerPort;
+use super::{CallMediaSetup, Totals, PORT_SLOT, SIP_RTCP, SIP_RTP, SOCKETS_PER_CALL, WEB};
 use crate::media::batch::Batch;
 use crate::media::dtmf::DtmfSender;
 use crate::media::ring::RingIo;
@@ -37,6 +38,9 @@ pub(super) struct Worker {
     pub(super) dtmf_slots: Vec<usize>,
     /// How long to look for work without sleeping after a turn.
     pub(super) busy_poll: std::time::Duration,
+    /// This worker's socket on the shared web port, if the relay has one
+    /// (then slot 0 is the port's: no call takes it).
+    pub(super) port: Option<WorkerPort>,
 }
 
 /// Batches one socket may move per turn before the others get theirs: a
@@ -63,13 +67,20 @@ impl Worker {
         load: Arc<AtomicUsize>,
         totals: Arc<Totals>,
         busy_poll: std::time::Duration,
+        port: Option<WorkerPort>,
     ) -> Self {
+        // The port's socket has slot 0's web token: no call may take it.
+        let slots = if port.is_some() {
+            vec![None]
+        } else {
+            Vec::new()
+        };
         Worker {
             poll,
             control,
             load,
             totals,
-            slots: Vec::new(),
+            slots,
             free_slots: Vec::new(),
             by_id: HashMap::new(),
             batch: Batch::new(),
@@ -77,7 +88,30 @@ impl Worker {
             dtmf_slots: Vec::new(),
             busy_poll,
             ring: None,
+            port,
         }
+    }
+
+    /// Registers the port's socket with this worker's epoll, or arms its
+    /// receive in io_uring mode (call once the loop is chosen).
+    pub(super) fn start_port(&mut self) -> io::Result<()> {
+        let Some(port) = self.port.as_mut() else {
+            return Ok(());
+        };
+        match self.ring.as_mut() {
+            Some(ring) => {
+                use std::os::fd::AsRawFd;
+                ring.attach(token(PORT_SLOT, WEB), port.socket.as_raw_fd());
+                ring.arm_recv(token(PORT_SLOT, WEB))?;
+                port.armed = true;
+            }
+            None => self.poll.registry().register(
+                &mut port.socket,
+                Token(PORT_SLOT * SOCKETS_PER_CALL + WEB),
+                Interest::READABLE,
+            )?,
+        }
+        Ok(())
     }
 
     /// Until when to look for work without sleeping before a wait of
@@ -103,6 +137,7 @@ impl Worker {
             }
             Control::Remove(id) => {
                 if let Some(slot) = self.by_id.remove(&id) {
+                    self.unroute(slot);
                     self.pending.retain(|&(s, _)| s != slot);
                     self.dtmf_slots.retain(|&s| s != slot);
                     match (self.ring.as_mut(), self.slots[slot].as_mut()) {
@@ -121,7 +156,9 @@ impl Worker {
                         }
                         (None, Some(call)) => {
                             let registry = self.poll.registry();
-                            let _ = registry.deregister(&mut call.web.socket);
+                            if let Some(s) = call.web.socket.as_mut() {
+                                let _ = registry.deregister(s);
+                            }
                             let _ = registry.deregister(&mut call.sip.rtp);
                             if let Some(s) = call.sip.rtcp.as_mut() {
                                 let _ = registry.deregister(s);
@@ -135,8 +172,7 @@ impl Worker {
             Control::WebRemote(id, addr, local) => {
                 if let Some(call) = self.call_mut(id) {
                     // ICE's choice overrides any move media made.
-                    call.web.remote = Some(addr);
-                    call.web.local = local;
+                    call.web.set_remote(addr, local);
                     call.web.left = None;
                 }
             }
@@ -203,18 +239,22 @@ impl Worker {
         let registered = if self.ring.is_some() {
             Ok(())
         } else {
-            registry
-                .register(&mut call.web.socket, Token(base + WEB), Interest::READABLE)
-                .and_then(|_| {
-                    registry.register(&mut call.sip.rtp, Token(base + SIP_RTP), Interest::READABLE)
-                })
-                .and_then(|_| match call.sip.rtcp.as_mut() {
-                    Some(s) => registry.register(s, Token(base + SIP_RTCP), Interest::READABLE),
-                    None => Ok(()),
-                })
+            match call.web.socket.as_mut() {
+                Some(s) => registry.register(s, Token(base + WEB), Interest::READABLE),
+                None => Ok(()),
+            }
+            .and_then(|_| {
+                registry.register(&mut call.sip.rtp, Token(base + SIP_RTP), Interest::READABLE)
+            })
+            .and_then(|_| match call.sip.rtcp.as_mut() {
+                Some(s) => registry.register(s, Token(base + SIP_RTCP), Interest::READABLE),
+                None => Ok(()),
+            })
         };
         if let Err(e) = registered {
-            let _ = registry.deregister(&mut call.web.socket);
+            if let Some(s) = call.web.socket.as_mut() {
+                let _ = registry.deregister(s);
+            }
             let _ = registry.deregister(&mut call.sip.rtp);
             if let Some(s) = call.sip.rtcp.as_mut() {
                 let _ = registry.deregister(s);
