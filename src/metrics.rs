@@ -308,11 +308,19 @@ impl Metrics {
     }
 
     /// Sets the gauges read from state at scrape time.
-    pub fn set_point_in_time(&self, web_ports_free: usize, sip_ports_free: usize, tasks: usize) {
-        for (leg, free) in [("web", web_ports_free), ("sip", sip_ports_free)] {
-            self.media_ports_free
-                .get_or_create(&LegLabels { leg })
-                .set(free as i64);
+    /// `web_ports_free`: `None` on a shared web port (no per-call ports).
+    pub fn set_point_in_time(
+        &self,
+        web_ports_free: Option<usize>,
+        sip_ports_free: usize,
+        tasks: usize,
+    ) {
+        for (leg, free) in [("web", web_ports_free), ("sip", Some(sip_ports_free))] {
+            if let Some(free) = free {
+                self.media_ports_free
+                    .get_or_create(&LegLabels { leg })
+                    .set(free as i64);
+            }
         }
         self.runtime_tasks.set(tasks as i64);
     }
@@ -418,7 +426,11 @@ fn counter_family<L: EncodeLabelSet>(
 
 impl Collector for RelayCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let (web, sip) = self.0.totals();
+        let (mut web, sip) = self.0.totals();
+        // The shared web port's own drops (no call known yet, or its
+        // socket's buffer full) are the web leg's too.
+        let port = self.0.web_port_counters();
+        web.dropped_overload += port.overload;
         let legs: [(&'static str, &LegSnapshot); 2] = [("web", &web), ("sip", &sip)];
         let mut packets = Vec::new();
         let mut bytes = Vec::new();
@@ -466,39 +478,56 @@ impl Collector for RelayCollector {
                 drops.push((LegCause { leg, cause }, value));
             }
         }
+        drops.push((
+            LegCause {
+                leg: "web",
+                cause: "unknown_source",
+            },
+            port.unknown_source,
+        ));
         counter_family(
             &mut encoder,
-            "gateway_media_packets",
+            // The registry adds the "gateway_" prefix.
+            "media_packets",
             "Media packets by leg and direction",
             &packets,
         )?;
         counter_family(
             &mut encoder,
-            "gateway_media_bytes",
+            "media_bytes",
             "Media bytes by leg and direction",
             &bytes,
         )?;
         counter_family(
             &mut encoder,
-            "gateway_media_dropped",
+            "media_dropped",
             "Media packets dropped, by leg and cause",
             &drops,
         )?;
         counter_family(
             &mut encoder,
-            "gateway_media_made_up_packets",
+            "media_made_up_packets",
             "Packets of transcoded calls made up (in-band FEC or concealment) for ones lost on the way in, by the leg they were lost on",
             &made_up,
         )?;
+        if self.0.web_port().is_some() {
+            let steered = encoder.encode_descriptor(
+                "media_steered_packets",
+                "Datagrams on the shared web port received by one relay worker and handed to the worker of their call",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(port.steered).encode(steered)?;
+        }
         let calls = encoder.encode_descriptor(
-            "gateway_media_calls",
+            "media_calls",
             "Calls the relay carries now",
             None,
             MetricType::Gauge,
         )?;
         ConstGauge::new(self.0.call_count() as i64).encode(calls)?;
         let mut workers = encoder.encode_descriptor(
-            "gateway_media_relay_workers",
+            "media_relay_workers",
             "Relay worker threads, by how they move datagrams (io_uring or epoll)",
             None,
             MetricType::Gauge,
@@ -522,7 +551,7 @@ mod tests {
     #[test]
     fn point_in_time_gauges_are_exported() {
         let metrics = Metrics::default();
-        metrics.set_point_in_time(7, 3, 12);
+        metrics.set_point_in_time(Some(7), 3, 12);
         let text = metrics.render();
         assert!(
             text.contains("gateway_media_ports_free{leg=\"web\"} 7"),
@@ -541,14 +570,17 @@ mod tests {
         let metrics = Metrics::new(Some(relay));
         let text = metrics.render();
         assert!(
-            text.contains("gateway_media_packets_total{leg=\"web\",direction=\"in\"} 0"),
+            text.lines()
+                .any(|l| l == "gateway_media_packets_total{leg=\"web\",direction=\"in\"} 0"),
             "{text}"
         );
         assert!(
-            text.contains("gateway_media_dropped_total{leg=\"sip\",cause=\"overload\"} 0"),
+            text.lines()
+                .any(|l| l == "gateway_media_dropped_total{leg=\"sip\",cause=\"overload\"} 0"),
             "{text}"
         );
-        assert!(text.contains("gateway_media_calls 0"), "{text}");
+        // Whole lines: the names carry the registry's prefix once.
+        assert!(text.lines().any(|l| l == "gateway_media_calls 0"), "{text}");
         assert!(text.contains("gateway_sessions 0"));
         // Relay::start takes io_uring, which these machines allow; the worker
         // reports it once running.

@@ -907,9 +907,10 @@ async fn readyz(State(state): State<SharedState>) -> Response {
         ServerState::Unchecked => keepalive_off,
         ServerState::Unreachable => false,
     };
-    // A new call needs one web port and one SIP port (pair).
+    // A new call needs one web port (unless all share one) and one SIP
+    // port pair.
     let ports_free =
-        state.media.web_ports.free_count() > 0 && state.media.sip_ports.free_count() > 0;
+        state.media.web_ports_free() != Some(0) && state.media.sip_ports.free_count() > 0;
     let admission = state.admission_state();
     let ready = api && sip_ok && ports_free && admission == "ok";
     let sip = sip.as_str();
@@ -935,7 +936,7 @@ async fn readyz(State(state): State<SharedState>) -> Response {
 
 async fn metrics(State(state): State<SharedState>) -> Response {
     state.metrics.set_point_in_time(
-        state.media.web_ports.free_count(),
+        state.media.web_ports_free(),
         state.media.sip_ports.free_count(),
         tokio::runtime::Handle::current()
             .metrics()

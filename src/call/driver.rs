@@ -691,6 +691,15 @@ impl MediaPlane {
         }
     }
 
+    /// Web ports free for new calls; `None` when every call's web leg is
+    /// on the relay's one shared port.
+    pub fn web_ports_free(&self) -> Option<usize> {
+        self.relay
+            .web_port()
+            .is_none()
+            .then(|| self.web_ports.free_count())
+    }
+
     /// Whether `to` is the built-in echo endpoint.
     pub fn is_echo(&self, to: &str) -> bool {
         echo::is_echo_number(&self.settings.echo_number, to)

@@ -1467,6 +1467,23 @@ mod tests {
     }
 
     #[test]
+    fn one_web_port_is_checked_against_the_sip_side() {
+        assert!(load("[media]\nweb-port = 3478\n").is_ok());
+        let p = problems("[media]\nweb-port = 30002\n");
+        assert!(
+            p.iter()
+                .any(|p| p.key == "media.web-port" && p.problem.contains("SIP port range")),
+            "{p:?}"
+        );
+        let p = problems("[sip]\nlisten = \"0.0.0.0:3478\"\n[media]\nweb-port = 3478\n");
+        assert!(p.iter().any(|p| p.key == "media.web-port"), "{p:?}");
+        // The range is not used (nor checked) with one port.
+        assert!(load("[media]\nweb-port = 3478\nweb-port-min = 30000\n").is_ok());
+        let err = load("[media]\nweb-port = 70000\n").unwrap_err();
+        assert!(err.to_string().contains("web-port"), "{err}");
+    }
+
+    #[test]
     fn port_ranges_checked() {
         let p = problems("[media]\nweb-port-min = 30000\nweb-port-max = 20000\n");
         assert!(p

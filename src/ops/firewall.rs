@@ -55,7 +55,12 @@ pub fn render(
     source: &str,
 ) -> Result<String, FirewallError> {
     let media = &config.media;
-    let web_range = format!("{}-{}", media.web_port_min, media.web_port_max);
+    // One port for every call's browser media, or a range of them.
+    let web_range = if media.web_port != 0 {
+        media.web_port.to_string()
+    } else {
+        format!("{}-{}", media.web_port_min, media.web_port_max)
+    };
     let sip_range = format!("{}-{}", media.sip_port_min, media.sip_port_max);
     let sip_port = addr(&config.sip.listen, "sip.listen")?.port();
     // Over UDP the listener takes TCP too (RFC 3261 §18: a server sends a
@@ -215,6 +220,16 @@ mod tests {
             "loopback HTTP is not opened"
         );
         assert!(!rules.contains("9090"), "loopback admin needs no rule");
+    }
+
+    #[test]
+    fn one_web_port_opens_that_port_alone() {
+        let rules = render(&config("[media]\nweb-port = 3478\n"), &[], "test").unwrap();
+        assert!(
+            rules.contains("udp dport 3478 accept comment \"browser media"),
+            "{rules}"
+        );
+        assert!(!rules.contains("20000-29999"), "{rules}");
     }
 
     #[test]

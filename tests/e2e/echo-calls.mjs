@@ -421,20 +421,56 @@ try {
         if (c.remoteStream) a.srcObject = c.remoteStream;
         return a;
       });
+      // Each call's own analyser: the dominant frequency it hears.
+      const ctx = new AudioContext();
+      const analysers = calls.map((c) => {
+        const analyser = ctx.createAnalyser();
+        analyser.fftSize = 8192;
+        const attach = (stream) => ctx.createMediaStreamSource(stream).connect(analyser);
+        c.addEventListener('track', (e) => attach(e.detail));
+        if (c.remoteStream) attach(c.remoteStream);
+        return analyser;
+      });
+      const heardHz = () => analysers.map((a) => {
+        const bins = new Float32Array(a.frequencyBinCount);
+        a.getFloatFrequencyData(bins);
+        let best = 0;
+        for (let i = 1; i < bins.length; i++) if (bins[i] > bins[best]) best = i;
+        return bins[best] > -90 ? best * ctx.sampleRate / a.fftSize : 0;
+      });
       const deadline = Date.now() + 25000;
       let stats = [];
+      let hz = [];
       while (Date.now() < deadline) {
         await new Promise((r) => setTimeout(r, 500));
         stats = await Promise.all(calls.map((c) => c.stats()));
-        if (stats.every((s) => s.browser.packetsReceived > 100 && s.browser.audioLevel > 0)) break;
+        hz = heardHz();
+        if (stats.every((s) => s.browser.packetsReceived > 100 && s.browser.audioLevel > 0) &&
+            hz.every((f) => Math.abs(f - 1000) <= 20)) break;
       }
+      // The gateway port each call's media went to (its selected pair).
+      const gatewayPorts = await Promise.all(calls.map(async (c) => {
+        const report = await c.pc.getStats();
+        let port = null;
+        report.forEach((s) => {
+          if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') {
+            const remote = report.get(s.remoteCandidateId);
+            if (remote) port = remote.port;
+          }
+        });
+        return port;
+      }));
       const result = {
         calls: calls.length,
         distinct: new Set(calls.map((c) => c.id)).size,
         received: stats.map((s) => s.browser.packetsReceived),
         levels: stats.map((s) => s.browser.audioLevel),
         gatewayOut: stats.map((s) => s.gateway.stats.web.packets_out),
+        gatewayIn: stats.map((s) => s.gateway.stats.web.packets_in),
+        hz,
+        gatewayPorts,
       };
+      await ctx.close();
       await Promise.all(calls.map((c) => c.hangup()));
       await session.close();
       els.forEach((a) => a.remove());
