@@ -210,3 +210,14 @@ pub fn transcode_path(data: &[u8]) {
         }
     }
 }
+
+/// The shared web port's routing (`web_port`) on datagrams the fuzzer
+/// makes: each input byte run is one datagram from one of a few browser
+/// addresses (its first byte picks which), into a worker that has a call
+/// placed by address, a call waiting for a check that names its ufrag,
+/// and nothing for the rest. Forged checks, checks for nobody, junk and
+/// media from strangers are dropped and counted; nothing panics, and every
+/// datagram ends up counted once: in a call or as the port's drop.
+pub fn web_port_routing(data: &[u8]) {
+    super::web_port::fuzz_routing(data);
+}
