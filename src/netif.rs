@@ -65,14 +65,18 @@ pub fn is_lan_candidate(ip: IpAddr) -> bool {
 }
 
 /// The web leg's candidates when none are configured: every usable IPv4
-/// address of the host (interfaces in the kernel's order, each address
-/// once), then IPv4 loopback last — for a browser on this host started to
-/// use it, and so a host with no network still has one.
+/// address of the host, then every usable IPv6 one (global or unique
+/// local; interfaces in the kernel's order, each address once), then IPv4
+/// loopback last — for a browser on this host started to use it, and so a
+/// host with no network still has one. A dual-stack host offers both
+/// families; the web sockets then take both.
 pub fn default_web_addresses(host: &[HostAddress]) -> Vec<IpAddr> {
     let mut out: Vec<IpAddr> = Vec::new();
-    for a in host {
-        if a.ip.is_ipv4() && is_lan_candidate(a.ip) && !out.contains(&a.ip) {
-            out.push(a.ip);
+    for v6 in [false, true] {
+        for a in host {
+            if a.ip.is_ipv6() == v6 && is_lan_candidate(a.ip) && !out.contains(&a.ip) {
+                out.push(a.ip);
+            }
         }
     }
     out.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
@@ -109,7 +113,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_lan_ipv4_then_loopback() {
+    fn defaults_are_lan_ipv4_then_ipv6_then_loopback() {
         let host = [
             at("lo", "127.0.0.1"),
             at("lo", "::1"),
@@ -124,7 +128,10 @@ mod tests {
             .iter()
             .map(ToString::to_string)
             .collect();
-        assert_eq!(ips, ["192.0.2.10", "198.51.100.10", "127.0.0.1"]);
+        assert_eq!(
+            ips,
+            ["192.0.2.10", "198.51.100.10", "2001:db8::10", "127.0.0.1"]
+        );
     }
 
     #[test]

@@ -30,12 +30,8 @@ pub(crate) fn relay(
     m: &config::MediaConfig,
     addresses: &MediaAddresses,
 ) -> Result<Arc<Relay>, StartError> {
-    // The shared web port listens on every address of the family the web
-    // leg's candidates are in, as per-call web sockets do.
-    let web_family_any = match addresses.web.first() {
-        Some(IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-    };
+    // The shared web port listens where per-call web sockets would.
+    let web_family_any = call::driver::web_bind_address(&addresses.web);
     let workers = match m.relay_workers {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,

@@ -313,6 +313,90 @@ fn a_two_interface_host_answers_from_each_address() {
     );
 }
 
+/// An IPv6-only network: the gateway offers its IPv6 address (`c=IN IP6`,
+/// an IPv6 host candidate), the browser's only path is IPv6, and the call
+/// carries the tone both ways over it.
+#[test]
+fn a_call_over_an_ipv6_only_network() {
+    if !common::inside_network(
+        "a_call_over_an_ipv6_only_network",
+        common::Network::Ipv6Only,
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gw = common::Gateway::start("", "");
+    assert!(
+        gw.log().contains(common::LAN_ADDRESS_V6),
+        "offered: {}",
+        gw.log()
+    );
+    let url = format!("https://127.0.0.1:{}", gw.https.port());
+    let r = browser("demo", &url, dir.path());
+    assert_eq!(r["heard"], true, "{r}");
+    let v6: std::net::IpAddr = common::LAN_ADDRESS_V6.parse().unwrap();
+    assert_eq!(ip_of(&r["selected"]["remote"]), v6, "{r}");
+    assert!(ip_of(&r["selected"]["local"]).is_ipv6(), "{r}");
+    let web_path = &r["stats"]["gateway"]["web_path"];
+    assert_eq!(web_path["gateway"], common::LAN_ADDRESS_V6, "{r}");
+}
+
+/// A dual-stack host on the one web port: the gateway offers its IPv4 and
+/// IPv6 addresses on one dual-stack socket per worker, the browser checks
+/// pairs of both families and each check is answered from the address it
+/// went to (an IPv4 browser address not seen as `::ffff:…`), and the call
+/// carries the tone both ways.
+#[test]
+fn a_dual_stack_host_takes_both_families_on_one_web_port() {
+    if !common::inside_network(
+        "a_dual_stack_host_takes_both_families_on_one_web_port",
+        common::Network::DualStack,
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gw = common::Gateway::start("", "[media]\nweb-port = 3478\n");
+    let offered = gw.log();
+    assert!(
+        offered.contains(common::LAN_ADDRESS) && offered.contains(common::LAN_ADDRESS_V6),
+        "both families offered: {offered}"
+    );
+    let url = format!("https://127.0.0.1:{}", gw.https.port());
+    let r = browser("demo", &url, dir.path());
+    assert_eq!(r["heard"], true, "{r}");
+    let pairs = r["pairs"].as_array().cloned().unwrap_or_default();
+    let ours: [std::net::IpAddr; 2] = [
+        common::LAN_ADDRESS.parse().unwrap(),
+        common::LAN_ADDRESS_V6.parse().unwrap(),
+    ];
+    for family_v6 in [false, true] {
+        let answered = pairs.iter().any(|p| {
+            let remote = ip_of(&p["remote"]);
+            ours.contains(&remote)
+                && remote.is_ipv6() == family_v6
+                && p["responsesReceived"].as_u64().unwrap_or(0) > 0
+        });
+        assert!(
+            answered,
+            "no answered check toward our IPv{} address: {r}",
+            if family_v6 { 6 } else { 4 }
+        );
+    }
+    let web_path = &r["stats"]["gateway"]["web_path"];
+    assert_eq!(
+        web_path["gateway"].as_str().map(str::to_string),
+        Some(ip_of(&r["selected"]["remote"]).to_string()),
+        "{r}"
+    );
+    assert!(
+        !web_path["browser"]
+            .as_str()
+            .unwrap_or("")
+            .contains("::ffff:"),
+        "{r}"
+    );
+}
+
 /// A gateway that advertises an address the browser cannot reach: the
 /// call is answered in signaling, and the demo page says in words that no
 /// media path was found, naming the address (not just "answered").

@@ -848,12 +848,22 @@ fn call_by_ice(
     sip_peer: &UdpSocket,
     web_srtp: bool,
 ) -> (CallMedia, SocketAddr, Receiver<RelayEvent>) {
+    call_by_ice_on(relay, None, sip_peer, web_srtp)
+}
+
+/// [`call_by_ice`] with its own web socket (`Some`) or on the shared port.
+fn call_by_ice_on(
+    relay: &Arc<Relay>,
+    web_socket: Option<UdpSocket>,
+    sip_peer: &UdpSocket,
+    web_srtp: bool,
+) -> (CallMedia, SocketAddr, Receiver<RelayEvent>) {
     let sip_rtp = udp();
     let gateway_sip = sip_rtp.local_addr().unwrap();
     let (tx, events) = sync_channel(64);
     let media = relay
         .add_call(CallMediaSetup {
-            web_socket: None,
+            web_socket,
             web_ufrag: Some("ourufrag".into()),
             web_remote: None,
             web_local: None,
@@ -1215,6 +1225,67 @@ fn a_burst_on_the_port_is_accounted_for(options: RelayOptions) {
     );
 }
 
+/// A dual-stack web leg: one socket on IPv6's any-address takes an IPv4
+/// browser and an IPv6 one (a port per call, and the shared port). The
+/// IPv4 browser is seen as its IPv4 address (not `::ffff:…`), and each
+/// browser hears back from the address it sent to.
+fn a_dual_stack_web_leg_takes_both_families(options: RelayOptions) {
+    let shared = options.web_port.is_some();
+    let options = RelayOptions {
+        web_port: shared.then(|| "[::]:0".parse().unwrap()),
+        ..options
+    };
+    let relay = start_relay(2, options);
+    for browser_at in ["127.0.0.1:0", "[::1]:0"] {
+        let browser = UdpSocket::bind(browser_at).unwrap();
+        browser
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let sip_peer = udp();
+        let (web_socket, port) = if shared {
+            (None, relay.web_port().unwrap().port())
+        } else {
+            let own =
+                webrtc_sip_gateway::media::ports::bind_udp("[::]:0".parse().unwrap()).unwrap();
+            let port = own.local_addr().unwrap().port();
+            (Some(own), port)
+        };
+        // The browser sends to the gateway's address of its own family.
+        let gateway_web = SocketAddr::new(browser.local_addr().unwrap().ip(), port);
+        let (media, gateway_sip, events) = call_by_ice_on(&relay, web_socket, &sip_peer, true);
+        browser
+            .send_to(&ice_check("ourufrag", "ourpassword", 1), gateway_web)
+            .unwrap();
+        let Ok(RelayEvent::Packet(check)) = events.recv_timeout(Duration::from_secs(2)) else {
+            panic!("the check from {browser_at} was not handed over");
+        };
+        assert_eq!(
+            check.from,
+            browser.local_addr().unwrap(),
+            "as the browser is"
+        );
+        assert_eq!(check.to, Some(gateway_web.ip()), "the address it went to");
+        let mut tx = SrtpContext::new(&keys(1)).unwrap();
+        browser
+            .send_to(&srtp(&mut tx, &rtp_packet(0, 1, 5, b"in")), gateway_web)
+            .unwrap();
+        assert_eq!(recv(&sip_peer).unwrap(), rtp_packet(0, 1, 5, b"in"));
+        sip_peer
+            .send_to(&rtp_packet(0, 1, 9, b"out"), gateway_sip)
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let (n, from) = browser.recv_from(&mut buf).expect("media back");
+        assert_eq!(from, gateway_web, "from the address the browser sent to");
+        let mut back = buf[..n].to_vec();
+        let len = SrtpContext::new(&keys(2))
+            .unwrap()
+            .unprotect_rtp(&mut back)
+            .unwrap();
+        assert_eq!(&back[12..len], b"out");
+        drop(media);
+    }
+}
+
 /// Every test named, in module `$module`, with workers moving datagrams
 /// by `$io` and busy polling for `$busy_poll_us` after each turn.
 macro_rules! with_options {
@@ -1258,7 +1329,8 @@ each_io!(
     dtmf_relayed_reported_and_generated,
     dtmf_needs_telephone_event,
     a_new_sip_source_continues_our_numbering,
-    a_sip_peer_repeating_sequence_numbers_gets_no_index_twice
+    a_sip_peer_repeating_sequence_numbers_gets_no_index_twice,
+    a_dual_stack_web_leg_takes_both_families
 );
 
 // Busy-polling workers: traffic, control messages (calls added, ICE address
@@ -1292,5 +1364,6 @@ on_shared_port!(
     a_call_is_found_by_its_first_authentic_check,
     what_lands_on_another_worker_is_steered_to_the_call,
     a_call_that_never_hears_its_browser_leaves_cleanly,
-    calls_on_the_port_leave_while_packets_flow
+    calls_on_the_port_leave_while_packets_flow,
+    a_dual_stack_web_leg_takes_both_families
 );

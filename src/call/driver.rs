@@ -603,6 +603,12 @@ pub struct ReferRouting {
 }
 
 impl CallSettings {
+    /// What web sockets bind to: every address of the candidates' family,
+    /// both families (IPv6's any-address, dual-stack) when any is IPv6.
+    pub fn web_bind_address(&self) -> IpAddr {
+        web_bind_address(&self.web_addresses)
+    }
+
     /// The SDP connection address of the web leg: the first candidate
     /// (loopback if a caller built settings without any).
     pub fn web_connection_address(&self) -> IpAddr {
@@ -729,9 +735,7 @@ impl MediaPlane {
             let sip = self.sip_ports.bind(sip_bind)?;
             return Ok((None, sip, control_socket));
         }
-        let web = self
-            .web_ports
-            .bind(any_address(self.settings.web_connection_address()))?;
+        let web = self.web_ports.bind(self.settings.web_bind_address())?;
         let sip = self.sip_ports.bind(sip_bind)?;
         let control_socket = web.rtp.try_clone().map_err(media_error)?;
         Ok((Some(web), sip, control_socket))
@@ -1025,11 +1029,13 @@ fn srtp_pair(
         .transpose()
 }
 
-/// Every address of `like`'s family, to bind on.
-fn any_address(like: IpAddr) -> IpAddr {
-    match like {
-        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+/// What web sockets bind to for these candidates (see
+/// [`CallSettings::web_bind_address`]).
+pub fn web_bind_address(candidates: &[IpAddr]) -> IpAddr {
+    if candidates.iter().any(IpAddr::is_ipv6) {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
     }
 }
 

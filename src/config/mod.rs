@@ -1086,13 +1086,6 @@ impl Config {
         match media.public_address.parse() {
             Err(e) => p.add("media.public-address", e),
             Ok(ips) => {
-                if ips.iter().any(IpAddr::is_ipv4) && ips.iter().any(IpAddr::is_ipv6) {
-                    p.add(
-                        "media.public-address",
-                        "IPv4 and IPv6 addresses together are not supported on the web leg yet: \
-                         list addresses of one family",
-                    );
-                }
                 if ips
                     .iter()
                     .any(|ip| ip.is_unspecified() || ip.is_multicast())
@@ -1557,11 +1550,6 @@ mod tests {
                 "\"nope\" is not an IP address",
             ),
             (
-                "[media]\npublic-address = [\"192.0.2.1\", \"2001:db8::1\"]\n",
-                "media.public-address",
-                "IPv4 and IPv6",
-            ),
-            (
                 "[media]\npublic-address = \"0.0.0.0\"\n",
                 "media.public-address",
                 "unicast",
@@ -1585,6 +1573,12 @@ mod tests {
             let err = load(text).unwrap_err().to_string();
             assert!(err.contains(key) && err.contains(says), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn both_address_families_may_be_offered_to_browsers() {
+        let c = load("[media]\npublic-address = [\"192.0.2.1\", \"2001:db8::1\"]\n").unwrap();
+        assert_eq!(c.media.public_address.parse().unwrap().len(), 2);
     }
 
     #[test]

@@ -263,7 +263,8 @@ pub(super) fn read_control(control: &[u8]) -> (Option<u32>, Option<IpAddr>) {
             // in6_pktinfo: destination address, interface index.
             (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
                 if let Some(d) = data.get(..16).and_then(|d| <[u8; 16]>::try_from(d).ok()) {
-                    local = Some(IpAddr::V6(Ipv6Addr::from(d)));
+                    // An IPv4 datagram on a dual-stack socket: IPv4 again.
+                    local = Some(IpAddr::V6(Ipv6Addr::from(d)).to_canonical());
                 }
             }
             _ => {}
@@ -398,6 +399,17 @@ pub fn set_buffer_sizes(fd: RawFd, recv: usize, send: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// A sender's address as the rest of the gateway sees it: an IPv4 peer of a
+/// dual-stack socket (`::ffff:a.b.c.d`) as the IPv4 address it is, so ICE,
+/// source checks and STUN answers see one address whichever socket took it
+/// (a send to an IPv4 address from a dual-stack socket goes out as IPv4).
+pub(crate) fn canonical(v6: SocketAddrV6) -> SocketAddr {
+    match v6.ip().to_ipv4_mapped() {
+        Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, v6.port())),
+        None => SocketAddr::V6(v6),
+    }
+}
+
 fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match i32::from(s.ss_family) {
         libc::AF_INET => {
@@ -412,7 +424,7 @@ fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
         libc::AF_INET6 => {
             // SAFETY: as above, for sockaddr_in6 (family AF_INET6).
             let a: &libc::sockaddr_in6 = unsafe { &*(s as *const libc::sockaddr_storage).cast() };
-            Some(SocketAddr::V6(SocketAddrV6::new(
+            Some(canonical(SocketAddrV6::new(
                 Ipv6Addr::from(a.sin6_addr.s6_addr),
                 u16::from_be(a.sin6_port),
                 a.sin6_flowinfo,

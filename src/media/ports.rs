@@ -126,12 +126,12 @@ impl PortAllocator {
         let attempts = self.free_count();
         for _ in 0..attempts {
             let lease = self.lease()?;
-            let rtp = match UdpSocket::bind(SocketAddr::new(ip, lease.port)) {
+            let rtp = match bind_udp(SocketAddr::new(ip, lease.port)) {
                 Ok(s) => s,
                 Err(_) => continue,
             };
             let rtcp = if self.pairs {
-                match UdpSocket::bind(SocketAddr::new(ip, lease.port + 1)) {
+                match bind_udp(SocketAddr::new(ip, lease.port + 1)) {
                     Ok(s) => Some(s),
                     Err(_) => continue,
                 }
@@ -146,6 +146,23 @@ impl PortAllocator {
             max: pool.max,
         })
     }
+}
+
+/// A UDP socket on `at`; on IPv6's any-address it takes IPv4 too (as
+/// IPv4-mapped addresses, whatever `net.ipv6.bindv6only` says): a
+/// dual-stack web leg.
+pub fn bind_udp(at: SocketAddr) -> std::io::Result<UdpSocket> {
+    if !(at.is_ipv6() && at.ip().is_unspecified()) {
+        return UdpSocket::bind(at);
+    }
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV6,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_only_v6(false)?;
+    socket.bind(&at.into())?;
+    Ok(socket.into())
 }
 
 /// A leased port (or pair); dropping it returns the port to its range.

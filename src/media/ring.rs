@@ -681,7 +681,7 @@ fn address_from_bytes(name: &[u8]) -> Option<SocketAddr> {
             let flow = u32::from_ne_bytes(name.get(4..8)?.try_into().ok()?);
             let ip: [u8; 16] = name.get(8..24)?.try_into().ok()?;
             let scope = u32::from_ne_bytes(name.get(24..28)?.try_into().ok()?);
-            Some(SocketAddr::V6(SocketAddrV6::new(
+            Some(crate::media::batch::canonical(SocketAddrV6::new(
                 Ipv6Addr::from(ip),
                 port,
                 flow,

@@ -140,20 +140,19 @@ fn outbound_call_negotiation_maps_payload_types() {
     assert_eq!(pts(&back.audio.codecs), vec![0, 126]);
 }
 
-/// Every address of ours is a host candidate on the one port, the first
-/// preferred and in c=.
-#[test]
-fn answer_offers_a_candidate_per_address() {
+/// Our DTLS answer to Chromium's offer with host candidates `addresses` on
+/// `port`, the first in c= (as negotiated).
+fn dtls_answer_on(addresses: &[&str], port: u16) -> String {
     let browser = Description::parse(CHROMIUM).unwrap();
     let codecs = answer_codecs(&browser.audio.codecs, &browser.audio.codecs[0]).unwrap();
-    let addresses: Vec<IpAddr> = ["203.0.113.5", "192.0.2.10", "127.0.0.1"]
-        .iter()
-        .map(|a| a.parse().unwrap())
-        .collect();
-    let text = build::web_answer(&WebAnswer {
+    let addresses: Vec<IpAddr> = addresses.iter().map(|a| a.parse().unwrap()).collect();
+    build::web_answer(&WebAnswer {
         candidates: &addresses,
         offer: &browser,
-        local: local(20000),
+        local: Local {
+            address: addresses[0],
+            ..local(port)
+        },
         ice: &our_ice(),
         keying: AnswerKeying::Dtls {
             fingerprint: our_fingerprint(),
@@ -163,7 +162,14 @@ fn answer_offers_a_candidate_per_address() {
         direction: Direction::SendRecv,
         ssrc: 1234,
         cname: "gateway",
-    });
+    })
+}
+
+/// Every address of ours is a host candidate on the one port, the first
+/// preferred and in c=.
+#[test]
+fn answer_offers_a_candidate_per_address() {
+    let text = dtls_answer_on(&["203.0.113.5", "192.0.2.10", "127.0.0.1"], 20000);
     let candidates: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("a=candidate:"))
@@ -178,6 +184,21 @@ fn answer_offers_a_candidate_per_address() {
     );
     assert_eq!(text.matches("a=end-of-candidates").count(), 1);
     assert!(text.contains("c=IN IP4 203.0.113.5\r\n"));
+    Description::parse(&text).unwrap();
+}
+
+/// A dual-stack gateway whose first address is IPv6: `c=IN IP6`, and a
+/// host candidate per address of either family on the one port.
+#[test]
+fn an_ipv6_first_answer_says_ip6_and_offers_both_families() {
+    let text = dtls_answer_on(&["2001:db8::10", "192.0.2.10"], 3478);
+    assert!(text.contains("c=IN IP6 2001:db8::10\r\n"), "{text}");
+    for candidate in [
+        "a=candidate:1 1 udp 2130706431 2001:db8::10 3478 typ host",
+        "a=candidate:2 1 udp 2130706175 192.0.2.10 3478 typ host",
+    ] {
+        assert!(text.lines().any(|l| l == candidate), "{candidate}:\n{text}");
+    }
     Description::parse(&text).unwrap();
 }
 

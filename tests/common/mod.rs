@@ -385,36 +385,63 @@ pub enum Network {
     /// `eth0` as in `Lan`, and `eth1` = 198.51.100.10/24: a host with two
     /// interfaces.
     TwoInterfaces,
+    /// `eth0` = 2001:db8::10/64 only, the default route IPv6: an
+    /// IPv6-only network (loopback keeps 127.0.0.1 and ::1).
+    Ipv6Only,
+    /// `eth0` with 192.0.2.10/24 and 2001:db8::10/64, a default route for
+    /// each: a dual-stack host.
+    DualStack,
 }
 
 /// The LAN address of the namespace's `eth0`, and of `eth1` with
 /// [`Network::TwoInterfaces`].
 pub const LAN_ADDRESS: &str = "192.0.2.10";
 pub const SECOND_ADDRESS: &str = "198.51.100.10";
+/// The IPv6 address of `eth0` with [`Network::Ipv6Only`] and
+/// [`Network::DualStack`].
+pub const LAN_ADDRESS_V6: &str = "2001:db8::10";
 
 /// Shell commands that give a fresh network namespace its interfaces: each
 /// a veth pair with both ends up (the `dummy` link type is missing on
 /// these kernels), documentation-range addresses, nothing leaving the
 /// namespace.
 pub fn network_setup(network: Network) -> String {
-    let mut interfaces = vec![("eth0", "192.0.2.10/24")];
+    let mut interfaces = match network {
+        Network::Lan | Network::TwoInterfaces => vec![("eth0", "192.0.2.10/24")],
+        Network::Ipv6Only => vec![("eth0", "2001:db8::10/64")],
+        Network::DualStack => vec![("eth0", "192.0.2.10/24"), ("eth0", "2001:db8::10/64")],
+    };
     if network == Network::TwoInterfaces {
         interfaces.push(("eth1", "198.51.100.10/24"));
     }
     let mut script = String::from("set -e; ip link set lo up; ");
+    let mut made: Vec<&str> = Vec::new();
     for (name, address) in &interfaces {
         // No duplicate address detection: the IPv6 link-local address is
         // final at once instead of changing a second later, which Chromium
         // takes as a network change (ERR_NETWORK_CHANGED on a page load).
-        script.push_str(&format!(
-            "ip link add {name} type veth peer name {name}p; \
-             if [ -e /proc/sys/net/ipv6/conf/{name}/accept_dad ]; then \
-               echo 0 > /proc/sys/net/ipv6/conf/{name}/accept_dad; \
-               echo 0 > /proc/sys/net/ipv6/conf/{name}p/accept_dad; fi; \
-             ip addr add {address} dev {name}; ip link set {name} up; ip link set {name}p up; "
-        ));
+        if !made.contains(name) {
+            made.push(name);
+            script.push_str(&format!(
+                "ip link add {name} type veth peer name {name}p; \
+                 if [ -e /proc/sys/net/ipv6/conf/{name}/accept_dad ]; then \
+                   echo 0 > /proc/sys/net/ipv6/conf/{name}/accept_dad; \
+                   echo 0 > /proc/sys/net/ipv6/conf/{name}p/accept_dad; fi; "
+            ));
+        }
+        let nodad = if address.contains(':') { " nodad" } else { "" };
+        script.push_str(&format!("ip addr add {address} dev {name}{nodad}; "));
     }
-    script.push_str("ip route add default dev eth0; set +e; ");
+    for name in &made {
+        script.push_str(&format!("ip link set {name} up; ip link set {name}p up; "));
+    }
+    if network != Network::Ipv6Only {
+        script.push_str("ip route add default dev eth0; ");
+    }
+    if matches!(network, Network::Ipv6Only | Network::DualStack) {
+        script.push_str("ip -6 route add default dev eth0; ");
+    }
+    script.push_str("set +e; ");
     // Let the interfaces' addresses settle before anything starts: up to
     // 3 s for link-local addresses to appear and none to be tentative.
     script.push_str(

@@ -170,9 +170,10 @@ fn bind_group_at(at: SocketAddr, count: usize) -> io::Result<Vec<std::net::UdpSo
     for _ in 0..count.max(1) {
         let socket = Socket::new(Domain::for_address(at), Type::DGRAM, Some(Protocol::UDP))?;
         socket.set_reuse_port(true)?;
-        if at.is_ipv6() {
-            // IPv6 only here; a dual-stack web leg is a matter of its own.
-            socket.set_only_v6(true)?;
+        if at.is_ipv6() && at.ip().is_unspecified() {
+            // Dual-stack: IPv4 browsers arrive as IPv4-mapped addresses,
+            // which the receive path turns back into IPv4 ones.
+            socket.set_only_v6(false)?;
         }
         socket.bind(&at.into())?;
         sockets.push(socket.into());
