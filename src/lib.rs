@@ -115,6 +115,7 @@ impl Gateway {
             &shutdown_rx,
             &mut tasks,
         )?;
+        startup::serve_ice_tcp(&config, &addresses, &relay, &shutdown_rx, &mut tasks).await?;
         tasks.push(tokio::spawn(startup::reap_sessions(
             state.clone(),
             shutdown_rx.clone(),

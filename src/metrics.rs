@@ -397,6 +397,11 @@ struct LegDirection {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LegCause {
     leg: &'static str,
     cause: &'static str,
@@ -519,6 +524,25 @@ impl Collector for RelayCollector {
             )?;
             ConstCounter::new(port.steered).encode(steered)?;
         }
+        let tcp = self.0.ice_tcp_counters();
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        counter_family(
+            &mut encoder,
+            "media_ice_tcp_connections",
+            "ICE-TCP connections from browsers, by outcome: accepted, connected (an ICE check answered with success), refused (closed before that)",
+            &[
+                (Outcome { outcome: "accepted" }, load(&tcp.accepted)),
+                (Outcome { outcome: "connected" }, load(&tcp.connected)),
+                (Outcome { outcome: "refused" }, load(&tcp.refused)),
+            ],
+        )?;
+        let dropped = encoder.encode_descriptor(
+            "media_ice_tcp_dropped",
+            "Datagrams an ICE-TCP bridge dropped: a browser connection too slow to take them, or a call that refused them",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(load(&tcp.dropped)).encode(dropped)?;
         let calls = encoder.encode_descriptor(
             "media_calls",
             "Calls the relay carries now",

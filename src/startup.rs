@@ -53,6 +53,50 @@ pub(crate) fn relay(
     Ok(relay)
 }
 
+/// The ICE-TCP listener on `[media] web-tcp-port` (if set), bridging
+/// browsers whose UDP is blocked into the relay (`media::ice_tcp`).
+pub(crate) async fn serve_ice_tcp(
+    config: &Config,
+    addresses: &MediaAddresses,
+    relay: &Arc<Relay>,
+    shutdown: &watch::Receiver<bool>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<(), StartError> {
+    let port = config.media.web_tcp_port;
+    if port == 0 {
+        return Ok(());
+    }
+    let at = SocketAddr::new(call::driver::web_bind_address(&addresses.web), port);
+    let listener = bind_tcp_dual_stack(at).map_err(|e| {
+        StartError::Setup(format!("media.web-tcp-port: cannot listen on {at}: {e}"))
+    })?;
+    info!(at = %at, "ICE-TCP listening (browsers whose UDP is blocked)");
+    tasks.push(tokio::spawn(media::ice_tcp::serve(
+        listener,
+        relay.clone(),
+        relay.ice_tcp_counters(),
+        shutdown.clone(),
+    )));
+    Ok(())
+}
+
+/// A TCP listener on `at`; on IPv6's any-address it takes IPv4 too.
+fn bind_tcp_dual_stack(at: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(at),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if at.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&at.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
 /// The process's DTLS certificate for browser legs.
 pub(crate) fn dtls_identity() -> Result<DtlsIdentity, StartError> {
     let identity = DtlsIdentity::generate()
@@ -85,6 +129,7 @@ pub(crate) fn media_plane(
     );
     let settings = call::driver::CallSettings {
         web_addresses: addresses.web.clone(),
+        web_tcp_port: m.web_tcp_port,
         web_enable_dtls: m.web_enable_dtls,
         transcode: m.transcode,
         consent_timeout: Duration::from_secs(m.consent_timeout_s),

@@ -397,6 +397,72 @@ fn a_dual_stack_host_takes_both_families_on_one_web_port() {
     );
 }
 
+/// A browser whose UDP to the gateway is dropped (an nftables rule in
+/// this namespace: every UDP datagram to the gateway's LAN address) falls
+/// back to ICE-TCP (`[media] web-tcp-port`): it connects to our passive TCP
+/// candidate, its check is answered, and the call carries the tone both
+/// ways over the connection. The same call over UDP is not possible here.
+#[test]
+fn a_browser_without_udp_falls_back_to_ice_tcp() {
+    if !common::inside_namespace("a_browser_without_udp_falls_back_to_ice_tcp") {
+        return;
+    }
+    let nft = |args: &[&str]| {
+        let ok = Command::new("nft").args(args).status().unwrap().success();
+        assert!(ok, "nft {args:?}");
+    };
+    nft(&["add", "table", "inet", "noudp"]);
+    nft(&[
+        "add",
+        "chain",
+        "inet",
+        "noudp",
+        "in",
+        "{ type filter hook input priority 0 ; }",
+    ]);
+    let rule = format!("ip daddr {} udp dport 1024-65535 drop", common::LAN_ADDRESS);
+    nft(&["add", "rule", "inet", "noudp", "in", &rule]);
+    // With a UDP port per call, and with the one shared UDP port.
+    for media in [
+        "[media]\nweb-tcp-port = 8444\n",
+        "[media]\nweb-port = 3478\nweb-tcp-port = 8444\n",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let gw = common::Gateway::start("", media);
+        let url = format!("https://127.0.0.1:{}", gw.https.port());
+        let r = browser("demo", &url, dir.path());
+        assert_eq!(r["answered"], true, "{media}: {r}");
+        assert_eq!(
+            r["heard"], true,
+            "{media}: the tone came back over TCP: {r}"
+        );
+        let selected = &r["selected"]["remote"];
+        assert_eq!(
+            selected.as_str(),
+            Some(format!("{}:8444", common::LAN_ADDRESS).as_str()),
+            "{media}: the browser's path is our TCP candidate: {r}"
+        );
+        let stats = &r["stats"];
+        assert!(
+            stats["browser"]["packetsReceived"].as_u64().unwrap_or(0) > 100,
+            "{r}"
+        );
+        let web = &stats["gateway"]["stats"]["web"];
+        assert!(web["packets_in"].as_u64().unwrap_or(0) > 100, "{web}");
+        block_on(async {
+            let text = gw.metrics_text().await;
+            let connected = "gateway_media_ice_tcp_connections_total{outcome=\"connected\"} ";
+            let value = text
+                .lines()
+                .find_map(|l| l.strip_prefix(connected))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no ICE-TCP series: {text}"));
+            assert!(value >= 1.0, "{text}");
+        });
+    }
+    nft(&["delete", "table", "inet", "noudp"]);
+}
+
 /// A gateway that advertises an address the browser cannot reach: the
 /// call is answered in signaling, and the demo page says in words that no
 /// media path was found, naming the address (not just "answered").

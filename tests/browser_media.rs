@@ -97,6 +97,7 @@ fn run_call(wrong_fingerprint: bool) {
     };
     let answer = build::web_answer(&WebAnswer {
         candidates: &[],
+        tcp_port: 0,
         offer: &offer,
         local: Local {
             address: common::LAN_ADDRESS.parse().unwrap(),

@@ -101,6 +101,7 @@ fn answer_for(offer_text: &str) -> String {
     let codecs = answer_codecs(&offer.audio.codecs, &pcmu).unwrap();
     build::web_answer(&WebAnswer {
         candidates: &[],
+        tcp_port: 0,
         offer: &offer,
         local: local(),
         ice: &ice(),
@@ -144,6 +145,7 @@ fn chromium_answers_our_offer() {
     let fingerprint = Fingerprint { sha256: [0x5a; 32] };
     let offer = build::web_offer(&WebOffer {
         candidates: &[],
+        tcp_port: 0,
         local: local(),
         ice: &ice(),
         fingerprint: Some(&fingerprint),

@@ -17,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(chosen) = answer_codecs(&offer.audio.codecs, &codecs[0]) else { return };
     let answer = build::web_answer(&WebAnswer {
         candidates: &[],
+        tcp_port: 9,
         offer: &offer,
         local: Local { address: "192.0.2.1".parse().unwrap(), port: 20000, session_id: 1, session_version: 1 },
         ice: &IceCredentials { ufrag: "abcd".into(), pwd: "0123456789abcdefghijklmn".into() },

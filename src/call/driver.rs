@@ -565,6 +565,8 @@ pub struct CallSettings {
     /// Our web-leg addresses offered to browsers as ICE candidates (never
     /// empty); the first is the SDP connection address.
     pub web_addresses: Vec<IpAddr>,
+    /// Our ICE-TCP port (`[media] web-tcp-port`; 0: none).
+    pub web_tcp_port: u16,
     pub web_enable_dtls: bool,
     /// When a call's audio is transcoded (`[media] transcode`).
     pub transcode: TranscodePolicy,
@@ -686,6 +688,7 @@ impl MediaPlane {
         NegotiationContext {
             web_addresses: self.settings.web_addresses.clone(),
             web_port,
+            web_tcp_port: self.settings.web_tcp_port,
             sip_address,
             sip_port: sip.lease.port(),
             web_enable_dtls: self.settings.web_enable_dtls,

@@ -144,6 +144,8 @@ pub struct WebLocal<'a> {
     /// address.
     pub addresses: &'a [IpAddr],
     pub port: u16,
+    /// Our ICE-TCP port; 0: no TCP candidates.
+    pub tcp_port: u16,
     pub identity: &'a DtlsIdentity,
     pub consent_timeout: Duration,
     pub rtp_timeout: Duration,
@@ -265,6 +267,7 @@ pub fn negotiate(
     let web_sdp = build::web_answer(&WebAnswer {
         offer: &plan.offer,
         candidates: local.addresses,
+        tcp_port: local.tcp_port,
         local: Local {
             address,
             port: local.port,
@@ -457,6 +460,8 @@ pub struct NegotiationContext {
     /// connection address.
     pub web_addresses: Vec<IpAddr>,
     pub web_port: u16,
+    /// Our ICE-TCP port (`[media] web-tcp-port`); 0: none.
+    pub web_tcp_port: u16,
     /// Our SIP leg address (c= toward the far end) and RTP port.
     pub sip_address: IpAddr,
     pub sip_port: u16,
@@ -473,6 +478,7 @@ impl NegotiationContext {
         WebLocal {
             addresses: &self.web_addresses,
             port: self.web_port,
+            tcp_port: self.web_tcp_port,
             identity: &self.identity,
             consent_timeout: self.consent_timeout,
             rtp_timeout: self.rtp_timeout,
@@ -1052,6 +1058,7 @@ impl Negotiator {
         offer.web_session_id = u64::from(random.u32());
         let web_sdp = build::web_offer(&WebOffer {
             candidates: &context.web_addresses,
+            tcp_port: context.web_tcp_port,
             local: Local {
                 address: context
                     .web_addresses
@@ -1422,6 +1429,7 @@ impl Negotiator {
             .copied()
             .ok_or_else(|| SdpError::Internal("no address for the web leg".into()))?;
         let (port, candidates) = (self.context.web_port, self.context.web_addresses.clone());
+        let tcp_port = self.context.web_tcp_port;
         let fresh_ice = IceCredentials {
             ufrag: self.random.ice_token(6),
             pwd: self.random.ice_token(18),
@@ -1485,6 +1493,7 @@ impl Negotiator {
                 session_version: web.version,
             },
             candidates: &candidates,
+            tcp_port,
             ice: &web.local_ice,
             keying: web.keying.clone(),
             codecs: &codecs,

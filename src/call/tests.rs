@@ -368,6 +368,7 @@ fn local(identity: &crate::webrtc::dtls::DtlsIdentity) -> WebLocal<'_> {
     WebLocal {
         addresses: &WEB_ADDRESSES,
         port: 20002,
+        tcp_port: 0,
         identity,
         consent_timeout: Duration::from_secs(30),
         rtp_timeout: Duration::from_secs(30),
@@ -638,6 +639,7 @@ fn context(identity: &crate::webrtc::dtls::DtlsIdentity) -> negotiate::Negotiati
     negotiate::NegotiationContext {
         web_addresses: WEB_ADDRESSES.to_vec(),
         web_port: 20002,
+        web_tcp_port: 0,
         sip_address: "192.0.2.10".parse().unwrap(),
         sip_port: 30000,
         web_enable_dtls: true,

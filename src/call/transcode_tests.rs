@@ -40,6 +40,7 @@ fn local(identity: &DtlsIdentity) -> WebLocal<'_> {
     WebLocal {
         addresses: &[],
         port: 20002,
+        tcp_port: 0,
         identity,
         consent_timeout: Duration::from_secs(30),
         rtp_timeout: Duration::from_secs(30),
@@ -192,6 +193,7 @@ fn context(identity: &DtlsIdentity, transcode: TranscodePolicy) -> NegotiationCo
     NegotiationContext {
         web_addresses: vec!["198.51.100.1".parse().unwrap()],
         web_port: 20002,
+        web_tcp_port: 0,
         sip_address: "192.0.2.10".parse().unwrap(),
         sip_port: 30000,
         web_enable_dtls: true,

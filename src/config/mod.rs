@@ -513,6 +513,8 @@ pub struct MediaConfig {
     /// One UDP port for every call's web leg (0: a port per call from
     /// `web-port-min`..`web-port-max`).
     pub web_port: u16,
+    /// The ICE-TCP port for browsers whose UDP is blocked (0: none).
+    pub web_tcp_port: u16,
     pub web_port_min: u16,
     pub web_port_max: u16,
     pub sip_port_min: u16,
@@ -566,6 +568,7 @@ impl Default for MediaConfig {
         MediaConfig {
             public_address: AddressList::default(),
             web_port: 0,
+            web_tcp_port: 0,
             web_port_min: 20_000,
             web_port_max: 29_999,
             sip_port_min: 30_000,
@@ -1121,6 +1124,24 @@ impl Config {
                 "must be at most 256 (0 = one per core)",
             );
         }
+        // ICE-TCP listens on every address: no other TCP listener of ours
+        // may have its port.
+        if media.web_tcp_port != 0 {
+            for (key, listen) in [
+                ("http.tls-listen", &self.http.tls_listen),
+                ("http.listen", &self.http.listen),
+                ("admin.listen", &self.admin.listen),
+                ("sip.listen", &sip.listen),
+            ] {
+                let port = listen.parse::<SocketAddr>().map(|a| a.port());
+                if port == Ok(media.web_tcp_port) {
+                    p.add(
+                        "media.web-tcp-port",
+                        format!("{} is {key}'s port too", media.web_tcp_port),
+                    );
+                }
+            }
+        }
         // One web port for all calls, else a range of them.
         let (web_min, web_max) = if media.web_port != 0 {
             (media.web_port, media.web_port)
@@ -1474,6 +1495,19 @@ mod tests {
         assert!(load("[media]\nweb-port = 3478\nweb-port-min = 30000\n").is_ok());
         let err = load("[media]\nweb-port = 70000\n").unwrap_err();
         assert!(err.to_string().contains("web-port"), "{err}");
+    }
+
+    #[test]
+    fn the_ice_tcp_port_is_no_other_listeners() {
+        assert!(load("[media]\nweb-tcp-port = 3479\n").is_ok());
+        let p = problems("[media]\nweb-tcp-port = 8443\n");
+        assert!(
+            p.iter()
+                .any(|p| p.key == "media.web-tcp-port" && p.problem.contains("http.tls-listen")),
+            "{p:?}"
+        );
+        let p = problems("[media]\nweb-tcp-port = 5070\n");
+        assert!(p.iter().any(|p| p.problem.contains("sip.listen")), "{p:?}");
     }
 
     #[test]

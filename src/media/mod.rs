@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod dtmf;
+pub mod ice_tcp;
 pub mod payload_map;
 pub mod ports;
 pub mod reception;

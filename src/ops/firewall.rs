@@ -123,6 +123,12 @@ pub fn render(
     rule(format!(
         "udp dport {web_range} accept comment \"browser media: ICE, DTLS-SRTP, SRTP\""
     ));
+    if media.web_tcp_port != 0 {
+        rule(format!(
+            "tcp dport {} accept comment \"browser media over TCP (ICE-TCP), when UDP is blocked\"",
+            media.web_tcp_port
+        ));
+    }
     if sources.is_empty() {
         rule(
             "# SIP side: no sip.server and no trusted-sources (echo only), so it stays closed"
@@ -230,6 +236,16 @@ mod tests {
             "{rules}"
         );
         assert!(!rules.contains("20000-29999"), "{rules}");
+        let rules = render(
+            &config("[media]\nweb-port = 3478\nweb-tcp-port = 3479\n"),
+            &[],
+            "test",
+        )
+        .unwrap();
+        assert!(
+            rules.contains("tcp dport 3479 accept comment \"browser media over TCP"),
+            "{rules}"
+        );
     }
 
     #[test]

@@ -76,7 +76,13 @@ fn codec_lines(out: &mut String, codecs: &[Codec]) {
     }
 }
 
-fn ice_lines(out: &mut String, ice: &IceCredentials, local: &Local, candidates: &[IpAddr]) {
+fn ice_lines(
+    out: &mut String,
+    ice: &IceCredentials,
+    local: &Local,
+    candidates: &[IpAddr],
+    tcp_port: u16,
+) {
     let _ = write!(
         out,
         "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n",
@@ -101,8 +107,25 @@ fn ice_lines(out: &mut String, ice: &IceCredentials, local: &Local, candidates: 
             local.port
         );
     }
+    // ICE-TCP (RFC 6544): a passive candidate per address for browsers
+    // whose UDP is blocked, with a type preference below UDP's (our
+    // choice within §4.2's freedom), so UDP wins wherever it works.
+    if tcp_port != 0 {
+        for (i, address) in addresses.iter().enumerate() {
+            let local_preference = 65_535u32.saturating_sub(i as u32);
+            let priority = (TCP_TYPE_PREFERENCE << 24) | (local_preference << 8) | 255;
+            let _ = write!(
+                out,
+                "a=candidate:{} 1 tcp {priority} {address} {tcp_port} typ host tcptype passive\r\n",
+                addresses.len() + i + 1,
+            );
+        }
+    }
     out.push_str("a=end-of-candidates\r\n");
 }
+
+/// Type preference of our ICE-TCP candidates: below a UDP host's 126.
+const TCP_TYPE_PREFERENCE: u32 = 90;
 
 /// The web leg's answer to a browser offer.
 pub struct WebAnswer<'a> {
@@ -111,6 +134,8 @@ pub struct WebAnswer<'a> {
     /// address offered (the first should be `local.address`; empty: only it).
     pub local: Local,
     pub candidates: &'a [IpAddr],
+    /// Our ICE-TCP port (passive candidates on every address); 0: none.
+    pub tcp_port: u16,
     pub ice: &'a IceCredentials,
     pub keying: AnswerKeying,
     /// The codecs the call uses, numbered as in the browser's offer.
@@ -146,7 +171,7 @@ pub fn web_answer(a: &WebAnswer<'_>) -> String {
                     let _ = write!(out, "a=mid:{mid}\r\n");
                 }
                 let _ = write!(out, "a={}\r\na=rtcp-mux\r\n", a.direction.as_str());
-                ice_lines(&mut out, a.ice, &a.local, a.candidates);
+                ice_lines(&mut out, a.ice, &a.local, a.candidates, a.tcp_port);
                 match &a.keying {
                     AnswerKeying::Dtls { fingerprint, setup } => {
                         let _ = write!(
@@ -182,6 +207,8 @@ pub struct WebOffer<'a> {
     /// As in [`WebAnswer`]: the connection address and the candidates.
     pub local: Local,
     pub candidates: &'a [IpAddr],
+    /// Our ICE-TCP port (passive candidates on every address); 0: none.
+    pub tcp_port: u16,
     pub ice: &'a IceCredentials,
     /// Our certificate's fingerprint, when DTLS is enabled.
     pub fingerprint: Option<&'a Fingerprint>,
@@ -214,7 +241,7 @@ pub fn web_offer(o: &WebOffer<'_>) -> String {
         "a=mid:0\r\na={}\r\na=rtcp-mux\r\n",
         o.direction.as_str()
     );
-    ice_lines(&mut out, o.ice, &o.local, o.candidates);
+    ice_lines(&mut out, o.ice, &o.local, o.candidates, o.tcp_port);
     if let Some(fp) = o.fingerprint {
         let _ = write!(
             out,

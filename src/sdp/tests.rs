@@ -109,6 +109,7 @@ fn outbound_call_negotiation_maps_payload_types() {
     assert_eq!(pts(&codecs), vec![0, 126]);
     let text = build::web_answer(&WebAnswer {
         candidates: &[],
+        tcp_port: 0,
         offer: &browser,
         local: local(20000),
         ice: &our_ice(),
@@ -143,11 +144,17 @@ fn outbound_call_negotiation_maps_payload_types() {
 /// Our DTLS answer to Chromium's offer with host candidates `addresses` on
 /// `port`, the first in c= (as negotiated).
 fn dtls_answer_on(addresses: &[&str], port: u16) -> String {
+    dtls_answer_with_tcp(addresses, port, 0)
+}
+
+/// [`dtls_answer_on`] with ICE-TCP candidates on `tcp_port` (0: none).
+fn dtls_answer_with_tcp(addresses: &[&str], port: u16, tcp_port: u16) -> String {
     let browser = Description::parse(CHROMIUM).unwrap();
     let codecs = answer_codecs(&browser.audio.codecs, &browser.audio.codecs[0]).unwrap();
     let addresses: Vec<IpAddr> = addresses.iter().map(|a| a.parse().unwrap()).collect();
     build::web_answer(&WebAnswer {
         candidates: &addresses,
+        tcp_port,
         offer: &browser,
         local: Local {
             address: addresses[0],
@@ -202,6 +209,41 @@ fn an_ipv6_first_answer_says_ip6_and_offers_both_families() {
     Description::parse(&text).unwrap();
 }
 
+/// With ICE-TCP on: a passive TCP candidate per address on the TCP port,
+/// every one below every UDP candidate in priority.
+#[test]
+fn ice_tcp_adds_passive_candidates_below_udp() {
+    let text = dtls_answer_with_tcp(&["192.0.2.10", "2001:db8::10"], 3478, 8444);
+    let candidates: Vec<Vec<&str>> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=candidate:"))
+        .map(|l| l.split(' ').collect())
+        .collect();
+    assert_eq!(candidates.len(), 4, "{text}");
+    let tcp: Vec<&Vec<&str>> = candidates.iter().filter(|c| c[2] == "tcp").collect();
+    assert_eq!(tcp.len(), 2);
+    for c in &tcp {
+        assert_eq!(
+            &c[5..],
+            ["8444", "typ", "host", "tcptype", "passive"],
+            "{text}"
+        );
+    }
+    let lowest_udp = candidates
+        .iter()
+        .filter(|c| c[2] == "udp")
+        .map(|c| c[3].parse::<u32>().unwrap())
+        .min()
+        .unwrap();
+    assert!(tcp
+        .iter()
+        .all(|c| c[3].parse::<u32>().unwrap() < lowest_udp));
+    // Foundations stay distinct.
+    let foundations: std::collections::HashSet<&str> = candidates.iter().map(|c| c[0]).collect();
+    assert_eq!(foundations.len(), 4);
+    Description::parse(&text).unwrap();
+}
+
 #[test]
 fn opus_call_keeps_48k_telephone_event() {
     let browser = Description::parse(CHROMIUM).unwrap();
@@ -217,6 +259,7 @@ fn video_is_rejected_cleanly() {
     let codecs = answer_codecs(&browser.audio.codecs, &browser.audio.codecs[0]).unwrap();
     let text = build::web_answer(&WebAnswer {
         candidates: &[],
+        tcp_port: 0,
         offer: &browser,
         local: local(20002),
         ice: &our_ice(),
@@ -272,6 +315,7 @@ fn sdes_only_browser_offer_gets_sdes() {
     let codecs = answer_codecs(&d.audio.codecs, &d.audio.codecs[0]).unwrap();
     let text = build::web_answer(&WebAnswer {
         candidates: &[],
+        tcp_port: 0,
         offer: &d,
         local: local(20004),
         ice: &our_ice(),
@@ -311,6 +355,7 @@ fn incoming_call_offer_to_browser() {
         let fp = our_fingerprint();
         let text = build::web_offer(&WebOffer {
             candidates: &[],
+            tcp_port: 0,
             local: local(20006),
             ice: &our_ice(),
             fingerprint: dtls.then_some(&fp),

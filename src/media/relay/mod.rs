@@ -191,6 +191,35 @@ pub struct Relay {
     totals: Arc<Totals>,
     /// The one web port every call's browser leg uses, if configured.
     port: Option<Arc<SharedWebPort>>,
+    /// Each call's ICE ufrag and the UDP port its browser media reaches
+    /// (its own or the shared one): where ICE-TCP hands a connection's
+    /// datagrams. Control path only.
+    web_ports_by_call: std::sync::Mutex<HashMap<u64, CallWebPort>>,
+    /// What the ICE-TCP listener (if any) has done.
+    ice_tcp: Arc<IceTcpCounters>,
+}
+
+/// A call's ICE ufrag and the UDP port its browser media reaches.
+type CallWebPort = (Box<[u8]>, u16);
+
+/// What the ICE-TCP listener (`media::ice_tcp`) did, for the metrics.
+#[derive(Debug, Default)]
+pub struct IceTcpCounters {
+    /// Connections accepted.
+    pub accepted: AtomicU64,
+    /// Connections whose ICE check was answered with success.
+    pub connected: AtomicU64,
+    /// Closed before that: not a check for a known call, bad framing, no
+    /// success in time, or over the connection limit.
+    pub refused: AtomicU64,
+    /// Datagrams dropped toward a browser whose connection could not take
+    /// them, or toward the call's port when it refused them.
+    pub dropped: AtomicU64,
+}
+
+/// Our ufrag in a browser's binding request (the USERNAME's first part).
+pub fn check_ufrag(packet: &[u8]) -> Option<&[u8]> {
+    web_port::ufrag_of(packet)
 }
 
 /// What the shared web port has dropped or steered (all calls together).
@@ -314,7 +343,51 @@ impl Relay {
             next_id: AtomicU64::new(1),
             totals,
             port,
+            web_ports_by_call: std::sync::Mutex::new(HashMap::new()),
+            ice_tcp: Arc::default(),
         }))
+    }
+
+    /// The UDP port the browser media of the call whose ICE ufrag is
+    /// `ufrag` reaches (see `ice_tcp`).
+    pub fn web_port_for_ufrag(&self, ufrag: &[u8]) -> Option<u16> {
+        self.web_ports_by_call
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .find(|(u, _)| &**u == ufrag)
+            .map(|&(_, port)| port)
+    }
+
+    fn web_port_for_id(&self, id: u64) -> Option<u16> {
+        self.web_ports_by_call
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .map(|&(_, port)| port)
+    }
+
+    /// Notes call `id`'s ufrag (None: forget the call), keeping its port
+    /// (`udp_port` for a new call).
+    fn note_web_port(&self, id: u64, ufrag: Option<&[u8]>, udp_port: u16) {
+        let mut calls = self
+            .web_ports_by_call
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match ufrag {
+            Some(u) => {
+                let port = calls.get(&id).map_or(udp_port, |&(_, p)| p);
+                calls.insert(id, (u.into(), port));
+            }
+            None => {
+                calls.remove(&id);
+            }
+        }
+    }
+
+    /// The ICE-TCP listener's counters (it bridges into this relay).
+    pub fn ice_tcp_counters(&self) -> Arc<IceTcpCounters> {
+        self.ice_tcp.clone()
     }
 
     /// The shared web port's address, if the relay has one.
@@ -376,6 +449,14 @@ impl Relay {
         let shared = setup.web_socket.is_none();
         if shared && self.port.is_none() {
             return Err(RelayError::NoWebPort);
+        }
+        let udp_port = match (&setup.web_socket, &self.port) {
+            (Some(own), _) => own.local_addr().map(|a| a.port()).ok(),
+            (None, Some(port)) => Some(port.address.port()),
+            (None, None) => None,
+        };
+        if let (Some(ufrag), Some(udp_port)) = (&setup.web_ufrag, udp_port) {
+            self.note_web_port(id, Some(ufrag.as_bytes()), udp_port);
         }
         let sip_event = setup.payload_map.sip_telephone_event();
         let stats = Arc::new(CallStats::default());
@@ -492,6 +573,9 @@ impl CallMedia {
     /// signed with a new password now, which `verifier` knows; the
     /// addresses checked before are forgotten.
     pub fn set_web_ice(&self, ufrag: &str, verifier: CheckVerifier) -> Result<(), RelayError> {
+        if self.relay.web_port_for_id(self.id).is_some() {
+            self.relay.note_web_port(self.id, Some(ufrag.as_bytes()), 0);
+        }
         self.control(Control::WebCheckVerifier(self.id, verifier), Some(ufrag))
     }
 
@@ -533,6 +617,7 @@ impl CallMedia {
 
 impl Drop for CallMedia {
     fn drop(&mut self) {
+        self.relay.note_web_port(self.id, None, 0);
         let _ = self.control(Control::Remove(self.id), None);
     }
 }
