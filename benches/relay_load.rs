@@ -357,8 +357,11 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64, relay_options: Option<Re
         "\nN = {n} calls, {transcoded} of them transcoded (max backlog for a sustained rate: {} ms)",
         MAX_BACKLOG_US / 1000
     );
-    println!("  offered pps | received pps | loss %  | backlog ms | relay CPU ns/packet");
+    println!(
+        "  offered pps | received pps | loss %  | backlog ms | relay CPU ns/packet | of it user"
+    );
     for &rate in rates {
+        let (user_before, _) = worker_cpu_split_ns();
         let cpu_before = worker_cpu_ns();
         let totals = || relay.as_ref().map(|r| r.totals()).unwrap_or_default();
         let (web_before, sip_before) = totals();
@@ -369,14 +372,16 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64, relay_options: Option<Re
             ..
         } = measure(&mut t, rate, seconds, false);
         let cpu = worker_cpu_ns().saturating_sub(cpu_before);
+        let user = worker_cpu_split_ns().0.saturating_sub(user_before);
         let (web_after, sip_after) = totals();
         let loss = 100.0 * (sent.saturating_sub(received)) as f64 / sent.max(1) as f64;
         let ns_per_packet = cpu as f64 / received.max(1) as f64;
         let achieved = sent / seconds;
         println!(
-            "  {achieved:>11} | {:>12} | {loss:>7.3} | {:>10.1} | {ns_per_packet:>8.0}",
+            "  {achieved:>11} | {:>12} | {loss:>7.3} | {:>10.1} | {ns_per_packet:>8.0}            | {:>6.0}",
             received / seconds,
-            backlog_us as f64 / 1e3
+            backlog_us as f64 / 1e3,
+            user as f64 / received.max(1) as f64
         );
         let dropped_in = web_after.dropped_overload - web_before.dropped_overload;
         let dropped_out = sip_after.dropped_overload - sip_before.dropped_overload;
@@ -573,16 +578,25 @@ fn pin_worker_to_cpu(cpu: usize) {
 
 /// CPU time (user + system) of the relay worker thread, from /proc.
 fn worker_cpu_ns() -> u64 {
+    let (user, system) = worker_cpu_split_ns();
+    user + system
+}
+
+/// The relay worker's CPU time so far: (user, system) in ns.
+fn worker_cpu_split_ns() -> (u64, u64) {
     let tick_ns = 1e9 / 100.0; // USER_HZ
     let Some(task) = worker_task() else {
-        return 0;
+        return (0, 0);
     };
     let stat = std::fs::read_to_string(task.join("stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
     let utime: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
     let stime: u64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    ((utime + stime) as f64 * tick_ns) as u64
+    (
+        (utime as f64 * tick_ns) as u64,
+        (stime as f64 * tick_ns) as u64,
+    )
 }
 
 /// The second process: a browser socket sending SRTP to every call's web
