@@ -1037,6 +1037,50 @@ fn port_relay_with_sip_ports(
     (relay, port, PortAllocator::new(base, base + 79, true))
 }
 
+/// Shared web port, ICE restart: after `set_web_ice` the call is found by
+/// its new ufrag from a new address (on whichever worker it lands) and no
+/// longer by the old one; its media from the new address flows.
+fn an_ice_restart_finds_the_call_by_its_new_ufrag(options: RelayOptions) {
+    let relay = start_relay(2, options);
+    let port = relay.web_port().unwrap();
+    let sip_peer = udp();
+    let (media, _, events) = call_by_ice(&relay, &sip_peer, true);
+    let first = udp();
+    first
+        .send_to(&ice_check("ourufrag", "ourpassword", 1), port)
+        .unwrap();
+    assert!(matches!(
+        events.recv_timeout(Duration::from_secs(2)),
+        Ok(RelayEvent::Packet(_))
+    ));
+    media
+        .set_web_ice("newufrag", check_verifier("newpassword"))
+        .unwrap();
+    // Old credentials from a new address find nothing now.
+    let stale = udp();
+    stale
+        .send_to(&ice_check("ourufrag", "ourpassword", 2), port)
+        .unwrap();
+    until("the old ufrag is gone", || {
+        relay.web_port_counters().unknown_source == 1
+    });
+    // New ones do, from several new addresses (some on the other worker).
+    let mut tx = SrtpContext::new(&keys(1)).unwrap();
+    for k in 0..8u16 {
+        let b = udp();
+        b.send_to(&ice_check("newufrag", "newpassword", 3), port)
+            .unwrap();
+        let Ok(RelayEvent::Packet(handed)) = events.recv_timeout(Duration::from_secs(2)) else {
+            panic!("check {k} with the new ufrag was not handed over");
+        };
+        assert_eq!(handed.from, b.local_addr().unwrap());
+        b.send_to(&srtp(&mut tx, &rtp_packet(0, k + 1, 5, b"r")), port)
+            .unwrap();
+        assert_eq!(recv(&sip_peer).unwrap(), rtp_packet(0, k + 1, 5, b"r"));
+    }
+    assert!(events.try_recv().is_err(), "the stale check reached nobody");
+}
+
 /// Shared web port: calls whose browser never speaks take every control
 /// message while they wait and leave cleanly when dropped — their SIP
 /// ports return, their ufrag finds nothing any more.
@@ -1365,5 +1409,6 @@ on_shared_port!(
     what_lands_on_another_worker_is_steered_to_the_call,
     a_call_that_never_hears_its_browser_leaves_cleanly,
     calls_on_the_port_leave_while_packets_flow,
-    a_dual_stack_web_leg_takes_both_families
+    a_dual_stack_web_leg_takes_both_families,
+    an_ice_restart_finds_the_call_by_its_new_ufrag
 );

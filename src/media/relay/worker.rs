@@ -178,7 +178,11 @@ impl Worker {
             }
             Control::WebCheckVerifier(id, verifier) => {
                 if let Some(call) = self.call_mut(id) {
+                    // The version goes on: the shared port's routes must
+                    // notice the checked addresses went.
+                    let version = call.web.checked.version.wrapping_add(1);
                     call.web.checked = CheckedSources::new(Some(verifier));
+                    call.web.checked.version = version;
                 }
             }
             Control::SipFar(id, far) => {
