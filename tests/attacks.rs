@@ -1019,10 +1019,15 @@ async fn dtls_from_an_unchecked_address_is_dropped_in_the_relay() {
     let web = &view["stats"]["web"];
     let foreign = web["dropped_foreign_source"].as_u64().unwrap();
     assert!(foreign >= 900, "{web}");
+    // Every datagram the relay took was dropped as foreign, before the
+    // budget (a budget drop would count as overload among them); what the
+    // kernel itself dropped from a full socket buffer on a busy machine
+    // never reached the relay (counted as overload too, but not taken in).
     assert_eq!(
-        web["dropped_overload"], 0,
+        web["packets_in"], web["dropped_foreign_source"],
         "the budget was not spent: {web}"
     );
+    assert_eq!(web["control_packets"], web["packets_in"], "{web}");
     assert_eq!(view["state"], "answered", "{view}");
 }
 
