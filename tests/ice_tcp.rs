@@ -118,25 +118,19 @@ fn call(
         .add_call(CallMediaSetup {
             web_socket,
             web_ufrag: Some(UFRAG.into()),
-            web_remote: None,
-            web_local: None,
             web_srtp: Some((
                 SrtpContext::new(&keys(1)).unwrap(),
                 SrtpContext::new(&keys(2)).unwrap(),
             )),
-            web_ssrc: None,
             web_check_verifier: Some(Box::new(|p: &[u8]| {
                 stun::is_authenticated_binding_request(p, PASSWORD.as_bytes())
             })),
-            sip_rtp_socket: sip,
-            sip_rtcp_socket: None,
-            sip_remote: sip_peer.local_addr().unwrap(),
-            sip_remote_rtcp: None,
-            sip_strict_source: false,
-            sip_srtp: None,
-            payload_map: PayloadMap::new(&[(0, 0, 8_000)]),
             events: Some(tx),
-            leases: Vec::new(),
+            ..CallMediaSetup::new(
+                sip,
+                sip_peer.local_addr().unwrap(),
+                PayloadMap::new(&[(0, 0, 8_000)]),
+            )
         })
         .unwrap();
     (media, control, gateway_sip, events)
@@ -219,8 +213,6 @@ async fn a_connection_carries_a_call(web_port: bool) {
         (load(&counters.accepted), load(&counters.connected)),
         (1, 1)
     );
-    // The call ends: the bridge closes the connection (its port is gone,
-    // or nothing more comes back).
     drop(media);
 }
 

@@ -281,21 +281,11 @@ fn web_media_waits_for_ice_and_keys(options: RelayOptions) {
     let media = relay
         .add_call(CallMediaSetup {
             web_socket: Some(web_socket),
-            web_ufrag: None,
-            web_remote: None,
-            web_local: None,
-            web_srtp: None,
-            web_ssrc: None,
-            web_check_verifier: None,
-            sip_rtp_socket: sip_rtp,
-            sip_rtcp_socket: None,
-            sip_remote: sip_peer.local_addr().unwrap(),
-            sip_remote_rtcp: None,
-            sip_strict_source: false,
-            sip_srtp: None,
-            payload_map: PayloadMap::new(&[(0, 0, 8_000)]),
-            events: None,
-            leases: Vec::new(),
+            ..CallMediaSetup::new(
+                sip_rtp,
+                sip_peer.local_addr().unwrap(),
+                PayloadMap::new(&[(0, 0, 8_000)]),
+            )
         })
         .unwrap();
     let mut tx = SrtpContext::new(&keys(1)).unwrap();
@@ -865,8 +855,6 @@ fn call_by_ice_on(
         .add_call(CallMediaSetup {
             web_socket,
             web_ufrag: Some("ourufrag".into()),
-            web_remote: None,
-            web_local: None,
             web_srtp: web_srtp.then(|| {
                 (
                     SrtpContext::new(&keys(1)).unwrap(),
@@ -875,15 +863,12 @@ fn call_by_ice_on(
             }),
             web_ssrc: Some(WEB_SSRC),
             web_check_verifier: Some(check_verifier("ourpassword")),
-            sip_rtp_socket: sip_rtp,
-            sip_rtcp_socket: None,
-            sip_remote: sip_peer.local_addr().unwrap(),
-            sip_remote_rtcp: None,
-            sip_strict_source: false,
-            sip_srtp: None,
-            payload_map: PayloadMap::new(&[(0, 0, 8_000)]),
             events: Some(tx),
-            leases: Vec::new(),
+            ..CallMediaSetup::new(
+                sip_rtp,
+                sip_peer.local_addr().unwrap(),
+                PayloadMap::new(&[(0, 0, 8_000)]),
+            )
         })
         .unwrap();
     (media, gateway_sip, events)
@@ -933,29 +918,40 @@ fn a_call_is_found_by_its_first_authentic_check(options: RelayOptions) {
     assert_eq!(handed.from, browser.local_addr().unwrap());
     assert_eq!(handed.data, check);
 
-    browser
-        .send_to(&srtp(&mut browser_tx, &rtp_packet(0, 2, 5, b"now")), port)
-        .unwrap();
-    assert_eq!(recv(&sip_peer).unwrap(), rtp_packet(0, 2, 5, b"now"));
-    sip_peer
-        .send_to(&rtp_packet(0, 1, 9, b"back"), gateway_sip)
-        .unwrap();
-    let mut buf = [0u8; 2048];
-    let (n, from) = browser
-        .recv_from(&mut buf)
-        .expect("media toward the browser");
-    assert_eq!(from, port, "sent from the shared port");
-    let mut at_web = buf[..n].to_vec();
-    let len = SrtpContext::new(&keys(2))
-        .unwrap()
-        .unprotect_rtp(&mut at_web)
-        .unwrap();
-    assert_eq!(&at_web[..len], &rtp_packet(0, 1, WEB_SSRC, b"back")[..]);
+    media_both_ways((&browser, &mut browser_tx, 2), port, &sip_peer, gateway_sip);
     assert_eq!(unknown(), 3, "{:?}", relay.web_port_counters());
     until("the send toward the browser counted", || {
         let web = media.stats.web.snapshot();
         (web.control_packets, web.packets_out) == (1, 1)
     });
+}
+
+/// A checked browser's media both ways through `gateway_web`: its SRTP
+/// (sequence `seq` from `tx`, keys 1) reaches the SIP peer as the RTP it
+/// was, and the peer's RTP comes back to it as SRTP (keys 2, our SSRC)
+/// from `gateway_web`, the address it sent to.
+fn media_both_ways(
+    (browser, tx, seq): (&UdpSocket, &mut SrtpContext, u16),
+    gateway_web: SocketAddr,
+    sip_peer: &UdpSocket,
+    gateway_sip: SocketAddr,
+) {
+    browser
+        .send_to(&srtp(tx, &rtp_packet(0, seq, 5, b"in")), gateway_web)
+        .unwrap();
+    assert_eq!(recv(sip_peer).unwrap(), rtp_packet(0, seq, 5, b"in"));
+    sip_peer
+        .send_to(&rtp_packet(0, 1, 9, b"back"), gateway_sip)
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, from) = browser.recv_from(&mut buf).expect("media back");
+    assert_eq!(from, gateway_web, "from the address the browser sent to");
+    let mut back = buf[..n].to_vec();
+    let len = SrtpContext::new(&keys(2))
+        .unwrap()
+        .unprotect_rtp(&mut back)
+        .unwrap();
+    assert_eq!(&back[..len], &rtp_packet(0, 1, WEB_SSRC, b"back")[..]);
 }
 
 /// Shared web port, two workers: a browser that checks from many
@@ -1000,22 +996,9 @@ fn what_lands_on_another_worker_is_steered_to_the_call(options: RelayOptions) {
 /// through, no browser address, keys or ICE yet.
 fn port_setup(sip: BoundPorts, peer: SocketAddr) -> CallMediaSetup {
     CallMediaSetup {
-        web_socket: None,
-        web_ufrag: None,
-        web_remote: None,
-        web_local: None,
-        web_srtp: None,
-        web_ssrc: None,
-        web_check_verifier: None,
-        sip_rtp_socket: sip.rtp,
         sip_rtcp_socket: sip.rtcp,
-        sip_remote: peer,
-        sip_remote_rtcp: None,
-        sip_strict_source: false,
-        sip_srtp: None,
-        payload_map: PayloadMap::new(&[(0, 0, 8_000)]),
-        events: None,
         leases: vec![sip.lease],
+        ..CallMediaSetup::new(sip.rtp, peer, PayloadMap::new(&[(0, 0, 8_000)]))
     }
 }
 
@@ -1310,22 +1293,7 @@ fn a_dual_stack_web_leg_takes_both_families(options: RelayOptions) {
         );
         assert_eq!(check.to, Some(gateway_web.ip()), "the address it went to");
         let mut tx = SrtpContext::new(&keys(1)).unwrap();
-        browser
-            .send_to(&srtp(&mut tx, &rtp_packet(0, 1, 5, b"in")), gateway_web)
-            .unwrap();
-        assert_eq!(recv(&sip_peer).unwrap(), rtp_packet(0, 1, 5, b"in"));
-        sip_peer
-            .send_to(&rtp_packet(0, 1, 9, b"out"), gateway_sip)
-            .unwrap();
-        let mut buf = [0u8; 512];
-        let (n, from) = browser.recv_from(&mut buf).expect("media back");
-        assert_eq!(from, gateway_web, "from the address the browser sent to");
-        let mut back = buf[..n].to_vec();
-        let len = SrtpContext::new(&keys(2))
-            .unwrap()
-            .unprotect_rtp(&mut back)
-            .unwrap();
-        assert_eq!(&back[12..len], b"out");
+        media_both_ways((&browser, &mut tx, 1), gateway_web, &sip_peer, gateway_sip);
         drop(media);
     }
 }

@@ -127,6 +127,16 @@ impl CheckedSources {
         }
     }
 
+    /// An ICE restart: checks are verified by `verifier` from now on and
+    /// the addresses checked before are forgotten — a change of the
+    /// addresses like any other (the version goes on).
+    pub(super) fn restart(&mut self, verifier: CheckVerifier) {
+        self.verifier = Some(verifier);
+        self.addresses = [None; CHECKED_SOURCES];
+        self.next = 0;
+        self.version = self.version.wrapping_add(1);
+    }
+
     pub(super) fn contains(&self, from: SocketAddr) -> bool {
         self.addresses.contains(&Some(from))
     }

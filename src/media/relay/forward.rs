@@ -205,15 +205,12 @@ pub(super) fn relay_from_web_picked(
                         call.web.move_to(from, batch.locals[i], arrival);
                     }
                     batch.lens[i] = out_len;
-                    let buf = &batch.bufs[i];
-                    let clock = call.map.sip_clock[usize::from(rtp::rtp_payload_type(buf))];
-                    call.web_clock = clock;
-                    record_renumbered(
-                        &mut call.web_reception,
-                        &stats.web,
-                        buf,
+                    record_toward_sip(
+                        (&mut call.web_reception, &mut call.web_clock),
+                        &call.map,
                         call.sip_out.seq_offset,
-                        clock,
+                        &stats.web,
+                        &batch.bufs[i],
                         arrival,
                     );
                     stats
@@ -266,15 +263,13 @@ pub(super) fn relay_from_web_picked(
                 }
                 batch.lens[i] = out_len;
                 if kind == WebPacketKind::Rtp {
-                    // The header stays readable in SRTP; its type is the SIP one now.
-                    let clock = call.map.sip_clock[usize::from(rtp::rtp_payload_type(buf))];
-                    call.web_clock = clock;
-                    record_renumbered(
-                        &mut call.web_reception,
+                    // The header stays readable in SRTP.
+                    record_toward_sip(
+                        (&mut call.web_reception, &mut call.web_clock),
+                        &call.map,
+                        call.sip_out.seq_offset,
                         &stats.web,
                         buf,
-                        call.sip_out.seq_offset,
-                        clock,
                         arrival,
                     );
                     batch.addrs[i] = Some(call.sip.rtp_destination());
@@ -644,6 +639,22 @@ pub(super) fn record(
 /// [`record`] for a packet whose sequence number we moved up by
 /// `seq_offset` (toward SIP, past the DTMF packets the relay inserted):
 /// the sender's own number counts, so our insertions are not its losses.
+/// The browser's RTP packet `buf` on its way to SIP (its payload type the
+/// SIP one now, its number ours): its clock kept for RTCP jitter (in
+/// `clock_seen`) and its arrival recorded in the browser's own numbering.
+fn record_toward_sip(
+    (reception, clock_seen): (&mut ReceptionStats, &mut u32),
+    map: &PayloadMap,
+    seq_offset: u16,
+    leg: &LegStats,
+    buf: &[u8],
+    arrival: std::time::Instant,
+) {
+    let clock = map.sip_clock[usize::from(rtp::rtp_payload_type(buf))];
+    *clock_seen = clock;
+    record_renumbered(reception, leg, buf, seq_offset, clock, arrival);
+}
+
 pub(super) fn record_renumbered(
     reception: &mut ReceptionStats,
     leg: &LegStats,

@@ -147,6 +147,38 @@ pub struct CallMediaSetup {
     pub leases: Vec<PortLease>,
 }
 
+impl CallMediaSetup {
+    /// A call whose browser is not known yet: SIP media by `sip_rtp_socket`
+    /// (RTCP muxed) toward `sip_remote`, latching, plain RTP, through
+    /// `payload_map`; its web leg on the relay's shared port (set
+    /// `web_socket` for one of its own), no browser address, keys, SSRC or
+    /// ICE check yet, no events. The rest is set field by field.
+    pub fn new(
+        sip_rtp_socket: std::net::UdpSocket,
+        sip_remote: SocketAddr,
+        payload_map: PayloadMap,
+    ) -> Self {
+        CallMediaSetup {
+            web_socket: None,
+            web_ufrag: None,
+            web_remote: None,
+            web_local: None,
+            web_srtp: None,
+            web_ssrc: None,
+            web_check_verifier: None,
+            sip_rtp_socket,
+            sip_rtcp_socket: None,
+            sip_remote,
+            sip_remote_rtcp: None,
+            sip_strict_source: false,
+            sip_srtp: None,
+            payload_map,
+            events: None,
+            leases: Vec::new(),
+        }
+    }
+}
+
 /// Where the SIP side's media goes now, after the far end moved it (a
 /// re-INVITE or UPDATE with a new address, port, payload types or keys, or
 /// the answer in an ACK to our offer).

@@ -297,7 +297,13 @@ impl SharedWebPort {
     /// Where a datagram from `from` that no route of worker `worker` knows
     /// goes; a waiting call it is the first valid packet of is placed on
     /// `worker` here.
-    pub(super) fn find(&self, worker: usize, from: SocketAddr, packet: &[u8]) -> Found {
+    pub(super) fn find(
+        &self,
+        worker: usize,
+        from: SocketAddr,
+        packet: &[u8],
+        now: Instant,
+    ) -> Found {
         let mut d = lock(&self.directory);
         // By address: a call placed already (waiting calls are found by
         // their ufrag only).
@@ -319,7 +325,6 @@ impl SharedWebPort {
             return Found::Unknown;
         };
         {
-            let now = Instant::now();
             let authentic = waiting.budget.take(now)
                 && waiting
                     .setup
@@ -552,234 +557,6 @@ pub(super) fn ufrag_of(packet: &[u8]) -> Option<&[u8]> {
     None
 }
 
-/// The body of `fuzzing::web_port_routing` (here, where the port's parts
-/// are visible).
-#[cfg(feature = "fuzzing")]
-pub(super) fn fuzz_routing(data: &[u8]) {
-    use super::PayloadMap;
-    let Ok(shared) = SharedWebPort::bind("127.0.0.1:0".parse().expect("an address"), 1) else {
-        return;
-    };
-    let Ok(port) = WorkerPort::new(0, shared.clone()) else {
-        return;
-    };
-    let (_control, rx) = std::sync::mpsc::channel();
-    let Ok(poll) = mio::Poll::new() else {
-        return;
-    };
-    let mut worker = super::worker::Worker::new(
-        poll,
-        rx,
-        Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-        Arc::new(super::Totals::default()),
-        std::time::Duration::ZERO,
-        Some(port),
-    );
-    let Ok(sink) = std::net::UdpSocket::bind("127.0.0.1:0") else {
-        return;
-    };
-    let Ok(sink_at) = sink.local_addr() else {
-        return;
-    };
-    let browser = |k: u8| SocketAddr::from(([127, 0, 0, 1], 42_000 + u16::from(k % 4)));
-    let setup = |remote: Option<SocketAddr>, ufrag: Option<&str>| {
-        let sip = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
-        Some(CallMediaSetup {
-            web_socket: None,
-            web_ufrag: ufrag.map(str::to_string),
-            web_remote: remote,
-            web_local: None,
-            web_srtp: None,
-            web_ssrc: None,
-            // "Authentic" here: a check whose last byte is 0x42.
-            web_check_verifier: Some(Box::new(|p: &[u8]| p.last() == Some(&0x42))),
-            sip_rtp_socket: sip,
-            sip_rtcp_socket: None,
-            sip_remote: sink_at,
-            sip_remote_rtcp: None,
-            sip_strict_source: false,
-            sip_srtp: None,
-            payload_map: PayloadMap::new(&[(0, 0, 8_000)]),
-            events: None,
-            leases: Vec::new(),
-        })
-    };
-    let (Some(placed), Some(waiting)) = (setup(Some(browser(0)), None), setup(None, Some("fz")))
-    else {
-        return;
-    };
-    let placed_stats = Arc::new(CallStats::default());
-    shared.add_placed(1, 0, &placed);
-    if worker.add(1, placed, placed_stats.clone()).is_err() {
-        return;
-    }
-    let waiting_stats = Arc::new(CallStats::default());
-    shared.add(2, Box::new(waiting), waiting_stats.clone());
-    let mut rest = data;
-    let mut datagrams = 0u64;
-    while !rest.is_empty() {
-        let mut n = 0;
-        while n < BATCH {
-            let Some((&len, tail)) = rest.split_first() else {
-                break;
-            };
-            let len = usize::from(len).min(tail.len());
-            let (packet, tail) = tail.split_at(len);
-            rest = tail;
-            let Some((&from, payload)) = packet.split_first() else {
-                continue;
-            };
-            worker.batch.bufs[n][..payload.len()].copy_from_slice(payload);
-            worker.batch.lens[n] = payload.len();
-            worker.batch.addrs[n] = (from != 0xff).then(|| browser(from));
-            worker.batch.locals[n] = None;
-            n += 1;
-        }
-        if n == 0 {
-            break;
-        }
-        datagrams += n as u64;
-        worker.relay_from_port(n, false);
-        worker.relay_steered();
-    }
-    let taken = placed_stats.web.snapshot().packets_in + waiting_stats.web.snapshot().packets_in;
-    let dropped = shared.counters.unknown_source.load(Ordering::Relaxed);
-    assert_eq!(taken + dropped, datagrams, "every datagram counted once");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::media::relay::worker::Worker;
-    use crate::media::relay::PayloadMap;
-    use crate::media::srtp::{SrtpContext, SrtpKeyMaterial, SrtpProfile};
-
-    fn srtp() -> SrtpContext {
-        let keys =
-            SrtpKeyMaterial::new(SrtpProfile::AesCm128HmacSha1_80, &[3; 16], &[5; 14]).unwrap();
-        SrtpContext::new(&keys).unwrap()
-    }
-
-    /// A batch from the port carrying eight calls' media, routed, relayed
-    /// and sent, allocates nothing once each call's routes are in.
-    #[test]
-    fn relaying_a_port_batch_of_many_calls_allocates_nothing() {
-        const CALLS: usize = 8;
-        let shared = SharedWebPort::bind("127.0.0.1:0".parse().unwrap(), 1).unwrap();
-        let port = WorkerPort::new(0, shared.clone()).unwrap();
-        let (_control, rx) = std::sync::mpsc::channel();
-        let mut worker = Worker::new(
-            mio::Poll::new().unwrap(),
-            rx,
-            Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-            Arc::new(super::super::Totals::default()),
-            std::time::Duration::ZERO,
-            Some(port),
-        );
-        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let browsers: Vec<SocketAddr> = (0..CALLS)
-            .map(|k| SocketAddr::from(([127, 0, 0, 1], 41_000 + k as u16)))
-            .collect();
-        let mut senders: Vec<SrtpContext> = (0..CALLS).map(|_| srtp()).collect();
-        let mut calls = Vec::new();
-        for (k, &browser) in browsers.iter().enumerate() {
-            let setup = CallMediaSetup {
-                web_socket: None,
-                web_ufrag: None,
-                web_remote: Some(browser),
-                web_local: None,
-                web_srtp: Some((srtp(), srtp())),
-                web_ssrc: None,
-                web_check_verifier: None,
-                sip_rtp_socket: std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
-                sip_rtcp_socket: None,
-                sip_remote: peer.local_addr().unwrap(),
-                sip_remote_rtcp: None,
-                sip_strict_source: false,
-                sip_srtp: None,
-                payload_map: PayloadMap::new(&[(0, 0, 8_000)]),
-                events: None,
-                leases: Vec::new(),
-            };
-            let id = k as u64 + 1;
-            shared.add_placed(id, 0, &setup);
-            let stats = Arc::new(CallStats::default());
-            worker.add(id, setup, stats.clone()).unwrap();
-            calls.push(stats);
-        }
-        let mut seq = 0u16;
-        let mut fill = |batch: &mut Batch| {
-            seq = seq.wrapping_add(1);
-            for i in 0..BATCH {
-                let k = i % CALLS;
-                let buf = &mut batch.bufs[i];
-                buf[..12].copy_from_slice(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, k as u8]);
-                buf[2..4]
-                    .copy_from_slice(&(seq.wrapping_mul(8) + (i / CALLS) as u16).to_be_bytes());
-                buf[12..172].fill(0x55);
-                batch.lens[i] = senders[k].protect_rtp(&mut buf[..], 172).unwrap();
-                batch.addrs[i] = Some(browsers[k]);
-                batch.locals[i] = None;
-            }
-        };
-        // Warm-up: routes taken, each stream's SRTP state made.
-        fill(&mut worker.batch);
-        worker.relay_from_port(BATCH, false);
-        for _ in 0..50 {
-            fill(&mut worker.batch);
-            let used = allocation_counter::measure(|| worker.relay_from_port(BATCH, false));
-            assert_eq!(used.count_total, 0, "{used:?}");
-        }
-        for (k, stats) in calls.iter().enumerate() {
-            let (web, sip) = (stats.web.snapshot(), stats.sip.snapshot());
-            assert_eq!(
-                web.packets_in,
-                51 * (BATCH / CALLS) as u64,
-                "call {k}: {web:?}"
-            );
-            assert_eq!(sip.packets_out + sip.dropped_overload, web.packets_in);
-        }
-        assert_eq!(shared.counters.unknown_source.load(Ordering::Relaxed), 0);
-    }
-
-    /// A binding request with a PRIORITY, then `username` (padded).
-    fn request(username: &[u8]) -> Vec<u8> {
-        let mut attributes = vec![0x00, 0x24, 0, 4, 0, 0, 0, 1];
-        attributes.extend_from_slice(&STUN_USERNAME.to_be_bytes());
-        attributes.extend_from_slice(&(username.len() as u16).to_be_bytes());
-        attributes.extend_from_slice(username);
-        while attributes.len() % 4 != 0 {
-            attributes.push(0);
-        }
-        let mut packet = STUN_BINDING_REQUEST.to_be_bytes().to_vec();
-        packet.extend_from_slice(&(attributes.len() as u16).to_be_bytes());
-        packet.extend_from_slice(&STUN_MAGIC_COOKIE.to_be_bytes());
-        packet.extend_from_slice(&[7; 12]);
-        packet.extend_from_slice(&attributes);
-        packet
-    }
-
-    #[test]
-    fn a_checks_username_names_our_ufrag() {
-        assert_eq!(ufrag_of(&request(b"abcd:WXYZ")), Some(&b"abcd"[..]));
-        // An odd-length value is padded: the next attribute is still found.
-        assert_eq!(ufrag_of(&request(b"abc:WXYZ1")), Some(&b"abc"[..]));
-        assert_eq!(ufrag_of(&request(b":WXYZ")), None);
-        // Not a binding request, truncated, or without a USERNAME.
-        let mut response = request(b"abcd:WXYZ");
-        response[1] = 0x01;
-        response[0] = 0x01;
-        assert_eq!(ufrag_of(&response), None);
-        let whole = request(b"abcd:WXYZ");
-        for cut in 0..whole.len() {
-            let _ = ufrag_of(&whole[..cut]);
-        }
-        assert_eq!(ufrag_of(&whole[..28]), None);
-        assert_eq!(ufrag_of(&whole[..20]), None, "no attributes");
-        assert_eq!(ufrag_of(b"\x80\x00 not stun at all, just RTP"), None);
-    }
-}
-
 /// A worker's side of the shared port: its socket and its routes.
 pub(super) struct WorkerPort {
     /// This worker's number (its socket and inbox on the port).
@@ -837,9 +614,11 @@ impl super::worker::Worker {
             port.routes.retain(|_, r| matches!(r, Route::Local(_)));
             port.generation = generation;
         }
+        // One clock read for the batch: its datagrams arrived together.
+        let now = Instant::now();
         let mut target = [DROP; BATCH];
         for (i, t) in target.iter_mut().enumerate().take(n) {
-            *t = self.route(&mut port, i, steered);
+            *t = self.route(&mut port, i, steered, now);
         }
         let mut done = [false; BATCH];
         let mut picked = [0usize; BATCH];
@@ -859,7 +638,7 @@ impl super::worker::Worker {
                 port.shared
                     .steer(target[i] - FOREIGN, &self.batch, &picked[..count]);
             } else {
-                self.relay_port_share(&mut port, target[i], &picked[..count], n);
+                self.relay_port_share(&mut port, target[i], &picked[..count], n, now);
             }
         }
         self.port = Some(port);
@@ -867,7 +646,7 @@ impl super::worker::Worker {
 
     /// Where datagram `i` of the batch goes: a slot, `FOREIGN + worker`,
     /// or `DROP` (counted).
-    fn route(&mut self, port: &mut WorkerPort, i: usize, steered: bool) -> usize {
+    fn route(&mut self, port: &mut WorkerPort, i: usize, steered: bool, now: Instant) -> usize {
         let counters = &port.shared.counters;
         let Some(from) = self.batch.addrs[i] else {
             counters.unknown_source.fetch_add(1, Ordering::Relaxed);
@@ -883,7 +662,7 @@ impl super::worker::Worker {
             None => {}
         }
         let packet = &self.batch.bufs[i][..self.batch.lens[i]];
-        match port.shared.find(port.index, from, packet) {
+        match port.shared.find(port.index, from, packet, now) {
             Found::Place(id, waiting) => {
                 let Awaiting { setup, stats, .. } = *waiting;
                 match self.place(id, *setup, stats) {
@@ -921,7 +700,14 @@ impl super::worker::Worker {
 
     /// Call `slot`'s datagrams `picked` of a port batch of `n`: relayed,
     /// sent, and the call's routes brought up to date.
-    fn relay_port_share(&mut self, port: &mut WorkerPort, slot: usize, picked: &[usize], n: usize) {
+    fn relay_port_share(
+        &mut self,
+        port: &mut WorkerPort,
+        slot: usize,
+        picked: &[usize],
+        n: usize,
+        now: Instant,
+    ) {
         let Some(call) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
@@ -932,7 +718,6 @@ impl super::worker::Worker {
         // to the ICE side, and its route taken at once: the browser's next
         // datagram from there (DTLS, once our answer arrives) may reach
         // another worker, which must find the call by that address.
-        let now = Instant::now();
         for &i in picked {
             let (Some(from), packet) = (
                 self.batch.addrs[i],
@@ -1051,5 +836,212 @@ fn sync_routes(port: &mut WorkerPort, slot: usize, call: &mut super::call::Relay
     if !added.is_empty() || !removed.is_empty() {
         port.shared
             .routes_changed(port.index, call.id, &added, &removed);
+    }
+}
+
+/// The body of `fuzzing::web_port_routing` (here, where the port's parts
+/// are visible).
+#[cfg(feature = "fuzzing")]
+pub(super) fn fuzz_routing(data: &[u8]) {
+    use super::PayloadMap;
+    let Ok(shared) = SharedWebPort::bind("127.0.0.1:0".parse().expect("an address"), 1) else {
+        return;
+    };
+    let Ok(port) = WorkerPort::new(0, shared.clone()) else {
+        return;
+    };
+    let (_control, rx) = std::sync::mpsc::channel();
+    let Ok(poll) = mio::Poll::new() else {
+        return;
+    };
+    let mut worker = super::worker::Worker::new(
+        poll,
+        rx,
+        Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        Arc::new(super::Totals::default()),
+        std::time::Duration::ZERO,
+        Some(port),
+    );
+    let Ok(sink) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+        return;
+    };
+    let Ok(sink_at) = sink.local_addr() else {
+        return;
+    };
+    let browser = |k: u8| SocketAddr::from(([127, 0, 0, 1], 42_000 + u16::from(k % 4)));
+    let setup = |remote: Option<SocketAddr>, ufrag: Option<&str>| {
+        let sip = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+        Some(CallMediaSetup {
+            web_ufrag: ufrag.map(str::to_string),
+            web_remote: remote,
+            // "Authentic" here: a check whose last byte is 0x42.
+            web_check_verifier: Some(Box::new(|p: &[u8]| p.last() == Some(&0x42))),
+            ..CallMediaSetup::new(sip, sink_at, PayloadMap::new(&[(0, 0, 8_000)]))
+        })
+    };
+    let (Some(placed), Some(waiting)) = (setup(Some(browser(0)), None), setup(None, Some("fz")))
+    else {
+        return;
+    };
+    let placed_stats = Arc::new(CallStats::default());
+    shared.add_placed(1, 0, &placed);
+    if worker.add(1, placed, placed_stats.clone()).is_err() {
+        return;
+    }
+    let waiting_stats = Arc::new(CallStats::default());
+    shared.add(2, Box::new(waiting), waiting_stats.clone());
+    let mut rest = data;
+    let mut datagrams = 0u64;
+    while !rest.is_empty() {
+        let mut n = 0;
+        while n < BATCH {
+            let Some((&len, tail)) = rest.split_first() else {
+                break;
+            };
+            let len = usize::from(len).min(tail.len());
+            let (packet, tail) = tail.split_at(len);
+            rest = tail;
+            let Some((&from, payload)) = packet.split_first() else {
+                continue;
+            };
+            worker.batch.bufs[n][..payload.len()].copy_from_slice(payload);
+            worker.batch.lens[n] = payload.len();
+            worker.batch.addrs[n] = (from != 0xff).then(|| browser(from));
+            worker.batch.locals[n] = None;
+            n += 1;
+        }
+        if n == 0 {
+            break;
+        }
+        datagrams += n as u64;
+        worker.relay_from_port(n, false);
+        worker.relay_steered();
+    }
+    let taken = placed_stats.web.snapshot().packets_in + waiting_stats.web.snapshot().packets_in;
+    let dropped = shared.counters.unknown_source.load(Ordering::Relaxed);
+    assert_eq!(taken + dropped, datagrams, "every datagram counted once");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::relay::worker::Worker;
+    use crate::media::relay::PayloadMap;
+    use crate::media::srtp::{SrtpContext, SrtpKeyMaterial, SrtpProfile};
+
+    fn srtp() -> SrtpContext {
+        let keys =
+            SrtpKeyMaterial::new(SrtpProfile::AesCm128HmacSha1_80, &[3; 16], &[5; 14]).unwrap();
+        SrtpContext::new(&keys).unwrap()
+    }
+
+    /// A batch from the port carrying eight calls' media, routed, relayed
+    /// and sent, allocates nothing once each call's routes are in.
+    #[test]
+    fn relaying_a_port_batch_of_many_calls_allocates_nothing() {
+        const CALLS: usize = 8;
+        let shared = SharedWebPort::bind("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let port = WorkerPort::new(0, shared.clone()).unwrap();
+        let (_control, rx) = std::sync::mpsc::channel();
+        let mut worker = Worker::new(
+            mio::Poll::new().unwrap(),
+            rx,
+            Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            Arc::new(super::super::Totals::default()),
+            std::time::Duration::ZERO,
+            Some(port),
+        );
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let browsers: Vec<SocketAddr> = (0..CALLS)
+            .map(|k| SocketAddr::from(([127, 0, 0, 1], 41_000 + k as u16)))
+            .collect();
+        let mut senders: Vec<SrtpContext> = (0..CALLS).map(|_| srtp()).collect();
+        let mut calls = Vec::new();
+        for (k, &browser) in browsers.iter().enumerate() {
+            let setup = CallMediaSetup {
+                web_remote: Some(browser),
+                web_srtp: Some((srtp(), srtp())),
+                ..CallMediaSetup::new(
+                    std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+                    peer.local_addr().unwrap(),
+                    PayloadMap::new(&[(0, 0, 8_000)]),
+                )
+            };
+            let id = k as u64 + 1;
+            shared.add_placed(id, 0, &setup);
+            let stats = Arc::new(CallStats::default());
+            worker.add(id, setup, stats.clone()).unwrap();
+            calls.push(stats);
+        }
+        let mut seq = 0u16;
+        let mut fill = |batch: &mut Batch| {
+            seq = seq.wrapping_add(1);
+            for i in 0..BATCH {
+                let k = i % CALLS;
+                let buf = &mut batch.bufs[i];
+                buf[..12].copy_from_slice(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, k as u8]);
+                buf[2..4]
+                    .copy_from_slice(&(seq.wrapping_mul(8) + (i / CALLS) as u16).to_be_bytes());
+                buf[12..172].fill(0x55);
+                batch.lens[i] = senders[k].protect_rtp(&mut buf[..], 172).unwrap();
+                batch.addrs[i] = Some(browsers[k]);
+                batch.locals[i] = None;
+            }
+        };
+        // Warm-up: routes taken, each stream's SRTP state made.
+        fill(&mut worker.batch);
+        worker.relay_from_port(BATCH, false);
+        for _ in 0..50 {
+            fill(&mut worker.batch);
+            let used = allocation_counter::measure(|| worker.relay_from_port(BATCH, false));
+            assert_eq!(used.count_total, 0, "{used:?}");
+        }
+        for (k, stats) in calls.iter().enumerate() {
+            let (web, sip) = (stats.web.snapshot(), stats.sip.snapshot());
+            assert_eq!(
+                web.packets_in,
+                51 * (BATCH / CALLS) as u64,
+                "call {k}: {web:?}"
+            );
+            assert_eq!(sip.packets_out + sip.dropped_overload, web.packets_in);
+        }
+        assert_eq!(shared.counters.unknown_source.load(Ordering::Relaxed), 0);
+    }
+
+    /// A binding request with a PRIORITY, then `username` (padded).
+    fn request(username: &[u8]) -> Vec<u8> {
+        let mut attributes = vec![0x00, 0x24, 0, 4, 0, 0, 0, 1];
+        attributes.extend_from_slice(&STUN_USERNAME.to_be_bytes());
+        attributes.extend_from_slice(&(username.len() as u16).to_be_bytes());
+        attributes.extend_from_slice(username);
+        while attributes.len() % 4 != 0 {
+            attributes.push(0);
+        }
+        let mut packet = STUN_BINDING_REQUEST.to_be_bytes().to_vec();
+        packet.extend_from_slice(&(attributes.len() as u16).to_be_bytes());
+        packet.extend_from_slice(&STUN_MAGIC_COOKIE.to_be_bytes());
+        packet.extend_from_slice(&[7; 12]);
+        packet.extend_from_slice(&attributes);
+        packet
+    }
+
+    #[test]
+    fn a_checks_username_names_our_ufrag() {
+        assert_eq!(ufrag_of(&request(b"abcd:WXYZ")), Some(&b"abcd"[..]));
+        // An odd-length value is padded: the next attribute is still found.
+        assert_eq!(ufrag_of(&request(b"abc:WXYZ1")), Some(&b"abc"[..]));
+        assert_eq!(ufrag_of(&request(b":WXYZ")), None);
+        // Not a binding request, truncated, or without a USERNAME.
+        let mut response = request(b"abcd:WXYZ");
+        response[1] = 0x01;
+        response[0] = 0x01;
+        assert_eq!(ufrag_of(&response), None);
+        let whole = request(b"abcd:WXYZ");
+        for cut in 0..whole.len() {
+            let _ = ufrag_of(&whole[..cut]);
+        }
+        assert_eq!(ufrag_of(&whole[..28]), None);
+        assert_eq!(ufrag_of(&whole[..20]), None, "no attributes");
+        assert_eq!(ufrag_of(b"\x80\x00 not stun at all, just RTP"), None);
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use mio::{Interest, Poll, Token};
 
-use super::call::{CheckedSources, RelayedCall};
+use super::call::RelayedCall;
 use super::control::Control;
 use super::uring::token;
 use super::web_port::WorkerPort;
@@ -178,11 +178,7 @@ impl Worker {
             }
             Control::WebCheckVerifier(id, verifier) => {
                 if let Some(call) = self.call_mut(id) {
-                    // The version goes on: the shared port's routes must
-                    // notice the checked addresses went.
-                    let version = call.web.checked.version.wrapping_add(1);
-                    call.web.checked = CheckedSources::new(Some(verifier));
-                    call.web.checked.version = version;
+                    call.web.checked.restart(verifier);
                 }
             }
             Control::SipFar(id, far) => {
