@@ -6,7 +6,7 @@
 //!
 //!   cargo bench --bench relay_load -- [--calls 1,50,500] [--rates 50000,100000,...] [--seconds 3]
 //!       [--io io-uring|epoll|bare] [--burst 1..8] [--pin 1|0] [--busy-poll-us 0..1000]
-//!       [--transcode K|all] [--web-port range|shared]
+//!       [--transcode K|all] [--web-port range|shared] [--both-ways]
 //!
 //! For each N it reports the highest sustained rate — under 0.1 % loss, and
 //! the last packet arriving less than 20 ms after the last send (a slower
@@ -36,6 +36,13 @@
 //! and sends on as PCMU. Their send times cannot ride in a payload the
 //! relay replaces, so the generator keeps them by call and sequence number;
 //! latency is then reported for transcoded and pass-through calls apart.
+//!
+//! `--both-ways` has the SIP peer send too: for each browser packet the
+//! sink sends the call a 20 ms PCMU packet, which the relay sends on to the
+//! browser socket (as Opus on a transcoded call, SRTP on every call) —
+//! a call's whole cost, both directions, in the relay's CPU per packet.
+//! The rates then count both directions' packets; the browser socket counts
+//! what reaches it (no latency is taken that way).
 //!
 //! `--web-port shared` puts every call's web leg on the relay's one web
 //! port (`[media] web-port`) instead of a socket per call (`range`, the
@@ -250,6 +257,7 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64, relay_options: Option<Re
         .env("RELAY_LOAD_ROLE", "traffic")
         .env("RELAY_LOAD_BURST", burst().to_string())
         .env("RELAY_LOAD_TRANSCODED", transcoded_calls(n).to_string())
+        .env("RELAY_LOAD_BOTH_WAYS", if both_ways() { "1" } else { "0" })
         .env(
             "RELAY_LOAD_SHARED",
             if relay_options.is_some_and(|o| o.web_port.is_some()) {
@@ -282,10 +290,12 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64, relay_options: Option<Re
     let mut bare_pairs = Vec::new();
     let mut calls = Vec::new();
     let mut gateway_ports = Vec::new();
+    let mut sip_ports = Vec::new();
     let transcoded = transcoded_calls(n);
     let shared_port = relay.as_ref().and_then(|r| r.web_port());
     for call in 0..n {
         let sip = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sip_ports.push(sip.local_addr().unwrap());
         let (web, web_remote) = match shared_port {
             Some(port) => {
                 gateway_ports.push(port);
@@ -351,6 +361,8 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64, relay_options: Option<Re
     }
     let ports: Vec<String> = gateway_ports.iter().map(|a| a.to_string()).collect();
     t.say(&format!("CALLS {}", ports.join(" ")));
+    let ports: Vec<String> = sip_ports.iter().map(|a| a.to_string()).collect();
+    t.say(&format!("SIP {}", ports.join(" ")));
 
     let mut best: Option<(u64, f64)> = None;
     println!(
@@ -494,6 +506,13 @@ fn opus_payloads() -> Vec<[u8; PAYLOAD]> {
 /// Packets per call sent back to back in one GSO datagram (`--burst`, 1..=8;
 /// default 1: every packet its own datagram, calls round-robin).
 /// Whether the web legs share the relay's one port (`--web-port shared`).
+fn both_ways() -> bool {
+    match std::env::var("RELAY_LOAD_BOTH_WAYS") {
+        Ok(v) => v == "1",
+        Err(_) => std::env::args().any(|a| a == "--both-ways"),
+    }
+}
+
 fn shared_web_port() -> bool {
     match std::env::var("RELAY_LOAD_SHARED") {
         Ok(v) => v == "1",
@@ -624,6 +643,7 @@ fn traffic() {
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     let mut targets: Vec<SocketAddr> = Vec::new();
+    let mut sip_targets: Vec<SocketAddr> = Vec::new();
     let mut contexts: Vec<SrtpContext> = Vec::new();
     let mut seqs: Vec<u16> = Vec::new();
     let mut stamps = std::sync::Arc::new(Vec::new());
@@ -645,6 +665,9 @@ fn traffic() {
                         .collect(),
                 );
             }
+            Some("SIP") => {
+                sip_targets = words.map(|a| a.parse().unwrap()).collect();
+            }
             Some("RUN") => {
                 let rate: u64 = words.next().unwrap().parse().unwrap();
                 let seconds: u64 = words.next().unwrap().parse().unwrap();
@@ -652,7 +675,7 @@ fn traffic() {
                 let r = run(
                     &browser,
                     &sink,
-                    &targets,
+                    (&targets, &sip_targets),
                     &mut contexts,
                     &mut seqs,
                     rate,
@@ -717,11 +740,35 @@ fn receive_all(
     }
 }
 
+/// Counts what reaches `socket` until it has been quiet for 300 ms after
+/// `stop`: (datagrams, when the last came).
+fn count_all(
+    socket: UdpSocket,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u64, Instant) {
+    let mut rx = Batch::new();
+    let (mut count, mut last_arrival, mut quiet_since) = (0u64, Instant::now(), Instant::now());
+    loop {
+        let n = rx.recv(socket.as_raw_fd()).unwrap_or(0);
+        if n > 0 {
+            count += n as u64;
+            quiet_since = Instant::now();
+            last_arrival = quiet_since;
+        } else if stop.load(std::sync::atomic::Ordering::Relaxed)
+            && quiet_since.elapsed() > Duration::from_millis(300)
+        {
+            return (count, last_arrival);
+        } else {
+            std::thread::sleep(Duration::from_micros(20));
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run(
     browser: &UdpSocket,
     sink: &UdpSocket,
-    targets: &[SocketAddr],
+    (targets, sip_targets): (&[SocketAddr], &[SocketAddr]),
     contexts: &mut [SrtpContext],
     seqs: &mut [u16],
     rate: u64,
@@ -763,6 +810,18 @@ fn run(
     if pin() {
         prioritize_thread("sink");
     }
+    // Both ways: the SIP peer's packets too, and the browser socket counts
+    // what the relay sends it.
+    let both = both_ways() && !direct;
+    let browser_receiver = both.then(|| {
+        let browser = browser.try_clone().unwrap();
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("browser".into())
+            .spawn(move || count_all(browser, stop))
+            .unwrap()
+    });
+    let mut tx_sip = Batch::new();
     let mut tx = Batch::new();
     let mut sent = 0u64;
     let order: Vec<usize> = (0..BATCH).collect();
@@ -818,14 +877,49 @@ fn run(
             tx.lens[i] = message_len;
             tx.addrs[i] = Some(if direct { sink_addr } else { targets[call] });
             tx.locals[i] = (shared && !direct).then(|| browser_source(call).into());
+            if both {
+                // The switch's 20 ms of µ-law (silence-free, any bytes do).
+                let seq = seqs[call];
+                let buf = &mut tx_sip.bufs[i];
+                buf[..12].copy_from_slice(&[
+                    0x80,
+                    0,
+                    (seq >> 8) as u8,
+                    seq as u8,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                ]);
+                buf[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+                buf[8..12].copy_from_slice(&(call as u32 + 0x1000).to_be_bytes());
+                for (k, b) in buf[12..RTP_LEN].iter_mut().enumerate() {
+                    *b = (k as u8).wrapping_mul(seq as u8) | 0x10;
+                }
+                tx_sip.lens[i] = RTP_LEN;
+                tx_sip.addrs[i] = Some(sip_targets[call]);
+                tx_sip.locals[i] = None;
+            }
         }
         sent += (tx.send(browser.as_raw_fd(), &order[..count]).unwrap_or(0) * burst) as u64;
+        if both {
+            sent += tx_sip.send(sink.as_raw_fd(), &order[..count]).unwrap_or(0) as u64;
+        }
     }
     let sending_ended = Instant::now();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (mut latencies, mut transcoded_latencies, last_arrival) = receiver.join().unwrap();
+    let (mut latencies, mut transcoded_latencies, mut last_arrival) = receiver.join().unwrap();
+    let mut received = (latencies.len() + transcoded_latencies.len()) as u64;
+    if let Some(r) = browser_receiver {
+        let (count, last) = r.join().unwrap();
+        received += count;
+        last_arrival = last_arrival.max(last);
+    }
     let backlog = last_arrival.saturating_duration_since(sending_ended);
-    let received = (latencies.len() + transcoded_latencies.len()) as u64;
     latencies.sort_unstable();
     transcoded_latencies.sort_unstable();
     let percentile = |of: &[u32], p: f64| -> u64 {

@@ -65,9 +65,18 @@ fn browser_to_sip(group: &mut Group<'_>, name: &str, spec: TranscodeSpec, packet
 }
 
 /// SIP payloads (`payloads`, 20 ms each, in turn) through a transcoder for
-/// `spec` toward the browser.
-fn sip_to_browser(group: &mut Group<'_>, name: &str, spec: TranscodeSpec, payloads: &[Vec<u8>]) {
+/// `spec` toward the browser, whose receiver reports said it lost
+/// `browser_loss` (of 256) of our Opus: none codes it with CELT, 13 (5 %)
+/// with SILK and in-band FEC.
+fn sip_to_browser(
+    group: &mut Group<'_>,
+    name: &str,
+    spec: TranscodeSpec,
+    payloads: &[Vec<u8>],
+    browser_loss: u8,
+) {
     let mut t = Transcoder::new(spec).unwrap();
+    t.browser_reported_loss(browser_loss).unwrap();
     let mut out = [0u8; 1500];
     let (mut seq, mut k) = (0u16, 0usize);
     group.bench_function(name, |b| {
@@ -123,7 +132,20 @@ fn bench(c: &mut Criterion) {
         .chunks_exact(160)
         .map(|frame| frame.iter().map(|&s| g711::ulaw_encode(s)).collect())
         .collect();
-    sip_to_browser(&mut group, "sip_to_browser_pcmu_to_opus_20ms", SPEC, &g711);
+    sip_to_browser(
+        &mut group,
+        "sip_to_browser_pcmu_to_opus_20ms",
+        SPEC,
+        &g711,
+        0,
+    );
+    sip_to_browser(
+        &mut group,
+        "sip_to_browser_pcmu_to_opus_with_fec_20ms",
+        SPEC,
+        &g711,
+        13,
+    );
 
     // G.722 toward the switch: 16 kHz audio both ways.
     let g722_spec = TranscodeSpec {
@@ -152,6 +174,14 @@ fn bench(c: &mut Criterion) {
         "sip_to_browser_g722_to_opus_20ms",
         g722_spec,
         &g722,
+        0,
+    );
+    sip_to_browser(
+        &mut group,
+        "sip_to_browser_g722_to_opus_with_fec_20ms",
+        g722_spec,
+        &g722,
+        13,
     );
     group.finish();
 }

@@ -164,7 +164,9 @@ pub(super) fn relay_from_web_picked(
                 // it: kept for the call's figures, not passed on to a SIP
                 // side that gets another codec's stream from us. Its
                 // sender reports get our receiver report back, whose loss
-                // figure turns on its encoder's in-band FEC.
+                // figure turns on its encoder's in-band FEC. The loss it
+                // reports on our Opus steers our encoder's FEC the same way.
+                let transcoder = call.transcoder.as_deref_mut();
                 let answered = answer_sender_report(
                     &mut batch.bufs[i],
                     len,
@@ -173,6 +175,13 @@ pub(super) fn relay_from_web_picked(
                     &stats.web,
                     OPUS_CLOCK,
                     call.web.ssrc,
+                    |fraction_lost| {
+                        if let Some(t) = transcoder {
+                            // Only a libopus refusing a setting it takes
+                            // fails here; the encoder then stays as it was.
+                            let _ = t.browser_reported_loss(fraction_lost);
+                        }
+                    },
                 );
                 if let (Some(answer), Some(to)) = (answered, call.web.remote) {
                     batch.lens[i] = answer;
@@ -357,6 +366,7 @@ pub(super) fn relay_from_sip_replying(
                     &stats.sip,
                     call.sip_clock,
                     Some(call.sip_out.ssrc),
+                    |_| {},
                 ) {
                     batch.lens[i] = answer;
                     batch.addrs[i] = Some(call.sip.rtcp_destination());
@@ -493,7 +503,8 @@ pub(super) fn relay_from_sip_replying(
 /// by `keys.0` if keyed): noted for the call's figures and not passed on;
 /// a sender report in it is answered with our receiver report on
 /// `reception` from `ours`, written over it and protected by `keys.1`.
-/// Returns the answer's length, if there is one to send back.
+/// The loss the leg reports on the stream we send it (of 256) goes to
+/// `peer_loss`. Returns the answer's length, if there is one to send back.
 #[allow(clippy::too_many_arguments)]
 fn answer_sender_report(
     buf: &mut [u8],
@@ -503,6 +514,7 @@ fn answer_sender_report(
     leg: &LegStats,
     clock: u32,
     ours: Option<u32>,
+    peer_loss: impl FnOnce(u8),
 ) -> Option<usize> {
     let (inbound, outbound) = keys;
     let plain = match inbound.map(|c| c.unprotect_rtcp(&mut buf[..len])) {
@@ -513,7 +525,9 @@ fn answer_sender_report(
         Some(Ok(plain)) => plain,
         None => len,
     };
-    note_peer_report(&buf[..plain], leg, clock);
+    if let Some(fraction_lost) = note_peer_report(&buf[..plain], leg, clock) {
+        peer_loss(fraction_lost);
+    }
     let (_, last_sr) = sender_report(&buf[..plain])?;
     let written = reception.report(last_sr)?.write(ours?, buf);
     match outbound {
@@ -674,16 +688,17 @@ pub(super) fn record_renumbered(
 }
 
 /// Keeps what a peer's RTCP report says about the stream we send it
-/// (`clock`: that stream's clock rate, for the jitter).
-pub(super) fn note_peer_report(plain_rtcp: &[u8], leg: &LegStats, clock: u32) {
-    if let Some(block) = first_report_block(plain_rtcp) {
-        let jitter_us = if clock > 0 {
-            u64::from(block.jitter) * 1_000_000 / u64::from(clock)
-        } else {
-            0
-        };
-        leg.set_peer_report(block.fraction_lost, block.cumulative_lost, jitter_us);
-    }
+/// (`clock`: that stream's clock rate, for the jitter); returns the loss it
+/// reports (of 256), if it has a report block.
+pub(super) fn note_peer_report(plain_rtcp: &[u8], leg: &LegStats, clock: u32) -> Option<u8> {
+    let block = first_report_block(plain_rtcp)?;
+    let jitter_us = if clock > 0 {
+        u64::from(block.jitter) * 1_000_000 / u64::from(clock)
+    } else {
+        0
+    };
+    leg.set_peer_report(block.fraction_lost, block.cumulative_lost, jitter_us);
+    Some(block.fraction_lost)
 }
 
 /// RTCP from one leg to the other: unprotect, note the report, then protect
@@ -1451,6 +1466,40 @@ mod tests {
             &[0xaa, 0xaa, 0xbb, 0xbb],
             "the SR's NTP middle"
         );
+    }
+
+    /// The browser's receiver report on our Opus steers the transcoder's
+    /// encoder: in-band FEC from its first report of loss, none again
+    /// after two reports of none.
+    #[test]
+    fn the_loss_a_browser_reports_on_our_opus_turns_its_fec_on_and_off() {
+        use crate::media::transcode::BrowserProtection;
+        let mut call = transcoded_call();
+        let mut batch = Batch::new();
+        let mut browser_out = context(1);
+        let mut report = |call: &mut RelayedCall, fraction_lost: u8| {
+            let mut rr = vec![0x81, 201, 0, 7, 0, 0x0a, 0x11, 0xce];
+            rr.extend_from_slice(&OUR_SSRC.to_be_bytes());
+            rr.extend_from_slice(&[fraction_lost, 0, 0, 9]);
+            rr.extend_from_slice(&[0u8; 16]);
+            let len = rr.len();
+            batch.bufs[0][..len].copy_from_slice(&rr);
+            batch.lens[0] = browser_out.protect_rtcp(&mut batch.bufs[0], len).unwrap();
+            batch.addrs[0] = Some(BROWSER.parse().unwrap());
+            relay_from_web(call, &mut batch, 1);
+            call.transcoder.as_ref().unwrap().browser_protection()
+        };
+        assert_eq!(report(&mut call, 0), BrowserProtection::Clear);
+        assert_eq!(
+            report(&mut call, 26),
+            BrowserProtection::Protected { loss_percent: 11 }
+        );
+        assert_eq!(call.stats.web.snapshot().peer_fraction_lost, 26.0 / 256.0);
+        assert!(matches!(
+            report(&mut call, 0),
+            BrowserProtection::Protected { .. }
+        ));
+        assert_eq!(report(&mut call, 0), BrowserProtection::Clear);
     }
 
     /// DTMF packets the relay inserts toward SIP move the browser's numbers

@@ -18,7 +18,9 @@
 //! - SIP → browser: the G.711 or G.722 payload is decoded and encoded as
 //!   Opus, one
 //!   Opus packet per 10, 20, 40 or 60 ms; a packet of another length (30 ms,
-//!   say) is cut into such frames, each an Opus packet of its own.
+//!   say) is cut into such frames, each an Opus packet of its own. Coded
+//!   with CELT while the browser reports next to no loss on it, and with
+//!   SILK and in-band FEC once it reports loss ([`BrowserProtection`]).
 //!
 //! Rates: libopus decodes straight to the SIP codec's rate and encodes
 //! straight from it. Its decoder band-limits before it lowers the rate and
@@ -173,18 +175,53 @@ fn seq_step(seq: u16, last: u16) -> SeqStep {
         step => SeqStep::Next(step as u16 - 1),
     }
 }
-/// The Opus bit rate toward the browser: the SIP side is narrowband, which
-/// SILK codes well at this rate, with room for in-band FEC.
-const OPUS_BITRATE: i32 = 24_000;
+/// The Opus bit rate toward the browser. Either of libopus's coders carries
+/// the SIP side's narrowband (or G.722's wideband) well at this rate, and
+/// it is what lets the encoder use both: libopus weighs the rate against
+/// the loss before it codes FEC at all, and at effort 0 counts the rate a
+/// fifth lower. At 24 kbit/s (measured) it coded no FEC below about 20 %
+/// loss, and once on SILK it stayed there when told the loss was gone; at
+/// 32 kbit/s it codes FEC from 2 % on and goes back to CELT.
+const OPUS_BITRATE: i32 = 32_000;
 /// libopus's encoder effort (0-10) toward the browser. Measured per 20 ms
-/// packet of narrowband speech on this project's machines (BENCHMARKS.md):
-/// 28-37 µs at 0 and 1, 67 µs at 2, 93 µs at 4, 177 µs at the library's
-/// default of 10 — most of a transcoded call's cost. The source is G.711,
-/// which the higher efforts cannot make sound better than it is.
+/// packet of narrowband speech on this project's machines (BENCHMARKS.md),
+/// SILK: 28-37 µs at 0 and 1, 67 µs at 2, 93 µs at 4, 177 µs at the
+/// library's default of 10 — most of a transcoded call's cost. The source
+/// is G.711, which the higher efforts cannot make sound better than it is.
 const OPUS_COMPLEXITY: i32 = 0;
-/// The loss the Opus encoder toward the browser protects against with
-/// in-band FEC (percent): a home agent's Wi-Fi.
-const OPUS_EXPECTED_LOSS: i32 = 10;
+
+/// The browser's loss (of 256, RTCP's `fraction lost`) from which our Opus
+/// toward it carries in-band FEC: about 2 %.
+const PROTECT_FROM_LOSS: u8 = 5;
+/// Below this loss (about 1 %) in [`CLEAR_REPORTS`] reports in a row, the
+/// FEC is dropped again.
+const CLEAR_BELOW_LOSS: u8 = 3;
+const CLEAR_REPORTS: u8 = 2;
+/// The least loss (percent) the FEC is sized for once it is on.
+const MIN_PROTECTED_LOSS: i32 = 2;
+
+/// How our Opus toward the browser is coded, steered by the loss the
+/// browser reports on it (RTCP receiver report blocks).
+///
+/// - `Clear` (from the start, and while the browser loses next to nothing):
+///   libopus's CELT layer, low in delay and about half SILK's encoding
+///   cost at effort 0 (11-15 µs against 26 µs per 20 ms here) — the larger
+///   part of what a transcoded call costs, so this is what sets how many
+///   calls a core carries.
+/// - `Protected`: SILK with in-band FEC sized for the loss reported, so the
+///   browser's decoder can make up a lost packet from the next one — the
+///   same protection we make use of in the other direction. CELT has no
+///   FEC; SILK's costs twice the CPU, so it is spent where there is loss.
+///
+/// libopus has no public switch for its coders: the encoder is told the
+/// signal is music (which tips its choice to CELT at this bit rate) or
+/// voice (SILK). `transcode::tests` pins what each gives with the linked
+/// libopus, packet by packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrowserProtection {
+    Clear,
+    Protected { loss_percent: u8 },
+}
 
 /// Why a packet could not be transcoded (the relay drops and counts it).
 #[derive(Debug, PartialEq, Eq)]
@@ -236,6 +273,10 @@ pub struct Transcoder {
     sip_chunk_count: usize,
     /// Counters for the call's view and the metrics.
     pub recovered: u64,
+    /// How our Opus toward the browser is coded now, and the browser's
+    /// reports in a row under [`CLEAR_BELOW_LOSS`] while protected.
+    protection: BrowserProtection,
+    clear_reports: u8,
 }
 
 impl Transcoder {
@@ -248,7 +289,8 @@ impl Transcoder {
         encoder.set_bitrate(opus::Bitrate::Bits(OPUS_BITRATE))?;
         encoder.set_complexity(OPUS_COMPLEXITY)?;
         encoder.set_inband_fec(true)?;
-        encoder.set_packet_loss_perc(OPUS_EXPECTED_LOSS)?;
+        let protection = BrowserProtection::Clear;
+        code_for(&mut encoder, protection)?;
         Ok(Box::new(Transcoder {
             spec,
             decoder,
@@ -271,7 +313,48 @@ impl Transcoder {
             sip_chunks: [(0, 0); MAX_PACKET_MS / 10],
             sip_chunk_count: 0,
             recovered: 0,
+            protection,
+            clear_reports: 0,
         }))
+    }
+
+    /// How our Opus toward the browser is coded now.
+    pub fn browser_protection(&self) -> BrowserProtection {
+        self.protection
+    }
+
+    /// The browser reports it lost `fraction_lost` (of 256) of our Opus
+    /// lately (an RTCP report block): the encoder toward it turns in-band
+    /// FEC on from about 2 % (sized for the loss reported, and resized by
+    /// each report while on) and off after two reports under about 1 %.
+    /// Takes effect from the next frame encoded.
+    pub fn browser_reported_loss(&mut self, fraction_lost: u8) -> Result<(), TranscodeError> {
+        let loss_percent = (u32::from(fraction_lost) * 100).div_ceil(256) as u8;
+        let next = match self.protection {
+            _ if fraction_lost >= PROTECT_FROM_LOSS => {
+                self.clear_reports = 0;
+                BrowserProtection::Protected { loss_percent }
+            }
+            BrowserProtection::Protected { .. } if fraction_lost < CLEAR_BELOW_LOSS => {
+                self.clear_reports += 1;
+                if self.clear_reports >= CLEAR_REPORTS {
+                    self.clear_reports = 0;
+                    BrowserProtection::Clear
+                } else {
+                    self.protection
+                }
+            }
+            BrowserProtection::Protected { .. } => {
+                self.clear_reports = 0;
+                self.protection
+            }
+            BrowserProtection::Clear => BrowserProtection::Clear,
+        };
+        if next != self.protection {
+            code_for(&mut self.encoder, next)?;
+            self.protection = next;
+        }
+        Ok(())
     }
 
     pub fn spec(&self) -> TranscodeSpec {
@@ -545,6 +628,20 @@ impl Transcoder {
                     .wrapping_add(offset as u32 * self.opus_ticks_per_sample()),
             },
         ))
+    }
+}
+
+/// Sets libopus's encoder up for `protection` (see [`BrowserProtection`]).
+fn code_for(encoder: &mut opus::Encoder, protection: BrowserProtection) -> Result<(), opus::Error> {
+    match protection {
+        BrowserProtection::Clear => {
+            encoder.set_signal(opus::Signal::Music)?;
+            encoder.set_packet_loss_perc(0)
+        }
+        BrowserProtection::Protected { loss_percent } => {
+            encoder.set_signal(opus::Signal::Voice)?;
+            encoder.set_packet_loss_perc(i32::from(loss_percent).max(MIN_PROTECTED_LOSS))
+        }
     }
 }
 

@@ -246,14 +246,13 @@ fn snr_db(reference: &[i16], got: &[i16]) -> f64 {
     10.0 * (signal / noise.max(1.0)).log10()
 }
 
-#[test]
-fn in_band_fec_recovers_a_lost_frame_better_than_concealment() {
-    // A speech-like signal: a gliding pitch with harmonics, gated into
-    // syllables, so concealment cannot simply carry a steady tone on.
-    let rate = 48_000.0;
-    let signal: Vec<i16> = (0..48_000)
+/// One second at `rate` of a speech-like signal: a gliding pitch with
+/// harmonics, gated into syllables, so concealment cannot simply carry a
+/// steady tone on.
+fn speech_like(rate: u32) -> Vec<i16> {
+    (0..rate)
         .map(|n| {
-            let t = n as f64 / rate;
+            let t = f64::from(n) / f64::from(rate);
             let pitch = 140.0 + 60.0 * (2.0 * PI * 3.0 * t).sin();
             let envelope = 0.5 + 0.5 * (2.0 * PI * 4.0 * t).sin();
             let phase = 2.0 * PI * pitch * t;
@@ -262,7 +261,12 @@ fn in_band_fec_recovers_a_lost_frame_better_than_concealment() {
                 * 7000.0;
             v as i16
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn in_band_fec_recovers_a_lost_frame_better_than_concealment() {
+    let signal = speech_like(48_000);
     let packets = browser_packets(&signal, true);
     // The reference: every packet decoded, nothing lost.
     let mut reference = Transcoder::new(PCMU).unwrap();
@@ -426,4 +430,155 @@ fn a_g722_switchs_wideband_tone_reaches_the_browser() {
     let steady = &heard[9600..];
     let tone = level_at(steady, 48_000, 5000.0);
     assert!(tone > 3000.0, "5 kHz at {tone}: the band G.711 would lose");
+}
+
+/// Whether an Opus packet's first frame is coded by CELT alone (its TOC
+/// byte's configuration 16-31, RFC 6716 section 3.1) or SILK alone (0-11).
+fn celt_only(packet: &[u8]) -> bool {
+    packet[0] >> 3 >= 16
+}
+fn silk_only(packet: &[u8]) -> bool {
+    packet[0] >> 3 <= 11
+}
+
+/// `frames` 20 ms PCMU packets of speech through `t` toward the browser,
+/// starting at packet `from` of the signal: the Opus packets.
+fn toward_browser(t: &mut Transcoder, from: usize, frames: usize) -> Vec<Vec<u8>> {
+    let signal = speech_like(8000);
+    let mut out = [0u8; 1500];
+    (from..from + frames)
+        .map(|k| {
+            let at = (k * 160) % (signal.len() - 160);
+            let payload: Vec<u8> = signal[at..at + 160]
+                .iter()
+                .map(|&s| g711::ulaw_encode(s))
+                .collect();
+            t.sip_packet(9, k as u16, 160 * k as u32, &payload).unwrap();
+            let (len, _) = t.sip_chunk(0, &mut out).unwrap();
+            out[..len].to_vec()
+        })
+        .collect()
+}
+
+/// Mean SNR (dB) of frames made up by a browser's decoder for every fifth
+/// of `packets` lost, against the frames decoded with nothing lost: from
+/// the next packet's in-band FEC when `fec`, else by concealment.
+fn browser_made_up_snr(packets: &[Vec<u8>], fec: bool) -> f64 {
+    let mut reference = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
+    let mut lossy = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
+    let (mut expected, mut got) = ([0i16; 960], [0i16; 960]);
+    let (mut total, mut cases) = (0.0, 0);
+    for (k, p) in packets.iter().enumerate() {
+        reference.decode(p, &mut expected, false).unwrap();
+        if k % 5 == 3 && k + 1 < packets.len() {
+            if fec {
+                lossy.decode(&packets[k + 1], &mut got, true).unwrap();
+            } else {
+                lossy.decode(&[], &mut got, false).unwrap();
+            }
+            total += snr_db(&expected, &got);
+            cases += 1;
+        } else {
+            lossy.decode(p, &mut got, false).unwrap();
+        }
+    }
+    total / f64::from(cases)
+}
+
+/// A browser makes up lost frames of `packets` from the next packet's FEC
+/// clearly better than by concealment: the FEC is there.
+fn assert_fec_beats_concealment(packets: &[Vec<u8>]) {
+    let (fec, concealed) = (
+        browser_made_up_snr(packets, true),
+        browser_made_up_snr(packets, false),
+    );
+    assert!(
+        fec > concealed + 3.0,
+        "FEC {fec:.1} dB against concealment {concealed:.1} dB"
+    );
+}
+
+#[test]
+fn our_opus_is_celt_while_the_browser_reports_no_loss_and_silk_with_fec_once_it_does() {
+    let mut t = Transcoder::new(PCMU).unwrap();
+    assert_eq!(t.browser_protection(), BrowserProtection::Clear);
+    let clear = toward_browser(&mut t, 0, 40);
+    assert!(clear.iter().all(|p| celt_only(p)), "CELT from the start");
+    // Under 2 % changes nothing.
+    t.browser_reported_loss(4).unwrap();
+    assert_eq!(t.browser_protection(), BrowserProtection::Clear);
+
+    // About 5 % lost: SILK, with FEC the browser can make a lost packet up
+    // from (the first two packets may carry libopus's switch-over).
+    t.browser_reported_loss(13).unwrap();
+    assert_eq!(
+        t.browser_protection(),
+        BrowserProtection::Protected { loss_percent: 6 }
+    );
+    let protected = toward_browser(&mut t, 40, 100);
+    assert!(
+        protected[2..].iter().all(|p| silk_only(p)),
+        "SILK once lossy"
+    );
+    assert_fec_beats_concealment(&protected[2..]);
+    // CELT carries no FEC: a browser's made-up frame is concealment.
+    let (celt_fec, celt_concealed) = (
+        browser_made_up_snr(&clear, true),
+        browser_made_up_snr(&clear, false),
+    );
+    assert!(
+        (celt_fec - celt_concealed).abs() < 1.0,
+        "CELT: {celt_fec:.1} dB from the next packet, {celt_concealed:.1} dB concealed"
+    );
+
+    // The FEC follows the loss reported; a report between 1 and 2 % keeps
+    // it; one clean report is not enough to drop it, two are.
+    t.browser_reported_loss(40).unwrap();
+    assert_eq!(
+        t.browser_protection(),
+        BrowserProtection::Protected { loss_percent: 16 }
+    );
+    t.browser_reported_loss(4).unwrap();
+    t.browser_reported_loss(0).unwrap();
+    assert!(matches!(
+        t.browser_protection(),
+        BrowserProtection::Protected { .. }
+    ));
+    t.browser_reported_loss(4).unwrap();
+    t.browser_reported_loss(0).unwrap();
+    assert!(matches!(
+        t.browser_protection(),
+        BrowserProtection::Protected { .. }
+    ));
+    t.browser_reported_loss(1).unwrap();
+    assert_eq!(t.browser_protection(), BrowserProtection::Clear);
+    let again = toward_browser(&mut t, 140, 40);
+    assert!(again[2..].iter().all(|p| celt_only(p)), "CELT again");
+}
+
+#[test]
+fn a_g722_calls_opus_follows_the_browsers_loss_too() {
+    let mut t = Transcoder::new(G722).unwrap();
+    let signal = speech_like(16_000);
+    let mut switch = audio_codec::g722::G722Encoder::new();
+    let mut payload = [0u8; 160];
+    let mut out = [0u8; 1500];
+    let mut packets = |t: &mut Transcoder, from: usize| -> Vec<Vec<u8>> {
+        (from..from + 30)
+            .map(|k| {
+                let frame = &signal[(k % 49) * 320..(k % 49 + 1) * 320];
+                let len =
+                    audio_codec::Encoder::encode_into(&mut switch, frame, &mut payload).unwrap();
+                t.sip_packet(5, k as u16, 160 * k as u32, &payload[..len])
+                    .unwrap();
+                let (n, _) = t.sip_chunk(0, &mut out).unwrap();
+                out[..n].to_vec()
+            })
+            .collect()
+    };
+    assert!(packets(&mut t, 0).iter().all(|p| celt_only(p)));
+    t.browser_reported_loss(26).unwrap();
+    let protected = packets(&mut t, 30);
+    assert!(protected[2..].iter().all(|p| silk_only(p)));
+    assert_fec_beats_concealment(&protected[2..]);
 }
