@@ -120,6 +120,8 @@ export interface LegStats {
   control_packets: number;
   /** Transcoded calls: packets made up (in-band FEC or concealment) for ones lost on the way in. */
   made_up: number;
+  /** Transcoded calls: our Opus toward the browser carries in-band FEC (the browser reported loss). */
+  fec_out: boolean;
   dropped_foreign_source: number; dropped_auth_failed: number; dropped_replay: number;
   dropped_malformed: number; dropped_payload_type: number; dropped_not_ready: number;
   dropped_overload: number;

@@ -1,7 +1,7 @@
 //! Per-call, per-leg counters. Written by the relay worker with relaxed
 //! atomics (no lock), read by the API and the metrics exporter.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
 
@@ -35,6 +35,9 @@ pub struct LegStats {
     /// Packets of a transcoded call made up for ones lost on the way in
     /// (from in-band FEC, or concealed).
     pub made_up: AtomicU64,
+    /// Transcoded calls: the Opus we send this leg carries in-band FEC
+    /// (its peer reported loss on it).
+    pub fec_out: AtomicBool,
     drops: [AtomicU64; 7],
     /// Our own view of what arrives on this leg (RFC 3550 A.3, A.8).
     lost: AtomicI64,
@@ -91,6 +94,7 @@ impl LegStats {
             bytes_out: self.bytes_out.load(Relaxed),
             control_packets: self.control_packets.load(Relaxed),
             made_up: self.made_up.load(Relaxed),
+            fec_out: self.fec_out.load(Relaxed),
             dropped_foreign_source: self.drops(DropCause::ForeignSource),
             dropped_auth_failed: self.drops(DropCause::AuthFailed),
             dropped_replay: self.drops(DropCause::Replay),
@@ -117,6 +121,8 @@ pub struct LegSnapshot {
     pub control_packets: u64,
     /// Transcoded calls: packets made up for ones lost on the way in.
     pub made_up: u64,
+    /// Transcoded calls: our Opus toward this leg carries in-band FEC.
+    pub fec_out: bool,
     pub dropped_foreign_source: u64,
     pub dropped_auth_failed: u64,
     pub dropped_replay: u64,

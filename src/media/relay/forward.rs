@@ -19,7 +19,7 @@ use crate::media::reception::{first_report_block, sender_report, ReceptionStats}
 use crate::media::rtp::{self, WebPacketKind};
 use crate::media::srtp::{SrtpContext, SrtpError};
 use crate::media::stats::{DropCause, LegStats};
-use crate::media::transcode::OPUS_CLOCK;
+use crate::media::transcode::{BrowserProtection, OPUS_CLOCK};
 
 /// Indices of a batch's datagrams going out by one socket.
 pub(super) struct Outgoing {
@@ -180,6 +180,11 @@ pub(super) fn relay_from_web_picked(
                             // Only a libopus refusing a setting it takes
                             // fails here; the encoder then stays as it was.
                             let _ = t.browser_reported_loss(fraction_lost);
+                            let fec = matches!(
+                                t.browser_protection(),
+                                BrowserProtection::Protected { .. }
+                            );
+                            stats.web.fec_out.store(fec, Ordering::Relaxed);
                         }
                     },
                 );
@@ -1473,7 +1478,6 @@ mod tests {
     /// after two reports of none.
     #[test]
     fn the_loss_a_browser_reports_on_our_opus_turns_its_fec_on_and_off() {
-        use crate::media::transcode::BrowserProtection;
         let mut call = transcoded_call();
         let mut batch = Batch::new();
         let mut browser_out = context(1);
@@ -1495,11 +1499,16 @@ mod tests {
             BrowserProtection::Protected { loss_percent: 11 }
         );
         assert_eq!(call.stats.web.snapshot().peer_fraction_lost, 26.0 / 256.0);
+        assert!(
+            call.stats.web.snapshot().fec_out,
+            "shown in the call's view"
+        );
         assert!(matches!(
             report(&mut call, 0),
             BrowserProtection::Protected { .. }
         ));
         assert_eq!(report(&mut call, 0), BrowserProtection::Clear);
+        assert!(!call.stats.web.snapshot().fec_out);
     }
 
     /// DTMF packets the relay inserts toward SIP move the browser's numbers
