@@ -186,7 +186,7 @@ const OPUS_BITRATE: i32 = 32_000;
 /// libopus's encoder effort (0-10) toward the browser. Measured per 20 ms
 /// packet of narrowband speech on this project's machines (BENCHMARKS.md),
 /// SILK: 28-37 µs at 0 and 1, 67 µs at 2, 93 µs at 4, 177 µs at the
-/// library's default of 10 — most of a transcoded call's cost. The source
+/// library's default of 10; CELT: 11-15 µs at 0, 17-18 µs at 1. The source
 /// is G.711, which the higher efforts cannot make sound better than it is.
 const OPUS_COMPLEXITY: i32 = 0;
 
