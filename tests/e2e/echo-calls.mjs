@@ -448,17 +448,31 @@ try {
         if (stats.every((s) => s.browser.packetsReceived > 100 && s.browser.audioLevel > 0) &&
             hz.every((f) => Math.abs(f - 1000) <= 20)) break;
       }
-      // The gateway port each call's media went to (its selected pair).
-      const gatewayPorts = await Promise.all(calls.map(async (c) => {
-        const report = await c.pc.getStats();
-        let port = null;
+      // The gateway port each call's media went to: the transport's
+      // selected pair (a nominated, succeeded one where the browser names
+      // none). One CI run's report lacked both for two of the ten calls
+      // while their audio flowed (cause not found), so ask again a while.
+      const selectedPort = (report) => {
+        let pairId = null;
         report.forEach((s) => {
-          if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') {
-            const remote = report.get(s.remoteCandidateId);
-            if (remote) port = remote.port;
-          }
+          if (s.type === 'transport' && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
         });
-        return port;
+        let pair = pairId ? report.get(pairId) : null;
+        if (!pair) {
+          report.forEach((s) => {
+            if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s;
+          });
+        }
+        const remote = pair ? report.get(pair.remoteCandidateId) : null;
+        return remote ? remote.port : null;
+      };
+      const gatewayPorts = await Promise.all(calls.map(async (c) => {
+        for (let attempt = 0; attempt < 10; attempt++) {
+          const port = selectedPort(await c.pc.getStats());
+          if (port !== null) return port;
+          await new Promise((r) => setTimeout(r, 200));
+        }
+        return null;
       }));
       const result = {
         calls: calls.length,
