@@ -318,31 +318,24 @@ fn run_for_calls(n: usize, rates: &[u64], seconds: u64, relay_options: Option<Re
             relay
                 .add_call(CallMediaSetup {
                     web_socket: web,
-                    web_ufrag: None,
                     web_remote: Some(web_remote),
-                    // As in a call (media toward the browser would name its
-                    // source; the load here flows the other way, and each
-                    // datagram received reports its local address).
+                    // As in a call: media toward the browser names its
+                    // source, and each datagram received reports its local
+                    // address.
                     web_local: Some(std::net::Ipv4Addr::LOCALHOST.into()),
                     web_srtp: Some((
                         SrtpContext::new(&key()).unwrap(),
                         SrtpContext::new(&key()).unwrap(),
                     )),
-                    web_ssrc: None,
-                    web_check_verifier: None,
-                    sip_rtp_socket: sip,
-                    sip_rtcp_socket: None,
-                    sip_remote: sink,
-                    sip_remote_rtcp: None,
-                    sip_strict_source: false,
-                    sip_srtp: None,
-                    payload_map: if call < transcoded {
-                        PayloadMap::transcoded(TRANSCODE)
-                    } else {
-                        PayloadMap::new(&[(0, 0, 8_000)])
-                    },
-                    events: None,
-                    leases: Vec::new(),
+                    ..CallMediaSetup::new(
+                        sip,
+                        sink,
+                        if call < transcoded {
+                            PayloadMap::transcoded(TRANSCODE)
+                        } else {
+                            PayloadMap::new(&[(0, 0, 8_000)])
+                        },
+                    )
                 })
                 .unwrap(),
         );

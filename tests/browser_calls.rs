@@ -407,21 +407,8 @@ fn a_browser_without_udp_falls_back_to_ice_tcp() {
     if !common::inside_namespace("a_browser_without_udp_falls_back_to_ice_tcp") {
         return;
     }
-    let nft = |args: &[&str]| {
-        let ok = Command::new("nft").args(args).status().unwrap().success();
-        assert!(ok, "nft {args:?}");
-    };
-    nft(&["add", "table", "inet", "noudp"]);
-    nft(&[
-        "add",
-        "chain",
-        "inet",
-        "noudp",
-        "in",
-        "{ type filter hook input priority 0 ; }",
-    ]);
     let rule = format!("ip daddr {} udp dport 1024-65535 drop", common::LAN_ADDRESS);
-    nft(&["add", "rule", "inet", "noudp", "in", &rule]);
+    let no_udp = InputDrop::add("noudp", &rule);
     // With a UDP port per call, and with the one shared UDP port.
     for media in [
         "[media]\nweb-tcp-port = 8444\n",
@@ -460,7 +447,35 @@ fn a_browser_without_udp_falls_back_to_ice_tcp() {
             assert!(value >= 1.0, "{text}");
         });
     }
-    nft(&["delete", "table", "inet", "noudp"]);
+    drop(no_udp);
+}
+
+/// An nftables table in the test's namespace that drops what `rule`
+/// matches on input (so on its way in, as a network drops it: a drop on
+/// output would fail the sender's call instead, which it can see); the
+/// table goes when this does.
+struct InputDrop(&'static str);
+
+impl InputDrop {
+    fn add(table: &'static str, rule: &str) -> InputDrop {
+        let nft = |args: &[&str]| {
+            let ok = Command::new("nft").args(args).status().unwrap().success();
+            assert!(ok, "nft {args:?}");
+        };
+        nft(&["add", "table", "inet", table]);
+        let chain = "{ type filter hook input priority 0 ; }";
+        nft(&["add", "chain", "inet", table, "in", chain]);
+        nft(&["add", "rule", "inet", table, "in", rule]);
+        InputDrop(table)
+    }
+}
+
+impl Drop for InputDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", self.0])
+            .status();
+    }
 }
 
 /// A gateway that advertises an address the browser cannot reach: the
@@ -1878,28 +1893,13 @@ fn lossy_call(transcode: &str, loss_percent: u32, tone_port: u16) -> (f64, u64, 
 /// `transcode`: the share of frames the switch heard with the tone, and
 /// what the page reported.
 fn call_with_loss(transcode: &str, port: &str, loss_percent: u32, tone_port: u16) -> (f64, Value) {
-    let nft = |args: &[&str]| {
-        let ok = Command::new("nft").args(args).status().unwrap().success();
-        assert!(ok, "nft {args:?}");
-    };
-    nft(&["add", "table", "inet", "loss"]);
-    // On input: dropped on the way in, as a lossy network does (a drop on
-    // output would fail the browser's send instead, which it can see).
-    nft(&[
-        "add",
-        "chain",
-        "inet",
-        "loss",
-        "in",
-        "{ type filter hook input priority 0 ; }",
-    ]);
     // Every (100 / loss_percent)th datagram: the same share lost on both
     // calls compared, interleaved with STUN so not on a fixed packet beat.
     let rule = format!(
         "udp {port} 20000-29999 numgen inc mod {} == 0 drop",
         100 / loss_percent
     );
-    nft(&["add", "rule", "inet", "loss", "in", &rule]);
+    let loss = InputDrop::add("loss", &rule);
     let dir = tempfile::tempdir().unwrap();
     let tone = ToneSource::start(tone_port);
     let port = tone_port.to_string();
@@ -1916,7 +1916,7 @@ fn call_with_loss(transcode: &str, port: &str, loss_percent: u32, tone_port: u16
         440,
         &[("LISTEN_MS", "8000")],
     );
-    nft(&["delete", "table", "inet", "loss"]);
+    drop(loss);
     assert_eq!(r["answered"], true, "{r}");
     common::assert_sipp_passed(&sipp.wait_with_output().unwrap());
     drop(gw);

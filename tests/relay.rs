@@ -337,21 +337,11 @@ fn call_on_ports(
     relay
         .add_call(CallMediaSetup {
             web_socket: Some(web.rtp),
-            web_ufrag: None,
             web_remote: browser,
-            web_local: None,
             web_srtp,
-            web_ssrc: None,
-            web_check_verifier: None,
-            sip_rtp_socket: sip.rtp,
             sip_rtcp_socket: sip.rtcp,
-            sip_remote,
-            sip_remote_rtcp: None,
-            sip_strict_source: false,
-            sip_srtp: None,
-            payload_map: PayloadMap::new(&[(0, 0, 8_000)]),
-            events: None,
             leases: vec![web.lease, sip.lease],
+            ..CallMediaSetup::new(sip.rtp, sip_remote, PayloadMap::new(&[(0, 0, 8_000)]))
         })
         .unwrap()
 }
@@ -675,21 +665,11 @@ fn dtmf_needs_telephone_event(options: RelayOptions) {
     let media = relay
         .add_call(CallMediaSetup {
             web_socket: Some(udp()),
-            web_ufrag: None,
-            web_remote: None,
-            web_local: None,
-            web_srtp: None,
-            web_ssrc: None,
-            web_check_verifier: None,
-            sip_rtp_socket: udp(),
-            sip_rtcp_socket: None,
-            sip_remote: "127.0.0.1:9".parse().unwrap(),
-            sip_remote_rtcp: None,
-            sip_strict_source: false,
-            sip_srtp: None,
-            payload_map: PayloadMap::new(&[(0, 0, 8_000)]),
-            events: None,
-            leases: Vec::new(),
+            ..CallMediaSetup::new(
+                udp(),
+                "127.0.0.1:9".parse().unwrap(),
+                PayloadMap::new(&[(0, 0, 8_000)]),
+            )
         })
         .unwrap();
     assert!(matches!(
