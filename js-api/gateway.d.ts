@@ -148,8 +148,8 @@ export interface CallStats {
     /** How each leg is protected ('' until the legs are joined). */
     keying: { web: 'dtls' | 'sdes' | ''; sip: 'srtp' | 'rtp' | '' };
     held: 'local' | 'remote' | null;
-    /** The browser's address and the gateway's address it sends to, once ICE chose them. */
-    web_path: { browser: string; gateway: string | null } | null;
+    /** The browser's address and the gateway's address it sends to, once ICE chose them; 'tcp' on ICE-TCP. */
+    web_path: { browser: string; gateway: string | null; transport: 'udp' | 'tcp' } | null;
     stats: { web: LegStats; sip: LegStats };
   };
   browser: {

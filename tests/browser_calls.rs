@@ -407,13 +407,8 @@ fn a_browser_without_udp_falls_back_to_ice_tcp() {
     if !common::inside_namespace("a_browser_without_udp_falls_back_to_ice_tcp") {
         return;
     }
-    let rule = format!("ip daddr {} udp dport 1024-65535 drop", common::LAN_ADDRESS);
-    let no_udp = InputDrop::add("noudp", &rule);
-    // With a UDP port per call, and with the one shared UDP port.
-    for media in [
-        "[media]\nweb-tcp-port = 8444\n",
-        "[media]\nweb-port = 3478\nweb-tcp-port = 8444\n",
-    ] {
+    let (no_udp, layouts) = common::udp_blocked_to_the_gateway();
+    for media in layouts {
         let dir = tempfile::tempdir().unwrap();
         let gw = common::Gateway::start("", media);
         let url = format!("https://127.0.0.1:{}", gw.https.port());
@@ -436,6 +431,15 @@ fn a_browser_without_udp_falls_back_to_ice_tcp() {
         );
         let web = &stats["gateway"]["stats"]["web"];
         assert!(web["packets_in"].as_u64().unwrap_or(0) > 100, "{web}");
+        // The call's view names the connection's ends, not its bridge.
+        let web_path = &stats["gateway"]["web_path"];
+        assert_eq!(web_path["transport"], "tcp", "{r}");
+        assert_eq!(web_path["gateway"], common::LAN_ADDRESS, "{r}");
+        assert_eq!(
+            ip_of(&web_path["browser"]).to_string(),
+            common::LAN_ADDRESS,
+            "{r}"
+        );
         block_on(async {
             let text = gw.metrics_text().await;
             let connected = "gateway_media_ice_tcp_connections_total{outcome=\"connected\"} ";
@@ -448,34 +452,6 @@ fn a_browser_without_udp_falls_back_to_ice_tcp() {
         });
     }
     drop(no_udp);
-}
-
-/// An nftables table in the test's namespace that drops what `rule`
-/// matches on input (so on its way in, as a network drops it: a drop on
-/// output would fail the sender's call instead, which it can see); the
-/// table goes when this does.
-struct InputDrop(&'static str);
-
-impl InputDrop {
-    fn add(table: &'static str, rule: &str) -> InputDrop {
-        let nft = |args: &[&str]| {
-            let ok = Command::new("nft").args(args).status().unwrap().success();
-            assert!(ok, "nft {args:?}");
-        };
-        nft(&["add", "table", "inet", table]);
-        let chain = "{ type filter hook input priority 0 ; }";
-        nft(&["add", "chain", "inet", table, "in", chain]);
-        nft(&["add", "rule", "inet", table, "in", rule]);
-        InputDrop(table)
-    }
-}
-
-impl Drop for InputDrop {
-    fn drop(&mut self) {
-        let _ = Command::new("nft")
-            .args(["delete", "table", "inet", self.0])
-            .status();
-    }
 }
 
 /// A gateway that advertises an address the browser cannot reach: the
@@ -1899,7 +1875,7 @@ fn call_with_loss(transcode: &str, port: &str, loss_percent: u32, tone_port: u16
         "udp {port} 20000-29999 numgen inc mod {} == 0 drop",
         100 / loss_percent
     );
-    let loss = InputDrop::add("loss", &rule);
+    let loss = common::InputDrop::add("loss", &rule);
     let dir = tempfile::tempdir().unwrap();
     let tone = ToneSource::start(tone_port);
     let port = tone_port.to_string();

@@ -107,3 +107,82 @@ fn firefox_calls_a_sip_uas_and_hears_itself() {
     assert!(sip["packets_out"].as_u64().unwrap_or(0) > 100, "{sip}");
     common::assert_sipp_passed(&sipp.wait_with_output().unwrap());
 }
+
+/// Firefox's selected path ends at `remote` (the gateway's address and
+/// port) over `protocol` ("udp" or "tcp").
+fn assert_path(r: &Value, remote: &str, protocol: &str) {
+    let selected = &r["selected"];
+    assert_eq!(selected["remote"].as_str(), Some(remote), "{r}");
+    assert_eq!(selected["protocol"].as_str(), Some(protocol), "{r}");
+}
+
+/// Firefox on the one shared web port (`[media] web-port`): its checks,
+/// DTLS and media go to that port, and the tone comes back.
+#[test]
+fn firefox_calls_through_the_one_web_port() {
+    if !common::inside_namespace("firefox_calls_through_the_one_web_port") {
+        return;
+    }
+    let gw = common::Gateway::start("", "[media]\nweb-port = 3478\n");
+    let url = format!("https://127.0.0.1:{}", gw.https.port());
+    let r = firefox("echo", &url, "");
+    assert_heard_itself(&r);
+    assert_path(&r, &format!("{}:3478", common::LAN_ADDRESS), "udp");
+    assert_eq!(r["stats"]["gateway"]["web_path"]["transport"], "udp", "{r}");
+}
+
+/// Firefox whose UDP to the gateway is dropped in its network (an nftables
+/// rule in the test's namespace) falls back to our passive ICE-TCP
+/// candidate (`[media] web-tcp-port`), with a UDP port per call and with
+/// the one shared port, and hears its tone back over the connection.
+#[test]
+fn firefox_without_udp_falls_back_to_ice_tcp() {
+    if !common::inside_namespace("firefox_without_udp_falls_back_to_ice_tcp") {
+        return;
+    }
+    let (no_udp, layouts) = common::udp_blocked_to_the_gateway();
+    for media in layouts {
+        let gw = common::Gateway::start("", media);
+        let url = format!("https://127.0.0.1:{}", gw.https.port());
+        let r = firefox("echo", &url, "");
+        assert_heard_itself(&r);
+        assert_path(&r, &format!("{}:8444", common::LAN_ADDRESS), "tcp");
+        // The call's view shows the connection's ends, not its bridge.
+        let web_path = &r["stats"]["gateway"]["web_path"];
+        assert_eq!(web_path["transport"], "tcp", "{r}");
+        assert_eq!(web_path["gateway"], common::LAN_ADDRESS, "{r}");
+        let browser = web_path["browser"].as_str().unwrap_or("");
+        assert!(
+            browser.starts_with(&format!("{}:", common::LAN_ADDRESS)),
+            "{r}"
+        );
+    }
+    drop(no_udp);
+}
+
+/// Firefox on a dual-stack host: the gateway offers its IPv4 and IPv6
+/// addresses, Firefox picks the IPv6 path, and the tone comes back over
+/// it. (On an IPv6-only network this headless Firefox gathers no candidate
+/// at all, so it cannot call there; Chromium's IPv6-only call is in
+/// browser_calls.rs.)
+#[test]
+fn firefox_on_a_dual_stack_host_calls_over_ipv6() {
+    if !common::inside_network(
+        "firefox_on_a_dual_stack_host_calls_over_ipv6",
+        common::Network::DualStack,
+    ) {
+        return;
+    }
+    let gw = common::Gateway::start("", "");
+    let url = format!("https://127.0.0.1:{}", gw.https.port());
+    let r = firefox("echo", &url, "");
+    assert_heard_itself(&r);
+    let port = r["selected"]["remote"]
+        .as_str()
+        .and_then(|a| a.rsplit(':').next())
+        .unwrap_or("");
+    assert_path(&r, &format!("{}:{port}", common::LAN_ADDRESS_V6), "udp");
+    let web_path = &r["stats"]["gateway"]["web_path"];
+    assert_eq!(web_path["gateway"], common::LAN_ADDRESS_V6, "{r}");
+    assert_eq!(web_path["transport"], "udp", "{r}");
+}

@@ -199,6 +199,7 @@ fn run_call(wrong_fingerprint: bool) {
                     from: p.from,
                     to: p.to,
                     data: &p.data,
+                    bridged_from: None,
                 };
                 leg.handle_input(Instant::now(), packet);
             }

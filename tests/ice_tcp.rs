@@ -178,6 +178,15 @@ async fn a_connection_carries_a_call(web_port: bool) {
     };
     assert_eq!(handed.data, ice);
     assert!(handed.from.ip().is_loopback(), "{:?}", handed.from);
+    // The relay tells who stands behind that loopback socket: the
+    // browser's TCP address and ours it connected to.
+    let peer = b
+        .relay
+        .ice_tcp_peer(handed.from)
+        .expect("the bridge noted its peer");
+    assert_eq!(peer.browser, browser.local_addr().unwrap());
+    assert_eq!(peer.gateway, b.at.ip());
+    assert_eq!(b.relay.ice_tcp_peer(browser.local_addr().unwrap()), None);
     let success = stun::Builder::new(stun::BINDING_SUCCESS, [3; 12])
         .xor_mapped_address(handed.from, &[3; 12])
         .message_integrity(PASSWORD.as_bytes())
@@ -213,6 +222,13 @@ async fn a_connection_carries_a_call(web_port: bool) {
         (load(&counters.accepted), load(&counters.connected)),
         (1, 1)
     );
+    // A closed connection is forgotten.
+    drop(browser);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while b.relay.ice_tcp_peer(handed.from).is_some() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(b.relay.ice_tcp_peer(handed.from), None);
     drop(media);
 }
 

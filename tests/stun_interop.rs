@@ -46,6 +46,24 @@ impl Setter for UseCandidate {
     }
 }
 
+/// Decodes our answer to `req` with the independent stack: a success for
+/// that transaction, signed with our password and fingerprinted; returns
+/// the browser address it names (XOR-MAPPED-ADDRESS).
+fn verified_success(response: Vec<u8>, req: &Message) -> SocketAddr {
+    let mut resp = Message::new();
+    resp.raw = response;
+    resp.decode().unwrap();
+    assert_eq!(resp.typ, BINDING_SUCCESS);
+    assert_eq!(resp.transaction_id, req.transaction_id);
+    MessageIntegrity::new_short_term_integrity(OUR_PWD.to_string())
+        .check(&mut resp)
+        .expect("our MESSAGE-INTEGRITY verifies");
+    FINGERPRINT.check(&resp).expect("our FINGERPRINT verifies");
+    let mut mapped = XorMappedAddress::default();
+    mapped.get_from(&resp).unwrap();
+    SocketAddr::new(mapped.ip, mapped.port)
+}
+
 #[test]
 fn an_independent_stun_stack_completes_a_check() {
     let t0 = Instant::now();
@@ -63,13 +81,14 @@ fn an_independent_stun_stack_completes_a_check() {
     );
     let browser: SocketAddr = "127.0.0.1:51234".parse().unwrap();
     let req = request("gwab:brcd", OUR_PWD, true);
-    let check = |agent: &mut IceLiteAgent, data: &[u8]| {
+    let check_bridged = |agent: &mut IceLiteAgent, data: &[u8], bridged_from| {
         agent
             .handle_input(
                 t0,
                 IceInput::Stun {
                     pair: browser.into(),
                     data,
+                    bridged_from,
                 },
             )
             .unwrap();
@@ -84,26 +103,23 @@ fn an_independent_stun_stack_completes_a_check() {
             other => panic!("no answer first: {other:?}"),
         }
     };
+    let check = |agent: &mut IceLiteAgent, data: &[u8]| check_bridged(agent, data, None);
     let response = check(&mut agent, &req.raw);
-
-    let mut resp = Message::new();
-    resp.raw = response;
-    resp.decode().unwrap();
-    assert_eq!(resp.typ, BINDING_SUCCESS);
-    assert_eq!(resp.transaction_id, req.transaction_id);
-    MessageIntegrity::new_short_term_integrity(OUR_PWD.to_string())
-        .check(&mut resp)
-        .expect("our MESSAGE-INTEGRITY verifies");
-    FINGERPRINT.check(&resp).expect("our FINGERPRINT verifies");
-    let mut mapped = XorMappedAddress::default();
-    mapped.get_from(&resp).unwrap();
-    assert_eq!(SocketAddr::new(mapped.ip, mapped.port), browser);
+    assert_eq!(verified_success(response, &req), browser);
     assert_eq!(agent.poll_output(), IceEvent::Selected(browser.into()));
     assert_eq!(
         agent.poll_output(),
         IceEvent::Timeout(Some(t0 + DEFAULT_CONSENT_TIMEOUT)),
         "consent: the next check is due within the timeout"
     );
+
+    // A check bridged from an ICE-TCP connection (it reaches the agent from
+    // our loopback socket): the answer goes back there, and names the
+    // browser's TCP address, still signed and verifiable.
+    let tcp_browser: SocketAddr = "192.0.2.77:40001".parse().unwrap();
+    let bridged = request("gwab:brcd", OUR_PWD, false);
+    let response = check_bridged(&mut agent, &bridged.raw, Some(tcp_browser));
+    assert_eq!(verified_success(response, &bridged), tcp_browser);
 
     // Their request signed with the wrong password is refused with 401.
     let bad = request("gwab:brcd", "wrongpassword00000000000", true);

@@ -53,7 +53,7 @@ fn dtls_through_the_leg(data: &[u8], active: bool) {
         .attribute(stun::ATTR_ICE_CONTROLLING, &[1; 8])
         .message_integrity(b"gateway-password-24chars")
         .fingerprint();
-    leg.handle_input(now, WebLegInput::Packet { from, to: None, data: &check });
+    leg.handle_input(now, WebLegInput::Packet { from, to: None, data: &check, bridged_from: None });
     drain(&mut leg);
     // The fuzzer's bytes as DTLS records, cut where it says.
     let Some((&piece, rest)) = data.split_first() else { return };
@@ -61,7 +61,7 @@ fn dtls_through_the_leg(data: &[u8], active: bool) {
         let mut datagram = chunk.to_vec();
         datagram[0] = 20 + (datagram[0] % 44); // a DTLS first byte (RFC 7983)
         let at = now + Duration::from_millis(10 * i as u64);
-        leg.handle_input(at, WebLegInput::Packet { from, to: None, data: &datagram });
+        leg.handle_input(at, WebLegInput::Packet { from, to: None, data: &datagram, bridged_from: None });
         drain(&mut leg);
         leg.handle_input(at + Duration::from_secs(2), WebLegInput::Timeout);
         drain(&mut leg);
@@ -79,7 +79,9 @@ fuzz_target!(|data: &[u8]| {
                 Duration::from_secs(30),
                 now,
             );
-            let _ = agent.handle_input(now, IceInput::Stun { pair: from.into(), data });
+            // Half the inputs as if bridged from an ICE-TCP connection.
+            let bridged_from = (data.len() % 2 == 1).then(|| "192.0.2.9:40000".parse().ok()).flatten();
+            let _ = agent.handle_input(now, IceInput::Stun { pair: from.into(), data, bridged_from });
             let later = now + Duration::from_secs(31);
             let _ = agent.handle_input(later, IceInput::Timeout);
             loop {

@@ -45,7 +45,6 @@ use crate::sip::driver::IncomingCall;
 use crate::sip::driver::SipHandle;
 use crate::sip::transfer::{TransferProgress, TransferTarget};
 use crate::webrtc::dtls::DtlsIdentity;
-use crate::webrtc::ice::Pair;
 
 /// How often the relay's packet counters are sampled for the RTP timeout.
 const MEDIA_SAMPLE: Duration = Duration::from_secs(1);
@@ -167,6 +166,9 @@ pub struct CallView {
 pub struct WebPathView {
     pub browser: SocketAddr,
     pub gateway: Option<IpAddr>,
+    /// `udp`, or `tcp` for a browser on ICE-TCP (then both addresses are
+    /// its connection's ends).
+    pub transport: &'static str,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -201,7 +203,7 @@ pub struct CallStatsView {
 struct Status {
     state: CallState,
     held: Option<Party>,
-    web_path: Option<Pair>,
+    web_path: Option<WebPathView>,
 }
 
 struct Entry {
@@ -354,10 +356,7 @@ impl CallRegistry {
             sip_media,
             keying,
             held: status.held.map(Party::as_str),
-            web_path: status.web_path.map(|p| WebPathView {
-                browser: p.remote,
-                gateway: p.local,
-            }),
+            web_path: status.web_path,
             stats: CallStatsView { web, sip },
         })
     }
@@ -1169,7 +1168,8 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                 input = inputs.recv() => match input {
                     Some(Input::Relay(event)) => match *event {
                         RelayEvent::Packet(p) => {
-                            self.input(CallInput::WebPacket { from: p.from, to: p.to, data: &p.data });
+                            let bridged_from = self.relay.ice_tcp_peer(p.from).map(|t| t.browser);
+                            self.input(CallInput::WebPacket { from: p.from, to: p.to, data: &p.data, bridged_from });
                         }
                         RelayEvent::Dtmf { digit, .. } => self.input(CallInput::FarDtmf(digit)),
                     },
@@ -1465,7 +1465,21 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                     if let Some(media) = &self.media {
                         let _ = media.set_web_remote(pair.remote, pair.local);
                     }
-                    lock(&self.status).web_path = Some(pair);
+                    // Over ICE-TCP the pair's ends are the bridge's
+                    // loopback sockets: the view shows the connection's.
+                    let path = match self.relay.ice_tcp_peer(pair.remote) {
+                        Some(tcp) => WebPathView {
+                            browser: tcp.browser,
+                            gateway: Some(tcp.gateway),
+                            transport: "tcp",
+                        },
+                        None => WebPathView {
+                            browser: pair.remote,
+                            gateway: pair.local,
+                            transport: "udp",
+                        },
+                    };
+                    lock(&self.status).web_path = Some(path);
                 }
                 CallOutput::IceCredentials(ice) => {
                     if let Some(media) = &self.media {

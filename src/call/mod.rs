@@ -182,11 +182,14 @@ pub enum CallOutput {
 #[derive(Debug)]
 pub enum CallInput<'a> {
     /// A STUN or DTLS datagram from the browser's `from` to our address
-    /// `to` (the relay hands them over).
+    /// `to` (the relay hands them over); `bridged_from`: the browser's TCP
+    /// address when `from` is our loopback socket for its ICE-TCP
+    /// connection.
     WebPacket {
         from: SocketAddr,
         to: Option<IpAddr>,
         data: &'a [u8],
+        bridged_from: Option<SocketAddr>,
     },
     /// The instant [`CallOutput::Timeout`] named has come.
     Timeout,
@@ -574,7 +577,12 @@ impl Call {
     /// cannot be used) change nothing and say why.
     pub fn handle_input(&mut self, now: Instant, input: CallInput<'_>) -> Result<(), Refused> {
         match input {
-            CallInput::WebPacket { from, to, data } => self.handle_web_packet(now, from, to, data),
+            CallInput::WebPacket {
+                from,
+                to,
+                data,
+                bridged_from,
+            } => self.handle_web_packet(now, from, to, data, bridged_from),
             CallInput::Timeout => self.handle_timeout(now),
             CallInput::MediaProgress { browser_packets } => {
                 self.media_progress(now, browser_packets)
@@ -671,12 +679,19 @@ impl Call {
         from: SocketAddr,
         to: Option<IpAddr>,
         data: &[u8],
+        bridged_from: Option<SocketAddr>,
     ) {
         if self.state == CallState::Ended {
             return;
         }
         if let Some(leg) = self.leg.as_mut() {
-            leg.handle_input(now, WebLegInput::Packet { from, to, data });
+            let packet = WebLegInput::Packet {
+                from,
+                to,
+                data,
+                bridged_from,
+            };
+            leg.handle_input(now, packet);
         }
         self.drain_leg();
     }

@@ -82,7 +82,7 @@ fn replies_leave_from_the_address_the_browser_talked_to() {
     drain(&mut call);
     let first: std::net::IpAddr = "192.0.2.10".parse().unwrap();
     let second: std::net::IpAddr = "198.51.100.10".parse().unwrap();
-    call.handle_web_packet(t0, browser(), Some(first), &check(1, false));
+    call.handle_web_packet(t0, browser(), Some(first), &check(1, false), None);
     let out = drain(&mut call);
     assert!(
         matches!(&out[0], CallOutput::Transmit { to, from, .. } if *to == browser() && *from == Some(first)),
@@ -97,7 +97,7 @@ fn replies_leave_from_the_address_the_browser_talked_to() {
     );
     // A check on the browser's other pair is answered from there; its
     // nomination moves media to that pair.
-    call.handle_web_packet(t0, browser(), Some(second), &check(2, true));
+    call.handle_web_packet(t0, browser(), Some(second), &check(2, true), None);
     let out = drain(&mut call);
     assert!(
         matches!(&out[0], CallOutput::Transmit { from, .. } if *from == Some(second)),
@@ -116,7 +116,7 @@ fn answered_call_gets_our_sdp_then_ice_selects_the_browser() {
     let t0 = Instant::now();
     let mut call = sdes_call();
     // Before the answer the browser has no SDP of ours: its packets are ignored.
-    call.handle_web_packet(t0, browser(), None, &check(1, true));
+    call.handle_web_packet(t0, browser(), None, &check(1, true), None);
     assert_eq!(drain(&mut call), vec![]);
     assert_eq!(
         call.next_timeout(),
@@ -134,16 +134,16 @@ fn answered_call_gets_our_sdp_then_ice_selects_the_browser() {
     );
     assert_eq!(call.state(), CallState::Answered);
     // SDES: the first valid check already carries media (RFC 8445 §12.1).
-    call.handle_web_packet(t0, browser(), None, &check(2, false));
+    call.handle_web_packet(t0, browser(), None, &check(2, false), None);
     let out = drain(&mut call);
     assert_eq!(out.len(), 2, "{out:?}");
     assert!(matches!(&out[0], CallOutput::Transmit { to, .. } if *to == browser()));
     assert_eq!(out[1], CallOutput::MediaRemote(browser().into()));
     // Nominating the same address changes nothing; another one moves media.
-    call.handle_web_packet(t0, browser(), None, &check(3, true));
+    call.handle_web_packet(t0, browser(), None, &check(3, true), None);
     assert_eq!(drain(&mut call).len(), 1);
     let other: SocketAddr = "192.0.2.7:50002".parse().unwrap();
-    call.handle_web_packet(t0, other, None, &check(4, true));
+    call.handle_web_packet(t0, other, None, &check(4, true), None);
     let out = drain(&mut call);
     assert!(
         out.contains(&CallOutput::MediaRemote(other.into())),
@@ -157,7 +157,7 @@ fn lost_consent_ends_the_call_with_media_timeout_and_a_bye() {
     let mut call = sdes_call();
     call.far_answered(t0);
     drain(&mut call);
-    call.handle_web_packet(t0, browser(), None, &check(1, true));
+    call.handle_web_packet(t0, browser(), None, &check(1, true), None);
     drain(&mut call);
     // Media flows (so only consent can run out).
     for s in 1..40 {
@@ -190,7 +190,7 @@ fn no_media_from_the_browser_ends_the_call() {
     // Consent checks keep coming, but the packet count stops at 100.
     for s in 6..=25 {
         let now = t0 + Duration::from_secs(s);
-        call.handle_web_packet(now, browser(), None, &check(s as u8, true));
+        call.handle_web_packet(now, browser(), None, &check(s as u8, true), None);
         call.media_progress(now, 100);
         call.handle_timeout(now);
     }
@@ -268,7 +268,7 @@ fn early_media_then_answer_starts_the_leg_once() {
     assert!(
         matches!(&out[0], CallOutput::Notify(SessionEvent::CallEarlyMedia { sdp, .. }) if sdp == "v=0 our answer")
     );
-    call.handle_web_packet(t0, browser(), None, &check(1, true));
+    call.handle_web_packet(t0, browser(), None, &check(1, true), None);
     assert!(drain(&mut call).contains(&CallOutput::MediaRemote(browser().into())));
     call.far_answered(t0 + Duration::from_secs(3));
     let out = drain(&mut call);
@@ -282,6 +282,7 @@ fn early_media_then_answer_starts_the_leg_once() {
         browser(),
         None,
         &check(2, false),
+        None,
     );
     assert!(matches!(
         drain(&mut call).as_slice(),
@@ -563,6 +564,7 @@ fn an_incoming_call_is_offered_then_answered() {
         browser(),
         None,
         &check(1, true),
+        None,
     );
     assert!(drain(&mut call).contains(&CallOutput::MediaRemote(browser().into())));
 }
@@ -1396,6 +1398,7 @@ fn a_transfer_times_out_and_a_bye_after_its_acceptance_is_its_success() {
             from: browser(),
             to: None,
             data: &data,
+            bridged_from: None,
         };
         call.handle_input(now, packet).unwrap();
         call.media_progress(now, second);

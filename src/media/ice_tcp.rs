@@ -35,7 +35,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{watch, Semaphore};
 
 pub use super::relay::IceTcpCounters;
-use super::relay::Relay;
+use super::relay::{IceTcpPeer, Relay};
 
 /// The largest frame taken: a datagram of ours or a browser's (STUN, DTLS
 /// records, SRTP) is far below; anything larger is not ICE-TCP.
@@ -175,23 +175,59 @@ pub async fn serve(
         };
         let (relay, counters) = (relay.clone(), counters.clone());
         tokio::spawn(async move {
-            let outcome = bridge(stream, &relay, &counters).await;
+            let outcome = bridge(stream, from, &relay, &counters).await;
             tracing::debug!(browser = %from, outcome, "ICE-TCP connection closed");
             drop(slot);
         });
     }
 }
 
-/// One browser connection, bridged to its call's UDP port until it ends;
-/// says why it ended.
-async fn bridge(stream: TcpStream, relay: &Relay, counters: &IceTcpCounters) -> &'static str {
+/// While it lives, the relay knows which browser a bridge's loopback
+/// socket stands for: checks over TCP are answered with the browser's own
+/// address (XOR-MAPPED-ADDRESS), as over UDP — Firefox refuses an answer
+/// that names a loopback address it never sent from — and the call's view
+/// shows it.
+struct NotedPeer<'a> {
+    relay: &'a Relay,
+    bridge: SocketAddr,
+}
+
+impl<'a> NotedPeer<'a> {
+    fn new(relay: &'a Relay, bridge: SocketAddr, browser: SocketAddr, gateway: IpAddr) -> Self {
+        // A dual-stack listener sees IPv4 addresses as `::ffff:a.b.c.d`.
+        let peer = IceTcpPeer {
+            browser: SocketAddr::new(browser.ip().to_canonical(), browser.port()),
+            gateway: gateway.to_canonical(),
+        };
+        relay.note_ice_tcp_peer(bridge, peer);
+        NotedPeer { relay, bridge }
+    }
+}
+
+impl Drop for NotedPeer<'_> {
+    fn drop(&mut self) {
+        self.relay.forget_ice_tcp_peer(self.bridge);
+    }
+}
+
+/// One browser connection from `browser`, bridged to its call's UDP port
+/// until it ends; says why it ended.
+async fn bridge(
+    stream: TcpStream,
+    browser: SocketAddr,
+    relay: &Relay,
+    counters: &IceTcpCounters,
+) -> &'static str {
     let _ = stream.set_nodelay(true);
-    let (mut from_browser, to_browser) = stream.into_split();
-    let mut frames = Deframer::default();
     let refused = |why| {
         counters.refused.fetch_add(1, Ordering::Relaxed);
         why
     };
+    let Ok(gateway) = stream.local_addr() else {
+        return refused("closed before a check");
+    };
+    let (mut from_browser, to_browser) = stream.into_split();
+    let mut frames = Deframer::default();
     // The first frame names the call.
     let first = tokio::time::timeout(ICE_DEADLINE, async {
         loop {
@@ -222,6 +258,10 @@ async fn bridge(stream: TcpStream, relay: &Relay, counters: &IceTcpCounters) -> 
     let Some((udp, sender)) = socket_toward(port) else {
         return refused("no socket toward the call");
     };
+    let Ok(bridge_address) = udp.local_addr() else {
+        return refused("no socket toward the call");
+    };
+    let _noted = NotedPeer::new(relay, bridge_address, browser, gateway.ip());
     let started = tokio::time::Instant::now();
     let mut last_heard = started;
     let mut ice_ok = false;

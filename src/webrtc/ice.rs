@@ -37,6 +37,10 @@ pub enum IceInput<'a> {
     Stun {
         pair: Pair,
         data: &'a [u8],
+        /// The browser's address to name in our answer when it is not
+        /// `pair.remote`: a check bridged from ICE-TCP comes from our
+        /// loopback socket, and the browser must see its TCP address.
+        bridged_from: Option<SocketAddr>,
     },
     /// The instant [`IceEvent::Timeout`] named has come.
     Timeout,
@@ -133,10 +137,14 @@ impl IceLiteAgent {
     /// indication, is refused and changes nothing.
     pub fn handle_input(&mut self, now: Instant, input: IceInput<'_>) -> Result<(), IceError> {
         match input {
-            IceInput::Stun { pair, data } => {
+            IceInput::Stun {
+                pair,
+                data,
+                bridged_from,
+            } => {
                 // The answer goes out before what the check changed.
                 let at = self.events.len();
-                if let Some(data) = self.handle_packet(now, pair, data)? {
+                if let Some(data) = self.handle_packet(now, pair, data, bridged_from)? {
                     self.events.insert(at, IceEvent::Transmit { pair, data });
                 }
             }
@@ -166,12 +174,14 @@ impl IceLiteAgent {
     }
 
     /// Handles a STUN datagram that came on `pair`; returns the response to
-    /// send back on it (to `pair.remote`, from `pair.local`).
+    /// send back on it (to `pair.remote`, from `pair.local`), naming the
+    /// browser's address as `bridged_from` when given, else `pair.remote`.
     fn handle_packet(
         &mut self,
         now: Instant,
         pair: Pair,
         data: &[u8],
+        bridged_from: Option<SocketAddr>,
     ) -> Result<Option<Vec<u8>>, IceError> {
         let from = pair.remote;
         let msg = Message::decode(data)?;
@@ -237,7 +247,7 @@ impl IceLiteAgent {
         }
         Ok(Some(
             Builder::new(stun::BINDING_SUCCESS, tid)
-                .xor_mapped_address(from, &tid)
+                .xor_mapped_address(bridged_from.unwrap_or(from), &tid)
                 .message_integrity(pwd.as_bytes())
                 .fingerprint(),
         ))
@@ -313,13 +323,13 @@ mod tests {
             "gateway-password-24chars",
             &[(stun::ATTR_USE_CANDIDATE, &[])],
         );
-        a.handle_packet(t0, Pair::from(from()), &old).unwrap();
+        a.handle_packet(t0, Pair::from(from()), &old, None).unwrap();
         a.restart(
             creds("gwu2", "gateway-new-password-24c"),
             creds("brw2", "browser-new-password-24"),
         );
         let answer = a
-            .handle_packet(t0, Pair::from(from()), &old)
+            .handle_packet(t0, Pair::from(from()), &old, None)
             .unwrap()
             .unwrap();
         let msg = Message::decode(&answer).unwrap();
@@ -334,7 +344,7 @@ mod tests {
             &[(stun::ATTR_USE_CANDIDATE, &[])],
         );
         let answer = a
-            .handle_packet(t0, Pair::from(moved), &new)
+            .handle_packet(t0, Pair::from(moved), &new, None)
             .unwrap()
             .unwrap();
         assert!(Message::decode(&answer)
@@ -343,7 +353,7 @@ mod tests {
         assert_eq!(a.selected(), Some(moved.into()));
         assert!(a.is_validated(moved));
         let refused = a
-            .handle_packet(t0, Pair::from(from()), &old)
+            .handle_packet(t0, Pair::from(from()), &old, None)
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -359,7 +369,7 @@ mod tests {
         let mut a = agent(t0);
         let req = check(1, "gwuf:brwz", "gateway-password-24chars", &[]);
         let resp = a
-            .handle_packet(t0, Pair::from(from()), &req)
+            .handle_packet(t0, Pair::from(from()), &req, None)
             .unwrap()
             .unwrap();
         let msg = Message::decode(&resp).unwrap();
@@ -379,14 +389,14 @@ mod tests {
             "gateway-password-24chars",
             &[(stun::ATTR_USE_CANDIDATE, &[])],
         );
-        a.handle_packet(t0, Pair::from(from()), &nominate)
+        a.handle_packet(t0, Pair::from(from()), &nominate, None)
             .unwrap()
             .unwrap();
         assert_eq!(a.poll_event(), Some(IceEvent::Selected(from().into())));
         assert_eq!(a.selected(), Some(from().into()));
         // Re-nomination of another address moves the selection.
         let other: SocketAddr = "192.0.2.7:50002".parse().unwrap();
-        a.handle_packet(t0, Pair::from(other), &nominate)
+        a.handle_packet(t0, Pair::from(other), &nominate, None)
             .unwrap()
             .unwrap();
         assert_eq!(a.poll_event(), Some(IceEvent::Selected(other.into())));
@@ -397,7 +407,9 @@ mod tests {
             remote: other,
             local: Some(ours),
         };
-        a.handle_packet(t0, moved, &nominate).unwrap().unwrap();
+        a.handle_packet(t0, moved, &nominate, None)
+            .unwrap()
+            .unwrap();
         assert_eq!(a.poll_event(), Some(IceEvent::Selected(moved)));
         assert_eq!(a.selected(), Some(moved));
     }
@@ -420,7 +432,7 @@ mod tests {
         );
         assert_eq!(
             code(
-                a.handle_packet(t0, Pair::from(from()), &wrong_key)
+                a.handle_packet(t0, Pair::from(from()), &wrong_key, None)
                     .unwrap()
                     .unwrap()
             ),
@@ -429,7 +441,7 @@ mod tests {
         let wrong_user = check(2, "other:brwz", "gateway-password-24chars", &[]);
         assert_eq!(
             code(
-                a.handle_packet(t0, Pair::from(from()), &wrong_user)
+                a.handle_packet(t0, Pair::from(from()), &wrong_user, None)
                     .unwrap()
                     .unwrap()
             ),
@@ -440,7 +452,7 @@ mod tests {
             .fingerprint();
         assert_eq!(
             code(
-                a.handle_packet(t0, Pair::from(from()), &no_integrity)
+                a.handle_packet(t0, Pair::from(from()), &no_integrity, None)
                     .unwrap()
                     .unwrap()
             ),
@@ -453,7 +465,7 @@ mod tests {
             &[(stun::ATTR_ICE_CONTROLLED, &[2; 8])],
         );
         let resp = a
-            .handle_packet(t0, Pair::from(from()), &conflict)
+            .handle_packet(t0, Pair::from(from()), &conflict, None)
             .unwrap()
             .unwrap();
         assert!(Message::decode(&resp)
@@ -468,17 +480,19 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         let t0 = Instant::now();
         let mut a = agent(t0);
-        assert!(a.handle_packet(t0, Pair::from(from()), b"").is_err());
-        assert!(a.handle_packet(t0, Pair::from(from()), &[0u8; 19]).is_err());
+        assert!(a.handle_packet(t0, Pair::from(from()), b"", None).is_err());
+        assert!(a
+            .handle_packet(t0, Pair::from(from()), &[0u8; 19], None)
+            .is_err());
         let mut req = check(1, "gwuf:brwz", "gateway-password-24chars", &[]);
         let last = req.len() - 1;
         req[last] ^= 1;
         assert_eq!(
-            a.handle_packet(t0, Pair::from(from()), &req),
+            a.handle_packet(t0, Pair::from(from()), &req, None),
             Err(IceError::Stun(StunError::BadFingerprint))
         );
         req[3] = req[3].wrapping_add(4);
-        assert!(a.handle_packet(t0, Pair::from(from()), &req).is_err());
+        assert!(a.handle_packet(t0, Pair::from(from()), &req, None).is_err());
     }
 
     #[test]
@@ -491,7 +505,8 @@ mod tests {
             "gateway-password-24chars",
             &[(stun::ATTR_USE_CANDIDATE, &[])],
         );
-        a.handle_packet(t0, Pair::from(from()), &nominate).unwrap();
+        a.handle_packet(t0, Pair::from(from()), &nominate, None)
+            .unwrap();
         a.poll_event();
         // Chromium checks every few seconds during the call: consent holds.
         let mut now = t0;
@@ -501,6 +516,7 @@ mod tests {
                 now,
                 Pair::from(from()),
                 &check(5, "gwuf:brwz", "gateway-password-24chars", &[]),
+                None,
             )
             .unwrap();
             a.handle_timeout(now);
@@ -515,12 +531,14 @@ mod tests {
                 now,
                 Pair::from(stranger),
                 &check(6, "gwuf:brwz", "gateway-password-24chars", &[]),
+                None,
             )
             .unwrap();
             a.handle_packet(
                 now,
                 Pair::from(from()),
                 &check(7, "gwuf:brwz", "wrong-password-000000000", &[]),
+                None,
             )
             .unwrap();
             a.handle_timeout(now);

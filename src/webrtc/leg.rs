@@ -50,11 +50,13 @@ pub enum WebLegEvent {
 #[derive(Debug, Clone, Copy)]
 pub enum WebLegInput<'a> {
     /// A STUN or DTLS datagram from the browser's `from`, sent to our
-    /// address `to`.
+    /// address `to`; `bridged_from`: the browser's TCP address when `from`
+    /// is our loopback socket for its ICE-TCP connection.
     Packet {
         from: SocketAddr,
         to: Option<IpAddr>,
         data: &'a [u8],
+        bridged_from: Option<SocketAddr>,
     },
     /// The instant [`WebLegEvent::Timeout`] named has come.
     Timeout,
@@ -152,7 +154,12 @@ impl WebLeg {
 
     pub fn handle_input(&mut self, now: Instant, input: WebLegInput<'_>) {
         match input {
-            WebLegInput::Packet { from, to, data } => self.handle_packet(now, from, to, data),
+            WebLegInput::Packet {
+                from,
+                to,
+                data,
+                bridged_from,
+            } => self.handle_packet(now, from, to, data, bridged_from),
             WebLegInput::Timeout => self.handle_timeout(now),
         }
     }
@@ -165,7 +172,14 @@ impl WebLeg {
     }
 
     /// A datagram from the browser's `from`, sent to our address `to`.
-    fn handle_packet(&mut self, now: Instant, from: SocketAddr, to: Option<IpAddr>, data: &[u8]) {
+    fn handle_packet(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        to: Option<IpAddr>,
+        data: &[u8],
+        bridged_from: Option<SocketAddr>,
+    ) {
         if self.failed {
             return;
         }
@@ -176,7 +190,12 @@ impl WebLeg {
         match classify(data) {
             WebPacketKind::Stun => {
                 // A datagram that is no Binding request is dropped.
-                let _ = self.ice.handle_input(now, IceInput::Stun { pair, data });
+                let stun = IceInput::Stun {
+                    pair,
+                    data,
+                    bridged_from,
+                };
+                let _ = self.ice.handle_input(now, stun);
                 self.take_ice_events();
                 // SDES keys are known already: media may use the first valid pair.
                 if self.sdes && self.media_pair.is_none() && self.ice.is_validated(from) {
@@ -330,6 +349,7 @@ mod tests {
             from: browser(),
             to: None,
             data,
+            bridged_from: None,
         }
     }
 

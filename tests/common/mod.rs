@@ -493,6 +493,47 @@ pub fn inside_network(name: &str, network: Network) -> bool {
     false
 }
 
+/// An nftables table in the test's namespace that drops what `rule`
+/// matches on input (so on its way in, as a network drops it: a drop on
+/// output would fail the sender's call instead, which it can see); the
+/// table goes when this does.
+pub struct InputDrop(&'static str);
+
+impl InputDrop {
+    pub fn add(table: &'static str, rule: &str) -> InputDrop {
+        let nft = |args: &[&str]| {
+            let ok = Command::new("nft").args(args).status().unwrap().success();
+            assert!(ok, "nft {args:?}");
+        };
+        nft(&["add", "table", "inet", table]);
+        let chain = "{ type filter hook input priority 0 ; }";
+        nft(&["add", "chain", "inet", table, "in", chain]);
+        nft(&["add", "rule", "inet", table, "in", rule]);
+        InputDrop(table)
+    }
+}
+
+impl Drop for InputDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", self.0])
+            .status();
+    }
+}
+
+/// The ICE-TCP fallback tests' set-up: every UDP datagram to the gateway's
+/// LAN address dropped in this namespace (while the returned table lives),
+/// and the gateway's `[media]` sections to try — with a UDP port per call,
+/// and with the one shared UDP port — each with the TCP candidate on 8444.
+pub fn udp_blocked_to_the_gateway() -> (InputDrop, [&'static str; 2]) {
+    let rule = format!("ip daddr {LAN_ADDRESS} udp dport 1024-65535 drop");
+    let layouts = [
+        "[media]\nweb-tcp-port = 8444\n",
+        "[media]\nweb-port = 3478\nweb-tcp-port = 8444\n",
+    ];
+    (InputDrop::add("noudp", &rule), layouts)
+}
+
 /// Asserts SIPp exited 0, showing the end of its output otherwise.
 pub fn assert_sipp_passed(out: &Output) {
     assert!(

@@ -69,6 +69,45 @@ function countersPast100() {
     legs.web.packets_out > 100);
 }
 
+// Runs in the page: the candidate pair Firefox selected (its remote end is
+// the gateway: address, port and transport protocol). Firefox marks it
+// with its own `selected` flag (it has no transport stats to name it).
+async function selectedPair() {
+  const stats = await window.demo.call.pc.getStats();
+  const byId = new Map();
+  stats.forEach((s) => byId.set(s.id, s));
+  let selected = null;
+  stats.forEach((s) => {
+    if (s.type === 'candidate-pair' && s.selected && s.state === 'succeeded') {
+      const remote = byId.get(s.remoteCandidateId);
+      const local = byId.get(s.localCandidateId);
+      if (remote) {
+        selected = {
+          remote: `${remote.address}:${remote.port}`,
+          protocol: remote.protocol,
+          localType: local ? local.candidateType : null,
+        };
+      }
+    }
+  });
+  return selected;
+}
+
+// Runs in the page: the call's ICE state, both descriptions and every
+// candidate and pair Firefox knows, for a failure's message.
+async function iceSnapshot() {
+  const pc = window.demo.call.pc;
+  const seen = [];
+  (await pc.getStats()).forEach((s) => {
+    if (s.type.includes('candidate')) {
+      seen.push({ type: s.type, address: s.address, port: s.port, protocol: s.protocol,
+        candidateType: s.candidateType, state: s.state });
+    }
+  });
+  return { state: pc.iceConnectionState, local: pc.localDescription && pc.localDescription.sdp,
+    remote: pc.remoteDescription && pc.remoteDescription.sdp, stats: seen };
+}
+
 try {
   const page = await browser.newPage();
   page.on('pageerror', (e) => { report.pageErrors = (report.pageErrors || []).concat(String(e)); });
@@ -81,11 +120,21 @@ try {
   }
   await page.click('#call');
   report.answered = await waitFor(page, () => !!(window.demo.call && window.demo.call.state === 'answered'));
-  report.counted = await waitFor(page, countersPast100, null, 30000);
+  report.counted = await waitFor(page, countersPast100, null, 8000);
+  if (!report.counted) {
+    // Taken before the call can end for want of media; kept if it does.
+    const ice = await page.evaluate(iceSnapshot);
+    report.counted = await waitFor(page, countersPast100, null, 22000);
+    if (!report.counted) {
+      report.ice = ice;
+      throw new Error('no media flowed both ways');
+    }
+  }
   report.mic = await page.evaluate(dominantTone, 'mic', 1500);
   report.remote = await page.evaluate(dominantTone, 'remote', 2000);
   report.heard = report.mic.hz > 0 && Math.abs(report.remote.hz - report.mic.hz) <= 20;
   report.stats = await page.evaluate(() => window.demo.stats);
+  report.selected = await page.evaluate(selectedPair);
   await page.click('#hangup');
   report.ended = await waitFor(page, () => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes('call ended: hangup')), null, 5000);
   report.log = await page.evaluate(() => [...document.querySelectorAll('#log li')].map((li) => li.textContent).reverse());

@@ -227,12 +227,25 @@ pub struct Relay {
     /// (its own or the shared one): where ICE-TCP hands a connection's
     /// datagrams. Control path only.
     web_ports_by_call: std::sync::Mutex<HashMap<u64, CallWebPort>>,
+    /// Each open ICE-TCP connection's loopback socket (the browser address
+    /// the relay and the call see) and the browser's TCP address behind it.
+    /// Control path only: read for checks and when ICE picks a path.
+    ice_tcp_peers: std::sync::Mutex<HashMap<SocketAddr, IceTcpPeer>>,
     /// What the ICE-TCP listener (if any) has done.
     ice_tcp: Arc<IceTcpCounters>,
 }
 
 /// A call's ICE ufrag and the UDP port its browser media reaches.
 type CallWebPort = (Box<[u8]>, u16);
+
+/// The two ends of a browser's ICE-TCP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IceTcpPeer {
+    /// The browser's TCP address.
+    pub browser: SocketAddr,
+    /// Our address it connected to.
+    pub gateway: IpAddr,
+}
 
 /// What the ICE-TCP listener (`media::ice_tcp`) did, for the metrics.
 #[derive(Debug, Default)]
@@ -376,6 +389,7 @@ impl Relay {
             totals,
             port,
             web_ports_by_call: std::sync::Mutex::new(HashMap::new()),
+            ice_tcp_peers: std::sync::Mutex::new(HashMap::new()),
             ice_tcp: Arc::default(),
         }))
     }
@@ -389,6 +403,36 @@ impl Relay {
             .values()
             .find(|(u, _)| &**u == ufrag)
             .map(|&(_, port)| port)
+    }
+
+    /// A browser's ICE-TCP connection is bridged from our loopback socket
+    /// `bridge` (see `ice_tcp`); [`Relay::forget_ice_tcp_peer`] when it
+    /// closes.
+    pub fn note_ice_tcp_peer(&self, bridge: SocketAddr, peer: IceTcpPeer) {
+        self.ice_tcp_peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(bridge, peer);
+    }
+
+    pub fn forget_ice_tcp_peer(&self, bridge: SocketAddr) {
+        self.ice_tcp_peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&bridge);
+    }
+
+    /// The ICE-TCP connection behind `from` when `from` is the loopback
+    /// socket of an open one; None for any other address.
+    pub fn ice_tcp_peer(&self, from: SocketAddr) -> Option<IceTcpPeer> {
+        if !from.ip().is_loopback() {
+            return None;
+        }
+        self.ice_tcp_peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&from)
+            .copied()
     }
 
     fn web_port_for_id(&self, id: u64) -> Option<u16> {
