@@ -389,6 +389,17 @@ export class Call extends EventTarget {
    * breaks; a page may call it on a network change it knows of.
    */
   async restartIce() {
+    // One restart at a time: a second offer while the first awaits its
+    // answer would have the answers applied to the wrong offers (new
+    // credentials the gateway no longer holds). A call while one is under
+    // way joins it.
+    if (!this._iceRestart) {
+      this._iceRestart = this._restartIceOnce().finally(() => { this._iceRestart = null; });
+    }
+    return this._iceRestart;
+  }
+
+  async _restartIceOnce() {
     if (!this.pc || this.state === 'ended') return;
     const offer = await this.pc.createOffer({ iceRestart: true });
     await this.pc.setLocalDescription(offer);

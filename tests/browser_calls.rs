@@ -894,38 +894,7 @@ fn sipp_calls_the_page_through(
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(node.stdout.take().unwrap()));
     let ready = lines.next().and_then(Result::ok).unwrap_or_default();
     assert!(ready.contains("ready"), "the page connected: {ready}");
-    // A scenario's own -timeout stands; 60 s otherwise.
-    let timeout: &[&str] = if sipp_args.contains(&"-timeout") {
-        &[]
-    } else {
-        &["-timeout", "60"]
-    };
-    let sipp = Command::new("sipp")
-        .args(sipp_args)
-        .args([
-            "-s",
-            "1001",
-            "-m",
-            "1",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            "5090",
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            "6000",
-            "-rtp_echo",
-            "-nostdin",
-            "-timeout_error",
-        ])
-        .args(timeout)
-        .arg(gw.sip.to_string())
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("sipp runs");
+    let sipp = common::sipp::calling_user_1001(sipp_args, gw.sip);
     let report = lines.next().and_then(Result::ok).unwrap_or_default();
     let _ = node.wait();
     let r: Value = serde_json::from_str(&report).unwrap_or(Value::Null);
@@ -1796,7 +1765,7 @@ fn an_opus_browser_and_a_pcmu_only_switch_hear_each_other_through_the_transcoder
     assert_eq!(r["heard"], true, "the page heard the switch's 440 Hz: {r}");
     let hz = r["remoteHz"].as_f64().unwrap_or(0.0);
     assert!((hz - 440.0).abs() <= 20.0, "dominant frequency {hz} Hz");
-    assert_transcoded(&r, "pcmu/8000");
+    common::assert_transcoded(&r, "pcmu/8000");
     assert_eq!(
         r["listenedStats"]["gateway"]["stats"]["web"]["fec_out"], false,
         "CELT toward a page that loses nothing: {r}"
@@ -1820,15 +1789,6 @@ fn an_opus_browser_and_a_pcmu_only_switch_hear_each_other_through_the_transcoder
     assert_eq!(tone.digits(), "5", "the page's digit at the peer");
 }
 
-/// The call's view says it was transcoded between the browser's Opus and
-/// the switch's `sip` codec.
-fn assert_transcoded(r: &Value, sip: &str) {
-    let codecs = &r["stats"]["gateway"]["codecs"];
-    assert_eq!(codecs["web"], "opus/48000", "{r}");
-    assert_eq!(codecs["sip"], sip, "{r}");
-    assert_eq!(codecs["transcoded"], true, "{r}");
-}
-
 /// A call from a PCMU-only caller (SIPp's own UAC scenario, returning the
 /// RTP it gets) to the page under `prefer-opus-web`: the page is offered
 /// Opus first and takes it, so both directions are transcoded; the page
@@ -1843,7 +1803,7 @@ fn a_pcmu_only_caller_reaches_an_opus_page_through_the_transcoder() {
         &["-sn", "uac", "-d", "8000"],
         &[],
     );
-    assert_transcoded(&r, "pcmu/8000");
+    common::assert_transcoded(&r, "pcmu/8000");
 }
 
 /// One call from the page to the PCMU-only switch with `loss_percent` of
@@ -1979,7 +1939,7 @@ fn an_opus_page_hears_itself_through_a_g722_only_switch() {
     assert_eq!(r["heard"], true, "the tone came back through G.722: {r}");
     let hz = r["remoteHz"].as_f64().unwrap_or(0.0);
     assert!((hz - 1000.0).abs() <= 20.0, "dominant frequency {hz} Hz");
-    assert_transcoded(&r, "g722/8000");
+    common::assert_transcoded(&r, "g722/8000");
     assert_eq!(r["ended"], true, "{r}");
     common::assert_sipp_passed(&sipp.wait_with_output().unwrap());
 }

@@ -108,6 +108,73 @@ fn firefox_calls_a_sip_uas_and_hears_itself() {
     common::assert_sipp_passed(&sipp.wait_with_output().unwrap());
 }
 
+/// A SIP caller reaches Firefox: the demo page, connected as 1001, says it
+/// is ready, SIPp (`args`: its scenario) calls 1001 and returns the RTP it
+/// gets, the page answers and hears its own tone, and the caller's BYE
+/// ends the call. Returns the page's report once SIPp has passed.
+fn firefox_answers(sip_config: &str, args: &[&str]) -> Value {
+    let gw = common::Gateway::start(
+        "",
+        &format!(
+            "[sip]\nserver = \"127.0.0.1:5090\"\nregister = false\nkeepalive-interval-s = 0\n{sip_config}"
+        ),
+    );
+    let e2e = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e");
+    let mut node = Command::new("timeout")
+        .args(["150", "node", "firefox-calls.mjs", "incoming"])
+        .current_dir(e2e)
+        .env("GW_URL", format!("https://127.0.0.1:{}", gw.https.port()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("node runs");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(node.stdout.take().unwrap()));
+    let ready = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(
+        ready.contains("\"ready\":true"),
+        "the page connected: {ready}"
+    );
+    let sipp = common::sipp::calling_user_1001(args, gw.sip);
+    let text = lines.next().and_then(Result::ok).unwrap_or_default();
+    let _ = node.wait();
+    let r: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    eprintln!("firefox report (incoming): {r}");
+    common::assert_sipp_passed(&sipp.wait_with_output().unwrap());
+    assert!(r.get("error").is_none() && !r.is_null(), "{r}");
+    assert_eq!(r["rang"], true, "{r}");
+    assert_eq!(r["stats"]["gateway"]["direction"], "inbound", "{r}");
+    r
+}
+
+/// A SIP caller (SIPp's own UAC, PCMU) reaches the Firefox page, which
+/// answers and hears its tone come back; the caller's BYE ends the call.
+#[test]
+fn a_sip_caller_reaches_firefox() {
+    if !common::inside_namespace("a_sip_caller_reaches_firefox") {
+        return;
+    }
+    let r = firefox_answers("", &["-sn", "uac", "-d", "10000"]);
+    assert_heard_itself(&r);
+    assert_eq!(r["stats"]["gateway"]["codec"], "pcmu/8000", "{r}");
+}
+
+/// Transcoding with Firefox (`[media] transcode = "prefer-opus-web"`): a
+/// PCMU-only caller reaches the page, which is offered Opus and takes it;
+/// its tone goes to the caller as µ-law, comes back, and is heard as
+/// Opus.
+#[test]
+fn a_pcmu_only_caller_reaches_firefox_through_the_transcoder() {
+    if !common::inside_namespace("a_pcmu_only_caller_reaches_firefox_through_the_transcoder") {
+        return;
+    }
+    let r = firefox_answers(
+        "[media]\ntranscode = \"prefer-opus-web\"\n",
+        &["-sn", "uac", "-d", "10000"],
+    );
+    assert_heard_itself(&r);
+    common::assert_transcoded(&r, "pcmu/8000");
+}
+
 /// Firefox's selected path ends at `remote` (the gateway's address and
 /// port) over `protocol` ("udp" or "tcp").
 fn assert_path(r: &Value, remote: &str, protocol: &str) {

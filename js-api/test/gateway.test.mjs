@@ -72,7 +72,10 @@ class FakeGateway {
     if (u.pathname.startsWith('/v1/sessions/s1/calls/c1')) {
       if (init.method === 'DELETE') return this.json(204);
       if (init.method === 'GET') return this.json(200, { call: 'c1', state: 'answered', stats: {} });
-      if (u.pathname.endsWith('/renegotiate')) return this.json(200, { sdp: `answer to ${body.sdp}` });
+      if (u.pathname.endsWith('/renegotiate')) {
+        if (this.renegotiateHeld) await this.renegotiateHeld;
+        return this.json(200, { sdp: `answer to ${body.sdp}` });
+      }
       return this.json(200, {});
     }
     if (init.method === 'DELETE' && u.pathname === '/v1/sessions/s1') return this.json(204);
@@ -309,6 +312,36 @@ test('a path that breaks after it worked is restarted: reconnecting, a new offer
   assert.equal(failed.length, 0, 'a path that worked is no media failure');
   assert.equal(call.state, 'answered');
   await session.close();
+});
+
+test('ICE restarts never overlap: one asked for while another awaits its answer joins it', async () => {
+  const { session, pc, call, gw } = await answeredCall(0, 0);
+  try {
+    pc.ice('connected');
+    const renegotiations = () => gw.requests.filter((r) => r.path.endsWith('/renegotiate')).length;
+    let answer;
+    gw.renegotiateHeld = new Promise((r) => { answer = r; });
+    // The path breaks; while js-api's restart awaits its answer the old
+    // path is reported failed too (as Firefox does) and the page asks for
+    // a restart of its own: still one offer, one answer.
+    pc.ice('disconnected');
+    await until(() => renegotiations() === 1);
+    pc.ice('failed');
+    const asked = call.restartIce();
+    await new Promise((r) => setTimeout(r, 30));
+    assert.equal(renegotiations(), 1);
+    gw.renegotiateHeld = null;
+    answer();
+    await asked;
+    assert.equal(pc.remote.sdp, 'answer to v=0 restart offer');
+    assert.equal(renegotiations(), 1);
+    // Once it is done, the next is a new one.
+    await call.restartIce();
+    assert.equal(renegotiations(), 2);
+    pc.ice('connected');
+  } finally {
+    await session.close();
+  }
 });
 
 test('a call whose ICE never connects says so in words, naming the gateway addresses', async () => {

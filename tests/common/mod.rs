@@ -534,6 +534,15 @@ pub fn udp_blocked_to_the_gateway() -> (InputDrop, [&'static str; 2]) {
     (InputDrop::add("noudp", &rule), layouts)
 }
 
+/// A browser test's report says the call was transcoded between the
+/// browser's Opus and the switch's `sip` codec (the call's view).
+pub fn assert_transcoded(r: &serde_json::Value, sip: &str) {
+    let codecs = &r["stats"]["gateway"]["codecs"];
+    assert_eq!(codecs["web"], "opus/48000", "{r}");
+    assert_eq!(codecs["sip"], sip, "{r}");
+    assert_eq!(codecs["transcoded"], true, "{r}");
+}
+
 /// Asserts SIPp exited 0, showing the end of its output otherwise.
 pub fn assert_sipp_passed(out: &Output) {
     assert!(

@@ -373,3 +373,26 @@ pub fn echoing_uas_and_configured_gateway(
     let url = format!("https://127.0.0.1:{}", gw.https.port());
     (sipp, gw, url)
 }
+
+/// SIPp calling user 1001 at the gateway's SIP address `gateway`, one call,
+/// returning the RTP it gets (`-rtp_echo`); `args` pick the scenario (and
+/// may set its own `-timeout`, else 60 s).
+pub fn calling_user_1001(args: &[&str], gateway: SocketAddr) -> Child {
+    let timeout: &[&str] = if args.contains(&"-timeout") {
+        &[]
+    } else {
+        &["-timeout", "60"]
+    };
+    Command::new("sipp")
+        .args(args)
+        .args(["-s", "1001", "-m", "1", "-i", "127.0.0.1", "-p", "5090"])
+        .args(["-mi", "127.0.0.1", "-mp", "6000", "-rtp_echo", "-nostdin"])
+        .arg("-timeout_error")
+        .args(timeout)
+        .arg(gateway.to_string())
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sipp runs (the test command installs sip-tester)")
+}

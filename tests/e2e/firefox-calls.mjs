@@ -4,7 +4,15 @@
 //          microphone's tone come back, hang up
 //   sip    the demo page calls DIAL through the SIP server (a SIPp UAS
 //          returning our RTP with -rtp_echo): hear the tone, hang up
-// Environment: GW_URL, DIAL. Prints one JSON report line.
+//   restart  as echo, and then: the page restarts ICE itself
+//          (call.restartIce()); the network drops the web leg's UDP both
+//          ways for a while (nftables in this namespace) and js-api
+//          restarts ICE by itself; audio is counted after each
+//   incoming  the demo page, connected as 1001, says it is ready (a JSON
+//          line), answers the SIP caller (SIPp returning our RTP), hears
+//          the tone, and waits for the caller's BYE
+// Environment: GW_URL, DIAL. Prints one JSON report line (last).
+import { execFileSync } from 'node:child_process';
 import { launch } from './firefox.mjs';
 
 const mode = process.argv[2];
@@ -108,17 +116,69 @@ async function iceSnapshot() {
     remote: pc.remoteDescription && pc.remoteDescription.sdp, stats: seen };
 }
 
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// The restart mode's steps on an answered, audible call (see the top).
+async function restarts(page) {
+  const ufrags = () => page.evaluate(() => {
+    const ufrag = (d) => (/a=ice-ufrag:(\S+)/.exec(d ? d.sdp : '') || [])[1];
+    const pc = window.demo.call.pc;
+    return { browser: ufrag(pc.localDescription), gateway: ufrag(pc.remoteDescription), call: window.demo.call.id };
+  });
+  const received = () => page.evaluate(async () => (await window.demo.call.stats()).browser.packetsReceived);
+  const flowing = async () => {
+    const a = await received();
+    await sleep(1500);
+    return (await received()) - a;
+  };
+  await page.evaluate(() => {
+    window.__restarts = [];
+    for (const type of ['reconnecting', 'reconnected']) {
+      window.demo.call.addEventListener(type, () => window.__restarts.push(type));
+    }
+  });
+  report.before = await ufrags();
+  await page.evaluate(() => window.demo.call.restartIce());
+  report.afterRestart = await ufrags();
+  report.restartConnected = await waitFor(page, () => ['connected', 'completed'].includes(window.demo.call.pc.iceConnectionState), null, 10000);
+  report.packetsAfterRestart = await flowing();
+  const nft = (...args) => execFileSync('nft', args);
+  nft('add', 'table', 'inet', 'blip');
+  nft('add', 'chain', 'inet', 'blip', 'out', '{ type filter hook output priority 0 ; }');
+  nft('add', 'rule', 'inet', 'blip', 'out', 'udp', 'dport', '20000-29999', 'drop');
+  nft('add', 'rule', 'inet', 'blip', 'out', 'udp', 'sport', '20000-29999', 'drop');
+  try {
+    report.reconnecting = await waitFor(page, () => window.__restarts.includes('reconnecting'), null, 20000);
+    report.packetsWhileDown = await flowing();
+    await sleep(2000);
+  } finally {
+    nft('delete', 'table', 'inet', 'blip');
+  }
+  report.reconnected = await waitFor(page, () => window.__restarts.includes('reconnected'), null, 20000);
+  report.afterBlip = await ufrags();
+  report.packetsAfterBlip = await flowing();
+  report.remoteAfterBlip = await page.evaluate(dominantTone, 'remote', 2000);
+  report.restarts = await page.evaluate(() => window.__restarts);
+}
+
 try {
   const page = await browser.newPage();
   page.on('pageerror', (e) => { report.pageErrors = (report.pageErrors || []).concat(String(e)); });
   report.userAgent = await browser.userAgent();
   await page.goto(`${gw}/demo/`);
+  if (mode === 'incoming') await page.evaluate(() => { document.getElementById('user').value = '1001'; });
   await page.click('#connect');
   report.connected = await waitFor(page, () => document.getElementById('session-status').textContent.startsWith('connected'));
-  if (process.env.DIAL) {
-    await page.evaluate((to) => { document.getElementById('to').value = to; }, process.env.DIAL);
+  if (mode === 'incoming') {
+    process.stdout.write(JSON.stringify({ ready: report.connected }) + '\n');
+    report.rang = await waitFor(page, () => !document.getElementById('incoming').hidden, null, 30000);
+    await page.click('#answer');
+  } else {
+    if (process.env.DIAL) {
+      await page.evaluate((to) => { document.getElementById('to').value = to; }, process.env.DIAL);
+    }
+    await page.click('#call');
   }
-  await page.click('#call');
   report.answered = await waitFor(page, () => !!(window.demo.call && window.demo.call.state === 'answered'));
   report.counted = await waitFor(page, countersPast100, null, 8000);
   if (!report.counted) {
@@ -133,10 +193,16 @@ try {
   report.mic = await page.evaluate(dominantTone, 'mic', 1500);
   report.remote = await page.evaluate(dominantTone, 'remote', 2000);
   report.heard = report.mic.hz > 0 && Math.abs(report.remote.hz - report.mic.hz) <= 20;
+  if (mode === 'restart') await restarts(page);
   report.stats = await page.evaluate(() => window.demo.stats);
   report.selected = await page.evaluate(selectedPair);
-  await page.click('#hangup');
-  report.ended = await waitFor(page, () => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes('call ended: hangup')), null, 5000);
+  const endedBy = (why) => waitFor(page, (w) => [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes(`call ended: ${w}`)), why, mode === 'incoming' ? 30000 : 5000);
+  if (mode === 'incoming') {
+    report.ended = await endedBy('remote_hangup');
+  } else {
+    await page.click('#hangup');
+    report.ended = await endedBy('hangup');
+  }
   report.log = await page.evaluate(() => [...document.querySelectorAll('#log li')].map((li) => li.textContent).reverse());
 } catch (e) {
   report.error = String(e && e.stack || e);
