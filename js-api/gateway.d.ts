@@ -173,6 +173,7 @@ export declare class Call extends EventTarget {
   readonly autoAnswer: number | null;
   readonly state: 'incoming' | 'calling' | 'ringing' | 'early_media' | 'answered' | 'ended';
   readonly held: boolean;
+  /** Replaced by a new one when the browser's DTLS failed with its path (see restartIce). */
   readonly pc: RTCPeerConnection | null;
   readonly localStream: MediaStream | null;
   readonly remoteStream: MediaStream | null;
@@ -184,7 +185,9 @@ export declare class Call extends EventTarget {
   reject(status?: number): Promise<void>;
   hangup(): Promise<void>;
   /** ICE restart: a new offer with new ICE credentials, the gateway's answer
-   * applied (POST …/calls/{cid}/renegotiate); the call goes on. */
+   * applied (POST …/calls/{cid}/renegotiate); the call goes on. When the
+   * browser's DTLS transport has failed, a new peer connection instead (a
+   * new DTLS association on the same call). One runs at a time. */
   restartIce(): Promise<void>;
   sendDtmf(digits: string, durationMs?: number): Promise<void>;
   hold(): Promise<void>;

@@ -334,12 +334,15 @@ export class Call extends EventTarget {
   }
 
   _watchTracks() {
-    this.pc.ontrack = (e) => {
+    const pc = this.pc;
+    pc.ontrack = (e) => {
       this.remoteStream = e.streams[0] || new MediaStream([e.track]);
       emit(this, 'track', this.remoteStream);
     };
-    this.pc.addEventListener('iceconnectionstatechange', () => {
-      const ice = this.pc && this.pc.iceConnectionState;
+    pc.addEventListener('iceconnectionstatechange', () => {
+      // A peer connection the call has replaced says nothing more.
+      if (pc !== this.pc) return;
+      const ice = pc.iceConnectionState;
       if (ice === 'connected' || ice === 'completed') {
         this._mediaUp = true;
         clearTimeout(this._restartTimer);
@@ -394,9 +397,44 @@ export class Call extends EventTarget {
     // credentials the gateway no longer holds). A call while one is under
     // way joins it.
     if (!this._iceRestart) {
-      this._iceRestart = this._restartIceOnce().finally(() => { this._iceRestart = null; });
+      const restart = this._dtlsFailed() ? this._renewPeerConnection() : this._restartIceOnce();
+      this._iceRestart = restart.finally(() => { this._iceRestart = null; });
     }
     return this._iceRestart;
+  }
+
+  /**
+   * Whether the call's DTLS has failed for good: Firefox's does when ICE
+   * fails for a while, and an ICE restart alone then brings ICE back
+   * without media.
+   */
+  _dtlsFailed() {
+    const transport = this.pc && this.pc.getSenders().map((s) => s.transport).find(Boolean);
+    return !!transport && transport.state === 'failed';
+  }
+
+  /**
+   * A new peer connection for the call, with the same microphone track: a
+   * new certificate and new ICE credentials, offered to the gateway, which
+   * starts a new DTLS association on the call (its SIP side goes on).
+   */
+  async _renewPeerConnection() {
+    const old = this.pc;
+    if (!old || this.state === 'ended') return;
+    const pc = this._session._newPeerConnection();
+    try {
+      if (this.localStream) this.localStream.getAudioTracks().forEach((t) => pc.addTrack(t, this.localStream));
+      await pc.setLocalDescription(await pc.createOffer());
+      const { sdp } = await this._request('POST', '/renegotiate', { sdp: pc.localDescription.sdp });
+      if (this.state === 'ended' || this.pc !== old) throw new Error('the call moved on');
+      this.pc = pc;
+      this._watchTracks();
+      old.close();
+      await pc.setRemoteDescription({ type: 'answer', sdp });
+    } catch (e) {
+      if (this.pc !== pc) pc.close();
+      throw e;
+    }
   }
 
   async _restartIceOnce() {

@@ -282,7 +282,8 @@ async fn an_echo_call_through_the_api() {
 
     // The browser's new offer: the same ICE session gets the same
     // credentials back; new ones (an ICE restart) get new ones of ours;
-    // a new fingerprint or a bad SDP is refused and changes nothing.
+    // a new fingerprint is taken only with an ICE restart; a bad SDP is
+    // refused and changes nothing.
     let ufrag = |sdp: &str| {
         sdp.lines()
             .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
@@ -307,7 +308,7 @@ async fn an_echo_call_through_the_api() {
         "a=ice-ufrag:rstr",
         1,
     );
-    let (s, b) = renegotiate(restarted_offer).await;
+    let (s, b) = renegotiate(restarted_offer.clone()).await;
     assert_eq!(s, 200, "{b}");
     let restarted = b["sdp"].as_str().unwrap();
     assert_ne!(
@@ -320,13 +321,25 @@ async fn an_echo_call_through_the_api() {
         .lines()
         .find(|l| l.starts_with("a=fingerprint:"))
         .unwrap();
-    let other_fingerprint = OFFER.replacen(
-        fingerprint,
-        &format!("a=fingerprint:sha-256 {}", ["00"; 32].join(":")),
-        1,
-    );
-    let (s, b) = renegotiate(other_fingerprint).await;
+    // A new certificate with the ICE session the call has: refused.
+    let new_certificate = format!("a=fingerprint:sha-256 {}", ["00"; 32].join(":"));
+    let other_fingerprint = restarted_offer.replacen(fingerprint, &new_certificate, 1);
+    let (s, b) = renegotiate(other_fingerprint.clone()).await;
     assert_eq!((s, code(&b)), (400, "bad_sdp"), "{b}");
+    // With new ICE credentials too (a browser's new peer connection): a new
+    // DTLS association, our role and certificate as before.
+    let new_connection = other_fingerprint.replacen("a=ice-ufrag:rstr", "a=ice-ufrag:nwpc", 1);
+    let (s, b) = renegotiate(new_connection).await;
+    assert_eq!(s, 200, "{b}");
+    let renewed = b["sdp"].as_str().unwrap();
+    assert_ne!(ufrag(renewed), ufrag(restarted), "{renewed}");
+    assert!(renewed.contains("a=setup:passive"), "{renewed}");
+    let ours = |sdp: &str| {
+        sdp.lines()
+            .find(|l| l.starts_with("a=fingerprint:"))
+            .map(str::to_string)
+    };
+    assert_eq!(ours(renewed), ours(answer), "our certificate stays");
     let (s, b) = renegotiate("v=0\r\nnonsense".into()).await;
     assert_eq!((s, code(&b)), (400, "bad_sdp"), "{b}");
     let (s, b) = api

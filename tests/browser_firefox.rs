@@ -175,6 +175,43 @@ fn a_pcmu_only_caller_reaches_firefox_through_the_transcoder() {
     common::assert_transcoded(&r, "pcmu/8000");
 }
 
+/// ICE restarts keep a Firefox call: the page restarts ICE itself (new
+/// credentials both ways), then the network drops the web leg's UDP both
+/// ways until Firefox gives ICE up, and js-api recovers by itself once the
+/// path is back.
+/// Firefox's DTLS fails with ICE, so js-api gives the call a new peer
+/// connection and the gateway a new DTLS association (an ICE restart alone
+/// brought ICE back and no audio); the tone is heard again, one call
+/// throughout.
+#[test]
+fn ice_restarts_keep_a_firefox_call() {
+    if !common::inside_namespace("ice_restarts_keep_a_firefox_call") {
+        return;
+    }
+    let gw = common::Gateway::start_shipped();
+    let mut r = firefox("restart", "https://localhost:8443", "");
+    // Firefox says so on the page while the network is down; nothing else.
+    if let Some(errors) = r.get_mut("pageErrors").and_then(Value::as_array_mut) {
+        errors.retain(|e| !e.as_str().unwrap_or("").contains("ICE failed"));
+        if errors.is_empty() {
+            r.as_object_mut().map(|o| o.remove("pageErrors"));
+        }
+    }
+    assert_heard_itself(&r);
+    common::assert_ice_restarts_kept_the_call(&r);
+    assert_eq!(r["iceFailed"], true, "the outage outlasted ICE: {r}");
+    let heard = r["remoteAfterBlip"]["hz"].as_f64().unwrap_or(0.0);
+    assert!((heard - 1000.0).abs() <= 20.0, "the tone is back: {r}");
+    let log = gw.log();
+    assert!(log.contains("ICE restart from the browser"), "{log}");
+    // Firefox's DTLS failed with its path: js-api renewed the peer
+    // connection and the gateway took the new DTLS association.
+    assert!(
+        log.contains("new DTLS association from the browser"),
+        "{log}"
+    );
+}
+
 /// Firefox's selected path ends at `remote` (the gateway's address and
 /// port) over `protocol` ("udp" or "tcp").
 fn assert_path(r: &Value, remote: &str, protocol: &str) {

@@ -344,6 +344,34 @@ test('ICE restarts never overlap: one asked for while another awaits its answer 
   }
 });
 
+test('a call whose DTLS failed gets a new peer connection on its next restart, with the same track', async () => {
+  const { session, pc, call, gw } = await answeredCall(0, -1);
+  try {
+    pc.ice('connected');
+    const track = pc.getSenders()[0].track;
+    // Firefox's DTLS fails with ICE; an ICE restart would bring ICE back
+    // and no media.
+    pc.getSenders()[0].transport = { state: 'failed' };
+    await call.restartIce();
+    assert.notEqual(call.pc, pc, 'a new peer connection');
+    assert.equal(pc.closed, true, 'the old one is closed');
+    assert.equal(call.pc.getSenders()[0].track, track, 'the same microphone');
+    const renegotiate = gw.requests.filter((r) => r.path.endsWith('/renegotiate'));
+    assert.equal(renegotiate.length, 1);
+    assert.deepEqual(renegotiate[0].body, { sdp: 'v=0 browser offer' }, 'a whole new offer');
+    assert.equal(call.pc.remote.sdp, 'answer to v=0 browser offer');
+    // The old peer connection's events no longer reach the call.
+    const seen = [];
+    call.addEventListener('media_failed', () => seen.push('media_failed'));
+    pc.ice('failed');
+    call.pc.ice('connected');
+    assert.deepEqual(seen, []);
+    assert.equal(call.state, 'answered');
+  } finally {
+    await session.close();
+  }
+});
+
 test('a call whose ICE never connects says so in words, naming the gateway addresses', async () => {
   const { session, failed, pc } = await answeredCall(50);
   pc.ice('checking');

@@ -1382,7 +1382,7 @@ impl<N: Fn(&str, SessionEvent) + Send + 'static> CallTask<N> {
                 .call
                 .handle_input(Instant::now(), CallInput::BrowserReject { status })?),
             Command::Renegotiate { sdp, reply } => {
-                let answer = self.call.browser_reoffer(&sdp)?;
+                let answer = self.call.browser_reoffer(Instant::now(), &sdp)?;
                 // The relay learns the new ICE password (and the leg's
                 // wake-up may have moved) before the browser has our answer
                 // to check with.

@@ -351,6 +351,9 @@ pub struct Call {
     /// Browser packets counted by the relay, and when that count last moved.
     media_seen: u64,
     media_moved_at: Option<Instant>,
+    /// The browser's packet count when the relay got the leg's current
+    /// DTLS keys: packets past it authenticated with them.
+    keys_at: Option<u64>,
     /// Inbound: when an unanswered call gives up (480).
     ring_deadline: Option<Instant>,
     /// Offer/answer for both legs (none: the answer is prepared by hand).
@@ -386,6 +389,7 @@ impl Call {
             leg: None,
             held_by: None,
             media_seen: 0,
+            keys_at: None,
             media_moved_at: None,
             ring_deadline: None,
             negotiator: None,
@@ -706,8 +710,9 @@ impl Call {
             self.media_seen = browser_packets;
             self.media_moved_at = Some(now);
         }
-        // The relay counts only packets whose SRTP authenticated.
-        if browser_packets > 0 {
+        // The relay counts only packets whose SRTP authenticated: past the
+        // count when the keys came, with those keys.
+        if self.keys_at.is_some_and(|at| browser_packets > at) {
             if let Some(leg) = self.leg.as_mut() {
                 leg.media_authenticated();
             }
@@ -1111,9 +1116,10 @@ impl Call {
 
     /// The browser's new offer for a call whose media is up (answered or
     /// in early media): our answer; when it restarts ICE, the leg takes the
-    /// new credentials and the call, its SIP dialog and its SRTP go on. A
-    /// refusal changes nothing.
-    pub fn browser_reoffer(&mut self, sdp: &str) -> Result<String, Refused> {
+    /// new credentials and the call, its SIP dialog and its SRTP go on;
+    /// when it also brings a new certificate (a new peer connection), a new
+    /// DTLS handshake gives the relay new keys. A refusal changes nothing.
+    pub fn browser_reoffer(&mut self, now: Instant, sdp: &str) -> Result<String, Refused> {
         match self.state {
             CallState::Answered | CallState::EarlyMedia => {}
             CallState::Ended => return Err(CallError::Ended.into()),
@@ -1123,12 +1129,33 @@ impl Call {
             return Err(SdpError::Internal("the call's browser leg is not up".into()).into());
         };
         let reanswer = negotiator.browser_reoffer(sdp)?;
+        if let Some((fingerprint, active)) = reanswer.dtls_restart {
+            let Some((spec, _)) = self.answer.as_mut() else {
+                return Err(SdpError::Internal("the call's browser leg is not up".into()).into());
+            };
+            let LegKeying::Dtls {
+                identity,
+                peer_fingerprint,
+                active: ours_active,
+            } = &mut spec.keying
+            else {
+                return Err(SdpError::Internal("a DTLS restart on an SDES leg".into()).into());
+            };
+            if let Err(e) = leg.restart_dtls(identity, fingerprint.clone(), active, now) {
+                return Err(SdpError::Internal(format!("no new DTLS association: {e}")).into());
+            }
+            *peer_fingerprint = fingerprint;
+            *ours_active = active;
+            self.keys_at = None;
+            tracing::info!(call = %self.id, "new DTLS association from the browser");
+        }
         if let Some((local, remote)) = reanswer.ice_restart {
             tracing::info!(call = %self.id, "ICE restart from the browser");
             self.outputs
                 .push_back(CallOutput::IceCredentials(local.clone()));
             leg.restart_ice(local, remote);
         }
+        self.drain_leg();
         Ok(reanswer.sdp)
     }
 
@@ -1196,7 +1223,10 @@ impl Call {
                 WebLegEvent::Selected(pair) => {
                     self.outputs.push_back(CallOutput::MediaRemote(pair))
                 }
-                WebLegEvent::Keys(keys) => self.outputs.push_back(CallOutput::MediaKeys(keys)),
+                WebLegEvent::Keys(keys) => {
+                    self.keys_at = Some(self.media_seen);
+                    self.outputs.push_back(CallOutput::MediaKeys(keys));
+                }
                 WebLegEvent::Failed(_) => failure = failure.or(Some(EndReason::Error)),
                 WebLegEvent::MediaTimeout => failure = Some(EndReason::MediaTimeout),
             }

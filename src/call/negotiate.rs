@@ -769,6 +769,10 @@ impl WebAgreed {
 pub struct WebReanswer {
     pub sdp: String,
     pub ice_restart: Option<(IceCredentials, IceCredentials)>,
+    /// The browser's new certificate, when the offer starts a new DTLS
+    /// association (with an ICE restart; we take the role in our answer:
+    /// `active`, we send the ClientHello).
+    pub dtls_restart: Option<(crate::sdp::Fingerprint, bool)>,
 }
 
 /// The session id of an SDP's o= line (0 when unreadable).
@@ -1436,12 +1440,26 @@ impl Negotiator {
         };
         let agreed = self.agreed()?;
         let web = &mut agreed.web;
+        let restart = remote_ice != web.remote_ice;
+        // A browser whose DTLS broke (Firefox's does when ICE fails for a
+        // while) recovers with a new peer connection: a new certificate and
+        // new ICE credentials. Its new association replaces the call's; a
+        // new fingerprint without an ICE restart is refused.
+        let mut dtls_restart = None;
         match (&web.their_fingerprint, &web.their_key) {
             (Some(theirs), _) if offer.audio.fingerprint.as_ref() != Some(theirs) => {
-                return Err(SdpError::BadFingerprint(
-                    "the new offer's fingerprint is not the call's: a new DTLS association is not taken mid-call"
-                        .into(),
-                ))
+                let (Some(new), true) = (&offer.audio.fingerprint, restart) else {
+                    return Err(SdpError::BadFingerprint(
+                        "the new offer changes the call's fingerprint without restarting ICE (a new DTLS association comes with new ICE credentials)"
+                            .into(),
+                    ));
+                };
+                let setup = build::answer_setup(offer.audio.setup.unwrap_or(Setup::ActPass));
+                if let AnswerKeying::Dtls { setup: ours, .. } = &mut web.keying {
+                    *ours = setup;
+                }
+                web.their_fingerprint = Some(new.clone());
+                dtls_restart = Some((new.clone(), setup == Setup::Active));
             }
             (None, Some(theirs)) if !offer.audio.crypto.iter().any(|c| &c.keys == theirs) => {
                 return Err(SdpError::BadCrypto(
@@ -1478,7 +1496,6 @@ impl Negotiator {
                 .cloned(),
         );
         let web = &mut agreed.web;
-        let restart = remote_ice != web.remote_ice;
         if restart {
             web.remote_ice = remote_ice;
             web.local_ice = fresh_ice;
@@ -1504,6 +1521,7 @@ impl Negotiator {
         Ok(WebReanswer {
             sdp: answer,
             ice_restart: restart.then(|| (web.local_ice.clone(), web.remote_ice.clone())),
+            dtls_restart,
         })
     }
 

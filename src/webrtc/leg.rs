@@ -139,6 +139,29 @@ impl WebLeg {
         self.restarting = true;
     }
 
+    /// A new DTLS association with the browser's new certificate
+    /// (`peer_fingerprint`; it comes with an ICE restart): a fresh
+    /// handshake, whose keys are reported as the first ones were. Media
+    /// goes on with the old keys until then (on a path that broke, none).
+    pub fn restart_dtls(
+        &mut self,
+        identity: &DtlsIdentity,
+        peer_fingerprint: Fingerprint,
+        dtls_active: bool,
+        now: Instant,
+    ) -> Result<(), DtlsError> {
+        self.dtls = Some(Box::new(DtlsLeg::new(
+            identity,
+            peer_fingerprint,
+            dtls_active,
+            now,
+        )?));
+        self.keys_reported = false;
+        self.failed = false;
+        self.dtls_peer = None;
+        Ok(())
+    }
+
     /// The browser's SRTP authenticates with the keys this leg's DTLS
     /// exported, so the browser has our last flight: the handshake is over
     /// on both sides, and nothing of it is needed again (a DTLS 1.2 server
@@ -394,32 +417,101 @@ mod tests {
             DtlsIdentity::generate().unwrap(),
         );
         let mut leg = passive_leg(&ours, &theirs.fingerprint, now);
-        let mut client = DtlsLeg::new(&theirs, ours.fingerprint.clone(), true, now).unwrap();
         leg.handle_input(now, packet(&nominating_check()));
         drain(&mut leg);
-        let mut to_leg = Vec::new();
+        let (_, last_flight) = handshake(&mut leg, &ours, &theirs, now);
+        (leg, last_flight)
+    }
+
+    /// A browser with certificate `theirs` runs its DTLS handshake (as the
+    /// client) with `leg`, whose certificate is `ours`, to its end: the
+    /// leg's keys and the browser's last flight.
+    fn handshake(
+        leg: &mut WebLeg,
+        ours: &DtlsIdentity,
+        theirs: &DtlsIdentity,
+        now: Instant,
+    ) -> (SrtpKeys, Vec<Vec<u8>>) {
+        let mut client = DtlsLeg::new(theirs, ours.fingerprint.clone(), true, now).unwrap();
         let _ = client.handle_input(now, DtlsInput::Timeout);
         for _ in 0..20 {
             let mut flight = Vec::new();
             while let DtlsOutput::Transmit(data) = client.poll_output() {
                 flight.push(data);
             }
-            let mut keyed = false;
+            let mut keys = None;
             for data in &flight {
                 leg.handle_input(now, packet(data));
-                let (replies, k, failed) = drain(&mut leg);
-                assert!(!failed);
-                keyed |= k;
-                for r in replies {
-                    client.handle_input(now, DtlsInput::Packet(&r)).unwrap();
+                loop {
+                    match leg.poll_output() {
+                        WebLegEvent::Timeout(_) => break,
+                        WebLegEvent::Transmit { data, .. }
+                            if classify(&data) == WebPacketKind::Dtls =>
+                        {
+                            client.handle_input(now, DtlsInput::Packet(&data)).unwrap();
+                        }
+                        WebLegEvent::Keys(k) => keys = Some(k),
+                        WebLegEvent::Failed(e) => panic!("the handshake failed: {e}"),
+                        _ => {}
+                    }
                 }
             }
-            to_leg = flight;
-            if keyed {
-                return (leg, to_leg);
+            if let Some(keys) = keys {
+                return (keys, flight);
             }
         }
-        panic!("no keys after the handshake; last flight {}", to_leg.len());
+        panic!("no keys after the handshake");
+    }
+
+    /// A browser's new peer connection (a new certificate) gets a new DTLS
+    /// association on the same leg: the old certificate is refused on it,
+    /// and the new one's handshake completes with new keys.
+    #[test]
+    fn a_new_certificate_gets_a_new_association_and_new_keys() {
+        let now = Instant::now();
+        let (ours, first, second) = (
+            DtlsIdentity::generate().unwrap(),
+            DtlsIdentity::generate().unwrap(),
+            DtlsIdentity::generate().unwrap(),
+        );
+        let mut leg = passive_leg(&ours, &first.fingerprint, now);
+        leg.handle_input(now, packet(&nominating_check()));
+        drain(&mut leg);
+        let (old_keys, _) = handshake(&mut leg, &ours, &first, now);
+        leg.media_authenticated();
+        assert!(leg.dtls.is_none());
+
+        // The old certificate on the new association: refused.
+        leg.restart_dtls(&ours, second.fingerprint.clone(), false, now)
+            .unwrap();
+        let mut stale = DtlsLeg::new(&first, ours.fingerprint.clone(), true, now).unwrap();
+        let _ = stale.handle_input(now, DtlsInput::Timeout);
+        let mut failed = false;
+        for _ in 0..20 {
+            let mut flight = Vec::new();
+            while let DtlsOutput::Transmit(data) = stale.poll_output() {
+                flight.push(data);
+            }
+            for data in &flight {
+                leg.handle_input(now, packet(data));
+                let (replies, keyed, f) = drain(&mut leg);
+                assert!(!keyed, "keys for the old certificate");
+                failed |= f;
+                for r in replies {
+                    let _ = stale.handle_input(now, DtlsInput::Packet(&r));
+                }
+            }
+            if failed || flight.is_empty() {
+                break;
+            }
+        }
+        assert!(failed, "the old certificate is refused");
+
+        // The new certificate (a restart clears the failure).
+        leg.restart_dtls(&ours, second.fingerprint.clone(), false, now)
+            .unwrap();
+        let (new_keys, _) = handshake(&mut leg, &ours, &second, now);
+        assert_ne!(new_keys, old_keys);
     }
 
     #[test]

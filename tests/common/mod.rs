@@ -543,6 +543,33 @@ pub fn assert_transcoded(r: &serde_json::Value, sip: &str) {
     assert_eq!(codecs["transcoded"], true, "{r}");
 }
 
+/// What a browser's restart-mode report must show, in Chromium and Firefox
+/// alike: the page's own ICE restart got new credentials both ways on the
+/// same call and audio flowed after it; the outage cut the path, js-api saw
+/// it go and come back, and audio flowed again on the same call.
+pub fn assert_ice_restarts_kept_the_call(r: &serde_json::Value) {
+    let (before, after) = (&r["before"], &r["afterRestart"]);
+    assert_ne!(before["browser"], after["browser"], "a new offer: {r}");
+    assert_ne!(
+        before["gateway"], after["gateway"],
+        "our answer has new credentials: {r}"
+    );
+    assert_eq!(before["call"], after["call"], "{r}");
+    assert_eq!(r["restartConnected"], true, "{r}");
+    assert!(
+        r["packetsAfterRestart"].as_i64().unwrap_or(0) > 40,
+        "audio flows after the page's restart: {r}"
+    );
+    assert_eq!(r["reconnecting"], true, "js-api saw the path go: {r}");
+    assert!(
+        r["packetsWhileDown"].as_i64().unwrap_or(i64::MAX) < 5,
+        "the rule did cut the path: {r}"
+    );
+    assert_eq!(r["reconnected"], true, "{r}");
+    assert!(r["packetsAfterBlip"].as_i64().unwrap_or(0) > 40, "{r}");
+    assert_eq!(r["afterBlip"]["call"], before["call"], "{r}");
+}
+
 /// Asserts SIPp exited 0, showing the end of its output otherwise.
 pub fn assert_sipp_passed(out: &Output) {
     assert!(

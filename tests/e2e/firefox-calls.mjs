@@ -6,8 +6,9 @@
 //          returning our RTP with -rtp_echo): hear the tone, hang up
 //   restart  as echo, and then: the page restarts ICE itself
 //          (call.restartIce()); the network drops the web leg's UDP both
-//          ways for a while (nftables in this namespace) and js-api
-//          restarts ICE by itself; audio is counted after each
+//          ways (nftables in this namespace) until Firefox reports ICE
+//          failed, and js-api recovers by itself; audio is counted after
+//          each
 //   incoming  the demo page, connected as 1001, says it is ready (a JSON
 //          line), answers the SIP caller (SIPp returning our RTP), hears
 //          the tone, and waits for the caller's BYE
@@ -148,9 +149,17 @@ async function restarts(page) {
   nft('add', 'rule', 'inet', 'blip', 'out', 'udp', 'dport', '20000-29999', 'drop');
   nft('add', 'rule', 'inet', 'blip', 'out', 'udp', 'sport', '20000-29999', 'drop');
   try {
+    // Down until Firefox gives ICE up (its DTLS goes with it).
+    await page.evaluate(() => {
+      const pc = window.demo.call.pc;
+      window.__iceFailed = false;
+      pc.addEventListener('iceconnectionstatechange', () => {
+        if (pc.iceConnectionState === 'failed') window.__iceFailed = true;
+      });
+    });
     report.reconnecting = await waitFor(page, () => window.__restarts.includes('reconnecting'), null, 20000);
     report.packetsWhileDown = await flowing();
-    await sleep(2000);
+    report.iceFailed = await waitFor(page, () => window.__iceFailed, null, 30000);
   } finally {
     nft('delete', 'table', 'inet', 'blip');
   }
