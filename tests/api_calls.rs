@@ -329,6 +329,15 @@ async fn an_echo_call_through_the_api() {
     // With new ICE credentials too (a browser's new peer connection): a new
     // DTLS association, our role and certificate as before.
     let new_connection = other_fingerprint.replacen("a=ice-ufrag:rstr", "a=ice-ufrag:nwpc", 1);
+    // ...but not when anything else refuses it: that changes nothing, and
+    // the call's own certificate and ICE session are answered as before.
+    let without_codec =
+        new_connection.replacen("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 L16/8000", 1);
+    let (s, b) = renegotiate(without_codec).await;
+    assert_eq!((s, code(&b)), (400, "bad_sdp"), "{b}");
+    let (s, b) = renegotiate(restarted_offer.clone()).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(ufrag(b["sdp"].as_str().unwrap()), ufrag(restarted), "{b}");
     let (s, b) = renegotiate(new_connection).await;
     assert_eq!(s, 200, "{b}");
     let renewed = b["sdp"].as_str().unwrap();

@@ -1454,12 +1454,9 @@ impl Negotiator {
                             .into(),
                     ));
                 };
+                // Taken below, once nothing else refuses the offer.
                 let setup = build::answer_setup(offer.audio.setup.unwrap_or(Setup::ActPass));
-                if let AnswerKeying::Dtls { setup: ours, .. } = &mut web.keying {
-                    *ours = setup;
-                }
-                web.their_fingerprint = Some(new.clone());
-                dtls_restart = Some((new.clone(), setup == Setup::Active));
+                dtls_restart = Some((new.clone(), setup));
             }
             (None, Some(theirs)) if !offer.audio.crypto.iter().any(|c| &c.keys == theirs) => {
                 return Err(SdpError::BadCrypto(
@@ -1500,6 +1497,12 @@ impl Negotiator {
             web.remote_ice = remote_ice;
             web.local_ice = fresh_ice;
         }
+        if let Some((theirs, setup)) = &dtls_restart {
+            if let AnswerKeying::Dtls { setup: ours, .. } = &mut web.keying {
+                *ours = *setup;
+            }
+            web.their_fingerprint = Some(theirs.clone());
+        }
         web.version += 1;
         let answer = build::web_answer(&WebAnswer {
             offer: &offer,
@@ -1521,7 +1524,7 @@ impl Negotiator {
         Ok(WebReanswer {
             sdp: answer,
             ice_restart: restart.then(|| (web.local_ice.clone(), web.remote_ice.clone())),
-            dtls_restart,
+            dtls_restart: dtls_restart.map(|(theirs, setup)| (theirs, setup == Setup::Active)),
         })
     }
 
