@@ -339,14 +339,29 @@ export class Call extends EventTarget {
       this.remoteStream = e.streams[0] || new MediaStream([e.track]);
       emit(this, 'track', this.remoteStream);
     };
+    pc.addEventListener('connectionstatechange', () => {
+      // DTLS may fail after ICE is back (Firefox reports it a moment after
+      // a restart that raced its giving up): no media until a new peer
+      // connection, whatever ICE says.
+      if (pc === this.pc && pc.connectionState === 'failed' && this._mediaUp && this._dtlsFailed()) {
+        this._pathLost(0);
+      }
+    });
     pc.addEventListener('iceconnectionstatechange', () => {
       // A peer connection the call has replaced says nothing more.
       if (pc !== this.pc) return;
       const ice = pc.iceConnectionState;
       if (ice === 'connected' || ice === 'completed') {
-        this._mediaUp = true;
         clearTimeout(this._restartTimer);
         this._restartTimer = null;
+        if (this._mediaUp && this._dtlsFailed()) {
+          // ICE came back on a peer connection whose DTLS failed meanwhile
+          // (a restart that raced Firefox giving up): no media can flow on
+          // it, so the call is not reconnected until a new one carries it.
+          this._pathLost(0);
+          return;
+        }
+        this._mediaUp = true;
         if (this._reconnecting) {
           this._reconnecting = false;
           emit(this, 'reconnected', {});
@@ -370,7 +385,16 @@ export class Call extends EventTarget {
   async _reconnect() {
     this._restartTimer = null;
     const ice = this.pc && this.pc.iceConnectionState;
-    if (this.state === 'ended' || !this.pc || ice === 'connected' || ice === 'completed') return;
+    const up = (ice === 'connected' || ice === 'completed') && !this._dtlsFailed();
+    if (this.state === 'ended' || !this.pc || up) return;
+    // A new peer connection still checking gets its time: restarting its
+    // ICE before its first DTLS handshake is done left Firefox connected
+    // without media in one run of five.
+    const fresh = this._renewedAt && Date.now() - this._renewedAt < 15000;
+    if (fresh && (ice === 'new' || ice === 'checking')) {
+      this._restartTimer = setTimeout(() => this._reconnect(), 5000);
+      return;
+    }
     if (!this._reconnecting) {
       this._reconnecting = true;
       emit(this, 'reconnecting', {});
@@ -428,6 +452,7 @@ export class Call extends EventTarget {
       const { sdp } = await this._request('POST', '/renegotiate', { sdp: pc.localDescription.sdp });
       if (this.state === 'ended' || this.pc !== old) throw new Error('the call moved on');
       this.pc = pc;
+      this._renewedAt = Date.now();
       this._watchTracks();
       old.close();
       await pc.setRemoteDescription({ type: 'answer', sdp });

@@ -16,12 +16,18 @@ use serde_json::Value;
 /// Runs tests/e2e/firefox-calls.mjs in `mode` against `gw_url`, dialing
 /// `dial` (the demo's default, echo, when empty); returns its report.
 fn firefox(mode: &str, gw_url: &str, dial: &str) -> Value {
+    firefox_with(mode, gw_url, dial, &[])
+}
+
+/// [`firefox`] with more of the script's environment (`env`).
+fn firefox_with(mode: &str, gw_url: &str, dial: &str, env: &[(&str, &str)]) -> Value {
     let e2e = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e");
     let out = Command::new("timeout")
         .args(["150", "node", "firefox-calls.mjs", mode])
         .current_dir(e2e)
         .env("GW_URL", gw_url)
         .env("DIAL", dial)
+        .envs(env.iter().copied())
         .stderr(std::process::Stdio::inherit())
         .output()
         .expect("node runs");
@@ -178,18 +184,42 @@ fn a_pcmu_only_caller_reaches_firefox_through_the_transcoder() {
 /// ICE restarts keep a Firefox call: the page restarts ICE itself (new
 /// credentials both ways), then the network drops the web leg's UDP both
 /// ways until Firefox gives ICE up, and js-api recovers by itself once the
-/// path is back.
-/// Firefox's DTLS fails with ICE, so js-api gives the call a new peer
-/// connection and the gateway a new DTLS association (an ICE restart alone
-/// brought ICE back and no audio); the tone is heard again, one call
-/// throughout.
+/// path is back. Firefox's DTLS fails with ICE, so js-api gives the call a
+/// new peer connection and the gateway a new DTLS association (an ICE
+/// restart alone brought ICE back and no audio); the tone is heard again,
+/// one call throughout.
 #[test]
 fn ice_restarts_keep_a_firefox_call() {
     if !common::inside_namespace("ice_restarts_keep_a_firefox_call") {
         return;
     }
     let gw = common::Gateway::start_shipped();
-    let mut r = firefox("restart", "https://localhost:8443", "");
+    let r = firefox("restart", "https://localhost:8443", "");
+    assert_came_back_after_ice_failed(&r, &gw);
+}
+
+/// The same on the one web port (`[media] web-port`): the new peer
+/// connection's first check (a new ufrag, a new browser address) finds the
+/// call on the shared socket.
+#[test]
+fn ice_restarts_keep_a_firefox_call_on_the_one_web_port() {
+    if !common::inside_namespace("ice_restarts_keep_a_firefox_call_on_the_one_web_port") {
+        return;
+    }
+    let gw = common::Gateway::start("", "[media]\nweb-port = 3478\n");
+    let url = format!("https://127.0.0.1:{}", gw.https.port());
+    let r = firefox_with("restart", &url, "", &[("BLIP_PORTS", "3478")]);
+    assert_came_back_after_ice_failed(&r, &gw);
+}
+
+/// A restart-mode report: the call heard itself, kept through the page's
+/// restart and an outage that failed Firefox's ICE, and heard its tone
+/// again after it through a new DTLS association.
+fn assert_came_back_after_ice_failed(r: &Value, gw: &common::Gateway) {
+    if r["packetsAfterBlip"].as_i64().unwrap_or(0) < 40 {
+        eprintln!("GWLOG {}", gw.log());
+    }
+    let mut r = r.clone();
     // Firefox says so on the page while the network is down; nothing else.
     if let Some(errors) = r.get_mut("pageErrors").and_then(Value::as_array_mut) {
         errors.retain(|e| !e.as_str().unwrap_or("").contains("ICE failed"));

@@ -372,6 +372,52 @@ test('a call whose DTLS failed gets a new peer connection on its next restart, w
   }
 });
 
+test('ICE back on a peer connection whose DTLS failed meanwhile is no reconnection: a new one is made', async () => {
+  const { session, pc, call, gw } = await answeredCall(0, 0);
+  try {
+    const seen = [];
+    for (const type of ['reconnecting', 'reconnected']) call.addEventListener(type, () => seen.push(type));
+    pc.ice('connected');
+    pc.ice('disconnected');
+    await until(() => gw.requests.some((r) => r.path.endsWith('/renegotiate')));
+    // The restart's checks get through just as Firefox gives its DTLS up.
+    pc.getSenders()[0].transport = { state: 'failed' };
+    pc.ice('connected');
+    await until(() => call.pc !== pc);
+    assert.deepEqual(seen, ['reconnecting'], 'not reconnected on the dead one');
+    const offers = gw.requests.filter((r) => r.path.endsWith('/renegotiate')).map((r) => r.body.sdp);
+    assert.deepEqual(offers, ['v=0 restart offer', 'v=0 browser offer']);
+    await until(() => call.pc.remote !== null);
+    call.pc.ice('connected');
+    assert.deepEqual(seen, ['reconnecting', 'reconnected']);
+  } finally {
+    await session.close();
+  }
+});
+
+test('DTLS failing after ICE came back makes a new peer connection', async () => {
+  const { session, pc, call, gw } = await answeredCall(0, 0);
+  try {
+    const seen = [];
+    for (const type of ['reconnecting', 'reconnected']) call.addEventListener(type, () => seen.push(type));
+    pc.ice('connected');
+    pc.ice('disconnected');
+    await until(() => gw.requests.some((r) => r.path.endsWith('/renegotiate')));
+    pc.ice('connected');
+    assert.deepEqual(seen, ['reconnecting', 'reconnected']);
+    // Firefox reports its DTLS failed a moment later.
+    pc.getSenders()[0].transport = { state: 'failed' };
+    pc.connectionState = 'failed';
+    pc.dispatchEvent(new Event('connectionstatechange'));
+    await until(() => call.pc !== pc);
+    await until(() => call.pc.remote !== null);
+    call.pc.ice('connected');
+    assert.deepEqual(seen, ['reconnecting', 'reconnected', 'reconnecting', 'reconnected']);
+  } finally {
+    await session.close();
+  }
+});
+
 test('a call whose ICE never connects says so in words, naming the gateway addresses', async () => {
   const { session, failed, pc } = await answeredCall(50);
   pc.ice('checking');

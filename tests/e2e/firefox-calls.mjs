@@ -146,8 +146,10 @@ async function restarts(page) {
   const nft = (...args) => execFileSync('nft', args);
   nft('add', 'table', 'inet', 'blip');
   nft('add', 'chain', 'inet', 'blip', 'out', '{ type filter hook output priority 0 ; }');
-  nft('add', 'rule', 'inet', 'blip', 'out', 'udp', 'dport', '20000-29999', 'drop');
-  nft('add', 'rule', 'inet', 'blip', 'out', 'udp', 'sport', '20000-29999', 'drop');
+  // The gateway's web ports: the range, or BLIP_PORTS (its one web port).
+  const ports = process.env.BLIP_PORTS || '20000-29999';
+  nft('add', 'rule', 'inet', 'blip', 'out', 'udp', 'dport', ports, 'drop');
+  nft('add', 'rule', 'inet', 'blip', 'out', 'udp', 'sport', ports, 'drop');
   try {
     // Down until Firefox gives ICE up (its DTLS goes with it).
     await page.evaluate(() => {
@@ -165,7 +167,17 @@ async function restarts(page) {
   }
   report.reconnected = await waitFor(page, () => window.__restarts.includes('reconnected'), null, 20000);
   report.afterBlip = await ufrags();
-  report.packetsAfterBlip = await flowing();
+  report.transportAfterBlip = await page.evaluate(() => {
+    const pc = window.demo.call.pc;
+    const t = pc.getSenders().map((x) => x.transport).find(Boolean);
+    return { dtls: t ? t.state : null, connection: pc.connectionState, ice: pc.iceConnectionState };
+  });
+  // Audio back within a few seconds of ICE (a new peer connection's DTLS
+  // handshake comes first).
+  for (let i = 0; i < 6; i++) {
+    report.packetsAfterBlip = await flowing();
+    if (report.packetsAfterBlip > 40) break;
+  }
   report.remoteAfterBlip = await page.evaluate(dominantTone, 'remote', 2000);
   report.restarts = await page.evaluate(() => window.__restarts);
 }
