@@ -372,14 +372,20 @@ test('a call whose DTLS failed gets a new peer connection on its next restart, w
   }
 });
 
+/** An answered call whose path broke after it worked: js-api's ICE restart is out; its reconnect events. */
+async function restartingCall() {
+  const c = await answeredCall(0, 0);
+  const seen = [];
+  for (const type of ['reconnecting', 'reconnected']) c.call.addEventListener(type, () => seen.push(type));
+  c.pc.ice('connected');
+  c.pc.ice('disconnected');
+  await until(() => c.gw.requests.some((r) => r.path.endsWith('/renegotiate')));
+  return { ...c, seen };
+}
+
 test('ICE back on a peer connection whose DTLS failed meanwhile is no reconnection: a new one is made', async () => {
-  const { session, pc, call, gw } = await answeredCall(0, 0);
+  const { session, pc, call, gw, seen } = await restartingCall();
   try {
-    const seen = [];
-    for (const type of ['reconnecting', 'reconnected']) call.addEventListener(type, () => seen.push(type));
-    pc.ice('connected');
-    pc.ice('disconnected');
-    await until(() => gw.requests.some((r) => r.path.endsWith('/renegotiate')));
     // The restart's checks get through just as Firefox gives its DTLS up.
     pc.getSenders()[0].transport = { state: 'failed' };
     pc.ice('connected');
@@ -396,13 +402,8 @@ test('ICE back on a peer connection whose DTLS failed meanwhile is no reconnecti
 });
 
 test('DTLS failing after ICE came back makes a new peer connection', async () => {
-  const { session, pc, call, gw } = await answeredCall(0, 0);
+  const { session, pc, call, gw, seen } = await restartingCall();
   try {
-    const seen = [];
-    for (const type of ['reconnecting', 'reconnected']) call.addEventListener(type, () => seen.push(type));
-    pc.ice('connected');
-    pc.ice('disconnected');
-    await until(() => gw.requests.some((r) => r.path.endsWith('/renegotiate')));
     pc.ice('connected');
     assert.deepEqual(seen, ['reconnecting', 'reconnected']);
     // Firefox reports its DTLS failed a moment later.
