@@ -35,7 +35,7 @@
 // Environment: GW_URL (https://127.0.0.1:8443), FAKE_AUDIO (WAV tone),
 // SCREENSHOT (PNG path). Prints one JSON report line.
 import { launch, blankPage, say } from './chromium.mjs';
-import { execFileSync } from 'node:child_process';
+import { flowing, networkBack, networkDown, ufrags, watchRestarts } from './restart-steps.mjs';
 
 const mode = process.argv[2];
 const gw = process.env.GW_URL;
@@ -233,43 +233,23 @@ try {
     await page.click('#call');
     report.answered = await waitFor(page, () => window.demo.call && window.demo.call.state === 'answered');
     report.heard = await waitFor(page, heardWithCounters, 1000);
-    const ufrags = () => page.evaluate(() => {
-      const ufrag = (d) => (/a=ice-ufrag:(\S+)/.exec(d ? d.sdp : '') || [])[1];
-      const pc = window.demo.call.pc;
-      return { browser: ufrag(pc.localDescription), gateway: ufrag(pc.remoteDescription), call: window.demo.call.id };
-    });
-    const received = () => page.evaluate(async () => (await window.demo.call.stats()).browser.packetsReceived);
-    const flowing = async () => {
-      const a = await received();
-      await sleep(1500);
-      return (await received()) - a;
-    };
-    await page.evaluate(() => {
-      window.__restarts = [];
-      for (const type of ['reconnecting', 'reconnected']) {
-        window.demo.call.addEventListener(type, () => window.__restarts.push(type));
-      }
-    });
+    await watchRestarts(page);
     // The page restarts ICE itself.
-    report.before = await ufrags();
+    report.before = await ufrags(page);
     await page.evaluate(() => window.demo.call.restartIce());
-    report.afterRestart = await ufrags();
+    report.afterRestart = await ufrags(page);
     report.restartConnected = await waitFor(page, () => ['connected', 'completed'].includes(window.demo.call.pc.iceConnectionState), null, 10000);
-    report.packetsAfterRestart = await flowing();
+    report.packetsAfterRestart = await flowing(page);
     // The network drops the web leg's UDP, both ways, then comes back.
-    const nft = (...args) => execFileSync('nft', args);
-    nft('add', 'table', 'inet', 'blip');
-    nft('add', 'chain', 'inet', 'blip', 'out', '{ type filter hook output priority 0 ; }');
-    nft('add', 'rule', 'inet', 'blip', 'out', 'udp', 'dport', '20000-29999', 'drop');
-    nft('add', 'rule', 'inet', 'blip', 'out', 'udp', 'sport', '20000-29999', 'drop');
+    networkDown('20000-29999');
     report.reconnecting = await waitFor(page, () => window.__restarts.includes('reconnecting'), null, 20000);
-    report.packetsWhileDown = await flowing();
+    report.packetsWhileDown = await flowing(page);
     await sleep(2000);
-    nft('delete', 'table', 'inet', 'blip');
+    networkBack();
     report.reconnected = await waitFor(page, () => window.__restarts.includes('reconnected'), null, 20000);
-    report.afterBlip = await ufrags();
+    report.afterBlip = await ufrags(page);
     report.heardAfterBlip = await waitFor(page, heardWithCounters, 1000, 10000);
-    report.packetsAfterBlip = await flowing();
+    report.packetsAfterBlip = await flowing(page);
     report.restarts = await page.evaluate(() => window.__restarts);
     report.logAfterBlip = await page.evaluate(() => [...document.querySelectorAll('#log li')].map((li) => li.textContent));
     report.stats = await page.evaluate(() => window.demo.stats);

@@ -13,7 +13,7 @@
 //          line), answers the SIP caller (SIPp returning our RTP), hears
 //          the tone, and waits for the caller's BYE
 // Environment: GW_URL, DIAL. Prints one JSON report line (last).
-import { execFileSync } from 'node:child_process';
+import { flowing, networkBack, networkDown, ufrags, watchRestarts } from './restart-steps.mjs';
 import { launch } from './firefox.mjs';
 
 const mode = process.argv[2];
@@ -117,39 +117,17 @@ async function iceSnapshot() {
     remote: pc.remoteDescription && pc.remoteDescription.sdp, stats: seen };
 }
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // The restart mode's steps on an answered, audible call (see the top).
 async function restarts(page) {
-  const ufrags = () => page.evaluate(() => {
-    const ufrag = (d) => (/a=ice-ufrag:(\S+)/.exec(d ? d.sdp : '') || [])[1];
-    const pc = window.demo.call.pc;
-    return { browser: ufrag(pc.localDescription), gateway: ufrag(pc.remoteDescription), call: window.demo.call.id };
-  });
-  const received = () => page.evaluate(async () => (await window.demo.call.stats()).browser.packetsReceived);
-  const flowing = async () => {
-    const a = await received();
-    await sleep(1500);
-    return (await received()) - a;
-  };
-  await page.evaluate(() => {
-    window.__restarts = [];
-    for (const type of ['reconnecting', 'reconnected']) {
-      window.demo.call.addEventListener(type, () => window.__restarts.push(type));
-    }
-  });
-  report.before = await ufrags();
+  await watchRestarts(page);
+  report.before = await ufrags(page);
   await page.evaluate(() => window.demo.call.restartIce());
-  report.afterRestart = await ufrags();
+  report.afterRestart = await ufrags(page);
   report.restartConnected = await waitFor(page, () => ['connected', 'completed'].includes(window.demo.call.pc.iceConnectionState), null, 10000);
-  report.packetsAfterRestart = await flowing();
-  const nft = (...args) => execFileSync('nft', args);
-  nft('add', 'table', 'inet', 'blip');
-  nft('add', 'chain', 'inet', 'blip', 'out', '{ type filter hook output priority 0 ; }');
+  report.packetsAfterRestart = await flowing(page);
   // The gateway's web ports: the range, or BLIP_PORTS (its one web port).
-  const ports = process.env.BLIP_PORTS || '20000-29999';
-  nft('add', 'rule', 'inet', 'blip', 'out', 'udp', 'dport', ports, 'drop');
-  nft('add', 'rule', 'inet', 'blip', 'out', 'udp', 'sport', ports, 'drop');
+  networkDown(process.env.BLIP_PORTS || '20000-29999');
   try {
     // Down until Firefox gives ICE up (its DTLS goes with it).
     await page.evaluate(() => {
@@ -160,13 +138,13 @@ async function restarts(page) {
       });
     });
     report.reconnecting = await waitFor(page, () => window.__restarts.includes('reconnecting'), null, 20000);
-    report.packetsWhileDown = await flowing();
+    report.packetsWhileDown = await flowing(page);
     report.iceFailed = await waitFor(page, () => window.__iceFailed, null, 30000);
   } finally {
-    nft('delete', 'table', 'inet', 'blip');
+    networkBack();
   }
   report.reconnected = await waitFor(page, () => window.__restarts.includes('reconnected'), null, 20000);
-  report.afterBlip = await ufrags();
+  report.afterBlip = await ufrags(page);
   report.transportAfterBlip = await page.evaluate(() => {
     const pc = window.demo.call.pc;
     const t = pc.getSenders().map((x) => x.transport).find(Boolean);
@@ -175,7 +153,7 @@ async function restarts(page) {
   // Audio back within a few seconds of ICE (a new peer connection's DTLS
   // handshake comes first).
   for (let i = 0; i < 6; i++) {
-    report.packetsAfterBlip = await flowing();
+    report.packetsAfterBlip = await flowing(page);
     if (report.packetsAfterBlip > 40) break;
   }
   report.remoteAfterBlip = await page.evaluate(dominantTone, 'remote', 2000);
